@@ -1,0 +1,84 @@
+"""The role-by-action matrix, defined once. API views and console views both ask `Access.allows(action)`.
+
+Actions double as API-key scopes: a key carries a subset of actions, and a request through a key is allowed an
+action only when the key has the scope AND the creating member's role (today) allows it, so a key can never
+exceed its creator.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from django.db import models
+
+
+class Role(models.TextChoices):
+    OWNER = "owner", "Owner"
+    ADMIN = "admin", "Admin"
+    DEVELOPER = "developer", "Developer"
+    MEMBER = "member", "Member"
+
+
+# Scopes that an API key may carry (one place; docs/permissions.md is generated from this module).
+SCOPES: dict[str, str] = {
+    "agents:read": "List and read agents",
+    "agents:write": "Register, update and delete agents",
+    "tasks:read": "List and read tasks and their events",
+    "tasks:write": "Send, cancel and continue tasks",
+    "federation:read": "Read peers, contacts, policies, messages and the dead-letter queue",
+    "federation:write": "Send federated messages; manage peers, keys, contacts, policies and the DLQ",
+    "org:read": "Read the organization, its members and usage",
+    "org:admin": "Manage members, invitations and API keys",
+}
+
+# Actions that only exist for people in the console/session API, never on a key.
+MEMBER_ONLY_ACTIONS: dict[str, str] = {
+    "org:roles": "Change member roles and manage owners",
+    "org:billing": "Change plan, quotas and billing settings",
+    "org:delete": "Delete the organization",
+    "keys:own": "Create and manage one's own API keys",
+}
+
+ACTIONS: dict[str, str] = {**SCOPES, **MEMBER_ONLY_ACTIONS}
+
+_READ = {"agents:read", "tasks:read", "federation:read", "org:read"}
+MATRIX: dict[str, frozenset[str]] = {
+    Role.OWNER: frozenset(ACTIONS),
+    Role.ADMIN: frozenset(ACTIONS) - {"org:roles", "org:billing", "org:delete"},
+    Role.DEVELOPER: frozenset(_READ | {"agents:write", "tasks:write", "keys:own"}),
+    Role.MEMBER: frozenset(_READ | {"tasks:write"}),
+}
+
+
+def role_allows(role: str, action: str) -> bool:
+    if action not in ACTIONS:
+        raise KeyError(f"unknown action {action!r}: add it to apps.core.permissions.ACTIONS")
+    return action in MATRIX.get(role, frozenset())
+
+
+@dataclass(frozen=True)
+class Access:
+    """Who is acting for which org: put on `request.auth` by the org-aware authentication classes."""
+
+    org: Any
+    role: str
+    user: Any = None
+    api_key: Any = None
+    scopes: frozenset[str] | None = None  # None: a session, limited only by the role
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def allows(self, action: str) -> bool:
+        if not role_allows(self.role, action):
+            return False
+        return self.scopes is None or action in self.scopes
+
+
+def matrix_markdown() -> str:
+    roles = list(Role)
+    lines = ["| Action | Meaning | " + " | ".join(r.label for r in roles) + " | API-key scope |"]
+    lines.append("| --- | --- | " + " | ".join("---" for _ in roles) + " | --- |")
+    for action, meaning in ACTIONS.items():
+        cells = " | ".join("yes" if role_allows(r, action) else "—" for r in roles)
+        lines.append(f"| `{action}` | {meaning} | {cells} | {'yes' if action in SCOPES else 'no'} |")
+    return "\n".join(lines) + "\n"

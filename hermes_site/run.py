@@ -1,0 +1,131 @@
+"""`make run` in Python (works without make): migrate, seed, then serve web + worker + beat until Ctrl-C.
+
+With no REDIS_URL it starts the embedded Redis; with no DATABASE_URL settings fall back to SQLite under var/.
+Every child gets SIGTERM on Ctrl-C (graceful: uvicorn drains connections, the Celery worker finishes or
+requeues its job thanks to acks_late), then the embedded Redis stops.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import signal
+import subprocess
+import sys
+import time
+from types import FrameType
+
+from hermes_site.config import BASE_DIR, VAR_DIR, load_or_exit
+from hermes_site.embedded import start_redis, stop_redis
+
+PY = sys.executable
+
+
+def _manage(*args: str) -> None:
+    subprocess.run([PY, str(BASE_DIR / "manage.py"), *args], check=True, cwd=BASE_DIR)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description="Run the whole Hermes platform locally.")
+    parser.add_argument("--host", default=os.environ.get("HERMES_HOST", "127.0.0.1"))
+    parser.add_argument("--port", type=int, default=int(os.environ.get("HERMES_PORT", "8000")))
+    args = parser.parse_args(argv)
+
+    config = load_or_exit()
+    VAR_DIR.mkdir(exist_ok=True)
+    redis_proc = None
+    if not config.redis_url:
+        url, redis_proc = start_redis()
+        print(f"hermes: embedded Redis at {url}", flush=True)
+
+    children: list[subprocess.Popen[bytes]] = []
+    stopping = False
+
+    def stop(signum: int, frame: FrameType | None) -> None:
+        nonlocal stopping
+        stopping = True
+
+    signal.signal(signal.SIGINT, stop)
+    signal.signal(signal.SIGTERM, stop)
+    try:
+        _manage("migrate", "--noinput")
+        _manage("seed_demo")
+        commands = {
+            "web": [
+                PY,
+                "-m",
+                "uvicorn",
+                "hermes_site.asgi:application",
+                "--host",
+                args.host,
+                "--port",
+                str(args.port),
+                "--timeout-graceful-shutdown",
+                "20",
+                "--no-access-log",
+            ],
+            "worker": [
+                PY,
+                "-m",
+                "celery",
+                "-A",
+                "hermes_site",
+                "worker",
+                "--loglevel",
+                "INFO",
+                "--concurrency",
+                "2",
+                *(["--pool", "solo"] if os.name == "nt" else []),
+            ],
+            "beat": [
+                PY,
+                "-m",
+                "celery",
+                "-A",
+                "hermes_site",
+                "beat",
+                "--loglevel",
+                "INFO",
+                "--schedule",
+                str(VAR_DIR / "celerybeat-schedule"),
+            ],
+        }
+        names: dict[int, str] = {}
+        for name, command in commands.items():
+            child = subprocess.Popen(command, cwd=BASE_DIR)
+            names[child.pid] = name
+            children.append(child)
+        print(
+            f"\nHermes is running: http://{args.host}:{args.port}/\n"
+            "  demo login: demo@hermes.local / hermes-demo\n"
+            f"  health: http://{args.host}:{args.port}/api/v1/health/live\n"
+            "  Ctrl-C stops web, worker, beat" + (" and the embedded Redis" if redis_proc else "") + ".\n",
+            flush=True,
+        )
+        while not stopping:
+            dead = [c for c in children if c.poll() is not None]
+            if dead:
+                print(
+                    f"hermes: a process exited ({names[dead[0].pid]} code {dead[0].returncode}); stopping.", flush=True
+                )
+                return 1
+            time.sleep(0.5)
+        return 0
+    except subprocess.CalledProcessError as exc:
+        print(f"hermes: {' '.join(exc.cmd[1:3])} failed with exit code {exc.returncode}", file=sys.stderr)
+        return 1
+    finally:
+        for child in children:
+            if child.poll() is None:
+                child.send_signal(signal.SIGTERM)
+        deadline = time.monotonic() + 30
+        for child in children:
+            try:
+                child.wait(timeout=max(0.1, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                child.kill()
+        stop_redis(redis_proc)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,29 @@
+from django.contrib import admin
+from django.urls import include, path
+from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerView
+
+from apps.accounts import urls as accounts_urls
+from apps.agents import urls as agents_urls
+from apps.federation import urls as federation_urls
+from apps.ops import urls as ops_urls
+from apps.orgs import urls as orgs_urls
+from apps.tasks import urls as tasks_urls
+
+DOMAIN_APPS = (ops_urls, accounts_urls, orgs_urls, agents_urls, tasks_urls, federation_urls)
+
+api_v1 = [
+    path("schema/", SpectacularAPIView.as_view(), name="api-schema"),
+    path("docs/", SpectacularSwaggerView.as_view(url_name="api-schema"), name="api-docs"),
+]
+for module in DOMAIN_APPS:
+    api_v1 += module.api_urlpatterns
+
+urlpatterns = [
+    path("admin/", admin.site.urls),
+    path("api/v1/", include(api_v1)),
+]
+for module in DOMAIN_APPS:
+    urlpatterns += module.urlpatterns
+
+handler404 = "apps.core.errors.handler404"
+handler500 = "apps.core.errors.handler500"

@@ -1,0 +1,81 @@
+"""Shared fixtures: people per role in one org (alice owner, bob admin, dave developer, mia member) and
+charlie, the owner of another org, for isolation tests."""
+
+from __future__ import annotations
+
+import socket
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+from rest_framework.test import APIClient
+
+from apps.core.permissions import Role
+from tests.factories import MembershipFactory, OrganizationFactory, UserFactory
+
+
+@pytest.fixture
+def org(db: Any) -> Any:
+    return OrganizationFactory(slug="acme", name="Acme")
+
+
+@pytest.fixture
+def other_org(db: Any) -> Any:
+    return OrganizationFactory(slug="globex", name="Globex")
+
+
+def _member(org: Any, email: str, role: str) -> Any:
+    user = UserFactory(email=email)
+    MembershipFactory(organization=org, user=user, role=role)
+    return user
+
+
+@pytest.fixture
+def alice(org: Any) -> Any:
+    return _member(org, "alice@acme.test", Role.OWNER)
+
+
+@pytest.fixture
+def bob(org: Any) -> Any:
+    return _member(org, "bob@acme.test", Role.ADMIN)
+
+
+@pytest.fixture
+def dave(org: Any) -> Any:
+    return _member(org, "dave@acme.test", Role.DEVELOPER)
+
+
+@pytest.fixture
+def mia(org: Any) -> Any:
+    return _member(org, "mia@acme.test", Role.MEMBER)
+
+
+@pytest.fixture
+def charlie(other_org: Any) -> Any:
+    return _member(other_org, "charlie@globex.test", Role.OWNER)
+
+
+@pytest.fixture
+def api() -> APIClient:
+    return APIClient()
+
+
+@pytest.fixture
+def client_for() -> Any:
+    """A session-authenticated API client for a user."""
+
+    def make(user: Any) -> APIClient:
+        client = APIClient()
+        client.force_authenticate(user=None)
+        client.force_login(user)
+        return client
+
+    return make
+
+
+@pytest.fixture
+def free_port() -> Iterator[int]:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = int(sock.getsockname()[1])
+    yield port
