@@ -2,4 +2,6 @@
 
 from django.urls import URLPattern, URLResolver
 
-websocket_urlpatterns: list[URLPattern | URLResolver] = []
+from apps.tasks import routing as tasks_routing
+
+websocket_urlpatterns: list[URLPattern | URLResolver] = [*tasks_routing.websocket_urlpatterns]
