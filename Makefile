@@ -37,6 +37,7 @@ doctor: install
 	$(PY) manage.py doctor
 
 docs: install
+	$(PY) -m hermes_site.config --markdown > docs/configuration.md
 	$(PY) -m hermes_site.config --env-example > .env.example
 
 clean:

@@ -274,6 +274,20 @@ def markdown_table() -> str:
     return "\n".join(lines) + "\n"
 
 
+def configuration_doc() -> str:
+    return (
+        "# Configuration\n\n"
+        "Every setting comes from the environment (django-environ) and is validated when any Hermes process boots\n"
+        "(`hermes_site/config.py`). In `HERMES_ENV=production` a missing or unsafe value stops the boot with one line\n"
+        "per problem and exit code 1. Feature flags are `HERMES_FEATURE_<NAME>`; an unknown flag or a malformed value\n"
+        "is an error, never a silent default. This file and `.env.example` are generated from\n"
+        "`hermes_site.config.SETTINGS_TABLE` by `make docs`, and a test keeps them in step.\n\n"
+        + markdown_table()
+        + "\nRun `python manage.py doctor` to see the effective configuration, each dependency's state and every\n"
+        "warning with its fix.\n"
+    )
+
+
 def env_example() -> str:
     out = ["# Hermes environment; every variable is documented in docs/configuration.md."]
     for s in SETTINGS_TABLE:
@@ -283,4 +297,4 @@ def env_example() -> str:
 
 
 if __name__ == "__main__":  # pragma: no cover - doc generator
-    print(markdown_table() if "--markdown" in sys.argv else env_example(), end="")
+    print(configuration_doc() if "--markdown" in sys.argv else env_example(), end="")
