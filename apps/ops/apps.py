@@ -6,6 +6,7 @@ class OpsConfig(AppConfig):
     label = "ops"
 
     def ready(self) -> None:
-        from apps.ops import health
+        from apps.ops import health, metrics
 
         health.register()
+        metrics.register_collectors()

@@ -9,4 +9,6 @@ api_urlpatterns: list[URLPattern | URLResolver] = [
     path("health/live", views.health_live, name="health-live"),
     path("health/ready", views.health_ready, name="health-ready"),
 ]
-urlpatterns: list[URLPattern | URLResolver] = []
+urlpatterns: list[URLPattern | URLResolver] = [
+    path("metrics", views.prometheus_metrics, name="prometheus-metrics"),
+]

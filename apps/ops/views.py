@@ -5,12 +5,15 @@ from __future__ import annotations
 
 import logging
 
-from django.http import HttpRequest, JsonResponse
+from django.conf import settings
+from django.http import HttpRequest, HttpResponse, JsonResponse
 from django.views.decorators.cache import never_cache
 from django.views.decorators.http import require_GET
+from prometheus_client import CONTENT_TYPE_LATEST
 
 from apps.core.checks import health_report, readiness_report
 from apps.core.errors import json_error
+from apps.ops import metrics as ops_metrics
 from apps.ops.access import is_operator
 
 # Probes hit these every few seconds: the logger is sampled (LOG_SAMPLE_RATE), see apps.core.logging.
@@ -52,3 +55,22 @@ def health(request: HttpRequest) -> JsonResponse:
     report = health_report()
     probe_log.info("health %s", report.status, extra={"failing": report.failing, "degraded": report.degraded})
     return JsonResponse(report.as_dict(), status=200 if report.ready else 503)
+
+
+@never_cache
+@require_GET
+def prometheus_metrics(request: HttpRequest) -> HttpResponse:
+    """Prometheus scrape target: django-prometheus HTTP/DB metrics, Hermes metrics, pool and outbox gauges."""
+    if not settings.HERMES_FEATURES.get("metrics", True):
+        return json_error(request, "not_found", "Metrics are disabled (HERMES_FEATURE_METRICS=false).", 404)
+    if not is_operator(request):
+        response = json_error(
+            request,
+            "forbidden",
+            "Scrape with `Authorization: Bearer <METRICS_TOKEN>` or from an address in METRICS_ALLOWED_IPS.",
+            403,
+        )
+        response["WWW-Authenticate"] = 'Bearer realm="metrics"'
+        return response
+    probe_log.info("metrics scraped")
+    return HttpResponse(ops_metrics.render(), content_type=CONTENT_TYPE_LATEST)

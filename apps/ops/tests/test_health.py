@@ -169,3 +169,12 @@ def test_health_command_prints_the_breakdown_and_fails_when_not_ready(tmp_path: 
     out = io.StringIO()
     call_command("health", "--json", stdout=out)
     assert json.loads(out.getvalue())["ready"] is True
+
+
+def test_operator_network_policy_tolerates_bad_entries() -> None:
+    from apps.ops.access import address_allowed
+
+    with override_settings(METRICS_ALLOWED_IPS=["not-a-network", "192.0.2.0/24"]):
+        assert address_allowed("192.0.2.10")
+        assert not address_allowed("198.51.100.1")
+        assert not address_allowed("garbage")
