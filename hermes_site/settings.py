@@ -189,7 +189,11 @@ X_FRAME_OPTIONS = "DENY"
 
 # --- DRF ---------------------------------------------------------------------------------------------------
 REST_FRAMEWORK = {
-    "DEFAULT_AUTHENTICATION_CLASSES": ["apps.orgs.auth.SessionOrgAuthentication"],
+    # The API key first: its authenticate_header makes unauthenticated requests a 401 with a Bearer challenge.
+    "DEFAULT_AUTHENTICATION_CLASSES": [
+        "apps.orgs.auth.APIKeyAuthentication",
+        "apps.orgs.auth.SessionOrgAuthentication",
+    ],
     "DEFAULT_PERMISSION_CLASSES": ["rest_framework.permissions.IsAuthenticated"],
     "DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema",
     "EXCEPTION_HANDLER": "apps.core.errors.exception_handler",

@@ -1,6 +1,12 @@
 """`api_urlpatterns` are mounted under /api/v1/; `urlpatterns` are the console pages."""
 
 from django.urls import URLPattern, URLResolver
+from rest_framework.routers import SimpleRouter
 
-api_urlpatterns: list[URLPattern | URLResolver] = []
+from apps.orgs import api
+
+router = SimpleRouter(trailing_slash=False)
+router.register("keys", api.APIKeyViewSet, basename="api-key")
+
+api_urlpatterns: list[URLPattern | URLResolver] = [*router.urls]
 urlpatterns: list[URLPattern | URLResolver] = []
