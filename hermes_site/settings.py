@@ -144,6 +144,7 @@ CELERY_TASK_SERIALIZER = "json"
 CELERY_ACCEPT_CONTENT = ["json"]
 CELERY_BEAT_SCHEDULE: dict[str, dict[str, Any]] = {
     "ops-heartbeat": {"task": "apps.ops.tasks.beat_heartbeat", "schedule": timedelta(seconds=15)},
+    "core-purge-idempotency": {"task": "apps.core.tasks.purge_idempotency_records", "schedule": timedelta(hours=1)},
 }
 
 # --- Auth ---------------------------------------------------------------------------------------------
