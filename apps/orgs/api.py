@@ -6,13 +6,17 @@ from datetime import timedelta
 from typing import Any
 
 from django.db.models import QuerySet
+from drf_spectacular.types import OpenApiTypes
+from drf_spectacular.utils import OpenApiParameter
 from rest_framework import mixins, status
 from rest_framework.decorators import action
 from rest_framework.request import Request
 from rest_framework.response import Response
+from rest_framework.views import APIView
 
-from apps.core.api import OrgScopedViewSet, describe
-from apps.orgs import actions
+from apps.core.api import OrgScopedMixin, OrgScopedViewSet, describe
+from apps.core.errors import HermesAPIError
+from apps.orgs import actions, quotas
 from apps.orgs.models import APIKey
 from apps.orgs.serializers import (
     APIKeyCreateSerializer,
@@ -96,3 +100,24 @@ class APIKeyViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, OrgScopedV
     def revoke(self, request: Request, pk: str | None = None) -> Response:
         key = actions.revoke_api_key(access=self.access, key=self.get_object())
         return Response(APIKeySerializer(key).data)
+
+
+class UsageView(OrgScopedMixin, APIView):  # type: ignore[misc]
+    read_action = "org:read"
+
+    @describe(
+        "Usage and limits of the current org",
+        action="org:read",
+        notes="The plan's limits, requests in the current minute, and accepted API calls and tasks per UTC day "
+        "(today first, `days` days, at most 35). `available` is false when the counters cannot be read (Redis down).",
+        parameters=[OpenApiParameter("days", int, description="How many days (1-35, default 7).")],
+        responses={200: OpenApiTypes.OBJECT},
+    )
+    def get(self, request: Request) -> Response:
+        try:
+            days = min(35, max(1, int(request.query_params.get("days", 7))))
+        except ValueError:
+            raise HermesAPIError(
+                "days must be an integer", code="invalid", details={"days": ["A whole number from 1 to 35."]}
+            ) from None
+        return Response(quotas.usage(self.org, days=days))
