@@ -77,3 +77,27 @@ def v03_card(base: str) -> dict[str, Any]:
         "defaultOutputModes": ["text"],
         "skills": [{"id": "old", "name": "Old skill", "description": "d", "tags": []}],
     }
+
+
+@pytest.fixture(scope="module")
+def sdk_agent_server() -> Iterator[Any]:
+    """The third-party a2a-sdk agent (tests/agents/sdk_agent.py) over loopback HTTP: `.base`, `.calls`."""
+    from tests.agents.sdk_agent import build_app
+    from tests.servers import DeferredApp, serve_asgi
+
+    holder = DeferredApp()
+    with serve_asgi(holder) as base:
+        holder.app = build_app(base)
+        holder.app.base = base
+        yield holder.app
+
+
+@pytest.fixture
+def sdk_agent_base(sdk_agent_server: Any) -> str:
+    sdk_agent_server.calls.clear()
+    return str(sdk_agent_server.base)
+
+
+@pytest.fixture
+def allow_loopback(settings: Any) -> None:
+    settings.HERMES_SSRF_ALLOWLIST = ["127.0.0.1"]
