@@ -59,6 +59,7 @@ MIDDLEWARE = [
     "django.contrib.messages.middleware.MessageMiddleware",
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
     "django_htmx.middleware.HtmxMiddleware",
+    "apps.core.console.ConsoleErrorMiddleware",
     "django_prometheus.middleware.PrometheusAfterMiddleware",
 ]
 

@@ -7,13 +7,16 @@ navigation, which wants the whole page) and marks the response `Vary: HX-Request
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 from django.contrib import messages
+from django.core.exceptions import PermissionDenied, ValidationError
 from django.http import HttpRequest, HttpResponse
-from django.shortcuts import render
+from django.shortcuts import redirect, render
 from django.template.loader import render_to_string
 from django.utils.cache import patch_vary_headers
+from django.utils.http import url_has_allowed_host_and_scheme
 
 # Header the console's htmx error handler shows as-is (kept short and ASCII: header values are latin-1).
 ERROR_MESSAGE_HEADER = "X-Hermes-Error"
@@ -49,8 +52,6 @@ def render_console(
 
 def hx_redirect(request: HttpRequest, url: str) -> HttpResponse:
     """Send the browser to `url`: HX-Redirect for htmx (a 302 would be followed inside the swap), 302 otherwise."""
-    from django.shortcuts import redirect
-
     if getattr(request, "htmx", None):
         response = HttpResponse(status=204)
         response["HX-Redirect"] = url
@@ -62,3 +63,45 @@ def error_message_header(message: str) -> str:
     """The header value for ERROR_MESSAGE_HEADER: one line, latin-1 safe, bounded."""
     line = " ".join(message.split())[:300]
     return line.encode("latin-1", "replace").decode("latin-1")
+
+
+def add_action_errors(form: Any, exc: ValidationError) -> None:
+    """Show an action's ValidationError on the form: per-field messages on their fields, the rest on top."""
+    if hasattr(exc, "error_dict"):
+        for field, errors in exc.message_dict.items():
+            form.add_error(field if field in form.fields else None, errors)
+    else:
+        form.add_error(None, exc.messages)
+
+
+class ConsoleErrorMiddleware:
+    """A refused action (HermesAPIError: 403 role, 409 conflict, …) raised by a console view becomes a readable
+    answer instead of a 500: htmx requests get the status and X-Hermes-Error (shown as a toast); a plain form post
+    goes back where it came from with the message flashed. The API never gets here: DRF handles its own."""
+
+    def __init__(self, get_response: Callable[[HttpRequest], HttpResponse]) -> None:
+        self.get_response = get_response
+
+    def __call__(self, request: HttpRequest) -> HttpResponse:
+        return self.get_response(request)
+
+    def process_exception(self, request: HttpRequest, exception: Exception) -> HttpResponse | None:
+        from apps.core.errors import HermesAPIError, handler403, handler404
+
+        if not isinstance(exception, HermesAPIError) or request.path.startswith("/api/"):
+            return None
+        message = str(exception.detail)
+        status = int(exception.status_code)
+        if status == 403:
+            return handler403(request, PermissionDenied(message))
+        if status == 404:
+            return handler404(request, None)
+        if getattr(request, "htmx", None) or request.method == "GET":
+            response = HttpResponse(message, status=status, content_type="text/plain; charset=utf-8")
+            response[ERROR_MESSAGE_HEADER] = error_message_header(message)
+            return response
+        messages.error(request, message)
+        referer = request.headers.get("Referer", "")
+        if not url_has_allowed_host_and_scheme(referer, allowed_hosts={request.get_host()}):
+            referer = "/"
+        return redirect(referer)

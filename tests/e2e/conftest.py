@@ -96,7 +96,7 @@ def hermes_server(django_db_setup: Any, tmp_path_factory: pytest.TempPathFactory
     base_url = f"http://127.0.0.1:{port}"
     logs = tmp_path_factory.mktemp("e2e-logs")
     env = {
-        **os.environ,
+        **{k: v for k, v in os.environ.items() if k != "DJANGO_ALLOW_ASYNC_UNSAFE"},
         "HERMES_ENV": "test",
         "DATABASE_URL": _database_url(connection.settings_dict),
         "REDIS_URL": settings.REDIS_URL,
@@ -115,8 +115,10 @@ def hermes_server(django_db_setup: Any, tmp_path_factory: pytest.TempPathFactory
         stderr=subprocess.STDOUT,
     )
     worker = subprocess.Popen(
-        [sys.executable, "-m", "celery", "-A", "hermes_site", "worker", "--pool", "threads", "--concurrency", "4"]
-        + ["--loglevel", "INFO", "--purge", "--without-gossip", "--without-mingle", "--without-heartbeat"],
+        [
+            *(sys.executable, "-m", "celery", "-A", "hermes_site", "worker", "--pool", "threads", "--concurrency", "4"),
+            *("--loglevel", "INFO", "--purge", "--without-gossip", "--without-mingle", "--without-heartbeat"),
+        ],
         cwd=ROOT,
         env=env,
         stdout=worker_log.open("wb"),
@@ -137,7 +139,7 @@ def hermes_server(django_db_setup: Any, tmp_path_factory: pytest.TempPathFactory
                 proc.kill()
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def browser() -> Iterator[Any]:
     from playwright.sync_api import sync_playwright
 
@@ -146,11 +148,19 @@ def browser() -> Iterator[Any]:
         pytest.fail(f"Chromium not found at {executable}: apt-get install chromium, or set HERMES_CHROMIUM")
     # Playwright's sync API keeps an event loop running in this thread; the test's own ORM calls are still
     # plain synchronous code, so Django's async-safety guard would refuse them.
+    # Module-scoped and restored afterwards, so neither the rest of the suite nor its subprocesses inherit it.
+    previous = os.environ.get("DJANGO_ALLOW_ASYNC_UNSAFE")
     os.environ["DJANGO_ALLOW_ASYNC_UNSAFE"] = "true"
-    with sync_playwright() as playwright:
-        browser = playwright.chromium.launch(executable_path=executable, args=CHROMIUM_ARGS)
-        yield browser
-        browser.close()
+    try:
+        with sync_playwright() as playwright:
+            browser = playwright.chromium.launch(executable_path=executable, args=CHROMIUM_ARGS)
+            yield browser
+            browser.close()
+    finally:
+        if previous is None:
+            os.environ.pop("DJANGO_ALLOW_ASYNC_UNSAFE", None)
+        else:
+            os.environ["DJANGO_ALLOW_ASYNC_UNSAFE"] = previous
 
 
 @pytest.fixture
