@@ -116,10 +116,13 @@ class Decision:
             "org_requests_per_minute": f"This organization's limit of {self.limit} API requests per minute",
             "key_requests_per_minute": f"This API key's limit of {self.limit} requests per minute",
             "tasks_per_day": f"This organization's limit of {self.limit} tasks per day (UTC)",
+            "address_requests_per_minute": f"The limit of {self.limit} requests per minute from one address",
         }[self.limit_name]
         return f"{what} is used up; it resets in {self.retry_after} s. {self.how_to_raise()}"
 
     def how_to_raise(self) -> str:
+        if self.limit_name == "address_requests_per_minute":
+            return "Wait for the reset; this limit protects the public endpoints and cannot be raised."
         if self.limit_name == "key_requests_per_minute":
             return "An admin can raise or remove the key's own limit (rate_limit_per_minute), up to the plan's limit."
         plan = getattr(self.org, "plan", Plan.FREE)
@@ -264,6 +267,37 @@ class OrgQuotaThrottle(BaseThrottle):
         if not isinstance(access, Access):
             return True
         decision = check_request(access)
+        if decision is None:
+            return True
+        request._request.hermes_quota = decision  # type: ignore[attr-defined]
+        if not decision.allowed:
+            raise QuotaExceeded(decision)
+        return True
+
+
+ANONYMOUS_REQUESTS_PER_MINUTE = 20
+
+
+def check_anonymous(ip: str, now: float | None = None) -> Decision | None:
+    """Per-address limit for the public endpoints (registration, password reset); None when Redis is down."""
+    now = time.time() if now is None else now
+    window = int(now // WINDOW_SECONDS)
+    keys = [":".join([KEY_PREFIX, "anon", ip, str(window)])]
+    limit = ANONYMOUS_REQUESTS_PER_MINUTE
+    result = _gate.run(lambda: _gate.script()(keys=keys, args=[1, limit, WINDOW_SECONDS * 2]), "anonymous check")
+    if result is None:
+        return None
+    decision = Decision(bool(result[1]), "address_requests_per_minute", limit, int(result[0]), (window + 1) * 60, now)
+    if not decision.allowed:
+        QUOTA_REJECTIONS.labels(limit=decision.limit_name).inc()
+    return decision
+
+
+class AnonymousRateThrottle(BaseThrottle):
+    """For unauthenticated endpoints: a fixed per-client-address limit (they send email and hash passwords)."""
+
+    def allow_request(self, request: Request, view: Any) -> bool:
+        decision = check_anonymous(request.META.get("REMOTE_ADDR") or "unknown")
         if decision is None:
             return True
         request._request.hermes_quota = decision  # type: ignore[attr-defined]

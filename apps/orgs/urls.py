@@ -6,10 +6,15 @@ from rest_framework.routers import SimpleRouter
 from apps.orgs import api
 
 router = SimpleRouter(trailing_slash=False)
+router.register("orgs", api.OrganizationViewSet, basename="org")
+router.register("members", api.MemberViewSet, basename="member")
+router.register("invitations", api.InvitationViewSet, basename="invitation")
 router.register("keys", api.APIKeyViewSet, basename="api-key")
 
 api_urlpatterns: list[URLPattern | URLResolver] = [
     path("usage", api.UsageView.as_view(), name="usage"),
+    # Before the router: "invitations/accept" must not be read as the invitation with pk "accept".
+    path("invitations/accept", api.AcceptInvitationView.as_view(), name="invitation-accept"),
     *router.urls,
 ]
 urlpatterns: list[URLPattern | URLResolver] = []
