@@ -89,7 +89,7 @@ def permissions_doc() -> str:
     return (
         "# Roles and permissions\n\n"
         "Generated from `apps/core/permissions.py` by `make docs`; do not edit by hand.\n\n"
-        "One matrix (role × action) guards the API (`OrgActionPermission` / `require_action`), the console "
+        "One matrix (role by action) guards the API (`OrgActionPermission` / `require_action`), the console "
         "(`org_action_required`) and the actions themselves. API-key scopes are the actions marked as scopes: a "
         "request through a key may perform an action only when the key carries the scope **and** its creator's "
         "current role allows it, so a key never exceeds the person who made it (and shrinks when they are "
