@@ -6,7 +6,8 @@ from typing import Any
 
 from django.core.exceptions import PermissionDenied
 from django.core.exceptions import ValidationError as DjangoValidationError
-from django.http import Http404, HttpRequest, JsonResponse
+from django.http import Http404, HttpRequest, HttpResponse, JsonResponse
+from django.template.loader import render_to_string
 from rest_framework import exceptions, status
 from rest_framework.response import Response
 from rest_framework.serializers import as_serializer_error
@@ -85,9 +86,42 @@ def json_error(request: HttpRequest, code: str, message: str, status_code: int) 
     return JsonResponse(error_body(code, message), status=status_code)
 
 
-def handler404(request: HttpRequest, exception: Exception | None = None) -> JsonResponse:
-    return json_error(request, "not_found", "Not found.", 404)
+def _is_api(request: HttpRequest) -> bool:
+    # The API (and anything a program calls) keeps the JSON error shape; console pages get HTML.
+    return request.path.startswith("/api/")
 
 
-def handler500(request: HttpRequest) -> JsonResponse:
-    return json_error(request, "server_error", "Internal server error; the request id identifies it in the logs.", 500)
+def _html_error(request: HttpRequest | None, status_code: int, title: str, message: str) -> HttpResponse:
+    from apps.core.console import ERROR_MESSAGE_HEADER, error_message_header
+
+    context = {"status": status_code, "title": title, "message": message}
+    try:
+        # With the request (nav, current org) when the page can afford it; a 500 renders without context
+        # processors because they may be what failed.
+        body = render_to_string("error.html", context, request=request)
+    except Exception:
+        body = render_to_string("error.html", {**context, "minimal": True})
+    response = HttpResponse(body, status=status_code)
+    response[ERROR_MESSAGE_HEADER] = error_message_header(message)
+    return response
+
+
+def handler403(request: HttpRequest, exception: Exception | None = None) -> HttpResponse:
+    message = str(exception) if exception and str(exception) else "You do not have permission to do that."
+    if _is_api(request):
+        return json_error(request, "permission_denied", message, 403)
+    return _html_error(request, 403, "Not allowed", message)
+
+
+def handler404(request: HttpRequest, exception: Exception | None = None) -> HttpResponse:
+    if _is_api(request):
+        return json_error(request, "not_found", "Not found.", 404)
+    return _html_error(request, 404, "Page not found", "There is nothing here, or it belongs to another organization.")
+
+
+def handler500(request: HttpRequest) -> HttpResponse:
+    message = "Internal server error; the request id identifies it in the logs."
+    if _is_api(request):
+        return json_error(request, "server_error", message, 500)
+    request_id = getattr(request, "request_id", "")
+    return _html_error(None, 500, "Something went wrong", f"{message} Request id: {request_id}".strip())

@@ -1,9 +1,9 @@
 """`api_urlpatterns` are mounted under /api/v1/; `urlpatterns` are the console pages."""
 
-from django.urls import URLPattern, URLResolver, path
+from django.urls import URLPattern, URLResolver, include, path
 from rest_framework.routers import SimpleRouter
 
-from apps.orgs import api
+from apps.orgs import api, views
 
 router = SimpleRouter(trailing_slash=False)
 router.register("orgs", api.OrganizationViewSet, basename="org")
@@ -17,4 +17,10 @@ api_urlpatterns: list[URLPattern | URLResolver] = [
     path("invitations/accept", api.AcceptInvitationView.as_view(), name="invitation-accept"),
     *router.urls,
 ]
-urlpatterns: list[URLPattern | URLResolver] = []
+
+console_urlpatterns: list[URLPattern | URLResolver] = [
+    path("", views.dashboard, name="dashboard"),
+    path("orgs/new/", views.create, name="create"),
+    path("orgs/switch/", views.switch, name="switch"),
+]
+urlpatterns: list[URLPattern | URLResolver] = [path("", include((console_urlpatterns, "orgs")))]
