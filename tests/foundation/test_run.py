@@ -1,0 +1,59 @@
+"""`make run`'s Python entry point on the embedded default: SQLite file + embedded Redis, web + worker + beat,
+seeded demo login, liveness served, and Ctrl-C (SIGINT) stops every process it started."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+
+from hermes_site.config import BASE_DIR
+
+
+@pytest.mark.skipif(os.name == "nt", reason="sends SIGINT to a process group")
+def test_run_serves_the_platform_on_embedded_defaults_and_stops_cleanly(tmp_path: Path, free_port: int) -> None:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("DATABASE_", "REDIS_", "CELERY_", "HERMES_"))}
+    env.update(HERMES_ENV="dev", DATABASE_URL=f"sqlite:///{tmp_path / 'hermes.sqlite3'}")
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "hermes_site.run", "--port", str(free_port)],
+        cwd=BASE_DIR,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        start_new_session=True,
+    )
+    lines: list[str] = []
+    reader = threading.Thread(target=lambda: lines.extend(iter(proc.stdout.readline, "")), daemon=True)  # type: ignore[union-attr]
+    reader.start()
+    try:
+        deadline = time.monotonic() + 90
+        status = None
+        while time.monotonic() < deadline and status != 200:
+            try:
+                status = httpx.get(f"http://127.0.0.1:{free_port}/api/v1/health/live", timeout=2).status_code
+            except httpx.TransportError:
+                time.sleep(0.3)
+        assert status == 200, "".join(lines)
+        while time.monotonic() < deadline and not any("celery@" in line and "ready" in line for line in lines):
+            time.sleep(0.3)
+    finally:
+        os.killpg(proc.pid, signal.SIGINT)  # what Ctrl-C in a terminal does
+        proc.wait(timeout=60)
+        reader.join(timeout=5)
+    output = "".join(lines)
+    assert "demo login: demo@hermes.local / hermes-demo" in output
+    assert f"Hermes is running: http://127.0.0.1:{free_port}/" in output
+    assert "embedded Redis at redis://127.0.0.1:" in output
+    assert "beat" in output and "ready" in output, output
+    assert proc.returncode == 0, output
+    # Nothing it started survives: the process group is empty.
+    with pytest.raises(ProcessLookupError):
+        os.killpg(proc.pid, 0)
