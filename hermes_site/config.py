@@ -20,7 +20,7 @@ BASE_DIR = Path(__file__).resolve().parent.parent
 VAR_DIR = BASE_DIR / "var"
 INSECURE_SECRET_KEY = "dev-insecure-secret-key-change-me"  # noqa: S105 - the known-unsafe dev default we refuse in production
 ENVIRONMENTS = ("dev", "test", "production")
-FEATURES = ("tracing", "metrics", "federation", "console", "marketplace")
+FEATURES = ("tracing", "metrics", "federation", "console", "marketplace", "demo_agents")
 
 
 @dataclass(frozen=True)
@@ -102,6 +102,21 @@ SETTINGS_TABLE: tuple[Setting, ...] = (
     Setting("HERMES_FEATURE_FEDERATION", "bool", "true", "Federation endpoints and delivery."),
     Setting("HERMES_FEATURE_CONSOLE", "bool", "true", "The HTMX console."),
     Setting("HERMES_FEATURE_MARKETPLACE", "bool", "true", "Public agent marketplace."),
+    Setting(
+        "HERMES_FEATURE_DEMO_AGENTS", "bool", "true", "Serve the built-in demo agents under `/demo-agents/` (ASGI)."
+    ),
+    Setting(
+        "HERMES_DEMO_FLAKY_FAILURE_RATE",
+        "float",
+        "0.3",
+        "Share of message sends the flaky demo agent answers with 503.",
+    ),
+    Setting(
+        "HERMES_DEMO_FLAKY_SEED",
+        "str",
+        "(empty: random)",
+        "Seed making the flaky demo agent's failures reproducible (per message and attempt).",
+    ),
 )
 
 
@@ -249,6 +264,15 @@ def load(environ_map: Mapping[str, str] | None = None) -> Config:
                 raise ValueError
         except ValueError:
             problems.append(f"LOG_SAMPLE_RATE={source['LOG_SAMPLE_RATE']!r} must be a number between 0 and 1.")
+    if "HERMES_DEMO_FLAKY_FAILURE_RATE" in source:
+        try:
+            if not 0.0 <= float(source["HERMES_DEMO_FLAKY_FAILURE_RATE"]) <= 1.0:
+                raise ValueError
+        except ValueError:
+            problems.append(
+                f"HERMES_DEMO_FLAKY_FAILURE_RATE={source['HERMES_DEMO_FLAKY_FAILURE_RATE']!r} "
+                "must be a number between 0 and 1."
+            )
     log_format = source.get("LOG_FORMAT")
     if log_format is not None and log_format not in {"json", "console"}:
         problems.append(f"LOG_FORMAT={log_format!r} must be json or console.")
