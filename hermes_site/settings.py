@@ -243,10 +243,16 @@ LOG_SAMPLE_RATE = env.float("LOG_SAMPLE_RATE", default=0.01)
 LOGGING = {
     "version": 1,
     "disable_existing_loggers": False,
-    "filters": {"context": {"()": "apps.core.logging.ContextFilter"}},
+    "filters": {
+        "context": {"()": "apps.core.logging.ContextFilter"},
+        "sampled": {"()": "apps.core.logging.SampleFilter", "rate": LOG_SAMPLE_RATE},
+    },
     "formatters": {
         "json": {"()": "apps.core.logging.JsonFormatter"},
-        "console": {"format": "%(asctime)s %(levelname)-7s %(name)s [%(request_id)s] %(message)s"},
+        "console": {
+            "format": "%(asctime)s %(levelname)-7s %(name)s "
+            "[%(request_id)s org=%(org_id)s user=%(user_id)s] %(message)s"
+        },
     },
     "handlers": {
         "default": {
@@ -258,6 +264,14 @@ LOGGING = {
     "root": {"handlers": ["default"], "level": LOG_LEVEL},
     "loggers": {
         "django.db.backends": {"level": "WARNING"},
+        # hermes.request logs one line per request; Django's own 4xx/5xx line would repeat it.
+        "django.request": {"level": "ERROR"},
         "celery": {"level": "INFO"},
+        # Noisy subsystems (apps.core.logging.NOISY_LOGGERS): kept at LOG_SAMPLE_RATE below WARNING.
+        "hermes.probes": {"filters": ["sampled"]},
+        "hermes.ws.heartbeat": {"filters": ["sampled"]},
+        "hermes.sweeper": {"filters": ["sampled"]},
     },
 }
+# Celery would replace the root handler with its own plain-text one; keep ours so worker lines are JSON too.
+CELERY_WORKER_HIJACK_ROOT_LOGGER = False
