@@ -80,6 +80,8 @@ TEMPLATES = [
                 "django.contrib.messages.context_processors.messages",
                 "apps.orgs.context_processors.console",
             ],
+            # {% partialdef %} in every template without a {% load %} (template_partials wraps the loaders).
+            "builtins": ["template_partials.templatetags.partials"],
         },
     }
 ]
