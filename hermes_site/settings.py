@@ -80,6 +80,8 @@ TEMPLATES = [
                 "django.contrib.messages.context_processors.messages",
                 "apps.orgs.context_processors.console",
             ],
+            # {% partialdef %} in every template without a {% load %} (template_partials wraps the loaders).
+            "builtins": ["template_partials.templatetags.partials"],
         },
     }
 ]
@@ -149,6 +151,12 @@ CELERY_ACCEPT_CONTENT = ["json"]
 CELERY_BEAT_SCHEDULE: dict[str, dict[str, Any]] = {
     "ops-heartbeat": {"task": "apps.ops.tasks.beat_heartbeat", "schedule": timedelta(seconds=15)},
     "core-purge-idempotency": {"task": "apps.core.tasks.purge_idempotency_records", "schedule": timedelta(hours=1)},
+    # Re-enqueues overdue outbox rows and expires stale in-flight leases: a lost broker message delays a
+    # federation delivery, never loses it.
+    "federation-sweep-outbox": {
+        "task": "apps.federation.tasks.sweep_outbox",
+        "schedule": timedelta(seconds=env.float("HERMES_FEDERATION_SWEEP_INTERVAL", default=10.0)),
+    },
 }
 
 # --- Auth ---------------------------------------------------------------------------------------------
@@ -202,7 +210,7 @@ REST_FRAMEWORK = {
     "DEFAULT_PERMISSION_CLASSES": ["rest_framework.permissions.IsAuthenticated"],
     # Per-org (and per-key) requests per minute, after authentication and permissions (docs/quotas.md).
     "DEFAULT_THROTTLE_CLASSES": ["apps.orgs.quotas.OrgQuotaThrottle"],
-    "DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema",
+    "DEFAULT_SCHEMA_CLASS": "apps.core.schema.HermesAutoSchema",
     "EXCEPTION_HANDLER": "apps.core.errors.exception_handler",
     "DEFAULT_PAGINATION_CLASS": "apps.core.pagination.CursorPagination",
     "PAGE_SIZE": 50,
@@ -215,6 +223,10 @@ SPECTACULAR_SETTINGS = {
     "VERSION": "1.0.0",
     "SERVE_INCLUDE_SCHEMA": False,
     "SCHEMA_PATH_PREFIX": r"/api/v1",
+    "ENUM_NAME_OVERRIDES": {
+        "FederationOutboxStatusEnum": "apps.federation.models.OutboxStatus",
+        "FederationPeerStatusEnum": "apps.federation.models.PeerStatus",
+    },
 }
 
 # --- Hermes ------------------------------------------------------------------------------------------------
@@ -226,7 +238,17 @@ if HERMES_ENV == "dev":
 HERMES_FEDERATION_HMAC = env.bool("HERMES_FEDERATION_HMAC", default=True)
 HERMES_FEDERATION_TOLERANCE = env.int("HERMES_FEDERATION_TOLERANCE", default=300)
 HERMES_FIELD_KEY = env.str("HERMES_FIELD_KEY", default="")
+HERMES_FEDERATION_DEFAULT_POLICY = env.str("HERMES_FEDERATION_DEFAULT_POLICY", default="deny")
+HERMES_FEDERATION_POLICY_CACHE_TTL = env.int("HERMES_FEDERATION_POLICY_CACHE_TTL", default=30)
+HERMES_FEDERATION_MAX_ATTEMPTS = env.int("HERMES_FEDERATION_MAX_ATTEMPTS", default=8)
+HERMES_FEDERATION_MAX_AGE = env.int("HERMES_FEDERATION_MAX_AGE", default=86400)
+HERMES_FEDERATION_RETRY_BASE = env.float("HERMES_FEDERATION_RETRY_BASE", default=2.0)
+HERMES_FEDERATION_RETRY_MAX_DELAY = env.float("HERMES_FEDERATION_RETRY_MAX_DELAY", default=300.0)
+HERMES_FEDERATION_TIMEOUT = env.float("HERMES_FEDERATION_TIMEOUT", default=10.0)
+HERMES_FEDERATION_SWEEP_INTERVAL = env.float("HERMES_FEDERATION_SWEEP_INTERVAL", default=10.0)
 HERMES_MAX_TASK_INPUT_BYTES = env.int("HERMES_MAX_TASK_INPUT_BYTES", default=256 * 1024)
+HERMES_DEMO_FLAKY_FAILURE_RATE = env.float("HERMES_DEMO_FLAKY_FAILURE_RATE", default=0.3)
+HERMES_DEMO_FLAKY_SEED = env.str("HERMES_DEMO_FLAKY_SEED", default="")
 METRICS_TOKEN = env.str("METRICS_TOKEN", default="")
 METRICS_ALLOWED_IPS: list[str] = env.list("METRICS_ALLOWED_IPS", default=["127.0.0.1", "::1"])
 CELERY_WORKER_METRICS_PORT = env.int("CELERY_WORKER_METRICS_PORT", default=0)
