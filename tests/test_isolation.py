@@ -80,6 +80,10 @@ def _org(org: Any, owner: Any) -> Any:
 ISOLATION: dict[str, Detail | Listing | Exempt] = {
     # ops
     "health-live": Exempt("liveness probe: no data"),
+    "health-ready": Exempt("readiness probe: dependency status only"),
+    "health": Exempt("operator-only breakdown of instance dependencies; no org data"),
+    "ops-ping": Exempt("operator egress diagnostic (metrics token); no org data"),
+    "ops-ping-detail": Exempt("operator egress diagnostic result; no org data"),
     # API docs
     "api-schema": Exempt("the OpenAPI document: no data"),
     "api-docs": Exempt("the interactive docs page: no data"),
