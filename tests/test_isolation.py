@@ -80,6 +80,8 @@ def _org(org: Any, owner: Any) -> Any:
 ISOLATION: dict[str, Detail | Listing | Exempt] = {
     # ops
     "health-live": Exempt("liveness probe: no data"),
+    "health-ready": Exempt("readiness probe: dependency status, no org data"),
+    "health": Exempt("operator health breakdown: infrastructure status, no org data"),
     # API docs
     "api-schema": Exempt("the OpenAPI document: no data"),
     "api-docs": Exempt("the interactive docs page: no data"),
