@@ -12,7 +12,7 @@ from django.db.models import ProtectedError
 from django.utils import timezone
 from django.utils.text import slugify
 
-from apps.agents.cards import CardError, CardInfo, fetch_card
+from apps.agents.cards import CardError, CardInfo, fetch_card, parse_card
 from apps.agents.models import Agent, Visibility
 from apps.core.http import OutboundBlocked, check_url
 
@@ -240,6 +240,38 @@ def delete_agent(agent: Agent, *, by: Any = None) -> None:
             raise AgentActionError(
                 "This agent still has tasks; it cannot be deleted while they exist.", code="agent_in_use", status=409
             ) from exc
+
+
+def assign_demo_agents(*, org: Any, by: Any = None) -> DemoAssignment:
+    """Give the org every built-in demo agent (served by this instance under /demo-agents/). Idempotent: agents
+    the org already has are refreshed to the current card (e.g. after HERMES_PUBLIC_URL changed), never doubled."""
+    from apps.agents.demo.specs import DEMO_AGENTS, demo_card_dict
+
+    created: list[Agent] = []
+    existing: list[Agent] = []
+    with transaction.atomic():
+        # Lock the org's demo rows so two concurrent assignments serialize instead of racing on the constraint.
+        have = {
+            agent.demo_key: agent
+            for agent in Agent.objects.for_org(org).filter(is_demo=True).select_for_update().order_by("pk")
+        }
+        for spec in DEMO_AGENTS:
+            info = parse_card(demo_card_dict(spec), card_url="")
+            info = CardInfo(**{**info.__dict__, "card_url": f"{info.url}.well-known/agent-card.json"})
+            agent = have.get(spec.slug)
+            if agent is None:
+                agent = Agent(organization=org, created_by=by, is_demo=True, demo_key=spec.slug)
+                _apply_card(agent, info)
+                agent.slug = _unique_slug(org, f"demo-{spec.slug}")
+                agent.save()
+                created.append(agent)
+            else:
+                _apply_card(agent, info)
+                agent.save()
+                existing.append(agent)
+        if created:
+            _audit("demo_assigned", created[0], by, agent_slugs=[a.slug for a in created])
+    return DemoAssignment(created=created, existing=existing)
 
 
 def record_agent_contact(agent: Agent, *, error: str | None = None) -> None:

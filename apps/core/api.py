@@ -10,6 +10,7 @@ from drf_spectacular.utils import extend_schema
 from rest_framework import permissions, viewsets
 from rest_framework.request import Request
 
+from apps.core import context
 from apps.core.errors import HermesAPIError
 from apps.core.permissions import SCOPES, Access, Role, role_allows
 
@@ -74,6 +75,11 @@ class OrgScopedMixin:
     required_actions: dict[str, str] = {}
     permission_classes = [permissions.IsAuthenticated, OrgActionPermission]
     request: Request
+
+    def perform_authentication(self, request: Request) -> None:
+        super().perform_authentication(request)  # type: ignore[misc]
+        # From here on every log line (and every Celery job enqueued) carries the org and user.
+        context.bind_access(getattr(request, "auth", None))
 
     def required_action(self, request: Request) -> str | None:
         name = getattr(self, "action", None) or (request.method or "get").lower()
