@@ -93,6 +93,21 @@ SETTINGS_TABLE: tuple[Setting, ...] = (
     Setting(
         "HERMES_FEDERATION_TOLERANCE", "int", "300", "Clock skew tolerance and replay window for signatures, seconds."
     ),
+    Setting(
+        "HERMES_FEDERATION_DEFAULT_POLICY",
+        "str",
+        "deny",
+        "`allow` or `deny`: federation traffic no org policy rule matches.",
+    ),
+    Setting("HERMES_FEDERATION_POLICY_CACHE_TTL", "int", "30", "Seconds a policy decision is cached per process."),
+    Setting("HERMES_FEDERATION_MAX_ATTEMPTS", "int", "8", "Delivery attempts before a message is dead-lettered."),
+    Setting(
+        "HERMES_FEDERATION_MAX_AGE", "int", "86400", "Seconds after which an undelivered message is dead-lettered."
+    ),
+    Setting("HERMES_FEDERATION_RETRY_BASE", "float", "2", "First retry backoff cap, seconds (doubles per attempt)."),
+    Setting("HERMES_FEDERATION_RETRY_MAX_DELAY", "float", "300", "Largest backoff (and Retry-After honored), seconds."),
+    Setting("HERMES_FEDERATION_TIMEOUT", "float", "10", "Timeout of one outbound delivery request, seconds."),
+    Setting("HERMES_FEDERATION_SWEEP_INTERVAL", "float", "10", "Seconds between outbox sweeps (Celery beat)."),
     Setting("HERMES_FIELD_KEY", "str", "(derived from SECRET_KEY)", "Key for encrypting secrets at rest (Fernet)."),
     Setting("HERMES_MAX_TASK_INPUT_BYTES", "int", "262144", "Largest accepted task input; bigger is HTTP 413."),
     Setting(
@@ -249,6 +264,9 @@ def load(environ_map: Mapping[str, str] | None = None) -> Config:
         "DATABASE_POOL_MAX",
         "HEALTH_STALE_AFTER",
         "HERMES_FEDERATION_TOLERANCE",
+        "HERMES_FEDERATION_POLICY_CACHE_TTL",
+        "HERMES_FEDERATION_MAX_ATTEMPTS",
+        "HERMES_FEDERATION_MAX_AGE",
         "HERMES_MAX_TASK_INPUT_BYTES",
         "SECURE_HSTS_SECONDS",
     ):
@@ -273,6 +291,22 @@ def load(environ_map: Mapping[str, str] | None = None) -> Config:
                 f"HERMES_DEMO_FLAKY_FAILURE_RATE={source['HERMES_DEMO_FLAKY_FAILURE_RATE']!r} "
                 "must be a number between 0 and 1."
             )
+    for float_name in (
+        "HERMES_FEDERATION_RETRY_BASE",
+        "HERMES_FEDERATION_RETRY_MAX_DELAY",
+        "HERMES_FEDERATION_TIMEOUT",
+        "HERMES_FEDERATION_SWEEP_INTERVAL",
+    ):
+        if float_name in source:
+            try:
+                if float(source[float_name]) <= 0:
+                    raise ValueError
+            except ValueError:
+                problems.append(f"{float_name}={source[float_name]!r} is not a positive number of seconds.")
+    if source.get("HERMES_FEDERATION_DEFAULT_POLICY", "deny") not in {"allow", "deny"}:
+        problems.append(
+            f"HERMES_FEDERATION_DEFAULT_POLICY={source['HERMES_FEDERATION_DEFAULT_POLICY']!r} must be allow or deny."
+        )
     log_format = source.get("LOG_FORMAT")
     if log_format is not None and log_format not in {"json", "console"}:
         problems.append(f"LOG_FORMAT={log_format!r} must be json or console.")

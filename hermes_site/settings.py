@@ -80,6 +80,8 @@ TEMPLATES = [
                 "django.contrib.messages.context_processors.messages",
                 "apps.orgs.context_processors.console",
             ],
+            # {% partialdef %} in every template without a {% load %} (template_partials wraps the loaders).
+            "builtins": ["template_partials.templatetags.partials"],
         },
     }
 ]
@@ -148,6 +150,12 @@ CELERY_ACCEPT_CONTENT = ["json"]
 CELERY_BEAT_SCHEDULE: dict[str, dict[str, Any]] = {
     "ops-heartbeat": {"task": "apps.ops.tasks.beat_heartbeat", "schedule": timedelta(seconds=15)},
     "core-purge-idempotency": {"task": "apps.core.tasks.purge_idempotency_records", "schedule": timedelta(hours=1)},
+    # Re-enqueues overdue outbox rows and expires stale in-flight leases: a lost broker message delays a
+    # federation delivery, never loses it.
+    "federation-sweep-outbox": {
+        "task": "apps.federation.tasks.sweep_outbox",
+        "schedule": timedelta(seconds=env.float("HERMES_FEDERATION_SWEEP_INTERVAL", default=10.0)),
+    },
 }
 
 # --- Auth ---------------------------------------------------------------------------------------------
@@ -201,7 +209,7 @@ REST_FRAMEWORK = {
     "DEFAULT_PERMISSION_CLASSES": ["rest_framework.permissions.IsAuthenticated"],
     # Per-org (and per-key) requests per minute, after authentication and permissions (docs/quotas.md).
     "DEFAULT_THROTTLE_CLASSES": ["apps.orgs.quotas.OrgQuotaThrottle"],
-    "DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema",
+    "DEFAULT_SCHEMA_CLASS": "apps.core.schema.HermesAutoSchema",
     "EXCEPTION_HANDLER": "apps.core.errors.exception_handler",
     "DEFAULT_PAGINATION_CLASS": "apps.core.pagination.CursorPagination",
     "PAGE_SIZE": 50,
@@ -214,6 +222,10 @@ SPECTACULAR_SETTINGS = {
     "VERSION": "1.0.0",
     "SERVE_INCLUDE_SCHEMA": False,
     "SCHEMA_PATH_PREFIX": r"/api/v1",
+    "ENUM_NAME_OVERRIDES": {
+        "FederationOutboxStatusEnum": "apps.federation.models.OutboxStatus",
+        "FederationPeerStatusEnum": "apps.federation.models.PeerStatus",
+    },
 }
 
 # --- Hermes ------------------------------------------------------------------------------------------------
@@ -225,6 +237,14 @@ if HERMES_ENV == "dev":
 HERMES_FEDERATION_HMAC = env.bool("HERMES_FEDERATION_HMAC", default=True)
 HERMES_FEDERATION_TOLERANCE = env.int("HERMES_FEDERATION_TOLERANCE", default=300)
 HERMES_FIELD_KEY = env.str("HERMES_FIELD_KEY", default="")
+HERMES_FEDERATION_DEFAULT_POLICY = env.str("HERMES_FEDERATION_DEFAULT_POLICY", default="deny")
+HERMES_FEDERATION_POLICY_CACHE_TTL = env.int("HERMES_FEDERATION_POLICY_CACHE_TTL", default=30)
+HERMES_FEDERATION_MAX_ATTEMPTS = env.int("HERMES_FEDERATION_MAX_ATTEMPTS", default=8)
+HERMES_FEDERATION_MAX_AGE = env.int("HERMES_FEDERATION_MAX_AGE", default=86400)
+HERMES_FEDERATION_RETRY_BASE = env.float("HERMES_FEDERATION_RETRY_BASE", default=2.0)
+HERMES_FEDERATION_RETRY_MAX_DELAY = env.float("HERMES_FEDERATION_RETRY_MAX_DELAY", default=300.0)
+HERMES_FEDERATION_TIMEOUT = env.float("HERMES_FEDERATION_TIMEOUT", default=10.0)
+HERMES_FEDERATION_SWEEP_INTERVAL = env.float("HERMES_FEDERATION_SWEEP_INTERVAL", default=10.0)
 HERMES_MAX_TASK_INPUT_BYTES = env.int("HERMES_MAX_TASK_INPUT_BYTES", default=256 * 1024)
 HERMES_DEMO_FLAKY_FAILURE_RATE = env.float("HERMES_DEMO_FLAKY_FAILURE_RATE", default=0.3)
 HERMES_DEMO_FLAKY_SEED = env.str("HERMES_DEMO_FLAKY_SEED", default="")
@@ -243,10 +263,16 @@ LOG_SAMPLE_RATE = env.float("LOG_SAMPLE_RATE", default=0.01)
 LOGGING = {
     "version": 1,
     "disable_existing_loggers": False,
-    "filters": {"context": {"()": "apps.core.logging.ContextFilter"}},
+    "filters": {
+        "context": {"()": "apps.core.logging.ContextFilter"},
+        "sampled": {"()": "apps.core.logging.SampleFilter", "rate": LOG_SAMPLE_RATE},
+    },
     "formatters": {
         "json": {"()": "apps.core.logging.JsonFormatter"},
-        "console": {"format": "%(asctime)s %(levelname)-7s %(name)s [%(request_id)s] %(message)s"},
+        "console": {
+            "format": "%(asctime)s %(levelname)-7s %(name)s "
+            "[%(request_id)s org=%(org_id)s user=%(user_id)s] %(message)s"
+        },
     },
     "handlers": {
         "default": {
@@ -258,6 +284,14 @@ LOGGING = {
     "root": {"handlers": ["default"], "level": LOG_LEVEL},
     "loggers": {
         "django.db.backends": {"level": "WARNING"},
+        # hermes.request logs one line per request; Django's own 4xx/5xx line would repeat it.
+        "django.request": {"level": "ERROR"},
         "celery": {"level": "INFO"},
+        # Noisy subsystems (apps.core.logging.NOISY_LOGGERS): kept at LOG_SAMPLE_RATE below WARNING.
+        "hermes.probes": {"filters": ["sampled"]},
+        "hermes.ws.heartbeat": {"filters": ["sampled"]},
+        "hermes.sweeper": {"filters": ["sampled"]},
     },
 }
+# Celery would replace the root handler with its own plain-text one; keep ours so worker lines are JSON too.
+CELERY_WORKER_HIJACK_ROOT_LOGGER = False

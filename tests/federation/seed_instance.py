@@ -1,0 +1,37 @@
+"""Seed one Hermes instance of the two-instance tests: `python -m tests.federation.seed_instance '<json>'`.
+
+{"orgs": ["acme"], "peers": [{"name", "base_url", "local_name", "secret"}], "policies": [{"org", "remote", "effect"}]}
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+
+os.environ.setdefault("DJANGO_SETTINGS_MODULE", "hermes_site.settings")
+
+
+def main(spec: dict) -> None:
+    import django
+
+    django.setup()
+    from apps.federation import actions
+    from apps.federation.signing import decode_secret
+    from apps.orgs.models import Organization
+
+    orgs = {
+        slug: Organization.objects.get_or_create(slug=slug, defaults={"name": slug.title()})[0]
+        for slug in spec.get("orgs", [])
+    }
+    for peer in spec.get("peers", []):
+        created = actions.create_peer(name=peer["name"], base_url=peer["base_url"], local_name=peer["local_name"])
+        actions.add_key(created, secret=decode_secret(peer["secret"]))
+    for rule in spec.get("policies", []):
+        actions.set_policy(
+            org=orgs[rule["org"]], remote=rule["remote"], effect=rule["effect"], local_agent=rule.get("local_agent", "")
+        )
+
+
+if __name__ == "__main__":
+    main(json.loads(sys.argv[1]))
