@@ -1,4 +1,3 @@
-import os
-
-# Tests run with HERMES_ENV=test unless the caller says otherwise (hermes_site.testrun sets it too).
-os.environ.setdefault("HERMES_ENV", "test")
+# The shared fixtures of tests/conftest.py (org, alice, bob, dave, mia, charlie, api, ...) for the tests under
+# apps/*/tests too. A star import rather than `pytest_plugins`: that would register tests/conftest.py twice.
+from tests.conftest import *  # noqa: F403

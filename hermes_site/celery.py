@@ -1,4 +1,5 @@
-"""The Celery app. The worker prints the startup summary when it is ready."""
+"""The Celery app. The worker prints the startup summary when it is ready, heartbeats into Redis for health and,
+with CELERY_WORKER_METRICS_PORT set, serves its Prometheus metrics."""
 
 from __future__ import annotations
 
@@ -6,17 +7,51 @@ import os
 from typing import Any
 
 from celery import Celery
-from celery.signals import worker_ready
+from celery.signals import worker_init, worker_process_shutdown, worker_ready, worker_shutdown
 
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "hermes_site.settings")
+if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+    # prometheus_client opens its value files there as soon as the first metric is declared (just below).
+    os.makedirs(os.environ["PROMETHEUS_MULTIPROC_DIR"], exist_ok=True)
 
 app = Celery("hermes")
 app.config_from_object("django.conf:settings", namespace="CELERY")
 app.autodiscover_tasks()
 
+import apps.core.celery_signals  # noqa: E402, F401  (connects job metrics and log-context handlers)
+
+
+@worker_init.connect
+def _on_worker_init(**_: Any) -> None:
+    from apps.ops.metrics import clear_stale_metric_files
+
+    clear_stale_metric_files()
+
 
 @worker_ready.connect
-def _print_summary(**_: Any) -> None:
-    from apps.core.startup import print_summary
+def _on_worker_ready(sender: Any = None, **_: Any) -> None:
+    from django.conf import settings
 
+    from apps.core.startup import print_summary
+    from apps.ops.metrics import start_worker_exporter
+    from apps.ops.worker import start_heartbeat
+
+    start_heartbeat(sender)
+    start_worker_exporter(settings.CELERY_WORKER_METRICS_HOST, settings.CELERY_WORKER_METRICS_PORT)
     print_summary("worker")
+
+
+@worker_shutdown.connect
+def _on_worker_shutdown(**_: Any) -> None:
+    from apps.ops.metrics import stop_worker_exporter
+    from apps.ops.worker import stop_heartbeat
+
+    stop_heartbeat()
+    stop_worker_exporter()
+
+
+@worker_process_shutdown.connect
+def _on_child_exit(pid: int | None = None, **_: Any) -> None:
+    from apps.ops.metrics import mark_process_dead
+
+    mark_process_dead(pid or os.getpid())

@@ -54,6 +54,25 @@ SETTINGS_TABLE: tuple[Setting, ...] = (
     Setting("LOG_SAMPLE_RATE", "float", "0.01", "Share of noisy-subsystem logs kept (health probes, sweepers)."),
     Setting("METRICS_TOKEN", "str", "(empty)", "Bearer token for `/metrics`; empty allows only METRICS_ALLOWED_IPS."),
     Setting("METRICS_ALLOWED_IPS", "list", "127.0.0.1,::1", "Client addresses allowed to scrape `/metrics`."),
+    Setting(
+        "HEALTH_STALE_AFTER",
+        "int",
+        "60",
+        "Seconds after which a silent Celery worker or beat counts as down in the health breakdown.",
+    ),
+    Setting(
+        "CELERY_WORKER_METRICS_PORT",
+        "int",
+        "0 (off)",
+        "Port of the Celery worker's Prometheus exporter (`/metrics`, same access rules as the web one).",
+    ),
+    Setting("CELERY_WORKER_METRICS_HOST", "str", "127.0.0.1", "Address the worker's exporter binds to."),
+    Setting(
+        "PROMETHEUS_MULTIPROC_DIR",
+        "path",
+        "(empty: single process)",
+        "Empty directory for prometheus_client's multiprocess mode (gunicorn workers, prefork Celery children).",
+    ),
     Setting("OTEL_EXPORTER_OTLP_ENDPOINT", "url", "(empty)", "OTLP/HTTP endpoint; tracing export is off when empty."),
     Setting("OTEL_SERVICE_NAME", "str", "hermes", "Service name on exported traces."),
     Setting(
@@ -226,7 +245,9 @@ def load(environ_map: Mapping[str, str] | None = None) -> Config:
         features.setdefault(name, True)
 
     for int_name in (
+        "CELERY_WORKER_METRICS_PORT",
         "DATABASE_POOL_MAX",
+        "HEALTH_STALE_AFTER",
         "HERMES_FEDERATION_TOLERANCE",
         "HERMES_FEDERATION_POLICY_CACHE_TTL",
         "HERMES_FEDERATION_MAX_ATTEMPTS",

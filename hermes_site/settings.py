@@ -59,6 +59,8 @@ MIDDLEWARE = [
     "django.contrib.messages.middleware.MessageMiddleware",
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
     "django_htmx.middleware.HtmxMiddleware",
+    "apps.orgs.quotas.RateLimitHeadersMiddleware",
+    "apps.core.console.ConsoleErrorMiddleware",
     "django_prometheus.middleware.PrometheusAfterMiddleware",
 ]
 
@@ -76,6 +78,7 @@ TEMPLATES = [
                 "django.template.context_processors.request",
                 "django.contrib.auth.context_processors.auth",
                 "django.contrib.messages.context_processors.messages",
+                "apps.orgs.context_processors.console",
             ],
         },
     }
@@ -150,6 +153,7 @@ CELERY_BEAT_SCHEDULE: dict[str, dict[str, Any]] = {
         "task": "apps.federation.tasks.sweep_outbox",
         "schedule": timedelta(seconds=env.float("HERMES_FEDERATION_SWEEP_INTERVAL", default=10.0)),
     },
+    "core-purge-idempotency": {"task": "apps.core.tasks.purge_idempotency_records", "schedule": timedelta(hours=1)},
 }
 
 # --- Auth ---------------------------------------------------------------------------------------------
@@ -195,8 +199,14 @@ X_FRAME_OPTIONS = "DENY"
 
 # --- DRF ---------------------------------------------------------------------------------------------------
 REST_FRAMEWORK = {
-    "DEFAULT_AUTHENTICATION_CLASSES": ["apps.orgs.auth.SessionOrgAuthentication"],
+    # The API key first: its authenticate_header makes unauthenticated requests a 401 with a Bearer challenge.
+    "DEFAULT_AUTHENTICATION_CLASSES": [
+        "apps.orgs.auth.APIKeyAuthentication",
+        "apps.orgs.auth.SessionOrgAuthentication",
+    ],
     "DEFAULT_PERMISSION_CLASSES": ["rest_framework.permissions.IsAuthenticated"],
+    # Per-org (and per-key) requests per minute, after authentication and permissions (docs/quotas.md).
+    "DEFAULT_THROTTLE_CLASSES": ["apps.orgs.quotas.OrgQuotaThrottle"],
     "DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema",
     "EXCEPTION_HANDLER": "apps.core.errors.exception_handler",
     "DEFAULT_PAGINATION_CLASS": "apps.core.pagination.CursorPagination",
@@ -236,6 +246,9 @@ HERMES_FEDERATION_SWEEP_INTERVAL = env.float("HERMES_FEDERATION_SWEEP_INTERVAL",
 HERMES_MAX_TASK_INPUT_BYTES = env.int("HERMES_MAX_TASK_INPUT_BYTES", default=256 * 1024)
 METRICS_TOKEN = env.str("METRICS_TOKEN", default="")
 METRICS_ALLOWED_IPS: list[str] = env.list("METRICS_ALLOWED_IPS", default=["127.0.0.1", "::1"])
+CELERY_WORKER_METRICS_PORT = env.int("CELERY_WORKER_METRICS_PORT", default=0)
+CELERY_WORKER_METRICS_HOST = env.str("CELERY_WORKER_METRICS_HOST", default="127.0.0.1")
+HEALTH_STALE_AFTER = env.int("HEALTH_STALE_AFTER", default=60)
 OTEL_EXPORTER_OTLP_ENDPOINT = env.str("OTEL_EXPORTER_OTLP_ENDPOINT", default="")
 OTEL_SERVICE_NAME = env.str("OTEL_SERVICE_NAME", default="hermes")
 

@@ -25,5 +25,6 @@ urlpatterns = [
 for module in DOMAIN_APPS:
     urlpatterns += module.urlpatterns
 
+handler403 = "apps.core.errors.handler403"
 handler404 = "apps.core.errors.handler404"
 handler500 = "apps.core.errors.handler500"

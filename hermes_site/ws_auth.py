@@ -1,12 +1,17 @@
 """WebSocket authentication: puts `scope["user"]` and `scope["access"]` (an Access, or None) on every socket.
 
-The session cookie (console) resolves to the person's current org like the API does; the orgs app extends this
-with API keys. Consumers check `scope["access"]` and nothing else.
+Two ways in, like the API:
+- an API key: `Authorization: Bearer hrm_…` header, or `?api_key=hrm_…` in the query string (browsers cannot set
+  headers on a WebSocket). A bad key leaves the socket anonymous and puts the reason in `scope["auth_error"]`
+  (e.g. `key_revoked`) so the consumer can close with an explanation.
+- the session cookie (console), resolved to the person's current org like the API does.
+Consumers check `scope["access"]` and nothing else.
 """
 
 from __future__ import annotations
 
 from typing import Any
+from urllib.parse import parse_qs
 
 from channels.auth import AuthMiddlewareStack
 from channels.db import database_sync_to_async
@@ -18,23 +23,49 @@ class _SessionRequest:
 
     def __init__(self, scope: dict[str, Any]) -> None:
         self.session = scope.get("session") or {}
-        headers = {k.decode("latin1").lower(): v.decode("latin1") for k, v in scope.get("headers", [])}
+        headers = _headers(scope)
         self.headers = {"X-Hermes-Org": headers.get("x-hermes-org")} if headers.get("x-hermes-org") else {}
+
+
+def _headers(scope: dict[str, Any]) -> dict[str, str]:
+    return {k.decode("latin1").lower(): v.decode("latin1") for k, v in scope.get("headers", [])}
+
+
+def api_key_from_scope(scope: dict[str, Any]) -> str | None:
+    authorization = _headers(scope).get("authorization", "")
+    scheme, _, token = authorization.partition(" ")
+    if scheme.lower() == "bearer" and token.strip().startswith("hrm_"):
+        return token.strip()
+    query = parse_qs(scope.get("query_string", b"").decode("latin1"))
+    values = query.get("api_key")
+    return values[0] if values else None
 
 
 class AccessMiddleware(BaseMiddleware):
     async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> Any:
-        scope["access"] = await self._resolve(scope)
+        scope = dict(scope)
+        await self._resolve(scope)
         return await super().__call__(scope, receive, send)
 
     @database_sync_to_async
-    def _resolve(self, scope: dict[str, Any]) -> Any:
+    def _resolve(self, scope: dict[str, Any]) -> None:
+        from django.contrib.auth.models import AnonymousUser
+
+        from apps.orgs.auth import APIKeyError, client_ip_from_scope, resolve_api_key
         from apps.orgs.selectors import session_access
 
+        scope["access"] = None
+        token = api_key_from_scope(scope)
+        if token is not None:
+            try:
+                scope["user"], scope["access"] = resolve_api_key(token, client_ip_from_scope(scope))
+            except APIKeyError as error:
+                scope["user"], scope["auth_error"] = AnonymousUser(), error.error_code
+            return
         user = scope.get("user")
         if user is None or not user.is_authenticated:
-            return None
-        return session_access(_SessionRequest(scope), user)
+            return
+        scope["access"] = session_access(_SessionRequest(scope), user)
 
 
 def WebSocketAuthMiddleware(inner: Any) -> Any:

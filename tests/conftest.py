@@ -4,6 +4,7 @@ charlie, the owner of another org, for isolation tests."""
 from __future__ import annotations
 
 import socket
+import uuid
 from collections.abc import Iterator
 from typing import Any
 
@@ -79,3 +80,24 @@ def free_port() -> Iterator[int]:
         sock.bind(("127.0.0.1", 0))
         port = int(sock.getsockname()[1])
     yield port
+
+
+@pytest.fixture(autouse=True)
+def private_quota_namespace(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    """Quota counters of each test live under their own Redis prefix (org ids repeat across test runs), and are
+    deleted afterwards; a fail-open backoff left by an outage test does not leak into the next test."""
+    import redis
+
+    from apps.orgs import quotas
+
+    prefix = f"hermes-test:{uuid.uuid4().hex}"
+    monkeypatch.setattr(quotas, "KEY_PREFIX", prefix)
+    quotas._gate.down_until = 0.0
+    yield
+    quotas._gate.down_until = 0.0
+    try:
+        client = quotas._gate.client()
+        for key in client.scan_iter(f"{prefix}*"):
+            client.delete(key)
+    except redis.RedisError:
+        pass

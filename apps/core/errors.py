@@ -5,20 +5,31 @@ from __future__ import annotations
 from typing import Any
 
 from django.core.exceptions import PermissionDenied
-from django.http import Http404, HttpRequest, JsonResponse
+from django.core.exceptions import ValidationError as DjangoValidationError
+from django.http import Http404, HttpRequest, HttpResponse, JsonResponse
+from django.template.loader import render_to_string
 from rest_framework import exceptions, status
 from rest_framework.response import Response
-from rest_framework.views import exception_handler as drf_exception_handler
+from rest_framework.serializers import as_serializer_error
 
 
 class HermesAPIError(exceptions.APIException):
     """Raise from any API code path with a stable machine-readable code."""
 
-    def __init__(self, message: str, *, code: str, status_code: int = 400, details: dict[str, Any] | None = None):
+    def __init__(
+        self,
+        message: str,
+        *,
+        code: str,
+        status_code: int = 400,
+        details: dict[str, Any] | None = None,
+        headers: dict[str, str] | None = None,
+    ):
         super().__init__(detail=message, code=code)
         self.status_code = status_code
         self.error_code = code
         self.details = details or {}
+        self.headers = headers or {}  # e.g. Retry-After and X-RateLimit-* on a 429
 
 
 class Conflict(HermesAPIError):
@@ -39,7 +50,13 @@ def _flatten(detail: Any) -> Any:
 
 
 def exception_handler(exc: Exception, context: dict[str, Any]) -> Response | None:
-    if isinstance(exc, Http404):
+    # Imported here: rest_framework.views imports the authentication classes, which import this module.
+    from rest_framework.views import exception_handler as drf_exception_handler
+
+    if isinstance(exc, DjangoValidationError):
+        # Actions validate with Django's ValidationError (the console shows the same messages): per-field 400.
+        exc = exceptions.ValidationError(detail=as_serializer_error(exc))
+    elif isinstance(exc, Http404):
         exc = exceptions.NotFound("Not found.")
     elif isinstance(exc, PermissionDenied):
         exc = exceptions.PermissionDenied(str(exc) or None)
@@ -48,6 +65,8 @@ def exception_handler(exc: Exception, context: dict[str, Any]) -> Response | Non
         return None
     if isinstance(exc, HermesAPIError):
         body = error_body(exc.error_code, str(exc.detail), exc.details)
+        for name, value in exc.headers.items():
+            response[name] = value
     elif isinstance(exc, exceptions.ValidationError):
         details = _flatten(exc.detail)
         if not isinstance(details, dict):
@@ -67,9 +86,42 @@ def json_error(request: HttpRequest, code: str, message: str, status_code: int) 
     return JsonResponse(error_body(code, message), status=status_code)
 
 
-def handler404(request: HttpRequest, exception: Exception | None = None) -> JsonResponse:
-    return json_error(request, "not_found", "Not found.", 404)
+def _is_api(request: HttpRequest) -> bool:
+    # The API (and anything a program calls) keeps the JSON error shape; console pages get HTML.
+    return request.path.startswith("/api/")
 
 
-def handler500(request: HttpRequest) -> JsonResponse:
-    return json_error(request, "server_error", "Internal server error; the request id identifies it in the logs.", 500)
+def _html_error(request: HttpRequest | None, status_code: int, title: str, message: str) -> HttpResponse:
+    from apps.core.console import ERROR_MESSAGE_HEADER, error_message_header
+
+    context = {"status": status_code, "title": title, "message": message}
+    try:
+        # With the request (nav, current org) when the page can afford it; a 500 renders without context
+        # processors because they may be what failed.
+        body = render_to_string("error.html", context, request=request)
+    except Exception:
+        body = render_to_string("error.html", {**context, "minimal": True})
+    response = HttpResponse(body, status=status_code)
+    response[ERROR_MESSAGE_HEADER] = error_message_header(message)
+    return response
+
+
+def handler403(request: HttpRequest, exception: Exception | None = None) -> HttpResponse:
+    message = str(exception) if exception and str(exception) else "You do not have permission to do that."
+    if _is_api(request):
+        return json_error(request, "permission_denied", message, 403)
+    return _html_error(request, 403, "Not allowed", message)
+
+
+def handler404(request: HttpRequest, exception: Exception | None = None) -> HttpResponse:
+    if _is_api(request):
+        return json_error(request, "not_found", "Not found.", 404)
+    return _html_error(request, 404, "Page not found", "There is nothing here, or it belongs to another organization.")
+
+
+def handler500(request: HttpRequest) -> HttpResponse:
+    message = "Internal server error; the request id identifies it in the logs."
+    if _is_api(request):
+        return json_error(request, "server_error", message, 500)
+    request_id = getattr(request, "request_id", "")
+    return _html_error(None, 500, "Something went wrong", f"{message} Request id: {request_id}".strip())

@@ -1,10 +1,14 @@
-"""`api_urlpatterns` are mounted under /api/v1/; `urlpatterns` are the console pages."""
+"""`api_urlpatterns` are mounted under /api/v1/; `urlpatterns` at the site root."""
 
 from django.urls import URLPattern, URLResolver, path
 
 from apps.ops import views
 
 api_urlpatterns: list[URLPattern | URLResolver] = [
+    path("health", views.health, name="health"),
     path("health/live", views.health_live, name="health-live"),
+    path("health/ready", views.health_ready, name="health-ready"),
 ]
-urlpatterns: list[URLPattern | URLResolver] = []
+urlpatterns: list[URLPattern | URLResolver] = [
+    path("metrics", views.prometheus_metrics, name="prometheus-metrics"),
+]

@@ -1,17 +1,353 @@
-"""Every state change of orgs and memberships."""
+"""Every state change of orgs, memberships, invitations and API keys.
+
+Each action runs in one transaction, writes an audit event and defers side effects (email) to `on_commit`.
+Bad input raises `django.core.exceptions.ValidationError` with per-field messages; a refused state change raises
+`HermesAPIError`/`Conflict` (code + message). The API turns both into the error shape, and the console shows the
+same messages, so both surfaces behave the same.
+"""
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+from datetime import datetime, timedelta
 from typing import Any
 
-from django.db import transaction
+from django.conf import settings
+from django.core.exceptions import ValidationError
+from django.core.mail import send_mail
+from django.db import IntegrityError, transaction
+from django.utils import timezone
 
-from apps.core.permissions import Role
-from apps.orgs.models import Membership, Organization
+from apps.core import audit
+from apps.core.api import require_action as _require
+from apps.core.errors import Conflict, HermesAPIError
+from apps.core.permissions import MATRIX, SCOPES, Access, Role
+from apps.orgs import tokens
+from apps.orgs.models import APIKey, Invitation, Membership, Organization, Plan
+
+MAX_ROTATION_GRACE = timedelta(days=30)
+DEFAULT_ROTATION_GRACE = timedelta(hours=24)
+INVITATION_LIFETIME = timedelta(days=7)
+
+
+# --- Organizations --------------------------------------------------------------------------------------------
 
 
 @transaction.atomic
-def create_organization(*, user: Any, name: str, slug: str) -> Organization:
-    org = Organization.objects.create(name=name, slug=slug, created_by=user)
+def create_organization(*, user: Any, name: str, slug: str, plan: str = Plan.FREE) -> Organization:
+    """Create an org with `user` as its first owner."""
+    if Organization.objects.filter(slug=slug).exists():
+        raise ValidationError({"slug": [f"The slug '{slug}' is taken."]})
+    org = Organization.objects.create(name=name, slug=slug, plan=plan, created_by=user)
     Membership.objects.create(organization=org, user=user, role=Role.OWNER)
+    audit.record("org.created", org=org, actor=user, target=org, name=name, slug=slug, plan=plan)
     return org
+
+
+@transaction.atomic
+def update_organization(*, access: Access, name: str | None = None, plan: str | None = None) -> Organization:
+    """Rename (`org:admin`) or change the plan (`org:billing`, owners only)."""
+    org = Organization.objects.select_for_update().get(pk=access.org.pk)
+    changes: dict[str, Any] = {}
+    if plan is not None and plan != org.plan:
+        _require(access, "org:billing")
+        if plan not in Plan.values:
+            raise ValidationError({"plan": [f"Unknown plan '{plan}'; choose one of {', '.join(Plan.values)}."]})
+        changes["plan"] = [org.plan, plan]
+        org.plan = plan
+    if name is not None and name != org.name:
+        _require(access, "org:admin")
+        changes["name"] = [org.name, name]
+        org.name = name
+    if changes:
+        org.save(update_fields=[*changes.keys()])
+        audit.record("org.updated", access=access, target=org, changes=changes)
+    return org
+
+
+@transaction.atomic
+def delete_organization(*, access: Access) -> None:
+    _require(access, "org:delete")
+    org = access.org
+    audit.record("org.deleted", access=access, target=org, slug=org.slug)
+    Organization.objects.filter(pk=org.pk).delete()
+
+
+# --- Members ------------------------------------------------------------------------------------------------
+
+
+def _lock_owners(org: Any) -> list[Membership]:
+    # Locking every owner row serialises concurrent demotions/removals, so two owners demoting each other at
+    # the same moment cannot both succeed and leave the org without an owner.
+    return list(Membership.objects.for_org(org).select_for_update().filter(role=Role.OWNER))
+
+
+def _guard_last_owner(org: Any, membership: Membership) -> None:
+    owners = _lock_owners(org)
+    if membership.role == Role.OWNER and len(owners) <= 1:
+        raise Conflict(
+            "An organization must keep at least one owner: make someone else an owner first.", code="last_owner"
+        )
+
+
+@transaction.atomic
+def change_role(*, access: Access, membership: Membership, role: str) -> Membership:
+    """Owners change roles (`org:roles`); the org never loses its last owner."""
+    _require(access, "org:roles")
+    if role not in Role.values:
+        raise ValidationError({"role": [f"Unknown role '{role}'; choose one of {', '.join(Role.values)}."]})
+    membership = Membership.objects.for_org(access.org).select_for_update().get(pk=membership.pk)
+    if membership.role == role:
+        return membership
+    if role != Role.OWNER:
+        _guard_last_owner(access.org, membership)
+    previous = membership.role
+    membership.role = role
+    membership.save(update_fields=["role"])
+    audit.record(
+        "member.role_changed", access=access, target=membership, user_id=membership.user_id, role=[previous, role]
+    )
+    return membership
+
+
+@transaction.atomic
+def remove_member(*, access: Access, membership: Membership) -> None:
+    """Admins remove members but not owners; anyone may leave; the last owner may not."""
+    leaving = access.user is not None and membership.user_id == access.user.pk
+    if not leaving:
+        _require(access, "org:roles" if membership.role == Role.OWNER else "org:admin")
+    _guard_last_owner(access.org, membership)
+    audit.record("member.removed", access=access, target=membership, user_id=membership.user_id, role=membership.role)
+    Membership.objects.for_org(access.org).filter(pk=membership.pk).delete()
+
+
+# --- Invitations --------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class IssuedInvitation:
+    invitation: Invitation
+    token: str  # shown once (emailed); only its digest is stored
+
+
+def invitation_url(token: str) -> str:
+    return f"{settings.HERMES_PUBLIC_URL}/invitations/{token}/"
+
+
+@transaction.atomic
+def invite_member(*, access: Access, email: str, role: str = Role.MEMBER) -> IssuedInvitation:
+    """Email an invitation; re-inviting an address replaces its open invitation. Inviting owners is `org:roles`."""
+    _require(access, "org:admin")
+    if role not in Role.values:
+        raise ValidationError({"role": [f"Unknown role '{role}'; choose one of {', '.join(Role.values)}."]})
+    if role == Role.OWNER:
+        _require(access, "org:roles")
+    email = email.strip().lower()
+    if Membership.objects.for_org(access.org).filter(user__email__iexact=email).exists():
+        raise Conflict(f"{email} is already a member of this organization.", code="already_member")
+    now = timezone.now()
+    Invitation.objects.for_org(access.org).filter(email=email, accepted_at=None, revoked_at=None).update(revoked_at=now)
+    token = tokens.new_invitation_token()
+    invitation = Invitation.objects.create(
+        organization=access.org,
+        email=email,
+        role=role,
+        digest=tokens.digest(token),
+        invited_by=access.user,
+        expires_at=now + INVITATION_LIFETIME,
+    )
+    audit.record("invitation.created", access=access, target=invitation, email=email, role=role)
+    org_name, inviter = access.org.name, getattr(access.user, "email", "someone")
+    transaction.on_commit(
+        lambda: send_mail(
+            f"You are invited to {org_name} on Hermes",
+            f"{inviter} invited you to join {org_name} as {role}.\n\n"
+            f"Accept within {INVITATION_LIFETIME.days} days: {invitation_url(token)}\n",
+            None,
+            [email],
+        )
+    )
+    return IssuedInvitation(invitation, token)
+
+
+@transaction.atomic
+def revoke_invitation(*, access: Access, invitation: Invitation) -> Invitation:
+    _require(access, "org:admin")
+    if invitation.state() != "pending":
+        raise Conflict(f"This invitation is already {invitation.state()}.", code="invitation_closed")
+    invitation.revoked_at = timezone.now()
+    invitation.save(update_fields=["revoked_at"])
+    audit.record("invitation.revoked", access=access, target=invitation, email=invitation.email)
+    return invitation
+
+
+def find_invitation(token: str) -> Invitation | None:
+    """The invitation a token names (any org: the token itself is the proof), or None."""
+    return (
+        Invitation.objects.unscoped("an invitation token identifies its org")
+        .select_related("organization")
+        .filter(digest=tokens.digest(token))
+        .first()
+    )
+
+
+@transaction.atomic
+def accept_invitation(*, user: Any, token: str) -> Membership:
+    """Join the inviting org with the invited role; the signed-in address must be the invited one."""
+    invitation = find_invitation(token)
+    if invitation is None:
+        raise HermesAPIError("This invitation link is not valid.", code="invitation_unknown", status_code=404)
+    invitation = Invitation.objects.for_org(invitation.organization_id).select_for_update().get(pk=invitation.pk)
+    state = invitation.state()
+    if state != "pending":
+        raise Conflict(f"This invitation is {state}; ask for a new one.", code=f"invitation_{state}")
+    if invitation.email.lower() != user.email.lower():
+        raise HermesAPIError(
+            f"This invitation is for {invitation.email}; sign in with that address to accept it.",
+            code="invitation_email_mismatch",
+            status_code=403,
+        )
+    try:
+        with transaction.atomic():
+            membership = Membership.objects.create(
+                organization_id=invitation.organization_id, user=user, role=invitation.role
+            )
+    except IntegrityError:
+        raise Conflict("You are already a member of this organization.", code="already_member") from None
+    invitation.accepted_at = timezone.now()
+    invitation.accepted_by = user
+    invitation.save(update_fields=["accepted_at", "accepted_by"])
+    audit.record(
+        "invitation.accepted", org=invitation.organization_id, actor=user, target=membership, role=invitation.role
+    )
+    return membership
+
+
+# --- API keys -------------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class IssuedKey:
+    key: APIKey
+    plaintext: str  # returned once to the caller; never stored
+
+
+def grantable_scopes(access: Access) -> frozenset[str]:
+    """Scopes `access` may put on a key: its role's scopes, and never more than the key it is acting through."""
+    allowed = frozenset(SCOPES) & MATRIX.get(access.role, frozenset())
+    return allowed & access.scopes if access.scopes is not None else allowed
+
+
+def key_manage_action(access: Access) -> str:
+    """Managing every key of the org is `org:admin`; people without it manage only their own (`keys:own`).
+
+    Through an API key only `org:admin` counts (`keys:own` is a person's right, never a key's scope)."""
+    if access.scopes is not None or access.allows("org:admin"):
+        return "org:admin"
+    return "keys:own"
+
+
+def can_manage_key(access: Access, key: APIKey) -> bool:
+    if access.allows("org:admin"):
+        return True
+    return access.allows("keys:own") and access.user is not None and key.created_by_id == access.user.pk
+
+
+def _validate_scopes(access: Access, scopes: list[str]) -> list[str]:
+    unknown = sorted(set(scopes) - set(SCOPES))
+    if unknown:
+        raise ValidationError({"scopes": [f"Unknown scope(s): {', '.join(unknown)}. Known: {', '.join(SCOPES)}."]})
+    if not scopes:
+        raise ValidationError({"scopes": ["Give the key at least one scope."]})
+    beyond = sorted(set(scopes) - grantable_scopes(access))
+    if beyond:
+        raise ValidationError(
+            {"scopes": [f"A key cannot exceed its creator: your access does not include {', '.join(beyond)}."]}
+        )
+    return sorted(set(scopes))
+
+
+def _issue(
+    access: Access, *, name: str, scopes: list[str], expires_at: datetime | None, rate_limit: int | None
+) -> IssuedKey:
+    plaintext = tokens.new_api_key()
+    key = APIKey.objects.create(
+        organization=access.org,
+        name=name,
+        digest=tokens.digest(plaintext),
+        prefix=plaintext[: len("hrm_") + 4],
+        last_four=plaintext[-4:],
+        scopes=scopes,
+        created_by=access.user,
+        expires_at=expires_at,
+        rate_limit_per_minute=rate_limit,
+    )
+    return IssuedKey(key, plaintext)
+
+
+@transaction.atomic
+def create_api_key(
+    *,
+    access: Access,
+    name: str,
+    scopes: list[str],
+    expires_at: datetime | None = None,
+    rate_limit_per_minute: int | None = None,
+) -> IssuedKey:
+    """Issue a key owned by the org and created by `access.user`; its scopes never exceed the creator's."""
+    _require(access, key_manage_action(access))
+    if access.user is None:
+        raise HermesAPIError("Keys are created by a person.", code="no_user", status_code=403)
+    scopes = _validate_scopes(access, scopes)
+    if expires_at is not None and expires_at <= timezone.now():
+        raise ValidationError({"expires_at": ["Choose a moment in the future."]})
+    issued = _issue(access, name=name, scopes=scopes, expires_at=expires_at, rate_limit=rate_limit_per_minute)
+    audit.record("api_key.created", access=access, target=issued.key, name=name, scopes=scopes)
+    return issued
+
+
+@transaction.atomic
+def rotate_api_key(
+    *,
+    access: Access,
+    key: APIKey,
+    grace: timedelta = DEFAULT_ROTATION_GRACE,
+    scopes: list[str] | None = None,
+) -> IssuedKey:
+    """Issue a successor (same name, scopes and expiry unless given) and let the old key live `grace` longer."""
+    if not can_manage_key(access, key):
+        _require(access, "org:admin")
+    if grace < timedelta(0) or grace > MAX_ROTATION_GRACE:
+        raise ValidationError({"grace_seconds": [f"Choose between 0 and {int(MAX_ROTATION_GRACE.total_seconds())}."]})
+    key = APIKey.objects.for_org(access.org).select_for_update().get(pk=key.pk)
+    if key.rotated_to_id is not None:
+        raise Conflict("This key was already rotated; rotate its successor instead.", code="key_already_rotated")
+    state = key.state()
+    if state != "active":
+        raise Conflict(f"This key is {state}; create a new key instead.", code=f"key_{state}")
+    now = timezone.now()
+    new_scopes = _validate_scopes(access, key.scopes if scopes is None else scopes)
+    successor = _issue(
+        access, name=key.name, scopes=new_scopes, expires_at=key.expires_at, rate_limit=key.rate_limit_per_minute
+    )
+    grace_end = now + grace
+    key.expires_at = grace_end if key.expires_at is None else min(key.expires_at, grace_end)
+    key.rotated_to = successor.key
+    key.save(update_fields=["expires_at", "rotated_to"])
+    audit.record(
+        "api_key.rotated", access=access, target=key, successor_id=successor.key.pk, old_key_expires_at=key.expires_at
+    )
+    return successor
+
+
+@transaction.atomic
+def revoke_api_key(*, access: Access, key: APIKey) -> APIKey:
+    """Immediate: authentication reads the row on every request, so the next request with this key is a 401."""
+    if not can_manage_key(access, key):
+        _require(access, "org:admin")
+    key = APIKey.objects.for_org(access.org).select_for_update().get(pk=key.pk)
+    if key.revoked_at is None:
+        key.revoked_at = timezone.now()
+        key.save(update_fields=["revoked_at"])
+        audit.record("api_key.revoked", access=access, target=key, name=key.name)
+    return key

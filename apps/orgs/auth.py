@@ -1,11 +1,115 @@
+"""Authentication for the API (DRF) and WebSockets: API keys (`Authorization: Bearer hrm_…`) and the session.
+
+Both put an `Access` on `request.auth`. A key acts with its creator's CURRENT role in the key's org, narrowed to
+the key's scopes (`Access.allows` checks both), so demoting or removing the creator narrows or stops the key.
+"""
+
 from __future__ import annotations
 
+from datetime import timedelta
 from typing import Any
 
-from rest_framework.authentication import SessionAuthentication
+from django.db.models import OuterRef, Q, Subquery
+from django.utils import timezone
+from rest_framework import exceptions
+from rest_framework.authentication import BaseAuthentication, SessionAuthentication, get_authorization_header
 from rest_framework.request import Request
 
+from apps.core import context
+from apps.core.errors import HermesAPIError
+from apps.core.metrics import API_KEY_AUTH
+from apps.core.permissions import Access
+from apps.orgs import tokens
+from apps.orgs.models import APIKey, Membership
 from apps.orgs.selectors import session_access
+
+# last_used_at/ip are for people ("is this key still used?"), not an access log: one write a minute at most.
+LAST_USED_RESOLUTION = timedelta(minutes=1)
+
+
+class APIKeyError(HermesAPIError, exceptions.AuthenticationFailed):
+    """A 401 that says what is wrong with the key (DRF adds `WWW-Authenticate` for AuthenticationFailed)."""
+
+    def __init__(self, message: str, *, code: str) -> None:
+        super().__init__(message, code=code, status_code=401)
+        API_KEY_AUTH.labels(outcome=code).inc()
+
+
+def resolve_api_key(token: str, ip: str | None = None) -> tuple[Any, Access]:
+    """(creator, Access) for a plaintext key, or APIKeyError. One query: the key, its org, its creator and the
+    creator's current role in that org come back in a single row."""
+    if not tokens.looks_like_api_key(token):
+        raise APIKeyError("Malformed API key: expected 'hrm_' followed by 43 characters.", code="key_malformed")
+    creator_role = Membership.objects.filter(
+        organization=OuterRef("organization_id"), user=OuterRef("created_by_id")
+    ).values("role")[:1]
+    # Looking the digest up through an index is not a timing oracle: an attacker controls the token, not its hash.
+    key = (
+        APIKey.objects.unscoped("authentication: the key's digest identifies its org")
+        .select_related("organization", "created_by")
+        .annotate(creator_role=Subquery(creator_role))
+        .filter(digest=tokens.digest(token))
+        .first()
+    )
+    if key is None:
+        raise APIKeyError("Unknown API key: it does not exist (or was mistyped).", code="key_unknown")
+    now = timezone.now()
+    state = key.state(now)
+    if state == "revoked":
+        raise APIKeyError(f"This API key ({key.display}) was revoked.", code="key_revoked")
+    if state == "expired":
+        hint = " It was rotated and its grace period is over: use its successor." if key.rotated_to_id else ""
+        raise APIKeyError(f"This API key ({key.display}) expired.{hint}", code="key_expired")
+    user = key.created_by
+    role = getattr(key, "creator_role", None)
+    if user is None or not user.is_active or role is None:
+        raise APIKeyError(
+            f"This API key ({key.display}) was created by someone who is no longer an active member; "
+            "an admin can rotate it to re-issue it under their name.",
+            code="key_creator_gone",
+        )
+    touch_last_used(key, ip, now)
+    API_KEY_AUTH.labels(outcome="ok").inc()
+    context.bind(org_id=key.organization_id, user_id=user.pk)
+    return user, Access(org=key.organization, role=role, user=user, api_key=key, scopes=frozenset(key.scopes))
+
+
+def touch_last_used(key: APIKey, ip: str | None, now: Any) -> None:
+    """At most one UPDATE per key per minute: skipped when the loaded row is recent, and conditional in SQL so
+    concurrent requests that all saw a stale value still write once."""
+    if key.last_used_at is not None and now - key.last_used_at < LAST_USED_RESOLUTION:
+        return
+    cutoff = now - LAST_USED_RESOLUTION
+    APIKey.objects.for_org(key.organization_id).filter(
+        Q(last_used_at__isnull=True) | Q(last_used_at__lt=cutoff), pk=key.pk
+    ).update(last_used_at=now, last_used_ip=ip)
+    key.last_used_at, key.last_used_ip = now, ip
+
+
+def client_ip(request: Any) -> str | None:
+    # The WSGI/ASGI server's peer address; behind a proxy, configure the proxy/server to pass the real client.
+    return request.META.get("REMOTE_ADDR") or None
+
+
+class APIKeyAuthentication(BaseAuthentication):
+    """`Authorization: Bearer hrm_…`. Other Bearer tokens are left to later authentication classes."""
+
+    keyword = b"bearer"
+
+    def authenticate(self, request: Request) -> tuple[Any, Any] | None:
+        parts = get_authorization_header(request).split()
+        if not parts or parts[0].lower() != self.keyword:
+            return None
+        if len(parts) != 2:
+            raise APIKeyError("Malformed Authorization header: use 'Bearer hrm_…'.", code="key_malformed")
+        token = parts[1].decode("latin1")
+        if not token.startswith("hrm_"):
+            return None
+        return resolve_api_key(token, client_ip(request))
+
+    def authenticate_header(self, request: Request) -> str:
+        # Makes unauthenticated API requests a 401 (with this challenge) rather than a 403.
+        return 'Bearer realm="hermes"'
 
 
 class SessionOrgAuthentication(SessionAuthentication):
@@ -16,4 +120,11 @@ class SessionOrgAuthentication(SessionAuthentication):
         if result is None:
             return None
         user = result[0]
-        return user, session_access(request._request, user)
+        access = session_access(request._request, user)
+        context.bind(user_id=user.pk, org_id=access.org.pk if access else None)
+        return user, access
+
+
+def client_ip_from_scope(scope: dict[str, Any]) -> str | None:
+    client = scope.get("client")
+    return str(client[0]) if client else None

@@ -1,16 +1,37 @@
 from __future__ import annotations
 
+from dataclasses import dataclass
+from datetime import datetime
+
 from django.conf import settings
 from django.db import models
+from django.utils import timezone
 
 from apps.core.permissions import Role
 from apps.core.tenancy import OrgOwnedModel
+
+API_KEY_PREFIX = "hrm_"
 
 
 class Plan(models.TextChoices):
     FREE = "free", "Free"
     TEAM = "team", "Team"
     ENTERPRISE = "enterprise", "Enterprise"
+
+
+@dataclass(frozen=True)
+class PlanLimits:
+    """The quota settings of a plan (docs/quotas.md lists them; 429 bodies quote them)."""
+
+    requests_per_minute: int
+    tasks_per_day: int
+
+
+PLAN_LIMITS: dict[str, PlanLimits] = {
+    Plan.FREE: PlanLimits(requests_per_minute=120, tasks_per_day=1_000),
+    Plan.TEAM: PlanLimits(requests_per_minute=1_200, tasks_per_day=50_000),
+    Plan.ENTERPRISE: PlanLimits(requests_per_minute=12_000, tasks_per_day=1_000_000),
+}
 
 
 class Organization(models.Model):
@@ -22,6 +43,10 @@ class Organization(models.Model):
 
     def __str__(self) -> str:
         return self.slug
+
+    @property
+    def limits(self) -> PlanLimits:
+        return PLAN_LIMITS.get(self.plan, PLAN_LIMITS[Plan.FREE])
 
 
 class Membership(OrgOwnedModel):
@@ -36,3 +61,88 @@ class Membership(OrgOwnedModel):
 
     def __str__(self) -> str:
         return f"{self.user_id}@{self.organization_id}:{self.role}"
+
+
+class APIKey(OrgOwnedModel):
+    """An org's API key. The database holds only the SHA-256 digest of the token (`hrm_` + 256 random bits), so a
+    dump of this table cannot be replayed; `prefix` and `last_four` let people recognise a key in lists.
+
+    A plain (unpeppered) SHA-256 is enough here because the token is 256 bits of randomness: there is nothing to
+    brute-force, and keys survive a SECRET_KEY rotation.
+    """
+
+    name = models.CharField(max_length=100)
+    digest = models.CharField(max_length=64, unique=True)  # unique: the authentication lookup's index
+    prefix = models.CharField(max_length=12)
+    last_four = models.CharField(max_length=4)
+    scopes = models.JSONField(default=list)
+    created_by = models.ForeignKey(settings.AUTH_USER_MODEL, null=True, on_delete=models.SET_NULL, related_name="+")
+    expires_at = models.DateTimeField(null=True, blank=True)
+    revoked_at = models.DateTimeField(null=True, blank=True)
+    last_used_at = models.DateTimeField(null=True, blank=True)
+    last_used_ip = models.GenericIPAddressField(null=True, blank=True)
+    rate_limit_per_minute = models.PositiveIntegerField(
+        null=True, blank=True, help_text="Optional per-key limit, below the org's plan limit."
+    )
+    rotated_to = models.OneToOneField(
+        "self", null=True, blank=True, on_delete=models.SET_NULL, related_name="rotated_from"
+    )
+
+    class Meta:
+        indexes = [
+            # The key list of an org, newest first (cursor pagination on created_at).
+            models.Index(fields=["organization", "-created_at"], name="orgs_apikey_org_recent"),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.display} ({self.name})"
+
+    @property
+    def display(self) -> str:
+        return f"{self.prefix}…{self.last_four}"
+
+    def state(self, now: datetime | None = None) -> str:
+        now = now or timezone.now()
+        if self.revoked_at is not None and self.revoked_at <= now:
+            return "revoked"
+        if self.expires_at is not None and self.expires_at <= now:
+            return "expired"
+        return "active"
+
+
+class Invitation(OrgOwnedModel):
+    """An emailed invitation; only the digest of its token is stored, like API keys."""
+
+    email = models.EmailField()
+    role = models.CharField(max_length=20, choices=Role.choices, default=Role.MEMBER)
+    digest = models.CharField(max_length=64, unique=True)  # unique: the accept-by-token lookup
+    invited_by = models.ForeignKey(settings.AUTH_USER_MODEL, null=True, on_delete=models.SET_NULL, related_name="+")
+    expires_at = models.DateTimeField()
+    accepted_at = models.DateTimeField(null=True, blank=True)
+    accepted_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
+    )
+    revoked_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        constraints = [
+            # At most one open invitation per address and org: re-inviting replaces it (actions.invite_member).
+            models.UniqueConstraint(
+                fields=["organization", "email"],
+                condition=models.Q(accepted_at__isnull=True, revoked_at__isnull=True),
+                name="orgs_invitation_one_open_per_email",
+            ),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.email}→{self.organization_id}:{self.role}"
+
+    def state(self, now: datetime | None = None) -> str:
+        now = now or timezone.now()
+        if self.accepted_at is not None:
+            return "accepted"
+        if self.revoked_at is not None:
+            return "revoked"
+        if self.expires_at <= now:
+            return "expired"
+        return "pending"

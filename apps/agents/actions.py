@@ -1,0 +1,259 @@
+"""Every state change of agents. Network work (fetching a card) happens before the transaction opens."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from typing import Any
+
+from asgiref.sync import async_to_sync
+from django.db import IntegrityError, transaction
+from django.db.models import ProtectedError
+from django.utils import timezone
+from django.utils.text import slugify
+
+from apps.agents.cards import CardError, CardInfo, fetch_card
+from apps.agents.models import Agent, Visibility
+from apps.core.http import OutboundBlocked, check_url
+
+audit_log = logging.getLogger("hermes.audit")
+
+EDITABLE_FIELDS = frozenset({"name", "slug", "description", "version", "url", "visibility", "streaming"})
+
+
+class AgentActionError(Exception):
+    """Bad input for an agent action; nothing was written. `code` and `details` feed the API error shape."""
+
+    def __init__(self, message: str, *, code: str, details: dict[str, Any] | None = None, status: int = 400):
+        super().__init__(message)
+        self.code = code
+        self.details = details or {}
+        self.status = status
+
+
+@dataclass(frozen=True)
+class DemoAssignment:
+    created: list[Agent]
+    existing: list[Agent]
+
+
+def _audit(action: str, agent: Agent, by: Any, **extra: Any) -> None:
+    # TODO(audit): write the org audit row once the access layer's audit model lands on main; until then the
+    # structured log line (JSON in production) is the record.
+    audit_log.info(
+        "agent.%s",
+        action,
+        extra={
+            "audit_action": f"agent.{action}",
+            "org_id": agent.organization_id,
+            "agent_id": str(agent.pk),
+            "user_id": getattr(by, "pk", None),
+            **extra,
+        },
+    )
+
+
+def _fetch(url: str) -> CardInfo:
+    try:
+        return async_to_sync(fetch_card)(url)
+    except OutboundBlocked as exc:
+        raise AgentActionError(
+            str(exc), code="ssrf_blocked", details={"rule": exc.rule, "host": exc.host, "address": exc.address}
+        ) from exc
+    except CardError as exc:
+        raise AgentActionError(str(exc), code=exc.code, details=exc.details) from exc
+
+
+def _unique_slug(org: Any, wanted: str, *, exclude: Agent | None = None) -> str:
+    base = slugify(wanted)[:70].strip("-") or "agent"
+    taken = Agent.objects.for_org(org).filter(slug__startswith=base)
+    if exclude is not None:
+        taken = taken.exclude(pk=exclude.pk)
+    used = set(taken.values_list("slug", flat=True))
+    if base not in used:
+        return base
+    n = 2
+    while f"{base}-{n}" in used:
+        n += 1
+    return f"{base}-{n}"
+
+
+def _check_slug_free(org: Any, slug: str, *, exclude: Agent | None = None) -> str:
+    clean = slugify(slug)
+    if not clean or clean != slug:
+        raise AgentActionError(
+            "A slug is lowercase letters, digits and hyphens.", code="invalid", details={"slug": ["Not a slug."]}
+        )
+    taken = Agent.objects.for_org(org).filter(slug=slug)
+    if exclude is not None:
+        taken = taken.exclude(pk=exclude.pk)
+    if taken.exists():
+        raise AgentActionError(
+            f"This organization already has an agent with the slug '{slug}'.",
+            code="slug_taken",
+            details={"slug": ["Already used in this organization."]},
+            status=409,
+        )
+    return slug
+
+
+def _apply_card(agent: Agent, info: CardInfo) -> None:
+    agent.name = info.name
+    agent.description = info.description
+    agent.version = info.version
+    agent.url = info.url
+    agent.card_url = info.card_url
+    agent.card = info.raw
+    agent.skills = info.skills
+    agent.capabilities = info.capabilities
+    agent.protocol_version = info.protocol_version
+    agent.last_seen_at = timezone.now()
+    agent.last_error = ""
+
+
+def _save_new(agent: Agent) -> Agent:
+    try:
+        with transaction.atomic():
+            agent.save()
+    except IntegrityError as exc:  # two concurrent registrations raced for the same slug
+        raise AgentActionError(
+            f"This organization already has an agent with the slug '{agent.slug}'.", code="slug_taken", status=409
+        ) from exc
+    return agent
+
+
+def register_agent_by_url(
+    *, org: Any, url: str, by: Any = None, slug: str | None = None, visibility: str = Visibility.PRIVATE
+) -> Agent:
+    """Fetch the agent's card (agent-card.json, falling back to agent.json), validate it and store the agent."""
+    info = _fetch(url)
+    with transaction.atomic():
+        agent = Agent(organization=org, created_by=by, visibility=visibility)
+        _apply_card(agent, info)
+        agent.slug = _check_slug_free(org, slug) if slug else _unique_slug(org, info.name)
+        _save_new(agent)
+        _audit("registered", agent, by, card_url=info.card_url)
+    return agent
+
+
+def register_agent_manually(
+    *,
+    org: Any,
+    name: str,
+    url: str,
+    by: Any = None,
+    slug: str | None = None,
+    description: str = "",
+    version: str = "",
+    streaming: bool = False,
+    protocol_version: str = "1.0",
+    skills: list[dict[str, Any]] | None = None,
+    visibility: str = Visibility.PRIVATE,
+) -> Agent:
+    """Register an agent that publishes no card: the caller states its JSON-RPC endpoint and capabilities."""
+    _check_endpoint(url)
+    with transaction.atomic():
+        agent = Agent(
+            organization=org,
+            name=name,
+            slug=_check_slug_free(org, slug) if slug else _unique_slug(org, name),
+            description=description,
+            version=version,
+            url=url,
+            capabilities={"streaming": streaming, "pushNotifications": False},
+            skills=skills or [],
+            protocol_version=protocol_version,
+            visibility=visibility,
+            created_by=by,
+        )
+        _save_new(agent)
+        _audit("registered", agent, by, manual=True)
+    return agent
+
+
+def _check_endpoint(url: str) -> None:
+    try:
+        check_url(url)
+    except OutboundBlocked as exc:
+        raise AgentActionError(
+            str(exc), code="ssrf_blocked" if exc.rule not in {"invalid_url"} else "invalid", details={"rule": exc.rule}
+        ) from exc
+
+
+def refresh_agent_card(agent: Agent, *, by: Any = None) -> Agent:
+    """Re-fetch the card and update the agent; a failure is recorded on the agent and raised."""
+    if not agent.card_url:
+        raise AgentActionError(
+            "This agent was registered without a card, so there is nothing to refresh.", code="no_card"
+        )
+    try:
+        info = _fetch(agent.card_url)
+    except AgentActionError as exc:
+        record_agent_contact(agent, error=str(exc))
+        raise
+    with transaction.atomic():
+        locked = Agent.objects.for_org(agent.organization_id).select_for_update().get(pk=agent.pk)
+        _apply_card(locked, info)
+        locked.save()
+        _audit("card_refreshed", locked, by)
+    return locked
+
+
+def update_agent(agent: Agent, *, by: Any = None, **changes: Any) -> Agent:
+    unknown = set(changes) - EDITABLE_FIELDS
+    if unknown:
+        raise AgentActionError(f"Not editable: {', '.join(sorted(unknown))}.", code="invalid")
+    if "url" in changes:
+        if agent.card_url:
+            raise AgentActionError(
+                "The endpoint of a card-registered agent comes from its card: refresh the card instead.",
+                code="invalid",
+                details={"url": ["Set by the agent card."]},
+            )
+        _check_endpoint(changes["url"])
+    if "visibility" in changes and changes["visibility"] not in Visibility.values:
+        raise AgentActionError("Unknown visibility.", code="invalid", details={"visibility": ["Unknown value."]})
+    with transaction.atomic():
+        locked = Agent.objects.for_org(agent.organization_id).select_for_update().get(pk=agent.pk)
+        if "slug" in changes and changes["slug"] != locked.slug:
+            _check_slug_free(locked.organization_id, changes["slug"], exclude=locked)
+        if "streaming" in changes:
+            locked.capabilities = {**locked.capabilities, "streaming": bool(changes.pop("streaming"))}
+        for name, value in changes.items():
+            setattr(locked, name, value)
+        locked.save()
+        _audit("updated", locked, by, fields=sorted(changes))
+    return locked
+
+
+def set_visibility(agent: Agent, visibility: str, *, by: Any = None) -> Agent:
+    return update_agent(agent, by=by, visibility=visibility)
+
+
+def delete_agent(agent: Agent, *, by: Any = None) -> None:
+    with transaction.atomic():
+        _audit("deleted", agent, by, slug=agent.slug)
+        try:
+            with transaction.atomic():
+                agent.delete()
+        except ProtectedError as exc:
+            raise AgentActionError(
+                "This agent still has tasks; it cannot be deleted while they exist.", code="agent_in_use", status=409
+            ) from exc
+
+
+def record_agent_contact(agent: Agent, *, error: str | None = None) -> None:
+    """Online state, written by whoever talked to the agent (card refresh, task worker). Not audited: telemetry.
+
+    A success within the last minute is not re-written, so a busy agent costs no write per call.
+    """
+    now = timezone.now()
+    rows = Agent.objects.for_org(agent.organization_id).filter(pk=agent.pk)
+    if error:
+        rows.update(last_error=error[:2000], last_error_at=now)
+        agent.last_error, agent.last_error_at = error[:2000], now
+        return
+    if agent.last_seen_at and not agent.last_error and (now - agent.last_seen_at).total_seconds() < 60:
+        return
+    rows.update(last_seen_at=now, last_error="")
+    agent.last_seen_at, agent.last_error = now, ""

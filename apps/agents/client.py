@@ -1,0 +1,518 @@
+"""The A2A client layer: how Hermes talks to an agent. Built on the official a2a-sdk client; no hand-written JSON-RPC.
+
+Interface for the task worker
+-----------------------------
+    from apps.agents.client import (
+        AgentTarget, AgentClient, AgentUpdate, AgentError, AgentTransportError, iterate_sync,
+    )
+
+    target = AgentTarget.from_agent(agent)          # plain data: safe to hand to another thread / event loop
+
+    # async
+    async with AgentClient(target) as client:
+        async for update in client.run(text="hi", data=[{"k": 1}], message_id=str(task.pk)):
+            ...                                       # AgentUpdate, see below
+        await client.cancel(remote_task_id)           # CancelTask -> AgentUpdate (status)
+        await client.get_task(remote_task_id)         # GetTask    -> AgentUpdate (status)
+
+    # sync (a Celery job; the ORM may be used inside the loop body)
+    for update in iterate_sync(lambda: AgentClient(target).run_once(text="hi")):
+        persist(update)
+    cancel_sync(target, remote_task_id)
+
+`run(...)` picks the call the card allows: `SendStreamingMessage` over SSE when the card says streaming, otherwise
+`SendMessage` (return immediately) followed by `GetTask` polling until the task is terminal or interrupted. Pass
+`task_id` and `context_id` (from an earlier update) to continue a task that is `input-required`. The lower-level
+`stream(...)`, `send(...)` and `poll(remote_task_id)` are there too. Agents whose card says protocol 0.3 are
+spoken to with v0.3 method names (`message/stream`, `tasks/get`, …) by the SDK's compatibility transport.
+
+`AgentUpdate(kind, state, text, data, artifact, remote_task_id, context_id, final, raw)`:
+- kind "status": a task state change or progress note (`state` is set; `text`/`data` come from the status
+  message, if any); "artifact": an artifact (`artifact` = {"artifactId", "name", "parts", "append",
+  "lastChunk", ...}; `text`/`data` are its parts); "message": the agent answered with a plain message instead of a
+  task (`state` is "completed").
+- state: A2A task state spelled "submitted", "working", "input-required", "auth-required", "completed",
+  "failed", "canceled", "rejected" (or "unknown").
+- final: nothing more will come for this call (terminal or interrupted state, or a plain message).
+- raw: the SDK event as JSON (camelCase), for the timeline.
+
+Errors: `AgentTransportError` — connection refused/reset, timeouts, HTTP 5xx/429/408, a stream cut off before a
+final update: retry with backoff. `AgentError` — the agent's own failure or an invalid response (JSON-RPC error,
+HTTP 4xx, unparseable reply), or the SSRF guard refusing the address (`code="ssrf_blocked"`): record, do not retry.
+A task that the agent itself reports as "failed" is NOT an exception: it is an update with state "failed".
+All traffic goes through `apps.core.http.guarded_async_client` (SSRF guard, timeouts).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import queue
+import threading
+import uuid
+from collections.abc import AsyncIterator, Callable, Iterator
+from dataclasses import dataclass, field
+from typing import Any, Literal, TypeVar
+
+import httpx
+from a2a.client import A2AClientError, A2AClientTimeoutError, ClientConfig, ClientFactory
+from a2a.client.client import Client
+from a2a.types.a2a_pb2 import (
+    AgentCapabilities,
+    AgentCard,
+    AgentInterface,
+    CancelTaskRequest,
+    GetTaskRequest,
+    Message,
+    Part,
+    Role,
+    SendMessageRequest,
+    StreamResponse,
+    Task,
+    TaskState,
+)
+from a2a.utils.constants import TransportProtocol
+from a2a.utils.errors import A2AError
+from google.protobuf import json_format, struct_pb2
+
+from apps.core.http import OutboundBlocked, guarded_async_client
+
+T = TypeVar("T")
+
+STATE_NAMES: dict[int, str] = {
+    TaskState.TASK_STATE_UNSPECIFIED: "unknown",
+    TaskState.TASK_STATE_SUBMITTED: "submitted",
+    TaskState.TASK_STATE_WORKING: "working",
+    TaskState.TASK_STATE_INPUT_REQUIRED: "input-required",
+    TaskState.TASK_STATE_AUTH_REQUIRED: "auth-required",
+    TaskState.TASK_STATE_COMPLETED: "completed",
+    TaskState.TASK_STATE_FAILED: "failed",
+    TaskState.TASK_STATE_CANCELED: "canceled",
+    TaskState.TASK_STATE_REJECTED: "rejected",
+}
+TERMINAL_STATES = frozenset({"completed", "failed", "canceled", "rejected"})
+INTERRUPTED_STATES = frozenset({"input-required", "auth-required"})
+FINAL_STATES = TERMINAL_STATES | INTERRUPTED_STATES
+RETRYABLE_STATUS = frozenset({408, 425, 429, 500, 502, 503, 504})
+
+# Streams may be quiet while an agent thinks; the SDK's server sends SSE pings well inside this.
+STREAM_TIMEOUT = httpx.Timeout(connect=5.0, read=60.0, write=10.0, pool=5.0)
+
+
+class AgentError(Exception):
+    """The agent failed or answered something unusable. Record it on the task; retrying will not help."""
+
+    def __init__(self, message: str, *, code: str = "agent_error", details: dict[str, Any] | None = None) -> None:
+        super().__init__(message)
+        self.code = code
+        self.details = details or {}
+
+
+class AgentTransportError(Exception):
+    """The agent could not be reached or the connection failed: retry with backoff."""
+
+    def __init__(self, message: str, *, status_code: int | None = None) -> None:
+        super().__init__(message)
+        self.status_code = status_code
+
+
+@dataclass(frozen=True)
+class AgentTarget:
+    """What the client needs to call an agent: copied off the model so no ORM object crosses threads."""
+
+    url: str
+    streaming: bool = False
+    protocol_version: str = "1.0"
+    name: str = "agent"
+
+    @classmethod
+    def from_agent(cls, agent: Any) -> AgentTarget:
+        return cls(
+            url=agent.url,
+            streaming=bool(agent.capabilities.get("streaming")),
+            protocol_version=agent.protocol_version or "1.0",
+            name=agent.name,
+        )
+
+    def sdk_card(self) -> AgentCard:
+        """The card the SDK's client factory needs: the stored endpoint (already checked at registration)."""
+        return AgentCard(
+            name=self.name,
+            supported_interfaces=[
+                AgentInterface(
+                    url=self.url, protocol_binding=TransportProtocol.JSONRPC, protocol_version=self.protocol_version
+                )
+            ],
+            capabilities=AgentCapabilities(streaming=self.streaming),
+        )
+
+
+@dataclass(frozen=True)
+class AgentUpdate:
+    kind: Literal["status", "message", "artifact"]
+    state: str | None
+    text: str = ""
+    data: list[Any] = field(default_factory=list)
+    artifact: dict[str, Any] | None = None
+    remote_task_id: str = ""
+    context_id: str = ""
+    final: bool = False
+    raw: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def terminal(self) -> bool:
+        return self.state in TERMINAL_STATES
+
+
+def build_message(
+    *,
+    text: str = "",
+    data: list[Any] | None = None,
+    metadata: dict[str, Any] | None = None,
+    message_id: str | None = None,
+    task_id: str | None = None,
+    context_id: str | None = None,
+) -> Message:
+    parts: list[Part] = []
+    if text:
+        parts.append(Part(text=text))
+    for item in data or []:
+        value = struct_pb2.Value()
+        json_format.ParseDict(item, value)
+        parts.append(Part(data=value))
+    if not parts:
+        raise AgentError("A message needs at least one text or data part.", code="empty_message")
+    message = Message(role=Role.ROLE_USER, message_id=message_id or uuid.uuid4().hex, parts=parts)
+    if task_id:
+        message.task_id = task_id
+    if context_id:
+        message.context_id = context_id
+    if metadata:
+        message.metadata.update(metadata)
+    return message
+
+
+def _parts_content(parts: Any) -> tuple[str, list[Any]]:
+    texts: list[str] = []
+    data: list[Any] = []
+    for part in parts:
+        kind = part.WhichOneof("content")
+        if kind == "text":
+            texts.append(part.text)
+        elif kind == "data":
+            data.append(json_format.MessageToDict(part.data))
+        elif kind == "url":
+            texts.append(part.url)
+    return "\n".join(texts), data
+
+
+def _state(value: int) -> str:
+    return STATE_NAMES.get(value, "unknown")
+
+
+class _Normalizer:
+    """Turns SDK events and polled Task snapshots into AgentUpdates, without repeating what was already said."""
+
+    def __init__(self) -> None:
+        self._last_status: tuple[str, str] | None = None
+        self._artifacts_seen: set[str] = set()
+
+    def _status(self, task_id: str, context_id: str, status: Any, raw: dict[str, Any]) -> list[AgentUpdate]:
+        state = _state(status.state)
+        text, data = _parts_content(status.message.parts) if status.HasField("message") else ("", [])
+        key = (state, status.message.message_id if status.HasField("message") else "")
+        if key == self._last_status:
+            return []
+        self._last_status = key
+        return [
+            AgentUpdate(
+                kind="status",
+                state=state,
+                text=text,
+                data=data,
+                remote_task_id=task_id,
+                context_id=context_id,
+                final=state in FINAL_STATES,
+                raw=raw,
+            )
+        ]
+
+    def _artifact(self, task_id: str, context_id: str, artifact: Any, extra: dict[str, Any]) -> AgentUpdate:
+        as_dict = {**json_format.MessageToDict(artifact), **extra}
+        text, data = _parts_content(artifact.parts)
+        return AgentUpdate(
+            kind="artifact",
+            state=None,
+            text=text,
+            data=data,
+            artifact=as_dict,
+            remote_task_id=task_id,
+            context_id=context_id,
+            raw={"artifactUpdate": {"taskId": task_id, "contextId": context_id, "artifact": as_dict, **extra}},
+        )
+
+    def task(self, task: Task) -> list[AgentUpdate]:
+        updates: list[AgentUpdate] = []
+        for artifact in task.artifacts:
+            key = artifact.artifact_id or json.dumps(json_format.MessageToDict(artifact), sort_keys=True)
+            if key in self._artifacts_seen:
+                continue
+            self._artifacts_seen.add(key)
+            updates.append(self._artifact(task.id, task.context_id, artifact, {}))
+        raw = {"task": json_format.MessageToDict(task)}
+        # The state goes last so a terminal update never precedes the artifacts it completes.
+        return updates + self._status(task.id, task.context_id, task.status, raw)
+
+    def event(self, event: StreamResponse) -> list[AgentUpdate]:
+        kind = event.WhichOneof("payload")
+        if kind == "task":
+            return self.task(event.task)
+        if kind == "status_update":
+            update = event.status_update
+            return self._status(update.task_id, update.context_id, update.status, json_format.MessageToDict(event))
+        if kind == "artifact_update":
+            update = event.artifact_update
+            self._artifacts_seen.add(update.artifact.artifact_id)
+            extra = {"append": update.append, "lastChunk": update.last_chunk}
+            return [self._artifact(update.task_id, update.context_id, update.artifact, extra)]
+        if kind == "message":
+            message = event.message
+            text, data = _parts_content(message.parts)
+            return [
+                AgentUpdate(
+                    kind="message",
+                    state="completed",
+                    text=text,
+                    data=data,
+                    remote_task_id=message.task_id,
+                    context_id=message.context_id,
+                    final=True,
+                    raw=json_format.MessageToDict(event),
+                )
+            ]
+        raise AgentError("The agent sent an empty stream event.", code="invalid_response")
+
+
+def classify(exc: BaseException) -> Exception:
+    """Map what the SDK/httpx raise onto AgentTransportError (retry) or AgentError (record)."""
+    if isinstance(exc, AgentError | AgentTransportError):
+        return exc
+    if isinstance(exc, OutboundBlocked):
+        return AgentError(str(exc), code="ssrf_blocked", details={"rule": exc.rule, "host": exc.host})
+    if isinstance(exc, A2AClientTimeoutError | httpx.TimeoutException | TimeoutError):
+        return AgentTransportError(f"Timed out talking to the agent: {exc}")
+    cause = exc.__cause__ if isinstance(exc, A2AClientError) else exc
+    if isinstance(cause, httpx.HTTPStatusError):
+        status = cause.response.status_code
+        if status in RETRYABLE_STATUS or status >= 500:
+            return AgentTransportError(f"The agent answered HTTP {status}.", status_code=status)
+        return AgentError(f"The agent answered HTTP {status}.", code="http_error", details={"status": status})
+    if isinstance(cause, httpx.TransportError):
+        return AgentTransportError(f"Could not talk to the agent: {cause or type(cause).__name__}.")
+    if isinstance(exc, A2AError):
+        # JSON-RPC errors from the agent (task not found, invalid params, internal error, …) and invalid replies.
+        return AgentError(
+            f"The agent returned an error: {exc.message}",
+            code=type(exc).__name__,
+            details={"data": exc.data} if exc.data else {},
+        )
+    if isinstance(exc, ValueError | json_format.ParseError | json.JSONDecodeError):
+        return AgentError(f"The agent's response is not valid A2A: {exc}", code="invalid_response")
+    return exc if isinstance(exc, Exception) else AgentError(str(exc))
+
+
+class AgentClient:
+    """One agent, one guarded HTTP client; use as an async context manager (or call `aclose()`)."""
+
+    def __init__(self, target: AgentTarget, *, poll_interval: float = 0.5, timeout: httpx.Timeout | None = None):
+        self.target = target
+        self.poll_interval = poll_interval
+        self._http = guarded_async_client(timeout=timeout or STREAM_TIMEOUT)
+        self._clients: dict[bool, Client] = {}
+
+    async def __aenter__(self) -> AgentClient:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.aclose()
+
+    async def aclose(self) -> None:
+        await self._http.aclose()
+
+    def _sdk(self, *, streaming: bool) -> Client:
+        if streaming not in self._clients:
+            config = ClientConfig(httpx_client=self._http, streaming=streaming)
+            self._clients[streaming] = ClientFactory(config).create(self.target.sdk_card())
+        return self._clients[streaming]
+
+    async def _events(
+        self, request: SendMessageRequest, *, streaming: bool, normalizer: _Normalizer | None = None
+    ) -> AsyncIterator[AgentUpdate]:
+        normalizer = normalizer or _Normalizer()
+        final = False
+        try:
+            async for event in self._sdk(streaming=streaming).send_message(request):
+                for update in normalizer.event(event):
+                    final = final or update.final
+                    yield update
+        except Exception as exc:
+            raise classify(exc) from exc
+        if streaming and self.target.streaming and not final:
+            raise AgentTransportError("The agent's stream ended before the task reached a final state.")
+
+    async def stream(self, **message: Any) -> AsyncIterator[AgentUpdate]:
+        """SendStreamingMessage: every update as the agent sends it, until a final one."""
+        request = SendMessageRequest(message=build_message(**message))
+        async for update in self._events(request, streaming=True):
+            yield update
+
+    async def send(
+        self, *, return_immediately: bool = False, normalizer: _Normalizer | None = None, **message: Any
+    ) -> list[AgentUpdate]:
+        """SendMessage: the agent's answer (a task snapshot or a message) as updates.
+
+        With return_immediately the agent answers as soon as the task exists; poll it with `poll()`.
+        """
+        request = SendMessageRequest(message=build_message(**message))
+        request.configuration.return_immediately = return_immediately
+        return [update async for update in self._events(request, streaming=False, normalizer=normalizer)]
+
+    async def get_task(self, remote_task_id: str) -> list[AgentUpdate]:
+        """GetTask: the task's artifacts and its current status (the status update is last)."""
+        try:
+            task = await self._sdk(streaming=False).get_task(GetTaskRequest(id=remote_task_id))
+        except Exception as exc:
+            raise classify(exc) from exc
+        return _Normalizer().task(task)
+
+    async def poll(
+        self, remote_task_id: str, *, deadline: float | None = None, normalizer: _Normalizer | None = None
+    ) -> AsyncIterator[AgentUpdate]:
+        """GetTask until the task is terminal or interrupted; yields only what changed since the last poll."""
+        normalizer = normalizer or _Normalizer()
+        loop = asyncio.get_running_loop()
+        while True:
+            try:
+                task = await self._sdk(streaming=False).get_task(GetTaskRequest(id=remote_task_id))
+            except Exception as exc:
+                raise classify(exc) from exc
+            updates = normalizer.task(task)
+            for update in updates:
+                yield update
+            if _state(task.status.state) in FINAL_STATES:
+                return
+            if deadline is not None and loop.time() >= deadline:
+                raise AgentTransportError(f"Task {remote_task_id} did not finish before the deadline.")
+            await asyncio.sleep(self.poll_interval)
+
+    async def cancel(self, remote_task_id: str) -> AgentUpdate:
+        """CancelTask: the agent's answer as a status update (normally state "canceled")."""
+        try:
+            task = await self._sdk(streaming=False).cancel_task(CancelTaskRequest(id=remote_task_id))
+        except Exception as exc:
+            raise classify(exc) from exc
+        return _Normalizer().task(task)[-1]
+
+    async def run(self, *, deadline: float | None = None, **message: Any) -> AsyncIterator[AgentUpdate]:
+        """Send a message the way the card allows and yield every update until a final one.
+
+        `message` is `text`, `data` (list of JSON values), `metadata`, `message_id`, and — to continue an
+        input-required task — `task_id` and `context_id`. `deadline` is an event-loop time for polling.
+        """
+        if self.target.streaming:
+            async for update in self.stream(**message):
+                yield update
+            return
+        # One normalizer across send and poll: the polled snapshots repeat what the first answer said.
+        normalizer = _Normalizer()
+        first = await self.send(return_immediately=True, normalizer=normalizer, **message)
+        for update in first:
+            yield update
+        last = first[-1] if first else None
+        if last is None or last.final or not last.remote_task_id:
+            return
+        async for update in self.poll(last.remote_task_id, deadline=deadline, normalizer=normalizer):
+            yield update
+
+    async def run_once(self, **message: Any) -> AsyncIterator[AgentUpdate]:
+        """`run` that closes the client when the iteration ends (for `iterate_sync`)."""
+        try:
+            async for update in self.run(**message):
+                yield update
+        finally:
+            await self.aclose()
+
+
+def iterate_sync(make: Callable[[], AsyncIterator[T]]) -> Iterator[T]:
+    """Consume an async iterator from synchronous code (a Celery job) without an event loop in this thread.
+
+    The iterator runs on a private event loop in a helper thread; items arrive here in order, exceptions are
+    re-raised here, and leaving the loop early (break, an exception in the body) cancels the async side, which
+    closes the HTTP stream. Because this thread never runs a loop, the Django ORM may be used in the loop body.
+    """
+    items: queue.Queue[tuple[str, Any]] = queue.Queue()
+    ready = threading.Event()
+    handles: dict[str, Any] = {}
+
+    async def pump() -> None:
+        handles["loop"] = asyncio.get_running_loop()
+        handles["task"] = asyncio.current_task()
+        ready.set()
+        async for item in make():
+            items.put(("item", item))
+
+    def run() -> None:
+        try:
+            asyncio.run(pump())
+            items.put(("done", None))
+        except asyncio.CancelledError:
+            items.put(("done", None))
+        except BaseException as exc:
+            items.put(("error", exc))
+        finally:
+            ready.set()
+
+    thread = threading.Thread(target=run, name="a2a-client", daemon=True)
+    thread.start()
+    finished = False
+    try:
+        while True:
+            kind, value = items.get()
+            if kind == "item":
+                yield value
+            elif kind == "error":
+                finished = True
+                raise value
+            else:
+                finished = True
+                return
+    finally:
+        if not finished:
+            ready.wait()
+            loop, task = handles.get("loop"), handles.get("task")
+            if loop is not None and task is not None and not loop.is_closed():
+                loop.call_soon_threadsafe(task.cancel)
+        thread.join(timeout=10)
+
+
+def _call_sync(make: Callable[[], Any]) -> Any:
+    (result,) = iterate_sync(make)  # drain fully so the helper thread finishes and closes its client
+    return result
+
+
+def cancel_sync(target: AgentTarget, remote_task_id: str) -> AgentUpdate:
+    async def one() -> AsyncIterator[AgentUpdate]:
+        async with AgentClient(target) as client:
+            yield await client.cancel(remote_task_id)
+
+    result: AgentUpdate = _call_sync(one)
+    return result
+
+
+def get_task_sync(target: AgentTarget, remote_task_id: str) -> list[AgentUpdate]:
+    async def one() -> AsyncIterator[list[AgentUpdate]]:
+        async with AgentClient(target) as client:
+            yield await client.get_task(remote_task_id)
+
+    result: list[AgentUpdate] = _call_sync(one)
+    return result

@@ -1,0 +1,87 @@
+from __future__ import annotations
+
+import uuid
+from datetime import timedelta
+from typing import Any
+
+from django.conf import settings
+from django.db import models
+from django.utils import timezone
+
+from apps.core.tenancy import OrgOwnedModel
+
+# An agent counts as online when Hermes reached it without error this recently.
+ONLINE_WINDOW = timedelta(minutes=10)
+
+
+class Visibility(models.TextChoices):
+    PRIVATE = "private", "Private to its organization"
+    PUBLIC = "public", "Public (listed in the marketplace, usable by every org)"
+
+
+class Agent(OrgOwnedModel):
+    """An A2A agent an org registered (by its Agent Card, or by hand) or one of Hermes' built-in demo agents."""
+
+    id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
+    name = models.CharField(max_length=200)
+    slug = models.SlugField(max_length=80)
+    description = models.TextField(blank=True)
+    version = models.CharField(max_length=50, blank=True)
+    # The JSON-RPC endpoint Hermes calls (the card's JSONRPC interface).
+    url = models.URLField(max_length=500)
+    # Where the card was fetched; empty for agents registered by hand.
+    card_url = models.URLField(max_length=500, blank=True)
+    card = models.JSONField(default=dict, blank=True)
+    skills = models.JSONField(default=list, blank=True)
+    capabilities = models.JSONField(default=dict, blank=True)
+    protocol_version = models.CharField(max_length=20, default="1.0")
+    visibility = models.CharField(max_length=10, choices=Visibility.choices, default=Visibility.PRIVATE)
+    is_demo = models.BooleanField(default=False)
+    last_seen_at = models.DateTimeField(null=True, blank=True)
+    last_error = models.TextField(blank=True)
+    last_error_at = models.DateTimeField(null=True, blank=True)
+    created_by = models.ForeignKey(settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        constraints = [
+            # Slugs name agents inside an org (URLs, the console); also serves the per-org slug lookup.
+            models.UniqueConstraint(fields=["organization", "slug"], name="agents_agent_unique_slug"),
+        ]
+        indexes = [
+            # The marketplace: public agents of every org, newest first.
+            models.Index(
+                fields=["-created_at"],
+                condition=models.Q(visibility="public"),
+                name="agents_agent_public_idx",
+            ),
+            # An org's own list, newest first (cursor pagination).
+            models.Index(fields=["organization", "-created_at"], name="agents_agent_org_created_idx"),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.name} ({self.slug})"
+
+    @property
+    def streaming(self) -> bool:
+        return bool(self.capabilities.get("streaming"))
+
+    @property
+    def push_notifications(self) -> bool:
+        return bool(self.capabilities.get("pushNotifications"))
+
+    @property
+    def is_online(self) -> bool:
+        if self.last_seen_at is None:
+            return False
+        if self.last_error_at is not None and self.last_error_at >= self.last_seen_at:
+            return False
+        return timezone.now() - self.last_seen_at < ONLINE_WINDOW
+
+    @property
+    def skill_names(self) -> list[str]:
+        return [str(skill.get("name") or skill.get("id") or "") for skill in self.skills if isinstance(skill, dict)]
+
+    def is_usable_by(self, org: Any) -> bool:
+        org_id = getattr(org, "pk", org)
+        return self.organization_id == org_id or self.visibility == Visibility.PUBLIC

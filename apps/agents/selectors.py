@@ -1,0 +1,62 @@
+"""Reads of agents, always resolved inside the caller's org: another org's private agent does not exist for you."""
+
+from __future__ import annotations
+
+import uuid
+from typing import Any
+
+from django.db.models import Q, QuerySet, TextField
+from django.db.models.functions import Cast
+from django.http import Http404
+
+from apps.agents.models import Agent, Visibility
+
+
+def org_agents(org: Any) -> QuerySet[Agent]:
+    """The org's own agents (the ones it may edit)."""
+    return Agent.objects.for_org(org)
+
+
+def usable_agents(org: Any) -> QuerySet[Agent]:
+    """Agents the org may send tasks to: its own plus every public agent (the marketplace)."""
+    return Agent.objects.unscoped("an org may use public agents of other orgs").filter(
+        Q(organization=org) | Q(visibility=Visibility.PUBLIC)
+    )
+
+
+def marketplace_agents(search: str | None = None) -> QuerySet[Agent]:
+    """Public agents of every org, optionally matching `search` in the name, description or skills."""
+    agents = (
+        Agent.objects.unscoped("the marketplace lists public agents of every org")
+        .filter(visibility=Visibility.PUBLIC)
+        .select_related("organization")
+    )
+    if search:
+        # Skills are JSON; matching their text form finds skill names, descriptions and tags alike.
+        agents = agents.annotate(skills_text=Cast("skills", TextField())).filter(
+            Q(name__icontains=search) | Q(description__icontains=search) | Q(skills_text__icontains=search)
+        )
+    return agents
+
+
+def _as_uuid(agent_id: Any) -> uuid.UUID:
+    try:
+        return agent_id if isinstance(agent_id, uuid.UUID) else uuid.UUID(str(agent_id))
+    except ValueError as exc:
+        raise Http404("No such agent.") from exc
+
+
+def get_org_agent(org: Any, agent_id: Any) -> Agent:
+    """One of the org's own agents, or 404 (also for another org's agent, public or not)."""
+    try:
+        return org_agents(org).get(pk=_as_uuid(agent_id))
+    except Agent.DoesNotExist as exc:
+        raise Http404("No such agent.") from exc
+
+
+def get_usable_agent(org: Any, agent_id: Any) -> Agent:
+    """An agent the org may send tasks to (its own or a public one), or 404 — exactly like a missing id."""
+    try:
+        return usable_agents(org).select_related("organization").get(pk=_as_uuid(agent_id))
+    except Agent.DoesNotExist as exc:
+        raise Http404("No such agent.") from exc

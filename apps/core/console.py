@@ -1,0 +1,107 @@
+"""Console (HTML + HTMX) rendering shared by every app's views.py.
+
+One template per page; the fragments HTMX swaps are `{% partialdef %}` blocks inside it, so the full page and the
+swap render the same markup. `render_console` picks the fragment when htmx asks for it (and not for a boosted
+navigation, which wants the whole page) and marks the response `Vary: HX-Request` so caches keep both answers apart.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from django.contrib import messages
+from django.core.exceptions import PermissionDenied, ValidationError
+from django.http import HttpRequest, HttpResponse
+from django.shortcuts import redirect, render
+from django.template.loader import render_to_string
+from django.utils.cache import patch_vary_headers
+from django.utils.http import url_has_allowed_host_and_scheme
+
+# Header the console's htmx error handler shows as-is (kept short and ASCII: header values are latin-1).
+ERROR_MESSAGE_HEADER = "X-Hermes-Error"
+
+
+def is_fragment_request(request: HttpRequest) -> bool:
+    htmx = getattr(request, "htmx", None)
+    return bool(htmx) and not htmx.boosted  # type: ignore[union-attr]
+
+
+def render_console(
+    request: HttpRequest,
+    template_name: str,
+    context: dict[str, Any] | None = None,
+    *,
+    partial: str | None = None,
+    status: int = 200,
+) -> HttpResponse:
+    """Render `template_name`, or only its `partial` for an HTMX (non-boosted) request.
+
+    A fragment response also carries pending flash messages as an out-of-band swap, so a message queued by the
+    action the fragment answers is shown without a page load.
+    """
+    fragment = partial is not None and is_fragment_request(request)
+    name = f"{template_name}#{partial}" if fragment else template_name
+    response = render(request, name, context or {}, status=status)
+    if fragment and len(messages.get_messages(request)):
+        oob = render_to_string("includes/messages.html", {"oob": True}, request=request)
+        response.content = response.content + oob.encode()
+    patch_vary_headers(response, ("HX-Request",))
+    return response
+
+
+def hx_redirect(request: HttpRequest, url: str) -> HttpResponse:
+    """Send the browser to `url`: HX-Redirect for htmx (a 302 would be followed inside the swap), 302 otherwise."""
+    if getattr(request, "htmx", None):
+        response = HttpResponse(status=204)
+        response["HX-Redirect"] = url
+        return response
+    return redirect(url)
+
+
+def error_message_header(message: str) -> str:
+    """The header value for ERROR_MESSAGE_HEADER: one line, latin-1 safe, bounded."""
+    line = " ".join(message.split())[:300]
+    return line.encode("latin-1", "replace").decode("latin-1")
+
+
+def add_action_errors(form: Any, exc: ValidationError) -> None:
+    """Show an action's ValidationError on the form: per-field messages on their fields, the rest on top."""
+    if hasattr(exc, "error_dict"):
+        for field, errors in exc.message_dict.items():
+            form.add_error(field if field in form.fields else None, errors)
+    else:
+        form.add_error(None, exc.messages)
+
+
+class ConsoleErrorMiddleware:
+    """A refused action (HermesAPIError: 403 role, 409 conflict, …) raised by a console view becomes a readable
+    answer instead of a 500: htmx requests get the status and X-Hermes-Error (shown as a toast); a plain form post
+    goes back where it came from with the message flashed. The API never gets here: DRF handles its own."""
+
+    def __init__(self, get_response: Callable[[HttpRequest], HttpResponse]) -> None:
+        self.get_response = get_response
+
+    def __call__(self, request: HttpRequest) -> HttpResponse:
+        return self.get_response(request)
+
+    def process_exception(self, request: HttpRequest, exception: Exception) -> HttpResponse | None:
+        from apps.core.errors import HermesAPIError, handler403, handler404
+
+        if not isinstance(exception, HermesAPIError) or request.path.startswith("/api/"):
+            return None
+        message = str(exception.detail)
+        status = int(exception.status_code)
+        if status == 403:
+            return handler403(request, PermissionDenied(message))
+        if status == 404:
+            return handler404(request, None)
+        if getattr(request, "htmx", None) or request.method == "GET":
+            response = HttpResponse(message, status=status, content_type="text/plain; charset=utf-8")
+            response[ERROR_MESSAGE_HEADER] = error_message_header(message)
+            return response
+        messages.error(request, message)
+        referer = request.headers.get("Referer", "")
+        if not url_has_allowed_host_and_scheme(referer, allowed_hosts={request.get_host()}):
+            referer = "/"
+        return redirect(referer)

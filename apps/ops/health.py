@@ -1,0 +1,84 @@
+"""Health contributors owned by ops: Celery workers, beat, the federation outbox. Registered in OpsConfig.ready().
+
+Each one is a `Probe` from apps.core.checks, so `GET /api/v1/health` and `manage.py health` print them the same
+way as the core dependencies.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from django.conf import settings
+from django.core.cache import caches
+
+from apps.core.checks import Probe, ProbeResult, register_probe, timed_probe
+from apps.ops.tasks import BEAT_KEY
+from apps.ops.worker import seen_workers
+
+# The federation sweeper re-enqueues overdue deliveries every minute; anything pending for ten is stuck.
+BACKLOG_STUCK_AFTER_S = 600
+
+
+def probe_workers() -> Probe:
+    window = settings.HEALTH_STALE_AFTER
+
+    def run() -> ProbeResult:
+        workers, _ = seen_workers(window)
+        queues = sorted({q for w in workers for q in w.get("queues", [])})
+        listed = [{"hostname": w["hostname"], "queues": w.get("queues", []), "age_s": w["age_s"]} for w in workers]
+        detail = f"{len(workers)} seen in the last {window}s" + (f" consuming {', '.join(queues)}" if queues else "")
+        return bool(workers), detail, {"workers": listed, "queues": queues}
+
+    return timed_probe("workers", run, "start a worker: `celery -A hermes_site worker` (Procfile: worker)")
+
+
+def probe_beat() -> Probe:
+    window = settings.HEALTH_STALE_AFTER
+
+    def run() -> ProbeResult:
+        last = caches["default"].get(BEAT_KEY)
+        if last is None:
+            return False, "no beat run recorded", {"last_run_age_s": None}
+        age = time.time() - float(last)
+        return age <= window, f"last run {age:.0f}s ago", {"last_run_age_s": round(age, 1)}
+
+    fix = "run exactly one `celery -A hermes_site beat` and at least one worker"
+    return timed_probe("beat", run, fix)
+
+
+def _delivery_backlog() -> Any:
+    """The federation app's read of its outbox, or None until that app provides it."""
+    try:
+        from apps.federation.selectors import delivery_backlog  # type: ignore[attr-defined,unused-ignore]
+    except ImportError:
+        return None
+    return delivery_backlog
+
+
+def probe_outbox() -> Probe:
+    backlog_fn = _delivery_backlog()
+    if backlog_fn is None:
+        return Probe(
+            "outbox",
+            True,
+            "not available: apps.federation.selectors.delivery_backlog() is not installed",
+            available=False,
+        )
+
+    def run() -> ProbeResult:
+        backlog: dict[str, Any] = backlog_fn()
+        oldest = backlog.get("oldest_pending_age_s")
+        stuck = oldest is not None and oldest > BACKLOG_STUCK_AFTER_S
+        detail = f"{backlog.get('outbox_backlog', 0)} pending, {backlog.get('dead_letters', 0)} dead letters" + (
+            f", oldest pending {oldest:.0f}s" if oldest is not None else ""
+        )
+        return not stuck, detail, dict(backlog)
+
+    return timed_probe("outbox", run, "deliveries are stuck: check workers, beat and the peers' reachability")
+
+
+def register() -> None:
+    register_probe("workers", probe_workers)
+    register_probe("beat", probe_beat)
+    register_probe("outbox", probe_outbox)

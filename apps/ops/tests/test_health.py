@@ -1,0 +1,180 @@
+from __future__ import annotations
+
+import io
+import json
+import socket
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+from django.core.cache import caches
+from django.core.management import call_command
+from django.core.management.base import CommandError
+from django.test import Client, override_settings
+
+from apps.core.checks import Probe, health_report, register_probe
+from apps.ops.tasks import BEAT_KEY, beat_heartbeat
+from apps.ops.tests.conftest import WorkerProcess
+from apps.ops.worker import seen_workers
+from hermes_site.embedded import start_redis, stop_redis
+
+pytestmark = pytest.mark.django_db
+
+
+def _redis_settings(url: str) -> Any:
+    return override_settings(REDIS_URL=url, CELERY_BROKER_URL=url)
+
+
+def test_readiness_is_200_when_everything_is_up(client: Client) -> None:
+    response = client.get("/api/v1/health/ready")
+    assert response.status_code == 200, response.content
+    assert response.json() == {
+        "status": "ready",
+        "failing": [],
+        "checks": {"database": "ok", "redis": "ok", "broker": "ok"},
+    }
+
+
+def test_readiness_turns_503_when_redis_stops_and_200_when_it_returns(client: Client, tmp_path: Path) -> None:
+    url, proc = start_redis(directory=tmp_path)
+    port = int(url.rsplit(":", 1)[1].split("/")[0])
+    with _redis_settings(url):
+        assert client.get("/api/v1/health/ready").status_code == 200
+        stop_redis(proc, directory=tmp_path)
+        response = client.get("/api/v1/health/ready")
+        assert response.status_code == 503
+        body = response.json()
+        assert body["status"] == "not_ready"
+        assert body["failing"] == ["redis", "broker"]
+        assert body["checks"]["database"] == "ok"
+        url, proc = start_redis(port=port, directory=tmp_path)
+        try:
+            assert client.get("/api/v1/health/ready").status_code == 200
+        finally:
+            stop_redis(proc, directory=tmp_path)
+
+
+def test_readiness_names_unapplied_migrations(client: Client) -> None:
+    from django.db import connection
+
+    from apps.core.checks import forget_migration_state
+
+    forget_migration_state()
+    with connection.cursor() as cursor:
+        cursor.execute("DELETE FROM django_migrations WHERE app = 'sessions'")
+    try:
+        response = client.get("/api/v1/health/ready")
+        assert response.status_code == 503 and response.json()["failing"] == ["database"]
+    finally:
+        forget_migration_state()
+
+
+@override_settings(METRICS_TOKEN="s3cret-token", METRICS_ALLOWED_IPS=["10.9.0.0/16"])
+def test_breakdown_is_for_operators_only(client: Client, django_user_model: Any) -> None:
+    outsider = {"REMOTE_ADDR": "203.0.113.7"}
+    denied = client.get("/api/v1/health", **outsider)
+    assert denied.status_code == 403 and denied.json()["error"]["code"] == "forbidden"
+    assert client.get("/api/v1/health", HTTP_AUTHORIZATION="Bearer wrong", **outsider).status_code == 403
+    assert client.get("/api/v1/health", HTTP_AUTHORIZATION="Bearer s3cret-token", **outsider).status_code != 403
+    assert client.get("/api/v1/health", REMOTE_ADDR="10.9.4.2").status_code != 403
+    staff = django_user_model.objects.create_user(email="ops@hermes.test", password="x", is_staff=True)
+    client.force_login(staff)
+    assert client.get("/api/v1/health", **outsider).status_code != 403
+    # Liveness and readiness stay public.
+    client.logout()
+    assert client.get("/api/v1/health/live", **outsider).status_code == 200
+    assert client.get("/api/v1/health/ready", **outsider).status_code == 200
+
+
+def test_breakdown_reports_every_part_with_status_and_latency(
+    client: Client, start_worker: Callable[..., WorkerProcess]
+) -> None:
+    worker = start_worker("--queues", "celery,ops-extra")
+    beat_heartbeat()
+    response = client.get("/api/v1/health")
+    assert response.status_code == 200, response.content
+    body = response.json()
+    checks = body["checks"]
+    for part in ("database", "redis", "broker", "channel_layer", "workers", "beat", "outbox"):
+        assert checks[part]["status"] in {"ok", "not_available"}, (part, checks[part])
+        assert checks[part]["latency_ms"] >= 0
+    assert body["ready"] is True
+    hostnames = {w["hostname"]: w for w in checks["workers"]["workers"]}
+    assert hostnames[worker.hostname]["queues"] == ["celery", "ops-extra"]
+    assert {"celery", "ops-extra"} <= set(checks["workers"]["queues"])
+    assert checks["beat"]["last_run_age_s"] < 60
+    # A stopped worker removes its heartbeat on a graceful shutdown.
+    worker.stop()
+    assert worker.hostname not in {w["hostname"] for w in seen_workers(60)[0]}
+
+
+def test_beat_is_down_when_it_has_not_run(client: Client) -> None:
+    caches["default"].delete(BEAT_KEY)
+    checks = client.get("/api/v1/health").json()["checks"]
+    assert checks["beat"]["status"] == "down" and "no beat run" in checks["beat"]["detail"]
+    assert checks["beat"]["fix"]
+
+
+def test_stale_worker_heartbeats_are_not_counted() -> None:
+    import time
+
+    from apps.core.checks import redis_client
+    from apps.ops.worker import WORKERS_KEY, record_worker
+
+    client = redis_client()
+    try:
+        record_worker("fresh@test", ["celery"], client=client)
+        client.hset(WORKERS_KEY, "old@test", json.dumps({"hostname": "old@test", "seen": time.time() - 120}))
+        client.hset(WORKERS_KEY, "ancient@test", json.dumps({"hostname": "ancient@test", "seen": 1.0}))
+        client.hset(WORKERS_KEY, "garbage@test", "not json")
+        alive, pruned = seen_workers(60)
+        names = {w["hostname"] for w in alive}
+        assert "fresh@test" in names and "old@test" not in names
+        assert pruned == 2 and not client.hexists(WORKERS_KEY, "ancient@test")
+    finally:
+        client.hdel(WORKERS_KEY, "fresh@test", "old@test")
+        client.close()
+
+
+def test_a_crashing_contributor_is_reported_not_raised() -> None:
+    def broken() -> Probe:
+        raise RuntimeError("boom")
+
+    register_probe("broken-test", broken)
+    try:
+        probe = next(p for p in health_report().probes if p.name == "broken-test")
+        assert not probe.ok and "boom" in probe.detail
+        assert health_report().degraded.count("broken-test") == 1
+    finally:
+        from apps.core import checks
+
+        checks._contributors.pop("broken-test")
+
+
+def test_health_command_prints_the_breakdown_and_fails_when_not_ready(tmp_path: Path) -> None:
+    beat_heartbeat()
+    out = io.StringIO()
+    call_command("health", stdout=out)  # no worker runs here: workers are reported but are not readiness
+    text = out.getvalue()
+    for part in ("database", "redis", "broker", "channel_layer", "workers", "beat", "outbox"):
+        assert f"  {part}" in text
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        dead = f"redis://127.0.0.1:{sock.getsockname()[1]}/0"
+    out = io.StringIO()
+    with _redis_settings(dead), pytest.raises(CommandError, match="not ready: redis, broker"):
+        call_command("health", stdout=out)
+    assert "redis            DOWN" in out.getvalue() and "fix:" in out.getvalue()
+    out = io.StringIO()
+    call_command("health", "--json", stdout=out)
+    assert json.loads(out.getvalue())["ready"] is True
+
+
+def test_operator_network_policy_tolerates_bad_entries() -> None:
+    from apps.ops.access import address_allowed
+
+    with override_settings(METRICS_ALLOWED_IPS=["not-a-network", "192.0.2.0/24"]):
+        assert address_allowed("192.0.2.10")
+        assert not address_allowed("198.51.100.1")
+        assert not address_allowed("garbage")

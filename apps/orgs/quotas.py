@@ -1,0 +1,358 @@
+"""Quotas and usage counters, kept in Redis.
+
+- Requests per minute per org (by plan) and optionally per API key: checked for every authenticated API request by
+  `OrgQuotaThrottle` (DRF's throttle hook: runs after authentication and permissions, so refused requests never
+  count). Fixed one-minute windows: simple, one counter per window; a client may burst up to twice the limit
+  across a window boundary, which is acceptable for protecting the service.
+- Usage: accepted API calls and tasks per org per UTC day (kept 35 days), shown by `GET /api/v1/usage`.
+- Tasks per day (by plan): the tasks app calls `reserve_task(org)` before creating a task (check + count in one
+  step), or `check_task_quota(org)` / `record_task(org)` separately.
+
+Every check is ONE Redis round trip (a Lua script run with EVALSHA: read the counters, and only when every limit
+has room, increment them and the usage counter). When Redis is unreachable the API keeps serving: the check
+fails open, logs, and counts `hermes_quota_fail_open_total`; for `FAIL_OPEN_BACKOFF` seconds afterwards we do
+not even try, so a dead Redis costs one connection attempt per second, not one per request.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import redis
+from django.conf import settings
+from django.http import HttpRequest, HttpResponse
+from rest_framework.request import Request
+from rest_framework.throttling import BaseThrottle
+
+from apps.core.errors import HermesAPIError
+from apps.core.metrics import QUOTA_FAIL_OPEN, QUOTA_REJECTIONS
+from apps.core.permissions import Access
+from apps.orgs.models import PLAN_LIMITS, Plan
+
+logger = logging.getLogger(__name__)
+
+KEY_PREFIX = "hermes:quota"  # tests move this to a private namespace per test
+WINDOW_SECONDS = 60
+USAGE_TTL_SECONDS = 35 * 86400
+FAIL_OPEN_BACKOFF = 1.0
+REDIS_TIMEOUT = 0.25  # seconds; a slow Redis must cost a request little, then we fail open
+
+# KEYS: n limited counters, then (optionally) the usage counter. ARGV: n, then (limit, ttl) per counter, then the
+# usage counter's ttl. Returns the counters (after incrementing when allowed), 1/0 for allowed, and the usage count.
+_CHECK_AND_COUNT = """
+local n = tonumber(ARGV[1])
+local counts = {}
+local allowed = 1
+for i = 1, n do
+  local current = tonumber(redis.call('GET', KEYS[i]) or '0')
+  counts[i] = current
+  if current >= tonumber(ARGV[2 * i]) then allowed = 0 end
+end
+if allowed == 1 then
+  for i = 1, n do
+    counts[i] = redis.call('INCR', KEYS[i])
+    if counts[i] == 1 then redis.call('EXPIRE', KEYS[i], tonumber(ARGV[2 * i + 1])) end
+  end
+end
+local used = 0
+if allowed == 1 and #KEYS > n then
+  used = redis.call('INCR', KEYS[n + 1])
+  if used == 1 then redis.call('EXPIRE', KEYS[n + 1], tonumber(ARGV[2 * n + 2])) end
+end
+counts[n + 1] = allowed
+counts[n + 2] = used
+return counts
+"""
+
+
+class QuotaExceeded(HermesAPIError):
+    def __init__(self, decision: Decision) -> None:
+        super().__init__(
+            decision.message(),
+            code="quota_exceeded",
+            status_code=429,
+            details=decision.details(),
+            headers=decision.headers(),
+        )
+
+
+@dataclass(frozen=True)
+class Decision:
+    allowed: bool
+    limit_name: str  # which limit binds: org_requests_per_minute, key_requests_per_minute, tasks_per_day
+    limit: int
+    used: int
+    reset_at: int  # epoch seconds
+    now: float
+    org: Any = None
+
+    @property
+    def remaining(self) -> int:
+        return max(0, self.limit - self.used)
+
+    @property
+    def retry_after(self) -> int:
+        return max(1, math.ceil(self.reset_at - self.now))
+
+    def headers(self) -> dict[str, str]:
+        headers = {
+            "X-RateLimit-Limit": str(self.limit),
+            "X-RateLimit-Remaining": str(self.remaining),
+            "X-RateLimit-Reset": str(self.reset_at),
+        }
+        if not self.allowed:
+            headers["Retry-After"] = str(self.retry_after)
+        return headers
+
+    def message(self) -> str:
+        what = {
+            "org_requests_per_minute": f"This organization's limit of {self.limit} API requests per minute",
+            "key_requests_per_minute": f"This API key's limit of {self.limit} requests per minute",
+            "tasks_per_day": f"This organization's limit of {self.limit} tasks per day (UTC)",
+        }[self.limit_name]
+        return f"{what} is used up; it resets in {self.retry_after} s. {self.how_to_raise()}"
+
+    def how_to_raise(self) -> str:
+        if self.limit_name == "key_requests_per_minute":
+            return "An admin can raise or remove the key's own limit (rate_limit_per_minute), up to the plan's limit."
+        plan = getattr(self.org, "plan", Plan.FREE)
+        better = [p for p in Plan.values if _limit_of(p, self.limit_name) > _limit_of(plan, self.limit_name)]
+        if not better:
+            return "This is the largest plan; contact support to raise it."
+        offers = ", ".join(f"{Plan(p).label}: {_limit_of(p, self.limit_name):,}" for p in better)
+        slug = getattr(self.org, "slug", "<org>")
+        return (
+            f"Upgrade the plan ({Plan(plan).label} now; {offers}): an owner can PATCH /api/v1/orgs/{slug} "
+            '{"plan": "..."} or use the console\'s organization settings.'
+        )
+
+    def details(self) -> dict[str, Any]:
+        return {
+            "limit": self.limit_name,
+            "limit_value": self.limit,
+            "used": self.used,
+            "resets_at": datetime.fromtimestamp(self.reset_at, UTC).isoformat(),
+            "retry_after_seconds": self.retry_after,
+            "plan": getattr(self.org, "plan", None),
+            "how_to_raise": self.how_to_raise(),
+        }
+
+
+def _limit_of(plan: str, limit_name: str) -> int:
+    limits = PLAN_LIMITS[plan]
+    return limits.tasks_per_day if limit_name == "tasks_per_day" else limits.requests_per_minute
+
+
+# --- Redis access with fail-open -----------------------------------------------------------------------------
+
+
+class _RedisGate:
+    """One client per REDIS_URL (settings may change in tests), plus the fail-open backoff."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._url: str | None = None
+        self._client: redis.Redis | None = None
+        self._script: Any = None
+        self.down_until = 0.0
+
+    def script(self) -> Any:
+        url = settings.REDIS_URL
+        if self._url != url:
+            with self._lock:
+                client = redis.Redis.from_url(
+                    url, socket_timeout=REDIS_TIMEOUT, socket_connect_timeout=REDIS_TIMEOUT, decode_responses=True
+                )
+                self._client, self._script, self._url, self.down_until = (
+                    client,
+                    client.register_script(_CHECK_AND_COUNT),
+                    url,
+                    0.0,
+                )
+        return self._script
+
+    def client(self) -> redis.Redis:
+        self.script()
+        assert self._client is not None
+        return self._client
+
+    def run(self, call: Callable[[], Any], what: str) -> Any:
+        """`call()` or None when Redis is (recently) unreachable: the caller then fails open."""
+        if time.monotonic() < self.down_until:
+            QUOTA_FAIL_OPEN.inc()
+            return None
+        try:
+            return call()
+        except redis.RedisError as error:
+            self.down_until = time.monotonic() + FAIL_OPEN_BACKOFF
+            QUOTA_FAIL_OPEN.inc()
+            logger.warning(
+                "quota %s skipped (fail open): Redis unreachable: %s; not retrying for %.0f s",
+                what,
+                error,
+                FAIL_OPEN_BACKOFF,
+            )
+            return None
+
+
+_gate = _RedisGate()
+
+
+def _day(now: float) -> str:
+    return datetime.fromtimestamp(now, UTC).strftime("%Y%m%d")
+
+
+def _org_key(org_id: int, *parts: object) -> str:
+    # {org_id} is a Redis Cluster hash tag: all of an org's counters live in one slot, so one script can touch them.
+    return ":".join([KEY_PREFIX, f"{{{org_id}}}", *map(str, parts)])
+
+
+def _next_midnight(now: float) -> int:
+    today = datetime.fromtimestamp(now, UTC).replace(hour=0, minute=0, second=0, microsecond=0)
+    return int((today + timedelta(days=1)).timestamp())
+
+
+# --- Request rate ------------------------------------------------------------------------------------------------
+
+
+def check_request(access: Access, now: float | None = None) -> Decision | None:
+    """Count one API request for `access`'s org (and key); None when Redis is unreachable (fail open)."""
+    now = time.time() if now is None else now
+    org = access.org
+    window = int(now // WINDOW_SECONDS)
+    reset_at = (window + 1) * WINDOW_SECONDS
+    limits = [("org_requests_per_minute", _org_key(org.pk, "rpm", window), org.limits.requests_per_minute)]
+    key_limit = getattr(access.api_key, "rate_limit_per_minute", None)
+    if key_limit:
+        limits.append(("key_requests_per_minute", _org_key(org.pk, "key", access.api_key.pk, "rpm", window), key_limit))
+    keys = [redis_key for _, redis_key, _ in limits] + [_org_key(org.pk, "api", _day(now))]
+    args: list[Any] = [len(limits)]
+    for _, _, limit in limits:
+        args += [limit, WINDOW_SECONDS * 2]
+    args.append(USAGE_TTL_SECONDS)
+    result = _gate.run(lambda: _gate.script()(keys=keys, args=args), "request check")
+    if result is None:
+        return None
+    allowed = bool(result[len(limits)])
+    # Report the binding limit: the exhausted one when refused, else the one with the least room left.
+    decisions = [
+        Decision(allowed, name, limit, int(used), reset_at, now, org)
+        for (name, _, limit), used in zip(limits, result[: len(limits)], strict=True)
+    ]
+    if not allowed:
+        decision = next(d for d in decisions if d.used >= d.limit)
+        QUOTA_REJECTIONS.labels(limit=decision.limit_name).inc()
+        return decision
+    return min(decisions, key=lambda d: d.remaining)
+
+
+class OrgQuotaThrottle(BaseThrottle):
+    """DRF throttle: every request that acts for an org (API key or session) counts against its quota.
+
+    It also leaves the decision on the Django request so `RateLimitHeadersMiddleware` can add the X-RateLimit
+    headers to the response, whatever the view answers."""
+
+    def allow_request(self, request: Request, view: Any) -> bool:
+        access = request.auth
+        if not isinstance(access, Access):
+            return True
+        decision = check_request(access)
+        if decision is None:
+            return True
+        request._request.hermes_quota = decision  # type: ignore[attr-defined]
+        if not decision.allowed:
+            raise QuotaExceeded(decision)
+        return True
+
+
+class RateLimitHeadersMiddleware:
+    def __init__(self, get_response: Callable[[HttpRequest], HttpResponse]) -> None:
+        self.get_response = get_response
+
+    def __call__(self, request: HttpRequest) -> HttpResponse:
+        response = self.get_response(request)
+        decision: Decision | None = getattr(request, "hermes_quota", None)
+        if decision is not None:
+            for name, value in decision.headers().items():
+                response.headers.setdefault(name, value)
+        return response
+
+
+# --- Tasks per day -------------------------------------------------------------------------------------------------
+
+
+def _tasks_key(org: Any, now: float) -> str:
+    return _org_key(org.pk, "tasks", _day(now))
+
+
+def reserve_task(org: Any, now: float | None = None) -> Decision | None:
+    """Check the org's tasks-per-day limit and count one task, atomically. Raises QuotaExceeded when the day's
+    tasks are used up; None when Redis is unreachable (fail open). Call it inside the create action, before the
+    INSERT; a task that then fails to be created is still counted (the counter is usage, not an invariant)."""
+    now = time.time() if now is None else now
+    limit = org.limits.tasks_per_day
+    keys = [_tasks_key(org, now)]
+    result = _gate.run(lambda: _gate.script()(keys=keys, args=[1, limit, USAGE_TTL_SECONDS]), "task reservation")
+    if result is None:
+        return None
+    decision = Decision(bool(result[1]), "tasks_per_day", limit, int(result[0]), _next_midnight(now), now, org)
+    if not decision.allowed:
+        QUOTA_REJECTIONS.labels(limit="tasks_per_day").inc()
+        raise QuotaExceeded(decision)
+    return decision
+
+
+def check_task_quota(org: Any, now: float | None = None) -> None:
+    """Raise QuotaExceeded if the org cannot create another task today (no counting; fail open)."""
+    now = time.time() if now is None else now
+    used = _gate.run(lambda: _gate.client().get(_tasks_key(org, now)), "task check")
+    limit = org.limits.tasks_per_day
+    if used is not None and int(used) >= limit:
+        QUOTA_REJECTIONS.labels(limit="tasks_per_day").inc()
+        raise QuotaExceeded(Decision(False, "tasks_per_day", limit, int(used), _next_midnight(now), now, org))
+
+
+def record_task(org: Any, now: float | None = None) -> int | None:
+    """Count one task for today without checking (e.g. from `transaction.on_commit`); the new count or None."""
+    now = time.time() if now is None else now
+    keys = [_tasks_key(org, now)]
+    result = _gate.run(lambda: _gate.script()(keys=keys, args=[0, USAGE_TTL_SECONDS]), "task count")
+    return None if result is None else int(result[1])
+
+
+# --- Usage ------------------------------------------------------------------------------------------------------
+
+
+def usage(org: Any, days: int = 7, now: float | None = None) -> dict[str, Any]:
+    """The org's limits and counters (today first, then earlier days): one MGET."""
+    now = time.time() if now is None else now
+    window = int(now // WINDOW_SECONDS)
+    dates = [_day(now - 86400 * offset) for offset in range(days)]
+    keys = [_org_key(org.pk, "rpm", window)]
+    for date in dates:
+        keys += [_org_key(org.pk, "api", date), _org_key(org.pk, "tasks", date)]
+    values = _gate.run(lambda: _gate.client().mget(keys), "usage read")
+    limits = org.limits
+    body: dict[str, Any] = {
+        "plan": org.plan,
+        "limits": {"requests_per_minute": limits.requests_per_minute, "tasks_per_day": limits.tasks_per_day},
+        "available": values is not None,
+        "requests_this_minute": None,
+        "days": [],
+    }
+    if values is None:
+        return body
+    body["requests_this_minute"] = int(values[0] or 0)
+    for index, date in enumerate(dates):
+        api_calls, tasks = values[1 + 2 * index], values[2 + 2 * index]
+        body["days"].append(
+            {"date": f"{date[:4]}-{date[4:6]}-{date[6:]}", "api_calls": int(api_calls or 0), "tasks": int(tasks or 0)}
+        )
+    return body

@@ -1,0 +1,296 @@
+"""API keys: digest-only storage, authentication outcomes, scopes bounded by the creator, rotation, revocation,
+last-used throttling, and WebSocket authentication."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+from typing import Any
+
+import pytest
+from asgiref.sync import async_to_sync
+from django.db import connection
+from django.utils import timezone
+
+from apps.core.models import AuditEvent
+from apps.core.permissions import Role
+from apps.orgs.models import APIKey, Membership
+from tests.factories import issue_api_key, key_client
+
+pytestmark = pytest.mark.django_db
+
+
+def test_the_database_never_holds_a_usable_key(org: Any, alice: Any) -> None:
+    key, plaintext = issue_api_key(alice, org, name="ci")
+    assert plaintext.startswith("hrm_") and len(plaintext) == 47
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT * FROM orgs_apikey")
+        dump = repr(cursor.fetchall())
+    secret_part = plaintext[len("hrm_") :]
+    assert plaintext not in dump
+    # Not even the secret's middle is stored: only the 4-char display prefix and the last four.
+    assert secret_part[4:-4] not in dump
+    assert key.display == f"{plaintext[:8]}…{plaintext[-4:]}"
+    # The stored digest is not itself a key.
+    assert key_client(key.digest).get("/api/v1/me").status_code == 401
+    assert key_client(plaintext).get("/api/v1/me").status_code == 200
+
+
+def test_a_key_acts_for_its_org_with_the_creators_current_role(org: Any, alice: Any, bob: Any) -> None:
+    _, plaintext = issue_api_key(bob, org, scopes=["org:read", "org:admin"])
+    response = key_client(plaintext).get("/api/v1/me")
+    assert response.status_code == 200
+    assert response.data["email"] == bob.email
+    assert response.data["current"]["role"] == "admin"
+    assert response.data["current"]["via"] == "api_key"
+    assert response.data["current"]["scopes"] == ["org:admin", "org:read"]
+    assert key_client(plaintext).get("/api/v1/keys").status_code == 200
+    # Demote bob: the key still authenticates but may no longer manage keys (its creator's role today).
+    Membership.objects.for_org(org).filter(user=bob).update(role=Role.MEMBER)
+    response = key_client(plaintext).get("/api/v1/keys")
+    assert response.status_code == 403
+    assert response.data["error"]["code"] == "role_forbidden"
+
+
+@pytest.mark.parametrize(
+    ("setup", "code"),
+    [
+        ("unknown", "key_unknown"),
+        ("malformed", "key_malformed"),
+        ("expired", "key_expired"),
+        ("revoked", "key_revoked"),
+        ("creator_removed", "key_creator_gone"),
+        ("creator_inactive", "key_creator_gone"),
+    ],
+)
+def test_bad_keys_are_401s_that_say_why(org: Any, alice: Any, bob: Any, setup: str, code: str) -> None:
+    key, plaintext = issue_api_key(bob, org, scopes=["org:read"])
+    if setup == "unknown":
+        plaintext = "hrm_" + "x" * 43
+    elif setup == "malformed":
+        plaintext = "hrm_short"
+    elif setup == "expired":
+        APIKey.objects.for_org(org).filter(pk=key.pk).update(expires_at=timezone.now() - timedelta(seconds=1))
+    elif setup == "revoked":
+        APIKey.objects.for_org(org).filter(pk=key.pk).update(revoked_at=timezone.now())
+    elif setup == "creator_removed":
+        Membership.objects.for_org(org).filter(user=bob).delete()
+    elif setup == "creator_inactive":
+        type(bob).objects.filter(pk=bob.pk).update(is_active=False)
+    before = AuditEvent.objects.count()
+    response = key_client(plaintext).get("/api/v1/me")
+    assert response.status_code == 401
+    assert response.data["error"]["code"] == code
+    assert response["WWW-Authenticate"].startswith("Bearer")
+    assert AuditEvent.objects.count() == before
+
+
+def test_anonymous_api_requests_are_401_with_a_bearer_challenge(api: Any) -> None:
+    response = api.get("/api/v1/me")
+    assert response.status_code == 401
+    assert response["WWW-Authenticate"] == 'Bearer realm="hermes"'
+    assert response.data["error"]["code"] == "not_authenticated"
+
+
+def test_other_bearer_tokens_are_left_alone(api: Any) -> None:
+    api.credentials(HTTP_AUTHORIZATION="Bearer not-a-hermes-token")
+    assert api.get("/api/v1/me").data["error"]["code"] == "not_authenticated"
+    api.credentials(HTTP_AUTHORIZATION="Bearer hrm_a b")
+    assert api.get("/api/v1/me").data["error"]["code"] == "key_malformed"
+
+
+def test_a_key_cannot_exceed_its_creator(org: Any, dave: Any, client_for: Any) -> None:
+    client = client_for(dave)
+    response = client.post("/api/v1/keys", {"name": "x", "scopes": ["tasks:read", "org:admin"]}, format="json")
+    assert response.status_code == 400
+    assert "org:admin" in response.data["error"]["details"]["scopes"][0]
+    assert APIKey.objects.for_org(org).count() == 0
+    response = client.post("/api/v1/keys", {"name": "x", "scopes": ["tasks:read", "agents:write"]}, format="json")
+    assert response.status_code == 201, response.data
+    assert response.data["key"].startswith("hrm_")
+    assert response.data["scopes"] == ["agents:write", "tasks:read"]
+
+
+def test_a_key_cannot_mint_a_broader_key(org: Any, alice: Any) -> None:
+    _, plaintext = issue_api_key(alice, org, scopes=["org:admin", "tasks:read"])
+    client = key_client(plaintext)
+    response = client.post("/api/v1/keys", {"name": "wider", "scopes": ["agents:write"]}, format="json")
+    assert response.status_code == 400
+    assert "agents:write" in response.data["error"]["details"]["scopes"][0]
+    response = client.post("/api/v1/keys", {"name": "same", "scopes": ["tasks:read"]}, format="json")
+    assert response.status_code == 201
+
+
+def test_missing_scope_is_a_403_naming_the_scope(org: Any, alice: Any) -> None:
+    _, plaintext = issue_api_key(alice, org, scopes=["tasks:read"])
+    response = key_client(plaintext).get("/api/v1/keys")
+    assert response.status_code == 403
+    assert response.data["error"] == {
+        "code": "missing_scope",
+        "message": "This API key lacks the scope 'org:admin'.",
+        "details": {"required_scope": "org:admin"},
+    }
+
+
+def test_plaintext_is_returned_once(org: Any, alice: Any, client_for: Any) -> None:
+    client = client_for(alice)
+    created = client.post("/api/v1/keys", {"name": "once", "scopes": ["tasks:read"]}, format="json")
+    assert "key" in created.data
+    listed = client.get("/api/v1/keys")
+    assert [row["id"] for row in listed.data["results"]] == [created.data["id"]]
+    assert "key" not in listed.data["results"][0]
+    assert "key" not in client.get(f"/api/v1/keys/{created.data['id']}").data
+
+
+def test_rotation_keeps_the_old_key_for_the_grace_period(org: Any, alice: Any, client_for: Any) -> None:
+    key, old = issue_api_key(alice, org, scopes=["org:read"])
+    before = timezone.now()
+    response = client_for(alice).post(f"/api/v1/keys/{key.pk}/rotate", {"grace_seconds": 600}, format="json")
+    assert response.status_code == 201, response.data
+    new = response.data["key"]
+    assert new != old and response.data["scopes"] == ["org:read"]
+    key.refresh_from_db()
+    assert key.rotated_to_id == response.data["id"]
+    assert before + timedelta(seconds=600) <= key.expires_at <= timezone.now() + timedelta(seconds=600)
+    # Within the grace period both keys work.
+    assert key_client(old).get("/api/v1/me").status_code == 200
+    assert key_client(new).get("/api/v1/me").status_code == 200
+    # The grace period ends (the clock passes expires_at): the old key stops, naming its successor.
+    _age(key, expires_at=timezone.now() - timedelta(seconds=1))
+    expired = key_client(old).get("/api/v1/me")
+    assert expired.status_code == 401
+    assert expired.data["error"]["code"] == "key_expired"
+    assert "successor" in expired.data["error"]["message"]
+    assert key_client(new).get("/api/v1/me").status_code == 200
+    # A rotated key cannot be rotated twice (its successor can).
+    again = client_for(alice).post(f"/api/v1/keys/{key.pk}/rotate", {}, format="json")
+    assert again.status_code == 409 and again.data["error"]["code"] in {"key_already_rotated", "key_expired"}
+    successor = client_for(alice).post(f"/api/v1/keys/{response.data['id']}/rotate", {}, format="json")
+    assert successor.status_code == 201
+
+
+def test_rotation_never_extends_an_earlier_expiry(org: Any, alice: Any, client_for: Any) -> None:
+    soon = timezone.now() + timedelta(minutes=5)
+    key, _ = issue_api_key(alice, org, scopes=["org:read"], expires_at=soon)
+    response = client_for(alice).post(f"/api/v1/keys/{key.pk}/rotate", {"grace_seconds": 86400}, format="json")
+    assert response.status_code == 201
+    key.refresh_from_db()
+    assert key.expires_at == soon
+    assert response.data["expires_at"] is not None  # the successor inherits the lifetime
+
+
+def test_rotation_with_zero_grace_stops_the_old_key_now(org: Any, alice: Any, client_for: Any) -> None:
+    key, old = issue_api_key(alice, org, scopes=["org:read"])
+    response = client_for(alice).post(f"/api/v1/keys/{key.pk}/rotate", {"grace_seconds": 0}, format="json")
+    assert response.status_code == 201
+    assert key_client(old).get("/api/v1/me").data["error"]["code"] == "key_expired"
+
+
+def test_revocation_is_immediate(org: Any, alice: Any, client_for: Any) -> None:
+    key, plaintext = issue_api_key(alice, org, scopes=["org:read"])
+    client = key_client(plaintext)
+    assert client.get("/api/v1/me").status_code == 200
+    response = client_for(alice).post(f"/api/v1/keys/{key.pk}/revoke")
+    assert response.status_code == 200 and response.data["state"] == "revoked"
+    denied = client.get("/api/v1/me")
+    assert denied.status_code == 401 and denied.data["error"]["code"] == "key_revoked"
+    assert AuditEvent.objects.filter(action="api_key.revoked", target_id=str(key.pk)).count() == 1
+    # Rotating a revoked key is refused.
+    rotate = client_for(alice).post(f"/api/v1/keys/{key.pk}/rotate", {}, format="json")
+    assert rotate.status_code == 409 and rotate.data["error"]["code"] == "key_revoked"
+
+
+def test_developers_manage_only_their_own_keys(org: Any, alice: Any, dave: Any, client_for: Any) -> None:
+    alices, _ = issue_api_key(alice, org, scopes=["tasks:read"])
+    daves, _ = issue_api_key(dave, org, scopes=["tasks:read"])
+    client = client_for(dave)
+    assert [row["id"] for row in client.get("/api/v1/keys").data["results"]] == [daves.pk]
+    assert client.get(f"/api/v1/keys/{alices.pk}").status_code == 404
+    assert client.post(f"/api/v1/keys/{alices.pk}/revoke").status_code == 404
+    assert client.post(f"/api/v1/keys/{daves.pk}/revoke").status_code == 200
+
+
+def _age(key: APIKey, **fields: Any) -> None:
+    """Move a key's timestamps into the past (the clock moving forward, as far as the key can tell)."""
+    APIKey.objects.for_org(key.organization_id).filter(pk=key.pk).update(**fields)
+
+
+def test_last_used_is_written_at_most_once_a_minute(org: Any, alice: Any, django_assert_num_queries: Any) -> None:
+    key, plaintext = issue_api_key(alice, org, scopes=["org:read"])
+    client = key_client(plaintext)
+
+    def me(queries: int, updates: int) -> None:
+        # /me = the key lookup + (maybe) the last-used UPDATE + the memberships read.
+        with django_assert_num_queries(queries) as ctx:
+            assert client.get("/api/v1/me", REMOTE_ADDR="10.1.2.3").status_code == 200
+        assert sum(q["sql"].startswith('UPDATE "orgs_apikey"') for q in ctx.captured_queries) == updates
+
+    me(queries=3, updates=1)  # first use
+    for _ in range(5):
+        me(queries=2, updates=0)
+    _age(key, last_used_at=timezone.now() - timedelta(seconds=59))
+    me(queries=2, updates=0)
+    _age(key, last_used_at=timezone.now() - timedelta(seconds=61))
+    me(queries=3, updates=1)
+    key.refresh_from_db()
+    assert key.last_used_ip == "10.1.2.3"
+    assert timezone.now() - key.last_used_at < timedelta(seconds=5)
+
+
+def test_concurrent_stale_reads_write_last_used_once(org: Any, alice: Any) -> None:
+    from apps.orgs.auth import touch_last_used
+
+    key, _ = issue_api_key(alice, org, scopes=["org:read"])
+    stale_a = APIKey.objects.for_org(org).get(pk=key.pk)
+    stale_b = APIKey.objects.for_org(org).get(pk=key.pk)
+    now = timezone.now()
+    touch_last_used(stale_a, "10.0.0.1", now)
+    touch_last_used(stale_b, "10.0.0.2", now)  # saw NULL too, but the conditional UPDATE matches nothing
+    key.refresh_from_db()
+    assert key.last_used_ip == "10.0.0.1"
+
+
+def test_key_authentication_is_one_query(org: Any, alice: Any, django_assert_num_queries: Any) -> None:
+    """Key + org + creator + the creator's current role come back in one row; /me then reads memberships."""
+    _, plaintext = issue_api_key(alice, org, scopes=["org:read"])
+    client = key_client(plaintext)
+    client.get("/api/v1/me")  # first use writes last_used_at
+    with django_assert_num_queries(2):
+        assert client.get("/api/v1/me").status_code == 200
+
+
+# --- WebSockets ------------------------------------------------------------------------------------------------
+
+
+def _ws_scope(headers: list[tuple[bytes, bytes]] | None = None, query: bytes = b"") -> dict[str, Any]:
+    return {"type": "websocket", "headers": headers or [], "query_string": query, "client": ("10.0.0.9", 5555)}
+
+
+def _resolve(scope: dict[str, Any]) -> dict[str, Any]:
+    from hermes_site.ws_auth import AccessMiddleware
+
+    seen: dict[str, Any] = {}
+
+    async def inner(scope: dict[str, Any], receive: Any, send: Any) -> None:
+        seen.update(scope)
+
+    async def call() -> None:
+        await AccessMiddleware(inner)(scope, None, None)
+
+    async_to_sync(call)()
+    return seen
+
+
+@pytest.mark.django_db(transaction=True)
+def test_websockets_accept_a_key_in_the_header_or_query(org: Any, alice: Any) -> None:
+    key, plaintext = issue_api_key(alice, org, scopes=["tasks:read"])
+    by_header = _resolve(_ws_scope([(b"authorization", f"Bearer {plaintext}".encode())]))
+    assert by_header["user"] == alice
+    assert by_header["access"].org == org and by_header["access"].scopes == frozenset({"tasks:read"})
+    by_query = _resolve(_ws_scope(query=f"api_key={plaintext}".encode()))
+    assert by_query["access"].api_key.pk == key.pk
+    APIKey.objects.for_org(org).filter(pk=key.pk).update(revoked_at=timezone.now())
+    refused = _resolve(_ws_scope(query=f"api_key={plaintext}".encode()))
+    assert refused["access"] is None and not refused["user"].is_authenticated
+    assert refused["auth_error"] == "key_revoked"
+    anonymous = _resolve(_ws_scope())
+    assert anonymous["access"] is None

@@ -1,0 +1,103 @@
+/* Console behaviour that htmx attributes cannot express: readable errors, copy buttons, confirmations.
+   Loaded on every page after htmx (templates/base.html). No build step. */
+(function () {
+  "use strict";
+
+  var STATUS_TEXT = {
+    400: "The request was not valid.",
+    401: "Your session has expired: sign in again.",
+    403: "You do not have permission to do that.",
+    404: "Not found: it may have been deleted, or it belongs to another organization.",
+    409: "That conflicts with the current state; reload the page and try again.",
+    413: "That is too large.",
+    429: "Too many requests: wait a moment and try again.",
+    500: "The server hit an error; try again. If it persists, quote the request id to an operator.",
+    502: "The server is unreachable right now; try again shortly.",
+    503: "The service is temporarily unavailable; try again shortly."
+  };
+
+  function toastRegion() {
+    return document.getElementById("toasts");
+  }
+
+  // Shows a dismissible error message (role=alert is announced by screen readers).
+  function showError(message) {
+    var region = toastRegion();
+    if (!region) { window.alert(message); return; }
+    var toast = document.createElement("div");
+    toast.className = "toast";
+    toast.setAttribute("role", "alert");
+    var text = document.createElement("span");
+    text.textContent = message;
+    var close = document.createElement("button");
+    close.type = "button";
+    close.setAttribute("aria-label", "Dismiss");
+    close.textContent = "×";
+    close.addEventListener("click", function () { toast.remove(); });
+    toast.appendChild(text);
+    toast.appendChild(close);
+    region.appendChild(toast);
+    window.setTimeout(function () { toast.remove(); }, 12000);
+  }
+  window.hermesShowError = showError;
+
+  function messageFor(xhr) {
+    var header = xhr && xhr.getResponseHeader && xhr.getResponseHeader("X-Hermes-Error");
+    if (header) { return header; }
+    var status = xhr ? xhr.status : 0;
+    var ctype = (xhr && xhr.getResponseHeader && xhr.getResponseHeader("Content-Type")) || "";
+    if (ctype.indexOf("application/json") === 0) {
+      try {
+        var body = JSON.parse(xhr.responseText);
+        if (body && body.error && body.error.message) { return body.error.message; }
+      } catch (e) { /* fall through to the generic text */ }
+    }
+    return (STATUS_TEXT[status] || "The request failed.") + (status ? " (HTTP " + status + ")" : "");
+  }
+
+  document.addEventListener("htmx:responseError", function (event) {
+    showError(messageFor(event.detail.xhr));
+  });
+  document.addEventListener("htmx:sendError", function () {
+    showError("Could not reach the server. Check your connection and try again.");
+  });
+  document.addEventListener("htmx:timeout", function () {
+    showError("The server took too long to answer; try again.");
+  });
+  document.addEventListener("htmx:swapError", function () {
+    showError("The page could not be updated; reload it.");
+  });
+
+  // Copy buttons: <button data-copy="#element-id">. Announces the result through the button's own label.
+  document.addEventListener("click", function (event) {
+    var button = event.target.closest("[data-copy]");
+    if (!button) { return; }
+    var source = document.querySelector(button.getAttribute("data-copy"));
+    if (!source) { return; }
+    var value = source.value !== undefined && source.tagName === "INPUT" ? source.value : source.textContent.trim();
+    var done = function () {
+      var original = button.getAttribute("data-label") || button.textContent;
+      button.setAttribute("data-label", original);
+      button.textContent = "Copied";
+      window.setTimeout(function () { button.textContent = original; }, 2000);
+    };
+    if (navigator.clipboard && window.isSecureContext) {
+      navigator.clipboard.writeText(value).then(done, function () { showError("Copy failed: select the text and copy it by hand."); });
+    } else {
+      // Plain-HTTP deployments have no async clipboard: select the text so Ctrl+C works.
+      var range = document.createRange();
+      range.selectNodeContents(source);
+      var selection = window.getSelection();
+      selection.removeAllRanges();
+      selection.addRange(range);
+      try { document.execCommand("copy"); done(); } catch (e) { showError("Press Ctrl+C to copy the selected text."); }
+    }
+  });
+
+  // Confirmation for plain (non-htmx) forms: <form data-confirm="Really?">. htmx forms use hx-confirm.
+  document.addEventListener("submit", function (event) {
+    var form = event.target;
+    var question = form.getAttribute && form.getAttribute("data-confirm");
+    if (question && !window.confirm(question)) { event.preventDefault(); }
+  }, true);
+})();

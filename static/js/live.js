@@ -1,0 +1,217 @@
+/* Live task pages over WebSockets (apps/tasks/consumers.py describes the protocol).
+
+   - A task timeline: <section data-task-timeline data-ws-path="/ws/tasks/<id>/">. The socket sends every event
+     after ?after=<seq>; we remember the last seq we rendered, so a reconnect asks for exactly what is missing
+     (no gap) and an event that arrives twice is ignored (no duplicate). Rows are cloned from the
+     <template data-event-template> the page renders (one copy of the markup, in the Django template).
+   - A task list: <table data-task-list data-ws-path="/ws/org/">. Status changes update the row's badge in place;
+     an unknown task (or a reconnect, which may have missed changes) re-fetches the list fragment through htmx.
+   No build step; plain ES5-compatible code. */
+(function () {
+  "use strict";
+
+  var TERMINAL = { completed: true, failed: true, canceled: true, rejected: true };
+  var PERMANENT_CLOSE = { 4401: "Your session ended: sign in again to follow this task.",
+                          4403: "You may not read tasks in this organization.",
+                          4404: "This task does not exist in your organization." };
+
+  function wsURL(path) {
+    var scheme = window.location.protocol === "https:" ? "wss://" : "ws://";
+    return scheme + window.location.host + path;
+  }
+
+  // A socket that reconnects with capped exponential backoff and reports its state to `onState`.
+  function LiveSocket(pathFn, handlers) {
+    this.pathFn = pathFn;
+    this.handlers = handlers;
+    this.attempt = 0;
+    this.closedForGood = false;
+    this.connect();
+  }
+  LiveSocket.prototype.connect = function () {
+    var self = this;
+    var socket = new WebSocket(wsURL(self.pathFn()));
+    self.socket = socket;
+    self.handlers.onState(self.attempt === 0 ? "connecting" : "reconnecting");
+    socket.onopen = function () {
+      self.wasOpen = true;
+      self.handlers.onState("open");
+    };
+    socket.onmessage = function (msg) {
+      var data;
+      try { data = JSON.parse(msg.data); } catch (e) { return; }
+      if (data.type === "synced" || data.type === "event") { self.attempt = 0; }
+      self.handlers.onMessage(data);
+    };
+    socket.onclose = function (event) {
+      if (self.closedForGood) { return; }
+      if (PERMANENT_CLOSE[event.code]) {
+        self.closedForGood = true;
+        self.handlers.onState("closed", PERMANENT_CLOSE[event.code]);
+        return;
+      }
+      if (self.handlers.shouldStop && self.handlers.shouldStop()) {
+        self.handlers.onState("done");
+        return;
+      }
+      self.attempt += 1;
+      var delay = Math.min(15000, 500 * Math.pow(2, Math.min(self.attempt, 5))) * (0.5 + Math.random() / 2);
+      self.handlers.onState("reconnecting");
+      window.setTimeout(function () { self.connect(); }, delay);
+    };
+  };
+  LiveSocket.prototype.close = function () {
+    this.closedForGood = true;
+    if (this.socket) { this.socket.close(); }
+  };
+
+  function setLiveStatus(root, state, detail) {
+    var dot = root.querySelector("[data-live-dot]");
+    var label = root.querySelector("[data-live-label]");
+    var text = { connecting: "Connecting…", open: "Live", reconnecting: "Reconnecting…", done: "Finished",
+                 closed: detail || "Disconnected" }[state] || state;
+    if (dot) { dot.setAttribute("data-state", state); }
+    if (label) { label.textContent = text; }
+    root.setAttribute("data-live-state", state);
+    if (state === "closed" && detail && window.hermesShowError) { window.hermesShowError(detail); }
+  }
+
+  function setBadge(badge, state) {
+    if (!badge) { return; }
+    badge.textContent = state;
+    badge.className = "badge badge-" + state;
+    badge.setAttribute("data-state", state);
+  }
+
+  function partsText(parts) {
+    if (!parts || !parts.length) { return ""; }
+    return parts.map(function (part) {
+      if (part.kind === "text" || part.text !== undefined) { return part.text; }
+      if (part.kind === "data" || part.data !== undefined) { return JSON.stringify(part.data); }
+      if (part.kind === "file" || part.file !== undefined) { return "[file " + ((part.file && part.file.name) || "") + "]"; }
+      return "";
+    }).filter(Boolean).join("\n");
+  }
+
+  // One line a person can read; the full JSON stays one click away in <details>.
+  function summarize(event) {
+    var d = event.data || {};
+    switch (event.kind) {
+      case "state":
+        return (d.from ? d.from + " → " : "") + d.to + (d.reason ? " (" + d.reason + ")" : "") + (d.error ? ": " + d.error : "");
+      case "message":
+      case "progress":
+        return (d.role ? d.role + ": " : "") + (partsText(d.parts) || "(no text)");
+      case "artifact":
+        return (d.name ? d.name + ": " : "") + (partsText(d.parts) || "(artifact)");
+      case "retry":
+        return "attempt " + (d.attempt || "?") + " failed" + (d.error ? " — " + d.error : "") +
+          (d.delay !== undefined ? "; retrying in " + Number(d.delay).toFixed(1) + " s" : "");
+      case "error":
+        return d.error || d.message || "error";
+      default:
+        return "";
+    }
+  }
+
+  function initTimeline(root) {
+    var list = root.querySelector("[data-events]");
+    var template = root.querySelector("template[data-event-template]");
+    var stateBadge = document.querySelector("[data-task-state]");
+    var empty = root.querySelector("[data-events-empty]");
+    var lastSeq = 0;
+    var state = root.getAttribute("data-state") || "";
+    var basePath = root.getAttribute("data-ws-path");
+
+    function render(event) {
+      var seq = Number(event.seq);
+      if (seq <= lastSeq) { return; } // a duplicate (the backfill raced a live message): already shown
+      lastSeq = seq;
+      root.setAttribute("data-last-seq", String(seq));
+      var row = template.content.firstElementChild.cloneNode(true);
+      row.setAttribute("data-seq", String(seq));
+      row.setAttribute("data-kind", event.kind);
+      row.querySelector("[data-field=seq]").textContent = "#" + seq;
+      row.querySelector("[data-field=kind]").textContent = event.kind;
+      var time = row.querySelector("[data-field=time]");
+      time.textContent = new Date(event.created_at).toLocaleTimeString();
+      time.setAttribute("datetime", event.created_at);
+      row.querySelector("[data-field=summary]").textContent = summarize(event);
+      row.querySelector("[data-field=data]").textContent = JSON.stringify(event.data, null, 2);
+      list.appendChild(row);
+      if (empty) { empty.hidden = true; }
+      if (event.kind === "state" && event.data && event.data.to) { applyState(event.data.to); }
+    }
+
+    function applyState(next) {
+      state = next;
+      root.setAttribute("data-state", next);
+      setBadge(stateBadge, next);
+      var cancel = document.querySelector("[data-cancel-task]");
+      if (cancel && TERMINAL[next]) { cancel.hidden = true; }
+    }
+
+    function renderPresence(msg) {
+      var watchers = document.querySelector("[data-watchers]");
+      if (watchers && msg.watchers) {
+        watchers.textContent = "";
+        msg.watchers.forEach(function (w) {
+          var li = document.createElement("li");
+          li.textContent = w.name || ("user " + w.user_id);
+          watchers.appendChild(li);
+        });
+      }
+      var online = document.querySelector("[data-agent-online]");
+      if (online && msg.agent_online !== undefined) {
+        var on = Boolean(msg.agent_online);
+        online.textContent = on ? "online" : "offline";
+        online.className = "badge badge-" + (on ? "online" : "offline");
+      }
+    }
+
+    var socket = new LiveSocket(
+      function () { return basePath + "?after=" + lastSeq; },
+      {
+        onState: function (s, detail) { setLiveStatus(root, s, detail); },
+        onMessage: function (msg) {
+          if (msg.type === "event") { render(msg.event); }
+          else if (msg.type === "synced") { if (msg.state) { applyState(msg.state); } root.setAttribute("data-synced", "true"); }
+          else if (msg.type === "presence") { renderPresence(msg); }
+        },
+        // A finished task has nothing more to say: do not reconnect forever once we saw its end.
+        shouldStop: function () { return Boolean(TERMINAL[state]) && root.getAttribute("data-synced") === "true"; }
+      }
+    );
+    root.hermesSocket = socket;
+    // Test hook and debugging aid: drop the connection as a network failure would.
+    root.addEventListener("hermes:drop", function () { if (socket.socket) { socket.socket.close(); } });
+  }
+
+  function initTaskList(root) {
+    var refreshed = false;
+    function refresh() {
+      if (window.htmx) { window.htmx.trigger(root, "hermes:refresh"); }
+    }
+    new LiveSocket(
+      function () { return root.getAttribute("data-ws-path"); },
+      {
+        onState: function (s, detail) {
+          setLiveStatus(root.closest("[data-live-root]") || root, s, detail);
+          if (s === "open" && refreshed) { refresh(); } // we may have missed changes while away
+          if (s === "open") { refreshed = true; }
+        },
+        onMessage: function (msg) {
+          if (msg.type !== "task.status" || !msg.task) { return; }
+          var badge = root.querySelector('[data-task-row="' + msg.task.id + '"] [data-task-state]');
+          if (badge) { setBadge(badge, msg.task.state); } else { refresh(); }
+        }
+      }
+    );
+  }
+
+  function init() {
+    Array.prototype.forEach.call(document.querySelectorAll("[data-task-timeline]"), initTimeline);
+    Array.prototype.forEach.call(document.querySelectorAll("[data-task-list]"), initTaskList);
+  }
+  if (document.readyState === "loading") { document.addEventListener("DOMContentLoaded", init); } else { init(); }
+})();

@@ -1,0 +1,227 @@
+from __future__ import annotations
+
+from datetime import timedelta
+from typing import Any
+
+import pytest
+from django.http import Http404
+from django.utils import timezone
+
+from apps.agents import actions, selectors
+from apps.agents.models import Agent, Visibility
+from tests.agents.conftest import CardServer, v03_card, v1_card
+
+pytestmark = pytest.mark.django_db
+
+
+def test_register_by_url_reads_the_v1_card(card_server: CardServer, org: Any, alice: Any) -> None:
+    card_server.serve("/agent/.well-known/agent-card.json", v1_card(card_server.base))
+    agent = actions.register_agent_by_url(org=org, url=f"{card_server.base}/agent/", by=alice)
+    agent.refresh_from_db()
+    assert agent.name == "Weather Bot"
+    assert agent.slug == "weather-bot"
+    assert agent.version == "2.1.0"
+    assert agent.url == f"{card_server.base}/rpc"
+    assert agent.card_url == f"{card_server.base}/agent/.well-known/agent-card.json"
+    assert agent.protocol_version == "1.0"
+    assert agent.streaming is True and agent.push_notifications is False
+    assert agent.skills[0]["id"] == "forecast" and agent.skill_names == ["Forecast"]
+    assert agent.card["name"] == "Weather Bot"
+    assert agent.created_by == alice and agent.visibility == Visibility.PRIVATE
+    assert agent.is_online
+
+
+def test_falls_back_to_agent_json_and_accepts_v03_cards(card_server: CardServer, org: Any) -> None:
+    card_server.serve("/.well-known/agent.json", v03_card(card_server.base))
+    agent = actions.register_agent_by_url(org=org, url=card_server.base)
+    assert card_server.hits == ["/.well-known/agent-card.json", "/.well-known/agent.json"]
+    assert agent.name == "Legacy Bot"
+    assert agent.protocol_version == "0.3.0"
+    assert agent.url == f"{card_server.base}/legacy"
+    assert agent.streaming is False
+
+
+def test_a_url_naming_the_card_file_is_fetched_directly(card_server: CardServer, org: Any) -> None:
+    card = v1_card(card_server.base)
+    card["supportedInterfaces"][0]["url"] = "/relative-rpc"
+    card_server.serve("/cards/bot.json", card)
+    agent = actions.register_agent_by_url(org=org, url=f"{card_server.base}/cards/bot.json")
+    assert card_server.hits == ["/cards/bot.json"]
+    assert agent.url == f"{card_server.base}/relative-rpc"  # resolved against the card's URL
+
+
+@pytest.mark.parametrize(
+    ("body", "code", "fragment"),
+    [
+        (b"{not json", "card_invalid", "not valid JSON"),
+        (b"[1, 2]", "card_invalid", "not a JSON object"),
+        (b'{"name": "x", "capabilities": {"streaming": "very"}}', "card_invalid", "schema"),
+        (b'{"description": "nameless"}', "card_invalid", "no name"),
+        (
+            b'{"name": "g", "supportedInterfaces": [{"url": "http://a/", "protocolBinding": "GRPC"}]}',
+            "card_invalid",
+            "no JSON-RPC interface",
+        ),
+    ],
+)
+def test_invalid_cards_are_refused_with_the_reason(
+    card_server: CardServer, org: Any, body: bytes, code: str, fragment: str
+) -> None:
+    card_server.serve("/.well-known/agent-card.json", body)
+    with pytest.raises(actions.AgentActionError) as exc_info:
+        actions.register_agent_by_url(org=org, url=card_server.base)
+    assert exc_info.value.code == code
+    assert fragment in str(exc_info.value)
+    assert not Agent.objects.for_org(org).exists()
+
+
+def test_missing_card_names_both_paths(card_server: CardServer, org: Any) -> None:
+    with pytest.raises(actions.AgentActionError) as exc_info:
+        actions.register_agent_by_url(org=org, url=card_server.base)
+    assert exc_info.value.code == "card_not_found"
+    assert "agent-card.json" in str(exc_info.value) and "agent.json" in str(exc_info.value)
+
+
+def test_server_error_is_unreachable(card_server: CardServer, org: Any) -> None:
+    card_server.serve("/.well-known/agent-card.json", b"oops", status=500)
+    with pytest.raises(actions.AgentActionError) as exc_info:
+        actions.register_agent_by_url(org=org, url=card_server.base)
+    assert exc_info.value.code == "card_unreachable"
+
+
+def test_closed_port_is_unreachable(settings: Any, org: Any, free_port: int) -> None:
+    settings.HERMES_SSRF_ALLOWLIST = ["127.0.0.1"]
+    with pytest.raises(actions.AgentActionError) as exc_info:
+        actions.register_agent_by_url(org=org, url=f"http://127.0.0.1:{free_port}/")
+    assert exc_info.value.code == "card_unreachable"
+
+
+def test_ssrf_blocked_registration_names_the_rule(settings: Any, org: Any) -> None:
+    settings.HERMES_SSRF_ALLOWLIST = []
+    with pytest.raises(actions.AgentActionError) as exc_info:
+        actions.register_agent_by_url(org=org, url="http://10.0.0.1/")
+    assert exc_info.value.code == "ssrf_blocked"
+    assert exc_info.value.details["rule"] == "private"
+
+
+def test_card_pointing_at_a_metadata_host_is_refused(card_server: CardServer, org: Any) -> None:
+    # Interface addresses are checked again whenever they are dialled; metadata names are refused up front.
+    interface = {"url": "http://metadata.google.internal/x", "protocolBinding": "JSONRPC", "protocolVersion": "1.0"}
+    card_server.serve("/.well-known/agent-card.json", v1_card(card_server.base, supportedInterfaces=[interface]))
+    with pytest.raises(actions.AgentActionError) as exc_info:
+        actions.register_agent_by_url(org=org, url=card_server.base)
+    assert exc_info.value.code == "card_invalid"
+    assert not Agent.objects.for_org(org).exists()
+
+
+def test_slugs_are_unique_per_org(card_server: CardServer, org: Any, other_org: Any) -> None:
+    card_server.serve("/.well-known/agent-card.json", v1_card(card_server.base))
+    first = actions.register_agent_by_url(org=org, url=card_server.base)
+    second = actions.register_agent_by_url(org=org, url=card_server.base)
+    elsewhere = actions.register_agent_by_url(org=other_org, url=card_server.base)
+    assert (first.slug, second.slug, elsewhere.slug) == ("weather-bot", "weather-bot-2", "weather-bot")
+    with pytest.raises(actions.AgentActionError) as exc_info:
+        actions.register_agent_by_url(org=org, url=card_server.base, slug="weather-bot")
+    assert exc_info.value.code == "slug_taken" and exc_info.value.status == 409
+    with pytest.raises(actions.AgentActionError):
+        actions.register_agent_by_url(org=org, url=card_server.base, slug="Not A Slug")
+
+
+def test_manual_registration(settings: Any, org: Any, alice: Any) -> None:
+    settings.HERMES_SSRF_ALLOWLIST = []
+    agent = actions.register_agent_manually(
+        org=org, name="Hand Made", url="https://agents.example.com/rpc", by=alice, streaming=True
+    )
+    assert agent.slug == "hand-made" and agent.streaming and agent.card == {} and agent.card_url == ""
+    with pytest.raises(actions.AgentActionError) as exc_info:
+        actions.refresh_agent_card(agent)
+    assert exc_info.value.code == "no_card"
+    with pytest.raises(actions.AgentActionError) as exc_info:
+        actions.register_agent_manually(org=org, name="Bad", url="gopher://x/")
+    assert exc_info.value.details["rule"] == "scheme"
+
+
+def test_refresh_updates_and_records_failures(card_server: CardServer, org: Any) -> None:
+    card_server.serve("/.well-known/agent-card.json", v1_card(card_server.base))
+    agent = actions.register_agent_by_url(org=org, url=card_server.base)
+    card_server.serve("/.well-known/agent-card.json", v1_card(card_server.base, version="3.0", name="Renamed"))
+    refreshed = actions.refresh_agent_card(agent)
+    assert refreshed.version == "3.0" and refreshed.name == "Renamed"
+    assert refreshed.slug == "weather-bot"  # the slug is the org's name for it; a card rename keeps it
+    card_server.serve("/.well-known/agent-card.json", b"gone", status=503)
+    with pytest.raises(actions.AgentActionError):
+        actions.refresh_agent_card(refreshed)
+    refreshed.refresh_from_db()
+    assert "HTTP 503" in refreshed.last_error
+    assert not refreshed.is_online
+
+
+def test_update_visibility_and_delete(settings: Any, org: Any, alice: Any) -> None:
+    settings.HERMES_SSRF_ALLOWLIST = []
+    agent = actions.register_agent_manually(org=org, name="A", url="https://a.example.com/")
+    other = actions.register_agent_manually(org=org, name="B", url="https://b.example.com/")
+    agent = actions.update_agent(agent, by=alice, description="new", streaming=True, slug="renamed")
+    assert (agent.description, agent.streaming, agent.slug) == ("new", True, "renamed")
+    with pytest.raises(actions.AgentActionError):
+        actions.update_agent(agent, slug=other.slug)
+    with pytest.raises(actions.AgentActionError):
+        actions.update_agent(agent, organization=None)
+    with pytest.raises(actions.AgentActionError):
+        actions.set_visibility(agent, "everyone")
+    agent = actions.set_visibility(agent, Visibility.PUBLIC, by=alice)
+    assert agent.visibility == Visibility.PUBLIC
+    actions.delete_agent(agent, by=alice)
+    assert list(Agent.objects.for_org(org)) == [other]
+
+
+def test_card_agents_keep_the_card_endpoint(card_server: CardServer, org: Any) -> None:
+    card_server.serve("/.well-known/agent-card.json", v1_card(card_server.base))
+    agent = actions.register_agent_by_url(org=org, url=card_server.base)
+    with pytest.raises(actions.AgentActionError):
+        actions.update_agent(agent, url="https://elsewhere.example.com/")
+
+
+def test_usable_agents_are_own_plus_public(settings: Any, org: Any, other_org: Any) -> None:
+    settings.HERMES_SSRF_ALLOWLIST = []
+    mine = actions.register_agent_manually(org=org, name="Mine", url="https://m.example.com/")
+    theirs_private = actions.register_agent_manually(org=other_org, name="Secret", url="https://s.example.com/")
+    theirs_public = actions.register_agent_manually(
+        org=other_org,
+        name="Shared",
+        url="https://p.example.com/",
+        visibility=Visibility.PUBLIC,
+        skills=[{"id": "translate", "name": "Translate", "tags": ["language"]}],
+    )
+    assert set(selectors.usable_agents(org)) == {mine, theirs_public}
+    assert selectors.get_usable_agent(org, theirs_public.pk) == theirs_public
+    assert theirs_public.is_usable_by(org) and not theirs_private.is_usable_by(org)
+    for missing in (theirs_private.pk, "not-a-uuid", "00000000-0000-0000-0000-000000000000"):
+        with pytest.raises(Http404):
+            selectors.get_usable_agent(org, missing)
+    # Editing is only for the owner org, even for a public agent.
+    with pytest.raises(Http404):
+        selectors.get_org_agent(org, theirs_public.pk)
+    assert selectors.get_org_agent(org, str(mine.pk)) == mine
+    assert list(selectors.marketplace_agents()) == [theirs_public]
+    assert list(selectors.marketplace_agents("LANGUAGE")) == [theirs_public]
+    assert list(selectors.marketplace_agents("shar")) == [theirs_public]
+    assert list(selectors.marketplace_agents("nothing-like-this")) == []
+
+
+def test_contact_recording_is_throttled(settings: Any, org: Any, django_assert_num_queries: Any) -> None:
+    settings.HERMES_SSRF_ALLOWLIST = []
+    agent = actions.register_agent_manually(org=org, name="A", url="https://a.example.com/")
+    assert not agent.is_online
+    actions.record_agent_contact(agent)
+    assert agent.is_online
+    with django_assert_num_queries(0):
+        actions.record_agent_contact(agent)
+    actions.record_agent_contact(agent, error="connection refused")
+    agent.refresh_from_db()
+    assert agent.last_error == "connection refused" and not agent.is_online
+    actions.record_agent_contact(agent)
+    agent.refresh_from_db()
+    assert agent.is_online and agent.last_error == ""
+    Agent.objects.for_org(org).update(last_seen_at=timezone.now() - timedelta(hours=1))
+    agent.refresh_from_db()
+    assert not agent.is_online

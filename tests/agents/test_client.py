@@ -1,0 +1,245 @@
+"""The A2A client layer against a real agent built with the official a2a-sdk, over loopback HTTP."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import threading
+from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+
+import pytest
+
+from apps.agents.client import (
+    AgentClient,
+    AgentError,
+    AgentTarget,
+    AgentTransportError,
+    AgentUpdate,
+    build_message,
+    cancel_sync,
+    get_task_sync,
+    iterate_sync,
+)
+
+
+def collect(target: AgentTarget, **message: Any) -> list[AgentUpdate]:
+    return list(iterate_sync(lambda: AgentClient(target).run_once(**message)))
+
+
+def streaming(base: str) -> AgentTarget:
+    return AgentTarget(url=f"{base}/stream/", streaming=True)
+
+
+def plain(base: str) -> AgentTarget:
+    return AgentTarget(url=f"{base}/plain/", streaming=False)
+
+
+def test_streaming_run_yields_every_update_in_order(
+    sdk_agent_base: str, sdk_agent_server: Any, allow_loopback: None
+) -> None:
+    updates = collect(streaming(sdk_agent_base), text="hello", data=[{"n": 1}])
+    assert sdk_agent_server.calls == [("/stream/", "SendStreamingMessage")]
+    assert [(u.kind, u.state) for u in updates] == [
+        ("status", "submitted"),
+        ("status", "working"),
+        ("status", "working"),
+        ("artifact", None),
+        ("status", "completed"),
+    ]
+    progress, artifact, done = updates[2], updates[3], updates[4]
+    assert progress.text == "thinking"
+    assert artifact.text == "echo: hello"
+    assert artifact.data == [{"received": {"n": 1}}]
+    assert artifact.artifact is not None and artifact.artifact["name"] == "result"
+    assert done.final and done.terminal
+    assert len({u.remote_task_id for u in updates}) == 1 and updates[0].context_id
+    assert "statusUpdate" in done.raw
+
+
+def test_non_streaming_run_sends_then_polls(sdk_agent_base: str, sdk_agent_server: Any, allow_loopback: None) -> None:
+    updates = collect(plain(sdk_agent_base), text="hello")
+    methods = [method for _, method in sdk_agent_server.calls]
+    assert methods[0] == "SendMessage" and set(methods[1:]) == {"GetTask"}
+    kinds = [(u.kind, u.state) for u in updates]
+    assert kinds[0] == ("status", "submitted")
+    assert ("artifact", None) in kinds
+    assert kinds[-1] == ("status", "completed")
+    assert [u.text for u in updates if u.kind == "artifact"] == ["echo: hello"]  # polled snapshots not repeated
+
+
+def test_send_blocking_returns_the_finished_task(sdk_agent_base: str, allow_loopback: None) -> None:
+    async def go() -> list[AgentUpdate]:
+        async with AgentClient(plain(sdk_agent_base)) as client:
+            updates = await client.send(text="x")
+            again = await client.get_task(updates[-1].remote_task_id)
+            assert [u.kind for u in again] == ["artifact", "status"]
+            return updates
+
+    updates = asyncio.run(go())
+    assert updates[-1].state == "completed" and updates[0].text == "echo: x"
+
+
+def test_input_required_then_continue(sdk_agent_base: str, allow_loopback: None) -> None:
+    target = streaming(sdk_agent_base)
+    first = collect(target, text="ask")
+    asked = first[-1]
+    assert (asked.state, asked.text, asked.final, asked.terminal) == ("input-required", "which city?", True, False)
+    second = collect(target, text="Paris", task_id=asked.remote_task_id, context_id=asked.context_id)
+    assert second[-1].state == "completed"
+    assert [u.text for u in second if u.kind == "artifact"] == ["got: Paris"]
+    assert {u.remote_task_id for u in second} == {asked.remote_task_id}
+
+
+def test_agent_failure_is_an_update_not_an_exception(sdk_agent_base: str, allow_loopback: None) -> None:
+    for target in (streaming(sdk_agent_base), plain(sdk_agent_base)):
+        updates = collect(target, text="fail")
+        assert updates[-1].state == "failed" and updates[-1].text == "cannot do that"
+
+
+def test_executor_crash_is_an_agent_error(sdk_agent_base: str, allow_loopback: None) -> None:
+    # The SDK server reports an exception in the executor as a JSON-RPC internal error: the agent's own failure.
+    with pytest.raises(AgentError) as exc_info:
+        collect(streaming(sdk_agent_base), text="boom")
+    assert exc_info.value.code == "InternalError" and "exploded" in str(exc_info.value)
+
+
+def test_plain_message_reply(sdk_agent_base: str, allow_loopback: None) -> None:
+    for target in (streaming(sdk_agent_base), plain(sdk_agent_base)):
+        updates = collect(target, text="message")
+        assert [(u.kind, u.state, u.text, u.final) for u in updates] == [
+            ("message", "completed", "just a message", True)
+        ]
+
+
+def test_v03_agent_is_spoken_to_with_v03_methods(
+    sdk_agent_base: str, sdk_agent_server: Any, allow_loopback: None
+) -> None:
+    target = AgentTarget(url=f"{sdk_agent_base}/legacy/", streaming=False, protocol_version="0.3.0")
+    updates = collect(target, text="old")
+    methods = [method for _, method in sdk_agent_server.calls]
+    assert methods[0] == "message/send" and set(methods[1:]) <= {"tasks/get"}
+    assert updates[-1].state == "completed"
+    assert [u.text for u in updates if u.kind == "artifact"] == ["echo: old"]
+
+
+def test_cancel_and_get_task_sync(sdk_agent_base: str, allow_loopback: None) -> None:
+    target = streaming(sdk_agent_base)
+    asked = collect(target, text="ask")[-1]
+    assert get_task_sync(target, asked.remote_task_id)[-1].state == "input-required"
+    canceled = cancel_sync(target, asked.remote_task_id)
+    assert canceled.state == "canceled" and canceled.terminal
+    with pytest.raises(AgentError) as exc_info:  # canceling again: the agent's own JSON-RPC error
+        cancel_sync(target, asked.remote_task_id)
+    assert exc_info.value.code == "TaskNotCancelableError"
+    with pytest.raises(AgentError) as exc_info:
+        get_task_sync(target, "no-such-task")
+    assert exc_info.value.code == "TaskNotFoundError"
+
+
+def test_refused_connection_is_a_transport_error(allow_loopback: None, free_port: int) -> None:
+    for is_streaming in (True, False):
+        target = AgentTarget(url=f"http://127.0.0.1:{free_port}/", streaming=is_streaming)
+        with pytest.raises(AgentTransportError):
+            collect(target, text="hi")
+
+
+def test_ssrf_blocked_is_an_agent_error(settings: Any) -> None:
+    settings.HERMES_SSRF_ALLOWLIST = []
+    with pytest.raises(AgentError) as exc_info:
+        collect(AgentTarget(url="http://169.254.169.254/", streaming=True), text="hi")
+    assert exc_info.value.code == "ssrf_blocked"
+
+
+class _StatusServer:
+    def __init__(self, status: int, body: bytes = b"{}", content_type: str = "application/json") -> None:
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self) -> None:
+                self.rfile.read(int(self.headers.get("Content-Length", 0)))
+                self.send_response(status)
+                self.send_header("Content-Type", content_type)
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            def log_message(self, *args: Any) -> None:
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/"
+
+
+@pytest.fixture
+def status_server(allow_loopback: None) -> Iterator[Any]:
+    servers: list[_StatusServer] = []
+
+    def make(status: int, body: bytes = b"{}", content_type: str = "application/json") -> str:
+        server = _StatusServer(status, body, content_type)
+        threading.Thread(target=server.server.serve_forever, daemon=True).start()
+        servers.append(server)
+        return server.url
+
+    yield make
+    for server in servers:
+        server.server.shutdown()
+        server.server.server_close()
+
+
+@pytest.mark.parametrize("status", [500, 502, 503, 429])
+def test_5xx_and_429_are_transport_errors(status_server: Any, status: int) -> None:
+    url = status_server(status)
+    for is_streaming in (True, False):
+        with pytest.raises(AgentTransportError) as exc_info:
+            collect(AgentTarget(url=url, streaming=is_streaming), text="hi")
+        assert exc_info.value.status_code == status
+
+
+def test_4xx_is_an_agent_error(status_server: Any) -> None:
+    with pytest.raises(AgentError) as exc_info:
+        collect(AgentTarget(url=status_server(404)), text="hi")
+    assert exc_info.value.code == "http_error"
+
+
+@pytest.mark.parametrize(
+    "body",
+    [b"not json", b"[]", b'{"jsonrpc": "2.0", "id": "1"}', b'{"jsonrpc": "2.0", "id": "1", "result": {}}'],
+)
+def test_invalid_responses_are_agent_errors(status_server: Any, body: bytes) -> None:
+    with pytest.raises(AgentError):
+        collect(AgentTarget(url=status_server(200, body)), text="hi")
+
+
+def test_stream_cut_before_a_final_update_is_a_transport_error(status_server: Any) -> None:
+    event = {"statusUpdate": {"taskId": "t", "contextId": "c", "status": {"state": "TASK_STATE_WORKING"}}}
+    body = b"data: " + json.dumps({"jsonrpc": "2.0", "id": "1", "result": event}).encode() + b"\n\n"
+    url = status_server(200, body, "text/event-stream")
+    with pytest.raises(AgentTransportError):
+        collect(AgentTarget(url=url, streaming=True), text="hi")
+
+
+def test_messages_need_content_and_carry_ids() -> None:
+    with pytest.raises(AgentError):
+        build_message()
+    message = build_message(text="t", data=[{"a": [1, 2]}], metadata={"k": "v"}, task_id="T", context_id="C")
+    assert (message.task_id, message.context_id, len(message.parts)) == ("T", "C", 2)
+    assert message.metadata["k"] == "v"
+
+
+def test_iterate_sync_cancels_the_async_side_on_break() -> None:
+    stopped = threading.Event()
+
+    async def forever() -> Any:
+        try:
+            n = 0
+            while True:
+                n += 1
+                yield n
+                await asyncio.sleep(0.01)
+        finally:
+            stopped.set()
+
+    for value in iterate_sync(forever):
+        if value == 3:
+            break
+    assert stopped.wait(5)

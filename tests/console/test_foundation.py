@@ -1,0 +1,143 @@
+"""Console foundation: base layout, partial rendering, HTML errors for pages and JSON for the API, auth pages."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+from django.core import mail
+from django.test import Client
+
+from apps.orgs.models import Membership, Organization
+
+pytestmark = pytest.mark.django_db
+
+
+def login(client: Client, user: Any) -> Client:
+    client.force_login(user)
+    return client
+
+
+def test_anonymous_is_sent_to_login(client: Client) -> None:
+    response = client.get("/")
+    assert response.status_code == 302 and response["Location"].startswith("/accounts/login/?next=/")
+
+
+def test_base_layout_carries_csrf_once_local_htmx_and_the_nav(client: Client, alice: Any) -> None:
+    html = login(client, alice).get("/").content.decode()
+    assert html.count('hx-headers=\'{"X-CSRFToken": "') == 1
+    assert "/static/vendor/htmx-2.0.11.min.js" in html and "unpkg" not in html and "cdn" not in html.lower()
+    assert 'id="toasts"' in html and 'href="#main"' in html
+    assert 'aria-current="page">Dashboard<' in html
+    assert "Acme" in html and "alice@acme.test" in html
+
+
+def test_console_404_is_html_and_api_404_is_json(client: Client, alice: Any) -> None:
+    login(client, alice)
+    page = client.get("/no/such/page/")
+    assert page.status_code == 404 and page["Content-Type"].startswith("text/html")
+    assert "Page not found" in page.content.decode() and page["X-Hermes-Error"]
+    api = client.get("/api/v1/no/such/")
+    assert api.status_code == 404 and api.json()["error"]["code"] == "not_found"
+
+
+def test_console_403_names_the_missing_permission(rf: Any, mia: Any) -> None:
+    from django.core.exceptions import PermissionDenied
+
+    from apps.core.errors import handler403
+
+    request = rf.get("/org/members/")
+    request.user = mia
+    response = handler403(request, PermissionDenied("Your role 'member' may not perform 'org:roles'."))
+    assert response.status_code == 403 and "may not perform" in response.content.decode()
+    assert response["X-Hermes-Error"] == "Your role 'member' may not perform 'org:roles'."
+    api = handler403(rf.get("/api/v1/x"), None)
+    assert api.status_code == 403 and b"permission_denied" in api.content
+
+
+def test_500_page_renders_without_request_context(rf: Any) -> None:
+    from apps.core.errors import handler500
+
+    request = rf.get("/agents/")
+    request.request_id = "req-1"
+    response = handler500(request)
+    assert response.status_code == 500 and "req-1" in response.content.decode()
+    assert handler500(rf.get("/api/v1/x")).status_code == 500
+
+
+def test_register_logs_in_and_asks_for_an_org(client: Client) -> None:
+    response = client.post(
+        "/accounts/register/",
+        {"email": "New@Example.test", "name": "New", "password1": "a-long-secret-42", "password2": "a-long-secret-42"},
+    )
+    assert response.status_code == 302 and response["Location"] == "/orgs/new/"
+    assert client.get("/").status_code == 302  # no org yet: sent to create one
+    assert client.get("/")["Location"] == "/orgs/new/"
+
+
+def test_register_shows_precise_errors_and_writes_nothing(client: Client, alice: Any) -> None:
+    response = client.post(
+        "/accounts/register/",
+        {"email": "alice@acme.test", "name": "", "password1": "short", "password2": "other"},
+    )
+    assert response.status_code == 422
+    html = response.content.decode()
+    assert "already exists" in html and "match" in html
+    from django.contrib.auth import get_user_model
+
+    assert get_user_model().objects.count() == 1
+
+
+def test_login_and_logout(client: Client, alice: Any) -> None:
+    bad = client.post("/accounts/login/", {"username": "alice@acme.test", "password": "nope"})
+    assert bad.status_code == 200 and "correct email" in bad.content.decode().lower()
+    good = client.post("/accounts/login/", {"username": "alice@acme.test", "password": "correct-horse-battery"})
+    assert good.status_code == 302
+    assert client.get("/").status_code == 200
+    client.post("/accounts/logout/")
+    assert client.get("/").status_code == 302
+
+
+def test_password_reset_by_email(client: Client, alice: Any) -> None:
+    response = client.post("/accounts/password-reset/", {"email": "alice@acme.test"})
+    assert response.status_code == 302 and response["Location"] == "/accounts/password-reset/sent/"
+    assert len(mail.outbox) == 1
+    link = next(line for line in mail.outbox[0].body.splitlines() if "/accounts/password-reset/" in line)
+    path = link.split("testserver", 1)[1]
+    form_page = client.get(path, follow=True)
+    assert form_page.status_code == 200 and "Choose a new password" in form_page.content.decode()
+    done = client.post(
+        form_page.redirect_chain[-1][0],
+        {"new_password1": "another-long-secret-9", "new_password2": "another-long-secret-9"},
+    )
+    assert done.status_code == 302
+    assert client.login(username="alice@acme.test", password="another-long-secret-9")
+    # The link works once.
+    assert "no longer works" in client.get(path, follow=True).content.decode()
+
+
+def test_create_org_makes_the_creator_owner_and_switches_to_it(client: Client, alice: Any) -> None:
+    login(client, alice)
+    response = client.post("/orgs/new/", {"name": "Initech Labs", "slug": ""})
+    assert response.status_code == 302
+    org = Organization.objects.get(slug="initech-labs")
+    assert Membership.objects.for_org(org).get(user=alice).role == "owner"
+    assert "Initech Labs" in client.get("/").content.decode().split("<main", 1)[1]
+
+
+def test_create_org_refuses_a_taken_slug(client: Client, alice: Any, other_org: Any) -> None:
+    login(client, alice)
+    response = client.post("/orgs/new/", {"name": "Globex", "slug": "globex"})
+    assert response.status_code == 422 and "is taken" in response.content.decode()
+    assert Organization.objects.count() == 2
+
+
+def test_switch_only_to_own_orgs(client: Client, alice: Any, charlie: Any, other_org: Any) -> None:
+    login(client, alice)
+    response = client.post("/orgs/switch/", {"org": "globex"}, follow=True)
+    assert "not a member" in response.content.decode()
+    assert "Acme" in response.content.decode().split("<main", 1)[1]
+    Membership.objects.create(organization=other_org, user=alice, role="member")
+    response = client.post("/orgs/switch/", {"org": "globex"}, follow=True)
+    main = response.content.decode().split("<main", 1)[1]
+    assert "Now working in Globex" in main and "you are member" in main
