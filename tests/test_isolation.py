@@ -20,6 +20,7 @@ endpoint cannot ship without saying how it stays inside its org. To add yours, a
 
 from __future__ import annotations
 
+import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -52,7 +53,7 @@ class Detail:
 @dataclass(frozen=True)
 class Listing:
     make: Make
-    column: str = "id"
+    column: str = "id"  # a dotted path for nested rows, e.g. "message.id"
     value: Callable[[Any], Any] = _pk
 
 
@@ -81,6 +82,64 @@ def _agent(org: Any, owner: Any) -> Any:
     from apps.agents.actions import register_agent_manually
 
     return register_agent_manually(org=org, name=f"Agent of {org.slug}", url=f"https://{org.slug}.example.com/a2a")
+# --- federation -------------------------------------------------------------------------------------------------
+
+
+def _berlin() -> Any:
+    from apps.federation import actions as federation
+    from apps.federation.models import Peer
+
+    peer = Peer.objects.filter(name="berlin").first()
+    if peer is None:
+        peer = federation.create_peer(name="berlin", base_url="http://127.0.0.1:9", local_name="paris")
+        federation.add_key(peer, secret=b"k" * 32)
+    return peer
+
+
+def _contact(org: Any, owner: Any) -> Any:
+    from apps.federation import actions as federation
+
+    return federation.create_contact(org=org, name="Initech", address="initech@berlin")
+
+
+def _policy(org: Any, owner: Any) -> Any:
+    from apps.federation import actions as federation
+
+    return federation.set_policy(org=org, remote="rome", effect="deny")
+
+
+def _message(org: Any, owner: Any) -> Any:
+    from apps.federation import actions as federation
+
+    _berlin()
+    federation.set_policy(org=org, remote="*@berlin", effect="allow")
+    return federation.send_message(org=org, recipient="initech@berlin", payload={"isolation": True})
+
+
+def _dead_letter(org: Any, owner: Any) -> Any:
+    from tests.federation.test_api import kill
+
+    return kill(_message(org, owner)).message
+
+
+def _inbox_entry(org: Any, owner: Any) -> Any:
+    from apps.federation.models import InboxEntry
+
+    return InboxEntry.objects.create(
+        organization=org,
+        peer=_berlin(),
+        message_id=uuid.uuid4(),
+        sender="initech@berlin",
+        type="message",
+        payload={},
+        receipt={"status": "accepted"},
+    )
+
+
+def _federation_audit(org: Any, owner: Any) -> Any:
+    from apps.federation.models import FederationAuditEvent
+
+    return FederationAuditEvent.objects.create(organization=org, event="accepted", reason="isolation test")
 
 
 ISOLATION: dict[str, Detail | Listing | Exempt] = {
@@ -119,6 +178,31 @@ ISOLATION: dict[str, Detail | Listing | Exempt] = {
     "agent-marketplace": Exempt(
         "lists PUBLIC agents of every org by design; private ones never appear (tests/agents/test_api.py)"
     ),
+    # ops (operators: METRICS_TOKEN or an allowed address, never an org)
+    "ops-ping": Exempt("operator egress probe: no org data"),
+    "ops-ping-detail": Exempt("operator egress probe result (cache, by random id): no org data"),
+    # federation
+    "federation-inbox": Exempt("peer-to-peer delivery authenticated by the link signature; addresses no org row"),
+    "federation-peer-list": Exempt("peers are instance-wide (readable by every org, changed only by staff)"),
+    "federation-peer-detail": Exempt("peers are instance-wide (readable by every org, changed only by staff)"),
+    "federation-peer-add-key": Exempt("staff-only key rotation of an instance-wide peer"),
+    "federation-peer-promote-key": Exempt("staff-only key rotation of an instance-wide peer"),
+    "federation-peer-retire-key": Exempt("staff-only key rotation of an instance-wide peer"),
+    "federation-contact-list": Listing(_contact),
+    "federation-contact-detail": Detail(_contact),
+    "federation-policy-list": Listing(_policy),
+    "federation-policy-detail": Detail(_policy),
+    "federation-message-list": Listing(_message),
+    "federation-message-detail": Detail(_message),
+    "federation-dlq-list": Listing(_dead_letter, column="message.id"),
+    "federation-dlq-detail": Detail(_dead_letter, lookup=lambda m: {"message_id": m.id}),
+    "federation-dlq-discard": Detail(_dead_letter, lookup=lambda m: {"message_id": m.id}),
+    "federation-dlq-requeue": Detail(_dead_letter, lookup=lambda m: {"message_id": m.id}),
+    "federation-dlq-discard-many": Exempt("ids in the body are resolved in the caller's org (tests/federation)"),
+    "federation-dlq-requeue-many": Exempt("ids in the body are resolved in the caller's org (tests/federation)"),
+    "federation-inbox-entry-list": Listing(_inbox_entry),
+    "federation-inbox-entry-detail": Detail(_inbox_entry),
+    "federation-audit-list": Listing(_federation_audit),
 }
 
 
@@ -178,7 +262,17 @@ def test_every_api_route_has_isolation_coverage() -> None:
 
 
 def _missing(value: Any) -> Any:
-    return 2**31 - 1 if isinstance(value, int) else "no-such-object"
+    if isinstance(value, int):
+        return 2**31 - 1
+    if isinstance(value, uuid.UUID):
+        return uuid.uuid4()
+    return "no-such-object"
+
+
+def _dig(row: dict[str, Any], path: str) -> Any:
+    for part in path.split("."):
+        row = row.get(part) if isinstance(row, dict) else None  # type: ignore[assignment]
+    return row
 
 
 @pytest.fixture
@@ -229,7 +323,7 @@ def test_another_orgs_objects_are_not_listed(
         assert response.status_code == 200, (via, url, response.status_code, response.content[:300])
         body = response.json()
         rows = body["results"] if isinstance(body, dict) and "results" in body else body
-        values = {row.get(case.column) for row in rows}
+        values = {str(_dig(row, case.column)) for row in rows}  # as JSON shows them (UUIDs are strings)
         # Our own object is listed (so an empty list cannot pass for isolation); theirs is not.
-        assert case.value(mine) in values, (via, url, values)
-        assert case.value(target) not in values, (via, url)
+        assert str(case.value(mine)) in values, (via, url, values)
+        assert str(case.value(target)) not in values, (via, url)
