@@ -79,6 +79,7 @@ SETTINGS_TABLE: tuple[Setting, ...] = (
         "(empty: single process)",
         "Empty directory for prometheus_client's multiprocess mode (gunicorn workers, prefork Celery children).",
     ),
+    Setting("HERMES_BACKUP_DIR", "path", "var/backups", "Where `manage.py backup` writes dumps and manifests."),
     Setting("OTEL_EXPORTER_OTLP_ENDPOINT", "url", "(empty)", "OTLP/HTTP endpoint; tracing export is off when empty."),
     Setting("OTEL_SERVICE_NAME", "str", "hermes", "Service name on exported traces."),
     Setting(
