@@ -77,9 +77,17 @@ def _org(org: Any, owner: Any) -> Any:
     return org
 
 
+def _agent(org: Any, owner: Any) -> Any:
+    from apps.agents.actions import register_agent_manually
+
+    return register_agent_manually(org=org, name=f"Agent of {org.slug}", url=f"https://{org.slug}.example.com/a2a")
+
+
 ISOLATION: dict[str, Detail | Listing | Exempt] = {
     # ops
     "health-live": Exempt("liveness probe: no data"),
+    "health-ready": Exempt("readiness probe: dependency status, no org data"),
+    "health": Exempt("operator health breakdown: infrastructure status, no org data"),
     # API docs
     "api-schema": Exempt("the OpenAPI document: no data"),
     "api-docs": Exempt("the interactive docs page: no data"),
@@ -103,6 +111,14 @@ ISOLATION: dict[str, Detail | Listing | Exempt] = {
     "api-key-rotate": Detail(_api_key),
     "api-key-revoke": Detail(_api_key),
     "usage": Exempt("reads the caller's current org only; no id in the URL"),
+    # agents
+    "agent-list": Listing(_agent, value=lambda agent: str(agent.pk)),
+    "agent-detail": Detail(_agent),
+    "agent-refresh": Detail(_agent),
+    "agent-assign-demo": Exempt("adds the built-in demo agents to the caller's own org; no id in the URL"),
+    "agent-marketplace": Exempt(
+        "lists PUBLIC agents of every org by design; private ones never appear (tests/agents/test_api.py)"
+    ),
 }
 
 
