@@ -13,6 +13,7 @@ router.register("federation/messages", api.MessageViewSet, basename="federation-
 router.register("federation/dlq", api.DeadLetterViewSet, basename="federation-dlq")
 router.register("federation/inbox", api.InboxViewSet, basename="federation-inbox-entry")
 router.register("federation/audit", api.AuditViewSet, basename="federation-audit")
+router.register("federation/remote-tasks", api.RemoteTaskViewSet, basename="federation-remote-task")
 
 api_urlpatterns: list[URLPattern | URLResolver] = [
     # Peers POST here, authenticated by the link signature (not an API key): see views.inbox.
