@@ -70,6 +70,7 @@ ROUTES: dict[str, Make | str] = {
     "accounts:register": "public",
     "accounts:login": "public",
     "accounts:logout": "public",
+    "accounts:password_change": "the signed-in person's own account",
     "accounts:password_reset": "public",
     "accounts:password_reset_done": "public",
     "accounts:password_reset_confirm": "public: the emailed token is the credential",
