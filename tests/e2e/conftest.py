@@ -87,8 +87,10 @@ def _wait_worker(log: Path, proc: subprocess.Popen[bytes], timeout: float = 40) 
     raise RuntimeError(f"worker not ready in {timeout}s:\n{log.read_text()[-3000:]}")
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def hermes_server(django_db_setup: Any, tmp_path_factory: pytest.TempPathFactory) -> Iterator[HermesServer]:
+    """Module-scoped: its Celery worker shares the broker with the rest of the suite, so it must be gone before
+    other tests enqueue jobs of their own."""
     from django.conf import settings
     from django.db import connection
 
