@@ -144,6 +144,9 @@ def test_chaos_every_message_exactly_once_then_dlq_and_requeue(pair: Pair) -> No
     assert {a[1] for a in attempts if a[0] == "retry"} >= {500, 503}
     assert any(a[2].startswith("timeout") for a in attempts)
     assert len(pair.paris.audit("retried", before[0])) == len(attempts) - len(ids)
+    # ... and in the sending worker's metrics.
+    assert pair.paris.metric("hermes_federation_retries_total") >= len(attempts) - len(ids)
+    assert pair.paris.metric("hermes_federation_deliveries_total", {"outcome": "retry"}) >= len(attempts) - len(ids)
     # A receipt lost after berlin stored the message was answered, on retry, with the original receipt.
     assert pair.berlin.audit("duplicate", before[1])
 
@@ -152,6 +155,7 @@ def test_chaos_every_message_exactly_once_then_dlq_and_requeue(pair: Pair) -> No
     dead = pair.send(3)
     wait_for(lambda: delivered(pair.paris, dead, ("dead",)), 60, "dead letters")
     assert len(pair.berlin.audit("bad_signature", before[1])) >= 3
+    assert pair.paris.metric("hermes_federation_dead_letters", worker=False) == 3  # the DLQ gauge, at scrape time
     listing = pair.paris.manage("federation_dlq", "list")
     assert all(message_id in listing for message_id in dead) and "HTTP 401" in listing
     shown = pair.paris.manage("federation_dlq", "show", dead[0])
