@@ -102,13 +102,22 @@ class Instance:
         self.procs.append(proc)
         return proc
 
-    def start(self, *, web_workers: int = 1) -> None:
-        self.spawn(
-            "-m", "gunicorn", "hermes_site.wsgi:application",
-            "--bind", f"127.0.0.1:{self.port}", "--workers", str(web_workers), "--threads", "8",
-            "--worker-class", "gthread", "--graceful-timeout", "5",
-            log="web.log",
-        )  # fmt: skip
+    def start(self, *, web_workers: int = 1, asgi: bool = False) -> None:
+        """gunicorn (WSGI), as production serves HTTP; or uvicorn (ASGI) when the instance must also serve the
+        built-in demo agents (they are an ASGI app mounted by hermes_site.asgi)."""
+        if asgi:
+            self.spawn(
+                "-m", "uvicorn", "hermes_site.asgi:application", "--host", "127.0.0.1", "--port", str(self.port),
+                "--log-level", "warning",
+                log="web.log",
+            )  # fmt: skip
+        else:
+            self.spawn(
+                "-m", "gunicorn", "hermes_site.wsgi:application",
+                "--bind", f"127.0.0.1:{self.port}", "--workers", str(web_workers), "--threads", "8",
+                "--worker-class", "gthread", "--graceful-timeout", "5",
+                log="web.log",
+            )  # fmt: skip
         self.start_worker()
         wait_for(lambda: self._live(), 60, f"{self.name} web")
 
