@@ -144,6 +144,10 @@ CELERY_RESULT_BACKEND = None
 CELERY_TASK_ACKS_LATE = True
 CELERY_TASK_REJECT_ON_WORKER_LOST = True
 CELERY_WORKER_PREFETCH_MULTIPLIER = 1
+# Celery's Django fixup otherwise closes every database connection before and after each job, so each job pays a
+# new Postgres connection (a backend process) — the largest fixed cost of short jobs such as federation deliveries.
+# CONN_MAX_AGE and CONN_HEALTH_CHECKS already retire stale connections; this only stops the per-job churn.
+CELERY_DB_REUSE_MAX = 1000
 CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
 CELERY_BROKER_TRANSPORT_OPTIONS = {"visibility_timeout": 3600, "socket_connect_timeout": 2}
 CELERY_TASK_SERIALIZER = "json"
