@@ -132,10 +132,24 @@ def _inbox_entry(org: Any, owner: Any) -> Any:
     )
 
 
+def _remote_task(org: Any, owner: Any) -> Any:
+    from apps.federation.models import RemoteTask
+
+    return RemoteTask.objects.create(
+        organization=org, request=_message(org, owner), agent_address="initech/echo@berlin", state="requested"
+    )
+
+
 def _federation_audit(org: Any, owner: Any) -> Any:
     from apps.federation.models import FederationAuditEvent
 
     return FederationAuditEvent.objects.create(organization=org, event="accepted", reason="isolation test")
+
+
+def _agent(org: Any, owner: Any) -> Any:
+    from apps.agents.actions import register_agent_manually
+
+    return register_agent_manually(org=org, name=f"Agent of {org.slug}", url=f"https://{org.slug}.example.com/a2a")
 
 
 ISOLATION: dict[str, Detail | Listing | Exempt] = {
@@ -191,6 +205,16 @@ ISOLATION: dict[str, Detail | Listing | Exempt] = {
     "federation-inbox-entry-list": Listing(_inbox_entry),
     "federation-inbox-entry-detail": Detail(_inbox_entry),
     "federation-audit-list": Listing(_federation_audit),
+    "federation-remote-task-list": Listing(_remote_task),
+    "federation-remote-task-detail": Detail(_remote_task),
+    # agents
+    "agent-list": Listing(_agent, value=lambda agent: str(agent.pk)),
+    "agent-detail": Detail(_agent),
+    "agent-refresh": Detail(_agent),
+    "agent-assign-demo": Exempt("adds the built-in demo agents to the caller's own org; no id in the URL"),
+    "agent-marketplace": Exempt(
+        "lists PUBLIC agents of every org by design; private ones never appear (tests/agents/test_api.py)"
+    ),
 }
 
 

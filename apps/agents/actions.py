@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import logging
 from dataclasses import dataclass
 from typing import Any
 
@@ -14,9 +13,9 @@ from django.utils.text import slugify
 
 from apps.agents.cards import CardError, CardInfo, fetch_card, parse_card
 from apps.agents.models import Agent, Visibility
+from apps.core import audit
 from apps.core.http import OutboundBlocked, check_url
-
-audit_log = logging.getLogger("hermes.audit")
+from apps.core.permissions import Access
 
 EDITABLE_FIELDS = frozenset({"name", "slug", "description", "version", "url", "visibility", "streaming"})
 
@@ -37,20 +36,16 @@ class DemoAssignment:
     existing: list[Agent]
 
 
-def _audit(action: str, agent: Agent, by: Any, **extra: Any) -> None:
-    # TODO(audit): write the org audit row once the access layer's audit model lands on main; until then the
-    # structured log line (JSON in production) is the record.
-    audit_log.info(
-        "agent.%s",
-        action,
-        extra={
-            "audit_action": f"agent.{action}",
-            "org_id": agent.organization_id,
-            "agent_id": str(agent.pk),
-            "user_id": getattr(by, "pk", None),
-            **extra,
-        },
-    )
+def _who(by: Any) -> tuple[Any, Access | None]:
+    """`by` is the request's Access (API or console: records the key too) or a user (commands, tests)."""
+    if isinstance(by, Access):
+        return by.user, by
+    return by, None
+
+
+def _audit(action: str, agent: Agent, by: Any, **details: Any) -> None:
+    user, access = _who(by)
+    audit.record(f"agent.{action}", org=agent.organization_id, actor=user, target=agent, access=access, **details)
 
 
 def _fetch(url: str) -> CardInfo:
@@ -128,7 +123,7 @@ def register_agent_by_url(
     """Fetch the agent's card (agent-card.json, falling back to agent.json), validate it and store the agent."""
     info = _fetch(url)
     with transaction.atomic():
-        agent = Agent(organization=org, created_by=by, visibility=visibility)
+        agent = Agent(organization=org, created_by=_who(by)[0], visibility=visibility)
         _apply_card(agent, info)
         agent.slug = _check_slug_free(org, slug) if slug else _unique_slug(org, info.name)
         _save_new(agent)
@@ -164,7 +159,7 @@ def register_agent_manually(
             skills=skills or [],
             protocol_version=protocol_version,
             visibility=visibility,
-            created_by=by,
+            created_by=_who(by)[0],
         )
         _save_new(agent)
         _audit("registered", agent, by, manual=True)
@@ -213,6 +208,7 @@ def update_agent(agent: Agent, *, by: Any = None, **changes: Any) -> Agent:
         _check_endpoint(changes["url"])
     if "visibility" in changes and changes["visibility"] not in Visibility.values:
         raise AgentActionError("Unknown visibility.", code="invalid", details={"visibility": ["Unknown value."]})
+    changed = sorted(changes)
     with transaction.atomic():
         locked = Agent.objects.for_org(agent.organization_id).select_for_update().get(pk=agent.pk)
         if "slug" in changes and changes["slug"] != locked.slug:
@@ -222,7 +218,7 @@ def update_agent(agent: Agent, *, by: Any = None, **changes: Any) -> Agent:
         for name, value in changes.items():
             setattr(locked, name, value)
         locked.save()
-        _audit("updated", locked, by, fields=sorted(changes))
+        _audit("updated", locked, by, fields=changed)
     return locked
 
 
@@ -256,11 +252,11 @@ def assign_demo_agents(*, org: Any, by: Any = None) -> DemoAssignment:
             for agent in Agent.objects.for_org(org).filter(is_demo=True).select_for_update().order_by("pk")
         }
         for spec in DEMO_AGENTS:
-            info = parse_card(demo_card_dict(spec), card_url="")
+            info = parse_card(demo_card_dict(spec), check_interface=False)
             info = CardInfo(**{**info.__dict__, "card_url": f"{info.url}.well-known/agent-card.json"})
             agent = have.get(spec.slug)
             if agent is None:
-                agent = Agent(organization=org, created_by=by, is_demo=True, demo_key=spec.slug)
+                agent = Agent(organization=org, created_by=_who(by)[0], is_demo=True, demo_key=spec.slug)
                 _apply_card(agent, info)
                 agent.slug = _unique_slug(org, f"demo-{spec.slug}")
                 agent.save()
@@ -269,8 +265,8 @@ def assign_demo_agents(*, org: Any, by: Any = None) -> DemoAssignment:
                 _apply_card(agent, info)
                 agent.save()
                 existing.append(agent)
-        if created:
-            _audit("demo_assigned", created[0], by, agent_slugs=[a.slug for a in created])
+        for agent in created:
+            _audit("registered", agent, by, demo=agent.demo_key)
     return DemoAssignment(created=created, existing=existing)
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 import pytest
@@ -83,3 +84,68 @@ def test_a_developer_cannot_change_roles(page: Any, screenshot: Any, org: Any, a
     target.refresh_from_db()
     assert target.role == "member"
     assert page.locator("main").inner_text().strip() != ""  # the failed swap left the page as it was
+
+
+def test_register_a_demo_agent_by_url_with_a_preview(page: Any, screenshot: Any, hermes_server: Any, bob: Any) -> None:
+    from apps.agents.models import Agent
+
+    sign_in(page, bob.email)
+    page.get_by_role("link", name="Agents", exact=True).click()
+    page.get_by_role("link", name="Register an agent").click()
+    page.get_by_label("Agent URL").fill(hermes_server.url("/demo-agents/echo/"))
+    page.get_by_role("button", name="Preview the card").click()
+    preview = page.locator("#preview")
+    preview.get_by_text("Repeats the input").wait_for()
+    assert preview.locator("[data-card-name]").inner_text().startswith("Hermes Echo")
+    assert not Agent.objects.unscoped("e2e check").exists()  # previewing stores nothing
+    screenshot(page, "agent-register-preview")
+    page.get_by_role("button", name="Register this agent").click()
+    page.wait_for_url(re.compile(r"/agents/[0-9a-f-]{36}/$"))
+    assert page.get_by_role("heading", name="Hermes Echo").is_visible()
+    assert "Agent Hermes Echo registered" in page.locator("#messages").inner_text()
+    screenshot(page, "agent-detail")
+    page.get_by_role("link", name="Marketplace").click()
+    page.get_by_label("Search public agents").fill("echo")
+    page.get_by_text("No public agent matches").wait_for()  # it is private until listed
+
+
+def test_a_dead_letter_is_requeued_from_the_console(page: Any, screenshot: Any, org: Any, bob: Any) -> None:
+    from apps.federation import actions
+    from apps.federation.models import Effect, Outbox
+    from apps.orgs.actions import create_organization
+
+    actions.set_policy(org=org, remote="*", effect=Effect.ALLOW)
+    sign_in(page, bob.email)
+    page.goto("/federation/outbox/")
+    page.get_by_label("Recipient").fill("initech")
+    page.get_by_label("Payload").fill('{"text": "quarterly report"}')
+    page.get_by_role("button", name="Send").click()
+    page.get_by_text("queued for initech").wait_for()
+    # The Celery worker delivers in-process; there is no org "initech" yet: a permanent 404, straight to the DLQ.
+    page.goto("/federation/dlq/")
+    row = page.locator("[data-dead-letter]")
+    for _ in range(50):
+        if row.count():
+            break
+        page.wait_for_timeout(200)
+        page.reload()
+    assert row.count() == 1
+    screenshot(page, "dead-letters")
+    # Fix the cause (the recipient org now exists and accepts acme), then requeue from the console.
+    initech = create_organization(user=bob, name="Initech", slug="initech")
+    actions.set_policy(org=initech, remote="acme", effect=Effect.ALLOW)
+    page.on("dialog", lambda dialog: dialog.accept())
+    row.get_by_role("checkbox").check()
+    page.get_by_role("button", name="Requeue selected").click()
+    page.get_by_text("1 message requeued").wait_for()
+    assert page.get_by_text("The dead-letter queue is empty.").is_visible()
+    outbox = Outbox.objects.for_org(org).get()
+    for _ in range(50):
+        outbox.refresh_from_db()
+        if outbox.status == "delivered":
+            break
+        page.wait_for_timeout(200)
+    assert outbox.status == "delivered", outbox.last_error
+    page.goto("/federation/audit/")
+    assert page.get_by_role("cell", name="Requeued from the DLQ").count() == 1
+    screenshot(page, "federation-audit")
