@@ -13,6 +13,7 @@ Interface for the task worker
         async for update in client.run(text="hi", data=[{"k": 1}], message_id=str(task.pk)):
             ...                                       # AgentUpdate, see below
         await client.cancel(remote_task_id)           # CancelTask -> AgentUpdate (status)
+        async for update in client.resume(remote_task_id):   # after a worker died: snapshot, then SSE or polling
         await client.get_task(remote_task_id)         # GetTask    -> AgentUpdate (status)
 
     # sync (a Celery job; the ORM may be used inside the loop body)
@@ -68,6 +69,7 @@ from a2a.types.a2a_pb2 import (
     Role,
     SendMessageRequest,
     StreamResponse,
+    SubscribeToTaskRequest,
     Task,
     TaskState,
 )
@@ -417,6 +419,31 @@ class AgentClient:
             if deadline is not None and loop.time() >= deadline:
                 raise AgentTransportError(f"Task {remote_task_id} did not finish before the deadline.")
             await asyncio.sleep(self.poll_interval)
+
+    async def resume(self, remote_task_id: str, *, deadline: float | None = None) -> AsyncIterator[AgentUpdate]:
+        """Pick up a task this process did not start or lost track of (a worker died mid-stream): the current
+        snapshot first, then SubscribeToTask over SSE when the card streams, else GetTask polling."""
+        normalizer = _Normalizer()
+        for update in await self._reread(remote_task_id, normalizer):
+            yield update
+        if normalizer.final:
+            return
+        if not self.target.streaming:
+            async for update in self.poll(remote_task_id, deadline=deadline, normalizer=normalizer):
+                yield update
+            return
+        try:
+            async for event in self._sdk(streaming=True).subscribe(SubscribeToTaskRequest(id=remote_task_id)):
+                for update in normalizer.event(event):
+                    yield update
+                if normalizer.final:
+                    return
+        except Exception as exc:
+            raise classify(exc) from exc
+        for update in await self._reread(remote_task_id, normalizer):  # the stream closed early: ask the task
+            yield update
+        if not normalizer.final:
+            raise AgentTransportError("The agent's stream ended before the task reached a final state.")
 
     async def cancel(self, remote_task_id: str) -> AgentUpdate:
         """CancelTask: the agent's answer as a status update (normally state "canceled")."""
