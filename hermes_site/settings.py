@@ -134,6 +134,7 @@ CHANNEL_LAYERS = {
 }
 
 CELERY_BROKER_URL = CONFIG.broker_url or REDIS_URL
+CELERY_TASK_DEFAULT_QUEUE = env.str("CELERY_TASK_DEFAULT_QUEUE", default="celery")
 CELERY_TASK_ALWAYS_EAGER = env.bool("CELERY_TASK_ALWAYS_EAGER", default=False)
 CELERY_TASK_EAGER_PROPAGATES = True
 CELERY_TASK_IGNORE_RESULT = True
@@ -143,6 +144,10 @@ CELERY_RESULT_BACKEND = None
 CELERY_TASK_ACKS_LATE = True
 CELERY_TASK_REJECT_ON_WORKER_LOST = True
 CELERY_WORKER_PREFETCH_MULTIPLIER = 1
+# Celery's Django fixup otherwise closes every database connection before and after each job, so each job pays a
+# new Postgres connection (a backend process) — the largest fixed cost of short jobs such as federation deliveries.
+# CONN_MAX_AGE and CONN_HEALTH_CHECKS already retire stale connections; this only stops the per-job churn.
+CELERY_DB_REUSE_MAX = 1000
 CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
 CELERY_BROKER_TRANSPORT_OPTIONS = {"visibility_timeout": 3600, "socket_connect_timeout": 2}
 CELERY_TASK_SERIALIZER = "json"
@@ -252,6 +257,7 @@ METRICS_TOKEN = env.str("METRICS_TOKEN", default="")
 METRICS_ALLOWED_IPS: list[str] = env.list("METRICS_ALLOWED_IPS", default=["127.0.0.1", "::1"])
 CELERY_WORKER_METRICS_PORT = env.int("CELERY_WORKER_METRICS_PORT", default=0)
 CELERY_WORKER_METRICS_HOST = env.str("CELERY_WORKER_METRICS_HOST", default="127.0.0.1")
+HERMES_BACKUP_DIR = env.path("HERMES_BACKUP_DIR", default=str(BASE_DIR / "var" / "backups"))
 HEALTH_STALE_AFTER = env.int("HEALTH_STALE_AFTER", default=60)
 OTEL_EXPORTER_OTLP_ENDPOINT = env.str("OTEL_EXPORTER_OTLP_ENDPOINT", default="")
 OTEL_SERVICE_NAME = env.str("OTEL_SERVICE_NAME", default="hermes")

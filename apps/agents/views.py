@@ -156,3 +156,16 @@ def marketplace(request: HttpRequest) -> HttpResponse:
     page = Paginator(agents, 24).get_page(request.GET.get("page"))
     context = {"form": form, "query": query, "page": page}
     return render_console(request, "agents/marketplace.html", context, partial="results")
+
+
+@org_action_required("agents:write")
+@require_POST
+def assign_demo(request: HttpRequest) -> HttpResponse:
+    """Add Hermes' built-in demo agents (echo, summarizer, calculator, slow, flaky) to the org, once."""
+    result = actions.assign_demo_agents(org=_access(request).org, by=request.user)
+    if result.created:
+        names = ", ".join(agent.name for agent in result.created)
+        messages.success(request, f"Added {len(result.created)} demo agents: {names}.")
+    else:
+        messages.info(request, "Your organization already has every demo agent; their cards were refreshed.")
+    return redirect("agents:list")

@@ -19,7 +19,6 @@ from django.utils import timezone
 
 from apps.core.errors import Conflict, HermesAPIError
 from apps.core.metrics import (
-    FEDERATION_DEAD_LETTERS,
     FEDERATION_DELIVERIES,
     FEDERATION_DELIVERY_LATENCY,
     FEDERATION_RETRIES,
@@ -41,6 +40,7 @@ from apps.federation.models import (
     Peer,
     PeerStatus,
     Policy,
+    RemoteTask,
 )
 
 logger = logging.getLogger(__name__)
@@ -249,8 +249,12 @@ def send_message(
     sender_agent: str = "",
     correlation_id: Any = None,
     actor: Any = None,
+    reply: bool = False,
 ) -> Message:
-    """Write the message and its outbox row in one transaction; delivery starts when it commits."""
+    """Write the message and its outbox row in one transaction; delivery starts when it commits.
+
+    `reply=True` marks a message answering a request this org accepted (task results): the org's outbound
+    policy is not asked again, since accepting the request already admitted the requester."""
     address = recipient if isinstance(recipient, Address) else _address_or_400(recipient, "recipient")
     peer: Peer | None = None
     if address.peer is not None:
@@ -263,7 +267,9 @@ def send_message(
             )
         if peer.status != PeerStatus.ACTIVE:
             raise HermesAPIError(f"Peer '{peer.name}' is disabled.", code="peer_disabled")
-    decision = policy.decide(org.pk, sender_agent, address)
+    decision = (
+        policy.Decision(True, "reply to an accepted request") if reply else policy.decide(org.pk, sender_agent, address)
+    )
     if not decision.allowed:
         audit(AuditEvent.POLICY_DENIED, org=org, peer=peer, reason=f"outbound to {address}: {decision.reason}")
         raise HermesAPIError(
@@ -288,6 +294,36 @@ def send_message(
         )
         transaction.on_commit(lambda: _enqueue(outbox.pk))
     return message
+
+
+def request_remote_task(
+    *,
+    org: Any,
+    agent: str,
+    message: dict[str, Any],
+    metadata: dict[str, Any] | None = None,
+    sender_agent: str = "",
+    actor: Any = None,
+) -> RemoteTask:
+    """Ask another org's agent (`echo.globex` here, `echo.globex@berlin` on a peer) to run a task. The request
+    travels as a `task_request` message; its id correlates every `task_result` that comes back."""
+    address = _address_or_400(agent, "agent")
+    if address.agent is None:
+        raise HermesAPIError(
+            "A task request needs an agent address (agent.org or agent.org@peer).",
+            code="invalid_address",
+            details={"agent": ["name the agent: agent.org[@peer]"]},
+        )
+    with transaction.atomic():
+        request = send_message(
+            org=org,
+            recipient=address,
+            payload={"message": message, "metadata": metadata or {}},
+            type=MessageType.TASK_REQUEST,
+            sender_agent=sender_agent,
+            actor=actor,
+        )
+        return RemoteTask.objects.create(organization=org, request=request, agent_address=str(address))
 
 
 # --- Delivery transitions ---------------------------------------------------------------------------------
@@ -417,7 +453,8 @@ def finish_attempt(outbox: Outbox, result: AttemptResult) -> str:
 
 
 def sweep(*, batch: int = 1000) -> dict[str, int]:
-    """Beat job: expire lost leases, re-enqueue overdue rows, refresh the dead-letter gauge."""
+    """Beat job: expire lost leases and re-enqueue overdue rows. (The dead-letter and backlog gauges are set at
+    scrape time by apps.ops.metrics from selectors.delivery_backlog().)"""
     now = timezone.now()
     expired = 0
     for row in _outbox_rows().filter(status=OutboxStatus.IN_FLIGHT, lease_until__lt=now).only("pk", "attempts")[:batch]:
@@ -438,7 +475,6 @@ def sweep(*, batch: int = 1000) -> dict[str, int]:
     for outbox_id in overdue:
         _enqueue(outbox_id)
     dead = _outbox_rows().filter(status=OutboxStatus.DEAD).count()
-    FEDERATION_DEAD_LETTERS.set(dead)
     return {"expired_leases": expired, "requeued": len(overdue), "dead_letters": dead}
 
 

@@ -15,7 +15,7 @@ import re
 from dataclasses import dataclass
 from typing import Any
 
-_SLUG = r"[a-z0-9](?:[a-z0-9_-]{0,58}[a-z0-9])?"
+_SLUG = r"[a-z0-9](?:[a-z0-9_-]{0,78}[a-z0-9])?"
 _ADDRESS = re.compile(rf"^(?:(?P<agent>{_SLUG})\.)?(?P<org>{_SLUG})(?:@(?P<peer>{_SLUG}))?$")
 _PATTERN = re.compile(rf"^(?:\*|\*@(?P<peer>{_SLUG}))$")
 

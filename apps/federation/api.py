@@ -17,6 +17,7 @@ from rest_framework.response import Response
 
 from apps.core.api import OrgScopedViewSet
 from apps.core.errors import HermesAPIError
+from apps.core.idempotency import IdempotentCreateMixin
 from apps.federation import actions
 from apps.federation.models import (
     Contact,
@@ -27,6 +28,7 @@ from apps.federation.models import (
     OutboxStatus,
     Peer,
     Policy,
+    RemoteTask,
 )
 from apps.federation.serializers import (
     AddKeySerializer,
@@ -39,6 +41,8 @@ from apps.federation.serializers import (
     MessageSerializer,
     PeerSerializer,
     PolicySerializer,
+    RemoteTaskSerializer,
+    RequestRemoteTaskSerializer,
     RetireKeySerializer,
     SendMessageSerializer,
 )
@@ -140,8 +144,23 @@ class PolicyViewSet(  # type: ignore[misc]
         actions.delete_policy(instance)
 
 
-class MessageViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, _FederationViewSet):  # type: ignore[misc]
-    """Messages this org sent, with their delivery state. POST sends one (202: delivery is asynchronous)."""
+class _SendMessageMixin:
+    """POST sends one message (202: delivery is asynchronous; follow `delivery.status`)."""
+
+    @extend_schema(request=SendMessageSerializer, responses={202: MessageSerializer})
+    def create(self, request: Request) -> Response:
+        body = SendMessageSerializer(data=request.data)
+        body.is_valid(raise_exception=True)
+        message = actions.send_message(org=self.org, actor=request.user, **body.validated_data)  # type: ignore[attr-defined]
+        message = self.get_queryset().get(pk=message.pk)  # type: ignore[attr-defined]
+        return Response(MessageSerializer(message).data, status=status.HTTP_202_ACCEPTED)
+
+
+class MessageViewSet(  # type: ignore[misc]
+    IdempotentCreateMixin, _SendMessageMixin, mixins.ListModelMixin, mixins.RetrieveModelMixin, _FederationViewSet
+):
+    """Messages this org sent, with their delivery state; `?status=` filters by delivery status. POST sends one
+    and honours `Idempotency-Key`."""
 
     model = Message
     serializer_class = MessageSerializer
@@ -151,14 +170,6 @@ class MessageViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, _Federati
         if status_filter := self.request.query_params.get("status"):
             qs = qs.filter(outbox__status=status_filter)
         return qs
-
-    @extend_schema(request=SendMessageSerializer, responses={202: MessageSerializer})
-    def create(self, request: Request) -> Response:
-        body = SendMessageSerializer(data=request.data)
-        body.is_valid(raise_exception=True)
-        message = actions.send_message(org=self.org, actor=request.user, **body.validated_data)
-        message = self.get_queryset().get(pk=message.pk)
-        return Response(MessageSerializer(message).data, status=status.HTTP_202_ACCEPTED)
 
 
 class DeadLetterViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, _FederationViewSet):  # type: ignore[misc]
@@ -239,3 +250,37 @@ class AuditViewSet(mixins.ListModelMixin, _FederationViewSet):  # type: ignore[m
         if event := self.request.query_params.get("event"):
             qs = qs.filter(event=event)
         return qs
+
+
+class _RequestRemoteTaskMixin:
+    @extend_schema(request=RequestRemoteTaskSerializer, responses={202: RemoteTaskSerializer})
+    def create(self, request: Request) -> Response:
+        body = RequestRemoteTaskSerializer(data=request.data)
+        body.is_valid(raise_exception=True)
+        remote = actions.request_remote_task(org=self.org, actor=request.user, **body.validated_data)  # type: ignore[attr-defined]
+        remote = self.get_queryset().get(pk=remote.pk)  # type: ignore[attr-defined]
+        return Response(RemoteTaskSerializer(remote).data, status=status.HTTP_202_ACCEPTED)
+
+
+class RemoteTaskViewSet(  # type: ignore[misc]
+    IdempotentCreateMixin, _RequestRemoteTaskMixin, mixins.ListModelMixin, mixins.RetrieveModelMixin, _FederationViewSet
+):
+    """Tasks this org asked other orgs' agents to run (here or on peers), each with its mirrored timeline.
+    POST asks for one (tasks:write and federation:write)."""
+
+    model = RemoteTask
+    serializer_class = RemoteTaskSerializer
+    required_actions = {"create": "tasks:write"}
+
+    def scoped_queryset(self) -> QuerySet[Any]:
+        return super().scoped_queryset().select_related("request__outbox").prefetch_related("events")
+
+    def create(self, request: Request, *args: Any, **kwargs: Any) -> Response:
+        if not self.access.allows("federation:write"):
+            raise HermesAPIError(
+                "Asking another org's agent needs federation:write as well as tasks:write.",
+                code="missing_scope" if self.access.scopes is not None else "role_forbidden",
+                status_code=403,
+                details={"required_action": "federation:write"},
+            )
+        return super().create(request, *args, **kwargs)

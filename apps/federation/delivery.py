@@ -71,6 +71,9 @@ def _over_http(outbox: Outbox) -> AttemptResult:
     started = time.perf_counter()
     try:
         response = transport.post(peer.inbox_url, body, headers, settings.HERMES_FEDERATION_TIMEOUT)
+    except transport.OutboundBlocked as exc:
+        # The peer's URL points somewhere Hermes must not call: no retry will change that.
+        return AttemptResult(AttemptOutcome.PERMANENT, _ms(started), error=f"blocked by the SSRF guard: {exc}"[:300])
     except httpx.TimeoutException as exc:
         return AttemptResult(AttemptOutcome.RETRY, _ms(started), error=f"timeout: {type(exc).__name__}")
     except httpx.HTTPError as exc:

@@ -16,7 +16,8 @@ from apps.core.metrics import FEDERATION_INBOUND
 from apps.federation import policy
 from apps.federation.actions import audit
 from apps.federation.addresses import Address, InvalidAddress
-from apps.federation.models import AuditEvent, InboxEntry, MessageType, Peer
+from apps.federation.handlers import has_handler
+from apps.federation.models import AuditEvent, InboxEntry, Message, MessageType, Peer
 from apps.orgs.models import Organization
 
 
@@ -84,6 +85,20 @@ def _duplicate(entry: InboxEntry, peer: Peer | None) -> InboundResult:
     return InboundResult(200, {"receipt": entry.receipt, "duplicate": True}, "duplicate")
 
 
+def _answers_our_request(org: Organization, peer: Peer | None, envelope: Envelope) -> bool:
+    """A task result correlated to a task request this org sent to that same org is expected, whatever the
+    policy says: the org chose to talk to it by sending the request."""
+    if envelope.type != MessageType.TASK_RESULT or envelope.correlation_id is None:
+        return False
+    request = (
+        Message.objects.for_org(org)
+        .filter(pk=envelope.correlation_id, peer=peer, type=MessageType.TASK_REQUEST)
+        .only("recipient")
+        .first()
+    )
+    return request is not None and Address.parse(request.recipient).org == envelope.sender.org
+
+
 def receive(*, peer: Peer | None, message_id: str, data: Any) -> InboundResult:
     """Process one (already authenticated) inbound message."""
     peer_name = peer.name if peer else None
@@ -104,7 +119,10 @@ def receive(*, peer: Peer | None, message_id: str, data: Any) -> InboundResult:
     if org is None:
         audit(AuditEvent.REJECTED, peer=peer, message_id=envelope.id, reason=f"no org '{envelope.recipient.org}'")
         return _error(404, "unknown_recipient", f"No organization '{envelope.recipient.org}' here.", "rejected")
-    decision = policy.decide(org.pk, envelope.recipient.agent or "", envelope.sender)
+    if _answers_our_request(org, peer, envelope):
+        decision = policy.Decision(True, "reply to a request this org sent")
+    else:
+        decision = policy.decide(org.pk, envelope.recipient.agent or "", envelope.sender)
     if not decision.allowed:
         audit(
             AuditEvent.POLICY_DENIED,
@@ -133,10 +151,13 @@ def receive(*, peer: Peer | None, message_id: str, data: Any) -> InboundResult:
                 payload=envelope.payload,
                 correlation_id=envelope.correlation_id,
                 receipt=receipt,
+                # A type without a handler (a plain message) is delivered by being stored: no job to run.
+                handled_at=None if has_handler(envelope.type) else timezone.now(),
             )
             audit(AuditEvent.ACCEPTED, org=org, peer=peer, message_id=envelope.id, reason=f"from {envelope.sender}")
-            entry_id = entry.pk
-            transaction.on_commit(lambda: _dispatch(entry_id))
+            if entry.handled_at is None:
+                entry_id = entry.pk
+                transaction.on_commit(lambda: _dispatch(entry_id))
     except IntegrityError:
         # The same message arrived twice at once (a retry racing a slow first attempt): the loser is a duplicate.
         existing = _existing(peer, envelope.id)

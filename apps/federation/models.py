@@ -118,7 +118,7 @@ class Policy(OrgOwnedModel):
     specific rule wins; deny wins a tie; with no rule the instance default applies
     (HERMES_FEDERATION_DEFAULT_POLICY). Rules apply both to what we send and to what we accept."""
 
-    local_agent = models.SlugField(max_length=60, blank=True)
+    local_agent = models.SlugField(max_length=80, blank=True)
     remote = models.CharField(max_length=200)
     effect = models.CharField(max_length=10, choices=Effect.choices)
     reason = models.CharField(max_length=200, blank=True)
@@ -147,7 +147,7 @@ class Message(OrgOwnedModel):
     idempotency key of every delivery attempt: the receiver deduplicates on (link, id)."""
 
     id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
-    sender_agent = models.SlugField(max_length=60, blank=True)
+    sender_agent = models.SlugField(max_length=80, blank=True)
     recipient = models.CharField(max_length=200)  # the address as typed, canonicalised
     peer = models.ForeignKey(Peer, null=True, blank=True, on_delete=models.PROTECT, related_name="+")
     type = models.CharField(max_length=20, choices=MessageType.choices, default=MessageType.MESSAGE)
@@ -241,7 +241,7 @@ class InboxEntry(OrgOwnedModel):
     peer = models.ForeignKey(Peer, null=True, blank=True, on_delete=models.PROTECT, related_name="+")
     message_id = models.UUIDField()
     sender = models.CharField(max_length=200)  # qualified from our side: `acme@peer-name` or `acme`
-    recipient_agent = models.SlugField(max_length=60, blank=True)
+    recipient_agent = models.SlugField(max_length=80, blank=True)
     type = models.CharField(max_length=20, choices=MessageType.choices)
     payload = models.JSONField(default=dict)
     correlation_id = models.UUIDField(null=True, blank=True, db_index=True)
@@ -314,3 +314,53 @@ class FederationAuditEvent(models.Model):
 
     def __str__(self) -> str:
         return f"{self.event} {self.message_id or ''} {self.reason}"
+
+
+class RemoteTask(OrgOwnedModel):
+    """The requesting org's mirror of a task it asked another org's agent to run. The remote side reports every
+    task event back as a `task_result` message correlated to `request`; they land in `events` by the remote
+    sequence number, so the timeline reads the same as a local task's whatever order messages arrive in."""
+
+    id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
+    request = models.OneToOneField(Message, on_delete=models.CASCADE, related_name="remote_task")
+    agent_address = models.CharField(max_length=200)
+    remote_task_id = models.CharField(max_length=100, blank=True)
+    state = models.CharField(max_length=20, default="requested")
+    last_seq = models.PositiveIntegerField(default=0)
+    error = models.TextField(blank=True)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    def __str__(self) -> str:
+        return f"{self.agent_address}: {self.state}"
+
+
+class RemoteTaskEvent(OrgOwnedModel):
+    remote_task = models.ForeignKey(RemoteTask, on_delete=models.CASCADE, related_name="events")
+    seq = models.PositiveIntegerField()
+    kind = models.CharField(max_length=30)
+    data = models.JSONField(default=dict)
+    state = models.CharField(max_length=20, blank=True)  # the remote task's state after this event
+
+    class Meta:
+        ordering = ("remote_task", "seq")
+        constraints = [
+            # A redelivered or replayed task_result never doubles an event.
+            models.UniqueConstraint(fields=["remote_task", "seq"], name="fed_remote_event_unique_seq"),
+        ]
+
+    def __str__(self) -> str:
+        return f"#{self.seq} {self.kind}"
+
+
+class FederatedTask(OrgOwnedModel):
+    """On the executing side: a local task run for a requester on another org (here or on a peer), and where its
+    events are reported. `task_id` is not a foreign key so federation does not depend on the tasks app's schema."""
+
+    task_id = models.CharField(max_length=64, unique=True)
+    inbox_entry = models.OneToOneField(InboxEntry, on_delete=models.CASCADE, related_name="federated_task")
+    agent_slug = models.SlugField(max_length=80)
+    reply_to = models.CharField(max_length=200)  # the requester, qualified from our side (`acme@paris`)
+    correlation_id = models.UUIDField()  # the task_request message id
+
+    def __str__(self) -> str:
+        return f"task {self.task_id} for {self.reply_to}"

@@ -18,6 +18,8 @@ from apps.federation.models import (
     Outbox,
     Peer,
     Policy,
+    RemoteTask,
+    RemoteTaskEvent,
 )
 
 
@@ -126,7 +128,7 @@ class DeadLetterSerializer(serializers.ModelSerializer):
 
     class Meta:
         model = Outbox
-        fields = (*OutboxSerializer.Meta.fields, "message", "attempt_log")
+        fields = ("message_id", *OutboxSerializer.Meta.fields, "message", "attempt_log")
 
 
 class BulkIdsSerializer(serializers.Serializer):
@@ -161,3 +163,52 @@ class AuditEventSerializer(serializers.ModelSerializer):
     class Meta:
         model = FederationAuditEvent
         fields = ("id", "event", "peer", "message_id", "reason", "detail", "created_at")
+
+
+class RemoteTaskEventSerializer(serializers.ModelSerializer):
+    class Meta:
+        model = RemoteTaskEvent
+        fields = ("seq", "kind", "data", "state", "created_at")
+
+
+class RemoteTaskSerializer(serializers.ModelSerializer):
+    """A task another org's agent runs for us, with its timeline as reported by the executor."""
+
+    request_id = serializers.UUIDField(read_only=True)
+    delivery = OutboxSerializer(source="request.outbox", read_only=True)
+    events = RemoteTaskEventSerializer(many=True, read_only=True)
+
+    class Meta:
+        model = RemoteTask
+        fields = (
+            "id",
+            "agent_address",
+            "state",
+            "remote_task_id",
+            "error",
+            "request_id",
+            "created_at",
+            "updated_at",
+            "delivery",
+            "events",
+        )
+
+
+class RequestRemoteTaskSerializer(serializers.Serializer):
+    agent = serializers.CharField(max_length=200, help_text="agent.org or agent.org@peer")
+    message = serializers.JSONField(help_text='An A2A message: {"role": "user", "parts": [{"kind": "text", ...}]}')
+    metadata = serializers.JSONField(required=False, default=dict)
+    sender_agent = serializers.SlugField(max_length=80, required=False, default="")
+
+    def validate_message(self, value: Any) -> dict[str, Any]:
+        if not isinstance(value, dict) or not isinstance(value.get("parts"), list) or not value["parts"]:
+            raise serializers.ValidationError("message must be an A2A message object with a non-empty 'parts' list")
+        limit = settings.HERMES_MAX_TASK_INPUT_BYTES
+        if len(json.dumps(value)) > limit:
+            raise serializers.ValidationError(f"message is larger than {limit} bytes")
+        return value
+
+    def validate_metadata(self, value: Any) -> dict[str, Any]:
+        if not isinstance(value, dict):
+            raise serializers.ValidationError("metadata must be a JSON object")
+        return value

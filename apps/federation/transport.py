@@ -1,7 +1,7 @@
-"""The one outbound HTTP call of federation, behind a function so the SSRF-guarded client can replace it.
+"""The one outbound HTTP call of federation: through the SSRF-guarded client (apps.core.http), so a peer URL
+that resolves to a private or metadata address is refused unless allowlisted (HERMES_SSRF_ALLOWLIST).
 
-A process-wide httpx client keeps connections to peers alive (the TLS/TCP handshake would otherwise dominate
-each delivery).
+A process-wide client keeps connections to peers alive (a TCP/TLS handshake per delivery would dominate it).
 """
 
 from __future__ import annotations
@@ -9,6 +9,10 @@ from __future__ import annotations
 import threading
 
 import httpx
+
+from apps.core.http import OutboundBlocked, guarded_client
+
+__all__ = ["OutboundBlocked", "post"]
 
 _client: httpx.Client | None = None
 _lock = threading.Lock()
@@ -18,10 +22,7 @@ def _shared_client() -> httpx.Client:
     global _client
     with _lock:
         if _client is None:
-            _client = httpx.Client(
-                follow_redirects=False,
-                limits=httpx.Limits(max_connections=50, max_keepalive_connections=20),
-            )
+            _client = guarded_client(limits=httpx.Limits(max_connections=50, max_keepalive_connections=20))
         return _client
 
 

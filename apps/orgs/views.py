@@ -42,8 +42,21 @@ def _use_org(request: HttpRequest, org_id: int) -> None:
 
 @org_action_required("org:read")
 def dashboard(request: HttpRequest) -> HttpResponse:
-    access = request.access  # type: ignore[attr-defined]
-    return render_console(request, "orgs/dashboard.html", {"org": access.org, "role": access.role})
+    access = _access(request)
+    return render_console(request, "orgs/dashboard.html", {"org": access.org, "role": access.role, **_overview(access)})
+
+
+def _overview(access: Access) -> dict[str, Any]:
+    """Counts for the dashboard, each read through the owning app's selectors."""
+    from apps.agents.selectors import org_agents
+    from apps.federation.selectors import dead_letters
+
+    org = access.org
+    return {
+        "members_count": Membership.objects.for_org(org).count(),
+        "agents_count": org_agents(org).count(),
+        "dead_letters_count": dead_letters(org).count() if access.allows("federation:read") else None,
+    }
 
 
 @login_required

@@ -130,3 +130,14 @@ def test_marketplace_search(as_user: Any, charlie: Any, org: Any) -> None:
     assert found.lstrip().startswith('<section id="results"') and "Public Echo" in found
     none = client.get("/marketplace/", {"q": "nothing-matches"}, **HX).content.decode()
     assert "No public agent matches" in none
+
+
+def test_assign_demo_agents_once(as_user: Any, dave: Any, mia: Any, org: Any) -> None:
+    assert as_user(mia).post("/agents/demo/").status_code == 403
+    first = as_user(dave).post("/agents/demo/", follow=True)
+    html = main_html(first)
+    demo = Agent.objects.for_org(org).filter(is_demo=True)
+    assert demo.count() >= 5 and "Added" in html and "demo agents" in html
+    assert all(agent.name in html for agent in demo)
+    again = main_html(as_user(dave).post("/agents/demo/", follow=True))
+    assert "already has every demo agent" in again and Agent.objects.for_org(org).count() == demo.count()

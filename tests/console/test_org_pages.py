@@ -255,3 +255,42 @@ def test_usage_page_shows_counters_and_plans(as_user: Any, team: dict[str, Any],
     assert "2 <span" in html and "of 1000" in html  # two tasks today against the free plan's 1000
     fragment = as_user(team["mia"]).get("/org/usage/", **HX).content.decode()
     assert fragment.lstrip().startswith('<div id="usage-panel"')
+
+
+def test_dashboard_counts(as_user: Any, team: dict[str, Any], org: Any) -> None:
+    html = main_html(as_user(team["mia"]).get("/"))
+    assert 'Members</span><p class="stat">4<' in html and 'Agents</span><p class="stat">0<' in html
+
+
+def _queries(client: Any, url: str) -> int:
+    from django.db import connection
+    from django.test.utils import CaptureQueriesContext
+
+    with CaptureQueriesContext(connection) as ctx:
+        assert client.get(url).status_code == 200
+    return len(ctx.captured_queries)
+
+
+@pytest.mark.parametrize("url", ["/org/members/", "/org/keys/", "/agents/", "/federation/dlq/", "/federation/outbox/"])
+def test_list_pages_do_not_query_per_row(as_user: Any, team: dict[str, Any], org: Any, url: str) -> None:
+    """Query counts stay flat as rows grow (no N+1): measured with few rows, then with more."""
+    from apps.agents.actions import register_agent_manually
+    from apps.federation import actions as federation_actions
+    from tests.console.test_federation_pages import dead_letter
+    from tests.factories import MembershipFactory
+
+    peer = federation_actions.create_peer(name="berlin", base_url="http://127.0.0.1:9", local_name="paris")
+    federation_actions.add_key(peer, secret=b"k1" * 16)
+
+    def add_rows(n: int) -> None:
+        for _ in range(n):
+            MembershipFactory(organization=org)
+            issue_api_key(team["bob"], org, scopes=["agents:read"])
+            register_agent_manually(org=org, name="Agent", url="https://agent.example.com/rpc")
+            dead_letter(org, peer)
+
+    client = as_user(team["alice"])
+    add_rows(1)
+    few = _queries(client, url)
+    add_rows(4)
+    assert _queries(client, url) == few

@@ -17,9 +17,16 @@ def _fresh_policy_cache() -> Iterator[None]:
     policy.clear_cache()
 
 
-@pytest.fixture
+@pytest.fixture(autouse=True)
+def _loopback_peers(settings: Any) -> None:
+    """Test peers (stub servers, live_server) listen on loopback, which the SSRF guard refuses by default."""
+    settings.HERMES_SSRF_ALLOWLIST = ["127.0.0.1"]
+
+
+@pytest.fixture(autouse=True)
 def eager_celery() -> Iterator[None]:
-    """Run jobs inline: unit tests drive delivery synchronously (integration tests use real workers)."""
+    """Run jobs inline: unit tests drive delivery synchronously (the two-instance tests use real workers). Also
+    keeps these tests from leaving jobs in the shared broker for some later test's worker to pick up."""
     previous = celery_app.conf.task_always_eager
     celery_app.conf.task_always_eager = True
     try:

@@ -63,13 +63,23 @@ def test_send_list_and_inspect_messages(client_for: Any, alice: Any, org: Any, b
     assert body["delivery"]["status"] == "pending" and body["recipient"] == "globex@berlin"
     listed = api.get(f"{API}/messages").json()["results"]
     assert [m["id"] for m in listed] == [body["id"]]
+    assert api.get(f"{API}/messages?status=pending").json()["results"][0]["id"] == body["id"]
     assert api.get(f"{API}/messages?status=delivered").json()["results"] == []
     assert api.get(f"{API}/messages/{body['id']}").json()["payload"] == {"t": 1}
+    # Idempotency-Key: the same request again replays the original response and sends nothing new.
+    keyed = {"recipient": "globex@berlin", "payload": {"t": 2}}
+    first = api.post(f"{API}/messages", keyed, format="json", HTTP_IDEMPOTENCY_KEY="k-1")
+    again = api.post(f"{API}/messages", keyed, format="json", HTTP_IDEMPOTENCY_KEY="k-1")
+    assert first.status_code == again.status_code == 202 and again["Idempotent-Replayed"] == "true"
+    assert again.json()["id"] == first.json()["id"]
+    changed = api.post(f"{API}/messages", {**keyed, "payload": {}}, format="json", HTTP_IDEMPOTENCY_KEY="k-1")
+    assert changed.status_code == 409
+    assert Message.objects.for_org(org).count() == 2
     bad = api.post(f"{API}/messages", {"recipient": "x y", "payload": []}, format="json")
     assert bad.status_code == 400 and "payload" in bad.json()["error"]["details"]
     bad = api.post(f"{API}/messages", {"recipient": "x y", "payload": {}}, format="json")
     assert bad.status_code == 400 and bad.json()["error"]["code"] == "invalid_address"
-    assert Message.objects.for_org(org).count() == 1
+    assert Message.objects.for_org(org).count() == 2
 
 
 @pytest.mark.django_db

@@ -8,6 +8,7 @@ import sys
 import time
 import uuid
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -16,7 +17,6 @@ from django.conf import settings
 from django.db import connection
 
 from hermes_site.config import BASE_DIR
-from tests.conftest import alice, free_port, org  # noqa: F401  (tests/conftest.py is not visible under apps/)
 
 
 def database_url() -> str:
@@ -68,6 +68,46 @@ class WorkerProcess:
             except subprocess.TimeoutExpired:  # pragma: no cover
                 self.proc.kill()
                 self.proc.wait()
+
+
+@contextmanager
+def serve_wsgi(log: Path, port: int, workers: int = 1, **env: str) -> Iterator[str]:
+    """gunicorn (the production HTTP server) on the test database; yields the base URL once it answers."""
+    import httpx
+
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "gunicorn",
+            "hermes_site.wsgi:application",
+            "-c",
+            str(BASE_DIR / "deploy" / "gunicorn.conf.py"),
+            "--workers",
+            str(workers),
+            "--bind",
+            f"127.0.0.1:{port}",
+        ],
+        cwd=BASE_DIR,
+        env=child_env(**env),
+        stdout=log.open("w"),
+        stderr=subprocess.STDOUT,
+    )
+    base = f"http://127.0.0.1:{port}"
+
+    def up() -> bool:
+        assert proc.poll() is None, log.read_text()
+        try:
+            return httpx.get(f"{base}/api/v1/health/live", timeout=2).status_code == 200
+        except httpx.TransportError:
+            return False
+
+    try:
+        wait_for(up, timeout=60)
+        yield base
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
 
 
 def _set_routes(app: Any, routes: Any) -> None:

@@ -1,7 +1,7 @@
 """Send federation messages from the command line (smoke tests, scripted traffic, load generation).
 
     manage.py federation_send <org> <recipient> [--type message] [--payload '{"text": "hi"}'] [--count N]
-                              [--interval S] [--sender-agent slug]
+                              [--interval S | --rate N] [--sender-agent slug]
 
 Prints one message id per line. Goes through the same action as the API (policy, outbox, audit).
 """
@@ -30,13 +30,22 @@ class Command(BaseCommand):
         parser.add_argument("--payload", default="{}", help="a JSON object; {n} is replaced by the sequence number")
         parser.add_argument("--count", type=int, default=1)
         parser.add_argument("--interval", type=float, default=0.0, help="seconds between messages")
+        parser.add_argument(
+            "--rate", type=float, default=0.0, help="messages per second on a fixed schedule (overrides --interval)"
+        )
         parser.add_argument("--sender-agent", default="")
 
     def handle(self, *args: Any, **options: Any) -> None:
         org = Organization.objects.filter(slug=options["org"]).first()
         if org is None:
             raise CommandError(f"No organization '{options['org']}'.")
+        started = time.monotonic()
         for n in range(options["count"]):
+            if options["rate"]:
+                # A fixed schedule (not sleep-after-send), so the rate holds however long each send takes.
+                delay = started + n / options["rate"] - time.monotonic()
+                if delay > 0:
+                    time.sleep(delay)
             try:
                 payload = json.loads(options["payload"].replace("{n}", str(n)))
             except ValueError as exc:
@@ -55,5 +64,5 @@ class Command(BaseCommand):
                 raise CommandError(str(exc.detail)) from exc
             self.stdout.write(str(message.id))
             self.stdout.flush()
-            if options["interval"] and n + 1 < options["count"]:
+            if options["interval"] and not options["rate"] and n + 1 < options["count"]:
                 time.sleep(options["interval"])
