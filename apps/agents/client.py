@@ -12,14 +12,17 @@ Interface for the task worker
     async with AgentClient(target) as client:
         async for update in client.run(text="hi", data=[{"k": 1}], message_id=str(task.pk)):
             ...                                       # AgentUpdate, see below
-        await client.cancel(remote_task_id)           # CancelTask -> AgentUpdate (status)
-        async for update in client.resume(remote_task_id):   # after a worker died: snapshot, then SSE or polling
-        await client.get_task(remote_task_id)         # GetTask    -> AgentUpdate (status)
+        await client.cancel(remote_task_id)           # CancelTask -> AgentUpdate (status, normally "canceled")
+        await client.get_task(remote_task_id)         # GetTask    -> [artifact updates..., status update]
+        async for update in client.resume(remote_task_id):
+            ...                                       # a worker took over: snapshot, then SubscribeToTask/polling
 
     # sync (a Celery job; the ORM may be used inside the loop body)
     for update in iterate_sync(lambda: AgentClient(target).run_once(text="hi")):
         persist(update)
-    cancel_sync(target, remote_task_id)
+    cancel_sync(target, remote_task_id)               # and get_task_sync(target, remote_task_id)
+
+Report reachability with `apps.agents.actions.record_agent_contact(agent, error=None | "why")` (online state).
 
 `run(...)` picks the call the card allows: `SendStreamingMessage` over SSE when the card says streaming, otherwise
 `SendMessage` (return immediately) followed by `GetTask` polling until the task is terminal or interrupted. Pass
