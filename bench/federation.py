@@ -161,16 +161,16 @@ def run() -> str:
         [
             "## Federation delivery (bench/federation.py)",
             "",
-            "Two Hermes instances on loopback, each with its own Postgres database and Redis; the receiver runs gunicorn "
-            f"(2 workers × 8 threads), the sender one Celery worker ({WORKER_CONCURRENCY} threads). "
+            "Two Hermes instances on loopback, each with its own Postgres database and Redis; the receiver runs "
+            f"gunicorn (2 workers x 8 threads), the sender one Celery worker ({WORKER_CONCURRENCY} threads). "
             "Baseline: the same signed POSTs from "
-            f"{WORKER_CONCURRENCY} client threads in a tight loop, answered by the receiver's signature check and dedup "
-            "lookup (replays of one stored message), without the pipeline's persistence, queue and receipts.",
+            f"{WORKER_CONCURRENCY} client threads in a tight loop, answered by the receiver's signature check and "
+            "dedup lookup (replays of one stored message), without the pipeline's persistence, queue and receipts.",
             "",
             "| Measure | Federation pipeline | Baseline: signed POST loop | Target | Result |",
             "| --- | --- | --- | --- | --- |",
             f"| Sustained throughput ({BURST} queued messages) | {pipeline_rate:.0f} msg/s | {base_rate:.0f} req/s "
-            f"| ≥ 1/4 of baseline | {ratio:.2f}× of baseline — {'met' if ratio >= 0.25 else 'NOT met'} |",
+            f"| ≥ 1/4 of baseline | {ratio:.2f}x of baseline — {'met' if ratio >= 0.25 else 'NOT met'} |",
             f"| Enqueue → receipt at {RATE} msg/s ({RATE * RATE_SECONDS} messages), p50 | {p50:.0f} ms "
             f"| {base_p50:.0f} ms per request | — | — |",
             f"| Enqueue → receipt at {RATE} msg/s, p95 | {p95:.0f} ms | {base_p95:.0f} ms per request | < 250 ms "

@@ -20,6 +20,7 @@ endpoint cannot ship without saying how it stays inside its org. To add yours, a
 
 from __future__ import annotations
 
+import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -28,6 +29,9 @@ import pytest
 from django.urls import URLPattern, URLResolver, get_resolver, reverse
 from rest_framework.test import APIClient
 
+from apps.federation.actions import audit as fed_audit
+from apps.federation.actions import create_contact, request_remote_task, send_message, set_policy
+from apps.federation.models import InboxEntry, Outbox, OutboxStatus
 from apps.orgs.actions import invite_member
 from apps.orgs.models import Membership
 from tests.factories import access_for, issue_api_key, key_client
@@ -83,6 +87,47 @@ def _agent(org: Any, owner: Any) -> Any:
     return register_agent_manually(org=org, name=f"Agent of {org.slug}", url=f"https://{org.slug}.example.com/a2a")
 
 
+def _fed_allow_self(org: Any) -> None:
+    set_policy(org=org, remote="*", effect="allow")
+
+
+def _fed_contact(org: Any, owner: Any) -> Any:
+    return create_contact(org=org, name="Contact", address=f"someone@peer-of-{org.slug}")
+
+
+def _fed_policy(org: Any, owner: Any) -> Any:
+    return set_policy(org=org, remote=f"*@peer-of-{org.slug}", effect="deny")
+
+
+def _fed_message(org: Any, owner: Any) -> Any:
+    _fed_allow_self(org)
+    return send_message(org=org, recipient=org.slug, payload={"hello": org.slug})
+
+
+def _fed_dead_letter(org: Any, owner: Any) -> Any:
+    message = _fed_message(org, owner)
+    Outbox.objects.for_org(org).filter(message=message).update(status=OutboxStatus.DEAD)
+    return Outbox.objects.for_org(org).get(message=message)
+
+
+def _fed_inbox_entry(org: Any, owner: Any) -> Any:
+    return InboxEntry.objects.create(
+        organization=org, message_id=uuid.uuid4(), sender="someone", type="message", payload={}, receipt={}
+    )
+
+
+def _fed_audit_event(org: Any, owner: Any) -> Any:
+    return fed_audit("accepted", org=org, reason=f"isolation probe for {org.slug}")
+
+
+def _fed_remote_task(org: Any, owner: Any) -> Any:
+    _fed_allow_self(org)
+    return request_remote_task(org=org, agent=f"echo.{org.slug}", message={"role": "user", "parts": [{"text": "x"}]})
+
+
+_FED_PEERS = Exempt("peers and link keys are instance-wide (no org owns them); writes need staff")
+
+
 ISOLATION: dict[str, Detail | Listing | Exempt] = {
     # ops
     "health-live": Exempt("liveness probe: no data"),
@@ -121,6 +166,32 @@ ISOLATION: dict[str, Detail | Listing | Exempt] = {
     "agent-marketplace": Exempt(
         "lists PUBLIC agents of every org by design; private ones never appear (tests/agents/test_api.py)"
     ),
+    # federation
+    "federation-inbox": Exempt(
+        "peer-facing: authenticated by the link signature; the path names a link, no org object"
+    ),
+    "federation-peer-list": _FED_PEERS,
+    "federation-peer-detail": _FED_PEERS,
+    "federation-peer-add-key": _FED_PEERS,
+    "federation-peer-promote-key": _FED_PEERS,
+    "federation-peer-retire-key": _FED_PEERS,
+    "federation-contact-list": Listing(_fed_contact),
+    "federation-contact-detail": Detail(_fed_contact),
+    "federation-policy-list": Listing(_fed_policy),
+    "federation-policy-detail": Detail(_fed_policy),
+    "federation-message-list": Listing(_fed_message, value=lambda m: str(m.pk)),
+    "federation-message-detail": Detail(_fed_message),
+    "federation-dlq-list": Listing(_fed_dead_letter, column="message_id", value=lambda o: str(o.message_id)),
+    "federation-dlq-detail": Detail(_fed_dead_letter, lookup=lambda o: {"message_id": str(o.message_id)}),
+    "federation-dlq-requeue": Detail(_fed_dead_letter, lookup=lambda o: {"message_id": str(o.message_id)}),
+    "federation-dlq-discard": Detail(_fed_dead_letter, lookup=lambda o: {"message_id": str(o.message_id)}),
+    "federation-dlq-requeue-many": Exempt("bulk: ids in the body resolve inside the caller's org (test_api.py)"),
+    "federation-dlq-discard-many": Exempt("bulk: ids in the body resolve inside the caller's org (test_api.py)"),
+    "federation-inbox-entry-list": Listing(_fed_inbox_entry),
+    "federation-inbox-entry-detail": Detail(_fed_inbox_entry),
+    "federation-audit-list": Listing(_fed_audit_event),
+    "federation-remote-task-list": Listing(_fed_remote_task, value=lambda t: str(t.pk)),
+    "federation-remote-task-detail": Detail(_fed_remote_task),
 }
 
 
