@@ -133,6 +133,8 @@ ISOLATION: dict[str, Detail | Listing | Exempt] = {
     "health-live": Exempt("liveness probe: no data"),
     "health-ready": Exempt("readiness probe: dependency status, no org data"),
     "health": Exempt("operator health breakdown: infrastructure status, no org data"),
+    "ops-ping": Exempt("operator egress diagnostic (metrics token); no org data"),
+    "ops-ping-detail": Exempt("operator egress diagnostic result; no org data"),
     # API docs
     "api-schema": Exempt("the OpenAPI document: no data"),
     "api-docs": Exempt("the interactive docs page: no data"),

@@ -18,6 +18,7 @@ from django.contrib.auth.tokens import default_token_generator
 from django.core.exceptions import ValidationError
 from django.core.mail import send_mail
 from django.db import IntegrityError, transaction
+from django.urls import reverse
 from django.utils.encoding import force_bytes, force_str
 from django.utils.http import urlsafe_base64_decode, urlsafe_base64_encode
 
@@ -62,9 +63,11 @@ def change_password(*, user: Any, current_password: str, new_password: str) -> A
 
 
 def password_reset_url(user: Any) -> str:
+    """The console's reset page for this user (uid and token also work with the API's reset/confirm)."""
     uid = urlsafe_base64_encode(force_bytes(user.pk))
     token = default_token_generator.make_token(user)
-    return f"{settings.HERMES_PUBLIC_URL}/accounts/reset/{uid}/{token}/"
+    path = reverse("accounts:password_reset_confirm", kwargs={"uidb64": uid, "token": token})
+    return f"{settings.HERMES_PUBLIC_URL}{path}"
 
 
 @transaction.atomic

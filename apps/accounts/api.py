@@ -113,8 +113,8 @@ class PasswordResetConfirmView(PublicView):
         "Set a new password with a reset token",
         action=None,
         public=True,
-        notes="`uid` and `token` come from the emailed link (`/accounts/reset/<uid>/<token>/`). An expired or used "
-        "token is a 400 on `token`.",
+        notes="`uid` and `token` come from the emailed link (`/accounts/password-reset/<uid>/<token>/`). "
+        "An expired or used token is a 400 on `token`.",
         request=PasswordResetConfirmSerializer,
         responses={204: None},
     )

@@ -138,8 +138,8 @@ def test_remote_task_api(client_for: Any, alice: Any, mia: Any, charlie: Any, or
 def test_executor_reports_each_task_event_back_to_the_requester(
     org: Any, other_org: Any, acme_may_ask_globex: None, django_capture_on_commit_callbacks: Any
 ) -> None:
-    """`report_task_event` receives what the tasks app's `task_event_recorded` signal sends (the task and the
-    event, after commit). The tasks app is not on main yet, so its two rows are stand-ins with the same fields."""
+    """`report_task_event` as the tasks app's `task_event_recorded` signal calls it (the task and the event, after
+    commit). The stand-ins carry the fields it reads; the real task path runs in test_two_instances.py."""
     from types import SimpleNamespace
 
     from apps.federation.models import FederatedTask
@@ -155,8 +155,8 @@ def test_executor_reports_each_task_event_back_to_the_requester(
         organization=other_org, task_id="77", inbox_entry=entry, agent_slug="echo", reply_to=entry.sender,
         correlation_id=entry.message_id,
     )  # fmt: skip
-    task = SimpleNamespace(pk=77, organization_id=other_org.pk, state="working")
-    unrelated = SimpleNamespace(pk=78, organization_id=other_org.pk, state="working")
+    task = SimpleNamespace(pk=77, organization_id=other_org.pk, state="working", metadata={"federation": {}})
+    unrelated = SimpleNamespace(pk=78, organization_id=other_org.pk, state="working", metadata={})
     with django_capture_on_commit_callbacks(execute=True):
         report_task_event(task=task, event=SimpleNamespace(seq=1, kind="state", data={"from": None, "to": "submitted"}))
         report_task_event(task=task, event=SimpleNamespace(seq=2, kind="message", data={"role": "agent"}))

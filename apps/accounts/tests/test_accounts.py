@@ -85,7 +85,7 @@ def test_password_reset_round_trip(alice: Any, api: Any, django_capture_on_commi
         # Unknown addresses get the same answer and no mail.
         assert api.post("/api/v1/auth/password/reset", {"email": "x@nowhere.test"}, format="json").status_code == 202
     assert len(mail.outbox) == 1 and mail.outbox[0].to == ["alice@acme.test"]
-    uid, token = re.search(r"/accounts/reset/([^/]+)/([^/]+)/", mail.outbox[0].body).groups()  # type: ignore[union-attr]
+    uid, token = re.search(r"/accounts/password-reset/([^/]+)/([^/]+)/", mail.outbox[0].body).groups()  # type: ignore[union-attr]
     assert actions.user_for_reset(uid, token) == alice
     weak = api.post(
         "/api/v1/auth/password/reset/confirm", {"uid": uid, "token": token, "new_password": "1"}, format="json"

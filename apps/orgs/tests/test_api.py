@@ -105,6 +105,14 @@ def test_member_removal_rules(org: Any, alice: Any, bob: Any, dave: Any, mia: An
     assert last.status_code == 409 and last.data["error"]["code"] == "last_owner"
 
 
+def test_a_key_cannot_make_its_creator_leave(org: Any, alice: Any, bob: Any) -> None:
+    _, plaintext = issue_api_key(bob, org, scopes=["org:read"])
+    bobs = Membership.objects.for_org(org).get(user=bob)
+    response = key_client(plaintext).delete(f"/api/v1/members/{bobs.pk}")
+    assert response.status_code == 403 and response.data["error"]["code"] == "missing_scope"
+    assert Membership.objects.for_org(org).filter(user=bob).exists()
+
+
 # --- Invitations -------------------------------------------------------------------------------------------------
 
 
