@@ -79,6 +79,7 @@ SETTINGS_TABLE: tuple[Setting, ...] = (
         "(empty: single process)",
         "Empty directory for prometheus_client's multiprocess mode (gunicorn workers, prefork Celery children).",
     ),
+    Setting("HERMES_BACKUP_DIR", "path", "var/backups", "Where `manage.py backup` writes dumps and manifests."),
     Setting("OTEL_EXPORTER_OTLP_ENDPOINT", "url", "(empty)", "OTLP/HTTP endpoint; tracing export is off when empty."),
     Setting("OTEL_SERVICE_NAME", "str", "hermes", "Service name on exported traces."),
     Setting(
@@ -116,6 +117,30 @@ SETTINGS_TABLE: tuple[Setting, ...] = (
     Setting("HERMES_FEDERATION_SWEEP_INTERVAL", "float", "10", "Seconds between outbox sweeps (Celery beat)."),
     Setting("HERMES_FIELD_KEY", "str", "(derived from SECRET_KEY)", "Key for encrypting secrets at rest (Fernet)."),
     Setting("HERMES_MAX_TASK_INPUT_BYTES", "int", "262144", "Largest accepted task input; bigger is HTTP 413."),
+    Setting("HERMES_TASK_DEADLINE_SECONDS", "int", "3600", "Default task deadline; the sweeper fails tasks past it."),
+    Setting("HERMES_TASK_HEARTBEAT_SECONDS", "float", "5", "How often a worker stamps the task it runs."),
+    Setting(
+        "HERMES_TASK_STALE_SECONDS", "float", "30", "A claimed task without a heartbeat this long is re-dispatched."
+    ),
+    Setting(
+        "HERMES_TASK_REDISPATCH_SECONDS",
+        "float",
+        "60",
+        "A queued task no worker claimed this long after it was due is re-dispatched (lost message).",
+    ),
+    Setting("HERMES_TASK_MAX_ATTEMPTS", "int", "5", "Runs per task before transport errors fail it."),
+    Setting(
+        "HERMES_TASK_RETRY_BASE_SECONDS", "float", "2", "Backoff base after a transport error (doubles, jittered)."
+    ),
+    Setting("HERMES_TASK_RETRY_MAX_SECONDS", "float", "60", "Backoff ceiling after transport errors."),
+    Setting("HERMES_TASK_POLL_SECONDS", "float", "1", "GetTask polling interval for agents that do not stream."),
+    Setting("HERMES_TASK_SWEEP_SECONDS", "float", "15", "How often beat runs the task sweeper."),
+    Setting(
+        "HERMES_SSE_MAX_SECONDS", "float", "55", "Lifetime of one SSE response; clients resume with Last-Event-ID."
+    ),
+    Setting("HERMES_SSE_POLL_SECONDS", "float", "0.25", "How often an SSE stream looks for new events."),
+    Setting("HERMES_WS_RESYNC_SECONDS", "float", "5", "How often a task websocket checks the DB for missed events."),
+    Setting("CELERY_TASK_DEFAULT_QUEUE", "str", "celery", "Queue (RabbitMQ/Redis) Hermes' jobs are sent to."),
     Setting(
         "HERMES_FEATURE_TRACING", "bool", "true", "OpenTelemetry instrumentation (export still needs the endpoint)."
     ),

@@ -144,10 +144,16 @@ CELERY_RESULT_BACKEND = None
 CELERY_TASK_ACKS_LATE = True
 CELERY_TASK_REJECT_ON_WORKER_LOST = True
 CELERY_WORKER_PREFETCH_MULTIPLIER = 1
+# Celery's Django fixup otherwise closes every database connection before and after each job, so each job pays a
+# new Postgres connection (a backend process) — the largest fixed cost of short jobs such as federation deliveries.
+# CONN_MAX_AGE and CONN_HEALTH_CHECKS already retire stale connections; this only stops the per-job churn.
+CELERY_DB_REUSE_MAX = 1000
 CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
 CELERY_BROKER_TRANSPORT_OPTIONS = {"visibility_timeout": 3600, "socket_connect_timeout": 2}
 CELERY_TASK_SERIALIZER = "json"
 CELERY_ACCEPT_CONTENT = ["json"]
+CELERY_TASK_DEFAULT_QUEUE = env.str("CELERY_TASK_DEFAULT_QUEUE", default="celery")
+HERMES_TASK_SWEEP_SECONDS = env.float("HERMES_TASK_SWEEP_SECONDS", default=15.0)
 CELERY_BEAT_SCHEDULE: dict[str, dict[str, Any]] = {
     "ops-heartbeat": {"task": "apps.ops.tasks.beat_heartbeat", "schedule": timedelta(seconds=15)},
     "core-purge-idempotency": {"task": "apps.core.tasks.purge_idempotency_records", "schedule": timedelta(hours=1)},
@@ -156,6 +162,11 @@ CELERY_BEAT_SCHEDULE: dict[str, dict[str, Any]] = {
     "federation-sweep-outbox": {
         "task": "apps.federation.tasks.sweep_outbox",
         "schedule": timedelta(seconds=env.float("HERMES_FEDERATION_SWEEP_INTERVAL", default=10.0)),
+    },
+    # Re-dispatches tasks whose worker died or whose message was lost; fails tasks past their deadline.
+    "tasks-sweeper": {
+        "task": "apps.tasks.tasks.sweep_tasks",
+        "schedule": timedelta(seconds=HERMES_TASK_SWEEP_SECONDS),
     },
 }
 
@@ -249,10 +260,22 @@ HERMES_FEDERATION_SWEEP_INTERVAL = env.float("HERMES_FEDERATION_SWEEP_INTERVAL",
 HERMES_MAX_TASK_INPUT_BYTES = env.int("HERMES_MAX_TASK_INPUT_BYTES", default=256 * 1024)
 HERMES_DEMO_FLAKY_FAILURE_RATE = env.float("HERMES_DEMO_FLAKY_FAILURE_RATE", default=0.3)
 HERMES_DEMO_FLAKY_SEED = env.str("HERMES_DEMO_FLAKY_SEED", default="")
+HERMES_TASK_DEADLINE_SECONDS = env.int("HERMES_TASK_DEADLINE_SECONDS", default=3600)
+HERMES_TASK_HEARTBEAT_SECONDS = env.float("HERMES_TASK_HEARTBEAT_SECONDS", default=5.0)
+HERMES_TASK_STALE_SECONDS = env.float("HERMES_TASK_STALE_SECONDS", default=30.0)
+HERMES_TASK_REDISPATCH_SECONDS = env.float("HERMES_TASK_REDISPATCH_SECONDS", default=60.0)
+HERMES_TASK_MAX_ATTEMPTS = env.int("HERMES_TASK_MAX_ATTEMPTS", default=5)
+HERMES_TASK_RETRY_BASE_SECONDS = env.float("HERMES_TASK_RETRY_BASE_SECONDS", default=2.0)
+HERMES_TASK_RETRY_MAX_SECONDS = env.float("HERMES_TASK_RETRY_MAX_SECONDS", default=60.0)
+HERMES_TASK_POLL_SECONDS = env.float("HERMES_TASK_POLL_SECONDS", default=1.0)
+HERMES_SSE_MAX_SECONDS = env.float("HERMES_SSE_MAX_SECONDS", default=55.0)
+HERMES_SSE_POLL_SECONDS = env.float("HERMES_SSE_POLL_SECONDS", default=0.25)
+HERMES_WS_RESYNC_SECONDS = env.float("HERMES_WS_RESYNC_SECONDS", default=5.0)
 METRICS_TOKEN = env.str("METRICS_TOKEN", default="")
 METRICS_ALLOWED_IPS: list[str] = env.list("METRICS_ALLOWED_IPS", default=["127.0.0.1", "::1"])
 CELERY_WORKER_METRICS_PORT = env.int("CELERY_WORKER_METRICS_PORT", default=0)
 CELERY_WORKER_METRICS_HOST = env.str("CELERY_WORKER_METRICS_HOST", default="127.0.0.1")
+HERMES_BACKUP_DIR = env.path("HERMES_BACKUP_DIR", default=str(BASE_DIR / "var" / "backups"))
 HEALTH_STALE_AFTER = env.int("HEALTH_STALE_AFTER", default=60)
 OTEL_EXPORTER_OTLP_ENDPOINT = env.str("OTEL_EXPORTER_OTLP_ENDPOINT", default="")
 OTEL_SERVICE_NAME = env.str("OTEL_SERVICE_NAME", default="hermes")

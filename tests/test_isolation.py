@@ -29,6 +29,9 @@ import pytest
 from django.urls import URLPattern, URLResolver, get_resolver, reverse
 from rest_framework.test import APIClient
 
+from apps.federation.actions import audit as fed_audit
+from apps.federation.actions import create_contact, request_remote_task, send_message, set_policy
+from apps.federation.models import InboxEntry, Outbox, OutboxStatus
 from apps.orgs.actions import invite_member
 from apps.orgs.models import Membership
 from tests.factories import access_for, issue_api_key, key_client
@@ -53,7 +56,7 @@ class Detail:
 @dataclass(frozen=True)
 class Listing:
     make: Make
-    column: str = "id"  # a dotted path for nested rows, e.g. "message.id"
+    column: str = "id"
     value: Callable[[Any], Any] = _pk
 
 
@@ -78,78 +81,51 @@ def _org(org: Any, owner: Any) -> Any:
     return org
 
 
-# --- federation -------------------------------------------------------------------------------------------------
-
-
-def _berlin() -> Any:
-    from apps.federation import actions as federation
-    from apps.federation.models import Peer
-
-    peer = Peer.objects.filter(name="berlin").first()
-    if peer is None:
-        peer = federation.create_peer(name="berlin", base_url="http://127.0.0.1:9", local_name="paris")
-        federation.add_key(peer, secret=b"k" * 32)
-    return peer
-
-
-def _contact(org: Any, owner: Any) -> Any:
-    from apps.federation import actions as federation
-
-    return federation.create_contact(org=org, name="Initech", address="initech@berlin")
-
-
-def _policy(org: Any, owner: Any) -> Any:
-    from apps.federation import actions as federation
-
-    return federation.set_policy(org=org, remote="rome", effect="deny")
-
-
-def _message(org: Any, owner: Any) -> Any:
-    from apps.federation import actions as federation
-
-    _berlin()
-    federation.set_policy(org=org, remote="*@berlin", effect="allow")
-    return federation.send_message(org=org, recipient="initech@berlin", payload={"isolation": True})
-
-
-def _dead_letter(org: Any, owner: Any) -> Any:
-    from tests.federation.test_api import kill
-
-    return kill(_message(org, owner)).message
-
-
-def _inbox_entry(org: Any, owner: Any) -> Any:
-    from apps.federation.models import InboxEntry
-
-    return InboxEntry.objects.create(
-        organization=org,
-        peer=_berlin(),
-        message_id=uuid.uuid4(),
-        sender="initech@berlin",
-        type="message",
-        payload={},
-        receipt={"status": "accepted"},
-    )
-
-
-def _remote_task(org: Any, owner: Any) -> Any:
-    from apps.federation.models import RemoteTask
-
-    return RemoteTask.objects.create(
-        organization=org, request=_message(org, owner), agent_address="initech/echo@berlin", state="requested"
-    )
-
-
-def _federation_audit(org: Any, owner: Any) -> Any:
-    from apps.federation.models import FederationAuditEvent
-
-    return FederationAuditEvent.objects.create(organization=org, event="accepted", reason="isolation test")
-
-
 def _agent(org: Any, owner: Any) -> Any:
     from apps.agents.actions import register_agent_manually
 
     return register_agent_manually(org=org, name=f"Agent of {org.slug}", url=f"https://{org.slug}.example.com/a2a")
+
+
+def _fed_allow_self(org: Any) -> None:
+    set_policy(org=org, remote="*", effect="allow")
+
+
+def _fed_contact(org: Any, owner: Any) -> Any:
+    return create_contact(org=org, name="Contact", address=f"someone@peer-of-{org.slug}")
+
+
+def _fed_policy(org: Any, owner: Any) -> Any:
+    return set_policy(org=org, remote=f"*@peer-of-{org.slug}", effect="deny")
+
+
+def _fed_message(org: Any, owner: Any) -> Any:
+    _fed_allow_self(org)
+    return send_message(org=org, recipient=org.slug, payload={"hello": org.slug})
+
+
+def _fed_dead_letter(org: Any, owner: Any) -> Any:
+    message = _fed_message(org, owner)
+    Outbox.objects.for_org(org).filter(message=message).update(status=OutboxStatus.DEAD)
+    return Outbox.objects.for_org(org).get(message=message)
+
+
+def _fed_inbox_entry(org: Any, owner: Any) -> Any:
+    return InboxEntry.objects.create(
+        organization=org, message_id=uuid.uuid4(), sender="someone", type="message", payload={}, receipt={}
+    )
+
+
+def _fed_audit_event(org: Any, owner: Any) -> Any:
+    return fed_audit("accepted", org=org, reason=f"isolation probe for {org.slug}")
+
+
+def _fed_remote_task(org: Any, owner: Any) -> Any:
+    _fed_allow_self(org)
+    return request_remote_task(org=org, agent=f"echo.{org.slug}", message={"role": "user", "parts": [{"text": "x"}]})
+
+
+_FED_PEERS = Exempt("peers and link keys are instance-wide (no org owns them); writes need staff")
 
 
 ISOLATION: dict[str, Detail | Listing | Exempt] = {
@@ -157,6 +133,8 @@ ISOLATION: dict[str, Detail | Listing | Exempt] = {
     "health-live": Exempt("liveness probe: no data"),
     "health-ready": Exempt("readiness probe: dependency status, no org data"),
     "health": Exempt("operator health breakdown: infrastructure status, no org data"),
+    "ops-ping": Exempt("operator egress diagnostic (metrics token); no org data"),
+    "ops-ping-detail": Exempt("operator egress diagnostic result; no org data"),
     # API docs
     "api-schema": Exempt("the OpenAPI document: no data"),
     "api-docs": Exempt("the interactive docs page: no data"),
@@ -180,33 +158,6 @@ ISOLATION: dict[str, Detail | Listing | Exempt] = {
     "api-key-rotate": Detail(_api_key),
     "api-key-revoke": Detail(_api_key),
     "usage": Exempt("reads the caller's current org only; no id in the URL"),
-    # ops (operators: METRICS_TOKEN or an allowed address, never an org)
-    "ops-ping": Exempt("operator egress probe: no org data"),
-    "ops-ping-detail": Exempt("operator egress probe result (cache, by random id): no org data"),
-    # federation
-    "federation-inbox": Exempt("peer-to-peer delivery authenticated by the link signature; addresses no org row"),
-    "federation-peer-list": Exempt("peers are instance-wide (readable by every org, changed only by staff)"),
-    "federation-peer-detail": Exempt("peers are instance-wide (readable by every org, changed only by staff)"),
-    "federation-peer-add-key": Exempt("staff-only key rotation of an instance-wide peer"),
-    "federation-peer-promote-key": Exempt("staff-only key rotation of an instance-wide peer"),
-    "federation-peer-retire-key": Exempt("staff-only key rotation of an instance-wide peer"),
-    "federation-contact-list": Listing(_contact),
-    "federation-contact-detail": Detail(_contact),
-    "federation-policy-list": Listing(_policy),
-    "federation-policy-detail": Detail(_policy),
-    "federation-message-list": Listing(_message),
-    "federation-message-detail": Detail(_message),
-    "federation-dlq-list": Listing(_dead_letter, column="message.id"),
-    "federation-dlq-detail": Detail(_dead_letter, lookup=lambda m: {"message_id": m.id}),
-    "federation-dlq-discard": Detail(_dead_letter, lookup=lambda m: {"message_id": m.id}),
-    "federation-dlq-requeue": Detail(_dead_letter, lookup=lambda m: {"message_id": m.id}),
-    "federation-dlq-discard-many": Exempt("ids in the body are resolved in the caller's org (tests/federation)"),
-    "federation-dlq-requeue-many": Exempt("ids in the body are resolved in the caller's org (tests/federation)"),
-    "federation-inbox-entry-list": Listing(_inbox_entry),
-    "federation-inbox-entry-detail": Detail(_inbox_entry),
-    "federation-audit-list": Listing(_federation_audit),
-    "federation-remote-task-list": Listing(_remote_task),
-    "federation-remote-task-detail": Detail(_remote_task),
     # agents
     "agent-list": Listing(_agent, value=lambda agent: str(agent.pk)),
     "agent-detail": Detail(_agent),
@@ -215,6 +166,32 @@ ISOLATION: dict[str, Detail | Listing | Exempt] = {
     "agent-marketplace": Exempt(
         "lists PUBLIC agents of every org by design; private ones never appear (tests/agents/test_api.py)"
     ),
+    # federation
+    "federation-inbox": Exempt(
+        "peer-facing: authenticated by the link signature; the path names a link, no org object"
+    ),
+    "federation-peer-list": _FED_PEERS,
+    "federation-peer-detail": _FED_PEERS,
+    "federation-peer-add-key": _FED_PEERS,
+    "federation-peer-promote-key": _FED_PEERS,
+    "federation-peer-retire-key": _FED_PEERS,
+    "federation-contact-list": Listing(_fed_contact),
+    "federation-contact-detail": Detail(_fed_contact),
+    "federation-policy-list": Listing(_fed_policy),
+    "federation-policy-detail": Detail(_fed_policy),
+    "federation-message-list": Listing(_fed_message, value=lambda m: str(m.pk)),
+    "federation-message-detail": Detail(_fed_message),
+    "federation-dlq-list": Listing(_fed_dead_letter, column="message_id", value=lambda o: str(o.message_id)),
+    "federation-dlq-detail": Detail(_fed_dead_letter, lookup=lambda o: {"message_id": str(o.message_id)}),
+    "federation-dlq-requeue": Detail(_fed_dead_letter, lookup=lambda o: {"message_id": str(o.message_id)}),
+    "federation-dlq-discard": Detail(_fed_dead_letter, lookup=lambda o: {"message_id": str(o.message_id)}),
+    "federation-dlq-requeue-many": Exempt("bulk: ids in the body resolve inside the caller's org (test_api.py)"),
+    "federation-dlq-discard-many": Exempt("bulk: ids in the body resolve inside the caller's org (test_api.py)"),
+    "federation-inbox-entry-list": Listing(_fed_inbox_entry),
+    "federation-inbox-entry-detail": Detail(_fed_inbox_entry),
+    "federation-audit-list": Listing(_fed_audit_event),
+    "federation-remote-task-list": Listing(_fed_remote_task, value=lambda t: str(t.pk)),
+    "federation-remote-task-detail": Detail(_fed_remote_task),
 }
 
 
@@ -274,17 +251,7 @@ def test_every_api_route_has_isolation_coverage() -> None:
 
 
 def _missing(value: Any) -> Any:
-    if isinstance(value, int):
-        return 2**31 - 1
-    if isinstance(value, uuid.UUID):
-        return uuid.uuid4()
-    return "no-such-object"
-
-
-def _dig(row: dict[str, Any], path: str) -> Any:
-    for part in path.split("."):
-        row = row.get(part) if isinstance(row, dict) else None  # type: ignore[assignment]
-    return row
+    return 2**31 - 1 if isinstance(value, int) else "no-such-object"
 
 
 @pytest.fixture
@@ -335,7 +302,7 @@ def test_another_orgs_objects_are_not_listed(
         assert response.status_code == 200, (via, url, response.status_code, response.content[:300])
         body = response.json()
         rows = body["results"] if isinstance(body, dict) and "results" in body else body
-        values = {str(_dig(row, case.column)) for row in rows}  # as JSON shows them (UUIDs are strings)
+        values = {row.get(case.column) for row in rows}
         # Our own object is listed (so an empty list cannot pass for isolation); theirs is not.
-        assert str(case.value(mine)) in values, (via, url, values)
-        assert str(case.value(target)) not in values, (via, url)
+        assert case.value(mine) in values, (via, url, values)
+        assert case.value(target) not in values, (via, url)

@@ -22,7 +22,12 @@ from apps.core.context import FIELDS, get_context
 NOISY_LOGGERS = ("hermes.probes", "hermes.ws.heartbeat", "hermes.sweeper")
 
 # Attributes every LogRecord has; anything else on a record came from `extra=` or the context filter.
-_RECORD_ATTRS = frozenset(vars(logging.LogRecord("", 0, "", 0, "", (), None))) | {"message", "asctime", "taskName"}
+_RECORD_ATTRS = frozenset(vars(logging.LogRecord("", 0, "", 0, "", (), None))) | {
+    "message",
+    "asctime",
+    "taskName",
+    "_hermes_sampled",
+}
 
 
 class ContextFilter(logging.Filter):
@@ -87,9 +92,15 @@ class SampleFilter(logging.Filter):
     def filter(self, record: logging.LogRecord) -> bool:
         if record.levelno >= logging.WARNING:
             return True
+        # dictConfig appends filters when logging is configured again in the same process, so a logger can carry
+        # two samplers: the first decision is the record's decision.
+        decided = getattr(record, "_hermes_sampled", None)
+        if decided is not None:
+            return bool(decided)
         with self._lock:
             self._credit += self.rate
-            if self._credit >= 1.0:
+            keep = self._credit >= 1.0
+            if keep:
                 self._credit -= 1.0
-                return True
-            return False
+        record._hermes_sampled = keep
+        return keep

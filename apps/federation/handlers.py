@@ -9,7 +9,7 @@ from datetime import timedelta
 from django.db import transaction
 from django.utils import timezone
 
-from apps.federation.models import InboxEntry, MessageType
+from apps.federation.models import InboxEntry
 
 logger = logging.getLogger(__name__)
 
@@ -66,6 +66,5 @@ def redrive_unhandled(limit: int = 500) -> int:
     return len(ids)
 
 
-@register(MessageType.MESSAGE)
-def _plain_message(entry: InboxEntry) -> None:
-    """A plain message is delivered by being stored: the org reads it from its inbox."""
+def has_handler(message_type: str) -> bool:
+    return message_type in HANDLERS

@@ -16,6 +16,7 @@ from apps.core.metrics import FEDERATION_INBOUND
 from apps.federation import policy
 from apps.federation.actions import audit
 from apps.federation.addresses import Address, InvalidAddress
+from apps.federation.handlers import has_handler
 from apps.federation.models import AuditEvent, InboxEntry, Message, MessageType, Peer
 from apps.orgs.models import Organization
 
@@ -150,10 +151,13 @@ def receive(*, peer: Peer | None, message_id: str, data: Any) -> InboundResult:
                 payload=envelope.payload,
                 correlation_id=envelope.correlation_id,
                 receipt=receipt,
+                # A type without a handler (a plain message) is delivered by being stored: no job to run.
+                handled_at=None if has_handler(envelope.type) else timezone.now(),
             )
             audit(AuditEvent.ACCEPTED, org=org, peer=peer, message_id=envelope.id, reason=f"from {envelope.sender}")
-            entry_id = entry.pk
-            transaction.on_commit(lambda: _dispatch(entry_id))
+            if entry.handled_at is None:
+                entry_id = entry.pk
+                transaction.on_commit(lambda: _dispatch(entry_id))
     except IntegrityError:
         # The same message arrived twice at once (a retry racing a slow first attempt): the loser is a duplicate.
         existing = _existing(peer, envelope.id)

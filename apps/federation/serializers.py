@@ -128,7 +128,7 @@ class DeadLetterSerializer(serializers.ModelSerializer):
 
     class Meta:
         model = Outbox
-        fields = (*OutboxSerializer.Meta.fields, "message", "attempt_log")
+        fields = ("message_id", *OutboxSerializer.Meta.fields, "message", "attempt_log")
 
 
 class BulkIdsSerializer(serializers.Serializer):

@@ -20,8 +20,29 @@ def register(page: Any, email: str, password: str = "a-long-secret-42") -> None:
     page.wait_for_url("**/orgs/new/")
 
 
-def test_register_and_create_an_org(page: Any, screenshot: Any) -> None:
+# Every visible form control has an accessible name, every image an alt text, and the page one <main> and <h1>.
+A11Y_CHECK = """() => {
+  const problems = [];
+  for (const el of document.querySelectorAll('input:not([type=hidden]), select, textarea')) {
+    const labelled = (el.labels && el.labels.length)
+      || el.getAttribute('aria-label') || el.getAttribute('aria-labelledby');
+    if (!labelled) problems.push('unlabelled ' + el.outerHTML.slice(0, 80));
+  }
+  for (const img of document.querySelectorAll('img:not([alt])')) problems.push('img without alt ' + img.src);
+  if (document.querySelectorAll('main').length !== 1) problems.push('main landmark count');
+  if (document.querySelectorAll('h1').length !== 1) problems.push('h1 count ' + document.querySelectorAll('h1').length);
+  return problems;
+}"""
+
+
+def assert_accessible(page: Any) -> None:
+    problems = page.evaluate(A11Y_CHECK)
+    assert not problems, f"{page.url}: {problems}"
+
+
+def test_new_user_from_sign_up_to_an_agent(page: Any, screenshot: Any, hermes_server: Any) -> None:
     page.goto("/accounts/register/")
+    assert_accessible(page)
     screenshot(page, "register")
     page.get_by_role("button", name="Create account").click()
     assert page.locator(".errorlist").first.is_visible()  # an empty form explains itself
@@ -32,7 +53,34 @@ def test_register_and_create_an_org(page: Any, screenshot: Any) -> None:
     page.wait_for_url("**/")
     assert page.get_by_role("heading", name="Erin Labs").is_visible()
     assert "Organization Erin Labs created" in page.locator("#messages").inner_text()
+    assert_accessible(page)
     screenshot(page, "dashboard")
+
+    # An API key, shown once.
+    page.get_by_role("link", name="Create an API key").click()
+    page.get_by_label("Name").fill("erin-script")
+    for scope in ("agents:read", "tasks:read", "tasks:write"):
+        page.get_by_label(scope, exact=False).check()
+    page.get_by_role("button", name="Create key").click()
+    plaintext = page.locator("[data-plaintext-key]").inner_text()
+    assert plaintext.startswith("hrm_")
+    assert_accessible(page)
+
+    # An agent, registered by its URL after previewing its card.
+    page.get_by_role("link", name="Agents", exact=True).click()
+    page.get_by_role("link", name="Register an agent").click()
+    page.get_by_label("Agent URL").fill(hermes_server.url("/demo-agents/echo/"))
+    page.get_by_role("button", name="Preview the card").click()
+    page.locator("#preview [data-card-name]").wait_for()
+    assert_accessible(page)
+    page.get_by_role("button", name="Register this agent").click()
+    page.wait_for_url(re.compile(r"/agents/[0-9a-f-]{36}/$"))
+    assert_accessible(page)
+
+    # The same page on a phone-sized screen stays usable (no horizontal overflow of the layout).
+    page.set_viewport_size({"width": 390, "height": 844})
+    assert page.evaluate("document.documentElement.scrollWidth <= window.innerWidth + 1")
+    screenshot(page, "agent-detail-mobile")
 
 
 def sign_in(page: Any, email: str, password: str = "correct-horse-battery") -> None:

@@ -63,6 +63,7 @@ class Instance:
         self.workdir = workdir / name
         self.workdir.mkdir(parents=True, exist_ok=True)
         self.redis_url, self.redis_proc = start_redis(directory=self.workdir / "redis")
+        self.worker_metrics_port = _free_port()
         self.env = {
             "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
             "HOME": os.environ.get("HOME", "/tmp"),
@@ -75,6 +76,9 @@ class Instance:
             "HERMES_SSRF_ALLOWLIST": "127.0.0.1,localhost",
             "LOG_LEVEL": "WARNING",
             "LOG_FORMAT": "console",
+            # The worker serves its own Prometheus metrics (apps/ops): retries and deliveries are counted there.
+            "CELERY_WORKER_METRICS_PORT": str(self.worker_metrics_port),
+            "METRICS_TOKEN": "cluster-metrics",
             **FAST_RETRIES,
             **(extra_env or {}),
         }
@@ -98,13 +102,22 @@ class Instance:
         self.procs.append(proc)
         return proc
 
-    def start(self, *, web_workers: int = 1) -> None:
-        self.spawn(
-            "-m", "gunicorn", "hermes_site.wsgi:application",
-            "--bind", f"127.0.0.1:{self.port}", "--workers", str(web_workers), "--threads", "8",
-            "--worker-class", "gthread", "--graceful-timeout", "5",
-            log="web.log",
-        )  # fmt: skip
+    def start(self, *, web_workers: int = 1, asgi: bool = False) -> None:
+        """gunicorn (WSGI), as production serves HTTP; or uvicorn (ASGI) when the instance must also serve the
+        built-in demo agents (they are an ASGI app mounted by hermes_site.asgi)."""
+        if asgi:
+            self.spawn(
+                "-m", "uvicorn", "hermes_site.asgi:application", "--host", "127.0.0.1", "--port", str(self.port),
+                "--log-level", "warning",
+                log="web.log",
+            )  # fmt: skip
+        else:
+            self.spawn(
+                "-m", "gunicorn", "hermes_site.wsgi:application",
+                "--bind", f"127.0.0.1:{self.port}", "--workers", str(web_workers), "--threads", "8",
+                "--worker-class", "gthread", "--graceful-timeout", "5",
+                log="web.log",
+            )  # fmt: skip
         self.start_worker()
         wait_for(lambda: self._live(), 60, f"{self.name} web")
 
@@ -122,6 +135,19 @@ class Instance:
             return httpx.get(f"{self.url}/api/v1/health/live", timeout=1).status_code == 200
         except httpx.HTTPError:
             return False
+
+    def metric(self, name: str, labels: dict[str, str] | None = None, *, worker: bool = True) -> float:
+        """A sample from the worker's exporter (or the web process's /metrics); 0 when absent."""
+        url = f"http://127.0.0.1:{self.worker_metrics_port}/metrics" if worker else f"{self.url}/metrics"
+        text = httpx.get(url, headers={"Authorization": "Bearer cluster-metrics"}, timeout=5).text
+        from prometheus_client.parser import text_string_to_metric_families
+
+        total = 0.0
+        for family in text_string_to_metric_families(text):
+            for sample in family.samples:
+                if sample.name == name and all(sample.labels.get(k) == v for k, v in (labels or {}).items()):
+                    total += sample.value
+        return total
 
     def stop(self) -> None:
         for proc in self.procs:

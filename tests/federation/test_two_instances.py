@@ -12,7 +12,7 @@ import sys
 import time
 import uuid
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -36,8 +36,8 @@ class Pair:
     paris: Instance
     berlin: Instance
     proxy: ChaosProxy
+    api_key: str = ""
     secret: str = S1
-    seen: list[Any] = field(default_factory=list)
 
     def send(self, count: int, *, sender: Instance | None = None, recipient: str = "globex@berlin") -> list[str]:
         sender = sender or self.paris
@@ -58,12 +58,14 @@ def pair(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Pair]:
         seeds = {
             paris: {
                 "orgs": ["acme"],
+                "api_keys": ["acme"],
                 "peers": [{"name": "berlin", "base_url": f"http://127.0.0.1:{proxy.port}", "local_name": "paris",
                            "secret": S1}],
                 "policies": [{"org": "acme", "remote": "*@berlin", "effect": "allow"}],
             },
             berlin: {
                 "orgs": ["globex"],
+                "demo_agents": ["globex"],
                 "peers": [{"name": "paris", "base_url": paris.url, "local_name": "berlin", "secret": S1}],
                 "policies": [{"org": "globex", "remote": "*@paris", "effect": "allow"}],
             },
@@ -73,13 +75,16 @@ def pair(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Pair]:
                 [sys.executable, "-m", "tests.federation.seed_instance", json.dumps(spec)],
                 cwd=BASE_DIR,
                 env=instance.env,
+                stdout=subprocess.PIPE,
+                text=True,
             )
             for instance, spec in seeds.items()
         ]
-        assert all(p.wait(120) == 0 for p in seeders)
+        outputs = [p.communicate(timeout=120)[0] for p in seeders]
+        assert all(p.returncode == 0 for p in seeders), outputs
         paris.start()
-        berlin.start()
-        yield Pair(paris, berlin, proxy)
+        berlin.start(asgi=True)  # berlin also serves its demo agents (the executor of cross-org tasks)
+        yield Pair(paris, berlin, proxy, api_key=json.loads(outputs[0].splitlines()[-1])["api_keys"]["acme"])
     finally:
         proxy.close()
         for instance in (paris, berlin):
@@ -144,6 +149,9 @@ def test_chaos_every_message_exactly_once_then_dlq_and_requeue(pair: Pair) -> No
     assert {a[1] for a in attempts if a[0] == "retry"} >= {500, 503}
     assert any(a[2].startswith("timeout") for a in attempts)
     assert len(pair.paris.audit("retried", before[0])) == len(attempts) - len(ids)
+    # ... and in the sending worker's metrics.
+    assert pair.paris.metric("hermes_federation_retries_total") >= len(attempts) - len(ids)
+    assert pair.paris.metric("hermes_federation_deliveries_total", {"outcome": "retry"}) >= len(attempts) - len(ids)
     # A receipt lost after berlin stored the message was answered, on retry, with the original receipt.
     assert pair.berlin.audit("duplicate", before[1])
 
@@ -152,6 +160,7 @@ def test_chaos_every_message_exactly_once_then_dlq_and_requeue(pair: Pair) -> No
     dead = pair.send(3)
     wait_for(lambda: delivered(pair.paris, dead, ("dead",)), 60, "dead letters")
     assert len(pair.berlin.audit("bad_signature", before[1])) >= 3
+    assert pair.paris.metric("hermes_federation_dead_letters", worker=False) == 3  # the DLQ gauge, at scrape time
     listing = pair.paris.manage("federation_dlq", "list")
     assert all(message_id in listing for message_id in dead) and "HTTP 401" in listing
     shown = pair.paris.manage("federation_dlq", "show", dead[0])
@@ -231,3 +240,73 @@ def test_stale_forged_and_replayed_requests_are_audited(pair: Pair) -> None:
     assert [r[1] for r in pair.berlin.audit("stale_timestamp", before)] == [stale_id]
     assert [r[1] for r in pair.berlin.audit("bad_signature", before)] == [forged_id]
     assert pair.berlin.inbox_counts([message_id, stale_id, forged_id]) == {message_id: 1}
+
+
+def _tasks_app_runs_tasks() -> bool:
+    try:
+        from apps.tasks.actions import create_task, task_event_recorded  # type: ignore[attr-defined]  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def _request_task(pair: Pair, agent: str, text: str) -> dict[str, Any]:
+    response = httpx.post(
+        f"{pair.paris.url}/api/v1/federation/remote-tasks",
+        json={"agent": agent, "message": {"role": "user", "parts": [{"kind": "text", "text": text}]}},
+        headers={"Authorization": f"Bearer {pair.api_key}", "Idempotency-Key": str(uuid.uuid4())},
+        timeout=10,
+    )
+    assert response.status_code == 202, response.text
+    return response.json()
+
+
+def _remote_task(pair: Pair, task_id: str) -> dict[str, Any]:
+    response = httpx.get(
+        f"{pair.paris.url}/api/v1/federation/remote-tasks/{task_id}",
+        headers={"Authorization": f"Bearer {pair.api_key}"},
+        timeout=10,
+    )
+    assert response.status_code == 200, response.text
+    return response.json()
+
+
+def test_task_request_for_an_unknown_agent_is_rejected_back_across_instances(pair: Pair) -> None:
+    pair.proxy.set("pass")
+    created = _request_task(pair, "nobody.globex@berlin", "hello")
+    final = wait_for(
+        lambda: (t := _remote_task(pair, created["id"]))["state"] == "rejected" and t,
+        60,
+        "the rejection to travel back",
+    )
+    assert "globex has no agent 'nobody'" in final["error"]
+    assert [(e["seq"], e["state"]) for e in final["events"]] == [(0, "rejected")]
+    # The result came back as a correlated reply, accepted by paris although acme has no rule for globex@berlin.
+    assert pair.paris.sql(
+        "SELECT sender, type FROM federation_inboxentry WHERE correlation_id = %s::uuid", (created["request_id"],)
+    ) == [("nobody.globex@berlin", "task_result")]
+
+
+@pytest.mark.skipif(
+    not _tasks_app_runs_tasks(), reason="apps.tasks (create_task, task_event_recorded) is not on main yet"
+)
+def test_cross_org_task_round_trip(pair: Pair) -> None:
+    """acme on paris asks globex's echo agent on berlin; berlin runs it as a real task; paris mirrors its timeline."""
+    pair.proxy.set("pass")
+    created = _request_task(pair, "demo-echo.globex@berlin", "hello across instances")
+    final = wait_for(
+        lambda: (t := _remote_task(pair, created["id"]))["state"] in ("completed", "failed", "rejected") and t,
+        90,
+        "the remote task to finish",
+    )
+    assert final["state"] == "completed", final
+    seqs = [e["seq"] for e in final["events"]]
+    assert seqs == sorted(seqs) and len(seqs) == len(set(seqs)) and seqs[0] == 1
+    assert final["events"][0]["data"]["to"] == "submitted"
+    assert "hello across instances" in json.dumps(final["events"])
+    # Berlin ran exactly one task for this request, linked to paris's request id.
+    linked = pair.berlin.sql(
+        "SELECT task_id, reply_to FROM federation_federatedtask WHERE correlation_id = %s::uuid",
+        (created["request_id"],),
+    )
+    assert len(linked) == 1 and linked[0][1] == "acme@paris" and final["remote_task_id"] == linked[0][0]

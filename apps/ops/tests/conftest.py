@@ -17,7 +17,6 @@ from django.conf import settings
 from django.db import connection
 
 from hermes_site.config import BASE_DIR
-from tests.conftest import alice, free_port, org  # noqa: F401  (tests/conftest.py is not visible under apps/)
 
 
 def database_url() -> str:

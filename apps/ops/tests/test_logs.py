@@ -185,14 +185,25 @@ def test_ping_endpoint_refuses_strangers_and_bad_input(client: Client) -> None:
 
 
 def test_sample_filter_keeps_the_configured_share() -> None:
+    def record() -> logging.LogRecord:
+        return logging.LogRecord("hermes.probes", logging.INFO, "", 0, "GET /api/v1/health/ready 200", (), None)
+
     sampler = SampleFilter(rate=0.25)
-    record = logging.LogRecord("hermes.probes", logging.INFO, "", 0, "GET /api/v1/health/ready 200", (), None)
-    kept = sum(sampler.filter(record) for _ in range(100))
+    kept = sum(sampler.filter(record()) for _ in range(100))
     assert kept == 25
     warning = logging.LogRecord("hermes.probes", logging.WARNING, "", 0, "slow", (), None)
     assert all(sampler.filter(warning) for _ in range(10))
+    # A logger configured twice carries two samplers: the first decision holds.
+    doubled = logging.Logger("doubled")
+    doubled.addFilter(SampleFilter(rate=0.5))
+    doubled.addFilter(SampleFilter(rate=0.5))
+    passed = 0
+    for _ in range(10):
+        probe = logging.LogRecord("doubled", logging.INFO, "", 0, "x", (), None)
+        passed += bool(doubled.filter(probe))
+    assert passed == 5
     silent = SampleFilter(rate=0.0)
-    assert sum(silent.filter(record) for _ in range(50)) == 1  # only the first, then silence
+    assert sum(silent.filter(record()) for _ in range(50)) == 1  # only the first, then silence
 
 
 @pytest.mark.django_db
@@ -208,7 +219,7 @@ def test_probe_requests_are_sampled_and_other_requests_are_not(
         client.get("/api/v1/nope")
     lines = json_lines()
     probe_lines = [r for r in lines if r["logger"] == "hermes.probes"]
-    assert 1 <= len(probe_lines) <= 3  # 150 probes at 1%
+    assert 1 <= len(probe_lines) <= 3, probe_lines  # 150 probes at 1%
     assert len([r for r in lines if r["logger"] == "hermes.request"]) == 5
 
 

@@ -1,0 +1,344 @@
+"""Every state change of tasks: create, cancel, continue, and what workers record while a task runs.
+
+Each function runs in one transaction that holds the task's row lock, appends TaskEvents with the next sequence
+numbers, and schedules side effects (Celery dispatch, channel-layer broadcast, the `task_event_recorded` signal)
+with `transaction.on_commit`, so nobody ever hears about a row that was rolled back.
+
+Callable without an HTTP request (federation creates tasks for peer orgs through `create_task`).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from datetime import timedelta
+from typing import Any
+
+from django.conf import settings
+from django.db import transaction
+from django.dispatch import Signal
+from django.utils import timezone
+
+from apps.core import audit
+from apps.core.metrics import TASK_DURATION, TASKS
+from apps.core.permissions import Access
+from apps.orgs import quotas
+from apps.tasks import broadcast
+from apps.tasks.models import (
+    INTERRUPTED_STATES,
+    TERMINAL_STATES,
+    EventKind,
+    Task,
+    TaskEvent,
+    TaskState,
+    check_transition,
+)
+
+logger = logging.getLogger(__name__)
+
+# Sent after commit, once per recorded event: kwargs `task` (the Task as of the commit) and `event` (TaskEvent).
+# Federation listens to report status back to the peer that sent the task.
+task_event_recorded = Signal()
+
+
+class TaskInputTooLarge(Exception):
+    def __init__(self, size: int, limit: int) -> None:
+        super().__init__(f"the task input is {size} bytes; the limit is {limit}")
+        self.size = size
+        self.limit = limit
+
+
+class TaskNotCancelable(Exception):
+    pass
+
+
+class TaskNotWaitingForInput(Exception):
+    pass
+
+
+class AgentNotUsable(Exception):
+    pass
+
+
+def input_size(message: dict[str, Any], metadata: dict[str, Any] | None = None) -> int:
+    """Bytes of the compact JSON Hermes stores and sends for this input."""
+    payload = {"message": message, "metadata": metadata or {}}
+    return len(json.dumps(payload, separators=(",", ":"), ensure_ascii=False).encode())
+
+
+def check_input_size(message: dict[str, Any], metadata: dict[str, Any] | None = None) -> None:
+    size = input_size(message, metadata)
+    limit = settings.HERMES_MAX_TASK_INPUT_BYTES
+    if size > limit:
+        raise TaskInputTooLarge(size, limit)
+
+
+@dataclass
+class _Pending:
+    """Events recorded in the current transaction, published together once it commits."""
+
+    task: Task
+    events: list[TaskEvent] = field(default_factory=list)
+    state_changed: bool = False
+
+
+def _lock(task: Task | Any) -> Task:
+    task_id = getattr(task, "pk", task)
+    return Task.objects.unscoped("locking a task already resolved by id").select_for_update().get(pk=task_id)
+
+
+def _append(pending: _Pending, kind: str, data: dict[str, Any]) -> TaskEvent:
+    # The caller holds the row lock, so last_seq + 1 is ours alone; the UniqueConstraint backs this up.
+    task = pending.task
+    task.last_seq += 1
+    event = TaskEvent(organization_id=task.organization_id, task=task, seq=task.last_seq, kind=kind, data=data)
+    pending.events.append(event)
+    return event
+
+
+def _move(pending: _Pending, target: str, **data: Any) -> None:
+    task = pending.task
+    check_transition(task.state, target)
+    now = timezone.now()
+    previous = task.state
+    task.state = target
+    if target == TaskState.WORKING and task.started_at is None:
+        task.started_at = now
+    if target in TERMINAL_STATES:
+        task.finished_at = now
+    if target in TERMINAL_STATES or target in INTERRUPTED_STATES:
+        # Nobody works on a finished task or one waiting for its caller: release the claim with the state.
+        task.claimed_by, task.claimed_at, task.next_attempt_at = "", None, None
+    pending.state_changed = True
+    _append(pending, EventKind.STATE, {"from": previous, "to": target, **{k: v for k, v in data.items() if v}})
+
+
+def _save(pending: _Pending, *fields: str) -> None:
+    task = pending.task
+    TaskEvent.objects.bulk_create(pending.events)
+    base = ["last_seq", "updated_at"] if pending.events else ["updated_at"]
+    if pending.state_changed:
+        base += ["state", "started_at", "finished_at", "claimed_by", "claimed_at", "next_attempt_at"]
+    task.save(update_fields=sorted({*base, *fields}))
+    if pending.events:
+        events = list(pending.events)
+        snapshot = task
+        transaction.on_commit(lambda: _after_commit(snapshot, events, pending.state_changed))
+
+
+def _after_commit(task: Task, events: list[TaskEvent], state_changed: bool) -> None:
+    if state_changed:
+        agent_label = str(task.agent_id)
+        TASKS.labels(state=task.state, agent=agent_label).inc()
+        if task.state in TERMINAL_STATES:
+            TASK_DURATION.labels(state=task.state, agent=agent_label).observe(
+                (task.finished_at or timezone.now()).timestamp() - task.created_at.timestamp()
+            )
+    broadcast.publish(task, events, state_changed=state_changed)
+    for event in events:
+        try:
+            task_event_recorded.send(sender=Task, task=task, event=event)
+        except Exception:  # a receiver's bug must not break the worker recording the timeline
+            logger.exception("task_event_recorded receiver failed for %s#%s", task.pk, event.seq)
+
+
+def _dispatch_after_commit(task: Task) -> None:
+    def send() -> None:
+        from apps.tasks.tasks import dispatch
+
+        dispatch(task.pk)
+
+    transaction.on_commit(send)
+
+
+# --- Public actions ------------------------------------------------------------------------------------------
+
+
+def create_task(
+    *,
+    org: Any,
+    agent: Any,
+    message: dict[str, Any],
+    metadata: dict[str, Any] | None = None,
+    access: Access | None = None,
+    created_by: Any = None,
+    deadline: timedelta | None = None,
+) -> Task:
+    """Accept a task for `agent` on behalf of `org` and enqueue it once committed.
+
+    `message` is a normalized A2A message ({"role": "user", "parts": [...]}). `access` (API/console) names who
+    sent it; callers without a request (federation) pass `created_by` or nothing. Raises AgentNotUsable,
+    TaskInputTooLarge or quotas.QuotaExceeded (429) before writing anything.
+    """
+    if not agent.is_usable_by(org):
+        raise AgentNotUsable(f"agent {agent.pk} is not usable by this organization")
+    metadata = metadata or {}
+    check_input_size(message, metadata)
+    deadline = deadline or timedelta(seconds=settings.HERMES_TASK_DEADLINE_SECONDS)
+    user = access.user if access is not None else created_by
+    now = timezone.now()
+    with transaction.atomic():
+        quotas.reserve_task(org)  # tasks per day; fails open when Redis is down
+        task = Task.objects.create(
+            organization_id=org.pk,
+            agent=agent,
+            input=message,
+            metadata=metadata,
+            created_by=user if getattr(user, "is_authenticated", False) else None,
+            api_key=access.api_key if access is not None else None,
+            deadline_at=now + deadline,
+            next_attempt_at=now,
+        )
+        audit.record("task.created", org=org, actor=user, access=access, target=task, agent_id=str(agent.pk))
+        pending = _Pending(task)
+        _append(pending, EventKind.STATE, {"from": None, "to": TaskState.SUBMITTED})
+        pending.state_changed = True
+        _append(pending, EventKind.MESSAGE, {"role": "user", **message})
+        _save(pending)
+        _dispatch_after_commit(task)
+    return task
+
+
+def cancel_task(task: Task, *, access: Access | None = None, reason: str = "canceled by the caller") -> Task:
+    """Cancel a task that has not finished.
+
+    A task no worker holds is canceled at once (and the agent's CancelTask is called by a job when the agent
+    knows the task). A task a worker is running gets `cancel_requested_at`: the worker calls CancelTask, stops
+    the stream and records `canceled` — the state the caller then sees on the timeline.
+    """
+    with transaction.atomic():
+        locked = _lock(task)
+        if locked.is_terminal:
+            raise TaskNotCancelable(f"the task is already {locked.state}")
+        audit.record("task.canceled", org=locked.organization_id, access=access, target=locked)
+        pending = _Pending(locked)
+        fields = ["cancel_requested_at"]
+        locked.cancel_requested_at = locked.cancel_requested_at or timezone.now()
+        if not locked.claimed_by:
+            _move(pending, TaskState.CANCELED, reason=reason)
+            if locked.remote_task_id:
+                remote_id = locked.remote_task_id
+
+                def cancel_remote() -> None:
+                    from apps.tasks.tasks import cancel_remote_task
+
+                    cancel_remote_task.delay(str(locked.pk), remote_id)
+
+                transaction.on_commit(cancel_remote)
+        _save(pending, *fields)
+    return locked
+
+
+def continue_task(task: Task, *, message: dict[str, Any], access: Access | None = None) -> Task:
+    """Deliver a follow-up message to a task waiting in input-required (or auth-required)."""
+    check_input_size(message)
+    with transaction.atomic():
+        locked = _lock(task)
+        if locked.state not in INTERRUPTED_STATES:
+            raise TaskNotWaitingForInput(f"the task is {locked.state}, not waiting for input")
+        audit.record("task.continued", org=locked.organization_id, access=access, target=locked)
+        pending = _Pending(locked)
+        _append(pending, EventKind.MESSAGE, {"role": "user", **message})
+        _move(pending, TaskState.WORKING, reason="follow-up message")
+        locked.pending_message = message
+        locked.next_attempt_at = timezone.now()
+        _save(pending, "pending_message", "next_attempt_at")
+        _dispatch_after_commit(locked)
+    return locked
+
+
+# --- Recording what the agent does (called by workers) ------------------------------------------------------
+
+
+@dataclass
+class Observation:
+    """One normalized thing an agent told us, ready to be recorded (built from the A2A client's updates)."""
+
+    kind: str  # EventKind value
+    data: dict[str, Any]
+    state: str | None = None  # the A2A state the agent reported, if any
+    remote_task_id: str = ""
+    remote_context_id: str = ""
+
+
+def record(task: Task | Any, observations: Iterable[Observation], *, worker: str = "") -> Task:
+    """Append the agent's updates to the timeline and apply any state it reported.
+
+    A state the task cannot move to (it was canceled or failed meanwhile, or the agent repeats itself) is not an
+    error here: the event is kept for the record and the row's state stays as it is.
+    """
+    with transaction.atomic():
+        locked = _lock(task)
+        pending = _Pending(locked)
+        fields: set[str] = set()
+        for obs in observations:
+            if obs.remote_task_id and obs.remote_task_id != locked.remote_task_id:
+                locked.remote_task_id = obs.remote_task_id
+                fields.add("remote_task_id")
+            if obs.remote_context_id and obs.remote_context_id != locked.remote_context_id:
+                locked.remote_context_id = obs.remote_context_id
+                fields.add("remote_context_id")
+            if obs.kind != EventKind.STATE:
+                _append(pending, obs.kind, obs.data)
+            if obs.state and obs.state != locked.state:
+                if obs.state in _allowed_from(locked.state):
+                    _move(pending, obs.state, **obs.data)
+                else:
+                    logger.debug("ignoring agent state %s for task %s in %s", obs.state, locked.pk, locked.state)
+            elif obs.kind == EventKind.STATE and obs.data.get("message"):
+                # Same state, but the agent said something with it (e.g. working + a status message).
+                _append(pending, EventKind.MESSAGE, obs.data["message"])
+        if worker and locked.claimed_by == worker:
+            locked.heartbeat_at = timezone.now()
+            fields.add("heartbeat_at")
+            if locked.pending_message is not None:
+                # The agent answered, so the follow-up was delivered: a re-dispatch must not send it again.
+                locked.pending_message = None
+                fields.add("pending_message")
+        _save(pending, *fields)
+    return locked
+
+
+def _allowed_from(state: str) -> frozenset[str]:
+    from apps.tasks.models import ALLOWED_TRANSITIONS
+
+    return ALLOWED_TRANSITIONS.get(state, frozenset())
+
+
+def finish(task: Task | Any, state: str, *, error: str = "", **data: Any) -> Task:
+    """Move a task to a terminal (or interrupted) state from a worker or the sweeper; no-op if already terminal."""
+    with transaction.atomic():
+        locked = _lock(task)
+        if locked.is_terminal:
+            return locked
+        pending = _Pending(locked)
+        fields = {"pending_message"}
+        if error:
+            locked.last_error = error[:4000]
+            fields.add("last_error")
+            data.setdefault("error", error[:1000])
+        locked.pending_message = None
+        _move(pending, state, **data)
+        _save(pending, *fields)
+    return locked
+
+
+def note_retry(task: Task | Any, *, reason: str, error: str, attempt: int, delay: float) -> Task:
+    """Record that a run will be retried (transport error, lost worker) and release the claim."""
+    with transaction.atomic():
+        locked = _lock(task)
+        if locked.is_terminal:
+            return locked
+        pending = _Pending(locked)
+        _append(
+            pending,
+            EventKind.RETRY,
+            {"reason": reason, "error": error[:1000], "attempt": attempt, "delay": round(delay, 3)},
+        )
+        locked.last_error = error[:4000]
+        locked.claimed_by, locked.claimed_at = "", None
+        locked.next_attempt_at = timezone.now() + timedelta(seconds=delay)
+        _save(pending, "last_error", "claimed_by", "claimed_at", "next_attempt_at")
+    return locked

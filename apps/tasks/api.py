@@ -1,0 +1,208 @@
+"""Tasks API: send tasks to agents, read them and their timelines, cancel, follow up, stream."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+from typing import Any
+
+from django.conf import settings
+from django.core.handlers.asgi import ASGIRequest
+from django.db.models import QuerySet
+from django.http import StreamingHttpResponse
+from drf_spectacular.utils import OpenApiParameter, extend_schema
+from rest_framework import mixins, renderers, status
+from rest_framework.decorators import action
+from rest_framework.request import Request
+from rest_framework.response import Response
+
+from apps.core.api import OrgScopedViewSet
+from apps.core.errors import Conflict, HermesAPIError
+from apps.core.idempotency import IdempotentCreateMixin
+from apps.tasks import actions, selectors
+from apps.tasks.models import Task
+from apps.tasks.serializers import (
+    STATUS_CHOICES,
+    FollowUpSerializer,
+    TaskCreateSerializer,
+    TaskEventSerializer,
+    TaskSerializer,
+)
+from apps.tasks.streams import TimelineCursor
+
+# Reject before parsing: a body this far over the input limit cannot hold an acceptable input.
+_BODY_SLACK = 16 * 1024
+
+
+class EventStreamRenderer(renderers.BaseRenderer):
+    """Lets `Accept: text/event-stream` through content negotiation; errors still render as JSON."""
+
+    media_type = "text/event-stream"
+    format = "sse"
+    charset = None
+
+    def render(self, data: Any, accepted_media_type: str | None = None, renderer_context: Any = None) -> bytes:
+        return renderers.JSONRenderer().render(data)
+
+
+def _non_negative_int(value: str | None, name: str) -> int:
+    if value in (None, ""):
+        return 0
+    try:
+        number = int(value)
+    except ValueError:
+        number = -1
+    if number < 0:
+        raise HermesAPIError(
+            f"'{name}' must be a non-negative integer.", code="invalid", details={name: ["A non-negative integer."]}
+        )
+    return number
+
+
+def _too_large(size: int, limit: int) -> HermesAPIError:
+    return HermesAPIError(
+        f"The task input is {size} bytes; the limit is {limit} bytes.",
+        code="input_too_large",
+        status_code=status.HTTP_413_REQUEST_ENTITY_TOO_LARGE,
+        details={"size": size, "limit": limit},
+    )
+
+
+class _SendTask:
+    """POST /tasks, below IdempotentCreateMixin in the MRO so a replayed Idempotency-Key never reaches it."""
+
+    org: Any
+    access: Any
+
+    @extend_schema(
+        request=TaskCreateSerializer,
+        responses={202: TaskSerializer},
+        description="Send a task to an agent. Needs `tasks:write`. 202 with the task; 404 for an unknown or "
+        "other-org agent; 413 when the input exceeds HERMES_MAX_TASK_INPUT_BYTES; 429 past the org's tasks per "
+        "day. An `Idempotency-Key` header makes a retried POST return the original task.",
+    )
+    def create(self, request: Request) -> Response:
+        limit = settings.HERMES_MAX_TASK_INPUT_BYTES
+        declared = int(request.META.get("CONTENT_LENGTH") or 0)
+        if declared > limit + _BODY_SLACK:
+            raise _too_large(declared, limit)
+        serializer = TaskCreateSerializer(data=request.data)
+        serializer.is_valid(raise_exception=True)
+        data = serializer.validated_data
+        size = actions.input_size(data["input"], data["metadata"])
+        if size > limit:
+            raise _too_large(size, limit)
+        agent = selectors.usable_agent(self.org, data["agent"])
+        if agent is None:
+            raise HermesAPIError(
+                "Agent not found.", code="agent_not_found", status_code=404, details={"agent": ["Unknown agent."]}
+            )
+        deadline = timedelta(seconds=data["deadline_seconds"]) if data.get("deadline_seconds") else None
+        task = actions.create_task(
+            org=self.org,
+            agent=agent,
+            message=data["input"],
+            metadata=data["metadata"],
+            access=self.access,
+            deadline=deadline,
+        )
+        return Response(TaskSerializer(task).data, status=status.HTTP_202_ACCEPTED)
+
+
+class TaskViewSet(  # type: ignore[misc]
+    IdempotentCreateMixin, _SendTask, mixins.ListModelMixin, mixins.RetrieveModelMixin, OrgScopedViewSet
+):
+    model = Task
+    serializer_class = TaskSerializer
+    read_action = "tasks:read"
+    write_action = "tasks:write"
+    lookup_value_regex = "[0-9a-fA-F-]{32,36}"
+
+    def scoped_queryset(self) -> QuerySet[Task]:
+        return selectors.tasks_for_org(self.org)
+
+    def filter_queryset(self, queryset: QuerySet[Any]) -> QuerySet[Any]:
+        if self.action != "list":
+            return queryset
+        params = self.request.query_params
+        errors: dict[str, list[str]] = {}
+        if state := params.get("status"):
+            if state not in STATUS_CHOICES:
+                errors["status"] = [f"One of: {', '.join(STATUS_CHOICES)}."]
+            queryset = queryset.filter(state=state)
+        if agent := params.get("agent"):
+            if not agent.replace("-", "").isalnum() or len(agent) > 64:
+                errors["agent"] = ["An agent id."]
+            else:
+                queryset = queryset.filter(agent_id=agent)
+        if errors:
+            raise HermesAPIError("Invalid filter; see details.", code="invalid", details=errors)
+        return queryset
+
+    @extend_schema(request=None, responses={202: TaskSerializer})
+    @action(detail=True, methods=["post"])
+    def cancel(self, request: Request, pk: str | None = None) -> Response:
+        """Cancel the task: the agent's CancelTask is called and the job stops. 409 when already finished."""
+        try:
+            task = actions.cancel_task(self.get_object(), access=self.access)
+        except actions.TaskNotCancelable as exc:
+            raise Conflict(str(exc), code="task_finished") from exc
+        return Response(TaskSerializer(task).data, status=status.HTTP_202_ACCEPTED)
+
+    @extend_schema(request=FollowUpSerializer, responses={202: TaskSerializer})
+    @action(detail=True, methods=["post"])
+    def messages(self, request: Request, pk: str | None = None) -> Response:
+        """Send a follow-up message to a task in input-required. 409 in any other state."""
+        task = self.get_object()
+        serializer = FollowUpSerializer(data=request.data)
+        serializer.is_valid(raise_exception=True)
+        message = serializer.validated_data["input"]
+        limit = settings.HERMES_MAX_TASK_INPUT_BYTES
+        if (size := actions.input_size(message)) > limit:
+            raise _too_large(size, limit)
+        try:
+            task = actions.continue_task(task, message=message, access=self.access)
+        except actions.TaskNotWaitingForInput as exc:
+            raise Conflict(str(exc), code="task_not_waiting") from exc
+        return Response(TaskSerializer(task).data, status=status.HTTP_202_ACCEPTED)
+
+    @extend_schema(
+        parameters=[
+            OpenApiParameter("after", int, description="Only events with seq greater than this."),
+            OpenApiParameter("limit", int, description=f"At most this many (max {selectors.EVENT_PAGE})."),
+        ],
+        responses={200: TaskEventSerializer(many=True)},
+    )
+    @action(detail=True, methods=["get"])
+    def events(self, request: Request, pk: str | None = None) -> Response:
+        """The task's timeline in order; page with `after=<last seq seen>`."""
+        task = self.get_object()
+        after = _non_negative_int(request.query_params.get("after"), "after")
+        limit = _non_negative_int(request.query_params.get("limit"), "limit") or selectors.EVENT_PAGE
+        events = selectors.events_after(task, after, min(limit, selectors.EVENT_PAGE))
+        return Response(
+            {
+                "task_id": str(task.pk),
+                "status": task.state,
+                "last_seq": task.last_seq,
+                "results": TaskEventSerializer(events, many=True).data,
+                "next_after": events[-1].seq if events and events[-1].seq < task.last_seq else None,
+            }
+        )
+
+    @extend_schema(
+        parameters=[OpenApiParameter("after", int), OpenApiParameter("Last-Event-ID", int, location="header")],
+        responses={(200, "text/event-stream"): str},
+    )
+    @action(detail=True, methods=["get"], renderer_classes=[renderers.JSONRenderer, EventStreamRenderer])
+    def stream(self, request: Request, pk: str | None = None) -> StreamingHttpResponse:
+        """Server-Sent Events: the timeline so far, then live events; resume with `Last-Event-ID`."""
+        task = self.get_object()
+        after = _non_negative_int(
+            request.headers.get("Last-Event-ID") or request.query_params.get("after"), "Last-Event-ID"
+        )
+        cursor = TimelineCursor(task.pk, task.organization_id, after)
+        frames = cursor.async_frames() if isinstance(request._request, ASGIRequest) else cursor.sync_frames()
+        response = StreamingHttpResponse(frames, content_type="text/event-stream")
+        response["Cache-Control"] = "no-cache"
+        response["X-Accel-Buffering"] = "no"  # nginx: pass frames through as they come
+        return response

@@ -1,0 +1,63 @@
+"""Channel-layer fan-out of committed task events (best effort: the database is the truth).
+
+A broadcast that fails (Redis down, layer over capacity) is logged and dropped: websocket consumers notice the
+gap by sequence number and backfill from the database, and SSE streams read the database anyway.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from typing import Any
+
+from asgiref.sync import async_to_sync
+from channels.layers import get_channel_layer
+
+from apps.tasks.models import Task, TaskEvent
+
+logger = logging.getLogger(__name__)
+
+
+def task_group(task_id: Any) -> str:
+    return f"task.{task_id}"
+
+
+def org_group(org_id: Any) -> str:
+    return f"org.{org_id}"
+
+
+def status_message(task: Task) -> dict[str, Any]:
+    """What `/ws/org/` subscribers receive when one of the org's tasks changes state."""
+    return {
+        "type": "task.status",
+        "task": {
+            "id": str(task.pk),
+            "state": task.state,
+            "agent_id": str(task.agent_id),
+            "last_seq": task.last_seq,
+            "updated_at": task.updated_at.isoformat() if task.updated_at else None,
+        },
+    }
+
+
+def publish(task: Task, events: Sequence[TaskEvent], *, state_changed: bool) -> bool:
+    """Send events to the task's group (and the status to the org's group). Never raises; returns success."""
+    layer = get_channel_layer()
+    if layer is None:  # pragma: no cover - CHANNEL_LAYERS is always configured
+        return False
+    messages = [(task_group(task.pk), {"type": "task.event", "event": e.as_message()}) for e in events]
+    if state_changed:
+        messages.append((org_group(task.organization_id), status_message(task)))
+
+    async def send_all() -> None:
+        for group, message in messages:
+            await layer.group_send(group, message)
+
+    try:
+        async_to_sync(send_all)()
+    except Exception as exc:
+        logger.warning(
+            "task %s: broadcast of %d message(s) failed (%s); streams will backfill", task.pk, len(messages), exc
+        )
+        return False
+    return True

@@ -1,0 +1,232 @@
+"""Live task timelines over WebSockets.
+
+`/ws/tasks/<id>/`: on connect the socket receives every event after `?after=<seq>` (default: all), then every new
+event live — in order, without gaps or duplicates. Live events come through the channel layer, which may drop
+messages (channels-redis drops past a channel's capacity) or lose them while Redis is down; each event carries its
+per-task `seq`, so a consumer that sees seq N+2 after N backfills N+1.. from the database, and a periodic resync
+(HERMES_WS_RESYNC_SECONDS) catches a dropped *last* event. Sends are serialized by a lock so the live path and the
+backfill path never interleave.
+
+Messages sent to clients (JSON):
+- `{"type": "event", "event": {"task_id", "seq", "kind", "data", "created_at"}}`
+- `{"type": "synced", "last_seq": N, "state": "..."}` once the initial backfill is sent
+- `{"type": "presence", "watchers": [{"user_id", "name"}], "agent_online": bool, "joined"|"left": {...}}`
+
+`/ws/org/`: `{"type": "task.status", "task": {"id", "state", "agent_id", "last_seq", "updated_at"}}` for every
+state change of the org's tasks.
+
+Close codes: 4401 not signed in, 4403 missing `tasks:read`, 4404 no such task in the caller's org.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from typing import Any
+from urllib.parse import parse_qs
+
+from channels.db import database_sync_to_async
+from channels.generic.websocket import AsyncJsonWebsocketConsumer
+from django.conf import settings
+from django.db import close_old_connections
+
+from apps.core.metrics import WEBSOCKET_CONNECTIONS
+from apps.core.permissions import Access
+from apps.tasks.broadcast import org_group, task_group
+from apps.tasks.models import TERMINAL_STATES
+from apps.tasks.presence import Presence
+from apps.tasks.selectors import agent_is_online, event_messages_after, task_for_org, task_progress
+
+logger = logging.getLogger(__name__)
+
+CLOSE_UNAUTHENTICATED = 4401
+CLOSE_FORBIDDEN = 4403
+CLOSE_NOT_FOUND = 4404
+
+
+def _access_for(scope: dict[str, Any]) -> tuple[Access | None, int | None]:
+    access = scope.get("access")
+    if not isinstance(access, Access):
+        return None, CLOSE_UNAUTHENTICATED
+    if not access.allows("tasks:read"):
+        return None, CLOSE_FORBIDDEN
+    return access, None
+
+
+def _db(fn: Any) -> Any:
+    """database_sync_to_async that also hands the connection back (consumers live long; threads are pooled)."""
+
+    def wrapped(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return fn(*args, **kwargs)
+        finally:
+            close_old_connections()
+
+    return database_sync_to_async(wrapped)
+
+
+class TaskTimelineConsumer(AsyncJsonWebsocketConsumer):
+    groups: list[str] = []
+
+    async def connect(self) -> None:
+        self.joined = False
+        self.resync_task: asyncio.Task[None] | None = None
+        self.presence: Presence | None = None
+        access, code = _access_for(self.scope)
+        if access is None:
+            await self._refuse(code)
+            return
+        task = await _db(task_for_org)(access.org, self.scope["url_route"]["kwargs"]["task_id"])
+        if task is None:
+            await self._refuse(CLOSE_NOT_FOUND)
+            return
+        self.task_id, self.org_id, self.state = task.pk, task.organization_id, task.state
+        self.agent_id = task.agent_id
+        self.last_seq = _after(self.scope)
+        self.lock = asyncio.Lock()
+        await self.accept()
+        WEBSOCKET_CONNECTIONS.labels(stream="task").inc()
+        self.joined = True
+        self.group = task_group(self.task_id)
+        # Subscribe before reading the database: an event committed after the read is then guaranteed to arrive
+        # live, and one that arrives both ways is dropped by seq.
+        try:
+            await self.channel_layer.group_add(self.group, self.channel_name)
+        except Exception as exc:
+            logger.warning("task %s: channel layer unavailable (%s); this socket resyncs from the DB", task.pk, exc)
+        async with self.lock:
+            await self._catch_up()
+            await self.send_json({"type": "synced", "last_seq": self.last_seq, "state": self.state})
+        user = access.user
+        self.me = {"user_id": getattr(user, "pk", None), "name": _display_name(user, access)}
+        self.presence = Presence(self.task_id, self.channel_name, self.me)
+        await self._announce("joined", await self.presence.join())
+        self.resync_task = asyncio.create_task(self._resync_loop())
+
+    async def disconnect(self, code: int) -> None:
+        if not getattr(self, "joined", False):
+            return
+        WEBSOCKET_CONNECTIONS.labels(stream="task").dec()
+        if self.resync_task is not None:
+            self.resync_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await self.resync_task
+        if self.presence is not None:
+            await self._announce("left", await self.presence.leave())
+        with contextlib.suppress(Exception):
+            await self.channel_layer.group_discard(self.group, self.channel_name)
+
+    async def receive_json(self, content: Any, **kwargs: Any) -> None:
+        # The timeline is read-only; a client may ask for a resync (e.g. after its own reconnect logic).
+        if isinstance(content, dict) and content.get("type") == "resync":
+            async with self.lock:
+                await self._catch_up()
+
+    # --- channel-layer handlers -------------------------------------------------------------------------------
+
+    async def task_event(self, message: dict[str, Any]) -> None:
+        event = message["event"]
+        async with self.lock:
+            seq = int(event["seq"])
+            if seq <= self.last_seq:
+                return  # already sent (backfill raced the live message)
+            if seq > self.last_seq + 1:
+                await self._catch_up()  # something was dropped: the database has it (this event is committed)
+                return
+            await self._send_event(event)
+
+    async def task_presence(self, message: dict[str, Any]) -> None:
+        await self.send_json({k: v for k, v in message.items() if k != "type"} | {"type": "presence"})
+
+    # --- internals ----------------------------------------------------------------------------------------------
+
+    async def _refuse(self, code: int | None) -> None:
+        await _refuse(self, code)
+
+    async def _send_event(self, event: dict[str, Any]) -> None:
+        await self.send_json({"type": "event", "event": event})
+        self.last_seq = int(event["seq"])
+        if event["kind"] == "state":
+            self.state = event["data"].get("to", self.state)
+
+    async def _catch_up(self) -> None:
+        while True:
+            events = await _db(event_messages_after)(self.task_id, self.org_id, self.last_seq)
+            for event in events:
+                await self._send_event(event)
+            if len(events) < 500:
+                return
+
+    async def _resync_loop(self) -> None:
+        interval = settings.HERMES_WS_RESYNC_SECONDS
+        while True:
+            await asyncio.sleep(interval)
+            try:
+                if self.presence is not None:
+                    await self.presence.refresh()
+                if self.state in TERMINAL_STATES:
+                    continue  # the terminal event was delivered; nothing can follow it
+                progress = await _db(task_progress)(self.task_id, self.org_id)
+                if progress is not None and progress[1] > self.last_seq:
+                    async with self.lock:
+                        await self._catch_up()
+            except Exception:
+                logger.exception("task %s: resync failed", self.task_id)
+
+    async def _announce(self, change: str, snapshot: dict[str, Any] | None) -> None:
+        if snapshot is None or self.presence is None:
+            return
+        agent_online = await _db(agent_is_online)(self.agent_id)
+        message = {"type": "task.presence", change: self.me, "agent_online": agent_online, **snapshot}
+        try:
+            await self.channel_layer.group_send(self.group, message)
+        except Exception as exc:
+            logger.debug("presence broadcast failed: %s", exc)
+
+
+class OrgTasksConsumer(AsyncJsonWebsocketConsumer):
+    """Status changes of every task of the caller's org (list pages)."""
+
+    async def connect(self) -> None:
+        self.joined = False
+        access, code = _access_for(self.scope)
+        if access is None:
+            await _refuse(self, code)
+            return
+        self.group = org_group(access.org.pk)
+        await self.accept()
+        self.joined = True
+        WEBSOCKET_CONNECTIONS.labels(stream="org").inc()
+        try:
+            await self.channel_layer.group_add(self.group, self.channel_name)
+        except Exception as exc:
+            logger.warning("org stream: channel layer unavailable (%s)", exc)
+
+    async def disconnect(self, code: int) -> None:
+        if not getattr(self, "joined", False):
+            return
+        WEBSOCKET_CONNECTIONS.labels(stream="org").dec()
+        with contextlib.suppress(Exception):
+            await self.channel_layer.group_discard(self.group, self.channel_name)
+
+    async def task_status(self, message: dict[str, Any]) -> None:
+        await self.send_json(message)
+
+
+async def _refuse(consumer: AsyncJsonWebsocketConsumer, code: int | None) -> None:
+    # Accept, then close with the reason: a close before accept is an HTTP 403 that carries no code at all.
+    await consumer.accept()
+    await consumer.close(code=code)
+
+
+def _after(scope: dict[str, Any]) -> int:
+    raw = parse_qs(scope.get("query_string", b"").decode()).get("after", ["0"])[0]
+    return int(raw) if raw.isdigit() else 0
+
+
+def _display_name(user: Any, access: Access) -> str:
+    if user is None:
+        key = access.api_key
+        return f"API key {getattr(key, 'prefix', '')}".strip()
+    return str(getattr(user, "name", "") or getattr(user, "email", "") or user.pk)

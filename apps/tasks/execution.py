@@ -1,0 +1,144 @@
+"""One worker's conversation with an agent about one task, recorded as it happens.
+
+The A2A protocol work (SDK client, v1.0/v0.3 method names, SSE vs SendMessage + GetTask polling) lives in
+`apps.agents.client`; this module decides what to ask (the first message, a follow-up, or "where are you" after a
+lost worker), turns each normalized `AgentUpdate` into timeline events, and stops when the task is terminal,
+interrupted, canceled or no longer ours.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import AsyncIterator, Iterator
+from typing import Any
+
+from django.conf import settings
+
+from apps.agents.actions import record_agent_contact
+from apps.agents.client import (
+    AgentClient,
+    AgentError,
+    AgentTarget,
+    AgentTransportError,
+    AgentUpdate,
+    cancel_sync,
+    iterate_sync,
+)
+from apps.tasks import actions
+from apps.tasks.models import INTERRUPTED_STATES, TERMINAL_STATES, EventKind, Task, TaskState
+
+logger = logging.getLogger(__name__)
+
+__all__ = ["AgentError", "AgentTransportError", "Run", "cancel_remote", "observe"]
+
+
+def _parts(text: str, data: list[Any]) -> list[dict[str, Any]]:
+    parts: list[dict[str, Any]] = [{"kind": "text", "text": text}] if text else []
+    parts += [{"kind": "data", "data": item} for item in data]
+    return parts
+
+
+def _normalized_part(part: dict[str, Any]) -> dict[str, Any]:
+    # The SDK's JSON parts are {"text": …} / {"data": …} / {"url": …}; the timeline spells the kind out.
+    for kind in ("text", "data", "url", "raw"):
+        if kind in part:
+            return {"kind": kind, **part}
+    return part
+
+
+def observe(update: AgentUpdate) -> actions.Observation:
+    """Translate the client's normalized update into what the timeline records."""
+    ids = {"remote_task_id": update.remote_task_id, "remote_context_id": update.context_id}
+    if update.kind == "artifact":
+        artifact = dict(update.artifact or {})
+        data = {
+            "artifact_id": artifact.get("artifactId", ""),
+            "name": artifact.get("name", ""),
+            "parts": [_normalized_part(p) for p in artifact.get("parts", [])],
+            "append": bool(artifact.get("append", False)),
+            "last_chunk": bool(artifact.get("lastChunk", False)),
+        }
+        return actions.Observation(kind=EventKind.ARTIFACT, data=data, **ids)
+    message = {"role": "agent", "parts": _parts(update.text, update.data)} if (update.text or update.data) else None
+    if update.kind == "message":
+        # The agent answered with a plain message: that answer is the result.
+        return actions.Observation(kind=EventKind.MESSAGE, data=message or {}, state=TaskState.COMPLETED, **ids)
+    state = update.state if update.state in TaskState.values else None
+    if state == TaskState.WORKING and message:
+        # "Still working, here is where I am": a progress line (and the working state, if not there yet).
+        return actions.Observation(kind=EventKind.PROGRESS, data=message, state=state, **ids)
+    return actions.Observation(kind=EventKind.STATE, data={"message": message} if message else {}, state=state, **ids)
+
+
+def _message_kwargs(message: dict[str, Any]) -> dict[str, Any]:
+    texts = [p["text"] for p in message.get("parts", []) if p.get("kind") == "text"]
+    data = [p["data"] for p in message.get("parts", []) if p.get("kind") == "data"]
+    kwargs: dict[str, Any] = {"text": "\n".join(texts), "data": data}
+    if message.get("metadata"):
+        kwargs["metadata"] = message["metadata"]
+    return kwargs
+
+
+class Run:
+    def __init__(self, task: Task, worker: str) -> None:
+        self.task = task
+        self.worker = worker
+        self.target = AgentTarget.from_agent(task.agent)
+        self.stop_event = threading.Event()
+        self.cancel_event = threading.Event()
+        self._cancel_sent = False
+        self._lock = threading.Lock()
+
+    def request_cancel(self) -> None:
+        """Called from the heartbeat thread when the caller asked to cancel: CancelTask, once."""
+        self.cancel_event.set()
+        with self._lock:
+            remote = self.task.remote_task_id
+            if self._cancel_sent or not remote:
+                return
+            self._cancel_sent = True
+        try:
+            cancel_sync(self.target, remote)
+        except (AgentError, AgentTransportError) as exc:
+            logger.info("task %s: CancelTask failed: %s", self.task.pk, exc)
+
+    def execute(self) -> str | None:
+        """Talk to the agent until the task settles. Returns why it stopped early, if it did."""
+        try:
+            for update in self._updates():
+                self.task = actions.record(self.task, [observe(update)], worker=self.worker)
+                record_agent_contact(self.task.agent)
+                if self.cancel_event.is_set() and not self._cancel_sent:
+                    self.request_cancel()  # the remote task id arrived after the cancel request
+                if self.task.state in TERMINAL_STATES or self.task.state in INTERRUPTED_STATES:
+                    return None
+                if self.stop_event.is_set():
+                    return "the worker lost its claim"
+        except AgentTransportError as exc:
+            record_agent_contact(self.task.agent, error=str(exc))
+            raise
+        return None
+
+    def _updates(self) -> Iterator[AgentUpdate]:
+        task = self.task
+        if task.pending_message:
+            message = _message_kwargs(task.pending_message)
+            message.update(task_id=task.remote_task_id or None, context_id=task.remote_context_id or None)
+            return iterate_sync(lambda: AgentClient(self.target).run_once(**message))
+        if task.remote_task_id:
+            # A previous worker died mid-task: ask the agent where the task is instead of sending it again.
+            return iterate_sync(lambda: _watch(self.target, task.remote_task_id))
+        message = _message_kwargs(task.input)
+        message.update(message_id=str(task.pk))
+        return iterate_sync(lambda: AgentClient(self.target).run_once(**message))
+
+
+async def _watch(target: AgentTarget, remote_task_id: str) -> AsyncIterator[AgentUpdate]:
+    async with AgentClient(target, poll_interval=settings.HERMES_TASK_POLL_SECONDS) as client:
+        async for update in client.poll(remote_task_id):
+            yield update
+
+
+def cancel_remote(task: Task, remote_task_id: str) -> None:
+    cancel_sync(AgentTarget.from_agent(task.agent), remote_task_id)

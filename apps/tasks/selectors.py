@@ -1,0 +1,59 @@
+"""Scoped reads of tasks and timelines."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from django.core.exceptions import ValidationError
+from django.db.models import QuerySet
+from django.http import Http404
+
+from apps.agents import selectors as agent_selectors
+from apps.agents.models import Agent
+from apps.tasks.models import Task, TaskEvent
+
+EVENT_PAGE = 500
+
+
+def tasks_for_org(org: Any) -> QuerySet[Task]:
+    return Task.objects.for_org(org).select_related("agent")
+
+
+def task_for_org(org: Any, task_id: Any) -> Task | None:
+    """The org's task with this id, or None (a malformed id is a miss, like another org's id)."""
+    try:
+        return tasks_for_org(org).get(pk=task_id)
+    except (Task.DoesNotExist, ValidationError, ValueError):  # a non-UUID string raises ValidationError
+        return None
+
+
+def events_after(task: Task, after: int = 0, limit: int = EVENT_PAGE) -> list[TaskEvent]:
+    """Events with seq > after, in order (the unique (task, seq) index serves this)."""
+    return list(
+        TaskEvent.objects.for_org(task.organization_id).filter(task_id=task.pk, seq__gt=after).order_by("seq")[:limit]
+    )
+
+
+def event_messages_after(task_id: Any, org_id: Any, after: int, limit: int = EVENT_PAGE) -> list[dict[str, Any]]:
+    """The wire shape of events after `after` (used by consumers and SSE, which hold ids, not rows)."""
+    rows = TaskEvent.objects.for_org(org_id).filter(task_id=task_id, seq__gt=after).order_by("seq")[:limit]
+    return [event.as_message() for event in rows]
+
+
+def task_progress(task_id: Any, org_id: Any) -> tuple[str, int] | None:
+    """(state, last_seq) of a task: what a stream compares against to know whether it missed something."""
+    row = Task.objects.for_org(org_id).filter(pk=task_id).values_list("state", "last_seq").first()
+    return (row[0], row[1]) if row else None
+
+
+def usable_agent(org: Any, agent_id: Any) -> Agent | None:
+    """An agent the org may send tasks to (its own or a public one); None like a missing id."""
+    try:
+        return agent_selectors.get_usable_agent(org, agent_id)
+    except Http404:
+        return None
+
+
+def agent_is_online(agent_id: Any) -> bool:
+    agent = Agent.objects.unscoped("liveness of a task's agent").filter(pk=agent_id).first()
+    return bool(agent and agent.is_online)

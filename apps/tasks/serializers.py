@@ -1,0 +1,102 @@
+from __future__ import annotations
+
+from typing import Any
+
+from rest_framework import serializers
+
+from apps.tasks.models import Task, TaskEvent, TaskState
+
+
+class PartSerializer(serializers.Serializer):
+    """An A2A part: text or data. Accepts v1.0 (`{"text": …}`) and v0.3 (`{"kind": "text", "text": …}`) shapes."""
+
+    kind = serializers.ChoiceField(choices=["text", "data"], required=False)
+    text = serializers.CharField(required=False, allow_blank=False, trim_whitespace=False)
+    metadata = serializers.DictField(required=False)
+
+    def get_fields(self) -> dict[str, Any]:
+        # `data` is the A2A field name, but a class attribute of that name would shadow Serializer.data.
+        return {**super().get_fields(), "data": serializers.JSONField(required=False)}
+
+    def validate(self, attrs: dict[str, Any]) -> dict[str, Any]:
+        present = [name for name in ("text", "data") if name in attrs]
+        if len(present) != 1:
+            raise serializers.ValidationError("A part has exactly one of 'text' or 'data'.")
+        kind = present[0]
+        if attrs.get("kind", kind) != kind:
+            raise serializers.ValidationError(f"kind '{attrs['kind']}' does not match the '{kind}' field.")
+        if kind == "data" and not isinstance(attrs["data"], dict):
+            raise serializers.ValidationError({"data": "A data part holds a JSON object."})
+        part: dict[str, Any] = {"kind": kind, kind: attrs[kind]}
+        if attrs.get("metadata"):
+            part["metadata"] = attrs["metadata"]
+        return part
+
+
+class MessageSerializer(serializers.Serializer):
+    parts = PartSerializer(many=True, allow_empty=False)
+    metadata = serializers.DictField(required=False)
+
+    def validate_parts(self, parts: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        if len(parts) > 64:
+            raise serializers.ValidationError("At most 64 parts.")
+        return parts
+
+    def to_internal_value(self, data: Any) -> Any:
+        value = super().to_internal_value(data)
+        message: dict[str, Any] = {"role": "user", "parts": value["parts"]}
+        if value.get("metadata"):
+            message["metadata"] = value["metadata"]
+        return message
+
+
+class TaskCreateSerializer(serializers.Serializer):
+    agent = serializers.CharField(max_length=64)
+    input = MessageSerializer()
+    metadata = serializers.DictField(required=False, default=dict)
+    deadline_seconds = serializers.IntegerField(required=False, min_value=1, max_value=7 * 24 * 3600)
+
+
+class FollowUpSerializer(serializers.Serializer):
+    input = MessageSerializer()
+
+
+class TaskSerializer(serializers.ModelSerializer):
+    agent = serializers.SerializerMethodField()
+    status = serializers.CharField(source="state")
+
+    class Meta:
+        model = Task
+        fields = [
+            "id",
+            "agent",
+            "status",
+            "input",
+            "metadata",
+            "remote_task_id",
+            "remote_context_id",
+            "attempts",
+            "last_seq",
+            "last_error",
+            "created_at",
+            "updated_at",
+            "started_at",
+            "finished_at",
+            "deadline_at",
+            "cancel_requested_at",
+        ]
+        read_only_fields = fields
+
+    def get_agent(self, task: Task) -> dict[str, Any]:
+        agent = task.agent
+        return {"id": str(agent.pk), "name": getattr(agent, "name", "")}
+
+
+class TaskEventSerializer(serializers.ModelSerializer):
+    class Meta:
+        model = TaskEvent
+        fields = ["seq", "kind", "data", "created_at"]
+        read_only_fields = fields
+
+
+STATUS_CHOICES = [s.value for s in TaskState]

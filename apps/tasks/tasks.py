@@ -1,0 +1,232 @@
+"""Celery jobs: run a task against its agent, cancel it remotely, and sweep for lost or overdue tasks.
+
+The database row is the truth. A job message only names a task; the worker claims the row with
+`SELECT … FOR UPDATE SKIP LOCKED` and a claim check (no live claim by another worker), so a duplicate or late
+message is harmless. While it runs, a heartbeat thread stamps `heartbeat_at`, notices cancel requests and stops
+when the claim is lost. The sweeper (beat) re-dispatches tasks whose worker stopped heartbeating or whose message
+never arrived, and fails tasks past their deadline.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import random
+import socket
+import threading
+import uuid
+from datetime import timedelta
+from typing import Any
+
+from celery import shared_task
+from django.conf import settings
+from django.db import connection, transaction
+from django.db.models import Q
+from django.utils import timezone
+
+from apps.core.context import bound
+from apps.core.metrics import TASK_RETRIES, TASKS_RECOVERED
+from apps.tasks import actions, execution
+from apps.tasks.models import INTERRUPTED_STATES, RUNNABLE_STATES, TERMINAL_STATES, Task, TaskState
+
+logger = logging.getLogger(__name__)
+
+
+def dispatch(task_id: Any, countdown: float = 0) -> None:
+    """Send a run message; a broker outage is logged, not raised (the sweeper re-dispatches from the row)."""
+    try:
+        run_task.apply_async(args=[str(task_id)], countdown=countdown or None)
+    except Exception as exc:
+        logger.warning("task %s: dispatch failed (%s); the sweeper will re-dispatch it", task_id, exc)
+
+
+def backoff(attempt: int) -> float:
+    """Exponential backoff with full jitter, capped: attempt 1 → up to base, 2 → up to 2·base, …"""
+    base = settings.HERMES_TASK_RETRY_BASE_SECONDS
+    ceiling = min(settings.HERMES_TASK_RETRY_MAX_SECONDS, base * (2 ** max(0, attempt - 1)))
+    return ceiling / 2 + random.uniform(0, ceiling / 2)
+
+
+def worker_id() -> str:
+    return f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+
+
+def claim(task_id: Any, worker: str) -> Task | None:
+    """Take the task if it is runnable and nobody live holds it; move submitted → working. None otherwise."""
+    now = timezone.now()
+    stale = now - timedelta(seconds=settings.HERMES_TASK_STALE_SECONDS)
+    with transaction.atomic():
+        task = (
+            Task.objects.unscoped("a worker claims the task named in its message")
+            .select_for_update(skip_locked=True)
+            .filter(pk=task_id, state__in=RUNNABLE_STATES)
+            .first()
+        )
+        if task is None:
+            return None
+        if task.claimed_by and task.heartbeat_at and task.heartbeat_at > stale:
+            return None  # a live worker has it; this message is a duplicate
+        task.claimed_by, task.claimed_at, task.heartbeat_at = worker, now, now
+        task.attempts += 1
+        task.save(update_fields=["claimed_by", "claimed_at", "heartbeat_at", "attempts", "updated_at"])
+    if task.state == TaskState.SUBMITTED and not task.cancel_requested_at:
+        task = actions.record(task, [actions.Observation(kind="state", data={}, state=TaskState.WORKING)])
+    return task
+
+
+class Heartbeat(threading.Thread):
+    """Stamps heartbeat_at while the job runs; sets `cancel` when the caller asked to cancel and `lost` when the
+    row is no longer ours (terminal, or re-claimed after we were presumed dead)."""
+
+    def __init__(self, task_id: Any, worker: str, on_cancel: Any) -> None:
+        super().__init__(name=f"heartbeat-{task_id}", daemon=True)
+        self.task_id = task_id
+        self.worker = worker
+        self.on_cancel = on_cancel
+        self.stop = threading.Event()
+        self.cancel = threading.Event()
+        self.lost = threading.Event()
+
+    def run(self) -> None:
+        try:
+            while not self.stop.wait(settings.HERMES_TASK_HEARTBEAT_SECONDS):
+                self.beat()
+        finally:
+            connection.close()  # this thread ends here; its connection must not outlive it
+
+    def beat(self) -> None:
+        try:
+            rows = Task.objects.unscoped("heartbeat of the claimed task").filter(
+                pk=self.task_id, claimed_by=self.worker
+            )
+            if not rows.update(heartbeat_at=timezone.now()):
+                self.lost.set()
+                self.stop.set()
+                return
+            requested = rows.values_list("cancel_requested_at", flat=True).first()
+            if requested and not self.cancel.is_set():
+                self.cancel.set()
+                self.on_cancel()
+        except Exception:
+            logger.exception("task %s: heartbeat failed", self.task_id)
+
+
+@shared_task(name="apps.tasks.tasks.run_task", ignore_result=True)
+def run_task(task_id: str) -> None:
+    worker = worker_id()
+    task = claim(task_id, worker)
+    if task is None:
+        return
+    with bound(task_id=str(task.pk), org_id=task.organization_id):
+        _run_claimed(task, worker)
+
+
+def _run_claimed(task: Task, worker: str) -> None:
+    run = execution.Run(task, worker)
+    heartbeat = Heartbeat(task.pk, worker, on_cancel=run.request_cancel)
+    heartbeat.start()
+    run.stop_event = heartbeat.lost
+    try:
+        if task.cancel_requested_at:
+            run.request_cancel()
+            actions.finish(task, TaskState.CANCELED, reason="canceled by the caller")
+            return
+        outcome = run.execute()
+    except execution.AgentTransportError as exc:
+        _transport_failure(task, exc)
+        return
+    except execution.AgentError as exc:
+        actions.finish(task, TaskState.FAILED, error=str(exc) or type(exc).__name__)
+        return
+    except Exception as exc:
+        # A bug of ours, not the agent's: fail visibly rather than leave the task claimed forever.
+        logger.exception("task %s: unexpected error", task.pk)
+        actions.finish(task, TaskState.FAILED, error=f"internal error: {type(exc).__name__}: {exc}")
+        return
+    finally:
+        heartbeat.stop.set()
+        heartbeat.join(timeout=5)
+    _settle(task, worker, outcome, canceled=heartbeat.cancel.is_set())
+
+
+def _settle(task: Task, worker: str, outcome: str | None, *, canceled: bool) -> None:
+    """After the conversation ended: make sure the row is terminal, interrupted or released."""
+    current = Task.objects.unscoped("settling the claimed task").get(pk=task.pk)
+    if current.is_terminal or current.state in INTERRUPTED_STATES:
+        if current.claimed_by == worker:
+            Task.objects.unscoped("release").filter(pk=task.pk, claimed_by=worker).update(
+                claimed_by="", claimed_at=None
+            )
+        return
+    if canceled or current.cancel_requested_at:
+        actions.finish(task, TaskState.CANCELED, reason="canceled by the caller")
+    elif current.claimed_by != worker:
+        return  # the claim was lost (we were presumed dead); the new holder settles it
+    else:
+        actions.finish(task, TaskState.FAILED, error=outcome or "the agent ended without a final state")
+
+
+def _transport_failure(task: Task, exc: Exception) -> None:
+    current = Task.objects.unscoped("transport failure bookkeeping").get(pk=task.pk)
+    error = f"{type(exc).__name__}: {exc}"
+    if current.cancel_requested_at:
+        actions.finish(task, TaskState.CANCELED, reason="canceled by the caller")
+        return
+    if current.attempts >= settings.HERMES_TASK_MAX_ATTEMPTS:
+        actions.finish(task, TaskState.FAILED, error=f"agent unreachable after {current.attempts} attempts: {error}")
+        return
+    delay = backoff(current.attempts)
+    TASK_RETRIES.labels(agent=str(task.agent_id)).inc()
+    actions.note_retry(task, reason="transport_error", error=error, attempt=current.attempts, delay=delay)
+    dispatch(task.pk, countdown=delay)
+
+
+@shared_task(name="apps.tasks.tasks.cancel_remote_task", ignore_result=True)
+def cancel_remote_task(task_id: str, remote_task_id: str) -> None:
+    """Tell the agent to cancel a task no worker is running (it waited for input, or was queued)."""
+    task = Task.objects.unscoped("remote cancel by id").select_related("agent").filter(pk=task_id).first()
+    if task is None:
+        return
+    try:
+        execution.cancel_remote(task, remote_task_id)
+    except (execution.AgentTransportError, execution.AgentError) as exc:
+        logger.info("task %s: the agent's CancelTask failed: %s", task_id, exc)
+
+
+@shared_task(name="apps.tasks.tasks.sweep_tasks", ignore_result=True)
+def sweep_tasks() -> dict[str, int]:
+    """Beat job: fail tasks past their deadline, re-dispatch tasks whose worker or message was lost."""
+    now = timezone.now()
+    counts = {"deadline": 0, "redispatched": 0}
+    active = Task.objects.unscoped("the sweeper scans every org").exclude(state__in=TERMINAL_STATES)
+    for task in active.filter(deadline_at__lt=now).only("pk", "organization_id", "agent_id", "state"):
+        actions.finish(task, TaskState.FAILED, error="deadline exceeded", reason="deadline")
+        TASKS_RECOVERED.labels(outcome="deadline").inc()
+        counts["deadline"] += 1
+
+    stale = now - timedelta(seconds=settings.HERMES_TASK_STALE_SECONDS)
+    lost_worker = Q(claimed_by__gt="", heartbeat_at__lt=stale)
+    lost_message = Q(
+        claimed_by="", next_attempt_at__lt=now - timedelta(seconds=settings.HERMES_TASK_REDISPATCH_SECONDS)
+    )
+    candidates = active.filter(state__in=RUNNABLE_STATES).filter(lost_worker | lost_message)
+    for task in candidates.only("pk", "claimed_by", "attempts"):
+        if task.claimed_by:
+            released = (
+                Task.objects.unscoped("sweeper releases a dead worker's claim")
+                .filter(pk=task.pk, claimed_by=task.claimed_by, heartbeat_at__lt=stale)
+                .update(claimed_by="", claimed_at=None, next_attempt_at=now)
+            )
+            if not released:
+                continue
+            actions.note_retry(
+                task, reason="worker_lost", error=f"worker {task.claimed_by} stopped", attempt=task.attempts, delay=0
+            )
+        else:
+            Task.objects.unscoped("sweeper re-dispatch").filter(pk=task.pk).update(next_attempt_at=now)
+        TASKS_RECOVERED.labels(outcome="redispatched").inc()
+        dispatch(task.pk)
+        counts["redispatched"] += 1
+    if any(counts.values()):
+        logger.info("sweeper: %s", counts)
+    return counts

@@ -1,0 +1,132 @@
+from __future__ import annotations
+
+import threading
+from typing import Any
+
+import pytest
+from django.db import connection
+
+from apps.tasks import actions
+from apps.tasks.actions import Observation
+from apps.tasks.models import (
+    ALLOWED_TRANSITIONS,
+    TERMINAL_STATES,
+    IllegalTransition,
+    Task,
+    TaskEvent,
+    TaskState,
+    check_transition,
+)
+from tests.tasks.conftest import make_agent
+
+MESSAGE = {"role": "user", "parts": [{"kind": "text", "text": "hi"}]}
+
+
+def test_terminal_states_are_final_and_illegal_moves_refused() -> None:
+    for state in TERMINAL_STATES:
+        for target in TaskState:
+            with pytest.raises(IllegalTransition):
+                check_transition(state, target)
+    with pytest.raises(IllegalTransition, match="working to submitted"):
+        check_transition(TaskState.WORKING, TaskState.SUBMITTED)
+    check_transition(TaskState.INPUT_REQUIRED, TaskState.WORKING)
+    assert set(ALLOWED_TRANSITIONS) == set(TaskState)
+
+
+@pytest.mark.django_db
+def test_create_records_submitted_and_the_message(org: Any, agent: Any, alice: Any) -> None:
+    task = actions.create_task(org=org, agent=agent, message=MESSAGE, created_by=alice, metadata={"k": 1})
+    events = list(task.events.order_by("seq").values_list("seq", "kind", "data"))
+    assert events == [
+        (1, "state", {"from": None, "to": "submitted"}),
+        (2, "message", MESSAGE),
+    ]
+    assert task.last_seq == 2 and task.state == "submitted" and task.created_by == alice
+    assert task.deadline_at is not None and task.next_attempt_at is not None
+
+
+@pytest.mark.django_db
+def test_create_refuses_foreign_private_agent_and_oversize(org: Any, private_foreign_agent: Any, settings: Any) -> None:
+    with pytest.raises(actions.AgentNotUsable):
+        actions.create_task(org=org, agent=private_foreign_agent, message=MESSAGE)
+    settings.HERMES_MAX_TASK_INPUT_BYTES = 50
+    agent = make_agent(org)
+    with pytest.raises(actions.TaskInputTooLarge):
+        actions.create_task(
+            org=org, agent=agent, message={"role": "user", "parts": [{"kind": "text", "text": "x" * 60}]}
+        )
+    assert Task.objects.unscoped("test").count() == 0
+
+
+@pytest.mark.django_db
+def test_record_applies_agent_states_and_ignores_illegal_ones(org: Any, agent: Any) -> None:
+    task = actions.create_task(org=org, agent=agent, message=MESSAGE)
+    task = actions.record(
+        task,
+        [
+            Observation(kind="state", data={}, state="working", remote_task_id="r1", remote_context_id="c1"),
+            Observation(kind="progress", data={"role": "agent", "parts": [{"kind": "text", "text": "50%"}]}),
+            Observation(kind="artifact", data={"artifact_id": "a", "parts": [{"kind": "text", "text": "out"}]}),
+            Observation(kind="state", data={}, state="completed"),
+            Observation(kind="state", data={}, state="working"),  # after completed: kept out of the state
+        ],
+    )
+    assert task.state == "completed" and task.remote_task_id == "r1" and task.remote_context_id == "c1"
+    kinds = list(task.events.order_by("seq").values_list("seq", "kind"))
+    assert kinds == [(1, "state"), (2, "message"), (3, "state"), (4, "progress"), (5, "artifact"), (6, "state")]
+    assert task.finished_at is not None and task.started_at is not None
+    assert actions.finish(task, TaskState.FAILED, error="late").state == "completed"  # terminal is final
+
+
+@pytest.mark.django_db
+def test_cancel_unclaimed_and_finished(org: Any, agent: Any) -> None:
+    task = actions.create_task(org=org, agent=agent, message=MESSAGE)
+    task = actions.cancel_task(task)
+    assert task.state == "canceled" and task.cancel_requested_at is not None
+    with pytest.raises(actions.TaskNotCancelable):
+        actions.cancel_task(task)
+
+
+@pytest.mark.django_db
+def test_cancel_of_a_running_task_is_a_request_for_its_worker(org: Any, agent: Any) -> None:
+    task = actions.create_task(org=org, agent=agent, message=MESSAGE)
+    Task.objects.for_org(org).filter(pk=task.pk).update(claimed_by="w1", state="working")
+    task = actions.cancel_task(task)
+    assert task.state == "working" and task.cancel_requested_at is not None
+
+
+@pytest.mark.django_db
+def test_continue_only_when_waiting(org: Any, agent: Any) -> None:
+    task = actions.create_task(org=org, agent=agent, message=MESSAGE)
+    with pytest.raises(actions.TaskNotWaitingForInput):
+        actions.continue_task(task, message=MESSAGE)
+    actions.record(task, [Observation(kind="state", data={}, state="input-required")])
+    task = actions.continue_task(task, message=MESSAGE)
+    assert task.state == "working" and task.pending_message == MESSAGE
+    assert list(task.events.order_by("seq").values_list("kind", flat=True))[-2:] == ["message", "state"]
+
+
+@pytest.mark.django_db(transaction=True)
+def test_concurrent_recorders_get_dense_unique_seqs(org: Any) -> None:
+    agent = make_agent(org)
+    task = actions.create_task(org=org, agent=agent, message=MESSAGE)
+    errors: list[BaseException] = []
+
+    def writer(n: int) -> None:
+        try:
+            for i in range(10):
+                actions.record(task, [Observation(kind="progress", data={"n": n, "i": i})])
+        except BaseException as exc:  # surfaced below
+            errors.append(exc)
+        finally:
+            connection.close()
+
+    threads = [threading.Thread(target=writer, args=(n,)) for n in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors
+    seqs = list(TaskEvent.objects.for_org(org).filter(task=task).order_by("seq").values_list("seq", flat=True))
+    assert seqs == list(range(1, 43))
+    assert Task.objects.for_org(org).get(pk=task.pk).last_seq == 42

@@ -1,0 +1,188 @@
+from __future__ import annotations
+
+import json
+import uuid
+from typing import Any
+
+import pytest
+
+from apps.tasks import actions
+from apps.tasks.actions import Observation
+from apps.tasks.models import Task
+from tests.tasks.conftest import TEXT, make_agent
+
+pytestmark = pytest.mark.django_db
+
+
+def post(client: Any, url: str, body: Any, **extra: Any) -> Any:
+    return client.post(url, json.dumps(body), content_type="application/json", **extra)
+
+
+def test_submit_returns_202_and_enqueues_on_commit(
+    client_for: Any, alice: Any, agent: Any, django_capture_on_commit_callbacks: Any
+) -> None:
+    client = client_for(alice)
+    body = {"agent": str(agent.pk), "input": {"parts": [{"text": "hi"}, {"data": {"n": 1}}]}, "metadata": {"a": 1}}
+    with django_capture_on_commit_callbacks() as callbacks:
+        response = post(client, "/api/v1/tasks", body)
+    assert response.status_code == 202, response.content
+    data = response.json()
+    assert data["status"] == "submitted" and data["agent"] == {"id": str(agent.pk), "name": "Echo"}
+    task = Task.objects.for_org(agent.organization).get(pk=data["id"])
+    assert task.input == {"role": "user", "parts": [{"kind": "text", "text": "hi"}, {"kind": "data", "data": {"n": 1}}]}
+    assert task.metadata == {"a": 1} and task.created_by == alice
+    assert len(callbacks) == 2  # broadcast/signal of the first events, then the Celery dispatch
+
+
+def test_public_agent_of_another_org_is_usable(client_for: Any, alice: Any, public_agent: Any) -> None:
+    response = post(client_for(alice), "/api/v1/tasks", {"agent": str(public_agent.pk), "input": TEXT})
+    assert response.status_code == 202
+
+
+@pytest.mark.parametrize("agent_id", ["private", "missing", "garbage"])
+def test_unknown_or_foreign_agent_is_404(
+    client_for: Any, alice: Any, private_foreign_agent: Any, agent_id: str
+) -> None:
+    value = {"private": str(private_foreign_agent.pk), "missing": str(uuid.uuid4()), "garbage": "nope"}[agent_id]
+    response = post(client_for(alice), "/api/v1/tasks", {"agent": value, "input": TEXT})
+    assert response.status_code == 404
+    assert response.json()["error"]["code"] == "agent_not_found"
+    assert Task.objects.unscoped("test").count() == 0
+
+
+def test_oversized_input_is_413(client_for: Any, alice: Any, agent: Any, settings: Any) -> None:
+    settings.HERMES_MAX_TASK_INPUT_BYTES = 1000
+    body = {"agent": str(agent.pk), "input": {"parts": [{"text": "x" * 1500}]}}
+    response = post(client_for(alice), "/api/v1/tasks", body)
+    assert response.status_code == 413
+    assert response.json()["error"]["details"]["limit"] == 1000
+    huge = {"agent": str(agent.pk), "input": {"parts": [{"text": "x" * 40000}]}}
+    assert post(client_for(alice), "/api/v1/tasks", huge).status_code == 413  # refused before parsing
+    assert Task.objects.unscoped("test").count() == 0
+
+
+@pytest.mark.parametrize(
+    ("body", "field"),
+    [
+        ({"input": TEXT}, "agent"),
+        ({"agent": "x"}, "input"),
+        ({"agent": "x", "input": {"parts": []}}, "input"),
+        ({"agent": "x", "input": {"parts": [{"text": "a", "data": {}}]}}, "input"),
+        ({"agent": "x", "input": {"parts": [{"kind": "data", "text": "a"}]}}, "input"),
+        ({"agent": "x", "input": {"parts": [{"data": [1]}]}}, "input"),
+        ({"agent": "x", "input": TEXT, "metadata": "no"}, "metadata"),
+        ({"agent": "x", "input": TEXT, "deadline_seconds": 0}, "deadline_seconds"),
+    ],
+)
+def test_malformed_input_is_400_per_field(client_for: Any, alice: Any, body: Any, field: str) -> None:
+    response = post(client_for(alice), "/api/v1/tasks", body)
+    assert response.status_code == 400
+    error = response.json()["error"]
+    assert error["code"] == "invalid" and field in error["details"]
+
+
+def test_malformed_json_is_400(client_for: Any, alice: Any) -> None:
+    response = client_for(alice).post("/api/v1/tasks", "{nope", content_type="application/json")
+    assert response.status_code == 400
+
+
+def test_retrieve_and_other_org_is_404(client_for: Any, alice: Any, charlie: Any, agent: Any) -> None:
+    task = actions.create_task(org=agent.organization, agent=agent, message={"role": "user", **TEXT})
+    assert client_for(alice).get(f"/api/v1/tasks/{task.pk}").json()["id"] == str(task.pk)
+    for url in (f"/api/v1/tasks/{task.pk}", f"/api/v1/tasks/{task.pk}/events", f"/api/v1/tasks/{task.pk}/stream"):
+        response = client_for(charlie).get(url)
+        assert response.status_code == 404, url
+    for url in (f"/api/v1/tasks/{task.pk}/cancel", f"/api/v1/tasks/{task.pk}/messages"):
+        assert post(client_for(charlie), url, {"input": TEXT}).status_code == 404, url
+    assert client_for(alice).get("/api/v1/tasks/not-a-uuid").status_code == 404
+
+
+def test_list_filters_and_pins_queries(
+    client_for: Any, alice: Any, charlie: Any, org: Any, other_org: Any, django_assert_num_queries: Any
+) -> None:
+    echo, calc = make_agent(org, "echo"), make_agent(org, "calc")
+    theirs = make_agent(other_org, "theirs")
+    for i in range(6):
+        actions.create_task(org=org, agent=echo if i % 2 else calc, message={"role": "user", **TEXT})
+    actions.create_task(org=other_org, agent=theirs, message={"role": "user", **TEXT})
+    done = actions.create_task(org=org, agent=echo, message={"role": "user", **TEXT})
+    actions.record(done, [Observation(kind="state", data={}, state="completed")])
+    client = client_for(alice)
+    client.get("/api/v1/tasks")  # warm the session
+    # session + user + memberships, then one query for the page (agent joined in).
+    with django_assert_num_queries(4):
+        response = client.get("/api/v1/tasks?page_size=3")
+    page = response.json()
+    assert len(page["results"]) == 3 and page["next"]
+    assert len(client.get(page["next"]).json()["results"]) == 3
+    assert len(client.get("/api/v1/tasks").json()["results"]) == 7
+    assert len(client.get(f"/api/v1/tasks?agent={echo.pk}").json()["results"]) == 4
+    assert [t["id"] for t in client.get("/api/v1/tasks?status=completed").json()["results"]] == [str(done.pk)]
+    bad = client.get("/api/v1/tasks?status=done")
+    assert bad.status_code == 400 and "status" in bad.json()["error"]["details"]
+
+
+def test_events_after(client_for: Any, alice: Any, agent: Any) -> None:
+    task = actions.create_task(org=agent.organization, agent=agent, message={"role": "user", **TEXT})
+    actions.record(task, [Observation(kind="progress", data={"n": i}) for i in range(3)])
+    client = client_for(alice)
+    body = client.get(f"/api/v1/tasks/{task.pk}/events?after=2").json()
+    assert [e["seq"] for e in body["results"]] == [3, 4, 5] and body["last_seq"] == 5
+    page = client.get(f"/api/v1/tasks/{task.pk}/events?limit=2").json()
+    assert [e["seq"] for e in page["results"]] == [1, 2] and page["next_after"] == 2
+    assert client.get(f"/api/v1/tasks/{task.pk}/events?after=-1").status_code == 400
+
+
+def test_cancel_and_follow_up(client_for: Any, alice: Any, agent: Any) -> None:
+    client = client_for(alice)
+    task = actions.create_task(org=agent.organization, agent=agent, message={"role": "user", **TEXT})
+    response = post(client, f"/api/v1/tasks/{task.pk}/messages", {"input": TEXT})
+    assert response.status_code == 409 and response.json()["error"]["code"] == "task_not_waiting"
+    actions.record(task, [Observation(kind="state", data={}, state="input-required")])
+    assert post(client, f"/api/v1/tasks/{task.pk}/messages", {"input": {"parts": []}}).status_code == 400
+    response = post(client, f"/api/v1/tasks/{task.pk}/messages", {"input": {"parts": [{"text": "42"}]}})
+    assert response.status_code == 202 and response.json()["status"] == "working"
+    Task.objects.for_org(agent.organization).filter(pk=task.pk).update(claimed_by="")
+    response = post(client, f"/api/v1/tasks/{task.pk}/cancel", {})
+    assert response.status_code == 202 and response.json()["status"] == "canceled"
+    response = post(client, f"/api/v1/tasks/{task.pk}/cancel", {})
+    assert response.status_code == 409 and response.json()["error"]["code"] == "task_finished"
+
+
+def test_members_send_but_keys_need_scopes(client_for: Any, mia: Any, agent: Any) -> None:
+    from rest_framework.test import APIClient
+
+    from apps.core.permissions import Access
+
+    assert post(client_for(mia), "/api/v1/tasks", {"agent": str(agent.pk), "input": TEXT}).status_code == 202
+    client = APIClient()
+    read_only = Access(org=agent.organization, role="member", user=mia, scopes=frozenset({"tasks:read"}))
+    client.force_authenticate(user=mia, token=read_only)
+    response = client.post("/api/v1/tasks", {"agent": str(agent.pk), "input": TEXT}, format="json")
+    assert response.status_code == 403 and response.json()["error"]["details"] == {"required_scope": "tasks:write"}
+    assert client.get("/api/v1/tasks").status_code == 200
+
+
+def test_idempotency_key_replays_the_same_task(client_for: Any, alice: Any, agent: Any) -> None:
+    client = client_for(alice)
+    body = {"agent": str(agent.pk), "input": TEXT}
+    first = post(client, "/api/v1/tasks", body, HTTP_IDEMPOTENCY_KEY="k-1")
+    again = post(client, "/api/v1/tasks", body, HTTP_IDEMPOTENCY_KEY="k-1")
+    assert first.status_code == again.status_code == 202
+    assert again.json()["id"] == first.json()["id"] and again["Idempotent-Replayed"] == "true"
+    other = post(client, "/api/v1/tasks", {**body, "metadata": {"x": 1}}, HTTP_IDEMPOTENCY_KEY="k-1")
+    assert other.status_code == 409
+    assert Task.objects.for_org(agent.organization).count() == 1
+
+
+def test_tasks_per_day_quota_is_a_429(client_for: Any, alice: Any, agent: Any, monkeypatch: Any) -> None:
+    from apps.orgs.models import PLAN_LIMITS, PlanLimits
+
+    plan = agent.organization.plan
+    monkeypatch.setitem(PLAN_LIMITS, plan, PlanLimits(requests_per_minute=1000, tasks_per_day=2))
+    client = client_for(alice)
+    body = {"agent": str(agent.pk), "input": TEXT}
+    assert [post(client, "/api/v1/tasks", body).status_code for _ in range(3)] == [202, 202, 429]
+    refused = post(client, "/api/v1/tasks", body)
+    assert refused.json()["error"]["code"] == "quota_exceeded" and refused.has_header("Retry-After")
+    assert Task.objects.for_org(agent.organization).count() == 2

@@ -1,0 +1,238 @@
+"""The task and org websockets through the real auth middleware, the Redis channel layer and Postgres."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+from asgiref.sync import async_to_sync
+from channels.db import database_sync_to_async
+from channels.layers import channel_layers
+from channels.routing import URLRouter
+from django.test import Client
+
+from apps.tasks import actions, broadcast
+from apps.tasks.actions import Observation
+from hermes_site.routing import websocket_urlpatterns
+from hermes_site.ws_auth import WebSocketAuthMiddleware
+from tests.tasks.conftest import make_agent
+from tests.tasks.wsclient import WebsocketCommunicator
+
+pytestmark = pytest.mark.django_db(transaction=True)
+MESSAGE = {"role": "user", "parts": [{"kind": "text", "text": "hi"}]}
+APP = WebSocketAuthMiddleware(URLRouter(websocket_urlpatterns))
+
+
+def cookie_for(user: Any) -> list[tuple[bytes, bytes]]:
+    client = Client()
+    client.force_login(user)
+    return [(b"cookie", f"sessionid={client.cookies['sessionid'].value}".encode())]
+
+
+_cookies: dict[Any, list[tuple[bytes, bytes]]] = {}
+
+
+def communicator(path: str, user: Any | None) -> WebsocketCommunicator:
+    # Sessions are created by the sync `login` fixture below; here we only look the cookie up.
+    return WebsocketCommunicator(APP, path, headers=_cookies[user.pk] if user else [])
+
+
+@pytest.fixture(autouse=True)
+def login(request: Any) -> None:
+    _cookies.clear()
+    for name in ("alice", "bob", "charlie"):
+        if name in request.fixturenames:
+            user = request.getfixturevalue(name)
+            _cookies[user.pk] = cookie_for(user)
+
+
+Frames = list[dict[str, Any]]
+
+
+async def receive_until(
+    ws: WebsocketCommunicator, done: Callable[[dict[str, Any]], bool], timeout: float = 5
+) -> Frames:
+    frames: list[dict[str, Any]] = []
+    async with asyncio.timeout(timeout):
+        while True:
+            frame = await ws.receive_json_from(timeout=timeout)
+            frames.append(frame)
+            if done(frame):
+                return frames
+
+
+def seqs(frames: list[dict[str, Any]]) -> list[int]:
+    return [f["event"]["seq"] for f in frames if f["type"] == "event"]
+
+
+def is_event(seq: int) -> Callable[[dict[str, Any]], bool]:
+    return lambda f: f["type"] == "event" and f["event"]["seq"] == seq
+
+
+record = database_sync_to_async(actions.record)
+
+
+@pytest.fixture
+def task(org: Any, alice: Any) -> Any:
+    return actions.create_task(org=org, agent=make_agent(org), message=MESSAGE)
+
+
+@pytest.fixture
+def fast_resync(settings: Any) -> None:
+    settings.HERMES_WS_RESYNC_SECONDS = 0.2
+
+
+def test_backfill_then_live_in_order(alice: Any, task: Any) -> None:
+    async def scenario() -> None:
+        ws = communicator(f"/ws/tasks/{task.pk}/", alice)
+        connected, _ = await ws.connect()
+        assert connected
+        frames = await receive_until(ws, lambda f: f["type"] == "synced")
+        assert seqs(frames) == [1, 2] and frames[-1] == {"type": "synced", "last_seq": 2, "state": "submitted"}
+        await record(task, [Observation(kind="state", data={}, state="working")])
+        await record(task, [Observation(kind="artifact", data={"parts": [{"kind": "text", "text": "out"}]})])
+        live = await receive_until(ws, is_event(4))
+        events = [f["event"] for f in live if f["type"] == "event"]
+        assert [(e["seq"], e["kind"]) for e in events] == [(3, "state"), (4, "artifact")]
+        assert events[0]["data"] == {"from": "submitted", "to": "working"}
+        await ws.disconnect()
+
+    async_to_sync(scenario)()
+
+
+def test_after_skips_seen_events(alice: Any, task: Any) -> None:
+    async def scenario() -> None:
+        ws = communicator(f"/ws/tasks/{task.pk}/?after=1", alice)
+        await ws.connect()
+        frames = await receive_until(ws, lambda f: f["type"] == "synced")
+        assert seqs(frames) == [2]
+        await ws.disconnect()
+
+    async_to_sync(scenario)()
+
+
+@pytest.mark.parametrize(("who", "code"), [("charlie", 4404), ("anonymous", 4401)])
+def test_other_org_and_anonymous_are_refused(request: Any, task: Any, who: str, code: int) -> None:
+    user = request.getfixturevalue(who) if who != "anonymous" else None
+    if user is not None:
+        _cookies[user.pk] = cookie_for(user)
+
+    async def scenario() -> None:
+        ws = communicator(f"/ws/tasks/{task.pk}/", user)
+        connected, close_code = await ws.connect()
+        assert not connected and close_code == code
+
+    async_to_sync(scenario)()
+
+
+def test_dropped_message_is_backfilled_from_the_database(
+    alice: Any, task: Any, monkeypatch: Any, fast_resync: None
+) -> None:
+    real_publish = broadcast.publish
+    dropped: list[int] = []
+
+    def lossy_publish(t: Any, events: Any, *, state_changed: bool) -> bool:
+        # Simulate channels-redis dropping messages past capacity: seq 3 and the final seq 6 never arrive live.
+        kept = [e for e in events if e.seq not in (3, 6)]
+        dropped.extend(e.seq for e in events if e.seq in (3, 6))
+        return real_publish(t, kept, state_changed=state_changed) if kept else False
+
+    monkeypatch.setattr(broadcast, "publish", lossy_publish)
+
+    async def scenario() -> None:
+        ws = communicator(f"/ws/tasks/{task.pk}/", alice)
+        await ws.connect()
+        await receive_until(ws, lambda f: f["type"] == "synced")
+        for n in range(3):
+            await record(task, [Observation(kind="progress", data={"n": n})])
+        frames = await receive_until(ws, is_event(5))
+        assert seqs(frames) == [3, 4, 5]  # 4 arrived live, revealed the gap; 3 came from the database
+        await record(task, [Observation(kind="state", data={}, state="completed")])
+        # Nothing follows seq 6 to reveal its loss: the periodic resync finds it.
+        frames = await receive_until(ws, is_event(6))
+        assert seqs(frames) == [6]
+        await ws.disconnect()
+
+    async_to_sync(scenario)()
+    assert dropped == [3, 6]
+
+
+def test_presence_joins_and_leaves(alice: Any, bob: Any, task: Any) -> None:
+    async def scenario() -> None:
+        first = communicator(f"/ws/tasks/{task.pk}/", alice)
+        await first.connect()
+        frames = await receive_until(first, lambda f: f["type"] == "presence")
+        assert [w["name"] for w in frames[-1]["watchers"]] == [alice.name]
+        assert frames[-1]["agent_online"] is False
+        second = communicator(f"/ws/tasks/{task.pk}/", bob)
+        await second.connect()
+        joined = await receive_until(first, lambda f: f["type"] == "presence")
+        assert joined[-1]["joined"]["user_id"] == bob.pk
+        assert sorted(w["user_id"] for w in joined[-1]["watchers"]) == sorted([alice.pk, bob.pk])
+        await second.disconnect()
+        left = await receive_until(first, lambda f: f["type"] == "presence")
+        assert left[-1]["left"]["user_id"] == bob.pk
+        assert [w["user_id"] for w in left[-1]["watchers"]] == [alice.pk]
+        await first.disconnect()
+
+    async_to_sync(scenario)()
+
+
+def test_org_socket_gets_status_changes_of_its_org_only(alice: Any, charlie: Any, org: Any, other_org: Any) -> None:
+    agent = make_agent(org)
+    theirs = make_agent(other_org, "theirs")
+
+    async def scenario() -> None:
+        ws = communicator("/ws/org/", alice)
+        connected, _ = await ws.connect()
+        assert connected
+        await database_sync_to_async(actions.create_task)(org=other_org, agent=theirs, message=MESSAGE)
+        task = await database_sync_to_async(actions.create_task)(org=org, agent=agent, message=MESSAGE)
+        frame = await ws.receive_json_from(timeout=5)
+        assert frame["type"] == "task.status" and frame["task"]["id"] == str(task.pk)
+        assert frame["task"]["state"] == "submitted"
+        assert await ws.receive_nothing(timeout=0.3)
+        await ws.disconnect()
+        anonymous = communicator("/ws/org/", None)
+        assert (await anonymous.connect()) == (False, 4401)
+
+    async_to_sync(scenario)()
+
+
+def test_redis_outage_events_persist_and_the_stream_catches_up(
+    alice: Any, task: Any, settings: Any, tmp_path: Any, fast_resync: None
+) -> None:
+    from hermes_site.embedded import start_redis, stop_redis
+
+    url, proc = start_redis(directory=tmp_path)
+    port = int(url.rsplit(":", 1)[1].split("/")[0])
+    settings.REDIS_URL = url
+    settings.CHANNEL_LAYERS = {
+        "default": {"BACKEND": "channels_redis.pubsub.RedisPubSubChannelLayer", "CONFIG": {"hosts": [url]}}
+    }
+    channel_layers.backends.clear()
+    try:
+
+        async def scenario() -> None:
+            nonlocal proc
+            ws = communicator(f"/ws/tasks/{task.pk}/", alice)
+            await ws.connect()
+            await receive_until(ws, lambda f: f["type"] == "synced")
+            stop_redis(proc, directory=tmp_path)
+            # Redis is gone: recording still works (the broadcast failure is logged, not raised).
+            await record(task, [Observation(kind="state", data={}, state="working")])
+            await record(task, [Observation(kind="progress", data={"n": 1})])
+            frames = await receive_until(ws, is_event(4))
+            assert seqs(frames) == [3, 4]
+            _, proc = start_redis(port=port, directory=tmp_path)
+            await record(task, [Observation(kind="state", data={}, state="completed")])
+            frames = await receive_until(ws, is_event(5))
+            assert seqs(frames) == [5]
+            await ws.disconnect()
+
+        async_to_sync(scenario)()
+    finally:
+        stop_redis(proc, directory=tmp_path)
+        channel_layers.backends.clear()

@@ -1,0 +1,165 @@
+"""Tasks run by a real Celery worker against agents built with the official a2a-sdk, over real HTTP."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import pytest
+
+from apps.agents.actions import register_agent_by_url, register_agent_manually
+from apps.tasks import actions
+from apps.tasks.models import TaskState
+from tests.tasks.conftest import reload_task, timeline, wait_for
+
+pytestmark = pytest.mark.django_db(transaction=True)
+
+
+def text(value: str) -> dict[str, Any]:
+    return {"role": "user", "parts": [{"kind": "text", "text": value}]}
+
+
+def finished(task: Any) -> Any:
+    return wait_for(lambda: (t := reload_task(task)).is_terminal and t)
+
+
+def test_sdk_streaming_agent_registered_by_card_completes(
+    task_worker: Any, agents_base: str, org: Any, alice: Any, client_for: Any
+) -> None:
+    agent = register_agent_by_url(org=org, url=f"{agents_base}/stream/")
+    assert agent.streaming
+    response = client_for(alice).post(
+        "/api/v1/tasks",
+        json.dumps({"agent": str(agent.pk), "input": {"parts": [{"text": "hi"}, {"data": {"n": 1}}]}}),
+        content_type="application/json",
+    )
+    assert response.status_code == 202
+    task = finished(response.json())
+    assert task.state == "completed" and task.attempts == 1 and task.remote_task_id
+    events = timeline(task)
+    assert [kind for kind, _ in events] == ["state", "message", "state", "progress", "artifact", "state"]
+    assert events[0][1] == "submitted" and events[2][1] == "working" and events[-1][1] == "completed"
+    assert events[3][1]["parts"] == [{"kind": "text", "text": "thinking"}]
+    artifact = events[4][1]
+    assert artifact["name"] == "result"
+    assert artifact["parts"][0] == {"kind": "text", "text": "echo: hi"}
+    assert artifact["parts"][1]["data"] == {"received": {"n": 1}}
+    agent.refresh_from_db()
+    assert agent.is_online
+
+
+def test_non_streaming_agent_is_polled_to_completion(task_worker: Any, agents_base: str, org: Any) -> None:
+    agent = register_agent_by_url(org=org, url=f"{agents_base}/plain/")
+    assert not agent.streaming
+    task = finished(actions.create_task(org=org, agent=agent, message=text("plain")))
+    assert task.state == "completed"
+    artifacts = [data for kind, data in timeline(task) if kind == "artifact"]
+    assert artifacts[0]["parts"] == [{"kind": "text", "text": "echo: plain"}]
+
+
+def test_agent_failure_is_recorded_not_retried(task_worker: Any, agents_base: str, org: Any) -> None:
+    agent = register_agent_by_url(org=org, url=f"{agents_base}/stream/")
+    task = finished(actions.create_task(org=org, agent=agent, message=text("fail")))
+    assert task.state == "failed" and task.attempts == 1
+    assert not [k for k, _ in timeline(task) if k == "retry"]
+
+
+def test_input_required_then_follow_up(task_worker: Any, agents_base: str, org: Any) -> None:
+    agent = register_agent_by_url(org=org, url=f"{agents_base}/stream/")
+    task = actions.create_task(org=org, agent=agent, message=text("ask"))
+    waiting = wait_for(lambda: (t := reload_task(task)).state == "input-required" and t)
+    assert waiting.claimed_by == ""
+    actions.continue_task(waiting, message=text("Paris"))
+    task = finished(task)
+    assert task.state == "completed" and task.pending_message is None
+    artifacts = [data for kind, data in timeline(task) if kind == "artifact"]
+    assert artifacts[-1]["parts"][0]["text"] == "got: Paris"
+
+
+def test_unreachable_agent_is_retried_with_backoff_then_fails(
+    task_worker: Any, org: Any, settings: Any, free_port: int
+) -> None:
+    settings.HERMES_TASK_MAX_ATTEMPTS = 3
+    agent = register_agent_manually(org=org, name="Gone", url=f"http://127.0.0.1:{free_port}/", streaming=True)
+    task = finished(actions.create_task(org=org, agent=agent, message=text("hi")))
+    assert task.state == "failed" and task.attempts == 3
+    events = timeline(task)
+    retries = [data for kind, data in events if kind == "retry"]
+    assert [r["attempt"] for r in retries] == [1, 2]
+    assert all(r["reason"] == "transport_error" and 0 < r["delay"] <= 0.2 for r in retries)
+    assert "after 3 attempts" in task.last_error
+    assert events[-1][0] == "state" and events[-1][1] == "failed"
+
+
+def test_cancel_the_slow_agent_mid_stream(task_worker: Any, agents_base: str, org: Any) -> None:
+    agent = register_agent_by_url(org=org, url=f"{agents_base}/slow/")
+    task = actions.create_task(org=org, agent=agent, message=text("100"))
+    wait_for(lambda: sum(1 for k, _ in timeline(task) if k == "progress") >= 3)
+    actions.cancel_task(reload_task(task))
+    task = finished(task)
+    assert task.state == "canceled"
+    progress = [data for kind, data in timeline(task) if kind == "progress"]
+    assert len(progress) < 50  # stopped long before the 100 steps (10 s) the agent would have taken
+    assert timeline(task)[-1] == ("state", "canceled")
+
+
+def test_sweeper_fails_tasks_past_their_deadline(org: Any, transactional_db: Any) -> None:
+    from datetime import timedelta
+
+    from django.utils import timezone
+
+    from apps.tasks.models import Task
+    from apps.tasks.tasks import sweep_tasks
+    from tests.tasks.conftest import make_agent
+
+    task = actions.create_task(org=org, agent=make_agent(org), message=text("x"))
+    Task.objects.for_org(org).filter(pk=task.pk).update(deadline_at=timezone.now() - timedelta(seconds=1))
+    assert sweep_tasks()["deadline"] == 1
+    task = reload_task(task)
+    assert task.state == TaskState.FAILED and task.last_error == "deadline exceeded"
+
+
+def _sse_frames(response: Any, stop_after: int | None = None) -> list[dict[str, Any]]:
+    """Parse SSE frames from a streaming response; stop after `stop_after` events (closing the stream)."""
+    frames: list[dict[str, Any]] = []
+    buffer = b""
+    for chunk in response.streaming_content:
+        buffer += chunk
+        while b"\n\n" in buffer:
+            raw, buffer = buffer.split(b"\n\n", 1)
+            fields = dict(line.split(": ", 1) for line in raw.decode().splitlines() if ": " in line)
+            if "data" in fields:
+                data = json.loads(fields["data"])
+                frames.append({"id": fields.get("id"), "event": fields.get("event"), "data": data})
+            if stop_after is not None and len(frames) >= stop_after:
+                response.close()
+                return frames
+    return frames
+
+
+def test_sse_stream_with_resume_in_the_middle(
+    task_worker: Any, agents_base: str, org: Any, alice: Any, client_for: Any
+) -> None:
+    agent = register_agent_by_url(org=org, url=f"{agents_base}/slow/")
+    task = actions.create_task(org=org, agent=agent, message=text("5"))
+    client = client_for(alice)
+    first = _sse_frames(client.get(f"/api/v1/tasks/{task.pk}/stream", HTTP_ACCEPT="text/event-stream"), stop_after=4)
+    assert [f["id"] for f in first] == ["1", "2", "3", "4"]
+    resumed = client.get(f"/api/v1/tasks/{task.pk}/stream", HTTP_LAST_EVENT_ID=first[-1]["id"])
+    assert resumed["Content-Type"] == "text/event-stream"
+    rest = _sse_frames(resumed)
+    assert rest[-1] == {"id": None, "event": "end", "data": {"state": "completed"}}
+    seqs = [int(f["id"]) for f in first + rest[:-1]]
+    assert seqs == list(range(1, reload_task(task).last_seq + 1))  # every event once, in order
+    kinds = [f["event"] for f in first + rest[:-1]]
+    assert kinds.count("progress") == 5 and kinds[-2:] == ["artifact", "state"]
+
+
+def test_sse_lifetime_is_bounded(org: Any, alice: Any, client_for: Any, settings: Any) -> None:
+    from tests.tasks.conftest import make_agent
+
+    settings.HERMES_SSE_MAX_SECONDS = 0.3
+    settings.HERMES_SSE_POLL_SECONDS = 0.05
+    task = actions.create_task(org=org, agent=make_agent(org), message=text("x"))
+    frames = _sse_frames(client_for(alice).get(f"/api/v1/tasks/{task.pk}/stream?after=1"))
+    assert [f["id"] for f in frames] == ["2"]  # then the stream ends; the client resumes with Last-Event-ID: 2

@@ -1,0 +1,85 @@
+"""End to end over real sockets: Hermes' ASGI app under uvicorn, a websocket client and an SSE client, a Celery
+worker, and an agent built with the official a2a-sdk — all on loopback."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from typing import Any
+
+import httpx
+import pytest
+from django.test import Client
+from websockets.sync.client import connect
+
+from apps.agents.actions import register_agent_by_url
+
+pytestmark = pytest.mark.django_db(transaction=True)
+
+
+@pytest.fixture
+def hermes(short_lived_connections: None) -> Iterator[str]:
+    from hermes_site.asgi import application
+    from tests.servers import serve_asgi
+
+    with serve_asgi(application) as base:
+        yield base
+
+
+CSRF = "t" * 32  # a console session posts with the CSRF cookie and header, like the HTMX console does
+
+
+def session_cookie(user: Any) -> str:
+    client = Client()
+    client.force_login(user)
+    return f"sessionid={client.cookies['sessionid'].value}; csrftoken={CSRF}"
+
+
+def test_websocket_and_sse_follow_a_streaming_task_to_completion(
+    hermes: str, task_worker: Any, agents_base: str, org: Any, alice: Any
+) -> None:
+    agent = register_agent_by_url(org=org, url=f"{agents_base}/slow/")
+    cookie = session_cookie(alice)
+    headers = {"Cookie": cookie, "Origin": hermes}
+    with httpx.Client(base_url=hermes, headers={"Cookie": cookie, "X-CSRFToken": CSRF}, timeout=10) as http:
+        response = http.post("/api/v1/tasks", json={"agent": str(agent.pk), "input": {"parts": [{"text": "3"}]}})
+        assert response.status_code == 202, response.text
+        task_id = response.json()["id"]
+
+        ws_url = hermes.replace("http://", "ws://") + f"/ws/tasks/{task_id}/"
+        events: list[dict[str, Any]] = []
+        with connect(ws_url, additional_headers=headers, open_timeout=5) as ws:
+            while not events or events[-1]["data"].get("to") != "completed":
+                frame = json.loads(ws.recv(timeout=10))
+                if frame["type"] == "event":
+                    events.append(frame["event"])
+        states = [e["data"]["to"] for e in events if e["kind"] == "state"]
+        assert states == ["submitted", "working", "completed"]
+        assert [e["seq"] for e in events] == list(range(1, len(events) + 1))
+        artifact = next(e for e in events if e["kind"] == "artifact")
+        assert artifact["data"]["parts"] == [{"kind": "text", "text": "done after 3 steps"}]
+
+        # The same timeline through SSE (served by the ASGI app: the async generator path), resumed mid-way.
+        seen: list[int] = []
+        with http.stream("GET", f"/api/v1/tasks/{task_id}/stream", headers={"Last-Event-ID": "2"}) as sse:
+            assert sse.headers["content-type"] == "text/event-stream"
+            for line in sse.iter_lines():
+                if line.startswith("id: "):
+                    seen.append(int(line[4:]))
+                if line.startswith("event: end"):
+                    break
+        assert seen == list(range(3, len(events) + 1))
+
+
+def test_other_org_websocket_is_closed_with_4404(hermes: str, org: Any, alice: Any, charlie: Any) -> None:
+    from websockets.exceptions import ConnectionClosed
+
+    from apps.tasks import actions
+    from tests.tasks.conftest import make_agent
+
+    task = actions.create_task(org=org, agent=make_agent(org), message={"role": "user", "parts": []})
+    url = hermes.replace("http://", "ws://") + f"/ws/tasks/{task.pk}/"
+    headers = {"Cookie": session_cookie(charlie), "Origin": hermes}
+    with connect(url, additional_headers=headers) as ws, pytest.raises(ConnectionClosed) as closed:
+        ws.recv(timeout=5)
+    assert closed.value.rcvd is not None and closed.value.rcvd.code == 4404
