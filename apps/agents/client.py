@@ -50,6 +50,7 @@ All traffic goes through `apps.core.http.guarded_async_client` (SSRF guard, time
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import json
 import queue
 import threading
@@ -515,7 +516,9 @@ def iterate_sync(make: Callable[[], AsyncIterator[T]]) -> Iterator[T]:
         finally:
             ready.set()
 
-    thread = threading.Thread(target=run, name="a2a-client", daemon=True)
+    # The helper thread runs in a copy of the caller's contextvars: the log context (request_id, task_id, ...) and
+    # the active trace span follow the job into the A2A call, so its HTTP requests belong to the job's trace.
+    thread = threading.Thread(target=contextvars.copy_context().run, args=(run,), name="a2a-client", daemon=True)
     thread.start()
     finished = False
     try:
