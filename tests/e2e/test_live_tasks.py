@@ -10,7 +10,7 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.e2e.test_console_flow import assert_accessible, sign_in
+from tests.e2e.test_console_flow import assert_accessible, sign_in, wait_for_task
 
 pytestmark = pytest.mark.e2e
 
@@ -31,11 +31,7 @@ def timeline_seqs(page: Any) -> list[int]:
     return [int(s) for s in page.locator("[data-events] li").evaluate_all("els => els.map(e => e.dataset.seq)")]
 
 
-def wait_state(page: Any, state: str, timeout: float = 30_000) -> None:
-    """The badge shows `state` and the socket has delivered the timeline so far (the page may have been rendered
-    with a state the events have not reached the browser for yet)."""
-    page.locator(f'h1 [data-task-state][data-state="{state}"]').wait_for(timeout=timeout)
-    page.locator('[data-task-timeline][data-synced="true"]').wait_for(timeout=timeout)
+wait_state = wait_for_task
 
 
 def test_send_from_the_console_and_through_the_api(
