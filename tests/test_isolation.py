@@ -128,6 +128,15 @@ def _fed_remote_task(org: Any, owner: Any) -> Any:
 _FED_PEERS = Exempt("peers and link keys are instance-wide (no org owns them); writes need staff")
 
 
+def _task(org: Any, owner: Any) -> Any:
+    from apps.tasks.actions import create_task
+    from tests.tasks.conftest import make_agent
+
+    # Inside the test's transaction: the on-commit dispatch never fires, the task just sits "submitted".
+    message = {"role": "user", "parts": [{"kind": "text", "text": "isolation probe"}]}
+    return create_task(org=org, agent=make_agent(org), message=message)
+
+
 ISOLATION: dict[str, Detail | Listing | Exempt] = {
     # ops
     "health-live": Exempt("liveness probe: no data"),
@@ -158,6 +167,13 @@ ISOLATION: dict[str, Detail | Listing | Exempt] = {
     "api-key-rotate": Detail(_api_key),
     "api-key-revoke": Detail(_api_key),
     "usage": Exempt("reads the caller's current org only; no id in the URL"),
+    # tasks
+    "tasks-list": Listing(_task, value=lambda task: str(task.pk)),
+    "tasks-detail": Detail(_task),
+    "tasks-cancel": Detail(_task),
+    "tasks-events": Detail(_task),
+    "tasks-messages": Detail(_task),
+    "tasks-stream": Detail(_task),
     # agents
     "agent-list": Listing(_agent, value=lambda agent: str(agent.pk)),
     "agent-detail": Detail(_agent),
@@ -251,7 +267,15 @@ def test_every_api_route_has_isolation_coverage() -> None:
 
 
 def _missing(value: Any) -> Any:
-    return 2**31 - 1 if isinstance(value, int) else "no-such-object"
+    """A lookup value of the same shape as `value` that names nothing (routes may only accept, e.g., hex ids)."""
+    if isinstance(value, int):
+        return 2**31 - 1
+    try:
+        uuid.UUID(str(value))
+    except ValueError:
+        return "no-such-object"
+    fresh = uuid.uuid4()
+    return fresh.hex if len(str(value)) == 32 else str(fresh)
 
 
 @pytest.fixture

@@ -2,6 +2,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from drf_spectacular.utils import extend_schema_serializer
 from rest_framework import serializers
 
 from apps.tasks.models import Task, TaskEvent, TaskState
@@ -33,6 +34,8 @@ class PartSerializer(serializers.Serializer):
         return part
 
 
+# Named for the schema: federation has a MessageSerializer too, and two "Message" components are ambiguous.
+@extend_schema_serializer(component_name="TaskMessage")
 class MessageSerializer(serializers.Serializer):
     parts = PartSerializer(many=True, allow_empty=False)
     metadata = serializers.DictField(required=False)
