@@ -39,6 +39,7 @@ doctor: install
 docs: install
 	$(PY) -m hermes_site.config --markdown > docs/configuration.md
 	$(PY) -m hermes_site.config --env-example > .env.example
+	$(PY) -m apps.core.permissions > docs/permissions.md
 
 clean:
 	rm -rf $(VENV) var .pytest_cache .mypy_cache .ruff_cache .coverage

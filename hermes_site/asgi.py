@@ -23,12 +23,17 @@ with explain_failures("asgi"):
     from channels.routing import ProtocolTypeRouter, URLRouter
     from channels.security.websocket import AllowedHostsOriginValidator
 
+    from apps.agents.demo.app import DemoAgentsDispatcher
     from hermes_site.routing import websocket_urlpatterns
     from hermes_site.ws_auth import WebSocketAuthMiddleware
 
-    application = ProtocolTypeRouter(
-        {
-            "http": django_asgi,
-            "websocket": AllowedHostsOriginValidator(WebSocketAuthMiddleware(URLRouter(websocket_urlpatterns))),
-        }
+    # /demo-agents/ are real A2A agents (Starlette apps from the a2a-sdk, SSE streaming), so they live in the ASGI
+    # process; the reverse proxy routes that prefix here (docs/deploy.md).
+    application = DemoAgentsDispatcher(
+        ProtocolTypeRouter(
+            {
+                "http": django_asgi,
+                "websocket": AllowedHostsOriginValidator(WebSocketAuthMiddleware(URLRouter(websocket_urlpatterns))),
+            }
+        )
     )

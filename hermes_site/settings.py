@@ -80,6 +80,8 @@ TEMPLATES = [
                 "django.contrib.messages.context_processors.messages",
                 "apps.orgs.context_processors.console",
             ],
+            # {% partialdef %} in every template without a {% load %} (template_partials wraps the loaders).
+            "builtins": ["template_partials.templatetags.partials"],
         },
     }
 ]
@@ -132,6 +134,7 @@ CHANNEL_LAYERS = {
 }
 
 CELERY_BROKER_URL = CONFIG.broker_url or REDIS_URL
+CELERY_TASK_DEFAULT_QUEUE = env.str("CELERY_TASK_DEFAULT_QUEUE", default="celery")
 CELERY_TASK_ALWAYS_EAGER = env.bool("CELERY_TASK_ALWAYS_EAGER", default=False)
 CELERY_TASK_EAGER_PROPAGATES = True
 CELERY_TASK_IGNORE_RESULT = True
@@ -141,6 +144,10 @@ CELERY_RESULT_BACKEND = None
 CELERY_TASK_ACKS_LATE = True
 CELERY_TASK_REJECT_ON_WORKER_LOST = True
 CELERY_WORKER_PREFETCH_MULTIPLIER = 1
+# Celery's Django fixup otherwise closes every database connection before and after each job, so each job pays a
+# new Postgres connection (a backend process) — the largest fixed cost of short jobs such as federation deliveries.
+# CONN_MAX_AGE and CONN_HEALTH_CHECKS already retire stale connections; this only stops the per-job churn.
+CELERY_DB_REUSE_MAX = 1000
 CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
 CELERY_BROKER_TRANSPORT_OPTIONS = {"visibility_timeout": 3600, "socket_connect_timeout": 2}
 CELERY_TASK_SERIALIZER = "json"
@@ -154,6 +161,12 @@ CELERY_BEAT_SCHEDULE: dict[str, dict[str, Any]] = {
     "tasks-sweeper": {
         "task": "apps.tasks.tasks.sweep_tasks",
         "schedule": timedelta(seconds=HERMES_TASK_SWEEP_SECONDS),
+    },
+    # Re-enqueues overdue outbox rows and expires stale in-flight leases: a lost broker message delays a
+    # federation delivery, never loses it.
+    "federation-sweep-outbox": {
+        "task": "apps.federation.tasks.sweep_outbox",
+        "schedule": timedelta(seconds=env.float("HERMES_FEDERATION_SWEEP_INTERVAL", default=10.0)),
     },
 }
 
@@ -208,7 +221,7 @@ REST_FRAMEWORK = {
     "DEFAULT_PERMISSION_CLASSES": ["rest_framework.permissions.IsAuthenticated"],
     # Per-org (and per-key) requests per minute, after authentication and permissions (docs/quotas.md).
     "DEFAULT_THROTTLE_CLASSES": ["apps.orgs.quotas.OrgQuotaThrottle"],
-    "DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema",
+    "DEFAULT_SCHEMA_CLASS": "apps.core.schema.HermesAutoSchema",
     "EXCEPTION_HANDLER": "apps.core.errors.exception_handler",
     "DEFAULT_PAGINATION_CLASS": "apps.core.pagination.CursorPagination",
     "PAGE_SIZE": 50,
@@ -221,6 +234,10 @@ SPECTACULAR_SETTINGS = {
     "VERSION": "1.0.0",
     "SERVE_INCLUDE_SCHEMA": False,
     "SCHEMA_PATH_PREFIX": r"/api/v1",
+    "ENUM_NAME_OVERRIDES": {
+        "FederationOutboxStatusEnum": "apps.federation.models.OutboxStatus",
+        "FederationPeerStatusEnum": "apps.federation.models.PeerStatus",
+    },
 }
 
 # --- Hermes ------------------------------------------------------------------------------------------------
@@ -232,6 +249,14 @@ if HERMES_ENV == "dev":
 HERMES_FEDERATION_HMAC = env.bool("HERMES_FEDERATION_HMAC", default=True)
 HERMES_FEDERATION_TOLERANCE = env.int("HERMES_FEDERATION_TOLERANCE", default=300)
 HERMES_FIELD_KEY = env.str("HERMES_FIELD_KEY", default="")
+HERMES_FEDERATION_DEFAULT_POLICY = env.str("HERMES_FEDERATION_DEFAULT_POLICY", default="deny")
+HERMES_FEDERATION_POLICY_CACHE_TTL = env.int("HERMES_FEDERATION_POLICY_CACHE_TTL", default=30)
+HERMES_FEDERATION_MAX_ATTEMPTS = env.int("HERMES_FEDERATION_MAX_ATTEMPTS", default=8)
+HERMES_FEDERATION_MAX_AGE = env.int("HERMES_FEDERATION_MAX_AGE", default=86400)
+HERMES_FEDERATION_RETRY_BASE = env.float("HERMES_FEDERATION_RETRY_BASE", default=2.0)
+HERMES_FEDERATION_RETRY_MAX_DELAY = env.float("HERMES_FEDERATION_RETRY_MAX_DELAY", default=300.0)
+HERMES_FEDERATION_TIMEOUT = env.float("HERMES_FEDERATION_TIMEOUT", default=10.0)
+HERMES_FEDERATION_SWEEP_INTERVAL = env.float("HERMES_FEDERATION_SWEEP_INTERVAL", default=10.0)
 HERMES_MAX_TASK_INPUT_BYTES = env.int("HERMES_MAX_TASK_INPUT_BYTES", default=256 * 1024)
 HERMES_TASK_DEADLINE_SECONDS = env.int("HERMES_TASK_DEADLINE_SECONDS", default=3600)
 HERMES_TASK_HEARTBEAT_SECONDS = env.float("HERMES_TASK_HEARTBEAT_SECONDS", default=5.0)
@@ -244,10 +269,13 @@ HERMES_TASK_POLL_SECONDS = env.float("HERMES_TASK_POLL_SECONDS", default=1.0)
 HERMES_SSE_MAX_SECONDS = env.float("HERMES_SSE_MAX_SECONDS", default=55.0)
 HERMES_SSE_POLL_SECONDS = env.float("HERMES_SSE_POLL_SECONDS", default=0.25)
 HERMES_WS_RESYNC_SECONDS = env.float("HERMES_WS_RESYNC_SECONDS", default=5.0)
+HERMES_DEMO_FLAKY_FAILURE_RATE = env.float("HERMES_DEMO_FLAKY_FAILURE_RATE", default=0.3)
+HERMES_DEMO_FLAKY_SEED = env.str("HERMES_DEMO_FLAKY_SEED", default="")
 METRICS_TOKEN = env.str("METRICS_TOKEN", default="")
 METRICS_ALLOWED_IPS: list[str] = env.list("METRICS_ALLOWED_IPS", default=["127.0.0.1", "::1"])
 CELERY_WORKER_METRICS_PORT = env.int("CELERY_WORKER_METRICS_PORT", default=0)
 CELERY_WORKER_METRICS_HOST = env.str("CELERY_WORKER_METRICS_HOST", default="127.0.0.1")
+HERMES_BACKUP_DIR = env.path("HERMES_BACKUP_DIR", default=str(BASE_DIR / "var" / "backups"))
 HEALTH_STALE_AFTER = env.int("HEALTH_STALE_AFTER", default=60)
 OTEL_EXPORTER_OTLP_ENDPOINT = env.str("OTEL_EXPORTER_OTLP_ENDPOINT", default="")
 OTEL_SERVICE_NAME = env.str("OTEL_SERVICE_NAME", default="hermes")
@@ -259,10 +287,16 @@ LOG_SAMPLE_RATE = env.float("LOG_SAMPLE_RATE", default=0.01)
 LOGGING = {
     "version": 1,
     "disable_existing_loggers": False,
-    "filters": {"context": {"()": "apps.core.logging.ContextFilter"}},
+    "filters": {
+        "context": {"()": "apps.core.logging.ContextFilter"},
+        "sampled": {"()": "apps.core.logging.SampleFilter", "rate": LOG_SAMPLE_RATE},
+    },
     "formatters": {
         "json": {"()": "apps.core.logging.JsonFormatter"},
-        "console": {"format": "%(asctime)s %(levelname)-7s %(name)s [%(request_id)s] %(message)s"},
+        "console": {
+            "format": "%(asctime)s %(levelname)-7s %(name)s "
+            "[%(request_id)s org=%(org_id)s user=%(user_id)s] %(message)s"
+        },
     },
     "handlers": {
         "default": {
@@ -274,6 +308,14 @@ LOGGING = {
     "root": {"handlers": ["default"], "level": LOG_LEVEL},
     "loggers": {
         "django.db.backends": {"level": "WARNING"},
+        # hermes.request logs one line per request; Django's own 4xx/5xx line would repeat it.
+        "django.request": {"level": "ERROR"},
         "celery": {"level": "INFO"},
+        # Noisy subsystems (apps.core.logging.NOISY_LOGGERS): kept at LOG_SAMPLE_RATE below WARNING.
+        "hermes.probes": {"filters": ["sampled"]},
+        "hermes.ws.heartbeat": {"filters": ["sampled"]},
+        "hermes.sweeper": {"filters": ["sampled"]},
     },
 }
+# Celery would replace the root handler with its own plain-text one; keep ours so worker lines are JSON too.
+CELERY_WORKER_HIJACK_ROOT_LOGGER = False

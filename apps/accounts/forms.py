@@ -3,25 +3,67 @@ from __future__ import annotations
 from typing import Any
 
 from django import forms
-from django.contrib.auth import get_user_model
-from django.contrib.auth.forms import BaseUserCreationForm
+from django.contrib.auth import password_validation
 
 
-class RegistrationForm(BaseUserCreationForm):
-    """Email, name and a password (typed twice) checked by AUTH_PASSWORD_VALIDATORS."""
+class _PasswordPair(forms.Form):
+    """Two password fields that must match; strength is checked by the account action (one set of rules)."""
 
-    class Meta:
-        model = get_user_model()
-        fields = ("email", "name")
+    password_fields = ("password1", "password2")
 
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
-        self.fields["email"].widget.attrs.update(autocomplete="email", autofocus=True)
-        self.fields["name"].widget.attrs.update(autocomplete="name")
-        self.fields["name"].help_text = "Shown to the other members of your organizations."
+    def clean(self) -> dict[str, Any]:
+        data = super().clean() or {}
+        first, second = (data.get(name) for name in self.password_fields)
+        if first and second and first != second:
+            self.add_error(self.password_fields[1], "The two passwords do not match.")
+        return data
 
-    def clean_email(self) -> str:
-        email = str(self.cleaned_data["email"]).strip().lower()
-        if get_user_model()._default_manager.filter(email__iexact=email).exists():
-            raise forms.ValidationError("An account with this email already exists: sign in or reset its password.")
-        return email
+
+class RegistrationForm(_PasswordPair):
+    email = forms.EmailField(widget=forms.EmailInput(attrs={"autocomplete": "email", "autofocus": True}))
+    name = forms.CharField(
+        max_length=150,
+        required=False,
+        help_text="Shown to the other members of your organizations.",
+        widget=forms.TextInput(attrs={"autocomplete": "name"}),
+    )
+    password1 = forms.CharField(
+        label="Password",
+        strip=False,
+        widget=forms.PasswordInput(attrs={"autocomplete": "new-password"}),
+        help_text=password_validation.password_validators_help_text_html(),
+    )
+    password2 = forms.CharField(
+        label="Password confirmation",
+        strip=False,
+        widget=forms.PasswordInput(attrs={"autocomplete": "new-password"}),
+        help_text="Enter the same password again.",
+    )
+
+
+class PasswordResetRequestForm(forms.Form):
+    email = forms.EmailField(widget=forms.EmailInput(attrs={"autocomplete": "email", "autofocus": True}))
+
+
+class NewPasswordForm(_PasswordPair):
+    password_fields = ("new_password1", "new_password2")
+    new_password1 = forms.CharField(
+        label="New password",
+        strip=False,
+        widget=forms.PasswordInput(attrs={"autocomplete": "new-password", "autofocus": True}),
+        help_text=password_validation.password_validators_help_text_html(),
+    )
+    new_password2 = forms.CharField(
+        label="New password confirmation",
+        strip=False,
+        widget=forms.PasswordInput(attrs={"autocomplete": "new-password"}),
+    )
+
+
+class PasswordChangeForm(NewPasswordForm):
+    current_password = forms.CharField(
+        label="Current password",
+        strip=False,
+        widget=forms.PasswordInput(attrs={"autocomplete": "current-password", "autofocus": True}),
+    )
+    field_order = ["current_password", "new_password1", "new_password2"]

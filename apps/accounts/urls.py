@@ -6,19 +6,21 @@ from apps.accounts import api, views
 
 api_urlpatterns: list[URLPattern | URLResolver] = [
     path("me", api.MeView.as_view(), name="me"),
+    path("auth/register", api.RegisterView.as_view(), name="auth-register"),
+    path("auth/password/change", api.PasswordChangeView.as_view(), name="auth-password-change"),
+    path("auth/password/reset", api.PasswordResetView.as_view(), name="auth-password-reset"),
+    path("auth/password/reset/confirm", api.PasswordResetConfirmView.as_view(), name="auth-password-reset-confirm"),
 ]
 
 console_urlpatterns: list[URLPattern | URLResolver] = [
     path("register/", views.register, name="register"),
     path("login/", views.LoginView.as_view(), name="login"),
     path("logout/", views.LogoutView.as_view(), name="logout"),
-    path("password-reset/", views.PasswordResetView.as_view(), name="password_reset"),
-    path("password-reset/sent/", views.PasswordResetDoneView.as_view(), name="password_reset_done"),
-    path(
-        "password-reset/<uidb64>/<token>/",
-        views.PasswordResetConfirmView.as_view(),
-        name="password_reset_confirm",
-    ),
-    path("password-reset/done/", views.PasswordResetCompleteView.as_view(), name="password_reset_complete"),
+    path("password/", views.password_change, name="password_change"),
+    path("password-reset/", views.password_reset, name="password_reset"),
+    path("password-reset/sent/", views.password_reset_done, name="password_reset_done"),
+    # The path the reset email links to (apps.accounts.actions.password_reset_url).
+    path("reset/<uidb64>/<token>/", views.password_reset_confirm, name="password_reset_confirm"),
+    path("password-reset/done/", views.password_reset_complete, name="password_reset_complete"),
 ]
 urlpatterns: list[URLPattern | URLResolver] = [path("accounts/", include((console_urlpatterns, "accounts")))]

@@ -1,21 +1,26 @@
 """Console pages for signing in and out, registering and resetting a password.
 
-Django's auth views do the work (tokens, rate of emails, session rotation); this module only points them at our
-templates and namespaced URLs.
+Sign-in and sign-out are Django's views (session rotation, safe redirects). Registration and password reset call
+the account actions (apps/accounts/actions.py), the same ones the API uses, so both surfaces apply one set of
+rules, write the same audit rows and send the same email (whose link points at `password_reset_confirm`).
 """
 
 from __future__ import annotations
 
 from django.contrib import messages
-from django.contrib.auth import login
+from django.contrib.auth import login, update_session_auth_hash
 from django.contrib.auth import views as auth_views
+from django.contrib.auth.decorators import login_required
+from django.core.exceptions import ValidationError
 from django.http import HttpRequest, HttpResponse
 from django.shortcuts import redirect, render
-from django.urls import reverse_lazy
+from django.views.decorators.cache import never_cache
 from django.views.decorators.debug import sensitive_post_parameters
 from django.views.decorators.http import require_http_methods
 
-from apps.accounts.forms import RegistrationForm
+from apps.accounts import actions
+from apps.accounts.forms import NewPasswordForm, PasswordChangeForm, PasswordResetRequestForm, RegistrationForm
+from apps.core.console import add_action_errors
 
 
 class LoginView(auth_views.LoginView):
@@ -27,26 +32,6 @@ class LogoutView(auth_views.LogoutView):
     next_page = "accounts:login"
 
 
-class PasswordResetView(auth_views.PasswordResetView):
-    template_name = "accounts/password_reset_form.html"
-    email_template_name = "accounts/email/password_reset.txt"
-    subject_template_name = "accounts/email/password_reset_subject.txt"
-    success_url = reverse_lazy("accounts:password_reset_done")
-
-
-class PasswordResetDoneView(auth_views.PasswordResetDoneView):
-    template_name = "accounts/password_reset_done.html"
-
-
-class PasswordResetConfirmView(auth_views.PasswordResetConfirmView):
-    template_name = "accounts/password_reset_confirm.html"
-    success_url = reverse_lazy("accounts:password_reset_complete")
-
-
-class PasswordResetCompleteView(auth_views.PasswordResetCompleteView):
-    template_name = "accounts/password_reset_complete.html"
-
-
 @sensitive_post_parameters("password1", "password2")
 @require_http_methods(["GET", "POST"])
 def register(request: HttpRequest) -> HttpResponse:
@@ -54,9 +39,79 @@ def register(request: HttpRequest) -> HttpResponse:
         return redirect("orgs:dashboard")
     form = RegistrationForm(request.POST or None)
     if request.method == "POST" and form.is_valid():
-        user = form.save()
-        login(request, user, backend="django.contrib.auth.backends.ModelBackend")
-        messages.success(request, "Welcome to Hermes. Create your first organization to get started.")
-        return redirect("orgs:create")
+        try:
+            user = actions.register_user(
+                email=form.cleaned_data["email"],
+                password=form.cleaned_data["password1"],
+                name=form.cleaned_data["name"],
+            )
+        except ValidationError as exc:
+            add_action_errors(form, exc, rename={"password": "password1"})
+        else:
+            login(request, user, backend="django.contrib.auth.backends.ModelBackend")
+            messages.success(request, "Welcome to Hermes. Create your first organization to get started.")
+            return redirect("orgs:create")
     status = 422 if form.errors else 200
     return render(request, "accounts/register.html", {"form": form}, status=status)
+
+
+@require_http_methods(["GET", "POST"])
+def password_reset(request: HttpRequest) -> HttpResponse:
+    form = PasswordResetRequestForm(request.POST or None)
+    if request.method == "POST" and form.is_valid():
+        # The same answer whether or not the address has an account: the page must not reveal who is registered.
+        actions.request_password_reset(email=form.cleaned_data["email"])
+        return redirect("accounts:password_reset_done")
+    status = 422 if form.errors else 200
+    return render(request, "accounts/password_reset_form.html", {"form": form}, status=status)
+
+
+def password_reset_done(request: HttpRequest) -> HttpResponse:
+    return render(request, "accounts/password_reset_done.html")
+
+
+@never_cache
+@sensitive_post_parameters("new_password1", "new_password2")
+@require_http_methods(["GET", "POST"])
+def password_reset_confirm(request: HttpRequest, uidb64: str, token: str) -> HttpResponse:
+    validlink = actions.user_for_reset(uidb64, token) is not None
+    form = NewPasswordForm(request.POST or None)
+    if validlink and request.method == "POST" and form.is_valid():
+        try:
+            actions.reset_password(uidb64=uidb64, token=token, new_password=form.cleaned_data["new_password1"])
+        except ValidationError as exc:
+            add_action_errors(form, exc, rename={"new_password": "new_password1"})
+        else:
+            return redirect("accounts:password_reset_complete")
+    status = 422 if form.errors else 200
+    context = {"form": form, "validlink": validlink}
+    response = render(request, "accounts/password_reset_confirm.html", context, status=status)
+    # The token is in this page's URL: do not leak it to other sites through the Referer header.
+    response["Referrer-Policy"] = "no-referrer"
+    return response
+
+
+def password_reset_complete(request: HttpRequest) -> HttpResponse:
+    return render(request, "accounts/password_reset_complete.html")
+
+
+@login_required
+@sensitive_post_parameters("current_password", "new_password1", "new_password2")
+@require_http_methods(["GET", "POST"])
+def password_change(request: HttpRequest) -> HttpResponse:
+    form = PasswordChangeForm(request.POST or None)
+    if request.method == "POST" and form.is_valid():
+        try:
+            user = actions.change_password(
+                user=request.user,
+                current_password=form.cleaned_data["current_password"],
+                new_password=form.cleaned_data["new_password1"],
+            )
+        except ValidationError as exc:
+            add_action_errors(form, exc, rename={"new_password": "new_password1"})
+        else:
+            update_session_auth_hash(request, user)  # stay signed in here; other sessions end
+            messages.success(request, "Password changed.")
+            return redirect("orgs:dashboard")
+    status = 422 if form.errors else 200
+    return render(request, "accounts/password_change.html", {"form": form}, status=status)

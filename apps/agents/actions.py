@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import logging
 from dataclasses import dataclass
 from typing import Any
 
@@ -12,11 +11,11 @@ from django.db.models import ProtectedError
 from django.utils import timezone
 from django.utils.text import slugify
 
-from apps.agents.cards import CardError, CardInfo, fetch_card
+from apps.agents.cards import CardError, CardInfo, fetch_card, parse_card
 from apps.agents.models import Agent, Visibility
+from apps.core import audit
 from apps.core.http import OutboundBlocked, check_url
-
-audit_log = logging.getLogger("hermes.audit")
+from apps.core.permissions import Access
 
 EDITABLE_FIELDS = frozenset({"name", "slug", "description", "version", "url", "visibility", "streaming"})
 
@@ -37,20 +36,16 @@ class DemoAssignment:
     existing: list[Agent]
 
 
-def _audit(action: str, agent: Agent, by: Any, **extra: Any) -> None:
-    # TODO(audit): write the org audit row once the access layer's audit model lands on main; until then the
-    # structured log line (JSON in production) is the record.
-    audit_log.info(
-        "agent.%s",
-        action,
-        extra={
-            "audit_action": f"agent.{action}",
-            "org_id": agent.organization_id,
-            "agent_id": str(agent.pk),
-            "user_id": getattr(by, "pk", None),
-            **extra,
-        },
-    )
+def _who(by: Any) -> tuple[Any, Access | None]:
+    """`by` is the request's Access (API or console: records the key too) or a user (commands, tests)."""
+    if isinstance(by, Access):
+        return by.user, by
+    return by, None
+
+
+def _audit(action: str, agent: Agent, by: Any, **details: Any) -> None:
+    user, access = _who(by)
+    audit.record(f"agent.{action}", org=agent.organization_id, actor=user, target=agent, access=access, **details)
 
 
 def _fetch(url: str) -> CardInfo:
@@ -128,7 +123,7 @@ def register_agent_by_url(
     """Fetch the agent's card (agent-card.json, falling back to agent.json), validate it and store the agent."""
     info = _fetch(url)
     with transaction.atomic():
-        agent = Agent(organization=org, created_by=by, visibility=visibility)
+        agent = Agent(organization=org, created_by=_who(by)[0], visibility=visibility)
         _apply_card(agent, info)
         agent.slug = _check_slug_free(org, slug) if slug else _unique_slug(org, info.name)
         _save_new(agent)
@@ -164,7 +159,7 @@ def register_agent_manually(
             skills=skills or [],
             protocol_version=protocol_version,
             visibility=visibility,
-            created_by=by,
+            created_by=_who(by)[0],
         )
         _save_new(agent)
         _audit("registered", agent, by, manual=True)
@@ -213,6 +208,7 @@ def update_agent(agent: Agent, *, by: Any = None, **changes: Any) -> Agent:
         _check_endpoint(changes["url"])
     if "visibility" in changes and changes["visibility"] not in Visibility.values:
         raise AgentActionError("Unknown visibility.", code="invalid", details={"visibility": ["Unknown value."]})
+    changed = sorted(changes)
     with transaction.atomic():
         locked = Agent.objects.for_org(agent.organization_id).select_for_update().get(pk=agent.pk)
         if "slug" in changes and changes["slug"] != locked.slug:
@@ -222,7 +218,7 @@ def update_agent(agent: Agent, *, by: Any = None, **changes: Any) -> Agent:
         for name, value in changes.items():
             setattr(locked, name, value)
         locked.save()
-        _audit("updated", locked, by, fields=sorted(changes))
+        _audit("updated", locked, by, fields=changed)
     return locked
 
 
@@ -240,6 +236,38 @@ def delete_agent(agent: Agent, *, by: Any = None) -> None:
             raise AgentActionError(
                 "This agent still has tasks; it cannot be deleted while they exist.", code="agent_in_use", status=409
             ) from exc
+
+
+def assign_demo_agents(*, org: Any, by: Any = None) -> DemoAssignment:
+    """Give the org every built-in demo agent (served by this instance under /demo-agents/). Idempotent: agents
+    the org already has are refreshed to the current card (e.g. after HERMES_PUBLIC_URL changed), never doubled."""
+    from apps.agents.demo.specs import DEMO_AGENTS, demo_card_dict
+
+    created: list[Agent] = []
+    existing: list[Agent] = []
+    with transaction.atomic():
+        # Lock the org's demo rows so two concurrent assignments serialize instead of racing on the constraint.
+        have = {
+            agent.demo_key: agent
+            for agent in Agent.objects.for_org(org).filter(is_demo=True).select_for_update().order_by("pk")
+        }
+        for spec in DEMO_AGENTS:
+            info = parse_card(demo_card_dict(spec), check_interface=False)
+            info = CardInfo(**{**info.__dict__, "card_url": f"{info.url}.well-known/agent-card.json"})
+            agent = have.get(spec.slug)
+            if agent is None:
+                agent = Agent(organization=org, created_by=_who(by)[0], is_demo=True, demo_key=spec.slug)
+                _apply_card(agent, info)
+                agent.slug = _unique_slug(org, f"demo-{spec.slug}")
+                agent.save()
+                created.append(agent)
+            else:
+                _apply_card(agent, info)
+                agent.save()
+                existing.append(agent)
+        for agent in created:
+            _audit("registered", agent, by, demo=agent.demo_key)
+    return DemoAssignment(created=created, existing=existing)
 
 
 def record_agent_contact(agent: Agent, *, error: str | None = None) -> None:

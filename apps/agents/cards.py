@@ -54,8 +54,11 @@ class CardInfo:
         return bool(self.capabilities.get("streaming"))
 
 
-def parse_card(raw: Any, *, card_url: str = "") -> CardInfo:
-    """Validate a card (a JSON object) with the SDK's model and pick the JSON-RPC interface Hermes will call."""
+def parse_card(raw: Any, *, card_url: str = "", check_interface: bool = True) -> CardInfo:
+    """Validate a card (a JSON object) with the SDK's model and pick the JSON-RPC interface Hermes will call.
+
+    `check_interface=False` skips the up-front SSRF check of the interface URL (Hermes' own demo agents, whose
+    address the operator chose); every call is still checked when it connects."""
     if not isinstance(raw, dict):
         raise CardError("The agent card is not a JSON object.", code="card_invalid")
     try:
@@ -76,7 +79,8 @@ def parse_card(raw: Any, *, card_url: str = "") -> CardInfo:
         )
     url = urljoin(card_url, interface.url) if card_url else interface.url
     try:
-        check_url(url)
+        if check_interface:
+            check_url(url)
     except OutboundBlocked as exc:
         raise CardError(f"The card's interface URL is not usable: {exc}", code="card_invalid") from exc
     capabilities = MessageToDict(card.capabilities)

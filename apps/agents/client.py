@@ -217,6 +217,10 @@ class _Normalizer:
         self._last_status: tuple[str, str] | None = None
         self._artifacts_seen: set[str] = set()
 
+    @property
+    def final(self) -> bool:
+        return self._last_status is not None and self._last_status[0] in FINAL_STATES
+
     def _status(self, task_id: str, context_id: str, status: Any, raw: dict[str, Any]) -> list[AgentUpdate]:
         state = _state(status.state)
         text, data = _parts_content(status.message.parts) if status.HasField("message") else ("", [])
@@ -350,15 +354,32 @@ class AgentClient:
     ) -> AsyncIterator[AgentUpdate]:
         normalizer = normalizer or _Normalizer()
         final = False
+        remote_task_id = ""
         try:
             async for event in self._sdk(streaming=streaming).send_message(request):
                 for update in normalizer.event(event):
                     final = final or update.final
+                    remote_task_id = update.remote_task_id or remote_task_id
                     yield update
         except Exception as exc:
             raise classify(exc) from exc
-        if streaming and self.target.streaming and not final:
+        if final or not (streaming and self.target.streaming):
+            return
+        # A stream can close before its last event reaches us (the SDK documents this for a task canceled while
+        # streaming): the task itself knows how it ended.
+        if remote_task_id:
+            for update in await self._reread(remote_task_id, normalizer):
+                final = final or update.final
+                yield update
+        if not final:
             raise AgentTransportError("The agent's stream ended before the task reached a final state.")
+
+    async def _reread(self, remote_task_id: str, normalizer: _Normalizer) -> list[AgentUpdate]:
+        try:
+            task = await self._sdk(streaming=False).get_task(GetTaskRequest(id=remote_task_id))
+        except Exception as exc:
+            raise classify(exc) from exc
+        return normalizer.task(task)
 
     async def stream(self, **message: Any) -> AsyncIterator[AgentUpdate]:
         """SendStreamingMessage: every update as the agent sends it, until a final one."""
@@ -379,11 +400,7 @@ class AgentClient:
 
     async def get_task(self, remote_task_id: str) -> list[AgentUpdate]:
         """GetTask: the task's artifacts and its current status (the status update is last)."""
-        try:
-            task = await self._sdk(streaming=False).get_task(GetTaskRequest(id=remote_task_id))
-        except Exception as exc:
-            raise classify(exc) from exc
-        return _Normalizer().task(task)
+        return await self._reread(remote_task_id, _Normalizer())
 
     async def poll(
         self, remote_task_id: str, *, deadline: float | None = None, normalizer: _Normalizer | None = None
@@ -392,14 +409,10 @@ class AgentClient:
         normalizer = normalizer or _Normalizer()
         loop = asyncio.get_running_loop()
         while True:
-            try:
-                task = await self._sdk(streaming=False).get_task(GetTaskRequest(id=remote_task_id))
-            except Exception as exc:
-                raise classify(exc) from exc
-            updates = normalizer.task(task)
+            updates = await self._reread(remote_task_id, normalizer)
             for update in updates:
                 yield update
-            if _state(task.status.state) in FINAL_STATES:
+            if normalizer.final:
                 return
             if deadline is not None and loop.time() >= deadline:
                 raise AgentTransportError(f"Task {remote_task_id} did not finish before the deadline.")

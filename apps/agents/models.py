@@ -37,6 +37,8 @@ class Agent(OrgOwnedModel):
     protocol_version = models.CharField(max_length=20, default="1.0")
     visibility = models.CharField(max_length=10, choices=Visibility.choices, default=Visibility.PRIVATE)
     is_demo = models.BooleanField(default=False)
+    # Which built-in demo agent this row is (its slug under /demo-agents/); empty for every other agent.
+    demo_key = models.CharField(max_length=40, blank=True)
     last_seen_at = models.DateTimeField(null=True, blank=True)
     last_error = models.TextField(blank=True)
     last_error_at = models.DateTimeField(null=True, blank=True)
@@ -47,6 +49,12 @@ class Agent(OrgOwnedModel):
         constraints = [
             # Slugs name agents inside an org (URLs, the console); also serves the per-org slug lookup.
             models.UniqueConstraint(fields=["organization", "slug"], name="agents_agent_unique_slug"),
+            # One row per demo agent and org: makes "assign demo agents" idempotent, even when run concurrently.
+            models.UniqueConstraint(
+                fields=["organization", "demo_key"],
+                condition=~models.Q(demo_key=""),
+                name="agents_agent_unique_demo",
+            ),
         ]
         indexes = [
             # The marketplace: public agents of every org, newest first.

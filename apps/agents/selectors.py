@@ -5,10 +5,12 @@ from __future__ import annotations
 import uuid
 from typing import Any
 
+from asgiref.sync import async_to_sync
 from django.db.models import Q, QuerySet, TextField
 from django.db.models.functions import Cast
 from django.http import Http404
 
+from apps.agents.cards import CardInfo, fetch_card
 from apps.agents.models import Agent, Visibility
 
 
@@ -60,3 +62,11 @@ def get_usable_agent(org: Any, agent_id: Any) -> Agent:
         return usable_agents(org).select_related("organization").get(pk=_as_uuid(agent_id))
     except Agent.DoesNotExist as exc:
         raise Http404("No such agent.") from exc
+
+
+def preview_agent_card(url: str) -> CardInfo:
+    """The console's "preview before saving": fetch and validate the card at `url` and store nothing.
+
+    Raises CardError or OutboundBlocked, the same failures `actions.register_agent_by_url` reports.
+    """
+    return async_to_sync(fetch_card)(url)

@@ -8,7 +8,7 @@ from django.contrib import admin
 from django.db.models import QuerySet
 from django.http import HttpRequest
 
-from apps.core.models import AuditEvent
+from apps.core.models import AuditEvent, IdempotencyRecord
 
 
 class OrgOwnedAdmin(admin.ModelAdmin):
@@ -24,6 +24,22 @@ class AuditEventAdmin(admin.ModelAdmin):
     list_filter = ("action",)
     search_fields = ("action", "target_id")
     readonly_fields = [f.name for f in AuditEvent._meta.fields]
+
+    def has_add_permission(self, request: HttpRequest) -> bool:
+        return False
+
+    def has_change_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return False
+
+
+@admin.register(IdempotencyRecord)
+class IdempotencyRecordAdmin(admin.ModelAdmin):
+    """Read-only: a remembered response is what a client's retry will get back; editing it would lie to them."""
+
+    list_display = ("created_at", "org_id", "endpoint", "key", "status_code")
+    list_filter = ("status_code",)
+    search_fields = ("key", "endpoint")
+    readonly_fields = [f.name for f in IdempotencyRecord._meta.fields]
 
     def has_add_permission(self, request: HttpRequest) -> bool:
         return False

@@ -10,6 +10,7 @@ from drf_spectacular.utils import extend_schema
 from rest_framework import permissions, viewsets
 from rest_framework.request import Request
 
+from apps.core import context
 from apps.core.errors import HermesAPIError
 from apps.core.permissions import SCOPES, Access, Role, role_allows
 
@@ -75,6 +76,11 @@ class OrgScopedMixin:
     permission_classes = [permissions.IsAuthenticated, OrgActionPermission]
     request: Request
 
+    def perform_authentication(self, request: Request) -> None:
+        super().perform_authentication(request)  # type: ignore[misc]
+        # From here on every log line (and every Celery job enqueued) carries the org and user.
+        context.bind_access(getattr(request, "auth", None))
+
     def required_action(self, request: Request) -> str | None:
         name = getattr(self, "action", None) or (request.method or "get").lower()
         if name in self.required_actions:
@@ -100,22 +106,26 @@ class OrgScopedViewSet(OrgScopedMixin, viewsets.GenericViewSet):  # type: ignore
     lookup_value_regex = "[^/]+"
 
 
+def auth_line(action: str | None, *, public: bool = False) -> str:
+    """The sentence every operation's description starts with: which scope a key needs, which roles may act."""
+    if public:
+        return "**Auth:** none (public endpoint)."
+    if action is None:
+        return "**Auth:** API key (any scope) or session; no particular role."
+    roles = ", ".join(role.value for role in Role if role_allows(role, action))
+    if action in SCOPES:
+        return f"**Auth:** API key with scope `{action}`, or session. **Roles:** {roles}."
+    return f"**Auth:** session only (`{action}` is not an API-key scope). **Roles:** {roles}."
+
+
 def describe(
     summary: str, *, action: str | None, notes: str = "", public: bool = False, **kwargs: Any
 ) -> Callable[[Any], Any]:
-    """`extend_schema` with the auth line every operation carries: which scope a key needs and which roles may act.
+    """`extend_schema` with the auth line. `action=None`: any authenticated caller; `public=True`: no auth.
 
-    `action=None` means any authenticated caller; `public=True` means no authentication at all."""
+    Operations of `OrgScopedViewSet`s without `describe` get the auth line from their `required_actions`/
+    `read_action`/`write_action` automatically (apps.core.schema.HermesAutoSchema)."""
     if public:
-        auth = "**Auth:** none (public endpoint)."
         kwargs.setdefault("auth", [])
-    elif action is None:
-        auth = "**Auth:** API key (any scope) or session; no particular role."
-    else:
-        roles = ", ".join(role.value for role in Role if role_allows(role, action))
-        if action in SCOPES:
-            auth = f"**Auth:** API key with scope `{action}`, or session. **Roles:** {roles}."
-        else:
-            auth = f"**Auth:** session only (`{action}` is not an API-key scope). **Roles:** {roles}."
-    description = f"{auth}\n\n{notes}".strip()
+    description = f"{auth_line(action, public=public)}\n\n{notes}".strip()
     return extend_schema(summary=summary, description=description, **kwargs)

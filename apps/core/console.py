@@ -65,10 +65,12 @@ def error_message_header(message: str) -> str:
     return line.encode("latin-1", "replace").decode("latin-1")
 
 
-def add_action_errors(form: Any, exc: ValidationError) -> None:
-    """Show an action's ValidationError on the form: per-field messages on their fields, the rest on top."""
+def add_action_errors(form: Any, exc: ValidationError, *, rename: dict[str, str] | None = None) -> None:
+    """Show an action's ValidationError on the form: per-field messages on their fields (`rename` maps an action's
+    field name to the form's), the rest on top."""
     if hasattr(exc, "error_dict"):
         for field, errors in exc.message_dict.items():
+            field = (rename or {}).get(field, field)
             form.add_error(field if field in form.fields else None, errors)
     else:
         form.add_error(None, exc.messages)

@@ -161,7 +161,8 @@ def check_host_name(host: str) -> None:
 
 
 def check_url(url: str | httpx.URL) -> httpx.URL:
-    """Reject what can be rejected without DNS (scheme, missing host, metadata names); return the parsed URL."""
+    """Reject what can be rejected without DNS (scheme, missing host, metadata names, non-public IP literals);
+    return the parsed URL. Names are checked when a connection is opened."""
     try:
         parsed = httpx.URL(url)
     except (httpx.InvalidURL, TypeError) as exc:
@@ -173,6 +174,9 @@ def check_url(url: str | httpx.URL) -> httpx.URL:
     if not parsed.host:
         raise OutboundBlocked(f"The URL {url!s} has no host.", rule="invalid_url", host="")
     check_host_name(parsed.host)
+    literal = _literal(parsed.host)
+    if literal is not None:
+        check_address(parsed.host, literal, current_allowlist())
     return parsed
 
 

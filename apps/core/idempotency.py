@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Callable
 from datetime import timedelta
 from typing import Any
 
@@ -86,41 +87,51 @@ def purge_expired(now: Any = None) -> int:
     return deleted
 
 
+def idempotent(org_id: int, request: Request, create: Callable[[], Response]) -> Response:
+    """Run `create()` under the request's `Idempotency-Key` (if any), remembering or replaying its response."""
+    key = idempotency_key_of(request)
+    if key is None:
+        return create()
+    fingerprint = request_fingerprint(request)
+    scope = {"org_id": org_id, "endpoint": request.path[:255], "key": key}
+
+    existing = IdempotencyRecord.objects.filter(**scope).first()
+    if existing is not None and existing.created_at < timezone.now() - IDEMPOTENCY_TTL:
+        existing.delete()
+        existing = None
+    if existing is not None:
+        return _replay(existing, fingerprint)
+
+    with transaction.atomic():
+        try:
+            # The placeholder row holds the unique-index slot for the duration of the create: a concurrent
+            # duplicate blocks here until this transaction commits (then replays) or rolls back (then runs).
+            with transaction.atomic():
+                record = IdempotencyRecord.objects.create(
+                    **scope, request_hash=fingerprint, status_code=0, response_body=None
+                )
+        except IntegrityError:
+            return _replay(IdempotencyRecord.objects.get(**scope), fingerprint)
+        response = create()
+        if status.is_success(response.status_code):
+            record.status_code = response.status_code
+            record.response_body = response.data
+            record.save(update_fields=["status_code", "response_body"])
+        else:
+            # Errors are not remembered: the client may fix the request and retry with the same key.
+            transaction.set_rollback(True)
+        return response
+
+
 class IdempotentCreateMixin:
-    """Wraps `create` of an org-scoped viewset (needs `self.org`) with `Idempotency-Key` handling."""
+    """Wraps the `create` of the classes after it (e.g. `mixins.CreateModelMixin`) in an org-scoped viewset.
+
+    A viewset that writes its own `create` calls `idempotent(self.org.pk, request, lambda: ...)` instead."""
 
     def create(self, request: Request, *args: Any, **kwargs: Any) -> Response:
-        key = idempotency_key_of(request)
-        if key is None:
-            return super().create(request, *args, **kwargs)  # type: ignore[misc]
-        org_id = self.org.pk  # type: ignore[attr-defined]
-        fingerprint = request_fingerprint(request)
-        endpoint = request.path[:255]
-        scope = {"org_id": org_id, "endpoint": endpoint, "key": key}
-
-        existing = IdempotencyRecord.objects.filter(**scope).first()
-        if existing is not None and existing.created_at < timezone.now() - IDEMPOTENCY_TTL:
-            existing.delete()
-            existing = None
-        if existing is not None:
-            return _replay(existing, fingerprint)
-
-        with transaction.atomic():
-            try:
-                # The placeholder row holds the unique-index slot for the duration of the create: a concurrent
-                # duplicate blocks here until this transaction commits (then replays) or rolls back (then runs).
-                with transaction.atomic():
-                    record = IdempotencyRecord.objects.create(
-                        **scope, request_hash=fingerprint, status_code=0, response_body=None
-                    )
-            except IntegrityError:
-                return _replay(IdempotencyRecord.objects.get(**scope), fingerprint)
-            response = super().create(request, *args, **kwargs)  # type: ignore[misc]
-            if status.is_success(response.status_code):
-                record.status_code = response.status_code
-                record.response_body = response.data
-                record.save(update_fields=["status_code", "response_body"])
-            else:
-                # Errors are not remembered: the client may fix the request and retry with the same key.
-                transaction.set_rollback(True)
-            return response
+        parent = super()
+        return idempotent(
+            self.org.pk,  # type: ignore[attr-defined]
+            request,
+            lambda: parent.create(request, *args, **kwargs),  # type: ignore[attr-defined]
+        )

@@ -1,12 +1,33 @@
-"""JSON log lines (one object per line) carrying the request/job context."""
+"""Log records carrying the request/job context: JSON (one object per line) in production, readable in dev.
+
+- `ContextFilter` (on the handler) copies the bound context (apps.core.context) and the current trace id onto
+  every record, so any formatter can use `%(request_id)s` and friends.
+- `JsonFormatter` writes timestamp, level, logger, message, the context fields, trace_id, exception text and
+  any `extra=` values.
+- `SampleFilter` keeps only LOG_SAMPLE_RATE of the INFO/DEBUG lines of noisy loggers (health probes, websocket
+  heartbeats, sweepers: `NOISY_LOGGERS`); warnings and errors always pass.
+"""
 
 from __future__ import annotations
 
 import json
 import logging
+import threading
 from datetime import UTC, datetime
+from typing import Any
 
 from apps.core.context import FIELDS, get_context
+
+# Loggers sampled at LOG_SAMPLE_RATE. Log there for anything that fires every few seconds per process.
+NOISY_LOGGERS = ("hermes.probes", "hermes.ws.heartbeat", "hermes.sweeper")
+
+# Attributes every LogRecord has; anything else on a record came from `extra=` or the context filter.
+_RECORD_ATTRS = frozenset(vars(logging.LogRecord("", 0, "", 0, "", (), None))) | {
+    "message",
+    "asctime",
+    "taskName",
+    "_hermes_sampled",
+}
 
 
 class ContextFilter(logging.Filter):
@@ -17,24 +38,25 @@ class ContextFilter(logging.Filter):
         for name in FIELDS:
             if not hasattr(record, name):
                 setattr(record, name, context.get(name, "-"))
+        for name, value in context.items():
+            if name not in FIELDS and not hasattr(record, name):
+                setattr(record, name, value)
         if not hasattr(record, "trace_id"):
-            record.trace_id = _current_trace_id()
+            record.trace_id = current_trace_id() or "-"
         return True
 
 
-def _current_trace_id() -> str:
-    try:
-        from opentelemetry import trace
+def current_trace_id() -> str | None:
+    """The active OpenTelemetry trace id (hex), or None when no span is recording (tracing off)."""
+    from opentelemetry import trace
 
-        ctx = trace.get_current_span().get_span_context()
-        return format(ctx.trace_id, "032x") if ctx.is_valid else "-"
-    except Exception:  # pragma: no cover - tracing is optional at runtime
-        return "-"
+    span_context = trace.get_current_span().get_span_context()
+    return format(span_context.trace_id, "032x") if span_context.is_valid else None
 
 
 class JsonFormatter(logging.Formatter):
     def format(self, record: logging.LogRecord) -> str:
-        payload: dict[str, object] = {
+        payload: dict[str, Any] = {
             "timestamp": datetime.fromtimestamp(record.created, tz=UTC).isoformat(),
             "level": record.levelname,
             "logger": record.name,
@@ -43,6 +65,42 @@ class JsonFormatter(logging.Formatter):
         for name in (*FIELDS, "trace_id"):
             value = getattr(record, name, "-")
             payload[name] = None if value == "-" else value
+        for name, value in vars(record).items():
+            if name not in _RECORD_ATTRS and name not in payload:
+                payload[name] = value
         if record.exc_info:
             payload["exc_info"] = self.formatException(record.exc_info)
         return json.dumps(payload, default=str)
+
+
+class SampleFilter(logging.Filter):
+    """Keeps a `rate` share of INFO/DEBUG records, evenly spread (every 1/rate-th), never drops WARNING+.
+
+    Deterministic rather than random: a probe every 5 s at rate 0.01 shows up exactly every ~8 minutes.
+    """
+
+    def __init__(self, rate: float | None = None) -> None:
+        super().__init__()
+        if rate is None:
+            from django.conf import settings
+
+            rate = float(settings.LOG_SAMPLE_RATE)
+        self.rate = max(0.0, min(1.0, rate))
+        self._credit = 1.0 - self.rate  # the first record passes: a restarted process says it is being probed
+        self._lock = threading.Lock()
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.levelno >= logging.WARNING:
+            return True
+        # dictConfig appends filters when logging is configured again in the same process, so a logger can carry
+        # two samplers: the first decision is the record's decision.
+        decided = getattr(record, "_hermes_sampled", None)
+        if decided is not None:
+            return bool(decided)
+        with self._lock:
+            self._credit += self.rate
+            keep = self._credit >= 1.0
+            if keep:
+                self._credit -= 1.0
+        record._hermes_sampled = keep
+        return keep

@@ -82,3 +82,28 @@ def matrix_markdown() -> str:
         cells = " | ".join("yes" if role_allows(r, action) else "—" for r in roles)
         lines.append(f"| `{action}` | {meaning} | {cells} | {'yes' if action in SCOPES else 'no'} |")
     return "\n".join(lines) + "\n"
+
+
+def permissions_doc() -> str:
+    """docs/permissions.md (`make docs` writes it; a test checks the file matches)."""
+    return (
+        "# Roles and permissions\n\n"
+        "Generated from `apps/core/permissions.py` by `make docs`; do not edit by hand.\n\n"
+        "One matrix (role by action) guards the API (`OrgActionPermission` / `require_action`), the console "
+        "(`org_action_required`) and the actions themselves. API-key scopes are the actions marked as scopes: a "
+        "request through a key may perform an action only when the key carries the scope **and** its creator's "
+        "current role allows it, so a key never exceeds the person who made it (and shrinks when they are "
+        "demoted). Actions that are not scopes (roles, billing, deletion, one's own keys) need a signed-in "
+        "session.\n\n" + matrix_markdown() + "\nFiner rules enforced by the actions:\n\n"
+        "- An organization never loses its last owner (demoting or removing them is a 409 `last_owner`).\n"
+        "- Admins remove developers and members but not owners, and cannot invite owners.\n"
+        "- Anyone may leave an org (remove their own membership).\n"
+        "- Developers manage only the API keys they created; another person's key is a 404 for them.\n"
+        "- Renaming an org needs `org:admin`; changing its plan needs `org:billing`.\n"
+        "- A missing scope is a 403 `missing_scope` naming the scope; a role that may not act is a 403 "
+        "`role_forbidden`; an object of another org is a 404, exactly like a missing one.\n"
+    )
+
+
+if __name__ == "__main__":
+    print(permissions_doc(), end="")

@@ -4,3 +4,10 @@ from django.apps import AppConfig
 class FederationConfig(AppConfig):
     name = "apps.federation"
     label = "federation"
+
+    def ready(self) -> None:
+        # Registers the task_request / task_result handlers and, when the tasks app provides its event signal,
+        # reports federated tasks' events back to their requesters.
+        from apps.federation import remote_tasks
+
+        remote_tasks.connect_task_signal()

@@ -8,6 +8,8 @@ api_urlpatterns: list[URLPattern | URLResolver] = [
     path("health", views.health, name="health"),
     path("health/live", views.health_live, name="health-live"),
     path("health/ready", views.health_ready, name="health-ready"),
+    path("ops/ping", views.ping_create, name="ops-ping"),
+    path("ops/ping/<str:probe_id>", views.ping_detail, name="ops-ping-detail"),
 ]
 urlpatterns: list[URLPattern | URLResolver] = [
     path("metrics", views.prometheus_metrics, name="prometheus-metrics"),

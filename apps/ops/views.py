@@ -3,21 +3,23 @@ machinery in the way of a probe, and nothing here changes state."""
 
 from __future__ import annotations
 
-import logging
+import json
+import uuid
+from urllib.parse import urlsplit
 
 from django.conf import settings
+from django.core.cache import caches
 from django.http import HttpRequest, HttpResponse, JsonResponse
 from django.views.decorators.cache import never_cache
-from django.views.decorators.http import require_GET
+from django.views.decorators.csrf import csrf_exempt
+from django.views.decorators.http import require_GET, require_POST
 from prometheus_client import CONTENT_TYPE_LATEST
 
 from apps.core.checks import health_report, readiness_report
-from apps.core.errors import json_error
+from apps.core.errors import error_body, json_error
 from apps.ops import metrics as ops_metrics
-from apps.ops.access import is_operator
-
-# Probes hit these every few seconds: the logger is sampled (LOG_SAMPLE_RATE), see apps.core.logging.
-probe_log = logging.getLogger("hermes.probes")
+from apps.ops.access import is_operator, machine_allowed
+from apps.ops.tasks import PING_KEY, PING_TTL_S, ping_url
 
 
 @require_GET
@@ -36,7 +38,6 @@ def health_ready(request: HttpRequest) -> JsonResponse:
         "failing": report.failing,
         "checks": {p.name: p.status for p in report.probes},
     }
-    probe_log.info("readiness %s", body["status"], extra={"failing": report.failing})
     return JsonResponse(body, status=200 if report.ready else 503)
 
 
@@ -53,7 +54,6 @@ def health(request: HttpRequest) -> JsonResponse:
             403,
         )
     report = health_report()
-    probe_log.info("health %s", report.status, extra={"failing": report.failing, "degraded": report.degraded})
     return JsonResponse(report.as_dict(), status=200 if report.ready else 503)
 
 
@@ -72,5 +72,59 @@ def prometheus_metrics(request: HttpRequest) -> HttpResponse:
         )
         response["WWW-Authenticate"] = 'Bearer realm="metrics"'
         return response
-    probe_log.info("metrics scraped")
     return HttpResponse(ops_metrics.render(), content_type=CONTENT_TYPE_LATEST)
+
+
+@csrf_exempt  # machine-to-machine: a bearer token or an allowed address, never a session cookie
+@require_POST
+def ping_create(request: HttpRequest) -> JsonResponse:
+    """Ask a worker to GET a URL (egress, DNS, TLS and latency from where jobs run). Operators only."""
+    if not machine_allowed(request.META.get("REMOTE_ADDR", ""), request.headers.get("Authorization", "")):
+        return json_error(
+            request, "forbidden", "Use `Authorization: Bearer <METRICS_TOKEN>` or an allowed address.", 403
+        )
+    try:
+        payload = json.loads(request.body or b"{}")
+    except ValueError:
+        return json_error(request, "invalid", 'The body must be JSON: {"url": "https://…"}.', 400)
+    url = payload.get("url") if isinstance(payload, dict) else None
+    problem = _url_problem(url)
+    if problem:
+        return JsonResponse(
+            error_body("invalid", "The request has invalid fields; see details.", {"url": [problem]}), status=400
+        )
+    probe_id = uuid.uuid4().hex
+    caches["default"].set(PING_KEY.format(probe_id), {"id": probe_id, "url": url, "status": "pending"}, PING_TTL_S)
+    ping_url.delay(probe_id, url)
+    return JsonResponse({"id": probe_id, "status": "pending", "url": url}, status=202)
+
+
+@never_cache
+@require_GET
+def ping_detail(request: HttpRequest, probe_id: str) -> JsonResponse:
+    if not machine_allowed(request.META.get("REMOTE_ADDR", ""), request.headers.get("Authorization", "")):
+        return json_error(
+            request, "forbidden", "Use `Authorization: Bearer <METRICS_TOKEN>` or an allowed address.", 403
+        )
+    result = caches["default"].get(PING_KEY.format(probe_id))
+    if result is None:
+        return json_error(request, "not_found", "Not found.", 404)
+    return JsonResponse(result)
+
+
+MACHINE_ONLY = "Use `Authorization: Bearer <METRICS_TOKEN>` or call from an address in METRICS_ALLOWED_IPS."
+
+
+def _machine(request: HttpRequest) -> bool:
+    return machine_allowed(request.META.get("REMOTE_ADDR", ""), request.headers.get("Authorization", ""))
+
+
+def _url_problem(url: object) -> str | None:
+    if not isinstance(url, str) or not url:
+        return "This field is required."
+    if len(url) > 2000:
+        return "At most 2000 characters."
+    parts = urlsplit(url)
+    if parts.scheme not in {"http", "https"} or not parts.hostname:
+        return "Enter an http:// or https:// URL with a host."
+    return None

@@ -113,7 +113,8 @@ def change_role(*, access: Access, membership: Membership, role: str) -> Members
 @transaction.atomic
 def remove_member(*, access: Access, membership: Membership) -> None:
     """Admins remove members but not owners; anyone may leave; the last owner may not."""
-    leaving = access.user is not None and membership.user_id == access.user.pk
+    # Leaving is a person's decision: through an API key, removing anyone (even its creator) needs `org:admin`.
+    leaving = access.api_key is None and access.user is not None and membership.user_id == access.user.pk
     if not leaving:
         _require(access, "org:roles" if membership.role == Role.OWNER else "org:admin")
     _guard_last_owner(access.org, membership)

@@ -8,21 +8,31 @@ from typing import Any
 from django.db.models import QuerySet
 from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import OpenApiParameter
-from rest_framework import mixins, status
+from rest_framework import mixins, status, viewsets
 from rest_framework.decorators import action
 from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
-from apps.core.api import OrgScopedMixin, OrgScopedViewSet, describe
+from apps.core.api import OrgScopedMixin, OrgScopedViewSet, describe, require_action
 from apps.core.errors import HermesAPIError
+from apps.core.idempotency import idempotent
+from apps.core.permissions import Access
 from apps.orgs import actions, quotas
-from apps.orgs.models import APIKey
+from apps.orgs.models import APIKey, Invitation, Membership, Organization
 from apps.orgs.serializers import (
     APIKeyCreateSerializer,
     APIKeyRotateSerializer,
     APIKeySerializer,
+    InvitationAcceptSerializer,
+    InvitationCreateSerializer,
+    InvitationSerializer,
     IssuedAPIKeySerializer,
+    MembershipSerializer,
+    OrganizationCreateSerializer,
+    OrganizationSerializer,
+    OrganizationUpdateSerializer,
+    RoleChangeSerializer,
 )
 
 _KEYS_NOTE = (
@@ -100,6 +110,209 @@ class APIKeyViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, OrgScopedV
     def revoke(self, request: Request, pk: str | None = None) -> Response:
         key = actions.revoke_api_key(access=self.access, key=self.get_object())
         return Response(APIKeySerializer(key).data)
+
+
+# --- Organizations ---------------------------------------------------------------------------------------------
+
+
+class OrganizationViewSet(viewsets.GenericViewSet):
+    """The caller's orgs. A session sees every org it belongs to (and acts in `{slug}` with its role there);
+    an API key sees only its own org. Any other slug is a 404."""
+
+    serializer_class = OrganizationSerializer
+    queryset = Organization.objects.none()  # for the schema; get_queryset narrows to the caller's orgs
+    lookup_field = "slug"
+    lookup_value_regex = "[^/]+"
+
+    def _roles(self) -> dict[int, str]:
+        access = self.request.auth
+        if isinstance(access, Access) and access.api_key is not None:
+            return {access.org.pk: access.role}
+        rows = Membership.objects.unscoped("a person's own memberships span orgs").filter(user=self.request.user)
+        return dict(rows.values_list("organization_id", "role"))
+
+    def get_queryset(self) -> QuerySet[Organization]:
+        self.roles = self._roles()
+        return Organization.objects.filter(pk__in=list(self.roles))
+
+    def get_serializer_context(self) -> dict[str, Any]:
+        return {**super().get_serializer_context(), "roles": getattr(self, "roles", {})}
+
+    def access_in(self, org: Organization) -> Access:
+        access = self.request.auth
+        if isinstance(access, Access) and access.api_key is not None:
+            return access
+        return Access(org=org, role=self.roles[org.pk], user=self.request.user)
+
+    @describe("List my organizations", action=None, notes="With an API key: only the key's org.")
+    def list(self, request: Request) -> Response:
+        page = self.paginate_queryset(self.get_queryset())
+        return self.get_paginated_response(self.get_serializer(page, many=True).data)
+
+    @describe("Read an organization", action="org:read", responses={200: OrganizationSerializer})
+    def retrieve(self, request: Request, slug: str | None = None) -> Response:
+        org = self.get_object()
+        require_action(self.access_in(org), "org:read")
+        return Response(self.get_serializer(org).data)
+
+    @describe(
+        "Create an organization",
+        action=None,
+        notes="Session only: the caller becomes its first owner. (An API key acts for one org and cannot create "
+        "another.)",
+        request=OrganizationCreateSerializer,
+        responses={201: OrganizationSerializer},
+    )
+    def create(self, request: Request) -> Response:
+        if getattr(request.auth, "api_key", None) is not None:
+            raise HermesAPIError(
+                "An API key acts for one org; create organizations with a signed-in session.",
+                code="session_required",
+                status_code=403,
+            )
+        serializer = OrganizationCreateSerializer(data=request.data)
+        serializer.is_valid(raise_exception=True)
+        org = actions.create_organization(user=request.user, **serializer.validated_data)
+        self.roles = {org.pk: "owner"}
+        return Response(self.get_serializer(org).data, status=status.HTTP_201_CREATED)
+
+    @describe(
+        "Update an organization",
+        action="org:admin",
+        notes="Renaming needs `org:admin`; changing `plan` needs `org:billing` (owners, session only).",
+        request=OrganizationUpdateSerializer,
+        responses={200: OrganizationSerializer},
+    )
+    def partial_update(self, request: Request, slug: str | None = None) -> Response:
+        org = self.get_object()
+        access = self.access_in(org)
+        require_action(access, "org:read")
+        serializer = OrganizationUpdateSerializer(data=request.data)
+        serializer.is_valid(raise_exception=True)
+        org = actions.update_organization(access=access, **serializer.validated_data)
+        return Response(self.get_serializer(org).data)
+
+    @describe("Delete an organization", action="org:delete", notes="Owners only; deletes every row of the org.")
+    def destroy(self, request: Request, slug: str | None = None) -> Response:
+        org = self.get_object()
+        actions.delete_organization(access=self.access_in(org))
+        return Response(status=status.HTTP_204_NO_CONTENT)
+
+
+# --- Members -----------------------------------------------------------------------------------------------------
+
+
+class MemberViewSet(  # type: ignore[misc]
+    mixins.ListModelMixin, mixins.RetrieveModelMixin, mixins.DestroyModelMixin, OrgScopedViewSet
+):
+    """Members of the current org. Role changes are owners' (`org:roles`); admins remove non-owners; anyone may
+    leave (DELETE their own membership); the last owner can neither leave nor be demoted (409 `last_owner`)."""
+
+    model = Membership
+    serializer_class = MembershipSerializer
+    read_action = "org:read"
+    # The finer rules (own membership, owners) are the actions'; these are the least any caller needs.
+    required_actions = {"partial_update": "org:roles", "destroy": "org:read"}
+
+    def scoped_queryset(self) -> QuerySet[Any]:
+        return super().scoped_queryset().select_related("user")
+
+    @describe("List members", action="org:read")
+    def list(self, request: Request, *args: Any, **kwargs: Any) -> Response:
+        return super().list(request, *args, **kwargs)
+
+    @describe("Read a membership", action="org:read")
+    def retrieve(self, request: Request, *args: Any, **kwargs: Any) -> Response:
+        return super().retrieve(request, *args, **kwargs)
+
+    @describe(
+        "Change a member's role",
+        action="org:roles",
+        request=RoleChangeSerializer,
+        responses={200: MembershipSerializer},
+        notes="Owners only. Demoting the last owner is a 409 `last_owner`.",
+    )
+    def partial_update(self, request: Request, pk: str | None = None) -> Response:
+        membership = self.get_object()
+        serializer = RoleChangeSerializer(data=request.data)
+        serializer.is_valid(raise_exception=True)
+        membership = actions.change_role(access=self.access, membership=membership, **serializer.validated_data)
+        return Response(MembershipSerializer(membership).data)
+
+    @describe(
+        "Remove a member (or leave)",
+        action="org:admin",
+        notes="Admins remove developers and members; removing an owner needs `org:roles`. Anyone may remove their "
+        "own membership (leave), except the last owner.",
+    )
+    def destroy(self, request: Request, *args: Any, **kwargs: Any) -> Response:
+        actions.remove_member(access=self.access, membership=self.get_object())
+        return Response(status=status.HTTP_204_NO_CONTENT)
+
+
+# --- Invitations -------------------------------------------------------------------------------------------------
+
+
+class InvitationViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, OrgScopedViewSet):  # type: ignore[misc]
+    model = Invitation
+    serializer_class = InvitationSerializer
+    read_action = "org:admin"
+    write_action = "org:admin"
+
+    def scoped_queryset(self) -> QuerySet[Any]:
+        return super().scoped_queryset().select_related("invited_by")
+
+    @describe("List invitations", action="org:admin")
+    def list(self, request: Request, *args: Any, **kwargs: Any) -> Response:
+        return super().list(request, *args, **kwargs)
+
+    @describe("Read an invitation", action="org:admin")
+    def retrieve(self, request: Request, *args: Any, **kwargs: Any) -> Response:
+        return super().retrieve(request, *args, **kwargs)
+
+    @describe(
+        "Invite someone by email",
+        action="org:admin",
+        notes="Emails a link with a single-use token (valid 7 days; only its digest is stored). Inviting an owner "
+        "needs `org:roles`. Re-inviting an address replaces its open invitation. Honors `Idempotency-Key`.",
+        request=InvitationCreateSerializer,
+        responses={201: InvitationSerializer},
+    )
+    def create(self, request: Request, *args: Any, **kwargs: Any) -> Response:
+        return idempotent(self.org.pk, request, lambda: self._invite(request))
+
+    def _invite(self, request: Request) -> Response:
+        serializer = InvitationCreateSerializer(data=request.data)
+        serializer.is_valid(raise_exception=True)
+        issued = actions.invite_member(access=self.access, **serializer.validated_data)
+        return Response(InvitationSerializer(issued.invitation).data, status=status.HTTP_201_CREATED)
+
+    @describe("Revoke an invitation", action="org:admin", request=None, responses={200: InvitationSerializer})
+    @action(detail=True, methods=["post"])
+    def revoke(self, request: Request, pk: str | None = None) -> Response:
+        invitation = actions.revoke_invitation(access=self.access, invitation=self.get_object())
+        return Response(InvitationSerializer(invitation).data)
+
+
+class AcceptInvitationView(APIView):
+    @describe(
+        "Accept an invitation",
+        action=None,
+        notes="Session only: the signed-in person joins the inviting org with the invited role. Their email must be "
+        "the invited address (403 `invitation_email_mismatch`); an unknown token is a 404, an expired, revoked or "
+        "used one a 409.",
+        request=InvitationAcceptSerializer,
+        responses={201: MembershipSerializer},
+    )
+    def post(self, request: Request) -> Response:
+        if getattr(request.auth, "api_key", None) is not None:
+            raise HermesAPIError(
+                "Accept invitations with a signed-in session.", code="session_required", status_code=403
+            )
+        serializer = InvitationAcceptSerializer(data=request.data)
+        serializer.is_valid(raise_exception=True)
+        membership = actions.accept_invitation(user=request.user, token=serializer.validated_data["token"])
+        return Response(MembershipSerializer(membership).data, status=status.HTTP_201_CREATED)
 
 
 class UsageView(OrgScopedMixin, APIView):  # type: ignore[misc]

@@ -5,7 +5,8 @@ from typing import Any
 from django import forms
 from django.utils.text import slugify
 
-from apps.orgs.models import Organization
+from apps.core.permissions import Role
+from apps.orgs.models import Organization, Plan
 
 
 class OrganizationCreateForm(forms.Form):
@@ -27,3 +28,72 @@ class OrganizationCreateForm(forms.Form):
                 self.add_error("slug", f"The slug '{slug}' is taken; choose another.")
             data["slug"] = slug
         return data
+
+
+def _role_choices(allowed: list[str]) -> list[tuple[str, str]]:
+    return [(value, label) for value, label in Role.choices if value in allowed]
+
+
+class InviteForm(forms.Form):
+    email = forms.EmailField()
+    role = forms.ChoiceField(choices=Role.choices, initial=Role.MEMBER)
+
+    def __init__(self, *args: Any, roles: list[str], **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.fields["role"].choices = _role_choices(roles)  # type: ignore[attr-defined]
+
+
+class RoleForm(forms.Form):
+    role = forms.ChoiceField(choices=Role.choices)
+
+
+class APIKeyForm(forms.Form):
+    name = forms.CharField(max_length=100, help_text="What uses this key, e.g. “CI pipeline”.")
+    scopes = forms.MultipleChoiceField(
+        widget=forms.CheckboxSelectMultiple,
+        help_text="A key can never do more than your own role allows.",
+    )
+    expires_in_days = forms.IntegerField(
+        required=False, min_value=1, max_value=3650, label="Expires in (days)", help_text="Empty: never expires."
+    )
+    rate_limit_per_minute = forms.IntegerField(
+        required=False,
+        min_value=1,
+        label="Rate limit (requests per minute)",
+        help_text="Optional; the plan's limit applies anyway.",
+    )
+
+    def __init__(self, *args: Any, scopes: list[tuple[str, str]], **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.fields["scopes"].choices = scopes  # type: ignore[attr-defined]
+
+
+class RotateKeyForm(forms.Form):
+    GRACE_CHOICES = [(0, "Immediately"), (1, "1 hour"), (24, "24 hours"), (168, "7 days")]
+    grace_hours = forms.TypedChoiceField(
+        choices=GRACE_CHOICES, coerce=int, initial=24, label="Old key keeps working for"
+    )
+
+
+class OrganizationSettingsForm(forms.Form):
+    name = forms.CharField(max_length=120)
+    plan = forms.ChoiceField(choices=Plan.choices, help_text="Only owners change the plan.")
+
+    def __init__(self, *args: Any, can_rename: bool, can_bill: bool, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.fields["name"].disabled = not can_rename
+        self.fields["plan"].disabled = not can_bill
+
+
+class DeleteOrganizationForm(forms.Form):
+    confirm = forms.CharField(label="Type the organization's slug to confirm")
+
+    def __init__(self, *args: Any, slug: str, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.slug = slug
+
+    def clean_confirm(self) -> str:
+        value = str(self.cleaned_data["confirm"]).strip()
+        if value != self.slug:
+            raise forms.ValidationError(f"Type “{self.slug}” exactly to delete the organization.")
+        return value

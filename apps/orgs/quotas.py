@@ -43,6 +43,7 @@ WINDOW_SECONDS = 60
 USAGE_TTL_SECONDS = 35 * 86400
 FAIL_OPEN_BACKOFF = 1.0
 REDIS_TIMEOUT = 0.25  # seconds; a slow Redis must cost a request little, then we fail open
+clock = time.time  # the quota clock (tests pin it inside one window)
 
 # KEYS: n limited counters, then (optionally) the usage counter. ARGV: n, then (limit, ttl) per counter, then the
 # usage counter's ttl. Returns the counters (after incrementing when allowed), 1/0 for allowed, and the usage count.
@@ -116,10 +117,13 @@ class Decision:
             "org_requests_per_minute": f"This organization's limit of {self.limit} API requests per minute",
             "key_requests_per_minute": f"This API key's limit of {self.limit} requests per minute",
             "tasks_per_day": f"This organization's limit of {self.limit} tasks per day (UTC)",
+            "address_requests_per_minute": f"The limit of {self.limit} requests per minute from one address",
         }[self.limit_name]
         return f"{what} is used up; it resets in {self.retry_after} s. {self.how_to_raise()}"
 
     def how_to_raise(self) -> str:
+        if self.limit_name == "address_requests_per_minute":
+            return "Wait for the reset; this limit protects the public endpoints and cannot be raised."
         if self.limit_name == "key_requests_per_minute":
             return "An admin can raise or remove the key's own limit (rate_limit_per_minute), up to the plan's limit."
         plan = getattr(self.org, "plan", Plan.FREE)
@@ -224,7 +228,7 @@ def _next_midnight(now: float) -> int:
 
 def check_request(access: Access, now: float | None = None) -> Decision | None:
     """Count one API request for `access`'s org (and key); None when Redis is unreachable (fail open)."""
-    now = time.time() if now is None else now
+    now = clock() if now is None else now
     org = access.org
     window = int(now // WINDOW_SECONDS)
     reset_at = (window + 1) * WINDOW_SECONDS
@@ -272,6 +276,37 @@ class OrgQuotaThrottle(BaseThrottle):
         return True
 
 
+ANONYMOUS_REQUESTS_PER_MINUTE = 20
+
+
+def check_anonymous(ip: str, now: float | None = None) -> Decision | None:
+    """Per-address limit for the public endpoints (registration, password reset); None when Redis is down."""
+    now = clock() if now is None else now
+    window = int(now // WINDOW_SECONDS)
+    keys = [":".join([KEY_PREFIX, "anon", ip, str(window)])]
+    limit = ANONYMOUS_REQUESTS_PER_MINUTE
+    result = _gate.run(lambda: _gate.script()(keys=keys, args=[1, limit, WINDOW_SECONDS * 2]), "anonymous check")
+    if result is None:
+        return None
+    decision = Decision(bool(result[1]), "address_requests_per_minute", limit, int(result[0]), (window + 1) * 60, now)
+    if not decision.allowed:
+        QUOTA_REJECTIONS.labels(limit=decision.limit_name).inc()
+    return decision
+
+
+class AnonymousRateThrottle(BaseThrottle):
+    """For unauthenticated endpoints: a fixed per-client-address limit (they send email and hash passwords)."""
+
+    def allow_request(self, request: Request, view: Any) -> bool:
+        decision = check_anonymous(request.META.get("REMOTE_ADDR") or "unknown")
+        if decision is None:
+            return True
+        request._request.hermes_quota = decision  # type: ignore[attr-defined]
+        if not decision.allowed:
+            raise QuotaExceeded(decision)
+        return True
+
+
 class RateLimitHeadersMiddleware:
     def __init__(self, get_response: Callable[[HttpRequest], HttpResponse]) -> None:
         self.get_response = get_response
@@ -296,7 +331,7 @@ def reserve_task(org: Any, now: float | None = None) -> Decision | None:
     """Check the org's tasks-per-day limit and count one task, atomically. Raises QuotaExceeded when the day's
     tasks are used up; None when Redis is unreachable (fail open). Call it inside the create action, before the
     INSERT; a task that then fails to be created is still counted (the counter is usage, not an invariant)."""
-    now = time.time() if now is None else now
+    now = clock() if now is None else now
     limit = org.limits.tasks_per_day
     keys = [_tasks_key(org, now)]
     result = _gate.run(lambda: _gate.script()(keys=keys, args=[1, limit, USAGE_TTL_SECONDS]), "task reservation")
@@ -311,7 +346,7 @@ def reserve_task(org: Any, now: float | None = None) -> Decision | None:
 
 def check_task_quota(org: Any, now: float | None = None) -> None:
     """Raise QuotaExceeded if the org cannot create another task today (no counting; fail open)."""
-    now = time.time() if now is None else now
+    now = clock() if now is None else now
     used = _gate.run(lambda: _gate.client().get(_tasks_key(org, now)), "task check")
     limit = org.limits.tasks_per_day
     if used is not None and int(used) >= limit:
@@ -321,7 +356,7 @@ def check_task_quota(org: Any, now: float | None = None) -> None:
 
 def record_task(org: Any, now: float | None = None) -> int | None:
     """Count one task for today without checking (e.g. from `transaction.on_commit`); the new count or None."""
-    now = time.time() if now is None else now
+    now = clock() if now is None else now
     keys = [_tasks_key(org, now)]
     result = _gate.run(lambda: _gate.script()(keys=keys, args=[0, USAGE_TTL_SECONDS]), "task count")
     return None if result is None else int(result[1])
@@ -332,7 +367,7 @@ def record_task(org: Any, now: float | None = None) -> int | None:
 
 def usage(org: Any, days: int = 7, now: float | None = None) -> dict[str, Any]:
     """The org's limits and counters (today first, then earlier days): one MGET."""
-    now = time.time() if now is None else now
+    now = clock() if now is None else now
     window = int(now // WINDOW_SECONDS)
     dates = [_day(now - 86400 * offset) for offset in range(days)]
     keys = [_org_key(org.pk, "rpm", window)]

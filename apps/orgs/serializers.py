@@ -2,9 +2,9 @@ from __future__ import annotations
 
 from rest_framework import serializers
 
-from apps.core.permissions import SCOPES
+from apps.core.permissions import SCOPES, Role
 from apps.orgs.actions import MAX_ROTATION_GRACE
-from apps.orgs.models import APIKey
+from apps.orgs.models import APIKey, Invitation, Membership, Organization, Plan
 
 
 class APIKeySerializer(serializers.ModelSerializer):
@@ -65,3 +65,71 @@ class APIKeyRotateSerializer(serializers.Serializer):
     scopes = serializers.ListField(
         child=serializers.ChoiceField(choices=list(SCOPES)), required=False, allow_empty=False
     )
+
+
+class OrganizationSerializer(serializers.ModelSerializer):
+    role = serializers.SerializerMethodField(help_text="The caller's role in this org.")
+    limits = serializers.SerializerMethodField()
+
+    class Meta:
+        model = Organization
+        fields = ["id", "slug", "name", "plan", "role", "limits", "created_at"]
+        read_only_fields = fields
+
+    def get_role(self, org: Organization) -> str | None:
+        roles = self.context.get("roles", {})
+        return roles.get(org.pk)
+
+    def get_limits(self, org: Organization) -> dict[str, int]:
+        return {"requests_per_minute": org.limits.requests_per_minute, "tasks_per_day": org.limits.tasks_per_day}
+
+
+class OrganizationCreateSerializer(serializers.Serializer):
+    name = serializers.CharField(max_length=120)
+    slug = serializers.SlugField(max_length=60)
+
+
+class OrganizationUpdateSerializer(serializers.Serializer):
+    name = serializers.CharField(max_length=120, required=False)
+    plan = serializers.ChoiceField(choices=Plan.choices, required=False)
+
+
+class MemberUserSerializer(serializers.Serializer):
+    id = serializers.IntegerField()
+    email = serializers.EmailField()
+    name = serializers.CharField()
+
+
+class MembershipSerializer(serializers.ModelSerializer):
+    user = MemberUserSerializer(read_only=True)
+
+    class Meta:
+        model = Membership
+        fields = ["id", "user", "role", "created_at"]
+        read_only_fields = ["id", "user", "created_at"]
+
+
+class RoleChangeSerializer(serializers.Serializer):
+    role = serializers.ChoiceField(choices=Role.choices)
+
+
+class InvitationSerializer(serializers.ModelSerializer):
+    invited_by: serializers.SlugRelatedField = serializers.SlugRelatedField(slug_field="email", read_only=True)
+    state = serializers.SerializerMethodField()
+
+    class Meta:
+        model = Invitation
+        fields = ["id", "email", "role", "state", "invited_by", "created_at", "expires_at", "accepted_at", "revoked_at"]
+        read_only_fields = fields
+
+    def get_state(self, invitation: Invitation) -> str:
+        return invitation.state()
+
+
+class InvitationCreateSerializer(serializers.Serializer):
+    email = serializers.EmailField(max_length=254)
+    role = serializers.ChoiceField(choices=Role.choices, default=Role.MEMBER)
+
+
+class InvitationAcceptSerializer(serializers.Serializer):
+    token = serializers.CharField(max_length=128)

@@ -2,17 +2,36 @@
 
 from __future__ import annotations
 
+from datetime import timedelta
+from typing import Any
+
 from django.contrib import messages
 from django.contrib.auth.decorators import login_required
-from django.http import HttpRequest, HttpResponse
-from django.shortcuts import redirect
+from django.contrib.auth.views import redirect_to_login
+from django.core.exceptions import PermissionDenied, ValidationError
+from django.http import Http404, HttpRequest, HttpResponse
+from django.shortcuts import get_object_or_404, redirect
+from django.urls import reverse
+from django.utils import timezone
+from django.utils.cache import add_never_cache_headers
 from django.utils.http import url_has_allowed_host_and_scheme
 from django.views.decorators.http import require_http_methods, require_POST
 
-from apps.core.console import render_console
-from apps.orgs import actions
+from apps.core.console import add_action_errors, hx_redirect, is_fragment_request, render_console
+from apps.core.errors import HermesAPIError
+from apps.core.permissions import SCOPES, Access, Role
+from apps.orgs import actions, quotas
 from apps.orgs.decorators import org_action_required
-from apps.orgs.forms import OrganizationCreateForm
+from apps.orgs.forms import (
+    APIKeyForm,
+    DeleteOrganizationForm,
+    InviteForm,
+    OrganizationCreateForm,
+    OrganizationSettingsForm,
+    RoleForm,
+    RotateKeyForm,
+)
+from apps.orgs.models import PLAN_LIMITS, APIKey, Invitation, Membership, Plan
 from apps.orgs.selectors import SESSION_ORG_KEY, memberships_of
 
 
@@ -23,8 +42,21 @@ def _use_org(request: HttpRequest, org_id: int) -> None:
 
 @org_action_required("org:read")
 def dashboard(request: HttpRequest) -> HttpResponse:
-    access = request.access  # type: ignore[attr-defined]
-    return render_console(request, "orgs/dashboard.html", {"org": access.org, "role": access.role})
+    access = _access(request)
+    return render_console(request, "orgs/dashboard.html", {"org": access.org, "role": access.role, **_overview(access)})
+
+
+def _overview(access: Access) -> dict[str, Any]:
+    """Counts for the dashboard, each read through the owning app's selectors."""
+    from apps.agents.selectors import org_agents
+    from apps.federation.selectors import dead_letters
+
+    org = access.org
+    return {
+        "members_count": Membership.objects.for_org(org).count(),
+        "agents_count": org_agents(org).count(),
+        "dead_letters_count": dead_letters(org).count() if access.allows("federation:read") else None,
+    }
 
 
 @login_required
@@ -56,3 +88,313 @@ def switch(request: HttpRequest) -> HttpResponse:
     if not url_has_allowed_host_and_scheme(target, allowed_hosts={request.get_host()}):
         target = ""
     return redirect(target or "orgs:dashboard")
+
+
+# --- Members and invitations ------------------------------------------------------------------------------------
+
+
+def _access(request: HttpRequest) -> Access:
+    return request.access  # type: ignore[attr-defined]
+
+
+def _member_or_404(access: Access, membership_id: int) -> Membership:
+    # Another org's membership id is a 404, exactly like one that does not exist.
+    return get_object_or_404(Membership.objects.for_org(access.org).select_related("user"), pk=membership_id)
+
+
+def _invitable_roles(access: Access) -> list[str]:
+    return [role for role in Role.values if role != Role.OWNER or access.allows("org:roles")]
+
+
+def _members_context(access: Access, invite_form: InviteForm | None = None) -> dict[str, Any]:
+    members = Membership.objects.for_org(access.org).select_related("user").order_by("user__email")
+    context: dict[str, Any] = {
+        "org": access.org,
+        "access": access,
+        "members": members,
+        "roles": Role.choices,
+        "can_change_roles": access.allows("org:roles"),
+        "can_manage": access.allows("org:admin"),
+    }
+    if access.allows("org:admin"):
+        context["invite_form"] = invite_form or InviteForm(roles=_invitable_roles(access))
+        context["invitations"] = [
+            inv
+            for inv in Invitation.objects.for_org(access.org).select_related("invited_by").order_by("-created_at")[:50]
+            if inv.state() == "pending"
+        ]
+    return context
+
+
+@org_action_required("org:read")
+def members(request: HttpRequest) -> HttpResponse:
+    return render_console(request, "orgs/members.html", _members_context(_access(request)))
+
+
+@org_action_required("org:roles")
+@require_POST
+def change_member_role(request: HttpRequest, membership_id: int) -> HttpResponse:
+    access = _access(request)
+    membership = _member_or_404(access, membership_id)
+    form = RoleForm(request.POST)
+    status = 200
+    if form.is_valid():
+        try:
+            membership = actions.change_role(access=access, membership=membership, role=form.cleaned_data["role"])
+            messages.success(request, f"{membership.user.email} is now {membership.get_role_display()}.")
+        except ValidationError as exc:
+            messages.error(request, " ".join(exc.messages))
+            status = 422
+    else:
+        messages.error(request, "Choose one of the listed roles.")
+        status = 422
+    if not is_fragment_request(request):
+        return redirect("orgs:members")
+    context = {**_members_context(access), "member": membership}
+    return render_console(request, "orgs/members.html", context, partial="member_row", status=status)
+
+
+@org_action_required("org:read")
+@require_POST
+def remove_member(request: HttpRequest, membership_id: int) -> HttpResponse:
+    """Admins remove members, owners remove anyone, and everyone may leave (the action decides)."""
+    access = _access(request)
+    membership = _member_or_404(access, membership_id)
+    leaving = membership.user_id == request.user.pk
+    try:
+        actions.remove_member(access=access, membership=membership)
+    except ValidationError as exc:
+        messages.error(request, " ".join(exc.messages))
+        return hx_redirect(request, reverse("orgs:members"))
+    if leaving:
+        request.session.pop(SESSION_ORG_KEY, None)
+        messages.success(request, f"You left {access.org.name}.")
+        return hx_redirect(request, reverse("orgs:dashboard"))
+    messages.success(request, f"{membership.user.email} was removed from {access.org.name}.")
+    if is_fragment_request(request):
+        # The row disappears (an empty outerHTML swap); the flash message comes out-of-band.
+        return render_console(request, "orgs/members.html", _members_context(access), partial="removed")
+    return redirect("orgs:members")
+
+
+@org_action_required("org:admin")
+@require_POST
+def invite(request: HttpRequest) -> HttpResponse:
+    access = _access(request)
+    form = InviteForm(request.POST, roles=_invitable_roles(access))
+    status = 200
+    if form.is_valid():
+        try:
+            issued = actions.invite_member(
+                access=access, email=form.cleaned_data["email"], role=form.cleaned_data["role"]
+            )
+        except ValidationError as exc:
+            add_action_errors(form, exc)
+        except HermesAPIError as exc:
+            if exc.status_code == 403:
+                raise
+            form.add_error("email", str(exc.detail))
+        else:
+            messages.success(request, f"Invitation sent to {issued.invitation.email}.")
+            form = InviteForm(roles=_invitable_roles(access))
+    if form.errors:
+        status = 422
+    if not is_fragment_request(request) and status == 200:
+        return redirect("orgs:members")
+    context = _members_context(access, invite_form=form)
+    return render_console(request, "orgs/members.html", context, partial="invitations", status=status)
+
+
+@org_action_required("org:admin")
+@require_POST
+def revoke_invitation(request: HttpRequest, invitation_id: int) -> HttpResponse:
+    access = _access(request)
+    invitation = get_object_or_404(Invitation.objects.for_org(access.org), pk=invitation_id)
+    actions.revoke_invitation(access=access, invitation=invitation)
+    messages.success(request, f"Invitation for {invitation.email} revoked.")
+    if not is_fragment_request(request):
+        return redirect("orgs:members")
+    return render_console(request, "orgs/members.html", _members_context(access), partial="invitations")
+
+
+@require_http_methods(["GET", "POST"])
+def accept_invitation(request: HttpRequest, token: str) -> HttpResponse:
+    """The emailed link. Anyone holding it sees which org invites them; accepting needs the invited address."""
+    invitation = actions.find_invitation(token)
+    if invitation is None:
+        raise Http404("Unknown invitation")
+    if request.method == "POST":
+        if not request.user.is_authenticated:
+            return redirect_to_login(request.get_full_path())
+        membership = actions.accept_invitation(user=request.user, token=token)
+        _use_org(request, membership.organization_id)
+        messages.success(request, f"Welcome to {invitation.organization.name}.")
+        return redirect("orgs:dashboard")
+    return render_console(request, "orgs/invitation.html", {"invitation": invitation, "state": invitation.state()})
+
+
+# --- API keys -------------------------------------------------------------------------------------------------
+
+
+def _key_manager_required(access: Access) -> None:
+    if not (access.allows("org:admin") or access.allows("keys:own")):
+        raise PermissionDenied(f"Your role '{access.role}' may not manage API keys.")
+
+
+def _key_or_404(access: Access, key_id: int) -> APIKey:
+    return get_object_or_404(APIKey.objects.for_org(access.org), pk=key_id)
+
+
+def _keys_context(access: Access, *, form: APIKeyForm | None = None, issued: Any = None) -> dict[str, Any]:
+    scopes = [(s, f"{s} — {SCOPES[s]}") for s in SCOPES if s in actions.grantable_scopes(access)]
+    keys = list(
+        APIKey.objects.for_org(access.org).select_related("created_by", "rotated_to").order_by("-created_at")[:200]
+    )
+    return {
+        "org": access.org,
+        "keys": [{"key": k, "state": k.state(), "can_manage": actions.can_manage_key(access, k)} for k in keys],
+        "form": form or APIKeyForm(scopes=scopes),
+        "rotate_form": RotateKeyForm(),
+        "issued": issued,
+    }
+
+
+@org_action_required()
+@require_http_methods(["GET", "POST"])
+def keys(request: HttpRequest) -> HttpResponse:
+    access = _access(request)
+    _key_manager_required(access)
+    context = _keys_context(access)
+    status = 200
+    if request.method == "POST":
+        form = APIKeyForm(request.POST, scopes=context["form"].fields["scopes"].choices)
+        if form.is_valid():
+            days = form.cleaned_data["expires_in_days"]
+            try:
+                issued = actions.create_api_key(
+                    access=access,
+                    name=form.cleaned_data["name"],
+                    scopes=form.cleaned_data["scopes"],
+                    expires_at=timezone.now() + timedelta(days=days) if days else None,
+                    rate_limit_per_minute=form.cleaned_data["rate_limit_per_minute"],
+                )
+            except ValidationError as exc:
+                add_action_errors(form, exc)
+            else:
+                # The plaintext exists only in this response: it is never stored and cannot be shown again.
+                context = _keys_context(access, issued=issued)
+        if form.errors:
+            context["form"], status = form, 422
+    response = render_console(request, "orgs/keys.html", context, partial="keys_section", status=status)
+    add_never_cache_headers(response)  # the page may carry a plaintext key
+    return response
+
+
+@org_action_required()
+@require_POST
+def rotate_key(request: HttpRequest, key_id: int) -> HttpResponse:
+    access = _access(request)
+    _key_manager_required(access)
+    key = _key_or_404(access, key_id)
+    form = RotateKeyForm(request.POST)
+    grace = timedelta(hours=form.cleaned_data["grace_hours"]) if form.is_valid() else actions.DEFAULT_ROTATION_GRACE
+    issued = actions.rotate_api_key(access=access, key=key, grace=grace)
+    messages.success(request, f"Key {key.display} rotated; the old key stops working at its new expiry.")
+    response = render_console(request, "orgs/keys.html", _keys_context(access, issued=issued), partial="keys_section")
+    add_never_cache_headers(response)
+    return response
+
+
+@org_action_required()
+@require_POST
+def revoke_key(request: HttpRequest, key_id: int) -> HttpResponse:
+    access = _access(request)
+    _key_manager_required(access)
+    key = actions.revoke_api_key(access=access, key=_key_or_404(access, key_id))
+    messages.success(request, f"Key {key.display} revoked: it no longer authenticates.")
+    return render_console(request, "orgs/keys.html", _keys_context(access), partial="keys_section")
+
+
+# --- Settings -------------------------------------------------------------------------------------------------
+
+
+@org_action_required("org:read")
+@require_http_methods(["GET", "POST"])
+def settings_page(request: HttpRequest) -> HttpResponse:
+    access = _access(request)
+    org = access.org
+    can_rename, can_bill = access.allows("org:admin"), access.allows("org:billing")
+    form = OrganizationSettingsForm(
+        request.POST or None,
+        initial={"name": org.name, "plan": org.plan},
+        can_rename=can_rename,
+        can_bill=can_bill,
+    )
+    status = 200
+    if request.method == "POST":
+        if not (can_rename or can_bill):
+            raise PermissionDenied(f"Your role '{access.role}' may not change the organization's settings.")
+        if form.is_valid():
+            try:
+                actions.update_organization(
+                    access=access,
+                    name=form.cleaned_data["name"] if can_rename else None,
+                    plan=form.cleaned_data["plan"] if can_bill else None,
+                )
+            except ValidationError as exc:
+                add_action_errors(form, exc)
+            else:
+                messages.success(request, "Settings saved.")
+                return redirect("orgs:settings")
+        status = 422
+    context = {
+        "org": org,
+        "form": form,
+        "can_edit": can_rename or can_bill,
+        "can_delete": access.allows("org:delete"),
+        "delete_form": DeleteOrganizationForm(slug=org.slug),
+    }
+    return render_console(request, "orgs/settings.html", context, status=status)
+
+
+@org_action_required("org:delete")
+@require_POST
+def delete_org(request: HttpRequest) -> HttpResponse:
+    access = _access(request)
+    form = DeleteOrganizationForm(request.POST, slug=access.org.slug)
+    if not form.is_valid():
+        messages.error(request, " ".join(str(e) for e in form.errors["confirm"]))
+        return redirect("orgs:settings")
+    name = access.org.name
+    actions.delete_organization(access=access)
+    request.session.pop(SESSION_ORG_KEY, None)
+    messages.success(request, f"Organization {name} deleted.")
+    return redirect("orgs:dashboard")
+
+
+# --- Usage and quotas -----------------------------------------------------------------------------------------
+
+
+@org_action_required("org:read")
+def usage(request: HttpRequest) -> HttpResponse:
+    access = _access(request)
+    data = quotas.usage(access.org)
+    today = data["days"][0] if data["days"] else None
+    limits = data["limits"]
+    context = {
+        "org": access.org,
+        "usage": data,
+        "today": today,
+        "tasks_share": _share(today["tasks"] if today else 0, limits["tasks_per_day"]),
+        "rpm_share": _share(data["requests_this_minute"] or 0, limits["requests_per_minute"]),
+        "plans": [
+            {"plan": plan, "label": label, "limits": PLAN_LIMITS[plan], "current": plan == access.org.plan}
+            for plan, label in Plan.choices
+        ],
+        "can_bill": access.allows("org:billing"),
+    }
+    return render_console(request, "orgs/usage.html", context, partial="usage_panel")
+
+
+def _share(used: int, limit: int) -> int:
+    return min(100, round(100 * used / limit)) if limit else 0

@@ -94,6 +94,12 @@
     }
   });
 
+  // Confirmation for one submit button of a plain form: <button data-confirm-click="Really?">.
+  document.addEventListener("click", function (event) {
+    var button = event.target.closest && event.target.closest("[data-confirm-click]");
+    if (button && !window.confirm(button.getAttribute("data-confirm-click"))) { event.preventDefault(); }
+  }, true);
+
   // Confirmation for plain (non-htmx) forms: <form data-confirm="Really?">. htmx forms use hx-confirm.
   document.addEventListener("submit", function (event) {
     var form = event.target;

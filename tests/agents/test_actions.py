@@ -9,6 +9,7 @@ from django.utils import timezone
 
 from apps.agents import actions, selectors
 from apps.agents.models import Agent, Visibility
+from apps.core.models import AuditEvent
 from tests.agents.conftest import CardServer, v03_card, v1_card
 
 pytestmark = pytest.mark.django_db
@@ -170,8 +171,18 @@ def test_update_visibility_and_delete(settings: Any, org: Any, alice: Any) -> No
         actions.set_visibility(agent, "everyone")
     agent = actions.set_visibility(agent, Visibility.PUBLIC, by=alice)
     assert agent.visibility == Visibility.PUBLIC
+    agent_id = str(agent.pk)
     actions.delete_agent(agent, by=alice)
     assert list(Agent.objects.for_org(org)) == [other]
+    trail = list(AuditEvent.objects.filter(org_id=org.pk, target_id=agent_id).order_by("pk"))
+    assert [e.action for e in trail] == [
+        "agent.registered",
+        "agent.updated",
+        "agent.updated",
+        "agent.deleted",
+    ]
+    assert trail[1].actor == alice and trail[1].details["fields"] == ["description", "slug", "streaming"]
+    assert trail[2].details["fields"] == ["visibility"]
 
 
 def test_card_agents_keep_the_card_endpoint(card_server: CardServer, org: Any) -> None:

@@ -210,12 +210,47 @@ def test_invalid_responses_are_agent_errors(status_server: Any, body: bytes) -> 
         collect(AgentTarget(url=status_server(200, body)), text="hi")
 
 
-def test_stream_cut_before_a_final_update_is_a_transport_error(status_server: Any) -> None:
-    event = {"statusUpdate": {"taskId": "t", "contextId": "c", "status": {"state": "TASK_STATE_WORKING"}}}
-    body = b"data: " + json.dumps({"jsonrpc": "2.0", "id": "1", "result": event}).encode() + b"\n\n"
-    url = status_server(200, body, "text/event-stream")
-    with pytest.raises(AgentTransportError):
-        collect(AgentTarget(url=url, streaming=True), text="hi")
+class _CutStreamAgent(BaseHTTPRequestHandler):
+    """Streams one 'working' update then hangs up; GetTask says the task is still `task_state`."""
+
+    task_state = "TASK_STATE_WORKING"
+
+    def do_POST(self) -> None:
+        request = json.loads(self.rfile.read(int(self.headers.get("Content-Length", 0))))
+        task = {"id": "t", "contextId": "c", "status": {"state": self.task_state}}
+        if request["method"] == "GetTask":
+            body = json.dumps({"jsonrpc": "2.0", "id": request["id"], "result": task}).encode()
+            content_type = "application/json"
+        else:
+            event = {"statusUpdate": {"taskId": "t", "contextId": "c", "status": {"state": "TASK_STATE_WORKING"}}}
+            body = b"data: " + json.dumps({"jsonrpc": "2.0", "id": request["id"], "result": event}).encode() + b"\n\n"
+            content_type = "text/event-stream"
+        self.send_response(200)
+        self.send_header("Content-Type", content_type)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, *args: Any) -> None:
+        pass
+
+
+@pytest.mark.parametrize(("state", "outcome"), [("TASK_STATE_WORKING", None), ("TASK_STATE_CANCELED", "canceled")])
+def test_stream_cut_before_a_final_update(allow_loopback: None, state: str, outcome: str | None) -> None:
+    """The task is re-read: a final state there ends the run normally, otherwise it is a transport error."""
+    handler = type("Handler", (_CutStreamAgent,), {"task_state": state})
+    server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    target = AgentTarget(url=f"http://127.0.0.1:{server.server_address[1]}/", streaming=True)
+    try:
+        if outcome is None:
+            with pytest.raises(AgentTransportError):
+                collect(target, text="hi")
+        else:
+            assert collect(target, text="hi")[-1].state == outcome
+    finally:
+        server.shutdown()
+        server.server_close()
 
 
 def test_messages_need_content_and_carry_ids() -> None:

@@ -76,15 +76,20 @@ def test_register_logs_in_and_asks_for_an_org(client: Client) -> None:
 
 
 def test_register_shows_precise_errors_and_writes_nothing(client: Client, alice: Any) -> None:
-    response = client.post(
-        "/accounts/register/",
-        {"email": "alice@acme.test", "name": "", "password1": "short", "password2": "other"},
-    )
-    assert response.status_code == 422
-    html = response.content.decode()
-    assert "already exists" in html and "match" in html
     from django.contrib.auth import get_user_model
 
+    mismatch = client.post(
+        "/accounts/register/", {"email": "new@example.test", "password1": "long-secret-1", "password2": "other"}
+    )
+    assert mismatch.status_code == 422 and "do not match" in mismatch.content.decode()
+    taken = client.post(
+        "/accounts/register/",
+        {"email": "Alice@Acme.test", "password1": "long-secret-12", "password2": "long-secret-12"},
+    )
+    assert taken.status_code == 422 and "already exists" in taken.content.decode()
+    weak = client.post("/accounts/register/", {"email": "new@example.test", "password1": "123", "password2": "123"})
+    html = weak.content.decode()
+    assert weak.status_code == 422 and "too short" in html and "entirely numeric" in html
     assert get_user_model().objects.count() == 1
 
 
@@ -98,22 +103,51 @@ def test_login_and_logout(client: Client, alice: Any) -> None:
     assert client.get("/").status_code == 302
 
 
-def test_password_reset_by_email(client: Client, alice: Any) -> None:
-    response = client.post("/accounts/password-reset/", {"email": "alice@acme.test"})
+def test_password_reset_by_email(client: Client, alice: Any, django_capture_on_commit_callbacks: Any) -> None:
+    with django_capture_on_commit_callbacks(execute=True):
+        response = client.post("/accounts/password-reset/", {"email": "alice@acme.test"})
     assert response.status_code == 302 and response["Location"] == "/accounts/password-reset/sent/"
     assert len(mail.outbox) == 1
-    link = next(line for line in mail.outbox[0].body.splitlines() if "/accounts/password-reset/" in line)
-    path = link.split("testserver", 1)[1]
-    form_page = client.get(path, follow=True)
+    link = next(word for word in mail.outbox[0].body.split() if "/accounts/reset/" in word)
+    path = "/accounts/reset/" + link.split("/accounts/reset/", 1)[1]
+    form_page = client.get(path)
     assert form_page.status_code == 200 and "Choose a new password" in form_page.content.decode()
-    done = client.post(
-        form_page.redirect_chain[-1][0],
-        {"new_password1": "another-long-secret-9", "new_password2": "another-long-secret-9"},
-    )
+    assert form_page["Referrer-Policy"] == "no-referrer"
+    weak = client.post(path, {"new_password1": "123", "new_password2": "123"})
+    assert weak.status_code == 422 and "too short" in weak.content.decode()
+    done = client.post(path, {"new_password1": "another-long-secret-9", "new_password2": "another-long-secret-9"})
     assert done.status_code == 302
     assert client.login(username="alice@acme.test", password="another-long-secret-9")
     # The link works once.
-    assert "no longer works" in client.get(path, follow=True).content.decode()
+    assert "no longer works" in client.get(path).content.decode()
+
+
+def test_password_reset_does_not_reveal_accounts(client: Client, django_capture_on_commit_callbacks: Any) -> None:
+    with django_capture_on_commit_callbacks(execute=True):
+        response = client.post("/accounts/password-reset/", {"email": "nobody@example.test"})
+    assert response.status_code == 302 and response["Location"] == "/accounts/password-reset/sent/"
+    assert mail.outbox == []
+
+
+def test_password_change(client: Client, alice: Any) -> None:
+    client.force_login(alice)
+    wrong = client.post(
+        "/accounts/password/",
+        {"current_password": "nope", "new_password1": "fresh-secret-77", "new_password2": "fresh-secret-77"},
+    )
+    assert wrong.status_code == 422 and "current password is not correct" in wrong.content.decode()
+    ok = client.post(
+        "/accounts/password/",
+        {
+            "current_password": "correct-horse-battery",
+            "new_password1": "fresh-secret-77",
+            "new_password2": "fresh-secret-77",
+        },
+    )
+    assert ok.status_code == 302
+    assert client.get("/").status_code == 200  # still signed in
+    alice.refresh_from_db()
+    assert alice.check_password("fresh-secret-77")
 
 
 def test_create_org_makes_the_creator_owner_and_switches_to_it(client: Client, alice: Any) -> None:

@@ -87,8 +87,10 @@ def _wait_worker(log: Path, proc: subprocess.Popen[bytes], timeout: float = 40) 
     raise RuntimeError(f"worker not ready in {timeout}s:\n{log.read_text()[-3000:]}")
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def hermes_server(django_db_setup: Any, tmp_path_factory: pytest.TempPathFactory) -> Iterator[HermesServer]:
+    """Module-scoped: its Celery worker shares the broker with the rest of the suite, so it must be gone before
+    other tests enqueue jobs of their own."""
     from django.conf import settings
     from django.db import connection
 
@@ -101,9 +103,6 @@ def hermes_server(django_db_setup: Any, tmp_path_factory: pytest.TempPathFactory
         "DATABASE_URL": _database_url(connection.settings_dict),
         "REDIS_URL": settings.REDIS_URL,
         "CELERY_BROKER_URL": settings.CELERY_BROKER_URL,
-        # This session-long worker must not consume jobs that later tests send to the default queue for their
-        # own workers (it would run them with its own settings): its server and it share a queue of their own.
-        "CELERY_TASK_DEFAULT_QUEUE": f"hermes-e2e-{port}",
         "HERMES_PUBLIC_URL": base_url,
         # The server registers its own demo agents (and test agents) on loopback.
         "HERMES_SSRF_ALLOWLIST": "127.0.0.1,localhost",

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 import pytest
@@ -19,8 +20,29 @@ def register(page: Any, email: str, password: str = "a-long-secret-42") -> None:
     page.wait_for_url("**/orgs/new/")
 
 
-def test_register_and_create_an_org(page: Any, screenshot: Any) -> None:
+# Every visible form control has an accessible name, every image an alt text, and the page one <main> and <h1>.
+A11Y_CHECK = """() => {
+  const problems = [];
+  for (const el of document.querySelectorAll('input:not([type=hidden]), select, textarea')) {
+    const labelled = (el.labels && el.labels.length)
+      || el.getAttribute('aria-label') || el.getAttribute('aria-labelledby');
+    if (!labelled) problems.push('unlabelled ' + el.outerHTML.slice(0, 80));
+  }
+  for (const img of document.querySelectorAll('img:not([alt])')) problems.push('img without alt ' + img.src);
+  if (document.querySelectorAll('main').length !== 1) problems.push('main landmark count');
+  if (document.querySelectorAll('h1').length !== 1) problems.push('h1 count ' + document.querySelectorAll('h1').length);
+  return problems;
+}"""
+
+
+def assert_accessible(page: Any) -> None:
+    problems = page.evaluate(A11Y_CHECK)
+    assert not problems, f"{page.url}: {problems}"
+
+
+def test_new_user_from_sign_up_to_an_agent(page: Any, screenshot: Any, hermes_server: Any) -> None:
     page.goto("/accounts/register/")
+    assert_accessible(page)
     screenshot(page, "register")
     page.get_by_role("button", name="Create account").click()
     assert page.locator(".errorlist").first.is_visible()  # an empty form explains itself
@@ -31,4 +53,147 @@ def test_register_and_create_an_org(page: Any, screenshot: Any) -> None:
     page.wait_for_url("**/")
     assert page.get_by_role("heading", name="Erin Labs").is_visible()
     assert "Organization Erin Labs created" in page.locator("#messages").inner_text()
+    assert_accessible(page)
     screenshot(page, "dashboard")
+
+    # An API key, shown once.
+    page.get_by_role("link", name="Create an API key").click()
+    page.get_by_label("Name").fill("erin-script")
+    for scope in ("agents:read", "tasks:read", "tasks:write"):
+        page.get_by_label(scope, exact=False).check()
+    page.get_by_role("button", name="Create key").click()
+    plaintext = page.locator("[data-plaintext-key]").inner_text()
+    assert plaintext.startswith("hrm_")
+    assert_accessible(page)
+
+    # An agent, registered by its URL after previewing its card.
+    page.get_by_role("link", name="Agents", exact=True).click()
+    page.get_by_role("link", name="Register an agent").click()
+    page.get_by_label("Agent URL").fill(hermes_server.url("/demo-agents/echo/"))
+    page.get_by_role("button", name="Preview the card").click()
+    page.locator("#preview [data-card-name]").wait_for()
+    assert_accessible(page)
+    page.get_by_role("button", name="Register this agent").click()
+    page.wait_for_url(re.compile(r"/agents/[0-9a-f-]{36}/$"))
+    assert_accessible(page)
+
+    # The same page on a phone-sized screen stays usable (no horizontal overflow of the layout).
+    page.set_viewport_size({"width": 390, "height": 844})
+    assert page.evaluate("document.documentElement.scrollWidth <= window.innerWidth + 1")
+    screenshot(page, "agent-detail-mobile")
+
+
+def sign_in(page: Any, email: str, password: str = "correct-horse-battery") -> None:
+    page.goto("/accounts/login/")
+    page.get_by_label("Email").fill(email)
+    page.get_by_label("Password").fill(password)
+    page.get_by_role("button", name="Sign in").click()
+    page.wait_for_url("**/")
+
+
+def test_api_key_is_shown_once_with_a_copy_button(page: Any, screenshot: Any, alice: Any) -> None:
+    sign_in(page, alice.email)
+    page.get_by_role("link", name="Organization").click()
+    page.get_by_role("link", name="API keys").click()
+    page.get_by_label("Name").fill("CI pipeline")
+    page.get_by_label("tasks:read", exact=False).check()
+    page.get_by_label("tasks:write", exact=False).check()
+    page.get_by_role("button", name="Create key").click()
+    secret = page.locator("[data-plaintext-key]")
+    secret.wait_for()
+    plaintext = secret.inner_text()
+    assert plaintext.startswith("hrm_")
+    page.context.grant_permissions(["clipboard-read", "clipboard-write"])
+    page.get_by_role("button", name="Copy").click()
+    page.get_by_role("button", name="Copied").wait_for()
+    screenshot(page, "api-keys")
+    page.reload()
+    assert plaintext not in page.content()
+    assert page.get_by_role("cell", name="CI pipeline").count() == 1
+
+
+def test_a_developer_cannot_change_roles(page: Any, screenshot: Any, org: Any, alice: Any, dave: Any, mia: Any) -> None:
+    from apps.orgs.models import Membership
+
+    sign_in(page, dave.email)
+    page.goto("/org/members/")
+    assert page.get_by_text("Only owners change roles.").is_visible()
+    assert page.locator("select[name=role]").count() == 0
+    screenshot(page, "members-as-developer")
+    target = Membership.objects.for_org(org).get(user=mia)
+    # Even a hand-made request (as a script on the page could send) is refused, with a readable toast.
+    page.evaluate(
+        """(url) => htmx.ajax('POST', url, {target: 'main', values: {role: 'owner'}})""",
+        f"/org/members/{target.pk}/role/",
+    )
+    toast = page.locator(".toast")
+    toast.wait_for()
+    assert "may not perform 'org:roles'" in toast.inner_text()
+    target.refresh_from_db()
+    assert target.role == "member"
+    assert page.locator("main").inner_text().strip() != ""  # the failed swap left the page as it was
+
+
+def test_register_a_demo_agent_by_url_with_a_preview(page: Any, screenshot: Any, hermes_server: Any, bob: Any) -> None:
+    from apps.agents.models import Agent
+
+    sign_in(page, bob.email)
+    page.get_by_role("link", name="Agents", exact=True).click()
+    page.get_by_role("link", name="Register an agent").click()
+    page.get_by_label("Agent URL").fill(hermes_server.url("/demo-agents/echo/"))
+    page.get_by_role("button", name="Preview the card").click()
+    preview = page.locator("#preview")
+    preview.get_by_text("Repeats the input").wait_for()
+    assert preview.locator("[data-card-name]").inner_text().startswith("Hermes Echo")
+    assert not Agent.objects.unscoped("e2e check").exists()  # previewing stores nothing
+    screenshot(page, "agent-register-preview")
+    page.get_by_role("button", name="Register this agent").click()
+    page.wait_for_url(re.compile(r"/agents/[0-9a-f-]{36}/$"))
+    assert page.get_by_role("heading", name="Hermes Echo").is_visible()
+    assert "Agent Hermes Echo registered" in page.locator("#messages").inner_text()
+    screenshot(page, "agent-detail")
+    page.get_by_role("link", name="Marketplace").click()
+    page.get_by_label("Search public agents").fill("echo")
+    page.get_by_text("No public agent matches").wait_for()  # it is private until listed
+
+
+def test_a_dead_letter_is_requeued_from_the_console(page: Any, screenshot: Any, org: Any, bob: Any) -> None:
+    from apps.federation import actions
+    from apps.federation.models import Effect, Outbox
+    from apps.orgs.actions import create_organization
+
+    actions.set_policy(org=org, remote="*", effect=Effect.ALLOW)
+    sign_in(page, bob.email)
+    page.goto("/federation/outbox/")
+    page.get_by_label("Recipient").fill("initech")
+    page.get_by_label("Payload").fill('{"text": "quarterly report"}')
+    page.get_by_role("button", name="Send").click()
+    page.get_by_text("queued for initech").wait_for()
+    # The Celery worker delivers in-process; there is no org "initech" yet: a permanent 404, straight to the DLQ.
+    page.goto("/federation/dlq/")
+    row = page.locator("[data-dead-letter]")
+    for _ in range(50):
+        if row.count():
+            break
+        page.wait_for_timeout(200)
+        page.reload()
+    assert row.count() == 1
+    screenshot(page, "dead-letters")
+    # Fix the cause (the recipient org now exists and accepts acme), then requeue from the console.
+    initech = create_organization(user=bob, name="Initech", slug="initech")
+    actions.set_policy(org=initech, remote="acme", effect=Effect.ALLOW)
+    page.on("dialog", lambda dialog: dialog.accept())
+    row.get_by_role("checkbox").check()
+    page.get_by_role("button", name="Requeue selected").click()
+    page.get_by_text("1 message requeued").wait_for()
+    assert page.get_by_text("The dead-letter queue is empty.").is_visible()
+    outbox = Outbox.objects.for_org(org).get()
+    for _ in range(50):
+        outbox.refresh_from_db()
+        if outbox.status == "delivered":
+            break
+        page.wait_for_timeout(200)
+    assert outbox.status == "delivered", outbox.last_error
+    page.goto("/federation/audit/")
+    assert page.get_by_role("cell", name="Requeued from the DLQ").count() == 1
+    screenshot(page, "federation-audit")

@@ -33,6 +33,11 @@ def test_seed_demo_is_idempotent() -> None:
         call_command("seed_demo", stdout=io.StringIO())
     org = Organization.objects.get(slug="demo")
     assert Membership.objects.for_org(org).get().role == Role.OWNER
+    # The built-in demo agents come with it, once.
+    from apps.agents.demo.specs import DEMO_AGENTS
+    from apps.agents.models import Agent
+
+    assert sorted(Agent.objects.for_org(org).values_list("demo_key", flat=True)) == sorted(s.slug for s in DEMO_AGENTS)
 
 
 def test_role_matrix() -> None:

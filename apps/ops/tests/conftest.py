@@ -8,6 +8,7 @@ import sys
 import time
 import uuid
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -16,7 +17,6 @@ from django.conf import settings
 from django.db import connection
 
 from hermes_site.config import BASE_DIR
-from tests.conftest import free_port  # noqa: F401  (tests/conftest.py fixtures are not visible under apps/)
 
 
 def database_url() -> str:
@@ -70,14 +70,71 @@ class WorkerProcess:
                 self.proc.wait()
 
 
+@contextmanager
+def serve_wsgi(log: Path, port: int, workers: int = 1, **env: str) -> Iterator[str]:
+    """gunicorn (the production HTTP server) on the test database; yields the base URL once it answers."""
+    import httpx
+
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "gunicorn",
+            "hermes_site.wsgi:application",
+            "-c",
+            str(BASE_DIR / "deploy" / "gunicorn.conf.py"),
+            "--workers",
+            str(workers),
+            "--bind",
+            f"127.0.0.1:{port}",
+        ],
+        cwd=BASE_DIR,
+        env=child_env(**env),
+        stdout=log.open("w"),
+        stderr=subprocess.STDOUT,
+    )
+    base = f"http://127.0.0.1:{port}"
+
+    def up() -> bool:
+        assert proc.poll() is None, log.read_text()
+        try:
+            return httpx.get(f"{base}/api/v1/health/live", timeout=2).status_code == 200
+        except httpx.TransportError:
+            return False
+
+    try:
+        wait_for(up, timeout=60)
+        yield base
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
+
+
+def _set_routes(app: Any, routes: Any) -> None:
+    app.conf.task_routes = routes
+    app.amqp.flush_routes()
+    app.amqp.__dict__.pop("router", None)  # the cached Router holds the previous route table
+
+
 @pytest.fixture
 def start_worker(tmp_path: Path) -> Iterator[Callable[..., WorkerProcess]]:
-    """Start a real `celery worker` (solo pool) on the test database; stopped with SIGTERM at teardown."""
+    """Start a real `celery worker` (solo pool) on the test database; stopped with SIGTERM at teardown.
+
+    Other suites keep workers of their own on the same broker (the e2e server lives for the whole session), so
+    ops jobs are routed to a queue private to this test and only our worker consumes it.
+    """
+    from hermes_site.celery import app
+
     started: list[WorkerProcess] = []
+    queue = f"ops-test-{uuid.uuid4().hex[:8]}"
+    saved_routes = app.conf.task_routes
+    _set_routes(app, {"apps.ops.tasks.*": {"queue": queue}})
 
     def start(*args: str, **env: str) -> WorkerProcess:
         from apps.ops.worker import seen_workers
 
+        if "--queues" not in args:
+            args = ("--queues", queue, *args)
         hostname = f"ops-test-{uuid.uuid4().hex[:8]}@localhost"
         log = tmp_path / f"{hostname}.log"
         proc = subprocess.Popen(
@@ -113,6 +170,9 @@ def start_worker(tmp_path: Path) -> Iterator[Callable[..., WorkerProcess]]:
         wait_for(ready, timeout=60)
         return worker
 
-    yield start
-    for worker in started:
-        worker.stop()
+    try:
+        yield start
+    finally:
+        for worker in started:
+            worker.stop()
+        _set_routes(app, saved_routes)

@@ -16,6 +16,12 @@ from tests.factories import issue_api_key, key_client
 pytestmark = pytest.mark.django_db
 
 
+@pytest.fixture(autouse=True)
+def one_window(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every request of a test falls in the same minute window (no flakiness at a minute boundary)."""
+    monkeypatch.setattr(quotas, "clock", lambda: 1_800_000_030.0)
+
+
 @pytest.fixture
 def tiny_plan(monkeypatch: pytest.MonkeyPatch) -> None:
     """The free plan at 3 requests/minute and 2 tasks/day, so limits are reached in a few requests."""

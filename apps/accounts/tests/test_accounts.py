@@ -1,0 +1,117 @@
+"""Registration, password change and reset (actions through the API), with their bad-input paths."""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+import pytest
+from django.contrib.auth import get_user_model
+from django.core import mail
+
+from apps.accounts import actions
+from apps.orgs import quotas
+from tests.factories import issue_api_key, key_client
+
+pytestmark = pytest.mark.django_db
+User = get_user_model()
+STRONG = "tangerine-Orbit-42"
+
+
+def test_register(api: Any) -> None:
+    response = api.post(
+        "/api/v1/auth/register", {"email": "New@Example.test", "password": STRONG, "name": "Nu"}, format="json"
+    )
+    assert response.status_code == 201 and response.data["email"] == "new@example.test"
+    assert "password" not in response.data
+    assert User.objects.get(email="new@example.test").check_password(STRONG)
+    again = api.post("/api/v1/auth/register", {"email": "new@example.test", "password": STRONG}, format="json")
+    assert again.status_code == 400 and "email" in again.data["error"]["details"]
+
+
+def test_register_rejects_weak_passwords_and_writes_nothing(api: Any) -> None:
+    response = api.post("/api/v1/auth/register", {"email": "weak@example.test", "password": "123"}, format="json")
+    assert response.status_code == 400
+    assert response.data["error"]["details"]["password"]  # the validators' messages
+    assert not User.objects.filter(email="weak@example.test").exists()
+
+
+def test_a_bad_key_does_not_block_public_endpoints(api: Any) -> None:
+    api.credentials(HTTP_AUTHORIZATION="Bearer hrm_" + "x" * 43)
+    response = api.post("/api/v1/auth/register", {"email": "k@example.test", "password": STRONG}, format="json")
+    assert response.status_code == 201
+
+
+def test_public_endpoints_are_rate_limited_per_address(api: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(quotas, "ANONYMOUS_REQUESTS_PER_MINUTE", 2)
+    monkeypatch.setattr(quotas, "clock", lambda: 1_800_000_030.0)  # one window, whatever the wall clock
+    for _ in range(2):
+        assert api.post("/api/v1/auth/password/reset", {"email": "a@example.test"}, format="json").status_code == 202
+    refused = api.post("/api/v1/auth/password/reset", {"email": "a@example.test"}, format="json")
+    assert refused.status_code == 429 and "Retry-After" in refused
+    assert refused.data["error"]["details"]["limit"] == "address_requests_per_minute"
+
+
+def test_change_password(alice: Any, client_for: Any) -> None:
+    client = client_for(alice)
+    wrong = client.post(
+        "/api/v1/auth/password/change", {"current_password": "nope", "new_password": STRONG}, format="json"
+    )
+    assert wrong.status_code == 400 and "current_password" in wrong.data["error"]["details"]
+    ok = client.post(
+        "/api/v1/auth/password/change",
+        {"current_password": "correct-horse-battery", "new_password": STRONG},
+        format="json",
+    )
+    assert ok.status_code == 204
+    alice.refresh_from_db()
+    assert alice.check_password(STRONG)
+    assert client.get("/api/v1/me").status_code == 200  # the session survives its own password change
+
+
+def test_keys_cannot_change_passwords(org: Any, alice: Any) -> None:
+    _, plaintext = issue_api_key(alice, org, scopes=["org:read"])
+    response = key_client(plaintext).post(
+        "/api/v1/auth/password/change",
+        {"current_password": "correct-horse-battery", "new_password": STRONG},
+        format="json",
+    )
+    assert response.status_code == 403 and response.data["error"]["code"] == "session_required"
+
+
+def test_password_reset_round_trip(alice: Any, api: Any, django_capture_on_commit_callbacks: Any) -> None:
+    with django_capture_on_commit_callbacks(execute=True):
+        assert api.post("/api/v1/auth/password/reset", {"email": "ALICE@acme.test"}, format="json").status_code == 202
+        # Unknown addresses get the same answer and no mail.
+        assert api.post("/api/v1/auth/password/reset", {"email": "x@nowhere.test"}, format="json").status_code == 202
+    assert len(mail.outbox) == 1 and mail.outbox[0].to == ["alice@acme.test"]
+    uid, token = re.search(r"/accounts/password-reset/([^/]+)/([^/]+)/", mail.outbox[0].body).groups()  # type: ignore[union-attr]
+    assert actions.user_for_reset(uid, token) == alice
+    weak = api.post(
+        "/api/v1/auth/password/reset/confirm", {"uid": uid, "token": token, "new_password": "1"}, format="json"
+    )
+    assert weak.status_code == 400 and "new_password" in weak.data["error"]["details"]
+    done = api.post(
+        "/api/v1/auth/password/reset/confirm", {"uid": uid, "token": token, "new_password": STRONG}, format="json"
+    )
+    assert done.status_code == 204
+    alice.refresh_from_db()
+    assert alice.check_password(STRONG)
+    # The token died with the old password.
+    reused = api.post(
+        "/api/v1/auth/password/reset/confirm", {"uid": uid, "token": token, "new_password": STRONG}, format="json"
+    )
+    assert reused.status_code == 400 and "token" in reused.data["error"]["details"]
+    assert actions.user_for_reset("garbage", token) is None
+
+
+def test_reset_tokens_expire(alice: Any, settings: Any) -> None:
+    from django.contrib.auth.tokens import default_token_generator
+    from django.utils.encoding import force_bytes
+    from django.utils.http import urlsafe_base64_encode
+
+    uid = urlsafe_base64_encode(force_bytes(alice.pk))
+    # A token minted an hour and a second ago: past PASSWORD_RESET_TIMEOUT (3600 s).
+    secs = default_token_generator._num_seconds(default_token_generator._now()) - settings.PASSWORD_RESET_TIMEOUT - 1
+    old = default_token_generator._make_token_with_timestamp(alice, secs, default_token_generator.secret)
+    assert actions.user_for_reset(uid, old) is None

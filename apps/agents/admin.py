@@ -1,0 +1,91 @@
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from django.contrib import admin, messages
+from django.db.models import QuerySet
+from django.http import HttpRequest
+from django.utils.html import format_html
+
+from apps.agents import actions
+from apps.agents.models import Agent, Visibility
+from apps.core.admin import OrgOwnedAdmin
+
+# Staff may fix names and visibility; where an agent lives and what it can do comes from its card.
+EDITABLE = ("name", "slug", "description", "visibility")
+
+
+@admin.register(Agent)
+class AgentAdmin(OrgOwnedAdmin):
+    """Changes go through apps.agents.actions (validation and the audit trail), never a bare save()."""
+
+    list_display = ("name", "slug", "organization", "visibility", "is_demo", "streaming", "online", "created_at")
+    list_filter = ("visibility", "is_demo", "protocol_version", ("last_seen_at", admin.EmptyFieldListFilter))
+    search_fields = ("name", "slug", "description", "url", "organization__slug")
+    list_select_related = ("organization", "created_by")  # type: ignore[assignment]
+    raw_id_fields = ("organization", "created_by")
+    actions = ("refresh_cards", "make_public", "make_private")
+    fieldsets = (
+        (None, {"fields": ("organization", "name", "slug", "description", "visibility")}),
+        ("From the agent card", {"fields": ("version", "url", "card_url", "protocol_version", "capabilities")}),
+        ("Skills and card", {"fields": ("skills_list", "card_pretty"), "classes": ("collapse",)}),
+        ("State", {"fields": ("is_demo", "demo_key", "last_seen_at", "last_error", "created_by", "created_at")}),
+    )
+
+    def get_readonly_fields(self, request: HttpRequest, obj: Any = None) -> list[str]:
+        computed = ["skills_list", "card_pretty", "created_at"]
+        return [f.name for f in Agent._meta.fields if f.name not in EDITABLE] + computed
+
+    def has_add_permission(self, request: HttpRequest) -> bool:
+        return False  # registering means fetching and validating a card: the API and console do that
+
+    @admin.display(boolean=True, description="online")
+    def online(self, agent: Agent) -> bool:
+        return agent.is_online
+
+    @admin.display(boolean=True, description="streaming")
+    def streaming(self, agent: Agent) -> bool:
+        return agent.streaming
+
+    @admin.display(description="skills")
+    def skills_list(self, agent: Agent) -> str:
+        return ", ".join(agent.skill_names) or "—"
+
+    @admin.display(description="raw card")
+    def card_pretty(self, agent: Agent) -> str:
+        return format_html("<pre>{}</pre>", json.dumps(agent.card, indent=2, sort_keys=True))
+
+    def save_model(self, request: HttpRequest, obj: Agent, form: Any, change: bool) -> None:
+        changes = {name: form.cleaned_data[name] for name in form.changed_data if name in EDITABLE}
+        if changes:
+            original = Agent.objects.unscoped("staff admin edits any org's agent").get(pk=obj.pk)
+            try:
+                actions.update_agent(original, by=request.user, **changes)
+            except actions.AgentActionError as exc:
+                self.message_user(request, f"Not saved: {exc}", messages.ERROR)
+
+    def delete_model(self, request: HttpRequest, obj: Agent) -> None:
+        actions.delete_agent(obj, by=request.user)
+
+    def delete_queryset(self, request: HttpRequest, queryset: QuerySet[Agent]) -> None:
+        for agent in queryset:
+            actions.delete_agent(agent, by=request.user)
+
+    @admin.action(description="Re-fetch the selected agents' cards")
+    def refresh_cards(self, request: HttpRequest, queryset: QuerySet[Agent]) -> None:
+        for agent in queryset:
+            try:
+                actions.refresh_agent_card(agent, by=request.user)
+            except actions.AgentActionError as exc:
+                self.message_user(request, f"{agent.slug}: {exc}", messages.WARNING)
+
+    @admin.action(description="Make public (marketplace)")
+    def make_public(self, request: HttpRequest, queryset: QuerySet[Agent]) -> None:
+        for agent in queryset:
+            actions.set_visibility(agent, Visibility.PUBLIC, by=request.user)
+
+    @admin.action(description="Make private")
+    def make_private(self, request: HttpRequest, queryset: QuerySet[Agent]) -> None:
+        for agent in queryset:
+            actions.set_visibility(agent, Visibility.PRIVATE, by=request.user)

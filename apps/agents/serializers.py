@@ -1,0 +1,115 @@
+from __future__ import annotations
+
+from typing import Any
+
+from rest_framework import serializers
+
+from apps.agents.models import Agent, Visibility
+
+
+class AgentSerializer(serializers.ModelSerializer):
+    organization: serializers.SlugRelatedField = serializers.SlugRelatedField(slug_field="slug", read_only=True)
+    created_by: serializers.SlugRelatedField = serializers.SlugRelatedField(slug_field="email", read_only=True)
+    streaming = serializers.BooleanField(read_only=True)
+    push_notifications = serializers.BooleanField(read_only=True)
+    is_online = serializers.BooleanField(read_only=True)
+    owned = serializers.SerializerMethodField(help_text="True when the agent belongs to the caller's organization.")
+
+    class Meta:
+        model = Agent
+        fields = [
+            "id",
+            "name",
+            "slug",
+            "description",
+            "version",
+            "url",
+            "card_url",
+            "protocol_version",
+            "streaming",
+            "push_notifications",
+            "capabilities",
+            "skills",
+            "visibility",
+            "is_demo",
+            "is_online",
+            "last_seen_at",
+            "last_error",
+            "organization",
+            "owned",
+            "created_by",
+            "created_at",
+            "updated_at",
+        ]
+        read_only_fields = fields
+
+    def get_owned(self, agent: Agent) -> bool:
+        org = self.context.get("org")
+        return org is not None and agent.organization_id == org.pk
+
+
+class AgentDetailSerializer(AgentSerializer):
+    class Meta(AgentSerializer.Meta):
+        fields = [*AgentSerializer.Meta.fields, "card"]
+        read_only_fields = fields
+
+
+class MarketplaceAgentSerializer(serializers.ModelSerializer):
+    organization: serializers.SlugRelatedField = serializers.SlugRelatedField(slug_field="slug", read_only=True)
+    streaming = serializers.BooleanField(read_only=True)
+
+    class Meta:
+        model = Agent
+        fields = ["id", "name", "slug", "description", "version", "streaming", "skills", "organization", "created_at"]
+        read_only_fields = fields
+
+
+class AgentCreateSerializer(serializers.Serializer):
+    MODES = (("card", "Fetch and validate the agent's card"), ("manual", "No card: state the endpoint yourself"))
+
+    mode = serializers.ChoiceField(choices=MODES, default="card")
+    url = serializers.URLField(
+        max_length=500,
+        help_text="card mode: the agent's base URL (or its card's URL); manual mode: its JSON-RPC endpoint.",
+    )
+    slug = serializers.SlugField(max_length=80, required=False)
+    visibility = serializers.ChoiceField(choices=Visibility.choices, default=Visibility.PRIVATE)
+    name = serializers.CharField(max_length=200, required=False, help_text="manual mode only (required there).")
+    description = serializers.CharField(required=False, allow_blank=True, default="")
+    version = serializers.CharField(max_length=50, required=False, allow_blank=True, default="")
+    streaming = serializers.BooleanField(required=False, default=False)
+    protocol_version = serializers.ChoiceField(choices=[("1.0", "1.0"), ("0.3", "0.3")], default="1.0")
+    skills = serializers.ListField(child=serializers.DictField(), required=False, default=list)
+
+    MANUAL_ONLY = ("name", "description", "version", "streaming", "protocol_version", "skills")
+
+    def validate(self, attrs: dict[str, Any]) -> dict[str, Any]:
+        if attrs["mode"] == "manual" and not attrs.get("name"):
+            raise serializers.ValidationError({"name": ["Required when registering without a card."]})
+        if attrs["mode"] == "card":
+            stray = [field for field in self.MANUAL_ONLY if field in self.initial_data]
+            if stray:
+                raise serializers.ValidationError(
+                    {field: ["Comes from the agent card; use mode 'manual' to set it."] for field in stray}
+                )
+        return attrs
+
+
+class AgentUpdateSerializer(serializers.Serializer):
+    name = serializers.CharField(max_length=200, required=False)
+    slug = serializers.SlugField(max_length=80, required=False)
+    description = serializers.CharField(required=False, allow_blank=True)
+    version = serializers.CharField(max_length=50, required=False, allow_blank=True)
+    url = serializers.URLField(max_length=500, required=False, help_text="Agents registered without a card only.")
+    visibility = serializers.ChoiceField(choices=Visibility.choices, required=False)
+    streaming = serializers.BooleanField(required=False)
+
+    def validate(self, attrs: dict[str, Any]) -> dict[str, Any]:
+        if not attrs:
+            raise serializers.ValidationError({"non_field_errors": ["Nothing to change."]})
+        return attrs
+
+
+class DemoAssignmentSerializer(serializers.Serializer):
+    created = AgentSerializer(many=True)
+    existing = AgentSerializer(many=True)

@@ -1,0 +1,540 @@
+"""Every federation state change: link keys, contacts, policies, sending, delivery transitions and the DLQ.
+
+Each runs in a transaction, writes its FederationAuditEvent and schedules side effects (Celery) on commit.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+from collections.abc import Iterable
+from dataclasses import dataclass
+from datetime import timedelta
+from typing import Any
+
+from django.conf import settings
+from django.db import transaction
+from django.db.models import F, Max
+from django.utils import timezone
+
+from apps.core.errors import Conflict, HermesAPIError
+from apps.core.metrics import (
+    FEDERATION_DELIVERIES,
+    FEDERATION_DELIVERY_LATENCY,
+    FEDERATION_RETRIES,
+)
+from apps.federation import policy
+from apps.federation.addresses import Address, InvalidAddress, validate_pattern
+from apps.federation.models import (
+    AttemptOutcome,
+    AuditEvent,
+    Contact,
+    DeliveryAttempt,
+    FederationAuditEvent,
+    KeyState,
+    LinkKey,
+    Message,
+    MessageType,
+    Outbox,
+    OutboxStatus,
+    Peer,
+    PeerStatus,
+    Policy,
+    RemoteTask,
+)
+
+logger = logging.getLogger(__name__)
+
+# Claims tolerate a Celery ETA firing this early, instead of leaving the row to the next sweep.
+CLAIM_SLACK = timedelta(milliseconds=500)
+
+
+def audit(
+    event: str,
+    *,
+    org: Any = None,
+    peer: Peer | None = None,
+    message_id: Any = None,
+    reason: str = "",
+    actor: Any = None,
+    detail: dict[str, Any] | None = None,
+) -> FederationAuditEvent:
+    return FederationAuditEvent.objects.create(
+        organization=org,
+        event=event,
+        peer=peer,
+        message_id=message_id,
+        reason=reason[:300],
+        actor=actor if getattr(actor, "is_authenticated", False) else None,
+        detail=detail or {},
+    )
+
+
+# --- Peers and link keys ----------------------------------------------------------------------------------
+
+
+@transaction.atomic
+def create_peer(*, name: str, base_url: str, local_name: str, actor: Any = None) -> Peer:
+    if Peer.objects.filter(name=name).exists():
+        raise Conflict(f"A peer named '{name}' already exists.", code="peer_exists")
+    return Peer.objects.create(name=name, base_url=base_url.rstrip("/"), local_name=local_name)
+
+
+@transaction.atomic
+def set_peer_status(peer: Peer, status: str, *, actor: Any = None) -> Peer:
+    peer.status = PeerStatus(status)
+    peer.save(update_fields=["status", "updated_at"])
+    return peer
+
+
+def _locked(peer: Peer) -> list[LinkKey]:
+    # Lock the peer row: concurrent rotations of one link serialise here.
+    Peer.objects.select_for_update().get(pk=peer.pk)
+    return list(LinkKey.objects.filter(peer=peer).order_by("version"))
+
+
+@transaction.atomic
+def add_key(peer: Peer, *, secret: bytes | None = None, actor: Any = None) -> LinkKey:
+    """Add K_n+1 (or the first key, which becomes current at once). Both sides must add the same secret."""
+    import secrets as _secrets
+
+    keys = _locked(peer)
+    waiting = next((k for k in keys if k.state == KeyState.NEXT), None)
+    if waiting is not None:
+        raise Conflict(
+            f"k{waiting.version} is already waiting to be promoted: promote or retire it first.", code="key_pending"
+        )
+    has_current = any(k.state == KeyState.CURRENT for k in keys)
+    key = LinkKey(
+        peer=peer,
+        version=max((k.version for k in keys), default=0) + 1,
+        state=KeyState.NEXT if has_current else KeyState.CURRENT,
+    )
+    if not has_current:
+        key.promoted_at = timezone.now()
+    key.set_secret(secret if secret is not None else _secrets.token_bytes(32))
+    key.save()
+    audit(
+        AuditEvent.KEY_ADDED,
+        peer=peer,
+        actor=actor,
+        reason=f"k{key.version} added as {key.state}",
+        detail={"version": key.version, "fingerprint": key.fingerprint},
+    )
+    return key
+
+
+@transaction.atomic
+def promote_key(peer: Peer, *, actor: Any = None) -> LinkKey:
+    """K_n+1 becomes current; K_n stays valid (previous) until retired, so in-flight traffic signed by the peer
+    with only K_n keeps verifying."""
+    keys = _locked(peer)
+    nxt = next((k for k in keys if k.state == KeyState.NEXT), None)
+    if nxt is None:
+        raise Conflict("There is no next key to promote: add one first.", code="no_next_key")
+    previous = next((k for k in keys if k.state == KeyState.PREVIOUS), None)
+    if previous is not None:
+        raise Conflict(
+            f"k{previous.version} is still the previous key: retire it before promoting again.", code="key_previous"
+        )
+    now = timezone.now()
+    LinkKey.objects.filter(peer=peer, state=KeyState.CURRENT).update(state=KeyState.PREVIOUS)
+    nxt.state = KeyState.CURRENT
+    nxt.promoted_at = now
+    nxt.save(update_fields=["state", "promoted_at"])
+    audit(
+        AuditEvent.KEY_PROMOTED,
+        peer=peer,
+        actor=actor,
+        reason=f"k{nxt.version} is now current",
+        detail={"version": nxt.version, "fingerprint": nxt.fingerprint},
+    )
+    return nxt
+
+
+@transaction.atomic
+def retire_key(peer: Peer, *, version: int | None = None, actor: Any = None) -> LinkKey:
+    """Retire the previous key (default) or a specific non-current version. A retired key never verifies again."""
+    keys = _locked(peer)
+    if version is None:
+        key = next((k for k in keys if k.state == KeyState.PREVIOUS), None)
+        if key is None:
+            raise Conflict("There is no previous key to retire.", code="no_previous_key")
+    else:
+        key = next((k for k in keys if k.version == version), None)
+        if key is None:
+            raise HermesAPIError(f"Peer {peer.name} has no key k{version}.", code="not_found", status_code=404)
+        if key.state == KeyState.CURRENT:
+            raise Conflict("The current key cannot be retired: promote its successor first.", code="key_current")
+        if key.state == KeyState.RETIRED:
+            raise Conflict(f"k{version} is already retired.", code="key_retired")
+    key.state = KeyState.RETIRED
+    key.retired_at = timezone.now()
+    key.save(update_fields=["state", "retired_at"])
+    audit(
+        AuditEvent.KEY_RETIRED,
+        peer=peer,
+        actor=actor,
+        reason=f"k{key.version} retired",
+        detail={"version": key.version, "fingerprint": key.fingerprint},
+    )
+    return key
+
+
+# --- Contacts and policies --------------------------------------------------------------------------------
+
+
+def _address_or_400(text: str, field: str = "address") -> Address:
+    try:
+        return Address.parse(text)
+    except InvalidAddress as exc:
+        raise HermesAPIError(str(exc), code="invalid_address", details={field: [str(exc)]}) from exc
+
+
+@transaction.atomic
+def create_contact(*, org: Any, name: str, address: str, notes: str = "") -> Contact:
+    canonical = str(_address_or_400(address))
+    if Contact.objects.for_org(org).filter(address=canonical).exists():
+        raise Conflict(f"{canonical} is already in the address book.", code="contact_exists")
+    return Contact.objects.create(organization=org, name=name, address=canonical, notes=notes)
+
+
+def _forget_decisions(org_id: int) -> None:
+    # Now (so this transaction's own later sends see the change) and again after commit (so a decision cached by
+    # another thread from the pre-commit state does not outlive it in this process).
+    policy.clear_cache(org_id)
+    transaction.on_commit(lambda: policy.clear_cache(org_id))
+
+
+@transaction.atomic
+def set_policy(*, org: Any, remote: str, effect: str, local_agent: str = "", reason: str = "") -> Policy:
+    """Create or replace the rule for (local agent, remote pattern)."""
+    try:
+        pattern = validate_pattern(remote)
+    except InvalidAddress as exc:
+        raise HermesAPIError(str(exc), code="invalid_address", details={"remote": [str(exc)]}) from exc
+    rule, _ = Policy.objects.for_org(org).update_or_create(
+        organization=org, local_agent=local_agent, remote=pattern, defaults={"effect": effect, "reason": reason}
+    )
+    _forget_decisions(org.pk)
+    return rule
+
+
+@transaction.atomic
+def delete_policy(rule: Policy) -> None:
+    org_id = rule.organization_id
+    rule.delete()
+    _forget_decisions(org_id)
+
+
+# --- Sending ----------------------------------------------------------------------------------------------
+
+
+def _enqueue(outbox_id: int, countdown: float = 0.0) -> None:
+    """Hand the row to a worker. A broker failure is logged, not raised: the sweeper finds the row anyway."""
+    from apps.federation.tasks import deliver
+
+    try:
+        deliver.apply_async((outbox_id,), countdown=max(0.0, countdown))
+    except Exception:
+        logger.warning("federation: could not enqueue outbox %s; the sweeper will pick it up", outbox_id)
+
+
+def send_message(
+    *,
+    org: Any,
+    recipient: str | Address,
+    payload: dict[str, Any],
+    type: str = MessageType.MESSAGE,
+    sender_agent: str = "",
+    correlation_id: Any = None,
+    actor: Any = None,
+    reply: bool = False,
+) -> Message:
+    """Write the message and its outbox row in one transaction; delivery starts when it commits.
+
+    `reply=True` marks a message answering a request this org accepted (task results): the org's outbound
+    policy is not asked again, since accepting the request already admitted the requester."""
+    address = recipient if isinstance(recipient, Address) else _address_or_400(recipient, "recipient")
+    peer: Peer | None = None
+    if address.peer is not None:
+        peer = Peer.objects.filter(name=address.peer).first()
+        if peer is None:
+            raise HermesAPIError(
+                f"No peer named '{address.peer}' is configured on this instance.",
+                code="unknown_peer",
+                details={"recipient": [f"unknown peer '{address.peer}'"]},
+            )
+        if peer.status != PeerStatus.ACTIVE:
+            raise HermesAPIError(f"Peer '{peer.name}' is disabled.", code="peer_disabled")
+    decision = (
+        policy.Decision(True, "reply to an accepted request") if reply else policy.decide(org.pk, sender_agent, address)
+    )
+    if not decision.allowed:
+        audit(AuditEvent.POLICY_DENIED, org=org, peer=peer, reason=f"outbound to {address}: {decision.reason}")
+        raise HermesAPIError(
+            f"Federation policy forbids sending to {address}: {decision.reason}",
+            code="policy_denied",
+            status_code=403,
+        )
+    with transaction.atomic():
+        message = Message.objects.create(
+            organization=org,
+            sender_agent=sender_agent,
+            recipient=str(address),
+            peer=peer,
+            type=type,
+            payload=payload,
+            correlation_id=correlation_id,
+            created_by=actor if getattr(actor, "is_authenticated", False) else None,
+        )
+        now = timezone.now()
+        outbox = Outbox.objects.create(
+            organization=org, message=message, status=OutboxStatus.PENDING, next_attempt_at=now, queued_at=now
+        )
+        transaction.on_commit(lambda: _enqueue(outbox.pk))
+    return message
+
+
+def request_remote_task(
+    *,
+    org: Any,
+    agent: str,
+    message: dict[str, Any],
+    metadata: dict[str, Any] | None = None,
+    sender_agent: str = "",
+    actor: Any = None,
+) -> RemoteTask:
+    """Ask another org's agent (`echo.globex` here, `echo.globex@berlin` on a peer) to run a task. The request
+    travels as a `task_request` message; its id correlates every `task_result` that comes back."""
+    address = _address_or_400(agent, "agent")
+    if address.agent is None:
+        raise HermesAPIError(
+            "A task request needs an agent address (agent.org or agent.org@peer).",
+            code="invalid_address",
+            details={"agent": ["name the agent: agent.org[@peer]"]},
+        )
+    with transaction.atomic():
+        request = send_message(
+            org=org,
+            recipient=address,
+            payload={"message": message, "metadata": metadata or {}},
+            type=MessageType.TASK_REQUEST,
+            sender_agent=sender_agent,
+            actor=actor,
+        )
+        return RemoteTask.objects.create(organization=org, request=request, agent_address=str(address))
+
+
+# --- Delivery transitions ---------------------------------------------------------------------------------
+
+
+@dataclass
+class AttemptResult:
+    outcome: str  # AttemptOutcome
+    duration_ms: float
+    http_status: int | None = None
+    error: str = ""
+    response_excerpt: str = ""
+    retry_after: float | None = None
+    receipt: dict[str, Any] | None = None
+    receipt_body: str = ""
+    receipt_timestamp: int | None = None
+    receipt_signature: str = ""
+
+
+def _outbox_rows() -> Any:
+    return Outbox.objects.unscoped("delivery works on rows by id for every org")
+
+
+def claim_delivery(outbox_id: int) -> Outbox | None:
+    """Atomically move a due row to in_flight; None when another worker has it or it is not due. The
+    conditional UPDATE is the lock: of two workers racing for the same row, exactly one sees rowcount 1."""
+    now = timezone.now()
+    lease = timedelta(seconds=settings.HERMES_FEDERATION_TIMEOUT + 30)
+    claimed = (
+        _outbox_rows()
+        .filter(
+            pk=outbox_id,
+            status__in=[OutboxStatus.PENDING, OutboxStatus.FAILED],
+            next_attempt_at__lte=now + CLAIM_SLACK,
+        )
+        .update(status=OutboxStatus.IN_FLIGHT, attempts=F("attempts") + 1, lease_until=now + lease, updated_at=now)
+    )
+    if claimed != 1:
+        return None
+    return _outbox_rows().select_related("message", "message__peer", "organization").get(pk=outbox_id)
+
+
+def backoff_delay(attempt: int, retry_after: float | None = None) -> float:
+    """Full jitter (AWS architecture blog): uniform in [0, min(cap, base * 2^(attempt-1))]; a server's
+    Retry-After is a floor (still capped, so a hostile peer cannot park our queue)."""
+    cap = min(settings.HERMES_FEDERATION_RETRY_MAX_DELAY, settings.HERMES_FEDERATION_RETRY_BASE * 2 ** (attempt - 1))
+    delay = random.uniform(0, cap)
+    if retry_after is not None:
+        delay = max(delay, min(retry_after, settings.HERMES_FEDERATION_RETRY_MAX_DELAY))
+    return delay
+
+
+def finish_attempt(outbox: Outbox, result: AttemptResult) -> str:
+    """Record the attempt and move the row on: delivered, failed (retry scheduled) or dead. Returns the status."""
+    now = timezone.now()
+    org = outbox.organization
+    message = outbox.message
+    with transaction.atomic():
+        number = (DeliveryAttempt.objects.for_org(org).filter(outbox=outbox).aggregate(n=Max("number"))["n"] or 0) + 1
+        DeliveryAttempt.objects.create(
+            organization=org,
+            outbox=outbox,
+            number=number,
+            duration_ms=round(result.duration_ms, 2),
+            http_status=result.http_status,
+            error=result.error[:300],
+            response_excerpt=result.response_excerpt[:500],
+            outcome=result.outcome,
+        )
+        update: dict[str, Any] = {"lease_until": None, "updated_at": now}
+        describe = f"HTTP {result.http_status}" if result.http_status else ""
+        describe = f"{describe}: {result.error}" if result.error and describe else (describe or result.error)
+        if result.outcome == AttemptOutcome.DELIVERED:
+            status = OutboxStatus.DELIVERED
+            update.update(
+                receipt=result.receipt,
+                receipt_body=result.receipt_body,
+                receipt_timestamp=result.receipt_timestamp,
+                receipt_signature=result.receipt_signature,
+                delivered_at=now,
+            )
+            update["last_error"] = ""
+            event, reason, delay = AuditEvent.DELIVERED, f"attempt {number}: receipt persisted", None
+        else:
+            delay = backoff_delay(outbox.attempts, result.retry_after)
+            too_old = now + timedelta(seconds=delay) > outbox.queued_at + timedelta(
+                seconds=settings.HERMES_FEDERATION_MAX_AGE
+            )
+            if result.outcome == AttemptOutcome.PERMANENT:
+                status, why = OutboxStatus.DEAD, f"permanent failure ({describe})"
+            elif outbox.attempts >= settings.HERMES_FEDERATION_MAX_ATTEMPTS:
+                status, why = OutboxStatus.DEAD, f"{outbox.attempts} attempts exhausted; last: {describe}"
+            elif too_old:
+                status, why = OutboxStatus.DEAD, f"max age reached; last: {describe}"
+            else:
+                status, why = OutboxStatus.FAILED, ""
+            update["last_error"] = describe[:1000]
+            if status == OutboxStatus.DEAD:
+                update["dead_at"] = now
+                event, reason, delay = AuditEvent.DEAD_LETTERED, why, None
+            else:
+                update["next_attempt_at"] = now + timedelta(seconds=delay)
+                event, reason = AuditEvent.RETRIED, f"attempt {number} failed ({describe}); retry in {delay:.2f} s"
+        update["status"] = status
+        # Only the claim holder moves the row on (a sweeper that expired our lease has handed it to someone else).
+        moved = (
+            _outbox_rows()
+            .filter(pk=outbox.pk, status=OutboxStatus.IN_FLIGHT, attempts=outbox.attempts)
+            .update(**update)
+        )
+        if not moved:
+            logger.warning("federation: outbox %s lease was lost during attempt %s", outbox.pk, number)
+            return OutboxStatus.IN_FLIGHT
+        audit(event, org=org, peer=message.peer, message_id=message.id, reason=reason)
+        if delay is not None:
+            outbox_id = outbox.pk
+            transaction.on_commit(lambda: _enqueue(outbox_id, countdown=delay))
+    FEDERATION_DELIVERIES.labels(outcome=result.outcome).inc()
+    if status == OutboxStatus.DELIVERED:
+        FEDERATION_DELIVERY_LATENCY.observe((now - outbox.queued_at).total_seconds())
+    elif status == OutboxStatus.FAILED:
+        FEDERATION_RETRIES.inc()
+    return status
+
+
+# --- Sweeper ----------------------------------------------------------------------------------------------
+
+
+def sweep(*, batch: int = 1000) -> dict[str, int]:
+    """Beat job: expire lost leases and re-enqueue overdue rows. (The dead-letter and backlog gauges are set at
+    scrape time by apps.ops.metrics from selectors.delivery_backlog().)"""
+    now = timezone.now()
+    expired = 0
+    for row in _outbox_rows().filter(status=OutboxStatus.IN_FLIGHT, lease_until__lt=now).only("pk", "attempts")[:batch]:
+        # The worker died (or hung past its timeout) mid-attempt; the receiver dedups, so trying again is safe.
+        if (
+            _outbox_rows()
+            .filter(pk=row.pk, status=OutboxStatus.IN_FLIGHT, attempts=row.attempts)
+            .update(status=OutboxStatus.FAILED, next_attempt_at=now, lease_until=None, last_error="lease expired")
+        ):
+            expired += 1
+            _enqueue(row.pk)
+    overdue = list(
+        _outbox_rows()
+        .filter(status__in=[OutboxStatus.PENDING, OutboxStatus.FAILED], next_attempt_at__lte=now - CLAIM_SLACK)
+        .order_by("next_attempt_at")
+        .values_list("pk", flat=True)[:batch]
+    )
+    for outbox_id in overdue:
+        _enqueue(outbox_id)
+    dead = _outbox_rows().filter(status=OutboxStatus.DEAD).count()
+    return {"expired_leases": expired, "requeued": len(overdue), "dead_letters": dead}
+
+
+# --- Dead-letter queue ------------------------------------------------------------------------------------
+
+
+def requeue(rows: Iterable[Outbox], *, actor: Any = None, reason: str = "") -> list[Outbox]:
+    """Give dead rows a fresh round of attempts (and a fresh max-age window). Rows that are not dead are skipped."""
+    done: list[Outbox] = []
+    now = timezone.now()
+    with transaction.atomic():
+        for row in rows:
+            moved = (
+                _outbox_rows()
+                .filter(pk=row.pk, status=OutboxStatus.DEAD)
+                .update(
+                    status=OutboxStatus.PENDING,
+                    attempts=0,
+                    next_attempt_at=now,
+                    queued_at=now,
+                    dead_at=None,
+                    updated_at=now,
+                )
+            )
+            if not moved:
+                continue
+            audit(
+                AuditEvent.REQUEUED,
+                org=row.organization,
+                peer=row.message.peer,
+                message_id=row.message_id,
+                actor=actor,
+                reason=reason or "requeued from the dead-letter queue",
+            )
+            outbox_id = row.pk
+            transaction.on_commit(lambda outbox_id=outbox_id: _enqueue(outbox_id))  # type: ignore[misc]
+            done.append(row)
+    return done
+
+
+def discard(rows: Iterable[Outbox], *, actor: Any = None, reason: str = "") -> list[Outbox]:
+    """Give up on dead rows for good; they stay in the log as discarded."""
+    done: list[Outbox] = []
+    now = timezone.now()
+    with transaction.atomic():
+        for row in rows:
+            moved = (
+                _outbox_rows()
+                .filter(pk=row.pk, status=OutboxStatus.DEAD)
+                .update(status=OutboxStatus.DISCARDED, updated_at=now)
+            )
+            if not moved:
+                continue
+            audit(
+                AuditEvent.DISCARDED,
+                org=row.organization,
+                peer=row.message.peer,
+                message_id=row.message_id,
+                actor=actor,
+                reason=reason or "discarded from the dead-letter queue",
+            )
+            done.append(row)
+    return done

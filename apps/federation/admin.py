@@ -1,0 +1,118 @@
+"""Staff admin for federation, with DLQ actions (requeue / discard) that go through the same actions as the API."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from django.contrib import admin, messages
+from django.db.models import QuerySet
+from django.http import HttpRequest
+
+from apps.core.admin import OrgOwnedAdmin
+from apps.federation import actions
+from apps.federation.models import (
+    Contact,
+    DeliveryAttempt,
+    FederationAuditEvent,
+    InboxEntry,
+    LinkKey,
+    Message,
+    Outbox,
+    Peer,
+    Policy,
+)
+
+
+class LinkKeyInline(admin.TabularInline):
+    model = LinkKey
+    fields = ("version", "state", "fingerprint", "created_at", "promoted_at", "retired_at")
+    readonly_fields = fields
+    extra = 0
+    can_delete = False
+
+    def has_add_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return False  # keys are added with `manage.py federation_keys add` or the API (the secret is shown once)
+
+
+@admin.register(Peer)
+class PeerAdmin(admin.ModelAdmin):
+    list_display = ("name", "base_url", "local_name", "status", "created_at")
+    list_filter = ("status",)
+    inlines = [LinkKeyInline]
+
+
+@admin.register(Contact)
+class ContactAdmin(OrgOwnedAdmin):
+    list_display = ("name", "address", "organization", "created_at")
+    search_fields = ("name", "address")
+
+
+@admin.register(Policy)
+class PolicyAdmin(OrgOwnedAdmin):
+    list_display = ("organization", "local_agent", "remote", "effect", "reason")
+    list_filter = ("effect",)
+
+
+@admin.register(Message)
+class MessageAdmin(OrgOwnedAdmin):
+    list_display = ("id", "organization", "type", "recipient", "created_at")
+    list_filter = ("type",)
+    search_fields = ("id", "recipient")
+    readonly_fields = ("id",)
+
+
+class DeliveryAttemptInline(admin.TabularInline):
+    model = DeliveryAttempt
+    fields = ("number", "created_at", "duration_ms", "http_status", "error", "response_excerpt", "outcome")
+    readonly_fields = fields
+    extra = 0
+    can_delete = False
+
+    def get_queryset(self, request: HttpRequest) -> QuerySet[DeliveryAttempt]:
+        return DeliveryAttempt.objects.unscoped("staff admin: the attempts of the outbox row being shown")
+
+
+@admin.register(Outbox)
+class OutboxAdmin(OrgOwnedAdmin):
+    """The DLQ for staff: filter by status "Dead-lettered", inspect attempts inline, requeue or discard."""
+
+    list_display = ("message", "organization", "status", "attempts", "next_attempt_at", "last_error", "updated_at")
+    list_filter = ("status",)
+    search_fields = ("message__id", "message__recipient")
+    list_select_related = ("organization", "message")  # type: ignore[assignment]
+    readonly_fields = ("message", "receipt", "receipt_signature")
+    inlines = [DeliveryAttemptInline]
+    actions = ["requeue_selected", "discard_selected"]
+
+    @admin.action(description="Requeue selected dead letters")
+    def requeue_selected(self, request: HttpRequest, queryset: QuerySet[Outbox]) -> None:
+        done = actions.requeue(queryset.select_related("message__peer"), actor=request.user, reason="admin requeue")
+        self.message_user(request, f"Requeued {len(done)} of {queryset.count()} (only dead letters move).")
+
+    @admin.action(description="Discard selected dead letters")
+    def discard_selected(self, request: HttpRequest, queryset: QuerySet[Outbox]) -> None:
+        done = actions.discard(queryset.select_related("message__peer"), actor=request.user, reason="admin discard")
+        level = messages.SUCCESS if done else messages.WARNING
+        self.message_user(request, f"Discarded {len(done)} of {queryset.count()} (only dead letters move).", level)
+
+
+@admin.register(InboxEntry)
+class InboxEntryAdmin(OrgOwnedAdmin):
+    list_display = ("message_id", "organization", "sender", "type", "created_at", "handled_at")
+    list_filter = ("type",)
+    search_fields = ("message_id", "sender")
+
+
+@admin.register(FederationAuditEvent)
+class FederationAuditEventAdmin(admin.ModelAdmin):
+    list_display = ("created_at", "event", "organization", "peer", "message_id", "reason")
+    list_filter = ("event",)
+    search_fields = ("message_id", "reason")
+
+    def get_queryset(self, request: HttpRequest) -> QuerySet[FederationAuditEvent]:
+        return FederationAuditEvent.objects.unscoped("staff admin sees every org").select_related(
+            "organization", "peer"
+        )
+
+    def has_change_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return False  # the audit log is append-only

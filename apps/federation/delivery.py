@@ -1,0 +1,154 @@
+"""One delivery attempt: claim the row, send it (HTTP to a peer, or in-process for an org on this instance),
+classify the outcome, and hand it to `actions.finish_attempt`."""
+
+from __future__ import annotations
+
+import email.utils
+import json
+import logging
+import time
+
+import httpx
+from django.conf import settings
+from django.utils import timezone
+
+from apps.federation import signing, transport
+from apps.federation.actions import AttemptResult, claim_delivery, finish_attempt
+from apps.federation.addresses import Address
+from apps.federation.models import AttemptOutcome, Message, Outbox
+from apps.federation.selectors import live_secrets
+
+logger = logging.getLogger(__name__)
+
+# 408 Request Timeout, 425 Too Early and 429 Too Many Requests are the 4xx worth retrying; other 4xx mean the
+# request itself is wrong (bad signature, policy, unknown recipient) and retrying cannot help.
+RETRYABLE_4XX = frozenset({408, 425, 429})
+
+
+def envelope(message: Message) -> bytes:
+    recipient = Address.parse(message.recipient)
+    body = {
+        "id": str(message.id),
+        "type": message.type,
+        "sender": {"org": message.organization.slug, "agent": message.sender_agent or None},
+        "recipient": recipient.wire(),
+        "payload": message.payload,
+        "correlation_id": str(message.correlation_id) if message.correlation_id else None,
+        "created_at": message.created_at.isoformat(),
+    }
+    return json.dumps(body, separators=(",", ":"), sort_keys=True).encode()
+
+
+def parse_retry_after(value: str | None) -> float | None:
+    if not value:
+        return None
+    try:
+        return max(0.0, float(value))
+    except ValueError:
+        pass
+    try:
+        when = email.utils.parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        return None
+    return max(0.0, (when - timezone.now()).total_seconds())
+
+
+def classify(status: int) -> str:
+    if 200 <= status < 300:
+        return AttemptOutcome.DELIVERED
+    if status >= 500 or status in RETRYABLE_4XX:
+        return AttemptOutcome.RETRY
+    return AttemptOutcome.PERMANENT
+
+
+def _over_http(outbox: Outbox) -> AttemptResult:
+    message = outbox.message
+    peer = message.peer
+    assert peer is not None
+    body = envelope(message)
+    secrets = live_secrets(peer)
+    headers = {"content-type": "application/json", **signing.sign_headers(str(message.id), body, secrets)}
+    started = time.perf_counter()
+    try:
+        response = transport.post(peer.inbox_url, body, headers, settings.HERMES_FEDERATION_TIMEOUT)
+    except transport.OutboundBlocked as exc:
+        # The peer's URL points somewhere Hermes must not call: no retry will change that.
+        return AttemptResult(AttemptOutcome.PERMANENT, _ms(started), error=f"blocked by the SSRF guard: {exc}"[:300])
+    except httpx.TimeoutException as exc:
+        return AttemptResult(AttemptOutcome.RETRY, _ms(started), error=f"timeout: {type(exc).__name__}")
+    except httpx.HTTPError as exc:
+        return AttemptResult(AttemptOutcome.RETRY, _ms(started), error=f"{type(exc).__name__}: {exc}"[:300])
+    duration = _ms(started)
+    outcome = classify(response.status_code)
+    excerpt = response.text[:500]
+    if outcome != AttemptOutcome.DELIVERED:
+        retry_after = None
+        if response.status_code in (429, 503):
+            retry_after = parse_retry_after(response.headers.get("retry-after"))
+        return AttemptResult(
+            outcome, duration, http_status=response.status_code, response_excerpt=excerpt, retry_after=retry_after
+        )
+    # The receipt is signed by the peer with the link keys: it proves the peer (not a proxy) stored the message.
+    try:
+        if settings.HERMES_FEDERATION_HMAC:
+            signing.verify(response.headers, response.content, secrets, tolerance=settings.HERMES_FEDERATION_TOLERANCE)
+        if response.headers.get("webhook-id") != str(message.id):
+            raise signing.SignatureError("bad_signature", "receipt is for another message")
+        receipt = response.json()["receipt"]
+    except signing.SignatureError as exc:
+        return _bad_receipt(duration, response, f"receipt rejected: {exc.reason}")
+    except (ValueError, KeyError, TypeError):
+        return _bad_receipt(duration, response, "receipt is not JSON with a 'receipt' object")
+    return AttemptResult(
+        AttemptOutcome.DELIVERED,
+        duration,
+        http_status=response.status_code,
+        response_excerpt=excerpt,
+        receipt=receipt,
+        receipt_body=response.text,
+        receipt_timestamp=int(response.headers.get("webhook-timestamp") or 0) or None,
+        receipt_signature=response.headers.get("webhook-signature", ""),
+    )
+
+
+def _bad_receipt(duration: float, response: httpx.Response, error: str) -> AttemptResult:
+    # Retried: the receiver deduplicates, so the next attempt gets the original receipt again.
+    return AttemptResult(
+        AttemptOutcome.RETRY,
+        duration,
+        http_status=response.status_code,
+        error=error,
+        response_excerpt=response.text[:500],
+    )
+
+
+def _in_process(outbox: Outbox) -> AttemptResult:
+    from apps.federation.inbound import receive
+
+    message = outbox.message
+    started = time.perf_counter()
+    result = receive(peer=None, message_id=str(message.id), data=json.loads(envelope(message)))
+    outcome = classify(result.status)
+    excerpt = json.dumps(result.body)[:500]
+    if outcome == AttemptOutcome.DELIVERED:
+        return AttemptResult(
+            outcome, _ms(started), http_status=result.status, response_excerpt=excerpt, receipt=result.body["receipt"]
+        )
+    return AttemptResult(outcome, _ms(started), http_status=result.status, response_excerpt=excerpt)
+
+
+def _ms(started: float) -> float:
+    return (time.perf_counter() - started) * 1000
+
+
+def deliver(outbox_id: int) -> str | None:
+    """Run one attempt for the row if it is due and nobody else holds it. Returns the new status (or None)."""
+    outbox = claim_delivery(outbox_id)
+    if outbox is None:
+        return None
+    try:
+        result = _over_http(outbox) if outbox.message.peer_id else _in_process(outbox)
+    except Exception as exc:  # a bug or a database error mid-attempt: record it and retry like a transport error
+        logger.exception("federation: attempt on outbox %s crashed", outbox_id)
+        result = AttemptResult(AttemptOutcome.RETRY, 0.0, error=f"internal error: {type(exc).__name__}: {exc}")
+    return finish_attempt(outbox, result)

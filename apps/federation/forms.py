@@ -1,0 +1,45 @@
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from django import forms
+
+from apps.federation.models import Effect
+
+
+class PeerForm(forms.Form):
+    name = forms.SlugField(max_length=60, help_text="How this instance calls the peer (addresses use org@name).")
+    base_url = forms.URLField(max_length=300, assume_scheme="https", label="Base URL")
+    local_name = forms.SlugField(max_length=60, help_text="The name the peer uses for this instance.")
+
+
+class ContactForm(forms.Form):
+    name = forms.CharField(max_length=120)
+    address = forms.CharField(max_length=200, help_text="org, agent.org, org@peer or agent.org@peer")
+    notes = forms.CharField(required=False, widget=forms.Textarea(attrs={"rows": 2}))
+
+
+class PolicyForm(forms.Form):
+    remote = forms.CharField(max_length=200, help_text="An address, or * (everyone), or *@peer (everyone on a peer).")
+    effect = forms.ChoiceField(choices=Effect.choices)
+    local_agent = forms.SlugField(required=False, max_length=60, help_text="Empty: the whole organization.")
+    reason = forms.CharField(required=False, max_length=200)
+
+
+class SendForm(forms.Form):
+    recipient = forms.CharField(max_length=200, help_text="org, agent.org, org@peer or agent.org@peer")
+    payload = forms.CharField(
+        widget=forms.Textarea(attrs={"rows": 4, "class": "mono"}),
+        initial='{"text": "hello"}',
+        help_text="A JSON object.",
+    )
+
+    def clean_payload(self) -> dict[str, Any]:
+        try:
+            value = json.loads(self.cleaned_data["payload"])
+        except json.JSONDecodeError as exc:
+            raise forms.ValidationError(f"Not valid JSON: {exc.msg} (line {exc.lineno}, column {exc.colno}).") from exc
+        if not isinstance(value, dict):
+            raise forms.ValidationError('The payload is a JSON object, e.g. {"text": "hello"}.')
+        return value

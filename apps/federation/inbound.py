@@ -1,0 +1,186 @@
+"""Receiving: dedup, policy, store, receipt. Shared by the HTTP inbox (after signature checks) and same-instance
+delivery, so both have the same dedup, receipt and audit semantics.
+"""
+
+from __future__ import annotations
+
+import json
+import uuid
+from dataclasses import dataclass
+from typing import Any
+
+from django.db import IntegrityError, transaction
+from django.utils import timezone
+
+from apps.core.metrics import FEDERATION_INBOUND
+from apps.federation import policy
+from apps.federation.actions import audit
+from apps.federation.addresses import Address, InvalidAddress
+from apps.federation.handlers import has_handler
+from apps.federation.models import AuditEvent, InboxEntry, Message, MessageType, Peer
+from apps.orgs.models import Organization
+
+
+@dataclass
+class InboundResult:
+    status: int
+    body: dict[str, Any]
+    decision: str
+
+
+def _error(status: int, code: str, message: str, decision: str) -> InboundResult:
+    FEDERATION_INBOUND.labels(decision=decision).inc()
+    return InboundResult(status, {"error": {"code": code, "message": message, "details": {}}}, decision)
+
+
+@dataclass
+class Envelope:
+    id: uuid.UUID
+    type: str
+    sender: Address
+    recipient: Address
+    payload: dict[str, Any]
+    correlation_id: uuid.UUID | None
+
+
+def parse_envelope(data: Any, peer_name: str | None) -> Envelope:
+    if not isinstance(data, dict):
+        raise ValueError("the body must be a JSON object")
+    try:
+        message_id = uuid.UUID(str(data.get("id")))
+    except ValueError:
+        raise ValueError("'id' must be a UUID") from None
+    if data.get("type") not in MessageType.values:
+        raise ValueError(f"'type' must be one of {', '.join(MessageType.values)}")
+    payload = data.get("payload", {})
+    if not isinstance(payload, dict):
+        raise ValueError("'payload' must be an object")
+    raw_corr = data.get("correlation_id")
+    try:
+        correlation = uuid.UUID(str(raw_corr)) if raw_corr else None
+        sender = Address.from_wire(data.get("sender"), peer_name)
+        recipient = Address.from_wire(data.get("recipient"), None)
+    except (ValueError, InvalidAddress) as exc:
+        raise ValueError(str(exc)) from None
+    return Envelope(message_id, data["type"], sender, recipient, payload, correlation)
+
+
+def _existing(peer: Peer | None, message_id: uuid.UUID) -> InboxEntry | None:
+    return (
+        InboxEntry.objects.unscoped("dedup is per link, before the recipient org is known")
+        .filter(peer=peer, message_id=message_id)
+        .first()
+    )
+
+
+def _duplicate(entry: InboxEntry, peer: Peer | None) -> InboundResult:
+    audit(
+        AuditEvent.DUPLICATE,
+        org=entry.organization_id and entry.organization,
+        peer=peer,
+        message_id=entry.message_id,
+        reason="already received: original receipt returned",
+    )
+    FEDERATION_INBOUND.labels(decision="duplicate").inc()
+    return InboundResult(200, {"receipt": entry.receipt, "duplicate": True}, "duplicate")
+
+
+def _answers_our_request(org: Organization, peer: Peer | None, envelope: Envelope) -> bool:
+    """A task result correlated to a task request this org sent to that same org is expected, whatever the
+    policy says: the org chose to talk to it by sending the request."""
+    if envelope.type != MessageType.TASK_RESULT or envelope.correlation_id is None:
+        return False
+    request = (
+        Message.objects.for_org(org)
+        .filter(pk=envelope.correlation_id, peer=peer, type=MessageType.TASK_REQUEST)
+        .only("recipient")
+        .first()
+    )
+    return request is not None and Address.parse(request.recipient).org == envelope.sender.org
+
+
+def receive(*, peer: Peer | None, message_id: str, data: Any) -> InboundResult:
+    """Process one (already authenticated) inbound message."""
+    peer_name = peer.name if peer else None
+    try:
+        envelope = parse_envelope(data, peer_name)
+    except ValueError as exc:
+        audit(AuditEvent.REJECTED, peer=peer, reason=f"malformed message: {exc}")
+        return _error(400, "invalid_message", str(exc), "rejected")
+    if str(envelope.id) != message_id:
+        audit(AuditEvent.REJECTED, peer=peer, message_id=envelope.id, reason="body id differs from webhook-id")
+        return _error(400, "invalid_message", "the body's id must equal the webhook-id header", "rejected")
+
+    existing = _existing(peer, envelope.id)
+    if existing is not None:
+        return _duplicate(existing, peer)
+
+    org = Organization.objects.filter(slug=envelope.recipient.org).first()
+    if org is None:
+        audit(AuditEvent.REJECTED, peer=peer, message_id=envelope.id, reason=f"no org '{envelope.recipient.org}'")
+        return _error(404, "unknown_recipient", f"No organization '{envelope.recipient.org}' here.", "rejected")
+    if _answers_our_request(org, peer, envelope):
+        decision = policy.Decision(True, "reply to a request this org sent")
+    else:
+        decision = policy.decide(org.pk, envelope.recipient.agent or "", envelope.sender)
+    if not decision.allowed:
+        audit(
+            AuditEvent.POLICY_DENIED,
+            org=org,
+            peer=peer,
+            message_id=envelope.id,
+            reason=f"inbound from {envelope.sender}: {decision.reason}",
+        )
+        return _error(403, "policy_denied", f"{org.slug} does not accept messages from {envelope.sender}.", "denied")
+
+    receipt = {
+        "message_id": str(envelope.id),
+        "status": "accepted",
+        "recipient": str(envelope.recipient),
+        "received_at": timezone.now().isoformat(),
+    }
+    try:
+        with transaction.atomic():
+            entry = InboxEntry.objects.create(
+                organization=org,
+                peer=peer,
+                message_id=envelope.id,
+                sender=str(envelope.sender),
+                recipient_agent=envelope.recipient.agent or "",
+                type=envelope.type,
+                payload=envelope.payload,
+                correlation_id=envelope.correlation_id,
+                receipt=receipt,
+                # A type without a handler (a plain message) is delivered by being stored: no job to run.
+                handled_at=None if has_handler(envelope.type) else timezone.now(),
+            )
+            audit(AuditEvent.ACCEPTED, org=org, peer=peer, message_id=envelope.id, reason=f"from {envelope.sender}")
+            if entry.handled_at is None:
+                entry_id = entry.pk
+                transaction.on_commit(lambda: _dispatch(entry_id))
+    except IntegrityError:
+        # The same message arrived twice at once (a retry racing a slow first attempt): the loser is a duplicate.
+        existing = _existing(peer, envelope.id)
+        if existing is None:  # pragma: no cover - the unique constraint is the only integrity rule here
+            raise
+        return _duplicate(existing, peer)
+    FEDERATION_INBOUND.labels(decision="accepted").inc()
+    return InboundResult(200, {"receipt": receipt, "duplicate": False}, "accepted")
+
+
+def _dispatch(entry_id: int) -> None:
+    """Type-specific handling runs on a worker so the receipt never waits for it (or fails because of it)."""
+    from apps.federation.tasks import handle_inbound
+
+    try:
+        handle_inbound.delay(entry_id)
+    except Exception:  # broker down: the message is stored; handling is re-driven by the sweeper
+        import logging
+
+        logging.getLogger(__name__).warning(
+            "federation: could not enqueue handling of inbox entry %s", entry_id, exc_info=True
+        )
+
+
+def decode_body(body: bytes) -> Any:
+    return json.loads(body.decode("utf-8"))

@@ -1,0 +1,72 @@
+"""Dead-letter queue triage for operators (docs/federation.md).
+
+manage.py federation_dlq list    [--org slug]
+manage.py federation_dlq show    <message-id>
+manage.py federation_dlq requeue (<message-id> ... | --all) [--org slug] [--reason text]
+manage.py federation_dlq discard (<message-id> ... | --all) [--org slug] [--reason text]
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from django.core.management.base import BaseCommand, CommandError, CommandParser
+from django.db.models import QuerySet
+
+from apps.federation import actions
+from apps.federation.models import DeliveryAttempt, Outbox, OutboxStatus
+
+
+class Command(BaseCommand):
+    help = "List, inspect, requeue or discard dead-lettered federation messages."
+
+    def add_arguments(self, parser: CommandParser) -> None:
+        parser.add_argument("operation", choices=["list", "show", "requeue", "discard"])
+        parser.add_argument("ids", nargs="*", help="message ids")
+        parser.add_argument("--all", action="store_true", help="requeue/discard: every dead letter (of --org)")
+        parser.add_argument("--org", help="limit to one org slug")
+        parser.add_argument("--reason", default="", help="recorded on the audit event")
+
+    def _dead(self, options: dict[str, Any]) -> QuerySet[Outbox]:
+        rows = (
+            Outbox.objects.unscoped("operator command across orgs")
+            .filter(status=OutboxStatus.DEAD)
+            .select_related("message", "message__peer", "organization")
+            .order_by("dead_at")
+        )
+        if options.get("org"):
+            rows = rows.filter(organization__slug=options["org"])
+        if options["ids"]:
+            rows = rows.filter(message_id__in=options["ids"])
+        return rows
+
+    def handle(self, *args: Any, **options: Any) -> None:
+        operation = options["operation"]
+        rows = self._dead(options)
+        if operation == "list":
+            for row in rows:
+                self.stdout.write(
+                    f"{row.message_id} {row.organization.slug} -> {row.message.recipient} "
+                    f"attempts={row.attempts} dead_at={row.dead_at:%Y-%m-%d %H:%M:%S} {row.last_error}"
+                )
+            return
+        if operation == "show":
+            if len(options["ids"]) != 1:
+                raise CommandError("show takes exactly one message id")
+            found = rows.first()
+            if found is None:
+                raise CommandError("not in the dead-letter queue")
+            attempts = DeliveryAttempt.objects.for_org(found.organization).filter(outbox=found).order_by("number")
+            self.stdout.write(json.dumps({"message": found.message.payload, "type": found.message.type}, indent=2))
+            for a in attempts:
+                self.stdout.write(
+                    f"  #{a.number} {a.created_at:%H:%M:%S} {a.duration_ms:.0f} ms "
+                    f"{a.http_status or '-'} {a.outcome} {a.error} {a.response_excerpt[:120]}"
+                )
+            return
+        if not options["ids"] and not options["all"]:
+            raise CommandError(f"{operation} needs message ids or --all")
+        fn = actions.requeue if operation == "requeue" else actions.discard
+        done = fn(list(rows), reason=options["reason"] or f"{operation} by operator command")
+        self.stdout.write(f"{operation}: {len(done)} message(s)")

@@ -1,0 +1,68 @@
+"""Send federation messages from the command line (smoke tests, scripted traffic, load generation).
+
+    manage.py federation_send <org> <recipient> [--type message] [--payload '{"text": "hi"}'] [--count N]
+                              [--interval S | --rate N] [--sender-agent slug]
+
+Prints one message id per line. Goes through the same action as the API (policy, outbox, audit).
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from typing import Any
+
+from django.core.management.base import BaseCommand, CommandError, CommandParser
+
+from apps.core.errors import HermesAPIError
+from apps.federation import actions
+from apps.federation.models import MessageType
+from apps.orgs.models import Organization
+
+
+class Command(BaseCommand):
+    help = "Send one or more federation messages as an org."
+
+    def add_arguments(self, parser: CommandParser) -> None:
+        parser.add_argument("org", help="sending org slug")
+        parser.add_argument("recipient", help="address: org, agent.org, org@peer or agent.org@peer")
+        parser.add_argument("--type", default=MessageType.MESSAGE, choices=MessageType.values)
+        parser.add_argument("--payload", default="{}", help="a JSON object; {n} is replaced by the sequence number")
+        parser.add_argument("--count", type=int, default=1)
+        parser.add_argument("--interval", type=float, default=0.0, help="seconds between messages")
+        parser.add_argument(
+            "--rate", type=float, default=0.0, help="messages per second on a fixed schedule (overrides --interval)"
+        )
+        parser.add_argument("--sender-agent", default="")
+
+    def handle(self, *args: Any, **options: Any) -> None:
+        org = Organization.objects.filter(slug=options["org"]).first()
+        if org is None:
+            raise CommandError(f"No organization '{options['org']}'.")
+        started = time.monotonic()
+        for n in range(options["count"]):
+            if options["rate"]:
+                # A fixed schedule (not sleep-after-send), so the rate holds however long each send takes.
+                delay = started + n / options["rate"] - time.monotonic()
+                if delay > 0:
+                    time.sleep(delay)
+            try:
+                payload = json.loads(options["payload"].replace("{n}", str(n)))
+            except ValueError as exc:
+                raise CommandError(f"--payload is not JSON: {exc}") from exc
+            if not isinstance(payload, dict):
+                raise CommandError("--payload must be a JSON object")
+            try:
+                message = actions.send_message(
+                    org=org,
+                    recipient=options["recipient"],
+                    payload=payload,
+                    type=options["type"],
+                    sender_agent=options["sender_agent"],
+                )
+            except HermesAPIError as exc:
+                raise CommandError(str(exc.detail)) from exc
+            self.stdout.write(str(message.id))
+            self.stdout.flush()
+            if options["interval"] and not options["rate"] and n + 1 < options["count"]:
+                time.sleep(options["interval"])

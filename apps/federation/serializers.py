@@ -1,0 +1,214 @@
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from django.conf import settings
+from rest_framework import serializers
+
+from apps.federation.models import (
+    Contact,
+    DeliveryAttempt,
+    Effect,
+    FederationAuditEvent,
+    InboxEntry,
+    LinkKey,
+    Message,
+    MessageType,
+    Outbox,
+    Peer,
+    Policy,
+    RemoteTask,
+    RemoteTaskEvent,
+)
+
+
+class LinkKeySerializer(serializers.ModelSerializer):
+    class Meta:
+        model = LinkKey
+        fields = ("version", "state", "fingerprint", "created_at", "promoted_at", "retired_at")
+
+
+class PeerSerializer(serializers.ModelSerializer):
+    keys = serializers.SerializerMethodField()
+
+    class Meta:
+        model = Peer
+        fields = ("name", "base_url", "local_name", "status", "created_at", "keys")
+        read_only_fields = ("status", "created_at", "keys")
+
+    def get_keys(self, peer: Peer) -> list[dict[str, Any]]:
+        return LinkKeySerializer(peer.keys.all(), many=True).data  # type: ignore[return-value]
+
+
+class AddKeySerializer(serializers.Serializer):
+    secret = serializers.CharField(required=False, help_text="The whsec_ secret the other side generated.")
+
+
+class RetireKeySerializer(serializers.Serializer):
+    version = serializers.IntegerField(required=False, min_value=1)
+
+
+class ContactSerializer(serializers.ModelSerializer):
+    class Meta:
+        model = Contact
+        fields = ("id", "name", "address", "notes", "created_at")
+        read_only_fields = ("id", "created_at")
+
+
+class PolicySerializer(serializers.ModelSerializer):
+    effect = serializers.ChoiceField(choices=Effect.choices)
+
+    class Meta:
+        model = Policy
+        fields = ("id", "local_agent", "remote", "effect", "reason", "created_at")
+        read_only_fields = ("id", "created_at")
+
+
+class AttemptSerializer(serializers.ModelSerializer):
+    class Meta:
+        model = DeliveryAttempt
+        fields = ("number", "created_at", "duration_ms", "http_status", "error", "response_excerpt", "outcome")
+
+
+class OutboxSerializer(serializers.ModelSerializer):
+    class Meta:
+        model = Outbox
+        fields = (
+            "status",
+            "attempts",
+            "queued_at",
+            "next_attempt_at",
+            "last_error",
+            "receipt",
+            "delivered_at",
+            "dead_at",
+        )
+
+
+class MessageSerializer(serializers.ModelSerializer):
+    delivery = OutboxSerializer(source="outbox", read_only=True)
+
+    class Meta:
+        model = Message
+        fields = (
+            "id",
+            "type",
+            "sender_agent",
+            "recipient",
+            "payload",
+            "correlation_id",
+            "created_at",
+            "delivery",
+        )
+        read_only_fields = ("id", "created_at", "delivery")
+
+
+class SendMessageSerializer(serializers.Serializer):
+    recipient = serializers.CharField(max_length=200)
+    type = serializers.ChoiceField(choices=MessageType.choices, default=MessageType.MESSAGE)
+    payload = serializers.JSONField()
+    sender_agent = serializers.SlugField(max_length=60, required=False, default="")
+    correlation_id = serializers.UUIDField(required=False, allow_null=True, default=None)
+
+    def validate_payload(self, value: Any) -> dict[str, Any]:
+        if not isinstance(value, dict):
+            raise serializers.ValidationError("payload must be a JSON object")
+        limit = settings.HERMES_MAX_TASK_INPUT_BYTES
+        if len(json.dumps(value)) > limit:
+            raise serializers.ValidationError(f"payload is larger than {limit} bytes")
+        return value
+
+
+class DeadLetterSerializer(serializers.ModelSerializer):
+    """A DLQ entry inspected: the message with its payload, the delivery state and every attempt."""
+
+    message = MessageSerializer(read_only=True)
+    attempt_log = AttemptSerializer(many=True, read_only=True)
+
+    class Meta:
+        model = Outbox
+        fields = ("message_id", *OutboxSerializer.Meta.fields, "message", "attempt_log")
+
+
+class BulkIdsSerializer(serializers.Serializer):
+    ids = serializers.ListField(child=serializers.UUIDField(), min_length=1, max_length=500)
+    reason = serializers.CharField(required=False, default="", max_length=200)
+
+
+class InboxEntrySerializer(serializers.ModelSerializer):
+    peer: serializers.SlugRelatedField = serializers.SlugRelatedField(slug_field="name", read_only=True)
+
+    class Meta:
+        model = InboxEntry
+        fields = (
+            "id",
+            "message_id",
+            "peer",
+            "sender",
+            "recipient_agent",
+            "type",
+            "payload",
+            "correlation_id",
+            "receipt",
+            "created_at",
+            "handled_at",
+            "handling_error",
+        )
+
+
+class AuditEventSerializer(serializers.ModelSerializer):
+    peer: serializers.SlugRelatedField = serializers.SlugRelatedField(slug_field="name", read_only=True)
+
+    class Meta:
+        model = FederationAuditEvent
+        fields = ("id", "event", "peer", "message_id", "reason", "detail", "created_at")
+
+
+class RemoteTaskEventSerializer(serializers.ModelSerializer):
+    class Meta:
+        model = RemoteTaskEvent
+        fields = ("seq", "kind", "data", "state", "created_at")
+
+
+class RemoteTaskSerializer(serializers.ModelSerializer):
+    """A task another org's agent runs for us, with its timeline as reported by the executor."""
+
+    request_id = serializers.UUIDField(read_only=True)
+    delivery = OutboxSerializer(source="request.outbox", read_only=True)
+    events = RemoteTaskEventSerializer(many=True, read_only=True)
+
+    class Meta:
+        model = RemoteTask
+        fields = (
+            "id",
+            "agent_address",
+            "state",
+            "remote_task_id",
+            "error",
+            "request_id",
+            "created_at",
+            "updated_at",
+            "delivery",
+            "events",
+        )
+
+
+class RequestRemoteTaskSerializer(serializers.Serializer):
+    agent = serializers.CharField(max_length=200, help_text="agent.org or agent.org@peer")
+    message = serializers.JSONField(help_text='An A2A message: {"role": "user", "parts": [{"kind": "text", ...}]}')
+    metadata = serializers.JSONField(required=False, default=dict)
+    sender_agent = serializers.SlugField(max_length=80, required=False, default="")
+
+    def validate_message(self, value: Any) -> dict[str, Any]:
+        if not isinstance(value, dict) or not isinstance(value.get("parts"), list) or not value["parts"]:
+            raise serializers.ValidationError("message must be an A2A message object with a non-empty 'parts' list")
+        limit = settings.HERMES_MAX_TASK_INPUT_BYTES
+        if len(json.dumps(value)) > limit:
+            raise serializers.ValidationError(f"message is larger than {limit} bytes")
+        return value
+
+    def validate_metadata(self, value: Any) -> dict[str, Any]:
+        if not isinstance(value, dict):
+            raise serializers.ValidationError("metadata must be a JSON object")
+        return value

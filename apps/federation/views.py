@@ -1,0 +1,392 @@
+"""The federation inbox: peers POST signed messages here. Authenticated by the link's HMAC signature, not by
+an API key or session, so it is a plain Django view (no DRF authentication, no CSRF: nothing ambient authorises
+the request).
+
+Below it, the console pages of federation (peers and keys, contacts, policies, outbox, inbox, DLQ, audit)."""
+
+from __future__ import annotations
+
+import json
+import uuid
+from typing import Any
+
+from django.conf import settings
+from django.contrib import messages
+from django.core.exceptions import PermissionDenied
+from django.core.paginator import Paginator
+from django.http import Http404, HttpRequest, HttpResponse
+from django.shortcuts import get_object_or_404, redirect
+from django.urls import reverse
+from django.utils.cache import add_never_cache_headers
+from django.views.decorators.csrf import csrf_exempt
+from django.views.decorators.http import require_http_methods, require_POST
+
+from apps.core.console import hx_redirect, is_fragment_request, render_console
+from apps.core.errors import HermesAPIError, error_body
+from apps.core.metrics import FEDERATION_INBOUND
+from apps.core.permissions import Access
+from apps.federation import actions, selectors, signing
+from apps.federation.actions import audit
+from apps.federation.forms import ContactForm, PeerForm, PolicyForm, SendForm
+from apps.federation.inbound import InboundResult, decode_body, receive
+from apps.federation.models import (
+    AuditEvent,
+    Contact,
+    FederationAuditEvent,
+    InboxEntry,
+    Outbox,
+    OutboxStatus,
+    Peer,
+    PeerStatus,
+    Policy,
+)
+from apps.federation.selectors import live_secrets
+from apps.federation.signing import encode_secret
+from apps.orgs.decorators import org_action_required
+
+MAX_BODY_BYTES = 1024 * 1024
+
+
+def _json(
+    status: int, body: dict[str, object], *, msg_id: str | None = None, secrets: list[bytes] | None = None
+) -> HttpResponse:
+    raw = json.dumps(body, separators=(",", ":")).encode()
+    response = HttpResponse(raw, status=status, content_type="application/json")
+    if msg_id and secrets:
+        # The receipt is signed like a request (webhook-id = the message id), so the sender can prove delivery.
+        for name, value in signing.sign_headers(msg_id, raw, secrets).items():
+            response[name] = value
+    return response
+
+
+def _uuid_or_none(value: str | None) -> uuid.UUID | None:
+    try:
+        return uuid.UUID(value or "")
+    except ValueError:
+        return None
+
+
+@csrf_exempt
+@require_POST
+def inbox(request: HttpRequest, sender: str) -> HttpResponse:
+    peer = Peer.objects.filter(name=sender).first()
+    if peer is None or peer.status != PeerStatus.ACTIVE:
+        audit(AuditEvent.REJECTED, peer=peer, reason=f"no active link named '{sender}'")
+        FEDERATION_INBOUND.labels(decision="rejected").inc()
+        return _json(404, error_body("unknown_peer", f"This instance has no active link named '{sender}'."))
+    body = request.body
+    if len(body) > MAX_BODY_BYTES:
+        FEDERATION_INBOUND.labels(decision="rejected").inc()
+        return _json(413, error_body("too_large", f"Federation messages are limited to {MAX_BODY_BYTES} bytes."))
+    secrets = live_secrets(peer)
+    msg_id = request.headers.get("webhook-id", "")
+    if settings.HERMES_FEDERATION_HMAC or request.headers.get("webhook-signature"):
+        try:
+            msg_id, _ = signing.verify(request.headers, body, secrets, tolerance=settings.HERMES_FEDERATION_TOLERANCE)
+        except signing.SignatureError as exc:
+            audit(exc.code, peer=peer, message_id=_uuid_or_none(msg_id), reason=exc.reason)
+            FEDERATION_INBOUND.labels(decision=exc.code).inc()
+            return _json(401, error_body(exc.code, exc.reason))
+    try:
+        data = decode_body(body)
+    except (UnicodeDecodeError, ValueError):
+        result = InboundResult(400, error_body("invalid_json", "The body is not JSON."), "rejected")
+        audit(AuditEvent.REJECTED, peer=peer, message_id=_uuid_or_none(msg_id), reason="body is not JSON")
+        return _json(result.status, result.body)
+    result = receive(peer=peer, message_id=msg_id, data=data)
+    if result.status == 200:
+        return _json(200, result.body, msg_id=msg_id, secrets=secrets)
+    return _json(result.status, result.body)
+
+
+# --- Console (HTML) ---------------------------------------------------------------------------------------------
+# Everything below is the org admins' console for federation (templates/federation/). Reads are
+# `federation:read`, changes `federation:write`; peers and link keys are instance-wide, so changing them also
+# needs a staff account, exactly like the API.
+
+
+def _access(request: HttpRequest) -> Access:
+    return request.access  # type: ignore[attr-defined]
+
+
+def _require_staff(request: HttpRequest) -> None:
+    if not getattr(request.user, "is_staff", False):
+        raise PermissionDenied(
+            "Peers and link keys are shared by every org on this instance: only staff may change them."
+        )
+
+
+def _peer_or_404(name: str) -> Peer:
+    return get_object_or_404(Peer.objects.prefetch_related("keys"), name=name)
+
+
+def _peers_context(request: HttpRequest, *, secret: dict[str, str] | None = None, form: Any = None) -> dict[str, Any]:
+    peers = list(Peer.objects.prefetch_related("keys").order_by("name"))
+    for peer in peers:
+        peer.sorted_keys = sorted(peer.keys.all(), key=lambda k: -k.version)  # type: ignore[attr-defined]
+    return {
+        "peers": peers,
+        "is_staff": bool(getattr(request.user, "is_staff", False)),
+        "secret": secret,
+        "peer_form": form or PeerForm(),
+    }
+
+
+@org_action_required("federation:read")
+def console_peers(request: HttpRequest) -> HttpResponse:
+    return render_console(request, "federation/peers.html", _peers_context(request), partial="peers_panel")
+
+
+@org_action_required("federation:write")
+@require_POST
+def console_peer_create(request: HttpRequest) -> HttpResponse:
+    _require_staff(request)
+    form = PeerForm(request.POST)
+    status = 200
+    if form.is_valid():
+        try:
+            peer = actions.create_peer(actor=request.user, **form.cleaned_data)
+        except HermesAPIError as exc:
+            if exc.status_code != 409:
+                raise
+            form.add_error("name", str(exc.detail))
+        else:
+            messages.success(request, f"Peer {peer.name} added. Add its first link key next.")
+            form = PeerForm()
+    if form.errors:
+        status = 422
+    context = _peers_context(request, form=form)
+    return render_console(request, "federation/peers.html", context, partial="peers_panel", status=status)
+
+
+@org_action_required("federation:write")
+@require_POST
+def console_key_action(request: HttpRequest, name: str, operation: str) -> HttpResponse:
+    """Rotation in three steps: add K_n+1 (its secret is shown once, for the peer's operator), promote it, retire
+    the previous key."""
+    _require_staff(request)
+    peer = _peer_or_404(name)
+    secret = None
+    if operation == "add":
+        key = actions.add_key(peer, actor=request.user)
+        secret = {"peer": peer.name, "version": str(key.version), "value": encode_secret(key.secret())}
+        messages.success(request, f"k{key.version} added to {peer.name} as {key.state}.")
+    elif operation == "promote":
+        key = actions.promote_key(peer, actor=request.user)
+        messages.success(request, f"k{key.version} is now the current key of {peer.name}.")
+    elif operation == "retire":
+        key = actions.retire_key(peer, actor=request.user)
+        messages.success(request, f"k{key.version} of {peer.name} retired: it no longer verifies.")
+    else:
+        raise Http404("Unknown key operation")
+    response = render_console(
+        request, "federation/peers.html", _peers_context(request, secret=secret), partial="peers_panel"
+    )
+    add_never_cache_headers(response)
+    return response
+
+
+@org_action_required("federation:read")
+@require_http_methods(["GET", "POST"])
+def console_contacts(request: HttpRequest) -> HttpResponse:
+    access = _access(request)
+    form = ContactForm(request.POST or None)
+    status = 200
+    if request.method == "POST":
+        if not access.allows("federation:write"):
+            raise PermissionDenied(f"Your role '{access.role}' may not perform 'federation:write'.")
+        if form.is_valid():
+            try:
+                contact = actions.create_contact(org=access.org, **form.cleaned_data)
+            except HermesAPIError as exc:
+                form.add_error("address" if exc.status_code in (400, 409) else None, str(exc.detail))
+            else:
+                messages.success(request, f"{contact.name} ({contact.address}) added to the address book.")
+                form = ContactForm()
+        status = 422 if form.errors else 200
+    context = {
+        "contacts": Contact.objects.for_org(access.org).order_by("name"),
+        "form": form,
+        "can_write": access.allows("federation:write"),
+    }
+    return render_console(request, "federation/contacts.html", context, partial="contacts_panel", status=status)
+
+
+@org_action_required("federation:read")
+@require_http_methods(["GET", "POST"])
+def console_policies(request: HttpRequest) -> HttpResponse:
+    access = _access(request)
+    form = PolicyForm(request.POST or None)
+    status = 200
+    if request.method == "POST":
+        if not access.allows("federation:write"):
+            raise PermissionDenied(f"Your role '{access.role}' may not perform 'federation:write'.")
+        if form.is_valid():
+            try:
+                rule = actions.set_policy(org=access.org, **form.cleaned_data)
+            except HermesAPIError as exc:
+                form.add_error("remote" if exc.status_code == 400 else None, str(exc.detail))
+            else:
+                messages.success(request, f"Rule saved: {rule}.")
+                form = PolicyForm()
+        status = 422 if form.errors else 200
+    context = _policies_context(access, form)
+    return render_console(request, "federation/policies.html", context, partial="policies_panel", status=status)
+
+
+def _policies_context(access: Access, form: Any) -> dict[str, Any]:
+    return {
+        "rules": Policy.objects.for_org(access.org).order_by("local_agent", "remote"),
+        "form": form,
+        "can_write": access.allows("federation:write"),
+    }
+
+
+@org_action_required("federation:write")
+@require_POST
+def console_policy_delete(request: HttpRequest, policy_id: int) -> HttpResponse:
+    access = _access(request)
+    rule = get_object_or_404(Policy.objects.for_org(access.org), pk=policy_id)
+    actions.delete_policy(rule)
+    messages.success(request, f"Rule removed: {rule}.")
+    return render_console(
+        request, "federation/policies.html", _policies_context(access, PolicyForm()), partial="policies_panel"
+    )
+
+
+OUTBOX_LIMIT = 100
+
+
+@org_action_required("federation:read")
+@require_http_methods(["GET", "POST"])
+def console_outbox(request: HttpRequest) -> HttpResponse:
+    access = _access(request)
+    form = SendForm(request.POST or None)
+    status = 200
+    if request.method == "POST":
+        if not access.allows("federation:write"):
+            raise PermissionDenied(f"Your role '{access.role}' may not perform 'federation:write'.")
+        if form.is_valid():
+            try:
+                message = actions.send_message(
+                    org=access.org,
+                    recipient=form.cleaned_data["recipient"],
+                    payload=form.cleaned_data["payload"],
+                    actor=request.user,
+                )
+            except HermesAPIError as exc:
+                if exc.status_code == 403:
+                    form.add_error("recipient", str(exc.detail))
+                else:
+                    add_error_details(form, exc)
+            else:
+                messages.success(request, f"Message {str(message.pk)[:8]} queued for {message.recipient}.")
+                return hx_redirect(request, reverse("federation:outbox"))
+        status = 422
+    status_filter = request.GET.get("status", "")
+    rows = Outbox.objects.for_org(access.org).select_related("message", "message__peer").order_by("-queued_at")
+    if status_filter in OutboxStatus.values:
+        rows = rows.filter(status=status_filter)
+    context = {
+        "rows": list(rows[:OUTBOX_LIMIT]),
+        "limit": OUTBOX_LIMIT,
+        "statuses": OutboxStatus.choices,
+        "status_filter": status_filter,
+        "form": form,
+        "can_write": access.allows("federation:write"),
+    }
+    partial = "send_form" if request.method == "POST" else "outbox_table"
+    return render_console(request, "federation/outbox.html", context, partial=partial, status=status)
+
+
+def add_error_details(form: Any, exc: HermesAPIError) -> None:
+    """An action's per-field details on the matching fields; the message on top otherwise."""
+    placed = False
+    for field, errors in (exc.details or {}).items():
+        if field in form.fields:
+            form.add_error(field, errors if isinstance(errors, list) else [str(errors)])
+            placed = True
+    if not placed:
+        form.add_error(None, str(exc.detail))
+
+
+@org_action_required("federation:read")
+def console_message(request: HttpRequest, message_id: str) -> HttpResponse:
+    """One sent message: payload, delivery state and every attempt (also the DLQ's inspect view)."""
+    access = _access(request)
+    outbox = _outbox_or_404(access, message_id)
+    context = {
+        "row": outbox,
+        "attempts": outbox.attempt_log.order_by("number"),
+        "can_write": access.allows("federation:write"),
+    }
+    return render_console(request, "federation/message.html", context)
+
+
+def _outbox_or_404(access: Access, message_id: str, **filters: Any) -> Outbox:
+    try:
+        uuid.UUID(str(message_id))
+    except ValueError as exc:
+        raise Http404("No such message") from exc
+    rows = Outbox.objects.for_org(access.org).select_related("message", "message__peer", "organization")
+    return get_object_or_404(rows, message_id=message_id, **filters)
+
+
+@org_action_required("federation:read")
+def console_inbox(request: HttpRequest) -> HttpResponse:
+    access = _access(request)
+    entries = InboxEntry.objects.for_org(access.org).select_related("peer").order_by("-created_at")[:OUTBOX_LIMIT]
+    return render_console(request, "federation/inbox.html", {"entries": entries, "limit": OUTBOX_LIMIT})
+
+
+def _dlq_context(access: Access) -> dict[str, Any]:
+    return {
+        "rows": list(selectors.dead_letters(access.org).prefetch_related("attempt_log").order_by("-dead_at")[:200]),
+        "can_write": access.allows("federation:write"),
+    }
+
+
+@org_action_required("federation:read")
+def console_dlq(request: HttpRequest) -> HttpResponse:
+    return render_console(request, "federation/dlq.html", _dlq_context(_access(request)), partial="dlq_panel")
+
+
+@org_action_required("federation:write")
+@require_POST
+def console_dlq_apply(request: HttpRequest) -> HttpResponse:
+    """Requeue or discard the selected dead letters (the buttons confirm first). Ids not in this org's DLQ are a
+    404, all or nothing, like the API."""
+    access = _access(request)
+    operation = request.POST.get("operation")
+    ids = request.POST.getlist("ids")
+    if operation not in {"requeue", "discard"}:
+        raise Http404("Unknown operation")
+    if not ids:
+        messages.error(request, "Select at least one message first.")
+    else:
+        try:
+            wanted = {str(uuid.UUID(i)) for i in ids}
+        except ValueError as exc:
+            raise Http404("No such message") from exc
+        rows = list(selectors.dead_letters(access.org).filter(message_id__in=wanted))
+        if len(rows) != len(wanted):
+            raise Http404("Some messages are not in this organization's dead-letter queue.")
+        reason = f"{operation}d from the console by {request.user}"
+        done = (actions.requeue if operation == "requeue" else actions.discard)(rows, actor=request.user, reason=reason)
+        verb = "requeued for delivery" if operation == "requeue" else "discarded"
+        messages.success(request, f"{len(done)} message{'s' if len(done) != 1 else ''} {verb}.")
+    if not is_fragment_request(request):
+        return redirect("federation:dlq")
+    return render_console(request, "federation/dlq.html", _dlq_context(access), partial="dlq_panel")
+
+
+@org_action_required("federation:read")
+def console_audit(request: HttpRequest) -> HttpResponse:
+    access = _access(request)
+    events = FederationAuditEvent.objects.for_org(access.org).select_related("peer", "actor").order_by("-created_at")
+    chosen = request.GET.get("event", "")
+    if chosen in AuditEvent.values:
+        events = events.filter(event=chosen)
+    page = Paginator(events, 50).get_page(request.GET.get("page"))
+    context = {"page": page, "events": AuditEvent.choices, "chosen": chosen}
+    return render_console(request, "federation/audit.html", context, partial="audit_table")

@@ -1,0 +1,438 @@
+"""Backups that prove themselves: a dump plus a manifest that a restore is verified against.
+
+The manifest records the dump's checksum, a normalized schema (and its fingerprint) and, for the critical tables
+(users, orgs, memberships, API keys, agents, and the migration history), row counts and content digests. On
+Postgres the manifest is computed inside the same snapshot pg_dump reads (`pg_export_snapshot()` +
+`pg_dump --snapshot`), so writes that land during the backup cannot make a correct restore look wrong. On SQLite
+(the embedded default) the online backup API copies the file and the manifest is computed on the copy.
+
+A restore goes into a fresh database (created when missing), refuses one that already has tables unless forced,
+and then recomputes schema and digests on the restored database and compares them with the manifest.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import os
+import re
+import shutil
+import sqlite3
+import subprocess
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from datetime import UTC, date, datetime
+from decimal import Decimal
+from pathlib import Path
+from typing import Any
+
+import environ
+from django.apps import apps
+from django.conf import settings
+from django.db import connections
+
+MANIFEST_FORMAT = "hermes-backup/1"
+# The tables an operator must get back exactly; whichever of these models exist are checked.
+CRITICAL_MODELS = ("accounts.User", "orgs.Organization", "orgs.Membership", "orgs.APIKey", "agents.Agent")
+_CHUNK = 2000
+
+
+class BackupError(Exception):
+    """A backup or restore cannot go on; the message says why and what to do."""
+
+
+@dataclass(frozen=True)
+class Database:
+    """Where a backup comes from or a restore goes: Postgres connection parameters or a SQLite file."""
+
+    vendor: str  # "postgresql" or "sqlite"
+    name: str
+    host: str = ""
+    port: str = ""
+    user: str = ""
+    password: str = field(default="", repr=False)
+
+    @classmethod
+    def from_settings(cls, alias: str = "default") -> Database:
+        return cls._from_config(connections[alias].settings_dict)
+
+    @classmethod
+    def from_url(cls, url: str) -> Database:
+        return cls._from_config(environ.Env.db_url_config(url))
+
+    @classmethod
+    def _from_config(cls, config: dict[str, Any]) -> Database:
+        engine = str(config["ENGINE"])
+        vendor = "sqlite" if engine.endswith("sqlite3") else "postgresql" if "postgresql" in engine else engine
+        if vendor not in {"sqlite", "postgresql"}:
+            raise BackupError(f"Unsupported database engine {engine}: backups cover Postgres and SQLite.")
+        return cls(
+            vendor=vendor,
+            name=str(config["NAME"]),
+            host=str(config.get("HOST") or ""),
+            port=str(config.get("PORT") or ""),
+            user=str(config.get("USER") or ""),
+            password=str(config.get("PASSWORD") or ""),
+        )
+
+    def describe(self) -> str:
+        if self.vendor == "sqlite":
+            return f"sqlite:{self.name}"
+        return f"postgresql://{self.host or 'localhost'}:{self.port or 5432}/{self.name}"
+
+    def libpq_env(self, dbname: str | None = None) -> dict[str, str]:
+        """Connection parameters for pg_dump/pg_restore as environment: the password never shows in `ps`."""
+        env = dict(os.environ)
+        env.update({"PGDATABASE": dbname or self.name, "PGCONNECT_TIMEOUT": "5"})
+        for key, value in (("PGHOST", self.host), ("PGPORT", self.port), ("PGUSER", self.user)):
+            if value:
+                env[key] = value
+        if self.password:
+            env["PGPASSWORD"] = self.password
+        return env
+
+    def connect(self, dbname: str | None = None) -> Any:
+        if self.vendor == "sqlite":
+            return sqlite3.connect(self.name)
+        import psycopg
+        from psycopg.conninfo import make_conninfo
+
+        params = {
+            "dbname": dbname or self.name,
+            "host": self.host,
+            "port": self.port,
+            "user": self.user,
+            "password": self.password,
+        }
+        return psycopg.connect(make_conninfo(**{k: v for k, v in params.items() if v}), connect_timeout=5)
+
+
+# --- What a manifest records ----------------------------------------------------------------------------------
+
+
+def critical_tables() -> list[tuple[str, str]]:
+    """(table, primary-key column) of the critical models that exist in this codebase, plus the migration log."""
+    found = []
+    for label in CRITICAL_MODELS:
+        try:
+            model = apps.get_model(label)
+        except LookupError:
+            continue
+        found.append((model._meta.db_table, model._meta.pk.column))
+    found.append(("django_migrations", "id"))
+    return found
+
+
+def _quote(name: str) -> str:
+    return '"' + name.replace('"', '""') + '"'
+
+
+def _canonical(value: Any) -> Any:
+    if isinstance(value, bytes | bytearray | memoryview):
+        return bytes(value).hex()
+    if isinstance(value, datetime | date):
+        return value.isoformat()
+    if isinstance(value, Decimal):
+        return str(value)
+    return value
+
+
+def table_summary(cursor: Any, table: str, pk: str) -> dict[str, Any]:
+    """Row count and a SHA-256 over every row (ordered by primary key, columns by name)."""
+    cursor.execute(f"SELECT * FROM {_quote(table)} ORDER BY {_quote(pk)}")  # noqa: S608 - names from Django models
+    columns = [c[0] for c in cursor.description]
+    order = sorted(range(len(columns)), key=lambda i: columns[i])
+    digest = hashlib.sha256(json.dumps([columns[i] for i in order]).encode())
+    rows = 0
+    while batch := cursor.fetchmany(_CHUNK):
+        for row in batch:
+            digest.update(json.dumps([_canonical(row[i]) for i in order], default=str, sort_keys=True).encode())
+            digest.update(b"\n")
+            rows += 1
+    return {"rows": rows, "digest": digest.hexdigest()}
+
+
+_PG_SCHEMA_QUERIES = (
+    # Columns: type, nullability, default and identity, per table.
+    """SELECT 'column ' || table_name || '.' || column_name || ' ' || data_type
+              || coalesce('(' || character_maximum_length || ')', '') || ' null=' || is_nullable
+              || ' default=' || coalesce(column_default, '') || ' identity=' || is_identity
+       FROM information_schema.columns WHERE table_schema = 'public'""",
+    # Constraints (primary keys, foreign keys, unique, check) by definition.
+    """SELECT 'constraint ' || conrelid::regclass::text || ' ' || conname || ' ' || pg_get_constraintdef(oid)
+       FROM pg_constraint WHERE connamespace = 'public'::regnamespace""",
+    """SELECT 'index ' || tablename || ' ' || indexname || ' ' || indexdef FROM pg_indexes
+       WHERE schemaname = 'public'""",
+    """SELECT 'sequence ' || sequence_name || ' ' || data_type FROM information_schema.sequences
+       WHERE sequence_schema = 'public'""",
+)
+
+
+_CAST = re.compile(r"::(\"[^\"]+\"|[a-z_]+(?: [a-z_]+)*)(\(\d+(,\d+)?\))?(\[\])?")
+
+
+def _normalize_pg(line: str) -> str:
+    """Postgres re-deparses expressions it restores (a partial index's `= ANY (ARRAY[...])` comes back with its
+    casts moved), so definitions are compared without type casts and grouping parentheses."""
+    return re.sub(r"\s*([\[\],])\s*", r"\1", re.sub(r"[()]", " ", _CAST.sub("", line)))
+
+
+def schema_lines(connection: Any, vendor: str) -> list[str]:
+    """The schema as sorted, whitespace-normalized lines: equal for a source and its faithful restore."""
+    cursor = connection.cursor()
+    lines: list[str] = []
+    if vendor == "postgresql":
+        for query in _PG_SCHEMA_QUERIES:
+            cursor.execute(query)
+            lines += [_normalize_pg(row[0]) for row in cursor.fetchall()]
+    else:
+        cursor.execute(
+            "SELECT type, name, tbl_name, coalesce(sql, '') FROM sqlite_master WHERE name NOT LIKE 'sqlite_%'"
+        )
+        lines += [" ".join(str(part) for part in row) for row in cursor.fetchall()]
+    return sorted(re.sub(r"\s+", " ", line).strip() for line in lines)
+
+
+def fingerprint(lines: list[str]) -> str:
+    return hashlib.sha256("\n".join(lines).encode()).hexdigest()
+
+
+def describe_contents(connection: Any, vendor: str) -> dict[str, Any]:
+    lines = schema_lines(connection, vendor)
+    existing = _table_names(connection, vendor)
+    cursor = connection.cursor()
+    tables = {table: table_summary(cursor, table, pk) for table, pk in critical_tables() if table in existing}
+    return {"schema_fingerprint": fingerprint(lines), "schema": lines, "tables": tables}
+
+
+def _table_names(connection: Any, vendor: str) -> set[str]:
+    cursor = connection.cursor()
+    if vendor == "postgresql":
+        cursor.execute("SELECT tablename FROM pg_tables WHERE schemaname = 'public'")
+    else:
+        cursor.execute("SELECT name FROM sqlite_master WHERE type = 'table' AND name NOT LIKE 'sqlite_%'")
+    return {row[0] for row in cursor.fetchall()}
+
+
+def sha256_file(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _tool(name: str) -> str:
+    found = shutil.which(name)
+    if not found:
+        raise BackupError(
+            f"{name} is not installed: install the PostgreSQL client (apt-get install postgresql-client), "
+            "matching or newer than the server's major version."
+        )
+    return found
+
+
+def _run(command: list[str], env: dict[str, str]) -> None:
+    result = subprocess.run(command, env=env, capture_output=True, text=True, timeout=3600)
+    if result.returncode != 0:
+        raise BackupError(f"{Path(command[0]).name} failed (exit {result.returncode}): {result.stderr.strip()[-2000:]}")
+
+
+# --- Backup ----------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class BackupResult:
+    dump: Path
+    manifest_path: Path
+    manifest: dict[str, Any]
+
+
+def manifest_path_for(dump: Path) -> Path:
+    return dump.with_name(dump.name.removesuffix(dump.suffix) + ".manifest.json")
+
+
+def backup(database: Database, directory: Path, *, label: str | None = None) -> BackupResult:
+    directory.mkdir(parents=True, exist_ok=True)
+    stamp = label or datetime.now(UTC).strftime("hermes-%Y%m%dT%H%M%S%fZ")
+    if database.vendor == "postgresql":
+        dump = directory / f"{stamp}.dump"
+        contents, tool = _backup_postgres(database, dump)
+    else:
+        dump = directory / f"{stamp}.sqlite3"
+        contents, tool = _backup_sqlite(database, dump)
+    manifest = {
+        "format": MANIFEST_FORMAT,
+        "created_at": datetime.now(UTC).isoformat(),
+        "hermes_version": settings.HERMES_VERSION,
+        "vendor": database.vendor,
+        "source": database.describe(),
+        "dump": {"file": dump.name, "sha256": sha256_file(dump), "bytes": dump.stat().st_size, "tool": tool},
+        **contents,
+    }
+    path = manifest_path_for(dump)
+    path.write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n")
+    return BackupResult(dump, path, manifest)
+
+
+def _backup_postgres(database: Database, dump: Path) -> tuple[dict[str, Any], str]:
+    pg_dump = _tool("pg_dump")
+    version = subprocess.run([pg_dump, "--version"], capture_output=True, text=True, check=False).stdout.strip()
+    from psycopg import IsolationLevel
+
+    with database.connect() as conn:
+        # One snapshot for the dump and for the manifest: both describe the same instant.
+        conn.isolation_level = IsolationLevel.REPEATABLE_READ
+        conn.read_only = True
+        snapshot = conn.execute("SELECT pg_export_snapshot()").fetchone()[0]
+        _run(
+            [pg_dump, "--format=custom", "--no-owner", "--no-privileges", f"--snapshot={snapshot}", f"--file={dump}"],
+            database.libpq_env(),
+        )
+        contents = describe_contents(conn, "postgresql")
+        conn.rollback()
+    return contents, version
+
+
+def _backup_sqlite(database: Database, dump: Path) -> tuple[dict[str, Any], str]:
+    source = sqlite3.connect(database.name)
+    target = sqlite3.connect(dump)
+    try:
+        source.backup(target)  # consistent even while other processes write (online backup API)
+        contents = describe_contents(target, "sqlite")
+    finally:
+        target.close()
+        source.close()
+    return contents, f"sqlite3 online backup (SQLite {sqlite3.sqlite_version})"
+
+
+# --- Restore ---------------------------------------------------------------------------------------------------
+
+
+def load_manifest(dump: Path, manifest: Path | None = None) -> dict[str, Any]:
+    path = manifest or manifest_path_for(dump)
+    if not path.exists():
+        raise BackupError(f"No manifest at {path}: pass --manifest (a backup is only restored with its manifest).")
+    data: dict[str, Any] = json.loads(path.read_text())
+    if data.get("format") != MANIFEST_FORMAT:
+        raise BackupError(f"{path} is not a {MANIFEST_FORMAT} manifest.")
+    actual = sha256_file(dump)
+    if actual != data["dump"]["sha256"]:
+        raise BackupError(
+            f"{dump} does not match its manifest (sha256 {actual[:12]}… ≠ {data['dump']['sha256'][:12]}…): "
+            "the file is damaged or belongs to another backup."
+        )
+    return data
+
+
+def has_tables(database: Database) -> bool:
+    if database.vendor == "sqlite":
+        if not Path(database.name).exists():
+            return False
+        with contextlib.closing(database.connect()) as conn:
+            return bool(_table_names(conn, "sqlite"))
+    with database.connect() as conn:
+        return bool(_table_names(conn, "postgresql"))
+
+
+def ensure_database(database: Database) -> bool:
+    """Create the target Postgres database when missing; return whether it was created."""
+    if database.vendor == "sqlite":
+        return not Path(database.name).exists()
+    from psycopg import sql
+
+    with database.connect(dbname="postgres") as conn:
+        conn.autocommit = True
+        exists = conn.execute("SELECT 1 FROM pg_database WHERE datname = %s", [database.name]).fetchone()
+        if exists:
+            return False
+        conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(database.name)))
+        return True
+
+
+def _empty(database: Database) -> None:
+    if database.vendor == "sqlite":
+        Path(database.name).unlink(missing_ok=True)
+        return
+    with database.connect() as conn:
+        conn.execute("DROP SCHEMA public CASCADE")
+        conn.execute("CREATE SCHEMA public")
+
+
+@dataclass
+class Verification:
+    schema_equal: bool
+    tables: dict[str, dict[str, Any]]  # table -> {"expected", "actual", "equal"}
+    schema_diff: list[str]
+
+    @property
+    def ok(self) -> bool:
+        return self.schema_equal and all(t["equal"] for t in self.tables.values())
+
+
+def verify(database: Database, manifest: dict[str, Any]) -> Verification:
+    with contextlib.closing(database.connect()) as conn:
+        contents = describe_contents(conn, database.vendor)
+    expected_lines, actual_lines = manifest["schema"], contents["schema"]
+    diff = [f"- {line}" for line in sorted(set(expected_lines) - set(actual_lines))]
+    diff += [f"+ {line}" for line in sorted(set(actual_lines) - set(expected_lines))]
+    tables = {}
+    for table, expected in manifest["tables"].items():
+        actual = contents["tables"].get(table)
+        tables[table] = {"expected": expected, "actual": actual, "equal": actual == expected}
+    return Verification(contents["schema_fingerprint"] == manifest["schema_fingerprint"], tables, diff)
+
+
+def restore(dump: Path, database: Database, manifest: dict[str, Any], *, force: bool = False) -> Verification:
+    if manifest["vendor"] != database.vendor:
+        raise BackupError(f"This is a {manifest['vendor']} backup; the target is {database.vendor}.")
+    ensure_database(database)
+    if has_tables(database):
+        if not force:
+            raise BackupError(
+                f"{database.describe()} already has tables: restore into a fresh database (--target-url), "
+                "or pass --force to drop everything in it first."
+            )
+        _empty(database)
+    if database.vendor == "postgresql":
+        _run(
+            [
+                _tool("pg_restore"),
+                "--no-owner",
+                "--no-privileges",
+                "--exit-on-error",
+                f"--dbname={database.name}",
+                str(dump),
+            ],
+            database.libpq_env(),
+        )
+    else:
+        Path(database.name).parent.mkdir(parents=True, exist_ok=True)
+        with (
+            contextlib.closing(sqlite3.connect(dump)) as source,
+            contextlib.closing(sqlite3.connect(database.name)) as target,
+        ):
+            source.backup(target)
+    return verify(database, manifest)
+
+
+def drop_database(database: Database) -> None:
+    """Tests and operators cleaning up a scratch restore."""
+    if database.vendor == "sqlite":
+        Path(database.name).unlink(missing_ok=True)
+        return
+    from psycopg import sql
+
+    with database.connect(dbname="postgres") as conn:
+        conn.autocommit = True
+        conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(database.name)))
+
+
+def iter_report(verification: Verification) -> Iterator[str]:
+    yield f"schema      {'identical' if verification.schema_equal else 'DIFFERENT'}"
+    yield from (f"            {line}" for line in verification.schema_diff[:20])
+    for table, result in verification.tables.items():
+        actual = result["actual"] or {"rows": "missing", "digest": ""}
+        mark = "ok" if result["equal"] else "MISMATCH"
+        yield f"{table:<28} {mark:<8} rows {actual['rows']} (expected {result['expected']['rows']})"

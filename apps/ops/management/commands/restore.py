@@ -1,0 +1,45 @@
+from pathlib import Path
+from typing import Any
+
+from django.core.management.base import BaseCommand, CommandError, CommandParser
+
+from apps.core.guards import refuse_in_production
+from apps.ops.backup import BackupError, Database, iter_report, load_manifest, restore, verify
+
+
+class Command(BaseCommand):
+    help = (
+        "Restore a backup into a fresh database and verify it against its manifest (schema, row counts, digests). "
+        "The target defaults to this instance's database and must have no tables unless --force."
+    )
+
+    def add_arguments(self, parser: CommandParser) -> None:
+        parser.add_argument("dump", help="The .dump (Postgres) or .sqlite3 file written by `manage.py backup`.")
+        parser.add_argument("--manifest", help="The manifest (default: next to the dump).")
+        parser.add_argument(
+            "--target-url", help="Database to restore into, e.g. postgres://…/hermes_restore (created if missing)."
+        )
+        parser.add_argument("--force", action="store_true", help="Drop everything in a non-empty target first.")
+        parser.add_argument("--verify-only", action="store_true", help="Only compare the target with the manifest.")
+        parser.add_argument("--force-production", action="store_true", help="Allow this with HERMES_ENV=production.")
+
+    def handle(self, *args: Any, **options: Any) -> None:
+        refuse_in_production("restore", forced=options["force_production"])
+        dump = Path(options["dump"])
+        if not dump.exists():
+            raise CommandError(f"No such backup file: {dump}")
+        try:
+            manifest = load_manifest(dump, Path(options["manifest"]) if options["manifest"] else None)
+            target = Database.from_url(options["target_url"]) if options["target_url"] else Database.from_settings()
+            if options["verify_only"]:
+                result = verify(target, manifest)
+            else:
+                self.stdout.write(f"restoring {dump.name} into {target.describe()}")
+                result = restore(dump, target, manifest, force=options["force"])
+        except BackupError as exc:
+            raise CommandError(str(exc)) from exc
+        for line in iter_report(result):
+            self.stdout.write(line)
+        if not result.ok:
+            raise CommandError(f"{target.describe()} does NOT match the backup manifest (see above).")
+        self.stdout.write(f"verified: {target.describe()} matches the backup (schema and critical data).")

@@ -1,0 +1,239 @@
+from __future__ import annotations
+
+import io
+import json
+import logging
+import threading
+from collections.abc import Callable, Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+
+import pytest
+from django.test import Client, override_settings
+from rest_framework import mixins
+from rest_framework.response import Response
+from rest_framework.test import APIRequestFactory, force_authenticate
+
+from apps.core import context
+from apps.core.api import OrgScopedViewSet
+from apps.core.logging import NOISY_LOGGERS, ContextFilter, JsonFormatter, SampleFilter
+from apps.core.permissions import Access, Role
+from apps.ops.tasks import ping_url
+from apps.ops.tests.conftest import WorkerProcess, wait_for
+from apps.orgs.models import Membership
+
+REQUIRED = {"timestamp", "level", "logger", "message", "request_id", "org_id", "user_id", "task_id", "trace_id"}
+
+
+@pytest.fixture
+def json_lines() -> Iterator[Callable[[], list[dict[str, Any]]]]:
+    """What the production handler writes: ContextFilter + JsonFormatter on the root logger."""
+    stream = io.StringIO()
+    handler = logging.StreamHandler(stream)
+    handler.addFilter(ContextFilter())
+    handler.setFormatter(JsonFormatter())
+    root = logging.getLogger()
+    root.addHandler(handler)
+    try:
+        yield lambda: [json.loads(line) for line in stream.getvalue().splitlines()]
+    finally:
+        root.removeHandler(handler)
+
+
+@pytest.fixture
+def http_target() -> Iterator[str]:
+    class Handler(BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            self.send_response(204)
+            self.end_headers()
+
+        def log_message(self, *args: Any) -> None:
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{server.server_address[1]}/ping"
+    server.shutdown()
+    server.server_close()
+
+
+@pytest.mark.django_db
+def test_request_line_is_one_json_object_with_every_field(
+    client: Client, json_lines: Callable[[], list[dict[str, Any]]], django_user_model: Any
+) -> None:
+    user = django_user_model.objects.create_user(email="logs@hermes.test", password="x")
+    client.force_login(user)
+    response = client.get("/api/v1/ops/ping/none", HTTP_X_REQUEST_ID="req-json-1")
+    assert response["X-Request-ID"] == "req-json-1"
+    line = next(r for r in json_lines() if r["logger"] == "hermes.request")
+    assert set(line) >= REQUIRED
+    assert line["request_id"] == "req-json-1" and line["user_id"] == user.pk
+    assert line["message"] == "GET /api/v1/ops/ping/none 404"
+    assert line["status"] == 404 and line["method"] == "GET" and line["duration_ms"] >= 0
+    assert line["level"] == "INFO" and line["timestamp"].endswith("+00:00")
+
+
+@pytest.mark.django_db
+def test_api_authentication_binds_org_and_user(
+    org: Any, alice: Any, json_lines: Callable[[], list[dict[str, Any]]]
+) -> None:
+    class Memberships(mixins.ListModelMixin, OrgScopedViewSet):
+        model = Membership
+        read_action = "org:read"
+
+        def list(self, request: Any) -> Response:
+            logging.getLogger("hermes.test").info("listing members")
+            return Response({"count": self.get_queryset().count()})
+
+    request = APIRequestFactory().get("/members")
+    force_authenticate(request, user=alice, token=Access(org=org, role=Role.OWNER, user=alice))
+    context.clear()
+    response = Memberships.as_view({"get": "list"})(request)
+    assert response.status_code == 200
+    line = next(r for r in json_lines() if r["message"] == "listing members")
+    assert line["org_id"] == org.pk and line["user_id"] == alice.pk
+
+
+def test_exceptions_and_extras_are_serialized(json_lines: Callable[[], list[dict[str, Any]]]) -> None:
+    with context.bound(request_id="r-exc", task_id="t-1"):
+        try:
+            raise ValueError("bad thing")
+        except ValueError:
+            logging.getLogger("hermes.test").exception("it failed", extra={"agent": "echo"})
+    line = json_lines()[-1]
+    assert line["level"] == "ERROR" and "ValueError: bad thing" in line["exc_info"]
+    assert line["agent"] == "echo" and line["task_id"] == "t-1" and line["trace_id"] is None
+
+
+def test_eager_job_binds_job_id_and_restores_the_caller_context(
+    json_lines: Callable[[], list[dict[str, Any]]], http_target: str
+) -> None:
+    context.clear()
+    with context.bound(request_id="r-eager", org_id=7):
+        ping_url.apply(args=["p-eager", http_target])
+        assert context.get_context() == {"request_id": "r-eager", "org_id": 7}
+    line = next(r for r in json_lines() if r["logger"] == "apps.ops.tasks")
+    assert line["request_id"] == "r-eager" and line["org_id"] == 7 and line["job_id"]
+    assert line["probe"]["http_status"] == 204
+
+
+def _worker_lines(worker: WorkerProcess) -> list[dict[str, Any]]:
+    lines = []
+    for raw in worker.output().splitlines():
+        if raw.startswith("{"):
+            lines.append(json.loads(raw))
+    return lines
+
+
+@pytest.mark.django_db(transaction=True)
+@override_settings(METRICS_TOKEN="ops-token")
+def test_context_follows_a_request_into_the_celery_job(
+    client: Client, start_worker: Callable[..., WorkerProcess], http_target: str
+) -> None:
+    worker = start_worker()
+    response = client.post(
+        "/api/v1/ops/ping",
+        data={"url": http_target},
+        content_type="application/json",
+        HTTP_X_REQUEST_ID="req-into-job",
+        HTTP_AUTHORIZATION="Bearer ops-token",
+        REMOTE_ADDR="203.0.113.9",
+    )
+    assert response.status_code == 202, response.content
+    probe_id = response.json()["id"]
+    done = wait_for(lambda: client.get(f"/api/v1/ops/ping/{probe_id}").json().get("status") == "done", timeout=30)
+    assert done
+    detail = client.get(f"/api/v1/ops/ping/{probe_id}").json()
+    assert detail["http_status"] == 204 and detail["duration_ms"] >= 0
+
+    def job_line() -> dict[str, Any] | None:
+        return next((r for r in _worker_lines(worker) if r.get("logger") == "apps.ops.tasks"), None)
+
+    line = wait_for(job_line, timeout=10)
+    assert set(line) >= REQUIRED
+    assert line["request_id"] == "req-into-job" and line["job_id"]
+    assert line["message"] == f"ping {http_target} -> 204"
+
+    # Everything bound in the publishing process travels: org, user and the Hermes task.
+    with context.bound(request_id="req-bound", org_id=41, user_id=42, task_id="tsk_1"):
+        ping_url.delay("p-bound", http_target)
+    line = wait_for(
+        lambda: next((r for r in _worker_lines(worker) if r.get("request_id") == "req-bound"), None), timeout=30
+    )
+    assert (line["org_id"], line["user_id"], line["task_id"]) == (41, 42, "tsk_1")
+    # Celery's own lines are JSON too (the worker does not hijack the root logger).
+    assert any(r["logger"].startswith("celery") for r in _worker_lines(worker))
+
+
+@pytest.mark.django_db
+@override_settings(METRICS_TOKEN="ops-token", METRICS_ALLOWED_IPS=[])
+def test_ping_endpoint_refuses_strangers_and_bad_input(client: Client) -> None:
+    auth = {"HTTP_AUTHORIZATION": "Bearer ops-token"}
+    assert client.post("/api/v1/ops/ping", data={"url": "http://x"}, content_type="application/json").status_code == 403
+    assert client.get("/api/v1/ops/ping/abc").status_code == 403
+    bad_json = client.post("/api/v1/ops/ping", data="{", content_type="application/json", **auth)
+    assert bad_json.status_code == 400 and bad_json.json()["error"]["code"] == "invalid"
+    for url, message in (
+        (None, "This field is required."),
+        ("ftp://example.com/", "Enter an http:// or https:// URL with a host."),
+        ("http://" + "a" * 2000, "At most 2000 characters."),
+    ):
+        response = client.post("/api/v1/ops/ping", data={"url": url}, content_type="application/json", **auth)
+        assert response.status_code == 400 and response.json()["error"]["details"] == {"url": [message]}
+    assert client.get("/api/v1/ops/ping/unknown", **auth).status_code == 404
+
+
+def test_sample_filter_keeps_the_configured_share() -> None:
+    def record() -> logging.LogRecord:
+        return logging.LogRecord("hermes.probes", logging.INFO, "", 0, "GET /api/v1/health/ready 200", (), None)
+
+    sampler = SampleFilter(rate=0.25)
+    kept = sum(sampler.filter(record()) for _ in range(100))
+    assert kept == 25
+    warning = logging.LogRecord("hermes.probes", logging.WARNING, "", 0, "slow", (), None)
+    assert all(sampler.filter(warning) for _ in range(10))
+    # A logger configured twice carries two samplers: the first decision holds.
+    doubled = logging.Logger("doubled")
+    doubled.addFilter(SampleFilter(rate=0.5))
+    doubled.addFilter(SampleFilter(rate=0.5))
+    passed = 0
+    for _ in range(10):
+        probe = logging.LogRecord("doubled", logging.INFO, "", 0, "x", (), None)
+        passed += bool(doubled.filter(probe))
+    assert passed == 5
+    silent = SampleFilter(rate=0.0)
+    assert sum(silent.filter(record()) for _ in range(50)) == 1  # only the first, then silence
+
+
+@pytest.mark.django_db
+def test_probe_requests_are_sampled_and_other_requests_are_not(
+    client: Client, json_lines: Callable[[], list[dict[str, Any]]]
+) -> None:
+    for name in NOISY_LOGGERS:
+        filters = logging.getLogger(name).filters
+        assert any(isinstance(f, SampleFilter) and f.rate == 0.01 for f in filters), name
+    for _ in range(150):
+        client.get("/api/v1/health/live")
+    for _ in range(5):
+        client.get("/api/v1/nope")
+    lines = json_lines()
+    probe_lines = [r for r in lines if r["logger"] == "hermes.probes"]
+    assert 1 <= len(probe_lines) <= 3, probe_lines  # 150 probes at 1%
+    assert len([r for r in lines if r["logger"] == "hermes.request"]) == 5
+
+
+def test_websocket_scope_binding() -> None:
+    class Org:
+        pk = 5
+
+    class User:
+        pk = 9
+        is_authenticated = True
+
+    context.bind(job_id="stale")
+    context.bind_scope({"headers": [(b"x-request-id", b"ws-1")], "access": Access(org=Org(), role=Role.MEMBER)})
+    assert context.get_context() == {"request_id": "ws-1", "org_id": 5}
+    context.bind_scope({"headers": [], "user": User(), "access": None})
+    bound = context.get_context()
+    assert bound["user_id"] == 9 and len(bound["request_id"]) == 32 and "org_id" not in bound

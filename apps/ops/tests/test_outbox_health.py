@@ -1,0 +1,46 @@
+from __future__ import annotations
+
+from datetime import timedelta
+from typing import Any
+
+import pytest
+from django.test import Client
+from django.utils import timezone
+
+from apps.federation.models import Message, Outbox, OutboxStatus
+from apps.ops.metrics import sample_value
+
+pytestmark = pytest.mark.django_db
+
+
+def _outbox(org: Any, status: str, age_s: float) -> Outbox:
+    message = Message.objects.create(organization=org, recipient="globex", payload={"text": "hi"})
+    queued = timezone.now() - timedelta(seconds=age_s)
+    return Outbox.objects.create(organization=org, message=message, status=status, queued_at=queued)
+
+
+def test_outbox_backlog_and_dead_letters_in_health_and_metrics(client: Client, org: Any) -> None:
+    _outbox(org, OutboxStatus.PENDING, 30)
+    _outbox(org, OutboxStatus.FAILED, 5)
+    _outbox(org, OutboxStatus.DEAD, 3600)
+    _outbox(org, OutboxStatus.DELIVERED, 3600)
+    outbox = client.get("/api/v1/health").json()["checks"]["outbox"]
+    assert outbox["status"] == "ok"
+    assert outbox["outbox_backlog"] == 2 and outbox["dead_letters"] == 1
+    assert 29 <= outbox["oldest_pending_age_s"] < 60
+    assert "2 pending, 1 dead letters" in outbox["detail"]
+    text = client.get("/metrics").content.decode()
+    assert sample_value(text, "hermes_federation_outbox_backlog") == 2.0
+    assert sample_value(text, "hermes_federation_dead_letters") == 1.0
+    assert 29 <= (sample_value(text, "hermes_federation_oldest_pending_age_seconds") or 0) < 60
+    assert sample_value(text, "hermes_health_status", {"check": "outbox"}) == 1.0
+
+
+def test_a_stuck_outbox_degrades_health_without_failing_readiness(client: Client, org: Any) -> None:
+    _outbox(org, OutboxStatus.PENDING, 900)
+    response = client.get("/api/v1/health")
+    body = response.json()
+    assert response.status_code == 200 and body["ready"] is True
+    assert body["checks"]["outbox"]["status"] == "down" and "outbox" in body["degraded"]
+    assert body["status"] == "degraded"
+    assert "stuck" in body["checks"]["outbox"]["fix"]

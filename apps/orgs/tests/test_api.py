@@ -1,0 +1,221 @@
+"""The org API end to end: orgs, members, invitations, bad input, pagination, the schema."""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+import pytest
+from django.core import mail
+
+from apps.core.models import AuditEvent
+from apps.orgs.models import Invitation, Membership, Organization
+from tests.factories import MembershipFactory, UserFactory, issue_api_key, key_client
+
+pytestmark = pytest.mark.django_db
+
+
+# --- Organizations ---------------------------------------------------------------------------------------------
+
+
+def test_list_my_orgs_with_my_role(org: Any, alice: Any, other_org: Any, charlie: Any, client_for: Any) -> None:
+    MembershipFactory(organization=other_org, user=alice, role="member")
+    response = client_for(alice).get("/api/v1/orgs")
+    assert response.status_code == 200
+    assert {(row["slug"], row["role"]) for row in response.data["results"]} == {("acme", "owner"), ("globex", "member")}
+    assert "next" in response.data  # cursor pagination
+
+
+def test_a_key_sees_only_its_org(org: Any, alice: Any, other_org: Any, client_for: Any) -> None:
+    MembershipFactory(organization=other_org, user=alice, role="owner")
+    _, plaintext = issue_api_key(alice, org, scopes=["org:read"])
+    client = key_client(plaintext)
+    assert [row["slug"] for row in client.get("/api/v1/orgs").data["results"]] == ["acme"]
+    assert client.get("/api/v1/orgs/globex").status_code == 404
+    assert client.get("/api/v1/orgs/acme").status_code == 200
+    refused = client.post("/api/v1/orgs", {"name": "New", "slug": "new"}, format="json")
+    assert refused.status_code == 403 and refused.data["error"]["code"] == "session_required"
+
+
+def test_create_org(alice: Any, client_for: Any) -> None:
+    client = client_for(alice)
+    response = client.post("/api/v1/orgs", {"name": "Initech", "slug": "initech"}, format="json")
+    assert response.status_code == 201 and response.data["role"] == "owner"
+    taken = client.post("/api/v1/orgs", {"name": "Again", "slug": "initech"}, format="json")
+    assert taken.status_code == 400 and "slug" in taken.data["error"]["details"]
+    bad = client.post("/api/v1/orgs", {"name": "", "slug": "no spaces"}, format="json")
+    assert bad.status_code == 400 and set(bad.data["error"]["details"]) == {"name", "slug"}
+
+
+def test_update_and_delete_org(org: Any, alice: Any, bob: Any, client_for: Any) -> None:
+    admin, owner = client_for(bob), client_for(alice)
+    assert admin.patch("/api/v1/orgs/acme", {"name": "Acme Inc"}, format="json").data["name"] == "Acme Inc"
+    refused = admin.patch("/api/v1/orgs/acme", {"plan": "team"}, format="json")
+    assert refused.status_code == 403 and refused.data["error"]["details"]["required_action"] == "org:billing"
+    assert owner.patch("/api/v1/orgs/acme", {"plan": "team"}, format="json").data["plan"] == "team"
+    assert owner.patch("/api/v1/orgs/acme", {"plan": "gold"}, format="json").status_code == 400
+    assert admin.delete("/api/v1/orgs/acme").status_code == 403
+    assert owner.delete("/api/v1/orgs/acme").status_code == 204
+    assert not Organization.objects.filter(slug="acme").exists()
+
+
+def test_orgs_i_do_not_belong_to_are_404(org: Any, alice: Any, other_org: Any, client_for: Any) -> None:
+    client = client_for(alice)
+    assert client.get("/api/v1/orgs/globex").status_code == 404
+    assert client.patch("/api/v1/orgs/globex", {"name": "x"}, format="json").status_code == 404
+    assert client.delete("/api/v1/orgs/globex").status_code == 404
+    assert client.get("/api/v1/orgs/no-such-org").status_code == 404
+
+
+# --- Members -----------------------------------------------------------------------------------------------------
+
+
+def test_members_list_and_role_change(
+    org: Any, alice: Any, bob: Any, dave: Any, mia: Any, client_for: Any, django_assert_num_queries: Any
+) -> None:
+    client = client_for(alice)
+    client.get("/api/v1/members")  # warm the session
+    # Pinned: session + user + memberships (org resolution) + the page of members with their users.
+    with django_assert_num_queries(4):
+        response = client.get("/api/v1/members")
+    assert {row["user"]["email"] for row in response.data["results"]} == {
+        "alice@acme.test",
+        "bob@acme.test",
+        "dave@acme.test",
+        "mia@acme.test",
+    }
+    mias = Membership.objects.for_org(org).get(user=mia)
+    changed = client.patch(f"/api/v1/members/{mias.pk}", {"role": "developer"}, format="json")
+    assert changed.status_code == 200 and changed.data["role"] == "developer"
+    assert client.patch(f"/api/v1/members/{mias.pk}", {"role": "king"}, format="json").status_code == 400
+    refused = client_for(bob).patch(f"/api/v1/members/{mias.pk}", {"role": "admin"}, format="json")
+    assert refused.status_code == 403
+    alices = Membership.objects.for_org(org).get(user=alice)
+    last = client.patch(f"/api/v1/members/{alices.pk}", {"role": "admin"}, format="json")
+    assert last.status_code == 409 and last.data["error"]["code"] == "last_owner"
+
+
+def test_member_removal_rules(org: Any, alice: Any, bob: Any, dave: Any, mia: Any, client_for: Any) -> None:
+    ids = {m.user.email: m.pk for m in Membership.objects.for_org(org).select_related("user")}
+    assert client_for(bob).delete(f"/api/v1/members/{ids['alice@acme.test']}").status_code == 403
+    assert client_for(dave).delete(f"/api/v1/members/{ids['mia@acme.test']}").status_code == 403
+    assert client_for(bob).delete(f"/api/v1/members/{ids['mia@acme.test']}").status_code == 204
+    assert client_for(dave).delete(f"/api/v1/members/{ids['dave@acme.test']}").status_code == 204  # leaves
+    last = client_for(alice).delete(f"/api/v1/members/{ids['alice@acme.test']}")
+    assert last.status_code == 409 and last.data["error"]["code"] == "last_owner"
+
+
+def test_a_key_cannot_make_its_creator_leave(org: Any, alice: Any, bob: Any) -> None:
+    _, plaintext = issue_api_key(bob, org, scopes=["org:read"])
+    bobs = Membership.objects.for_org(org).get(user=bob)
+    response = key_client(plaintext).delete(f"/api/v1/members/{bobs.pk}")
+    assert response.status_code == 403 and response.data["error"]["code"] == "missing_scope"
+    assert Membership.objects.for_org(org).filter(user=bob).exists()
+
+
+# --- Invitations -------------------------------------------------------------------------------------------------
+
+
+def _token_from_mail() -> str:
+    match = re.search(r"/invitations/([\w-]+)/", mail.outbox[-1].body)
+    assert match, mail.outbox[-1].body
+    return match.group(1)
+
+
+def test_invite_and_accept(
+    org: Any, alice: Any, bob: Any, client_for: Any, django_capture_on_commit_callbacks: Any
+) -> None:
+    with django_capture_on_commit_callbacks(execute=True):
+        response = client_for(bob).post(
+            "/api/v1/invitations", {"email": "nina@example.test", "role": "developer"}, format="json"
+        )
+    assert response.status_code == 201 and response.data["state"] == "pending"
+    assert "token" not in response.data
+    token = _token_from_mail()
+    nina = UserFactory(email="nina@example.test")
+    accepted = client_for(nina).post("/api/v1/invitations/accept", {"token": token}, format="json")
+    assert accepted.status_code == 201 and accepted.data["role"] == "developer"
+    assert Membership.objects.for_org(org).filter(user=nina, role="developer").exists()
+    again = client_for(nina).post("/api/v1/invitations/accept", {"token": token}, format="json")
+    assert again.status_code == 409
+    unknown = client_for(nina).post("/api/v1/invitations/accept", {"token": "nope"}, format="json")
+    assert unknown.status_code == 404
+
+
+def test_invitations_are_idempotent(org: Any, alice: Any, client_for: Any) -> None:
+    client = client_for(alice)
+    body = {"email": "omar@example.test", "role": "member"}
+    first = client.post("/api/v1/invitations", body, format="json", HTTP_IDEMPOTENCY_KEY="inv-1")
+    second = client.post("/api/v1/invitations", body, format="json", HTTP_IDEMPOTENCY_KEY="inv-1")
+    assert first.status_code == second.status_code == 201
+    assert first.json() == second.json() and second["Idempotent-Replayed"] == "true"
+    assert Invitation.objects.for_org(org).count() == 1
+    conflict = client.post(
+        "/api/v1/invitations", {**body, "role": "admin"}, format="json", HTTP_IDEMPOTENCY_KEY="inv-1"
+    )
+    assert conflict.status_code == 409 and conflict.json()["error"]["code"] == "idempotency_conflict"
+
+
+def test_revoke_invitation(org: Any, alice: Any, client_for: Any) -> None:
+    client = client_for(alice)
+    created = client.post("/api/v1/invitations", {"email": "x@example.test"}, format="json")
+    revoked = client.post(f"/api/v1/invitations/{created.data['id']}/revoke")
+    assert revoked.status_code == 200 and revoked.data["state"] == "revoked"
+    assert client.get("/api/v1/invitations").data["results"][0]["state"] == "revoked"
+
+
+# --- Bad input ---------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("url", "body"),
+    [
+        ("/api/v1/orgs", '{"name": "x", "slug": '),
+        ("/api/v1/invitations", "{not json}"),
+        ("/api/v1/keys", '["a list"'),
+    ],
+)
+def test_malformed_json_is_a_400_and_writes_nothing(org: Any, alice: Any, client_for: Any, url: str, body: str) -> None:
+    client = client_for(alice)
+    before = (AuditEvent.objects.count(), Organization.objects.count())
+    response = client.generic("POST", url, body, content_type="application/json")
+    assert response.status_code == 400
+    assert response.json()["error"]["code"] == "parse_error"
+    assert (AuditEvent.objects.count(), Organization.objects.count()) == before
+
+
+def test_invalid_fields_are_per_field_400s(org: Any, alice: Any, client_for: Any) -> None:
+    client = client_for(alice)
+    response = client.post(
+        "/api/v1/keys", {"name": "", "scopes": ["tasks:fly"], "rate_limit_per_minute": 0}, format="json"
+    )
+    assert response.status_code == 400
+    details = response.json()["error"]["details"]
+    assert set(details) == {"name", "scopes", "rate_limit_per_minute"}
+    invite = client.post("/api/v1/invitations", {"email": "not-an-email", "role": "king"}, format="json")
+    assert set(invite.json()["error"]["details"]) == {"email", "role"}
+    assert AuditEvent.objects.filter(action__in=["api_key.created", "invitation.created"]).count() == 0
+
+
+def test_no_org_selected_is_explained(client_for: Any) -> None:
+    loner = UserFactory(email="loner@example.test")
+    response = client_for(loner).get("/api/v1/members")
+    assert response.status_code == 403 and response.data["error"]["code"] == "no_organization"
+    assert client_for(loner).get("/api/v1/me").data["current"] is None
+
+
+# --- Schema ------------------------------------------------------------------------------------------------------
+
+
+def test_schema_describes_auth_for_every_operation(client_for: Any, alice: Any) -> None:
+    response = client_for(alice).get("/api/v1/schema/?format=json")
+    assert response.status_code == 200
+    schema = response.json()
+    assert {"apiKey", "session"} <= set(schema["components"]["securitySchemes"])
+    missing = [
+        f"{method.upper()} {path}"
+        for path, operations in schema["paths"].items()
+        for method, operation in operations.items()
+        if "**Auth:**" not in operation.get("description", "")
+    ]
+    assert not missing, f"describe these operations with apps.core.api.describe(...): {missing}"

@@ -1,0 +1,67 @@
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+from django.test import Client
+
+from apps.agents import actions
+from apps.agents.models import Agent, Visibility
+from apps.core.models import AuditEvent
+from tests.factories import UserFactory
+
+pytestmark = pytest.mark.django_db
+
+
+@pytest.fixture
+def staff_client(settings: Any) -> Client:
+    settings.HERMES_SSRF_ALLOWLIST = []
+    staff = UserFactory(email="staff@hermes.test", is_staff=True, is_superuser=True)
+    client = Client()
+    client.force_login(staff)
+    return client
+
+
+@pytest.fixture
+def agents(org: Any, other_org: Any) -> list[Agent]:
+    return [
+        actions.register_agent_manually(
+            org=org, name="Alpha", url="https://alpha.example.com/", skills=[{"id": "s", "name": "Sum"}]
+        ),
+        actions.register_agent_manually(org=other_org, name="Beta", url="https://beta.example.com/"),
+    ]
+
+
+def test_staff_see_every_org_and_the_card(staff_client: Client, agents: list[Agent]) -> None:
+    response = staff_client.get("/admin/agents/agent/")
+    assert response.status_code == 200
+    assert b"Alpha" in response.content and b"Beta" in response.content
+    searched = staff_client.get("/admin/agents/agent/?q=beta.example").content
+    assert b"Beta" in searched and b"Alpha" not in searched
+    detail = staff_client.get(f"/admin/agents/agent/{agents[0].pk}/change/")
+    assert detail.status_code == 200 and b"Sum" in detail.content and b"<pre>" in detail.content
+    assert staff_client.get("/admin/agents/agent/add/").status_code == 403
+
+
+def test_admin_edits_go_through_actions(staff_client: Client, agents: list[Agent]) -> None:
+    alpha = agents[0]
+    response = staff_client.post(
+        f"/admin/agents/agent/{alpha.pk}/change/",
+        {"name": "Alpha 2", "slug": alpha.slug, "description": "", "visibility": "public"},
+    )
+    assert response.status_code == 302, response.content[:2000]
+    alpha.refresh_from_db()
+    assert (alpha.name, alpha.visibility) == ("Alpha 2", Visibility.PUBLIC)
+    event = AuditEvent.objects.get(action="agent.updated", target_id=str(alpha.pk))
+    assert event.details["fields"] == ["name", "visibility"] and event.actor.email == "staff@hermes.test"
+
+
+def test_admin_bulk_actions_and_delete(staff_client: Client, agents: list[Agent]) -> None:
+    ids = [str(a.pk) for a in agents]
+    staff_client.post("/admin/agents/agent/", {"action": "make_public", "_selected_action": ids})
+    assert set(Agent.objects.unscoped("test").values_list("visibility", flat=True)) == {"public"}
+    response = staff_client.post("/admin/agents/agent/", {"action": "refresh_cards", "_selected_action": ids[:1]})
+    assert response.status_code == 302  # a card-less agent is reported, not an error page
+    staff_client.post(f"/admin/agents/agent/{ids[1]}/delete/", {"post": "yes"})
+    assert list(Agent.objects.unscoped("test").values_list("name", flat=True)) == ["Alpha"]
+    assert AuditEvent.objects.filter(action="agent.deleted", target_id=ids[1]).exists()

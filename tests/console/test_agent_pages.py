@@ -1,0 +1,143 @@
+"""Agent console pages: list, register with a card preview, detail, refresh, visibility, delete, marketplace."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+
+from apps.agents import actions
+from apps.agents.models import Agent
+from tests.agents.conftest import CardServer, v1_card
+from tests.console.conftest import HX, main_html
+
+pytestmark = pytest.mark.django_db
+
+
+@pytest.fixture
+def cards(card_server: CardServer) -> Iterator[CardServer]:
+    card_server.serve("/.well-known/agent-card.json", v1_card(card_server.base))
+    yield card_server
+
+
+def manual_agent(org: Any, name: str = "Echo", **kwargs: Any) -> Agent:
+    return actions.register_agent_manually(org=org, name=name, url="https://agent.example.com/rpc", **kwargs)
+
+
+@pytest.mark.parametrize(("who", "status"), [("alice", 200), ("bob", 200), ("dave", 200), ("mia", 403)])
+def test_register_page_needs_agents_write(as_user: Any, request: Any, who: str, status: int) -> None:
+    user = request.getfixturevalue(who)
+    assert as_user(user).get("/agents/register/").status_code == status
+    assert as_user(user).get("/agents/").status_code == 200
+
+
+def test_preview_shows_the_card_and_stores_nothing(as_user: Any, dave: Any, org: Any, cards: CardServer) -> None:
+    response = as_user(dave).post("/agents/register/preview/", {"url": cards.base}, **HX)
+    assert response.status_code == 200
+    html = response.content.decode()
+    assert html.lstrip().startswith('<section class="card" id="preview"')
+    assert "Weather Bot" in html and "Forecast" in html and f"{cards.base}/rpc" in html
+    assert "Register this agent" in html and f'value="{cards.base}"' in html
+    assert not Agent.objects.for_org(org).exists()
+
+
+def test_preview_explains_a_missing_card(as_user: Any, dave: Any, card_server: CardServer) -> None:
+    response = as_user(dave).post("/agents/register/preview/", {"url": card_server.base}, **HX)
+    assert response.status_code == 422
+    html = response.content.decode()
+    assert "No agent card found" in html and "agent-card.json" in html and "Register this agent" not in html
+
+
+def test_preview_refuses_private_addresses(as_user: Any, dave: Any, settings: Any) -> None:
+    settings.HERMES_SSRF_ALLOWLIST = []
+    response = as_user(dave).post("/agents/register/preview/", {"url": "http://169.254.169.254/"}, **HX)
+    assert response.status_code == 422 and "169.254.169.254" in response.content.decode()
+
+
+def test_register_after_preview(as_user: Any, dave: Any, org: Any, cards: CardServer) -> None:
+    response = as_user(dave).post("/agents/register/", {"url": cards.base, "slug": "", "visibility": "private"}, **HX)
+    agent = Agent.objects.for_org(org).get()
+    assert response.status_code == 204 and response["HX-Redirect"] == f"/agents/{agent.pk}/"
+    assert agent.name == "Weather Bot" and agent.created_by == dave
+    detail = main_html(as_user(dave).get(f"/agents/{agent.pk}/"))
+    assert "Weather Bot" in detail and "Forecast" in detail and "Re-fetch the card" in detail
+    # A second registration with the same slug explains the conflict in the form.
+    again = as_user(dave).post(
+        "/agents/register/", {"url": cards.base, "slug": agent.slug, "visibility": "private"}, **HX
+    )
+    assert again.status_code == 422 and "already has an agent" in again.content.decode()
+
+
+def test_member_cannot_register_or_preview(as_user: Any, mia: Any, org: Any, cards: CardServer) -> None:
+    client = as_user(mia)
+    assert client.post("/agents/register/preview/", {"url": cards.base}).status_code == 403
+    assert client.post("/agents/register/", {"url": cards.base, "visibility": "private"}).status_code == 403
+    assert not Agent.objects.for_org(org).exists()
+
+
+def test_refresh_visibility_and_delete(as_user: Any, bob: Any, org: Any, cards: CardServer) -> None:
+    agent = actions.register_agent_by_url(org=org, url=cards.base)
+    client = as_user(bob)
+    cards.serve("/.well-known/agent-card.json", v1_card(cards.base, name="Weather Bot 2"))
+    refreshed = client.post(f"/agents/{agent.pk}/refresh/", **HX)
+    assert refreshed.status_code == 200 and 'id="agent-state"' in refreshed.content.decode()
+    agent.refresh_from_db()
+    assert agent.name == "Weather Bot 2"
+    assert client.post(f"/agents/{agent.pk}/visibility/", {"visibility": "public"}).status_code == 302
+    agent.refresh_from_db()
+    assert agent.visibility == "public"
+    assert client.post(f"/agents/{agent.pk}/delete/").status_code == 302
+    assert not Agent.objects.for_org(org).exists()
+
+
+def test_a_failed_refresh_is_shown_not_raised(as_user: Any, bob: Any, org: Any, cards: CardServer) -> None:
+    agent = actions.register_agent_by_url(org=org, url=cards.base)
+    cards.serve("/.well-known/agent-card.json", b"{}", status=500)
+    response = as_user(bob).post(f"/agents/{agent.pk}/refresh/", **HX)
+    assert response.status_code == 200
+    assert "Could not refresh the card" in response.content.decode() and "offline" in response.content.decode()
+
+
+def test_charlie_gets_404_for_acme_agents(as_user: Any, charlie: Any, org: Any, settings: Any) -> None:
+    settings.HERMES_SSRF_ALLOWLIST = []
+    agent = manual_agent(org)
+    client = as_user(charlie)
+    for path in ("", "refresh/", "visibility/", "delete/"):
+        method = client.get if not path else client.post
+        assert method(f"/agents/{agent.pk}/{path}").status_code == 404, path
+    assert client.get("/agents/not-a-uuid/").status_code == 404
+    assert "Echo" not in main_html(client.get("/agents/"))
+
+
+def test_public_agents_are_readable_but_not_editable_by_others(
+    as_user: Any, charlie: Any, org: Any, settings: Any
+) -> None:
+    agent = manual_agent(org, name="Public Echo", visibility="public")
+    page = as_user(charlie).get(f"/agents/{agent.pk}/")
+    html = main_html(page)
+    assert page.status_code == 200 and "A public agent of Acme" in html and "Delete" not in html
+    assert as_user(charlie).post(f"/agents/{agent.pk}/delete/").status_code == 404
+
+
+def test_marketplace_search(as_user: Any, charlie: Any, org: Any) -> None:
+    manual_agent(org, name="Public Echo", visibility="public", description="repeats what you say")
+    manual_agent(org, name="Secret Summarizer")
+    client = as_user(charlie)
+    html = main_html(client.get("/marketplace/"))
+    assert "Public Echo" in html and "Secret Summarizer" not in html and "by Acme" in html
+    found = client.get("/marketplace/", {"q": "repeats"}, **HX).content.decode()
+    assert found.lstrip().startswith('<section id="results"') and "Public Echo" in found
+    none = client.get("/marketplace/", {"q": "nothing-matches"}, **HX).content.decode()
+    assert "No public agent matches" in none
+
+
+def test_assign_demo_agents_once(as_user: Any, dave: Any, mia: Any, org: Any) -> None:
+    assert as_user(mia).post("/agents/demo/").status_code == 403
+    first = as_user(dave).post("/agents/demo/", follow=True)
+    html = main_html(first)
+    demo = Agent.objects.for_org(org).filter(is_demo=True)
+    assert demo.count() >= 5 and "Added" in html and "demo agents" in html
+    assert all(agent.name in html for agent in demo)
+    again = main_html(as_user(dave).post("/agents/demo/", follow=True))
+    assert "already has every demo agent" in again and Agent.objects.for_org(org).count() == demo.count()

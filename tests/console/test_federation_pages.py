@@ -1,0 +1,175 @@
+"""Federation console pages under the role matrix (reads: every member; changes: federation:write = admins and
+owners; peers and link keys: staff too) and isolation from charlie's org."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from apps.federation import actions
+from apps.federation.models import (
+    AttemptOutcome,
+    Contact,
+    Effect,
+    FederationAuditEvent,
+    KeyState,
+    LinkKey,
+    Outbox,
+    OutboxStatus,
+    Peer,
+    Policy,
+)
+from tests.console.conftest import HX, main_html
+
+pytestmark = pytest.mark.django_db
+
+
+@pytest.fixture
+def berlin(db: Any) -> Peer:
+    peer = actions.create_peer(name="berlin", base_url="http://127.0.0.1:9", local_name="paris")
+    actions.add_key(peer, secret=b"k1" * 16)
+    return peer
+
+
+def dead_letter(org: Any, peer: Peer, payload: dict[str, Any] | None = None) -> Outbox:
+    """A message that failed permanently, moved to the DLQ by the real delivery transitions."""
+    actions.set_policy(org=org, remote="*", effect=Effect.ALLOW)
+    message = actions.send_message(org=org, recipient=f"globex@{peer.name}", payload=payload or {"text": "hi"})
+    claimed = actions.claim_delivery(message.outbox.pk)
+    assert claimed is not None
+    actions.finish_attempt(
+        claimed, actions.AttemptResult(outcome=AttemptOutcome.PERMANENT, duration_ms=12.5, http_status=400, error="bad")
+    )
+    return Outbox.objects.for_org(org).get(pk=claimed.pk)
+
+
+@pytest.mark.parametrize("page", ["", "contacts/", "policies/", "outbox/", "inbox/", "dlq/", "audit/"])
+@pytest.mark.parametrize("who", ["alice", "bob", "dave", "mia"])
+def test_every_member_reads_federation(as_user: Any, request: Any, berlin: Peer, who: str, page: str) -> None:
+    response = as_user(request.getfixturevalue(who)).get(f"/federation/{page}")
+    assert response.status_code == 200
+
+
+def test_peers_are_read_only_without_staff(as_user: Any, alice: Any, berlin: Peer) -> None:
+    client = as_user(alice)
+    html = main_html(client.get("/federation/"))
+    assert "berlin" in html and "only staff" not in html and "staff manage them" in html and "Add next key" not in html
+    assert (
+        client.post("/federation/peers/", {"name": "x", "base_url": "https://x.test", "local_name": "y"}).status_code
+        == 403
+    )
+    assert client.post("/federation/peers/berlin/keys/add/").status_code == 403
+    assert not Peer.objects.filter(name="x").exists()
+
+
+def test_staff_rotate_link_keys_in_three_steps(as_user: Any, alice: Any, berlin: Peer) -> None:
+    alice.is_staff = True
+    alice.save()
+    client = as_user(alice)
+    added = client.post("/federation/peers/berlin/keys/add/", **HX)
+    html = added.content.decode()
+    assert added.status_code == 200 and "data-link-secret" in html and "Shown once" in html
+    assert "no-store" in added["Cache-Control"]
+    assert LinkKey.objects.get(peer=berlin, version=2).state == KeyState.NEXT
+    assert client.post("/federation/peers/berlin/keys/promote/", **HX).status_code == 200
+    assert LinkKey.objects.get(peer=berlin, version=2).state == KeyState.CURRENT
+    retired = client.post("/federation/peers/berlin/keys/retire/", **HX)
+    assert retired.status_code == 200 and "data-link-secret" not in retired.content.decode()
+    assert LinkKey.objects.get(peer=berlin, version=1).state == KeyState.RETIRED
+    # Out of order: nothing to retire now — a readable 409 for the toast.
+    again = client.post("/federation/peers/berlin/keys/retire/", **HX)
+    assert again.status_code == 409 and "no previous key" in again["X-Hermes-Error"]
+    assert client.post("/federation/peers/nowhere/keys/add/").status_code == 404
+
+
+def test_staff_add_a_peer(as_user: Any, alice: Any, berlin: Peer) -> None:
+    alice.is_staff = True
+    alice.save()
+    client = as_user(alice)
+    ok = client.post(
+        "/federation/peers/", {"name": "tokyo", "base_url": "https://tokyo.example", "local_name": "paris"}, **HX
+    )
+    assert ok.status_code == 200 and Peer.objects.filter(name="tokyo").exists()
+    dup = client.post("/federation/peers/", {"name": "tokyo", "base_url": "https://t.example", "local_name": "p"}, **HX)
+    assert dup.status_code == 422 and "already exists" in dup.content.decode()
+
+
+@pytest.mark.parametrize(("who", "status"), [("bob", 200), ("dave", 403), ("mia", 403)])
+def test_contacts_need_federation_write(as_user: Any, request: Any, org: Any, who: str, status: int) -> None:
+    response = as_user(request.getfixturevalue(who)).post(
+        "/federation/contacts/", {"name": "Globex", "address": "globex@berlin"}, **HX
+    )
+    assert response.status_code == status
+    assert Contact.objects.for_org(org).filter(address="globex@berlin").exists() == (status == 200)
+
+
+def test_contact_address_errors_are_precise(as_user: Any, bob: Any, org: Any) -> None:
+    response = as_user(bob).post("/federation/contacts/", {"name": "Bad", "address": "Not An Address!"}, **HX)
+    assert response.status_code == 422 and "is not a federation address" in response.content.decode()
+    assert not Contact.objects.for_org(org).exists()
+
+
+def test_policies_add_and_remove(as_user: Any, bob: Any, org: Any, charlie: Any) -> None:
+    client = as_user(bob)
+    saved = client.post("/federation/policies/", {"remote": "*@berlin", "effect": "deny", "reason": "not yet"}, **HX)
+    assert saved.status_code == 200 and "*@berlin" in saved.content.decode()
+    rule = Policy.objects.for_org(org).get()
+    assert as_user(charlie).post(f"/federation/policies/{rule.pk}/delete/").status_code == 404
+    bad = client.post("/federation/policies/", {"remote": "nope nope", "effect": "allow"}, **HX)
+    assert bad.status_code == 422
+    assert client.post(f"/federation/policies/{rule.pk}/delete/", **HX).status_code == 200
+    assert not Policy.objects.for_org(org).exists()
+
+
+def test_outbox_send_and_message_detail(as_user: Any, bob: Any, org: Any, charlie: Any, berlin: Peer) -> None:
+    client = as_user(bob)
+    denied = client.post("/federation/outbox/", {"recipient": "globex@berlin", "payload": '{"a": 1}'}, **HX)
+    assert denied.status_code == 422 and "policy forbids" in denied.content.decode()
+    bad_json = client.post("/federation/outbox/", {"recipient": "globex@berlin", "payload": "{oops"}, **HX)
+    assert bad_json.status_code == 422 and "Not valid JSON" in bad_json.content.decode()
+    row = dead_letter(org, berlin, {"text": "inspect me"})
+    html = main_html(client.get("/federation/outbox/"))
+    assert str(row.message_id)[:8] in html and "Dead-lettered" in html
+    detail = main_html(client.get(f"/federation/messages/{row.message_id}/"))
+    assert "inspect me" in detail and "permanent" in detail and "400" in detail and "Requeue" in detail
+    assert as_user(charlie).get(f"/federation/messages/{row.message_id}/").status_code == 404
+    assert client.get("/federation/messages/not-a-uuid/").status_code == 404
+
+
+def test_dlq_requeue_and_discard(
+    as_user: Any, bob: Any, org: Any, berlin: Peer, django_capture_on_commit_callbacks: Any
+) -> None:
+    first, second = dead_letter(org, berlin), dead_letter(org, berlin)
+    client = as_user(bob)
+    page = main_html(client.get("/federation/dlq/"))
+    assert str(first.message_id) in page and "Requeue selected" in page
+    with django_capture_on_commit_callbacks(execute=False):
+        response = client.post("/federation/dlq/apply/", {"operation": "requeue", "ids": [str(first.message_id)]}, **HX)
+    assert response.status_code == 200
+    html = response.content.decode()
+    assert "1 message requeued" in html and str(first.message_id) not in html and str(second.message_id) in html
+    first.refresh_from_db()
+    assert first.status == OutboxStatus.PENDING and first.attempts == 0
+    assert (
+        client.post("/federation/dlq/apply/", {"operation": "discard", "ids": [str(second.message_id)]}).status_code
+        == 302
+    )
+    second.refresh_from_db()
+    assert second.status == OutboxStatus.DISCARDED
+    events = set(FederationAuditEvent.objects.for_org(org).values_list("event", flat=True))
+    assert {"requeued", "discarded", "dead_lettered"} <= events
+    audit = main_html(client.get("/federation/audit/", {"event": "requeued"}))
+    assert "Requeued from the DLQ" in audit and "bob@acme.test" in audit
+
+
+def test_dlq_changes_need_write_and_stay_in_the_org(
+    as_user: Any, dave: Any, charlie: Any, org: Any, berlin: Peer
+) -> None:
+    row = dead_letter(org, berlin)
+    body = {"operation": "requeue", "ids": [str(row.message_id)]}
+    assert as_user(dave).post("/federation/dlq/apply/", body).status_code == 403
+    assert as_user(charlie).post("/federation/dlq/apply/", body).status_code == 404
+    assert as_user(charlie).get("/federation/dlq/").content.decode().count(str(row.message_id)) == 0
+    row.refresh_from_db()
+    assert row.status == OutboxStatus.DEAD

@@ -1,0 +1,296 @@
+"""Organization console pages under the role matrix: alice owner, bob admin, dave developer, mia member (acme);
+charlie owns globex and must never reach acme's objects (404, like a missing id)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+from django.core import mail
+
+from apps.orgs.models import APIKey, Invitation, Membership, Organization
+from tests.console.conftest import HX, main_html
+from tests.factories import issue_api_key
+
+pytestmark = pytest.mark.django_db
+
+
+@pytest.fixture
+def team(alice: Any, bob: Any, dave: Any, mia: Any, charlie: Any) -> dict[str, Any]:
+    return {"alice": alice, "bob": bob, "dave": dave, "mia": mia, "charlie": charlie}
+
+
+def membership(org: Any, user: Any) -> Membership:
+    return Membership.objects.for_org(org).get(user=user)
+
+
+@pytest.mark.parametrize("who", ["alice", "bob", "dave", "mia"])
+def test_every_member_sees_the_members_page(as_user: Any, team: dict[str, Any], who: str) -> None:
+    response = as_user(team[who]).get("/org/members/")
+    assert response.status_code == 200
+    html = main_html(response)
+    assert "mia@acme.test" in html and "charlie@globex.test" not in html
+    # Role controls only for owners; the invitation form only for admins and owners.
+    assert ('name="role"' in html and "Change role" in html) == (who == "alice")
+    assert ("Send invitation" in html) == (who in {"alice", "bob"})
+
+
+@pytest.mark.parametrize(("who", "status"), [("alice", 302), ("bob", 403), ("dave", 403), ("mia", 403)])
+def test_only_owners_change_roles(as_user: Any, team: dict[str, Any], org: Any, who: str, status: int) -> None:
+    target = membership(org, team["mia"])
+    response = as_user(team[who]).post(f"/org/members/{target.pk}/role/", {"role": "developer"})
+    assert response.status_code == status
+    target.refresh_from_db()
+    assert target.role == ("developer" if status == 302 else "member")
+    if status == 403:
+        assert "may not perform" in response.content.decode()
+
+
+def test_role_change_over_htmx_returns_only_the_row(as_user: Any, team: dict[str, Any], org: Any) -> None:
+    target = membership(org, team["dave"])
+    response = as_user(team["alice"]).post(f"/org/members/{target.pk}/role/", {"role": "admin"}, **HX)
+    assert response.status_code == 200
+    html = response.content.decode()
+    assert html.lstrip().startswith(f'<tr id="member-{target.pk}">') and "<html" not in html
+    assert "HX-Request" in response["Vary"]
+    assert 'hx-swap-oob="true"' in html and "dave@acme.test is now Admin" in html  # flash message out-of-band
+
+
+def test_the_last_owner_cannot_be_demoted(as_user: Any, team: dict[str, Any], org: Any) -> None:
+    owner = membership(org, team["alice"])
+    response = as_user(team["alice"]).post(f"/org/members/{owner.pk}/role/", {"role": "member"}, **HX)
+    assert response.status_code == 409 and "owner" in response["X-Hermes-Error"].lower()
+    owner.refresh_from_db()
+    assert owner.role == "owner"
+
+
+def test_charlie_cannot_touch_acme_members(as_user: Any, team: dict[str, Any], org: Any) -> None:
+    target = membership(org, team["mia"])
+    client = as_user(team["charlie"])
+    assert client.post(f"/org/members/{target.pk}/role/", {"role": "owner"}).status_code == 404
+    assert client.post(f"/org/members/{target.pk}/remove/").status_code == 404
+    assert Membership.objects.for_org(org).filter(pk=target.pk, role="member").exists()
+
+
+@pytest.mark.parametrize(
+    ("who", "victim", "removed"),
+    [("bob", "mia", True), ("bob", "alice", False), ("dave", "mia", False), ("alice", "bob", True)],
+)
+def test_remove_member_under_the_matrix(
+    as_user: Any, team: dict[str, Any], org: Any, who: str, victim: str, removed: bool
+) -> None:
+    target = membership(org, team[victim])
+    response = as_user(team[who]).post(f"/org/members/{target.pk}/remove/", **HX)
+    assert response.status_code == (200 if removed else 403)
+    assert Membership.objects.for_org(org).filter(pk=target.pk).exists() is not removed
+    if not removed:
+        assert response["X-Hermes-Error"]  # the toast's text
+
+
+def test_a_member_may_leave(as_user: Any, team: dict[str, Any], org: Any) -> None:
+    own = membership(org, team["mia"])
+    response = as_user(team["mia"]).post(f"/org/members/{own.pk}/remove/", **HX)
+    assert response.status_code == 204 and response["HX-Redirect"] == "/"
+    assert not Membership.objects.for_org(org).filter(pk=own.pk).exists()
+
+
+def test_invite_and_accept(
+    as_user: Any, team: dict[str, Any], org: Any, client: Any, django_capture_on_commit_callbacks: Any
+) -> None:
+    with django_capture_on_commit_callbacks(execute=True):
+        response = as_user(team["bob"]).post(
+            "/org/invitations/", {"email": "Zoe@Example.test", "role": "developer"}, **HX
+        )
+    assert response.status_code == 200 and "zoe@example.test" in response.content.decode()
+    assert len(mail.outbox) == 1
+    link = next(word for word in mail.outbox[0].body.split() if "/invitations/" in word)
+    path = "/invitations/" + link.split("/invitations/", 1)[1]
+    page = client.get(path)
+    assert page.status_code == 200 and "Sign in to accept" in page.content.decode()
+    from tests.factories import UserFactory
+
+    zoe = UserFactory(email="zoe@example.test")
+    zoe_client = as_user(zoe)
+    accepted = zoe_client.post(path)
+    assert accepted.status_code == 302
+    assert membership(org, zoe).role == "developer"
+    assert "you are developer" in main_html(zoe_client.get("/"))
+
+
+def test_invite_errors_are_precise(as_user: Any, team: dict[str, Any]) -> None:
+    client = as_user(team["bob"])
+    bad = client.post("/org/invitations/", {"email": "not-an-email", "role": "member"}, **HX)
+    assert bad.status_code == 422 and "valid email" in bad.content.decode()
+    existing = client.post("/org/invitations/", {"email": "mia@acme.test", "role": "member"}, **HX)
+    assert existing.status_code == 422 and "already a member" in existing.content.decode()
+    # Admins may not invite owners: the choice is not offered and a forged post is refused.
+    owner = client.post("/org/invitations/", {"email": "x@example.test", "role": "owner"}, **HX)
+    assert owner.status_code == 422 and "Select a valid choice" in owner.content.decode()
+    assert not Invitation.objects.for_org(team["bob"].memberships.first().organization).exists()
+
+
+@pytest.mark.parametrize("who", ["dave", "mia"])
+def test_developers_and_members_cannot_invite(as_user: Any, team: dict[str, Any], who: str) -> None:
+    assert (
+        as_user(team[who]).post("/org/invitations/", {"email": "x@example.test", "role": "member"}).status_code == 403
+    )
+
+
+def test_revoke_invitation_and_charlie_gets_404(as_user: Any, team: dict[str, Any], org: Any) -> None:
+    as_user(team["alice"]).post("/org/invitations/", {"email": "y@example.test", "role": "member"})
+    invitation = Invitation.objects.for_org(org).get()
+    assert as_user(team["charlie"]).post(f"/org/invitations/{invitation.pk}/revoke/").status_code == 404
+    response = as_user(team["bob"]).post(f"/org/invitations/{invitation.pk}/revoke/", **HX)
+    assert response.status_code == 200 and "No pending invitations" in response.content.decode()
+    invitation.refresh_from_db()
+    assert invitation.revoked_at is not None
+
+
+def test_unknown_invitation_link_is_404(client: Any) -> None:
+    assert client.get("/invitations/nope/").status_code == 404
+
+
+# --- API keys -------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(("who", "status"), [("alice", 200), ("bob", 200), ("dave", 200), ("mia", 403)])
+def test_keys_page_access(as_user: Any, team: dict[str, Any], who: str, status: int) -> None:
+    assert as_user(team[who]).get("/org/keys/").status_code == status
+
+
+def test_create_key_shows_the_plaintext_once(as_user: Any, team: dict[str, Any], org: Any) -> None:
+    client = as_user(team["dave"])
+    response = client.post("/org/keys/", {"name": "CI", "scopes": ["tasks:read", "tasks:write"]}, **HX)
+    assert response.status_code == 200
+    html = response.content.decode()
+    key = APIKey.objects.for_org(org).get()
+    start = html.index("data-plaintext-key>") + len("data-plaintext-key>")
+    plaintext = html[start : html.index("<", start)]
+    assert plaintext.startswith("hrm_") and plaintext.endswith(key.last_four)
+    assert 'data-copy="#issued-key"' in html and "no-store" in response["Cache-Control"]
+    assert key.scopes == ["tasks:read", "tasks:write"] and key.created_by == team["dave"]
+    again = client.get("/org/keys/").content.decode()
+    assert plaintext not in again and key.display in again
+    # The key works against the API.
+    from tests.factories import key_client
+
+    assert key_client(plaintext).get("/api/v1/keys").status_code in {200, 403}
+
+
+def test_a_developer_cannot_grant_scopes_beyond_the_role(as_user: Any, team: dict[str, Any], org: Any) -> None:
+    response = as_user(team["dave"]).post("/org/keys/", {"name": "x", "scopes": ["org:admin"]}, **HX)
+    assert response.status_code == 422 and "Select a valid choice" in response.content.decode()
+    assert not APIKey.objects.for_org(org).exists()
+    empty = as_user(team["dave"]).post("/org/keys/", {"name": "", "scopes": []}, **HX)
+    assert empty.status_code == 422 and "required" in empty.content.decode()
+
+
+def test_rotate_and_revoke(as_user: Any, team: dict[str, Any], org: Any) -> None:
+    key, _ = issue_api_key(team["bob"], org, scopes=["agents:read"])
+    client = as_user(team["bob"])
+    rotated = client.post(f"/org/keys/{key.pk}/rotate/", {"grace_hours": "1"}, **HX)
+    assert rotated.status_code == 200 and "data-plaintext-key" in rotated.content.decode()
+    key.refresh_from_db()
+    assert key.rotated_to is not None and key.expires_at is not None
+    again = client.post(f"/org/keys/{key.pk}/rotate/", {"grace_hours": "1"}, **HX)
+    assert again.status_code == 409 and "already rotated" in again["X-Hermes-Error"]
+    successor = key.rotated_to
+    revoked = client.post(f"/org/keys/{successor.pk}/revoke/", **HX)
+    assert revoked.status_code == 200
+    successor.refresh_from_db()
+    assert successor.revoked_at is not None
+
+
+def test_a_developer_cannot_manage_someone_elses_key(as_user: Any, team: dict[str, Any], org: Any) -> None:
+    key, _ = issue_api_key(team["bob"], org, scopes=["agents:read"])
+    client = as_user(team["dave"])
+    page = main_html(client.get("/org/keys/"))
+    assert key.display in page and f"/org/keys/{key.pk}/revoke/" not in page
+    assert client.post(f"/org/keys/{key.pk}/revoke/").status_code == 403
+    key.refresh_from_db()
+    assert key.revoked_at is None
+
+
+def test_charlie_cannot_rotate_or_revoke_acme_keys(as_user: Any, team: dict[str, Any], org: Any) -> None:
+    key, _ = issue_api_key(team["alice"], org, scopes=["agents:read"])
+    client = as_user(team["charlie"])
+    assert client.post(f"/org/keys/{key.pk}/rotate/").status_code == 404
+    assert client.post(f"/org/keys/{key.pk}/revoke/").status_code == 404
+    assert key.display not in client.get("/org/keys/").content.decode()
+
+
+# --- Settings and usage ---------------------------------------------------------------------------------------
+
+
+def test_settings_under_the_matrix(as_user: Any, team: dict[str, Any], org: Any) -> None:
+    assert as_user(team["mia"]).post("/org/settings/", {"name": "Hacked", "plan": "enterprise"}).status_code == 403
+    # Admins rename; the plan field is disabled for them, so a forged plan is ignored.
+    assert as_user(team["bob"]).post("/org/settings/", {"name": "Acme Inc", "plan": "enterprise"}).status_code == 302
+    org.refresh_from_db()
+    assert (org.name, org.plan) == ("Acme Inc", "free")
+    assert as_user(team["alice"]).post("/org/settings/", {"name": "Acme Inc", "plan": "team"}).status_code == 302
+    org.refresh_from_db()
+    assert org.plan == "team"
+    page = main_html(as_user(team["bob"]).get("/org/settings/"))
+    assert "Delete the organization" not in page
+
+
+def test_owner_deletes_the_org_after_typing_its_slug(as_user: Any, team: dict[str, Any], org: Any) -> None:
+    client = as_user(team["alice"])
+    wrong = client.post("/org/delete/", {"confirm": "nope"}, follow=True)
+    assert "exactly" in wrong.content.decode() and Organization.objects.filter(pk=org.pk).exists()
+    assert as_user(team["bob"]).post("/org/delete/", {"confirm": "acme"}).status_code == 403
+    assert client.post("/org/delete/", {"confirm": "acme"}).status_code == 302
+    assert not Organization.objects.filter(pk=org.pk).exists()
+
+
+def test_usage_page_shows_counters_and_plans(as_user: Any, team: dict[str, Any], org: Any) -> None:
+    from apps.orgs import quotas
+
+    quotas.record_task(org)
+    quotas.record_task(org)
+    response = as_user(team["mia"]).get("/org/usage/")
+    html = main_html(response)
+    assert response.status_code == 200
+    assert "2 <span" in html and "of 1000" in html  # two tasks today against the free plan's 1000
+    fragment = as_user(team["mia"]).get("/org/usage/", **HX).content.decode()
+    assert fragment.lstrip().startswith('<div id="usage-panel"')
+
+
+def test_dashboard_counts(as_user: Any, team: dict[str, Any], org: Any) -> None:
+    html = main_html(as_user(team["mia"]).get("/"))
+    assert 'Members</span><p class="stat">4<' in html and 'Agents</span><p class="stat">0<' in html
+
+
+def _queries(client: Any, url: str) -> int:
+    from django.db import connection
+    from django.test.utils import CaptureQueriesContext
+
+    with CaptureQueriesContext(connection) as ctx:
+        assert client.get(url).status_code == 200
+    return len(ctx.captured_queries)
+
+
+@pytest.mark.parametrize("url", ["/org/members/", "/org/keys/", "/agents/", "/federation/dlq/", "/federation/outbox/"])
+def test_list_pages_do_not_query_per_row(as_user: Any, team: dict[str, Any], org: Any, url: str) -> None:
+    """Query counts stay flat as rows grow (no N+1): measured with few rows, then with more."""
+    from apps.agents.actions import register_agent_manually
+    from apps.federation import actions as federation_actions
+    from tests.console.test_federation_pages import dead_letter
+    from tests.factories import MembershipFactory
+
+    peer = federation_actions.create_peer(name="berlin", base_url="http://127.0.0.1:9", local_name="paris")
+    federation_actions.add_key(peer, secret=b"k1" * 16)
+
+    def add_rows(n: int) -> None:
+        for _ in range(n):
+            MembershipFactory(organization=org)
+            issue_api_key(team["bob"], org, scopes=["agents:read"])
+            register_agent_manually(org=org, name="Agent", url="https://agent.example.com/rpc")
+            dead_letter(org, peer)
+
+    client = as_user(team["alice"])
+    add_rows(1)
+    few = _queries(client, url)
+    add_rows(4)
+    assert _queries(client, url) == few

@@ -1,0 +1,203 @@
+"""The federation API and the staff admin: roles, isolation, sending, the DLQ (inspect, requeue, discard)."""
+
+from __future__ import annotations
+
+import uuid
+from typing import Any
+
+import pytest
+from django.test import Client
+from django.utils import timezone
+
+from apps.federation import actions
+from apps.federation.models import (
+    AttemptOutcome,
+    DeliveryAttempt,
+    Effect,
+    FederationAuditEvent,
+    Message,
+    Outbox,
+    OutboxStatus,
+    Peer,
+)
+
+API = "/api/v1/federation"
+
+
+def kill(message: Message, error: str = "HTTP 401: bad signature") -> Outbox:
+    """Put a message in the DLQ the way a permanent failure does (one recorded attempt, then dead)."""
+    row = Outbox.objects.for_org(message.organization).get(message=message)
+    DeliveryAttempt.objects.create(
+        organization=message.organization,
+        outbox=row,
+        number=1,
+        duration_ms=3.0,
+        http_status=401,
+        error="",
+        response_excerpt='{"error": "bad_signature"}',
+        outcome=AttemptOutcome.PERMANENT,
+    )
+    Outbox.objects.for_org(message.organization).filter(pk=row.pk).update(
+        status=OutboxStatus.DEAD, attempts=1, last_error=error, dead_at=timezone.now()
+    )
+    row.refresh_from_db()
+    return row
+
+
+@pytest.fixture
+def berlin(db: Any) -> Peer:
+    peer = actions.create_peer(name="berlin", base_url="http://127.0.0.1:9", local_name="paris")
+    actions.add_key(peer, secret=b"k" * 32)
+    return peer
+
+
+@pytest.mark.django_db
+def test_send_list_and_inspect_messages(client_for: Any, alice: Any, org: Any, berlin: Peer) -> None:
+    api = client_for(alice)
+    response = api.post(f"{API}/messages", {"recipient": "globex@berlin", "payload": {"t": 1}}, format="json")
+    assert response.status_code == 403 and response.json()["error"]["code"] == "policy_denied"
+    actions.set_policy(org=org, remote="*@berlin", effect=Effect.ALLOW)
+    response = api.post(f"{API}/messages", {"recipient": "globex@berlin", "payload": {"t": 1}}, format="json")
+    assert response.status_code == 202, response.content
+    body = response.json()
+    assert body["delivery"]["status"] == "pending" and body["recipient"] == "globex@berlin"
+    listed = api.get(f"{API}/messages").json()["results"]
+    assert [m["id"] for m in listed] == [body["id"]]
+    assert api.get(f"{API}/messages?status=pending").json()["results"][0]["id"] == body["id"]
+    assert api.get(f"{API}/messages?status=delivered").json()["results"] == []
+    assert api.get(f"{API}/messages/{body['id']}").json()["payload"] == {"t": 1}
+    # Idempotency-Key: the same request again replays the original response and sends nothing new.
+    keyed = {"recipient": "globex@berlin", "payload": {"t": 2}}
+    first = api.post(f"{API}/messages", keyed, format="json", HTTP_IDEMPOTENCY_KEY="k-1")
+    again = api.post(f"{API}/messages", keyed, format="json", HTTP_IDEMPOTENCY_KEY="k-1")
+    assert first.status_code == again.status_code == 202 and again["Idempotent-Replayed"] == "true"
+    assert again.json()["id"] == first.json()["id"]
+    changed = api.post(f"{API}/messages", {**keyed, "payload": {}}, format="json", HTTP_IDEMPOTENCY_KEY="k-1")
+    assert changed.status_code == 409
+    assert Message.objects.for_org(org).count() == 2
+    bad = api.post(f"{API}/messages", {"recipient": "x y", "payload": []}, format="json")
+    assert bad.status_code == 400 and "payload" in bad.json()["error"]["details"]
+    bad = api.post(f"{API}/messages", {"recipient": "x y", "payload": {}}, format="json")
+    assert bad.status_code == 400 and bad.json()["error"]["code"] == "invalid_address"
+    assert Message.objects.for_org(org).count() == 2
+
+
+@pytest.mark.django_db
+def test_dlq_inspect_requeue_discard_with_audit(client_for: Any, alice: Any, org: Any, berlin: Peer) -> None:
+    actions.set_policy(org=org, remote="*", effect=Effect.ALLOW)
+    messages = [actions.send_message(org=org, recipient="globex@berlin", payload={"i": i}) for i in range(4)]
+    for m in messages:
+        kill(m)
+    api = client_for(alice)
+    listed = api.get(f"{API}/dlq").json()["results"]
+    assert len(listed) == 4
+    detail = api.get(f"{API}/dlq/{messages[0].id}").json()
+    assert detail["message"]["payload"] == {"i": 0} and detail["last_error"] == "HTTP 401: bad signature"
+    assert detail["attempt_log"][0]["http_status"] == 401 and detail["attempt_log"][0]["outcome"] == "permanent"
+    assert api.post(f"{API}/dlq/{messages[0].id}/requeue").json() == {"requeued": [str(messages[0].id)]}
+    many = api.post(f"{API}/dlq/requeue", {"ids": [str(messages[1].id), str(messages[2].id)]}, format="json")
+    assert sorted(many.json()["requeued"]) == sorted([str(messages[1].id), str(messages[2].id)])
+    assert api.post(f"{API}/dlq/{messages[3].id}/discard").json() == {"discarded": [str(messages[3].id)]}
+    statuses = dict(Outbox.objects.for_org(org).values_list("message_id", "status"))
+    assert [statuses[m.id] for m in messages] == ["pending", "pending", "pending", "discarded"]
+    assert api.get(f"{API}/dlq").json()["results"] == []
+    events = FederationAuditEvent.objects.for_org(org).filter(event__in=["requeued", "discarded"])
+    assert sorted(e.event for e in events) == ["discarded", "requeued", "requeued", "requeued"]
+    assert all(e.actor == alice for e in events)
+    # Bulk with an id that is not a dead letter of this org: nothing moves.
+    missing = api.post(f"{API}/dlq/discard", {"ids": [str(messages[0].id)]}, format="json")
+    assert missing.status_code == 404 and missing.json()["error"]["details"]["ids"] == [str(messages[0].id)]
+    assert api.post(f"{API}/dlq/discard", {"ids": []}, format="json").status_code == 400
+
+
+@pytest.mark.django_db
+def test_other_orgs_rows_are_404_and_members_cannot_write(
+    client_for: Any, alice: Any, mia: Any, charlie: Any, org: Any, other_org: Any, berlin: Peer
+) -> None:
+    actions.set_policy(org=org, remote="*", effect=Effect.ALLOW)
+    message = actions.send_message(org=org, recipient="globex@berlin", payload={})
+    kill(message)
+    contact = actions.create_contact(org=org, name="Globex", address="globex@berlin")
+    rule = actions.set_policy(org=org, remote="rome", effect=Effect.DENY)
+    theirs = client_for(charlie)
+    for url in (
+        f"{API}/dlq/{message.id}",
+        f"{API}/messages/{message.id}",
+        f"{API}/contacts/{contact.pk}",
+        f"{API}/policies/{rule.pk}",
+    ):
+        assert theirs.get(url).status_code == 404, url
+    assert theirs.post(f"{API}/dlq/{message.id}/requeue").status_code == 404
+    assert theirs.get(f"{API}/dlq").json()["results"] == []
+    assert theirs.get(f"{API}/audit").json()["results"] == []
+    member = client_for(mia)
+    assert member.get(f"{API}/dlq").status_code == 200
+    refused = member.post(f"{API}/dlq/{message.id}/requeue")
+    assert refused.status_code == 403 and refused.json()["error"]["code"] == "role_forbidden"
+    assert Outbox.objects.for_org(org).get(message=message).status == OutboxStatus.DEAD
+
+
+@pytest.mark.django_db
+def test_contacts_policies_inbox_and_audit(client_for: Any, bob: Any, org: Any) -> None:
+    api = client_for(bob)
+    created = api.post(f"{API}/contacts", {"name": "Globex", "address": "Globex@Berlin"}, format="json")
+    assert created.status_code == 201 and created.json()["address"] == "globex@berlin"
+    dup = api.post(f"{API}/contacts", {"name": "again", "address": "globex@berlin"}, format="json")
+    assert dup.status_code == 409
+    assert api.post(f"{API}/contacts", {"name": "x", "address": "a b"}, format="json").status_code == 400
+    assert api.delete(f"{API}/contacts/{created.json()['id']}").status_code == 204
+    rule = api.post(f"{API}/policies", {"remote": "*@berlin", "effect": "allow"}, format="json")
+    assert rule.status_code == 201
+    replaced = api.post(f"{API}/policies", {"remote": "*@berlin", "effect": "deny", "reason": "x"}, format="json")
+    assert replaced.json()["id"] == rule.json()["id"] and replaced.json()["effect"] == "deny"
+    assert api.post(f"{API}/policies", {"remote": "??", "effect": "allow"}, format="json").status_code == 400
+    assert api.delete(f"{API}/policies/{rule.json()['id']}").status_code == 204
+    assert api.get(f"{API}/inbox").json()["results"] == []
+    actions.audit("accepted", org=org, message_id=uuid.uuid4(), reason="test")
+    assert api.get(f"{API}/audit?event=accepted").json()["results"][0]["reason"] == "test"
+    assert api.get(f"{API}/audit?event=duplicate").json()["results"] == []
+
+
+@pytest.mark.django_db
+def test_peers_are_readable_by_orgs_but_changed_only_by_staff(
+    client_for: Any, alice: Any, org: Any, berlin: Peer
+) -> None:
+    api = client_for(alice)
+    listed = api.get(f"{API}/peers").json()["results"]
+    assert listed[0]["name"] == "berlin" and listed[0]["keys"][0]["state"] == "current"
+    assert "secret" not in str(listed)
+    refused = api.post(f"{API}/peers/berlin/keys")
+    assert refused.status_code == 403 and refused.json()["error"]["code"] == "staff_required"
+    alice.is_staff = True
+    alice.save()
+    added = api.post(f"{API}/peers/berlin/keys", {}, format="json")
+    assert added.status_code == 201 and added.json()["secret"].startswith("whsec_")
+    assert api.post(f"{API}/peers/berlin/keys/promote").json()["version"] == 2
+    assert api.post(f"{API}/peers/berlin/keys/retire", {}, format="json").json()["state"] == "retired"
+    given = api.post(f"{API}/peers/berlin/keys", {"secret": "whsec_" + "QUFB" * 11}, format="json")
+    assert given.status_code == 201 and "secret" not in given.json()
+    assert api.post(f"{API}/peers/berlin/keys/retire", {"version": 3}, format="json").status_code == 200
+    assert api.post(f"{API}/peers/berlin/keys", {"secret": "nope"}, format="json").status_code == 400
+    assert api.post(f"{API}/peers/berlin/keys/retire", {"version": 9}, format="json").status_code == 404
+    made = api.post(f"{API}/peers", {"name": "rome", "base_url": "http://127.0.0.1:7", "local_name": "paris"})
+    assert made.status_code == 201
+    again = api.post(f"{API}/peers", {"name": "rome", "base_url": "http://x.test", "local_name": "p"})
+    assert again.status_code == 400 and "name" in again.json()["error"]["details"]
+    kinds = set(FederationAuditEvent.objects.unscoped("test").values_list("event", flat=True))
+    assert {"key_added", "key_promoted", "key_retired"} <= kinds
+
+
+@pytest.mark.django_db
+def test_admin_dlq_actions(admin_client: Client, org: Any, berlin: Peer) -> None:
+    actions.set_policy(org=org, remote="*", effect=Effect.ALLOW)
+    first, second = (actions.send_message(org=org, recipient="globex@berlin", payload={}) for _ in range(2))
+    rows = [kill(first), kill(second)]
+    url = "/admin/federation/outbox/"
+    assert admin_client.get(url + "?status__exact=dead").status_code == 200
+    assert admin_client.get(f"{url}{rows[0].pk}/change/").status_code == 200
+    admin_client.post(url, {"action": "requeue_selected", "_selected_action": [rows[0].pk]})
+    admin_client.post(url, {"action": "discard_selected", "_selected_action": [rows[1].pk, rows[0].pk]})
+    statuses = dict(Outbox.objects.for_org(org).values_list("pk", "status"))
+    assert statuses == {rows[0].pk: "pending", rows[1].pk: "discarded"}
+    assert admin_client.get("/admin/federation/federationauditevent/").status_code == 200
+    assert admin_client.get(f"/admin/federation/peer/{berlin.pk}/change/").status_code == 200

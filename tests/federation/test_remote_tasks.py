@@ -1,0 +1,134 @@
+"""Cross-org tasks in one process: the request, rejection by the executor, and the requester's mirrored timeline
+built from correlated task_result messages (through the real send → deliver → receive → handle path)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from apps.core.errors import HermesAPIError
+from apps.federation import actions
+from apps.federation.models import (
+    Effect,
+    FederationAuditEvent,
+    InboxEntry,
+    MessageType,
+    Outbox,
+    OutboxStatus,
+    RemoteTask,
+)
+
+MESSAGE = {"role": "user", "parts": [{"kind": "text", "text": "hello"}]}
+
+
+@pytest.fixture
+def acme_may_ask_globex(org: Any, other_org: Any) -> None:
+    # acme may send to globex and globex accepts acme; nothing lets globex write to acme on its own.
+    actions.set_policy(org=org, remote="globex", effect=Effect.ALLOW)
+    actions.set_policy(org=other_org, remote="acme", effect=Effect.ALLOW)
+
+
+def report(globex: Any, remote: RemoteTask, seq: int, kind: str, data: dict[str, Any], state: str) -> None:
+    """What the executor sends for each recorded event of the task it runs for acme."""
+    actions.send_message(
+        org=globex,
+        recipient="acme",
+        type=MessageType.TASK_RESULT,
+        sender_agent="echo",
+        correlation_id=remote.request_id,
+        payload={"task_id": "t-42", "seq": seq, "kind": kind, "data": data, "state": state},
+        reply=True,
+    )
+
+
+@pytest.mark.django_db
+def test_unknown_agent_is_rejected_back_to_the_requester(
+    org: Any, other_org: Any, acme_may_ask_globex: None, django_capture_on_commit_callbacks: Any
+) -> None:
+    with django_capture_on_commit_callbacks(execute=True):
+        remote = actions.request_remote_task(org=org, agent="nobody.globex", message=MESSAGE)
+    entry = InboxEntry.objects.for_org(other_org).get(message_id=remote.request_id)
+    assert entry.type == MessageType.TASK_REQUEST and entry.payload["message"] == MESSAGE
+    remote.refresh_from_db()
+    assert remote.state == "rejected" and "no agent 'nobody'" in remote.error
+    assert [(e.seq, e.state) for e in remote.events.all()] == [(0, "rejected")]
+    # The rejection travelled as a reply: globex sent it without an outbound rule, acme accepted it without an
+    # inbound rule for globex (it answers acme's own request).
+    reply = InboxEntry.objects.for_org(org).get(correlation_id=remote.request_id)
+    assert reply.type == MessageType.TASK_RESULT and reply.sender == "nobody.globex"
+    assert not FederationAuditEvent.objects.for_org(org).filter(event="policy_denied").exists()
+
+
+@pytest.mark.django_db
+def test_timeline_is_mirrored_in_remote_order_without_duplicates(
+    org: Any, other_org: Any, acme_may_ask_globex: None, django_capture_on_commit_callbacks: Any
+) -> None:
+    with django_capture_on_commit_callbacks(execute=True):
+        remote = RemoteTask.objects.for_org(org).get(
+            pk=actions.request_remote_task(org=org, agent="echo.globex", message=MESSAGE).pk
+        )
+    remote = RemoteTask.objects.for_org(org).get(pk=remote.pk)
+    RemoteTask.objects.for_org(org).filter(pk=remote.pk).update(state="requested", last_seq=0, error="")
+    remote.events.all().delete()
+    # Delivered out of order, one of them twice (a redelivery with a new message id, as a sweeper could cause).
+    reports = [
+        (3, "artifact", {"parts": [{"kind": "text", "text": "HELLO"}]}, "working"),
+        (1, "state", {"from": None, "to": "submitted"}, "submitted"),
+        (2, "state", {"from": "submitted", "to": "working"}, "working"),
+        (4, "state", {"from": "working", "to": "completed"}, "completed"),
+        (2, "state", {"from": "submitted", "to": "working"}, "working"),
+    ]
+    for seq, kind, data, state in reports:
+        with django_capture_on_commit_callbacks(execute=True):
+            report(other_org, remote, seq, kind, data, state)
+    remote.refresh_from_db()
+    assert remote.state == "completed" and remote.remote_task_id == "t-42" and remote.last_seq == 4
+    assert [(e.seq, e.kind) for e in remote.events.all()] == [(1, "state"), (2, "state"), (3, "artifact"), (4, "state")]
+    # A late, stale event cannot move a finished task back.
+    with django_capture_on_commit_callbacks(execute=True):
+        report(other_org, remote, 5, "state", {"from": "completed", "to": "working"}, "working")
+    remote.refresh_from_db()
+    assert remote.state == "completed"
+
+
+@pytest.mark.django_db
+def test_results_for_unknown_requests_are_not_trusted(
+    org: Any, other_org: Any, django_capture_on_commit_callbacks: Any
+) -> None:
+    """A task_result that answers no request of ours is an ordinary message: policy applies (default deny)."""
+    import uuid
+
+    actions.set_policy(org=other_org, remote="acme", effect=Effect.ALLOW)
+    with django_capture_on_commit_callbacks(execute=True):
+        message = actions.send_message(
+            org=other_org,
+            recipient="acme",
+            type=MessageType.TASK_RESULT,
+            correlation_id=uuid.uuid4(),
+            payload={"seq": 1},
+        )
+    assert Outbox.objects.for_org(other_org).get(message=message).status == OutboxStatus.DEAD
+    assert FederationAuditEvent.objects.for_org(org).filter(event="policy_denied").count() == 1
+
+
+@pytest.mark.django_db
+def test_remote_task_api(client_for: Any, alice: Any, mia: Any, charlie: Any, org: Any, other_org: Any) -> None:
+    actions.set_policy(org=org, remote="*", effect=Effect.ALLOW)
+    api = client_for(alice)
+    created = api.post("/api/v1/federation/remote-tasks", {"agent": "echo.globex", "message": MESSAGE}, format="json")
+    assert created.status_code == 202, created.content
+    body = created.json()
+    assert body["agent_address"] == "echo.globex" and body["delivery"]["status"] in ("pending", "delivered")
+    assert api.get(f"/api/v1/federation/remote-tasks/{body['id']}").json()["id"] == body["id"]
+    assert client_for(charlie).get(f"/api/v1/federation/remote-tasks/{body['id']}").status_code == 404
+    refused = client_for(mia).post(
+        "/api/v1/federation/remote-tasks", {"agent": "echo.globex", "message": MESSAGE}, format="json"
+    )
+    assert refused.status_code == 403 and refused.json()["error"]["details"]["required_action"] == "federation:write"
+    bad = api.post("/api/v1/federation/remote-tasks", {"agent": "globex", "message": MESSAGE}, format="json")
+    assert bad.status_code == 400 and bad.json()["error"]["code"] == "invalid_address"
+    bad = api.post("/api/v1/federation/remote-tasks", {"agent": "echo.globex", "message": {"parts": []}}, format="json")
+    assert bad.status_code == 400 and "message" in bad.json()["error"]["details"]
+    with pytest.raises(HermesAPIError):
+        actions.request_remote_task(org=org, agent="echo.globex@nowhere", message=MESSAGE)
