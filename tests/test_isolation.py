@@ -125,6 +125,15 @@ def _fed_remote_task(org: Any, owner: Any) -> Any:
     return request_remote_task(org=org, agent=f"echo.{org.slug}", message={"role": "user", "parts": [{"text": "x"}]})
 
 
+def _task(org: Any, owner: Any) -> Any:
+    from apps.tasks.actions import create_task
+
+    message = {"role": "user", "parts": [{"kind": "text", "text": f"for {org.slug}"}]}
+    return create_task(org=org, agent=_agent(org, owner), message=message, created_by=owner)
+
+
+_TASK = Detail(_task)
+
 _FED_PEERS = Exempt("peers and link keys are instance-wide (no org owns them); writes need staff")
 
 
@@ -182,6 +191,13 @@ ISOLATION: dict[str, Detail | Listing | Exempt] = {
     "agent-marketplace": Exempt(
         "lists PUBLIC agents of every org by design; private ones never appear (tests/agents/test_api.py)"
     ),
+    # tasks
+    "task-list": Listing(_task, value=lambda task: str(task.pk)),
+    "task-detail": _TASK,
+    "task-cancel": _TASK,
+    "task-messages": _TASK,
+    "task-events": _TASK,
+    "task-stream": _TASK,
     # federation
     "federation-inbox": Exempt(
         "peer-facing: authenticated by the link signature; the path names a link, no org object"

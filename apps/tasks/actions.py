@@ -62,6 +62,28 @@ class AgentNotUsable(Exception):
     pass
 
 
+class InvalidMessage(ValueError):
+    pass
+
+
+def normalize_message(message: dict[str, Any]) -> dict[str, Any]:
+    """The stored message shape: role user, parts spelled `{"kind": "text"|"data", ...}`.
+
+    The API's serializer validates field by field; this accepts what other apps hand over (federation forwards
+    A2A v1.0 parts, `{"text": …}` without a kind) and refuses a message the agent could not be sent.
+    """
+    parts = []
+    for part in message.get("parts") or []:
+        kind = part.get("kind") or next((k for k in ("text", "data") if k in part), None)
+        if kind not in ("text", "data") or kind not in part:
+            raise InvalidMessage(f"a message part must hold text or data, not {sorted(part)}")
+        parts.append({**part, "kind": kind})
+    if not parts:
+        raise InvalidMessage("a message needs at least one text or data part")
+    normalized = {**message, "role": "user", "parts": parts}
+    return normalized
+
+
 def input_size(message: dict[str, Any], metadata: dict[str, Any] | None = None) -> int:
     """Bytes of the compact JSON Hermes stores and sends for this input."""
     payload = {"message": message, "metadata": metadata or {}}
@@ -170,10 +192,11 @@ def create_task(
 
     `message` is a normalized A2A message ({"role": "user", "parts": [...]}). `access` (API/console) names who
     sent it; callers without a request (federation) pass `created_by` or nothing. Raises AgentNotUsable,
-    TaskInputTooLarge or quotas.QuotaExceeded (429) before writing anything.
+    InvalidMessage, TaskInputTooLarge or quotas.QuotaExceeded (429) before writing anything.
     """
     if not agent.is_usable_by(org):
         raise AgentNotUsable(f"agent {agent.pk} is not usable by this organization")
+    message = normalize_message(message)
     metadata = metadata or {}
     check_input_size(message, metadata)
     deadline = deadline or timedelta(seconds=settings.HERMES_TASK_DEADLINE_SECONDS)
@@ -233,6 +256,7 @@ def cancel_task(task: Task, *, access: Access | None = None, reason: str = "canc
 
 def continue_task(task: Task, *, message: dict[str, Any], access: Access | None = None) -> Task:
     """Deliver a follow-up message to a task waiting in input-required (or auth-required)."""
+    message = normalize_message(message)
     check_input_size(message)
     with transaction.atomic():
         locked = _lock(task)

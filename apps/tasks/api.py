@@ -115,7 +115,6 @@ class TaskViewSet(  # type: ignore[misc]
     serializer_class = TaskSerializer
     read_action = "tasks:read"
     write_action = "tasks:write"
-    lookup_value_regex = "[0-9a-fA-F-]{32,36}"
 
     def scoped_queryset(self) -> QuerySet[Task]:
         return selectors.tasks_for_org(self.org)

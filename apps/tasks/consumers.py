@@ -10,7 +10,9 @@ backfill path never interleave.
 Messages sent to clients (JSON):
 - `{"type": "event", "event": {"task_id", "seq", "kind", "data", "created_at"}}`
 - `{"type": "synced", "last_seq": N, "state": "..."}` once the initial backfill is sent
-- `{"type": "presence", "watchers": [{"user_id", "name"}], "agent_online": bool, "joined"|"left": {...}}`
+- `{"type": "presence", "watchers": [{"user_id", "name"}], "agent_online": bool, "joined": [...], "left": [...]}`
+  when people open or close the task (joined/left relative to the last presence this socket received; changes
+  within a short window are announced together)
 
 `/ws/org/`: `{"type": "task.status", "task": {"id", "state", "agent_id", "last_seq", "updated_at"}}` for every
 state change of the org's tasks.
@@ -35,7 +37,7 @@ from apps.core.metrics import WEBSOCKET_CONNECTIONS
 from apps.core.permissions import Access
 from apps.tasks.broadcast import org_group, task_group
 from apps.tasks.models import TERMINAL_STATES
-from apps.tasks.presence import Presence
+from apps.tasks.presence import ANNOUNCE_WINDOW_MS, Presence
 from apps.tasks.selectors import agent_is_online, event_messages_after, task_for_org, task_progress
 
 logger = logging.getLogger(__name__)
@@ -101,7 +103,9 @@ class TaskTimelineConsumer(AsyncJsonWebsocketConsumer):
         user = access.user
         self.me = {"user_id": getattr(user, "pk", None), "name": _display_name(user, access)}
         self.presence = Presence(self.task_id, self.channel_name, self.me)
-        await self._announce("joined", await self.presence.join())
+        self.watchers: dict[Any, dict[str, Any]] = {}
+        await self.presence.join()
+        await self._announce()
         self.resync_task = asyncio.create_task(self._resync_loop())
 
     async def disconnect(self, code: int) -> None:
@@ -113,7 +117,9 @@ class TaskTimelineConsumer(AsyncJsonWebsocketConsumer):
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await self.resync_task
         if self.presence is not None:
-            await self._announce("left", await self.presence.leave())
+            await self.presence.leave()
+            await self._announce()
+            await self.presence.close()
         with contextlib.suppress(Exception):
             await self.channel_layer.group_discard(self.group, self.channel_name)
 
@@ -137,7 +143,11 @@ class TaskTimelineConsumer(AsyncJsonWebsocketConsumer):
             await self._send_event(event)
 
     async def task_presence(self, message: dict[str, Any]) -> None:
-        await self.send_json({k: v for k, v in message.items() if k != "type"} | {"type": "presence"})
+        current = {w.get("user_id"): w for w in message["watchers"]}
+        joined = [w for key, w in current.items() if key not in self.watchers]
+        left = [w for key, w in self.watchers.items() if key not in current]
+        self.watchers = current
+        await self.send_json({**message, "type": "presence", "joined": joined, "left": left})
 
     # --- internals ----------------------------------------------------------------------------------------------
 
@@ -174,15 +184,34 @@ class TaskTimelineConsumer(AsyncJsonWebsocketConsumer):
             except Exception:
                 logger.exception("task %s: resync failed", self.task_id)
 
-    async def _announce(self, change: str, snapshot: dict[str, Any] | None) -> None:
-        if snapshot is None or self.presence is None:
+    async def _announce(self) -> None:
+        """Schedule the window's presence broadcast, unless another socket of this task already did."""
+        presence = self.presence
+        if presence is None or not await presence.claim_announcement():
             return
-        agent_online = await _db(agent_is_online)(self.agent_id)
-        message = {"type": "task.presence", change: self.me, "agent_online": agent_online, **snapshot}
-        try:
-            await self.channel_layer.group_send(self.group, message)
-        except Exception as exc:
-            logger.debug("presence broadcast failed: %s", exc)
+        # Detached from this consumer: a leaving socket's announcement must outlive the socket.
+        task = asyncio.create_task(_broadcast_presence(self.channel_layer, self.task_id, self.agent_id))
+        _PENDING_ANNOUNCEMENTS.add(task)
+        task.add_done_callback(_PENDING_ANNOUNCEMENTS.discard)
+
+
+_PENDING_ANNOUNCEMENTS: set[asyncio.Task[None]] = set()
+
+
+async def _broadcast_presence(layer: Any, task_id: Any, agent_id: Any) -> None:
+    await asyncio.sleep(ANNOUNCE_WINDOW_MS / 1000)
+    presence = Presence(task_id, "", {})  # its own Redis client: the socket that scheduled this may be gone
+    try:
+        snapshot = await presence.snapshot()
+        if snapshot is None:
+            return
+        agent_online = await _db(agent_is_online)(agent_id)
+        message = {"type": "task.presence", "agent_online": agent_online, **snapshot}
+        await layer.group_send(task_group(task_id), message)
+    except Exception as exc:
+        logger.debug("presence broadcast failed: %s", exc)
+    finally:
+        await presence.close()
 
 
 class OrgTasksConsumer(AsyncJsonWebsocketConsumer):

@@ -8,7 +8,7 @@ from apps.tasks.api import TaskViewSet
 
 router = SimpleRouter()
 router.trailing_slash = "/?"  # the documented paths have no trailing slash; accept both
-router.register("tasks", TaskViewSet, basename="tasks")
+router.register("tasks", TaskViewSet, basename="task")
 
 api_urlpatterns: list[URLPattern | URLResolver] = list(router.urls)
 console_urlpatterns: list[URLPattern | URLResolver] = [

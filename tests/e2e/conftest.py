@@ -103,9 +103,6 @@ def hermes_server(django_db_setup: Any, tmp_path_factory: pytest.TempPathFactory
         "DATABASE_URL": _database_url(connection.settings_dict),
         "REDIS_URL": settings.REDIS_URL,
         "CELERY_BROKER_URL": settings.CELERY_BROKER_URL,
-        # This session-long worker must not consume jobs that later tests send to the default queue for their
-        # own workers (it would run them with its own settings): its server and it share a queue of their own.
-        "CELERY_TASK_DEFAULT_QUEUE": f"hermes-e2e-{port}",
         "HERMES_PUBLIC_URL": base_url,
         # The server registers its own demo agents (and test agents) on loopback.
         "HERMES_SSRF_ALLOWLIST": "127.0.0.1,localhost",

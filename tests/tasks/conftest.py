@@ -7,6 +7,7 @@ from contextlib import contextmanager
 from typing import Any
 
 import pytest
+from django.test import Client
 
 from apps.agents.models import Agent, Visibility
 from apps.core.permissions import Access
@@ -160,3 +161,22 @@ def timeline(task: Any) -> list[tuple[str, Any]]:
 
     rows = TaskEvent.objects.unscoped("test").filter(task_id=task.pk).order_by("seq")
     return [(e.kind, e.data.get("to") if e.kind == "state" else e.data) for e in rows]
+
+
+@pytest.fixture
+def hermes(short_lived_connections: None) -> Iterator[str]:
+    """Hermes' ASGI app (HTTP, websockets, demo agents) served by uvicorn on a free loopback port."""
+    from hermes_site.asgi import application
+    from tests.servers import serve_asgi
+
+    with serve_asgi(application) as base:
+        yield base
+
+
+CSRF = "t" * 32  # a console session posts with the CSRF cookie and header, like the HTMX console does
+
+
+def session_cookie(user: Any) -> str:
+    client = Client()
+    client.force_login(user)
+    return f"sessionid={client.cookies['sessionid'].value}; csrftoken={CSRF}"

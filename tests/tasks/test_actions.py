@@ -130,3 +130,13 @@ def test_concurrent_recorders_get_dense_unique_seqs(org: Any) -> None:
     seqs = list(TaskEvent.objects.for_org(org).filter(task=task).order_by("seq").values_list("seq", flat=True))
     assert seqs == list(range(1, 43))
     assert Task.objects.for_org(org).get(pk=task.pk).last_seq == 42
+
+
+def test_messages_from_other_apps_are_normalized_or_refused() -> None:
+    assert actions.normalize_message({"parts": [{"text": "a"}, {"data": {"b": 1}}]}) == {
+        "role": "user",
+        "parts": [{"text": "a", "kind": "text"}, {"data": {"b": 1}, "kind": "data"}],
+    }
+    for bad in ({"parts": []}, {"parts": [{"url": "x"}]}, {"parts": [{"kind": "text"}]}):
+        with pytest.raises(actions.InvalidMessage):
+            actions.normalize_message(bad)

@@ -160,21 +160,25 @@ def test_dropped_message_is_backfilled_from_the_database(
 
 
 def test_presence_joins_and_leaves(alice: Any, bob: Any, task: Any) -> None:
+    def presence(f: dict[str, Any]) -> bool:
+        return f["type"] == "presence"
+
     async def scenario() -> None:
         first = communicator(f"/ws/tasks/{task.pk}/", alice)
         await first.connect()
-        frames = await receive_until(first, lambda f: f["type"] == "presence")
+        frames = await receive_until(first, presence)
         assert [w["name"] for w in frames[-1]["watchers"]] == [alice.name]
+        assert [w["user_id"] for w in frames[-1]["joined"]] == [alice.pk] and frames[-1]["left"] == []
         assert frames[-1]["agent_online"] is False
         second = communicator(f"/ws/tasks/{task.pk}/", bob)
         await second.connect()
-        joined = await receive_until(first, lambda f: f["type"] == "presence")
-        assert joined[-1]["joined"]["user_id"] == bob.pk
-        assert sorted(w["user_id"] for w in joined[-1]["watchers"]) == sorted([alice.pk, bob.pk])
+        joined = (await receive_until(first, presence))[-1]
+        assert [w["user_id"] for w in joined["joined"]] == [bob.pk]
+        assert sorted(w["user_id"] for w in joined["watchers"]) == sorted([alice.pk, bob.pk])
         await second.disconnect()
-        left = await receive_until(first, lambda f: f["type"] == "presence")
-        assert left[-1]["left"]["user_id"] == bob.pk
-        assert [w["user_id"] for w in left[-1]["watchers"]] == [alice.pk]
+        left = (await receive_until(first, presence))[-1]
+        assert [w["user_id"] for w in left["left"]] == [bob.pk] and left["joined"] == []
+        assert [w["user_id"] for w in left["watchers"]] == [alice.pk]
         await first.disconnect()
 
     async_to_sync(scenario)()

@@ -4,35 +4,16 @@ worker, and an agent built with the official a2a-sdk — all on loopback."""
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
 from typing import Any
 
 import httpx
 import pytest
-from django.test import Client
 from websockets.sync.client import connect
 
 from apps.agents.actions import register_agent_by_url
+from tests.tasks.conftest import CSRF, session_cookie
 
 pytestmark = pytest.mark.django_db(transaction=True)
-
-
-@pytest.fixture
-def hermes(short_lived_connections: None) -> Iterator[str]:
-    from hermes_site.asgi import application
-    from tests.servers import serve_asgi
-
-    with serve_asgi(application) as base:
-        yield base
-
-
-CSRF = "t" * 32  # a console session posts with the CSRF cookie and header, like the HTMX console does
-
-
-def session_cookie(user: Any) -> str:
-    client = Client()
-    client.force_login(user)
-    return f"sessionid={client.cookies['sessionid'].value}; csrftoken={CSRF}"
 
 
 def test_websocket_and_sse_follow_a_streaming_task_to_completion(
@@ -77,7 +58,7 @@ def test_other_org_websocket_is_closed_with_4404(hermes: str, org: Any, alice: A
     from apps.tasks import actions
     from tests.tasks.conftest import make_agent
 
-    task = actions.create_task(org=org, agent=make_agent(org), message={"role": "user", "parts": []})
+    task = actions.create_task(org=org, agent=make_agent(org), message={"parts": [{"text": "x"}]})
     url = hermes.replace("http://", "ws://") + f"/ws/tasks/{task.pk}/"
     headers = {"Cookie": session_cookie(charlie), "Origin": hermes}
     with connect(url, additional_headers=headers) as ws, pytest.raises(ConnectionClosed) as closed:
