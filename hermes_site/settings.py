@@ -157,16 +157,16 @@ HERMES_TASK_SWEEP_SECONDS = env.float("HERMES_TASK_SWEEP_SECONDS", default=15.0)
 CELERY_BEAT_SCHEDULE: dict[str, dict[str, Any]] = {
     "ops-heartbeat": {"task": "apps.ops.tasks.beat_heartbeat", "schedule": timedelta(seconds=15)},
     "core-purge-idempotency": {"task": "apps.core.tasks.purge_idempotency_records", "schedule": timedelta(hours=1)},
-    # Re-dispatches tasks whose worker died or whose message was lost; fails tasks past their deadline.
-    "tasks-sweeper": {
-        "task": "apps.tasks.tasks.sweep_tasks",
-        "schedule": timedelta(seconds=HERMES_TASK_SWEEP_SECONDS),
-    },
     # Re-enqueues overdue outbox rows and expires stale in-flight leases: a lost broker message delays a
     # federation delivery, never loses it.
     "federation-sweep-outbox": {
         "task": "apps.federation.tasks.sweep_outbox",
         "schedule": timedelta(seconds=env.float("HERMES_FEDERATION_SWEEP_INTERVAL", default=10.0)),
+    },
+    # Re-dispatches tasks whose worker died or whose message was lost; fails tasks past their deadline.
+    "tasks-sweeper": {
+        "task": "apps.tasks.tasks.sweep_tasks",
+        "schedule": timedelta(seconds=HERMES_TASK_SWEEP_SECONDS),
     },
 }
 
@@ -258,6 +258,8 @@ HERMES_FEDERATION_RETRY_MAX_DELAY = env.float("HERMES_FEDERATION_RETRY_MAX_DELAY
 HERMES_FEDERATION_TIMEOUT = env.float("HERMES_FEDERATION_TIMEOUT", default=10.0)
 HERMES_FEDERATION_SWEEP_INTERVAL = env.float("HERMES_FEDERATION_SWEEP_INTERVAL", default=10.0)
 HERMES_MAX_TASK_INPUT_BYTES = env.int("HERMES_MAX_TASK_INPUT_BYTES", default=256 * 1024)
+HERMES_DEMO_FLAKY_FAILURE_RATE = env.float("HERMES_DEMO_FLAKY_FAILURE_RATE", default=0.3)
+HERMES_DEMO_FLAKY_SEED = env.str("HERMES_DEMO_FLAKY_SEED", default="")
 HERMES_TASK_DEADLINE_SECONDS = env.int("HERMES_TASK_DEADLINE_SECONDS", default=3600)
 HERMES_TASK_HEARTBEAT_SECONDS = env.float("HERMES_TASK_HEARTBEAT_SECONDS", default=5.0)
 HERMES_TASK_STALE_SECONDS = env.float("HERMES_TASK_STALE_SECONDS", default=30.0)
@@ -269,8 +271,6 @@ HERMES_TASK_POLL_SECONDS = env.float("HERMES_TASK_POLL_SECONDS", default=1.0)
 HERMES_SSE_MAX_SECONDS = env.float("HERMES_SSE_MAX_SECONDS", default=55.0)
 HERMES_SSE_POLL_SECONDS = env.float("HERMES_SSE_POLL_SECONDS", default=0.25)
 HERMES_WS_RESYNC_SECONDS = env.float("HERMES_WS_RESYNC_SECONDS", default=5.0)
-HERMES_DEMO_FLAKY_FAILURE_RATE = env.float("HERMES_DEMO_FLAKY_FAILURE_RATE", default=0.3)
-HERMES_DEMO_FLAKY_SEED = env.str("HERMES_DEMO_FLAKY_SEED", default="")
 METRICS_TOKEN = env.str("METRICS_TOKEN", default="")
 METRICS_ALLOWED_IPS: list[str] = env.list("METRICS_ALLOWED_IPS", default=["127.0.0.1", "::1"])
 CELERY_WORKER_METRICS_PORT = env.int("CELERY_WORKER_METRICS_PORT", default=0)

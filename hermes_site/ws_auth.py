@@ -17,6 +17,8 @@ from channels.auth import AuthMiddlewareStack
 from channels.db import database_sync_to_async
 from channels.middleware import BaseMiddleware
 
+from apps.core import context
+
 
 class _SessionRequest:
     """The two attributes `session_access` reads, taken from the websocket scope."""
@@ -45,6 +47,9 @@ class AccessMiddleware(BaseMiddleware):
     async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> Any:
         scope = dict(scope)
         await self._resolve(scope)
+        # The consumer runs inside this call: every line it logs (and every job it enqueues) carries the
+        # socket's request_id, org_id and user_id.
+        context.bind_scope(scope)
         return await super().__call__(scope, receive, send)
 
     @database_sync_to_async

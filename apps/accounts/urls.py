@@ -19,8 +19,8 @@ console_urlpatterns: list[URLPattern | URLResolver] = [
     path("password/", views.password_change, name="password_change"),
     path("password-reset/", views.password_reset, name="password_reset"),
     path("password-reset/sent/", views.password_reset_done, name="password_reset_done"),
-    # The path the reset email links to (apps.accounts.actions.password_reset_url).
-    path("reset/<uidb64>/<token>/", views.password_reset_confirm, name="password_reset_confirm"),
+    # The page the reset email links to (apps.accounts.actions.password_reset_url reverses this name).
+    path("password-reset/<uidb64>/<token>/", views.password_reset_confirm, name="password_reset_confirm"),
     path("password-reset/done/", views.password_reset_complete, name="password_reset_complete"),
 ]
 urlpatterns: list[URLPattern | URLResolver] = [path("accounts/", include((console_urlpatterns, "accounts")))]

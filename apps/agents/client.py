@@ -12,13 +12,17 @@ Interface for the task worker
     async with AgentClient(target) as client:
         async for update in client.run(text="hi", data=[{"k": 1}], message_id=str(task.pk)):
             ...                                       # AgentUpdate, see below
-        await client.cancel(remote_task_id)           # CancelTask -> AgentUpdate (status)
-        await client.get_task(remote_task_id)         # GetTask    -> AgentUpdate (status)
+        await client.cancel(remote_task_id)           # CancelTask -> AgentUpdate (status, normally "canceled")
+        await client.get_task(remote_task_id)         # GetTask    -> [artifact updates..., status update]
+        async for update in client.resume(remote_task_id):
+            ...                                       # a worker took over: snapshot, then SubscribeToTask/polling
 
     # sync (a Celery job; the ORM may be used inside the loop body)
     for update in iterate_sync(lambda: AgentClient(target).run_once(text="hi")):
         persist(update)
-    cancel_sync(target, remote_task_id)
+    cancel_sync(target, remote_task_id)               # and get_task_sync(target, remote_task_id)
+
+Report reachability with `apps.agents.actions.record_agent_contact(agent, error=None | "why")` (online state).
 
 `run(...)` picks the call the card allows: `SendStreamingMessage` over SSE when the card says streaming, otherwise
 `SendMessage` (return immediately) followed by `GetTask` polling until the task is terminal or interrupted. Pass
@@ -46,6 +50,7 @@ All traffic goes through `apps.core.http.guarded_async_client` (SSRF guard, time
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import json
 import queue
 import threading
@@ -68,6 +73,7 @@ from a2a.types.a2a_pb2 import (
     Role,
     SendMessageRequest,
     StreamResponse,
+    SubscribeToTaskRequest,
     Task,
     TaskState,
 )
@@ -418,6 +424,31 @@ class AgentClient:
                 raise AgentTransportError(f"Task {remote_task_id} did not finish before the deadline.")
             await asyncio.sleep(self.poll_interval)
 
+    async def resume(self, remote_task_id: str, *, deadline: float | None = None) -> AsyncIterator[AgentUpdate]:
+        """Pick up a task this process did not start or lost track of (a worker died mid-stream): the current
+        snapshot first, then SubscribeToTask over SSE when the card streams, else GetTask polling."""
+        normalizer = _Normalizer()
+        for update in await self._reread(remote_task_id, normalizer):
+            yield update
+        if normalizer.final:
+            return
+        if not self.target.streaming:
+            async for update in self.poll(remote_task_id, deadline=deadline, normalizer=normalizer):
+                yield update
+            return
+        try:
+            async for event in self._sdk(streaming=True).subscribe(SubscribeToTaskRequest(id=remote_task_id)):
+                for update in normalizer.event(event):
+                    yield update
+                if normalizer.final:
+                    return
+        except Exception as exc:
+            raise classify(exc) from exc
+        for update in await self._reread(remote_task_id, normalizer):  # the stream closed early: ask the task
+            yield update
+        if not normalizer.final:
+            raise AgentTransportError("The agent's stream ended before the task reached a final state.")
+
     async def cancel(self, remote_task_id: str) -> AgentUpdate:
         """CancelTask: the agent's answer as a status update (normally state "canceled")."""
         try:
@@ -485,7 +516,9 @@ def iterate_sync(make: Callable[[], AsyncIterator[T]]) -> Iterator[T]:
         finally:
             ready.set()
 
-    thread = threading.Thread(target=run, name="a2a-client", daemon=True)
+    # The helper thread runs in a copy of the caller's contextvars: the log context (request_id, task_id, ...) and
+    # the active trace span follow the job into the A2A call, so its HTTP requests belong to the job's trace.
+    thread = threading.Thread(target=contextvars.copy_context().run, args=(run,), name="a2a-client", daemon=True)
     thread.start()
     finished = False
     try:

@@ -103,7 +103,9 @@ def detail(request: HttpRequest, agent_id: str) -> HttpResponse:
 
 
 def _recent_tasks(access: Access, agent: Any) -> list[Any]:
-    return []  # filled in once the tasks app is on main
+    from apps.tasks.selectors import tasks_for_org
+
+    return list(tasks_for_org(access.org).filter(agent=agent).order_by("-created_at")[:10])
 
 
 @org_action_required("agents:write")

@@ -99,7 +99,7 @@ def _pending_migrations(connection: Any) -> list[str]:
 
 
 def forget_migration_state() -> None:
-    """Tests and `migrate` callers: re-check the plan on the next probe."""
+    """Re-check the migration plan on the next probe (tests; anything that unapplies migrations)."""
     with _migrations_lock:
         _MIGRATIONS_OK.clear()
 

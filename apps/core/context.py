@@ -1,8 +1,8 @@
 """Per-request / per-job log context (request_id, org_id, user_id, task_id, job_id; trace_id comes from the span).
 
 contextvars follow the code into `sync_to_async` threads and asyncio tasks. Where the context crosses a process
-boundary it is carried explicitly: Celery jobs get it in a message header (apps.core.celery_signals), websocket
-consumers call `bind_scope(scope)` in `connect()`.
+boundary it is carried explicitly: Celery jobs get it in a message header (apps.core.celery_signals); the
+websocket auth middleware (hermes_site/ws_auth.py) calls `bind_scope(scope)` before any consumer runs.
 
 - `bind(**values)`: add to the current context (e.g. `bind(task_id=task.id)` once a task is known).
 - `bound(**values)`: the same for a `with` block only.
@@ -86,8 +86,8 @@ def bind_access(access: Any) -> None:
 
 
 def bind_scope(scope: dict[str, Any]) -> None:
-    """For websocket consumers, first thing in `connect()`: a fresh context from the socket's scope (the
-    X-Request-ID header when the client sent one, the Access put there by the auth middleware)."""
+    """A fresh context from a websocket's scope: the X-Request-ID header when the client sent one, else a new id,
+    and the org/user/key of the Access the auth middleware resolved."""
     headers = {k.decode("latin1").lower(): v.decode("latin1") for k, v in scope.get("headers", [])}
     incoming = headers.get("x-request-id", "")
     request_id = incoming if 0 < len(incoming) <= 128 and incoming.isprintable() else new_request_id()

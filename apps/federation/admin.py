@@ -13,6 +13,7 @@ from apps.federation import actions
 from apps.federation.models import (
     Contact,
     DeliveryAttempt,
+    FederatedTask,
     FederationAuditEvent,
     InboxEntry,
     LinkKey,
@@ -20,6 +21,8 @@ from apps.federation.models import (
     Outbox,
     Peer,
     Policy,
+    RemoteTask,
+    RemoteTaskEvent,
 )
 
 
@@ -116,3 +119,39 @@ class FederationAuditEventAdmin(admin.ModelAdmin):
 
     def has_change_permission(self, request: HttpRequest, obj: Any = None) -> bool:
         return False  # the audit log is append-only
+
+
+# --- Cross-org tasks (read-only for staff: both rows mirror what the messages said) ------------------------------
+
+
+class RemoteTaskEventInline(admin.TabularInline):
+    model = RemoteTaskEvent
+    extra = 0
+    fields = ("seq", "kind", "state", "data", "created_at")
+    readonly_fields = fields
+    can_delete = False
+
+    def has_add_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return False
+
+
+@admin.register(RemoteTask)
+class RemoteTaskAdmin(OrgOwnedAdmin):
+    list_display = ("id", "organization", "agent_address", "state", "last_seq", "updated_at")
+    list_filter = ("state",)
+    search_fields = ("id", "agent_address", "remote_task_id")
+    readonly_fields = ("request", "agent_address", "remote_task_id", "state", "last_seq", "error", "updated_at")
+    inlines = [RemoteTaskEventInline]
+
+    def has_add_permission(self, request: HttpRequest) -> bool:
+        return False
+
+
+@admin.register(FederatedTask)
+class FederatedTaskAdmin(OrgOwnedAdmin):
+    list_display = ("task_id", "organization", "agent_slug", "reply_to", "correlation_id", "created_at")
+    search_fields = ("task_id", "reply_to", "correlation_id")
+    readonly_fields = ("task_id", "inbox_entry", "agent_slug", "reply_to", "correlation_id")
+
+    def has_add_permission(self, request: HttpRequest) -> bool:
+        return False

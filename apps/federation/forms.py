@@ -43,3 +43,13 @@ class SendForm(forms.Form):
         if not isinstance(value, dict):
             raise forms.ValidationError('The payload is a JSON object, e.g. {"text": "hello"}.')
         return value
+
+
+class RemoteTaskForm(forms.Form):
+    agent = forms.CharField(
+        max_length=200, label="Remote agent", help_text="agent.org on this instance, or agent.org@peer on another."
+    )
+    text = forms.CharField(label="Message", widget=forms.Textarea(attrs={"rows": 3}), max_length=100_000)
+
+    def message(self) -> dict[str, Any]:
+        return {"role": "user", "parts": [{"kind": "text", "text": self.cleaned_data["text"]}]}

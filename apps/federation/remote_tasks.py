@@ -6,7 +6,7 @@ Requester (org A)                                  Executor (org B, here or on a
                                                     every recorded task event (tasks' `task_event_recorded`
   handler: RemoteTaskEvent by remote seq       <-   signal) -> task_result message, correlated to the request
 
-A request the executor cannot run (unknown agent, tasks unavailable, quota, input too large) is answered with a
+A request the executor cannot run (unknown agent, agent not usable, quota, input too large) is answered with a
 single `task_result` at seq 0 whose state is `rejected`.
 """
 
@@ -67,11 +67,8 @@ def start_requested_task(entry: InboxEntry) -> None:
     if agent is None:
         _reject(entry, f"{entry.organization.slug} has no agent '{entry.recipient_agent}'")
         return
-    try:
-        from apps.tasks import actions as task_actions  # type: ignore[attr-defined,unused-ignore]
-    except ImportError:
-        _reject(entry, "this Hermes instance cannot run tasks")
-        return
+    from apps.tasks import actions as task_actions
+
     payload = entry.payload
     message = payload.get("message")
     if not isinstance(message, dict):
@@ -99,6 +96,8 @@ def start_requested_task(entry: InboxEntry) -> None:
 
 def report_task_event(sender: Any = None, *, task: Any, event: Any, **_: Any) -> None:
     """Executor side (receiver of tasks' `task_event_recorded`): forward a federated task's event."""
+    if "federation" not in (getattr(task, "metadata", None) or {}):
+        return  # not a task run for another org: no lookup for the common case
     link = FederatedTask.objects.for_org(task.organization_id).filter(task_id=str(task.pk)).first()
     if link is None:
         return
@@ -160,11 +159,8 @@ def mirror_task_result(entry: InboxEntry) -> None:
     remote.save(update_fields=fields)
 
 
-def connect_task_signal() -> bool:
-    """Subscribe to the tasks app's event signal when it exists (called from FederationConfig.ready)."""
-    try:
-        from apps.tasks.actions import task_event_recorded  # type: ignore[attr-defined,unused-ignore]
-    except ImportError:
-        return False
+def connect_task_signal() -> None:
+    """Subscribe to the tasks app's event signal (called from FederationConfig.ready)."""
+    from apps.tasks.actions import task_event_recorded
+
     task_event_recorded.connect(report_task_event, dispatch_uid="federation-report-task-event")
-    return True

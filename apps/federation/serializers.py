@@ -4,6 +4,7 @@ import json
 from typing import Any
 
 from django.conf import settings
+from drf_spectacular.utils import extend_schema_serializer
 from rest_framework import serializers
 
 from apps.federation.models import (
@@ -86,6 +87,7 @@ class OutboxSerializer(serializers.ModelSerializer):
         )
 
 
+@extend_schema_serializer(component_name="FederationMessage")  # tasks has its own (A2A) "Message"
 class MessageSerializer(serializers.ModelSerializer):
     delivery = OutboxSerializer(source="outbox", read_only=True)
 

@@ -33,5 +33,7 @@ console_urlpatterns: list[URLPattern | URLResolver] = [
     path("federation/dlq/", views.console_dlq, name="dlq"),
     path("federation/dlq/apply/", views.console_dlq_apply, name="dlq-apply"),
     path("federation/audit/", views.console_audit, name="audit"),
+    path("federation/remote-tasks/", views.console_remote_tasks, name="remote-tasks"),
+    path("federation/remote-tasks/<str:remote_id>/", views.console_remote_task, name="remote-task"),
 ]
 urlpatterns: list[URLPattern | URLResolver] = [path("", include((console_urlpatterns, "federation")))]

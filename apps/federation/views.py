@@ -27,7 +27,7 @@ from apps.core.metrics import FEDERATION_INBOUND
 from apps.core.permissions import Access
 from apps.federation import actions, selectors, signing
 from apps.federation.actions import audit
-from apps.federation.forms import ContactForm, PeerForm, PolicyForm, SendForm
+from apps.federation.forms import ContactForm, PeerForm, PolicyForm, RemoteTaskForm, SendForm
 from apps.federation.inbound import InboundResult, decode_body, receive
 from apps.federation.models import (
     AuditEvent,
@@ -39,6 +39,7 @@ from apps.federation.models import (
     Peer,
     PeerStatus,
     Policy,
+    RemoteTask,
 )
 from apps.federation.selectors import live_secrets
 from apps.federation.signing import encode_secret
@@ -390,3 +391,50 @@ def console_audit(request: HttpRequest) -> HttpResponse:
     page = Paginator(events, 50).get_page(request.GET.get("page"))
     context = {"page": page, "events": AuditEvent.choices, "chosen": chosen}
     return render_console(request, "federation/audit.html", context, partial="audit_table")
+
+
+REMOTE_TERMINAL = frozenset({"completed", "failed", "canceled", "rejected"})
+
+
+@org_action_required("federation:read")
+@require_http_methods(["GET", "POST"])
+def console_remote_tasks(request: HttpRequest) -> HttpResponse:
+    """Tasks this org asked other orgs' agents to run (here or on a peer), and a form to ask for one."""
+    access = _access(request)
+    form = RemoteTaskForm(request.POST or None)
+    if request.method == "POST":
+        if not access.allows("federation:write"):
+            raise PermissionDenied(f"Your role '{access.role}' may not perform 'federation:write'.")
+        if form.is_valid():
+            try:
+                remote = actions.request_remote_task(
+                    org=access.org, agent=form.cleaned_data["agent"], message=form.message(), actor=request.user
+                )
+            except HermesAPIError as exc:
+                if exc.status_code == 403:
+                    form.add_error("agent", str(exc.detail))
+                else:
+                    add_error_details(form, exc)
+            else:
+                messages.success(request, f"Task requested from {remote.agent_address}.")
+                return hx_redirect(request, reverse("federation:remote-task", args=[remote.pk]))
+    rows = RemoteTask.objects.for_org(access.org).select_related("request").order_by("-created_at")[:OUTBOX_LIMIT]
+    context = {"rows": rows, "form": form, "can_write": access.allows("federation:write")}
+    return render_console(request, "federation/remote_tasks.html", context, status=422 if form.errors else 200)
+
+
+@org_action_required("federation:read")
+def console_remote_task(request: HttpRequest, remote_id: str) -> HttpResponse:
+    """The remote task's timeline as its result messages reported it (polled while it runs)."""
+    access = _access(request)
+    try:
+        uuid.UUID(str(remote_id))
+    except ValueError as exc:
+        raise Http404("No such remote task") from exc
+    remote = get_object_or_404(RemoteTask.objects.for_org(access.org).select_related("request"), pk=remote_id)
+    context = {
+        "remote": remote,
+        "events": remote.events.order_by("seq"),
+        "finished": remote.state in REMOTE_TERMINAL or remote.state == "rejected",
+    }
+    return render_console(request, "federation/remote_task.html", context, partial="remote_timeline")

@@ -94,14 +94,21 @@ def _lookup_sql() -> str:
     )
 
 
-def _instance(model: Any, values: Sequence[Any]) -> Any:
+@functools.cache
+def _loaders(model: Any) -> tuple[list[str], list[tuple[int, list[Any], Any]]]:
+    """Per model: the attnames, and the db converters of the fields that have any (e.g. JSONField)."""
     fields = model._meta.concrete_fields
-    converted = []
-    for field, value in zip(fields, values, strict=True):
-        for converter in field.get_db_converters(connection):
-            value = converter(value, field.cached_col, connection)
-        converted.append(value)
-    return model.from_db(connection.alias, [f.attname for f in fields], converted)
+    converters = [(i, f.get_db_converters(connection), f.cached_col) for i, f in enumerate(fields)]
+    return [f.attname for f in fields], [c for c in converters if c[1]]
+
+
+def _instance(model: Any, values: Sequence[Any]) -> Any:
+    attnames, converters = _loaders(model)
+    row = list(values)
+    for index, functions, expression in converters:
+        for convert in functions:
+            row[index] = convert(row[index], expression, connection)
+    return model.from_db(connection.alias, attnames, row)
 
 
 def _load_key(digest: str) -> APIKey | None:

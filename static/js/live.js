@@ -189,6 +189,8 @@
 
   function initTaskList(root) {
     var refreshed = false;
+    // The connection indicator may live outside the refreshed area (data-live-status="#selector").
+    var statusRoot = document.querySelector(root.getAttribute("data-live-status") || "") || root;
     function refresh() {
       if (window.htmx) { window.htmx.trigger(root, "hermes:refresh"); }
     }
@@ -196,7 +198,7 @@
       function () { return root.getAttribute("data-ws-path"); },
       {
         onState: function (s, detail) {
-          setLiveStatus(root.closest("[data-live-root]") || root, s, detail);
+          setLiveStatus(statusRoot, s, detail);
           if (s === "open" && refreshed) { refresh(); } // we may have missed changes while away
           if (s === "open") { refreshed = true; }
         },

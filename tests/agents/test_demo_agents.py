@@ -185,3 +185,36 @@ def test_demo_agents_can_be_switched_off(demo_agents: LiveHermes, settings: Any)
     response = httpx.get(demo_agents.card_url("echo"), headers={"Accept": "application/json"})
     assert response.status_code == 404
     assert "Hermes Echo" not in response.text  # Django answered, not the agent
+
+
+def test_resume_picks_up_a_running_task(demo_agents: LiveHermes) -> None:
+    """A worker that lost the stream (it died) resumes from the snapshot and follows the task to its end."""
+
+    async def go() -> tuple[str, list[AgentUpdate]]:
+        async with AgentClient(target(demo_agents, "slow")) as client:
+            async for update in client.stream(data=[{"seconds": 0.8, "interval": 0.1}]):
+                if update.text == "step 2/8":
+                    remote_task_id = update.remote_task_id
+                    break  # drop the stream, as a killed worker would
+        async with AgentClient(target(demo_agents, "slow")) as client:
+            return remote_task_id, [u async for u in client.resume(remote_task_id)]
+
+    remote_task_id, resumed = asyncio.run(asyncio.wait_for(go(), timeout=20))
+    assert resumed[0].state == "working" and resumed[0].remote_task_id == remote_task_id
+    assert resumed[-1].state == "completed"
+    assert [u.text for u in resumed if u.kind == "artifact"] == ["Done after 0.8 seconds."]
+
+
+def test_resume_of_a_finished_task_and_by_polling(demo_agents: LiveHermes) -> None:
+    async def go() -> tuple[list[AgentUpdate], list[AgentUpdate]]:
+        async with AgentClient(target(demo_agents, "echo")) as client:
+            done = [u async for u in client.run(text="over")]
+            again = [u async for u in client.resume(done[-1].remote_task_id)]
+        async with AgentClient(target(demo_agents, "summarizer"), poll_interval=0.05) as client:
+            first = await client.send(return_immediately=True, text="One. Two. Three.")
+            polled = [u async for u in client.resume(first[-1].remote_task_id)]
+        return again, polled
+
+    again, polled = asyncio.run(asyncio.wait_for(go(), timeout=20))
+    assert [u.kind for u in again] == ["artifact", "status"] and again[-1].state == "completed"
+    assert polled[-1].state == "completed"

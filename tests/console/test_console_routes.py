@@ -64,6 +64,12 @@ def _message(org: Any, alice: Any, mia: Any) -> dict[str, Any]:
     return {"message_id": str(message.pk)}
 
 
+def _remote_task(org: Any, alice: Any, mia: Any) -> dict[str, Any]:
+    federation_actions.set_policy(org=org, remote="*", effect=Effect.ALLOW)
+    remote = federation_actions.request_remote_task(org=org, agent="echo.nobody", message={"parts": [{"text": "x"}]})
+    return {"remote_id": str(remote.pk)}
+
+
 # route name -> Make (names an acme object: charlie must get 404), or a string saying why charlie's 404 does not
 # apply (public page, the caller's own org, or instance-wide data).
 ROUTES: dict[str, Make | str] = {
@@ -116,6 +122,8 @@ ROUTES: dict[str, Make | str] = {
     "federation:dlq": "own org",
     "federation:dlq-apply": "ids are checked against the org's DLQ (tested in test_federation_pages)",
     "federation:audit": "own org",
+    "federation:remote-tasks": "own org",
+    "federation:remote-task": _remote_task,
 }
 
 

@@ -108,8 +108,8 @@ def test_password_reset_by_email(client: Client, alice: Any, django_capture_on_c
         response = client.post("/accounts/password-reset/", {"email": "alice@acme.test"})
     assert response.status_code == 302 and response["Location"] == "/accounts/password-reset/sent/"
     assert len(mail.outbox) == 1
-    link = next(word for word in mail.outbox[0].body.split() if "/accounts/reset/" in word)
-    path = "/accounts/reset/" + link.split("/accounts/reset/", 1)[1]
+    link = next(word for word in mail.outbox[0].body.split() if "/accounts/password-reset/" in word)
+    path = "/accounts/password-reset/" + link.split("/accounts/password-reset/", 1)[1]
     form_page = client.get(path)
     assert form_page.status_code == 200 and "Choose a new password" in form_page.content.decode()
     assert form_page["Referrer-Policy"] == "no-referrer"

@@ -5,6 +5,7 @@ from __future__ import annotations
 import re
 from typing import Any
 
+import httpx
 import pytest
 
 pytestmark = pytest.mark.e2e
@@ -40,7 +41,7 @@ def assert_accessible(page: Any) -> None:
     assert not problems, f"{page.url}: {problems}"
 
 
-def test_new_user_from_sign_up_to_an_agent(page: Any, screenshot: Any, hermes_server: Any) -> None:
+def test_new_user_from_sign_up_to_a_live_task(page: Any, screenshot: Any, hermes_server: Any) -> None:
     page.goto("/accounts/register/")
     assert_accessible(page)
     screenshot(page, "register")
@@ -77,10 +78,44 @@ def test_new_user_from_sign_up_to_an_agent(page: Any, screenshot: Any, hermes_se
     page.wait_for_url(re.compile(r"/agents/[0-9a-f-]{36}/$"))
     assert_accessible(page)
 
+    agent_id = page.url.rstrip("/").rsplit("/", 1)[1]
+
+    # A task from the console, watched live to completion.
+    page.get_by_role("link", name="Send a task").click()
+    page.get_by_label("Message").fill("hello from Erin")
+    page.get_by_role("button", name="Send").click()
+    page.wait_for_url(re.compile(r"/tasks/[0-9a-f-]{36}/$"))
+    wait_for_task(page, "completed")
+    assert "hello from Erin" in page.locator("[data-events]").inner_text()
+
+    # And one through the API with the key generated above, watched on the live list, then its timeline.
+    page.goto("/tasks/")
+    page.locator('#tasks-live [data-live-label]:text("Live")').wait_for()
+    response = httpx.post(
+        hermes_server.url("/api/v1/tasks"),
+        headers={"Authorization": f"Bearer {plaintext}"},
+        json={"agent": agent_id, "input": {"parts": [{"text": "hello from Erin's script"}]}},
+        timeout=10,
+    )
+    assert response.status_code == 202, response.text
+    row = page.locator(f'[data-task-row="{response.json()["id"]}"]')
+    row.locator('[data-task-state][data-state="completed"]').wait_for(timeout=30_000)
+    row.get_by_role("link").click()
+    wait_for_task(page, "completed")
+    assert "hello from Erin's script" in page.locator("[data-events]").inner_text()
+    assert_accessible(page)
+
     # The same page on a phone-sized screen stays usable (no horizontal overflow of the layout).
     page.set_viewport_size({"width": 390, "height": 844})
     assert page.evaluate("document.documentElement.scrollWidth <= window.innerWidth + 1")
-    screenshot(page, "agent-detail-mobile")
+    screenshot(page, "task-detail-mobile")
+
+
+def wait_for_task(page: Any, state: str, timeout: float = 30_000) -> None:
+    """The badge shows `state` and the socket has delivered the timeline so far (the page may have been rendered
+    with a state the events have not reached the browser for yet)."""
+    page.locator(f'h1 [data-task-state][data-state="{state}"]').wait_for(timeout=timeout)
+    page.locator('[data-task-timeline][data-synced="true"]').wait_for(timeout=timeout)
 
 
 def sign_in(page: Any, email: str, password: str = "correct-horse-battery") -> None:

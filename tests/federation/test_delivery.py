@@ -100,6 +100,9 @@ def test_send_validates_address_peer_and_policy(org: Any, stub_peer: Peer) -> No
         send(org)
     assert not Message.objects.for_org(org).exists()
     assert FederationAuditEvent.objects.for_org(org).filter(event=AuditEvent.POLICY_DENIED).count() == 1
+    # An unknown org on this instance is found out by delivery, like one on a peer: 404, dead letter at once.
+    actions.set_policy(org=org, remote="initech", effect=Effect.ALLOW)
+    assert delivery.deliver(outbox_of(send(org, "initech")).pk) == OutboxStatus.DEAD
     actions.set_peer_status(stub_peer, "disabled")
     with pytest.raises(HermesAPIError, match="disabled"):
         send(org, "x@stub")

@@ -132,3 +132,63 @@ def test_remote_task_api(client_for: Any, alice: Any, mia: Any, charlie: Any, or
     assert bad.status_code == 400 and "message" in bad.json()["error"]["details"]
     with pytest.raises(HermesAPIError):
         actions.request_remote_task(org=org, agent="echo.globex@nowhere", message=MESSAGE)
+
+
+@pytest.mark.django_db
+def test_executor_reports_each_task_event_back_to_the_requester(
+    org: Any, other_org: Any, acme_may_ask_globex: None, django_capture_on_commit_callbacks: Any
+) -> None:
+    """`report_task_event` as the tasks app's `task_event_recorded` signal calls it (the task and the event, after
+    commit). The stand-ins carry the fields it reads; the real task path runs in test_two_instances.py."""
+    from types import SimpleNamespace
+
+    from apps.federation.models import FederatedTask
+    from apps.federation.remote_tasks import report_task_event
+
+    with django_capture_on_commit_callbacks(execute=True):
+        remote = actions.request_remote_task(org=org, agent="echo.globex", message=MESSAGE)
+    remote = RemoteTask.objects.for_org(org).get(pk=remote.pk)
+    remote.events.all().delete()
+    RemoteTask.objects.for_org(org).filter(pk=remote.pk).update(state="requested", error="")
+    entry = InboxEntry.objects.for_org(other_org).get(message_id=remote.request_id)
+    FederatedTask.objects.create(
+        organization=other_org, task_id="77", inbox_entry=entry, agent_slug="echo", reply_to=entry.sender,
+        correlation_id=entry.message_id,
+    )  # fmt: skip
+    task = SimpleNamespace(pk=77, organization_id=other_org.pk, state="working", metadata={"federation": {}})
+    unrelated = SimpleNamespace(pk=78, organization_id=other_org.pk, state="working", metadata={})
+    with django_capture_on_commit_callbacks(execute=True):
+        report_task_event(task=task, event=SimpleNamespace(seq=1, kind="state", data={"from": None, "to": "submitted"}))
+        report_task_event(task=task, event=SimpleNamespace(seq=2, kind="message", data={"role": "agent"}))
+        report_task_event(task=unrelated, event=SimpleNamespace(seq=1, kind="state", data={"to": "working"}))
+    remote.refresh_from_db()
+    assert remote.remote_task_id == "77" and remote.state == "working"
+    assert [(e.seq, e.kind, e.state) for e in remote.events.all()] == [
+        (1, "state", "submitted"),
+        (2, "message", "working"),
+    ]
+
+
+@pytest.mark.django_db
+def test_handler_failures_are_recorded_and_unhandled_entries_redriven(
+    org: Any, other_org: Any, django_capture_on_commit_callbacks: Any
+) -> None:
+    import uuid
+    from datetime import timedelta
+
+    from django.utils import timezone
+
+    from apps.federation.handlers import handle, redrive_unhandled
+    from apps.federation.tasks import sweep_outbox
+
+    # A task_result for a request we never sent: its handler fails, the failure is recorded, not retried forever.
+    entry = InboxEntry.objects.create(
+        organization=org, message_id=uuid.uuid4(), sender="globex", type=MessageType.TASK_RESULT,
+        correlation_id=uuid.uuid4(), payload={"seq": 1}, receipt={},
+    )  # fmt: skip
+    InboxEntry.objects.for_org(org).filter(pk=entry.pk).update(created_at=timezone.now() - timedelta(minutes=5))
+    assert redrive_unhandled() == 1  # lost its job (broker down): the sweeper runs it (eager here)
+    entry.refresh_from_db()
+    assert entry.handled_at is not None and entry.handling_error.startswith("LookupError")
+    handle(entry.pk)  # handled entries are never run twice
+    assert sweep_outbox()["redriven"] == 0

@@ -242,14 +242,6 @@ def test_stale_forged_and_replayed_requests_are_audited(pair: Pair) -> None:
     assert pair.berlin.inbox_counts([message_id, stale_id, forged_id]) == {message_id: 1}
 
 
-def _tasks_app_runs_tasks() -> bool:
-    try:
-        from apps.tasks.actions import create_task, task_event_recorded  # type: ignore[attr-defined]  # noqa: F401
-    except ImportError:
-        return False
-    return True
-
-
 def _request_task(pair: Pair, agent: str, text: str) -> dict[str, Any]:
     response = httpx.post(
         f"{pair.paris.url}/api/v1/federation/remote-tasks",
@@ -287,9 +279,6 @@ def test_task_request_for_an_unknown_agent_is_rejected_back_across_instances(pai
     ) == [("nobody.globex@berlin", "task_result")]
 
 
-@pytest.mark.skipif(
-    not _tasks_app_runs_tasks(), reason="apps.tasks (create_task, task_event_recorded) is not on main yet"
-)
 def test_cross_org_task_round_trip(pair: Pair) -> None:
     """acme on paris asks globex's echo agent on berlin; berlin runs it as a real task; paris mirrors its timeline."""
     pair.proxy.set("pass")

@@ -81,6 +81,19 @@ def test_async_client_refuses_the_acceptance_addresses(no_allowlist: None, url: 
         anyio.run(fetch)
 
 
+@pytest.mark.parametrize("host", ["2130706433", "127.1", "0x7f.0.0.1"])
+def test_odd_spellings_of_loopback_are_refused(no_allowlist: None, host: str) -> None:
+    """Not IP literals to Python, but the resolver turns them into 127.0.0.1, and the resolved address is checked."""
+    with guarded_client() as client, pytest.raises(OutboundBlocked) as exc_info:
+        client.get(f"http://{host}/")
+    assert exc_info.value.rule == "loopback" and exc_info.value.address == "127.0.0.1"
+
+
+def test_octal_ip_spelling_never_reaches_a_socket(no_allowlist: None) -> None:
+    with guarded_client() as client, pytest.raises((OutboundBlocked, httpx.InvalidURL)):
+        client.get("http://0177.0.0.1/")
+
+
 def test_names_resolving_to_loopback_are_refused(no_allowlist: None, loopback_server: int) -> None:
     with guarded_client() as client, pytest.raises(OutboundBlocked) as exc_info:
         client.get(f"http://localhost:{loopback_server}/")

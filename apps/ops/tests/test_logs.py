@@ -237,3 +237,41 @@ def test_websocket_scope_binding() -> None:
     context.bind_scope({"headers": [], "user": User(), "access": None})
     bound = context.get_context()
     assert bound["user_id"] == 9 and len(bound["request_id"]) == 32 and "org_id" not in bound
+
+
+@pytest.mark.django_db(transaction=True)  # database_sync_to_async closes connections between calls
+def test_websocket_consumers_run_in_the_sockets_context(org: Any, alice: Any) -> None:
+    from asgiref.sync import async_to_sync
+    from asgiref.testing import ApplicationCommunicator
+    from channels.generic.websocket import AsyncJsonWebsocketConsumer
+    from channels.routing import URLRouter
+    from django.urls import path
+
+    from hermes_site.ws_auth import WebSocketAuthMiddleware
+    from tests.factories import issue_api_key
+
+    class Echo(AsyncJsonWebsocketConsumer):
+        async def connect(self) -> None:
+            await self.accept()
+            await self.send_json(context.get_context())
+
+    app = WebSocketAuthMiddleware(URLRouter([path("ws/ctx/", Echo.as_asgi())]))
+    key, plaintext = issue_api_key(alice, org, ["tasks:read"])
+
+    async def connect(query: str, headers: list[tuple[bytes, bytes]]) -> dict[str, Any]:
+        # channels.testing needs daphne; asgiref's communicator speaks the same ASGI messages.
+        scope = {"type": "websocket", "path": "/ws/ctx/", "query_string": query.encode(), "headers": headers}
+        communicator = ApplicationCommunicator(app, scope)
+        await communicator.send_input({"type": "websocket.connect"})
+        assert (await communicator.receive_output(5))["type"] == "websocket.accept"
+        sent = await communicator.receive_output(5)
+        await communicator.send_input({"type": "websocket.disconnect", "code": 1000})
+        await communicator.wait(5)
+        bound: dict[str, Any] = json.loads(sent["text"])
+        return bound
+
+    anonymous = async_to_sync(connect)("", [(b"x-request-id", b"ws-req-1")])
+    assert anonymous == {"request_id": "ws-req-1"}
+    with_key = async_to_sync(connect)(f"api_key={plaintext}", [])
+    assert with_key["org_id"] == org.pk and with_key["user_id"] == alice.pk and with_key["api_key_id"] == key.pk
+    assert len(with_key["request_id"]) == 32

@@ -2,6 +2,8 @@ from __future__ import annotations
 
 import json
 import secrets
+import subprocess
+import sys
 import threading
 import uuid
 from collections.abc import Callable, Iterator
@@ -16,6 +18,7 @@ from django.conf import settings
 from apps.core import tracing
 from apps.ops.tests.conftest import WorkerProcess, serve_wsgi, wait_for
 from apps.ops.tests.otlp import OTLPReceiver
+from hermes_site.config import BASE_DIR
 
 
 @pytest.fixture
@@ -143,3 +146,107 @@ def test_one_trace_spans_the_request_the_celery_job_and_the_outbound_call(
                 timeout=30,
             )
             assert any("SELECT" in str(s["attributes"].get("db.statement", s["name"])) for s in db_spans)
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_task_sent_to_the_echo_agent_is_one_trace_and_its_logs_carry_the_context(
+    start_worker: Callable[..., WorkerProcess], free_port: int, tmp_path: Path, org: Any, alice: Any
+) -> None:
+    """The product path: POST /api/v1/tasks (uvicorn, as `make run` serves it) → Celery `run_task` → the
+    worker's A2A call over HTTP to the echo demo agent served by the same web process."""
+    from apps.agents.models import Agent
+    from apps.ops.tests.conftest import child_env
+    from tests.factories import issue_api_key
+
+    with OTLPReceiver() as receiver:
+        base = f"http://127.0.0.1:{free_port}"
+        queue = f"ops-trace-{uuid.uuid4().hex[:8]}"
+        env = {
+            "OTEL_EXPORTER_OTLP_ENDPOINT": receiver.url,
+            "CELERY_TASK_DEFAULT_QUEUE": queue,
+            "HERMES_SSRF_ALLOWLIST": "127.0.0.1",
+            "HERMES_PUBLIC_URL": base,
+        }
+        log = tmp_path / "web.log"
+        web = subprocess.Popen(
+            [sys.executable, "-m", "uvicorn", "hermes_site.asgi:application", "--port", str(free_port)],
+            cwd=BASE_DIR,
+            env=child_env(**env),
+            stdout=log.open("w"),
+            stderr=subprocess.STDOUT,
+        )
+        try:
+
+            def up() -> bool:
+                assert web.poll() is None, log.read_text()
+                try:
+                    return httpx.get(f"{base}/api/v1/health/live", timeout=2).status_code == 200
+                except httpx.TransportError:
+                    return False
+
+            wait_for(up, timeout=60)
+            worker = start_worker("--queues", queue, **env)
+            agent = Agent.objects.create(
+                organization=org,
+                slug="echo",
+                name="Echo",
+                url=f"{base}/demo-agents/echo/",
+                capabilities={"streaming": True},
+            )
+            _, plaintext = issue_api_key(alice, org, ["tasks:write", "tasks:read"])
+            auth = {"Authorization": f"Bearer {plaintext}"}
+            trace_id = secrets.token_hex(16)
+            response = httpx.post(
+                f"{base}/api/v1/tasks",
+                json={"agent": str(agent.pk), "input": {"parts": [{"kind": "text", "text": "hello"}]}},
+                headers={**auth, "traceparent": f"00-{trace_id}-{secrets.token_hex(8)}-01", "X-Request-ID": "req-task"},
+                timeout=10,
+            )
+            assert response.status_code == 202, response.text
+            task_id = response.json()["id"]
+            wait_for(
+                lambda: (
+                    httpx.get(f"{base}/api/v1/tasks/{task_id}", headers=auth, timeout=5).json()["status"] == "completed"
+                ),
+                timeout=60,
+            )
+
+            def complete() -> list[dict[str, Any]] | None:
+                spans = receiver.trace(trace_id)
+                have = {(s["resource"].get("hermes.process"), s["kind"]) for s in spans}
+                wanted = {
+                    ("websocket", "SERVER"),
+                    ("websocket", "PRODUCER"),
+                    ("celery", "CONSUMER"),
+                    ("celery", "CLIENT"),
+                }
+                return spans if wanted <= have else None
+
+            try:
+                spans = wait_for(complete, timeout=30)
+            except AssertionError:
+                seen = [(s["resource"].get("hermes.process"), s["kind"], s["name"]) for s in receiver.trace(trace_id)]
+                raise AssertionError(f"incomplete trace: {seen}") from None
+            consumer = next(s for s in spans if s["kind"] == "CONSUMER")
+            assert consumer["name"] == "run/apps.tasks.tasks.run_task"
+            producer = next(s for s in spans if s["kind"] == "PRODUCER")
+            assert consumer["parent_span_id"] == producer["span_id"]
+            calls = [s for s in spans if s["kind"] == "CLIENT" and s["scope"].endswith("httpx")]
+            assert any("/demo-agents/echo/" in json.dumps(s["attributes"]) for s in calls)
+            assert any(s["attributes"].get("db.system") == "postgresql" for s in spans)  # the INSERT, the claim
+
+            # Logs: the worker's lines during the agent call carry the request's and the task's context.
+            def agent_call_line() -> dict[str, Any] | None:
+                for raw in worker.output().splitlines():
+                    if raw.startswith("{") and '"task_id"' in raw:
+                        line = json.loads(raw)
+                        if line.get("task_id") == task_id and line.get("logger") == "httpx":
+                            return line
+                return None
+
+            line = wait_for(agent_call_line, timeout=10)
+            assert line["request_id"] == "req-task" and line["org_id"] == org.pk and line["user_id"] == alice.pk
+            assert line["trace_id"] == trace_id and line["job_id"]
+        finally:
+            web.terminate()
+            web.wait(timeout=30)

@@ -1,0 +1,76 @@
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from django import forms
+
+from apps.tasks.models import TaskState
+
+
+class TaskForm(forms.Form):
+    agent = forms.ChoiceField(label="Agent")
+    text = forms.CharField(
+        label="Message",
+        widget=forms.Textarea(attrs={"rows": 5, "placeholder": "What should the agent do?"}),
+        required=False,
+        max_length=100_000,
+    )
+    structured = forms.CharField(
+        label="Structured data (JSON object, optional)",
+        widget=forms.Textarea(attrs={"rows": 3, "class": "mono", "placeholder": '{"expression": "2 + 3 * 4"}'}),
+        required=False,
+        help_text="Sent as a data part next to the text, for agents that take structured input.",
+    )
+
+    def __init__(self, *args: Any, agents: list[Any], **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.agents = {str(a.pk): a for a in agents}
+        # Grouped by owning org: the org's own agents and the public ones from the marketplace.
+        groups: dict[str, list[tuple[str, str]]] = {}
+        for agent in agents:
+            groups.setdefault(agent.organization.name, []).append((str(agent.pk), agent.name))
+        self.fields["agent"].choices = [("", "Choose an agent…"), *groups.items()]  # type: ignore[attr-defined]
+
+    def clean_agent(self) -> Any:
+        return self.agents[self.cleaned_data["agent"]]
+
+    def clean_structured(self) -> dict[str, Any] | None:
+        raw = str(self.cleaned_data.get("structured") or "").strip()
+        if not raw:
+            return None
+        try:
+            value = json.loads(raw)
+        except json.JSONDecodeError as exc:
+            raise forms.ValidationError(f"Not valid JSON: {exc.msg} (line {exc.lineno}, column {exc.colno}).") from exc
+        if not isinstance(value, dict):
+            raise forms.ValidationError('Give a JSON object, e.g. {"key": "value"}.')
+        return value
+
+    def clean(self) -> dict[str, Any]:
+        data = super().clean() or {}
+        if not str(data.get("text") or "").strip() and not data.get("structured") and not self.has_error("structured"):
+            self.add_error("text", "Write a message (or give structured data).")
+        return data
+
+    def message(self) -> dict[str, Any]:
+        """The A2A message the form describes: a text part and/or a data part."""
+        parts: list[dict[str, Any]] = []
+        if str(self.cleaned_data.get("text") or "").strip():
+            parts.append({"kind": "text", "text": self.cleaned_data["text"]})
+        if self.cleaned_data.get("structured"):
+            parts.append({"kind": "data", "data": self.cleaned_data["structured"]})
+        return {"role": "user", "parts": parts}
+
+
+class TaskFilterForm(forms.Form):
+    status = forms.ChoiceField(choices=[("", "Any status"), *TaskState.choices], required=False)
+    agent = forms.ChoiceField(required=False)
+
+    def __init__(self, *args: Any, agents: list[Any], **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.fields["agent"].choices = [("", "Any agent"), *((str(a.pk), a.name) for a in agents)]  # type: ignore[attr-defined]
+
+
+class FollowUpForm(forms.Form):
+    text = forms.CharField(label="Reply", widget=forms.Textarea(attrs={"rows": 3}), max_length=100_000)

@@ -1,0 +1,134 @@
+"""Console pages for tasks: send one, a live list, and a detail page with the live timeline (static/js/live.js)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from django.contrib import messages
+from django.http import Http404, HttpRequest, HttpResponse
+from django.shortcuts import redirect
+from django.urls import reverse
+from django.views.decorators.http import require_http_methods, require_POST
+
+from apps.agents import selectors as agent_selectors
+from apps.core.console import hx_redirect, render_console
+from apps.core.permissions import Access
+from apps.orgs import quotas
+from apps.orgs.decorators import org_action_required
+from apps.tasks import actions, selectors
+from apps.tasks.forms import FollowUpForm, TaskFilterForm, TaskForm
+from apps.tasks.models import INTERRUPTED_STATES, Task
+
+LIST_LIMIT = 100
+
+
+def _access(request: HttpRequest) -> Access:
+    return request.access  # type: ignore[attr-defined]
+
+
+def _task_or_404(access: Access, task_id: str) -> Task:
+    task = selectors.task_for_org(access.org, task_id)
+    if task is None:
+        raise Http404("No such task.")
+    return task
+
+
+def _agents(access: Access) -> list[Any]:
+    return list(agent_selectors.usable_agents(access.org).select_related("organization").order_by("name"))
+
+
+@org_action_required("tasks:read")
+def task_list(request: HttpRequest) -> HttpResponse:
+    access = _access(request)
+    agents = list(agent_selectors.org_agents(access.org).order_by("name"))
+    form = TaskFilterForm(request.GET or None, agents=agents)
+    tasks = selectors.tasks_for_org(access.org).order_by("-created_at")
+    if form.is_valid():
+        if form.cleaned_data["status"]:
+            tasks = tasks.filter(state=form.cleaned_data["status"])
+        if form.cleaned_data["agent"]:
+            tasks = tasks.filter(agent_id=form.cleaned_data["agent"])
+    context = {
+        "form": form,
+        "tasks": list(tasks[:LIST_LIMIT]),
+        "limit": LIST_LIMIT,
+        "can_send": access.allows("tasks:write"),
+        "query": request.GET.urlencode(),
+    }
+    return render_console(request, "tasks/list.html", context, partial="task_table")
+
+
+@org_action_required("tasks:write")
+@require_http_methods(["GET", "POST"])
+def create(request: HttpRequest) -> HttpResponse:
+    access = _access(request)
+    agents = _agents(access)
+    form = TaskForm(request.POST or None, agents=agents, initial={"agent": request.GET.get("agent", "")})
+    quota: quotas.QuotaExceeded | None = None
+    if request.method == "POST" and form.is_valid():
+        try:
+            task = actions.create_task(
+                org=access.org, agent=form.cleaned_data["agent"], message=form.message(), access=access
+            )
+        except actions.TaskInputTooLarge as exc:
+            form.add_error("text", str(exc))
+        except actions.AgentNotUsable:
+            form.add_error("agent", "This agent is no longer available to your organization.")
+        except quotas.QuotaExceeded as exc:
+            # The same daily limit as the API: say which limit, when it resets and how to raise it.
+            quota = exc
+        else:
+            messages.success(request, f"Task sent to {task.agent.name}.")
+            return hx_redirect(request, reverse("tasks:detail", args=[task.pk]))
+    status = 429 if quota else 422 if form.errors else 200
+    context = {"form": form, "has_agents": bool(agents), "quota": quota}
+    response = render_console(request, "tasks/create.html", context, status=status)
+    if quota is not None:
+        for name, value in quota.headers.items():
+            response[name] = value
+    return response
+
+
+@org_action_required("tasks:read")
+def detail(request: HttpRequest, task_id: str) -> HttpResponse:
+    access = _access(request)
+    task = _task_or_404(access, task_id)
+    context = {
+        "task": task,
+        "can_write": access.allows("tasks:write"),
+        "waiting_for_input": task.state in INTERRUPTED_STATES,
+        "follow_up_form": FollowUpForm(),
+    }
+    return render_console(request, "tasks/detail.html", context)
+
+
+@org_action_required("tasks:write")
+@require_POST
+def cancel(request: HttpRequest, task_id: str) -> HttpResponse:
+    access = _access(request)
+    task = _task_or_404(access, task_id)
+    try:
+        actions.cancel_task(task, access=access, reason=f"canceled by {request.user} in the console")
+        messages.success(request, "Cancel requested: the timeline shows when the agent stops.")
+    except actions.TaskNotCancelable as exc:
+        messages.error(request, f"Cannot cancel: {exc}.")
+    return hx_redirect(request, reverse("tasks:detail", args=[task.pk]))
+
+
+@org_action_required("tasks:write")
+@require_POST
+def follow_up(request: HttpRequest, task_id: str) -> HttpResponse:
+    access = _access(request)
+    task = _task_or_404(access, task_id)
+    form = FollowUpForm(request.POST)
+    if not form.is_valid():
+        messages.error(request, "Write a reply first.")
+    else:
+        try:
+            message = {"role": "user", "parts": [{"kind": "text", "text": form.cleaned_data["text"]}]}
+            actions.continue_task(task, message=message, access=access)
+        except actions.TaskNotWaitingForInput as exc:
+            messages.error(request, f"Cannot reply: {exc}.")
+        except actions.TaskInputTooLarge as exc:
+            messages.error(request, str(exc))
+    return redirect("tasks:detail", task.pk)

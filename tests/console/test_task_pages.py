@@ -1,0 +1,120 @@
+"""Task console pages: send (agent picker, message, quota guidance), the live list, the detail page with its
+timeline socket, cancel and reply — under the role matrix, and isolated from charlie's org."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import pytest
+
+from apps.agents import actions as agent_actions
+from apps.orgs import quotas
+from apps.tasks import actions
+from apps.tasks.models import Task
+from tests.console.conftest import HX, main_html
+from tests.factories import access_for
+
+pytestmark = pytest.mark.django_db
+
+TEXT = {"role": "user", "parts": [{"kind": "text", "text": "hello"}]}
+
+
+@pytest.fixture
+def echo(org: Any) -> Any:
+    return agent_actions.register_agent_manually(org=org, name="Echo", url="https://agent.example.com/rpc")
+
+
+def send(org: Any, user: Any, agent: Any) -> Task:
+    return actions.create_task(org=org, agent=agent, message=TEXT, access=access_for(user, org))
+
+
+@pytest.mark.parametrize("who", ["alice", "bob", "dave", "mia"])
+def test_every_member_lists_and_sends(as_user: Any, request: Any, org: Any, echo: Any, who: str) -> None:
+    user = request.getfixturevalue(who)
+    client = as_user(user)
+    task = send(org, user, echo)
+    html = main_html(client.get("/tasks/"))
+    assert f'data-task-row="{task.pk}"' in html and 'data-ws-path="/ws/org/"' in html
+    assert client.get("/tasks/new/").status_code == 200
+    response = client.post("/tasks/new/", {"agent": str(echo.pk), "text": "summarize this", "structured": ""})
+    newest = Task.objects.for_org(org).order_by("-created_at").first()
+    assert response.status_code == 302 and response["Location"] == f"/tasks/{newest.pk}/"
+    assert newest.input["parts"] == [{"kind": "text", "text": "summarize this"}] and newest.created_by == user
+
+
+def test_send_with_structured_data_and_precise_errors(as_user: Any, dave: Any, org: Any, echo: Any) -> None:
+    client = as_user(dave)
+    ok = client.post("/tasks/new/", {"agent": str(echo.pk), "text": "", "structured": '{"expression": "2+3"}'})
+    assert ok.status_code == 302
+    assert Task.objects.for_org(org).get().input["parts"] == [{"kind": "data", "data": {"expression": "2+3"}}]
+    empty = client.post("/tasks/new/", {"agent": str(echo.pk), "text": " ", "structured": ""})
+    assert empty.status_code == 422 and "Write a message" in empty.content.decode()
+    bad = client.post("/tasks/new/", {"agent": str(echo.pk), "text": "x", "structured": "[1, 2"})
+    assert bad.status_code == 422 and "Not valid JSON" in bad.content.decode()
+    not_object = client.post("/tasks/new/", {"agent": str(echo.pk), "text": "x", "structured": "[1, 2]"})
+    assert not_object.status_code == 422 and "JSON object" in not_object.content.decode()
+    assert Task.objects.for_org(org).count() == 1
+
+
+def test_agent_picker_offers_own_and_public_agents_only(
+    as_user: Any, charlie: Any, org: Any, other_org: Any, echo: Any
+) -> None:
+    public = agent_actions.register_agent_manually(
+        org=org, name="Public Echo", url="https://agent.example.com/rpc", visibility="public"
+    )
+    client = as_user(charlie)
+    page = main_html(client.get("/tasks/new/"))
+    assert "Public Echo" in page and ">Echo<" not in page
+    refused = client.post("/tasks/new/", {"agent": str(echo.pk), "text": "x"})
+    assert refused.status_code == 422 and "Select a valid choice" in refused.content.decode()
+    assert client.post("/tasks/new/", {"agent": str(public.pk), "text": "x"}).status_code == 302
+    assert Task.objects.for_org(other_org).get().agent == public
+
+
+def test_quota_429_shows_which_limit_and_how_to_raise_it(as_user: Any, dave: Any, org: Any, echo: Any) -> None:
+    now = time.time()
+    quotas._gate.client().set(quotas._tasks_key(org, now), org.limits.tasks_per_day)
+    response = as_user(dave).post("/tasks/new/", {"agent": str(echo.pk), "text": "one more"})
+    assert response.status_code == 429 and int(response["Retry-After"]) > 0
+    html = main_html(response)
+    assert "data-quota-error" in html and "tasks per day" in html and "Upgrade the plan" in html
+    assert not Task.objects.for_org(org).exists()
+
+
+def test_filters_answer_with_the_table_fragment(as_user: Any, alice: Any, org: Any, echo: Any) -> None:
+    task = send(org, alice, echo)
+    client = as_user(alice)
+    fragment = client.get("/tasks/", {"status": "submitted"}, **HX).content.decode()
+    assert "<html" not in fragment and f'data-task-row="{task.pk}"' in fragment
+    none = client.get("/tasks/", {"status": "completed"}, **HX).content.decode()
+    assert "No tasks match these filters" in none
+
+
+def test_detail_page_wires_the_timeline_socket(as_user: Any, mia: Any, org: Any, echo: Any) -> None:
+    task = send(org, mia, echo)
+    html = main_html(as_user(mia).get(f"/tasks/{task.pk}/"))
+    assert f'data-ws-path="/ws/tasks/{task.pk}/"' in html and "<template data-event-template>" in html
+    assert "data-cancel-task" in html and "data-watchers" in html and "Echo" in html
+
+
+def test_cancel_and_reply(as_user: Any, bob: Any, org: Any, echo: Any) -> None:
+    task = send(org, bob, echo)
+    client = as_user(bob)
+    reply = client.post(f"/tasks/{task.pk}/reply/", {"text": "more"}, follow=True)
+    assert "Cannot reply" in main_html(reply)
+    canceled = client.post(f"/tasks/{task.pk}/cancel/", **HX)
+    assert canceled.status_code == 204 and canceled["HX-Redirect"] == f"/tasks/{task.pk}/"
+    task.refresh_from_db()
+    assert task.state == "canceled"
+    again = client.post(f"/tasks/{task.pk}/cancel/", follow=True)
+    assert "Cannot cancel" in main_html(again)
+    assert "data-cancel-task" not in main_html(client.get(f"/tasks/{task.pk}/"))
+
+
+def test_charlie_cannot_see_acme_tasks(as_user: Any, alice: Any, charlie: Any, org: Any, echo: Any) -> None:
+    task = send(org, alice, echo)
+    client = as_user(charlie)
+    assert client.get(f"/tasks/{task.pk}/").status_code == 404
+    assert str(task.pk) not in client.get("/tasks/").content.decode()
+    assert client.get("/tasks/", {"agent": str(echo.pk)}).status_code == 200  # an unknown agent filter: nothing

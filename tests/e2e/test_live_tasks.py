@@ -1,0 +1,153 @@
+"""Tasks in the browser: send from the console and through the API with a generated key, watch the live
+timeline to completion, resume after a dropped socket without gaps, cancel, presence, and the quota 429."""
+
+from __future__ import annotations
+
+import re
+import time
+from typing import Any
+
+import httpx
+import pytest
+
+from tests.e2e.test_console_flow import assert_accessible, sign_in, wait_for_task
+
+pytestmark = pytest.mark.e2e
+
+TERMINAL = ("completed", "failed", "canceled", "rejected")
+
+
+@pytest.fixture
+def demo_agents(org: Any, bob: Any, hermes_server: Any, settings: Any) -> dict[str, Any]:
+    from apps.agents.actions import assign_demo_agents
+
+    # Demo agents' cards name this instance's public URL: the server's, not this test process's default.
+    settings.HERMES_PUBLIC_URL = hermes_server.base_url
+    result = assign_demo_agents(org=org, by=bob)
+    return {agent.demo_key: agent for agent in result.created}
+
+
+def timeline_seqs(page: Any) -> list[int]:
+    return [int(s) for s in page.locator("[data-events] li").evaluate_all("els => els.map(e => e.dataset.seq)")]
+
+
+wait_state = wait_for_task
+
+
+def test_send_from_the_console_and_through_the_api(
+    page: Any, screenshot: Any, hermes_server: Any, org: Any, bob: Any, demo_agents: dict[str, Any]
+) -> None:
+    from tests.factories import issue_api_key
+
+    sign_in(page, bob.email)
+    # The list is open while tasks are sent: its statuses update live over /ws/org/.
+    page.goto("/tasks/")
+    page.locator('[data-live-label]:text("Live")').wait_for()
+
+    page.get_by_role("link", name="Send a task").click()
+    page.get_by_label("Agent").select_option(label="Hermes Echo")
+    page.get_by_label("Message").fill("hello from the console")
+    assert_accessible(page)
+    screenshot(page, "task-send")
+    page.get_by_role("button", name="Send").click()
+    page.wait_for_url(re.compile(r"/tasks/[0-9a-f-]{36}/$"))
+    wait_state(page, "completed")
+    kinds = page.locator("[data-events] li").evaluate_all("els => els.map(e => e.dataset.kind)")
+    assert kinds[0] == "state" and "artifact" in kinds and kinds[-1] == "state"
+    assert timeline_seqs(page) == list(range(1, len(kinds) + 1))  # every event once, in order
+    assert "hello from the console" in page.locator("[data-events]").inner_text()
+    assert page.locator("[data-cancel-task]").is_hidden()
+    screenshot(page, "task-detail-completed")
+
+    # Through the API with a key, while the list page watches.
+    _, plaintext = issue_api_key(bob, org, scopes=["tasks:read", "tasks:write"])
+    page.goto("/tasks/")
+    page.locator('[data-live-label]:text("Live")').wait_for()
+    response = httpx.post(
+        hermes_server.url("/api/v1/tasks"),
+        headers={"Authorization": f"Bearer {plaintext}"},
+        json={"agent": str(demo_agents["echo"].pk), "input": {"parts": [{"text": "hello from the API"}]}},
+        timeout=10,
+    )
+    assert response.status_code == 202, response.text
+    task_id = response.json()["id"]
+    row = page.locator(f'[data-task-row="{task_id}"]')
+    row.wait_for()  # the new task appeared without a reload
+    row.locator('[data-task-state][data-state="completed"]').wait_for(timeout=30_000)
+    screenshot(page, "task-list-live")
+    row.get_by_role("link").click()
+    wait_state(page, "completed")
+    assert "hello from the API" in page.locator("[data-events]").inner_text()
+
+
+def test_timeline_resumes_after_a_dropped_socket_and_cancel_stops_the_slow_agent(
+    browser: Any,
+    page: Any,
+    screenshot: Any,
+    hermes_server: Any,
+    org: Any,
+    alice: Any,
+    bob: Any,
+    demo_agents: dict[str, Any],
+) -> None:
+    slow = demo_agents["slow"]
+    sign_in(page, bob.email)
+    # Sent through the console: the server enqueues it for its own worker.
+    page.goto(f"/tasks/new/?agent={slow.pk}")
+    page.get_by_label("Structured data", exact=False).fill('{"seconds": 20}')
+    page.get_by_role("button", name="Send").click()
+    page.wait_for_url(re.compile(r"/tasks/[0-9a-f-]{36}/$"))
+    task_path = page.url.split(hermes_server.base_url, 1)[1]
+    wait_state(page, "working")
+    page.locator("[data-events] li[data-kind=progress]").first.wait_for(timeout=20_000)
+
+    # Alice opens the same task: both show up as watchers.
+    other = browser.new_context(base_url=hermes_server.base_url)
+    alice_page = other.new_page()
+    sign_in(alice_page, alice.email)
+    alice_page.goto(task_path)
+    page.locator("[data-watchers] li", has_text=alice.name).wait_for()
+    assert page.locator("[data-watchers] li", has_text=bob.name).count() == 1
+    assert page.locator("[data-agent-online]").first.inner_text() in {"online", "offline", "not contacted yet"}
+
+    # Drop the socket mid-stream; the page reconnects with ?after=<last seq> and misses nothing.
+    before = timeline_seqs(page)
+    page.locator("[data-task-timeline]").dispatch_event("hermes:drop")
+    page.locator('[data-live-label]:text("Live")').wait_for()
+    page.wait_for_function(f"document.querySelectorAll('[data-events] li').length > {len(before)}", timeout=20_000)
+    after = timeline_seqs(page)
+    assert after == list(range(1, len(after) + 1)) and after[: len(before)] == before
+    screenshot(page, "task-detail-live")
+
+    page.on("dialog", lambda dialog: dialog.accept())
+    page.get_by_role("button", name="Cancel task").click()
+    wait_state(page, "canceled")
+    alice_page.locator('h1 [data-task-state][data-state="canceled"]').wait_for(timeout=20_000)
+    seqs = timeline_seqs(alice_page)
+    assert seqs == list(range(1, len(seqs) + 1))
+    other.close()
+
+
+def test_a_quota_429_shows_its_guidance(
+    page: Any, screenshot: Any, org: Any, dave: Any, demo_agents: dict[str, Any], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from apps.orgs import quotas
+
+    # The server counts under the real prefix (tests get a private one by default): fill today's task quota there.
+    monkeypatch.setattr(quotas, "KEY_PREFIX", "hermes:quota")
+    key = quotas._tasks_key(org, time.time())
+    client = quotas._gate.client()
+    client.set(key, org.limits.tasks_per_day, ex=3600)
+    try:
+        sign_in(page, dave.email)
+        page.goto("/tasks/new/")
+        page.get_by_label("Agent").select_option(label="Hermes Echo")
+        page.get_by_label("Message").fill("one too many")
+        page.get_by_role("button", name="Send").click()
+        alert = page.locator("[data-quota-error]")
+        alert.wait_for()
+        text = alert.inner_text()
+        assert "tasks per day" in text and "Upgrade the plan" in text and "resets" in text
+        screenshot(page, "quota-429")
+    finally:
+        client.delete(key)
