@@ -137,15 +137,6 @@ _TASK = Detail(_task)
 _FED_PEERS = Exempt("peers and link keys are instance-wide (no org owns them); writes need staff")
 
 
-def _task(org: Any, owner: Any) -> Any:
-    from apps.tasks.actions import create_task
-    from tests.tasks.conftest import make_agent
-
-    # Inside the test's transaction: the on-commit dispatch never fires, the task just sits "submitted".
-    message = {"role": "user", "parts": [{"kind": "text", "text": "isolation probe"}]}
-    return create_task(org=org, agent=make_agent(org), message=message)
-
-
 ISOLATION: dict[str, Detail | Listing | Exempt] = {
     # ops
     "health-live": Exempt("liveness probe: no data"),
@@ -176,13 +167,6 @@ ISOLATION: dict[str, Detail | Listing | Exempt] = {
     "api-key-rotate": Detail(_api_key),
     "api-key-revoke": Detail(_api_key),
     "usage": Exempt("reads the caller's current org only; no id in the URL"),
-    # tasks
-    "tasks-list": Listing(_task, value=lambda task: str(task.pk)),
-    "tasks-detail": Detail(_task),
-    "tasks-cancel": Detail(_task),
-    "tasks-events": Detail(_task),
-    "tasks-messages": Detail(_task),
-    "tasks-stream": Detail(_task),
     # agents
     "agent-list": Listing(_agent, value=lambda agent: str(agent.pk)),
     "agent-detail": Detail(_agent),
