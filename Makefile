@@ -30,6 +30,9 @@ migrations-check: install
 test: lint typecheck migrations-check
 	$(PY) -m hermes_site.testrun --cov --cov-report=term $(PYTEST_ARGS)
 
+e2e: install
+	$(PY) -m hermes_site.testrun -m e2e tests/e2e $(PYTEST_ARGS)
+
 bench: install
 	$(PY) -m bench $(BENCH_ARGS)
 
