@@ -172,7 +172,7 @@ def run() -> str:
             "(no queue, no sender-side persistence, no inbox insert). Pipeline: the sender's outbox transaction, "
             "Celery job, atomic claim, signed POST, receiver dedup + policy + inbox + audit, signed receipt verified "
             f"and persisted, attempt log. 1-minute load average {load_before:.1f} before and {load_after:.1f} after, "
-            "on 2 cores shared with other work: every figure below is inflated by CPU contention.",
+            "on 2 cores (a load above 2 means the figures are inflated by CPU contention).",
             "",
             "| Measure | Federation pipeline | Baseline: signed POST loop | Target | Result |",
             "| --- | --- | --- | --- | --- |",
