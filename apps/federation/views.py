@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import uuid
+from collections.abc import Callable
 from typing import Any
 
 from django.conf import settings
@@ -187,24 +188,46 @@ def console_key_action(request: HttpRequest, name: str, operation: str) -> HttpR
     return response
 
 
+def _submit_form(
+    request: HttpRequest,
+    access: Access,
+    form: Any,
+    act: Callable[[dict[str, Any]], Any],
+    *,
+    error_field: str,
+    error_statuses: tuple[int, ...],
+    success: Callable[[Any], str],
+) -> tuple[Any, int]:
+    """The POST half of a federation console form: write guard, the action, its refusal shown on the form, a
+    flash on success (with a fresh form). Returns the form to render and the status (422 when it has errors)."""
+    if request.method != "POST":
+        return form, 200
+    if not access.allows("federation:write"):
+        raise PermissionDenied(f"Your role '{access.role}' may not perform 'federation:write'.")
+    if form.is_valid():
+        try:
+            result = act(form.cleaned_data)
+        except HermesAPIError as exc:
+            form.add_error(error_field if exc.status_code in error_statuses else None, str(exc.detail))
+        else:
+            messages.success(request, success(result))
+            form = type(form)()
+    return form, 422 if form.errors else 200
+
+
 @org_action_required("federation:read")
 @require_http_methods(["GET", "POST"])
 def console_contacts(request: HttpRequest) -> HttpResponse:
     access = _access(request)
-    form = ContactForm(request.POST or None)
-    status = 200
-    if request.method == "POST":
-        if not access.allows("federation:write"):
-            raise PermissionDenied(f"Your role '{access.role}' may not perform 'federation:write'.")
-        if form.is_valid():
-            try:
-                contact = actions.create_contact(org=access.org, **form.cleaned_data)
-            except HermesAPIError as exc:
-                form.add_error("address" if exc.status_code in (400, 409) else None, str(exc.detail))
-            else:
-                messages.success(request, f"{contact.name} ({contact.address}) added to the address book.")
-                form = ContactForm()
-        status = 422 if form.errors else 200
+    form, status = _submit_form(
+        request,
+        access,
+        ContactForm(request.POST or None),
+        lambda data: actions.create_contact(org=access.org, **data),
+        error_field="address",
+        error_statuses=(400, 409),
+        success=lambda contact: f"{contact.name} ({contact.address}) added to the address book.",
+    )
     context = {
         "contacts": Contact.objects.for_org(access.org).order_by("name"),
         "form": form,
@@ -217,20 +240,15 @@ def console_contacts(request: HttpRequest) -> HttpResponse:
 @require_http_methods(["GET", "POST"])
 def console_policies(request: HttpRequest) -> HttpResponse:
     access = _access(request)
-    form = PolicyForm(request.POST or None)
-    status = 200
-    if request.method == "POST":
-        if not access.allows("federation:write"):
-            raise PermissionDenied(f"Your role '{access.role}' may not perform 'federation:write'.")
-        if form.is_valid():
-            try:
-                rule = actions.set_policy(org=access.org, **form.cleaned_data)
-            except HermesAPIError as exc:
-                form.add_error("remote" if exc.status_code == 400 else None, str(exc.detail))
-            else:
-                messages.success(request, f"Rule saved: {rule}.")
-                form = PolicyForm()
-        status = 422 if form.errors else 200
+    form, status = _submit_form(
+        request,
+        access,
+        PolicyForm(request.POST or None),
+        lambda data: actions.set_policy(org=access.org, **data),
+        error_field="remote",
+        error_statuses=(400,),
+        success=lambda rule: f"Rule saved: {rule}.",
+    )
     context = _policies_context(access, form)
     return render_console(request, "federation/policies.html", context, partial="policies_panel", status=status)
 
