@@ -261,6 +261,8 @@ def run() -> str:
         "--port",
         str(port),
         "--no-access-log",
+        "--ws-per-message-deflate",  # as in the Procfile
+        "false",
         "--log-level",
         "warning",
     ]

@@ -66,6 +66,8 @@ def main(argv: list[str] | None = None) -> int:
                 "--timeout-graceful-shutdown",
                 "20",
                 "--no-access-log",
+                "--ws-per-message-deflate",  # see docs/deploy.md: small JSON frames, fan-out CPU
+                "false",
             ],
             "worker": [
                 PY,

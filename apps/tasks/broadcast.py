@@ -7,6 +7,7 @@ gap by sequence number and backfill from the database, and SSE streams read the 
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import os
 import threading
@@ -42,6 +43,11 @@ def status_message(task: Task) -> dict[str, Any]:
     }
 
 
+def event_frame(event: dict[str, Any]) -> str:
+    """The websocket frame of one timeline event (what `send_json` would produce)."""
+    return json.dumps({"type": "event", "event": event})
+
+
 _PUBLISH_TIMEOUT = 5.0
 _loop_lock = threading.Lock()
 _loop: asyncio.AbstractEventLoop | None = None
@@ -74,7 +80,11 @@ def publish(task: Task, events: Sequence[TaskEvent], *, state_changed: bool) -> 
     layer = get_channel_layer()
     if layer is None:  # pragma: no cover - CHANNEL_LAYERS is always configured
         return False
-    messages = [(task_group(task.pk), {"type": "task.event", "event": e.as_message()}) for e in events]
+    messages = []
+    for e in events:
+        event = e.as_message()
+        # Encoded once here rather than once per subscribed socket.
+        messages.append((task_group(task.pk), {"type": "task.event", "event": event, "frame": event_frame(event)}))
     if state_changed:
         messages.append((org_group(task.organization_id), status_message(task)))
 

@@ -4,8 +4,9 @@
 event live — in order, without gaps or duplicates. Live events come through the channel layer, which may drop
 messages (channels-redis drops past a channel's capacity) or lose them while Redis is down; each event carries its
 per-task `seq`, so a consumer that sees seq N+2 after N backfills N+1.. from the database, and a periodic resync
-(HERMES_WS_RESYNC_SECONDS) catches a dropped *last* event. Sends are serialized by a lock so the live path and the
-backfill path never interleave.
+(HERMES_WS_RESYNC_SECONDS, only while no live event arrives, and read once per task per process however many
+sockets watch it) catches a dropped *last* event. Sends are serialized by a lock so the live path and the backfill
+path never interleave.
 
 Messages sent to clients (JSON):
 - `{"type": "event", "event": {"task_id", "seq", "kind", "data", "created_at"}}`
@@ -25,17 +26,20 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import random
+import time
 from typing import Any
 from urllib.parse import parse_qs
 
 from channels.db import database_sync_to_async
 from channels.generic.websocket import AsyncJsonWebsocketConsumer
+from channels.consumer import get_handler_name
 from django.conf import settings
 from django.db import close_old_connections
 
 from apps.core.metrics import WEBSOCKET_CONNECTIONS
 from apps.core.permissions import Access
-from apps.tasks.broadcast import org_group, task_group
+from apps.tasks.broadcast import event_frame, org_group, task_group
 from apps.tasks.models import TERMINAL_STATES
 from apps.tasks.presence import ANNOUNCE_WINDOW_MS, Presence
 from apps.tasks.selectors import agent_is_online, event_messages_after, task_for_org, task_progress
@@ -68,7 +72,43 @@ def _db(fn: Any) -> Any:
     return database_sync_to_async(wrapped)
 
 
-class TaskTimelineConsumer(AsyncJsonWebsocketConsumer):
+class _DispatchWithoutDBCleanup:
+    """Channels >= 4.2 runs `close_old_connections` in a worker thread before *every* handler call. With 500
+    sockets on a task that is 500 thread hops per event — a quarter of the fan-out's CPU. These consumers touch
+    the database only through `_db`, which cleans up itself, so the per-message hop is skipped."""
+
+    async def dispatch(self, message: dict[str, Any]) -> None:
+        handler = getattr(self, get_handler_name(message), None)
+        if handler is None:
+            raise ValueError(f"No handler for message type {message['type']}")
+        await handler(message)
+
+
+# (task_id) -> (monotonic time, future of task_progress): the periodic resync of every socket watching a task in
+# this process shares one database read per interval instead of one per socket.
+_progress_reads: dict[Any, tuple[float, asyncio.Future[tuple[str, int] | None]]] = {}
+
+
+async def _shared_progress(task_id: Any, org_id: Any, max_age: float) -> tuple[str, int] | None:
+    now = time.monotonic()
+    cached = _progress_reads.get(task_id)
+    if cached is None or now - cached[0] > max_age or (cached[1].done() and cached[1].exception()):
+        future = asyncio.ensure_future(_db(task_progress)(task_id, org_id))
+        cached = (now, future)
+        _progress_reads[task_id] = cached
+        future.add_done_callback(lambda _f: _forget_later(task_id, cached, max_age))
+    return await asyncio.shield(cached[1])
+
+
+def _forget_later(task_id: Any, entry: Any, max_age: float) -> None:
+    def forget() -> None:
+        if _progress_reads.get(task_id) is entry:
+            del _progress_reads[task_id]
+
+    asyncio.get_running_loop().call_later(max_age, forget)
+
+
+class TaskTimelineConsumer(_DispatchWithoutDBCleanup, AsyncJsonWebsocketConsumer):
     groups: list[str] = []
 
     async def connect(self) -> None:
@@ -86,6 +126,7 @@ class TaskTimelineConsumer(AsyncJsonWebsocketConsumer):
         self.task_id, self.org_id, self.state = task.pk, task.organization_id, task.state
         self.agent_id = task.agent_id
         self.last_seq = _after(self.scope)
+        self.last_live_at = time.monotonic()
         self.lock = asyncio.Lock()
         await self.accept()
         WEBSOCKET_CONNECTIONS.labels(stream="task").inc()
@@ -133,6 +174,7 @@ class TaskTimelineConsumer(AsyncJsonWebsocketConsumer):
 
     async def task_event(self, message: dict[str, Any]) -> None:
         event = message["event"]
+        self.last_live_at = time.monotonic()
         async with self.lock:
             seq = int(event["seq"])
             if seq <= self.last_seq:
@@ -140,7 +182,8 @@ class TaskTimelineConsumer(AsyncJsonWebsocketConsumer):
             if seq > self.last_seq + 1:
                 await self._catch_up()  # something was dropped: the database has it (this event is committed)
                 return
-            await self._send_event(event)
+            # The publisher encodes the frame once for every socket (see broadcast.publish).
+            await self._send_event(event, frame=message.get("frame"))
 
     async def task_presence(self, message: dict[str, Any]) -> None:
         current = {w.get("user_id"): w for w in message["watchers"]}
@@ -154,8 +197,8 @@ class TaskTimelineConsumer(AsyncJsonWebsocketConsumer):
     async def _refuse(self, code: int | None) -> None:
         await _refuse(self, code)
 
-    async def _send_event(self, event: dict[str, Any]) -> None:
-        await self.send_json({"type": "event", "event": event})
+    async def _send_event(self, event: dict[str, Any], frame: str | None = None) -> None:
+        await self.send(text_data=frame or event_frame(event))
         self.last_seq = int(event["seq"])
         if event["kind"] == "state":
             self.state = event["data"].get("to", self.state)
@@ -171,13 +214,16 @@ class TaskTimelineConsumer(AsyncJsonWebsocketConsumer):
     async def _resync_loop(self) -> None:
         interval = settings.HERMES_WS_RESYNC_SECONDS
         while True:
-            await asyncio.sleep(interval)
+            # Jittered, so sockets opened together do not all wake together.
+            await asyncio.sleep(interval * random.uniform(0.8, 1.2))
             try:
                 if self.presence is not None:
                     await self.presence.refresh()
                 if self.state in TERMINAL_STATES:
                     continue  # the terminal event was delivered; nothing can follow it
-                progress = await _db(task_progress)(self.task_id, self.org_id)
+                if time.monotonic() - self.last_live_at < interval:
+                    continue  # live events flow: a dropped one shows as a seq gap on the next
+                progress = await _shared_progress(self.task_id, self.org_id, max_age=interval / 2)
                 if progress is not None and progress[1] > self.last_seq:
                     async with self.lock:
                         await self._catch_up()
@@ -214,7 +260,7 @@ async def _broadcast_presence(layer: Any, task_id: Any, agent_id: Any) -> None:
         await presence.close()
 
 
-class OrgTasksConsumer(AsyncJsonWebsocketConsumer):
+class OrgTasksConsumer(_DispatchWithoutDBCleanup, AsyncJsonWebsocketConsumer):
     """Status changes of every task of the caller's org (list pages)."""
 
     async def connect(self) -> None:
