@@ -41,7 +41,7 @@ def marketplace_agents(search: str | None = None) -> QuerySet[Agent]:
     return agents
 
 
-def _as_uuid(agent_id: Any) -> uuid.UUID:
+def as_uuid(agent_id: Any) -> uuid.UUID:
     try:
         return agent_id if isinstance(agent_id, uuid.UUID) else uuid.UUID(str(agent_id))
     except ValueError as exc:
@@ -51,7 +51,7 @@ def _as_uuid(agent_id: Any) -> uuid.UUID:
 def get_org_agent(org: Any, agent_id: Any) -> Agent:
     """One of the org's own agents, or 404 (also for another org's agent, public or not)."""
     try:
-        return org_agents(org).get(pk=_as_uuid(agent_id))
+        return org_agents(org).get(pk=as_uuid(agent_id))
     except Agent.DoesNotExist as exc:
         raise Http404("No such agent.") from exc
 
@@ -59,7 +59,7 @@ def get_org_agent(org: Any, agent_id: Any) -> Agent:
 def get_usable_agent(org: Any, agent_id: Any) -> Agent:
     """An agent the org may send tasks to (its own or a public one), or 404 — exactly like a missing id."""
     try:
-        return usable_agents(org).select_related("organization").get(pk=_as_uuid(agent_id))
+        return usable_agents(org).select_related("organization").get(pk=as_uuid(agent_id))
     except Agent.DoesNotExist as exc:
         raise Http404("No such agent.") from exc
 

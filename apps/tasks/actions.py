@@ -137,13 +137,16 @@ def _move(pending: _Pending, target: str, **data: Any) -> None:
     _append(pending, EventKind.STATE, {"from": previous, "to": target, **{k: v for k, v in data.items() if v}})
 
 
-def _save(pending: _Pending, *fields: str) -> None:
+def _save(pending: _Pending, *fields: str, insert_only: bool = False) -> None:
+    """Write the pending events and the task's changed fields (`insert_only`: the task row was just inserted
+    with them already)."""
     task = pending.task
     TaskEvent.objects.bulk_create(pending.events)
-    base = ["last_seq", "updated_at"] if pending.events else ["updated_at"]
-    if pending.state_changed:
-        base += ["state", "started_at", "finished_at", "claimed_by", "claimed_at", "next_attempt_at"]
-    task.save(update_fields=sorted({*base, *fields}))
+    if not insert_only:
+        base = ["last_seq", "updated_at"] if pending.events else ["updated_at"]
+        if pending.state_changed:
+            base += ["state", "started_at", "finished_at", "claimed_by", "claimed_at", "next_attempt_at"]
+        task.save(update_fields=sorted({*base, *fields}))
     if pending.events:
         events = list(pending.events)
         snapshot = task
@@ -204,7 +207,7 @@ def create_task(
     now = timezone.now()
     with transaction.atomic():
         quotas.reserve_task(org)  # tasks per day; fails open when Redis is down
-        task = Task.objects.create(
+        task = Task(
             organization_id=org.pk,
             agent=agent,
             input=message,
@@ -214,12 +217,13 @@ def create_task(
             deadline_at=now + deadline,
             next_attempt_at=now,
         )
-        audit.record("task.created", org=org, actor=user, access=access, target=task, agent_id=str(agent.pk))
-        pending = _Pending(task)
+        pending = _Pending(task, state_changed=True)
         _append(pending, EventKind.STATE, {"from": None, "to": TaskState.SUBMITTED})
-        pending.state_changed = True
         _append(pending, EventKind.MESSAGE, {"role": "user", **message})
-        _save(pending)
+        # The row is inserted with its final last_seq, so the events need no UPDATE of the task afterwards.
+        task.save(force_insert=True)
+        audit.record("task.created", org=org, actor=user, access=access, target=task, agent_id=str(agent.pk))
+        _save(pending, insert_only=True)
         _dispatch_after_commit(task)
     return task
 
