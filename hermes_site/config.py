@@ -114,6 +114,12 @@ SETTINGS_TABLE: tuple[Setting, ...] = (
     Setting("HERMES_FEDERATION_RETRY_BASE", "float", "2", "First retry backoff cap, seconds (doubles per attempt)."),
     Setting("HERMES_FEDERATION_RETRY_MAX_DELAY", "float", "300", "Largest backoff (and Retry-After honored), seconds."),
     Setting("HERMES_FEDERATION_TIMEOUT", "float", "10", "Timeout of one outbound delivery request, seconds."),
+    Setting(
+        "HERMES_FEDERATION_INBOUND_PER_MINUTE",
+        "int",
+        "30000",
+        "Messages accepted per minute from one peer (429 + Retry-After past it); 0 = no limit.",
+    ),
     Setting("HERMES_FEDERATION_SWEEP_INTERVAL", "float", "10", "Seconds between outbox sweeps (Celery beat)."),
     Setting("HERMES_FIELD_KEY", "str", "(derived from SECRET_KEY)", "Key for encrypting secrets at rest (Fernet)."),
     Setting("HERMES_MAX_TASK_INPUT_BYTES", "int", "262144", "Largest accepted task input; bigger is HTTP 413."),

@@ -29,6 +29,9 @@ class Agent(OrgOwnedModel):
     version = models.CharField(max_length=50, blank=True)
     # The JSON-RPC endpoint Hermes calls (the card's JSONRPC interface).
     url = models.URLField(max_length=500)
+    # Set for an agent of another org reached through federation (`echo.globex@berlin`): Hermes does not call it
+    # over A2A; its tasks travel as federation task requests and their timeline comes back as task results.
+    federation_address = models.CharField(max_length=200, blank=True, default="")
     # Where the card was fetched; empty for agents registered by hand.
     card_url = models.URLField(max_length=500, blank=True)
     card = models.JSONField(default=dict, blank=True)
@@ -89,6 +92,10 @@ class Agent(OrgOwnedModel):
     @property
     def skill_names(self) -> list[str]:
         return [str(skill.get("name") or skill.get("id") or "") for skill in self.skills if isinstance(skill, dict)]
+
+    @property
+    def is_federated(self) -> bool:
+        return bool(self.federation_address)
 
     def is_usable_by(self, org: Any) -> bool:
         org_id = getattr(org, "pk", org)

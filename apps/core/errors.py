@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 from django.core.exceptions import PermissionDenied
 from django.core.exceptions import ValidationError as DjangoValidationError
+from django.db import transaction
 from django.http import Http404, HttpRequest, HttpResponse, JsonResponse
 from django.template.loader import render_to_string
 from rest_framework import exceptions, status
@@ -24,12 +26,34 @@ class HermesAPIError(exceptions.APIException):
         status_code: int = 400,
         details: dict[str, Any] | None = None,
         headers: dict[str, str] | None = None,
+        after_rollback: Callable[[], object] | None = None,
     ):
         super().__init__(detail=message, code=code)
         self.status_code = status_code
         self.error_code = code
         self.details = details or {}
         self.headers = headers or {}  # e.g. Retry-After and X-RateLimit-* on a 429
+        self._after_rollback = after_rollback
+
+    def run_after_rollback(self) -> None:
+        """Write what must outlive the transaction this error rolls back (the audit row of a refusal). Called,
+        once, by whoever catches the error outside every transaction: the API's exception handler and the
+        console views that catch it."""
+        work, self._after_rollback = self._after_rollback, None
+        if work is not None:
+            work()
+
+
+def refusal(error: HermesAPIError, record: Callable[[], object]) -> HermesAPIError:
+    """`error`, with `record` (an audit write) run now when no transaction is open. Inside one, it runs once:
+    when the transaction commits all the same (the caller caught the error and went on), or, when it rolls back,
+    from `run_after_rollback` by whoever catches the error outside it."""
+    if transaction.get_connection().in_atomic_block:
+        error._after_rollback = record
+        transaction.on_commit(error.run_after_rollback)
+    else:
+        record()
+    return error
 
 
 class Conflict(HermesAPIError):
@@ -64,6 +88,7 @@ def exception_handler(exc: Exception, context: dict[str, Any]) -> Response | Non
     if response is None:
         return None
     if isinstance(exc, HermesAPIError):
+        exc.run_after_rollback()
         body = error_body(exc.error_code, str(exc.detail), exc.details)
         for name, value in exc.headers.items():
             response[name] = value

@@ -8,6 +8,7 @@ from __future__ import annotations
 import logging
 import random
 from collections.abc import Iterable
+from contextvars import ContextVar
 from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
@@ -16,8 +17,9 @@ from django.conf import settings
 from django.db import transaction
 from django.db.models import F, Max
 from django.utils import timezone
+from django.utils.text import slugify
 
-from apps.core.errors import Conflict, HermesAPIError
+from apps.core.errors import Conflict, HermesAPIError, refusal
 from apps.core.metrics import (
     FEDERATION_DELIVERIES,
     FEDERATION_DELIVERY_LATENCY,
@@ -271,11 +273,17 @@ def send_message(
         policy.Decision(True, "reply to an accepted request") if reply else policy.decide(org.pk, sender_agent, address)
     )
     if not decision.allowed:
-        audit(AuditEvent.POLICY_DENIED, org=org, peer=peer, reason=f"outbound to {address}: {decision.reason}")
-        raise HermesAPIError(
-            f"Federation policy forbids sending to {address}: {decision.reason}",
-            code="policy_denied",
-            status_code=403,
+        # The denial is audited even when the send ran inside a transaction that this error rolls back (an
+        # Idempotency-Key request, a task on a federated agent).
+        raise refusal(
+            HermesAPIError(
+                f"Federation policy forbids sending to {address}: {decision.reason}",
+                code="policy_denied",
+                status_code=403,
+            ),
+            lambda: audit(
+                AuditEvent.POLICY_DENIED, org=org, peer=peer, reason=f"outbound to {address}: {decision.reason}"
+            ),
         )
     with transaction.atomic():
         message = Message.objects.create(
@@ -296,6 +304,35 @@ def send_message(
     return message
 
 
+def federated_agent(org: Any, address: Address) -> Any:
+    """The requesting org's Agent row for another org's agent reached through federation (created on first use).
+
+    It is what lets a remote task live among the org's own tasks: list, detail, live timeline, API, all unchanged.
+    """
+    from apps.agents.models import Agent
+
+    text = str(address)
+    agent = Agent.objects.for_org(org).filter(federation_address=text).first()
+    if agent is not None:
+        return agent
+    slug = slugify(f"fed-{text.replace('@', '-at-')}")[:80]
+    agent, _ = Agent.objects.for_org(org).get_or_create(
+        slug=slug,
+        defaults={
+            "organization": org,
+            "name": text,
+            "description": "An agent of another organization, reached through federation.",
+            "federation_address": text,
+        },
+    )
+    return agent
+
+
+# The sending agent of the request being made in this context (agent→agent policies), read by the receiver of
+# tasks' `task_submitted_remotely`, which the tasks app calls without knowing about sender agents.
+_sender_agent: ContextVar[str] = ContextVar("federation_sender_agent", default="")
+
+
 def request_remote_task(
     *,
     org: Any,
@@ -304,9 +341,16 @@ def request_remote_task(
     metadata: dict[str, Any] | None = None,
     sender_agent: str = "",
     actor: Any = None,
+    access: Any = None,
 ) -> RemoteTask:
-    """Ask another org's agent (`echo.globex` here, `echo.globex@berlin` on a peer) to run a task. The request
-    travels as a `task_request` message; its id correlates every `task_result` that comes back."""
+    """Ask another org's agent (`echo.globex` here, `echo.globex@berlin` on a peer) to run a task.
+
+    The task is an ordinary task of `org` on the federated agent's Agent row (`federated_agent`), so it shows in
+    the tasks list and detail and streams like any other; creating it writes the `task_request` message (see
+    `remote_tasks.send_task_request`), whose id correlates every `task_result` that comes back.
+    """
+    from apps.tasks import actions as task_actions
+
     address = _address_or_400(agent, "agent")
     if address.agent is None:
         raise HermesAPIError(
@@ -314,16 +358,26 @@ def request_remote_task(
             code="invalid_address",
             details={"agent": ["name the agent: agent.org[@peer]"]},
         )
-    with transaction.atomic():
-        request = send_message(
-            org=org,
-            recipient=address,
-            payload={"message": message, "metadata": metadata or {}},
-            type=MessageType.TASK_REQUEST,
-            sender_agent=sender_agent,
-            actor=actor,
-        )
-        return RemoteTask.objects.create(organization=org, request=request, agent_address=str(address))
+    token = _sender_agent.set(sender_agent)
+    try:
+        with transaction.atomic():
+            local_agent = federated_agent(org, address)
+            task = task_actions.create_task(
+                org=org, agent=local_agent, message=message, metadata=metadata, access=access, created_by=actor
+            )
+            return RemoteTask.objects.for_org(org).get(task_id=str(task.pk))
+    except task_actions.InvalidMessage as exc:
+        raise HermesAPIError(str(exc), code="invalid_message", details={"message": [str(exc)]}) from exc
+    except task_actions.TaskInputTooLarge as exc:
+        raise HermesAPIError(
+            str(exc), code="input_too_large", status_code=413, details={"size": exc.size, "limit": exc.limit}
+        ) from exc
+    finally:
+        _sender_agent.reset(token)
+
+
+def current_sender_agent() -> str:
+    return _sender_agent.get()
 
 
 # --- Delivery transitions ---------------------------------------------------------------------------------

@@ -257,7 +257,12 @@ class _RequestRemoteTaskMixin:
     def create(self, request: Request) -> Response:
         body = RequestRemoteTaskSerializer(data=request.data)
         body.is_valid(raise_exception=True)
-        remote = actions.request_remote_task(org=self.org, actor=request.user, **body.validated_data)  # type: ignore[attr-defined]
+        remote = actions.request_remote_task(
+            org=self.org,  # type: ignore[attr-defined]
+            actor=request.user,
+            access=self.access,  # type: ignore[attr-defined]
+            **body.validated_data,
+        )
         remote = self.get_queryset().get(pk=remote.pk)  # type: ignore[attr-defined]
         return Response(RemoteTaskSerializer(remote).data, status=status.HTTP_202_ACCEPTED)
 

@@ -139,6 +139,7 @@ class MessageType(models.TextChoices):
     MESSAGE = "message", "Message"
     TASK_REQUEST = "task_request", "Task request"
     TASK_RESULT = "task_result", "Task result"
+    TASK_CANCEL = "task_cancel", "Task cancel"
     RECEIPT = "receipt", "Receipt"
 
 
@@ -277,6 +278,7 @@ class AuditEvent(models.TextChoices):
     STALE_TIMESTAMP = "stale_timestamp", "Stale timestamp"
     POLICY_DENIED = "policy_denied", "Policy denied"
     REJECTED = "rejected", "Rejected (malformed or unknown recipient)"
+    RATE_LIMITED = "rate_limited", "Rate limited (429)"
     DELIVERED = "delivered", "Delivered"
     RETRIED = "retried", "Retry scheduled"
     DEAD_LETTERED = "dead_lettered", "Dead-lettered"
@@ -329,6 +331,10 @@ class RemoteTask(OrgOwnedModel):
     last_seq = models.PositiveIntegerField(default=0)
     error = models.TextField(blank=True)
     updated_at = models.DateTimeField(auto_now=True)
+    # The requester's own Task that shows this timeline in the tasks views (not a foreign key, like
+    # FederatedTask.task_id), and the highest remote seq applied to it: remote events are applied to it in order.
+    task_id = models.CharField(max_length=64, blank=True)
+    applied_seq = models.PositiveIntegerField(default=0)
 
     def __str__(self) -> str:
         return f"{self.agent_address}: {self.state}"

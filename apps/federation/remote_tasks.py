@@ -1,10 +1,17 @@
 """Cross-org tasks over federation.
 
 Requester (org A)                                  Executor (org B, here or on a peer)
-  request_remote_task -> task_request message  ->  handler: apps.tasks.actions.create_task on B's agent,
-  RemoteTask (mirror) created                       FederatedTask links the task to the requester
+  create_task on A's federated Agent row
+  (tasks' `task_submitted_remotely`, same tx)
+    -> task_request message + RemoteTask       ->  handler: apps.tasks.actions.create_task on B's agent,
+                                                    FederatedTask links the task to the requester
                                                     every recorded task event (tasks' `task_event_recorded`
-  handler: RemoteTaskEvent by remote seq       <-   signal) -> task_result message, correlated to the request
+  handler: RemoteTaskEvent by remote seq,      <-   signal) -> task_result message, correlated to the request
+  applied in seq order to A's own Task
+  A cancels its Task -> task_cancel message    ->  handler: cancel_task on B's task
+
+So the requester follows the remote task in its ordinary task views (list, detail, websocket, SSE, API): the
+events arrive as task results and are recorded on its own Task with `apps.tasks.actions.record`.
 
 A request the executor cannot run (unknown agent, agent not usable, quota, input too large) is answered with a
 single `task_result` at seq 0 whose state is `rejected`.
@@ -12,6 +19,7 @@ single `task_result` at seq 0 whose state is `rejected`.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from typing import Any
 
@@ -26,6 +34,8 @@ from apps.federation.models import (
     RemoteTask,
     RemoteTaskEvent,
 )
+from apps.tasks import actions as task_actions
+from apps.tasks.models import EventKind, Task, TaskState
 
 logger = logging.getLogger(__name__)
 
@@ -67,8 +77,6 @@ def start_requested_task(entry: InboxEntry) -> None:
     if agent is None:
         _reject(entry, f"{entry.organization.slug} has no agent '{entry.recipient_agent}'")
         return
-    from apps.tasks import actions as task_actions
-
     payload = entry.payload
     message = payload.get("message")
     if not isinstance(message, dict):
@@ -94,9 +102,54 @@ def start_requested_task(entry: InboxEntry) -> None:
         _reject(entry, f"{type(exc).__name__}: {exc}"[:300])
 
 
+def send_task_request(sender: Any = None, *, task: Task, agent: Any, user: Any = None, **_: Any) -> None:
+    """Requester side (receiver of tasks' `task_submitted_remotely`, inside create_task's transaction): write the
+    task request for the federated agent and the RemoteTask that correlates its results with `task`."""
+    request = actions.send_message(
+        org=task.organization,
+        recipient=agent.federation_address,
+        payload={"message": task.input, "metadata": task.metadata},
+        type=MessageType.TASK_REQUEST,
+        sender_agent=actions.current_sender_agent(),
+        actor=user,
+    )
+    RemoteTask.objects.create(
+        organization_id=task.organization_id,
+        request=request,
+        agent_address=agent.federation_address,
+        task_id=str(task.pk),
+    )
+
+
+def _is_local_cancel(event: Any) -> bool:
+    data = event.data if isinstance(event.data, dict) else {}
+    # A canceled state mirrored from the executor carries its remote seq: that one is not relayed back.
+    return event.kind == EventKind.STATE and data.get("to") == TaskState.CANCELED and "remote_seq" not in data
+
+
+def relay_cancel(task: Task) -> None:
+    """Requester side: the org canceled its task on a federated agent; ask the executor to cancel its task."""
+    remote = RemoteTask.objects.for_org(task.organization_id).filter(task_id=str(task.pk)).first()
+    if remote is None or remote.state in TERMINAL:
+        return
+    actions.send_message(
+        org=task.organization,
+        recipient=remote.agent_address,
+        payload={"reason": "canceled by the requester"},
+        type=MessageType.TASK_CANCEL,
+        correlation_id=remote.request_id,
+        # The request this cancels already passed the outbound policy; a cancel must not be stopped by a
+        # policy changed since, or the remote task would run on unwanted.
+        reply=True,
+    )
+
+
 def report_task_event(sender: Any = None, *, task: Any, event: Any, **_: Any) -> None:
-    """Executor side (receiver of tasks' `task_event_recorded`): forward a federated task's event."""
+    """Receiver of tasks' `task_event_recorded`. Executor side: forward a federated task's event to the
+    requester. Requester side: relay a cancel of a task on a federated agent."""
     if "federation" not in (getattr(task, "metadata", None) or {}):
+        if _is_local_cancel(event):
+            relay_cancel(task)
         return  # not a task run for another org: no lookup for the common case
     link = FederatedTask.objects.for_org(task.organization_id).filter(task_id=str(task.pk)).first()
     if link is None:
@@ -119,7 +172,8 @@ def report_task_event(sender: Any = None, *, task: Any, event: Any, **_: Any) ->
 
 @register(MessageType.TASK_RESULT)
 def mirror_task_result(entry: InboxEntry) -> None:
-    """Requester side: append the remote event to the mirror, in remote sequence order."""
+    """Requester side: keep the remote event by its remote seq, then apply whatever is now in order to the
+    requester's own task."""
     remote = (
         RemoteTask.objects.for_org(entry.organization)
         .select_for_update()
@@ -133,7 +187,7 @@ def mirror_task_result(entry: InboxEntry) -> None:
     state = str(payload.get("state") or "")
     try:
         with transaction.atomic():
-            RemoteTaskEvent.objects.create(
+            event = RemoteTaskEvent.objects.create(
                 organization=entry.organization,
                 remote_task=remote,
                 seq=seq,
@@ -156,11 +210,67 @@ def mirror_task_result(entry: InboxEntry) -> None:
         if state == "rejected":
             remote.error = str((payload.get("data") or {}).get("reason", ""))[:1000]
             fields.append("error")
+    fields += _apply_in_order(remote, event)
     remote.save(update_fields=fields)
 
 
-def connect_task_signal() -> None:
-    """Subscribe to the tasks app's event signal (called from FederationConfig.ready)."""
-    from apps.tasks.actions import task_event_recorded
+def _apply_in_order(remote: RemoteTask, arrived: RemoteTaskEvent) -> list[str]:
+    """Record on the requester's task every mirrored event that directly follows the last one applied (the
+    remote lock is held). A rejection (seq 0) applies at once. Returns the RemoteTask fields changed."""
+    if not remote.task_id:
+        return []  # a request made before remote tasks became tasks: the mirror alone shows it
+    if arrived.seq == 0:
+        ready = [arrived]
+    else:
+        ready = []
+        expected = remote.applied_seq + 1
+        for event in remote.events.filter(seq__gt=remote.applied_seq).order_by("seq"):
+            if event.seq != expected:
+                break  # a gap: a later task result fills it and applies the rest
+            ready.append(event)
+            expected += 1
+        if not ready:
+            return []
+        remote.applied_seq = ready[-1].seq
+    observations = [obs for obs in map(_observation, ready) if obs is not None]
+    if observations:
+        task_actions.record(remote.task_id, observations)
+    return ["applied_seq"] if arrived.seq else []
 
-    task_event_recorded.connect(report_task_event, dispatch_uid="federation-report-task-event")
+
+def _observation(event: RemoteTaskEvent) -> task_actions.Observation | None:
+    data = dict(event.data)
+    if event.kind == EventKind.STATE:
+        target = str(data.pop("to", "") or "")
+        data.pop("from", None)
+        if target in ("", TaskState.SUBMITTED):
+            return None  # the requester's task was submitted when it asked
+        return task_actions.Observation(kind=EventKind.STATE, data={**data, "remote_seq": event.seq}, state=target)
+    if event.kind == EventKind.MESSAGE and data.get("role") == "user":
+        return None  # the requester's own input, already on its timeline
+    return task_actions.Observation(kind=event.kind, data=data)
+
+
+@register(MessageType.TASK_CANCEL)
+def cancel_requested_task(entry: InboxEntry) -> None:
+    """Executor side: the requester canceled; cancel the task run for it (a finished task stays finished)."""
+    link = (
+        FederatedTask.objects.for_org(entry.organization)
+        .filter(correlation_id=entry.correlation_id, reply_to=entry.sender)
+        .first()
+    )
+    if link is None:
+        logger.info("federation: cancel for unknown or rejected request %s", entry.correlation_id)
+        return
+    task = Task.objects.for_org(entry.organization).filter(pk=link.task_id).first()
+    if task is None:
+        return
+    # A task that finished first stays finished; its terminal event already went back.
+    with contextlib.suppress(task_actions.TaskNotCancelable):
+        task_actions.cancel_task(task, reason=f"canceled by the requester {entry.sender}")
+
+
+def connect_task_signal() -> None:
+    """Subscribe to the tasks app's signals (called from FederationConfig.ready)."""
+    task_actions.task_event_recorded.connect(report_task_event, dispatch_uid="federation-report-task-event")
+    task_actions.task_submitted_remotely.connect(send_task_request, dispatch_uid="federation-send-task-request")

@@ -177,6 +177,9 @@ class RemoteTaskSerializer(serializers.ModelSerializer):
     """A task another org's agent runs for us, with its timeline as reported by the executor."""
 
     request_id = serializers.UUIDField(read_only=True)
+    task_id = serializers.CharField(
+        read_only=True, help_text="This org's own task for it: GET /api/v1/tasks/{task_id}, its events and stream."
+    )
     delivery = OutboxSerializer(source="request.outbox", read_only=True)
     events = RemoteTaskEventSerializer(many=True, read_only=True)
 
@@ -184,6 +187,7 @@ class RemoteTaskSerializer(serializers.ModelSerializer):
         model = RemoteTask
         fields = (
             "id",
+            "task_id",
             "agent_address",
             "state",
             "remote_task_id",

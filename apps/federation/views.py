@@ -44,6 +44,7 @@ from apps.federation.models import (
 )
 from apps.federation.selectors import live_secrets
 from apps.federation.signing import encode_secret
+from apps.orgs import quotas
 from apps.orgs.decorators import org_action_required
 
 MAX_BODY_BYTES = 1024 * 1024
@@ -68,6 +69,22 @@ def _uuid_or_none(value: str | None) -> uuid.UUID | None:
         return None
 
 
+def _over_rate_limit(peer: Peer, msg_id: str) -> HttpResponse | None:
+    limit = settings.HERMES_FEDERATION_INBOUND_PER_MINUTE
+    if not limit:
+        return None
+    decision = quotas.check_per_minute(f"federation-peer:{peer.pk}", limit, "peer_messages_per_minute")
+    if decision is None or decision.allowed:
+        return None  # under the limit, or Redis unreachable (fail open: delivery matters more than the limit)
+    reason = f"more than {limit} messages per minute from {peer.name}"
+    audit(AuditEvent.RATE_LIMITED, peer=peer, message_id=_uuid_or_none(msg_id), reason=reason)
+    FEDERATION_INBOUND.labels(decision="rate_limited").inc()
+    response = _json(429, error_body("rate_limited", f"Too many messages: {reason}; retry later."))
+    # The sender's delivery honors Retry-After on 429: the message is retried, not lost.
+    response["Retry-After"] = str(decision.retry_after)
+    return response
+
+
 @csrf_exempt
 @require_POST
 def inbox(request: HttpRequest, sender: str) -> HttpResponse:
@@ -89,6 +106,9 @@ def inbox(request: HttpRequest, sender: str) -> HttpResponse:
             audit(exc.code, peer=peer, message_id=_uuid_or_none(msg_id), reason=exc.reason)
             FEDERATION_INBOUND.labels(decision=exc.code).inc()
             return _json(401, error_body(exc.code, exc.reason))
+    # Counted after the signature check, so nobody but the peer itself can spend its budget.
+    if (limited := _over_rate_limit(peer, msg_id)) is not None:
+        return limited
     try:
         data = decode_body(body)
     except (UnicodeDecodeError, ValueError):
@@ -426,16 +446,18 @@ def console_remote_tasks(request: HttpRequest) -> HttpResponse:
         if form.is_valid():
             try:
                 remote = actions.request_remote_task(
-                    org=access.org, agent=form.cleaned_data["agent"], message=form.message(), actor=request.user
+                    org=access.org, agent=form.cleaned_data["agent"], message=form.message(), access=access
                 )
             except HermesAPIError as exc:
+                exc.run_after_rollback()
                 if exc.status_code == 403:
                     form.add_error("agent", str(exc.detail))
                 else:
                     add_error_details(form, exc)
             else:
                 messages.success(request, f"Task requested from {remote.agent_address}.")
-                return hx_redirect(request, reverse("federation:remote-task", args=[remote.pk]))
+                # The remote task is one of the org's tasks: follow it live in the ordinary task view.
+                return hx_redirect(request, reverse("tasks:detail", args=[remote.task_id]))
     rows = RemoteTask.objects.for_org(access.org).select_related("request").order_by("-created_at")[:OUTBOX_LIMIT]
     context = {"rows": rows, "form": form, "can_write": access.allows("federation:write")}
     return render_console(request, "federation/remote_tasks.html", context, status=422 if form.errors else 200)

@@ -279,19 +279,24 @@ class OrgQuotaThrottle(BaseThrottle):
 ANONYMOUS_REQUESTS_PER_MINUTE = 20
 
 
-def check_anonymous(ip: str, now: float | None = None) -> Decision | None:
-    """Per-address limit for the public endpoints (registration, password reset); None when Redis is down."""
+def check_per_minute(subject: str, limit: int, limit_name: str, now: float | None = None) -> Decision | None:
+    """Count one request of `subject` (not an org: a client address, a federation peer) against `limit` per
+    minute; None when Redis is unreachable (fail open)."""
     now = clock() if now is None else now
     window = int(now // WINDOW_SECONDS)
-    keys = [":".join([KEY_PREFIX, "anon", ip, str(window)])]
-    limit = ANONYMOUS_REQUESTS_PER_MINUTE
-    result = _gate.run(lambda: _gate.script()(keys=keys, args=[1, limit, WINDOW_SECONDS * 2]), "anonymous check")
+    keys = [":".join([KEY_PREFIX, subject, str(window)])]
+    result = _gate.run(lambda: _gate.script()(keys=keys, args=[1, limit, WINDOW_SECONDS * 2]), limit_name)
     if result is None:
         return None
-    decision = Decision(bool(result[1]), "address_requests_per_minute", limit, int(result[0]), (window + 1) * 60, now)
+    decision = Decision(bool(result[1]), limit_name, limit, int(result[0]), (window + 1) * WINDOW_SECONDS, now)
     if not decision.allowed:
-        QUOTA_REJECTIONS.labels(limit=decision.limit_name).inc()
+        QUOTA_REJECTIONS.labels(limit=limit_name).inc()
     return decision
+
+
+def check_anonymous(ip: str, now: float | None = None) -> Decision | None:
+    """Per-address limit for the public endpoints (registration, password reset); None when Redis is down."""
+    return check_per_minute(f"anon:{ip}", ANONYMOUS_REQUESTS_PER_MINUTE, "address_requests_per_minute", now)
 
 
 class AnonymousRateThrottle(BaseThrottle):

@@ -42,6 +42,11 @@ logger = logging.getLogger(__name__)
 # Federation listens to report status back to the peer that sent the task.
 task_event_recorded = Signal()
 
+# Sent *inside* create_task's transaction for an agent reached through federation (`agent.is_federated`), with
+# kwargs `task`, `agent`, `user` and `access`. Its receiver (federation) writes the task request in the same
+# transaction — or raises (policy denied, unknown peer …), which refuses the task and writes nothing.
+task_submitted_remotely = Signal()
+
 
 class TaskInputTooLarge(Exception):
     def __init__(self, size: int, limit: int) -> None:
@@ -59,6 +64,10 @@ class TaskNotWaitingForInput(Exception):
 
 
 class AgentNotUsable(Exception):
+    pass
+
+
+class FollowUpNotRelayed(Exception):
     pass
 
 
@@ -215,7 +224,8 @@ def create_task(
             created_by=user if getattr(user, "is_authenticated", False) else None,
             api_key=access.api_key if access is not None else None,
             deadline_at=now + deadline,
-            next_attempt_at=now,
+            # No worker runs a federated task, so the sweeper must never see it as an undelivered job.
+            next_attempt_at=None if agent.is_federated else now,
         )
         pending = _Pending(task, state_changed=True)
         _append(pending, EventKind.STATE, {"from": None, "to": TaskState.SUBMITTED})
@@ -224,7 +234,10 @@ def create_task(
         task.save(force_insert=True)
         audit.record("task.created", org=org, actor=user, access=access, target=task, agent_id=str(agent.pk))
         _save(pending, insert_only=True)
-        _dispatch_after_commit(task)
+        if agent.is_federated:
+            task_submitted_remotely.send(sender=Task, task=task, agent=agent, user=user, access=access)
+        else:
+            _dispatch_after_commit(task)
     return task
 
 
@@ -244,6 +257,7 @@ def cancel_task(task: Task, *, access: Access | None = None, reason: str = "canc
         fields = ["cancel_requested_at"]
         locked.cancel_requested_at = locked.cancel_requested_at or timezone.now()
         if not locked.claimed_by:
+            # (A federated task is never claimed: its cancel is relayed by federation, which hears this event.)
             _move(pending, TaskState.CANCELED, reason=reason)
             if locked.remote_task_id:
                 remote_id = locked.remote_task_id
@@ -266,6 +280,8 @@ def continue_task(task: Task, *, message: dict[str, Any], access: Access | None 
         locked = _lock(task)
         if locked.state not in INTERRUPTED_STATES:
             raise TaskNotWaitingForInput(f"the task is {locked.state}, not waiting for input")
+        if locked.agent.is_federated:
+            raise FollowUpNotRelayed("follow-up messages are not relayed to agents reached through federation yet")
         audit.record("task.continued", org=locked.organization_id, access=access, target=locked)
         pending = _Pending(locked)
         _append(pending, EventKind.MESSAGE, {"role": "user", **message})

@@ -58,8 +58,9 @@ def claim(task_id: Any, worker: str) -> Task | None:
     with transaction.atomic():
         task = (
             Task.objects.unscoped("a worker claims the task named in its message")
-            .select_for_update(skip_locked=True)
-            .filter(pk=task_id, state__in=RUNNABLE_STATES)
+            .select_for_update(skip_locked=True, of=("self",))  # the task row only, not its agent's
+            # A federated agent's task runs on the other org's side; no worker here ever calls that agent.
+            .filter(pk=task_id, state__in=RUNNABLE_STATES, agent__federation_address="")
             .first()
         )
         if task is None:

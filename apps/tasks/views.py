@@ -12,6 +12,7 @@ from django.views.decorators.http import require_http_methods, require_POST
 
 from apps.agents import selectors as agent_selectors
 from apps.core.console import hx_redirect, render_console
+from apps.core.errors import HermesAPIError
 from apps.core.permissions import Access
 from apps.orgs import quotas
 from apps.orgs.decorators import org_action_required
@@ -77,6 +78,9 @@ def create(request: HttpRequest) -> HttpResponse:
         except quotas.QuotaExceeded as exc:
             # The same daily limit as the API: say which limit, when it resets and how to raise it.
             quota = exc
+        except HermesAPIError as exc:  # a federated agent's request refused (policy, unknown or disabled peer)
+            exc.run_after_rollback()
+            form.add_error("agent", str(exc.detail))
         else:
             messages.success(request, f"Task sent to {task.agent.name}.")
             return hx_redirect(request, reverse("tasks:detail", args=[task.pk]))
@@ -127,7 +131,7 @@ def follow_up(request: HttpRequest, task_id: str) -> HttpResponse:
         try:
             message = {"role": "user", "parts": [{"kind": "text", "text": form.cleaned_data["text"]}]}
             actions.continue_task(task, message=message, access=access)
-        except actions.TaskNotWaitingForInput as exc:
+        except (actions.TaskNotWaitingForInput, actions.FollowUpNotRelayed) as exc:
             messages.error(request, f"Cannot reply: {exc}.")
         except actions.TaskInputTooLarge as exc:
             messages.error(request, str(exc))

@@ -176,21 +176,27 @@ def test_dlq_changes_need_write_and_stay_in_the_org(
 
 
 def test_remote_tasks_request_and_timeline(as_user: Any, bob: Any, dave: Any, org: Any, charlie: Any) -> None:
-    from apps.federation.models import RemoteTask
+    from apps.federation.models import FederationAuditEvent, RemoteTask
 
     client = as_user(bob)
     denied = client.post("/federation/remote-tasks/", {"agent": "echo.globex", "text": "hi"})
     assert denied.status_code == 422 and "policy forbids" in denied.content.decode()
+    assert FederationAuditEvent.objects.for_org(org).filter(event="policy_denied").count() == 1
     no_agent = client.post("/federation/remote-tasks/", {"agent": "globex", "text": "hi"})
     assert no_agent.status_code == 422 and "name the agent" in no_agent.content.decode()
     assert as_user(dave).post("/federation/remote-tasks/", {"agent": "echo.globex", "text": "hi"}).status_code == 403
     actions.set_policy(org=org, remote="*", effect=Effect.ALLOW)
     ok = client.post("/federation/remote-tasks/", {"agent": "echo.globex", "text": "hi"})
     remote = RemoteTask.objects.for_org(org).get()
-    assert ok.status_code == 302 and ok["Location"] == f"/federation/remote-tasks/{remote.pk}/"
-    page = main_html(client.get(ok["Location"]))
+    # The requester lands on its own task page: the remote task is one of its tasks.
+    assert ok.status_code == 302 and ok["Location"] == f"/tasks/{remote.task_id}/"
+    assert "echo.globex" in main_html(client.get(ok["Location"]))
+    mirror = f"/federation/remote-tasks/{remote.pk}/"
+    page = main_html(client.get(mirror))
     assert "echo.globex" in page and "Waiting for the remote side" in page and 'hx-trigger="every 2s"' in page
-    fragment = client.get(ok["Location"], **HX).content.decode()
+    assert f"/tasks/{remote.task_id}/" in page
+    fragment = client.get(mirror, **HX).content.decode()
     assert fragment.lstrip().startswith('<div class="grid-2" id="remote-timeline"')
     assert str(remote.pk)[:8] in main_html(client.get("/federation/remote-tasks/"))
+    assert as_user(charlie).get(mirror).status_code == 404
     assert as_user(charlie).get(ok["Location"]).status_code == 404

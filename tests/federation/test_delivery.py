@@ -90,13 +90,16 @@ def test_same_instance_delivery_keeps_receipts_dedup_and_audit(
 
 
 @pytest.mark.django_db
-def test_send_validates_address_peer_and_policy(org: Any, stub_peer: Peer) -> None:
+def test_send_validates_address_peer_and_policy(
+    org: Any, stub_peer: Peer, django_capture_on_commit_callbacks: Any
+) -> None:
     with pytest.raises(HermesAPIError, match="not a federation address"):
         send(org, "not an address")
     with pytest.raises(HermesAPIError, match="No peer named 'rome'"):
         send(org, "globex@rome")
     actions.set_policy(org=org, remote="globex@stub", effect=Effect.DENY)
-    with pytest.raises(HermesAPIError, match="policy forbids"):
+    # The caller catches the refusal and its transaction commits: the denial is audited on commit.
+    with django_capture_on_commit_callbacks(execute=True), pytest.raises(HermesAPIError, match="policy forbids"):
         send(org)
     assert not Message.objects.for_org(org).exists()
     assert FederationAuditEvent.objects.for_org(org).filter(event=AuditEvent.POLICY_DENIED).count() == 1

@@ -201,3 +201,23 @@ def test_federation_peer_command() -> None:
     for args in (("add", "rome", "http://x", "--local-name", "p"), ("add", "x"), ("enable",), ("enable", "nope")):
         with pytest.raises(CommandError):
             call_command("federation_peer", *args, stdout=io.StringIO())
+
+
+@pytest.mark.django_db
+def test_a_peer_over_its_rate_limit_gets_429_with_retry_after(berlin: Peer, org: Any, settings: Any) -> None:
+    settings.HERMES_FEDERATION_INBOUND_PER_MINUTE = 2
+    actions.set_policy(org=org, remote="*", effect=Effect.ALLOW)
+    forged_id, forged = envelope()
+    bad = post(forged, signing.sign_headers(forged_id, forged, [b"x" * 32]))
+    assert bad.status_code == 401  # refused before counting: a forger cannot spend the peer's budget
+    statuses = []
+    for _ in range(3):
+        msg_id, body = envelope()
+        response = post(body, signing.sign_headers(msg_id, body, [SECRET]))
+        statuses.append(response.status_code)
+    assert statuses == [200, 200, 429]
+    assert 1 <= int(response["Retry-After"]) <= 60
+    assert json.loads(response.content)["error"]["code"] == "rate_limited"
+    assert not InboxEntry.objects.for_org(org).filter(message_id=msg_id).exists()  # the sender retries it later
+    (limited,) = events(AuditEvent.RATE_LIMITED)
+    assert limited.message_id == uuid.UUID(msg_id) and "2 messages per minute from berlin" in limited.reason

@@ -9,6 +9,7 @@ import pytest
 
 from apps.core.errors import HermesAPIError
 from apps.federation import actions
+from apps.federation.addresses import Address
 from apps.federation.models import (
     Effect,
     FederationAuditEvent,
@@ -192,3 +193,157 @@ def test_handler_failures_are_recorded_and_unhandled_entries_redriven(
     assert entry.handled_at is not None and entry.handling_error.startswith("LookupError")
     handle(entry.pk)  # handled entries are never run twice
     assert sweep_outbox()["redriven"] == 0
+
+
+# --- The requester's own task -----------------------------------------------------------------------------------
+
+
+def _own_task(org: Any, remote: RemoteTask) -> Any:
+    from apps.tasks.models import Task
+
+    return Task.objects.for_org(org).select_related("agent").get(pk=remote.task_id)
+
+
+@pytest.mark.django_db
+def test_the_requester_follows_the_remote_task_in_its_own_task_views(
+    org: Any, other_org: Any, alice: Any, client_for: Any, acme_may_ask_globex: None,
+    django_capture_on_commit_callbacks: Any,
+) -> None:  # fmt: skip
+    # The request is written but not delivered here: the executor's reports below stand in for globex.
+    with django_capture_on_commit_callbacks(execute=False):
+        remote = actions.request_remote_task(org=org, agent="echo.globex", message=MESSAGE)
+    task = _own_task(org, remote)
+    assert task.agent.federation_address == "echo.globex" and task.state == "submitted"
+    assert task.next_attempt_at is None  # no worker here runs it, so the sweeper never re-dispatches it
+    reports = [  # out of order and once twice, as parallel deliveries and a redelivery can bring them
+        (3, "state", {"from": "submitted", "to": "working"}, "working"),
+        (1, "state", {"from": None, "to": "submitted"}, "submitted"),
+        (4, "artifact", {"parts": [{"kind": "text", "text": "HELLO"}]}, "working"),
+        (2, "message", {"role": "user", **MESSAGE}, "submitted"),
+        (5, "state", {"from": "working", "to": "completed"}, "completed"),
+        (3, "state", {"from": "submitted", "to": "working"}, "working"),
+    ]
+    applied = []
+    for seq, kind, data, state in reports:
+        with django_capture_on_commit_callbacks(execute=True):
+            report(other_org, remote, seq, kind, data, state)
+        remote.refresh_from_db()
+        applied.append(remote.applied_seq)
+    # Nothing is applied past a gap; each arrival applies whatever now follows in order.
+    assert applied == [0, 1, 1, 4, 5, 5]
+    task.refresh_from_db()
+    assert task.state == "completed"
+    api = client_for(alice)
+    listed = api.get("/api/v1/tasks", {"agent": str(task.agent_id)}).json()["results"]
+    assert [row["id"] for row in listed] == [str(task.pk)] and listed[0]["agent"]["name"] == "echo.globex"
+    events = api.get(f"/api/v1/tasks/{task.pk}/events").json()["results"]
+    # Its own submitted + input, then the remote working, artifact and completed, each once, in remote order.
+    assert [(e["kind"], e["data"].get("to")) for e in events] == [
+        ("state", "submitted"),
+        ("message", None),
+        ("state", "working"),
+        ("artifact", None),
+        ("state", "completed"),
+    ]
+    assert events[2]["data"]["remote_seq"] == 3 and events[3]["data"]["parts"][0]["text"] == "HELLO"
+    page = api.get(f"/tasks/{task.pk}/")
+    assert page.status_code == 200 and b"echo.globex" in page.content
+
+
+@pytest.mark.django_db
+def test_a_rejected_request_fails_the_requesters_task_at_once(
+    org: Any, other_org: Any, acme_may_ask_globex: None, django_capture_on_commit_callbacks: Any
+) -> None:
+    with django_capture_on_commit_callbacks(execute=True):
+        remote = actions.request_remote_task(org=org, agent="nobody.globex", message=MESSAGE)
+    task = _own_task(org, remote)
+    assert task.state == "rejected"
+    last = task.events.order_by("-seq").first()
+    assert "no agent 'nobody'" in last.data["reason"]
+
+
+@pytest.mark.django_db
+def test_post_tasks_to_a_federated_agent_sends_a_task_request(
+    org: Any, alice: Any, client_for: Any, acme_may_ask_globex: None, django_capture_on_commit_callbacks: Any
+) -> None:
+    agent = actions.federated_agent(org, Address.parse("echo.globex"))
+    assert actions.federated_agent(org, Address.parse("echo.globex")) == agent  # one row per address
+    api = client_for(alice)
+    with django_capture_on_commit_callbacks(execute=False):
+        created = api.post("/api/v1/tasks", {"agent": str(agent.pk), "input": MESSAGE}, format="json")
+    assert created.status_code == 202, created.content
+    remote = RemoteTask.objects.for_org(org).select_related("request").get(task_id=created.json()["id"])
+    assert remote.request.type == MessageType.TASK_REQUEST and remote.request.payload["message"]["parts"]
+
+
+@pytest.mark.django_db
+def test_a_refused_request_creates_no_task(
+    org: Any, alice: Any, client_for: Any, django_capture_on_commit_callbacks: Any
+) -> None:
+    from apps.tasks.models import Task
+
+    agent = actions.federated_agent(org, Address.parse("echo.globex"))
+    actions.set_policy(org=org, remote="globex", effect=Effect.DENY)
+    refused = client_for(alice).post("/api/v1/tasks", {"agent": str(agent.pk), "input": MESSAGE}, format="json")
+    assert refused.status_code == 403, refused.content
+    assert not Task.objects.for_org(org).exists() and not RemoteTask.objects.for_org(org).exists()
+    # The refusal is audited although the transaction it happened in rolled back.
+    denied = FederationAuditEvent.objects.for_org(org).get(event="policy_denied")
+    assert "echo.globex" in denied.reason
+
+
+@pytest.mark.django_db
+def test_a_denied_send_under_an_idempotency_key_keeps_its_audit_row(org: Any, alice: Any, client_for: Any) -> None:
+    actions.set_policy(org=org, remote="globex", effect=Effect.DENY)
+    refused = client_for(alice).post(
+        "/api/v1/federation/messages",
+        {"recipient": "globex", "payload": {"hello": 1}},
+        format="json",
+        HTTP_IDEMPOTENCY_KEY="deny-1",
+    )
+    assert refused.status_code == 403 and refused.json()["error"]["code"] == "policy_denied"
+    assert FederationAuditEvent.objects.for_org(org).filter(event="policy_denied").count() == 1
+
+
+@pytest.mark.django_db
+def test_cancel_is_relayed_to_the_executor_and_follow_ups_are_refused(
+    org: Any, other_org: Any, alice: Any, client_for: Any, acme_may_ask_globex: None,
+    django_capture_on_commit_callbacks: Any, monkeypatch: Any,
+) -> None:  # fmt: skip
+    from apps.agents.models import Agent
+    from apps.tasks.models import Task
+
+    Agent.objects.create(organization=other_org, name="Echo", slug="echo", url="http://127.0.0.1:9/")
+    # globex accepts the task but no worker picks it up: it waits, submitted, as a busy executor's would.
+    monkeypatch.setattr("apps.tasks.tasks.dispatch", lambda *args, **kwargs: None)
+    with django_capture_on_commit_callbacks(execute=True):
+        remote = actions.request_remote_task(org=org, agent="echo.globex", message=MESSAGE)
+    theirs = Task.objects.for_org(other_org).get()
+    assert theirs.state == "submitted"
+    api = client_for(alice)
+    with django_capture_on_commit_callbacks(execute=True):
+        canceled = api.post(f"/api/v1/tasks/{remote.task_id}/cancel")
+    assert canceled.status_code == 202, canceled.content
+    theirs.refresh_from_db()
+    assert theirs.state == "canceled"
+    assert theirs.events.get(seq=theirs.last_seq).data["reason"] == "canceled by the requester acme"
+    remote.refresh_from_db()
+    assert remote.state == "canceled"  # globex reported its cancel back; acme's task was canceled already
+    assert _own_task(org, remote).state == "canceled"
+    # The relay is a message of its own, correlated to the request.
+    assert InboxEntry.objects.for_org(other_org).get(type=MessageType.TASK_CANCEL).correlation_id == remote.request_id
+
+    Task.objects.for_org(org).filter(pk=remote.task_id).update(state="input-required")
+    follow_up = api.post(f"/api/v1/tasks/{remote.task_id}/messages", {"input": MESSAGE}, format="json")
+    assert follow_up.status_code == 409 and follow_up.json()["error"]["code"] == "follow_up_not_relayed"
+
+
+@pytest.mark.django_db
+def test_a_federated_agent_stays_private_and_keeps_its_address(org: Any) -> None:
+    from apps.agents.actions import AgentActionError, update_agent
+
+    agent = actions.federated_agent(org, Address.parse("echo.globex@berlin"))
+    assert agent.slug == "fed-echoglobex-at-berlin" and agent.is_federated
+    for change in ({"visibility": "public"}, {"url": "http://example.com/"}):
+        with pytest.raises(AgentActionError):
+            update_agent(agent, **change)

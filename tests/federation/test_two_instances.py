@@ -299,3 +299,20 @@ def test_cross_org_task_round_trip(pair: Pair) -> None:
         (created["request_id"],),
     )
     assert len(linked) == 1 and linked[0][1] == "acme@paris" and final["remote_task_id"] == linked[0][0]
+    # Acme follows it as one of its own tasks on paris: the tasks API shows berlin's timeline, applied in order.
+    headers = {"Authorization": f"Bearer {pair.api_key}"}
+    own = wait_for(
+        lambda: (
+            (t := httpx.get(f"{pair.paris.url}/api/v1/tasks/{created['task_id']}", headers=headers).json())["status"]
+            == "completed"
+            and t
+        ),
+        30,
+        "acme's own task to complete",
+    )
+    assert own["agent"]["name"] == "demo-echo.globex@berlin"
+    events = httpx.get(f"{pair.paris.url}/api/v1/tasks/{own['id']}/events", headers=headers).json()["results"]
+    states = [e["data"]["to"] for e in events if e["kind"] == "state"]
+    assert states == ["submitted", "working", "completed"]
+    assert [e["seq"] for e in events] == list(range(1, len(events) + 1))
+    assert any(e["kind"] == "artifact" and "hello across instances" in json.dumps(e["data"]) for e in events)
