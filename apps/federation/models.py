@@ -140,6 +140,7 @@ class MessageType(models.TextChoices):
     TASK_REQUEST = "task_request", "Task request"
     TASK_RESULT = "task_result", "Task result"
     TASK_CANCEL = "task_cancel", "Task cancel"
+    TASK_INPUT = "task_input", "Task follow-up input"
     RECEIPT = "receipt", "Receipt"
 
 

@@ -9,6 +9,7 @@ Requester (org A)                                  Executor (org B, here or on a
   handler: RemoteTaskEvent by remote seq,      <-   signal) -> task_result message, correlated to the request
   applied in seq order to A's own Task
   A cancels its Task -> task_cancel message    ->  handler: cancel_task on B's task
+  A answers input-required -> task_input       ->  handler: continue_task on B's task
 
 So the requester follows the remote task in its ordinary task views (list, detail, websocket, SSE, API): the
 events arrive as task results and are recorded on its own Task with `apps.tasks.actions.record`.
@@ -127,21 +128,34 @@ def _is_local_cancel(event: Any) -> bool:
     return event.kind == EventKind.STATE and data.get("to") == TaskState.CANCELED and "remote_seq" not in data
 
 
+def _relay(remote: RemoteTask, type: str, payload: dict[str, Any]) -> None:
+    actions.send_message(
+        org=remote.organization,
+        recipient=remote.agent_address,
+        payload=payload,
+        type=type,
+        correlation_id=remote.request_id,
+        # It belongs to a request that already passed the outbound policy; a policy changed since must not
+        # strand the remote task (a cancel that cannot leave would let it run on unwanted).
+        reply=True,
+    )
+
+
 def relay_cancel(task: Task) -> None:
     """Requester side: the org canceled its task on a federated agent; ask the executor to cancel its task."""
     remote = RemoteTask.objects.for_org(task.organization_id).filter(task_id=str(task.pk)).first()
     if remote is None or remote.state in TERMINAL:
         return
-    actions.send_message(
-        org=task.organization,
-        recipient=remote.agent_address,
-        payload={"reason": "canceled by the requester"},
-        type=MessageType.TASK_CANCEL,
-        correlation_id=remote.request_id,
-        # The request this cancels already passed the outbound policy; a cancel must not be stopped by a
-        # policy changed since, or the remote task would run on unwanted.
-        reply=True,
-    )
+    _relay(remote, MessageType.TASK_CANCEL, {"reason": "canceled by the requester"})
+
+
+def relay_follow_up(sender: Any = None, *, task: Task, message: dict[str, Any], **_: Any) -> None:
+    """Requester side (receiver of tasks' `task_follow_up_remotely`, inside continue_task's transaction): send
+    the follow-up for the executor's task, which waits for input."""
+    remote = RemoteTask.objects.for_org(task.organization_id).filter(task_id=str(task.pk)).first()
+    if remote is None:
+        raise LookupError(f"task {task.pk} has no federation request to follow up")
+    _relay(remote, MessageType.TASK_INPUT, {"message": message})
 
 
 def report_task_event(sender: Any = None, *, task: Any, event: Any, **_: Any) -> None:
@@ -251,18 +265,23 @@ def _observation(event: RemoteTaskEvent) -> task_actions.Observation | None:
     return task_actions.Observation(kind=event.kind, data=data)
 
 
-@register(MessageType.TASK_CANCEL)
-def cancel_requested_task(entry: InboxEntry) -> None:
-    """Executor side: the requester canceled; cancel the task run for it (a finished task stays finished)."""
+def _requested_task(entry: InboxEntry) -> Task | None:
+    """Executor side: the task run for the request `entry` is correlated to — only for the org that asked."""
     link = (
         FederatedTask.objects.for_org(entry.organization)
         .filter(correlation_id=entry.correlation_id, reply_to=entry.sender)
         .first()
     )
     if link is None:
-        logger.info("federation: cancel for unknown or rejected request %s", entry.correlation_id)
-        return
-    task = Task.objects.for_org(entry.organization).filter(pk=link.task_id).first()
+        logger.info("federation: %s for an unknown or rejected request %s", entry.type, entry.correlation_id)
+        return None
+    return Task.objects.for_org(entry.organization).filter(pk=link.task_id).first()
+
+
+@register(MessageType.TASK_CANCEL)
+def cancel_requested_task(entry: InboxEntry) -> None:
+    """Executor side: the requester canceled; cancel the task run for it (a finished task stays finished)."""
+    task = _requested_task(entry)
     if task is None:
         return
     # A task that finished first stays finished; its terminal event already went back.
@@ -270,7 +289,23 @@ def cancel_requested_task(entry: InboxEntry) -> None:
         task_actions.cancel_task(task, reason=f"canceled by the requester {entry.sender}")
 
 
+@register(MessageType.TASK_INPUT)
+def continue_requested_task(entry: InboxEntry) -> None:
+    """Executor side: the requester answered the agent's question; deliver it to the waiting task."""
+    task = _requested_task(entry)
+    message = entry.payload.get("message")
+    if task is None or not isinstance(message, dict):
+        return
+    try:
+        task_actions.continue_task(task, message=message)
+    except (task_actions.TaskNotWaitingForInput, task_actions.InvalidMessage, task_actions.TaskInputTooLarge) as exc:
+        # Our task moved on meanwhile (canceled, failed by its deadline): its events, already on their way back,
+        # tell the requester where it really is.
+        logger.info("federation: follow-up for task %s not delivered: %s", task.pk, exc)
+
+
 def connect_task_signal() -> None:
     """Subscribe to the tasks app's signals (called from FederationConfig.ready)."""
     task_actions.task_event_recorded.connect(report_task_event, dispatch_uid="federation-report-task-event")
     task_actions.task_submitted_remotely.connect(send_task_request, dispatch_uid="federation-send-task-request")
+    task_actions.task_follow_up_remotely.connect(relay_follow_up, dispatch_uid="federation-relay-follow-up")

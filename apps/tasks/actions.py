@@ -46,6 +46,8 @@ task_event_recorded = Signal()
 # kwargs `task`, `agent`, `user` and `access`. Its receiver (federation) writes the task request in the same
 # transaction — or raises (policy denied, unknown peer …), which refuses the task and writes nothing.
 task_submitted_remotely = Signal()
+# Likewise inside continue_task's transaction, with kwargs `task` and `message`: federation relays the follow-up.
+task_follow_up_remotely = Signal()
 
 
 class TaskInputTooLarge(Exception):
@@ -64,10 +66,6 @@ class TaskNotWaitingForInput(Exception):
 
 
 class AgentNotUsable(Exception):
-    pass
-
-
-class FollowUpNotRelayed(Exception):
     pass
 
 
@@ -280,12 +278,15 @@ def continue_task(task: Task, *, message: dict[str, Any], access: Access | None 
         locked = _lock(task)
         if locked.state not in INTERRUPTED_STATES:
             raise TaskNotWaitingForInput(f"the task is {locked.state}, not waiting for input")
-        if locked.agent.is_federated:
-            raise FollowUpNotRelayed("follow-up messages are not relayed to agents reached through federation yet")
         audit.record("task.continued", org=locked.organization_id, access=access, target=locked)
         pending = _Pending(locked)
         _append(pending, EventKind.MESSAGE, {"role": "user", **message})
         _move(pending, TaskState.WORKING, reason="follow-up message")
+        if locked.agent.is_federated:
+            # No worker here runs it: the follow-up travels to the executing org in this same transaction.
+            _save(pending)
+            task_follow_up_remotely.send(sender=Task, task=locked, message=message)
+            return locked
         locked.pending_message = message
         locked.next_attempt_at = timezone.now()
         _save(pending, "pending_message", "next_attempt_at")

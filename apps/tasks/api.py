@@ -162,8 +162,6 @@ class TaskViewSet(  # type: ignore[misc]
             task = actions.continue_task(task, message=message, access=self.access)
         except actions.TaskNotWaitingForInput as exc:
             raise Conflict(str(exc), code="task_not_waiting") from exc
-        except actions.FollowUpNotRelayed as exc:
-            raise Conflict(str(exc), code="follow_up_not_relayed") from exc
         return Response(TaskSerializer(task).data, status=status.HTTP_202_ACCEPTED)
 
     @extend_schema(

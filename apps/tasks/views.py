@@ -131,7 +131,7 @@ def follow_up(request: HttpRequest, task_id: str) -> HttpResponse:
         try:
             message = {"role": "user", "parts": [{"kind": "text", "text": form.cleaned_data["text"]}]}
             actions.continue_task(task, message=message, access=access)
-        except (actions.TaskNotWaitingForInput, actions.FollowUpNotRelayed) as exc:
+        except actions.TaskNotWaitingForInput as exc:
             messages.error(request, f"Cannot reply: {exc}.")
         except actions.TaskInputTooLarge as exc:
             messages.error(request, str(exc))

@@ -306,7 +306,7 @@ def test_a_denied_send_under_an_idempotency_key_keeps_its_audit_row(org: Any, al
 
 
 @pytest.mark.django_db
-def test_cancel_is_relayed_to_the_executor_and_follow_ups_are_refused(
+def test_cancel_is_relayed_to_the_executor(
     org: Any, other_org: Any, alice: Any, client_for: Any, acme_may_ask_globex: None,
     django_capture_on_commit_callbacks: Any, monkeypatch: Any,
 ) -> None:  # fmt: skip
@@ -333,9 +333,41 @@ def test_cancel_is_relayed_to_the_executor_and_follow_ups_are_refused(
     # The relay is a message of its own, correlated to the request.
     assert InboxEntry.objects.for_org(other_org).get(type=MessageType.TASK_CANCEL).correlation_id == remote.request_id
 
-    Task.objects.for_org(org).filter(pk=remote.task_id).update(state="input-required")
-    follow_up = api.post(f"/api/v1/tasks/{remote.task_id}/messages", {"input": MESSAGE}, format="json")
-    assert follow_up.status_code == 409 and follow_up.json()["error"]["code"] == "follow_up_not_relayed"
+
+
+@pytest.mark.django_db
+def test_a_follow_up_is_relayed_to_the_executors_waiting_task(
+    org: Any, other_org: Any, alice: Any, client_for: Any, acme_may_ask_globex: None,
+    django_capture_on_commit_callbacks: Any, monkeypatch: Any,
+) -> None:  # fmt: skip
+    from apps.agents.models import Agent
+    from apps.tasks import actions as task_actions
+    from apps.tasks.models import Task
+
+    Agent.objects.create(organization=other_org, name="Echo", slug="echo", url="http://127.0.0.1:9/")
+    monkeypatch.setattr("apps.tasks.tasks.dispatch", lambda *args, **kwargs: None)  # globex's worker is us
+    with django_capture_on_commit_callbacks(execute=True):
+        remote = actions.request_remote_task(org=org, agent="echo.globex", message=MESSAGE)
+    theirs = Task.objects.for_org(other_org).get()
+    question = {"role": "agent", "parts": [{"kind": "text", "text": "Which language?"}]}
+    for state, data in (("working", {}), ("input-required", {"message": question})):
+        with django_capture_on_commit_callbacks(execute=True):
+            task_actions.record(theirs, [task_actions.Observation(kind="state", data=data, state=state)])
+    ours = _own_task(org, remote)
+    assert ours.state == "input-required"  # mirrored from globex
+
+    answer = {"role": "user", "parts": [{"kind": "text", "text": "French"}]}
+    with django_capture_on_commit_callbacks(execute=True):
+        replied = client_for(alice).post(f"/api/v1/tasks/{ours.pk}/messages", {"input": answer}, format="json")
+    assert replied.status_code == 202, replied.content
+    theirs.refresh_from_db()
+    assert theirs.state == "working" and theirs.pending_message["parts"][0]["text"] == "French"
+    assert InboxEntry.objects.for_org(other_org).get(type=MessageType.TASK_INPUT).correlation_id == remote.request_id
+    ours.refresh_from_db()
+    assert ours.state == "working"
+    # The answer is on acme's timeline once: globex's echo of it (a user message) is not mirrored again.
+    texts = [e.data["parts"][0]["text"] for e in ours.events.filter(kind="message").order_by("seq")]
+    assert texts.count("French") == 1
 
 
 @pytest.mark.django_db

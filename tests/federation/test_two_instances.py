@@ -316,3 +316,36 @@ def test_cross_org_task_round_trip(pair: Pair) -> None:
     assert states == ["submitted", "working", "completed"]
     assert [e["seq"] for e in events] == list(range(1, len(events) + 1))
     assert any(e["kind"] == "artifact" and "hello across instances" in json.dumps(e["data"]) for e in events)
+
+
+def test_cancel_of_a_cross_instance_task_reaches_the_executor(pair: Pair) -> None:
+    """acme cancels its task on berlin's slow agent from paris: berlin's worker cancels the agent's task, and
+    both sides end `canceled`."""
+    pair.proxy.set("pass")
+    created = _request_task(pair, "demo-slow.globex@berlin", "take 300 seconds")
+    headers = {"Authorization": f"Bearer {pair.api_key}"}
+    task_url = f"{pair.paris.url}/api/v1/tasks/{created['task_id']}"
+    wait_for(lambda: httpx.get(task_url, headers=headers).json()["status"] == "working", 60, "the remote task to run")
+    canceled = httpx.post(f"{task_url}/cancel", headers=headers, timeout=10)
+    assert canceled.status_code == 202, canceled.text
+    assert canceled.json()["status"] == "canceled"  # at once on the requester's side
+    (task_id,) = wait_for(
+        lambda: pair.berlin.sql(
+            "SELECT t.id::text FROM tasks_task t JOIN federation_federatedtask f ON f.task_id = t.id::text "
+            "WHERE f.correlation_id = %s::uuid AND t.state = 'canceled'",
+            (created["request_id"],),
+        ),
+        60,
+        "berlin's task to be canceled",
+    )[0]
+    # Canceled by the requester, long before the agent's 300 seconds were up.
+    assert pair.berlin.sql(
+        "SELECT count(*) FROM core_auditevent WHERE action = 'task.canceled' AND target_id = %s", (task_id,)
+    ) == [(1,)]
+    # Berlin's canceled state travels back and lands on the mirror; acme's task stays canceled, once.
+    final = wait_for(
+        lambda: (t := _remote_task(pair, created["id"]))["state"] == "canceled" and t, 60, "the mirror to close"
+    )
+    assert final["events"][-1]["state"] == "canceled"
+    events = httpx.get(f"{task_url}/events", headers=headers).json()["results"]
+    assert [e["data"].get("to") for e in events if e["kind"] == "state"].count("canceled") == 1
