@@ -334,7 +334,6 @@ def test_cancel_is_relayed_to_the_executor(
     assert InboxEntry.objects.for_org(other_org).get(type=MessageType.TASK_CANCEL).correlation_id == remote.request_id
 
 
-
 @pytest.mark.django_db
 def test_a_follow_up_is_relayed_to_the_executors_waiting_task(
     org: Any, other_org: Any, alice: Any, client_for: Any, acme_may_ask_globex: None,
