@@ -25,6 +25,7 @@ class AgentSerializer(serializers.ModelSerializer):
             "version",
             "url",
             "card_url",
+            "federation_address",
             "protocol_version",
             "streaming",
             "push_notifications",

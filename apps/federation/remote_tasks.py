@@ -25,7 +25,9 @@ import logging
 from typing import Any
 
 from django.db import IntegrityError, transaction
+from django.utils import timezone
 
+from apps.agents.models import Agent
 from apps.federation import actions
 from apps.federation.handlers import register
 from apps.federation.models import (
@@ -72,8 +74,6 @@ def _reject(entry: InboxEntry, reason: str) -> None:
 @register(MessageType.TASK_REQUEST)
 def start_requested_task(entry: InboxEntry) -> None:
     """Executor side: run the requested task on our agent, or say why not."""
-    from apps.agents.models import Agent
-
     agent = Agent.objects.for_org(entry.organization).filter(slug=entry.recipient_agent).first()
     if agent is None:
         _reject(entry, f"{entry.organization.slug} has no agent '{entry.recipient_agent}'")
@@ -226,6 +226,10 @@ def mirror_task_result(entry: InboxEntry) -> None:
             fields.append("error")
     fields += _apply_in_order(remote, event)
     remote.save(update_fields=fields)
+    # The remote agent just reported: that is what "online" means for an agent reached through federation.
+    Agent.objects.for_org(entry.organization).filter(federation_address=remote.agent_address).update(
+        last_seen_at=timezone.now()
+    )
 
 
 def _apply_in_order(remote: RemoteTask, arrived: RemoteTaskEvent) -> list[str]:

@@ -233,6 +233,7 @@ def test_the_requester_follows_the_remote_task_in_its_own_task_views(
     assert applied == [0, 1, 1, 4, 5, 5]
     task.refresh_from_db()
     assert task.state == "completed"
+    assert task.agent.__class__.objects.for_org(org).get(pk=task.agent_id).is_online  # it reported just now
     api = client_for(alice)
     listed = api.get("/api/v1/tasks", {"agent": str(task.agent_id)}).json()["results"]
     assert [row["id"] for row in listed] == [str(task.pk)] and listed[0]["agent"]["name"] == "echo.globex"
