@@ -492,6 +492,10 @@ def finish_attempt(outbox: Outbox, result: AttemptResult) -> str:
             logger.warning("federation: outbox %s lease was lost during attempt %s", outbox.pk, number)
             return OutboxStatus.IN_FLIGHT
         audit(event, org=org, peer=message.peer, message_id=message.id, reason=reason)
+        if event == AuditEvent.DEAD_LETTERED and message.type == MessageType.TASK_REQUEST:
+            from apps.federation.remote_tasks import request_dead_lettered  # (it imports this module)
+
+            request_dead_lettered(message, reason)
         if delay is not None:
             outbox_id = outbox.pk
             transaction.on_commit(lambda: _enqueue(outbox_id, countdown=delay))

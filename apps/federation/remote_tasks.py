@@ -122,10 +122,23 @@ def send_task_request(sender: Any = None, *, task: Task, agent: Any, user: Any =
     )
 
 
-def _is_local_cancel(event: Any) -> bool:
+def request_dead_lettered(request: Any, reason: str) -> None:
+    """Requester side: the task request itself could not be delivered. Say so on the task's timeline (it stays
+    submitted: a requeue from the dead-letter queue can still deliver it, or its deadline fails it)."""
+    remote = RemoteTask.objects.for_org(request.organization_id).filter(request=request).first()
+    if remote is None or not remote.task_id:
+        return
+    error = f"the task request could not be delivered to {remote.agent_address}: {reason}"
+    data = {"reason": "request_dead_lettered", "error": error[:1000], "message_id": str(request.pk)}
+    task_actions.record(remote.task_id, [task_actions.Observation(kind=EventKind.ERROR, data=data)])
+
+
+def _gives_up_locally(event: Any) -> bool:
+    """The requester's own end of a federated task: canceled by its caller, or failed by its deadline (no worker
+    here ever fails it otherwise). A state mirrored from the executor carries `remote_seq` and is not relayed."""
     data = event.data if isinstance(event.data, dict) else {}
-    # A canceled state mirrored from the executor carries its remote seq: that one is not relayed back.
-    return event.kind == EventKind.STATE and data.get("to") == TaskState.CANCELED and "remote_seq" not in data
+    ended = data.get("to") in (TaskState.CANCELED, TaskState.FAILED)
+    return event.kind == EventKind.STATE and ended and "remote_seq" not in data
 
 
 def _relay(remote: RemoteTask, type: str, payload: dict[str, Any]) -> None:
@@ -142,7 +155,8 @@ def _relay(remote: RemoteTask, type: str, payload: dict[str, Any]) -> None:
 
 
 def relay_cancel(task: Task) -> None:
-    """Requester side: the org canceled its task on a federated agent; ask the executor to cancel its task."""
+    """Requester side: the org canceled its task on a federated agent (or its deadline passed); ask the executor
+    to cancel its task."""
     remote = RemoteTask.objects.for_org(task.organization_id).filter(task_id=str(task.pk)).first()
     if remote is None or remote.state in TERMINAL:
         return
@@ -162,7 +176,7 @@ def report_task_event(sender: Any = None, *, task: Any, event: Any, **_: Any) ->
     """Receiver of tasks' `task_event_recorded`. Executor side: forward a federated task's event to the
     requester. Requester side: relay a cancel of a task on a federated agent."""
     if "federation" not in (getattr(task, "metadata", None) or {}):
-        if _is_local_cancel(event):
+        if _gives_up_locally(event):
             relay_cancel(task)
         return  # not a task run for another org: no lookup for the common case
     link = FederatedTask.objects.for_org(task.organization_id).filter(task_id=str(task.pk)).first()

@@ -14,6 +14,7 @@ from apps.federation.models import (
     Effect,
     FederationAuditEvent,
     InboxEntry,
+    Message,
     MessageType,
     Outbox,
     OutboxStatus,
@@ -379,3 +380,28 @@ def test_a_federated_agent_stays_private_and_keeps_its_address(org: Any) -> None
     for change in ({"visibility": "public"}, {"url": "http://example.com/"}):
         with pytest.raises(AgentActionError):
             update_agent(agent, **change)
+
+
+@pytest.mark.django_db
+def test_an_undeliverable_request_shows_on_the_task_and_its_deadline_cancels_remotely(
+    org: Any, peer: Any, settings: Any, django_capture_on_commit_callbacks: Any
+) -> None:
+    from apps.tasks import actions as task_actions
+    from apps.tasks.models import TaskState
+
+    settings.HERMES_FEDERATION_MAX_ATTEMPTS = 1  # berlin (127.0.0.1:9) refuses connections: dead at once
+    actions.set_policy(org=org, remote="*@berlin", effect=Effect.ALLOW)
+    with django_capture_on_commit_callbacks(execute=True):
+        remote = actions.request_remote_task(org=org, agent="echo.globex@berlin", message=MESSAGE)
+    task = _own_task(org, remote)
+    assert Outbox.objects.for_org(org).get(message_id=remote.request_id).status == OutboxStatus.DEAD
+    last = task.events.order_by("-seq").first()
+    assert last.kind == "error" and last.data["reason"] == "request_dead_lettered"
+    assert "could not be delivered to echo.globex@berlin" in last.data["error"]
+    assert task.state == "submitted"  # a requeue from the DLQ can still deliver it
+
+    # Its deadline fails it here, and the executor is told to stop (a task_cancel, correlated to the request).
+    with django_capture_on_commit_callbacks(execute=True):
+        task_actions.finish(task, TaskState.FAILED, error="deadline exceeded", reason="deadline")
+    cancel = Message.objects.for_org(org).get(type=MessageType.TASK_CANCEL)
+    assert cancel.correlation_id == remote.request_id and cancel.recipient == "echo.globex@berlin"
