@@ -151,3 +151,33 @@ def test_a_quota_429_shows_its_guidance(
         screenshot(page, "quota-429")
     finally:
         client.delete(key)
+
+
+def test_a_task_on_another_orgs_agent_streams_in_the_requesters_own_task_view(
+    page: Any, screenshot: Any, hermes_server: Any, org: Any, other_org: Any, bob: Any, charlie: Any,
+    settings: Any,
+) -> None:  # fmt: skip
+    """Federation on one instance: acme asks globex's demo echo agent from the console and watches the result
+    arrive live on its own task page (the request, the run on globex and every result travel as messages)."""
+    from apps.agents.actions import assign_demo_agents
+    from apps.federation import actions as federation
+    from apps.federation.models import Effect
+
+    settings.HERMES_PUBLIC_URL = hermes_server.base_url
+    assign_demo_agents(org=other_org, by=charlie)
+    federation.set_policy(org=org, remote="globex", effect=Effect.ALLOW)
+    federation.set_policy(org=other_org, remote="acme", effect=Effect.ALLOW)
+
+    sign_in(page, bob.email)
+    page.goto("/federation/remote-tasks/")
+    page.get_by_role("textbox", name="Remote agent").fill("demo-echo.globex")
+    page.get_by_label("Message").fill("hello across orgs")
+    page.get_by_role("button", name="Request the task").click()
+    page.wait_for_url(re.compile(r"/tasks/[0-9a-f-]{36}/$"))
+    assert "demo-echo.globex" in page.locator("main").inner_text()
+    wait_state(page, "completed")
+    kinds = page.locator("[data-events] li").evaluate_all("els => els.map(e => e.dataset.kind)")
+    assert "artifact" in kinds and timeline_seqs(page) == list(range(1, len(kinds) + 1))
+    assert "hello across orgs" in page.locator("[data-events]").inner_text()
+    assert_accessible(page)
+    screenshot(page, "federated-task-completed")

@@ -249,7 +249,7 @@ def test_the_requester_follows_the_remote_task_in_its_own_task_views(
     ]
     assert events[2]["data"]["remote_seq"] == 3 and events[3]["data"]["parts"][0]["text"] == "HELLO"
     page = api.get(f"/tasks/{task.pk}/")
-    assert page.status_code == 200 and b"echo.globex" in page.content
+    assert page.status_code == 200 and b"echo.globex" in page.content and b"through federation" in page.content
 
 
 @pytest.mark.django_db
