@@ -111,6 +111,9 @@ class _Pending:
     task: Task
     events: list[TaskEvent] = field(default_factory=list)
     state_changed: bool = False
+    # False for a task's creation: nobody can watch a task whose id was not handed out yet, so only the org's
+    # status stream hears of it (the events still reach `task_event_recorded`).
+    to_task_stream: bool = True
 
 
 def _lock(task: Task | Any) -> Task:
@@ -157,10 +160,10 @@ def _save(pending: _Pending, *fields: str, insert_only: bool = False) -> None:
     if pending.events:
         events = list(pending.events)
         snapshot = task
-        transaction.on_commit(lambda: _after_commit(snapshot, events, pending.state_changed))
+        transaction.on_commit(lambda: _after_commit(snapshot, events, pending.state_changed, pending.to_task_stream))
 
 
-def _after_commit(task: Task, events: list[TaskEvent], state_changed: bool) -> None:
+def _after_commit(task: Task, events: list[TaskEvent], state_changed: bool, to_task_stream: bool = True) -> None:
     if state_changed:
         agent_label = str(task.agent_id)
         TASKS.labels(state=task.state, agent=agent_label).inc()
@@ -168,7 +171,7 @@ def _after_commit(task: Task, events: list[TaskEvent], state_changed: bool) -> N
             TASK_DURATION.labels(state=task.state, agent=agent_label).observe(
                 (task.finished_at or timezone.now()).timestamp() - task.created_at.timestamp()
             )
-    broadcast.publish(task, events, state_changed=state_changed)
+    broadcast.publish(task, events if to_task_stream else [], state_changed=state_changed)
     for event in events:
         try:
             task_event_recorded.send(sender=Task, task=task, event=event)
@@ -225,7 +228,7 @@ def create_task(
             # No worker runs a federated task, so the sweeper must never see it as an undelivered job.
             next_attempt_at=None if agent.is_federated else now,
         )
-        pending = _Pending(task, state_changed=True)
+        pending = _Pending(task, state_changed=True, to_task_stream=False)
         _append(pending, EventKind.STATE, {"from": None, "to": TaskState.SUBMITTED})
         _append(pending, EventKind.MESSAGE, {"role": "user", **message})
         # The row is inserted with its final last_seq, so the events need no UPDATE of the task afterwards.
