@@ -170,25 +170,39 @@ class AgentUpdate:
         return self.state in TERMINAL_STATES
 
 
+def _data_part(item: Any) -> Part:
+    value = struct_pb2.Value()
+    json_format.ParseDict(item, value)
+    return Part(data=value)
+
+
+def _stored_part(part: dict[str, Any]) -> Part:
+    """A part as Hermes stores it (`{"kind": "text"|"data", "text"|"data": …, "metadata"?: {…}}`) in A2A form."""
+    built = Part(text=part["text"]) if part.get("kind") == "text" else _data_part(part["data"])
+    if part.get("metadata"):
+        built.metadata.update(part["metadata"])
+    return built
+
+
 def build_message(
     *,
     text: str = "",
     data: list[Any] | None = None,
+    parts: list[dict[str, Any]] | None = None,
     metadata: dict[str, Any] | None = None,
     message_id: str | None = None,
     task_id: str | None = None,
     context_id: str | None = None,
 ) -> Message:
-    parts: list[Part] = []
-    if text:
-        parts.append(Part(text=text))
-    for item in data or []:
-        value = struct_pb2.Value()
-        json_format.ParseDict(item, value)
-        parts.append(Part(data=value))
-    if not parts:
+    """A user message from `parts` (stored shape: every part as sent, in order, with its metadata) or from the
+    `text` / `data` shorthand."""
+    if parts is not None:
+        built = [_stored_part(part) for part in parts]
+    else:
+        built = ([Part(text=text)] if text else []) + [_data_part(item) for item in data or []]
+    if not built:
         raise AgentError("A message needs at least one text or data part.", code="empty_message")
-    message = Message(role=Role.ROLE_USER, message_id=message_id or uuid.uuid4().hex, parts=parts)
+    message = Message(role=Role.ROLE_USER, message_id=message_id or uuid.uuid4().hex, parts=built)
     if task_id:
         message.task_id = task_id
     if context_id:

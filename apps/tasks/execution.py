@@ -72,9 +72,8 @@ def observe(update: AgentUpdate) -> actions.Observation:
 
 
 def _message_kwargs(message: dict[str, Any]) -> dict[str, Any]:
-    texts = [p["text"] for p in message.get("parts", []) if p.get("kind") == "text"]
-    data = [p["data"] for p in message.get("parts", []) if p.get("kind") == "data"]
-    kwargs: dict[str, Any] = {"text": "\n".join(texts), "data": data}
+    # Every part goes to the agent as it was sent: in order, text and data separate, with its metadata.
+    kwargs: dict[str, Any] = {"parts": [p for p in message.get("parts", []) if p.get("kind") in ("text", "data")]}
     if message.get("metadata"):
         kwargs["metadata"] = message["metadata"]
     return kwargs

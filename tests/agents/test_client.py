@@ -261,6 +261,31 @@ def test_messages_need_content_and_carry_ids() -> None:
     assert message.metadata["k"] == "v"
 
 
+def test_stored_parts_reach_the_agent_as_sent() -> None:
+    """Each part of a task's input is its own A2A part, in order, with its metadata (not joined into one text)."""
+    from google.protobuf import json_format
+
+    from apps.tasks.execution import _message_kwargs
+
+    stored = {
+        "role": "user",
+        "parts": [
+            {"kind": "text", "text": "first"},
+            {"kind": "data", "data": {"n": 1}, "metadata": {"source": "form"}},
+            {"kind": "text", "text": "second", "metadata": {"lang": "en"}},
+        ],
+        "metadata": {"k": "v"},
+    }
+    message = build_message(**_message_kwargs(stored))
+    assert [p.WhichOneof("content") for p in message.parts] == ["text", "data", "text"]
+    assert (message.parts[0].text, message.parts[2].text) == ("first", "second")
+    assert json_format.MessageToDict(message.parts[1].data) == {"n": 1.0}
+    assert message.parts[1].metadata["source"] == "form" and message.parts[2].metadata["lang"] == "en"
+    assert message.metadata["k"] == "v"
+    with pytest.raises(AgentError):
+        build_message(parts=[])
+
+
 def test_iterate_sync_cancels_the_async_side_on_break() -> None:
     stopped = threading.Event()
 
