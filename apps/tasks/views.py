@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from django.contrib import messages
+from django.db.models import Q
 from django.http import Http404, HttpRequest, HttpResponse
 from django.shortcuts import redirect
 from django.urls import reverse
@@ -43,16 +44,31 @@ def task_list(request: HttpRequest) -> HttpResponse:
     access = _access(request)
     agents = list(agent_selectors.org_agents(access.org).order_by("name"))
     form = TaskFilterForm(request.GET or None, agents=agents)
-    tasks = selectors.tasks_for_org(access.org).order_by("-created_at")
+    tasks = selectors.tasks_for_org(access.org).order_by("-created_at", "-pk")
     if form.is_valid():
         if form.cleaned_data["status"]:
             tasks = tasks.filter(state=form.cleaned_data["status"])
         if form.cleaned_data["agent"]:
             tasks = tasks.filter(agent_id=form.cleaned_data["agent"])
+    # Keyset paging: `before` names the last task of the previous page (stable while new tasks arrive).
+    anchor = selectors.task_for_org(access.org, request.GET["before"]) if request.GET.get("before") else None
+    if anchor is not None:
+        tasks = tasks.filter(Q(created_at__lt=anchor.created_at) | Q(created_at=anchor.created_at, pk__lt=anchor.pk))
+    rows = list(tasks[: LIST_LIMIT + 1])
+    older = None
+    if len(rows) > LIST_LIMIT:
+        rows = rows[:LIST_LIMIT]
+        params = request.GET.copy()
+        params["before"] = str(rows[-1].pk)
+        older = params.urlencode()
+    newest = request.GET.copy()
+    newest.pop("before", None)
     context = {
         "form": form,
-        "tasks": list(tasks[:LIST_LIMIT]),
-        "limit": LIST_LIMIT,
+        "tasks": rows,
+        "older_query": older,
+        "on_older_page": anchor is not None,
+        "newest_query": newest.urlencode(),
         "can_send": access.allows("tasks:write"),
         "query": request.GET.urlencode(),
     }

@@ -118,3 +118,29 @@ def test_charlie_cannot_see_acme_tasks(as_user: Any, alice: Any, charlie: Any, o
     assert client.get(f"/tasks/{task.pk}/").status_code == 404
     assert str(task.pk) not in client.get("/tasks/").content.decode()
     assert client.get("/tasks/", {"agent": str(echo.pk)}).status_code == 200  # an unknown agent filter: nothing
+
+
+def test_the_list_pages_back_through_older_tasks(
+    as_user: Any, alice: Any, org: Any, echo: Any, monkeypatch: Any
+) -> None:
+    import re
+
+    monkeypatch.setattr("apps.tasks.views.LIST_LIMIT", 2)
+    sent = [send(org, alice, echo) for _ in range(5)]  # newest last
+    client = as_user(alice)
+
+    def page(url: str) -> tuple[list[str], str | None]:
+        html = main_html(client.get(url))
+        rows = re.findall(r'data-task-row="([0-9a-f-]+)"', html)
+        older = re.search(r'href="([^"]+)" data-older-tasks', html)
+        return rows, older.group(1).replace("&amp;", "&") if older else None
+
+    seen, url = [], "/tasks/?status=submitted"
+    while url:
+        rows, url = page(url)
+        seen += rows
+        if url:
+            assert "status=submitted" in url  # the filters stay on every page
+    assert seen == [str(task.pk) for task in reversed(sent)]  # every task once, newest first
+    assert "Newest tasks" in main_html(client.get(f"/tasks/?before={sent[2].pk}"))
+    assert page("/tasks/?before=not-a-task")[0] == [str(sent[4].pk), str(sent[3].pk)]  # a bad anchor: page one
