@@ -20,5 +20,26 @@ class AgentRegisterForm(AgentURLForm):
     visibility = forms.ChoiceField(choices=Visibility.choices, initial=Visibility.PRIVATE)
 
 
+class AgentManualForm(forms.Form):
+    """An agent that publishes no Agent Card: its JSON-RPC endpoint and capabilities are stated by hand."""
+
+    name = forms.CharField(max_length=200)
+    url = forms.URLField(
+        label="JSON-RPC endpoint",
+        max_length=500,
+        assume_scheme="https",
+        help_text="Where the agent answers A2A JSON-RPC calls (SendMessage, GetTask, …).",
+    )
+    description = forms.CharField(required=False, widget=forms.Textarea(attrs={"rows": 2}))
+    protocol_version = forms.ChoiceField(
+        label="A2A version", choices=[("1.0", "1.0"), ("0.3", "0.3 (older method names)")], initial="1.0"
+    )
+    streaming = forms.BooleanField(
+        required=False, help_text="It supports SendStreamingMessage (server-sent events); otherwise Hermes polls."
+    )
+    slug = forms.SlugField(required=False, max_length=80, help_text="Empty: derived from the name.")
+    visibility = forms.ChoiceField(choices=Visibility.choices, initial=Visibility.PRIVATE)
+
+
 class MarketplaceSearchForm(forms.Form):
     q = forms.CharField(required=False, max_length=100, label="Search public agents")

@@ -17,6 +17,7 @@ console_urlpatterns: list[URLPattern | URLResolver] = [
     path("agents/", views.agent_list, name="list"),
     path("agents/register/", views.register, name="register"),
     path("agents/register/preview/", views.preview, name="preview"),
+    path("agents/register/manual/", views.register_manual, name="register-manual"),
     path("agents/demo/", views.assign_demo, name="assign-demo"),
     path("agents/<str:agent_id>/", views.detail, name="detail"),
     path("agents/<str:agent_id>/refresh/", views.refresh, name="refresh"),

@@ -1,4 +1,5 @@
-"""Console pages for agents: list, register by URL (with a card preview), detail, marketplace, demo agents."""
+"""Console pages for agents: list, register by URL (with a card preview) or by hand, detail, marketplace, demo
+agents."""
 
 from __future__ import annotations
 
@@ -12,7 +13,7 @@ from django.views.decorators.http import require_http_methods, require_POST
 
 from apps.agents import actions, selectors
 from apps.agents.cards import CardError
-from apps.agents.forms import AgentRegisterForm, AgentURLForm, MarketplaceSearchForm
+from apps.agents.forms import AgentManualForm, AgentRegisterForm, AgentURLForm, MarketplaceSearchForm
 from apps.agents.models import Visibility
 from apps.core.console import hx_redirect, render_console
 from apps.core.http import OutboundBlocked
@@ -53,8 +54,30 @@ def register(request: HttpRequest) -> HttpResponse:
             messages.success(request, f"Agent {agent.name} registered.")
             return hx_redirect(request, agent_url(agent))
     status = 422 if form.errors else 200
-    context = {"form": form, "url_form": AgentURLForm(initial={"url": form.data.get("url", "")})}
+    context = {
+        "form": form,
+        "url_form": AgentURLForm(initial={"url": form.data.get("url", "")}),
+        "manual_form": AgentManualForm(),
+    }
     return render_console(request, "agents/register.html", context, partial="preview", status=status)
+
+
+@org_action_required("agents:write")
+@require_POST
+def register_manual(request: HttpRequest) -> HttpResponse:
+    """Register an agent without a card (the page's third form; errors re-render the whole page)."""
+    access = _access(request)
+    form = AgentManualForm(request.POST)
+    if form.is_valid():
+        try:
+            agent = actions.register_agent_manually(org=access.org, by=request.user, **form.cleaned_data)
+        except actions.AgentActionError as exc:
+            form.add_error(_error_field(exc), str(exc))
+        else:
+            messages.success(request, f"Agent {agent.name} registered.")
+            return hx_redirect(request, agent_url(agent))
+    context = {"form": AgentRegisterForm(), "url_form": AgentURLForm(), "manual_form": form}
+    return render_console(request, "agents/register.html", context, status=422)
 
 
 @org_action_required("agents:write")
@@ -69,7 +92,7 @@ def preview(request: HttpRequest) -> HttpResponse:
         except (CardError, OutboundBlocked) as exc:
             url_form.add_error("url", str(exc))
     form = AgentRegisterForm(initial={"url": url_form.data.get("url", ""), "visibility": Visibility.PRIVATE})
-    context = {"url_form": url_form, "card": card, "form": form}
+    context = {"url_form": url_form, "card": card, "form": form, "manual_form": AgentManualForm()}
     status = 422 if url_form.errors else 200
     return render_console(request, "agents/register.html", context, partial="preview", status=status)
 

@@ -141,3 +141,38 @@ def test_assign_demo_agents_once(as_user: Any, dave: Any, mia: Any, org: Any) ->
     assert all(agent.name in html for agent in demo)
     again = main_html(as_user(dave).post("/agents/demo/", follow=True))
     assert "already has every demo agent" in again and Agent.objects.for_org(org).count() == demo.count()
+
+
+def test_register_without_a_card(as_user: Any, dave: Any, mia: Any, org: Any) -> None:
+    from apps.agents.models import Agent
+
+    form = {
+        "name": "Legacy bot",
+        "url": "https://legacy.example.com/rpc",
+        "description": "no card",
+        "protocol_version": "0.3",
+        "streaming": "on",
+        "slug": "",
+        "visibility": "private",
+    }
+    page = main_html(as_user(dave).get("/agents/register/"))
+    assert "data-manual-form" in page and "JSON-RPC endpoint" in page
+    response = as_user(dave).post("/agents/register/manual/", form)
+    agent = Agent.objects.for_org(org).get(slug="legacy-bot")
+    assert response.status_code == 302 and response["Location"] == f"/agents/{agent.pk}/"
+    assert (agent.url, agent.protocol_version, agent.streaming, agent.card) == (
+        "https://legacy.example.com/rpc",
+        "0.3",
+        True,
+        {},
+    )
+    # Precise errors, nothing written: a taken slug, a metadata address, a missing name.
+    for change, field_text in (
+        ({"slug": "legacy-bot"}, "legacy-bot"),
+        ({"url": "http://169.254.169.254/latest", "slug": "other"}, "169.254.169.254"),
+        ({"name": ""}, "This field is required"),
+    ):
+        refused = as_user(dave).post("/agents/register/manual/", {**form, **change})
+        assert refused.status_code == 422 and field_text in refused.content.decode(), change
+    assert Agent.objects.for_org(org).count() == 1
+    assert as_user(mia).post("/agents/register/manual/", form).status_code == 403

@@ -99,6 +99,7 @@ ROUTES: dict[str, Make | str] = {
     "agents:list": "own org",
     "agents:register": "own org",
     "agents:preview": "reads a URL, stores nothing",
+    "agents:register-manual": "creates in the caller's own org",
     "agents:assign-demo": "own org",
     "agents:detail": _agent,
     "agents:refresh": _agent,
