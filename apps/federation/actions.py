@@ -201,6 +201,11 @@ def create_contact(*, org: Any, name: str, address: str, notes: str = "") -> Con
     return Contact.objects.create(organization=org, name=name, address=canonical, notes=notes)
 
 
+def delete_contact(contact: Contact) -> None:
+    """Remove an address-book entry (policies decide who may talk to whom; a contact is only a name for it)."""
+    contact.delete()
+
+
 def _forget_decisions(org_id: int) -> None:
     # Now (so this transaction's own later sends see the change) and again after commit (so a decision cached by
     # another thread from the pre-commit state does not outlive it in this process).

@@ -124,6 +124,9 @@ class ContactViewSet(  # type: ignore[misc]
     def perform_create(self, serializer: Any) -> None:
         serializer.instance = actions.create_contact(org=self.org, **serializer.validated_data)
 
+    def perform_destroy(self, instance: Contact) -> None:
+        actions.delete_contact(instance)
+
 
 class PolicyViewSet(  # type: ignore[misc]
     mixins.ListModelMixin,

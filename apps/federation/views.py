@@ -183,6 +183,20 @@ def console_peer_create(request: HttpRequest) -> HttpResponse:
 
 @org_action_required("federation:write")
 @require_POST
+def console_peer_status(request: HttpRequest, name: str) -> HttpResponse:
+    """Disable a link (nothing is sent to it or accepted from it; its outbox waits) or enable it again."""
+    _require_staff(request)
+    peer = _peer_or_404(name)
+    status = request.POST.get("status", "")
+    if status not in PeerStatus.values:
+        raise Http404("Unknown peer status")
+    actions.set_peer_status(peer, status, actor=request.user)
+    messages.success(request, f"Peer {peer.name} is now {peer.status}.")
+    return render_console(request, "federation/peers.html", _peers_context(request), partial="peers_panel")
+
+
+@org_action_required("federation:write")
+@require_POST
 def console_key_action(request: HttpRequest, name: str, operation: str) -> HttpResponse:
     """Rotation in three steps: add K_n+1 (its secret is shown once, for the peer's operator), promote it, retire
     the previous key."""
@@ -235,6 +249,15 @@ def _submit_form(
     return form, 422 if form.errors else 200
 
 
+def _contacts_page(request: HttpRequest, access: Access, form: Any, status: int = 200) -> HttpResponse:
+    context = {
+        "contacts": Contact.objects.for_org(access.org).order_by("name"),
+        "form": form,
+        "can_write": access.allows("federation:write"),
+    }
+    return render_console(request, "federation/contacts.html", context, partial="contacts_panel", status=status)
+
+
 @org_action_required("federation:read")
 @require_http_methods(["GET", "POST"])
 def console_contacts(request: HttpRequest) -> HttpResponse:
@@ -248,12 +271,17 @@ def console_contacts(request: HttpRequest) -> HttpResponse:
         error_statuses=(400, 409),
         success=lambda contact: f"{contact.name} ({contact.address}) added to the address book.",
     )
-    context = {
-        "contacts": Contact.objects.for_org(access.org).order_by("name"),
-        "form": form,
-        "can_write": access.allows("federation:write"),
-    }
-    return render_console(request, "federation/contacts.html", context, partial="contacts_panel", status=status)
+    return _contacts_page(request, access, form, status)
+
+
+@org_action_required("federation:write")
+@require_POST
+def console_contact_delete(request: HttpRequest, contact_id: int) -> HttpResponse:
+    access = _access(request)
+    contact = get_object_or_404(Contact.objects.for_org(access.org), pk=contact_id)
+    actions.delete_contact(contact)
+    messages.success(request, f"{contact.name} ({contact.address}) removed from the address book.")
+    return _contacts_page(request, access, ContactForm())
 
 
 @org_action_required("federation:read")

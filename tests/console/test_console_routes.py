@@ -57,6 +57,10 @@ def _policy(org: Any, alice: Any, mia: Any) -> dict[str, Any]:
     return {"policy_id": federation_actions.set_policy(org=org, remote="*", effect=Effect.ALLOW).pk}
 
 
+def _contact(org: Any, alice: Any, mia: Any) -> dict[str, Any]:
+    return {"contact_id": federation_actions.create_contact(org=org, name="Globex", address="globex").pk}
+
+
 def _message(org: Any, alice: Any, mia: Any) -> dict[str, Any]:
     federation_actions.set_policy(org=org, remote="*", effect=Effect.ALLOW)
     message = federation_actions.send_message(org=org, recipient="nobody", payload={})
@@ -114,7 +118,9 @@ ROUTES: dict[str, Make | str] = {
     "federation:peers": "instance-wide (peers are shared; changes need staff)",
     "federation:peer-create": "instance-wide (staff)",
     "federation:peer-key": "instance-wide (staff)",
+    "federation:peer-status": "instance-wide (staff)",
     "federation:contacts": "own org",
+    "federation:contact-delete": _contact,
     "federation:policies": "own org",
     "federation:policy-delete": _policy,
     "federation:outbox": "own org",

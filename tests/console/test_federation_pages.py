@@ -104,6 +104,31 @@ def test_contacts_need_federation_write(as_user: Any, request: Any, org: Any, wh
     assert Contact.objects.for_org(org).filter(address="globex@berlin").exists() == (status == 200)
 
 
+def test_contacts_are_removed_by_writers_only(as_user: Any, bob: Any, dave: Any, org: Any) -> None:
+    contact = actions.create_contact(org=org, name="Globex", address="globex@berlin")
+    assert as_user(dave).post(f"/federation/contacts/{contact.pk}/delete/", **HX).status_code == 403
+    assert "Remove" not in main_html(as_user(dave).get("/federation/contacts/"))
+    removed = as_user(bob).post(f"/federation/contacts/{contact.pk}/delete/", **HX)
+    assert removed.status_code == 200 and "removed from the address book" in removed.content.decode()
+    assert not Contact.objects.for_org(org).exists()
+    assert as_user(bob).post(f"/federation/contacts/{contact.pk}/delete/", **HX).status_code == 404
+
+
+def test_staff_disable_and_enable_a_link(as_user: Any, alice: Any, bob: Any, berlin: Peer) -> None:
+    assert as_user(bob).post("/federation/peers/berlin/status/", {"status": "disabled"}).status_code == 403
+    alice.is_staff = True
+    alice.save()
+    client = as_user(alice)
+    disabled = client.post("/federation/peers/berlin/status/", {"status": "disabled"}, **HX)
+    assert disabled.status_code == 200 and "Enable link" in disabled.content.decode()
+    berlin.refresh_from_db()
+    assert berlin.status == "disabled"
+    assert client.post("/federation/peers/berlin/status/", {"status": "active"}, **HX).status_code == 200
+    berlin.refresh_from_db()
+    assert berlin.status == "active"
+    assert client.post("/federation/peers/berlin/status/", {"status": "gone"}).status_code == 404
+
+
 def test_contact_address_errors_are_precise(as_user: Any, bob: Any, org: Any) -> None:
     response = as_user(bob).post("/federation/contacts/", {"name": "Bad", "address": "Not An Address!"}, **HX)
     assert response.status_code == 422 and "is not a federation address" in response.content.decode()
