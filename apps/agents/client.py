@@ -457,7 +457,14 @@ class AgentClient:
                 if normalizer.final:
                     return
         except Exception as exc:
-            raise classify(exc) from exc
+            error = classify(exc)
+            if not isinstance(error, AgentError) or error.code == "ssrf_blocked":
+                raise error from exc
+            # The agent will not resubscribe us (not supported, or it no longer streams that task): the task
+            # itself still answers GetTask, so watch it that way rather than fail it.
+            async for update in self.poll(remote_task_id, deadline=deadline, normalizer=normalizer):
+                yield update
+            return
         for update in await self._reread(remote_task_id, normalizer):  # the stream closed early: ask the task
             yield update
         if not normalizer.final:

@@ -126,7 +126,8 @@ class Run:
             message.update(task_id=task.remote_task_id or None, context_id=task.remote_context_id or None)
             return iterate_sync(lambda: AgentClient(self.target).run_once(**message))
         if task.remote_task_id:
-            # A previous worker died mid-task: ask the agent where the task is instead of sending it again.
+            # A previous worker died mid-task: pick the task up where the agent has it instead of sending it
+            # again (SubscribeToTask for a streaming agent, GetTask polling otherwise).
             return iterate_sync(lambda: _watch(self.target, task.remote_task_id))
         message = _message_kwargs(task.input)
         message.update(message_id=str(task.pk))
@@ -135,7 +136,7 @@ class Run:
 
 async def _watch(target: AgentTarget, remote_task_id: str) -> AsyncIterator[AgentUpdate]:
     async with AgentClient(target, poll_interval=settings.HERMES_TASK_POLL_SECONDS) as client:
-        async for update in client.poll(remote_task_id):
+        async for update in client.resume(remote_task_id):
             yield update
 
 

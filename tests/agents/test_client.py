@@ -253,6 +253,49 @@ def test_stream_cut_before_a_final_update(allow_loopback: None, state: str, outc
         server.server_close()
 
 
+class _NoResubscribeAgent(BaseHTTPRequestHandler):
+    """A streaming agent that refuses SubscribeToTask (JSON-RPC error); GetTask says working, then completed."""
+
+    gets = 0
+
+    def do_POST(self) -> None:
+        request = json.loads(self.rfile.read(int(self.headers.get("Content-Length", 0))))
+        if request["method"] == "GetTask":
+            type(self).gets += 1
+            state = "TASK_STATE_WORKING" if type(self).gets < 3 else "TASK_STATE_COMPLETED"
+            reply = {"result": {"id": "t", "contextId": "c", "status": {"state": state}}}
+        else:
+            reply = {"error": {"code": -32004, "message": "This operation is not supported"}}
+        body = json.dumps({"jsonrpc": "2.0", "id": request["id"], **reply}).encode()
+        self.send_response(200)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, *args: Any) -> None:
+        pass
+
+
+def test_resume_falls_back_to_polling_when_the_agent_will_not_resubscribe(allow_loopback: None) -> None:
+    handler = type("Handler", (_NoResubscribeAgent,), {"gets": 0})
+    server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    target = AgentTarget(url=f"http://127.0.0.1:{server.server_address[1]}/", streaming=True)
+
+    async def go() -> list[AgentUpdate]:
+        async with AgentClient(target, poll_interval=0.01) as client:
+            return [update async for update in client.resume("t")]
+
+    try:
+        updates = asyncio.run(asyncio.wait_for(go(), timeout=10))
+    finally:
+        server.shutdown()
+        server.server_close()
+    assert [u.state for u in updates][0] == "working" and updates[-1].state == "completed"
+    assert handler.gets >= 3  # the snapshot, then polling after the refused subscription
+
+
 def test_messages_need_content_and_carry_ids() -> None:
     with pytest.raises(AgentError):
         build_message()
