@@ -292,7 +292,7 @@ def test_resume_falls_back_to_polling_when_the_agent_will_not_resubscribe(allow_
     finally:
         server.shutdown()
         server.server_close()
-    assert [u.state for u in updates][0] == "working" and updates[-1].state == "completed"
+    assert updates[0].state == "working" and updates[-1].state == "completed"
     assert handler.gets >= 3  # the snapshot, then polling after the refused subscription
 
 
