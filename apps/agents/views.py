@@ -21,6 +21,10 @@ from apps.core.permissions import Access
 from apps.orgs.decorators import org_action_required
 
 
+# The manual form shares the register page with the URL forms: its prefix keeps field names and ids apart.
+MANUAL = "manual"
+
+
 def _access(request: HttpRequest) -> Access:
     return request.access  # type: ignore[attr-defined]
 
@@ -57,7 +61,7 @@ def register(request: HttpRequest) -> HttpResponse:
     context = {
         "form": form,
         "url_form": AgentURLForm(initial={"url": form.data.get("url", "")}),
-        "manual_form": AgentManualForm(),
+        "manual_form": AgentManualForm(prefix=MANUAL),
     }
     return render_console(request, "agents/register.html", context, partial="preview", status=status)
 
@@ -67,7 +71,7 @@ def register(request: HttpRequest) -> HttpResponse:
 def register_manual(request: HttpRequest) -> HttpResponse:
     """Register an agent without a card (the page's third form; errors re-render the whole page)."""
     access = _access(request)
-    form = AgentManualForm(request.POST)
+    form = AgentManualForm(request.POST, prefix=MANUAL)
     if form.is_valid():
         try:
             agent = actions.register_agent_manually(org=access.org, by=request.user, **form.cleaned_data)
@@ -92,7 +96,7 @@ def preview(request: HttpRequest) -> HttpResponse:
         except (CardError, OutboundBlocked) as exc:
             url_form.add_error("url", str(exc))
     form = AgentRegisterForm(initial={"url": url_form.data.get("url", ""), "visibility": Visibility.PRIVATE})
-    context = {"url_form": url_form, "card": card, "form": form, "manual_form": AgentManualForm()}
+    context = {"url_form": url_form, "card": card, "form": form, "manual_form": AgentManualForm(prefix=MANUAL)}
     status = 422 if url_form.errors else 200
     return render_console(request, "agents/register.html", context, partial="preview", status=status)
 

@@ -146,7 +146,7 @@ def test_assign_demo_agents_once(as_user: Any, dave: Any, mia: Any, org: Any) ->
 def test_register_without_a_card(as_user: Any, dave: Any, mia: Any, org: Any) -> None:
     from apps.agents.models import Agent
 
-    form = {
+    fields = {
         "name": "Legacy bot",
         "url": "https://legacy.example.com/rpc",
         "description": "no card",
@@ -155,8 +155,9 @@ def test_register_without_a_card(as_user: Any, dave: Any, mia: Any, org: Any) ->
         "slug": "",
         "visibility": "private",
     }
+    form = {f"manual-{name}": value for name, value in fields.items()}
     page = main_html(as_user(dave).get("/agents/register/"))
-    assert "data-manual-form" in page and "JSON-RPC endpoint" in page
+    assert "data-manual-form" in page and "JSON-RPC endpoint" in page and 'id="id_manual-url"' in page
     response = as_user(dave).post("/agents/register/manual/", form)
     agent = Agent.objects.for_org(org).get(slug="legacy-bot")
     assert response.status_code == 302 and response["Location"] == f"/agents/{agent.pk}/"
@@ -168,9 +169,9 @@ def test_register_without_a_card(as_user: Any, dave: Any, mia: Any, org: Any) ->
     )
     # Precise errors, nothing written: a taken slug, a metadata address, a missing name.
     for change, field_text in (
-        ({"slug": "legacy-bot"}, "legacy-bot"),
-        ({"url": "http://169.254.169.254/latest", "slug": "other"}, "169.254.169.254"),
-        ({"name": ""}, "This field is required"),
+        ({"manual-slug": "legacy-bot"}, "legacy-bot"),
+        ({"manual-url": "http://169.254.169.254/latest", "manual-slug": "other"}, "169.254.169.254"),
+        ({"manual-name": ""}, "This field is required"),
     ):
         refused = as_user(dave).post("/agents/register/manual/", {**form, **change})
         assert refused.status_code == 422 and field_text in refused.content.decode(), change
