@@ -20,7 +20,6 @@ from apps.core.http import OutboundBlocked
 from apps.core.permissions import Access
 from apps.orgs.decorators import org_action_required
 
-
 # The manual form shares the register page with the URL forms: its prefix keeps field names and ids apart.
 MANUAL = "manual"
 
