@@ -92,12 +92,16 @@ _progress_reads: dict[Any, tuple[float, asyncio.Future[tuple[str, int] | None]]]
 async def _shared_progress(task_id: Any, org_id: Any, max_age: float) -> tuple[str, int] | None:
     now = time.monotonic()
     cached = _progress_reads.get(task_id)
-    if cached is None or now - cached[0] > max_age or (cached[1].done() and cached[1].exception()):
+    if cached is None or now - cached[0] > max_age or _failed(cached[1]):
         future = asyncio.ensure_future(_db(task_progress)(task_id, org_id))
         cached = (now, future)
         _progress_reads[task_id] = cached
         future.add_done_callback(lambda _f: _forget_later(task_id, cached, max_age))
     return await asyncio.shield(cached[1])
+
+
+def _failed(future: asyncio.Future[Any]) -> bool:
+    return future.done() and (future.cancelled() or future.exception() is not None)
 
 
 def _forget_later(task_id: Any, entry: Any, max_age: float) -> None:
