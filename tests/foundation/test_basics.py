@@ -38,6 +38,13 @@ def test_seed_demo_is_idempotent() -> None:
     from apps.agents.models import Agent
 
     assert sorted(Agent.objects.for_org(org).values_list("demo_key", flat=True)) == sorted(s.slug for s in DEMO_AGENTS)
+    # And a partner org the demo org may ask for tasks over federation (both ways allowed, once).
+    from apps.federation.models import Policy
+
+    partner = Organization.objects.get(slug="partner")
+    assert Agent.objects.for_org(partner).filter(slug="demo-echo").exists()
+    assert list(Policy.objects.for_org(org).values_list("remote", "effect")) == [("partner", "allow")]
+    assert list(Policy.objects.for_org(partner).values_list("remote", "effect")) == [("demo", "allow")]
 
 
 def test_role_matrix() -> None:

@@ -5,12 +5,17 @@ from django.core.management.base import BaseCommand
 from django.db import transaction
 
 from apps.agents.actions import assign_demo_agents
+from apps.federation.actions import set_policy
+from apps.federation.models import Effect
 from apps.orgs.actions import create_organization
 from apps.orgs.models import Organization
 
 DEMO_EMAIL = "demo@hermes.local"
 DEMO_PASSWORD = "hermes-demo"  # noqa: S105 - printed by `make run`; dev/demo only
 DEMO_ORG = "demo"
+# A second org of the same demo user, with its own demo agents, that the demo org may ask for tasks over
+# federation on this instance: Federation → Remote tasks → `demo-echo.partner` works on a fresh `make run`.
+PARTNER_ORG = "partner"
 
 
 class Command(BaseCommand):
@@ -27,4 +32,13 @@ class Command(BaseCommand):
             org = create_organization(user=user, name="Demo Org", slug=DEMO_ORG)
         # The built-in demo agents, so a fresh `make run` can send a task at once (idempotent as well).
         assign_demo_agents(org=org, by=user)
+        partner = Organization.objects.filter(slug=PARTNER_ORG).first()
+        if partner is None:
+            partner = create_organization(user=user, name="Partner Org", slug=PARTNER_ORG)
+        assign_demo_agents(org=partner, by=user)
+        set_policy(org=org, remote=PARTNER_ORG, effect=Effect.ALLOW, reason="demo: ask the partner org's agents")
+        set_policy(org=partner, remote=DEMO_ORG, effect=Effect.ALLOW, reason="demo: accept the demo org's requests")
         self.stdout.write(f"demo login: {DEMO_EMAIL} / {DEMO_PASSWORD} (org '{DEMO_ORG}')")
+        self.stdout.write(
+            f"federation demo: Federation → Remote tasks → demo-echo.{PARTNER_ORG} (org '{PARTNER_ORG}' runs it)"
+        )
