@@ -96,9 +96,13 @@ def _lookup_sql() -> str:
 
 @functools.cache
 def _loaders(model: Any) -> tuple[list[str], list[tuple[int, list[Any], Any]]]:
-    """Per model: the attnames, and the db converters of the fields that have any (e.g. JSONField)."""
+    """Per model: the attnames, and the converters of the fields that have any — the backend's first (SQLite
+    hands back naive datetimes and text decimals), then the field's own (e.g. JSONField), as the ORM applies them."""
     fields = model._meta.concrete_fields
-    converters = [(i, f.get_db_converters(connection), f.cached_col) for i, f in enumerate(fields)]
+    converters = [
+        (i, connection.ops.get_db_converters(f.cached_col) + f.get_db_converters(connection), f.cached_col)
+        for i, f in enumerate(fields)
+    ]
     return [f.attname for f in fields], [c for c in converters if c[1]]
 
 

@@ -44,6 +44,7 @@ def test_run_serves_the_platform_on_embedded_defaults_and_stops_cleanly(tmp_path
         assert status == 200, "".join(lines)
         while time.monotonic() < deadline and not any("celery@" in line and "ready" in line for line in lines):
             time.sleep(0.3)
+        _use_the_platform(f"http://127.0.0.1:{free_port}", env)
     finally:
         os.killpg(proc.pid, signal.SIGINT)  # what Ctrl-C in a terminal does
         proc.wait(timeout=60)
@@ -64,3 +65,42 @@ def test_run_serves_the_platform_on_embedded_defaults_and_stops_cleanly(tmp_path
         time.sleep(0.2)
     with pytest.raises(ProcessLookupError):
         os.killpg(proc.pid, 0)
+
+
+_MAKE_KEY = """
+from apps.core.permissions import Access
+from apps.orgs.actions import create_api_key
+from apps.orgs.models import Membership, Organization
+org = Organization.objects.get(slug="demo")
+member = Membership.objects.for_org(org).get()
+access = Access(org=org, role=member.role, user=member.user)
+scopes = ["agents:read", "tasks:read", "tasks:write", "federation:read", "federation:write"]
+print(create_api_key(access=access, name="run test", scopes=scopes).plaintext)
+"""
+
+
+def _use_the_platform(base: str, env: dict[str, str]) -> None:
+    """What a first user of `make run` does, on SQLite: an API key used more than once (its last-used stamp is
+    read back), a task on a demo agent, and a task on the partner org's agent over federation."""
+    made = subprocess.run(
+        [sys.executable, "manage.py", "shell", "-c", _MAKE_KEY],
+        cwd=BASE_DIR, env=env, capture_output=True, text=True, timeout=60, check=True,
+    )  # fmt: skip
+    headers = {"Authorization": f"Bearer {made.stdout.strip().splitlines()[-1]}"}
+    with httpx.Client(base_url=base, headers=headers, timeout=10) as api:
+        for _ in range(2):
+            agents = api.get("/api/v1/agents")
+            assert agents.status_code == 200, agents.text
+        echo = next(a for a in agents.json()["results"] if a["slug"] == "demo-echo")
+        local = api.post("/api/v1/tasks", json={"agent": echo["id"], "input": {"parts": [{"text": "hi"}]}})
+        assert local.status_code == 202, local.text
+        remote = api.post(
+            "/api/v1/federation/remote-tasks",
+            json={"agent": "demo-echo.partner", "message": {"parts": [{"text": "hi partner"}]}},
+        )
+        assert remote.status_code == 202, remote.text
+        for task_id in (local.json()["id"], remote.json()["task_id"]):
+            deadline = time.monotonic() + 60
+            while (state := api.get(f"/api/v1/tasks/{task_id}").json()["status"]) != "completed":
+                assert time.monotonic() < deadline, f"task {task_id} is still {state}"
+                time.sleep(0.3)
