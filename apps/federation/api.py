@@ -40,6 +40,7 @@ from apps.federation.serializers import (
     LinkKeySerializer,
     MessageSerializer,
     PeerSerializer,
+    PeerStatusSerializer,
     PolicySerializer,
     RemoteTaskSerializer,
     RequestRemoteTaskSerializer,
@@ -94,6 +95,16 @@ class PeerViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, mixins.Creat
         if secret is None:
             data["secret"] = encode_secret(key.secret())
         return Response(data, status=status.HTTP_201_CREATED)
+
+    @extend_schema(request=PeerStatusSerializer, responses=PeerSerializer)
+    @action(detail=True, methods=["post"], url_path="status")
+    def set_status(self, request: Request, name: str) -> Response:
+        """Disable a link (its outbox waits; its inbound requests get 404 unknown_peer) or enable it again."""
+        self._require_staff()
+        body = PeerStatusSerializer(data=request.data)
+        body.is_valid(raise_exception=True)
+        peer = actions.set_peer_status(self.get_object(), body.validated_data["status"], actor=request.user)
+        return Response(PeerSerializer(peer).data)
 
     @extend_schema(request=None, responses=LinkKeySerializer)
     @action(detail=True, methods=["post"], url_path="keys/promote")

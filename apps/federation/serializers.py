@@ -18,6 +18,7 @@ from apps.federation.models import (
     MessageType,
     Outbox,
     Peer,
+    PeerStatus,
     Policy,
     RemoteTask,
     RemoteTaskEvent,
@@ -44,6 +45,12 @@ class PeerSerializer(serializers.ModelSerializer):
 
 class AddKeySerializer(serializers.Serializer):
     secret = serializers.CharField(required=False, help_text="The whsec_ secret the other side generated.")
+
+
+class PeerStatusSerializer(serializers.Serializer):
+    status = serializers.ChoiceField(
+        choices=PeerStatus.choices, help_text="`disabled`: nothing is sent to the link or accepted from it."
+    )
 
 
 class RetireKeySerializer(serializers.Serializer):

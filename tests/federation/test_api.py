@@ -185,6 +185,10 @@ def test_peers_are_readable_by_orgs_but_changed_only_by_staff(
     assert again.status_code == 400 and "name" in again.json()["error"]["details"]
     kinds = set(FederationAuditEvent.objects.unscoped("test").values_list("event", flat=True))
     assert {"key_added", "key_promoted", "key_retired"} <= kinds
+    disabled = api.post(f"{API}/peers/rome/status", {"status": "disabled"}, format="json")
+    assert disabled.status_code == 200 and disabled.json()["status"] == "disabled"
+    bad = api.post(f"{API}/peers/rome/status", {"status": "gone"}, format="json")
+    assert bad.status_code == 400 and "status" in bad.json()["error"]["details"]
 
 
 @pytest.mark.django_db
