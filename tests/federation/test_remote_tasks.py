@@ -307,21 +307,30 @@ def test_a_denied_send_under_an_idempotency_key_keeps_its_audit_row(org: Any, al
     assert FederationAuditEvent.objects.for_org(org).filter(event="policy_denied").count() == 1
 
 
-@pytest.mark.django_db
-def test_cancel_is_relayed_to_the_executor(
-    org: Any, other_org: Any, alice: Any, client_for: Any, acme_may_ask_globex: None,
-    django_capture_on_commit_callbacks: Any, monkeypatch: Any,
-) -> None:  # fmt: skip
+@pytest.fixture
+def globex_holds_the_task(
+    org: Any, other_org: Any, acme_may_ask_globex: None, django_capture_on_commit_callbacks: Any, monkeypatch: Any
+) -> tuple[RemoteTask, Any]:
+    """acme asks globex's echo agent; globex accepts the task but no worker picks it up (the test plays the
+    worker): it waits, submitted, as a busy executor's would. Returns acme's RemoteTask and globex's Task."""
     from apps.agents.models import Agent
     from apps.tasks.models import Task
 
     Agent.objects.create(organization=other_org, name="Echo", slug="echo", url="http://127.0.0.1:9/")
-    # globex accepts the task but no worker picks it up: it waits, submitted, as a busy executor's would.
     monkeypatch.setattr("apps.tasks.tasks.dispatch", lambda *args, **kwargs: None)
     with django_capture_on_commit_callbacks(execute=True):
         remote = actions.request_remote_task(org=org, agent="echo.globex", message=MESSAGE)
     theirs = Task.objects.for_org(other_org).get()
     assert theirs.state == "submitted"
+    return remote, theirs
+
+
+@pytest.mark.django_db
+def test_cancel_is_relayed_to_the_executor(
+    org: Any, other_org: Any, alice: Any, client_for: Any, globex_holds_the_task: tuple[RemoteTask, Any],
+    django_capture_on_commit_callbacks: Any,
+) -> None:  # fmt: skip
+    remote, theirs = globex_holds_the_task
     api = client_for(alice)
     with django_capture_on_commit_callbacks(execute=True):
         canceled = api.post(f"/api/v1/tasks/{remote.task_id}/cancel")
@@ -338,18 +347,12 @@ def test_cancel_is_relayed_to_the_executor(
 
 @pytest.mark.django_db
 def test_a_follow_up_is_relayed_to_the_executors_waiting_task(
-    org: Any, other_org: Any, alice: Any, client_for: Any, acme_may_ask_globex: None,
-    django_capture_on_commit_callbacks: Any, monkeypatch: Any,
+    org: Any, other_org: Any, alice: Any, client_for: Any, globex_holds_the_task: tuple[RemoteTask, Any],
+    django_capture_on_commit_callbacks: Any,
 ) -> None:  # fmt: skip
-    from apps.agents.models import Agent
     from apps.tasks import actions as task_actions
-    from apps.tasks.models import Task
 
-    Agent.objects.create(organization=other_org, name="Echo", slug="echo", url="http://127.0.0.1:9/")
-    monkeypatch.setattr("apps.tasks.tasks.dispatch", lambda *args, **kwargs: None)  # globex's worker is us
-    with django_capture_on_commit_callbacks(execute=True):
-        remote = actions.request_remote_task(org=org, agent="echo.globex", message=MESSAGE)
-    theirs = Task.objects.for_org(other_org).get()
+    remote, theirs = globex_holds_the_task
     question = {"role": "agent", "parts": [{"kind": "text", "text": "Which language?"}]}
     for state, data in (("working", {}), ("input-required", {"message": question})):
         with django_capture_on_commit_callbacks(execute=True):
