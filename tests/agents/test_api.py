@@ -236,11 +236,11 @@ def test_anonymous_is_401(api: Any) -> None:
 def test_assign_demo_is_idempotent(settings: Any, org: Any, bob: Any, client_for: Any) -> None:
     client = client_for(bob)
     first = client.post("/api/v1/agents/assign-demo")
-    assert first.status_code == 201 and len(first.data["created"]) == 5 and first.data["existing"] == []
+    assert first.status_code == 201 and len(first.data["created"]) == 6 and first.data["existing"] == []
     again = client.post("/api/v1/agents/assign-demo")
-    assert again.status_code == 200 and again.data["created"] == [] and len(again.data["existing"]) == 5
+    assert again.status_code == 200 and again.data["created"] == [] and len(again.data["existing"]) == 6
     slugs = sorted(a["slug"] for a in client.get("/api/v1/agents").data["results"])
-    assert slugs == ["demo-calculator", "demo-echo", "demo-flaky", "demo-slow", "demo-summarizer"]
+    assert slugs == ["demo-calculator", "demo-echo", "demo-flaky", "demo-greeter", "demo-slow", "demo-summarizer"]
     echo = next(a for a in first.data["created"] if a["slug"] == "demo-echo")
     assert echo["url"] == f"{settings.HERMES_PUBLIC_URL}/demo-agents/echo/" and echo["is_demo"]
 

@@ -114,6 +114,15 @@ def test_slow_streams_progress(demo_agents: LiveHermes) -> None:
     assert updates[-1].state == "completed"
 
 
+def test_greeter_asks_then_greets_the_answer(demo_agents: LiveHermes) -> None:
+    asked = run(target(demo_agents, "greeter"), text="hi")
+    assert asked[-1].state == "input-required" and "What is your name?" in asked[-1].text
+    last = asked[-1]
+    answered = run(target(demo_agents, "greeter"), text="Ada", task_id=last.remote_task_id, context_id=last.context_id)
+    assert [u.text for u in artifacts(answered)] == ["Nice to meet you, Ada."]
+    assert answered[-1].state == "completed" and answered[-1].remote_task_id == last.remote_task_id
+
+
 def test_slow_honors_cancel_mid_stream(demo_agents: LiveHermes) -> None:
     async def go() -> tuple[list[AgentUpdate], AgentUpdate]:
         seen: list[AgentUpdate] = []

@@ -349,3 +349,22 @@ def test_cancel_of_a_cross_instance_task_reaches_the_executor(pair: Pair) -> Non
     assert final["events"][-1]["state"] == "canceled"
     events = httpx.get(f"{task_url}/events", headers=headers).json()["results"]
     assert [e["data"].get("to") for e in events if e["kind"] == "state"].count("canceled") == 1
+
+
+def test_answering_a_remote_agents_question_across_instances(pair: Pair) -> None:
+    """berlin's greeter asks acme a question; acme answers on paris through its own task, and the answer
+    reaches berlin's waiting task, which completes with the greeting."""
+    pair.proxy.set("pass")
+    created = _request_task(pair, "demo-greeter.globex@berlin", "hi")
+    headers = {"Authorization": f"Bearer {pair.api_key}"}
+    task_url = f"{pair.paris.url}/api/v1/tasks/{created['task_id']}"
+    wait_for(lambda: httpx.get(task_url, headers=headers).json()["status"] == "input-required", 60, "the question")
+    answer = {"input": {"parts": [{"text": "Ada"}]}}
+    replied = httpx.post(f"{task_url}/messages", json=answer, headers=headers, timeout=10)
+    assert replied.status_code == 202, replied.text
+    wait_for(lambda: httpx.get(task_url, headers=headers).json()["status"] == "completed", 60, "the greeting")
+    events = httpx.get(f"{task_url}/events", headers=headers).json()["results"]
+    assert any(e["kind"] == "artifact" and "Nice to meet you, Ada." in json.dumps(e["data"]) for e in events)
+    states = [e["data"]["to"] for e in events if e["kind"] == "state"]
+    assert states == ["submitted", "working", "input-required", "working", "completed"]
+    assert [e["seq"] for e in events] == list(range(1, len(events) + 1))

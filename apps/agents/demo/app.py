@@ -25,6 +25,7 @@ from apps.agents.demo.executors import (
     CalculatorExecutor,
     DemoExecutor,
     EchoExecutor,
+    GreeterExecutor,
     SlowExecutor,
     SummarizerExecutor,
 )
@@ -36,6 +37,7 @@ EXECUTORS: dict[str, type[DemoExecutor]] = {
     "calculator": CalculatorExecutor,
     "slow": SlowExecutor,
     "flaky": EchoExecutor,
+    "greeter": GreeterExecutor,
 }
 SEND_METHODS = frozenset({"SendMessage", "SendStreamingMessage", "message/send", "message/stream"})
 MAX_TASKS_KEPT = 2000

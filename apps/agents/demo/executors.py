@@ -69,6 +69,18 @@ class EchoExecutor(DemoExecutor):
         await updater.complete()
 
 
+class GreeterExecutor(DemoExecutor):
+    """Asks for a name (input-required) and greets it in the follow-up: the demo of answering an agent."""
+
+    async def work(self, context: RequestContext, updater: TaskUpdater) -> None:
+        if context.current_task is None:  # a new task: ask, and wait for the caller's answer
+            await updater.requires_input(updater.new_agent_message([new_text_part("Hello! What is your name?")]))
+            return
+        name = context.get_user_input().strip() or "stranger"
+        await updater.add_artifact([new_text_part(f"Nice to meet you, {name}.")], name="greeting")
+        await updater.complete()
+
+
 class SummarizerExecutor(DemoExecutor):
     async def work(self, context: RequestContext, updater: TaskUpdater) -> None:
         options = first_data(context)

@@ -83,6 +83,13 @@ DEMO_AGENTS: tuple[DemoSpec, ...] = (
         streaming=True,
         skills=({"id": "echo", "name": "Echo (unreliable)", "description": "Retries needed", "tags": ["demo"]},),
     ),
+    DemoSpec(
+        "greeter",
+        "Greeter",
+        "Asks for your name (the task waits in input-required), then greets you in its answer to your reply. Streams.",
+        streaming=True,
+        skills=({"id": "greet", "name": "Greet", "description": "Asks a question first", "tags": ["demo", "input"]},),
+    ),
 )
 DEMO_BY_SLUG = {spec.slug: spec for spec in DEMO_AGENTS}
 
