@@ -98,7 +98,10 @@
     var d = event.data || {};
     switch (event.kind) {
       case "state":
-        return (d.from ? d.from + " → " : "") + d.to + (d.reason ? " (" + d.reason + ")" : "") + (d.error ? ": " + d.error : "");
+        // An agent that asks for input (or explains a failure) says so in the state's message: show it.
+        var said = d.message ? partsText(d.message.parts) : "";
+        return (d.from ? d.from + " → " : "") + d.to + (d.reason ? " (" + d.reason + ")" : "") +
+          (d.error ? ": " + d.error : "") + (said ? " — " + said : "");
       case "message":
       case "progress":
         return (d.role ? d.role + ": " : "") + (partsText(d.parts) || "(no text)");
@@ -149,6 +152,9 @@
       setBadge(stateBadge, next);
       var cancel = document.querySelector("[data-cancel-task]");
       if (cancel && TERMINAL[next]) { cancel.hidden = true; }
+      // The reply box follows the live state: it appears when the agent asks, without a reload.
+      var reply = document.querySelector("[data-reply-card]");
+      if (reply) { reply.hidden = !(next === "input-required" || next === "auth-required"); }
     }
 
     function renderPresence(msg) {

@@ -181,3 +181,25 @@ def test_a_task_on_another_orgs_agent_streams_in_the_requesters_own_task_view(
     assert "hello across orgs" in page.locator("[data-events]").inner_text()
     assert_accessible(page)
     screenshot(page, "federated-task-completed")
+
+
+def test_the_reply_box_appears_live_when_the_agent_asks(
+    page: Any, screenshot: Any, hermes_server: Any, org: Any, bob: Any, demo_agents: dict[str, Any]
+) -> None:
+    sign_in(page, bob.email)
+    page.goto("/tasks/new/")
+    page.get_by_label("Agent").select_option(label="Hermes Greeter")
+    page.get_by_label("Message").fill("hi")
+    page.get_by_role("button", name="Send").click()
+    page.wait_for_url(re.compile(r"/tasks/[0-9a-f-]{36}/$"))
+    wait_state(page, "input-required")
+    reply = page.locator("[data-reply-card]")
+    reply.wait_for()  # shown by the live state, no reload
+    assert "What is your name?" in page.locator("[data-events]").inner_text()
+    assert_accessible(page)
+    screenshot(page, "task-input-required")
+    reply.get_by_label("Reply").fill("Ada")
+    reply.get_by_role("button", name="Send reply").click()
+    wait_state(page, "completed")
+    assert "Nice to meet you, Ada." in page.locator("[data-events]").inner_text()
+    assert page.locator("[data-reply-card]").is_hidden()
