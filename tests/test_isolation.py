@@ -191,6 +191,7 @@ ISOLATION: dict[str, Detail | Listing | Exempt] = {
     "federation-peer-add-key": _FED_PEERS,
     "federation-peer-promote-key": _FED_PEERS,
     "federation-peer-retire-key": _FED_PEERS,
+    "federation-peer-set-status": _FED_PEERS,
     "federation-contact-list": Listing(_fed_contact),
     "federation-contact-detail": Detail(_fed_contact),
     "federation-policy-list": Listing(_fed_policy),
