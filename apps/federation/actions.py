@@ -347,6 +347,7 @@ def request_remote_task(
     sender_agent: str = "",
     actor: Any = None,
     access: Any = None,
+    deadline_seconds: int | None = None,
 ) -> RemoteTask:
     """Ask another org's agent (`echo.globex` here, `echo.globex@berlin` on a peer) to run a task.
 
@@ -368,7 +369,13 @@ def request_remote_task(
         with transaction.atomic():
             local_agent = federated_agent(org, address)
             task = task_actions.create_task(
-                org=org, agent=local_agent, message=message, metadata=metadata, access=access, created_by=actor
+                org=org,
+                agent=local_agent,
+                message=message,
+                metadata=metadata,
+                access=access,
+                created_by=actor,
+                deadline=timedelta(seconds=deadline_seconds) if deadline_seconds else None,
             )
             return RemoteTask.objects.for_org(org).get(task_id=str(task.pk))
     except task_actions.InvalidMessage as exc:

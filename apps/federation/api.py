@@ -284,8 +284,9 @@ class _RequestRemoteTaskMixin:
 class RemoteTaskViewSet(  # type: ignore[misc]
     IdempotentCreateMixin, _RequestRemoteTaskMixin, mixins.ListModelMixin, mixins.RetrieveModelMixin, _FederationViewSet
 ):
-    """Tasks this org asked other orgs' agents to run (here or on peers), each with its mirrored timeline.
-    POST asks for one (tasks:write and federation:write)."""
+    """Tasks this org asked other orgs' agents to run (here or on peers), each with its mirrored timeline and
+    `task_id`, this org's own task for it (`/api/v1/tasks/{task_id}`, its events, stream and cancel). POST asks
+    for one (tasks:write and federation:write)."""
 
     model = RemoteTask
     serializer_class = RemoteTaskSerializer

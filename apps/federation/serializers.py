@@ -212,6 +212,13 @@ class RequestRemoteTaskSerializer(serializers.Serializer):
     message = serializers.JSONField(help_text='An A2A message: {"role": "user", "parts": [{"kind": "text", ...}]}')
     metadata = serializers.JSONField(required=False, default=dict)
     sender_agent = serializers.SlugField(max_length=80, required=False, default="")
+    deadline_seconds = serializers.IntegerField(
+        required=False,
+        min_value=1,
+        max_value=7 * 24 * 3600,
+        help_text="How long this org waits for the result (default HERMES_TASK_DEADLINE_SECONDS); past it, the "
+        "task fails here and the executor is asked to cancel.",
+    )
 
     def validate_message(self, value: Any) -> dict[str, Any]:
         if not isinstance(value, dict) or not isinstance(value.get("parts"), list) or not value["parts"]:

@@ -115,7 +115,11 @@ def test_results_for_unknown_requests_are_not_trusted(
 
 
 @pytest.mark.django_db
-def test_remote_task_api(client_for: Any, alice: Any, mia: Any, charlie: Any, org: Any, other_org: Any) -> None:
+def test_remote_task_api(
+    client_for: Any, alice: Any, mia: Any, charlie: Any, org: Any, other_org: Any, settings: Any
+) -> None:
+    from apps.tasks.models import Task
+
     actions.set_policy(org=org, remote="*", effect=Effect.ALLOW)
     api = client_for(alice)
     created = api.post("/api/v1/federation/remote-tasks", {"agent": "echo.globex", "message": MESSAGE}, format="json")
@@ -128,6 +132,16 @@ def test_remote_task_api(client_for: Any, alice: Any, mia: Any, charlie: Any, or
         "/api/v1/federation/remote-tasks", {"agent": "echo.globex", "message": MESSAGE}, format="json"
     )
     assert refused.status_code == 403 and refused.json()["error"]["details"]["required_action"] == "federation:write"
+    task = Task.objects.for_org(org).get(pk=body["task_id"])
+    waited = (task.deadline_at - task.created_at).total_seconds()
+    assert abs(waited - settings.HERMES_TASK_DEADLINE_SECONDS) < 5  # the default wait
+    patient = api.post(
+        "/api/v1/federation/remote-tasks",
+        {"agent": "echo.globex", "message": MESSAGE, "deadline_seconds": 7200},
+        format="json",
+    )
+    task = Task.objects.for_org(org).get(pk=patient.json()["task_id"])
+    assert abs((task.deadline_at - task.created_at).total_seconds() - 7200) < 5
     bad = api.post("/api/v1/federation/remote-tasks", {"agent": "globex", "message": MESSAGE}, format="json")
     assert bad.status_code == 400 and bad.json()["error"]["code"] == "invalid_address"
     bad = api.post("/api/v1/federation/remote-tasks", {"agent": "echo.globex", "message": {"parts": []}}, format="json")
