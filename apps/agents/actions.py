@@ -198,16 +198,16 @@ def update_agent(agent: Agent, *, by: Any = None, **changes: Any) -> Agent:
     unknown = set(changes) - EDITABLE_FIELDS
     if unknown:
         raise AgentActionError(f"Not editable: {', '.join(sorted(unknown))}.", code="invalid")
-    if agent.is_federated and {"url", "visibility", "streaming"} & set(changes):
+    refused = {"url", "streaming"} & set(changes)
+    if changes.get("visibility", Visibility.PRIVATE) != Visibility.PRIVATE:
+        refused.add("visibility")
+    if agent.is_federated and refused:
         # It is another org's agent: its endpoint is the federation address, and listing it in this instance's
         # marketplace would let third parties send it tasks in this org's name.
         raise AgentActionError(
             "An agent reached through federation keeps its address and stays private.",
             code="invalid",
-            details={
-                field: ["Not editable on a federated agent."]
-                for field in {"url", "visibility", "streaming"} & set(changes)
-            },
+            details={field: ["Not editable on a federated agent."] for field in sorted(refused)},
         )
     if "url" in changes:
         if agent.card_url:

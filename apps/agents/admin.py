@@ -22,13 +22,16 @@ class AgentAdmin(OrgOwnedAdmin):
 
     list_display = ("name", "slug", "organization", "visibility", "is_demo", "streaming", "online", "created_at")
     list_filter = ("visibility", "is_demo", "protocol_version", ("last_seen_at", admin.EmptyFieldListFilter))
-    search_fields = ("name", "slug", "description", "url", "organization__slug")
+    search_fields = ("name", "slug", "description", "url", "federation_address", "organization__slug")
     list_select_related = ("organization", "created_by")  # type: ignore[assignment]
     raw_id_fields = ("organization", "created_by")
     actions = ("refresh_cards", "make_public", "make_private")
     fieldsets = (
         (None, {"fields": ("organization", "name", "slug", "description", "visibility")}),
-        ("From the agent card", {"fields": ("version", "url", "card_url", "protocol_version", "capabilities")}),
+        (
+            "From the agent card",
+            {"fields": ("version", "url", "card_url", "federation_address", "protocol_version", "capabilities")},
+        ),
         ("Skills and card", {"fields": ("skills_list", "card_pretty"), "classes": ("collapse",)}),
         ("State", {"fields": ("is_demo", "demo_key", "last_seen_at", "last_error", "created_by", "created_at")}),
     )
@@ -82,10 +85,15 @@ class AgentAdmin(OrgOwnedAdmin):
 
     @admin.action(description="Make public (marketplace)")
     def make_public(self, request: HttpRequest, queryset: QuerySet[Agent]) -> None:
-        for agent in queryset:
-            actions.set_visibility(agent, Visibility.PUBLIC, by=request.user)
+        self._set_visibility(request, queryset, Visibility.PUBLIC)
 
     @admin.action(description="Make private")
     def make_private(self, request: HttpRequest, queryset: QuerySet[Agent]) -> None:
+        self._set_visibility(request, queryset, Visibility.PRIVATE)
+
+    def _set_visibility(self, request: HttpRequest, queryset: QuerySet[Agent], visibility: str) -> None:
         for agent in queryset:
-            actions.set_visibility(agent, Visibility.PRIVATE, by=request.user)
+            try:
+                actions.set_visibility(agent, visibility, by=request.user)
+            except actions.AgentActionError as exc:  # e.g. a federated agent stays private
+                self.message_user(request, f"{agent.slug}: {exc}", messages.WARNING)

@@ -65,3 +65,20 @@ def test_admin_bulk_actions_and_delete(staff_client: Client, agents: list[Agent]
     staff_client.post(f"/admin/agents/agent/{ids[1]}/delete/", {"post": "yes"})
     assert list(Agent.objects.unscoped("test").values_list("name", flat=True)) == ["Alpha"]
     assert AuditEvent.objects.filter(action="agent.deleted", target_id=ids[1]).exists()
+
+
+def test_admin_keeps_a_federated_agent_private(staff_client: Client, agents: list[Agent]) -> None:
+    from apps.federation.actions import federated_agent
+    from apps.federation.addresses import Address
+
+    remote = federated_agent(agents[0].organization, Address.parse("echo.globex@berlin"))
+    ids = [str(remote.pk), str(agents[0].pk)]
+    response = staff_client.post(
+        "/admin/agents/agent/", {"action": "make_public", "_selected_action": ids}, follow=True
+    )
+    assert response.status_code == 200 and "stays private" in response.content.decode()
+    remote.refresh_from_db()
+    assert remote.visibility == "private"  # refused with a message, the other agent still changed
+    assert Agent.objects.unscoped("test").get(pk=agents[0].pk).visibility == "public"
+    staff_client.post("/admin/agents/agent/", {"action": "make_private", "_selected_action": ids})
+    assert set(Agent.objects.unscoped("test").filter(pk__in=ids).values_list("visibility", flat=True)) == {"private"}
