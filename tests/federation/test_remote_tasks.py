@@ -341,10 +341,13 @@ def globex_holds_the_task(
 
 @pytest.mark.django_db
 def test_cancel_is_relayed_to_the_executor(
-    org: Any, other_org: Any, alice: Any, client_for: Any, globex_holds_the_task: tuple[RemoteTask, Any],
+    org: Any, other_org: Any, alice: Any, charlie: Any, client_for: Any, globex_holds_the_task: tuple[RemoteTask, Any],
     django_capture_on_commit_callbacks: Any,
 ) -> None:  # fmt: skip
     remote, theirs = globex_holds_the_task
+    # globex's own page of the task says who asked for it.
+    globex_page = client_for(charlie).get(f"/tasks/{theirs.pk}/").content.decode()
+    assert "acme" in globex_page and "through federation" in globex_page
     api = client_for(alice)
     with django_capture_on_commit_callbacks(execute=True):
         canceled = api.post(f"/api/v1/tasks/{remote.task_id}/cancel")
