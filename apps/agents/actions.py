@@ -117,6 +117,25 @@ def _save_new(agent: Agent) -> Agent:
     return agent
 
 
+def federated_agent(org: Any, address: str) -> Agent:
+    """The org's Agent row for another org's agent reached through federation at `address` (canonical, e.g.
+    `echo.globex@berlin`), created on first use: it lets a remote task live among the org's own tasks."""
+    existing = Agent.objects.for_org(org).filter(federation_address=address).first()
+    if existing is not None:
+        return existing
+    agent = Agent(
+        organization=org,
+        name=address,
+        slug=_unique_slug(org, f"fed-{address.replace('@', '-at-')}"),
+        description="An agent of another organization, reached through federation.",
+        federation_address=address,
+    )
+    try:
+        return _save_new(agent)
+    except AgentActionError:  # a concurrent first request for the same address created it
+        return Agent.objects.for_org(org).get(federation_address=address)
+
+
 def register_agent_by_url(
     *, org: Any, url: str, by: Any = None, slug: str | None = None, visibility: str = Visibility.PRIVATE
 ) -> Agent:

@@ -17,7 +17,6 @@ from django.conf import settings
 from django.db import transaction
 from django.db.models import F, Max
 from django.utils import timezone
-from django.utils.text import slugify
 
 from apps.core.errors import Conflict, HermesAPIError, refusal
 from apps.core.metrics import (
@@ -309,30 +308,6 @@ def send_message(
     return message
 
 
-def federated_agent(org: Any, address: Address) -> Any:
-    """The requesting org's Agent row for another org's agent reached through federation (created on first use).
-
-    It is what lets a remote task live among the org's own tasks: list, detail, live timeline, API, all unchanged.
-    """
-    from apps.agents.models import Agent
-
-    text = str(address)
-    agent = Agent.objects.for_org(org).filter(federation_address=text).first()
-    if agent is not None:
-        return agent
-    slug = slugify(f"fed-{text.replace('@', '-at-')}")[:80]
-    agent, _ = Agent.objects.for_org(org).get_or_create(
-        slug=slug,
-        defaults={
-            "organization": org,
-            "name": text,
-            "description": "An agent of another organization, reached through federation.",
-            "federation_address": text,
-        },
-    )
-    return agent
-
-
 # The sending agent of the request being made in this context (agent→agent policies), read by the receiver of
 # tasks' `task_submitted_remotely`, which the tasks app calls without knowing about sender agents.
 _sender_agent: ContextVar[str] = ContextVar("federation_sender_agent", default="")
@@ -351,10 +326,12 @@ def request_remote_task(
 ) -> RemoteTask:
     """Ask another org's agent (`echo.globex` here, `echo.globex@berlin` on a peer) to run a task.
 
-    The task is an ordinary task of `org` on the federated agent's Agent row (`federated_agent`), so it shows in
+    The task is an ordinary task of `org` on the federated agent's Agent row (`agents.actions.federated_agent`),
+    so it shows in
     the tasks list and detail and streams like any other; creating it writes the `task_request` message (see
     `remote_tasks.send_task_request`), whose id correlates every `task_result` that comes back.
     """
+    from apps.agents import actions as agent_actions
     from apps.tasks import actions as task_actions
 
     address = _address_or_400(agent, "agent")
@@ -367,7 +344,7 @@ def request_remote_task(
     token = _sender_agent.set(sender_agent)
     try:
         with transaction.atomic():
-            local_agent = federated_agent(org, address)
+            local_agent = agent_actions.federated_agent(org, str(address))
             task = task_actions.create_task(
                 org=org,
                 agent=local_agent,

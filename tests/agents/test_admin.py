@@ -68,10 +68,7 @@ def test_admin_bulk_actions_and_delete(staff_client: Client, agents: list[Agent]
 
 
 def test_admin_keeps_a_federated_agent_private(staff_client: Client, agents: list[Agent]) -> None:
-    from apps.federation.actions import federated_agent
-    from apps.federation.addresses import Address
-
-    remote = federated_agent(agents[0].organization, Address.parse("echo.globex@berlin"))
+    remote = actions.federated_agent(agents[0].organization, "echo.globex@berlin")
     ids = [str(remote.pk), str(agents[0].pk)]
     response = staff_client.post(
         "/admin/agents/agent/", {"action": "make_public", "_selected_action": ids}, follow=True

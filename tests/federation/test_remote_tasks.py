@@ -7,9 +7,9 @@ from typing import Any
 
 import pytest
 
+from apps.agents import actions as agent_actions
 from apps.core.errors import HermesAPIError
 from apps.federation import actions
-from apps.federation.addresses import Address
 from apps.federation.models import (
     Effect,
     FederationAuditEvent,
@@ -282,8 +282,8 @@ def test_a_rejected_request_fails_the_requesters_task_at_once(
 def test_post_tasks_to_a_federated_agent_sends_a_task_request(
     org: Any, alice: Any, client_for: Any, acme_may_ask_globex: None, django_capture_on_commit_callbacks: Any
 ) -> None:
-    agent = actions.federated_agent(org, Address.parse("echo.globex"))
-    assert actions.federated_agent(org, Address.parse("echo.globex")) == agent  # one row per address
+    agent = agent_actions.federated_agent(org, "echo.globex")
+    assert agent_actions.federated_agent(org, "echo.globex") == agent  # one row per address
     api = client_for(alice)
     with django_capture_on_commit_callbacks(execute=False):
         created = api.post("/api/v1/tasks", {"agent": str(agent.pk), "input": MESSAGE}, format="json")
@@ -298,7 +298,7 @@ def test_a_refused_request_creates_no_task(
 ) -> None:
     from apps.tasks.models import Task
 
-    agent = actions.federated_agent(org, Address.parse("echo.globex"))
+    agent = agent_actions.federated_agent(org, "echo.globex")
     actions.set_policy(org=org, remote="globex", effect=Effect.DENY)
     refused = client_for(alice).post("/api/v1/tasks", {"agent": str(agent.pk), "input": MESSAGE}, format="json")
     assert refused.status_code == 403, refused.content
@@ -395,8 +395,13 @@ def test_a_follow_up_is_relayed_to_the_executors_waiting_task(
 def test_a_federated_agent_stays_private_and_keeps_its_address(org: Any) -> None:
     from apps.agents.actions import AgentActionError, update_agent
 
-    agent = actions.federated_agent(org, Address.parse("echo.globex@berlin"))
-    assert agent.slug == "fed-echoglobex-at-berlin" and agent.is_federated
+    # A local agent already holds the slug the address would get: the federated row takes the next one.
+    agent_actions.register_agent_manually(
+        org=org, name="Mine", url="https://agent.example.com/rpc", slug="fed-echoglobex-at-berlin"
+    )
+    agent = agent_actions.federated_agent(org, "echo.globex@berlin")
+    assert agent.slug == "fed-echoglobex-at-berlin-2" and agent.is_federated
+    assert agent_actions.federated_agent(org, "echo.globex@berlin") == agent
     for change in ({"visibility": "public"}, {"url": "http://example.com/"}):
         with pytest.raises(AgentActionError):
             update_agent(agent, **change)
