@@ -37,8 +37,10 @@ def main() -> int:
         if args.only and name not in args.only:
             continue
         print(f"bench: running {name}", file=sys.stderr, flush=True)
+        # The load generators must not write an INFO line per request they send (httpx logs each one).
+        env = {**os.environ, "LOG_LEVEL": os.environ.get("LOG_LEVEL", "WARNING")}
         result = subprocess.run(
-            [sys.executable, "-m", "bench", "--child", name], cwd=ROOT, stdout=subprocess.PIPE, text=True
+            [sys.executable, "-m", "bench", "--child", name], cwd=ROOT, env=env, stdout=subprocess.PIPE, text=True
         )
         if result.returncode != 0:
             failed.append(name)

@@ -5,6 +5,10 @@
 - `/ws/bench/fanout/`: a bare Channels consumer that joins one group and forwards what it receives, served by the
   same uvicorn as `/ws/tasks/<id>/`.
 Run with DJANGO_SETTINGS_MODULE=hermes_site.settings; ROOT_URLCONF is swapped to this module's `urlpatterns`.
+
+`HERMES_BENCH_WITHOUT` (comma-separated, only for `python -m bench.tasks --ablation`) switches parts of the submit
+path off in this server, to measure what each costs: `enqueue` (the Celery publish), `broadcast` (the org-stream
+publish), `audit` (the audit row), `quota` (both Redis quota counters). Hermes itself never runs without them.
 """
 
 from __future__ import annotations
@@ -33,6 +37,33 @@ from hermes_site import urls as hermes_urls  # noqa: E402
 # The quota check still runs on every submit; the limits are only raised so that it never refuses the benchmark.
 PLAN_LIMITS[Plan.ENTERPRISE] = PlanLimits(requests_per_minute=10**9, tasks_per_day=10**9)
 FANOUT_GROUP = "bench-fanout"
+
+
+def _published(task: Any, events: Any, *, state_changed: bool) -> bool:
+    return True
+
+
+def _ablate(parts: set[str]) -> None:
+    from apps.core import audit
+    from apps.orgs import quotas
+    from apps.tasks import broadcast
+    from apps.tasks import tasks as task_jobs
+
+    unknown = parts - {"enqueue", "broadcast", "audit", "quota"}
+    if unknown:
+        raise SystemExit(f"HERMES_BENCH_WITHOUT: unknown part(s) {sorted(unknown)}")
+    if "enqueue" in parts:
+        task_jobs.dispatch = lambda task_id, countdown=0: None
+    if "broadcast" in parts:
+        broadcast.publish = _published
+    if "audit" in parts:
+        audit.record = lambda *args, **kwargs: None  # type: ignore[assignment]
+    if "quota" in parts:
+        quotas.reserve_task = lambda org, now=None: None
+        quotas.OrgQuotaThrottle.allow_request = lambda self, request, view: True  # type: ignore[method-assign]
+
+
+_ablate({part for part in os.environ.get("HERMES_BENCH_WITHOUT", "").split(",") if part})
 
 
 class BareInsert(APIView):

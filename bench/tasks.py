@@ -120,6 +120,27 @@ async def _load(url: str, body: dict[str, Any], headers: dict[str, str]) -> tupl
     return done / elapsed, errors
 
 
+def _server_env(queue: str) -> dict[str, str]:
+    """The servers' environment: production-like (no DEBUG query log, no INFO log line per request), their jobs
+    on a queue of their own."""
+    return {
+        **os.environ,
+        "CELERY_TASK_DEFAULT_QUEUE": queue,
+        "DEBUG": "false",
+        "HERMES_SSRF_ALLOWLIST": "127.0.0.1",
+        "LOG_LEVEL": "WARNING",
+        "PYTHONPATH": str(ROOT),
+    }
+
+
+def _purge(queue: str) -> None:
+    """Drop the load test's run messages left on the benchmark's own queue (their tasks are deleted)."""
+    from hermes_site.celery import app
+
+    with app.connection_for_write() as conn:
+        conn.default_channel.queue_purge(queue)
+
+
 def _throughput(env: dict[str, str], agent: Any, key: str) -> tuple[float, float, int]:
     port = _free_port()
     base = f"http://127.0.0.1:{port}"
@@ -242,13 +263,7 @@ def run() -> str:
     from apps.tasks.models import Task
 
     queue = f"hermes-bench-{uuid.uuid4().hex[:8]}"
-    env = {
-        **os.environ,
-        "CELERY_TASK_DEFAULT_QUEUE": queue,
-        "HERMES_SSRF_ALLOWLIST": "127.0.0.1",
-        "LOG_LEVEL": "WARNING",
-        "PYTHONPATH": str(ROOT),
-    }
+    env = _server_env(queue)
     settings.HERMES_SSRF_ALLOWLIST = [*settings.HERMES_SSRF_ALLOWLIST, "127.0.0.1"]
     port = _free_port()
     base = f"http://127.0.0.1:{port}"
@@ -316,6 +331,7 @@ def run() -> str:
             bare_lat, bare_missing = asyncio.run(_fanout(ws_base, "/ws/bench/fanout/", publish_bare, synced=False))
     finally:
         Task.objects.unscoped("bench cleanup").filter(organization=org).delete()
+        _purge(queue)
     load_after = os.getloadavg()[0]
     own_p50, hermes_p50 = statistics.median(own), statistics.median(hermes)
     ratio = task_rps / bare_rps if bare_rps else 0.0
@@ -349,3 +365,49 @@ def run() -> str:
         "payload straight to the channel layer.",
     ]
     return "\n".join(lines)
+
+
+# What each part of the submit path costs under load: `python -m bench.tasks --ablation` (not part of `make bench`;
+# its table is quoted in docs/tasks.md). Every row runs its own server, with its own bare baseline.
+ABLATIONS = [
+    ("", "as shipped"),
+    ("enqueue,broadcast", "without the Celery publish and the org-stream broadcast"),
+    ("audit", "without the audit row"),
+    ("quota", "without the two Redis quota counters"),
+    ("enqueue,broadcast,audit,quota", "without all four"),
+]
+
+
+def ablation() -> str:
+    org, _user, key = _setup()
+    from apps.agents.actions import assign_demo_agents
+    from apps.agents.models import Agent
+    from apps.tasks.models import Task
+
+    assign_demo_agents(org=org)  # the submit path never calls the agent: no worker runs in this benchmark
+    agent = Agent.objects.for_org(org).get(slug="demo-echo")
+    queue = f"hermes-bench-{uuid.uuid4().hex[:8]}"
+    lines = [
+        f"Submit throughput with parts of the path switched off ({CLIENTS} clients, gunicorn 2 sync workers, "
+        f"{LOAD_SECONDS:g} s per side; load average {os.getloadavg()[0]:.1f} before).",
+        "",
+        "| Variant | POST /api/v1/tasks | Bare insert, same server | Ratio |",
+        "| --- | --- | --- | --- |",
+    ]
+    try:
+        for parts, label in ABLATIONS:
+            env = {**_server_env(queue), "HERMES_BENCH_WITHOUT": parts}
+            bare, tasks, errors = _throughput(env, agent, key)
+            Task.objects.unscoped("bench cleanup").filter(organization=org).delete()
+            failed = f", {errors} errors" if errors else ""
+            lines.append(f"| {label} | {tasks:.0f} req/s{failed} | {bare:.0f} req/s | {tasks / bare:.2f} |")
+    finally:
+        Task.objects.unscoped("bench cleanup").filter(organization=org).delete()
+        _purge(queue)
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    if sys.argv[1:] != ["--ablation"]:
+        raise SystemExit("usage: python -m bench.tasks --ablation   (the benchmarks themselves: make bench)")
+    print(ablation())

@@ -54,9 +54,14 @@ _SUBMIT_FIELDS = ("id", "organization_id", "name", "slug", "visibility", "federa
 def usable_agent(org: Any, agent_id: Any) -> Agent | None:
     """An agent the org may send tasks to (its own or a public one); None like a missing id."""
     try:
-        return agent_selectors.usable_agents(org).only(*_SUBMIT_FIELDS).get(pk=agent_selectors.as_uuid(agent_id))
-    except (Agent.DoesNotExist, Http404):
+        pk = agent_selectors.as_uuid(agent_id)
+    except Http404:
         return None
+    # Fetched by primary key and checked with `is_usable_by` (the rule `usable_agents` filters by): the OR of
+    # that filter costs a third of this lookup's time to compile, on the path of every submit.
+    rows = Agent.objects.unscoped("an org may use public agents of other orgs").only(*_SUBMIT_FIELDS).filter(pk=pk)
+    agent = next(iter(rows[:1]), None)
+    return agent if agent is not None and agent.is_usable_by(org) else None
 
 
 def agent_is_online(agent_id: Any) -> bool:
