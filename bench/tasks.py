@@ -19,6 +19,7 @@ import time
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -96,8 +97,39 @@ def _setup() -> tuple[Any, Any, str]:
     return org, user, key.plaintext
 
 
-async def _load(url: str, body: dict[str, Any], headers: dict[str, str]) -> tuple[float, int]:
-    """CLIENTS concurrent clients posting in a loop for LOAD_SECONDS; returns (successful req/s, errors)."""
+# Processes a load test keeps busy, by what their command line contains; the benchmark process itself is the
+# load generator.
+CPU_ROLES = (("gunicorn", "server"), ("postgres", "Postgres"), ("redis-server", "Redis"))
+GENERATOR = "load generator"
+
+
+@dataclass
+class Load:
+    rate: float  # successful requests per second
+    errors: int
+    cpu_ms: dict[str, float]  # CPU milliseconds per successful request, by role (plus "total")
+
+
+def _cpu_ticks() -> dict[int, tuple[str, int]]:
+    """pid → (role, user + system clock ticks so far) for the processes of CPU_ROLES and this one (Linux /proc)."""
+    ticks = {}
+    for entry in os.scandir("/proc"):
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = Path(entry.path, "stat").read_text().rsplit(")", 1)[1].split()
+            cmdline = Path(entry.path, "cmdline").read_bytes()
+        except OSError:  # exited meanwhile
+            continue
+        pid = int(entry.name)
+        role = GENERATOR if pid == os.getpid() else next((r for k, r in CPU_ROLES if k.encode() in cmdline), None)
+        if role:
+            ticks[pid] = (role, int(stat[11]) + int(stat[12]))
+    return ticks
+
+
+async def _load(url: str, body: dict[str, Any], headers: dict[str, str]) -> Load:
+    """CLIENTS concurrent clients posting in a loop for LOAD_SECONDS, and the CPU each role spent meanwhile."""
     import httpx
 
     done, errors = 0, 0
@@ -114,10 +146,18 @@ async def _load(url: str, body: dict[str, Any], headers: dict[str, str]) -> tupl
                 else:
                     errors += 1
 
+        before = _cpu_ticks()
         started = time.monotonic()
         await asyncio.gather(*(one() for _ in range(CLIENTS)))
         elapsed = time.monotonic() - started
-    return done / elapsed, errors
+        after = _cpu_ticks()
+    cpu = dict.fromkeys([role for _, role in CPU_ROLES] + [GENERATOR], 0.0)
+    ms_per_tick = 1000 / os.sysconf("SC_CLK_TCK")
+    for pid, (role, ticks) in after.items():
+        # A process that started during the load (a new Postgres backend) counts from zero.
+        cpu[role] += (ticks - before.get(pid, (role, 0))[1]) * ms_per_tick / max(done, 1)
+    cpu["total"] = sum(cpu.values())
+    return Load(done / elapsed, errors, cpu)
 
 
 def _server_env(queue: str) -> dict[str, str]:
@@ -141,7 +181,7 @@ def _purge(queue: str) -> None:
         conn.default_channel.queue_purge(queue)
 
 
-def _throughput(env: dict[str, str], agent: Any, key: str) -> tuple[float, float, int]:
+def _throughput(env: dict[str, str], agent: Any, key: str) -> tuple[Load, Load]:
     port = _free_port()
     base = f"http://127.0.0.1:{port}"
     args = [
@@ -158,10 +198,10 @@ def _throughput(env: dict[str, str], agent: Any, key: str) -> tuple[float, float
     ]
     with _serve(args, {**env, "HERMES_BENCH_SERVER": "wsgi"}, f"{base}/api/v1/health/live"):
         asyncio.run(_load(f"{base}/bench/bare-insert", {"warm": True}, {}))  # warm both paths once
-        bare, _ = asyncio.run(_load(f"{base}/bench/bare-insert", {"input": "hello"}, {}))
+        bare = asyncio.run(_load(f"{base}/bench/bare-insert", {"input": "hello"}, {}))
         body = {"agent": str(agent.pk), "input": {"parts": [{"text": "hello"}]}}
-        tasks, errors = asyncio.run(_load(f"{base}/api/v1/tasks", body, {"Authorization": f"Bearer {key}"}))
-    return bare, tasks, errors
+        tasks = asyncio.run(_load(f"{base}/api/v1/tasks", body, {"Authorization": f"Bearer {key}"}))
+    return bare, tasks
 
 
 def _agent_own_times(agent: Any) -> list[float]:
@@ -304,7 +344,7 @@ def run() -> str:
         with _serve(uvicorn, asgi_env, f"{base}/api/v1/health/live"):
             settings.HERMES_PUBLIC_URL = base
             agent = register_agent_by_url(org=org, url=f"{base}/demo-agents/echo/", slug=f"echo-{port}")
-            bare_rps, task_rps, errors = _throughput(env, agent, key)
+            bare, submit = _throughput(env, agent, key)
             # Drop the load test's queued tasks before any worker runs (deleting them under a running worker
             # races with its event inserts); their broker messages then find no row, which is harmless.
             Task.objects.unscoped("bench").filter(organization=org).delete()
@@ -334,7 +374,7 @@ def run() -> str:
         _purge(queue)
     load_after = os.getloadavg()[0]
     own_p50, hermes_p50 = statistics.median(own), statistics.median(hermes)
-    ratio = task_rps / bare_rps if bare_rps else 0.0
+    ratio = submit.rate / bare.rate if bare.rate else 0.0
     p95, bare_p95 = _pct(lat, 0.95), _pct(bare_lat, 0.95)
     lines = [
         "## Tasks (bench/tasks.py)",
@@ -347,7 +387,8 @@ def run() -> str:
         "| Measure | Hermes | Baseline | Target | Result |",
         "| --- | --- | --- | --- | --- |",
         f"| Submit throughput, {CLIENTS} concurrent clients, `POST /api/v1/tasks` (API key, scope, quota, 202 + "
-        f"enqueue) | {task_rps:.0f} req/s ({errors} errors) | bare DRF view inserting one row: {bare_rps:.0f} req/s "
+        f"enqueue) | {submit.rate:.0f} req/s ({submit.errors} errors) | bare DRF view inserting one row: "
+        f"{bare.rate:.0f} req/s "
         f"| >= 1/2 of baseline | {ratio:.2f}x of baseline: {'met' if ratio >= 0.5 else 'NOT met'} |",
         f"| Submit -> completed, echo demo agent, p50 of {LATENCY_RUNS} | {hermes_p50:.1f} ms "
         f"(p95 {_pct(hermes, 0.95):.1f} ms) | the agent's own time (same A2A call from a client): {own_p50:.1f} ms "
@@ -363,8 +404,22 @@ def run() -> str:
         "Event -> websocket: the event is recorded through `apps.tasks.actions.record` (row lock, INSERT, commit, then",
         "the channel-layer broadcast) and timed until each subscriber has parsed it; the baseline publishes the same",
         "payload straight to the channel layer.",
+        "",
+        "CPU per request during the throughput runs (user + system time of each process from /proc, divided by the",
+        "requests served). Server, database, Redis and load generator share the two cores, so the throughput ratio",
+        "follows the ratio of the totals:",
+        "",
+        *_cpu_table([("bare insert", bare), ("task submit", submit)]),
     ]
     return "\n".join(lines)
+
+
+def _cpu_table(rows: list[tuple[str, Load]]) -> list[str]:
+    roles = [role for _, role in CPU_ROLES] + [GENERATOR, "total"]
+    table = ["| CPU per request | " + " | ".join(roles) + " |", "| --- |" + " --- |" * len(roles)]
+    for label, load in rows:
+        table.append(f"| {label} | " + " | ".join(f"{load.cpu_ms[role]:.2f} ms" for role in roles) + " |")
+    return table
 
 
 # What each part of the submit path costs under load: `python -m bench.tasks --ablation` (not part of `make bench`;
@@ -397,10 +452,13 @@ def ablation() -> str:
     try:
         for parts, label in ABLATIONS:
             env = {**_server_env(queue), "HERMES_BENCH_WITHOUT": parts}
-            bare, tasks, errors = _throughput(env, agent, key)
+            bare, submit = _throughput(env, agent, key)
             Task.objects.unscoped("bench cleanup").filter(organization=org).delete()
-            failed = f", {errors} errors" if errors else ""
-            lines.append(f"| {label} | {tasks:.0f} req/s{failed} | {bare:.0f} req/s | {tasks / bare:.2f} |")
+            failed = f", {submit.errors} errors" if submit.errors else ""
+            lines.append(
+                f"| {label} | {submit.rate:.0f} req/s{failed} ({submit.cpu_ms['total']:.1f} ms CPU) "
+                f"| {bare.rate:.0f} req/s ({bare.cpu_ms['total']:.1f} ms CPU) | {submit.rate / bare.rate:.2f} |"
+            )
     finally:
         Task.objects.unscoped("bench cleanup").filter(organization=org).delete()
         _purge(queue)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import uuid
 from datetime import timedelta
 from typing import Any
 
@@ -129,10 +130,10 @@ class TaskViewSet(  # type: ignore[misc]
                 errors["status"] = [f"One of: {', '.join(STATUS_CHOICES)}."]
             queryset = queryset.filter(state=state)
         if agent := params.get("agent"):
-            if not agent.replace("-", "").isalnum() or len(agent) > 64:
-                errors["agent"] = ["An agent id."]
-            else:
-                queryset = queryset.filter(agent_id=agent)
+            try:
+                queryset = queryset.filter(agent_id=uuid.UUID(agent))
+            except ValueError:
+                errors["agent"] = [f"'{agent[:64]}' is not an agent id (a UUID)."]
         if errors:
             raise HermesAPIError("Invalid filter; see details.", code="invalid", details=errors)
         return queryset

@@ -118,8 +118,12 @@ def test_list_filters_and_pins_queries(
     assert len(client.get("/api/v1/tasks").json()["results"]) == 7
     assert len(client.get(f"/api/v1/tasks?agent={echo.pk}").json()["results"]) == 4
     assert [t["id"] for t in client.get("/api/v1/tasks?status=completed").json()["results"]] == [str(done.pk)]
-    bad = client.get("/api/v1/tasks?status=done")
-    assert bad.status_code == 400 and "status" in bad.json()["error"]["details"]
+    bad = client.get("/api/v1/tasks?status=done&agent=echo")
+    assert bad.status_code == 400
+    assert bad.json()["error"]["details"] == {
+        "status": ["One of: submitted, working, input-required, auth-required, completed, failed, canceled, rejected."],
+        "agent": ["'echo' is not an agent id (a UUID)."],
+    }
 
 
 def test_events_after(client_for: Any, alice: Any, agent: Any) -> None:
