@@ -35,6 +35,7 @@ INSTALLED_APPS = [
     "django_prometheus",
     "rest_framework",
     "drf_spectacular",
+    "drf_spectacular_sidecar",
     "django_htmx",
     "template_partials",
     "channels",
@@ -234,6 +235,11 @@ SPECTACULAR_SETTINGS = {
     "VERSION": "1.0.0",
     "SERVE_INCLUDE_SCHEMA": False,
     "SCHEMA_PATH_PREFIX": r"/api/v1",
+    # Swagger UI's scripts are served by Hermes itself (drf-spectacular-sidecar), not from a CDN: the API docs
+    # must work on an instance without internet access.
+    "SWAGGER_UI_DIST": "SIDECAR",
+    "SWAGGER_UI_FAVICON_HREF": "SIDECAR",
+    "REDOC_DIST": "SIDECAR",
     "ENUM_NAME_OVERRIDES": {
         "FederationOutboxStatusEnum": "apps.federation.models.OutboxStatus",
         "FederationPeerStatusEnum": "apps.federation.models.PeerStatus",

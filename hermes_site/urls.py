@@ -1,5 +1,7 @@
 from django.contrib import admin
+from django.templatetags.static import static
 from django.urls import include, path
+from django.views.generic import RedirectView
 from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerView
 
 from apps.accounts import urls as accounts_urls
@@ -19,6 +21,8 @@ for module in DOMAIN_APPS:
     api_v1 += module.api_urlpatterns
 
 urlpatterns = [
+    # Browsers ask for /favicon.ico on pages that name no icon (the Django admin, JSON responses).
+    path("favicon.ico", RedirectView.as_view(url=static("img/favicon.svg"), permanent=True)),
     path("admin/", admin.site.urls),
     path("api/v1/", include(api_v1)),
 ]

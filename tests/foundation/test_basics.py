@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import io
+import re
 from typing import Any
 
 import pytest
@@ -25,6 +26,19 @@ def test_unknown_url_answers_with_the_error_shape(client: Client) -> None:
     response = client.get("/api/v1/nope")
     assert response.status_code == 404
     assert response.json()["error"]["code"] == "not_found"
+
+
+def test_api_docs_and_favicon_need_no_internet(client: Client) -> None:
+    page = client.get("/api/v1/docs/").content.decode()
+    scripts = re.findall(r'(?:src|href)="([^"]+)"', page)
+    assert any("swagger-ui-bundle.js" in url for url in scripts), scripts
+    # Every asset of the page is Hermes' own: an instance without internet access still has its API docs.
+    assert all(url.startswith("/") for url in scripts), scripts
+    for url in scripts:
+        if url.startswith("/static/"):
+            assert client.get(url).status_code == 200, url
+    icon = client.get("/favicon.ico")
+    assert icon.status_code == 301 and icon["Location"] == "/static/img/favicon.svg"
 
 
 @pytest.mark.django_db
