@@ -9,6 +9,7 @@ from django.contrib.auth.admin import UserAdmin as DjangoUserAdmin
 from django.contrib.auth.forms import AdminUserCreationForm, UserChangeForm
 
 from apps.accounts.models import User
+from apps.core.admin import OrgOwnedInline
 from apps.orgs.models import Membership
 
 
@@ -24,21 +25,16 @@ class UserChangeAdminForm(UserChangeForm):
         fields = "__all__"
 
 
-class MembershipInline(admin.TabularInline):
+class MembershipInline(OrgOwnedInline):
     """Which orgs the person belongs to, and as what (roles change in the console, under the role matrix)."""
 
     model = Membership
     fk_name = "user"
-    extra = 0
     fields = ("organization", "role", "created_at")
     readonly_fields = fields
-    can_delete = False
 
     def get_queryset(self, request: Any) -> Any:
-        return Membership.objects.unscoped("staff admin sees every org").select_related("organization")
-
-    def has_add_permission(self, request: Any, obj: Any = None) -> bool:
-        return False
+        return super().get_queryset(request).select_related("organization")
 
 
 @admin.register(User)

@@ -18,6 +18,24 @@ class OrgOwnedAdmin(admin.ModelAdmin):
         return self.model.objects.unscoped("staff admin sees every org")
 
 
+class OrgOwnedInline(admin.TabularInline):
+    """Org-owned rows shown read-only under their parent (a task's events, a delivery's attempts): history that
+    only the app's actions write. The inline formset narrows the queryset to the parent by its foreign key, which
+    the tenancy guard does not count as scoping, so it starts explicitly unscoped like OrgOwnedAdmin's."""
+
+    extra = 0
+    can_delete = False
+
+    def get_queryset(self, request: HttpRequest) -> QuerySet[Any]:
+        return self.model.objects.unscoped("staff admin: the rows of the parent being shown")
+
+    def has_add_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return False
+
+    def has_change_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return False
+
+
 @admin.register(AuditEvent)
 class AuditEventAdmin(admin.ModelAdmin):
     list_display = ("created_at", "org_id", "actor", "action", "target_type", "target_id")

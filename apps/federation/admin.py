@@ -8,7 +8,7 @@ from django.contrib import admin, messages
 from django.db.models import QuerySet
 from django.http import HttpRequest
 
-from apps.core.admin import OrgOwnedAdmin
+from apps.core.admin import OrgOwnedAdmin, OrgOwnedInline
 from apps.federation import actions
 from apps.federation.models import (
     Contact,
@@ -64,15 +64,10 @@ class MessageAdmin(OrgOwnedAdmin):
     readonly_fields = ("id",)
 
 
-class DeliveryAttemptInline(admin.TabularInline):
+class DeliveryAttemptInline(OrgOwnedInline):
     model = DeliveryAttempt
     fields = ("number", "created_at", "duration_ms", "http_status", "error", "response_excerpt", "outcome")
     readonly_fields = fields
-    extra = 0
-    can_delete = False
-
-    def get_queryset(self, request: HttpRequest) -> QuerySet[DeliveryAttempt]:
-        return DeliveryAttempt.objects.unscoped("staff admin: the attempts of the outbox row being shown")
 
 
 @admin.register(Outbox)
@@ -124,15 +119,10 @@ class FederationAuditEventAdmin(admin.ModelAdmin):
 # --- Cross-org tasks (read-only for staff: both rows mirror what the messages said) ------------------------------
 
 
-class RemoteTaskEventInline(admin.TabularInline):
+class RemoteTaskEventInline(OrgOwnedInline):
     model = RemoteTaskEvent
-    extra = 0
     fields = ("seq", "kind", "state", "data", "created_at")
     readonly_fields = fields
-    can_delete = False
-
-    def has_add_permission(self, request: HttpRequest, obj: Any = None) -> bool:
-        return False
 
 
 @admin.register(RemoteTask)

@@ -5,26 +5,17 @@ from typing import Any
 from django.contrib import admin
 from django.http import HttpRequest
 
-from apps.core.admin import OrgOwnedAdmin
+from apps.core.admin import OrgOwnedAdmin, OrgOwnedInline
 from apps.tasks.models import Task, TaskEvent
 
 
-class TaskEventInline(admin.TabularInline):
+class TaskEventInline(OrgOwnedInline):
     """The timeline, read-only: events are history, written only by apps.tasks.actions."""
 
     model = TaskEvent
     fields = ("seq", "kind", "data", "created_at")
     readonly_fields = fields
     ordering = ("seq",)
-    extra = 0
-    can_delete = False
-    show_change_link = False
-
-    def has_add_permission(self, request: HttpRequest, obj: Any = None) -> bool:
-        return False
-
-    def has_change_permission(self, request: HttpRequest, obj: Any = None) -> bool:
-        return False
 
 
 @admin.register(Task)

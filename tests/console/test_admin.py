@@ -1,5 +1,6 @@
 """Staff's Django admin: every Hermes model is reachable (registered, or shown inline on its parent), and every
-changelist, search and add page renders for a superuser."""
+changelist, search and add page, and the change page of a row of each (inline children included), renders for a
+superuser."""
 
 from __future__ import annotations
 
@@ -8,9 +9,16 @@ from typing import Any
 import pytest
 from django.apps import apps
 from django.contrib import admin
+from django.contrib.auth import get_user_model
 from django.test import Client
 from django.urls import reverse
+from django.utils import timezone
 
+from apps.agents import actions as agent_actions
+from apps.federation import actions as federation_actions
+from apps.federation.models import DeliveryAttempt, Message, Outbox, Peer, RemoteTask, RemoteTaskEvent
+from apps.tasks import actions as task_actions
+from apps.tasks.models import Task
 from tests.factories import UserFactory
 
 pytestmark = pytest.mark.django_db
@@ -76,3 +84,38 @@ def test_user_admin_shows_memberships_and_hides_the_password(staff_client: Clien
     from django.contrib.auth import get_user_model
 
     assert get_user_model().objects.get(email="new@hermes.test").check_password("a-long-secret-42")
+
+
+@pytest.fixture
+def with_inline_rows(org: Any, alice: Any) -> set[Any]:
+    """One parent row with children for every admin page that shows org-owned rows inline; returns the parents."""
+    agent = agent_actions.register_agent_manually(org=org, name="Runner", url="https://agent.example.com/rpc")
+    task_actions.create_task(org=org, agent=agent, message={"role": "user", "parts": [{"kind": "text", "text": "x"}]})
+    peer = federation_actions.create_peer(name="berlin", base_url="http://127.0.0.1:9", local_name="paris")
+    federation_actions.add_key(peer, secret=b"k" * 32)
+    request = Message.objects.create(organization=org, recipient="echo.globex@berlin", peer=peer, type="task_request")
+    now = timezone.now()
+    outbox = Outbox.objects.create(organization=org, message=request, queued_at=now, next_attempt_at=now)
+    DeliveryAttempt.objects.create(organization=org, outbox=outbox, number=1, duration_ms=2.0, outcome="retry")
+    remote = RemoteTask.objects.create(organization=org, request=request, agent_address="echo.globex@berlin")
+    RemoteTaskEvent.objects.create(organization=org, remote_task=remote, seq=1, kind="state", state="working")
+    return {Task, Outbox, RemoteTask, Peer, get_user_model()}
+
+
+def test_every_change_page_renders_with_its_inline_rows(staff_client: Client, with_inline_rows: set[Any]) -> None:
+    shown = set()
+    for model, model_admin in admin.site._registry.items():
+        if not model.__module__.startswith("apps."):
+            continue
+        row = model._base_manager.order_by("pk").first()
+        if row is None:
+            continue
+        url = reverse(f"admin:{model._meta.app_label}_{model._meta.model_name}_change", args=[row.pk])
+        response = staff_client.get(url)
+        assert response.status_code == 200, url
+        shown.add(model)
+        for inline in model_admin.inlines:
+            # The children exist and the page lists them (their formset got past the tenancy guard).
+            if inline.model._base_manager.exists() and model in with_inline_rows:
+                assert response.context["inline_admin_formsets"], url
+    assert with_inline_rows <= shown
