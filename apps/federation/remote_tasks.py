@@ -240,10 +240,14 @@ def mirror_task_result(entry: InboxEntry) -> None:
             fields.append("error")
     fields += _apply_in_order(remote, event)
     remote.save(update_fields=fields)
-    # The remote agent just reported: that is what "online" means for an agent reached through federation.
-    Agent.objects.for_org(entry.organization).filter(federation_address=remote.agent_address).update(
-        last_seen_at=timezone.now()
-    )
+    # The remote agent just reported: that is what "online" means for an agent reached through federation. A
+    # rejection (seq 0) comes from the executing org, not from its agent (which may not even exist): it is shown
+    # as the agent's last error instead.
+    federated = Agent.objects.for_org(entry.organization).filter(federation_address=remote.agent_address)
+    if seq == 0:
+        federated.update(last_error_at=timezone.now(), last_error=f"rejected: {remote.error}"[:1000])
+    else:
+        federated.update(last_seen_at=timezone.now())
 
 
 def _apply_in_order(remote: RemoteTask, arrived: RemoteTaskEvent) -> list[str]:

@@ -276,6 +276,9 @@ def test_a_rejected_request_fails_the_requesters_task_at_once(
     assert task.state == "rejected"
     last = task.events.order_by("-seq").first()
     assert "no agent 'nobody'" in last.data["reason"]
+    # globex answered, but no agent of its did: the federated agent is not shown online, and says why.
+    agent = task.agent.__class__.objects.for_org(org).get(pk=task.agent_id)
+    assert not agent.is_online and "no agent 'nobody'" in agent.last_error
 
 
 @pytest.mark.django_db
