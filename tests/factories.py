@@ -4,9 +4,11 @@ from typing import Any
 
 import factory
 from django.contrib.auth import get_user_model
+from django.utils import timezone
 from rest_framework.test import APIClient
 
 from apps.core.permissions import Access, Role
+from apps.federation.models import AttemptOutcome, DeliveryAttempt, Message, Outbox, OutboxStatus
 from apps.orgs.models import APIKey, Membership, Organization
 
 
@@ -62,3 +64,23 @@ def key_client(plaintext: str) -> APIClient:
     client = APIClient()
     client.credentials(HTTP_AUTHORIZATION=f"Bearer {plaintext}")
     return client
+
+
+def dead_letter(message: Message, error: str = "HTTP 401: bad signature") -> Outbox:
+    """Put a message in the DLQ the way a permanent failure does (one recorded attempt, then dead)."""
+    row = Outbox.objects.for_org(message.organization).get(message=message)
+    DeliveryAttempt.objects.create(
+        organization=message.organization,
+        outbox=row,
+        number=1,
+        duration_ms=3.0,
+        http_status=401,
+        error="",
+        response_excerpt='{"error": "bad_signature"}',
+        outcome=AttemptOutcome.PERMANENT,
+    )
+    Outbox.objects.for_org(message.organization).filter(pk=row.pk).update(
+        status=OutboxStatus.DEAD, attempts=1, last_error=error, dead_at=timezone.now()
+    )
+    row.refresh_from_db()
+    return row

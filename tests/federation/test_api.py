@@ -7,12 +7,9 @@ from typing import Any
 
 import pytest
 from django.test import Client
-from django.utils import timezone
 
 from apps.federation import actions
 from apps.federation.models import (
-    AttemptOutcome,
-    DeliveryAttempt,
     Effect,
     FederationAuditEvent,
     Message,
@@ -20,28 +17,9 @@ from apps.federation.models import (
     OutboxStatus,
     Peer,
 )
+from tests.factories import dead_letter
 
 API = "/api/v1/federation"
-
-
-def kill(message: Message, error: str = "HTTP 401: bad signature") -> Outbox:
-    """Put a message in the DLQ the way a permanent failure does (one recorded attempt, then dead)."""
-    row = Outbox.objects.for_org(message.organization).get(message=message)
-    DeliveryAttempt.objects.create(
-        organization=message.organization,
-        outbox=row,
-        number=1,
-        duration_ms=3.0,
-        http_status=401,
-        error="",
-        response_excerpt='{"error": "bad_signature"}',
-        outcome=AttemptOutcome.PERMANENT,
-    )
-    Outbox.objects.for_org(message.organization).filter(pk=row.pk).update(
-        status=OutboxStatus.DEAD, attempts=1, last_error=error, dead_at=timezone.now()
-    )
-    row.refresh_from_db()
-    return row
 
 
 @pytest.fixture
@@ -87,7 +65,7 @@ def test_dlq_inspect_requeue_discard_with_audit(client_for: Any, alice: Any, org
     actions.set_policy(org=org, remote="*", effect=Effect.ALLOW)
     messages = [actions.send_message(org=org, recipient="globex@berlin", payload={"i": i}) for i in range(4)]
     for m in messages:
-        kill(m)
+        dead_letter(m)
     api = client_for(alice)
     listed = api.get(f"{API}/dlq").json()["results"]
     assert len(listed) == 4
@@ -116,7 +94,7 @@ def test_other_orgs_rows_are_404_and_members_cannot_write(
 ) -> None:
     actions.set_policy(org=org, remote="*", effect=Effect.ALLOW)
     message = actions.send_message(org=org, recipient="globex@berlin", payload={})
-    kill(message)
+    dead_letter(message)
     contact = actions.create_contact(org=org, name="Globex", address="globex@berlin")
     rule = actions.set_policy(org=org, remote="rome", effect=Effect.DENY)
     theirs = client_for(charlie)
@@ -195,7 +173,7 @@ def test_peers_are_readable_by_orgs_but_changed_only_by_staff(
 def test_admin_dlq_actions(admin_client: Client, org: Any, berlin: Peer) -> None:
     actions.set_policy(org=org, remote="*", effect=Effect.ALLOW)
     first, second = (actions.send_message(org=org, recipient="globex@berlin", payload={}) for _ in range(2))
-    rows = [kill(first), kill(second)]
+    rows = [dead_letter(first), dead_letter(second)]
     url = "/admin/federation/outbox/"
     assert admin_client.get(url + "?status__exact=dead").status_code == 200
     assert admin_client.get(f"{url}{rows[0].pk}/change/").status_code == 200

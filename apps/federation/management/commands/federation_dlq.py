@@ -9,6 +9,7 @@ manage.py federation_dlq discard (<message-id> ... | --all) [--org slug] [--reas
 from __future__ import annotations
 
 import json
+import uuid
 from typing import Any
 
 from django.core.management.base import BaseCommand, CommandError, CommandParser
@@ -43,6 +44,11 @@ class Command(BaseCommand):
 
     def handle(self, *args: Any, **options: Any) -> None:
         operation = options["operation"]
+        for value in options["ids"]:
+            try:
+                uuid.UUID(value)
+            except ValueError:
+                raise CommandError(f"'{value}' is not a message id (a UUID, as `list` prints them).") from None
         rows = self._dead(options)
         if operation == "list":
             for row in rows:
@@ -67,6 +73,15 @@ class Command(BaseCommand):
             return
         if not options["ids"] and not options["all"]:
             raise CommandError(f"{operation} needs message ids or --all")
+        chosen = list(rows)
+        missing = {str(uuid.UUID(value)) for value in options["ids"]} - {str(row.message_id) for row in chosen}
+        if missing:
+            # All or nothing: an operator who named a message that is not (or no longer) dead learns it before
+            # anything is requeued or discarded.
+            raise CommandError(
+                f"not in the dead-letter queue{' of ' + options['org'] if options.get('org') else ''}: "
+                f"{', '.join(sorted(missing))}; nothing was {operation}d"
+            )
         fn = actions.requeue if operation == "requeue" else actions.discard
-        done = fn(list(rows), reason=options["reason"] or f"{operation} by operator command")
+        done = fn(chosen, reason=options["reason"] or f"{operation} by operator command")
         self.stdout.write(f"{operation}: {len(done)} message(s)")

@@ -36,6 +36,10 @@ class Command(BaseCommand):
         parser.add_argument("--sender-agent", default="")
 
     def handle(self, *args: Any, **options: Any) -> None:
+        if options["count"] < 1:
+            raise CommandError("--count must be at least 1.")
+        if options["rate"] < 0 or options["interval"] < 0:
+            raise CommandError("--rate and --interval cannot be negative.")
         org = Organization.objects.filter(slug=options["org"]).first()
         if org is None:
             raise CommandError(f"No organization '{options['org']}'.")
