@@ -78,7 +78,12 @@ def audit(
 def create_peer(*, name: str, base_url: str, local_name: str, actor: Any = None) -> Peer:
     if Peer.objects.filter(name=name).exists():
         raise Conflict(f"A peer named '{name}' already exists.", code="peer_exists")
-    return Peer.objects.create(name=name, base_url=base_url.rstrip("/"), local_name=local_name)
+    peer = Peer(name=name, base_url=base_url.rstrip("/"), local_name=local_name)
+    # The model's own validators (slugs, URL) for every caller: the API and console forms check them too, but
+    # the operator command and other code reach the table only through here.
+    peer.full_clean(validate_unique=False)
+    peer.save()
+    return peer
 
 
 @transaction.atomic

@@ -5,12 +5,12 @@ from typing import Any
 
 from django import forms
 
-from apps.federation.models import Effect
+from apps.federation.models import Effect, validate_base_url
 
 
 class PeerForm(forms.Form):
     name = forms.SlugField(max_length=60, help_text="How this instance calls the peer (addresses use org@name).")
-    base_url = forms.URLField(max_length=300, assume_scheme="https", label="Base URL")
+    base_url = forms.CharField(max_length=300, validators=[validate_base_url], label="Base URL")
     local_name = forms.SlugField(max_length=60, help_text="The name the peer uses for this instance.")
 
 

@@ -9,8 +9,10 @@ from __future__ import annotations
 
 import hashlib
 import uuid
+from urllib.parse import urlsplit
 
 from django.conf import settings
+from django.core.exceptions import ValidationError
 from django.db import models
 from django.db.models import Q
 
@@ -23,12 +25,27 @@ class PeerStatus(models.TextChoices):
     DISABLED = "disabled", "Disabled"  # no outbound delivery, inbound refused
 
 
+def validate_base_url(value: str) -> None:
+    """http(s)://host[:port][/path]. Unlike Django's URLValidator, a host without a dot is accepted: peers on
+    one Docker or cluster network reach each other by service name (`http://hermes-berlin:8000`)."""
+    problem = "Enter the peer's base URL: http:// or https://, a host, an optional port and path."
+    try:
+        parts = urlsplit(value)
+        parts.port  # noqa: B018 - raises ValueError for a port that is not a number in range
+    except ValueError:
+        raise ValidationError(problem, code="invalid") from None
+    # No user:password@ either: requests are authenticated by signatures, and credentials in a URL end up in logs.
+    host_ok = bool(parts.hostname) and all(c.isalnum() or c in "-._:[]" for c in parts.netloc)
+    if parts.scheme not in ("http", "https") or not host_ok or parts.query or parts.fragment or " " in value:
+        raise ValidationError(problem, code="invalid")
+
+
 class Peer(models.Model):
     """Another Hermes instance. `name` is what addresses here call it (`globex@<name>`); `local_name` is what it
     calls us: we send it in the receive path so the peer knows which link keys verify the request."""
 
     name = models.SlugField(max_length=60, unique=True)
-    base_url = models.URLField(max_length=300)
+    base_url = models.CharField(max_length=300, validators=[validate_base_url])
     local_name = models.SlugField(max_length=60)
     status = models.CharField(max_length=20, choices=PeerStatus.choices, default=PeerStatus.ACTIVE)
     created_at = models.DateTimeField(auto_now_add=True)

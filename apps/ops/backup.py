@@ -94,7 +94,10 @@ class Database:
 
     def connect(self, dbname: str | None = None) -> Any:
         if self.vendor == "sqlite":
-            return sqlite3.connect(self.name)
+            try:
+                return sqlite3.connect(self.name)
+            except sqlite3.OperationalError as exc:
+                raise BackupError(f"Cannot open {self.describe()}: {exc}") from exc
         import psycopg
         from psycopg.conninfo import make_conninfo
 
@@ -105,7 +108,10 @@ class Database:
             "user": self.user,
             "password": self.password,
         }
-        return psycopg.connect(make_conninfo(**{k: v for k, v in params.items() if v}), connect_timeout=5)
+        try:
+            return psycopg.connect(make_conninfo(**{k: v for k, v in params.items() if v}), connect_timeout=5)
+        except psycopg.OperationalError as exc:
+            raise BackupError(f"Cannot connect to {self.describe()}: {str(exc).strip()}") from exc
 
 
 # --- What a manifest records ----------------------------------------------------------------------------------
@@ -254,7 +260,10 @@ def manifest_path_for(dump: Path) -> Path:
 
 
 def backup(database: Database, directory: Path, *, label: str | None = None) -> BackupResult:
-    directory.mkdir(parents=True, exist_ok=True)
+    try:
+        directory.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise BackupError(f"Cannot create the output directory {directory}: {exc.strerror}.") from exc
     stamp = label or datetime.now(UTC).strftime("hermes-%Y%m%dT%H%M%S%fZ")
     if database.vendor == "postgresql":
         dump = directory / f"{stamp}.dump"
@@ -408,7 +417,10 @@ def restore(dump: Path, database: Database, manifest: dict[str, Any], *, force: 
             database.libpq_env(),
         )
     else:
-        Path(database.name).parent.mkdir(parents=True, exist_ok=True)
+        try:
+            Path(database.name).parent.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise BackupError(f"Cannot create the directory of {database.describe()}: {exc.strerror}.") from exc
         with (
             contextlib.closing(sqlite3.connect(dump)) as source,
             contextlib.closing(sqlite3.connect(database.name)) as target,

@@ -161,6 +161,12 @@ def test_peers_are_readable_by_orgs_but_changed_only_by_staff(
     assert made.status_code == 201
     again = api.post(f"{API}/peers", {"name": "rome", "base_url": "http://x.test", "local_name": "p"})
     assert again.status_code == 400 and "name" in again.json()["error"]["details"]
+    # A peer on the same Docker/cluster network is reached by its service name (a host without a dot).
+    service = api.post(f"{API}/peers", {"name": "milan", "base_url": "http://hermes-milan:8000", "local_name": "p"})
+    assert service.status_code == 201 and service.json()["base_url"] == "http://hermes-milan:8000"
+    for junk in ("hermes-milan:8000", "ftp://x", "http://u:p@x", "http://x/?q=1", "http://x:99999"):
+        refused = api.post(f"{API}/peers", {"name": "naples", "base_url": junk, "local_name": "p"})
+        assert refused.status_code == 400 and "base_url" in refused.json()["error"]["details"], junk
     kinds = set(FederationAuditEvent.objects.unscoped("test").values_list("event", flat=True))
     assert {"key_added", "key_promoted", "key_retired"} <= kinds
     disabled = api.post(f"{API}/peers/rome/status", {"status": "disabled"}, format="json")

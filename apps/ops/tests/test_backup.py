@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import io
 import json
+import re
 import sqlite3
 import uuid
 from collections.abc import Iterator
@@ -128,6 +129,30 @@ def test_sqlite_online_backup_and_verified_restore(tmp_path: Path) -> None:
     postgres_target = Database(vendor="postgresql", name="hermes_ops_never_created")
     with pytest.raises(BackupError, match="This is a sqlite backup"):
         restore(result.dump, postgres_target, manifest)
+
+
+def test_unreachable_places_are_named_not_tracebacks(tmp_path: Path) -> None:
+    source = _sqlite_source(tmp_path / "hermes.sqlite3")
+    blocker = tmp_path / "a-file"
+    blocker.write_text("")
+    with pytest.raises(BackupError, match=re.escape(f"Cannot create the output directory {blocker}/backups")):
+        backup(source, blocker / "backups")
+    result = backup(source, tmp_path / "backups", label="hermes-test")
+    manifest = load_manifest(result.dump)
+    with pytest.raises(BackupError, match="Cannot create the directory of sqlite:"):
+        restore(result.dump, Database(vendor="sqlite", name=str(blocker / "db.sqlite3")), manifest)
+    nowhere = Database.from_url("postgres://postgres@127.0.0.1:1/hermes_restore")
+    with pytest.raises(BackupError, match=re.escape("Cannot connect to postgresql://127.0.0.1:1/hermes_restore: ")):
+        verify(nowhere, manifest)
+    with pytest.raises(CommandError, match=re.escape("Cannot connect to postgresql://127.0.0.1:1/")):
+        call_command(
+            "restore",
+            str(result.dump),
+            "--verify-only",
+            "--target-url",
+            "postgres://127.0.0.1:1/x",
+            stdout=io.StringIO(),
+        )
 
 
 def test_unsupported_engines_are_refused() -> None:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from django.core.exceptions import ValidationError
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
 from apps.core.errors import HermesAPIError
@@ -42,5 +43,8 @@ class Command(BaseCommand):
                 actions.set_peer_status(peer, status)
         except HermesAPIError as exc:
             raise CommandError(str(exc.detail)) from exc
+        except ValidationError as exc:
+            problems = "; ".join(f"{field}: {' '.join(errors)}" for field, errors in exc.message_dict.items())
+            raise CommandError(f"Peer not added: {problems}") from exc
         for peer in Peer.objects.order_by("name"):
             self.stdout.write(f"{peer.name:<20} {peer.status:<9} {peer.base_url} (we are '{peer.local_name}' there)")
