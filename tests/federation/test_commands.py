@@ -79,6 +79,8 @@ def test_dlq_refusals_change_nothing(org: Any, sent: list[Message]) -> None:
         run("federation_dlq", "show")
     with pytest.raises(CommandError, match="not in the dead-letter queue"):
         run("federation_dlq", "show", str(uuid.uuid4()))
+    with pytest.raises(CommandError, match="No organization 'nobody'"):
+        run("federation_dlq", "list", "--org", "nobody")
     with pytest.raises(CommandError, match="requeue needs message ids or --all"):
         run("federation_dlq", "requeue")
     # One id that is not a dead letter: the dead one named with it is not requeued either.

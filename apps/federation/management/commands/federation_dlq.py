@@ -17,6 +17,7 @@ from django.db.models import QuerySet
 
 from apps.federation import actions
 from apps.federation.models import DeliveryAttempt, Outbox, OutboxStatus
+from apps.orgs.models import Organization
 
 
 class Command(BaseCommand):
@@ -49,6 +50,8 @@ class Command(BaseCommand):
                 uuid.UUID(value)
             except ValueError:
                 raise CommandError(f"'{value}' is not a message id (a UUID, as `list` prints them).") from None
+        if options.get("org") and not Organization.objects.filter(slug=options["org"]).exists():
+            raise CommandError(f"No organization '{options['org']}'.")
         rows = self._dead(options)
         if operation == "list":
             for row in rows:
