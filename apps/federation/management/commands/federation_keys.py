@@ -3,7 +3,7 @@
 manage.py federation_keys list    <peer>
 manage.py federation_keys add     <peer> [--secret whsec_...]   # K_n+1: both sides add the SAME secret
 manage.py federation_keys promote <peer>                        # K_n+1 becomes current, K_n keeps verifying
-manage.py federation_keys retire  <peer> [--key-version N]     # K_n never signs or verifies again
+manage.py federation_keys retire  <peer> [--key-version N]      # K_n never signs or verifies again
 """
 
 from __future__ import annotations
