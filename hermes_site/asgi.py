@@ -21,11 +21,10 @@ with explain_failures("asgi"):
     print_summary_in_background("web (asgi)")
 
     from channels.routing import ProtocolTypeRouter, URLRouter
-    from channels.security.websocket import AllowedHostsOriginValidator
 
     from apps.agents.demo.app import DemoAgentsDispatcher
     from hermes_site.routing import websocket_urlpatterns
-    from hermes_site.ws_auth import WebSocketAuthMiddleware
+    from hermes_site.ws_auth import OriginCheckUnlessAPIKey, WebSocketAuthMiddleware
 
     # /demo-agents/ are real A2A agents (Starlette apps from the a2a-sdk, SSE streaming), so they live in the ASGI
     # process; the reverse proxy routes that prefix here (docs/deploy.md).
@@ -33,7 +32,7 @@ with explain_failures("asgi"):
         ProtocolTypeRouter(
             {
                 "http": django_asgi,
-                "websocket": AllowedHostsOriginValidator(WebSocketAuthMiddleware(URLRouter(websocket_urlpatterns))),
+                "websocket": OriginCheckUnlessAPIKey(WebSocketAuthMiddleware(URLRouter(websocket_urlpatterns))),
             }
         )
     )

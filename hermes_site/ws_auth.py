@@ -16,6 +16,7 @@ from urllib.parse import parse_qs
 from channels.auth import AuthMiddlewareStack
 from channels.db import database_sync_to_async
 from channels.middleware import BaseMiddleware
+from channels.security.websocket import AllowedHostsOriginValidator
 
 from apps.core import context
 
@@ -75,3 +76,19 @@ class AccessMiddleware(BaseMiddleware):
 
 def WebSocketAuthMiddleware(inner: Any) -> Any:
     return AuthMiddlewareStack(AccessMiddleware(inner))
+
+
+class OriginCheckUnlessAPIKey:
+    """Channels' AllowedHostsOriginValidator, for sockets that may ride on the session cookie.
+
+    The Origin check stops another site's page from opening a socket with the visitor's cookie (cross-site
+    WebSocket hijacking). An API key is not ambient: a socket that presents one authenticates as that key, never
+    as the cookie, so it is let through without an Origin header — which scripts and servers do not send."""
+
+    def __init__(self, inner: Any) -> None:
+        self.inner = inner
+        self.checked = AllowedHostsOriginValidator(inner)
+
+    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> Any:
+        app = self.inner if api_key_from_scope(scope) is not None else self.checked
+        return await app(scope, receive, send)

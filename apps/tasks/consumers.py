@@ -18,7 +18,8 @@ Messages sent to clients (JSON):
 `/ws/org/`: `{"type": "task.status", "task": {"id", "state", "agent_id", "last_seq", "updated_at"}}` for every
 state change of the org's tasks.
 
-Close codes: 4401 not signed in, 4403 missing `tasks:read`, 4404 no such task in the caller's org.
+Close codes: 4400 `?after` is not a non-negative integer, 4401 not signed in, 4403 missing `tasks:read`, 4404 no
+such task in the caller's org (or no such socket path).
 """
 
 from __future__ import annotations
@@ -46,6 +47,7 @@ from apps.tasks.selectors import agent_is_online, event_messages_after, task_for
 
 logger = logging.getLogger(__name__)
 
+CLOSE_BAD_REQUEST = 4400
 CLOSE_UNAUTHENTICATED = 4401
 CLOSE_FORBIDDEN = 4403
 CLOSE_NOT_FOUND = 4404
@@ -127,9 +129,13 @@ class TaskTimelineConsumer(_DispatchWithoutDBCleanup, AsyncJsonWebsocketConsumer
         if task is None:
             await self._refuse(CLOSE_NOT_FOUND)
             return
+        after = _after(self.scope)
+        if after is None:
+            await self._refuse(CLOSE_BAD_REQUEST)
+            return
         self.task_id, self.org_id, self.state = task.pk, task.organization_id, task.state
         self.agent_id = task.agent_id
-        self.last_seq = _after(self.scope)
+        self.last_seq = after
         self.last_live_at = time.monotonic()
         self.lock = asyncio.Lock()
         await self.accept()
@@ -293,15 +299,23 @@ class OrgTasksConsumer(_DispatchWithoutDBCleanup, AsyncJsonWebsocketConsumer):
         await self.send_json(message)
 
 
+class UnknownPathConsumer(AsyncJsonWebsocketConsumer):
+    """Routed last (hermes_site/routing.py): a socket path nothing else matches closes with 4404."""
+
+    async def connect(self) -> None:
+        await _refuse(self, CLOSE_NOT_FOUND)
+
+
 async def _refuse(consumer: AsyncJsonWebsocketConsumer, code: int | None) -> None:
     # Accept, then close with the reason: a close before accept is an HTTP 403 that carries no code at all.
     await consumer.accept()
     await consumer.close(code=code)
 
 
-def _after(scope: dict[str, Any]) -> int:
+def _after(scope: dict[str, Any]) -> int | None:
+    """`?after=<seq>` (default 0); None when it is not a non-negative integer (the SSE stream answers that 400)."""
     raw = parse_qs(scope.get("query_string", b"").decode()).get("after", ["0"])[0]
-    return int(raw) if raw.isdigit() else 0
+    return int(raw) if raw.isascii() and raw.isdigit() else None
 
 
 def _display_name(user: Any, access: Access) -> str:

@@ -16,13 +16,14 @@ from django.test import Client
 from apps.tasks import actions, broadcast
 from apps.tasks.actions import Observation
 from hermes_site.routing import websocket_urlpatterns
-from hermes_site.ws_auth import WebSocketAuthMiddleware
+from hermes_site.ws_auth import OriginCheckUnlessAPIKey, WebSocketAuthMiddleware
+from tests.factories import issue_api_key
 from tests.tasks.conftest import make_agent
 from tests.tasks.wsclient import WebsocketCommunicator
 
 pytestmark = pytest.mark.django_db(transaction=True)
 MESSAGE = {"role": "user", "parts": [{"kind": "text", "text": "hi"}]}
-APP = WebSocketAuthMiddleware(URLRouter(websocket_urlpatterns))
+APP = WebSocketAuthMiddleware(URLRouter(websocket_urlpatterns))  # as in hermes_site.asgi, minus the Origin check
 
 
 def cookie_for(user: Any) -> list[tuple[bytes, bytes]]:
@@ -113,6 +114,24 @@ def test_after_skips_seen_events(alice: Any, task: Any) -> None:
     async_to_sync(scenario)()
 
 
+@pytest.mark.parametrize(
+    ("path", "code"),
+    [
+        ("/ws/tasks/{task}/?after=abc", 4400),
+        ("/ws/tasks/{task}/?after=-1", 4400),
+        ("/ws/tasks/not-a-uuid/", 4404),
+        ("/ws/nothing/", 4404),
+    ],
+)
+def test_bad_paths_and_cursors_close_with_a_code(alice: Any, task: Any, path: str, code: int) -> None:
+    async def scenario() -> None:
+        ws = communicator(path.format(task=task.pk), alice)
+        connected, close_code = await ws.connect()
+        assert not connected and close_code == code
+
+    async_to_sync(scenario)()
+
+
 @pytest.mark.parametrize(("who", "code"), [("charlie", 4404), ("anonymous", 4401)])
 def test_other_org_and_anonymous_are_refused(request: Any, task: Any, who: str, code: int) -> None:
     user = request.getfixturevalue(who) if who != "anonymous" else None
@@ -123,6 +142,34 @@ def test_other_org_and_anonymous_are_refused(request: Any, task: Any, who: str, 
         ws = communicator(f"/ws/tasks/{task.pk}/", user)
         connected, close_code = await ws.connect()
         assert not connected and close_code == code
+
+    async_to_sync(scenario)()
+
+
+def test_origin_is_checked_for_cookies_not_for_api_keys(org: Any, alice: Any, task: Any) -> None:
+    """The production stack (hermes_site.asgi): another site's page cannot ride on the visitor's session cookie,
+    while a script with an API key (no Origin header at all) connects."""
+    production = OriginCheckUnlessAPIKey(APP)
+    _key, plaintext = issue_api_key(alice, org, ["tasks:read"])
+    path = f"/ws/tasks/{task.pk}/"
+    own, foreign = (b"origin", b"http://testserver"), (b"origin", b"https://evil.example")
+
+    async def outcome(query: str, headers: list[tuple[bytes, bytes]]) -> bool:
+        ws = WebsocketCommunicator(production, path + query, headers=headers)
+        connected, _code = await ws.connect()
+        if connected:
+            assert (await ws.receive_json_from())["type"] == "event"
+            await ws.disconnect()
+        return connected
+
+    async def scenario() -> None:
+        cookie = _cookies[alice.pk]
+        assert await outcome("", [*cookie, own])
+        assert not await outcome("", [*cookie, foreign])
+        assert not await outcome("", cookie)  # no Origin: not a browser, so no cookie either
+        assert await outcome(f"?api_key={plaintext}", [])
+        assert await outcome("", [(b"authorization", f"Bearer {plaintext}".encode())])
+        assert await outcome(f"?api_key={plaintext}", [*cookie, foreign])  # the key's own access, not the cookie's
 
     async_to_sync(scenario)()
 
