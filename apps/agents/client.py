@@ -212,6 +212,23 @@ def build_message(
     return message
 
 
+def _as_json(message: Any) -> Any:
+    """A protobuf message (a data part's Struct, an artifact) as plain JSON values. Protobuf keeps every number of
+    a Struct as a double, so the agent's `{"result": 14}` would come back as 14.0: whole numbers are ints again (JSON
+    itself does not tell 14 from 14.0)."""
+
+    def plain(value: Any) -> Any:
+        if isinstance(value, float) and value.is_integer() and abs(value) <= 2**53:
+            return int(value)
+        if isinstance(value, dict):
+            return {k: plain(v) for k, v in value.items()}
+        if isinstance(value, list):
+            return [plain(v) for v in value]
+        return value
+
+    return plain(json_format.MessageToDict(message))
+
+
 def _parts_content(parts: Any) -> tuple[str, list[Any]]:
     texts: list[str] = []
     data: list[Any] = []
@@ -220,7 +237,7 @@ def _parts_content(parts: Any) -> tuple[str, list[Any]]:
         if kind == "text":
             texts.append(part.text)
         elif kind == "data":
-            data.append(json_format.MessageToDict(part.data))
+            data.append(_as_json(part.data))
         elif kind == "url":
             texts.append(part.url)
     return "\n".join(texts), data
@@ -262,7 +279,7 @@ class _Normalizer:
         ]
 
     def _artifact(self, task_id: str, context_id: str, artifact: Any, extra: dict[str, Any]) -> AgentUpdate:
-        as_dict = {**json_format.MessageToDict(artifact), **extra}
+        as_dict = {**_as_json(artifact), **extra}
         text, data = _parts_content(artifact.parts)
         return AgentUpdate(
             kind="artifact",

@@ -86,6 +86,10 @@ def test_calculator(demo_agents: LiveHermes) -> None:
     updates = run(target(demo_agents, "calculator"), text="2 * (3 + 4) ^ 2")
     (result,) = artifacts(updates)
     assert result.text == "2 * (3 + 4) ^ 2 = 98" and result.data == [{"expression": "2 * (3 + 4) ^ 2", "result": 98}]
+    # JSON numbers come back as the agent wrote them, though protobuf carried them as doubles.
+    assert type(result.data[0]["result"]) is int and result.artifact["parts"][1]["data"]["result"] == 98
+    (half,) = artifacts(run(target(demo_agents, "calculator"), text="7 / 2"))
+    assert half.data[0]["result"] == 3.5
     failed = run(target(demo_agents, "calculator"), text="__import__('os').system('true')")
     assert failed[-1].state == "failed" and "Unsupported element" in failed[-1].text
 
