@@ -7,7 +7,7 @@ from typing import Any
 
 from asgiref.sync import async_to_sync
 from django.db import IntegrityError, transaction
-from django.db.models import ProtectedError
+from django.db.models import RestrictedError
 from django.utils import timezone
 from django.utils.text import slugify
 
@@ -262,7 +262,7 @@ def delete_agent(agent: Agent, *, by: Any = None) -> None:
         try:
             with transaction.atomic():
                 agent.delete()
-        except ProtectedError as exc:
+        except RestrictedError as exc:
             raise AgentActionError(
                 "This agent still has tasks; it cannot be deleted while they exist.", code="agent_in_use", status=409
             ) from exc

@@ -16,6 +16,7 @@ from django.conf import settings
 from django.core.exceptions import ValidationError
 from django.core.mail import send_mail
 from django.db import IntegrityError, transaction
+from django.db.models import RestrictedError
 from django.utils import timezone
 
 from apps.core import audit
@@ -65,12 +66,24 @@ def update_organization(*, access: Access, name: str | None = None, plan: str | 
     return org
 
 
-@transaction.atomic
 def delete_organization(*, access: Access) -> None:
+    """Delete the org and every row it owns. Refused (409, nothing deleted) while another org has tasks on one
+    of this org's public agents: those tasks are the other org's history, and they name the agent."""
     _require(access, "org:delete")
     org = access.org
-    audit.record("org.deleted", access=access, target=org, slug=org.slug)
-    Organization.objects.filter(pk=org.pk).delete()
+    try:
+        with transaction.atomic():
+            audit.record("org.deleted", access=access, target=org, slug=org.slug)
+            Organization.objects.filter(pk=org.pk).delete()
+    except RestrictedError as exc:
+        # The rows that hold the delete back: other orgs' tasks (Task.agent is the only RESTRICT reference).
+        agents = sorted({getattr(getattr(row, "agent", None), "name", str(row)) for row in exc.restricted_objects})
+        raise Conflict(
+            f"{org.name} cannot be deleted while other organizations have tasks on its public agents "
+            f"({', '.join(agents)}).",
+            code="org_in_use",
+            details={"agents": agents},
+        ) from exc
 
 
 # --- Members ------------------------------------------------------------------------------------------------

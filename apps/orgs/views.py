@@ -366,7 +366,13 @@ def delete_org(request: HttpRequest) -> HttpResponse:
         messages.error(request, " ".join(str(e) for e in form.errors["confirm"]))
         return redirect("orgs:settings")
     name = access.org.name
-    actions.delete_organization(access=access)
+    try:
+        actions.delete_organization(access=access)
+    except HermesAPIError as exc:
+        if exc.status_code == 403:
+            raise
+        messages.error(request, str(exc.detail))
+        return redirect("orgs:settings")
     request.session.pop(SESSION_ORG_KEY, None)
     messages.success(request, f"Organization {name} deleted.")
     return redirect("orgs:dashboard")

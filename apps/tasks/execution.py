@@ -106,7 +106,13 @@ class Run:
         """Talk to the agent until the task settles. Returns why it stopped early, if it did."""
         try:
             for update in self._updates():
-                self.task = actions.record(self.task, [observe(update)], worker=self.worker)
+                try:
+                    self.task = actions.record(self.task, [observe(update)], worker=self.worker)
+                except Task.DoesNotExist:
+                    # Deleted under us (its organization was deleted): remember the agent's id for the task, so
+                    # the worker can still ask the agent to stop it.
+                    self.task.remote_task_id = self.task.remote_task_id or update.remote_task_id or ""
+                    raise
                 record_agent_contact(self.task.agent)
                 if self.cancel_event.is_set() and not self._cancel_sent:
                     self.request_cancel()  # the remote task id arrived after the cancel request

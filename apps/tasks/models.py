@@ -69,7 +69,9 @@ class Task(OrgOwnedModel):
     """
 
     id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
-    agent = models.ForeignKey("agents.Agent", on_delete=models.PROTECT, related_name="tasks")
+    # RESTRICT, not PROTECT: an agent with tasks cannot be deleted on its own, but deleting its org (which
+    # cascades to the org's tasks too) may remove both in one go.
+    agent = models.ForeignKey("agents.Agent", on_delete=models.RESTRICT, related_name="tasks")
     state = models.CharField(max_length=20, choices=TaskState.choices, default=TaskState.SUBMITTED)
     # The A2A message as sent: {"role": "user", "parts": [{"kind": "text", "text": ...} | {"kind": "data", ...}]}.
     input = models.JSONField()

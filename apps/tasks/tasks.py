@@ -133,6 +133,12 @@ def _run_claimed(task: Task, worker: str) -> None:
             actions.finish(task, TaskState.CANCELED, reason="canceled by the caller")
             return
         outcome = run.execute()
+    except Task.DoesNotExist:
+        # The row was deleted while the agent worked (its organization was deleted): nobody waits for the result
+        # and there is nothing to record it on; only the agent is still busy.
+        logger.info("task %s was deleted while running; asking the agent to stop it", task.pk)
+        run.request_cancel()
+        return
     except execution.AgentTransportError as exc:
         _transport_failure(task, exc)
         return
@@ -152,7 +158,9 @@ def _run_claimed(task: Task, worker: str) -> None:
 
 def _settle(task: Task, worker: str, outcome: str | None, *, canceled: bool) -> None:
     """After the conversation ended: make sure the row is terminal, interrupted or released."""
-    current = Task.objects.unscoped("settling the claimed task").get(pk=task.pk)
+    current = Task.objects.unscoped("settling the claimed task").filter(pk=task.pk).first()
+    if current is None:
+        return  # deleted meanwhile (with its organization)
     if current.is_terminal or current.state in INTERRUPTED_STATES:
         if current.claimed_by == worker:
             Task.objects.unscoped("release").filter(pk=task.pk, claimed_by=worker).update(
@@ -168,7 +176,9 @@ def _settle(task: Task, worker: str, outcome: str | None, *, canceled: bool) -> 
 
 
 def _transport_failure(task: Task, exc: Exception) -> None:
-    current = Task.objects.unscoped("transport failure bookkeeping").get(pk=task.pk)
+    current = Task.objects.unscoped("transport failure bookkeeping").filter(pk=task.pk).first()
+    if current is None:
+        return  # deleted meanwhile (with its organization)
     error = f"{type(exc).__name__}: {exc}"
     if current.cancel_requested_at:
         actions.finish(task, TaskState.CANCELED, reason="canceled by the caller")

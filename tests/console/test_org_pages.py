@@ -240,6 +240,19 @@ def test_owner_deletes_the_org_after_typing_its_slug(as_user: Any, team: dict[st
     wrong = client.post("/org/delete/", {"confirm": "nope"}, follow=True)
     assert "exactly" in wrong.content.decode() and Organization.objects.filter(pk=org.pk).exists()
     assert as_user(team["bob"]).post("/org/delete/", {"confirm": "acme"}).status_code == 403
+    # Another org's task on one of acme's public agents holds the delete back, with the reason on the page.
+    from apps.agents import actions as agent_actions
+    from apps.tasks import actions as task_actions
+
+    shared = agent_actions.register_agent_manually(
+        org=org, name="Shared", url="https://agent.example.com/rpc", visibility="public"
+    )
+    other = Organization.objects.create(name="Initech", slug="initech")
+    held = task_actions.create_task(org=other, agent=shared, message={"role": "user", "parts": [{"text": "x"}]})
+    refused = client.post("/org/delete/", {"confirm": "acme"}, follow=True).content.decode()
+    assert "other organizations have tasks on its public agents (Shared)" in refused
+    assert Organization.objects.filter(pk=org.pk).exists()
+    held.delete()
     assert client.post("/org/delete/", {"confirm": "acme"}).status_code == 302
     assert not Organization.objects.filter(pk=org.pk).exists()
 

@@ -26,6 +26,7 @@ STEP = 0.1
 
 class SlowExecutor(AgentExecutor):
     started: list[str] = []
+    canceled: list[str] = []
 
     async def execute(self, context: RequestContext, event_queue: EventQueue) -> None:
         text = context.get_user_input()
@@ -46,6 +47,7 @@ class SlowExecutor(AgentExecutor):
     async def cancel(self, context: RequestContext, event_queue: EventQueue) -> None:
         task = context.current_task
         if task is not None:
+            SlowExecutor.canceled.append(task.id)
             await TaskUpdater(event_queue, task.id, task.context_id).cancel()
 
 

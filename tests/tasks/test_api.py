@@ -190,3 +190,23 @@ def test_tasks_per_day_quota_is_a_429(client_for: Any, alice: Any, agent: Any, m
     refused = post(client, "/api/v1/tasks", body)
     assert refused.json()["error"]["code"] == "quota_exceeded" and refused.has_header("Retry-After")
     assert Task.objects.for_org(agent.organization).count() == 2
+
+
+def test_deleting_an_org_takes_its_tasks_unless_another_org_has_tasks_on_its_agents(
+    client_for: Any, alice: Any, charlie: Any, org: Any, other_org: Any
+) -> None:
+    own = make_agent(org, "echo")
+    shared = make_agent(org, "shared", visibility="public")
+    actions.create_task(org=org, agent=own, message={"role": "user", **TEXT})
+    theirs = actions.create_task(org=other_org, agent=shared, message={"role": "user", **TEXT})
+    owner = client_for(alice)
+    refused = owner.delete("/api/v1/orgs/acme")
+    assert refused.status_code == 409 and refused.json()["error"] == {
+        "code": "org_in_use",
+        "message": "Acme cannot be deleted while other organizations have tasks on its public agents (Shared).",
+        "details": {"agents": ["Shared"]},
+    }
+    assert Task.objects.for_org(org).count() == 1 and Task.objects.for_org(other_org).get(pk=theirs.pk)
+    Task.objects.for_org(other_org).delete()
+    assert owner.delete("/api/v1/orgs/acme").status_code == 204  # its own tasks go with it
+    assert not Task.objects.unscoped("test").filter(organization_id=org.pk).exists()

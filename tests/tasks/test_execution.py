@@ -3,13 +3,17 @@
 from __future__ import annotations
 
 import json
+import logging
 from typing import Any
 
 import pytest
 
 from apps.agents.actions import register_agent_by_url, register_agent_manually
+from apps.orgs import actions as org_actions
 from apps.tasks import actions
-from apps.tasks.models import TaskState
+from apps.tasks.models import Task, TaskState
+from tests.factories import access_for
+from tests.tasks.agents import SlowExecutor
 from tests.tasks.conftest import reload_task, timeline, wait_for
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -101,6 +105,19 @@ def test_cancel_the_slow_agent_mid_stream(task_worker: Any, agents_base: str, or
     progress = [data for kind, data in timeline(task) if kind == "progress"]
     assert len(progress) < 50  # stopped long before the 100 steps (10 s) the agent would have taken
     assert timeline(task)[-1] == ("state", "canceled")
+
+
+def test_deleting_the_org_stops_its_running_task_at_the_agent(
+    task_worker: Any, agents_base: str, org: Any, alice: Any, caplog: Any
+) -> None:
+    agent = register_agent_by_url(org=org, url=f"{agents_base}/slow/")
+    task = actions.create_task(org=org, agent=agent, message=text("100"))
+    wait_for(lambda: sum(1 for k, _ in timeline(task) if k == "progress") >= 2)
+    remote_id = reload_task(task).remote_task_id
+    org_actions.delete_organization(access=access_for(alice, org))
+    wait_for(lambda: remote_id in SlowExecutor.canceled)  # the worker noticed and asked the agent to stop
+    assert not Task.objects.unscoped("test").filter(pk=task.pk).exists()
+    assert not [r for r in caplog.records if r.levelno >= logging.ERROR], "a deleted task is not an error"
 
 
 def test_sweeper_fails_tasks_past_their_deadline(org: Any, transactional_db: Any) -> None:
