@@ -14,6 +14,7 @@ from django.contrib.auth.decorators import login_required
 from django.core.exceptions import ValidationError
 from django.http import HttpRequest, HttpResponse
 from django.shortcuts import redirect, render
+from django.utils.http import url_has_allowed_host_and_scheme
 from django.views.decorators.cache import never_cache
 from django.views.decorators.debug import sensitive_post_parameters
 from django.views.decorators.http import require_http_methods
@@ -35,9 +36,16 @@ class LogoutView(auth_views.LogoutView):
 @sensitive_post_parameters("password1", "password2")
 @require_http_methods(["GET", "POST"])
 def register(request: HttpRequest) -> HttpResponse:
+    # `next`: where to go once registered (an invitation link sends people here and expects them back); only a
+    # page of this site, like the sign-in view's own `next`.
+    next_url = request.GET.get("next", "")
+    if not url_has_allowed_host_and_scheme(
+        next_url, allowed_hosts={request.get_host()}, require_https=request.is_secure()
+    ):
+        next_url = ""
     if request.user.is_authenticated:
-        return redirect("orgs:dashboard")
-    form = RegistrationForm(request.POST or None)
+        return redirect(next_url or "orgs:dashboard")
+    form = RegistrationForm(request.POST or None, initial={"email": request.GET.get("email", "")})
     if request.method == "POST" and form.is_valid():
         try:
             user = actions.register_user(
@@ -49,10 +57,13 @@ def register(request: HttpRequest) -> HttpResponse:
             add_action_errors(form, exc, rename={"password": "password1"})
         else:
             login(request, user, backend="django.contrib.auth.backends.ModelBackend")
+            if next_url:
+                messages.success(request, "Welcome to Hermes.")
+                return redirect(next_url)
             messages.success(request, "Welcome to Hermes. Create your first organization to get started.")
             return redirect("orgs:create")
     status = 422 if form.errors else 200
-    return render(request, "accounts/register.html", {"form": form}, status=status)
+    return render(request, "accounts/register.html", {"form": form, "next": next_url}, status=status)
 
 
 @require_http_methods(["GET", "POST"])

@@ -7,10 +7,12 @@ from typing import Any
 
 import pytest
 from django.core import mail
+from django.test import Client
 
+from apps.orgs import actions as org_actions
 from apps.orgs.models import APIKey, Invitation, Membership, Organization
 from tests.console.conftest import HX, main_html
-from tests.factories import issue_api_key
+from tests.factories import access_for, issue_api_key
 
 pytestmark = pytest.mark.django_db
 
@@ -115,6 +117,27 @@ def test_invite_and_accept(
     assert accepted.status_code == 302
     assert membership(org, zoe).role == "developer"
     assert "you are developer" in main_html(zoe_client.get("/"))
+
+
+def test_a_newcomer_registers_from_the_invitation_and_comes_back_to_accept(
+    as_user: Any, team: dict[str, Any], org: Any, client: Any
+) -> None:
+    issued = org_actions.invite_member(access=access_for(team["alice"], org), email="ned@example.test", role="member")
+    path = f"/invitations/{issued.token}/"
+    invitation = client.get(path).content.decode()
+    register = f"/accounts/register/?next={path}&amp;email=ned%40example.test"
+    assert register in invitation
+    form = client.get(register.replace("&amp;", "&")).content.decode()
+    assert 'value="ned@example.test"' in form and f"/accounts/login/?next={path}" in form
+    secret = "a-long-secret-42"
+    body = {"email": "ned@example.test", "name": "Ned", "password1": secret, "password2": secret}
+    registered = client.post(register.replace("&amp;", "&"), body)
+    assert registered.status_code == 302 and registered["Location"] == path
+    assert client.post(path).status_code == 302
+    assert Membership.objects.for_org(org).get(user__email="ned@example.test").role == "member"
+    # `next` only ever points at this site.
+    elsewhere = Client().post("/accounts/register/?next=https://evil.example/", {**body, "email": "eve@example.test"})
+    assert elsewhere.status_code == 302 and elsewhere["Location"] == "/orgs/new/"
 
 
 def test_invite_errors_are_precise(as_user: Any, team: dict[str, Any]) -> None:
