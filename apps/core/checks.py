@@ -140,7 +140,9 @@ def probe_broker() -> Probe:
 
         if settings.CELERY_TASK_ALWAYS_EAGER:
             return True, "eager mode (jobs run inline)", {}
-        with Connection(settings.CELERY_BROKER_URL, connect_timeout=1) as conn:
+        # socket_timeout: a Redis broker that accepts the connection but never answers must fail the probe, not
+        # hang it (an AMQP broker ignores the option; its handshake is bounded by connect_timeout).
+        with Connection(settings.CELERY_BROKER_URL, connect_timeout=1, transport_options={"socket_timeout": 1}) as conn:
             conn.ensure_connection(max_retries=1, interval_start=0, interval_step=0, timeout=1)
         return True, f"reachable at {redact(settings.CELERY_BROKER_URL)}", {}
 

@@ -48,7 +48,8 @@ def event_frame(event: dict[str, Any]) -> str:
     return json.dumps({"type": "event", "event": event})
 
 
-_PUBLISH_TIMEOUT = 5.0
+# Bounded: a hung Redis must not hold the request or job that recorded the events (streams backfill from the DB).
+_PUBLISH_TIMEOUT = 2.0
 _loop_lock = threading.Lock()
 _loop: asyncio.AbstractEventLoop | None = None
 _loop_pid: int | None = None

@@ -2,7 +2,10 @@ from __future__ import annotations
 
 import io
 import json
+import os
+import signal
 import socket
+import threading
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -53,6 +56,50 @@ def test_readiness_turns_503_when_redis_stops_and_200_when_it_returns(client: Cl
             assert client.get("/api/v1/health/ready").status_code == 200
         finally:
             stop_redis(proc, directory=tmp_path)
+
+
+def _within(seconds: float, call: Callable[[], Any]) -> Any:
+    """call() in a thread; fail the test (instead of hanging it) when it is still blocked after `seconds`."""
+    outcome: dict[str, Any] = {}
+
+    def run() -> None:
+        try:
+            outcome["value"] = call()
+        except Exception as exc:
+            outcome["error"] = exc
+
+    thread = threading.Thread(target=run, daemon=True)
+    thread.start()
+    thread.join(seconds)
+    assert not thread.is_alive(), f"still blocked after {seconds} s"
+    if "error" in outcome:
+        raise outcome["error"]
+    return outcome["value"]
+
+
+def test_a_hung_redis_costs_probes_and_publishes_seconds_not_forever(client: Client, tmp_path: Path) -> None:
+    """A Redis that accepts connections but never answers (overloaded, or a partition that drops packets) is
+    worse than a stopped one: without socket timeouts every probe and every publish waits on it forever."""
+    from hermes_site.celery import app as celery_app
+
+    url, proc = start_redis(directory=tmp_path)
+    os.kill(proc.pid, signal.SIGSTOP)
+    try:
+        with _redis_settings(url):
+            response = _within(5, lambda: client.get("/api/v1/health/ready"))
+            assert response.status_code == 503 and response.json()["failing"] == ["redis", "broker"]
+
+            def publish() -> None:
+                # A run message, published with the app's transport options and retry policy: it fails within
+                # seconds (the caller logs it; the sweeper re-dispatches from the row).
+                with celery_app.connection_for_write(url) as connection:
+                    celery_app.send_task("apps.tasks.tasks.run_task", args=["x"], connection=connection)
+
+            with pytest.raises(Exception, match="Timeout"):
+                _within(8, publish)
+    finally:
+        os.kill(proc.pid, signal.SIGCONT)
+        stop_redis(proc, directory=tmp_path)
 
 
 def test_readiness_names_unapplied_migrations(client: Client) -> None:
