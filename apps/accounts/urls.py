@@ -3,6 +3,7 @@
 from django.urls import URLPattern, URLResolver, include, path
 
 from apps.accounts import api, views
+from apps.orgs.quotas import limit_anonymous_posts
 
 api_urlpatterns: list[URLPattern | URLResolver] = [
     path("me", api.MeView.as_view(), name="me"),
@@ -13,14 +14,18 @@ api_urlpatterns: list[URLPattern | URLResolver] = [
 ]
 
 console_urlpatterns: list[URLPattern | URLResolver] = [
-    path("register/", views.register, name="register"),
-    path("login/", views.LoginView.as_view(), name="login"),
+    path("register/", limit_anonymous_posts(views.register), name="register"),
+    path("login/", limit_anonymous_posts(views.LoginView.as_view()), name="login"),
     path("logout/", views.LogoutView.as_view(), name="logout"),
     path("password/", views.password_change, name="password_change"),
-    path("password-reset/", views.password_reset, name="password_reset"),
+    path("password-reset/", limit_anonymous_posts(views.password_reset), name="password_reset"),
     path("password-reset/sent/", views.password_reset_done, name="password_reset_done"),
     # The page the reset email links to (apps.accounts.actions.password_reset_url reverses this name).
-    path("password-reset/<uidb64>/<token>/", views.password_reset_confirm, name="password_reset_confirm"),
+    path(
+        "password-reset/<uidb64>/<token>/",
+        limit_anonymous_posts(views.password_reset_confirm),
+        name="password_reset_confirm",
+    ),
     path("password-reset/done/", views.password_reset_complete, name="password_reset_complete"),
 ]
 urlpatterns: list[URLPattern | URLResolver] = [path("accounts/", include((console_urlpatterns, "accounts")))]

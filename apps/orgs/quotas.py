@@ -16,6 +16,7 @@ not even try, so a dead Redis costs one connection attempt per second, not one p
 
 from __future__ import annotations
 
+import functools
 import logging
 import math
 import threading
@@ -28,6 +29,7 @@ from typing import Any
 import redis
 from django.conf import settings
 from django.http import HttpRequest, HttpResponse
+from django.http.response import HttpResponseBase
 from rest_framework.request import Request
 from rest_framework.throttling import BaseThrottle
 
@@ -310,6 +312,24 @@ class AnonymousRateThrottle(BaseThrottle):
         if not decision.allowed:
             raise QuotaExceeded(decision)
         return True
+
+
+def limit_anonymous_posts(view: Callable[..., HttpResponseBase]) -> Callable[..., HttpResponseBase]:
+    """For the console's public forms (sign-in, registration, password reset): every POST counts against the same
+    per-address budget as the API's public endpoints, so passwords cannot be guessed at full speed through the
+    console either. Past it the form is not processed; the page says when to retry."""
+
+    @functools.wraps(view)
+    def wrapped(request: HttpRequest, *args: Any, **kwargs: Any) -> HttpResponseBase:
+        if request.method == "POST":
+            decision = check_anonymous(request.META.get("REMOTE_ADDR") or "unknown")
+            if decision is not None:
+                request.hermes_quota = decision  # type: ignore[attr-defined]
+                if not decision.allowed:
+                    raise QuotaExceeded(decision)
+        return view(request, *args, **kwargs)
+
+    return wrapped
 
 
 class RateLimitHeadersMiddleware:

@@ -54,6 +54,27 @@ def test_public_endpoints_are_rate_limited_per_address(api: Any, monkeypatch: py
     assert refused.data["error"]["details"]["limit"] == "address_requests_per_minute"
 
 
+def test_console_sign_in_shares_the_per_address_limit(alice: Any, client: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Guessing passwords through the console form is limited like the API's public endpoints."""
+    monkeypatch.setattr(quotas, "ANONYMOUS_REQUESTS_PER_MINUTE", 3)
+    monkeypatch.setattr(quotas, "clock", lambda: 1_800_000_030.0)
+    for guess in ("one", "two"):
+        wrong = client.post("/accounts/login/", {"username": "alice@acme.test", "password": guess})
+        assert wrong.status_code == 200 and "_auth_user_id" not in client.session
+    api_call = client.post("/api/v1/auth/password/reset", {"email": "a@example.test"})  # the same budget
+    assert api_call.status_code == 202
+    right = {"username": "alice@acme.test", "password": "correct-horse-battery"}  # tests.factories.UserFactory
+    refused = client.post("/accounts/login/", right, follow=True)
+    assert "_auth_user_id" not in client.session  # even the right password waits for the reset
+    assert "requests per minute from one address is used up; it resets in 30 s" in refused.content.decode()
+    other_address = client.post(
+        "/accounts/login/", {"username": "alice@acme.test", "password": "x"}, REMOTE_ADDR="198.51.100.7"
+    )
+    assert other_address.status_code == 200  # a different address has its own budget
+    monkeypatch.setattr(quotas, "clock", lambda: 1_800_000_090.0)  # the next minute
+    assert client.post("/accounts/login/", right).status_code == 302 and "_auth_user_id" in client.session
+
+
 def test_change_password(alice: Any, client_for: Any) -> None:
     client = client_for(alice)
     wrong = client.post(
