@@ -59,7 +59,19 @@ SETTINGS_TABLE: tuple[Setting, ...] = (
     Setting("LOG_FORMAT", "str", "console in dev, json otherwise", "`json` (one object per line) or `console`."),
     Setting("LOG_SAMPLE_RATE", "float", "0.01", "Share of noisy-subsystem logs kept (health probes, sweepers)."),
     Setting("METRICS_TOKEN", "str", "(empty)", "Bearer token for `/metrics`; empty allows only METRICS_ALLOWED_IPS."),
-    Setting("METRICS_ALLOWED_IPS", "list", "127.0.0.1,::1", "Client addresses allowed to scrape `/metrics`."),
+    Setting(
+        "METRICS_ALLOWED_IPS",
+        "list",
+        "127.0.0.1,::1",
+        "Client addresses allowed to scrape `/metrics` directly (never a request that came through a proxy).",
+    ),
+    Setting(
+        "HERMES_TRUSTED_PROXIES",
+        "list",
+        "(empty)",
+        "Addresses or networks of your reverse proxies: behind them the client is read from X-Forwarded-For "
+        "(per-address limits, API keys' last-used address).",
+    ),
     Setting(
         "HEALTH_STALE_AFTER",
         "int",

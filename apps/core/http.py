@@ -334,3 +334,40 @@ def guarded_async_client(**kwargs: Any) -> httpx.AsyncClient:
 def guarded_client(**kwargs: Any) -> httpx.Client:
     """The synchronous twin of `guarded_async_client` (Celery jobs, federation delivery)."""
     return httpx.Client(transport=GuardedTransport(), trust_env=False, **_client_kwargs(kwargs))
+
+
+# --- Who is the client ----------------------------------------------------------------------------------------
+
+
+def in_networks(address: str, networks: Iterable[str]) -> bool:
+    """Whether `address` is one of `networks` (addresses or CIDR networks); False for anything unparsable."""
+    try:
+        ip = ipaddress.ip_address(address.strip())
+    except ValueError:
+        return False
+    for entry in networks:
+        try:
+            if ip in ipaddress.ip_network(entry.strip(), strict=False):
+                return True
+        except ValueError:
+            continue
+    return False
+
+
+def client_address(remote_addr: str | None, forwarded_for: str | None) -> str | None:
+    """The client's address: the server's peer (REMOTE_ADDR), or — when that peer is one of HERMES_TRUSTED_PROXIES
+    — the right-most X-Forwarded-For entry that is not a trusted proxy. Entries left of it are whatever the client
+    wrote, so they are never believed."""
+    if not remote_addr:
+        return None
+    trusted = settings.HERMES_TRUSTED_PROXIES
+    if not trusted or not forwarded_for or not in_networks(remote_addr, trusted):
+        return remote_addr
+    for hop in reversed([part.strip() for part in forwarded_for.split(",") if part.strip()]):
+        if not in_networks(hop, trusted):
+            return hop
+    return remote_addr
+
+
+def request_client_address(request: Any) -> str | None:
+    return client_address(request.META.get("REMOTE_ADDR"), request.META.get("HTTP_X_FORWARDED_FOR"))

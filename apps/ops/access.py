@@ -8,25 +8,20 @@ readiness stay open because orchestrators probe them anonymously and they reveal
 from __future__ import annotations
 
 import hmac
-import ipaddress
 
 from django.conf import settings
 from django.http import HttpRequest
 
+from apps.core.http import in_networks
 
-def address_allowed(remote_addr: str) -> bool:
-    # REMOTE_ADDR, not X-Forwarded-For: a header is client-controlled; deployments behind a proxy use the token.
-    try:
-        client = ipaddress.ip_address(remote_addr)
-    except ValueError:
+
+def address_allowed(remote_addr: str, forwarded_for: str | None = None) -> bool:
+    # The server's peer, never an X-Forwarded-For entry (a header is client-controlled). And a request that came
+    # through a proxy is not the local machine, whatever its peer address: a reverse proxy on the same host would
+    # otherwise hand every visitor 127.0.0.1. Behind a proxy, scrape with the token.
+    if forwarded_for:
         return False
-    for entry in settings.METRICS_ALLOWED_IPS:
-        try:
-            if client in ipaddress.ip_network(entry.strip(), strict=False):
-                return True
-        except ValueError:
-            continue
-    return False
+    return in_networks(remote_addr, settings.METRICS_ALLOWED_IPS)
 
 
 def bearer_allowed(authorization: str) -> bool:
@@ -36,12 +31,21 @@ def bearer_allowed(authorization: str) -> bool:
     return hmac.compare_digest(authorization.removeprefix("Bearer ").strip().encode(), token.encode())
 
 
-def machine_allowed(remote_addr: str, authorization: str) -> bool:
-    return bearer_allowed(authorization) or address_allowed(remote_addr)
+def machine_allowed(remote_addr: str, authorization: str, forwarded_for: str | None = None) -> bool:
+    return bearer_allowed(authorization) or address_allowed(remote_addr, forwarded_for)
+
+
+def request_allowed(request: HttpRequest) -> bool:
+    """`machine_allowed` for a Django request."""
+    return machine_allowed(
+        request.META.get("REMOTE_ADDR", ""),
+        request.headers.get("Authorization", ""),
+        request.META.get("HTTP_X_FORWARDED_FOR"),
+    )
 
 
 def is_operator(request: HttpRequest) -> bool:
-    if machine_allowed(request.META.get("REMOTE_ADDR", ""), request.headers.get("Authorization", "")):
+    if request_allowed(request):
         return True
     user = getattr(request, "user", None)
     return bool(user is not None and user.is_authenticated and user.is_staff)

@@ -129,7 +129,9 @@ class _QuietHandler(WSGIRequestHandler):
 
 def _gated(app: Callable[..., Iterable[bytes]]) -> Callable[..., Iterable[bytes]]:
     def gated(environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterable[bytes]:
-        if not machine_allowed(environ.get("REMOTE_ADDR", ""), environ.get("HTTP_AUTHORIZATION", "")):
+        if not machine_allowed(
+            environ.get("REMOTE_ADDR", ""), environ.get("HTTP_AUTHORIZATION", ""), environ.get("HTTP_X_FORWARDED_FOR")
+        ):
             start_response("403 Forbidden", [("Content-Type", "text/plain")])
             return [b"metrics: send Authorization: Bearer <METRICS_TOKEN> or scrape from METRICS_ALLOWED_IPS\n"]
         return app(environ, start_response)

@@ -18,7 +18,7 @@ from prometheus_client import CONTENT_TYPE_LATEST
 from apps.core.checks import health_report, readiness_report
 from apps.core.errors import error_body, json_error
 from apps.ops import metrics as ops_metrics
-from apps.ops.access import is_operator, machine_allowed
+from apps.ops.access import is_operator, request_allowed
 from apps.ops.tasks import PING_KEY, PING_TTL_S, ping_url
 
 
@@ -79,7 +79,7 @@ def prometheus_metrics(request: HttpRequest) -> HttpResponse:
 @require_POST
 def ping_create(request: HttpRequest) -> JsonResponse:
     """Ask a worker to GET a URL (egress, DNS, TLS and latency from where jobs run). Operators only."""
-    if not machine_allowed(request.META.get("REMOTE_ADDR", ""), request.headers.get("Authorization", "")):
+    if not request_allowed(request):
         return json_error(
             request, "forbidden", "Use `Authorization: Bearer <METRICS_TOKEN>` or an allowed address.", 403
         )
@@ -102,7 +102,7 @@ def ping_create(request: HttpRequest) -> JsonResponse:
 @never_cache
 @require_GET
 def ping_detail(request: HttpRequest, probe_id: str) -> JsonResponse:
-    if not machine_allowed(request.META.get("REMOTE_ADDR", ""), request.headers.get("Authorization", "")):
+    if not request_allowed(request):
         return json_error(
             request, "forbidden", "Use `Authorization: Bearer <METRICS_TOKEN>` or an allowed address.", 403
         )
@@ -113,10 +113,6 @@ def ping_detail(request: HttpRequest, probe_id: str) -> JsonResponse:
 
 
 MACHINE_ONLY = "Use `Authorization: Bearer <METRICS_TOKEN>` or call from an address in METRICS_ALLOWED_IPS."
-
-
-def _machine(request: HttpRequest) -> bool:
-    return machine_allowed(request.META.get("REMOTE_ADDR", ""), request.headers.get("Authorization", ""))
 
 
 def _url_problem(url: object) -> str | None:

@@ -21,6 +21,7 @@ from rest_framework.request import Request
 
 from apps.core import context
 from apps.core.errors import HermesAPIError
+from apps.core.http import client_address, request_client_address
 from apps.core.metrics import API_KEY_AUTH
 from apps.core.permissions import Access
 from apps.orgs import tokens
@@ -144,8 +145,7 @@ def touch_last_used(key: APIKey, ip: str | None, now: Any) -> None:
 
 
 def client_ip(request: Any) -> str | None:
-    # The WSGI/ASGI server's peer address; behind a proxy, configure the proxy/server to pass the real client.
-    return request.META.get("REMOTE_ADDR") or None
+    return request_client_address(request)
 
 
 class APIKeyAuthentication(BaseAuthentication):
@@ -184,4 +184,5 @@ class SessionOrgAuthentication(SessionAuthentication):
 
 def client_ip_from_scope(scope: dict[str, Any]) -> str | None:
     client = scope.get("client")
-    return str(client[0]) if client else None
+    forwarded = next((v.decode("latin1") for k, v in scope.get("headers", []) if k == b"x-forwarded-for"), None)
+    return client_address(str(client[0]), forwarded) if client else None

@@ -34,6 +34,7 @@ from rest_framework.request import Request
 from rest_framework.throttling import BaseThrottle
 
 from apps.core.errors import HermesAPIError
+from apps.core.http import request_client_address
 from apps.core.metrics import QUOTA_FAIL_OPEN, QUOTA_REJECTIONS
 from apps.core.permissions import Access
 from apps.orgs.models import PLAN_LIMITS, Plan
@@ -305,7 +306,7 @@ class AnonymousRateThrottle(BaseThrottle):
     """For unauthenticated endpoints: a fixed per-client-address limit (they send email and hash passwords)."""
 
     def allow_request(self, request: Request, view: Any) -> bool:
-        decision = check_anonymous(request.META.get("REMOTE_ADDR") or "unknown")
+        decision = check_anonymous(request_client_address(request) or "unknown")
         if decision is None:
             return True
         request._request.hermes_quota = decision  # type: ignore[attr-defined]
@@ -322,7 +323,7 @@ def limit_anonymous_posts(view: Callable[..., HttpResponseBase]) -> Callable[...
     @functools.wraps(view)
     def wrapped(request: HttpRequest, *args: Any, **kwargs: Any) -> HttpResponseBase:
         if request.method == "POST":
-            decision = check_anonymous(request.META.get("REMOTE_ADDR") or "unknown")
+            decision = check_anonymous(request_client_address(request) or "unknown")
             if decision is not None:
                 request.hermes_quota = decision  # type: ignore[attr-defined]
                 if not decision.allowed:

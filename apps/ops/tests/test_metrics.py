@@ -104,6 +104,10 @@ def test_metrics_endpoint_access(client: Client) -> None:
     assert client.get("/metrics", HTTP_AUTHORIZATION="Bearer nope", **outsider).status_code == 403
     assert client.get("/metrics", HTTP_AUTHORIZATION="Bearer scrape-me", **outsider).status_code == 200
     assert client.get("/metrics").status_code == 200  # 127.0.0.1 is allowed
+    # ... but not a visitor whom a reverse proxy on the same host forwarded (its peer address is 127.0.0.1 too).
+    assert client.get("/metrics", HTTP_X_FORWARDED_FOR="198.51.100.4").status_code == 403
+    proxied_with_token = client.get("/metrics", HTTP_X_FORWARDED_FOR="1.2.3.4", HTTP_AUTHORIZATION="Bearer scrape-me")
+    assert proxied_with_token.status_code == 200
     with override_settings(HERMES_FEATURES={"metrics": False}):
         assert client.get("/metrics").status_code == 404
 
