@@ -127,11 +127,13 @@ CACHES = {
 }
 SESSION_ENGINE = "django.contrib.sessions.backends.db"
 
-CHANNEL_LAYERS = {
+CHANNEL_LAYERS: dict[str, dict[str, Any]] = {
     "default": {
         "BACKEND": "channels_redis.pubsub.RedisPubSubChannelLayer",
         "CONFIG": {"hosts": [REDIS_URL]},
-    }
+    },
+    # For websockets opened while Redis is unreachable (apps.tasks.consumers): they follow the database instead.
+    "degraded": {"BACKEND": "channels.layers.InMemoryChannelLayer"},
 }
 
 CELERY_BROKER_URL = CONFIG.broker_url or REDIS_URL

@@ -74,10 +74,30 @@ def _db(fn: Any) -> Any:
     return database_sync_to_async(wrapped)
 
 
+# An in-process layer (settings.CHANNEL_LAYERS) for sockets opened while Redis is unreachable.
+DEGRADED_LAYER = "degraded"
+
+
 class _DispatchWithoutDBCleanup:
     """Channels >= 4.2 runs `close_old_connections` in a worker thread before *every* handler call. With 500
     sockets on a task that is 500 thread hops per event — a quarter of the fan-out's CPU. These consumers touch
-    the database only through `_db`, which cleans up itself, so the per-message hop is skipped."""
+    the database only through `_db`, which cleans up itself, so the per-message hop is skipped.
+
+    Also: Channels subscribes the socket's own channel (on Redis) before any handler runs, so with Redis down or
+    hanging the handshake failed with an HTTP 500. Such a socket is served anyway, on an in-process layer: it gets
+    no live messages and follows the database instead (the periodic resync) until the client reconnects."""
+
+    channel_layer_alias: str
+
+    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+        try:
+            await super().__call__(scope, receive, send)  # type: ignore[misc]
+        except Exception as exc:
+            if getattr(self, "channel_name", None) or self.channel_layer_alias == DEGRADED_LAYER:
+                raise  # not the subscription that failed
+            logger.warning("channel layer unavailable (%s); the socket follows the database", exc.__class__.__name__)
+            self.channel_layer_alias = DEGRADED_LAYER
+            await super().__call__(scope, receive, send)  # type: ignore[misc]
 
     async def dispatch(self, message: dict[str, Any]) -> None:
         handler = getattr(self, get_handler_name(message), None)

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import os
+import signal
 from collections.abc import Callable
 from typing import Any
 
@@ -261,7 +263,8 @@ def test_redis_outage_events_persist_and_the_stream_catches_up(
     port = int(url.rsplit(":", 1)[1].split("/")[0])
     settings.REDIS_URL = url
     settings.CHANNEL_LAYERS = {
-        "default": {"BACKEND": "channels_redis.pubsub.RedisPubSubChannelLayer", "CONFIG": {"hosts": [url]}}
+        **settings.CHANNEL_LAYERS,
+        "default": {"BACKEND": "channels_redis.pubsub.RedisPubSubChannelLayer", "CONFIG": {"hosts": [url]}},
     }
     channel_layers.backends.clear()
     try:
@@ -272,11 +275,18 @@ def test_redis_outage_events_persist_and_the_stream_catches_up(
             await ws.connect()
             await receive_until(ws, lambda f: f["type"] == "synced")
             stop_redis(proc, directory=tmp_path)
+            # A socket opened during the outage is served too (from the database), not refused with a 500.
+            late = communicator(f"/ws/tasks/{task.pk}/", alice)
+            connected, _code = await late.connect()
+            assert connected
+            assert seqs(await receive_until(late, lambda f: f["type"] == "synced")) == [1, 2]
             # Redis is gone: recording still works (the broadcast failure is logged, not raised).
             await record(task, [Observation(kind="state", data={}, state="working")])
             await record(task, [Observation(kind="progress", data={"n": 1})])
             frames = await receive_until(ws, is_event(4))
             assert seqs(frames) == [3, 4]
+            assert seqs(await receive_until(late, is_event(4))) == [3, 4]
+            await late.disconnect()
             _, proc = start_redis(port=port, directory=tmp_path)
             await record(task, [Observation(kind="state", data={}, state="completed")])
             frames = await receive_until(ws, is_event(5))
@@ -285,5 +295,38 @@ def test_redis_outage_events_persist_and_the_stream_catches_up(
 
         async_to_sync(scenario)()
     finally:
+        stop_redis(proc, directory=tmp_path)
+        channel_layers.backends.clear()
+
+
+def test_a_socket_opened_while_redis_hangs_is_served_from_the_database(
+    alice: Any, task: Any, settings: Any, tmp_path: Any, fast_resync: None
+) -> None:
+    """Channels subscribes a socket's channel on Redis before any handler runs; a Redis that hangs made that a 500
+    at the handshake. The socket is served on an in-process layer instead and follows the database."""
+    from hermes_site.embedded import start_redis, stop_redis
+
+    url, proc = start_redis(directory=tmp_path)
+    settings.REDIS_URL = url
+    settings.CHANNEL_LAYERS = {
+        **settings.CHANNEL_LAYERS,
+        "default": {"BACKEND": "channels_redis.pubsub.RedisPubSubChannelLayer", "CONFIG": {"hosts": [url]}},
+    }
+    channel_layers.backends.clear()
+    os.kill(proc.pid, signal.SIGSTOP)
+    try:
+
+        async def scenario() -> None:
+            ws = communicator(f"/ws/tasks/{task.pk}/", alice)
+            connected, _code = await ws.connect(timeout=20)
+            assert connected
+            assert seqs(await receive_until(ws, lambda f: f["type"] == "synced", timeout=20)) == [1, 2]
+            await record(task, [Observation(kind="progress", data={"n": 1})])  # its broadcast times out
+            assert seqs(await receive_until(ws, is_event(3), timeout=20)) == [3]  # the resync brings it
+            await ws.disconnect()
+
+        async_to_sync(scenario)()
+    finally:
+        os.kill(proc.pid, signal.SIGCONT)
         stop_redis(proc, directory=tmp_path)
         channel_layers.backends.clear()
