@@ -78,7 +78,7 @@ def _db(fn: Any) -> Any:
 DEGRADED_LAYER = "degraded"
 
 
-class _DispatchWithoutDBCleanup:
+class _ConsumerBase:
     """Channels >= 4.2 runs `close_old_connections` in a worker thread before *every* handler call. With 500
     sockets on a task that is 500 thread hops per event — a quarter of the fan-out's CPU. These consumers touch
     the database only through `_db`, which cleans up itself, so the per-message hop is skipped.
@@ -134,7 +134,7 @@ def _forget_later(task_id: Any, entry: Any, max_age: float) -> None:
     asyncio.get_running_loop().call_later(max_age, forget)
 
 
-class TaskTimelineConsumer(_DispatchWithoutDBCleanup, AsyncJsonWebsocketConsumer):
+class TaskTimelineConsumer(_ConsumerBase, AsyncJsonWebsocketConsumer):
     groups: list[str] = []
 
     async def connect(self) -> None:
@@ -290,7 +290,7 @@ async def _broadcast_presence(layer: Any, task_id: Any, agent_id: Any) -> None:
         await presence.close()
 
 
-class OrgTasksConsumer(_DispatchWithoutDBCleanup, AsyncJsonWebsocketConsumer):
+class OrgTasksConsumer(_ConsumerBase, AsyncJsonWebsocketConsumer):
     """Status changes of every task of the caller's org (list pages)."""
 
     async def connect(self) -> None:
