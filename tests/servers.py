@@ -1,4 +1,5 @@
-"""Serve an ASGI app over real HTTP on loopback, in a background thread (uvicorn), for integration tests."""
+"""Real HTTP servers on loopback for integration tests: an ASGI app under uvicorn in a background thread, and a
+base for small stdlib stub handlers."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
+from http.server import BaseHTTPRequestHandler
 from typing import Any
 
 import uvicorn
@@ -48,3 +50,17 @@ class DeferredApp:
 
     async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
         await self.app(scope, receive, send)
+
+
+class QuietHandler(BaseHTTPRequestHandler):
+    """A stub server's request handler: `reply` writes one complete response; no request log on stderr."""
+
+    def reply(self, status: int, body: bytes, content_type: str = "application/json") -> None:
+        self.send_response(status)
+        self.send_header("Content-Type", content_type)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, *args: Any) -> None:
+        pass

@@ -144,10 +144,6 @@ def touch_last_used(key: APIKey, ip: str | None, now: Any) -> None:
     key.last_used_at, key.last_used_ip = now, ip
 
 
-def client_ip(request: Any) -> str | None:
-    return request_client_address(request)
-
-
 class APIKeyAuthentication(BaseAuthentication):
     """`Authorization: Bearer hrm_…`. Other Bearer tokens are left to later authentication classes."""
 
@@ -162,7 +158,7 @@ class APIKeyAuthentication(BaseAuthentication):
         token = parts[1].decode("latin1")
         if not token.startswith("hrm_"):
             return None
-        return resolve_api_key(token, client_ip(request))
+        return resolve_api_key(token, request_client_address(request))
 
     def authenticate_header(self, request: Request) -> str:
         # Makes unauthenticated API requests a 401 (with this challenge) rather than a 403.

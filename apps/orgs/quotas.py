@@ -302,16 +302,21 @@ def check_anonymous(ip: str, now: float | None = None) -> Decision | None:
     return check_per_minute(f"anon:{ip}", ANONYMOUS_REQUESTS_PER_MINUTE, "address_requests_per_minute", now)
 
 
+def count_anonymous(request: HttpRequest) -> None:
+    """Count one public-endpoint request of the client's address; QuotaExceeded past the limit (fails open)."""
+    decision = check_anonymous(request_client_address(request) or "unknown")
+    if decision is None:
+        return
+    request.hermes_quota = decision  # type: ignore[attr-defined]
+    if not decision.allowed:
+        raise QuotaExceeded(decision)
+
+
 class AnonymousRateThrottle(BaseThrottle):
     """For unauthenticated endpoints: a fixed per-client-address limit (they send email and hash passwords)."""
 
     def allow_request(self, request: Request, view: Any) -> bool:
-        decision = check_anonymous(request_client_address(request) or "unknown")
-        if decision is None:
-            return True
-        request._request.hermes_quota = decision  # type: ignore[attr-defined]
-        if not decision.allowed:
-            raise QuotaExceeded(decision)
+        count_anonymous(request._request)
         return True
 
 
@@ -323,11 +328,7 @@ def limit_anonymous_posts(view: Callable[..., HttpResponseBase]) -> Callable[...
     @functools.wraps(view)
     def wrapped(request: HttpRequest, *args: Any, **kwargs: Any) -> HttpResponseBase:
         if request.method == "POST":
-            decision = check_anonymous(request_client_address(request) or "unknown")
-            if decision is not None:
-                request.hermes_quota = decision  # type: ignore[attr-defined]
-                if not decision.allowed:
-                    raise QuotaExceeded(decision)
+            count_anonymous(request)
         return view(request, *args, **kwargs)
 
     return wrapped

@@ -6,7 +6,7 @@ import asyncio
 import json
 import threading
 from collections.abc import Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import ThreadingHTTPServer
 from typing import Any
 
 import pytest
@@ -22,6 +22,7 @@ from apps.agents.client import (
     get_task_sync,
     iterate_sync,
 )
+from tests.servers import QuietHandler
 
 
 def collect(target: AgentTarget, **message: Any) -> list[AgentUpdate]:
@@ -154,17 +155,10 @@ def test_ssrf_blocked_is_an_agent_error(settings: Any) -> None:
 
 class _StatusServer:
     def __init__(self, status: int, body: bytes = b"{}", content_type: str = "application/json") -> None:
-        class Handler(BaseHTTPRequestHandler):
+        class Handler(QuietHandler):
             def do_POST(self) -> None:
                 self.rfile.read(int(self.headers.get("Content-Length", 0)))
-                self.send_response(status)
-                self.send_header("Content-Type", content_type)
-                self.send_header("Content-Length", str(len(body)))
-                self.end_headers()
-                self.wfile.write(body)
-
-            def log_message(self, *args: Any) -> None:
-                pass
+                self.reply(status, body, content_type)
 
         self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
         self.url = f"http://127.0.0.1:{self.server.server_address[1]}/"
@@ -210,7 +204,7 @@ def test_invalid_responses_are_agent_errors(status_server: Any, body: bytes) -> 
         collect(AgentTarget(url=status_server(200, body)), text="hi")
 
 
-class _CutStreamAgent(BaseHTTPRequestHandler):
+class _CutStreamAgent(QuietHandler):
     """Streams one 'working' update then hangs up; GetTask says the task is still `task_state`."""
 
     task_state = "TASK_STATE_WORKING"
@@ -225,14 +219,7 @@ class _CutStreamAgent(BaseHTTPRequestHandler):
             event = {"statusUpdate": {"taskId": "t", "contextId": "c", "status": {"state": "TASK_STATE_WORKING"}}}
             body = b"data: " + json.dumps({"jsonrpc": "2.0", "id": request["id"], "result": event}).encode() + b"\n\n"
             content_type = "text/event-stream"
-        self.send_response(200)
-        self.send_header("Content-Type", content_type)
-        self.send_header("Content-Length", str(len(body)))
-        self.end_headers()
-        self.wfile.write(body)
-
-    def log_message(self, *args: Any) -> None:
-        pass
+        self.reply(200, body, content_type)
 
 
 @pytest.mark.parametrize(("state", "outcome"), [("TASK_STATE_WORKING", None), ("TASK_STATE_CANCELED", "canceled")])
@@ -253,7 +240,7 @@ def test_stream_cut_before_a_final_update(allow_loopback: None, state: str, outc
         server.server_close()
 
 
-class _NoResubscribeAgent(BaseHTTPRequestHandler):
+class _NoResubscribeAgent(QuietHandler):
     """A streaming agent that refuses SubscribeToTask (JSON-RPC error); GetTask says working, then completed."""
 
     gets = 0
@@ -266,15 +253,7 @@ class _NoResubscribeAgent(BaseHTTPRequestHandler):
             reply = {"result": {"id": "t", "contextId": "c", "status": {"state": state}}}
         else:
             reply = {"error": {"code": -32004, "message": "This operation is not supported"}}
-        body = json.dumps({"jsonrpc": "2.0", "id": request["id"], **reply}).encode()
-        self.send_response(200)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(body)))
-        self.end_headers()
-        self.wfile.write(body)
-
-    def log_message(self, *args: Any) -> None:
-        pass
+        self.reply(200, json.dumps({"jsonrpc": "2.0", "id": request["id"], **reply}).encode())
 
 
 def test_resume_falls_back_to_polling_when_the_agent_will_not_resubscribe(allow_loopback: None) -> None:

@@ -30,29 +30,30 @@ class Command(BaseCommand):
         parser.add_argument("--org", help="limit to one org slug")
         parser.add_argument("--reason", default="", help="recorded on the audit event")
 
-    def _dead(self, options: dict[str, Any]) -> QuerySet[Outbox]:
+    def _dead(self, ids: list[uuid.UUID], org: str | None) -> QuerySet[Outbox]:
         rows = (
             Outbox.objects.unscoped("operator command across orgs")
             .filter(status=OutboxStatus.DEAD)
             .select_related("message", "message__peer", "organization")
             .order_by("dead_at")
         )
-        if options.get("org"):
-            rows = rows.filter(organization__slug=options["org"])
-        if options["ids"]:
-            rows = rows.filter(message_id__in=options["ids"])
+        if org:
+            rows = rows.filter(organization__slug=org)
+        if ids:
+            rows = rows.filter(message_id__in=ids)
         return rows
 
     def handle(self, *args: Any, **options: Any) -> None:
         operation = options["operation"]
+        ids = []
         for value in options["ids"]:
             try:
-                uuid.UUID(value)
+                ids.append(uuid.UUID(value))
             except ValueError:
                 raise CommandError(f"'{value}' is not a message id (a UUID, as `list` prints them).") from None
         if options.get("org") and not Organization.objects.filter(slug=options["org"]).exists():
             raise CommandError(f"No organization '{options['org']}'.")
-        rows = self._dead(options)
+        rows = self._dead(ids, options.get("org"))
         if operation == "list":
             for row in rows:
                 self.stdout.write(
@@ -61,7 +62,7 @@ class Command(BaseCommand):
                 )
             return
         if operation == "show":
-            if len(options["ids"]) != 1:
+            if len(ids) != 1:
                 raise CommandError("show takes exactly one message id")
             found = rows.first()
             if found is None:
@@ -74,10 +75,10 @@ class Command(BaseCommand):
                     f"{a.http_status or '-'} {a.outcome} {a.error} {a.response_excerpt[:120]}"
                 )
             return
-        if not options["ids"] and not options["all"]:
+        if not ids and not options["all"]:
             raise CommandError(f"{operation} needs message ids or --all")
         chosen = list(rows)
-        missing = {str(uuid.UUID(value)) for value in options["ids"]} - {str(row.message_id) for row in chosen}
+        missing = {str(i) for i in ids} - {str(row.message_id) for row in chosen}
         if missing:
             # All or nothing: an operator who named a message that is not (or no longer) dead learns it before
             # anything is requeued or discarded.
