@@ -73,6 +73,22 @@ def _flatten(detail: Any) -> Any:
     return str(detail)
 
 
+def _unaccepted_credentials(request: Any) -> str | None:
+    """Why the Authorization header a client did send authenticated nobody, or None without one.
+
+    The authentication classes skip a header they do not own (a proxy's Basic credentials must not break the
+    session behind it), so without this a client sending the wrong kind of credential heard "not provided"."""
+    header = request.META.get("HTTP_AUTHORIZATION", "")
+    scheme, _, value = header.partition(" ")
+    if not scheme:
+        return None
+    if scheme.lower() == "bearer" and value.strip():
+        return "The Bearer token is not a Hermes API key (they start with 'hrm_'); create one at /org/keys/."
+    return (
+        f"The Authorization scheme '{scheme[:20]}' is not accepted: send an API key as 'Authorization: Bearer hrm_…'."
+    )
+
+
 def exception_handler(exc: Exception, context: dict[str, Any]) -> Response | None:
     # Imported here: rest_framework.views imports the authentication classes, which import this module.
     from rest_framework.views import exception_handler as drf_exception_handler
@@ -84,6 +100,10 @@ def exception_handler(exc: Exception, context: dict[str, Any]) -> Response | Non
         exc = exceptions.NotFound("Not found.")
     elif isinstance(exc, PermissionDenied):
         exc = exceptions.PermissionDenied(str(exc) or None)
+    elif isinstance(exc, exceptions.NotAuthenticated) and context.get("request") is not None:
+        explained = exceptions.NotAuthenticated(_unaccepted_credentials(context["request"]) or exc.detail)
+        explained.auth_header = getattr(exc, "auth_header", None)  # type: ignore[attr-defined]  # the challenge
+        exc = explained
     response = drf_exception_handler(exc, context)
     if response is None:
         return None

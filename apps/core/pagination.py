@@ -1,4 +1,10 @@
+from typing import Any
+
+from rest_framework import exceptions
+from rest_framework.pagination import Cursor
 from rest_framework.pagination import CursorPagination as _Cursor
+
+from apps.core.errors import HermesAPIError
 
 
 class CursorPagination(_Cursor):
@@ -7,3 +13,16 @@ class CursorPagination(_Cursor):
     ordering = ("-created_at", "-pk")
     page_size_query_param = "page_size"
     max_page_size = 200
+
+    def decode_cursor(self, request: Any) -> Cursor | None:
+        # DRF answers a cursor it cannot decode with 404 "Invalid cursor", which reads as "the list is gone". It is
+        # a bad query parameter: 400, naming it, like every other invalid parameter of the API.
+        try:
+            return super().decode_cursor(request)
+        except exceptions.NotFound:
+            raise HermesAPIError(
+                "The 'cursor' parameter is not a cursor this list handed out: follow the 'next' and 'previous' "
+                "links of a page.",
+                code="invalid",
+                details={self.cursor_query_param: ["Invalid cursor."]},
+            ) from None

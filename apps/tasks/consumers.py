@@ -19,7 +19,8 @@ Messages sent to clients (JSON):
 state change of the org's tasks.
 
 Close codes: 4400 `?after` is not a non-negative integer, 4401 not signed in, 4403 missing `tasks:read`, 4404 no
-such task in the caller's org (or no such socket path).
+such task in the caller's org (or no such socket path), 1012 reconnect: the socket was opened while Redis was out
+and followed the database; live messages are back (reconnect with `?after=<last seq>` to miss nothing).
 """
 
 from __future__ import annotations
@@ -29,7 +30,9 @@ import contextlib
 import logging
 import random
 import time
-from typing import Any
+from collections.abc import Awaitable, Callable
+from functools import partial
+from typing import Any, TypeVar, cast
 from urllib.parse import parse_qs
 
 from channels.consumer import get_handler_name
@@ -38,6 +41,7 @@ from channels.generic.websocket import AsyncJsonWebsocketConsumer
 from django.conf import settings
 from django.db import close_old_connections
 
+from apps.core.checks import probe_redis
 from apps.core.metrics import WEBSOCKET_CONNECTIONS
 from apps.core.permissions import Access
 from apps.tasks.broadcast import event_frame, org_group, task_group
@@ -47,10 +51,13 @@ from apps.tasks.selectors import agent_is_online, event_messages_after, task_for
 
 logger = logging.getLogger(__name__)
 
+T = TypeVar("T")
+
 CLOSE_BAD_REQUEST = 4400
 CLOSE_UNAUTHENTICATED = 4401
 CLOSE_FORBIDDEN = 4403
 CLOSE_NOT_FOUND = 4404
+CLOSE_RECONNECT = 1012  # RFC 6455 "service restart": the client should reconnect
 
 
 def _access_for(scope: dict[str, Any]) -> tuple[Access | None, int | None]:
@@ -85,9 +92,12 @@ class _ConsumerBase:
 
     Also: Channels subscribes the socket's own channel (on Redis) before any handler runs, so with Redis down or
     hanging the handshake failed with an HTTP 500. Such a socket is served anyway, on an in-process layer: it gets
-    no live messages and follows the database instead (the periodic resync) until the client reconnects."""
+    no live messages and follows the database instead (the periodic resync). Once Redis answers again it is closed
+    with 1012, so that the client reconnects onto live messages (the console does so by itself)."""
 
     channel_layer_alias: str
+    channel_layer: Any
+    channel_name: str
 
     async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
         try:
@@ -97,7 +107,27 @@ class _ConsumerBase:
                 raise  # not the subscription that failed
             logger.warning("channel layer unavailable (%s); the socket follows the database", exc.__class__.__name__)
             self.channel_layer_alias = DEGRADED_LAYER
-            await super().__call__(scope, receive, send)  # type: ignore[misc]
+            watch = asyncio.create_task(self._await_live_layer())
+            try:
+                await super().__call__(scope, receive, send)  # type: ignore[misc]
+            finally:
+                watch.cancel()
+
+    async def _await_live_layer(self) -> None:
+        interval = settings.HERMES_WS_RESYNC_SECONDS
+        while True:
+            await asyncio.sleep(interval * random.uniform(0.8, 1.2))
+            if await _shared_read(_REDIS_UP, interval / 2, _redis_is_up):
+                break
+        # Through the socket's own channel, so the close is handled between two messages, never inside one.
+        await self.channel_layer.send(self.channel_name, {"type": "hermes.layer_back"})
+
+    async def hermes_layer_back(self, message: dict[str, Any]) -> None:
+        await self.stop_background_work()
+        await self.close(code=CLOSE_RECONNECT)  # type: ignore[attr-defined]
+
+    async def stop_background_work(self) -> None:
+        """Stop whatever sends to the socket outside the message loop (before a close from the server)."""
 
     async def dispatch(self, message: dict[str, Any]) -> None:
         handler = getattr(self, get_handler_name(message), None)
@@ -106,32 +136,39 @@ class _ConsumerBase:
         await handler(message)
 
 
-# (task_id) -> (monotonic time, future of task_progress): the periodic resync of every socket watching a task in
-# this process shares one database read per interval instead of one per socket.
-_progress_reads: dict[Any, tuple[float, asyncio.Future[tuple[str, int] | None]]] = {}
+# key -> (monotonic time, future of the read): periodic checks made by every socket of this process (a task's
+# progress for its watchers' resync, whether Redis is back for degraded sockets) share one read per interval
+# instead of one per socket.
+_shared_reads: dict[Any, tuple[float, asyncio.Future[Any]]] = {}
+_REDIS_UP = "redis-up"
 
 
-async def _shared_progress(task_id: Any, org_id: Any, max_age: float) -> tuple[str, int] | None:
+async def _shared_read(key: Any, max_age: float, read: Callable[[], Awaitable[T]]) -> T:
     now = time.monotonic()
-    cached = _progress_reads.get(task_id)
+    cached = _shared_reads.get(key)
     if cached is None or now - cached[0] > max_age or _failed(cached[1]):
-        future = asyncio.ensure_future(_db(task_progress)(task_id, org_id))
+        future = asyncio.ensure_future(read())
         cached = (now, future)
-        _progress_reads[task_id] = cached
-        future.add_done_callback(lambda _f: _forget_later(task_id, cached, max_age))
-    return await asyncio.shield(cached[1])
+        _shared_reads[key] = cached
+        future.add_done_callback(lambda _f: _forget_later(key, cached, max_age))
+    return cast(T, await asyncio.shield(cached[1]))
 
 
 def _failed(future: asyncio.Future[Any]) -> bool:
     return future.done() and (future.cancelled() or future.exception() is not None)
 
 
-def _forget_later(task_id: Any, entry: Any, max_age: float) -> None:
+def _forget_later(key: Any, entry: Any, max_age: float) -> None:
     def forget() -> None:
-        if _progress_reads.get(task_id) is entry:
-            del _progress_reads[task_id]
+        if _shared_reads.get(key) is entry:
+            del _shared_reads[key]
 
     asyncio.get_running_loop().call_later(max_age, forget)
+
+
+async def _redis_is_up() -> bool:
+    # The channel layer rides on REDIS_URL (settings.CHANNEL_LAYERS); the probe has sub-second timeouts.
+    return (await asyncio.to_thread(probe_redis)).ok
 
 
 class TaskTimelineConsumer(_ConsumerBase, AsyncJsonWebsocketConsumer):
@@ -179,14 +216,18 @@ class TaskTimelineConsumer(_ConsumerBase, AsyncJsonWebsocketConsumer):
         await self._announce()
         self.resync_task = asyncio.create_task(self._resync_loop())
 
+    async def stop_background_work(self) -> None:
+        resync = getattr(self, "resync_task", None)  # unset when the socket was refused
+        if resync is not None:
+            resync.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await resync
+
     async def disconnect(self, code: int) -> None:
         if not getattr(self, "joined", False):
             return
         WEBSOCKET_CONNECTIONS.labels(stream="task").dec()
-        if self.resync_task is not None:
-            self.resync_task.cancel()
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await self.resync_task
+        await self.stop_background_work()
         if self.presence is not None:
             await self.presence.leave()
             await self._announce()
@@ -253,7 +294,9 @@ class TaskTimelineConsumer(_ConsumerBase, AsyncJsonWebsocketConsumer):
                     continue  # the terminal event was delivered; nothing can follow it
                 if time.monotonic() - self.last_live_at < interval:
                     continue  # live events flow: a dropped one shows as a seq gap on the next
-                progress = await _shared_progress(self.task_id, self.org_id, max_age=interval / 2)
+                progress = await _shared_read(
+                    ("progress", self.task_id), interval / 2, partial(_db(task_progress), self.task_id, self.org_id)
+                )
                 if progress is not None and progress[1] > self.last_seq:
                     async with self.lock:
                         await self._catch_up()

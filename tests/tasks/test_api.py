@@ -115,6 +115,8 @@ def test_list_filters_and_pins_queries(
     page = response.json()
     assert len(page["results"]) == 3 and page["next"]
     assert len(client.get(page["next"]).json()["results"]) == 3
+    bad_cursor = client.get("/api/v1/tasks?cursor=not-a-cursor")
+    assert bad_cursor.status_code == 400 and bad_cursor.json()["error"]["details"] == {"cursor": ["Invalid cursor."]}
     assert len(client.get("/api/v1/tasks").json()["results"]) == 7
     assert len(client.get(f"/api/v1/tasks?agent={echo.pk}").json()["results"]) == 4
     assert [t["id"] for t in client.get("/api/v1/tasks?status=completed").json()["results"]] == [str(done.pk)]

@@ -323,7 +323,20 @@ def test_a_socket_opened_while_redis_hangs_is_served_from_the_database(
             assert seqs(await receive_until(ws, lambda f: f["type"] == "synced", timeout=20)) == [1, 2]
             await record(task, [Observation(kind="progress", data={"n": 1})])  # its broadcast times out
             assert seqs(await receive_until(ws, is_event(3), timeout=20)) == [3]  # the resync brings it
-            await ws.disconnect()
+            # Once Redis answers again the socket is told to reconnect (1012)...
+            os.kill(proc.pid, signal.SIGCONT)
+            while (output := await ws.receive_output(timeout=10))["type"] != "websocket.close":
+                assert output["type"] == "websocket.send"
+            assert output["code"] == 1012
+            await ws.wait()
+            # ... and the new socket gets live messages (a 30 s resync could not deliver within the wait below).
+            settings.HERMES_WS_RESYNC_SECONDS = 30
+            again = communicator(f"/ws/tasks/{task.pk}/?after=3", alice)
+            assert (await again.connect())[0]
+            await receive_until(again, lambda f: f["type"] == "synced")
+            await record(task, [Observation(kind="progress", data={"n": 2})])
+            assert seqs(await receive_until(again, is_event(4), timeout=3)) == [4]
+            await again.disconnect()
 
         async_to_sync(scenario)()
     finally:

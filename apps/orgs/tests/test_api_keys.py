@@ -88,12 +88,29 @@ def test_anonymous_api_requests_are_401_with_a_bearer_challenge(api: Any) -> Non
     response = api.get("/api/v1/me")
     assert response.status_code == 401
     assert response["WWW-Authenticate"] == 'Bearer realm="hermes"'
-    assert response.data["error"]["code"] == "not_authenticated"
+    assert response.data["error"] == {
+        "code": "not_authenticated",
+        "message": "Authentication credentials were not provided.",
+        "details": {},
+    }
+
+
+def test_a_scheme_hermes_does_not_accept_is_named_in_the_401(api: Any, alice: Any) -> None:
+    api.credentials(HTTP_AUTHORIZATION="Basic YWxpY2U6c2VjcmV0")
+    response = api.get("/api/v1/me")
+    assert response.status_code == 401 and response.data["error"]["code"] == "not_authenticated"
+    assert response.data["error"]["message"] == (
+        "The Authorization scheme 'Basic' is not accepted: send an API key as 'Authorization: Bearer hrm_…'."
+    )
+    # Skipped, not refused: a proxy's Basic credentials do not stop the console session behind them.
+    api.force_login(alice)
+    assert api.get("/api/v1/me").status_code == 200
 
 
 def test_other_bearer_tokens_are_left_alone(api: Any) -> None:
     api.credentials(HTTP_AUTHORIZATION="Bearer not-a-hermes-token")
-    assert api.get("/api/v1/me").data["error"]["code"] == "not_authenticated"
+    error = api.get("/api/v1/me").data["error"]
+    assert error["code"] == "not_authenticated" and "not a Hermes API key" in error["message"]
     api.credentials(HTTP_AUTHORIZATION="Bearer hrm_a b")
     assert api.get("/api/v1/me").data["error"]["code"] == "key_malformed"
 
