@@ -54,7 +54,10 @@ class MessageSerializer(serializers.Serializer):
 
 
 class TaskCreateSerializer(serializers.Serializer):
-    agent = serializers.CharField(max_length=64)
+    agent = serializers.UUIDField(
+        help_text="The agent's id: one of your org's (GET /api/v1/agents) or a public one (GET /api/v1/marketplace).",
+        error_messages={"invalid": "'{value}' is not an agent id (a UUID); GET /api/v1/agents lists your agents."},
+    )
     input = MessageSerializer()
     metadata = serializers.DictField(required=False, default=dict)
     deadline_seconds = serializers.IntegerField(required=False, min_value=1, max_value=7 * 24 * 3600)

@@ -39,14 +39,23 @@ def test_public_agent_of_another_org_is_usable(client_for: Any, alice: Any, publ
     assert response.status_code == 202
 
 
-@pytest.mark.parametrize("agent_id", ["private", "missing", "garbage"])
+@pytest.mark.parametrize("agent_id", ["private", "missing"])
 def test_unknown_or_foreign_agent_is_404(
     client_for: Any, alice: Any, private_foreign_agent: Any, agent_id: str
 ) -> None:
-    value = {"private": str(private_foreign_agent.pk), "missing": str(uuid.uuid4()), "garbage": "nope"}[agent_id]
+    value = {"private": str(private_foreign_agent.pk), "missing": str(uuid.uuid4())}[agent_id]
     response = post(client_for(alice), "/api/v1/tasks", {"agent": value, "input": TEXT})
     assert response.status_code == 404
     assert response.json()["error"]["code"] == "agent_not_found"
+    assert Task.objects.unscoped("test").count() == 0
+
+
+def test_an_agent_named_by_anything_but_its_id_is_a_400_that_says_so(client_for: Any, alice: Any) -> None:
+    response = post(client_for(alice), "/api/v1/tasks", {"agent": "demo-echo", "input": TEXT})
+    assert response.status_code == 400
+    assert response.json()["error"]["details"] == {
+        "agent": ["'demo-echo' is not an agent id (a UUID); GET /api/v1/agents lists your agents."]
+    }
     assert Task.objects.unscoped("test").count() == 0
 
 
@@ -117,6 +126,10 @@ def test_list_filters_and_pins_queries(
     assert len(client.get(page["next"]).json()["results"]) == 3
     bad_cursor = client.get("/api/v1/tasks?cursor=not-a-cursor")
     assert bad_cursor.status_code == 400 and bad_cursor.json()["error"]["details"] == {"cursor": ["Invalid cursor."]}
+    for size in ("0", "-1", "ten"):
+        bad_size = client.get(f"/api/v1/tasks?page_size={size}").json()["error"]
+        assert bad_size["details"] == {"page_size": ["A whole number from 1 to 200."]}
+    assert len(client.get("/api/v1/tasks?page_size=100000").json()["results"]) == 7  # clamped to 200
     assert len(client.get("/api/v1/tasks").json()["results"]) == 7
     assert len(client.get(f"/api/v1/tasks?agent={echo.pk}").json()["results"]) == 4
     assert [t["id"] for t in client.get("/api/v1/tasks?status=completed").json()["results"]] == [str(done.pk)]
