@@ -59,6 +59,14 @@ def _non_negative_int(value: str | None, name: str) -> int:
     return number
 
 
+def _is_uuid(value: str) -> bool:
+    try:
+        uuid.UUID(value)
+    except ValueError:
+        return False
+    return True
+
+
 def _too_large(size: int, limit: int) -> HermesAPIError:
     return HermesAPIError(
         f"The task input is {size} bytes; the limit is {limit} bytes.",
@@ -94,8 +102,15 @@ class _SendTask:
             raise _too_large(size, limit)
         agent = selectors.usable_agent(self.org, data["agent"])
         if agent is None:
+            # 404 whatever the reason (another org's private agent must look like a missing one); what a caller
+            # can fix without learning anything, a value that is no id at all, is said.
+            reason = (
+                "Unknown agent."
+                if _is_uuid(data["agent"])
+                else (f"'{data['agent']}' is not an agent id (a UUID); GET /api/v1/agents lists your agents.")
+            )
             raise HermesAPIError(
-                "Agent not found.", code="agent_not_found", status_code=404, details={"agent": ["Unknown agent."]}
+                "Agent not found.", code="agent_not_found", status_code=404, details={"agent": [reason]}
             )
         deadline = timedelta(seconds=data["deadline_seconds"]) if data.get("deadline_seconds") else None
         task = actions.create_task(

@@ -54,9 +54,9 @@ class MessageSerializer(serializers.Serializer):
 
 
 class TaskCreateSerializer(serializers.Serializer):
-    agent = serializers.UUIDField(
+    agent = serializers.CharField(
+        max_length=64,
         help_text="The agent's id: one of your org's (GET /api/v1/agents) or a public one (GET /api/v1/marketplace).",
-        error_messages={"invalid": "'{value}' is not an agent id (a UUID); GET /api/v1/agents lists your agents."},
     )
     input = MessageSerializer()
     metadata = serializers.DictField(required=False, default=dict)

@@ -50,9 +50,9 @@ def test_unknown_or_foreign_agent_is_404(
     assert Task.objects.unscoped("test").count() == 0
 
 
-def test_an_agent_named_by_anything_but_its_id_is_a_400_that_says_so(client_for: Any, alice: Any) -> None:
+def test_an_agent_named_by_anything_but_its_id_is_a_404_that_says_so(client_for: Any, alice: Any) -> None:
     response = post(client_for(alice), "/api/v1/tasks", {"agent": "demo-echo", "input": TEXT})
-    assert response.status_code == 400
+    assert response.status_code == 404
     assert response.json()["error"]["details"] == {
         "agent": ["'demo-echo' is not an agent id (a UUID); GET /api/v1/agents lists your agents."]
     }
