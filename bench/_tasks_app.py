@@ -2,6 +2,7 @@
 
 - `/bench/bare-insert`: a bare DRF view (no authentication, permissions, throttling or idempotency) inserting one
   row, served by the same gunicorn as `POST /api/v1/tasks`.
+- `/bench/keyed-insert` (`--ablation` only): the same insert behind API-key authentication, scope and request quota.
 - `/ws/bench/fanout/`: a bare Channels consumer that joins one group and forwards what it receives, served by the
   same uvicorn as `/ws/tasks/<id>/`.
 Run with DJANGO_SETTINGS_MODULE=hermes_site.settings; ROOT_URLCONF is swapped to this module's `urlpatterns`.
@@ -31,6 +32,7 @@ from rest_framework.permissions import AllowAny  # noqa: E402
 from rest_framework.response import Response  # noqa: E402
 from rest_framework.views import APIView  # noqa: E402
 
+from apps.core.api import OrgScopedMixin  # noqa: E402
 from apps.orgs.models import PLAN_LIMITS, Plan, PlanLimits  # noqa: E402
 from hermes_site import urls as hermes_urls  # noqa: E402
 
@@ -78,6 +80,16 @@ class BareInsert(APIView):
         return Response({"id": row_id}, status=202)
 
 
+class KeyedInsert(OrgScopedMixin, BareInsert):  # type: ignore[misc]
+    """The bare insert behind what every Hermes API request pays: API-key authentication, the `tasks:write`
+    role x scope check and the request-quota throttle (as bench/auth.py's `key+scope+quota`). `--ablation` only:
+    the floor under any submit that authenticates each request, whatever it then does."""
+
+    write_action = "tasks:write"
+    authentication_classes = list(APIView.authentication_classes)  # the project defaults again
+    throttle_classes = list(APIView.throttle_classes)
+
+
 class BareFanout(AsyncJsonWebsocketConsumer):
     groups = [FANOUT_GROUP]
 
@@ -85,7 +97,11 @@ class BareFanout(AsyncJsonWebsocketConsumer):
         await self.send_json({"type": "event", "event": message["event"]})
 
 
-urlpatterns = [path("bench/bare-insert", BareInsert.as_view()), *hermes_urls.urlpatterns]
+urlpatterns = [
+    path("bench/bare-insert", BareInsert.as_view()),
+    path("bench/keyed-insert", KeyedInsert.as_view()),
+    *hermes_urls.urlpatterns,
+]
 handler404 = hermes_urls.handler404
 handler500 = hermes_urls.handler500
 

@@ -181,7 +181,7 @@ def _purge(queue: str) -> None:
         conn.default_channel.queue_purge(queue)
 
 
-def _throughput(env: dict[str, str], agent: Any, key: str) -> tuple[Load, Load]:
+def _throughput(env: dict[str, str], agent: Any, key: str, path: str = "/api/v1/tasks") -> tuple[Load, Load]:
     port = _free_port()
     base = f"http://127.0.0.1:{port}"
     args = [
@@ -200,7 +200,7 @@ def _throughput(env: dict[str, str], agent: Any, key: str) -> tuple[Load, Load]:
         asyncio.run(_load(f"{base}/bench/bare-insert", {"warm": True}, {}))  # warm both paths once
         bare = asyncio.run(_load(f"{base}/bench/bare-insert", {"input": "hello"}, {}))
         body = {"agent": str(agent.pk), "input": {"parts": [{"text": "hello"}]}}
-        tasks = asyncio.run(_load(f"{base}/api/v1/tasks", body, {"Authorization": f"Bearer {key}"}))
+        tasks = asyncio.run(_load(f"{base}{path}", body, {"Authorization": f"Bearer {key}"}))
     return bare, tasks
 
 
@@ -431,6 +431,8 @@ ABLATIONS = [
     ("quota", "without the two Redis quota counters"),
     ("enqueue,broadcast,audit,quota", "without all four"),
 ]
+# No task at all: the bare insert behind the API key, scope and request-quota checks every API request passes.
+KEYED_INSERT = ("/bench/keyed-insert", "no task: API key + scope + request quota, then the bare insert")
 
 
 def ablation() -> str:
@@ -446,13 +448,16 @@ def ablation() -> str:
         f"Submit throughput with parts of the path switched off ({CLIENTS} clients, gunicorn 2 sync workers, "
         f"{LOAD_SECONDS:g} s per side; load average {os.getloadavg()[0]:.1f} before).",
         "",
-        "| Variant | POST /api/v1/tasks | Bare insert, same server | Ratio |",
+        "| Variant | POST (the submit, or the keyed insert) | Bare insert, same server | Ratio |",
         "| --- | --- | --- | --- |",
     ]
     try:
-        for parts, label in ABLATIONS:
+        variants = [(parts, label, "/api/v1/tasks") for parts, label in ABLATIONS] + [
+            ("", KEYED_INSERT[1], KEYED_INSERT[0])
+        ]
+        for parts, label, path in variants:
             env = {**_server_env(queue), "HERMES_BENCH_WITHOUT": parts}
-            bare, submit = _throughput(env, agent, key)
+            bare, submit = _throughput(env, agent, key, path)
             Task.objects.unscoped("bench cleanup").filter(organization=org).delete()
             failed = f", {submit.errors} errors" if submit.errors else ""
             lines.append(
@@ -468,4 +473,5 @@ def ablation() -> str:
 if __name__ == "__main__":
     if sys.argv[1:] != ["--ablation"]:
         raise SystemExit("usage: python -m bench.tasks --ablation   (the benchmarks themselves: make bench)")
+    os.environ.setdefault("LOG_LEVEL", "WARNING")  # as `make bench`: no INFO line per request from the generator
     print(ablation())
