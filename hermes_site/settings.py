@@ -62,6 +62,7 @@ MIDDLEWARE = [
     "django_htmx.middleware.HtmxMiddleware",
     "apps.orgs.quotas.RateLimitHeadersMiddleware",
     "apps.core.console.ConsoleErrorMiddleware",
+    "apps.core.middleware.DatabaseUnavailableMiddleware",
     "django_prometheus.middleware.PrometheusAfterMiddleware",
 ]
 

@@ -164,6 +164,23 @@ def handler404(request: HttpRequest, exception: Exception | None = None) -> Http
     return _html_error(request, 404, "Page not found", "There is nothing here, or it belongs to another organization.")
 
 
+DATABASE_RETRY_AFTER_S = 5
+
+
+def database_unavailable(request: HttpRequest) -> HttpResponse:
+    """503 for a request that failed because the database cannot be reached: nothing was read or written."""
+    message = (
+        "The database is unreachable, so nothing was read or changed; "
+        f"retry in a few seconds (Retry-After: {DATABASE_RETRY_AFTER_S})."
+    )
+    if _is_api(request):
+        response: HttpResponse = json_error(request, "database_unavailable", message, 503)
+    else:
+        response = _html_error(None, 503, "Temporarily unavailable", message)
+    response["Retry-After"] = str(DATABASE_RETRY_AFTER_S)
+    return response
+
+
 def handler500(request: HttpRequest) -> HttpResponse:
     message = "Internal server error; the request id identifies it in the logs."
     if _is_api(request):

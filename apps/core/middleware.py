@@ -4,12 +4,14 @@ import logging
 import time
 from collections.abc import Callable
 
+from django.db import DatabaseError, InterfaceError, OperationalError, connections
 from django.http import HttpRequest, HttpResponse
 
 from apps.core import context
 from apps.core.metrics import ORG_API_REQUESTS
 
 REQUEST_ID_HEADER = "X-Request-ID"
+logger = logging.getLogger(__name__)
 request_log = logging.getLogger("hermes.request")
 # Probes and scrapes arrive every few seconds: their lines go to a sampled logger (apps.core.logging).
 probe_log = logging.getLogger("hermes.probes")
@@ -37,9 +39,14 @@ class RequestContextMiddleware:
 
     def process_view(self, request: HttpRequest, *args: object) -> None:
         # A signed-in person (session) is known once AuthenticationMiddleware ran; API keys bind in DRF auth.
-        user = getattr(request, "user", None)
-        if user is not None and user.is_authenticated:
-            context.bind(user_id=user.pk)
+        try:
+            user = getattr(request, "user", None)
+            if user is not None and user.is_authenticated:
+                context.bind(user_id=user.pk)
+        except DatabaseError:
+            # The session could not be read. Raised here it would skip every process_exception (a 500 for an
+            # outage); the view reads the user again and DatabaseUnavailableMiddleware answers that.
+            pass
 
     def _account(self, request: HttpRequest, response: HttpResponse, elapsed: float) -> None:
         org_id = context.get_context().get("org_id")
@@ -60,3 +67,37 @@ class RequestContextMiddleware:
                 "duration_ms": round(elapsed * 1000, 2),
             },
         )
+
+
+class DatabaseUnavailableMiddleware:
+    """A request that failed because the database is down answers 503 `database_unavailable` (JSON for the API,
+    the error page for the console) instead of a 500 with a traceback per request during an outage.
+
+    OperationalError also means a deadlock, a statement timeout or a locked SQLite file — real errors of a
+    reachable database. Those stay 500s: the answer is a 503 only when a fresh connection cannot be opened either."""
+
+    def __init__(self, get_response: Callable[[HttpRequest], HttpResponse]) -> None:
+        self.get_response = get_response
+
+    def __call__(self, request: HttpRequest) -> HttpResponse:
+        return self.get_response(request)
+
+    def process_exception(self, request: HttpRequest, exception: Exception) -> HttpResponse | None:
+        from apps.core.errors import database_unavailable
+
+        if not isinstance(exception, OperationalError | InterfaceError) or _database_reachable():
+            return None
+        logger.warning("database unreachable (%s): %s %s answered 503", exception, request.method, request.path)
+        return database_unavailable(request)
+
+
+def _database_reachable() -> bool:
+    connection = connections["default"]
+    if connection.connection is not None and connection.is_usable():
+        return True
+    try:
+        connection.close()  # the failed connection is of no use: try a new one (bounded by connect_timeout)
+        connection.ensure_connection()
+    except DatabaseError:
+        return False
+    return True

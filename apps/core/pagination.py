@@ -14,7 +14,7 @@ class CursorPagination(_Cursor):
     page_size_query_param = "page_size"
     max_page_size = 200
 
-    def get_page_size(self, request: Any) -> int:
+    def get_page_size(self, request: Any) -> int | None:
         # DRF ignores a page_size it cannot use and pages by the default, so a typo goes unnoticed; above the
         # maximum it still clamps (documented: "up to 200").
         raw = request.query_params.get(self.page_size_query_param)

@@ -1,0 +1,61 @@
+"""A request that fails because the database is unreachable answers 503 `database_unavailable`, not a 500."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+from django.contrib.sessions.backends.db import SessionStore
+from django.db import OperationalError
+from django.test import Client
+
+from apps.agents import selectors as agent_selectors
+from apps.core import middleware
+from apps.tasks.api import TaskViewSet
+
+pytestmark = pytest.mark.django_db
+
+
+def _refuse(*args: Any, **kwargs: Any) -> Any:
+    raise OperationalError('connection to server at "db" (10.0.0.5), port 5432 failed: Connection refused')
+
+
+@pytest.fixture
+def database_down(monkeypatch: Any) -> None:
+    # What the API and console views read first fails as it does when Postgres is gone, and so does a new
+    # connection (the middleware's check, which runs for real in the last test).
+    monkeypatch.setattr(TaskViewSet, "list", _refuse)
+    monkeypatch.setattr(agent_selectors, "org_agents", _refuse)
+    monkeypatch.setattr(middleware, "_database_reachable", lambda: False)
+
+
+def test_api_answers_503_with_the_reason_and_retry_after(client_for: Any, alice: Any, database_down: None) -> None:
+    response = client_for(alice).get("/api/v1/tasks")
+    assert response.status_code == 503 and response["Retry-After"] == "5"
+    error = response.json()["error"]
+    assert error["code"] == "database_unavailable" and "nothing was read or changed" in error["message"]
+
+
+def test_console_answers_a_503_page(client: Client, alice: Any, database_down: None, monkeypatch: Any) -> None:
+    client.force_login(alice)
+    # The first thing a signed-in page reads is the session, in a middleware (not in the view) — where an error
+    # skips every process_exception: this was a 500 with a traceback per page during an outage.
+    monkeypatch.setattr(SessionStore, "load", _refuse)
+    response = client.get("/tasks/")
+    assert response.status_code == 503 and response["Retry-After"] == "5"
+    assert "Temporarily unavailable" in response.content.decode()
+    assert client.get("/tasks/", headers={"HX-Request": "true"})["X-Hermes-Error"]  # htmx shows it as a toast
+
+
+def test_an_operational_error_of_a_reachable_database_stays_a_500(
+    client_for: Any, alice: Any, monkeypatch: Any
+) -> None:
+    # A deadlock or a statement timeout is a real error, not an outage: the database answers a fresh connection.
+    def deadlock(*args: Any, **kwargs: Any) -> Any:
+        raise OperationalError("deadlock detected")
+
+    monkeypatch.setattr(TaskViewSet, "list", deadlock)
+    client = client_for(alice)
+    client.raise_request_exception = False
+    assert client.get("/api/v1/tasks").status_code == 500
+    assert middleware._database_reachable()
