@@ -10,6 +10,7 @@ Consumers check `scope["access"]` and nothing else.
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 from urllib.parse import parse_qs
 
@@ -17,8 +18,11 @@ from channels.auth import AuthMiddlewareStack
 from channels.db import database_sync_to_async
 from channels.middleware import BaseMiddleware
 from channels.security.websocket import AllowedHostsOriginValidator
+from django.db import InterfaceError, OperationalError
 
 from apps.core import context
+
+logger = logging.getLogger(__name__)
 
 
 class _SessionRequest:
@@ -75,7 +79,46 @@ class AccessMiddleware(BaseMiddleware):
 
 
 def WebSocketAuthMiddleware(inner: Any) -> Any:
-    return AuthMiddlewareStack(AccessMiddleware(inner))
+    return DatabaseUnavailableGuard(AuthMiddlewareStack(AccessMiddleware(inner)))
+
+
+CLOSE_TRY_AGAIN_LATER = 1013  # RFC 6455: "try again later"
+
+
+class DatabaseUnavailableGuard:
+    """A socket that cannot be served because the database is unreachable (reading the session or key, the task,
+    its timeline) closes with 1013 and one warning line — the websocket twin of HTTP's 503
+    `database_unavailable` — instead of failing the handshake with a traceback on every reconnect attempt."""
+
+    def __init__(self, inner: Any) -> None:
+        self.inner = inner
+
+    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> Any:
+        state = {"connect_received": False, "accepted": False, "closed": False}
+
+        async def tracked_receive() -> Any:
+            message = await receive()
+            state["connect_received"] = state["connect_received"] or message["type"] == "websocket.connect"
+            return message
+
+        async def tracked_send(message: dict[str, Any]) -> None:
+            state["accepted"] = state["accepted"] or message["type"] == "websocket.accept"
+            state["closed"] = state["closed"] or message["type"] == "websocket.close"
+            await send(message)
+
+        try:
+            return await self.inner(scope, tracked_receive, tracked_send)
+        except (OperationalError, InterfaceError) as error:
+            logger.warning("websocket %s: database unreachable (%s); closed with 1013", scope.get("path"), error)
+            if state["closed"]:
+                return None
+            if not state["connect_received"]:
+                await receive()  # the handshake's websocket.connect, which nothing read yet
+            if not state["accepted"]:
+                # Accept, then close with the code: a close before accept is an HTTP 403 that carries none.
+                await send({"type": "websocket.accept"})
+            await send({"type": "websocket.close", "code": CLOSE_TRY_AGAIN_LATER})
+            return None
 
 
 class OriginCheckUnlessAPIKey:

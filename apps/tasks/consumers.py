@@ -19,7 +19,8 @@ Messages sent to clients (JSON):
 state change of the org's tasks.
 
 Close codes: 4400 `?after` is not a non-negative integer, 4401 not signed in, 4403 missing `tasks:read`, 4404 no
-such task in the caller's org (or no such socket path), 1012 reconnect: the socket was opened while Redis was out
+such task in the caller's org (or no such socket path), 1013 the database is unreachable: retry later
+(hermes_site.ws_auth.DatabaseUnavailableGuard), 1012 reconnect: the socket was opened while Redis was out
 and followed the database; live messages are back (reconnect with `?after=<last seq>` to miss nothing).
 """
 

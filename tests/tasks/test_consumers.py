@@ -13,6 +13,7 @@ from asgiref.sync import async_to_sync
 from channels.db import database_sync_to_async
 from channels.layers import channel_layers
 from channels.routing import URLRouter
+from django.db import OperationalError
 from django.test import Client
 
 from apps.tasks import actions, broadcast
@@ -130,6 +131,24 @@ def test_bad_paths_and_cursors_close_with_a_code(alice: Any, task: Any, path: st
         ws = communicator(path.format(task=task.pk), alice)
         connected, close_code = await ws.connect()
         assert not connected and close_code == code
+
+    async_to_sync(scenario)()
+
+
+@pytest.mark.parametrize("fails", ["apps.orgs.selectors.session_access", "apps.tasks.consumers.task_for_org"])
+def test_a_dead_database_closes_the_socket_with_1013(alice: Any, task: Any, monkeypatch: Any, fails: str) -> None:
+    """Reading the socket's access (auth middleware) or its task (consumer) fails as with Postgres gone: the
+    socket is closed with 1013 "try again later" (the console reconnects), not failed at the handshake."""
+
+    def refuse(*args: Any, **kwargs: Any) -> Any:
+        raise OperationalError("connection to server failed: Connection refused")
+
+    monkeypatch.setattr(fails, refuse)
+
+    async def scenario() -> None:
+        ws = communicator(f"/ws/tasks/{task.pk}/", alice)
+        connected, close_code = await ws.connect()
+        assert not connected and close_code == 1013
 
     async_to_sync(scenario)()
 
