@@ -195,6 +195,20 @@
 
   function initTaskList(root) {
     var refreshed = false;
+    // The newest status heard per task ({state, seq}). A refresh that was read before a status message arrived
+    // can land after it: its rows then show an older state, which this puts right after every swap (rows carry
+    // the task's last_seq as the server rendered it, so a fresher row is never set back either).
+    var latest = {};
+    function apply(id) {
+      var badge = root.querySelector('[data-task-row="' + id + '"] [data-task-state]');
+      if (!badge) { return false; }
+      if (latest[id].seq > Number(badge.getAttribute("data-seq") || 0)) {
+        setBadge(badge, latest[id].state);
+        badge.setAttribute("data-seq", String(latest[id].seq));
+      }
+      return true;
+    }
+    root.addEventListener("htmx:afterSwap", function () { Object.keys(latest).forEach(apply); });
     // The connection indicator may live outside the refreshed area (data-live-status="#selector").
     var statusRoot = document.querySelector(root.getAttribute("data-live-status") || "") || root;
     function refresh() {
@@ -210,8 +224,9 @@
         },
         onMessage: function (msg) {
           if (msg.type !== "task.status" || !msg.task) { return; }
-          var badge = root.querySelector('[data-task-row="' + msg.task.id + '"] [data-task-state]');
-          if (badge) { setBadge(badge, msg.task.state); } else { refresh(); }
+          var id = msg.task.id, seq = Number(msg.task.last_seq || 0);
+          if (!latest[id] || seq >= latest[id].seq) { latest[id] = { state: msg.task.state, seq: seq }; }
+          if (!apply(id)) { refresh(); }
         }
       }
     );

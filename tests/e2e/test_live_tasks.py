@@ -80,6 +80,55 @@ def test_send_from_the_console_and_through_the_api(
     assert "hello from the API" in page.locator("[data-events]").inner_text()
 
 
+def test_a_refresh_read_before_the_last_status_does_not_set_the_list_back(
+    page: Any, hermes_server: Any, org: Any, bob: Any, demo_agents: dict[str, Any]
+) -> None:
+    """The status of a task the list does not show yet makes it refresh; when "completed" arrives while that
+    refresh is in flight, the refreshed rows were read before it. Here the refresh is held until the task is done
+    and then answered with the list as it was read at "submitted": the row must still end up completed."""
+    from tests.factories import issue_api_key
+
+    _, plaintext = issue_api_key(bob, org, scopes=["tasks:read", "tasks:write"])
+    sign_in(page, bob.email)
+    page.goto("/tasks/")
+    page.locator('[data-live-label]:text("Live")').wait_for()
+    held: list[Any] = []
+    page.route(
+        re.compile(r"/tasks/(\?.*)?$"),
+        lambda route: held.append(route) if route.request.headers.get("hx-request") else route.continue_(),
+    )
+    response = httpx.post(
+        hermes_server.url("/api/v1/tasks"),
+        headers={"Authorization": f"Bearer {plaintext}"},
+        json={"agent": str(demo_agents["echo"].pk), "input": {"parts": [{"text": "race"}]}},
+        timeout=10,
+    )
+    task_id = response.json()["id"]
+    deadline = time.monotonic() + 30
+    while (
+        httpx.get(
+            hermes_server.url(f"/api/v1/tasks/{task_id}"), headers={"Authorization": f"Bearer {plaintext}"}, timeout=10
+        ).json()["status"]
+        != "completed"
+    ):
+        assert time.monotonic() < deadline, "the echo task did not complete"
+        page.wait_for_timeout(100)
+    page.wait_for_timeout(1000)  # the page hears "completed" (a socket message) while the refresh is held
+    assert held, "the list did not refresh for the new task"
+    stale = held[0].fetch()
+    row = re.compile(r'(<tr data-task-row="' + task_id + r'">.*?</tr>)', re.S)
+    body = row.sub(
+        lambda m: re.sub(r'data-seq="\d+"', 'data-seq="1"', m.group(1)).replace("completed", "submitted"),
+        stale.text(),
+    )
+    assert 'data-state="submitted"' in body
+    held[0].fulfill(response=stale, body=body)
+    badge = page.locator(f'[data-task-row="{task_id}"] [data-task-state]')
+    badge.wait_for()
+    page.locator(f'[data-task-row="{task_id}"] [data-task-state][data-state="completed"]').wait_for(timeout=5_000)
+    page.unroute_all(behavior="ignoreErrors")
+
+
 def test_timeline_resumes_after_a_dropped_socket_and_cancel_stops_the_slow_agent(
     browser: Any,
     page: Any,
