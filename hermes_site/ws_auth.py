@@ -109,7 +109,8 @@ class DatabaseUnavailableGuard:
         try:
             return await self.inner(scope, tracked_receive, tracked_send)
         except (OperationalError, InterfaceError) as error:
-            logger.warning("websocket %s: database unreachable (%s); closed with 1013", scope.get("path"), error)
+            # Mostly an outage; a deadlock would land here too, and "try again later" is right for both.
+            logger.warning("websocket %s: database error (%s); closed with 1013", scope.get("path"), error)
             if state["closed"]:
                 return None
             if not state["connect_received"]:
