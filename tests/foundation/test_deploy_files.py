@@ -1,0 +1,53 @@
+"""The deploy files agree with each other: docker-compose.yml cannot run where Hermes is built (no Docker engine),
+so what can drift silently is pinned here. The nginx configuration itself is exercised by hand in front of real
+servers (docs/deploy.md "Docker Compose")."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+ROOT = Path(__file__).resolve().parents[2]
+APP_SERVICES = ("web", "websocket", "worker", "beat")
+
+
+def compose() -> dict[str, Any]:
+    return dict(yaml.safe_load((ROOT / "docker-compose.yml").read_text()))
+
+
+def test_compose_runs_every_procfile_process_after_migrations() -> None:
+    services = compose()["services"]
+    procfile = dict(line.split(":", 1) for line in (ROOT / "Procfile").read_text().splitlines() if line.strip())
+    for name in APP_SERVICES:
+        program = re.sub(r"^(\w+=\S+ )+", "", procfile[name].strip()).split()[0]
+        assert services[name]["command"].split()[0] == program, name
+        assert services[name]["depends_on"]["migrate"] == {"condition": "service_completed_successfully"}, name
+    assert services["migrate"]["command"] == "python manage.py migrate --noinput"
+    assert "migrate" not in services["migrate"]["depends_on"]
+
+
+def test_the_proxy_routes_what_needs_asgi_to_the_websocket_process() -> None:
+    conf = (ROOT / "deploy" / "nginx.conf").read_text()
+    upstream = {name: target for name, target in re.findall(r"upstream (\w+)\s*\{\s*server ([\w.:]+);", conf)}
+    routes = dict(re.findall(r"location (?:~ )?(\S+) \{[^}]*?proxy_pass http://(\w+);", conf))
+    assert upstream["hermes_web"] == "web:8000" and upstream["hermes_ws"] == "websocket:8001"
+    assert routes == {
+        "/ws/": "hermes_ws",
+        "/demo-agents/": "hermes_ws",
+        "^/api/v1/tasks/[^/]+/stream$": "hermes_ws",
+        "/": "hermes_web",
+    }
+    # Containers reach the demo agents at HERMES_PUBLIC_URL: the proxy must listen on its port under its alias.
+    proxy = compose()["services"]["proxy"]
+    public = compose()["x-hermes"]["environment"]["HERMES_PUBLIC_URL"]
+    found = re.search(r"http://([\w.]+):(\d+)", public)
+    assert found, public
+    host, port = found.groups()
+    assert f"listen {port};" in conf and proxy["ports"] == [f"{port}:{port}"]
+    assert host in proxy["networks"]["default"]["aliases"]
+    assert (
+        proxy["networks"]["default"]["ipv4_address"] == compose()["x-hermes"]["environment"]["HERMES_TRUSTED_PROXIES"]
+    )
