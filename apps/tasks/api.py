@@ -59,12 +59,13 @@ def _non_negative_int(value: str | None, name: str) -> int:
     return number
 
 
-def _is_uuid(value: str) -> bool:
+def _not_an_agent_id(value: str) -> str | None:
+    """What is wrong with an `agent` value that is no id at all; None for a well-formed one."""
     try:
         uuid.UUID(value)
     except ValueError:
-        return False
-    return True
+        return f"'{value[:64]}' is not an agent id (a UUID); GET /api/v1/agents lists your agents."
+    return None
 
 
 def _too_large(size: int, limit: int) -> HermesAPIError:
@@ -104,11 +105,7 @@ class _SendTask:
         if agent is None:
             # 404 whatever the reason (another org's private agent must look like a missing one); what a caller
             # can fix without learning anything, a value that is no id at all, is said.
-            reason = (
-                "Unknown agent."
-                if _is_uuid(data["agent"])
-                else (f"'{data['agent']}' is not an agent id (a UUID); GET /api/v1/agents lists your agents.")
-            )
+            reason = _not_an_agent_id(data["agent"]) or "Unknown agent."
             raise HermesAPIError(
                 "Agent not found.", code="agent_not_found", status_code=404, details={"agent": [reason]}
             )
@@ -145,10 +142,10 @@ class TaskViewSet(  # type: ignore[misc]
                 errors["status"] = [f"One of: {', '.join(STATUS_CHOICES)}."]
             queryset = queryset.filter(state=state)
         if agent := params.get("agent"):
-            try:
-                queryset = queryset.filter(agent_id=uuid.UUID(agent))
-            except ValueError:
-                errors["agent"] = [f"'{agent[:64]}' is not an agent id (a UUID)."]
+            if problem := _not_an_agent_id(agent):
+                errors["agent"] = [problem]
+            else:
+                queryset = queryset.filter(agent_id=agent)
         if errors:
             raise HermesAPIError("Invalid filter; see details.", code="invalid", details=errors)
         return queryset

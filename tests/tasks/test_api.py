@@ -137,7 +137,7 @@ def test_list_filters_and_pins_queries(
     assert bad.status_code == 400
     assert bad.json()["error"]["details"] == {
         "status": ["One of: submitted, working, input-required, auth-required, completed, failed, canceled, rejected."],
-        "agent": ["'echo' is not an agent id (a UUID)."],
+        "agent": ["'echo' is not an agent id (a UUID); GET /api/v1/agents lists your agents."],
     }
 
 
