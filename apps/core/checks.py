@@ -120,6 +120,22 @@ def probe_database() -> Probe:
     return timed_probe("database", run, "check DATABASE_URL and that the server runs; then `python manage.py migrate`")
 
 
+def database_reachable() -> bool:
+    """After an OperationalError: is the database reachable at all (a fresh connection opens)? False means an
+    outage; True means the error was the database's answer (a deadlock, a timeout, a locked SQLite file)."""
+    from django.db import DatabaseError, connections
+
+    connection = connections["default"]
+    if connection.connection is not None and connection.is_usable():
+        return True
+    try:
+        connection.close()  # the failed connection is of no use: try a new one (bounded by connect_timeout)
+        connection.ensure_connection()
+    except DatabaseError:
+        return False
+    return True
+
+
 def probe_redis() -> Probe:
     def run() -> ProbeResult:
         client = redis_client()

@@ -4,10 +4,10 @@ import logging
 import time
 from collections.abc import Callable
 
-from django.db import DatabaseError, InterfaceError, OperationalError, connections
+from django.db import DatabaseError, InterfaceError, OperationalError
 from django.http import HttpRequest, HttpResponse
 
-from apps.core import context
+from apps.core import checks, context
 from apps.core.metrics import ORG_API_REQUESTS
 
 REQUEST_ID_HEADER = "X-Request-ID"
@@ -85,19 +85,7 @@ class DatabaseUnavailableMiddleware:
     def process_exception(self, request: HttpRequest, exception: Exception) -> HttpResponse | None:
         from apps.core.errors import database_unavailable
 
-        if not isinstance(exception, OperationalError | InterfaceError) or _database_reachable():
+        if not isinstance(exception, OperationalError | InterfaceError) or checks.database_reachable():
             return None
         logger.warning("database unreachable (%s): %s %s answered 503", exception, request.method, request.path)
         return database_unavailable(request)
-
-
-def _database_reachable() -> bool:
-    connection = connections["default"]
-    if connection.connection is not None and connection.is_usable():
-        return True
-    try:
-        connection.close()  # the failed connection is of no use: try a new one (bounded by connect_timeout)
-        connection.ensure_connection()
-    except DatabaseError:
-        return False
-    return True

@@ -10,7 +10,7 @@ from django.db import OperationalError
 from django.test import Client
 
 from apps.agents import selectors as agent_selectors
-from apps.core import middleware
+from apps.core import checks
 from apps.tasks.api import TaskViewSet
 
 pytestmark = pytest.mark.django_db
@@ -26,7 +26,7 @@ def database_down(monkeypatch: Any) -> None:
     # connection (the middleware's check, which runs for real in the last test).
     monkeypatch.setattr(TaskViewSet, "list", _refuse)
     monkeypatch.setattr(agent_selectors, "org_agents", _refuse)
-    monkeypatch.setattr(middleware, "_database_reachable", lambda: False)
+    monkeypatch.setattr(checks, "database_reachable", lambda: False)
 
 
 def test_api_answers_503_with_the_reason_and_retry_after(client_for: Any, alice: Any, database_down: None) -> None:
@@ -58,4 +58,26 @@ def test_an_operational_error_of_a_reachable_database_stays_a_500(
     client = client_for(alice)
     client.raise_request_exception = False
     assert client.get("/api/v1/tasks").status_code == 500
-    assert middleware._database_reachable()
+    assert checks.database_reachable()
+
+
+def test_an_operator_command_says_the_database_is_unreachable(monkeypatch: Any) -> None:
+    from django.core.management import call_command
+    from django.core.management.base import CommandError
+
+    from apps.federation.models import Outbox
+
+    monkeypatch.setattr(Outbox, "objects", _Refusing())  # what the command reads first fails as without Postgres
+    monkeypatch.setattr(checks, "database_reachable", lambda: False)
+    with pytest.raises(CommandError, match=r"The database is unreachable \(connection to server .*nothing was changed"):
+        call_command("federation_dlq", "list")
+    monkeypatch.setattr(checks, "database_reachable", lambda: True)  # the database's own answer: raised as it is
+    with pytest.raises(OperationalError):
+        call_command("federation_dlq", "list")
+
+
+class _Refusing:
+    """A manager every method of which fails like a connection to a database that is gone."""
+
+    def __getattr__(self, name: str) -> Any:
+        return _refuse

@@ -1,11 +1,12 @@
 from typing import Any
 
-from django.core.management.base import BaseCommand, CommandError
+from django.core.management.base import CommandError
 
+from apps.core.management.base import HermesCommand
 from apps.core.startup import print_summary
 
 
-class Command(BaseCommand):
+class Command(HermesCommand):
     help = "Print the startup summary (configuration, dependencies, warnings); exit 1 when a dependency is down."
 
     def handle(self, *args: Any, **options: Any) -> None:

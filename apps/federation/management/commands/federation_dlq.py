@@ -12,15 +12,16 @@ import json
 import uuid
 from typing import Any
 
-from django.core.management.base import BaseCommand, CommandError, CommandParser
+from django.core.management.base import CommandError, CommandParser
 from django.db.models import QuerySet
 
+from apps.core.management.base import HermesCommand
 from apps.federation import actions
 from apps.federation.models import DeliveryAttempt, Outbox, OutboxStatus
 from apps.orgs.models import Organization
 
 
-class Command(BaseCommand):
+class Command(HermesCommand):
     help = "List, inspect, requeue or discard dead-lettered federation messages."
 
     def add_arguments(self, parser: CommandParser) -> None:

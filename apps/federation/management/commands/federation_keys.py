@@ -10,15 +10,16 @@ from __future__ import annotations
 
 from typing import Any
 
-from django.core.management.base import BaseCommand, CommandError, CommandParser
+from django.core.management.base import CommandError, CommandParser
 
 from apps.core.errors import HermesAPIError
+from apps.core.management.base import HermesCommand
 from apps.federation import actions
 from apps.federation.models import LinkKey, Peer
 from apps.federation.signing import decode_secret, encode_secret
 
 
-class Command(BaseCommand):
+class Command(HermesCommand):
     help = "List, add, promote and retire the HMAC keys of a federation link."
 
     def add_arguments(self, parser: CommandParser) -> None:

@@ -10,14 +10,15 @@ from __future__ import annotations
 from typing import Any
 
 from django.core.exceptions import ValidationError
-from django.core.management.base import BaseCommand, CommandError, CommandParser
+from django.core.management.base import CommandError, CommandParser
 
 from apps.core.errors import HermesAPIError
+from apps.core.management.base import HermesCommand
 from apps.federation import actions
 from apps.federation.models import Peer, PeerStatus
 
 
-class Command(BaseCommand):
+class Command(HermesCommand):
     help = "Add, list, enable or disable federation peers."
 
     def add_arguments(self, parser: CommandParser) -> None:

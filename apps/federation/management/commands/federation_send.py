@@ -12,15 +12,16 @@ import json
 import time
 from typing import Any
 
-from django.core.management.base import BaseCommand, CommandError, CommandParser
+from django.core.management.base import CommandError, CommandParser
 
 from apps.core.errors import HermesAPIError
+from apps.core.management.base import HermesCommand
 from apps.federation import actions
 from apps.federation.models import MessageType
 from apps.orgs.models import Organization
 
 
-class Command(BaseCommand):
+class Command(HermesCommand):
     help = "Send one or more federation messages as an org."
 
     def add_arguments(self, parser: CommandParser) -> None:

@@ -2,12 +2,13 @@ from pathlib import Path
 from typing import Any
 
 from django.conf import settings
-from django.core.management.base import BaseCommand, CommandError, CommandParser
+from django.core.management.base import CommandError, CommandParser
 
+from apps.core.management.base import HermesCommand
 from apps.ops.backup import BackupError, Database, backup
 
 
-class Command(BaseCommand):
+class Command(HermesCommand):
     help = "Back up the database: pg_dump (custom format) or SQLite online backup, plus a verifiable manifest."
 
     def add_arguments(self, parser: CommandParser) -> None:

@@ -1,12 +1,13 @@
 import json
 from typing import Any
 
-from django.core.management.base import BaseCommand, CommandError, CommandParser
+from django.core.management.base import CommandError, CommandParser
 
 from apps.core.checks import health_report
+from apps.core.management.base import HermesCommand
 
 
-class Command(BaseCommand):
+class Command(HermesCommand):
     help = "Print the health breakdown (same as GET /api/v1/health); exit 1 when not ready."
 
     def add_arguments(self, parser: CommandParser) -> None:

@@ -1,13 +1,14 @@
 from pathlib import Path
 from typing import Any
 
-from django.core.management.base import BaseCommand, CommandError, CommandParser
+from django.core.management.base import CommandError, CommandParser
 
 from apps.core.guards import refuse_in_production
+from apps.core.management.base import HermesCommand
 from apps.ops.backup import BackupError, Database, iter_report, load_manifest, restore, verify
 
 
-class Command(BaseCommand):
+class Command(HermesCommand):
     help = (
         "Restore a backup into a fresh database and verify it against its manifest (schema, row counts, digests). "
         "The target defaults to this instance's database and must have no tables unless --force."

@@ -1,10 +1,10 @@
 from typing import Any
 
 from django.contrib.auth import get_user_model
-from django.core.management.base import BaseCommand
 from django.db import transaction
 
 from apps.agents.actions import assign_demo_agents
+from apps.core.management.base import HermesCommand
 from apps.federation.actions import set_policy
 from apps.federation.models import Effect
 from apps.orgs.actions import create_organization
@@ -18,7 +18,7 @@ DEMO_ORG = "demo"
 PARTNER_ORG = "partner"
 
 
-class Command(BaseCommand):
+class Command(HermesCommand):
     help = "Create the demo user and org (idempotent: re-running changes nothing)."
 
     @transaction.atomic
