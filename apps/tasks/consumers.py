@@ -40,7 +40,7 @@ from channels.consumer import get_handler_name
 from channels.db import database_sync_to_async
 from channels.generic.websocket import AsyncJsonWebsocketConsumer
 from django.conf import settings
-from django.db import close_old_connections
+from django.db import DatabaseError, close_old_connections
 
 from apps.core.checks import probe_redis
 from apps.core.metrics import WEBSOCKET_CONNECTIONS
@@ -301,6 +301,8 @@ class TaskTimelineConsumer(_ConsumerBase, AsyncJsonWebsocketConsumer):
                 if progress is not None and progress[1] > self.last_seq:
                     async with self.lock:
                         await self._catch_up()
+            except DatabaseError as exc:  # an outage: the next interval tries again; no traceback every few seconds
+                logger.warning("task %s: resync skipped, database error: %s", self.task_id, exc)
             except Exception:
                 logger.exception("task %s: resync failed", self.task_id)
 

@@ -227,6 +227,39 @@ def test_dropped_message_is_backfilled_from_the_database(
     assert dropped == [3, 6]
 
 
+def test_the_resync_rides_out_a_database_outage(
+    alice: Any, task: Any, monkeypatch: Any, fast_resync: None, caplog: Any
+) -> None:
+    """Live messages are lost and the first resync reads fail as with Postgres gone: each failure is one warning
+    line, and a later resync still delivers the event."""
+    from apps.tasks import consumers
+
+    real_progress = consumers.task_progress
+    failures = [OperationalError("connection to server failed: Connection refused")] * 2
+
+    def flaky_progress(*args: Any) -> Any:
+        if failures:
+            raise failures.pop()
+        return real_progress(*args)
+
+    monkeypatch.setattr(consumers, "task_progress", flaky_progress)
+    monkeypatch.setattr(broadcast, "publish", lambda *args, **kwargs: False)
+
+    async def scenario() -> None:
+        ws = communicator(f"/ws/tasks/{task.pk}/", alice)
+        await ws.connect()
+        await receive_until(ws, lambda f: f["type"] == "synced")
+        await record(task, [Observation(kind="progress", data={"n": 1})])
+        assert seqs(await receive_until(ws, is_event(3), timeout=10)) == [3]
+        await ws.disconnect()
+
+    async_to_sync(scenario)()
+    assert not failures  # both outage reads happened before the delivery
+    skipped = [r for r in caplog.records if "resync skipped, database error" in r.getMessage()]
+    assert len(skipped) >= 1 and all(r.levelname == "WARNING" and not r.exc_info for r in skipped)
+    assert not [r for r in caplog.records if "resync failed" in r.getMessage()]
+
+
 def test_presence_joins_and_leaves(alice: Any, bob: Any, task: Any) -> None:
     def presence(f: dict[str, Any]) -> bool:
         return f["type"] == "presence"
