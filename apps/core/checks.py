@@ -136,6 +136,14 @@ def database_reachable() -> bool:
     return True
 
 
+def is_database_outage(error: BaseException) -> bool:
+    """Whether `error` means the database cannot be reached at all (the API's 503, a command's one-line error),
+    as opposed to an error the database answered with."""
+    from django.db import InterfaceError, OperationalError
+
+    return isinstance(error, OperationalError | InterfaceError) and not database_reachable()
+
+
 def probe_redis() -> Probe:
     def run() -> ProbeResult:
         client = redis_client()

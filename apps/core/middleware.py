@@ -4,7 +4,7 @@ import logging
 import time
 from collections.abc import Callable
 
-from django.db import DatabaseError, InterfaceError, OperationalError
+from django.db import DatabaseError
 from django.http import HttpRequest, HttpResponse
 
 from apps.core import checks, context
@@ -85,7 +85,7 @@ class DatabaseUnavailableMiddleware:
     def process_exception(self, request: HttpRequest, exception: Exception) -> HttpResponse | None:
         from apps.core.errors import database_unavailable
 
-        if not isinstance(exception, OperationalError | InterfaceError) or checks.database_reachable():
+        if not checks.is_database_outage(exception):
             return None
         logger.warning("database unreachable (%s): %s %s answered 503", exception, request.method, request.path)
         return database_unavailable(request)

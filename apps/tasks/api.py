@@ -2,20 +2,20 @@
 
 from __future__ import annotations
 
-import uuid
 from datetime import timedelta
 from typing import Any
 
 from django.conf import settings
 from django.core.handlers.asgi import ASGIRequest
 from django.db.models import QuerySet
-from django.http import StreamingHttpResponse
+from django.http import Http404, StreamingHttpResponse
 from drf_spectacular.utils import OpenApiParameter, extend_schema
 from rest_framework import mixins, renderers, status
 from rest_framework.decorators import action
 from rest_framework.request import Request
 from rest_framework.response import Response
 
+from apps.agents import selectors as agent_selectors
 from apps.core.api import OrgScopedViewSet
 from apps.core.errors import Conflict, HermesAPIError
 from apps.core.idempotency import IdempotentCreateMixin
@@ -62,8 +62,8 @@ def _non_negative_int(value: str | None, name: str) -> int:
 def _not_an_agent_id(value: str) -> str | None:
     """What is wrong with an `agent` value that is no id at all; None for a well-formed one."""
     try:
-        uuid.UUID(value)
-    except ValueError:
+        agent_selectors.as_uuid(value)
+    except Http404:
         return f"'{value[:64]}' is not an agent id (a UUID); GET /api/v1/agents lists your agents."
     return None
 

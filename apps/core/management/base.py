@@ -5,7 +5,6 @@ from __future__ import annotations
 from typing import Any
 
 from django.core.management.base import BaseCommand, CommandError
-from django.db import InterfaceError, OperationalError
 
 from apps.core import checks
 
@@ -17,9 +16,9 @@ class HermesCommand(BaseCommand):
     def execute(self, *args: Any, **options: Any) -> Any:
         try:
             return super().execute(*args, **options)
-        except (OperationalError, InterfaceError) as error:
-            if checks.database_reachable():
-                raise  # the database answered with this error: the traceback is the information
+        except Exception as error:
+            if not checks.is_database_outage(error):
+                raise  # anything else, an error the database answered with included: the traceback informs
             raise CommandError(
                 f"The database is unreachable ({str(error).splitlines()[0]}); nothing was changed. Check "
                 "DATABASE_URL and that the server runs (`python manage.py doctor`)."
