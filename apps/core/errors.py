@@ -187,3 +187,17 @@ def handler500(request: HttpRequest) -> HttpResponse:
         return json_error(request, "server_error", message, 500)
     request_id = getattr(request, "request_id", "")
     return _html_error(None, 500, "Something went wrong", f"{message} Request id: {request_id}".strip())
+
+
+def whole_number(raw: str | None, name: str, *, default: int, minimum: int = 0, maximum: int | None = None) -> int:
+    """An integer query parameter (or header) of the API: `default` when absent or empty, at most `maximum`
+    (a larger value is clamped, as documented), and a 400 naming the parameter when it is no whole number or is
+    below `minimum` — DRF would otherwise ignore such a value, or `int()` would raise a 500."""
+    if raw is None or raw == "":
+        return default
+    if not (raw.isascii() and raw.isdigit() and int(raw) >= minimum):
+        bound = f"from {minimum} to {maximum}" if maximum is not None else f"of at least {minimum}"
+        raise HermesAPIError(
+            f"'{name}' must be a whole number {bound}.", code="invalid", details={name: [f"A whole number {bound}."]}
+        )
+    return int(raw) if maximum is None else min(int(raw), maximum)

@@ -4,7 +4,7 @@ from rest_framework import exceptions
 from rest_framework.pagination import Cursor
 from rest_framework.pagination import CursorPagination as _Cursor
 
-from apps.core.errors import HermesAPIError
+from apps.core.errors import HermesAPIError, whole_number
 
 
 class CursorPagination(_Cursor):
@@ -14,19 +14,16 @@ class CursorPagination(_Cursor):
     page_size_query_param = "page_size"
     max_page_size = 200
 
-    def get_page_size(self, request: Any) -> int | None:
+    def get_page_size(self, request: Any) -> int:
         # DRF ignores a page_size it cannot use and pages by the default, so a typo goes unnoticed; above the
         # maximum it still clamps (documented: "up to 200").
-        raw = request.query_params.get(self.page_size_query_param)
-        if raw is None:
-            return self.page_size
-        if not (raw.isascii() and raw.isdigit() and int(raw) >= 1):
-            raise HermesAPIError(
-                f"'page_size' must be a whole number from 1 to {self.max_page_size}.",
-                code="invalid",
-                details={self.page_size_query_param: [f"A whole number from 1 to {self.max_page_size}."]},
-            )
-        return min(int(raw), self.max_page_size)
+        return whole_number(
+            request.query_params.get(self.page_size_query_param),
+            self.page_size_query_param,
+            default=self.page_size or self.max_page_size,  # PAGE_SIZE is always set (50)
+            minimum=1,
+            maximum=self.max_page_size,
+        )
 
     def decode_cursor(self, request: Any) -> Cursor | None:
         # DRF answers a cursor it cannot decode with 404 "Invalid cursor", which reads as "the list is gone". It is

@@ -15,7 +15,7 @@ from rest_framework.response import Response
 from rest_framework.views import APIView
 
 from apps.core.api import OrgScopedMixin, OrgScopedViewSet, describe, require_action
-from apps.core.errors import HermesAPIError
+from apps.core.errors import HermesAPIError, whole_number
 from apps.core.idempotency import idempotent
 from apps.core.permissions import Access
 from apps.orgs import actions, quotas
@@ -327,10 +327,5 @@ class UsageView(OrgScopedMixin, APIView):  # type: ignore[misc]
         responses={200: OpenApiTypes.OBJECT},
     )
     def get(self, request: Request) -> Response:
-        try:
-            days = min(35, max(1, int(request.query_params.get("days", 7))))
-        except ValueError:
-            raise HermesAPIError(
-                "days must be an integer", code="invalid", details={"days": ["A whole number from 1 to 35."]}
-            ) from None
+        days = whole_number(request.query_params.get("days"), "days", default=7, minimum=1, maximum=35)
         return Response(quotas.usage(self.org, days=days))

@@ -17,7 +17,7 @@ from rest_framework.response import Response
 
 from apps.agents import selectors as agent_selectors
 from apps.core.api import OrgScopedViewSet
-from apps.core.errors import Conflict, HermesAPIError
+from apps.core.errors import Conflict, HermesAPIError, whole_number
 from apps.core.idempotency import IdempotentCreateMixin
 from apps.tasks import actions, selectors
 from apps.tasks.models import Task
@@ -43,20 +43,6 @@ class EventStreamRenderer(renderers.BaseRenderer):
 
     def render(self, data: Any, accepted_media_type: str | None = None, renderer_context: Any = None) -> bytes:
         return renderers.JSONRenderer().render(data)
-
-
-def _non_negative_int(value: str | None, name: str) -> int:
-    if value in (None, ""):
-        return 0
-    try:
-        number = int(value)
-    except ValueError:
-        number = -1
-    if number < 0:
-        raise HermesAPIError(
-            f"'{name}' must be a non-negative integer.", code="invalid", details={name: ["A non-negative integer."]}
-        )
-    return number
 
 
 def _not_an_agent_id(value: str) -> str | None:
@@ -188,9 +174,15 @@ class TaskViewSet(  # type: ignore[misc]
     def events(self, request: Request, pk: str | None = None) -> Response:
         """The task's timeline in order; page with `after=<last seq seen>`."""
         task = self.get_object()
-        after = _non_negative_int(request.query_params.get("after"), "after")
-        limit = _non_negative_int(request.query_params.get("limit"), "limit") or selectors.EVENT_PAGE
-        events = selectors.events_after(task, after, min(limit, selectors.EVENT_PAGE))
+        after = whole_number(request.query_params.get("after"), "after", default=0)
+        limit = whole_number(
+            request.query_params.get("limit"),
+            "limit",
+            default=selectors.EVENT_PAGE,
+            minimum=1,
+            maximum=selectors.EVENT_PAGE,
+        )
+        events = selectors.events_after(task, after, limit)
         return Response(
             {
                 "task_id": str(task.pk),
@@ -209,8 +201,9 @@ class TaskViewSet(  # type: ignore[misc]
     def stream(self, request: Request, pk: str | None = None) -> StreamingHttpResponse:
         """Server-Sent Events: the timeline so far, then live events; resume with `Last-Event-ID`."""
         task = self.get_object()
-        after = _non_negative_int(
-            request.headers.get("Last-Event-ID") or request.query_params.get("after"), "Last-Event-ID"
+        resume = request.headers.get("Last-Event-ID")
+        after = whole_number(
+            resume or request.query_params.get("after"), "Last-Event-ID" if resume else "after", default=0
         )
         cursor = TimelineCursor(task.pk, task.organization_id, after)
         frames = cursor.async_frames() if isinstance(request._request, ASGIRequest) else cursor.sync_frames()

@@ -149,7 +149,14 @@ def test_events_after(client_for: Any, alice: Any, agent: Any) -> None:
     assert [e["seq"] for e in body["results"]] == [3, 4, 5] and body["last_seq"] == 5
     page = client.get(f"/api/v1/tasks/{task.pk}/events?limit=2").json()
     assert [e["seq"] for e in page["results"]] == [1, 2] and page["next_after"] == 2
-    assert client.get(f"/api/v1/tasks/{task.pk}/events?after=-1").status_code == 400
+    for query, name, bound in (("after=-1", "after", "of at least 0"), ("limit=0", "limit", "from 1 to 500")):
+        error = client.get(f"/api/v1/tasks/{task.pk}/events?{query}").json()["error"]
+        assert error["message"] == f"'{name}' must be a whole number {bound}."
+    assert len(client.get(f"/api/v1/tasks/{task.pk}/events?limit=9999").json()["results"]) == 5  # clamped to 500
+    stream = client.get(f"/api/v1/tasks/{task.pk}/stream", HTTP_LAST_EVENT_ID="x")
+    assert stream.status_code == 400 and stream.json()["error"]["details"] == {
+        "Last-Event-ID": ["A whole number of at least 0."]
+    }
 
 
 def test_cancel_and_follow_up(client_for: Any, alice: Any, agent: Any) -> None:

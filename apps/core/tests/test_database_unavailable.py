@@ -81,3 +81,24 @@ class _Refusing:
 
     def __getattr__(self, name: str) -> Any:
         return _refuse
+
+
+def test_a_job_that_finds_the_database_gone_logs_one_line_and_is_ignored(
+    monkeypatch: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    from apps.tasks import tasks as jobs
+    from apps.tasks.models import Task
+
+    monkeypatch.setattr(Task, "objects", _Refusing())  # the sweeper's first read fails as without Postgres
+    monkeypatch.setattr(checks, "database_reachable", lambda: False)
+    with caplog.at_level("WARNING"):
+        result = jobs.sweep_tasks.apply()
+    assert result.state == "IGNORED"  # not FAILURE: no traceback per beat while the database is down
+    (record,) = [r for r in caplog.records if r.levelname in ("WARNING", "ERROR")]
+    assert record.levelname == "WARNING" and record.exc_info is None
+    assert record.getMessage().startswith("job apps.tasks.tasks.sweep_tasks[")
+    assert 'skipped: the database is unreachable (connection to server at "db"' in record.getMessage()
+
+    monkeypatch.setattr(checks, "database_reachable", lambda: True)  # the database's own answer still fails the job
+    with pytest.raises(OperationalError):
+        jobs.sweep_tasks.apply()

@@ -163,6 +163,20 @@ def test_beat_is_down_when_it_has_not_run(client: Client) -> None:
     assert checks["beat"]["fix"]
 
 
+def test_beat_reports_itself_on_start_not_one_interval_later(client: Client) -> None:
+    from celery.signals import beat_init
+
+    from hermes_site.celery import app
+
+    caches["default"].delete(BEAT_KEY)
+    app.conf.task_always_eager = True  # the job runs here instead of on a worker
+    try:
+        beat_init.send(sender=None)  # what `celery beat` sends once it has started
+    finally:
+        app.conf.task_always_eager = False
+    assert client.get("/api/v1/health").json()["checks"]["beat"]["status"] == "ok"
+
+
 def test_stale_worker_heartbeats_are_not_counted() -> None:
     import time
 

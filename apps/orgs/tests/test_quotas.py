@@ -164,6 +164,9 @@ def test_usage_endpoint(org: Any, alice: Any, mia: Any, client_for: Any) -> None
     body = client.get("/api/v1/usage?days=2").json()
     assert body["plan"] == "free" and len(body["days"]) == 2
     assert body["days"][0]["api_calls"] == 2  # /me, then this request itself
-    assert client.get("/api/v1/usage?days=x").status_code == 400
+    for days in ("x", "0", "-3"):
+        error = client.get(f"/api/v1/usage?days={days}").json()["error"]
+        assert error["message"] == "'days' must be a whole number from 1 to 35."  # 0 and -3 were read as 1
+    assert len(client.get("/api/v1/usage?days=99").json()["days"]) == 35
     _, tasks_only = issue_api_key(alice, org, scopes=["tasks:read"])
     assert key_client(tasks_only).get("/api/v1/usage").json()["error"]["code"] == "missing_scope"
