@@ -73,20 +73,54 @@ class InvalidMessage(ValueError):
     pass
 
 
+# A2A v1.0 carries data parts and metadata as protobuf Structs, and the SDK — Hermes' client and every agent built
+# with it — decodes a message at most 100 protobuf levels deep, three per JSON object: a data part of 33 levels
+# (measured: SendMessageRequest and StreamResponse alike) is "Exceeded upb_DecodeOptions_MaxDepth" at the agent.
+# Hermes would accept it and the task would fail there, so it is refused up front — at 24, leaving an agent room to
+# wrap what it received in a result of its own (an echo of a 32-level input already failed).
+MAX_JSON_DEPTH = 24
+
+
+def json_depth(value: Any) -> int:
+    """Levels of objects and arrays in a JSON value: 0 for a scalar, 1 for {"a": 1}, 2 for {"a": [1]}."""
+    depth, level = 0, [value]
+    while level:
+        containers = [v for v in level if isinstance(v, dict | list)]
+        if not containers:
+            break
+        depth += 1
+        level = [child for c in containers for child in (c.values() if isinstance(c, dict) else c)]
+    return depth
+
+
+def _check_depth(value: Any, what: str) -> None:
+    if (depth := json_depth(value)) > MAX_JSON_DEPTH:
+        raise InvalidMessage(f"{what} nests {depth} levels deep; agents accept at most {MAX_JSON_DEPTH}")
+
+
 def normalize_message(message: dict[str, Any]) -> dict[str, Any]:
     """The stored message shape: role user, parts spelled `{"kind": "text"|"data", ...}`.
 
-    The API's serializer validates field by field; this accepts what other apps hand over (federation forwards
-    A2A v1.0 parts, `{"text": …}` without a kind) and refuses a message the agent could not be sent.
+    Every way in (API, console, federation) passes here, so this is where a message the agent could not be sent
+    is refused: a part without text or data, text that is not a string, data that is not an object, JSON nested
+    deeper than A2A carries. It accepts both part spellings (federation forwards A2A v1.0 parts, `{"text": …}`
+    without a kind).
     """
     parts = []
-    for part in message.get("parts") or []:
+    for number, part in enumerate(message.get("parts") or [], start=1):
         kind = part.get("kind") or next((k for k in ("text", "data") if k in part), None)
         if kind not in ("text", "data") or kind not in part:
             raise InvalidMessage(f"a message part must hold text or data, not {sorted(part)}")
+        if kind == "text" and not isinstance(part["text"], str):
+            raise InvalidMessage(f"part {number}: 'text' must be a string, not {type(part['text']).__name__}")
+        if kind == "data" and not isinstance(part["data"], dict):
+            raise InvalidMessage(f"part {number}: 'data' must be a JSON object, not {type(part['data']).__name__}")
+        _check_depth(part.get("data"), f"part {number}'s data")
+        _check_depth(part.get("metadata"), f"part {number}'s metadata")
         parts.append({**part, "kind": kind})
     if not parts:
         raise InvalidMessage("a message needs at least one text or data part")
+    _check_depth(message.get("metadata"), "the message's metadata")
     normalized = {**message, "role": "user", "parts": parts}
     return normalized
 

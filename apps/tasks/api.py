@@ -63,6 +63,13 @@ def _too_large(size: int, limit: int) -> HermesAPIError:
     )
 
 
+def _invalid_input(exc: actions.InvalidMessage) -> HermesAPIError:
+    # What the serializer does not check field by field (how deep the JSON nests) the domain rule refuses.
+    return HermesAPIError(
+        f"The input cannot be sent to an agent: {exc}.", code="invalid", details={"input": [f"{exc}."]}
+    )
+
+
 class _SendTask:
     """POST /tasks, below IdempotentCreateMixin in the MRO so a replayed Idempotency-Key never reaches it."""
 
@@ -96,14 +103,17 @@ class _SendTask:
                 "Agent not found.", code="agent_not_found", status_code=404, details={"agent": [reason]}
             )
         deadline = timedelta(seconds=data["deadline_seconds"]) if data.get("deadline_seconds") else None
-        task = actions.create_task(
-            org=self.org,
-            agent=agent,
-            message=data["input"],
-            metadata=data["metadata"],
-            access=self.access,
-            deadline=deadline,
-        )
+        try:
+            task = actions.create_task(
+                org=self.org,
+                agent=agent,
+                message=data["input"],
+                metadata=data["metadata"],
+                access=self.access,
+                deadline=deadline,
+            )
+        except actions.InvalidMessage as exc:
+            raise _invalid_input(exc) from exc
         return Response(TaskSerializer(task).data, status=status.HTTP_202_ACCEPTED)
 
 
@@ -161,6 +171,8 @@ class TaskViewSet(  # type: ignore[misc]
             task = actions.continue_task(task, message=message, access=self.access)
         except actions.TaskNotWaitingForInput as exc:
             raise Conflict(str(exc), code="task_not_waiting") from exc
+        except actions.InvalidMessage as exc:
+            raise _invalid_input(exc) from exc
         return Response(TaskSerializer(task).data, status=status.HTTP_202_ACCEPTED)
 
     @extend_schema(

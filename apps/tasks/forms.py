@@ -5,6 +5,7 @@ from typing import Any
 
 from django import forms
 
+from apps.tasks.actions import MAX_JSON_DEPTH, json_depth
 from apps.tasks.models import TaskState
 
 
@@ -45,6 +46,8 @@ class TaskForm(forms.Form):
             raise forms.ValidationError(f"Not valid JSON: {exc.msg} (line {exc.lineno}, column {exc.colno}).") from exc
         if not isinstance(value, dict):
             raise forms.ValidationError('Give a JSON object, e.g. {"key": "value"}.')
+        if (depth := json_depth(value)) > MAX_JSON_DEPTH:
+            raise forms.ValidationError(f"This nests {depth} levels deep; agents accept at most {MAX_JSON_DEPTH}.")
         return value
 
     def clean(self) -> dict[str, Any]:

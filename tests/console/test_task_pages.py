@@ -54,6 +54,10 @@ def test_send_with_structured_data_and_precise_errors(as_user: Any, dave: Any, o
     assert bad.status_code == 422 and "Not valid JSON" in bad.content.decode()
     not_object = client.post("/tasks/new/", {"agent": str(echo.pk), "text": "x", "structured": "[1, 2]"})
     assert not_object.status_code == 422 and "JSON object" in not_object.content.decode()
+    deep = client.post(
+        "/tasks/new/", {"agent": str(echo.pk), "text": "x", "structured": "{" + '"a": {' * 24 + "}" * 25}
+    )
+    assert deep.status_code == 422 and "This nests 25 levels deep; agents accept at most 24." in deep.content.decode()
     assert Task.objects.for_org(org).count() == 1
 
 

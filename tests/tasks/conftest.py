@@ -180,3 +180,11 @@ def session_cookie(user: Any) -> str:
     client = Client()
     client.force_login(user)
     return f"sessionid={client.cookies['sessionid'].value}; csrftoken={CSRF}"
+
+
+def nested(depth: int) -> dict[str, Any]:
+    """A JSON object `depth` levels deep: {"a": {"a": … 1}}."""
+    value: Any = 1
+    for _ in range(depth):
+        value = {"a": value}
+    return value

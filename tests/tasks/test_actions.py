@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import re
 import threading
 from typing import Any
 
@@ -17,7 +18,7 @@ from apps.tasks.models import (
     TaskState,
     check_transition,
 )
-from tests.tasks.conftest import make_agent
+from tests.tasks.conftest import make_agent, nested
 
 MESSAGE = {"role": "user", "parts": [{"kind": "text", "text": "hi"}]}
 
@@ -140,3 +141,26 @@ def test_messages_from_other_apps_are_normalized_or_refused() -> None:
     for bad in ({"parts": []}, {"parts": [{"url": "x"}]}, {"parts": [{"kind": "text"}]}):
         with pytest.raises(actions.InvalidMessage):
             actions.normalize_message(bad)
+    # What a peer's request may carry but no agent could be sent (this reached the agent and failed there).
+    refused = {
+        "part 1: 'text' must be a string, not int": {"parts": [{"text": 123}]},
+        "part 2: 'data' must be a JSON object, not list": {"parts": [{"text": "a"}, {"data": [1]}]},
+        "part 1's data nests 25 levels deep; agents accept at most 24": {"parts": [{"data": nested(25)}]},
+        "part 1's metadata nests 33 levels deep": {"parts": [{"text": "a", "metadata": nested(33)}]},
+        "the message's metadata nests 40 levels deep": {"parts": [{"text": "a"}], "metadata": nested(40)},
+    }
+    for reason, bad in refused.items():
+        with pytest.raises(actions.InvalidMessage, match=re.escape(reason)):
+            actions.normalize_message(bad)
+    assert actions.normalize_message({"parts": [{"data": nested(24)}]})["parts"][0]["data"] == nested(24)
+
+
+def test_json_depth() -> None:
+    assert [actions.json_depth(v) for v in (1, "x", {}, {"a": 1}, {"a": [1]}, [[], {"b": {"c": None}}])] == [
+        0,
+        0,
+        1,
+        1,
+        2,
+        3,
+    ]

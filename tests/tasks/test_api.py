@@ -9,7 +9,7 @@ import pytest
 from apps.tasks import actions
 from apps.tasks.actions import Observation
 from apps.tasks.models import Task
-from tests.tasks.conftest import TEXT, make_agent
+from tests.tasks.conftest import TEXT, make_agent, nested, reload_task
 
 pytestmark = pytest.mark.django_db
 
@@ -88,6 +88,21 @@ def test_malformed_input_is_400_per_field(client_for: Any, alice: Any, body: Any
     assert response.status_code == 400
     error = response.json()["error"]
     assert error["code"] == "invalid" and field in error["details"]
+
+
+def test_data_nested_deeper_than_a2a_carries_is_400_and_writes_nothing(client_for: Any, alice: Any, agent: Any) -> None:
+    client = client_for(alice)
+    body = {"agent": str(agent.pk), "input": {"parts": [{"text": "hi"}, {"data": nested(25)}]}}
+    response = post(client, "/api/v1/tasks", body)
+    assert response.status_code == 400, response.content
+    error = response.json()["error"]
+    assert error["code"] == "invalid"
+    assert error["details"] == {"input": ["part 2's data nests 25 levels deep; agents accept at most 24."]}
+    task = actions.create_task(org=agent.organization, agent=agent, message={"role": "user", **TEXT})
+    actions.record(task, [Observation(kind="state", data={}, state="input-required")])
+    follow_up = post(client, f"/api/v1/tasks/{task.pk}/messages", {"input": {"parts": [{"data": nested(40)}]}})
+    assert follow_up.status_code == 400 and "40 levels deep" in follow_up.json()["error"]["message"]
+    assert Task.objects.unscoped("test").count() == 1 and reload_task(task).state == "input-required"
 
 
 def test_malformed_json_is_400(client_for: Any, alice: Any) -> None:

@@ -14,7 +14,7 @@ from apps.tasks import actions
 from apps.tasks.models import Task, TaskState
 from tests.factories import access_for
 from tests.tasks.agents import SlowExecutor
-from tests.tasks.conftest import reload_task, timeline, wait_for
+from tests.tasks.conftest import nested, reload_task, timeline, wait_for
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -50,6 +50,19 @@ def test_sdk_streaming_agent_registered_by_card_completes(
     assert artifact["parts"][1]["data"] == {"received": {"n": 1}}
     agent.refresh_from_db()
     assert agent.is_online
+
+
+def test_data_as_deep_as_hermes_accepts_reaches_an_sdk_agent_and_back(
+    task_worker: Any, agents_base: str, org: Any
+) -> None:
+    # The limit is only honest if the deepest accepted input survives A2A's protobuf both ways, with room for the
+    # agent to wrap it (this one answers {"received": <the data>}, one level deeper).
+    agent = register_agent_by_url(org=org, url=f"{agents_base}/stream/")
+    message = {"role": "user", "parts": [{"text": "deep"}, {"data": nested(actions.MAX_JSON_DEPTH)}]}
+    task = finished(actions.create_task(org=org, agent=agent, message=message))
+    assert task.state == "completed", task.last_error
+    artifact = next(data for kind, data in timeline(task) if kind == "artifact")
+    assert artifact["parts"][1]["data"] == {"received": nested(actions.MAX_JSON_DEPTH)}
 
 
 def test_non_streaming_agent_is_polled_to_completion(task_worker: Any, agents_base: str, org: Any) -> None:
