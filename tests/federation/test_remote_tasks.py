@@ -267,6 +267,27 @@ def test_the_requester_follows_the_remote_task_in_its_own_task_views(
 
 
 @pytest.mark.django_db
+def test_the_executors_failure_reason_is_the_requesters_last_error(
+    org: Any, other_org: Any, alice: Any, client_for: Any, acme_may_ask_globex: None,
+    django_capture_on_commit_callbacks: Any,
+) -> None:  # fmt: skip
+    with django_capture_on_commit_callbacks(execute=False):
+        remote = actions.request_remote_task(org=org, agent="echo.globex", message=MESSAGE)
+    task = _own_task(org, remote)
+    reports = [
+        (1, "state", {"from": None, "to": "submitted"}, "submitted"),
+        (2, "state", {"from": "submitted", "to": "working"}, "working"),
+        (3, "state", {"from": "working", "to": "failed", "error": "agent unreachable after 5 attempts"}, "failed"),
+    ]
+    for seq, kind, data, state in reports:
+        with django_capture_on_commit_callbacks(execute=True):
+            report(other_org, remote, seq, kind, data, state)
+    # It was only in the timeline: the API's and the console's `last_error` said nothing of why it failed.
+    body = client_for(alice).get(f"/api/v1/tasks/{task.pk}").json()
+    assert body["status"] == "failed" and body["last_error"] == "agent unreachable after 5 attempts"
+
+
+@pytest.mark.django_db
 def test_a_rejected_request_fails_the_requesters_task_at_once(
     org: Any, other_org: Any, acme_may_ask_globex: None, django_capture_on_commit_callbacks: Any
 ) -> None:
