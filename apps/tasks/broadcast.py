@@ -6,15 +6,20 @@ gap by sequence number and backfill from the database, and SSE streams read the 
 
 from __future__ import annotations
 
-import asyncio
 import json
 import logging
 import os
 import threading
-from collections.abc import Coroutine, Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
+import redis
+from asgiref.sync import async_to_sync
+from channels import DEFAULT_CHANNEL_LAYER
 from channels.layers import get_channel_layer
+from channels_redis.pubsub import RedisPubSubChannelLayer
+from channels_redis.utils import _consistent_hash, decode_hosts
+from django.conf import settings
 
 from apps.tasks.models import Task, TaskEvent
 
@@ -50,30 +55,42 @@ def event_frame(event: dict[str, Any]) -> str:
 
 # Bounded: a hung Redis must not hold the request or job that recorded the events (streams backfill from the DB).
 _PUBLISH_TIMEOUT = 2.0
-_loop_lock = threading.Lock()
-_loop: asyncio.AbstractEventLoop | None = None
-_loop_pid: int | None = None
+_clients_lock = threading.Lock()
+_clients: dict[tuple[int, str], redis.Redis] = {}
 
 
-def _publisher_loop() -> asyncio.AbstractEventLoop:
-    """One long-lived event loop per process for publishing from sync code.
+def _group_sender(layer: Any) -> Callable[[str, dict[str, Any]], None]:
+    """`group_send` for sync code (requests, Celery jobs), without an event loop.
 
-    `async_to_sync` from a plain thread builds a fresh loop per call, and channels-redis keeps its Redis
-    connections per loop, so every publish paid a new connection (about 4.5 ms of a task submit). Reusing one
-    loop keeps them. Keyed by pid: a forked Celery child starts its own.
+    With the Redis pub/sub layer a group send is one PUBLISH of the layer's own serialization on the group's
+    channel, so it is done here with a plain Redis client. The async `group_send` from sync code had to hop to
+    an event loop thread and back for every publish; under load those two GIL hand-offs per request cost more
+    than the PUBLISH (measured with `python -m bench.tasks --ablation`). Any other layer gets `async_to_sync`.
     """
-    global _loop, _loop_pid
-    with _loop_lock:
-        if _loop is None or _loop_pid != os.getpid() or _loop.is_closed():
-            loop = asyncio.new_event_loop()
-            threading.Thread(target=loop.run_forever, name="hermes-broadcast", daemon=True).start()
-            _loop, _loop_pid = loop, os.getpid()
-        return _loop
+    if not isinstance(layer, RedisPubSubChannelLayer):
+        return async_to_sync(layer.group_send)  # pragma: no cover - Hermes configures the pub/sub layer
+    config = settings.CHANNEL_LAYERS[DEFAULT_CHANNEL_LAYER].get("CONFIG", {})  # what the layer was built from
+    prefix = config.get("prefix", "asgi")
+    hosts = decode_hosts(config.get("hosts"))
+
+    def send(group: str, message: dict[str, Any]) -> None:
+        # The channel and shard the layer's subscribers listen on (RedisPubSubLoopLayer.group_send).
+        channel = f"{prefix}__group__{group}"
+        _client(hosts[_consistent_hash(channel, len(hosts))]).publish(channel, layer.serialize(message))
+
+    return send
 
 
-def _run(coro: Coroutine[Any, Any, None]) -> None:
-    # Wait on the shared loop: callers keep their publish order and learn whether it worked.
-    asyncio.run_coroutine_threadsafe(coro, _publisher_loop()).result(timeout=_PUBLISH_TIMEOUT)
+def _client(host: dict[str, Any]) -> redis.Redis:
+    key = (os.getpid(), repr(sorted(host.items())))  # a forked Celery child opens its own connections
+    with _clients_lock:
+        if key not in _clients:
+            options = {k: v for k, v in host.items() if k != "address"}
+            options.setdefault("socket_connect_timeout", _PUBLISH_TIMEOUT)
+            options.setdefault("socket_timeout", _PUBLISH_TIMEOUT)
+            address = host.get("address")
+            _clients[key] = redis.Redis.from_url(address, **options) if address else redis.Redis(**options)
+        return _clients[key]
 
 
 def publish(task: Task, events: Sequence[TaskEvent], *, state_changed: bool) -> bool:
@@ -89,12 +106,10 @@ def publish(task: Task, events: Sequence[TaskEvent], *, state_changed: bool) -> 
     if state_changed:
         messages.append((org_group(task.organization_id), status_message(task)))
 
-    async def send_all() -> None:
-        for group, message in messages:
-            await layer.group_send(group, message)
-
     try:
-        _run(send_all())
+        send = _group_sender(layer)
+        for group, message in messages:
+            send(group, message)
     except Exception as exc:
         logger.warning(
             "task %s: broadcast of %d message(s) failed (%s); streams will backfill", task.pk, len(messages), exc

@@ -395,3 +395,26 @@ def test_a_socket_opened_while_redis_hangs_is_served_from_the_database(
         os.kill(proc.pid, signal.SIGCONT)
         stop_redis(proc, directory=tmp_path)
         channel_layers.backends.clear()
+
+
+def test_publish_from_sync_code_reaches_the_layers_group_subscribers(task: Any) -> None:
+    """broadcast.publish writes to Redis itself (no event loop): what it sends must be exactly what the channel
+    layer's subscribers in the websocket process receive, on the task's and the org's group."""
+    from channels.layers import get_channel_layer
+
+    event = task.events.order_by("seq").last()
+
+    async def scenario() -> None:
+        layer = get_channel_layer()
+        channel = await layer.new_channel()
+        await layer.group_add(broadcast.task_group(task.pk), channel)
+        await layer.group_add(broadcast.org_group(task.organization_id), channel)
+        assert await asyncio.to_thread(broadcast.publish, task, [event], state_changed=True)
+        first = await asyncio.wait_for(layer.receive(channel), timeout=5)
+        second = await asyncio.wait_for(layer.receive(channel), timeout=5)
+        assert first["type"] == "task.event" and first["event"] == event.as_message()
+        assert first["frame"] == broadcast.event_frame(event.as_message())
+        assert second == broadcast.status_message(task)
+        await layer.flush()
+
+    async_to_sync(scenario)()
