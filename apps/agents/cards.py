@@ -8,7 +8,6 @@ keeps of it. Every fetch goes through the SSRF guard.
 from __future__ import annotations
 
 import copy
-import json
 from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import urljoin
@@ -20,6 +19,7 @@ from a2a.types.a2a_pb2 import AgentCard
 from a2a.utils.constants import TransportProtocol
 from google.protobuf.json_format import MessageToDict, ParseError
 
+from apps.core import jsonutil
 from apps.core.http import OutboundBlocked, check_url, guarded_async_client
 
 WELL_KNOWN_PATHS = ("/.well-known/agent-card.json", "/.well-known/agent.json")
@@ -145,7 +145,7 @@ async def fetch_card(url: str) -> CardInfo:
                     details={"tried": tried},
                 )
             try:
-                raw = json.loads(body)
+                raw = jsonutil.loads(body)
             except ValueError as exc:
                 raise CardError(f"The agent card at {candidate} is not valid JSON: {exc}", code="card_invalid") from exc
             return parse_card(raw, card_url=candidate)

@@ -4,7 +4,6 @@ delivery, so both have the same dedup, receipt and audit semantics.
 
 from __future__ import annotations
 
-import json
 import uuid
 from dataclasses import dataclass
 from typing import Any
@@ -12,6 +11,7 @@ from typing import Any
 from django.db import IntegrityError, transaction
 from django.utils import timezone
 
+from apps.core import jsonutil
 from apps.core.metrics import FEDERATION_INBOUND
 from apps.federation import policy
 from apps.federation.actions import audit
@@ -183,4 +183,4 @@ def _dispatch(entry_id: int) -> None:
 
 
 def decode_body(body: bytes) -> Any:
-    return json.loads(body.decode("utf-8"))
+    return jsonutil.loads(body.decode("utf-8"))

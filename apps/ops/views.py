@@ -3,7 +3,6 @@ machinery in the way of a probe, and nothing here changes state."""
 
 from __future__ import annotations
 
-import json
 import uuid
 from urllib.parse import urlsplit
 
@@ -15,6 +14,7 @@ from django.views.decorators.csrf import csrf_exempt
 from django.views.decorators.http import require_GET, require_POST
 from prometheus_client import CONTENT_TYPE_LATEST
 
+from apps.core import jsonutil
 from apps.core.checks import health_report, readiness_report
 from apps.core.errors import error_body, json_error
 from apps.ops import metrics as ops_metrics
@@ -84,7 +84,7 @@ def ping_create(request: HttpRequest) -> JsonResponse:
             request, "forbidden", "Use `Authorization: Bearer <METRICS_TOKEN>` or an allowed address.", 403
         )
     try:
-        payload = json.loads(request.body or b"{}")
+        payload = jsonutil.loads(request.body or b"{}")
     except ValueError:
         return json_error(request, "invalid", 'The body must be JSON: {"url": "https://…"}.', 400)
     url = payload.get("url") if isinstance(payload, dict) else None

@@ -106,8 +106,12 @@ def normalize_message(message: dict[str, Any]) -> dict[str, Any]:
     deeper than A2A carries. It accepts both part spellings (federation forwards A2A v1.0 parts, `{"text": …}`
     without a kind).
     """
+    if not isinstance(message, dict) or not isinstance(message.get("parts") or [], list):
+        raise InvalidMessage("a message is an object with a list of parts")
     parts = []
     for number, part in enumerate(message.get("parts") or [], start=1):
+        if not isinstance(part, dict):
+            raise InvalidMessage(f"part {number} must be an object with text or data, not {type(part).__name__}")
         kind = part.get("kind") or next((k for k in ("text", "data") if k in part), None)
         if kind not in ("text", "data") or kind not in part:
             raise InvalidMessage(f"a message part must hold text or data, not {sorted(part)}")

@@ -5,6 +5,7 @@ from typing import Any
 
 from django import forms
 
+from apps.core import jsonutil
 from apps.tasks.actions import MAX_JSON_DEPTH, json_depth
 from apps.tasks.models import TaskState
 
@@ -41,7 +42,7 @@ class TaskForm(forms.Form):
         if not raw:
             return None
         try:
-            value = json.loads(raw)
+            value = jsonutil.loads(raw)
         except json.JSONDecodeError as exc:
             raise forms.ValidationError(f"Not valid JSON: {exc.msg} (line {exc.lineno}, column {exc.colno}).") from exc
         if not isinstance(value, dict):

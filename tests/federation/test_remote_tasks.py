@@ -146,6 +146,14 @@ def test_remote_task_api(
     assert bad.status_code == 400 and bad.json()["error"]["code"] == "invalid_address"
     bad = api.post("/api/v1/federation/remote-tasks", {"agent": "echo.globex", "message": {"parts": []}}, format="json")
     assert bad.status_code == 400 and "message" in bad.json()["error"]["details"]
+    for parts, reason in (
+        (["garbage", {"foo": 1}], "part 1 must be an object with text or data, not str"),  # was a 500
+        ([{"text": 123}], "part 1: 'text' must be a string, not int"),  # was a 202, then failed at the agent
+    ):
+        bad = api.post(
+            "/api/v1/federation/remote-tasks", {"agent": "echo.globex", "message": {"parts": parts}}, format="json"
+        )
+        assert bad.status_code == 400 and bad.json()["error"]["details"] == {"message": [reason]}
     with pytest.raises(HermesAPIError):
         actions.request_remote_task(org=org, agent="echo.globex@nowhere", message=MESSAGE)
 

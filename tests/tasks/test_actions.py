@@ -144,6 +144,8 @@ def test_messages_from_other_apps_are_normalized_or_refused() -> None:
     # What a peer's request may carry but no agent could be sent (this reached the agent and failed there).
     refused = {
         "part 1: 'text' must be a string, not int": {"parts": [{"text": 123}]},
+        "part 1 must be an object with text or data, not str": {"parts": ["garbage", {"foo": 1}]},
+        "a message is an object with a list of parts": {"parts": "text"},
         "part 2: 'data' must be a JSON object, not list": {"parts": [{"text": "a"}, {"data": [1]}]},
         "part 1's data nests 25 levels deep; agents accept at most 24": {"parts": [{"data": nested(25)}]},
         "part 1's metadata nests 33 levels deep": {"parts": [{"text": "a", "metadata": nested(33)}]},

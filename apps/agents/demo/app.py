@@ -30,6 +30,7 @@ from apps.agents.demo.executors import (
     SummarizerExecutor,
 )
 from apps.agents.demo.specs import DEMO_AGENTS, DEMO_PREFIX, DemoSpec, demo_card
+from apps.core import jsonutil
 
 EXECUTORS: dict[str, type[DemoExecutor]] = {
     "echo": EchoExecutor,
@@ -125,7 +126,7 @@ async def _respond(send: Any, status: int, error: str, *, retry_after: bool = Fa
 
 def _describe(body: bytes) -> tuple[str, dict[str, Any], str]:
     try:
-        request = json.loads(body)
+        request = jsonutil.loads(body)
         params = request.get("params") or {}
         message = params.get("message") or {}
         metadata = {**(params.get("metadata") or {}), **(message.get("metadata") or {})}
