@@ -6,7 +6,7 @@ from django import forms
 from django.utils.text import slugify
 
 from apps.core.permissions import Role
-from apps.orgs.models import Organization, Plan
+from apps.orgs.models import MAX_KEY_REQUESTS_PER_MINUTE, Organization, Plan
 
 
 class OrganizationCreateForm(forms.Form):
@@ -59,6 +59,7 @@ class APIKeyForm(forms.Form):
     rate_limit_per_minute = forms.IntegerField(
         required=False,
         min_value=1,
+        max_value=MAX_KEY_REQUESTS_PER_MINUTE,
         label="Rate limit (requests per minute)",
         help_text="Optional; the plan's limit applies anyway.",
     )

@@ -32,6 +32,8 @@ PLAN_LIMITS: dict[str, PlanLimits] = {
     Plan.TEAM: PlanLimits(requests_per_minute=1_200, tasks_per_day=50_000),
     Plan.ENTERPRISE: PlanLimits(requests_per_minute=12_000, tasks_per_day=1_000_000),
 }
+# A key's own limit only ever binds below its org's plan limit: anything above the largest plan's is a mistake.
+MAX_KEY_REQUESTS_PER_MINUTE = max(limits.requests_per_minute for limits in PLAN_LIMITS.values())
 
 
 class Organization(models.Model):

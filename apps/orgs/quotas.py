@@ -128,7 +128,10 @@ class Decision:
         if self.limit_name == "address_requests_per_minute":
             return "Wait for the reset; this limit protects the public endpoints and cannot be raised."
         if self.limit_name == "key_requests_per_minute":
-            return "An admin can raise or remove the key's own limit (rate_limit_per_minute), up to the plan's limit."
+            return (
+                "This is the key's own limit (rate_limit_per_minute), set when it was created: an admin can create "
+                "a key with a higher limit or none; the plan's limit applies to every key."
+            )
         plan = getattr(self.org, "plan", Plan.FREE)
         better = [p for p in Plan.values if _limit_of(p, self.limit_name) > _limit_of(plan, self.limit_name)]
         if not better:

@@ -4,7 +4,7 @@ from rest_framework import serializers
 
 from apps.core.permissions import SCOPES, Role
 from apps.orgs.actions import MAX_ROTATION_GRACE
-from apps.orgs.models import APIKey, Invitation, Membership, Organization, Plan
+from apps.orgs.models import MAX_KEY_REQUESTS_PER_MINUTE, APIKey, Invitation, Membership, Organization, Plan
 
 
 class APIKeySerializer(serializers.ModelSerializer):
@@ -52,7 +52,9 @@ class APIKeyCreateSerializer(serializers.Serializer):
     name = serializers.CharField(max_length=100)
     scopes = serializers.ListField(child=serializers.ChoiceField(choices=list(SCOPES)), allow_empty=False)
     expires_at = serializers.DateTimeField(required=False, allow_null=True, default=None)
-    rate_limit_per_minute = serializers.IntegerField(required=False, allow_null=True, default=None, min_value=1)
+    rate_limit_per_minute = serializers.IntegerField(
+        required=False, allow_null=True, default=None, min_value=1, max_value=MAX_KEY_REQUESTS_PER_MINUTE
+    )
 
 
 class APIKeyRotateSerializer(serializers.Serializer):

@@ -192,6 +192,14 @@ def test_invalid_fields_are_per_field_400s(org: Any, alice: Any, client_for: Any
     assert response.status_code == 400
     details = response.json()["error"]["details"]
     assert set(details) == {"name", "scopes", "rate_limit_per_minute"}
+    for huge in (12_001, 2**63, 10**20):  # 2**63 and above were a 500 (OverflowError) writing the row
+        response = client.post(
+            "/api/v1/keys", {"name": "k", "scopes": ["tasks:read"], "rate_limit_per_minute": huge}, format="json"
+        )
+        assert response.status_code == 400
+        assert response.json()["error"]["details"] == {
+            "rate_limit_per_minute": ["Ensure this value is less than or equal to 12000."]
+        }
     invite = client.post("/api/v1/invitations", {"email": "not-an-email", "role": "king"}, format="json")
     assert set(invite.json()["error"]["details"]) == {"email", "role"}
     assert AuditEvent.objects.filter(action__in=["api_key.created", "invitation.created"]).count() == 0

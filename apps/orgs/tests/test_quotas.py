@@ -85,6 +85,7 @@ def test_a_key_can_have_its_own_lower_limit(org: Any, alice: Any) -> None:
     refused = client.get("/api/v1/me")
     assert refused.status_code == 429
     assert refused.json()["error"]["details"]["limit"] == "key_requests_per_minute"
+    assert "an admin can create a key with a higher limit or none" in refused.json()["error"]["message"]
     assert key_client(unlimited).get("/api/v1/me").status_code == 200
 
 
