@@ -40,13 +40,19 @@ IDEMPOTENCY_TTL = timedelta(hours=24)
 MAX_KEY_LENGTH = 255
 
 
+def endpoint(request: Request) -> str:
+    """The path a key is scoped to. The API routes answer with and without a trailing slash, so a retry of
+    `POST /tasks` sent to `/tasks/` is the same request, not a second task."""
+    return request.path.rstrip("/") or "/"
+
+
 def request_fingerprint(request: Request) -> str:
     """A digest of what the client asked for: method, path, query and the parsed body (key order ignored)."""
     body = request.data
     if hasattr(body, "lists"):  # a QueryDict (form/multipart): keep repeated keys
         body = {key: values for key, values in body.lists()}
     canonical = json.dumps(
-        [request.method, request.path, sorted(request.query_params.lists()), body],
+        [request.method, endpoint(request), sorted(request.query_params.lists()), body],
         sort_keys=True,
         separators=(",", ":"),
         default=str,
@@ -93,7 +99,7 @@ def idempotent(org_id: int, request: Request, create: Callable[[], Response]) ->
     if key is None:
         return create()
     fingerprint = request_fingerprint(request)
-    scope = {"org_id": org_id, "endpoint": request.path[:255], "key": key}
+    scope = {"org_id": org_id, "endpoint": endpoint(request)[:255], "key": key}
 
     existing = IdempotencyRecord.objects.filter(**scope).first()
     if existing is not None and existing.created_at < timezone.now() - IDEMPOTENCY_TTL:

@@ -211,6 +211,9 @@ def test_idempotency_key_replays_the_same_task(client_for: Any, alice: Any, agen
     again = post(client, "/api/v1/tasks", body, HTTP_IDEMPOTENCY_KEY="k-1")
     assert first.status_code == again.status_code == 202
     assert again.json()["id"] == first.json()["id"] and again["Idempotent-Replayed"] == "true"
+    # The route answers with a trailing slash too: a retry sent there is the same request, not a second task.
+    slashed = post(client, "/api/v1/tasks/", body, HTTP_IDEMPOTENCY_KEY="k-1")
+    assert slashed.json()["id"] == first.json()["id"] and slashed["Idempotent-Replayed"] == "true"
     other = post(client, "/api/v1/tasks", {**body, "metadata": {"x": 1}}, HTTP_IDEMPOTENCY_KEY="k-1")
     assert other.status_code == 409
     assert Task.objects.for_org(agent.organization).count() == 1
