@@ -1,11 +1,12 @@
 from django.contrib import admin
 from django.templatetags.static import static
-from django.urls import include, path
+from django.urls import include, path, re_path
 from django.views.generic import RedirectView
 from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerView
 
 from apps.accounts import urls as accounts_urls
 from apps.agents import urls as agents_urls
+from apps.core.api import api_fallback
 from apps.federation import urls as federation_urls
 from apps.ops import urls as ops_urls
 from apps.orgs import urls as orgs_urls
@@ -19,6 +20,9 @@ api_v1 = [
 ]
 for module in DOMAIN_APPS:
     api_v1 += module.api_urlpatterns
+api_v1.append(
+    re_path(r"^(?P<unmatched>.*)$", api_fallback, name="api-fallback")
+)  # a trailing slash tolerated; else a JSON 404
 
 urlpatterns = [
     # Browsers ask for /favicon.ico on pages that name no icon (the Django admin, JSON responses).

@@ -139,6 +139,7 @@ _FED_PEERS = Exempt("peers and link keys are instance-wide (no org owns them); w
 
 ISOLATION: dict[str, Detail | Listing | Exempt] = {
     # ops
+    "api-fallback": Exempt("hands a trailing-slash path to its endpoint (covered under that name) or answers 404"),
     "health-live": Exempt("liveness probe: no data"),
     "health-ready": Exempt("readiness probe: dependency status, no org data"),
     "health": Exempt("operator health breakdown: infrastructure status, no org data"),

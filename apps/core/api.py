@@ -6,12 +6,15 @@ from collections.abc import Callable
 from typing import Any
 
 from django.db.models import QuerySet
+from django.http import HttpRequest, HttpResponse
+from django.urls import Resolver404, resolve
+from django.views.decorators.csrf import csrf_exempt
 from drf_spectacular.utils import extend_schema
 from rest_framework import permissions, viewsets
 from rest_framework.request import Request
 
 from apps.core import context
-from apps.core.errors import HermesAPIError
+from apps.core.errors import HermesAPIError, json_error
 from apps.core.permissions import SCOPES, Access, Role, role_allows
 
 
@@ -129,3 +132,23 @@ def describe(
         kwargs.setdefault("auth", [])
     description = f"{auth_line(action, public=public)}\n\n{notes}".strip()
     return extend_schema(summary=summary, description=description, **kwargs)
+
+
+@csrf_exempt  # the view it hands over to does its own (DRF's session authentication enforces CSRF)
+def api_fallback(request: HttpRequest, unmatched: str = "") -> HttpResponse:
+    """The last route under /api/v1/. API paths are written without a trailing slash; a client or proxy that
+    adds one is served by the same endpoint (not redirected: a redirect would drop a POST's body), and any other
+    path is a JSON 404 — Django's own 404 is an HTML page, a 30 KB one with DEBUG on."""
+    if request.path.endswith("/"):
+        try:
+            match = resolve(request.path.rstrip("/"))
+        except Resolver404:
+            pass
+        else:
+            if match.func is not api_fallback:
+                request.resolver_match = match
+                response: HttpResponse = match.func(request, *match.args, **match.kwargs)
+                return response
+    return json_error(
+        request, "not_found", f"There is no API endpoint at {request.path}; /api/v1/docs/ lists them.", 404
+    )

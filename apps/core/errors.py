@@ -201,3 +201,17 @@ def whole_number(raw: str | None, name: str, *, default: int, minimum: int = 0, 
             f"'{name}' must be a whole number {bound}.", code="invalid", details={name: [f"A whole number {bound}."]}
         )
     return int(raw) if maximum is None else min(int(raw), maximum)
+
+
+def one_of(raw: str | None, name: str, choices: list[str]) -> str | None:
+    """A filter query parameter that must be one of `choices` (None when absent): an unknown value is a 400
+    naming the choices — a filter that matches nothing would read as "there are none"."""
+    if not raw:
+        return None
+    if raw not in choices:
+        raise HermesAPIError(
+            f"'{name}' must be one of: {', '.join(choices)}.",
+            code="invalid",
+            details={name: [f"One of: {', '.join(choices)}."]},
+        )
+    return raw

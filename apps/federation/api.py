@@ -16,10 +16,11 @@ from rest_framework.request import Request
 from rest_framework.response import Response
 
 from apps.core.api import OrgScopedViewSet
-from apps.core.errors import HermesAPIError
+from apps.core.errors import HermesAPIError, one_of
 from apps.core.idempotency import IdempotentCreateMixin
 from apps.federation import actions
 from apps.federation.models import (
+    AuditEvent,
     Contact,
     FederationAuditEvent,
     InboxEntry,
@@ -161,7 +162,6 @@ class PolicyViewSet(  # type: ignore[misc]
 class _SendMessageMixin:
     """POST sends one message (202: delivery is asynchronous; follow `delivery.status`)."""
 
-    @extend_schema(request=SendMessageSerializer, responses={202: MessageSerializer})
     def create(self, request: Request) -> Response:
         body = SendMessageSerializer(data=request.data)
         body.is_valid(raise_exception=True)
@@ -179,9 +179,14 @@ class MessageViewSet(  # type: ignore[misc]
     model = Message
     serializer_class = MessageSerializer
 
+    @extend_schema(request=SendMessageSerializer, responses={202: MessageSerializer})
+    def create(self, request: Request, *args: Any, **kwargs: Any) -> Response:
+        # Declared here so the schema sees it: IdempotentCreateMixin (next in the MRO) wraps _SendMessageMixin's.
+        return super().create(request, *args, **kwargs)
+
     def scoped_queryset(self) -> QuerySet[Any]:
         qs = super().scoped_queryset().select_related("outbox")
-        if status_filter := self.request.query_params.get("status"):
+        if status_filter := one_of(self.request.query_params.get("status"), "status", OutboxStatus.values):
             qs = qs.filter(outbox__status=status_filter)
         return qs
 
@@ -261,13 +266,12 @@ class AuditViewSet(mixins.ListModelMixin, _FederationViewSet):  # type: ignore[m
 
     def scoped_queryset(self) -> QuerySet[Any]:
         qs = super().scoped_queryset().select_related("peer")
-        if event := self.request.query_params.get("event"):
+        if event := one_of(self.request.query_params.get("event"), "event", AuditEvent.values):
             qs = qs.filter(event=event)
         return qs
 
 
 class _RequestRemoteTaskMixin:
-    @extend_schema(request=RequestRemoteTaskSerializer, responses={202: RemoteTaskSerializer})
     def create(self, request: Request) -> Response:
         body = RequestRemoteTaskSerializer(data=request.data)
         body.is_valid(raise_exception=True)
@@ -295,6 +299,7 @@ class RemoteTaskViewSet(  # type: ignore[misc]
     def scoped_queryset(self) -> QuerySet[Any]:
         return super().scoped_queryset().select_related("request__outbox").prefetch_related("events")
 
+    @extend_schema(request=RequestRemoteTaskSerializer, responses={202: RemoteTaskSerializer})
     def create(self, request: Request, *args: Any, **kwargs: Any) -> Response:
         if not self.access.allows("federation:write"):
             raise HermesAPIError(

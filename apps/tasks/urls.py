@@ -6,8 +6,7 @@ from rest_framework.routers import SimpleRouter
 from apps.tasks import views
 from apps.tasks.api import TaskViewSet
 
-router = SimpleRouter()
-router.trailing_slash = "/?"  # the documented paths have no trailing slash; accept both
+router = SimpleRouter(trailing_slash=False)  # like every API route; a trailing slash is tolerated by api_fallback
 router.register("tasks", TaskViewSet, basename="task")
 
 api_urlpatterns: list[URLPattern | URLResolver] = list(router.urls)

@@ -189,3 +189,15 @@ def test_admin_dlq_actions(admin_client: Client, org: Any, berlin: Peer) -> None
     assert statuses == {rows[0].pk: "pending", rows[1].pk: "discarded"}
     assert admin_client.get("/admin/federation/federationauditevent/").status_code == 200
     assert admin_client.get(f"/admin/federation/peer/{berlin.pk}/change/").status_code == 200
+
+
+@pytest.mark.django_db
+def test_unknown_filter_values_are_400s_not_empty_lists(client_for: Any, alice: Any) -> None:
+    client = client_for(alice)
+    for path, name in (
+        ("/api/v1/federation/messages?status=bogus", "status"),
+        ("/api/v1/federation/audit?event=bogus", "event"),
+    ):
+        error = client.get(path).json()["error"]
+        assert error["code"] == "invalid" and error["message"].startswith(f"'{name}' must be one of: ")
+    assert client.get("/api/v1/federation/messages?status=dead").status_code == 200

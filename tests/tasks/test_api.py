@@ -250,3 +250,18 @@ def test_deleting_an_org_takes_its_tasks_unless_another_org_has_tasks_on_its_age
     Task.objects.for_org(other_org).delete()
     assert owner.delete("/api/v1/orgs/acme").status_code == 204  # its own tasks go with it
     assert not Task.objects.unscoped("test").filter(organization_id=org.pk).exists()
+
+
+def test_api_paths_tolerate_a_trailing_slash_and_unknown_ones_are_json_404s(
+    client_for: Any, alice: Any, agent: Any
+) -> None:
+    client = client_for(alice)
+    created = post(client, "/api/v1/tasks/", {"agent": str(agent.pk), "input": TEXT})  # served, not redirected
+    assert created.status_code == 202
+    assert client.get(f"/api/v1/tasks/{created.json()['id']}/").json()["id"] == created.json()["id"]
+    assert client.get("/api/v1/agents/").json()["results"][0]["id"] == str(agent.pk)
+    missing = client.get("/api/v1/nothing-here")
+    assert missing.status_code == 404 and missing["Content-Type"] == "application/json"
+    error = missing.json()["error"]
+    assert error["code"] == "not_found"
+    assert error["message"] == "There is no API endpoint at /api/v1/nothing-here; /api/v1/docs/ lists them."
