@@ -8,6 +8,7 @@ same messages, so both surfaces behave the same.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
@@ -34,9 +35,24 @@ INVITATION_LIFETIME = timedelta(days=7)
 # --- Organizations --------------------------------------------------------------------------------------------
 
 
+_ORG_SLUG = re.compile(r"^[a-z0-9]+(?:-[a-z0-9]+)*$")
+
+
+def org_slug(value: str) -> str:
+    """The slug as Hermes keeps it, or ValidationError. Slugs name orgs in URLs and in federation addresses,
+    which are case-insensitive (`Acme` reaches `acme`): so they are lower case — a mixed-case slug could not be
+    reached from a peer, and `QA-Org` beside `qa-org` would be a lookalike of another org."""
+    slug = value.strip().lower()
+    if not _ORG_SLUG.match(slug) or len(slug) > 60:
+        message = f"'{value[:60]}' is not a slug: use lowercase letters, digits and single hyphens, e.g. acme-labs."
+        raise ValidationError({"slug": [message]})
+    return slug
+
+
 @transaction.atomic
 def create_organization(*, user: Any, name: str, slug: str, plan: str = Plan.FREE) -> Organization:
     """Create an org with `user` as its first owner."""
+    slug = org_slug(slug)
     if Organization.objects.filter(slug=slug).exists():
         raise ValidationError({"slug": [f"The slug '{slug}' is taken."]})
     org = Organization.objects.create(name=name, slug=slug, plan=plan, created_by=user)

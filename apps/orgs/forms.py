@@ -3,15 +3,17 @@ from __future__ import annotations
 from typing import Any
 
 from django import forms
+from django.core.exceptions import ValidationError
 from django.utils.text import slugify
 
 from apps.core.permissions import Role
+from apps.orgs.actions import org_slug
 from apps.orgs.models import MAX_KEY_REQUESTS_PER_MINUTE, Organization, Plan
 
 
 class OrganizationCreateForm(forms.Form):
     name = forms.CharField(max_length=120, widget=forms.TextInput(attrs={"autofocus": True}))
-    slug = forms.SlugField(
+    slug = forms.CharField(
         max_length=60,
         required=False,
         help_text="Lowercase letters, digits and hyphens; used in URLs and federation addresses. "
@@ -21,10 +23,16 @@ class OrganizationCreateForm(forms.Form):
     def clean(self) -> dict[str, Any]:
         data = super().clean() or {}
         if "name" in data and not self.has_error("slug"):
-            slug = data.get("slug") or slugify(data["name"])[:60]
+            slug = data.get("slug") or slugify(data["name"])[:60].strip("-_").replace("_", "-")
             if not slug:
                 self.add_error("slug", "Choose a slug: the name has no letters or digits to derive one from.")
-            elif Organization.objects.filter(slug=slug).exists():
+                return data
+            try:
+                slug = org_slug(slug)
+            except ValidationError as error:
+                self.add_error("slug", error.message_dict["slug"])
+                return data
+            if Organization.objects.filter(slug=slug).exists():
                 self.add_error("slug", f"The slug '{slug}' is taken; choose another.")
             data["slug"] = slug
         return data

@@ -1,9 +1,10 @@
 from __future__ import annotations
 
+from django.core.exceptions import ValidationError as DjangoValidationError
 from rest_framework import serializers
 
 from apps.core.permissions import SCOPES, Role
-from apps.orgs.actions import MAX_ROTATION_GRACE
+from apps.orgs.actions import MAX_ROTATION_GRACE, org_slug
 from apps.orgs.models import MAX_KEY_REQUESTS_PER_MINUTE, APIKey, Invitation, Membership, Organization, Plan
 
 
@@ -88,7 +89,13 @@ class OrganizationSerializer(serializers.ModelSerializer):
 
 class OrganizationCreateSerializer(serializers.Serializer):
     name = serializers.CharField(max_length=120)
-    slug = serializers.SlugField(max_length=60)
+    slug = serializers.CharField(max_length=60)
+
+    def validate_slug(self, value: str) -> str:
+        try:
+            return org_slug(value)
+        except DjangoValidationError as error:
+            raise serializers.ValidationError(error.message_dict["slug"]) from error
 
 
 class OrganizationUpdateSerializer(serializers.Serializer):

@@ -16,7 +16,7 @@ from rest_framework.request import Request
 from rest_framework.response import Response
 
 from apps.agents import selectors as agent_selectors
-from apps.core.api import OrgScopedViewSet
+from apps.core.api import OrgScopedViewSet, describe
 from apps.core.errors import Conflict, HermesAPIError, whole_number
 from apps.core.idempotency import IdempotentCreateMixin
 from apps.tasks import actions, selectors
@@ -118,12 +118,14 @@ class TaskViewSet(  # type: ignore[misc]
     read_action = "tasks:read"
     write_action = "tasks:write"
 
-    @extend_schema(
+    @describe(
+        "Send a task to an agent",
+        action="tasks:write",
+        notes="202 with the task; 400 for an input no agent could be sent (per field, or `details.input`); 404 "
+        "for an unknown or other-org agent; 413 when the input exceeds HERMES_MAX_TASK_INPUT_BYTES; 429 past the "
+        "org's tasks per day. An `Idempotency-Key` header makes a retried POST return the original task.",
         request=TaskCreateSerializer,
         responses={202: TaskSerializer},
-        description="Send a task to an agent. Needs `tasks:write`. 202 with the task; 404 for an unknown or "
-        "other-org agent; 413 when the input exceeds HERMES_MAX_TASK_INPUT_BYTES; 429 past the org's tasks per "
-        "day. An `Idempotency-Key` header makes a retried POST return the original task.",
     )
     def create(self, request: Request, *args: Any, **kwargs: Any) -> Response:
         # Declared here so the schema sees it: IdempotentCreateMixin (next in the MRO) wraps _SendTask.create.

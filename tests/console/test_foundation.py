@@ -167,6 +167,13 @@ def test_create_org_refuses_a_taken_slug(client: Client, alice: Any, other_org: 
     login(client, alice)
     response = client.post("/orgs/new/", {"name": "Globex", "slug": "globex"})
     assert response.status_code == 422 and "is taken" in response.content.decode()
+    shouted = client.post("/orgs/new/", {"name": "Globex", "slug": "GLOBEX"})  # the same org to a peer
+    assert shouted.status_code == 422 and "The slug &#x27;globex&#x27; is taken" in shouted.content.decode()
+    underscored = client.post("/orgs/new/", {"name": "QA", "slug": "QA_Org"})
+    assert (
+        underscored.status_code == 422
+        and "use lowercase letters, digits and single hyphens" in underscored.content.decode()
+    )
     assert Organization.objects.count() == 2
 
 

@@ -45,6 +45,17 @@ def test_create_org(alice: Any, client_for: Any) -> None:
     assert taken.status_code == 400 and "slug" in taken.data["error"]["details"]
     bad = client.post("/api/v1/orgs", {"name": "", "slug": "no spaces"}, format="json")
     assert bad.status_code == 400 and set(bad.data["error"]["details"]) == {"name", "slug"}
+    # Federation addresses are case-insensitive: a mixed-case slug is the lower-case one (here taken), and an
+    # underscore is refused as the help text says (both were accepted, and `QA_Org` was unreachable by peers).
+    again = client.post("/api/v1/orgs", {"name": "Shouting", "slug": "INITECH"}, format="json")
+    assert again.status_code == 400 and again.data["error"]["details"]["slug"] == ["The slug 'initech' is taken."]
+    underscore = client.post("/api/v1/orgs", {"name": "U", "slug": "qa_org"}, format="json")
+    assert underscore.data["error"]["details"]["slug"] == [
+        "'qa_org' is not a slug: use lowercase letters, digits and single hyphens, e.g. acme-labs."
+    ]
+    assert (
+        client.post("/api/v1/orgs", {"name": "Mixed", "slug": "Mixed-Case"}, format="json").data["slug"] == "mixed-case"
+    )
 
 
 def test_update_and_delete_org(org: Any, alice: Any, bob: Any, client_for: Any) -> None:
