@@ -271,6 +271,12 @@ def backup(database: Database, directory: Path, *, label: str | None = None) -> 
     else:
         dump = directory / f"{stamp}.sqlite3"
         contents, tool = _backup_sqlite(database, dump)
+    if "django_migrations" not in contents["tables"]:
+        dump.unlink(missing_ok=True)
+        raise BackupError(
+            f"{database.describe()} has no Hermes tables (no migration history): check DATABASE_URL, or run "
+            "`python manage.py migrate` first. Nothing was written."
+        )
     manifest = {
         "format": MANIFEST_FORMAT,
         "created_at": datetime.now(UTC).isoformat(),
@@ -305,7 +311,11 @@ def _backup_postgres(database: Database, dump: Path) -> tuple[dict[str, Any], st
 
 
 def _backup_sqlite(database: Database, dump: Path) -> tuple[dict[str, Any], str]:
-    source = sqlite3.connect(database.name)
+    try:
+        # Read-only: a plain connect would create an empty file at a mistyped path and back that up.
+        source = sqlite3.connect(f"{Path(database.name).resolve().as_uri()}?mode=ro", uri=True)
+    except sqlite3.OperationalError as exc:
+        raise BackupError(f"Cannot open {database.describe()}: {exc} (does the file exist?).") from exc
     target = sqlite3.connect(dump)
     try:
         source.backup(target)  # consistent even while other processes write (online backup API)
@@ -322,9 +332,13 @@ def _backup_sqlite(database: Database, dump: Path) -> tuple[dict[str, Any], str]
 def load_manifest(dump: Path, manifest: Path | None = None) -> dict[str, Any]:
     path = manifest or manifest_path_for(dump)
     if not path.exists():
-        raise BackupError(f"No manifest at {path}: pass --manifest (a backup is only restored with its manifest).")
-    data: dict[str, Any] = json.loads(path.read_text())
-    if data.get("format") != MANIFEST_FORMAT:
+        hint = "check the path" if manifest else "pass --manifest"
+        raise BackupError(f"No manifest at {path}: {hint} (a backup is only restored with its manifest).")
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, ValueError) as exc:
+        raise BackupError(f"{path} is not a {MANIFEST_FORMAT} manifest: it cannot be read as JSON ({exc}).") from exc
+    if not isinstance(data, dict) or data.get("format") != MANIFEST_FORMAT or not isinstance(data.get("dump"), dict):
         raise BackupError(f"{path} is not a {MANIFEST_FORMAT} manifest.")
     actual = sha256_file(dump)
     if actual != data["dump"]["sha256"]:
@@ -396,6 +410,9 @@ def verify(database: Database, manifest: dict[str, Any]) -> Verification:
 def restore(dump: Path, database: Database, manifest: dict[str, Any], *, force: bool = False) -> Verification:
     if manifest["vendor"] != database.vendor:
         raise BackupError(f"This is a {manifest['vendor']} backup; the target is {database.vendor}.")
+    if database.vendor == "sqlite" and Path(database.name).resolve() == dump.resolve():
+        # --force would empty the target first: the backup itself would be lost.
+        raise BackupError(f"The target {database.describe()} is the backup file itself: restore into another file.")
     ensure_database(database)
     if has_tables(database):
         if not force:
@@ -421,11 +438,15 @@ def restore(dump: Path, database: Database, manifest: dict[str, Any], *, force: 
             Path(database.name).parent.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
             raise BackupError(f"Cannot create the directory of {database.describe()}: {exc.strerror}.") from exc
-        with (
-            contextlib.closing(sqlite3.connect(dump)) as source,
-            contextlib.closing(sqlite3.connect(database.name)) as target,
-        ):
-            source.backup(target)
+        try:
+            with (
+                contextlib.closing(sqlite3.connect(f"{dump.resolve().as_uri()}?mode=ro", uri=True)) as source,
+                contextlib.closing(sqlite3.connect(database.name)) as target,
+            ):
+                source.backup(target)
+        except sqlite3.DatabaseError as exc:
+            Path(database.name).unlink(missing_ok=True)  # the target was empty (or emptied): leave no stub behind
+            raise BackupError(f"{dump} cannot be restored: {exc} (is it a SQLite backup?).") from exc
     return verify(database, manifest)
 
 

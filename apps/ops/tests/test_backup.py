@@ -14,7 +14,16 @@ from django.core.management import call_command
 from django.core.management.base import CommandError
 from django.test import override_settings
 
-from apps.ops.backup import BackupError, Database, backup, drop_database, load_manifest, restore, verify
+from apps.ops.backup import (
+    BackupError,
+    Database,
+    backup,
+    drop_database,
+    load_manifest,
+    restore,
+    sha256_file,
+    verify,
+)
 from apps.ops.tests.conftest import database_url
 from tests.factories import issue_api_key
 
@@ -158,3 +167,40 @@ def test_unreachable_places_are_named_not_tracebacks(tmp_path: Path) -> None:
 def test_unsupported_engines_are_refused() -> None:
     with pytest.raises(BackupError, match="Unsupported database engine"):
         Database.from_url("mysql://u:p@localhost/db")
+
+
+def test_mistakes_that_would_lose_or_fake_a_backup_are_refused(tmp_path: Path) -> None:
+    # A mistyped SQLite path: the plain connect created an empty file there and "backed it up" (exit 0).
+    typo = Database(vendor="sqlite", name=str(tmp_path / "typo.sqlite3"))
+    with pytest.raises(BackupError, match=r"Cannot open sqlite:.*typo\.sqlite3.*does the file exist"):
+        backup(typo, tmp_path / "backups")
+    assert not (tmp_path / "typo.sqlite3").exists() and not list((tmp_path / "backups").glob("*.sqlite3"))
+    # A database without Hermes' tables (the wrong one, or not migrated yet).
+    sqlite3.connect(tmp_path / "empty.sqlite3").close()
+    with pytest.raises(BackupError, match=r"has no Hermes tables .* Nothing was written"):
+        backup(Database(vendor="sqlite", name=str(tmp_path / "empty.sqlite3")), tmp_path / "backups")
+    assert not list((tmp_path / "backups").glob("*.sqlite3"))
+    with pytest.raises(CommandError, match=r"No database alias 'nope' in DATABASES \(there is: default"):
+        call_command("backup", "--database", "nope", stdout=io.StringIO())
+
+    source = _sqlite_source(tmp_path / "hermes.sqlite3")
+    result = backup(source, tmp_path / "backups", label="hermes-test")
+    manifest = load_manifest(result.dump)
+    # Restoring a backup "into" itself with --force emptied the file first: the backup was gone.
+    with pytest.raises(BackupError, match="is the backup file itself"):
+        restore(result.dump, Database(vendor="sqlite", name=str(result.dump)), manifest, force=True)
+    assert sha256_file(result.dump) == manifest["dump"]["sha256"]
+    # A file that is no SQLite database (its manifest made to match): a clear error, no empty target left.
+    fake = tmp_path / "fake.sqlite3"
+    fake.write_bytes(b"x" * 4096)
+    target = tmp_path / "restored.sqlite3"
+    with pytest.raises(BackupError, match="cannot be restored: file is not a database"):
+        restore(fake, Database(vendor="sqlite", name=str(target)), {**manifest, "dump": {"sha256": sha256_file(fake)}})
+    assert not target.exists()
+    # Manifests that are no manifests.
+    for text, reason in (("{not json", "cannot be read as JSON"), ("[]", "is not a hermes-backup/1 manifest")):
+        (tmp_path / "m.json").write_text(text)
+        with pytest.raises(CommandError, match=re.escape(reason)):
+            call_command("restore", str(result.dump), "--manifest", str(tmp_path / "m.json"), stdout=io.StringIO())
+    with pytest.raises(CommandError, match=r"No manifest at .*missing\.json: check the path"):
+        call_command("restore", str(result.dump), "--manifest", str(tmp_path / "missing.json"), stdout=io.StringIO())

@@ -16,8 +16,11 @@ class Command(HermesCommand):
         parser.add_argument("--database", default="default", help="Database alias to back up.")
 
     def handle(self, *args: Any, **options: Any) -> None:
+        alias = options["database"]
+        if alias not in settings.DATABASES:
+            raise CommandError(f"No database alias '{alias}' in DATABASES (there is: {', '.join(settings.DATABASES)}).")
         try:
-            result = backup(Database.from_settings(options["database"]), Path(options["output_dir"]))
+            result = backup(Database.from_settings(alias), Path(options["output_dir"]))
         except BackupError as exc:
             raise CommandError(str(exc)) from exc
         manifest = result.manifest
