@@ -17,7 +17,7 @@ class PeerForm(forms.Form):
 class ContactForm(forms.Form):
     name = forms.CharField(max_length=120)
     address = forms.CharField(max_length=200, help_text="org, agent.org, org@peer or agent.org@peer")
-    notes = forms.CharField(required=False, widget=forms.Textarea(attrs={"rows": 2}))
+    notes = forms.CharField(required=False, max_length=1000, widget=forms.Textarea(attrs={"rows": 2}))
 
 
 class PolicyForm(forms.Form):

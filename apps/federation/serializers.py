@@ -62,6 +62,7 @@ class ContactSerializer(serializers.ModelSerializer):
         model = Contact
         fields = ("id", "name", "address", "notes", "created_at")
         read_only_fields = ("id", "created_at")
+        extra_kwargs = {"notes": {"max_length": 1000}}  # as the console form: a note, not a document
 
 
 class PolicySerializer(serializers.ModelSerializer):

@@ -22,6 +22,7 @@ from django.utils.cache import add_never_cache_headers
 from django.views.decorators.csrf import csrf_exempt
 from django.views.decorators.http import require_http_methods, require_POST
 
+from apps.agents import selectors as agent_selectors
 from apps.core.console import hx_redirect, is_fragment_request, render_console
 from apps.core.errors import HermesAPIError, error_body
 from apps.core.metrics import FEDERATION_INBOUND
@@ -242,7 +243,9 @@ def _submit_form(
         try:
             result = act(form.cleaned_data)
         except HermesAPIError as exc:
-            form.add_error(error_field if exc.status_code in error_statuses else None, str(exc.detail))
+            # Next to the field the refusal names, else the form's main field (or the form as a whole).
+            named = next((name for name in exc.details if name in form.fields), None)
+            form.add_error(named or (error_field if exc.status_code in error_statuses else None), str(exc.detail))
         else:
             messages.success(request, success(result))
             form = type(form)()
@@ -295,10 +298,19 @@ def console_policies(request: HttpRequest) -> HttpResponse:
         lambda data: actions.set_policy(org=access.org, **data),
         error_field="remote",
         error_statuses=(400,),
-        success=lambda rule: f"Rule saved: {rule}.",
+        success=_rule_saved,
     )
     context = _policies_context(access, form)
     return render_console(request, "federation/policies.html", context, partial="policies_panel", status=status)
+
+
+def _rule_saved(rule: Policy) -> str:
+    saved = f"Rule saved: {rule}."
+    if rule.local_agent and not agent_selectors.org_agents(rule.organization).filter(slug=rule.local_agent).exists():
+        # Messages may name a sender agent that is not registered, so the rule stands; but a typo would read as a
+        # rule that guards an agent, so say so.
+        saved += f" Note: no registered agent is called '{rule.local_agent}'; check the slug on the Agents page."
+    return saved
 
 
 def _policies_context(access: Access, form: Any) -> dict[str, Any]:

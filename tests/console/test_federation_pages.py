@@ -143,6 +143,9 @@ def test_policies_add_and_remove(as_user: Any, bob: Any, org: Any, charlie: Any)
     assert as_user(charlie).post(f"/federation/policies/{rule.pk}/delete/").status_code == 404
     bad = client.post("/federation/policies/", {"remote": "nope nope", "effect": "allow"}, **HX)
     assert bad.status_code == 422
+    typo = client.post("/federation/policies/", {"remote": "*", "effect": "deny", "local_agent": "no-such-agent"}, **HX)
+    assert "Note: no registered agent is called &#x27;no-such-agent&#x27;" in typo.content.decode()
+    Policy.objects.for_org(org).filter(local_agent="no-such-agent").delete()
     assert client.post(f"/federation/policies/{rule.pk}/delete/", **HX).status_code == 200
     assert not Policy.objects.for_org(org).exists()
 
