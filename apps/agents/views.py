@@ -66,9 +66,12 @@ def register(request: HttpRequest) -> HttpResponse:
 
 
 @org_action_required("agents:write")
-@require_POST
+@require_http_methods(["GET", "POST"])
 def register_manual(request: HttpRequest) -> HttpResponse:
     """Register an agent without a card (the page's third form; errors re-render the whole page)."""
+    if request.method == "GET":
+        # The address bar shows this URL after a refused submit; reloading it opens the registration page.
+        return redirect("agents:register")
     access = _access(request)
     form = AgentManualForm(request.POST, prefix=MANUAL)
     if form.is_valid():

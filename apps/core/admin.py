@@ -36,18 +36,26 @@ class OrgOwnedInline(admin.TabularInline):
         return False
 
 
-@admin.register(AuditEvent)
-class AuditEventAdmin(admin.ModelAdmin):
-    list_display = ("created_at", "org_id", "actor", "action", "target_type", "target_id")
-    list_filter = ("action",)
-    search_fields = ("action", "target_id")
-    readonly_fields = [f.name for f in AuditEvent._meta.fields]
+class AuditLogAdmin(admin.ModelAdmin):
+    """An audit log in the admin: staff read it; nobody adds, edits or deletes entries (not even in bulk), or it
+    would stop being evidence."""
 
     def has_add_permission(self, request: HttpRequest) -> bool:
         return False
 
     def has_change_permission(self, request: HttpRequest, obj: Any = None) -> bool:
         return False
+
+    def has_delete_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return False
+
+
+@admin.register(AuditEvent)
+class AuditEventAdmin(AuditLogAdmin):
+    list_display = ("created_at", "org_id", "actor", "action", "target_type", "target_id")
+    list_filter = ("action",)
+    search_fields = ("action", "target_id")
+    readonly_fields = [f.name for f in AuditEvent._meta.fields]
 
 
 @admin.register(IdempotencyRecord)

@@ -8,7 +8,7 @@ from django.contrib import admin, messages
 from django.db.models import QuerySet
 from django.http import HttpRequest
 
-from apps.core.admin import OrgOwnedAdmin, OrgOwnedInline
+from apps.core.admin import AuditLogAdmin, OrgOwnedAdmin, OrgOwnedInline
 from apps.federation import actions
 from apps.federation.models import (
     Contact,
@@ -102,7 +102,7 @@ class InboxEntryAdmin(OrgOwnedAdmin):
 
 
 @admin.register(FederationAuditEvent)
-class FederationAuditEventAdmin(admin.ModelAdmin):
+class FederationAuditEventAdmin(AuditLogAdmin):
     list_display = ("created_at", "event", "organization", "peer", "message_id", "reason")
     list_filter = ("event",)
     search_fields = ("message_id", "reason")
@@ -111,9 +111,6 @@ class FederationAuditEventAdmin(admin.ModelAdmin):
         return FederationAuditEvent.objects.unscoped("staff admin sees every org").select_related(
             "organization", "peer"
         )
-
-    def has_change_permission(self, request: HttpRequest, obj: Any = None) -> bool:
-        return False  # the audit log is append-only
 
 
 # --- Cross-org tasks (read-only for staff: both rows mirror what the messages said) ------------------------------

@@ -396,6 +396,8 @@ def console_message(request: HttpRequest, message_id: str) -> HttpResponse:
     outbox = _outbox_or_404(access, message_id)
     context = {
         "row": outbox,
+        # As it travels (JSON), not as Python prints a dict.
+        "payload_json": json.dumps(outbox.message.payload, indent=2, ensure_ascii=False),
         "attempts": outbox.attempt_log.order_by("number"),
         "can_write": access.allows("federation:write"),
     }

@@ -31,7 +31,8 @@ class TaskForm(forms.Form):
         # Grouped by owning org: the org's own agents and the public ones from the marketplace.
         groups: dict[str, list[tuple[str, str]]] = {}
         for agent in agents:
-            groups.setdefault(agent.organization.name, []).append((str(agent.pk), agent.name))
+            # With the slug: two agents may share a name (the same card registered twice), never a slug.
+            groups.setdefault(agent.organization.name, []).append((str(agent.pk), f"{agent.name} ({agent.slug})"))
         self.fields["agent"].choices = [("", "Choose an agent…"), *groups.items()]  # type: ignore[attr-defined]
 
     def clean_agent(self) -> Any:
@@ -73,7 +74,7 @@ class TaskFilterForm(forms.Form):
 
     def __init__(self, *args: Any, agents: list[Any], **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
-        self.fields["agent"].choices = [("", "Any agent"), *((str(a.pk), a.name) for a in agents)]  # type: ignore[attr-defined]
+        self.fields["agent"].choices = [("", "Any agent"), *((str(a.pk), f"{a.name} ({a.slug})") for a in agents)]  # type: ignore[attr-defined]
 
 
 class FollowUpForm(forms.Form):

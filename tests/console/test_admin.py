@@ -119,3 +119,19 @@ def test_every_change_page_renders_with_its_inline_rows(staff_client: Client, wi
             if inline.model._base_manager.exists() and model in with_inline_rows:
                 assert response.context["inline_admin_formsets"], url
     assert with_inline_rows <= shown
+
+
+def test_audit_logs_are_read_only_for_staff(staff_client: Client, org: Any) -> None:
+    from apps.federation.models import AuditEvent as FederationEventKind
+    from apps.federation.models import FederationAuditEvent
+
+    entry = FederationAuditEvent.objects.create(organization=org, event=FederationEventKind.REJECTED, reason="x")
+    for path in ("/admin/federation/federationauditevent/", "/admin/core/auditevent/"):
+        assert staff_client.get(f"{path}add/").status_code == 403  # there was an "Add" button and form
+        changelist = staff_client.get(path).content.decode()
+        assert "delete_selected" not in changelist  # nor a bulk delete
+    assert (
+        staff_client.post(f"/admin/federation/federationauditevent/{entry.pk}/delete/", {"post": "yes"}).status_code
+        == 403
+    )
+    assert FederationAuditEvent.objects.unscoped("test").filter(pk=entry.pk).exists()

@@ -177,3 +177,5 @@ def test_register_without_a_card(as_user: Any, dave: Any, mia: Any, org: Any) ->
         assert refused.status_code == 422 and field_text in refused.content.decode(), change
     assert Agent.objects.for_org(org).count() == 1
     assert as_user(mia).post("/agents/register/manual/", form).status_code == 403
+    # Reloading the URL a refused submit left in the address bar opens the page again (it was an empty 405).
+    assert as_user(dave).get("/agents/register/manual/")["Location"] == "/agents/register/"

@@ -161,6 +161,7 @@ def test_outbox_send_and_message_detail(as_user: Any, bob: Any, org: Any, charli
     assert str(row.message_id)[:8] in html and "Dead-lettered" in html
     detail = main_html(client.get(f"/federation/messages/{row.message_id}/"))
     assert "inspect me" in detail and "permanent" in detail and "400" in detail and "Requeue" in detail
+    assert "{\n  &quot;text&quot;: &quot;inspect me&quot;\n}" in detail  # JSON as it travels, not a Python dict
     assert as_user(charlie).get(f"/federation/messages/{row.message_id}/").status_code == 404
     assert client.get("/federation/messages/not-a-uuid/").status_code == 404
 

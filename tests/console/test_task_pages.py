@@ -69,7 +69,8 @@ def test_agent_picker_offers_own_and_public_agents_only(
     )
     client = as_user(charlie)
     page = main_html(client.get("/tasks/new/"))
-    assert "Public Echo" in page and ">Echo<" not in page
+    # Options carry the slug: two agents may share a name, never a slug.
+    assert f">Public Echo ({public.slug})<" in page and f">Echo ({echo.slug})<" not in page
     refused = client.post("/tasks/new/", {"agent": str(echo.pk), "text": "x"})
     assert refused.status_code == 422 and "Select a valid choice" in refused.content.decode()
     assert client.post("/tasks/new/", {"agent": str(public.pk), "text": "x"}).status_code == 302
