@@ -21,8 +21,11 @@ from apps.core.permissions import SCOPES, Access, Role, role_allows
 def access_of(request: Request) -> Access:
     access = getattr(request, "auth", None)
     if not isinstance(access, Access):
+        named = request.headers.get("X-Hermes-Org")
         raise HermesAPIError(
-            "No organization selected: use an API key, or pick an organization in the console first.",
+            f"You are not a member of an organization '{named[:60]}' (X-Hermes-Org); GET /api/v1/orgs lists yours."
+            if named
+            else "No organization selected: use an API key, or pick an organization in the console first.",
             code="no_organization",
             status_code=403,
         )
@@ -35,6 +38,15 @@ def require_action(access: Access, action: str) -> None:
     API permissions, actions and console views all call this, so every surface refuses in the same words."""
     if access.allows(action):
         return
+    if access.scopes is not None and action not in SCOPES:
+        # No key can hold it: asking for the scope would send the caller after something that does not exist.
+        raise HermesAPIError(
+            f"'{action}' is done with a signed-in session (the console, or the API with its session cookie): it is "
+            "not an API-key scope.",
+            code="session_required",
+            status_code=403,
+            details={"required_action": action},
+        )
     if access.scopes is not None and action not in access.scopes:
         raise HermesAPIError(
             f"This API key lacks the scope '{action}'.",

@@ -223,6 +223,15 @@ def test_no_org_selected_is_explained(client_for: Any) -> None:
     assert client_for(loner).get("/api/v1/me").data["current"] is None
 
 
+def test_an_org_header_naming_an_org_you_are_not_in_says_so(alice: Any, client_for: Any, other_org: Any) -> None:
+    for slug in ("globex", "no-such-org"):  # another org's, and none at all: the same answer
+        response = client_for(alice).get("/api/v1/members", HTTP_X_HERMES_ORG=slug)
+        assert response.status_code == 403
+        assert response.data["error"]["message"] == (
+            f"You are not a member of an organization '{slug}' (X-Hermes-Org); GET /api/v1/orgs lists yours."
+        )
+
+
 # --- Schema ------------------------------------------------------------------------------------------------------
 
 
