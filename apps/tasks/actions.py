@@ -371,8 +371,12 @@ def record(task: Task | Any, observations: Iterable[Observation], *, worker: str
             if obs.state and obs.state != locked.state:
                 if obs.state in _allowed_from(locked.state):
                     _move(pending, obs.state, **obs.data)
-                    if obs.data.get("error"):  # a federated task's failure reason arrives with its state
-                        locked.last_error = str(obs.data["error"])[:4000]
+                    # A federated task's failure (or refusal) reason arrives with its state.
+                    problem = obs.data.get("error") or (
+                        obs.data.get("reason") if obs.state == TaskState.REJECTED else ""
+                    )
+                    if problem:
+                        locked.last_error = str(problem)[:4000]
                         fields.add("last_error")
                 else:
                     logger.debug("ignoring agent state %s for task %s in %s", obs.state, locked.pk, locked.state)

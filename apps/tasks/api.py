@@ -134,6 +134,16 @@ class TaskViewSet(  # type: ignore[misc]
     def scoped_queryset(self) -> QuerySet[Task]:
         return selectors.tasks_for_org(self.org)
 
+    def finalize_response(self, request: Request, response: Any, *args: Any, **kwargs: Any) -> Any:
+        response = super().finalize_response(request, response, *args, **kwargs)
+        if isinstance(response, Response) and isinstance(
+            getattr(response, "accepted_renderer", None), EventStreamRenderer
+        ):
+            # An error answering `Accept: text/event-stream` is still a JSON document: say so, or an SSE client
+            # would try to read it as events.
+            response.content_type = "application/json"
+        return response
+
     def filter_queryset(self, queryset: QuerySet[Any]) -> QuerySet[Any]:
         if self.action != "list":
             return queryset

@@ -305,6 +305,7 @@ def test_a_rejected_request_fails_the_requesters_task_at_once(
     assert task.state == "rejected"
     last = task.events.order_by("-seq").first()
     assert "no agent 'nobody'" in last.data["reason"]
+    assert "no agent 'nobody'" in task.last_error  # what the API and the console show as the reason
     # globex answered, but no agent of its did: the federated agent is not shown online, and says why.
     agent = task.agent.__class__.objects.for_org(org).get(pk=task.agent_id)
     assert not agent.is_online and "no agent 'nobody'" in agent.last_error

@@ -168,7 +168,8 @@ def test_events_after(client_for: Any, alice: Any, agent: Any) -> None:
         error = client.get(f"/api/v1/tasks/{task.pk}/events?{query}").json()["error"]
         assert error["message"] == f"'{name}' must be a whole number {bound}."
     assert len(client.get(f"/api/v1/tasks/{task.pk}/events?limit=9999").json()["results"]) == 5  # clamped to 500
-    stream = client.get(f"/api/v1/tasks/{task.pk}/stream", HTTP_LAST_EVENT_ID="x")
+    stream = client.get(f"/api/v1/tasks/{task.pk}/stream", HTTP_LAST_EVENT_ID="x", HTTP_ACCEPT="text/event-stream")
+    assert stream["Content-Type"] == "application/json"  # an error, even to an SSE client, is a JSON document
     assert stream.status_code == 400 and stream.json()["error"]["details"] == {
         "Last-Event-ID": ["A whole number of at least 0."]
     }
