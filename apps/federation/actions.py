@@ -25,7 +25,7 @@ from apps.core.metrics import (
     FEDERATION_RETRIES,
 )
 from apps.federation import policy
-from apps.federation.addresses import Address, InvalidAddress, validate_pattern
+from apps.federation.addresses import Address, InvalidAddress, is_slug, validate_pattern
 from apps.federation.models import (
     AttemptOutcome,
     AuditEvent,
@@ -43,6 +43,7 @@ from apps.federation.models import (
     Policy,
     RemoteTask,
 )
+from apps.orgs.models import Organization
 
 logger = logging.getLogger(__name__)
 
@@ -267,7 +268,19 @@ def send_message(
     `reply=True` marks a message answering a request this org accepted (task results): the org's outbound
     policy is not asked again, since accepting the request already admitted the requester."""
     address = recipient if isinstance(recipient, Address) else _address_or_400(recipient, "recipient")
+    if sender_agent and not is_slug(sender_agent):
+        reason = f"'{sender_agent[:80]}' is not an agent slug (lowercase letters, digits, '-' and '_')"
+        raise HermesAPIError(f"{reason}.", code="invalid", details={"sender_agent": [reason]})
     peer: Peer | None = None
+    if address.peer is None and not Organization.objects.filter(slug=address.org).exists():
+        # Delivered locally, it could only be dead-lettered ("no organization here"); a policy denial would blame
+        # the wrong thing. (Peers' orgs are only known to the peer.)
+        raise HermesAPIError(
+            f"There is no organization '{address.org}' on this instance; a peer's org is addressed as "
+            f"{address.org}@<peer>.",
+            code="unknown_recipient",
+            details={"recipient": [f"no organization '{address.org}' here"]},
+        )
     if address.peer is not None:
         peer = Peer.objects.filter(name=address.peer).first()
         if peer is None:

@@ -24,6 +24,11 @@ class InvalidAddress(ValueError):
     pass
 
 
+def is_slug(value: str) -> bool:
+    """Whether `value` can be one part of an address (an org, agent or peer name)."""
+    return bool(re.fullmatch(_SLUG, value))
+
+
 @dataclass(frozen=True)
 class Address:
     org: str

@@ -103,9 +103,12 @@ def test_send_validates_address_peer_and_policy(
         send(org)
     assert not Message.objects.for_org(org).exists()
     assert FederationAuditEvent.objects.for_org(org).filter(event=AuditEvent.POLICY_DENIED).count() == 1
-    # An unknown org on this instance is found out by delivery, like one on a peer: 404, dead letter at once.
-    actions.set_policy(org=org, remote="initech", effect=Effect.ALLOW)
-    assert delivery.deliver(outbox_of(send(org, "initech")).pk) == OutboxStatus.DEAD
+    # An unknown org on this instance is refused up front (it could only be dead-lettered; with no rule for it
+    # the refusal blamed the policy); an unknown org on a peer is found out by delivery.
+    with pytest.raises(HermesAPIError, match="There is no organization 'initech' on this instance"):
+        send(org, "initech")
+    with pytest.raises(HermesAPIError, match="'Bad Agent!' is not an agent slug"):
+        actions.send_message(org=org, recipient="globex@stub", payload={}, sender_agent="Bad Agent!")
     actions.set_peer_status(stub_peer, "disabled")
     with pytest.raises(HermesAPIError, match="disabled"):
         send(org, "x@stub")

@@ -327,7 +327,7 @@ def test_post_tasks_to_a_federated_agent_sends_a_task_request(
 
 @pytest.mark.django_db
 def test_a_refused_request_creates_no_task(
-    org: Any, alice: Any, client_for: Any, django_capture_on_commit_callbacks: Any
+    org: Any, other_org: Any, alice: Any, client_for: Any, django_capture_on_commit_callbacks: Any
 ) -> None:
     from apps.tasks.models import Task
 
@@ -342,7 +342,9 @@ def test_a_refused_request_creates_no_task(
 
 
 @pytest.mark.django_db
-def test_a_denied_send_under_an_idempotency_key_keeps_its_audit_row(org: Any, alice: Any, client_for: Any) -> None:
+def test_a_denied_send_under_an_idempotency_key_keeps_its_audit_row(
+    org: Any, other_org: Any, alice: Any, client_for: Any
+) -> None:
     actions.set_policy(org=org, remote="globex", effect=Effect.DENY)
     refused = client_for(alice).post(
         "/api/v1/federation/messages",
