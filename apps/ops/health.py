@@ -12,6 +12,7 @@ from typing import Any
 from django.conf import settings
 from django.core.cache import caches
 
+from apps.core import checks
 from apps.core.checks import Probe, ProbeResult, register_probe, timed_probe
 from apps.ops.tasks import BEAT_KEY
 from apps.ops.worker import seen_workers
@@ -76,7 +77,12 @@ def probe_outbox() -> Probe:
         )
         return not stuck, detail, dict(backlog)
 
-    return timed_probe("outbox", run, "deliveries are stuck: check workers, beat and the peers' reachability")
+    probe = timed_probe("outbox", run, "deliveries are stuck: check workers, beat and the peers' reachability")
+    if not probe.ok and not checks.database_reachable():
+        # The backlog lives in the database: with the database down it is unknown, not stuck (the database line
+        # says what to fix; "check workers and peers" sent operators the wrong way).
+        return Probe("outbox", False, "not checked: the database is unreachable", probe.latency_ms, available=False)
+    return probe
 
 
 def register() -> None:

@@ -44,3 +44,22 @@ def test_a_stuck_outbox_degrades_health_without_failing_readiness(client: Client
     assert body["checks"]["outbox"]["status"] == "down" and "outbox" in body["degraded"]
     assert body["status"] == "degraded"
     assert "stuck" in body["checks"]["outbox"]["fix"]
+
+
+def test_with_the_database_down_the_outbox_is_unknown_not_stuck(monkeypatch: pytest.MonkeyPatch) -> None:
+    from django.db import OperationalError
+
+    from apps.core import checks
+    from apps.federation import selectors
+    from apps.ops.health import probe_outbox
+
+    def refuse() -> Any:
+        raise OperationalError("connection to server at 127.0.0.1, port 5432 failed: Connection refused")
+
+    monkeypatch.setattr(selectors, "delivery_backlog", refuse)
+    monkeypatch.setattr(checks, "database_reachable", lambda: False)
+    probe = probe_outbox()
+    assert probe.status == "not_available" and probe.detail == "not checked: the database is unreachable"
+    assert "fix" not in probe.as_dict()  # it pointed at workers, beat and peers
+    monkeypatch.setattr(checks, "database_reachable", lambda: True)  # the database answered: a real failure
+    assert probe_outbox().status == "down"
