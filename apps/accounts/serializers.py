@@ -5,6 +5,7 @@ from typing import Any
 from rest_framework import serializers
 
 from apps.core.permissions import Access
+from apps.core.serializers import StrictFieldsMixin
 
 
 class MembershipSummarySerializer(serializers.Serializer):
@@ -42,22 +43,22 @@ class UserSerializer(serializers.Serializer):
     date_joined = serializers.DateTimeField(read_only=True)
 
 
-class RegisterSerializer(serializers.Serializer):
+class RegisterSerializer(StrictFieldsMixin, serializers.Serializer):
     email = serializers.EmailField(max_length=254)
     password = serializers.CharField(write_only=True, max_length=128, style={"input_type": "password"})
     name = serializers.CharField(max_length=150, required=False, default="", allow_blank=True)
 
 
-class PasswordChangeSerializer(serializers.Serializer):
+class PasswordChangeSerializer(StrictFieldsMixin, serializers.Serializer):
     current_password = serializers.CharField(max_length=128)
     new_password = serializers.CharField(max_length=128)
 
 
-class PasswordResetSerializer(serializers.Serializer):
+class PasswordResetSerializer(StrictFieldsMixin, serializers.Serializer):
     email = serializers.EmailField(max_length=254)
 
 
-class PasswordResetConfirmSerializer(serializers.Serializer):
+class PasswordResetConfirmSerializer(StrictFieldsMixin, serializers.Serializer):
     uid = serializers.CharField(max_length=64)
     token = serializers.CharField(max_length=128)
     new_password = serializers.CharField(max_length=128)

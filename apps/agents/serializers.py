@@ -5,6 +5,7 @@ from typing import Any
 from rest_framework import serializers
 
 from apps.agents.models import Agent, Visibility
+from apps.core.serializers import StrictFieldsMixin
 
 
 class AgentSerializer(serializers.ModelSerializer):
@@ -65,7 +66,7 @@ class MarketplaceAgentSerializer(serializers.ModelSerializer):
         read_only_fields = fields
 
 
-class AgentCreateSerializer(serializers.Serializer):
+class AgentCreateSerializer(StrictFieldsMixin, serializers.Serializer):
     MODES = (("card", "Fetch and validate the agent's card"), ("manual", "No card: state the endpoint yourself"))
 
     mode = serializers.ChoiceField(choices=MODES, default="card")
@@ -96,7 +97,7 @@ class AgentCreateSerializer(serializers.Serializer):
         return attrs
 
 
-class AgentUpdateSerializer(serializers.Serializer):
+class AgentUpdateSerializer(StrictFieldsMixin, serializers.Serializer):
     name = serializers.CharField(max_length=200, required=False)
     slug = serializers.SlugField(max_length=80, required=False)
     description = serializers.CharField(required=False, allow_blank=True)

@@ -7,6 +7,7 @@ from django.conf import settings
 from drf_spectacular.utils import extend_schema_serializer
 from rest_framework import serializers
 
+from apps.core.serializers import StrictFieldsMixin
 from apps.federation.models import (
     Contact,
     DeliveryAttempt,
@@ -31,7 +32,7 @@ class LinkKeySerializer(serializers.ModelSerializer):
         fields = ("version", "state", "fingerprint", "created_at", "promoted_at", "retired_at")
 
 
-class PeerSerializer(serializers.ModelSerializer):
+class PeerSerializer(StrictFieldsMixin, serializers.ModelSerializer):
     keys = serializers.SerializerMethodField()
 
     class Meta:
@@ -43,21 +44,21 @@ class PeerSerializer(serializers.ModelSerializer):
         return LinkKeySerializer(peer.keys.all(), many=True).data  # type: ignore[return-value]
 
 
-class AddKeySerializer(serializers.Serializer):
+class AddKeySerializer(StrictFieldsMixin, serializers.Serializer):
     secret = serializers.CharField(required=False, help_text="The whsec_ secret the other side generated.")
 
 
-class PeerStatusSerializer(serializers.Serializer):
+class PeerStatusSerializer(StrictFieldsMixin, serializers.Serializer):
     status = serializers.ChoiceField(
         choices=PeerStatus.choices, help_text="`disabled`: nothing is sent to the link or accepted from it."
     )
 
 
-class RetireKeySerializer(serializers.Serializer):
+class RetireKeySerializer(StrictFieldsMixin, serializers.Serializer):
     version = serializers.IntegerField(required=False, min_value=1)
 
 
-class ContactSerializer(serializers.ModelSerializer):
+class ContactSerializer(StrictFieldsMixin, serializers.ModelSerializer):
     class Meta:
         model = Contact
         fields = ("id", "name", "address", "notes", "created_at")
@@ -65,7 +66,7 @@ class ContactSerializer(serializers.ModelSerializer):
         extra_kwargs = {"notes": {"max_length": 1000}}  # as the console form: a note, not a document
 
 
-class PolicySerializer(serializers.ModelSerializer):
+class PolicySerializer(StrictFieldsMixin, serializers.ModelSerializer):
     effect = serializers.ChoiceField(choices=Effect.choices)
 
     class Meta:
@@ -114,7 +115,7 @@ class MessageSerializer(serializers.ModelSerializer):
         read_only_fields = ("id", "created_at", "delivery")
 
 
-class SendMessageSerializer(serializers.Serializer):
+class SendMessageSerializer(StrictFieldsMixin, serializers.Serializer):
     recipient = serializers.CharField(max_length=200)
     type = serializers.ChoiceField(choices=MessageType.choices, default=MessageType.MESSAGE)
     payload = serializers.JSONField()
@@ -141,7 +142,7 @@ class DeadLetterSerializer(serializers.ModelSerializer):
         fields = ("message_id", *OutboxSerializer.Meta.fields, "message", "attempt_log")
 
 
-class BulkIdsSerializer(serializers.Serializer):
+class BulkIdsSerializer(StrictFieldsMixin, serializers.Serializer):
     ids = serializers.ListField(child=serializers.UUIDField(), min_length=1, max_length=500)
     reason = serializers.CharField(required=False, default="", max_length=200)
 
@@ -208,7 +209,7 @@ class RemoteTaskSerializer(serializers.ModelSerializer):
         )
 
 
-class RequestRemoteTaskSerializer(serializers.Serializer):
+class RequestRemoteTaskSerializer(StrictFieldsMixin, serializers.Serializer):
     agent = serializers.CharField(max_length=200, help_text="agent.org or agent.org@peer")
     message = serializers.JSONField(help_text='An A2A message: {"role": "user", "parts": [{"kind": "text", ...}]}')
     metadata = serializers.JSONField(required=False, default=dict)

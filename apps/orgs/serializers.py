@@ -4,6 +4,7 @@ from django.core.exceptions import ValidationError as DjangoValidationError
 from rest_framework import serializers
 
 from apps.core.permissions import SCOPES, Role
+from apps.core.serializers import StrictFieldsMixin
 from apps.orgs.actions import MAX_ROTATION_GRACE, org_slug
 from apps.orgs.models import MAX_KEY_REQUESTS_PER_MINUTE, APIKey, Invitation, Membership, Organization, Plan
 
@@ -49,7 +50,7 @@ class IssuedAPIKeySerializer(APIKeySerializer):
         return str(self.context["plaintext"])
 
 
-class APIKeyCreateSerializer(serializers.Serializer):
+class APIKeyCreateSerializer(StrictFieldsMixin, serializers.Serializer):
     name = serializers.CharField(max_length=100)
     scopes = serializers.ListField(child=serializers.ChoiceField(choices=list(SCOPES)), allow_empty=False)
     expires_at = serializers.DateTimeField(required=False, allow_null=True, default=None)
@@ -58,7 +59,7 @@ class APIKeyCreateSerializer(serializers.Serializer):
     )
 
 
-class APIKeyRotateSerializer(serializers.Serializer):
+class APIKeyRotateSerializer(StrictFieldsMixin, serializers.Serializer):
     grace_seconds = serializers.IntegerField(
         min_value=0,
         max_value=int(MAX_ROTATION_GRACE.total_seconds()),
@@ -87,7 +88,7 @@ class OrganizationSerializer(serializers.ModelSerializer):
         return {"requests_per_minute": org.limits.requests_per_minute, "tasks_per_day": org.limits.tasks_per_day}
 
 
-class OrganizationCreateSerializer(serializers.Serializer):
+class OrganizationCreateSerializer(StrictFieldsMixin, serializers.Serializer):
     name = serializers.CharField(max_length=120)
     slug = serializers.CharField(max_length=60)
 
@@ -98,7 +99,7 @@ class OrganizationCreateSerializer(serializers.Serializer):
             raise serializers.ValidationError(error.message_dict["slug"]) from error
 
 
-class OrganizationUpdateSerializer(serializers.Serializer):
+class OrganizationUpdateSerializer(StrictFieldsMixin, serializers.Serializer):
     name = serializers.CharField(max_length=120, required=False)
     plan = serializers.ChoiceField(choices=Plan.choices, required=False)
 
@@ -118,7 +119,7 @@ class MembershipSerializer(serializers.ModelSerializer):
         read_only_fields = ["id", "user", "created_at"]
 
 
-class RoleChangeSerializer(serializers.Serializer):
+class RoleChangeSerializer(StrictFieldsMixin, serializers.Serializer):
     role = serializers.ChoiceField(choices=Role.choices)
 
 
@@ -135,10 +136,10 @@ class InvitationSerializer(serializers.ModelSerializer):
         return invitation.state()
 
 
-class InvitationCreateSerializer(serializers.Serializer):
+class InvitationCreateSerializer(StrictFieldsMixin, serializers.Serializer):
     email = serializers.EmailField(max_length=254)
     role = serializers.ChoiceField(choices=Role.choices, default=Role.MEMBER)
 
 
-class InvitationAcceptSerializer(serializers.Serializer):
+class InvitationAcceptSerializer(StrictFieldsMixin, serializers.Serializer):
     token = serializers.CharField(max_length=128)

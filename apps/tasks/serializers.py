@@ -5,6 +5,7 @@ from typing import Any
 from drf_spectacular.utils import extend_schema_serializer
 from rest_framework import serializers
 
+from apps.core.serializers import StrictFieldsMixin
 from apps.tasks.models import Task, TaskEvent, TaskState
 
 
@@ -53,7 +54,7 @@ class MessageSerializer(serializers.Serializer):
         return message
 
 
-class TaskCreateSerializer(serializers.Serializer):
+class TaskCreateSerializer(StrictFieldsMixin, serializers.Serializer):
     agent = serializers.CharField(
         max_length=64,
         help_text="The agent's id: one of your org's (GET /api/v1/agents) or a public one (GET /api/v1/marketplace).",
@@ -63,7 +64,7 @@ class TaskCreateSerializer(serializers.Serializer):
     deadline_seconds = serializers.IntegerField(required=False, min_value=1, max_value=7 * 24 * 3600)
 
 
-class FollowUpSerializer(serializers.Serializer):
+class FollowUpSerializer(StrictFieldsMixin, serializers.Serializer):
     input = MessageSerializer()
 
 

@@ -105,6 +105,18 @@ def test_data_nested_deeper_than_a2a_carries_is_400_and_writes_nothing(client_fo
     assert Task.objects.unscoped("test").count() == 1 and reload_task(task).state == "input-required"
 
 
+def test_an_unknown_field_is_named_not_dropped(client_for: Any, alice: Any, agent: Any) -> None:
+    # A typo'd field used to be ignored: the task was sent with the default deadline and a 202.
+    body = {"agent": str(agent.pk), "input": {"role": "user", "parts": [{"text": "hi"}]}, "deadline_second": 60}
+    response = post(client_for(alice), "/api/v1/tasks", body)
+    assert response.status_code == 400
+    assert response.json()["error"]["details"] == {
+        "deadline_second": ["Unknown field: this endpoint takes agent, deadline_seconds, input, metadata."]
+    }
+    del body["deadline_second"]  # nested A2A fields (the message's role) are not refused
+    assert post(client_for(alice), "/api/v1/tasks", body).status_code == 202
+
+
 def test_malformed_json_is_400(client_for: Any, alice: Any) -> None:
     response = client_for(alice).post("/api/v1/tasks", "{nope", content_type="application/json")
     assert response.status_code == 400

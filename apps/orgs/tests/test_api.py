@@ -60,6 +60,8 @@ def test_create_org(alice: Any, client_for: Any) -> None:
 
 def test_update_and_delete_org(org: Any, alice: Any, bob: Any, client_for: Any) -> None:
     admin, owner = client_for(bob), client_for(alice)
+    renamed = owner.patch("/api/v1/orgs/acme", {"slug": "acme-2"}, format="json")  # was a 200 that changed nothing
+    assert renamed.status_code == 400 and "slug" in renamed.data["error"]["details"]
     assert admin.patch("/api/v1/orgs/acme", {"name": "Acme Inc"}, format="json").data["name"] == "Acme Inc"
     refused = admin.patch("/api/v1/orgs/acme", {"plan": "team"}, format="json")
     assert refused.status_code == 403 and refused.data["error"]["details"]["required_action"] == "org:billing"

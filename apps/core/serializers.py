@@ -1,0 +1,30 @@
+"""What every request body serializer of the API shares."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+from rest_framework import serializers
+
+
+class StrictFieldsMixin:
+    """Refuses a key of the request body that the endpoint does not take.
+
+    DRF drops unknown keys silently, so a typo (`deadline_second`) or a field that cannot be changed (`slug` in a
+    PATCH of an org) made a request that "succeeded" without doing what was asked. Only the top level is strict:
+    nested A2A messages and parts legitimately carry fields Hermes passes through or ignores (`role`,
+    `messageId`, …).
+    """
+
+    fields: Any
+    parent: Any
+
+    def to_internal_value(self, data: Any) -> Any:
+        if self.parent is None and isinstance(data, Mapping):
+            unknown = sorted(set(data) - set(self.fields))
+            if unknown:
+                takes = ", ".join(sorted(name for name, field in self.fields.items() if not field.read_only))
+                reason = f"Unknown field: this endpoint takes {takes}." if takes else "Unknown field."
+                raise serializers.ValidationError({name: [reason] for name in unknown})
+        return super().to_internal_value(data)  # type: ignore[misc]
