@@ -1,8 +1,12 @@
+import hashlib
+from base64 import b64decode, b64encode
 from typing import Any
+from urllib import parse
 
 from rest_framework import exceptions
 from rest_framework.pagination import Cursor
 from rest_framework.pagination import CursorPagination as _Cursor
+from rest_framework.utils.urls import replace_query_param
 
 from apps.core.errors import HermesAPIError, whole_number
 
@@ -25,11 +29,27 @@ class CursorPagination(_Cursor):
             maximum=self.max_page_size,
         )
 
+    def encode_cursor(self, cursor: Cursor) -> str:
+        # DRF's cursor holds only a position, so another list's cursor was read as a position in this one (a
+        # shifted page). Each cursor also names its list: a short digest of the path.
+        request = self.request  # type: ignore[attr-defined]  # set by paginate_queryset, as base_url
+        tokens = {"o": str(cursor.offset), "r": "1" if cursor.reverse else "0", "l": _list_tag(request.path)}
+        if cursor.position is not None:
+            tokens["p"] = str(cursor.position)
+        encoded = b64encode(parse.urlencode(tokens).encode("ascii")).decode("ascii")
+        return str(replace_query_param(self.base_url or "", self.cursor_query_param, encoded))
+
     def decode_cursor(self, request: Any) -> Cursor | None:
         # DRF answers a cursor it cannot decode with 404 "Invalid cursor", which reads as "the list is gone". It is
         # a bad query parameter: 400, naming it, like every other invalid parameter of the API.
         try:
-            return super().decode_cursor(request)
+            cursor = super().decode_cursor(request)
+            if cursor is not None:
+                raw = request.query_params[self.cursor_query_param]
+                tokens = parse.parse_qs(b64decode(raw.encode("ascii")).decode("ascii"))
+                if tokens.get("l", [""])[0] != _list_tag(request.path):
+                    raise exceptions.NotFound()
+            return cursor
         except exceptions.NotFound:
             raise HermesAPIError(
                 "The 'cursor' parameter is not a cursor this list handed out: follow the 'next' and 'previous' "
@@ -37,3 +57,7 @@ class CursorPagination(_Cursor):
                 code="invalid",
                 details={self.cursor_query_param: ["Invalid cursor."]},
             ) from None
+
+
+def _list_tag(path: str) -> str:
+    return hashlib.sha256(path.rstrip("/").encode()).hexdigest()[:8]

@@ -153,6 +153,9 @@ def test_list_filters_and_pins_queries(
     assert len(client.get(page["next"]).json()["results"]) == 3
     bad_cursor = client.get("/api/v1/tasks?cursor=not-a-cursor")
     assert bad_cursor.status_code == 400 and bad_cursor.json()["error"]["details"] == {"cursor": ["Invalid cursor."]}
+    # Another list's cursor was read as a position in this one (a shifted page); it is refused like any other.
+    foreign = page["next"].split("cursor=")[1].split("&")[0]
+    assert client.get(f"/api/v1/agents?cursor={foreign}").status_code == 400
     for size in ("0", "-1", "ten"):
         bad_size = client.get(f"/api/v1/tasks?page_size={size}").json()["error"]
         assert bad_size["details"] == {"page_size": ["A whole number from 1 to 200."]}
