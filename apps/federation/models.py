@@ -35,6 +35,12 @@ def validate_base_url(value: str) -> None:
     except ValueError:
         raise ValidationError(problem, code="invalid") from None
     # No user:password@ either: requests are authenticated by signatures, and credentials in a URL end up in logs.
+    if "@" in parts.netloc:
+        raise ValidationError(
+            "Leave credentials out of the peer's URL (user:password@): messages are authenticated by their "
+            "signatures, and a password in a URL ends up in logs.",
+            code="credentials",
+        )
     host_ok = bool(parts.hostname) and all(c.isalnum() or c in "-._:[]" for c in parts.netloc)
     if parts.scheme not in ("http", "https") or not host_ok or parts.query or parts.fragment or " " in value:
         raise ValidationError(problem, code="invalid")

@@ -25,6 +25,7 @@ from django.views.decorators.http import require_http_methods, require_POST
 from apps.agents import selectors as agent_selectors
 from apps.core.console import hx_redirect, is_fragment_request, render_console
 from apps.core.errors import HermesAPIError, error_body
+from apps.core.http import OutboundBlocked, check_url
 from apps.core.metrics import FEDERATION_INBOUND
 from apps.core.permissions import Access
 from apps.federation import actions, selectors, signing
@@ -175,6 +176,12 @@ def console_peer_create(request: HttpRequest) -> HttpResponse:
             form.add_error("name", str(exc.detail))
         else:
             messages.success(request, f"Peer {peer.name} added. Add its first link key next.")
+            try:
+                check_url(peer.base_url)  # what the outbound guard refuses without DNS
+            except OutboundBlocked as exc:
+                # Saved all the same (the allowlist may be about to change), but every delivery would be
+                # dead-lettered until it does: say so now.
+                messages.warning(request, f"Deliveries to this peer will be refused: {exc}")
             form = PeerForm()
     if form.errors:
         status = 422

@@ -93,6 +93,10 @@ def test_staff_add_a_peer(as_user: Any, alice: Any, berlin: Peer) -> None:
     assert ok.status_code == 200 and Peer.objects.filter(name="tokyo").exists()
     dup = client.post("/federation/peers/", {"name": "tokyo", "base_url": "https://t.example", "local_name": "p"}, **HX)
     assert dup.status_code == 422 and "already exists" in dup.content.decode()
+    private = client.post("/federation/peers/", {"name": "lan", "base_url": "http://10.0.0.1", "local_name": "p"}, **HX)
+    html = private.content.decode()
+    assert Peer.objects.filter(name="lan").exists() and "Deliveries to this peer will be refused" in html
+    assert "a private network address" in html and "HERMES_SSRF_ALLOWLIST" in html
 
 
 @pytest.mark.parametrize(("who", "status"), [("bob", 200), ("dave", 403), ("mia", 403)])

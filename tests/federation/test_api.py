@@ -167,6 +167,8 @@ def test_peers_are_readable_by_orgs_but_changed_only_by_staff(
     for junk in ("hermes-milan:8000", "ftp://x", "http://u:p@x", "http://x/?q=1", "http://x:99999"):
         refused = api.post(f"{API}/peers", {"name": "naples", "base_url": junk, "local_name": "p"})
         assert refused.status_code == 400 and "base_url" in refused.json()["error"]["details"], junk
+    credentials = api.post(f"{API}/peers", {"name": "naples", "base_url": "http://u:p@x", "local_name": "p"})
+    assert credentials.json()["error"]["details"]["base_url"][0].startswith("Leave credentials out of the peer's URL")
     kinds = set(FederationAuditEvent.objects.unscoped("test").values_list("event", flat=True))
     assert {"key_added", "key_promoted", "key_retired"} <= kinds
     disabled = api.post(f"{API}/peers/rome/status", {"status": "disabled"}, format="json")
