@@ -61,7 +61,7 @@ def _fetch(url: str) -> CardInfo:
 
 def _unique_slug(org: Any, wanted: str, *, exclude: Agent | None = None) -> str:
     base = slugify(wanted)[:70].strip("-") or "agent"
-    taken = Agent.objects.for_org(org).filter(slug__startswith=base)
+    taken = Agent.with_retired.for_org(org).filter(slug__startswith=base)  # a retired agent keeps its slug
     if exclude is not None:
         taken = taken.exclude(pk=exclude.pk)
     used = set(taken.values_list("slug", flat=True))
@@ -79,7 +79,7 @@ def _check_slug_free(org: Any, slug: str, *, exclude: Agent | None = None) -> st
         raise AgentActionError(
             "A slug is lowercase letters, digits and hyphens.", code="invalid", details={"slug": ["Not a slug."]}
         )
-    taken = Agent.objects.for_org(org).filter(slug=slug)
+    taken = Agent.with_retired.for_org(org).filter(slug=slug)
     if exclude is not None:
         taken = taken.exclude(pk=exclude.pk)
     if taken.exists():
@@ -120,8 +120,11 @@ def _save_new(agent: Agent) -> Agent:
 def federated_agent(org: Any, address: str) -> Agent:
     """The org's Agent row for another org's agent reached through federation at `address` (canonical, e.g.
     `echo.globex@berlin`), created on first use: it lets a remote task live among the org's own tasks."""
-    existing = Agent.objects.for_org(org).filter(federation_address=address).first()
+    existing = Agent.with_retired.for_org(org).filter(federation_address=address).first()
     if existing is not None:
+        if existing.retired_at is not None:  # used again after it was deleted: the same row comes back
+            existing.retired_at = None
+            existing.save(update_fields=["retired_at", "updated_at"])
         return existing
     agent = Agent(
         organization=org,
@@ -256,16 +259,23 @@ def set_visibility(agent: Agent, visibility: str, *, by: Any = None) -> Agent:
     return update_agent(agent, by=by, visibility=visibility)
 
 
-def delete_agent(agent: Agent, *, by: Any = None) -> None:
+def delete_agent(agent: Agent, *, by: Any = None) -> bool:
+    """Delete the agent; one that tasks refer to is retired instead (see Agent). Returns whether the row went."""
     with transaction.atomic():
-        _audit("deleted", agent, by, slug=agent.slug)
         try:
             with transaction.atomic():
+                _audit("deleted", agent, by, slug=agent.slug)  # while the row (the audit's target) still has its id
                 agent.delete()
-        except RestrictedError as exc:
-            raise AgentActionError(
-                "This agent still has tasks; it cannot be deleted while they exist.", code="agent_in_use", status=409
-            ) from exc
+        except RestrictedError:
+            # Tasks (also other orgs' when it was public) keep their agent: the row stays for them, out of sight.
+            # It was a 409 "still has tasks", and no org can delete tasks: an agent that ever ran one stayed
+            # forever, listed and usable.
+            agent.retired_at = timezone.now()
+            agent.visibility = Visibility.PRIVATE
+            agent.save(update_fields=["retired_at", "visibility", "updated_at"])
+            _audit("retired", agent, by, slug=agent.slug)
+            return False
+        return True
 
 
 def assign_demo_agents(*, org: Any, by: Any = None) -> DemoAssignment:
@@ -279,7 +289,7 @@ def assign_demo_agents(*, org: Any, by: Any = None) -> DemoAssignment:
         # Lock the org's demo rows so two concurrent assignments serialize instead of racing on the constraint.
         have = {
             agent.demo_key: agent
-            for agent in Agent.objects.for_org(org).filter(is_demo=True).select_for_update().order_by("pk")
+            for agent in Agent.with_retired.for_org(org).filter(is_demo=True).select_for_update().order_by("pk")
         }
         for spec in DEMO_AGENTS:
             info = parse_card(demo_card_dict(spec), check_interface=False)
@@ -293,6 +303,7 @@ def assign_demo_agents(*, org: Any, by: Any = None) -> DemoAssignment:
                 created.append(agent)
             else:
                 _apply_card(agent, info)
+                agent.retired_at = None  # a demo agent deleted while it had tasks: assigning brings it back
                 agent.save()
                 existing.append(agent)
         for agent in created:

@@ -20,8 +20,16 @@ EDITABLE = ("name", "slug", "description", "visibility")
 class AgentAdmin(OrgOwnedAdmin):
     """Changes go through apps.agents.actions (validation and the audit trail), never a bare save()."""
 
-    list_display = ("name", "slug", "organization", "visibility", "is_demo", "streaming", "online", "created_at")
-    list_filter = ("visibility", "is_demo", "protocol_version", ("last_seen_at", admin.EmptyFieldListFilter))
+    list_display = (
+        "name", "slug", "organization", "visibility", "is_demo", "streaming", "online", "retired_at", "created_at"
+    )  # fmt: skip
+    list_filter = (
+        "visibility",
+        "is_demo",
+        "protocol_version",
+        ("last_seen_at", admin.EmptyFieldListFilter),
+        ("retired_at", admin.EmptyFieldListFilter),
+    )
     search_fields = ("name", "slug", "description", "url", "federation_address", "organization__slug")
     list_select_related = ("organization", "created_by")  # type: ignore[assignment]
     raw_id_fields = ("organization", "created_by")
@@ -39,6 +47,10 @@ class AgentAdmin(OrgOwnedAdmin):
     def get_readonly_fields(self, request: HttpRequest, obj: Any = None) -> list[str]:
         computed = ["skills_list", "card_pretty", "created_at"]
         return [f.name for f in Agent._meta.fields if f.name not in EDITABLE] + computed
+
+    def get_queryset(self, request: HttpRequest) -> QuerySet[Agent]:
+        # Staff see retired agents too (deleted while tasks referred to them).
+        return Agent.with_retired.unscoped("staff admin sees every org").select_related("organization", "created_by")
 
     def has_add_permission(self, request: HttpRequest) -> bool:
         return False  # registering means fetching and validating a card: the API and console do that
@@ -62,7 +74,7 @@ class AgentAdmin(OrgOwnedAdmin):
     def save_model(self, request: HttpRequest, obj: Agent, form: Any, change: bool) -> None:
         changes = {name: form.cleaned_data[name] for name in form.changed_data if name in EDITABLE}
         if changes:
-            original = Agent.objects.unscoped("staff admin edits any org's agent").get(pk=obj.pk)
+            original = Agent.with_retired.unscoped("staff admin edits any org's agent").get(pk=obj.pk)
             try:
                 actions.update_agent(original, by=request.user, **changes)
             except actions.AgentActionError as exc:

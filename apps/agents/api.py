@@ -142,12 +142,17 @@ class AgentViewSet(  # type: ignore[misc]
             raise _api_error(exc) from exc
         return Response(AgentDetailSerializer(agent, context=self.get_serializer_context()).data)
 
-    @describe("Delete an agent", action="agents:write", request=None, responses={204: None})
+    @describe(
+        "Delete an agent",
+        action="agents:write",
+        notes="204. An agent that tasks ran on (this org's, or other orgs' while it was public) is retired rather "
+        "than removed: its tasks keep it for their timelines, but it is listed nowhere, takes no task and answers "
+        "404 from then on, like a deleted one.",
+        request=None,
+        responses={204: None},
+    )
     def destroy(self, request: Request, pk: str | None = None) -> Response:
-        try:
-            actions.delete_agent(self._own(), by=self.access)
-        except actions.AgentActionError as exc:
-            raise _api_error(exc) from exc
+        actions.delete_agent(self._own(), by=self.access)
         return Response(status=status.HTTP_204_NO_CONTENT)
 
     @describe(

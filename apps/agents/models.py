@@ -2,13 +2,13 @@ from __future__ import annotations
 
 import uuid
 from datetime import timedelta
-from typing import Any
+from typing import Any, ClassVar
 
 from django.conf import settings
 from django.db import models
 from django.utils import timezone
 
-from apps.core.tenancy import OrgOwnedModel
+from apps.core.tenancy import OrgOwnedModel, OrgScopedManager
 
 # An agent counts as online when Hermes reached it without error this recently.
 ONLINE_WINDOW = timedelta(minutes=10)
@@ -19,8 +19,21 @@ class Visibility(models.TextChoices):
     PUBLIC = "public", "Public (listed in the marketplace, usable by every org)"
 
 
+class ActiveAgentManager(OrgScopedManager):
+    """Agents that exist for their org: not the retired ones."""
+
+    def get_queryset(self) -> Any:
+        return super().get_queryset().filter(retired_at=None)
+
+
 class Agent(OrgOwnedModel):
-    """An A2A agent an org registered (by its Agent Card, or by hand) or one of Hermes' built-in demo agents."""
+    """An A2A agent an org registered (by its Agent Card, or by hand) or one of Hermes' built-in demo agents.
+
+    Deleting an agent that tasks refer to (its own org's, or other orgs' when it was public) retires it instead:
+    tasks keep their agent for their history, so the row stays, but `Agent.objects` no longer sees it — it is in
+    no list, takes no task and answers 404 like a deleted one. `Agent.with_retired` sees every row (slugs stay
+    unique among them; assigning demo agents or reaching a federated address again brings a retired one back).
+    """
 
     id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
     name = models.CharField(max_length=200)
@@ -47,6 +60,10 @@ class Agent(OrgOwnedModel):
     last_error_at = models.DateTimeField(null=True, blank=True)
     created_by = models.ForeignKey(settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL)
     updated_at = models.DateTimeField(auto_now=True)
+    retired_at = models.DateTimeField(null=True, blank=True)
+
+    objects: ClassVar[ActiveAgentManager] = ActiveAgentManager()
+    with_retired: ClassVar[OrgScopedManager] = OrgScopedManager()
 
     class Meta:
         constraints = [

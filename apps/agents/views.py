@@ -170,12 +170,14 @@ def visibility(request: HttpRequest, agent_id: str) -> HttpResponse:
 def delete(request: HttpRequest, agent_id: str) -> HttpResponse:
     access = _access(request)
     agent = selectors.get_org_agent(access.org, agent_id)
-    try:
-        actions.delete_agent(agent, by=request.user)
-    except actions.AgentActionError as exc:
-        messages.error(request, str(exc))
-        return hx_redirect(request, agent_url(agent))
-    messages.success(request, f"Agent {agent.name} deleted.")
+    if actions.delete_agent(agent, by=request.user):
+        messages.success(request, f"Agent {agent.name} deleted.")
+    else:
+        messages.success(
+            request,
+            f"Agent {agent.name} deleted. Tasks ran on it, so it is kept for their timelines (retired): it is in "
+            "no list and takes no new task.",
+        )
     return hx_redirect(request, "/agents/")
 
 

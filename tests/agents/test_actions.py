@@ -236,3 +236,14 @@ def test_contact_recording_is_throttled(settings: Any, org: Any, django_assert_n
     Agent.objects.for_org(org).update(last_seen_at=timezone.now() - timedelta(hours=1))
     agent.refresh_from_db()
     assert not agent.is_online
+
+
+def test_assigning_demo_agents_brings_a_retired_one_back(org: Any, alice: Any) -> None:
+    from apps.tasks import actions as task_actions
+
+    echo = next(a for a in actions.assign_demo_agents(org=org).created if a.demo_key == "echo")
+    task_actions.create_task(org=org, agent=echo, message={"role": "user", "parts": [{"kind": "text", "text": "hi"}]})
+    assert actions.delete_agent(echo, by=alice) is False  # it ran a task: retired, not removed
+    assert not Agent.objects.for_org(org).filter(pk=echo.pk).exists()
+    again = actions.assign_demo_agents(org=org)
+    assert echo.pk in {a.pk for a in again.existing} and Agent.objects.for_org(org).filter(pk=echo.pk).exists()

@@ -276,3 +276,36 @@ def test_schema_documents_the_agent_endpoints(org: Any, alice: Any, client_for: 
     for path in ("/api/v1/agents", "/api/v1/agents/assign-demo", "/api/v1/agents/{id}/refresh", "/api/v1/marketplace"):
         assert path in text
     assert "agents:write" in text
+
+
+def test_deleting_an_agent_that_ran_tasks_retires_it(
+    no_allowlist: None, org: Any, other_org: Any, dave: Any, charlie: Any, client_for: Any
+) -> None:
+    """Tasks keep their agent, and no org can delete tasks: deleting such an agent was a 409 forever (also when
+    only other orgs had used it while it was public). It is retired instead: gone for everyone, history intact."""
+    from apps.core.models import AuditEvent
+    from apps.tasks import actions as task_actions
+
+    owner, other = client_for(dave), client_for(charlie)
+    agent = actions.register_agent_manually(
+        org=org, name="Shared", url="https://shared.example.com/", visibility="public"
+    )
+    theirs = task_actions.create_task(
+        org=other_org, agent=agent, message={"role": "user", "parts": [{"kind": "text", "text": "hi"}]}
+    )
+    assert owner.delete(f"/api/v1/agents/{agent.pk}").status_code == 204
+    assert owner.get(f"/api/v1/agents/{agent.pk}").status_code == 404
+    assert str(agent.pk) not in {a["id"] for a in owner.get("/api/v1/agents").json()["results"]}
+    assert str(agent.pk) not in {a["id"] for a in other.get("/api/v1/marketplace").json()["results"]}
+    refused = other.post("/api/v1/tasks", {"agent": str(agent.pk), "input": {"parts": [{"text": "x"}]}}, format="json")
+    assert refused.status_code == 404
+    # The other org's task still shows what ran it.
+    assert other.get(f"/api/v1/tasks/{theirs.pk}").json()["agent"] == {"id": str(agent.pk), "name": "Shared"}
+    assert Agent.with_retired.for_org(org).get(pk=agent.pk).visibility == "private"
+    assert AuditEvent.objects.filter(target_id=str(agent.pk), action="agent.retired").exists()
+    # Its slug stays taken (tasks name it); a new agent of the same name gets the next one.
+    again = actions.register_agent_manually(org=org, name="Shared", url="https://shared.example.com/")
+    assert again.slug == "shared-2"
+    unused = actions.register_agent_manually(org=org, name="Unused", url="https://unused.example.com/")
+    assert owner.delete(f"/api/v1/agents/{unused.pk}").status_code == 204
+    assert not Agent.with_retired.for_org(org).filter(pk=unused.pk).exists()  # no tasks: really deleted
