@@ -100,8 +100,9 @@ def permissions_doc() -> str:
         "- Anyone may leave an org (remove their own membership).\n"
         "- Developers manage only the API keys they created; another person's key is a 404 for them.\n"
         "- Renaming an org needs `org:admin`; changing its plan needs `org:billing`.\n"
-        "- A missing scope is a 403 `missing_scope` naming the scope; a role that may not act is a 403 "
-        "`role_forbidden`; an object of another org is a 404, exactly like a missing one.\n"
+        "- A missing scope is a 403 `missing_scope` naming the scope (a session-only action asked of a key: 403 "
+        "`session_required`); a role that may not act is a 403 `role_forbidden`; an object of another org is a "
+        "404, exactly like a missing one.\n"
     )
 
 

@@ -211,11 +211,17 @@ def delete_contact(contact: Contact) -> None:
     contact.delete()
 
 
-def _forget_decisions(org_id: int) -> None:
+def policies_changed(org_id: int) -> None:
     # Now (so this transaction's own later sends see the change) and again after commit (so a decision cached by
-    # another thread from the pre-commit state does not outlive it in this process).
+    # another thread from the pre-commit state does not outlive it in this process); other processes learn of it
+    # from the bumped generation.
     policy.clear_cache(org_id)
-    transaction.on_commit(lambda: policy.clear_cache(org_id))
+
+    def committed() -> None:
+        policy.clear_cache(org_id)
+        policy.bump_generation(org_id)
+
+    transaction.on_commit(committed)
 
 
 @transaction.atomic
@@ -228,7 +234,7 @@ def set_policy(*, org: Any, remote: str, effect: str, local_agent: str = "", rea
     rule, _ = Policy.objects.for_org(org).update_or_create(
         organization=org, local_agent=local_agent, remote=pattern, defaults={"effect": effect, "reason": reason}
     )
-    _forget_decisions(org.pk)
+    policies_changed(org.pk)
     return rule
 
 
@@ -236,7 +242,7 @@ def set_policy(*, org: Any, remote: str, effect: str, local_agent: str = "", rea
 def delete_policy(rule: Policy) -> None:
     org_id = rule.organization_id
     rule.delete()
-    _forget_decisions(org_id)
+    policies_changed(org_id)
 
 
 # --- Sending ----------------------------------------------------------------------------------------------

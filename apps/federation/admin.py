@@ -55,6 +55,21 @@ class PolicyAdmin(OrgOwnedAdmin):
     list_display = ("organization", "local_agent", "remote", "effect", "reason")
     list_filter = ("effect",)
 
+    # A rule changed here must reach every process's cached decisions, as one changed through the API does.
+    def save_model(self, request: HttpRequest, obj: Policy, form: Any, change: bool) -> None:
+        super().save_model(request, obj, form, change)
+        actions.policies_changed(obj.organization_id)
+
+    def delete_model(self, request: HttpRequest, obj: Policy) -> None:
+        super().delete_model(request, obj)
+        actions.policies_changed(obj.organization_id)
+
+    def delete_queryset(self, request: HttpRequest, queryset: QuerySet[Policy]) -> None:
+        orgs = set(queryset.values_list("organization_id", flat=True))
+        super().delete_queryset(request, queryset)
+        for org_id in orgs:
+            actions.policies_changed(org_id)
+
 
 @admin.register(Message)
 class MessageAdmin(OrgOwnedAdmin):

@@ -43,7 +43,15 @@ def _use_org(request: HttpRequest, org_id: int) -> None:
 @org_action_required("org:read")
 def dashboard(request: HttpRequest) -> HttpResponse:
     access = _access(request)
-    return render_console(request, "orgs/dashboard.html", {"org": access.org, "role": access.role, **_overview(access)})
+    # The "get started" steps this role can take (a member was offered keys, agents and invitations, then a 403).
+    can = {
+        "keys": access.allows("keys:own") or access.allows("org:admin"),
+        "agents": access.allows("agents:write"),
+        "tasks": access.allows("tasks:write"),
+        "invite": access.allows("org:admin"),
+    }
+    context = {"org": access.org, "role": access.role, "can": can, **_overview(access)}
+    return render_console(request, "orgs/dashboard.html", context)
 
 
 def _overview(access: Access) -> dict[str, Any]:

@@ -78,4 +78,9 @@ class TaskFilterForm(forms.Form):
 
 
 class FollowUpForm(forms.Form):
-    text = forms.CharField(label="Reply", widget=forms.Textarea(attrs={"rows": 3}), max_length=100_000)
+    text = forms.CharField(
+        label="Reply",
+        widget=forms.Textarea(attrs={"rows": 3}),
+        max_length=100_000,
+        error_messages={"required": "Write a reply first."},
+    )

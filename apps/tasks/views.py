@@ -112,14 +112,17 @@ def create(request: HttpRequest) -> HttpResponse:
 @org_action_required("tasks:read")
 def detail(request: HttpRequest, task_id: str) -> HttpResponse:
     access = _access(request)
-    task = _task_or_404(access, task_id)
+    return _detail_page(request, access, _task_or_404(access, task_id), FollowUpForm())
+
+
+def _detail_page(request: HttpRequest, access: Access, task: Any, follow_up_form: FollowUpForm) -> HttpResponse:
     context = {
         "task": task,
         "can_write": access.allows("tasks:write"),
         "waiting_for_input": task.state in INTERRUPTED_STATES,
-        "follow_up_form": FollowUpForm(),
+        "follow_up_form": follow_up_form,
     }
-    return render_console(request, "tasks/detail.html", context)
+    return render_console(request, "tasks/detail.html", context, status=422 if follow_up_form.errors else 200)
 
 
 @org_action_required("tasks:write")
@@ -141,14 +144,17 @@ def follow_up(request: HttpRequest, task_id: str) -> HttpResponse:
     access = _access(request)
     task = _task_or_404(access, task_id)
     form = FollowUpForm(request.POST)
-    if not form.is_valid():
-        messages.error(request, "Write a reply first.")
-    else:
+    if form.is_valid():
         try:
             message = {"role": "user", "parts": [{"kind": "text", "text": form.cleaned_data["text"]}]}
             actions.continue_task(task, message=message, access=access)
         except actions.TaskNotWaitingForInput as exc:
             messages.error(request, f"Cannot reply: {exc}.")
         except actions.TaskInputTooLarge as exc:
-            messages.error(request, str(exc))
-    return redirect("tasks:detail", task.pk)
+            form.add_error("text", str(exc))
+        else:
+            return redirect("tasks:detail", task.pk)
+    if not form.errors:
+        return redirect("tasks:detail", task.pk)
+    # The error goes next to the reply box, with what was typed (it was a banner at the top of the page).
+    return _detail_page(request, access, task, form)

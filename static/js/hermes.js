@@ -57,6 +57,10 @@
 
   document.addEventListener("htmx:responseError", function (event) {
     showError(messageFor(event.detail.xhr));
+    // A refused change leaves nothing changed: a form marked data-reset-on-error shows the saved values again
+    // (a role select kept showing the role that was refused).
+    var form = event.detail.elt && event.detail.elt.closest && event.detail.elt.closest("form[data-reset-on-error]");
+    if (form) { form.reset(); }
   });
   document.addEventListener("htmx:sendError", function () {
     showError("Could not reach the server. Check your connection and try again.");

@@ -61,7 +61,14 @@ def _contact(org: Any, alice: Any, mia: Any) -> dict[str, Any]:
     return {"contact_id": federation_actions.create_contact(org=org, name="Globex", address="globex").pk}
 
 
+def _recipient_org() -> None:
+    from apps.orgs.models import Organization
+
+    Organization.objects.get_or_create(slug="nobody", defaults={"name": "Nobody"})  # sends to it are accepted
+
+
 def _message(org: Any, alice: Any, mia: Any) -> dict[str, Any]:
+    _recipient_org()
     federation_actions.set_policy(org=org, remote="*", effect=Effect.ALLOW)
     message = federation_actions.send_message(org=org, recipient="nobody", payload={})
     assert Outbox.objects.for_org(org).filter(message=message).exists()
@@ -69,6 +76,7 @@ def _message(org: Any, alice: Any, mia: Any) -> dict[str, Any]:
 
 
 def _remote_task(org: Any, alice: Any, mia: Any) -> dict[str, Any]:
+    _recipient_org()
     federation_actions.set_policy(org=org, remote="*", effect=Effect.ALLOW)
     remote = federation_actions.request_remote_task(org=org, agent="echo.nobody", message={"parts": [{"text": "x"}]})
     return {"remote_id": str(remote.pk)}

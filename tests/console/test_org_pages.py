@@ -296,6 +296,11 @@ def test_usage_page_shows_counters_and_plans(as_user: Any, team: dict[str, Any],
 def test_dashboard_counts(as_user: Any, team: dict[str, Any], org: Any) -> None:
     html = main_html(as_user(team["mia"]).get("/"))
     assert 'Members</span><p class="stat">4<' in html and 'Agents</span><p class="stat">0<' in html
+    # A member is offered only the steps a member can take (keys, agents and invitations were 403s).
+    assert "Send a task" in html and "Create an API key" not in html and "Register an agent" not in html
+    assert "Invite your team" not in html
+    owner = main_html(as_user(team["alice"]).get("/"))
+    assert all(step in owner for step in ("Create an API key", "Register an agent", "Send a task", "Invite your team"))
 
 
 def _queries(client: Any, url: str) -> int:

@@ -108,6 +108,10 @@ def test_cancel_and_reply(as_user: Any, bob: Any, org: Any, echo: Any) -> None:
     client = as_user(bob)
     reply = client.post(f"/tasks/{task.pk}/reply/", {"text": "more"}, follow=True)
     assert "Cannot reply" in main_html(reply)
+    actions.record(task, [actions.Observation(kind="state", data={}, state="input-required")])
+    empty = client.post(f"/tasks/{task.pk}/reply/", {"text": "  "})
+    assert empty.status_code == 422  # the page again, the error at the reply box (not a banner at the top)
+    assert 'id="id_text_error"' in empty.content.decode() and "Write a reply first." in empty.content.decode()
     canceled = client.post(f"/tasks/{task.pk}/cancel/", **HX)
     assert canceled.status_code == 204 and canceled["HX-Redirect"] == f"/tasks/{task.pk}/"
     task.refresh_from_db()

@@ -169,6 +169,20 @@ def test_a_developer_cannot_change_roles(page: Any, screenshot: Any, org: Any, a
     assert page.locator("main").inner_text().strip() != ""  # the failed swap left the page as it was
 
 
+def test_a_refused_role_change_shows_the_role_that_stayed(page: Any, org: Any, alice: Any) -> None:
+    from apps.orgs.models import Membership
+
+    sign_in(page, alice.email)
+    page.goto("/org/members/")
+    own = Membership.objects.for_org(org).get(user=alice)
+    select = page.locator(f"#role-{own.pk}")
+    select.select_option("member")  # the only owner demoting herself: refused (409)
+    page.locator(f"#member-{own.pk}").get_by_role("button", name="Change role").click()
+    page.locator(".toast").wait_for()
+    assert "at least one owner" in page.locator(".toast").inner_text()
+    page.wait_for_function(f"document.querySelector('#role-{own.pk}').value === 'owner'")  # it kept showing "member"
+
+
 def test_register_a_demo_agent_by_url_with_a_preview(page: Any, screenshot: Any, hermes_server: Any, bob: Any) -> None:
     from apps.agents.models import Agent
 
@@ -192,19 +206,21 @@ def test_register_a_demo_agent_by_url_with_a_preview(page: Any, screenshot: Any,
     page.get_by_text("No public agent matches").wait_for()  # it is private until listed
 
 
-def test_a_dead_letter_is_requeued_from_the_console(page: Any, screenshot: Any, org: Any, bob: Any) -> None:
+def test_a_dead_letter_is_requeued_from_the_console(
+    page: Any, screenshot: Any, org: Any, other_org: Any, bob: Any
+) -> None:
     from apps.federation import actions
     from apps.federation.models import Effect, Outbox
-    from apps.orgs.actions import create_organization
 
     actions.set_policy(org=org, remote="*", effect=Effect.ALLOW)
     sign_in(page, bob.email)
     page.goto("/federation/outbox/")
-    page.get_by_label("Recipient").fill("initech")
+    page.get_by_label("Recipient").fill("globex")
     page.get_by_label("Payload").fill('{"text": "quarterly report"}')
     page.get_by_role("button", name="Send").click()
-    page.get_by_text("queued for initech").wait_for()
-    # The Celery worker delivers in-process; there is no org "initech" yet: a permanent 404, straight to the DLQ.
+    page.get_by_text("queued for globex").wait_for()
+    # The Celery worker delivers in-process; globex accepts nothing from acme yet (its default policy denies):
+    # a permanent 403, straight to the DLQ.
     page.goto("/federation/dlq/")
     row = page.locator("[data-dead-letter]")
     for _ in range(50):
@@ -214,9 +230,8 @@ def test_a_dead_letter_is_requeued_from_the_console(page: Any, screenshot: Any, 
         page.reload()
     assert row.count() == 1
     screenshot(page, "dead-letters")
-    # Fix the cause (the recipient org now exists and accepts acme), then requeue from the console.
-    initech = create_organization(user=bob, name="Initech", slug="initech")
-    actions.set_policy(org=initech, remote="acme", effect=Effect.ALLOW)
+    # Fix the cause (globex now accepts acme), then requeue from the console.
+    actions.set_policy(org=other_org, remote="acme", effect=Effect.ALLOW)
     page.on("dialog", lambda dialog: dialog.accept())
     row.get_by_role("checkbox").check()
     page.get_by_role("button", name="Requeue selected").click()

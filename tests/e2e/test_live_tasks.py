@@ -45,7 +45,7 @@ def test_send_from_the_console_and_through_the_api(
     page.locator('[data-live-label]:text("Live")').wait_for()
 
     page.get_by_role("link", name="Send a task").click()
-    page.get_by_label("Agent").select_option(label="Hermes Echo")
+    page.get_by_label("Agent").select_option(label="Hermes Echo (demo-echo)")
     page.get_by_label("Message").fill("hello from the console")
     assert_accessible(page)
     screenshot(page, "task-send")
@@ -190,7 +190,7 @@ def test_a_quota_429_shows_its_guidance(
     try:
         sign_in(page, dave.email)
         page.goto("/tasks/new/")
-        page.get_by_label("Agent").select_option(label="Hermes Echo")
+        page.get_by_label("Agent").select_option(label="Hermes Echo (demo-echo)")
         page.get_by_label("Message").fill("one too many")
         page.get_by_role("button", name="Send").click()
         alert = page.locator("[data-quota-error]")
@@ -237,7 +237,7 @@ def test_the_reply_box_appears_live_when_the_agent_asks(
 ) -> None:
     sign_in(page, bob.email)
     page.goto("/tasks/new/")
-    page.get_by_label("Agent").select_option(label="Hermes Greeter")
+    page.get_by_label("Agent").select_option(label="Hermes Greeter (demo-greeter)")
     page.get_by_label("Message").fill("hi")
     page.get_by_role("button", name="Send").click()
     page.wait_for_url(re.compile(r"/tasks/[0-9a-f-]{36}/$"))

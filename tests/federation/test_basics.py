@@ -158,3 +158,20 @@ def test_policy_default_rules_ties_and_cache(org: Any) -> None:
     actions.set_policy(org=org, local_agent="echo", remote="globex@berlin", effect=Effect.ALLOW)
     policy.clear_cache()
     assert not policy.decide(org.pk, "echo", remote).allowed
+
+
+@pytest.mark.django_db
+def test_a_policy_change_in_another_process_applies_at_once(org: Any) -> None:
+    """Another process's change arrives as a bumped generation: a cached decision is not reused past it (a
+    worker kept its cached deny for the TTL, so a dead letter requeued right after the fix died again)."""
+    from apps.federation.models import Policy
+
+    remote = Address.parse("globex@berlin")
+    with override_settings(HERMES_FEDERATION_POLICY_CACHE_TTL=3600):
+        policy.clear_cache()
+        assert not policy.decide(org.pk, "", remote).allowed  # cached here: deny
+        # What another process does: write the rule (its own cache is not ours) and bump the generation.
+        Policy.objects.create(organization=org, remote="globex@berlin", effect=Effect.ALLOW)
+        assert not policy.decide(org.pk, "", remote).allowed  # not told yet: the cached decision stands
+        policy.bump_generation(org.pk)
+        assert policy.decide(org.pk, "", remote).allowed
