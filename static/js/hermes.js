@@ -104,6 +104,18 @@
     if (button && !window.confirm(button.getAttribute("data-confirm-click"))) { event.preventDefault(); }
   }, true);
 
+  // A form that came back with errors (422) puts the keyboard on its first invalid field, whether the page was
+  // rendered whole or the form was swapped in by htmx; otherwise focus stayed on the page, or on whatever field
+  // another form on it had autofocused.
+  function focusFirstInvalid(root) {
+    var field = root && root.querySelector && root.querySelector('[aria-invalid="true"]');
+    if (field) { field.focus(); }
+  }
+  document.addEventListener("DOMContentLoaded", function () { focusFirstInvalid(document.querySelector("main")); });
+  document.addEventListener("htmx:afterSwap", function (event) {
+    if (event.detail.xhr && event.detail.xhr.status === 422) { focusFirstInvalid(event.detail.target); }
+  });
+
   // Confirmation for plain (non-htmx) forms: <form data-confirm="Really?">. htmx forms use hx-confirm.
   document.addEventListener("submit", function (event) {
     var form = event.target;

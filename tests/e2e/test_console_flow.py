@@ -247,3 +247,15 @@ def test_a_dead_letter_is_requeued_from_the_console(
     page.goto("/federation/audit/")
     assert page.get_by_role("cell", name="Requeued from the DLQ").count() == 1
     screenshot(page, "federation-audit")
+
+
+def test_a_form_with_errors_puts_the_keyboard_on_the_first_invalid_field(page: Any, org: Any, alice: Any) -> None:
+    from apps.agents.actions import register_agent_manually
+
+    register_agent_manually(org=org, name="Echo", url="https://agent.example.com/rpc")
+    sign_in(page, alice.email)
+    page.goto("/tasks/new/")
+    page.get_by_role("button", name="Send").click()
+    page.wait_for_selector('[aria-invalid="true"]')
+    # It stayed on the page itself (<body>), so a keyboard or screen-reader user had to hunt for the error.
+    page.wait_for_function("document.activeElement && document.activeElement.getAttribute('aria-invalid') === 'true'")
