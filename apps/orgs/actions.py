@@ -158,6 +158,7 @@ def remove_member(*, access: Access, membership: Membership) -> None:
 class IssuedInvitation:
     invitation: Invitation
     token: str  # shown once (emailed); only its digest is stored
+    replaced: int = 0  # open invitations to the same address this one revoked (their links stop working)
 
 
 def invitation_url(token: str) -> str:
@@ -176,7 +177,8 @@ def invite_member(*, access: Access, email: str, role: str = Role.MEMBER) -> Iss
     if Membership.objects.for_org(access.org).filter(user__email__iexact=email).exists():
         raise Conflict(f"{email} is already a member of this organization.", code="already_member")
     now = timezone.now()
-    Invitation.objects.for_org(access.org).filter(email=email, accepted_at=None, revoked_at=None).update(revoked_at=now)
+    open_ones = Invitation.objects.for_org(access.org).filter(email=email, accepted_at=None, revoked_at=None)
+    replaced = open_ones.update(revoked_at=now)
     token = tokens.new_invitation_token()
     invitation = Invitation.objects.create(
         organization=access.org,
@@ -197,7 +199,7 @@ def invite_member(*, access: Access, email: str, role: str = Role.MEMBER) -> Iss
             [email],
         )
     )
-    return IssuedInvitation(invitation, token)
+    return IssuedInvitation(invitation, token, replaced)
 
 
 @transaction.atomic

@@ -203,7 +203,10 @@ def invite(request: HttpRequest) -> HttpResponse:
                 raise
             form.add_error("email", str(exc.detail))
         else:
-            messages.success(request, f"Invitation sent to {issued.invitation.email}.")
+            sent = f"Invitation sent to {issued.invitation.email} as {issued.invitation.role}."
+            if issued.replaced:  # said, since the link of the earlier email now shows "revoked"
+                sent += " It replaces the earlier invitation to this address, whose link no longer works."
+            messages.success(request, sent)
             form = InviteForm(roles=_invitable_roles(access))
     if form.errors:
         status = 422

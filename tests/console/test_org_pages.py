@@ -117,6 +117,11 @@ def test_invite_and_accept(
     assert accepted.status_code == 302
     assert membership(org, zoe).role == "developer"
     assert "you are developer" in main_html(zoe_client.get("/"))
+    first = as_user(team["bob"]).post("/org/invitations/", {"email": "yan@example.test", "role": "member"}, **HX)
+    assert "Invitation sent to yan@example.test as member." in first.content.decode()
+    again = as_user(team["bob"]).post("/org/invitations/", {"email": "yan@example.test", "role": "admin"}, **HX)
+    # The first email's link stops working: the admin is told (it was replaced without a word).
+    assert "It replaces the earlier invitation to this address, whose link no longer works." in again.content.decode()
 
 
 def test_a_newcomer_registers_from_the_invitation_and_comes_back_to_accept(
