@@ -259,3 +259,17 @@ def test_a_form_with_errors_puts_the_keyboard_on_the_first_invalid_field(page: A
     page.wait_for_selector('[aria-invalid="true"]')
     # It stayed on the page itself (<body>), so a keyboard or screen-reader user had to hunt for the error.
     page.wait_for_function("document.activeElement && document.activeElement.getAttribute('aria-invalid') === 'true'")
+
+
+def test_no_page_scrolls_sideways_on_a_phone(page: Any, org: Any, alice: Any) -> None:
+    from apps.orgs.actions import create_api_key
+    from tests.factories import access_for
+
+    for n in range(3):  # rows with their rotate/revoke controls, the widest of the console's tables
+        create_api_key(access=access_for(alice, org), name=f"key {n}", scopes=["tasks:read", "tasks:write"])
+    sign_in(page, alice.email)
+    page.set_viewport_size({"width": 390, "height": 844})
+    for path in ("/org/keys/", "/org/members/", "/federation/outbox/", "/federation/policies/", "/agents/", "/tasks/"):
+        page.goto(path)
+        # Wide tables scroll inside their card; the page itself must not (it was 851 px wide on /org/keys/).
+        assert page.evaluate("document.documentElement.scrollWidth") <= 390, path
