@@ -227,15 +227,22 @@ def _own_task(org: Any, remote: RemoteTask) -> Any:
     return Task.objects.for_org(org).select_related("agent").get(pk=remote.task_id)
 
 
-@pytest.mark.django_db
-def test_the_requester_follows_the_remote_task_in_its_own_task_views(
-    org: Any, other_org: Any, alice: Any, client_for: Any, acme_may_ask_globex: None,
-    django_capture_on_commit_callbacks: Any,
-) -> None:  # fmt: skip
-    # The request is written but not delivered here: the executor's reports below stand in for globex.
+@pytest.fixture
+def undelivered(
+    org: Any, other_org: Any, acme_may_ask_globex: None, django_capture_on_commit_callbacks: Any
+) -> tuple[RemoteTask, Any]:
+    """acme's request to echo.globex and acme's own task for it, written but not delivered: a test's reports
+    stand in for globex."""
     with django_capture_on_commit_callbacks(execute=False):
         remote = actions.request_remote_task(org=org, agent="echo.globex", message=MESSAGE)
-    task = _own_task(org, remote)
+    return remote, _own_task(org, remote)
+
+
+@pytest.mark.django_db
+def test_the_requester_follows_the_remote_task_in_its_own_task_views(
+    org: Any, other_org: Any, alice: Any, client_for: Any, undelivered: Any, django_capture_on_commit_callbacks: Any
+) -> None:
+    remote, task = undelivered
     assert task.agent.federation_address == "echo.globex" and task.state == "submitted"
     assert task.next_attempt_at is None  # no worker here runs it, so the sweeper never re-dispatches it
     reports = [  # out of order and once twice, as parallel deliveries and a redelivery can bring them
@@ -276,12 +283,9 @@ def test_the_requester_follows_the_remote_task_in_its_own_task_views(
 
 @pytest.mark.django_db
 def test_the_executors_failure_reason_is_the_requesters_last_error(
-    org: Any, other_org: Any, alice: Any, client_for: Any, acme_may_ask_globex: None,
-    django_capture_on_commit_callbacks: Any,
-) -> None:  # fmt: skip
-    with django_capture_on_commit_callbacks(execute=False):
-        remote = actions.request_remote_task(org=org, agent="echo.globex", message=MESSAGE)
-    task = _own_task(org, remote)
+    other_org: Any, alice: Any, client_for: Any, undelivered: Any, django_capture_on_commit_callbacks: Any
+) -> None:
+    remote, task = undelivered
     reports = [
         (1, "state", {"from": None, "to": "submitted"}, "submitted"),
         (2, "state", {"from": "submitted", "to": "working"}, "working"),
