@@ -7,7 +7,7 @@ from typing import Any
 
 from django.contrib import messages
 from django.core.paginator import Paginator
-from django.http import HttpRequest, HttpResponse
+from django.http import Http404, HttpRequest, HttpResponse
 from django.shortcuts import redirect
 from django.views.decorators.http import require_http_methods, require_POST
 
@@ -18,7 +18,7 @@ from apps.agents.models import Visibility
 from apps.core.console import hx_redirect, render_console
 from apps.core.http import OutboundBlocked
 from apps.core.permissions import Access
-from apps.orgs.decorators import org_action_required
+from apps.orgs.decorators import org_action_required, switch_to_the_org_holding
 
 # The manual form shares the register page with the URL forms: its prefix keeps field names and ids apart.
 MANUAL = "manual"
@@ -120,7 +120,14 @@ def agent_url(agent: Any) -> str:
 def detail(request: HttpRequest, agent_id: str) -> HttpResponse:
     """The org's own agent, or a public one it may use (read-only); anything else is a 404."""
     access = _access(request)
-    agent = selectors.get_usable_agent(access.org, agent_id)
+    try:
+        agent = selectors.get_usable_agent(access.org, agent_id)
+    except Http404:
+        pk = selectors.as_uuid(agent_id)  # a malformed id stays a plain 404
+        holder = switch_to_the_org_holding(request, lambda org: selectors.org_agents(org).filter(pk=pk).exists())
+        if holder is not None:
+            return holder
+        raise
     own = agent.organization_id == access.org.pk
     context = {
         "agent": agent,

@@ -6,12 +6,13 @@ from collections.abc import Callable
 from functools import wraps
 from typing import Any
 
+from django.contrib import messages
 from django.contrib.auth.decorators import login_required
 from django.core.exceptions import PermissionDenied
 from django.http import HttpRequest, HttpResponse
 from django.shortcuts import redirect
 
-from apps.orgs.selectors import session_access
+from apps.orgs.selectors import SESSION_ORG_KEY, memberships_of, session_access
 
 View = Callable[..., HttpResponse]
 
@@ -37,3 +38,19 @@ def org_action_required(action: str | None = None) -> Callable[[View], View]:
         return wrapper
 
     return decorator
+
+
+def switch_to_the_org_holding(request: HttpRequest, holds: Callable[[Any], bool]) -> HttpResponse | None:
+    """For a console page whose object is not in the current org: if another org of the person's holds it (a
+    link from an email, a colleague or another tab), switch the console to that org and load the page again —
+    it was a bare 404. None when no org of theirs holds it: the 404 then tells nothing about other orgs.
+
+    Only for GET pages: an action posted to the wrong org must fail, not switch and act.
+    """
+    current = request.access.org.pk  # type: ignore[attr-defined]
+    for membership in memberships_of(request.user):
+        if membership.organization_id != current and holds(membership.organization):
+            request.session[SESSION_ORG_KEY] = membership.organization_id
+            messages.info(request, f"Switched to {membership.organization.name}, which this page belongs to.")
+            return redirect(request.get_full_path())
+    return None

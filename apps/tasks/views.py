@@ -16,7 +16,7 @@ from apps.core.console import hx_redirect, render_console
 from apps.core.errors import HermesAPIError
 from apps.core.permissions import Access
 from apps.orgs import quotas
-from apps.orgs.decorators import org_action_required
+from apps.orgs.decorators import org_action_required, switch_to_the_org_holding
 from apps.tasks import actions, selectors
 from apps.tasks.forms import FollowUpForm, TaskFilterForm, TaskForm
 from apps.tasks.models import INTERRUPTED_STATES, Task
@@ -112,7 +112,13 @@ def create(request: HttpRequest) -> HttpResponse:
 @org_action_required("tasks:read")
 def detail(request: HttpRequest, task_id: str) -> HttpResponse:
     access = _access(request)
-    return _detail_page(request, access, _task_or_404(access, task_id), FollowUpForm())
+    task = selectors.task_for_org(access.org, task_id)
+    if task is None:
+        holder = switch_to_the_org_holding(request, lambda org: selectors.task_for_org(org, task_id) is not None)
+        if holder is not None:
+            return holder
+        raise Http404("No such task.")
+    return _detail_page(request, access, task, FollowUpForm())
 
 
 def _detail_page(request: HttpRequest, access: Access, task: Any, follow_up_form: FollowUpForm) -> HttpResponse:

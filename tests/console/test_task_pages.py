@@ -153,3 +153,21 @@ def test_the_list_pages_back_through_older_tasks(
     assert seen == [str(task.pk) for task in reversed(sent)]  # every task once, newest first
     assert "Newest tasks" in main_html(client.get(f"/tasks/?before={sent[2].pk}"))
     assert page("/tasks/?before=not-a-task")[0] == [str(sent[4].pk), str(sent[3].pk)]  # a bad anchor: page one
+
+
+def test_a_link_to_another_of_your_orgs_switches_to_it(
+    as_user: Any, alice: Any, bob: Any, org: Any, other_org: Any, echo: Any
+) -> None:
+    from apps.orgs.models import Membership
+
+    globex_agent = agent_actions.register_agent_manually(org=other_org, name="G", url="https://g.example.com/rpc")
+    task = actions.create_task(org=other_org, agent=globex_agent, message=TEXT)
+    Membership.objects.create(organization=other_org, user=alice, role="member")
+    client = as_user(alice)  # acting for acme
+    for path in (f"/tasks/{task.pk}/", f"/agents/{globex_agent.pk}/"):
+        followed = client.get(path, follow=True)  # was a 404: the page belongs to globex, alice's other org
+        assert followed.redirect_chain == [(path, 302)] and followed.status_code == 200
+        assert f"Switched to {other_org.name}, which this page belongs to." in followed.content.decode()
+        client.post("/orgs/switch/", {"org": "acme"})  # back to acme for the next link
+    assert as_user(bob).get(f"/tasks/{task.pk}/").status_code == 404  # not bob's org: nothing said about it
+    assert client.post(f"/tasks/{task.pk}/cancel/").status_code == 404  # actions never switch
