@@ -50,6 +50,10 @@ def task_list(request: HttpRequest) -> HttpResponse:
             tasks = tasks.filter(state=form.cleaned_data["status"])
         if form.cleaned_data["agent"]:
             tasks = tasks.filter(agent_id=form.cleaned_data["agent"])
+    elif form.is_bound:
+        # A filter that names no status or agent of this org (a stale or edited link) matches nothing; listing
+        # every task under it read as if they matched. The form shows which value is wrong.
+        tasks = tasks.none()
     # Keyset paging: `before` names the last task of the previous page (stable while new tasks arrive).
     anchor = selectors.task_for_org(access.org, request.GET["before"]) if request.GET.get("before") else None
     if anchor is not None:

@@ -94,6 +94,8 @@ def test_filters_answer_with_the_table_fragment(as_user: Any, alice: Any, org: A
     assert "<html" not in fragment and f'data-task-row="{task.pk}"' in fragment
     none = client.get("/tasks/", {"status": "completed"}, **HX).content.decode()
     assert "No tasks match these filters" in none
+    bogus = main_html(client.get("/tasks/", {"status": "bogus"}))  # it listed every task under the bad filter
+    assert f'data-task-row="{task.pk}"' not in bogus and "Select a valid choice" in bogus
 
 
 def test_detail_page_wires_the_timeline_socket(as_user: Any, mia: Any, org: Any, echo: Any) -> None:
