@@ -123,6 +123,7 @@
     var stateBadge = document.querySelector("[data-task-state]");
     var empty = root.querySelector("[data-events-empty]");
     var lastSeq = 0;
+    var lastAgentText = "";  // what the agent said last: the question the reply box answers
     var state = root.getAttribute("data-state") || "";
     var basePath = root.getAttribute("data-ws-path");
 
@@ -143,7 +144,11 @@
       row.querySelector("[data-field=data]").textContent = JSON.stringify(event.data, null, 2);
       list.appendChild(row);
       if (empty) { empty.hidden = true; }
-      if (event.kind === "state" && event.data && event.data.to) { applyState(event.data.to); }
+      var d = event.data || {};
+      var said = event.kind === "state" ? (d.message ? partsText(d.message.parts) : "")
+        : (event.kind === "message" || event.kind === "progress") && d.role === "agent" ? partsText(d.parts) : "";
+      if (said) { lastAgentText = said; }
+      if (event.kind === "state" && d.to) { applyState(d.to); }
     }
 
     function applyState(next) {
@@ -155,6 +160,12 @@
       // The reply box follows the live state: it appears when the agent asks, without a reload.
       var reply = document.querySelector("[data-reply-card]");
       if (reply) { reply.hidden = !(next === "input-required" || next === "auth-required"); }
+      // ... and repeats the question next to the box (it was only somewhere up in the timeline).
+      var question = document.querySelector("[data-reply-question]");
+      if (question) {
+        question.textContent = lastAgentText;
+        question.hidden = !lastAgentText;
+      }
     }
 
     function renderPresence(msg) {

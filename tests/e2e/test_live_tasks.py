@@ -245,6 +245,10 @@ def test_the_reply_box_appears_live_when_the_agent_asks(
     reply = page.locator("[data-reply-card]")
     reply.wait_for()  # shown by the live state, no reload
     assert "What is your name?" in page.locator("[data-events]").inner_text()
+    assert "What is your name?" in reply.locator("[data-reply-question]").inner_text()  # the question, by the box
+    page.reload()  # after a reload it comes back from the timeline the socket replays
+    wait_state(page, "input-required")
+    page.locator("[data-reply-question]").get_by_text("What is your name?").wait_for()
     assert_accessible(page)
     screenshot(page, "task-input-required")
     reply.get_by_label("Reply").fill("Ada")
