@@ -1,6 +1,5 @@
 from __future__ import annotations
 
-import json
 from typing import Any
 
 from django import forms
@@ -42,12 +41,7 @@ class TaskForm(forms.Form):
         raw = str(self.cleaned_data.get("structured") or "").strip()
         if not raw:
             return None
-        try:
-            value = jsonutil.loads(raw)
-        except json.JSONDecodeError as exc:
-            raise forms.ValidationError(f"Not valid JSON: {exc.msg} (line {exc.lineno}, column {exc.colno}).") from exc
-        if not isinstance(value, dict):
-            raise forms.ValidationError('Give a JSON object, e.g. {"key": "value"}.')
+        value = jsonutil.form_json_object(raw, 'Give a JSON object, e.g. {"key": "value"}.')
         if (depth := json_depth(value)) > MAX_JSON_DEPTH:
             raise forms.ValidationError(f"This nests {depth} levels deep; agents accept at most {MAX_JSON_DEPTH}.")
         return value

@@ -8,12 +8,12 @@ Prints one message id per line. Goes through the same action as the API (policy,
 
 from __future__ import annotations
 
-import json
 import time
 from typing import Any
 
 from django.core.management.base import CommandError, CommandParser
 
+from apps.core import jsonutil
 from apps.core.errors import HermesAPIError
 from apps.core.management.base import HermesCommand
 from apps.federation import actions
@@ -52,7 +52,7 @@ class Command(HermesCommand):
                 if delay > 0:
                     time.sleep(delay)
             try:
-                payload = json.loads(options["payload"].replace("{n}", str(n)))
+                payload = jsonutil.loads(options["payload"].replace("{n}", str(n)))
             except ValueError as exc:
                 raise CommandError(f"--payload is not JSON: {exc}") from exc
             if not isinstance(payload, dict):
