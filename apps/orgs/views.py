@@ -358,12 +358,29 @@ def settings_page(request: HttpRequest) -> HttpResponse:
                 messages.success(request, "Settings saved.")
                 return redirect("orgs:settings")
         status = 422
+    return _render_settings(request, access, form=form, status=status)
+
+
+def _render_settings(
+    request: HttpRequest,
+    access: Access,
+    *,
+    form: OrganizationSettingsForm | None = None,
+    delete_form: DeleteOrganizationForm | None = None,
+    status: int = 200,
+) -> HttpResponse:
+    """The settings page; a refused form comes back bound, with its errors and what was typed."""
+    org = access.org
+    can_rename, can_bill = access.allows("org:admin"), access.allows("org:billing")
     context = {
         "org": org,
-        "form": form,
+        "form": form
+        or OrganizationSettingsForm(
+            initial={"name": org.name, "plan": org.plan}, can_rename=can_rename, can_bill=can_bill
+        ),
         "can_edit": can_rename or can_bill,
         "can_delete": access.allows("org:delete"),
-        "delete_form": DeleteOrganizationForm(slug=org.slug),
+        "delete_form": delete_form or DeleteOrganizationForm(slug=org.slug),
     }
     return render_console(request, "orgs/settings.html", context, status=status)
 
@@ -374,16 +391,15 @@ def delete_org(request: HttpRequest) -> HttpResponse:
     access = _access(request)
     form = DeleteOrganizationForm(request.POST, slug=access.org.slug)
     if not form.is_valid():
-        messages.error(request, " ".join(str(e) for e in form.errors["confirm"]))
-        return redirect("orgs:settings")
+        return _render_settings(request, access, delete_form=form, status=422)
     name = access.org.name
     try:
         actions.delete_organization(access=access)
     except HermesAPIError as exc:
         if exc.status_code == 403:
             raise
-        messages.error(request, str(exc.detail))
-        return redirect("orgs:settings")
+        form.add_error(None, str(exc.detail))
+        return _render_settings(request, access, delete_form=form, status=422)
     request.session.pop(SESSION_ORG_KEY, None)
     messages.success(request, f"Organization {name} deleted.")
     return redirect("orgs:dashboard")

@@ -265,8 +265,11 @@ def test_settings_under_the_matrix(as_user: Any, team: dict[str, Any], org: Any)
 
 def test_owner_deletes_the_org_after_typing_its_slug(as_user: Any, team: dict[str, Any], org: Any) -> None:
     client = as_user(team["alice"])
-    wrong = client.post("/org/delete/", {"confirm": "nope"}, follow=True)
-    assert "exactly" in wrong.content.decode() and Organization.objects.filter(pk=org.pk).exists()
+    wrong = client.post("/org/delete/", {"confirm": "acme-typo"})
+    # The page comes back with the error under the field and what was typed still in it, to correct.
+    assert wrong.status_code == 422 and Organization.objects.filter(pk=org.pk).exists()
+    page = main_html(wrong)
+    assert "exactly" in page and 'value="acme-typo"' in page
     assert as_user(team["bob"]).post("/org/delete/", {"confirm": "acme"}).status_code == 403
     # Another org's task on one of acme's public agents holds the delete back, with the reason on the page.
     from apps.agents import actions as agent_actions
@@ -277,7 +280,7 @@ def test_owner_deletes_the_org_after_typing_its_slug(as_user: Any, team: dict[st
     )
     other = Organization.objects.create(name="Initech", slug="initech")
     held = task_actions.create_task(org=other, agent=shared, message={"role": "user", "parts": [{"text": "x"}]})
-    refused = client.post("/org/delete/", {"confirm": "acme"}, follow=True).content.decode()
+    refused = main_html(client.post("/org/delete/", {"confirm": "acme"}))
     assert "other organizations have tasks on its public agents (Shared)" in refused
     assert Organization.objects.filter(pk=org.pk).exists()
     held.delete()
