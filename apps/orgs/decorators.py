@@ -12,6 +12,7 @@ from django.core.exceptions import PermissionDenied
 from django.http import HttpRequest, HttpResponse
 from django.shortcuts import redirect
 
+from apps.core.errors import Conflict
 from apps.orgs.selectors import SESSION_ORG_KEY, memberships_of, session_access
 
 View = Callable[..., HttpResponse]
@@ -30,6 +31,7 @@ def org_action_required(action: str | None = None) -> Callable[[View], View]:
             access = session_access(request, request.user)
             if access is None:
                 return redirect("orgs:create")
+            _refuse_if_page_showed_another_org(request, access.org)
             if action is not None and not access.allows(action):
                 raise PermissionDenied(f"Your role '{access.role}' may not perform '{action}'.")
             request.access = access  # type: ignore[attr-defined]
@@ -38,6 +40,26 @@ def org_action_required(action: str | None = None) -> Callable[[View], View]:
         return wrapper
 
     return decorator
+
+
+# Which org the page that posted was showing: htmx sends the header (templates/base.html), plain forms the field
+# (static/js/hermes.js). Absent (a script, no JavaScript) means no claim, and the session's org applies.
+CONSOLE_ORG_HEADER = "X-Hermes-Console-Org"
+CONSOLE_ORG_FIELD = "console_org"
+
+
+def _refuse_if_page_showed_another_org(request: HttpRequest, org: Any) -> None:
+    """A post from a page rendered for another org (the person switched org in another tab since) acts on
+    nothing: the session's org is not the one the person was looking at."""
+    if request.method in ("GET", "HEAD", "OPTIONS"):
+        return
+    shown = request.headers.get(CONSOLE_ORG_HEADER) or request.POST.get(CONSOLE_ORG_FIELD)
+    if shown and shown != org.slug:
+        raise Conflict(
+            f"Nothing was done: this page was showing the organization '{shown}', but you have switched to "
+            f"{org.name} since (in another tab). Reload the page to work in {org.name}, or switch back.",
+            code="org_switched",
+        )
 
 
 def switch_to_the_org_holding(request: HttpRequest, holds: Callable[[Any], bool]) -> HttpResponse | None:

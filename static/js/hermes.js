@@ -122,4 +122,21 @@
     var question = form.getAttribute && form.getAttribute("data-confirm");
     if (question && !window.confirm(question)) { event.preventDefault(); }
   }, true);
+
+  // Every post says which organization its page was showing (htmx requests carry the X-Hermes-Console-Org header
+  // from <body hx-headers>; plain forms get this field), so a tab left open after switching org in another tab
+  // is refused instead of acting on the org switched to.
+  document.addEventListener("submit", function (event) {
+    var form = event.target;
+    var org = document.body.getAttribute("data-console-org");
+    if (!org || event.defaultPrevented || (form.method || "").toLowerCase() !== "post") { return; }
+    var field = form.querySelector('input[name="console_org"]');
+    if (!field) {
+      field = document.createElement("input");
+      field.type = "hidden";
+      field.name = "console_org";
+      form.appendChild(field);
+    }
+    field.value = org;
+  });
 })();

@@ -343,3 +343,28 @@ def test_list_pages_do_not_query_per_row(as_user: Any, team: dict[str, Any], org
     few = _queries(client, url)
     add_rows(4)
     assert _queries(client, url) == few
+
+
+def test_a_post_from_a_page_of_the_org_switched_away_from_does_nothing(
+    as_user: Any, team: dict[str, Any], org: Any, other_org: Any
+) -> None:
+    # alice works in acme and globex; a tab still shows acme after she switched to globex in another.
+    Membership.objects.create(organization=other_org, user=team["alice"], role="owner")
+    client = as_user(team["alice"])
+    assert client.post("/orgs/switch/", {"org": "globex"}).status_code == 302
+    stale_htmx = client.post(
+        "/org/keys/", {"name": "meant for acme", "scopes": ["tasks:read"]}, HTTP_X_HERMES_CONSOLE_ORG="acme", **HX
+    )
+    assert stale_htmx.status_code == 409
+    assert "showing the organization 'acme'" in stale_htmx["X-Hermes-Error"]
+    stale_form = client.post(
+        "/org/invitations/", {"email": "new@acme.test", "role": "admin", "console_org": "acme"}, follow=True
+    )
+    assert "Nothing was done" in stale_form.content.decode()
+    assert not APIKey.objects.for_org(other_org).filter(name="meant for acme").exists()
+    assert not Invitation.objects.for_org(other_org).exists()
+    # The page of the org in the session acts as before.
+    fresh = client.post(
+        "/org/keys/", {"name": "for globex", "scopes": ["tasks:read"]}, HTTP_X_HERMES_CONSOLE_ORG="globex", **HX
+    )
+    assert fresh.status_code == 200 and APIKey.objects.for_org(other_org).filter(name="for globex").exists()
