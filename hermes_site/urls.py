@@ -7,6 +7,7 @@ from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerView
 from apps.accounts import urls as accounts_urls
 from apps.agents import urls as agents_urls
 from apps.core.api import api_fallback
+from apps.core.schema import SchemaContentNegotiation
 from apps.federation import urls as federation_urls
 from apps.ops import urls as ops_urls
 from apps.orgs import urls as orgs_urls
@@ -15,7 +16,9 @@ from apps.tasks import urls as tasks_urls
 DOMAIN_APPS = (ops_urls, accounts_urls, orgs_urls, agents_urls, tasks_urls, federation_urls)
 
 api_v1 = [
-    path("schema/", SpectacularAPIView.as_view(), name="api-schema"),
+    path(
+        "schema/", SpectacularAPIView.as_view(content_negotiation_class=SchemaContentNegotiation), name="api-schema"
+    ),
     path("docs/", SpectacularSwaggerView.as_view(url_name="api-schema"), name="api-docs"),
 ]
 for module in DOMAIN_APPS:
@@ -33,6 +36,7 @@ urlpatterns = [
 for module in DOMAIN_APPS:
     urlpatterns += module.urlpatterns
 
+handler400 = "apps.core.errors.handler400"
 handler403 = "apps.core.errors.handler403"
 handler404 = "apps.core.errors.handler404"
 handler500 = "apps.core.errors.handler500"

@@ -97,8 +97,10 @@ def password_reset_confirm(request: HttpRequest, uidb64: str, token: str) -> Htt
     status = 422 if form.errors else 200
     context = {"form": form, "validlink": validlink}
     response = render(request, "accounts/password_reset_confirm.html", context, status=status)
-    # The token is in this page's URL: do not leak it to other sites through the Referer header.
-    response["Referrer-Policy"] = "no-referrer"
+    # The token is in this page's URL: do not leak it to other sites through the Referer header. Not
+    # "no-referrer": with it Chromium sends `Origin: null` on the page's own form post, which Django's CSRF origin
+    # check refuses, so nobody could set a new password.
+    response["Referrer-Policy"] = "same-origin"
     return response
 
 

@@ -5,12 +5,15 @@ from typing import Any
 from rest_framework import serializers
 
 from apps.agents.models import Agent, Visibility
-from apps.core.serializers import StrictFieldsMixin
+from apps.core.serializers import PatchSerializer, StrictFieldsMixin
 
 
 class AgentSerializer(serializers.ModelSerializer):
     organization: serializers.SlugRelatedField = serializers.SlugRelatedField(slug_field="slug", read_only=True)
-    created_by: serializers.SlugRelatedField = serializers.SlugRelatedField(slug_field="email", read_only=True)
+    # Null for the built-in demo agents (nobody registered them) and once the creator's account is deleted.
+    created_by: serializers.SlugRelatedField = serializers.SlugRelatedField(
+        slug_field="email", read_only=True, allow_null=True
+    )
     streaming = serializers.BooleanField(read_only=True)
     push_notifications = serializers.BooleanField(read_only=True)
     is_online = serializers.BooleanField(read_only=True)
@@ -97,7 +100,7 @@ class AgentCreateSerializer(StrictFieldsMixin, serializers.Serializer):
         return attrs
 
 
-class AgentUpdateSerializer(StrictFieldsMixin, serializers.Serializer):
+class AgentUpdateSerializer(PatchSerializer):
     name = serializers.CharField(max_length=200, required=False)
     slug = serializers.SlugField(max_length=80, required=False)
     description = serializers.CharField(required=False, allow_blank=True)
@@ -105,11 +108,6 @@ class AgentUpdateSerializer(StrictFieldsMixin, serializers.Serializer):
     url = serializers.URLField(max_length=500, required=False, help_text="Agents registered without a card only.")
     visibility = serializers.ChoiceField(choices=Visibility.choices, required=False)
     streaming = serializers.BooleanField(required=False)
-
-    def validate(self, attrs: dict[str, Any]) -> dict[str, Any]:
-        if not attrs:
-            raise serializers.ValidationError({"non_field_errors": ["Nothing to change."]})
-        return attrs
 
 
 class DemoAssignmentSerializer(serializers.Serializer):

@@ -5,7 +5,8 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-from django.core.exceptions import PermissionDenied
+from django.conf import settings
+from django.core.exceptions import PermissionDenied, RequestDataTooBig, SuspiciousOperation, TooManyFieldsSent
 from django.core.exceptions import ValidationError as DjangoValidationError
 from django.db import transaction
 from django.http import Http404, HttpRequest, HttpResponse, JsonResponse
@@ -89,10 +90,29 @@ def _unaccepted_credentials(request: Any) -> str | None:
     )
 
 
+def request_refusal(exc: SuspiciousOperation) -> HermesAPIError | None:
+    """The request-size limits Django enforces while reading a request (first touched by DRF's content
+    negotiation): their own code and message, not a plain-HTML 400 or, under DEBUG, a slow technical page."""
+    if isinstance(exc, TooManyFieldsSent):
+        return HermesAPIError(
+            f"The request has more than {settings.DATA_UPLOAD_MAX_NUMBER_FIELDS} query or form parameters.",
+            code="too_many_parameters",
+        )
+    if isinstance(exc, RequestDataTooBig):
+        return HermesAPIError(
+            f"The request body is larger than {settings.DATA_UPLOAD_MAX_MEMORY_SIZE} bytes.",
+            code="request_too_large",
+            status_code=413,
+        )
+    return None
+
+
 def exception_handler(exc: Exception, context: dict[str, Any]) -> Response | None:
     # Imported here: rest_framework.views imports the authentication classes, which import this module.
     from rest_framework.views import exception_handler as drf_exception_handler
 
+    if isinstance(exc, SuspiciousOperation):
+        exc = request_refusal(exc) or exc
     if isinstance(exc, DjangoValidationError):
         # Actions validate with Django's ValidationError (the console shows the same messages): per-field 400.
         exc = exceptions.ValidationError(detail=as_serializer_error(exc))
@@ -149,6 +169,15 @@ def _html_error(request: HttpRequest | None, status_code: int, title: str, messa
     response = HttpResponse(body, status=status_code)
     response[ERROR_MESSAGE_HEADER] = error_message_header(message)
     return response
+
+
+def handler400(request: HttpRequest, exception: Exception | None = None) -> HttpResponse:
+    refusal = request_refusal(exception) if isinstance(exception, SuspiciousOperation) else None
+    message = str(refusal.detail) if refusal else "The request could not be read."
+    status_code = int(refusal.status_code) if refusal else 400
+    if _is_api(request):
+        return json_error(request, refusal.error_code if refusal else "bad_request", message, status_code)
+    return _html_error(request, status_code, "Bad request", message)
 
 
 def handler403(request: HttpRequest, exception: Exception | None = None) -> HttpResponse:

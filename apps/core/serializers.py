@@ -28,3 +28,14 @@ class StrictFieldsMixin:
                 reason = f"Unknown field: this endpoint takes {takes}." if takes else "Unknown field."
                 raise serializers.ValidationError({name: [reason] for name in unknown})
         return super().to_internal_value(data)  # type: ignore[misc]
+
+
+class PatchSerializer(StrictFieldsMixin, serializers.Serializer):
+    """A PATCH body: every field optional, unknown ones refused, and an empty body a 400 that names the fields
+    (it was a 200 that changed nothing on some endpoints and a 400 on others)."""
+
+    def validate(self, attrs: dict[str, Any]) -> dict[str, Any]:
+        if not attrs:
+            takes = ", ".join(f"`{name}`" for name, field in self.fields.items() if not field.read_only)
+            raise serializers.ValidationError({"non_field_errors": [f"Nothing to change: give any of {takes}."]})
+        return attrs

@@ -39,6 +39,13 @@ _KEYS_NOTE = (
     "Admins and owners (or a key with `org:admin`) manage every key of the org; developers manage the keys they "
     "created (`keys:own`, session only). Another person's key is a 404 for a developer."
 )
+_KEYS_REFUSAL = (
+    "`session_required`: a developer manages their own keys with a session (`keys:own` is no API-key scope)."
+)
+_IDEMPOTENCY_ERRORS = {
+    400: "`invalid_idempotency_key`: a malformed `Idempotency-Key`.",
+    409: "`idempotency_conflict`: the `Idempotency-Key` was used before with a different request.",
+}
 
 
 class APIKeyViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, OrgScopedViewSet):  # type: ignore[misc]
@@ -54,11 +61,11 @@ class APIKeyViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, OrgScopedV
             queryset = queryset.filter(created_by=self.access.user)
         return queryset
 
-    @describe("List API keys", action="org:admin", notes=_KEYS_NOTE)
+    @describe("List API keys", action="org:admin", notes=_KEYS_NOTE, errors={403: _KEYS_REFUSAL})
     def list(self, request: Request, *args: Any, **kwargs: Any) -> Response:
         return super().list(request, *args, **kwargs)
 
-    @describe("Read an API key", action="org:admin", notes=_KEYS_NOTE)
+    @describe("Read an API key", action="org:admin", notes=_KEYS_NOTE, errors={403: _KEYS_REFUSAL})
     def retrieve(self, request: Request, *args: Any, **kwargs: Any) -> Response:
         return super().retrieve(request, *args, **kwargs)
 
@@ -69,6 +76,7 @@ class APIKeyViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, OrgScopedV
         "(nor the scopes of the key making the request).",
         request=APIKeyCreateSerializer,
         responses={201: IssuedAPIKeySerializer},
+        errors={403: _KEYS_REFUSAL},
     )
     def create(self, request: Request, *args: Any, **kwargs: Any) -> Response:
         serializer = APIKeyCreateSerializer(data=request.data)
@@ -84,6 +92,10 @@ class APIKeyViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, OrgScopedV
         "for `grace_seconds`, after which it answers 401 `key_expired`.",
         request=APIKeyRotateSerializer,
         responses={201: IssuedAPIKeySerializer},
+        errors={
+            403: _KEYS_REFUSAL,
+            409: "`key_already_rotated`: rotate its successor instead; `key_revoked`, `key_expired`: create a new key.",
+        },
     )
     @action(detail=True, methods=["post"])
     def rotate(self, request: Request, pk: str | None = None) -> Response:
@@ -105,6 +117,7 @@ class APIKeyViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, OrgScopedV
         notes=_KEYS_NOTE + " Immediate: the next request with the key is a 401 `key_revoked`.",
         request=None,
         responses={200: APIKeySerializer},
+        errors={403: _KEYS_REFUSAL},
     )
     @action(detail=True, methods=["post"])
     def revoke(self, request: Request, pk: str | None = None) -> Response:
@@ -149,7 +162,12 @@ class OrganizationViewSet(viewsets.GenericViewSet):
         page = self.paginate_queryset(self.get_queryset())
         return self.get_paginated_response(self.get_serializer(page, many=True).data)
 
-    @describe("Read an organization", action="org:read", responses={200: OrganizationSerializer})
+    @describe(
+        "Read an organization",
+        action="org:read",
+        notes="One of the caller's orgs, with the caller's role in it and its plan's limits.",
+        responses={200: OrganizationSerializer},
+    )
     def retrieve(self, request: Request, slug: str | None = None) -> Response:
         org = self.get_object()
         require_action(self.access_in(org), "org:read")
@@ -162,6 +180,7 @@ class OrganizationViewSet(viewsets.GenericViewSet):
         "another.)",
         request=OrganizationCreateSerializer,
         responses={201: OrganizationSerializer},
+        errors={403: "`session_required`: an API key cannot create organizations."},
     )
     def create(self, request: Request) -> Response:
         if getattr(request.auth, "api_key", None) is not None:
@@ -182,17 +201,27 @@ class OrganizationViewSet(viewsets.GenericViewSet):
         notes="Renaming needs `org:admin`; changing `plan` needs `org:billing` (owners, session only).",
         request=OrganizationUpdateSerializer,
         responses={200: OrganizationSerializer},
+        errors={403: "Changing `plan` needs `org:billing`: owners only, with a session."},
     )
     def partial_update(self, request: Request, slug: str | None = None) -> Response:
         org = self.get_object()
         access = self.access_in(org)
-        require_action(access, "org:read")
         serializer = OrganizationUpdateSerializer(data=request.data)
         serializer.is_valid(raise_exception=True)
+        # What each field needs is checked whether or not its value changes, so a key learns what it lacks from
+        # its first request, and org:admin alone renames (it used to need org:read too).
+        for field, needed in (("name", "org:admin"), ("plan", "org:billing")):
+            if field in serializer.validated_data:
+                require_action(access, needed)
         org = actions.update_organization(access=access, **serializer.validated_data)
         return Response(self.get_serializer(org).data)
 
-    @describe("Delete an organization", action="org:delete", notes="Owners only; deletes every row of the org.")
+    @describe(
+        "Delete an organization",
+        action="org:delete",
+        notes="Owners only; deletes every row of the org.",
+        errors={409: "`org_in_use`: other orgs have tasks on its public agents (`details.agents`)."},
+    )
     def destroy(self, request: Request, slug: str | None = None) -> Response:
         org = self.get_object()
         actions.delete_organization(access=self.access_in(org))
@@ -217,11 +246,11 @@ class MemberViewSet(  # type: ignore[misc]
     def scoped_queryset(self) -> QuerySet[Any]:
         return super().scoped_queryset().select_related("user")
 
-    @describe("List members", action="org:read")
+    @describe("List members", action="org:read", notes="The people of the current org with their roles.")
     def list(self, request: Request, *args: Any, **kwargs: Any) -> Response:
         return super().list(request, *args, **kwargs)
 
-    @describe("Read a membership", action="org:read")
+    @describe("Read a membership", action="org:read", notes="One member of the current org and their role.")
     def retrieve(self, request: Request, *args: Any, **kwargs: Any) -> Response:
         return super().retrieve(request, *args, **kwargs)
 
@@ -231,6 +260,7 @@ class MemberViewSet(  # type: ignore[misc]
         request=RoleChangeSerializer,
         responses={200: MembershipSerializer},
         notes="Owners only. Demoting the last owner is a 409 `last_owner`.",
+        errors={409: "`last_owner`: the org must keep an owner; make someone else one first."},
     )
     def partial_update(self, request: Request, pk: str | None = None) -> Response:
         membership = self.get_object()
@@ -244,6 +274,10 @@ class MemberViewSet(  # type: ignore[misc]
         action="org:admin",
         notes="Admins remove developers and members; removing an owner needs `org:roles`. Anyone may remove their "
         "own membership (leave), except the last owner.",
+        errors={
+            403: "Removing someone else needs `org:admin`, and removing an owner `org:roles`.",
+            409: "`last_owner`: the org must keep an owner; make someone else one first.",
+        },
     )
     def destroy(self, request: Request, *args: Any, **kwargs: Any) -> Response:
         actions.remove_member(access=self.access, membership=self.get_object())
@@ -262,11 +296,11 @@ class InvitationViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, OrgSco
     def scoped_queryset(self) -> QuerySet[Any]:
         return super().scoped_queryset().select_related("invited_by")
 
-    @describe("List invitations", action="org:admin")
+    @describe("List invitations", action="org:admin", notes="The org's invitations, open and closed.")
     def list(self, request: Request, *args: Any, **kwargs: Any) -> Response:
         return super().list(request, *args, **kwargs)
 
-    @describe("Read an invitation", action="org:admin")
+    @describe("Read an invitation", action="org:admin", notes="One invitation and its state; never its token.")
     def retrieve(self, request: Request, *args: Any, **kwargs: Any) -> Response:
         return super().retrieve(request, *args, **kwargs)
 
@@ -277,6 +311,11 @@ class InvitationViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, OrgSco
         "needs `org:roles`. Re-inviting an address replaces its open invitation. Honors `Idempotency-Key`.",
         request=InvitationCreateSerializer,
         responses={201: InvitationSerializer},
+        errors={
+            **_IDEMPOTENCY_ERRORS,
+            403: "Inviting an owner needs `org:roles`.",
+            409: "`already_member`: the address is a member already. " + _IDEMPOTENCY_ERRORS[409],
+        },
     )
     def create(self, request: Request, *args: Any, **kwargs: Any) -> Response:
         return idempotent(self.org.pk, request, lambda: self._invite(request))
@@ -287,7 +326,14 @@ class InvitationViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, OrgSco
         issued = actions.invite_member(access=self.access, **serializer.validated_data)
         return Response(InvitationSerializer(issued.invitation).data, status=status.HTTP_201_CREATED)
 
-    @describe("Revoke an invitation", action="org:admin", request=None, responses={200: InvitationSerializer})
+    @describe(
+        "Revoke an invitation",
+        action="org:admin",
+        notes="Its link stops working at once.",
+        request=None,
+        responses={200: InvitationSerializer},
+        errors={409: "`invitation_closed`: it was accepted, revoked or has expired already."},
+    )
     @action(detail=True, methods=["post"])
     def revoke(self, request: Request, pk: str | None = None) -> Response:
         invitation = actions.revoke_invitation(access=self.access, invitation=self.get_object())
@@ -303,6 +349,13 @@ class AcceptInvitationView(APIView):
         "used one a 409.",
         request=InvitationAcceptSerializer,
         responses={201: MembershipSerializer},
+        errors={
+            403: "`session_required`: not with an API key; `invitation_email_mismatch`: the signed-in address is "
+            "not the invited one.",
+            404: "`invitation_unknown`: no invitation has this token.",
+            409: "`invitation_expired`, `invitation_revoked`, `invitation_accepted`: ask for a new one; "
+            "`already_member`.",
+        },
     )
     def post(self, request: Request) -> Response:
         if getattr(request.auth, "api_key", None) is not None:

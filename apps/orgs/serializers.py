@@ -4,15 +4,20 @@ from django.core.exceptions import ValidationError as DjangoValidationError
 from rest_framework import serializers
 
 from apps.core.permissions import SCOPES, Role
-from apps.core.serializers import StrictFieldsMixin
+from apps.core.serializers import PatchSerializer, StrictFieldsMixin
 from apps.orgs.actions import MAX_ROTATION_GRACE, org_slug
 from apps.orgs.models import MAX_KEY_REQUESTS_PER_MINUTE, APIKey, Invitation, Membership, Organization, Plan
 
 
 class APIKeySerializer(serializers.ModelSerializer):
-    created_by: serializers.SlugRelatedField = serializers.SlugRelatedField(slug_field="email", read_only=True)
+    # Null once the creator's account is deleted.
+    created_by: serializers.SlugRelatedField = serializers.SlugRelatedField(
+        slug_field="email", read_only=True, allow_null=True
+    )
     state = serializers.SerializerMethodField()
-    rotated_to: serializers.PrimaryKeyRelatedField = serializers.PrimaryKeyRelatedField(read_only=True)
+    rotated_to: serializers.PrimaryKeyRelatedField = serializers.PrimaryKeyRelatedField(
+        read_only=True, allow_null=True, help_text="The successor's id once the key was rotated; null until then."
+    )
 
     class Meta:
         model = APIKey
@@ -99,7 +104,7 @@ class OrganizationCreateSerializer(StrictFieldsMixin, serializers.Serializer):
             raise serializers.ValidationError(error.message_dict["slug"]) from error
 
 
-class OrganizationUpdateSerializer(StrictFieldsMixin, serializers.Serializer):
+class OrganizationUpdateSerializer(PatchSerializer):
     name = serializers.CharField(max_length=120, required=False)
     plan = serializers.ChoiceField(choices=Plan.choices, required=False)
 
@@ -124,7 +129,10 @@ class RoleChangeSerializer(StrictFieldsMixin, serializers.Serializer):
 
 
 class InvitationSerializer(serializers.ModelSerializer):
-    invited_by: serializers.SlugRelatedField = serializers.SlugRelatedField(slug_field="email", read_only=True)
+    # Null once the inviter's account is deleted.
+    invited_by: serializers.SlugRelatedField = serializers.SlugRelatedField(
+        slug_field="email", read_only=True, allow_null=True
+    )
     state = serializers.SerializerMethodField()
 
     class Meta:

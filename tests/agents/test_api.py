@@ -263,6 +263,23 @@ def test_marketplace_lists_and_searches_public_agents(
     assert response.data["results"][1]["organization"] == "globex" and "url" not in response.data["results"][1]
     assert [a["name"] for a in client.get("/api/v1/marketplace", {"q": "language"}).data["results"]] == ["Translator"]
     assert client.get("/api/v1/marketplace", {"q": "secret"}).data["results"] == []
+    # Reading another org's public agent by id gives its listing, not its endpoint, card, errors or creator.
+    detail = client.get(f"/api/v1/agents/{translator.pk}").json()
+    assert detail == {**response.json()["results"][1], "owned": False}
+    assert client.get(f"/api/v1/agents/{mine.pk}").json()["url"] == "https://mypublic.example.com/"
+
+
+def test_credentials_in_an_agent_url_are_refused(no_allowlist: None, org: Any, alice: Any, client_for: Any) -> None:
+    client = client_for(alice)
+    for body in (
+        {"url": "https://user:secret@agent.example.com/"},
+        {"mode": "manual", "name": "Basic", "url": "https://user:secret@agent.example.com/rpc"},
+    ):
+        response = client.post("/api/v1/agents", body, content_type="application/json")
+        assert response.status_code == 400, response.content
+        assert response.json()["error"]["details"] == {"rule": "credentials"}
+        assert "Leave credentials out of the agent's URL" in response.json()["error"]["message"]
+    assert not Agent.objects.for_org(org).exists()
 
 
 def test_marketplace_can_be_switched_off(settings: Any, org: Any, alice: Any, client_for: Any) -> None:

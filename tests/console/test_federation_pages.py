@@ -161,7 +161,7 @@ def test_outbox_send_and_message_detail(as_user: Any, bob: Any, org: Any, charli
     bad_json = client.post("/federation/outbox/", {"recipient": "globex@berlin", "payload": "{oops"}, **HX)
     assert bad_json.status_code == 422 and "Not valid JSON" in bad_json.content.decode()
     abyss = client.post("/federation/outbox/", {"recipient": "globex@berlin", "payload": "[" * 50_000}, **HX)
-    assert abyss.status_code == 422 and "the JSON nests too deeply to be read" in abyss.content.decode()  # was a 500
+    assert abyss.status_code == 422 and "The JSON nests too deeply to be read" in abyss.content.decode()  # was a 500
     row = dead_letter(org, berlin, {"text": "inspect me"})
     html = main_html(client.get("/federation/outbox/"))
     assert str(row.message_id)[:8] in html and "Dead-lettered" in html

@@ -116,7 +116,7 @@ def test_password_reset_by_email(client: Client, alice: Any, django_capture_on_c
     path = "/accounts/password-reset/" + link.split("/accounts/password-reset/", 1)[1]
     form_page = client.get(path)
     assert form_page.status_code == 200 and "Choose a new password" in form_page.content.decode()
-    assert form_page["Referrer-Policy"] == "no-referrer"
+    assert form_page["Referrer-Policy"] == "same-origin"
     weak = client.post(path, {"new_password1": "123", "new_password2": "123"})
     assert weak.status_code == 422 and "too short" in weak.content.decode()
     done = client.post(path, {"new_password1": "another-long-secret-9", "new_password2": "another-long-secret-9"})

@@ -67,9 +67,23 @@ def test_update_and_delete_org(org: Any, alice: Any, bob: Any, client_for: Any) 
     assert refused.status_code == 403 and refused.data["error"]["details"]["required_action"] == "org:billing"
     assert owner.patch("/api/v1/orgs/acme", {"plan": "team"}, format="json").data["plan"] == "team"
     assert owner.patch("/api/v1/orgs/acme", {"plan": "gold"}, format="json").status_code == 400
+    nothing = owner.patch("/api/v1/orgs/acme", {}, format="json")
+    assert nothing.status_code == 400
+    assert nothing.data["error"]["details"] == {"non_field_errors": ["Nothing to change: give any of `name`, `plan`."]}
     assert admin.delete("/api/v1/orgs/acme").status_code == 403
     assert owner.delete("/api/v1/orgs/acme").status_code == 204
     assert not Organization.objects.filter(slug="acme").exists()
+
+
+def test_a_key_renames_with_org_admin_alone_and_each_field_needs_its_scope(org: Any, alice: Any) -> None:
+    from tests.factories import issue_api_key, key_client
+
+    admin_key = key_client(issue_api_key(alice, org, scopes=["org:admin"])[1])
+    assert admin_key.patch("/api/v1/orgs/acme", {"name": "Acme 2"}, format="json").data["name"] == "Acme 2"
+    reader = key_client(issue_api_key(alice, org, scopes=["org:read"])[1])
+    # Naming the plan it already has used to be a 200 for a read-only key: the field is checked, not the change.
+    refused = reader.patch("/api/v1/orgs/acme", {"name": "Acme 2"}, format="json")
+    assert refused.status_code == 403 and refused.data["error"]["details"]["required_scope"] == "org:admin"
 
 
 def test_orgs_i_do_not_belong_to_are_404(org: Any, alice: Any, other_org: Any, client_for: Any) -> None:

@@ -1,0 +1,104 @@
+"""JSON nested past Python's recursion limit, or holding what cannot be stored (NaN, NUL, a lone surrogate), is a
+clear 400 wherever Hermes reads JSON, before anything is written — not a 500."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import pytest
+from django.test import Client
+
+from apps.core import jsonutil
+from apps.tasks.forms import TaskForm
+
+pytestmark = pytest.mark.django_db
+ABYSS = "[" * 100_000 + "]" * 100_000
+
+
+def test_loads_raises_the_decode_error_callers_already_handle() -> None:
+    with pytest.raises(json.JSONDecodeError, match="the JSON nests too deeply to be read"):
+        jsonutil.loads(ABYSS)
+    with pytest.raises(ValueError):  # what cards, the federation inbox and the ping endpoint catch
+        jsonutil.loads(ABYSS.encode())
+    assert jsonutil.loads(b'{"a": [1]}') == {"a": [1]}
+
+
+def test_the_api_answers_400_even_unauthenticated(client: Client, client_for: Any, alice: Any) -> None:
+    response = client.post("/api/v1/auth/register", ABYSS, content_type="application/json")
+    assert response.status_code == 400, response.content[:200]
+    error = response.json()["error"]
+    assert (
+        error["code"] == "parse_error" and error["message"] == "JSON parse error - the JSON nests too deeply to be read"
+    )
+    assert client_for(alice).post("/api/v1/tasks", ABYSS, content_type="application/json").status_code == 400
+
+
+def test_the_console_form_says_so_next_to_the_field() -> None:
+    form = TaskForm({"agent": "", "text": "", "structured": "{" + '"a": {' * 5000 + "}" * 5001}, agents=[])
+    assert not form.is_valid()
+    assert form.errors["structured"] == ["Not valid JSON: The JSON nests too deeply to be read."]
+
+
+@pytest.mark.parametrize(
+    ("body", "refusal"),
+    [
+        ('{"x": {"v": "\\ud800"}}', "the string at $.x.v holds a lone surrogate (U+D800), which is not valid Unicode"),
+        ('{"x": ["a", "b\\u0000c"]}', "the string at $.x[1] holds a NUL character (\\u0000), which cannot be stored"),
+        (
+            '{"x": {"\\udfff": 1}}',
+            "the string at $.x (a key) holds a lone surrogate (U+DFFF), which is not valid Unicode",
+        ),
+        ('{"x": NaN}', "NaN is not a JSON number"),
+        ('{"x": -Infinity}', "-Infinity is not a JSON number"),
+    ],
+)
+def test_what_cannot_be_stored_is_refused_with_where_it_is(body: str, refusal: str) -> None:
+    with pytest.raises(json.JSONDecodeError) as caught:
+        jsonutil.loads(body)
+    assert str(caught.value) == refusal
+
+
+def test_escapes_that_decode_to_storable_text_pass() -> None:
+    # A surrogate pair is one character; an escaped backslash before "u0000" is not a NUL.
+    assert jsonutil.loads('{"x": "\\ud83d\\ude00", "y": "\\\\u0000"}') == {"x": "\U0001f600", "y": "\\u0000"}
+
+
+def test_tasks_and_federation_messages_refuse_them_and_write_nothing(client_for: Any, alice: Any, org: Any) -> None:
+    from apps.federation.models import Message
+    from apps.tasks.models import Task
+
+    api = client_for(alice)
+    for path, body in [
+        ("/api/v1/tasks", '{"agent": "x", "input": {"parts": [{"data": {"v": "\\ud800"}}]}}'),
+        ("/api/v1/tasks", '{"agent": "x", "input": {"parts": [{"text": "hi"}]}, "metadata": {"v": "a\\u0000"}}'),
+        ("/api/v1/federation/messages", '{"recipient": "acme", "payload": {"v": "\\ud800"}}'),
+    ]:
+        response = api.post(path, body, content_type="application/json")
+        assert response.status_code == 400, (path, response.content[:300])
+        assert response.json()["error"]["code"] == "parse_error"
+    assert not Task.objects.for_org(org).exists() and not Message.objects.for_org(org).exists()
+
+
+def test_the_console_json_field_names_the_bad_string() -> None:
+    form = TaskForm({"agent": "", "text": "", "structured": '{"v": "\\u0000"}'}, agents=[])
+    assert not form.is_valid()
+    assert form.errors["structured"] == [
+        "Not valid JSON: The string at $.v holds a NUL character (\\u0000), which cannot be stored."
+    ]
+
+
+def test_too_many_query_parameters_is_a_json_400_naming_the_limit(client: Client, client_for: Any, alice: Any) -> None:
+    flood = "&".join(f"p{i}=1" for i in range(1001))
+    for api in (client, client_for(alice)):  # refused before authentication matters
+        response = api.get(f"/api/v1/tasks?{flood}")
+        assert response.status_code == 400
+        assert response.json()["error"] == {
+            "code": "too_many_parameters",
+            "message": "The request has more than 1000 query or form parameters.",
+            "details": {},
+        }
+    console = Client()
+    console.force_login(alice)
+    page = console.get(f"/tasks/?{flood}")
+    assert page.status_code == 400 and "more than 1000 query or form parameters" in page.content.decode()
