@@ -33,6 +33,11 @@ _BAD_INPUT = (
     "`card_invalid` (each with the reason); an address the SSRF guard refuses is 400 `ssrf_blocked` with "
     "`details.rule` (loopback, private, link_local, metadata, …); a slug already used in the org is 409 `slug_taken`."
 )
+_CARD_ERRORS = (
+    "`card_unreachable`, `card_not_found`, `card_invalid`: the card could not be used (the message says why); "
+    "`ssrf_blocked`: the SSRF guard refuses the address (`details.rule`)."
+)
+_SLUG_TAKEN = "`slug_taken`: the org has an agent with this slug."
 
 
 def _api_error(exc: actions.AgentActionError) -> HermesAPIError:
@@ -95,18 +100,27 @@ class AgentViewSet(  # type: ignore[misc]
     def _own(self) -> Agent:
         return selectors.get_org_agent(self.org, self.kwargs["pk"])
 
-    @describe("List the organization's agents", action="agents:read")
+    @describe(
+        "List the organization's agents",
+        action="agents:read",
+        notes="The org's own agents, newest first (public agents of other orgs: GET /marketplace).",
+    )
     def list(self, request: Request, *args: Any, **kwargs: Any) -> Response:
         return super().list(request, *args, **kwargs)
 
     @describe(
         "Read an agent",
         action="agents:read",
-        notes="The org's own agents and public agents of other orgs; includes the raw card.",
+        notes="The org's own agents, with the raw card; a public agent of another org is answered with its "
+        "marketplace listing (id, name, slug, description, version, streaming, skills, organization, created_at) "
+        "and `owned: false`: "
+        "its endpoint, card, errors and creator stay its owner's.",
         responses={200: AgentDetailSerializer},
     )
     def retrieve(self, request: Request, pk: str | None = None) -> Response:
         agent = selectors.get_usable_agent(self.org, pk)
+        if agent.organization_id != self.org.pk:
+            return Response({**MarketplaceAgentSerializer(agent).data, "owned": False})
         return Response(AgentDetailSerializer(agent, context=self.get_serializer_context()).data)
 
     @describe(
@@ -119,6 +133,10 @@ class AgentViewSet(  # type: ignore[misc]
         "`version`, `protocol_version`, `skills`. Supports `Idempotency-Key`. " + _BAD_INPUT,
         request=AgentCreateSerializer,
         responses={201: AgentDetailSerializer},
+        errors={
+            400: _CARD_ERRORS + " `invalid_idempotency_key`: a malformed `Idempotency-Key`.",
+            409: _SLUG_TAKEN + " `idempotency_conflict`: the `Idempotency-Key` was used with a different request.",
+        },
     )
     def create(self, request: Request, *args: Any, **kwargs: Any) -> Response:
         # IdempotentCreateMixin (next in the MRO) handles Idempotency-Key around _AgentRegistration.create.
@@ -131,6 +149,7 @@ class AgentViewSet(  # type: ignore[misc]
         "orgs send it tasks), streaming; `url` only for agents registered without a card.",
         request=AgentUpdateSerializer,
         responses={200: AgentDetailSerializer},
+        errors={400: "`ssrf_blocked`: the SSRF guard refuses the new `url` (`details.rule`).", 409: _SLUG_TAKEN},
     )
     def partial_update(self, request: Request, pk: str | None = None) -> Response:
         agent = self._own()
@@ -161,6 +180,7 @@ class AgentViewSet(  # type: ignore[misc]
         notes="Updates the agent from its card. A failure is recorded on the agent (`last_error`). " + _BAD_INPUT,
         request=None,
         responses={200: AgentDetailSerializer},
+        errors={400: _CARD_ERRORS + " `no_card`: the agent was registered without a card."},
     )
     @action(detail=True, methods=["post"])
     def refresh(self, request: Request, pk: str | None = None) -> Response:
@@ -202,6 +222,7 @@ class MarketplaceViewSet(mixins.ListModelMixin, OrgScopedViewSet):  # type: igno
         notes="Public agents of every organization; any of them can run tasks for your org. `q` matches the name, "
         "description and skills (names, descriptions, tags).",
         parameters=[OpenApiParameter("q", str, description="Search text.")],
+        errors={404: "`not_found`: the marketplace is switched off on this instance."},
     )
     def list(self, request: Request, *args: Any, **kwargs: Any) -> Response:
         return super().list(request, *args, **kwargs)
