@@ -76,6 +76,25 @@ def add_action_errors(form: Any, exc: ValidationError, *, rename: dict[str, str]
         form.add_error(None, exc.messages)
 
 
+def _page_for_a_form_address(request: HttpRequest) -> HttpResponse | None:
+    """A console address that only takes a form post, opened as a page (the address bar after a refused form
+    came back, a bookmark, a reload) was a blank 405: go to the nearest page above it instead
+    (/tasks/<id>/reply/ → the task, /org/keys/<id>/rotate/ → the keys page)."""
+    from django.urls import Resolver404, resolve
+
+    parts = request.path.rstrip("/").split("/")
+    while len(parts) > 1:
+        parts.pop()
+        candidate = "/".join(parts) + "/"
+        try:
+            resolve(candidate)
+        except Resolver404:
+            continue
+        messages.info(request, "That address only takes a form submission; this is the page it belongs to.")
+        return redirect(candidate)
+    return None
+
+
 class ConsoleErrorMiddleware:
     """A refused action (HermesAPIError: 403 role, 409 conflict, …) raised by a console view becomes a readable
     answer instead of a 500: htmx requests get the status and X-Hermes-Error (shown as a toast); a plain form post
@@ -85,7 +104,10 @@ class ConsoleErrorMiddleware:
         self.get_response = get_response
 
     def __call__(self, request: HttpRequest) -> HttpResponse:
-        return self.get_response(request)
+        response = self.get_response(request)
+        if response.status_code == 405 and request.method == "GET" and not request.path.startswith("/api/"):
+            return _page_for_a_form_address(request) or response
+        return response
 
     def process_exception(self, request: HttpRequest, exception: Exception) -> HttpResponse | None:
         from apps.core.errors import HermesAPIError, handler403, handler404

@@ -57,6 +57,17 @@ def role_allows(role: str, action: str) -> bool:
     return action in MATRIX.get(role, frozenset())
 
 
+def role_refusal(role: str, action: str) -> str:
+    """Why a role may not do something, in words a console user follows (the action key stays in parentheses
+    for API clients): "Your role (Member) may not manage members, invitations and API keys (org:admin); that
+    takes an Owner or Admin."."""
+    label = Role(role).label if role in Role.values else role
+    roles = [r.label for r in Role if action in MATRIX[r]]
+    allowed = " or ".join([", ".join(roles[:-1]), roles[-1]] if len(roles) > 1 else roles)
+    meaning = ACTIONS[action]
+    return f"Your role ({label}) may not {meaning[0].lower()}{meaning[1:]} ({action}); that takes an {allowed}."
+
+
 @dataclass(frozen=True)
 class Access:
     """Who is acting for which org: put on `request.auth` by the org-aware authentication classes."""

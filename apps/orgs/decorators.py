@@ -13,6 +13,7 @@ from django.http import HttpRequest, HttpResponse
 from django.shortcuts import redirect
 
 from apps.core.errors import Conflict
+from apps.core.permissions import role_refusal
 from apps.orgs.selectors import SESSION_ORG_KEY, memberships_of, session_access
 
 View = Callable[..., HttpResponse]
@@ -29,11 +30,12 @@ def org_action_required(action: str | None = None) -> Callable[[View], View]:
         @wraps(view)
         def wrapper(request: HttpRequest, *args: Any, **kwargs: Any) -> HttpResponse:
             access = session_access(request, request.user)
+            _say_if_the_org_was_lost(request, access)
             if access is None:
                 return redirect("orgs:create")
             _refuse_if_page_showed_another_org(request, access.org)
             if action is not None and not access.allows(action):
-                raise PermissionDenied(f"Your role '{access.role}' may not perform '{action}'.")
+                raise PermissionDenied(role_refusal(access.role, action))
             request.access = access  # type: ignore[attr-defined]
             return view(request, *args, **kwargs)
 
@@ -48,12 +50,38 @@ CONSOLE_ORG_HEADER = "X-Hermes-Console-Org"
 CONSOLE_ORG_FIELD = "console_org"
 
 
+def _say_if_the_org_was_lost(request: HttpRequest, access: Any) -> None:
+    """The org the session was working in is no longer one of the person's (they were removed, or it was
+    deleted): say so once, instead of silently showing another org or the create-an-org page."""
+    held = request.session.get(SESSION_ORG_KEY)
+    if held is None and access is not None:
+        request.session[SESSION_ORG_KEY] = access.org.pk  # the first org, remembered so its loss can be told
+        return
+    if held is None or "X-Hermes-Org" in request.headers or (access is not None and access.org.pk == held):
+        return
+    if access is None:
+        request.session.pop(SESSION_ORG_KEY, None)
+    else:
+        request.session[SESSION_ORG_KEY] = access.org.pk
+    now = f" You are now working in {access.org.name}." if access else ""
+    messages.warning(
+        request,
+        f"You no longer have access to the organization you were working in: you were removed from it, or it "
+        f"was deleted.{now}",
+    )
+
+
 def _refuse_if_page_showed_another_org(request: HttpRequest, org: Any) -> None:
     """A post from a page rendered for another org (the person switched org in another tab since) acts on
     nothing: the session's org is not the one the person was looking at."""
     if request.method in ("GET", "HEAD", "OPTIONS"):
         return
     shown = request.headers.get(CONSOLE_ORG_HEADER) or request.POST.get(CONSOLE_ORG_FIELD)
+    if shown and shown != org.slug and not any(m.organization.slug == shown for m in memberships_of(request.user)):
+        raise Conflict(
+            f"Nothing was done: you no longer have access to the organization '{shown}' this page was showing.",
+            code="org_switched",
+        )
     if shown and shown != org.slug:
         raise Conflict(
             f"Nothing was done: this page was showing the organization '{shown}', but you have switched to "

@@ -188,7 +188,12 @@ def test_charlie_gets_404_for_acme_objects(
     kwargs = make(org, alice, mia)
     client.force_login(charlie)
     url = reverse(name, kwargs=kwargs)
-    assert client.get(url).status_code in {404, 405}, name
+    page = client.get(url)
+    # A form-only address opened as a page leads to the page above it, found from the address alone (nothing
+    # about acme's object is looked up), which is then a 404 for charlie or his own list.
+    assert page.status_code == 404 or (page.status_code == 302 and url.startswith(page["Location"])), name
+    if page.status_code == 302:
+        assert client.get(page["Location"], follow=True).status_code in {200, 404}, name
     assert (
         client.post(url, {"role": "owner", "visibility": "public", "text": "x", "grace_hours": "0"}).status_code == 404
     )

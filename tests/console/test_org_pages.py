@@ -45,7 +45,8 @@ def test_only_owners_change_roles(as_user: Any, team: dict[str, Any], org: Any, 
     target.refresh_from_db()
     assert target.role == ("developer" if status == 302 else "member")
     if status == 403:
-        assert "may not perform" in response.content.decode()
+        refusal = "may not change member roles and manage owners (org:roles); that takes an Owner."
+        assert refusal in response.content.decode()
 
 
 def test_role_change_over_htmx_returns_only_the_row(as_user: Any, team: dict[str, Any], org: Any) -> None:
@@ -229,6 +230,18 @@ def test_rotate_and_revoke(as_user: Any, team: dict[str, Any], org: Any) -> None
     assert successor.revoked_at is not None
 
 
+def test_rotating_immediately_asks_first(as_user: Any, team: dict[str, Any], org: Any) -> None:
+    key, _ = issue_api_key(team["bob"], org, scopes=["agents:read"], name="deploy")
+    html = main_html(as_user(team["bob"]).get("/org/keys/"))
+    options = html.split(f'id="grace-{key.pk}"', 1)[1].split("</select>", 1)[0]
+    # Only "Immediately" asks (hermes.js, while it is the chosen option): it ends the old key at once.
+    assert (
+        f'<option value="0" data-confirm="Rotate {key.display} (deploy) now? Programs using it stop working '
+        'immediately.">Immediately</option>' in options
+    )
+    assert options.count("data-confirm") == 1
+
+
 def test_a_developer_cannot_manage_someone_elses_key(as_user: Any, team: dict[str, Any], org: Any) -> None:
     key, _ = issue_api_key(team["bob"], org, scopes=["agents:read"])
     client = as_user(team["dave"])
@@ -339,6 +352,7 @@ def test_list_pages_do_not_query_per_row(as_user: Any, team: dict[str, Any], org
             dead_letter(org, peer)
 
     client = as_user(team["alice"])
+    client.get(url)  # the first page of a session remembers its org (one session write)
     add_rows(1)
     few = _queries(client, url)
     add_rows(4)
@@ -368,3 +382,53 @@ def test_a_post_from_a_page_of_the_org_switched_away_from_does_nothing(
         "/org/keys/", {"name": "for globex", "scopes": ["tasks:read"]}, HTTP_X_HERMES_CONSOLE_ORG="globex", **HX
     )
     assert fresh.status_code == 200 and APIKey.objects.for_org(other_org).filter(name="for globex").exists()
+
+
+def test_the_header_names_the_role_by_its_label(as_user: Any, team: dict[str, Any]) -> None:
+    header = as_user(team["dave"]).get("/org/members/").content.decode().split('<main id="main"', 1)[0]
+    assert "Acme · Developer</span>" in header  # it said "developer", while the switcher says "Developer"
+
+
+def test_switching_org_stays_in_the_section_but_never_on_an_old_objects_page(
+    as_user: Any, team: dict[str, Any], org: Any, other_org: Any
+) -> None:
+    from apps.agents.actions import register_agent_manually
+
+    Membership.objects.create(organization=other_org, user=team["alice"], role="member")
+    agent = register_agent_manually(org=org, name="Echo", url="https://agent.example.com/rpc")
+    client = as_user(team["alice"])
+    for path in ("/agents/", "/tasks/", "/federation/dlq/", "/federation/audit/", "/org/keys/"):
+        header = client.get(path).content.decode().split('<main id="main"', 1)[0]
+        assert f'<input type="hidden" name="next" value="{path}">' in header, path
+    for path in (f"/agents/{agent.pk}/", "/"):  # an object of acme's, the dashboard: nothing to come back to
+        assert 'name="next"' not in client.get(path).content.decode().split('<main id="main"', 1)[0], path
+    switched = client.post("/orgs/switch/", {"org": "globex", "next": "/agents/"})
+    assert switched.status_code == 302 and switched["Location"] == "/agents/"
+    # A detail page of the org switched away from would switch straight back (or 404): the dashboard instead.
+    back = client.post("/orgs/switch/", {"org": "acme", "next": f"/agents/{agent.pk}/"})
+    assert back["Location"] == "/"
+    assert client.post("/orgs/switch/", {"org": "globex", "next": "https://evil.example/agents/"})["Location"] == "/"
+
+
+def test_a_removed_member_is_told_why_the_org_is_gone(as_user: Any, team: dict[str, Any], org: Any) -> None:
+    client = as_user(team["mia"])
+    assert client.get("/tasks/").status_code == 200  # working in acme
+    org_actions.remove_member(access=access_for(team["alice"], org), membership=membership(org, team["mia"]))
+    page = client.get("/tasks/", follow=True).content.decode()
+    assert "You no longer have access to the organization you were working in" in page
+    # Once: the next page says nothing more.
+    assert "no longer have access" not in client.get("/orgs/new/").content.decode()
+
+
+
+def test_a_post_from_a_page_of_an_org_lost_since_says_so(
+    as_user: Any, team: dict[str, Any], org: Any, other_org: Any
+) -> None:
+    Membership.objects.create(organization=other_org, user=team["bob"], role="admin")
+    client = as_user(team["bob"])
+    assert client.post("/orgs/switch/", {"org": "acme"}).status_code == 302
+    org_actions.remove_member(access=access_for(team["alice"], org), membership=membership(org, team["bob"]))
+    stale = client.post("/org/keys/", {"name": "k", "scopes": ["tasks:read"]}, HTTP_X_HERMES_CONSOLE_ORG="acme", **HX)
+    assert stale.status_code == 409
+    assert "no longer have access to the organization 'acme'" in stale["X-Hermes-Error"]
+    assert not APIKey.objects.for_org(other_org).exists()

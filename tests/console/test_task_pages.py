@@ -4,6 +4,7 @@ timeline socket, cancel and reply — under the role matrix, and isolated from c
 from __future__ import annotations
 
 import time
+from datetime import UTC
 from typing import Any
 
 import pytest
@@ -105,6 +106,40 @@ def test_detail_page_wires_the_timeline_socket(as_user: Any, mia: Any, org: Any,
     assert "data-cancel-task" in html and "data-watchers" in html and "Echo" in html
 
 
+def test_the_about_card_comes_alone_for_htmx_and_shows_when_the_task_finished(
+    as_user: Any, mia: Any, org: Any, echo: Any
+) -> None:
+    """live.js fetches the About card again when the task ends: "Finished" used to appear only after a reload."""
+    task = send(org, mia, echo)
+    client = as_user(mia)
+    page = main_html(client.get(f"/tasks/{task.pk}/"))
+    assert 'data-task-about data-state="submitted"' in page and ">Finished<" not in page
+    assert f'hx-get="/tasks/{task.pk}/" hx-trigger="hermes:refresh" hx-swap="outerHTML"' in page
+    actions.record(task, [actions.Observation(kind="state", data={}, state="completed")])
+    task.refresh_from_db()
+    about = client.get(f"/tasks/{task.pk}/", **HX)
+    html = about.content.decode()
+    assert about.status_code == 200 and html.lstrip().startswith('<section class="card" id="task-about"')
+    assert 'data-state="completed"' in html and "data-event-template" not in html
+    finished = task.finished_at.astimezone(UTC)
+    # Labelled UTC with a machine-readable value, which hermes.js shows in the viewer's own time zone.
+    assert f'<dt>Finished</dt><dd><time datetime="{finished.isoformat()}">' in html
+    assert f"{finished:%Y-%m-%d %H:%M:%S} UTC</time>" in html
+
+
+def test_the_list_shows_times_in_utc_labelled_and_refreshes_with_the_current_filters(
+    as_user: Any, alice: Any, org: Any, echo: Any
+) -> None:
+    task = send(org, alice, echo)
+    created = task.created_at.astimezone(UTC)
+    html = main_html(as_user(alice).get("/tasks/"))
+    assert f'<time datetime="{created.isoformat()}">{created:%Y-%m-%d %H:%M:%S} UTC</time>' in html
+    # live.js builds a refresh from the filter form as it reads then (tests/e2e/test_live_tasks.py): the root's
+    # fixed hx-get kept the page's first query, so a refresh after filtering listed every task under "Failed".
+    assert 'id="task-filters"' in html and 'data-list-url="/tasks/" data-filters="#task-filters"' in html
+    assert 'hx-trigger="hermes:refresh"' not in html
+
+
 def test_cancel_and_reply(as_user: Any, bob: Any, org: Any, echo: Any) -> None:
     task = send(org, bob, echo)
     client = as_user(bob)
@@ -114,6 +149,10 @@ def test_cancel_and_reply(as_user: Any, bob: Any, org: Any, echo: Any) -> None:
     empty = client.post(f"/tasks/{task.pk}/reply/", {"text": "  "})
     assert empty.status_code == 422  # the page again, the error at the reply box (not a banner at the top)
     assert 'id="id_text_error"' in empty.content.decode() and "Write a reply first." in empty.content.decode()
+    # That page's address takes only posts: opened again (reload, bookmark) it leads to the task, not a blank 405.
+    reopened = client.get(f"/tasks/{task.pk}/reply/")
+    assert reopened.status_code == 302 and reopened["Location"] == f"/tasks/{task.pk}/"
+    assert client.get("/org/keys/12345/rotate/")["Location"] == "/org/keys/"
     canceled = client.post(f"/tasks/{task.pk}/cancel/", **HX)
     assert canceled.status_code == 204 and canceled["HX-Redirect"] == f"/tasks/{task.pk}/"
     task.refresh_from_db()

@@ -146,6 +146,19 @@ def test_api_key_is_shown_once_with_a_copy_button(page: Any, screenshot: Any, al
     assert plaintext not in page.content()
     assert page.get_by_role("cell", name="CI pipeline").count() == 1
 
+    # Rotating "Immediately" ends the key at once: it asks first (only Revoke did), and a "no" changes nothing.
+    asked: list[str] = []
+    page.once("dialog", lambda dialog: (asked.append(dialog.message), dialog.dismiss()))
+    row = page.locator("tbody tr", has_text="CI pipeline")
+    row.get_by_label("Old key keeps working for").select_option(label="Immediately")
+    row.get_by_role("button", name="Rotate").click()
+    page.wait_for_timeout(300)
+    assert asked and "stop working immediately" in asked[0]
+    assert page.locator("[data-plaintext-key]").count() == 0
+    page.once("dialog", lambda dialog: dialog.accept())
+    row.get_by_role("button", name="Rotate").click()
+    page.locator("[data-plaintext-key]").wait_for()  # the successor, shown once
+
 
 def test_a_developer_cannot_change_roles(page: Any, screenshot: Any, org: Any, alice: Any, dave: Any, mia: Any) -> None:
     from apps.orgs.models import Membership
@@ -163,7 +176,7 @@ def test_a_developer_cannot_change_roles(page: Any, screenshot: Any, org: Any, a
     )
     toast = page.locator(".toast")
     toast.wait_for()
-    assert "may not perform 'org:roles'" in toast.inner_text()
+    assert "may not change member roles and manage owners (org:roles); that takes an Owner" in toast.inner_text()
     target.refresh_from_db()
     assert target.role == "member"
     assert page.locator("main").inner_text().strip() != ""  # the failed swap left the page as it was
@@ -232,10 +245,17 @@ def test_a_dead_letter_is_requeued_from_the_console(
     screenshot(page, "dead-letters")
     # Fix the cause (globex now accepts acme), then requeue from the console.
     actions.set_policy(org=other_org, remote="acme", effect=Effect.ALLOW)
-    page.on("dialog", lambda dialog: dialog.accept())
+    # Each button asks its own question, and "no" sends nothing (both used to run unasked).
+    asked: list[str] = []
+    answers = iter([False, True])
+    page.on("dialog", lambda d: (asked.append(d.message), d.accept() if next(answers) else d.dismiss()))
     row.get_by_role("checkbox").check()
+    page.get_by_role("button", name="Discard selected").click()
+    page.wait_for_timeout(300)
+    assert asked == ["Discard the selected messages for good? This cannot be undone."] and row.count() == 1
     page.get_by_role("button", name="Requeue selected").click()
     page.get_by_text("1 message requeued").wait_for()
+    assert asked[1] == "Requeue the selected messages for delivery?"
     assert page.get_by_text("The dead-letter queue is empty.").is_visible()
     outbox = Outbox.objects.for_org(org).get()
     for _ in range(50):
@@ -262,14 +282,32 @@ def test_a_form_with_errors_puts_the_keyboard_on_the_first_invalid_field(page: A
 
 
 def test_no_page_scrolls_sideways_on_a_phone(page: Any, org: Any, alice: Any) -> None:
-    from apps.orgs.actions import create_api_key
+    from django.utils import timezone
+
+    from apps.core.permissions import SCOPES
+    from apps.orgs.actions import create_api_key, rotate_api_key
+    from apps.orgs.models import APIKey
     from tests.factories import access_for
 
     for n in range(3):  # rows with their rotate/revoke controls, the widest of the console's tables
-        create_api_key(access=access_for(alice, org), name=f"key {n}", scopes=["tasks:read", "tasks:write"])
+        create_api_key(access=access_for(alice, org), name=f"key {n}", scopes=sorted(SCOPES))
+    rotate_api_key(access=access_for(alice, org), key=APIKey.objects.for_org(org).first())  # "rotated to …"
+    APIKey.objects.for_org(org).update(last_used_at=timezone.now(), last_used_ip="203.0.113.254")
     sign_in(page, alice.email)
+    # On a laptop the keys table and its actions are in view: beside the form, they were cut off in the
+    # table's scroll box (779 px of table in 718).
+    page.set_viewport_size({"width": 1440, "height": 900})
+    page.goto("/org/keys/")
+    wrap = page.locator(".table-wrap")
+    assert wrap.evaluate("el => el.scrollWidth <= el.clientWidth")
+    right = wrap.bounding_box()["x"] + wrap.bounding_box()["width"]
+    for button in page.get_by_role("button", name=re.compile("^(Rotate|Revoke)$")).all():
+        assert button.bounding_box()["x"] + button.bounding_box()["width"] <= right
     page.set_viewport_size({"width": 390, "height": 844})
-    for path in ("/org/keys/", "/org/members/", "/federation/outbox/", "/federation/policies/", "/agents/", "/tasks/"):
+    for path in (
+        *("/org/keys/", "/org/members/", "/federation/outbox/", "/federation/policies/", "/federation/audit/"),
+        *("/agents/", "/tasks/"),
+    ):
         page.goto(path)
         # Wide tables scroll inside their card; the page itself must not (it was 851 px wide on /org/keys/).
         assert page.evaluate("document.documentElement.scrollWidth") <= 390, path
