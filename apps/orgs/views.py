@@ -21,6 +21,7 @@ from apps.core.console import add_action_errors, hx_redirect, is_fragment_reques
 from apps.core.errors import HermesAPIError
 from apps.core.permissions import SCOPES, Access, Role
 from apps.orgs import actions, quotas
+from apps.orgs.context_processors import is_section_page
 from apps.orgs.decorators import org_action_required
 from apps.orgs.forms import (
     APIKeyForm,
@@ -92,8 +93,10 @@ def switch(request: HttpRequest) -> HttpResponse:
     else:
         _use_org(request, membership.organization_id)
         messages.success(request, f"Now working in {membership.organization.name}.")
+    # Back to the section the switch was made from (the header sends it), but never to an object's page: that
+    # object is the old org's, and following the link would switch straight back.
     target = request.POST.get("next") or ""
-    if not url_has_allowed_host_and_scheme(target, allowed_hosts={request.get_host()}):
+    if not (url_has_allowed_host_and_scheme(target, allowed_hosts={request.get_host()}) and is_section_page(target)):
         target = ""
     return redirect(target or "orgs:dashboard")
 
@@ -241,7 +244,17 @@ def accept_invitation(request: HttpRequest, token: str) -> HttpResponse:
         _use_org(request, membership.organization_id)
         messages.success(request, f"Welcome to {invitation.organization.name}.")
         return redirect("orgs:dashboard")
-    return render_console(request, "orgs/invitation.html", {"invitation": invitation, "state": invitation.state()})
+    user = request.user
+    signed_in = user.is_authenticated
+    context = {
+        "invitation": invitation,
+        "state": invitation.state(),
+        # Said before the click, not as a 403 after it.
+        "wrong_person": signed_in and str(getattr(user, "email", "")).lower() != invitation.email.lower(),
+        "already_member": signed_in
+        and Membership.objects.for_org(invitation.organization).filter(user_id=user.pk).exists(),
+    }
+    return render_console(request, "orgs/invitation.html", context)
 
 
 # --- API keys -------------------------------------------------------------------------------------------------
@@ -249,7 +262,9 @@ def accept_invitation(request: HttpRequest, token: str) -> HttpResponse:
 
 def _key_manager_required(access: Access) -> None:
     if not (access.allows("org:admin") or access.allows("keys:own")):
-        raise PermissionDenied(f"Your role '{access.role}' may not manage API keys.")
+        raise PermissionDenied(
+            f"Your role ({Role(access.role).label}) may not manage API keys; that takes a Developer, Admin or Owner."
+        )
 
 
 def _key_or_404(access: Access, key_id: int) -> APIKey:

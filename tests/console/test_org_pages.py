@@ -112,12 +112,18 @@ def test_invite_and_accept(
     assert page.status_code == 200 and "Sign in to accept" in page.content.decode()
     from tests.factories import UserFactory
 
+    # Someone else signed in is told before clicking, and offered to sign out and come back.
+    wrong = main_html(as_user(team["charlie"]).get(path))
+    assert "You are signed in as <strong>charlie@globex.test</strong>, but this invitation is for" in wrong
+    assert "Sign out and continue" in wrong and "Accept the invitation" not in wrong
     zoe = UserFactory(email="zoe@example.test")
     zoe_client = as_user(zoe)
     accepted = zoe_client.post(path)
     assert accepted.status_code == 302
     assert membership(org, zoe).role == "developer"
     assert "you are developer" in main_html(zoe_client.get("/"))
+    # The link again: she is a member (it told her to ask for a new invitation).
+    assert "You are a member of Acme" in main_html(zoe_client.get(path))
     first = as_user(team["bob"]).post("/org/invitations/", {"email": "yan@example.test", "role": "member"}, **HX)
     assert "Invitation sent to yan@example.test as member." in first.content.decode()
     again = as_user(team["bob"]).post("/org/invitations/", {"email": "yan@example.test", "role": "admin"}, **HX)
