@@ -98,7 +98,14 @@ def preview(request: HttpRequest) -> HttpResponse:
         except (CardError, OutboundBlocked) as exc:
             url_form.add_error("url", str(exc))
     form = AgentRegisterForm(initial={"url": url_form.data.get("url", ""), "visibility": Visibility.PRIVATE})
-    context = {"url_form": url_form, "card": card, "form": form, "manual_form": AgentManualForm(prefix=MANUAL)}
+    context = {
+        "url_form": url_form,
+        "card": card,
+        "form": form,
+        "manual_form": AgentManualForm(prefix=MANUAL),
+        # Registering the same endpoint again is allowed (another slug, another visibility), but rarely meant.
+        "same_endpoint": list(selectors.org_agents(_access(request).org).filter(url=card.url)) if card else [],
+    }
     status = 422 if url_form.errors else 200
     return render_console(request, "agents/register.html", context, partial="preview", status=status)
 

@@ -67,6 +67,9 @@ def test_register_after_preview(as_user: Any, dave: Any, org: Any, cards: CardSe
         "/agents/register/", {"url": cards.base, "slug": agent.slug, "visibility": "private"}, **HX
     )
     assert again.status_code == 422 and "already has an agent" in again.content.decode()
+    # Previewing the same endpoint again says which agent already uses it.
+    preview = as_user(dave).post("/agents/register/preview/", {"url": cards.base}, **HX).content.decode()
+    assert "already has 1 agent at this endpoint" in preview and f'href="/agents/{agent.pk}/"' in preview
 
 
 def test_member_cannot_register_or_preview(as_user: Any, mia: Any, org: Any, cards: CardServer) -> None:
@@ -176,6 +179,15 @@ def test_register_without_a_card(as_user: Any, dave: Any, mia: Any, org: Any) ->
         refused = as_user(dave).post("/agents/register/manual/", {**form, **change})
         assert refused.status_code == 422 and field_text in refused.content.decode(), change
     assert Agent.objects.for_org(org).count() == 1
+    detail = main_html(as_user(dave).get(f"/agents/{agent.pk}/"))
+    # No card, so no card to list skills ("The card lists no skills." was not true of it).
+    assert "Registered by hand, without a card: no skills were given for it." in detail
+    assert "The card lists no skills" not in detail
+    # Deleting one that tasks ran on retires it: the question says so (it said such agents "cannot be deleted").
+    assert (
+        'data-confirm="Delete Legacy bot? If tasks ran on it, it is retired instead: kept for their timelines, '
+        'no new tasks."' in detail
+    )
     assert as_user(mia).post("/agents/register/manual/", form).status_code == 403
     # Reloading the URL a refused submit left in the address bar opens the page again (it was an empty 405).
     assert as_user(dave).get("/agents/register/manual/")["Location"] == "/agents/register/"
