@@ -139,8 +139,8 @@ class Decision:
         offers = ", ".join(f"{Plan(p).label}: {_limit_of(p, self.limit_name):,}" for p in better)
         slug = getattr(self.org, "slug", "<org>")
         return (
-            f"Upgrade the plan ({Plan(plan).label} now; {offers}): an owner can PATCH /api/v1/orgs/{slug} "
-            '{"plan": "..."} or use the console\'s organization settings.'
+            f"Upgrade the plan ({Plan(plan).label} now; {offers}): an owner can, in the console's organization "
+            f'settings or signed in (not with an API key) with PATCH /api/v1/orgs/{slug} {{"plan": "..."}}.'
         )
 
     def details(self) -> dict[str, Any]:
