@@ -119,12 +119,23 @@ SETTINGS_TABLE: tuple[Setting, ...] = (
         "`allow` or `deny`: federation traffic no org policy rule matches.",
     ),
     Setting("HERMES_FEDERATION_POLICY_CACHE_TTL", "int", "30", "Seconds a policy decision is cached per process."),
-    Setting("HERMES_FEDERATION_MAX_ATTEMPTS", "int", "8", "Delivery attempts before a message is dead-lettered."),
+    Setting(
+        "HERMES_FEDERATION_MAX_ATTEMPTS",
+        "int",
+        "20",
+        "Delivery attempts before a message is dead-lettered; with the default backoff they span about 32 min "
+        "(at most 63.5), so a peer's restart loses nothing (docs/federation.md).",
+    ),
     Setting(
         "HERMES_FEDERATION_MAX_AGE", "int", "86400", "Seconds after which an undelivered message is dead-lettered."
     ),
     Setting("HERMES_FEDERATION_RETRY_BASE", "float", "2", "First retry backoff cap, seconds (doubles per attempt)."),
-    Setting("HERMES_FEDERATION_RETRY_MAX_DELAY", "float", "300", "Largest backoff (and Retry-After honored), seconds."),
+    Setting(
+        "HERMES_FEDERATION_RETRY_MAX_DELAY",
+        "float",
+        "300",
+        "Largest backoff cap (and Retry-After honored), seconds; each retry waits a random time up to its cap.",
+    ),
     Setting("HERMES_FEDERATION_TIMEOUT", "float", "10", "Timeout of one outbound delivery request, seconds."),
     Setting(
         "HERMES_FEDERATION_INBOUND_PER_MINUTE",
@@ -286,11 +297,14 @@ def load(environ_map: Mapping[str, str] | None = None) -> Config:
         problems.append(f"REDIS_URL={redis_url!r} must start with redis://, rediss:// or unix://.")
     if production and not redis_url:
         problems.append("REDIS_URL is missing: production needs a real Redis (redis://host:6379/0).")
-    broker_url = source.get("CELERY_BROKER_URL") or redis_url
-    if broker_url and not broker_url.startswith(
+    # Only a broker URL the operator set is checked: one derived from REDIS_URL was reported as a second problem
+    # naming a variable they never set (the REDIS_URL line above already covers it).
+    explicit_broker_url = source.get("CELERY_BROKER_URL")
+    if explicit_broker_url and not explicit_broker_url.startswith(
         ("redis://", "rediss://", "amqp://", "amqps://", "pyamqp://", "unix://")
     ):
-        problems.append(f"CELERY_BROKER_URL={broker_url!r} must be a redis:// or amqp:// URL.")
+        problems.append(f"CELERY_BROKER_URL={explicit_broker_url!r} must be a redis:// or amqp:// URL.")
+    broker_url = explicit_broker_url or redis_url
 
     features: dict[str, bool] = {}
     for key, raw in source.items():

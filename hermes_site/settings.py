@@ -235,12 +235,13 @@ REST_FRAMEWORK = {
     "DEFAULT_PAGINATION_CLASS": "apps.core.pagination.CursorPagination",
     "PAGE_SIZE": 50,
     "DEFAULT_RENDERER_CLASSES": ["rest_framework.renderers.JSONRenderer"],
-    # DRF's JSON parser, guarded against bodies nested deeper than Python's recursion limit (a 500 otherwise).
-    "DEFAULT_PARSER_CLASSES": [
-        "apps.core.jsonutil.JSONParser",
-        "rest_framework.parsers.FormParser",
-        "rest_framework.parsers.MultiPartParser",
-    ],
+    # JSON only: the bodies nest (a task's input, a key's scopes), which a form cannot carry, and the schema
+    # advertises what the parsers take. Anything else is a 415. DRF's JSON parser, guarded against bodies nested
+    # deeper than Python's recursion limit (a 500 otherwise).
+    "DEFAULT_PARSER_CLASSES": ["apps.core.jsonutil.JSONParser"],
+    # No `?format=`: the API only speaks JSON, and DRF answered a format it has no renderer for with a 404
+    # `not_found`. The schema view keeps `?format=json|yaml` (apps.core.schema.SchemaContentNegotiation).
+    "URL_FORMAT_OVERRIDE": None,
     "UNAUTHENTICATED_USER": "django.contrib.auth.models.AnonymousUser",
 }
 SPECTACULAR_SETTINGS = {
@@ -257,6 +258,9 @@ SPECTACULAR_SETTINGS = {
     "ENUM_NAME_OVERRIDES": {
         "FederationOutboxStatusEnum": "apps.federation.models.OutboxStatus",
         "FederationPeerStatusEnum": "apps.federation.models.PeerStatus",
+        "TaskStatusEnum": "apps.tasks.models.TaskState",  # a task's `status`, and its timeline page's
+        # Every type a message may have (what the API shows); SendMessage.type takes only the users' types.
+        "FederationMessageTypeEnum": "apps.federation.models.MessageType",
     },
 }
 
@@ -271,7 +275,7 @@ HERMES_FEDERATION_TOLERANCE = env.int("HERMES_FEDERATION_TOLERANCE", default=300
 HERMES_FIELD_KEY = env.str("HERMES_FIELD_KEY", default="")
 HERMES_FEDERATION_DEFAULT_POLICY = env.str("HERMES_FEDERATION_DEFAULT_POLICY", default="deny")
 HERMES_FEDERATION_POLICY_CACHE_TTL = env.int("HERMES_FEDERATION_POLICY_CACHE_TTL", default=30)
-HERMES_FEDERATION_MAX_ATTEMPTS = env.int("HERMES_FEDERATION_MAX_ATTEMPTS", default=8)
+HERMES_FEDERATION_MAX_ATTEMPTS = env.int("HERMES_FEDERATION_MAX_ATTEMPTS", default=20)
 HERMES_FEDERATION_MAX_AGE = env.int("HERMES_FEDERATION_MAX_AGE", default=86400)
 HERMES_FEDERATION_RETRY_BASE = env.float("HERMES_FEDERATION_RETRY_BASE", default=2.0)
 HERMES_FEDERATION_RETRY_MAX_DELAY = env.float("HERMES_FEDERATION_RETRY_MAX_DELAY", default=300.0)

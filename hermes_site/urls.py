@@ -16,9 +16,7 @@ from apps.tasks import urls as tasks_urls
 DOMAIN_APPS = (ops_urls, accounts_urls, orgs_urls, agents_urls, tasks_urls, federation_urls)
 
 api_v1 = [
-    path(
-        "schema/", SpectacularAPIView.as_view(content_negotiation_class=SchemaContentNegotiation), name="api-schema"
-    ),
+    path("schema/", SpectacularAPIView.as_view(content_negotiation_class=SchemaContentNegotiation), name="api-schema"),
     path("docs/", SpectacularSwaggerView.as_view(url_name="api-schema"), name="api-docs"),
 ]
 for module in DOMAIN_APPS:

@@ -78,6 +78,7 @@ class PasswordChangeView(APIView):
         "the session stays signed in.",
         request=PasswordChangeSerializer,
         responses={204: None},
+        errors={403: "`session_required`: not with an API key."},
     )
     def post(self, request: Request) -> Response:
         if getattr(request.auth, "api_key", None) is not None:

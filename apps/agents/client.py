@@ -34,7 +34,9 @@ spoken to with v0.3 method names (`message/stream`, `tasks/get`, …) by the SDK
 - kind "status": a task state change or progress note (`state` is set; `text`/`data` come from the status
   message, if any); "artifact": an artifact (`artifact` = {"artifactId", "name", "parts", "append",
   "lastChunk", ...}; `text`/`data` are its parts); "message": the agent answered with a plain message instead of a
-  task (`state` is "completed").
+  task (`state` is "completed"). Polled snapshots report an artifact the way a stream does: whole when it is new
+  or replaced (`append` false), and the parts appended since the last poll as one chunk with `append` true (a
+  snapshot does not say which chunk was the last, so `lastChunk` is false there).
 - state: A2A task state spelled "submitted", "working", "input-required", "auth-required", "completed",
   "failed", "canceled", "rejected" (or "unknown").
 - final: nothing more will come for this call (terminal or interrupted state, or a plain message).
@@ -66,6 +68,7 @@ from a2a.types.a2a_pb2 import (
     AgentCapabilities,
     AgentCard,
     AgentInterface,
+    Artifact,
     CancelTaskRequest,
     GetTaskRequest,
     Message,
@@ -247,12 +250,36 @@ def _state(value: int) -> str:
     return STATE_NAMES.get(value, "unknown")
 
 
+def _artifact_key(artifact: Artifact) -> str:
+    # An artifact without an id can only be told apart by its content.
+    return artifact.artifact_id or json.dumps(json_format.MessageToDict(artifact), sort_keys=True)
+
+
+def _grown_by(known: Artifact, artifact: Artifact) -> Artifact | None:
+    """The parts `artifact` holds after those of `known`, as an artifact of its own, when it is `known` with parts
+    appended; None when it is anything else (unchanged, replaced, renamed, parts edited)."""
+    seen = len(known.parts)
+    if (
+        len(artifact.parts) <= seen
+        or list(artifact.parts[:seen]) != list(known.parts)
+        or (artifact.name, artifact.description, list(artifact.extensions))
+        != (known.name, known.description, list(known.extensions))
+    ):
+        return None
+    chunk = Artifact()
+    chunk.CopyFrom(artifact)
+    del chunk.parts[:seen]
+    return chunk
+
+
 class _Normalizer:
     """Turns SDK events and polled Task snapshots into AgentUpdates, without repeating what was already said."""
 
     def __init__(self) -> None:
         self._last_status: tuple[str, str] | None = None
-        self._artifacts_seen: set[str] = set()
+        # Each artifact as far as it was reported, as the agent's task holds it: a snapshot then yields only what
+        # changed since (an agent may append chunks to an artifact between two polls).
+        self._artifacts: dict[str, Artifact] = {}
 
     @property
     def final(self) -> bool:
@@ -292,14 +319,41 @@ class _Normalizer:
             raw={"artifactUpdate": {"taskId": task_id, "contextId": context_id, "artifact": as_dict, **extra}},
         )
 
+    def _snapshot_artifact(self, task_id: str, context_id: str, artifact: Artifact) -> AgentUpdate | None:
+        """What a snapshot's artifact adds to what was reported of it, in the shape a stream reports it: the
+        parts appended since as one chunk with append=True, or (new, or replaced) the whole artifact with
+        append=False; None when nothing changed."""
+        key = _artifact_key(artifact)
+        known = self._artifacts.get(key)
+        if known == artifact:
+            return None
+        remembered = Artifact()
+        remembered.CopyFrom(artifact)
+        self._artifacts[key] = remembered
+        chunk = _grown_by(known, artifact) if known is not None else None
+        if chunk is not None:
+            return self._artifact(task_id, context_id, chunk, {"append": True, "lastChunk": False})
+        return self._artifact(task_id, context_id, artifact, {})
+
+    def _streamed_artifact(self, chunk: Artifact, *, append: bool) -> None:
+        """Follow an artifact the way the agent's task store does (the SDK's `append_artifact_to_task`): a chunk
+        with append extends the known parts and metadata, anything else replaces the artifact."""
+        key = _artifact_key(chunk)
+        known = self._artifacts.get(key)
+        if append and known is not None:
+            known.parts.extend(chunk.parts)
+            known.metadata.update(dict(chunk.metadata.items()))
+            return
+        remembered = Artifact()
+        remembered.CopyFrom(chunk)
+        self._artifacts[key] = remembered
+
     def task(self, task: Task) -> list[AgentUpdate]:
-        updates: list[AgentUpdate] = []
-        for artifact in task.artifacts:
-            key = artifact.artifact_id or json.dumps(json_format.MessageToDict(artifact), sort_keys=True)
-            if key in self._artifacts_seen:
-                continue
-            self._artifacts_seen.add(key)
-            updates.append(self._artifact(task.id, task.context_id, artifact, {}))
+        updates = [
+            update
+            for artifact in task.artifacts
+            if (update := self._snapshot_artifact(task.id, task.context_id, artifact)) is not None
+        ]
         raw = {"task": json_format.MessageToDict(task)}
         # The state goes last so a terminal update never precedes the artifacts it completes.
         return updates + self._status(task.id, task.context_id, task.status, raw)
@@ -313,7 +367,7 @@ class _Normalizer:
             return self._status(update.task_id, update.context_id, update.status, json_format.MessageToDict(event))
         if kind == "artifact_update":
             update = event.artifact_update
-            self._artifacts_seen.add(update.artifact.artifact_id)
+            self._streamed_artifact(update.artifact, append=update.append)
             extra = {"append": update.append, "lastChunk": update.last_chunk}
             return [self._artifact(update.task_id, update.context_id, update.artifact, extra)]
         if kind == "message":

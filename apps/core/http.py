@@ -354,6 +354,17 @@ def in_networks(address: str, networks: Iterable[str]) -> bool:
     return False
 
 
+def header_text(value: str | None) -> str | None:
+    """A request header as the client wrote it. WSGI hands header values over decoded as latin-1, so UTF-8 text
+    (`dëmo`) turned into mojibake (`dÃ«mo`) in the messages that echo it back."""
+    if not value:
+        return value
+    try:
+        return value.encode("latin-1").decode("utf-8")
+    except UnicodeError:  # not latin-1 text already (ASGI), or not UTF-8 bytes: as it came
+        return value
+
+
 def client_address(remote_addr: str | None, forwarded_for: str | None) -> str | None:
     """The client's address: the server's peer (REMOTE_ADDR), or — when that peer is one of HERMES_TRUSTED_PROXIES
     — the right-most X-Forwarded-For entry that is not a trusted proxy. Entries left of it are whatever the client

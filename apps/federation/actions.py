@@ -19,6 +19,7 @@ from django.db.models import F, Max
 from django.utils import timezone
 
 from apps.core.errors import Conflict, HermesAPIError, refusal
+from apps.core.http import OutboundBlocked, check_url
 from apps.core.metrics import (
     FEDERATION_DELIVERIES,
     FEDERATION_DELIVERY_LATENCY,
@@ -85,6 +86,16 @@ def create_peer(*, name: str, base_url: str, local_name: str, actor: Any = None)
     peer.full_clean(validate_unique=False)
     peer.save()
     return peer
+
+
+def delivery_blocked_reason(peer: Peer) -> str | None:
+    """What the outbound SSRF guard would say about the peer's URL with today's allowlist (None: nothing it can
+    tell without DNS). Adding such a peer is allowed — the allowlist may be about to change — but said at once."""
+    try:
+        check_url(peer.base_url)
+    except OutboundBlocked as exc:
+        return str(exc)
+    return None
 
 
 @transaction.atomic
@@ -246,6 +257,23 @@ def delete_policy(rule: Policy) -> None:
 
 
 # --- Sending ----------------------------------------------------------------------------------------------
+
+# What users may send themselves (API, console, `federation_send`). The protocol types are written only by
+# federation: a hand-made task_request would run a task on the peer outside remote tasks (no Task, no RemoteTask
+# to receive its results), and a task_result, task_cancel, task_input or receipt would forge a protocol step.
+USER_MESSAGE_TYPES = (MessageType.MESSAGE,)
+
+
+def check_user_message_type(value: str) -> str:
+    if value in USER_MESSAGE_TYPES:
+        return value
+    allowed = ", ".join(f"'{t}'" for t in USER_MESSAGE_TYPES)
+    reason = (
+        f"'{value[:40]}' cannot be sent as a message: only {allowed} can. To have another org's agent run a task, "
+        "use remote tasks: POST /api/v1/federation/remote-tasks, the console's Federation → Remote tasks, or "
+        "POST /api/v1/tasks on the agent's federated address."
+    )
+    raise HermesAPIError(reason, code="invalid", details={"type": [reason]})
 
 
 def _enqueue(outbox_id: int, countdown: float = 0.0) -> None:
@@ -448,22 +476,13 @@ def finish_attempt(outbox: Outbox, result: AttemptResult) -> str:
     now = timezone.now()
     org = outbox.organization
     message = outbox.message
+    outcome = result.outcome
+    update: dict[str, Any] = {"lease_until": None, "updated_at": now}
+    describe = f"HTTP {result.http_status}" if result.http_status else ""
+    describe = f"{describe}: {result.error}" if result.error and describe else (describe or result.error)
     with transaction.atomic():
         number = (DeliveryAttempt.objects.for_org(org).filter(outbox=outbox).aggregate(n=Max("number"))["n"] or 0) + 1
-        DeliveryAttempt.objects.create(
-            organization=org,
-            outbox=outbox,
-            number=number,
-            duration_ms=round(result.duration_ms, 2),
-            http_status=result.http_status,
-            error=result.error[:300],
-            response_excerpt=result.response_excerpt[:500],
-            outcome=result.outcome,
-        )
-        update: dict[str, Any] = {"lease_until": None, "updated_at": now}
-        describe = f"HTTP {result.http_status}" if result.http_status else ""
-        describe = f"{describe}: {result.error}" if result.error and describe else (describe or result.error)
-        if result.outcome == AttemptOutcome.DELIVERED:
+        if outcome == AttemptOutcome.DELIVERED:
             status = OutboxStatus.DELIVERED
             update.update(
                 receipt=result.receipt,
@@ -479,7 +498,7 @@ def finish_attempt(outbox: Outbox, result: AttemptResult) -> str:
             too_old = now + timedelta(seconds=delay) > outbox.queued_at + timedelta(
                 seconds=settings.HERMES_FEDERATION_MAX_AGE
             )
-            if result.outcome == AttemptOutcome.PERMANENT:
+            if outcome == AttemptOutcome.PERMANENT:
                 status, why = OutboxStatus.DEAD, f"permanent failure ({describe})"
             elif outbox.attempts >= settings.HERMES_FEDERATION_MAX_ATTEMPTS:
                 status, why = OutboxStatus.DEAD, f"{outbox.attempts} attempts exhausted; last: {describe}"
@@ -487,6 +506,9 @@ def finish_attempt(outbox: Outbox, result: AttemptResult) -> str:
                 status, why = OutboxStatus.DEAD, f"max age reached; last: {describe}"
             else:
                 status, why = OutboxStatus.FAILED, ""
+            if status == OutboxStatus.DEAD and outcome == AttemptOutcome.RETRY:
+                # Retryable, but this was the last try: the attempt log says so instead of "retry".
+                outcome = AttemptOutcome.GAVE_UP
             update["last_error"] = describe[:1000]
             if status == OutboxStatus.DEAD:
                 update["dead_at"] = now
@@ -494,6 +516,16 @@ def finish_attempt(outbox: Outbox, result: AttemptResult) -> str:
             else:
                 update["next_attempt_at"] = now + timedelta(seconds=delay)
                 event, reason = AuditEvent.RETRIED, f"attempt {number} failed ({describe}); retry in {delay:.2f} s"
+        DeliveryAttempt.objects.create(
+            organization=org,
+            outbox=outbox,
+            number=number,
+            duration_ms=round(result.duration_ms, 2),
+            http_status=result.http_status,
+            error=result.error[:300],
+            response_excerpt=result.response_excerpt[:500],
+            outcome=outcome,
+        )
         update["status"] = status
         # Only the claim holder moves the row on (a sweeper that expired our lease has handed it to someone else).
         moved = (
@@ -512,7 +544,7 @@ def finish_attempt(outbox: Outbox, result: AttemptResult) -> str:
         if delay is not None:
             outbox_id = outbox.pk
             transaction.on_commit(lambda: _enqueue(outbox_id, countdown=delay))
-    FEDERATION_DELIVERIES.labels(outcome=result.outcome).inc()
+    FEDERATION_DELIVERIES.labels(outcome=outcome).inc()
     if status == OutboxStatus.DELIVERED:
         FEDERATION_DELIVERY_LATENCY.observe((now - outbox.queued_at).total_seconds())
     elif status == OutboxStatus.FAILED:
@@ -580,6 +612,10 @@ def requeue(rows: Iterable[Outbox], *, actor: Any = None, reason: str = "") -> l
                 actor=actor,
                 reason=reason or "requeued from the dead-letter queue",
             )
+            if row.message.type == MessageType.TASK_REQUEST:
+                from apps.federation.remote_tasks import request_requeued  # (it imports this module)
+
+                request_requeued(row.message)
             outbox_id = row.pk
             transaction.on_commit(lambda outbox_id=outbox_id: _enqueue(outbox_id))  # type: ignore[misc]
             done.append(row)
@@ -607,5 +643,9 @@ def discard(rows: Iterable[Outbox], *, actor: Any = None, reason: str = "") -> l
                 actor=actor,
                 reason=reason or "discarded from the dead-letter queue",
             )
+            if row.message.type == MessageType.TASK_REQUEST:
+                from apps.federation.remote_tasks import request_discarded  # (it imports this module)
+
+                request_discarded(row.message, reason or "discarded")
             done.append(row)
     return done

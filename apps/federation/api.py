@@ -9,13 +9,13 @@ from __future__ import annotations
 from typing import Any
 
 from django.db.models import QuerySet
-from drf_spectacular.utils import extend_schema
+from drf_spectacular.utils import OpenApiParameter, extend_schema_view
 from rest_framework import mixins, status
 from rest_framework.decorators import action
 from rest_framework.request import Request
 from rest_framework.response import Response
 
-from apps.core.api import OrgScopedViewSet
+from apps.core.api import OrgScopedViewSet, describe
 from apps.core.errors import HermesAPIError, one_of
 from apps.core.idempotency import IdempotentCreateMixin
 from apps.federation import actions
@@ -32,11 +32,13 @@ from apps.federation.models import (
     RemoteTask,
 )
 from apps.federation.serializers import (
+    AddedLinkKeySerializer,
     AddKeySerializer,
     AuditEventSerializer,
     BulkIdsSerializer,
     ContactSerializer,
     DeadLetterSerializer,
+    DiscardedSerializer,
     InboxEntrySerializer,
     LinkKeySerializer,
     MessageSerializer,
@@ -45,6 +47,7 @@ from apps.federation.serializers import (
     PolicySerializer,
     RemoteTaskSerializer,
     RequestRemoteTaskSerializer,
+    RequeuedSerializer,
     RetireKeySerializer,
     SendMessageSerializer,
 )
@@ -56,6 +59,36 @@ class _FederationViewSet(OrgScopedViewSet):
     write_action = "federation:write"
 
 
+_READ, _WRITE = "federation:read", "federation:write"
+_STAFF = {403: "`staff_required`: links are shared by every org of the instance, so only staff change them."}
+_IDEMPOTENCY = {
+    400: "`invalid_idempotency_key`: a malformed `Idempotency-Key`.",
+    409: "`idempotency_conflict`: the `Idempotency-Key` was used before with a different request.",
+}
+_SENDING = {
+    400: "`invalid_address`, `unknown_recipient` (no such org here), `unknown_peer`, `peer_disabled`: where it "
+    "was to go. " + _IDEMPOTENCY[400],
+    403: "`policy_denied`: the org's federation policy forbids sending there (the denial is audited).",
+    409: _IDEMPOTENCY[409],
+}
+
+
+@extend_schema_view(
+    list=describe(
+        "List peers",
+        action=_READ,
+        notes="The instance's federation links (shared by every org), with their keys' versions, states and "
+        "fingerprints; never a secret.",
+    ),
+    retrieve=describe("Read a peer", action=_READ, notes="One link and its keys, by name."),
+    create=describe(
+        "Add a peer",
+        action=_WRITE,
+        notes="Staff only. A link to another Hermes instance: its name, base URL and the name it knows this "
+        "instance by; add its keys next.",
+        errors={**_STAFF, 409: "`peer_exists`: a peer of that name exists."},
+    ),
+)
 class PeerViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, mixins.CreateModelMixin, _FederationViewSet):  # type: ignore[misc]
     model = Peer
     serializer_class = PeerSerializer
@@ -77,10 +110,17 @@ class PeerViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, mixins.Creat
         self._require_staff()
         serializer.instance = actions.create_peer(actor=self.request.user, **serializer.validated_data)
 
-    @extend_schema(request=AddKeySerializer, responses=LinkKeySerializer)
+    @describe(
+        "Add a link key",
+        action=_WRITE,
+        notes="Staff only. Adds the next key K_n+1 (step 1 of a rotation, docs/federation.md): with `secret`, the "
+        "one the other side generated; without, Hermes generates it and answers it once.",
+        request=AddKeySerializer,
+        responses={201: AddedLinkKeySerializer},
+        errors={**_STAFF, 409: "`key_pending`: a next key is already waiting to be promoted."},
+    )
     @action(detail=True, methods=["post"], url_path="keys")
     def add_key(self, request: Request, name: str) -> Response:
-        """Add K_n+1. The plaintext secret is in the response once; give it to the peer's operator."""
         self._require_staff()
         peer = self.get_object()
         body = AddKeySerializer(data=request.data)
@@ -97,23 +137,51 @@ class PeerViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, mixins.Creat
             data["secret"] = encode_secret(key.secret())
         return Response(data, status=status.HTTP_201_CREATED)
 
-    @extend_schema(request=PeerStatusSerializer, responses=PeerSerializer)
+    @describe(
+        "Enable or disable a peer",
+        action=_WRITE,
+        notes="Staff only. A disabled link's outbox waits and its inbound requests get 404 `unknown_peer`; "
+        "enabling it resumes both.",
+        request=PeerStatusSerializer,
+        responses={200: PeerSerializer},
+        errors=_STAFF,
+    )
     @action(detail=True, methods=["post"], url_path="status")
     def set_status(self, request: Request, name: str) -> Response:
-        """Disable a link (its outbox waits; its inbound requests get 404 unknown_peer) or enable it again."""
         self._require_staff()
         body = PeerStatusSerializer(data=request.data)
         body.is_valid(raise_exception=True)
         peer = actions.set_peer_status(self.get_object(), body.validated_data["status"], actor=request.user)
         return Response(PeerSerializer(peer).data)
 
-    @extend_schema(request=None, responses=LinkKeySerializer)
+    @describe(
+        "Promote the next link key",
+        action=_WRITE,
+        notes="Staff only. The next key becomes current and the current one previous (it still verifies).",
+        request=None,
+        responses={200: LinkKeySerializer},
+        errors={
+            **_STAFF,
+            409: "`no_next_key`: there is none to promote; `key_previous`: retire the previous key first.",
+        },
+    )
     @action(detail=True, methods=["post"], url_path="keys/promote")
     def promote_key(self, request: Request, name: str) -> Response:
         self._require_staff()
         return Response(LinkKeySerializer(actions.promote_key(self.get_object(), actor=request.user)).data)
 
-    @extend_schema(request=RetireKeySerializer, responses=LinkKeySerializer)
+    @describe(
+        "Retire a link key",
+        action=_WRITE,
+        notes="Staff only. The previous key (or `version`) never signs or verifies again.",
+        request=RetireKeySerializer,
+        responses={200: LinkKeySerializer},
+        errors={
+            **_STAFF,
+            404: "`not_found`: the peer has no key of that `version`.",
+            409: "`no_previous_key`, `key_current` (promote its successor first), `key_retired`.",
+        },
+    )
     @action(detail=True, methods=["post"], url_path="keys/retire")
     def retire_key(self, request: Request, name: str) -> Response:
         self._require_staff()
@@ -123,6 +191,20 @@ class PeerViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, mixins.Creat
         return Response(LinkKeySerializer(key).data)
 
 
+@extend_schema_view(
+    list=describe("List contacts", action=_READ, notes="The org's federation address book."),
+    retrieve=describe("Read a contact", action=_READ, notes="One entry of the org's address book."),
+    create=describe(
+        "Add a contact",
+        action=_WRITE,
+        notes="A name for an address (`org`, `agent.org`, either with `@peer`), stored canonical.",
+        errors={
+            400: "`invalid_address`: not a federation address.",
+            409: "`contact_exists`: the address is in the book already.",
+        },
+    ),
+    destroy=describe("Delete a contact", action=_WRITE, notes="Removes the entry; nothing else changes."),
+)
 class ContactViewSet(  # type: ignore[misc]
     mixins.ListModelMixin,
     mixins.RetrieveModelMixin,
@@ -140,6 +222,25 @@ class ContactViewSet(  # type: ignore[misc]
         actions.delete_contact(instance)
 
 
+@extend_schema_view(
+    list=describe(
+        "List federation policies",
+        action=_READ,
+        notes="The org's allow/deny rules for what it sends and accepts (docs/federation.md).",
+    ),
+    retrieve=describe("Read a federation policy", action=_READ, notes="One allow/deny rule."),
+    create=describe(
+        "Set a federation policy",
+        action=_WRITE,
+        notes="Replaces the rule for the same (`local_agent`, `remote`) pair; applies at once on every process.",
+        errors={400: "`invalid_address`: `remote` is not `*`, `*@peer` or a federation address."},
+    ),
+    destroy=describe(
+        "Delete a federation policy",
+        action=_WRITE,
+        notes="Without the rule, a broader one (or HERMES_FEDERATION_DEFAULT_POLICY) decides.",
+    ),
+)
 class PolicyViewSet(  # type: ignore[misc]
     mixins.ListModelMixin,
     mixins.RetrieveModelMixin,
@@ -170,6 +271,19 @@ class _SendMessageMixin:
         return Response(MessageSerializer(message).data, status=status.HTTP_202_ACCEPTED)
 
 
+@extend_schema_view(
+    list=describe(
+        "List sent messages",
+        action=_READ,
+        notes="Messages this org sent, newest first, each with its delivery state.",
+        parameters=[
+            OpenApiParameter(
+                "status", str, enum=OutboxStatus.values, description="Only messages in this delivery status."
+            )
+        ],
+    ),
+    retrieve=describe("Read a sent message", action=_READ, notes="The message and its delivery state."),
+)
 class MessageViewSet(  # type: ignore[misc]
     IdempotentCreateMixin, _SendMessageMixin, mixins.ListModelMixin, mixins.RetrieveModelMixin, _FederationViewSet
 ):
@@ -179,7 +293,14 @@ class MessageViewSet(  # type: ignore[misc]
     model = Message
     serializer_class = MessageSerializer
 
-    @extend_schema(request=SendMessageSerializer, responses={202: MessageSerializer})
+    @describe(
+        "Send a federated message",
+        action=_WRITE,
+        notes="202: delivery is asynchronous; follow `delivery.status`. Honours `Idempotency-Key`.",
+        request=SendMessageSerializer,
+        responses={202: MessageSerializer},
+        errors=_SENDING,
+    )
     def create(self, request: Request, *args: Any, **kwargs: Any) -> Response:
         # Declared here so the schema sees it: IdempotentCreateMixin (next in the MRO) wraps _SendMessageMixin's.
         return super().create(request, *args, **kwargs)
@@ -191,6 +312,14 @@ class MessageViewSet(  # type: ignore[misc]
         return qs
 
 
+@extend_schema_view(
+    list=describe(
+        "List dead letters", action=_READ, notes="The org's messages that gave up being delivered, latest first."
+    ),
+    retrieve=describe(
+        "Read a dead letter", action=_READ, notes="The message with its payload, delivery state and every attempt."
+    ),
+)
 class DeadLetterViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, _FederationViewSet):  # type: ignore[misc]
     """The dead-letter queue: inspect (payload and every attempt), requeue or discard, one or many."""
 
@@ -215,12 +344,24 @@ class DeadLetterViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, _Feder
             key, done = "discarded", actions.discard(rows, actor=request.user, reason=reason)
         return Response({key: [str(r.message_id) for r in done]})
 
-    @extend_schema(request=None)
+    @describe(
+        "Requeue a dead letter",
+        action=_WRITE,
+        notes="Back to the outbox for delivery, with a fresh attempt budget; audited.",
+        request=None,
+        responses={200: RequeuedSerializer},
+    )
     @action(detail=True, methods=["post"])
     def requeue(self, request: Request, message_id: str) -> Response:
         return self._apply(request, [self.get_object()], "requeue", "")
 
-    @extend_schema(request=None)
+    @describe(
+        "Discard a dead letter",
+        action=_WRITE,
+        notes="Gives the message up for good; audited.",
+        request=None,
+        responses={200: DiscardedSerializer},
+    )
     @action(detail=True, methods=["post"])
     def discard(self, request: Request, message_id: str) -> Response:
         return self._apply(request, [self.get_object()], "discard", "")
@@ -241,17 +382,43 @@ class DeadLetterViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, _Feder
             )
         return self._apply(request, rows, operation, body.validated_data["reason"])
 
-    @extend_schema(request=BulkIdsSerializer, operation_id="federation_dlq_requeue_many")
+    @describe(
+        "Requeue dead letters",
+        action=_WRITE,
+        notes="All or nothing: every id must be a dead letter of the org. Audited with `reason`.",
+        request=BulkIdsSerializer,
+        responses={200: RequeuedSerializer},
+        operation_id="federation_dlq_requeue_many",
+        errors={404: "`not_found`: some ids are not in the org's dead-letter queue (`details.ids`); none is requeued."},
+    )
     @action(detail=False, methods=["post"], url_path="requeue")
     def requeue_many(self, request: Request) -> Response:
         return self._bulk(request, "requeue")
 
-    @extend_schema(request=BulkIdsSerializer, operation_id="federation_dlq_discard_many")
+    @describe(
+        "Discard dead letters",
+        action=_WRITE,
+        notes="All or nothing: every id must be a dead letter of the org. Audited with `reason`.",
+        request=BulkIdsSerializer,
+        responses={200: DiscardedSerializer},
+        operation_id="federation_dlq_discard_many",
+        errors={
+            404: "`not_found`: some ids are not in the org's dead-letter queue (`details.ids`); none is discarded."
+        },
+    )
     @action(detail=False, methods=["post"], url_path="discard")
     def discard_many(self, request: Request) -> Response:
         return self._bulk(request, "discard")
 
 
+@extend_schema_view(
+    list=describe(
+        "List received messages",
+        action=_READ,
+        notes="Messages other orgs sent this org, newest first; `peer` is null for orgs of this instance.",
+    ),
+    retrieve=describe("Read a received message", action=_READ, notes="One received message and how it was handled."),
+)
 class InboxViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, _FederationViewSet):  # type: ignore[misc]
     model = InboxEntry
     serializer_class = InboxEntrySerializer
@@ -260,6 +427,14 @@ class InboxViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, _Federation
         return super().scoped_queryset().select_related("peer")
 
 
+@extend_schema_view(
+    list=describe(
+        "Read the federation audit log",
+        action=_READ,
+        notes="The org's federation events, newest first: deliveries, refusals, DLQ actions, key rotations.",
+        parameters=[OpenApiParameter("event", str, enum=AuditEvent.values, description="Only events of this kind.")],
+    ),
+)
 class AuditViewSet(mixins.ListModelMixin, _FederationViewSet):  # type: ignore[misc]
     model = FederationAuditEvent
     serializer_class = AuditEventSerializer
@@ -285,6 +460,18 @@ class _RequestRemoteTaskMixin:
         return Response(RemoteTaskSerializer(remote).data, status=status.HTTP_202_ACCEPTED)
 
 
+@extend_schema_view(
+    list=describe(
+        "List remote tasks",
+        action=_READ,
+        notes="Tasks this org asked other orgs' agents to run, newest first, each with its mirrored timeline.",
+    ),
+    retrieve=describe(
+        "Read a remote task",
+        action=_READ,
+        notes="The request, its delivery and the timeline the executor reported; `task_id` is this org's task.",
+    ),
+)
 class RemoteTaskViewSet(  # type: ignore[misc]
     IdempotentCreateMixin, _RequestRemoteTaskMixin, mixins.ListModelMixin, mixins.RetrieveModelMixin, _FederationViewSet
 ):
@@ -299,7 +486,22 @@ class RemoteTaskViewSet(  # type: ignore[misc]
     def scoped_queryset(self) -> QuerySet[Any]:
         return super().scoped_queryset().select_related("request__outbox").prefetch_related("events")
 
-    @extend_schema(request=RequestRemoteTaskSerializer, responses={202: RemoteTaskSerializer})
+    @describe(
+        "Ask another org's agent to run a task",
+        action="tasks:write",
+        notes="Needs `federation:write` as well. 202: the task request is delivered asynchronously; the task is "
+        "an ordinary task of this org (`task_id`), so it lists, streams and cancels like any other. Honours "
+        "`Idempotency-Key`.",
+        request=RequestRemoteTaskSerializer,
+        responses={202: RemoteTaskSerializer},
+        errors={
+            **_SENDING,
+            400: _SENDING[400] + " `invalid_message`: the message is no A2A message an agent could be sent.",
+            403: "`missing_scope` / `role_forbidden` for `federation:write`; " + _SENDING[403],
+            413: "`input_too_large`: the message exceeds HERMES_MAX_TASK_INPUT_BYTES.",
+            429: "Also past the organization's tasks per day (`details.limit`: `tasks_per_day`).",
+        },
+    )
     def create(self, request: Request, *args: Any, **kwargs: Any) -> Response:
         if not self.access.allows("federation:write"):
             raise HermesAPIError(

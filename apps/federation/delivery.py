@@ -7,6 +7,7 @@ import email.utils
 import json
 import logging
 import time
+from typing import Any
 
 import httpx
 from django.conf import settings
@@ -61,6 +62,29 @@ def classify(status: int) -> str:
     return AttemptOutcome.PERMANENT
 
 
+# Error bodies bigger than this are not parsed for the peer's reason (a hostile peer may send megabytes).
+_ERROR_BODY_PARSE_LIMIT = 64 * 1024
+
+
+def peer_error(body: Any) -> str:
+    """`code: message` from a Hermes error body (`{"error": {"code", "message"}}`, as a dict or raw bytes), or "".
+    Put in the attempt's error, so last_error and the dead-letter reason say *why* a peer refused ("policy_denied:
+    demo does not accept messages from acme.") instead of only "HTTP 403"."""
+    if isinstance(body, bytes | str):
+        if len(body) > _ERROR_BODY_PARSE_LIMIT:
+            return ""
+        try:
+            body = json.loads(body)
+        except ValueError:
+            return ""
+    error = body.get("error") if isinstance(body, dict) else None
+    if not isinstance(error, dict):
+        return ""
+    code, message = error.get("code"), error.get("message")
+    parts = [str(part) for part in (code, message) if isinstance(part, str) and part]
+    return ": ".join(parts)[:300]
+
+
 def _over_http(outbox: Outbox) -> AttemptResult:
     message = outbox.message
     peer = message.peer
@@ -86,7 +110,12 @@ def _over_http(outbox: Outbox) -> AttemptResult:
         if response.status_code in (429, 503):
             retry_after = parse_retry_after(response.headers.get("retry-after"))
         return AttemptResult(
-            outcome, duration, http_status=response.status_code, response_excerpt=excerpt, retry_after=retry_after
+            outcome,
+            duration,
+            http_status=response.status_code,
+            error=peer_error(response.content),
+            response_excerpt=excerpt,
+            retry_after=retry_after,
         )
     # The receipt is signed by the peer with the link keys: it proves the peer (not a proxy) stored the message.
     try:
@@ -134,7 +163,9 @@ def _in_process(outbox: Outbox) -> AttemptResult:
         return AttemptResult(
             outcome, _ms(started), http_status=result.status, response_excerpt=excerpt, receipt=result.body["receipt"]
         )
-    return AttemptResult(outcome, _ms(started), http_status=result.status, response_excerpt=excerpt)
+    return AttemptResult(
+        outcome, _ms(started), http_status=result.status, error=peer_error(result.body), response_excerpt=excerpt
+    )
 
 
 def _ms(started: float) -> float:

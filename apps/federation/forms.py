@@ -5,13 +5,19 @@ from typing import Any
 from django import forms
 
 from apps.core import jsonutil
-from apps.federation.models import Effect, validate_base_url
+from apps.federation.models import Effect, validate_base_url, validate_peer_name
 
 
 class PeerForm(forms.Form):
-    name = forms.SlugField(max_length=60, help_text="How this instance calls the peer (addresses use org@name).")
+    name = forms.SlugField(
+        max_length=60,
+        validators=[validate_peer_name],
+        help_text="How this instance calls the peer (addresses use org@name).",
+    )
     base_url = forms.CharField(max_length=300, validators=[validate_base_url], label="Base URL")
-    local_name = forms.SlugField(max_length=60, help_text="The name the peer uses for this instance.")
+    local_name = forms.SlugField(
+        max_length=60, validators=[validate_peer_name], help_text="The name the peer uses for this instance."
+    )
 
 
 class ContactForm(forms.Form):
@@ -29,9 +35,9 @@ class PolicyForm(forms.Form):
 
 class SendForm(forms.Form):
     recipient = forms.CharField(max_length=200, help_text="org, agent.org, org@peer or agent.org@peer")
+    # An example as a placeholder, not a value: a prefilled payload had to be deleted before every send.
     payload = forms.CharField(
-        widget=forms.Textarea(attrs={"rows": 4, "class": "mono"}),
-        initial='{"text": "hello"}',
+        widget=forms.Textarea(attrs={"rows": 4, "class": "mono", "placeholder": '{"text": "hello"}'}),
         help_text="A JSON object.",
     )
 

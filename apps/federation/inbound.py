@@ -11,6 +11,7 @@ from typing import Any
 from django.db import IntegrityError, transaction
 from django.utils import timezone
 
+from apps.agents.models import Agent
 from apps.core import jsonutil
 from apps.core.metrics import FEDERATION_INBOUND
 from apps.federation import policy
@@ -58,6 +59,9 @@ def parse_envelope(data: Any, peer_name: str | None) -> Envelope:
     raw_corr = data.get("correlation_id")
     try:
         correlation = uuid.UUID(str(raw_corr)) if raw_corr else None
+    except ValueError:
+        raise ValueError("'correlation_id' must be a UUID or null") from None
+    try:
         sender = Address.from_wire(data.get("sender"), peer_name)
         recipient = Address.from_wire(data.get("recipient"), None)
     except (ValueError, InvalidAddress) as exc:
@@ -99,6 +103,11 @@ def _answers_our_request(org: Organization, peer: Peer | None, envelope: Envelop
     return request is not None and Address.parse(request.recipient).org == envelope.sender.org
 
 
+def _has_agent(org: Organization, slug: str) -> bool:
+    # The org's own agents: a federated agent row (another org's agent reached through us) is not a recipient.
+    return Agent.objects.for_org(org).filter(slug=slug, federation_address="").exists()
+
+
 def receive(*, peer: Peer | None, message_id: str, data: Any) -> InboundResult:
     """Process one (already authenticated) inbound message."""
     peer_name = peer.name if peer else None
@@ -132,6 +141,13 @@ def receive(*, peer: Peer | None, message_id: str, data: Any) -> InboundResult:
             reason=f"inbound from {envelope.sender}: {decision.reason}",
         )
         return _error(403, "policy_denied", f"{org.slug} does not accept messages from {envelope.sender}.", "denied")
+    agent = envelope.recipient.agent
+    if agent and envelope.type == MessageType.MESSAGE and not _has_agent(org, agent):
+        # Asked after the policy, so only a sender the org accepts learns which agents exist. Only plain messages:
+        # a task request for an unknown agent is answered with a `rejected` result (the requester's task ends with
+        # the reason), and replies go to whatever sender agent the request named, registered or not.
+        audit(AuditEvent.REJECTED, org=org, peer=peer, message_id=envelope.id, reason=f"no agent '{agent}'")
+        return _error(404, "unknown_recipient", f"{org.slug} has no agent '{agent}'.", "rejected")
 
     receipt = {
         "message_id": str(envelope.id),

@@ -17,7 +17,9 @@ from django.db import models
 from django.db.models import Q
 
 from apps.core import crypto
+from apps.core.http import OutboundBlocked, check_url
 from apps.core.tenancy import OrgOwnedModel, OrgScopedManager
+from apps.federation.addresses import is_slug
 
 
 class PeerStatus(models.TextChoices):
@@ -44,15 +46,36 @@ def validate_base_url(value: str) -> None:
     host_ok = bool(parts.hostname) and all(c.isalnum() or c in "-._:[]" for c in parts.netloc)
     if parts.scheme not in ("http", "https") or not host_ok or parts.query or parts.fragment or " " in value:
         raise ValidationError(problem, code="invalid")
+    # A cloud metadata address is refused by the outbound guard whatever HERMES_SSRF_ALLOWLIST says, so such a
+    # peer could only ever dead-letter: refuse it here, in the guard's words. (A private or loopback address
+    # depends on the allowlist, which may change: adding one only warns, see actions.delivery_blocked_reason.)
+    try:
+        check_url(value)
+    except OutboundBlocked as exc:
+        if exc.rule == "metadata":
+            raise ValidationError(str(exc), code="ssrf") from None
+
+
+def validate_peer_name(value: str) -> None:
+    """Peer names are one part of an address, which is lower-cased when parsed: `Gamma` could be stored but never
+    addressed (`demo@Gamma` looks up `gamma`)."""
+    if not is_slug(value):
+        hint = f" (e.g. '{value.lower()}')" if is_slug(value.lower()) else ""
+        raise ValidationError(
+            f"Use lower-case letters, digits, '-' and '_', starting and ending with a letter or digit{hint}: "
+            "addresses are lower-case.",
+            code="peer_name",
+        )
 
 
 class Peer(models.Model):
     """Another Hermes instance. `name` is what addresses here call it (`globex@<name>`); `local_name` is what it
     calls us: we send it in the receive path so the peer knows which link keys verify the request."""
 
-    name = models.SlugField(max_length=60, unique=True)
+    name = models.SlugField(max_length=60, unique=True, validators=[validate_peer_name])
     base_url = models.CharField(max_length=300, validators=[validate_base_url])
-    local_name = models.SlugField(max_length=60)
+    # The peer's name for us: it looks it up as one of its peer names, so the same rule applies.
+    local_name = models.SlugField(max_length=60, validators=[validate_peer_name])
     status = models.CharField(max_length=20, choices=PeerStatus.choices, default=PeerStatus.ACTIVE)
     created_at = models.DateTimeField(auto_now_add=True)
     updated_at = models.DateTimeField(auto_now=True)
@@ -240,6 +263,8 @@ class AttemptOutcome(models.TextChoices):
     DELIVERED = "delivered", "Delivered"
     RETRY = "retry", "Retryable failure"
     PERMANENT = "permanent", "Permanent failure"
+    # A retryable failure on which the budget (max attempts or max age) ran out: the attempt that dead-lettered.
+    GAVE_UP = "dead", "Gave up (retries exhausted)"
 
 
 class DeliveryAttempt(OrgOwnedModel):

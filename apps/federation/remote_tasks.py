@@ -34,11 +34,13 @@ from apps.federation.models import (
     FederatedTask,
     InboxEntry,
     MessageType,
+    Outbox,
+    OutboxStatus,
     RemoteTask,
     RemoteTaskEvent,
 )
 from apps.tasks import actions as task_actions
-from apps.tasks.models import EventKind, Task, TaskState
+from apps.tasks.models import TERMINAL_STATES, EventKind, Task, TaskState
 
 logger = logging.getLogger(__name__)
 
@@ -122,15 +124,49 @@ def send_task_request(sender: Any = None, *, task: Task, agent: Any, user: Any =
     )
 
 
-def request_dead_lettered(request: Any, reason: str) -> None:
-    """Requester side: the task request itself could not be delivered. Say so on the task's timeline (it stays
-    submitted: a requeue from the dead-letter queue can still deliver it, or its deadline fails it)."""
+def _task_of_request(request: Any) -> RemoteTask | None:
     remote = RemoteTask.objects.for_org(request.organization_id).filter(request=request).first()
-    if remote is None or not remote.task_id:
+    return remote if remote is not None and remote.task_id else None
+
+
+def _set_delivery_error(remote: RemoteTask, error: str) -> None:
+    """Show (or, with "", clear) why the request is not delivered, on the task and on the remote-task mirror,
+    while they still wait for it."""
+    now = timezone.now()
+    task_actions.note_waiting_error(remote.organization_id, remote.task_id, error)
+    RemoteTask.objects.for_org(remote.organization_id).filter(pk=remote.pk).exclude(state__in=TERMINAL).update(
+        error=error[:1000], updated_at=now
+    )
+
+
+def request_dead_lettered(request: Any, reason: str) -> None:
+    """Requester side: the task request itself could not be delivered. Say so on the task's timeline and as its
+    last error (it stays submitted: a requeue from the dead-letter queue can still deliver it; a cancel settles
+    the dead letter, see `relay_cancel`; otherwise its deadline fails it). The federated agent's presence is not
+    touched: a refusal is the peer's answer about this request, not a sign the agent is down."""
+    remote = _task_of_request(request)
+    if remote is None:
         return
     error = f"the task request could not be delivered to {remote.agent_address}: {reason}"
     data = {"reason": "request_dead_lettered", "error": error[:1000], "message_id": str(request.pk)}
     task_actions.record(remote.task_id, [task_actions.Observation(kind=EventKind.ERROR, data=data)])
+    _set_delivery_error(remote, error)
+
+
+def request_requeued(request: Any) -> None:
+    """Requester side: the dead-lettered request is being delivered again; its delivery error no longer holds."""
+    remote = _task_of_request(request)
+    if remote is not None:
+        _set_delivery_error(remote, "")
+
+
+def request_discarded(request: Any, reason: str) -> None:
+    """Requester side: the dead-lettered request was given up for good, so its task can never run: fail it now
+    rather than at its deadline. (A no-op when the task ended first — its cancel is what discarded the request.)"""
+    remote = _task_of_request(request)
+    if remote is not None:
+        error = f"the task request to {remote.agent_address} was discarded from the dead-letter queue: {reason}"
+        task_actions.finish(remote.task_id, TaskState.FAILED, error=error, reason="request_discarded")
 
 
 def _gives_up_locally(event: Any) -> bool:
@@ -156,9 +192,25 @@ def _relay(remote: RemoteTask, type: str, payload: dict[str, Any]) -> None:
 
 def relay_cancel(task: Task) -> None:
     """Requester side: the org canceled its task on a federated agent (or its deadline passed); ask the executor
-    to cancel its task."""
+    to cancel its task — unless the request never reached it."""
     remote = RemoteTask.objects.for_org(task.organization_id).filter(task_id=str(task.pk)).first()
     if remote is None or remote.state in TERMINAL:
+        return
+    request = (
+        Outbox.objects.for_org(task.organization_id)
+        .select_related("message", "message__peer", "organization")
+        .filter(message_id=remote.request_id)
+        .first()
+    )
+    if request is not None and request.status in (OutboxStatus.DEAD, OutboxStatus.DISCARDED):
+        # Nothing runs on the executor to cancel (a cancel would only be refused, as the request was, and
+        # dead-letter in turn); and a dead request requeued later would start a task nobody waits for. So the
+        # dead letter is settled: discarded, with an audit event saying why.
+        actions.discard([request], reason=f"its task {task.pk} ended here ({task.state}) before delivery")
+        why = f"{task.state} here before the request was delivered ({request.last_error or request.status})"
+        RemoteTask.objects.for_org(task.organization_id).filter(pk=remote.pk).update(
+            state=task.state, error=why[:1000], updated_at=timezone.now()
+        )
         return
     _relay(remote, MessageType.TASK_CANCEL, {"reason": "canceled by the requester"})
 
@@ -269,9 +321,24 @@ def _apply_in_order(remote: RemoteTask, arrived: RemoteTaskEvent) -> list[str]:
             return []
         remote.applied_seq = ready[-1].seq
     observations = [obs for obs in map(_observation, ready) if obs is not None]
+    if observations and _task_has_ended(remote):
+        # The requester's task ended here (canceled, or failed by its deadline) while the executor was still
+        # running: its progress and messages are not appended after the end. States still go to `record`, which
+        # keeps a terminal state as it is; the raw mirror (RemoteTaskEvent) keeps everything.
+        dropped = [obs.kind for obs in observations if obs.kind != EventKind.STATE]
+        if dropped:
+            logger.info(
+                "federation: task %s has ended; dropped %s from %s", remote.task_id, dropped, remote.agent_address
+            )
+        observations = [obs for obs in observations if obs.kind == EventKind.STATE]
     if observations:
         task_actions.record(remote.task_id, observations)
     return ["applied_seq"] if arrived.seq else []
+
+
+def _task_has_ended(remote: RemoteTask) -> bool:
+    state = Task.objects.for_org(remote.organization_id).filter(pk=remote.task_id).values_list("state", flat=True)
+    return state.first() in TERMINAL_STATES
 
 
 def _observation(event: RemoteTaskEvent) -> task_actions.Observation | None:

@@ -7,7 +7,9 @@ from django.conf import settings
 from drf_spectacular.utils import extend_schema_serializer
 from rest_framework import serializers
 
+from apps.core.errors import HermesAPIError
 from apps.core.serializers import StrictFieldsMixin
+from apps.federation.actions import USER_MESSAGE_TYPES, check_user_message_type
 from apps.federation.models import (
     Contact,
     DeliveryAttempt,
@@ -29,7 +31,21 @@ from apps.federation.models import (
 class LinkKeySerializer(serializers.ModelSerializer):
     class Meta:
         model = LinkKey
-        fields = ("version", "state", "fingerprint", "created_at", "promoted_at", "retired_at")
+        fields: tuple[str, ...] = ("version", "state", "fingerprint", "created_at", "promoted_at", "retired_at")
+
+
+class AddedLinkKeySerializer(LinkKeySerializer):
+    """What adding a key answers (declared for the schema): the key, and its secret when Hermes generated it."""
+
+    secret = serializers.CharField(
+        required=False,
+        read_only=True,
+        help_text="The generated whsec_ secret, in this response only: give it to the peer's operator. Absent "
+        "when the request brought the secret.",
+    )
+
+    class Meta(LinkKeySerializer.Meta):
+        fields = (*LinkKeySerializer.Meta.fields, "secret")
 
 
 class PeerSerializer(StrictFieldsMixin, serializers.ModelSerializer):
@@ -115,9 +131,22 @@ class MessageSerializer(serializers.ModelSerializer):
         read_only_fields = ("id", "created_at", "delivery")
 
 
+class UserMessageTypeField(serializers.ChoiceField):
+    """Only the types users may send; a protocol type is refused with the reason and where to go instead."""
+
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(choices=[(t.value, t.label) for t in USER_MESSAGE_TYPES], **kwargs)
+
+    def to_internal_value(self, data: Any) -> str:
+        try:
+            return check_user_message_type(str(data))
+        except HermesAPIError as exc:
+            raise serializers.ValidationError(str(exc.detail)) from None
+
+
 class SendMessageSerializer(StrictFieldsMixin, serializers.Serializer):
     recipient = serializers.CharField(max_length=200)
-    type = serializers.ChoiceField(choices=MessageType.choices, default=MessageType.MESSAGE)
+    type = UserMessageTypeField(default=MessageType.MESSAGE)
     payload = serializers.JSONField()
     sender_agent = serializers.SlugField(max_length=60, required=False, default="")
     correlation_id = serializers.UUIDField(required=False, allow_null=True, default=None)
@@ -147,8 +176,19 @@ class BulkIdsSerializer(StrictFieldsMixin, serializers.Serializer):
     reason = serializers.CharField(required=False, default="", max_length=200)
 
 
+class RequeuedSerializer(serializers.Serializer):
+    requeued = serializers.ListField(child=serializers.UUIDField(), help_text="The ids put back in the outbox.")
+
+
+class DiscardedSerializer(serializers.Serializer):
+    discarded = serializers.ListField(child=serializers.UUIDField(), help_text="The ids dropped for good.")
+
+
 class InboxEntrySerializer(serializers.ModelSerializer):
-    peer: serializers.SlugRelatedField = serializers.SlugRelatedField(slug_field="name", read_only=True)
+    # Null for a message from another org on this instance (no link between them).
+    peer: serializers.SlugRelatedField = serializers.SlugRelatedField(
+        slug_field="name", read_only=True, allow_null=True
+    )
 
     class Meta:
         model = InboxEntry
@@ -169,7 +209,10 @@ class InboxEntrySerializer(serializers.ModelSerializer):
 
 
 class AuditEventSerializer(serializers.ModelSerializer):
-    peer: serializers.SlugRelatedField = serializers.SlugRelatedField(slug_field="name", read_only=True)
+    # Null for events that concern no link (a policy denial between orgs of this instance, a DLQ action, ...).
+    peer: serializers.SlugRelatedField = serializers.SlugRelatedField(
+        slug_field="name", read_only=True, allow_null=True
+    )
 
     class Meta:
         model = FederationAuditEvent

@@ -7,6 +7,7 @@ Below it, the console pages of federation (peers and keys, contacts, policies, o
 from __future__ import annotations
 
 import json
+import logging
 import uuid
 from collections.abc import Callable
 from typing import Any
@@ -25,9 +26,8 @@ from django.views.decorators.http import require_http_methods, require_POST
 from apps.agents import selectors as agent_selectors
 from apps.core.console import hx_redirect, is_fragment_request, render_console
 from apps.core.errors import HermesAPIError, error_body
-from apps.core.http import OutboundBlocked, check_url
 from apps.core.metrics import FEDERATION_INBOUND
-from apps.core.permissions import Access
+from apps.core.permissions import Access, role_refusal
 from apps.federation import actions, selectors, signing
 from apps.federation.actions import audit
 from apps.federation.forms import ContactForm, PeerForm, PolicyForm, RemoteTaskForm, SendForm
@@ -48,6 +48,8 @@ from apps.federation.selectors import live_secrets
 from apps.federation.signing import encode_secret
 from apps.orgs import quotas
 from apps.orgs.decorators import org_action_required
+
+logger = logging.getLogger(__name__)
 
 MAX_BODY_BYTES = 1024 * 1024
 
@@ -87,26 +89,57 @@ def _over_rate_limit(peer: Peer, msg_id: str) -> HttpResponse | None:
     return response
 
 
+# One audit row per peer and reason a minute, at most, for requests refused before a signature proved who sent
+# them: anyone can send those (see _refused_unauthenticated).
+UNAUTHENTICATED_AUDIT_LIMIT_PER_MINUTE = 1
+
+
+def _refused_unauthenticated(code: str, *, sender: str, peer: Peer | None, msg_id: str, reason: str) -> None:
+    """Count and log every refusal that comes before authentication (unknown or disabled link, bad signature,
+    stale timestamp), but persist only a bounded sample: anybody who can reach the endpoint can send these, and
+    one audit row per request let an anonymous client fill the audit table. A link name we do not have is never
+    persisted (there is no peer to file it under, and the name is the sender's to choose); a known link's
+    refusals write their first audit row of each minute per reason, so a broken rotation is still visible in the
+    audit log. With Redis unreachable nothing is persisted (the bound holds); the log line is always written."""
+    FEDERATION_INBOUND.labels(decision=str(code)).inc()
+    logger.info("federation: refused inbound request for link %r: %s: %s", sender[:80], code, reason)
+    if peer is None:
+        return
+    sample = quotas.check_per_minute(
+        f"federation-unauthenticated:{peer.pk}:{code}",
+        UNAUTHENTICATED_AUDIT_LIMIT_PER_MINUTE,
+        "federation_unauthenticated_audit",
+    )
+    if sample is not None and sample.allowed:
+        detail = {"sampled": "the first of this minute for this link and reason; the rest are only logged"}
+        audit(code, peer=peer, message_id=_uuid_or_none(msg_id), reason=reason, detail=detail)
+
+
 @csrf_exempt
-@require_POST
 def inbox(request: HttpRequest, sender: str) -> HttpResponse:
+    if request.method != "POST":
+        method = (request.method or "")[:10]
+        response = _json(
+            405, error_body("method_not_allowed", f"Peers POST signed messages here; {method} is not supported.")
+        )
+        response["Allow"] = "POST"
+        return response
+    msg_id = request.headers.get("webhook-id", "")
     peer = Peer.objects.filter(name=sender).first()
     if peer is None or peer.status != PeerStatus.ACTIVE:
-        audit(AuditEvent.REJECTED, peer=peer, reason=f"no active link named '{sender}'")
-        FEDERATION_INBOUND.labels(decision="rejected").inc()
+        reason = f"no active link named '{sender[:80]}'"
+        _refused_unauthenticated(AuditEvent.REJECTED, sender=sender, peer=peer, msg_id=msg_id, reason=reason)
         return _json(404, error_body("unknown_peer", f"This instance has no active link named '{sender}'."))
     body = request.body
     if len(body) > MAX_BODY_BYTES:
         FEDERATION_INBOUND.labels(decision="rejected").inc()
         return _json(413, error_body("too_large", f"Federation messages are limited to {MAX_BODY_BYTES} bytes."))
     secrets = live_secrets(peer)
-    msg_id = request.headers.get("webhook-id", "")
     if settings.HERMES_FEDERATION_HMAC or request.headers.get("webhook-signature"):
         try:
             msg_id, _ = signing.verify(request.headers, body, secrets, tolerance=settings.HERMES_FEDERATION_TOLERANCE)
         except signing.SignatureError as exc:
-            audit(exc.code, peer=peer, message_id=_uuid_or_none(msg_id), reason=exc.reason)
-            FEDERATION_INBOUND.labels(decision=exc.code).inc()
+            _refused_unauthenticated(exc.code, sender=sender, peer=peer, msg_id=msg_id, reason=exc.reason)
             return _json(401, error_body(exc.code, exc.reason))
     # Counted after the signature check, so nobody but the peer itself can spend its budget.
     if (limited := _over_rate_limit(peer, msg_id)) is not None:
@@ -176,12 +209,10 @@ def console_peer_create(request: HttpRequest) -> HttpResponse:
             form.add_error("name", str(exc.detail))
         else:
             messages.success(request, f"Peer {peer.name} added. Add its first link key next.")
-            try:
-                check_url(peer.base_url)  # what the outbound guard refuses without DNS
-            except OutboundBlocked as exc:
+            if blocked := actions.delivery_blocked_reason(peer):
                 # Saved all the same (the allowlist may be about to change), but every delivery would be
                 # dead-lettered until it does: say so now.
-                messages.warning(request, f"Deliveries to this peer will be refused: {exc}")
+                messages.warning(request, f"Deliveries to this peer will be refused: {blocked}")
             form = PeerForm()
     if form.errors:
         status = 422
@@ -245,7 +276,7 @@ def _submit_form(
     if request.method != "POST":
         return form, 200
     if not access.allows("federation:write"):
-        raise PermissionDenied(f"Your role '{access.role}' may not perform 'federation:write'.")
+        raise PermissionDenied(role_refusal(access.role, "federation:write"))
     if form.is_valid():
         try:
             result = act(form.cleaned_data)
@@ -351,7 +382,7 @@ def console_outbox(request: HttpRequest) -> HttpResponse:
     status = 200
     if request.method == "POST":
         if not access.allows("federation:write"):
-            raise PermissionDenied(f"Your role '{access.role}' may not perform 'federation:write'.")
+            raise PermissionDenied(role_refusal(access.role, "federation:write"))
         if form.is_valid():
             try:
                 message = actions.send_message(
@@ -459,10 +490,14 @@ def console_dlq_apply(request: HttpRequest) -> HttpResponse:
         rows = list(selectors.dead_letters(access.org).filter(message_id__in=wanted))
         if len(rows) != len(wanted):
             raise Http404("Some messages are not in this organization's dead-letter queue.")
-        reason = f"{operation}d from the console by {request.user}"
-        done = (actions.requeue if operation == "requeue" else actions.discard)(rows, actor=request.user, reason=reason)
-        verb = "requeued for delivery" if operation == "requeue" else "discarded"
-        messages.success(request, f"{len(done)} message{'s' if len(done) != 1 else ''} {verb}.")
+        # The past tense is spelled out: "{operation}d" made the audit log say "discardd".
+        apply, past, told = (
+            (actions.requeue, "requeued", "requeued for delivery")
+            if operation == "requeue"
+            else (actions.discard, "discarded", "discarded")
+        )
+        done = apply(rows, actor=request.user, reason=f"{past} from the console by {request.user}")
+        messages.success(request, f"{len(done)} message{'s' if len(done) != 1 else ''} {told}.")
     if not is_fragment_request(request):
         return redirect("federation:dlq")
     return render_console(request, "federation/dlq.html", _dlq_context(access), partial="dlq_panel")
@@ -491,7 +526,7 @@ def console_remote_tasks(request: HttpRequest) -> HttpResponse:
     form = RemoteTaskForm(request.POST or None)
     if request.method == "POST":
         if not access.allows("federation:write"):
-            raise PermissionDenied(f"Your role '{access.role}' may not perform 'federation:write'.")
+            raise PermissionDenied(role_refusal(access.role, "federation:write"))
         if form.is_valid():
             try:
                 remote = actions.request_remote_task(

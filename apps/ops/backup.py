@@ -1,10 +1,13 @@
 """Backups that prove themselves: a dump plus a manifest that a restore is verified against.
 
-The manifest records the dump's checksum, a normalized schema (and its fingerprint) and, for the critical tables
-(users, orgs, memberships, API keys, agents, and the migration history), row counts and content digests. On
-Postgres the manifest is computed inside the same snapshot pg_dump reads (`pg_export_snapshot()` +
-`pg_dump --snapshot`), so writes that land during the backup cannot make a correct restore look wrong. On SQLite
-(the embedded default) the online backup API copies the file and the manifest is computed on the copy.
+The manifest records the dump's checksum, a normalized schema (and its fingerprint) and a check per table: the row
+count of every table; for the tables that are small and must come back exactly (users, orgs, memberships, API keys,
+agents, federation peers, link keys and policies, the migration history) a digest of every row; for the large ones
+the service runs on (tasks, federation messages, outbox, inbox, remote tasks) a digest of the primary keys and
+state columns computed inside the database, so a big table is never shipped to Python. On Postgres the manifest
+is computed inside the same snapshot pg_dump reads (`pg_export_snapshot()` + `pg_dump --snapshot`), so writes that
+land during the backup cannot make a correct restore look wrong. On SQLite (the embedded default) the online backup
+API copies the file and the manifest is computed on the copy.
 
 A restore goes into a fresh database (created when missing), refuses one that already has tables unless forced,
 and then recomputes schema and digests on the restored database and compares them with the manifest.
@@ -32,9 +35,37 @@ from django.apps import apps
 from django.conf import settings
 from django.db import connections
 
-MANIFEST_FORMAT = "hermes-backup/1"
-# The tables an operator must get back exactly; whichever of these models exist are checked.
-CRITICAL_MODELS = ("accounts.User", "orgs.Organization", "orgs.Membership", "orgs.APIKey", "agents.Agent")
+from apps.core.checks import error_line
+
+# /2 added a check for every table (see TableCheck); /1 manifests (six fully digested tables) still verify.
+MANIFEST_FORMAT = "hermes-backup/2"
+READABLE_FORMATS = ("hermes-backup/1", MANIFEST_FORMAT)
+_FORMATS_TEXT = " or ".join(READABLE_FORMATS)
+MANIFEST_SUFFIX = ".manifest.json"
+# Small tables an operator must get back exactly: every row is digested. Whichever of these models exist are checked.
+CRITICAL_MODELS = (
+    "accounts.User",
+    "orgs.Organization",
+    "orgs.Membership",
+    "orgs.APIKey",
+    "agents.Agent",
+    "federation.Peer",
+    "federation.LinkKey",  # without them no peer can be talked to
+    "federation.Policy",
+)
+# Tables that grow with traffic but whose state is the service: the primary key plus these fields are digested in
+# SQL (a restore that lost undelivered messages, inbox dedup rows or task states fails verification).
+STATE_MODELS: dict[str, tuple[str, ...]] = {
+    "tasks.Task": ("state", "last_seq"),
+    "federation.Message": ("type",),
+    "federation.Outbox": ("message", "status", "attempts"),
+    "federation.InboxEntry": ("peer", "message_id", "handled_at"),
+    "federation.RemoteTask": ("state", "last_seq"),
+    "federation.FederatedTask": ("task_id",),
+}
+# Digests of timestamps are computed in this session time zone on both sides (Postgres prints timestamptz in the
+# session's zone, which can differ between the backed-up server and the restore target).
+_SESSION_TIMEZONE = "UTC"
 _CHUNK = 2000
 
 
@@ -111,23 +142,66 @@ class Database:
         try:
             return psycopg.connect(make_conninfo(**{k: v for k, v in params.items() if v}), connect_timeout=5)
         except psycopg.OperationalError as exc:
-            raise BackupError(f"Cannot connect to {self.describe()}: {str(exc).strip()}") from exc
+            raise BackupError(f"Cannot connect to {self.describe()}: {error_line(exc)}") from exc
 
 
 # --- What a manifest records ----------------------------------------------------------------------------------
 
 
-def critical_tables() -> list[tuple[str, str]]:
-    """(table, primary-key column) of the critical models that exist in this codebase, plus the migration log."""
+@dataclass(frozen=True)
+class TableCheck:
+    """How one table is compared between a backup and a restore. It is recorded in the manifest with its result,
+    so a restore is checked the way its backup was made, whatever this code's model list says today."""
+
+    kind: str  # "full": every row; "state": key + state columns, digested in SQL; "rows": the count only
+    key: str = ""  # primary-key column (orders a "full" digest)
+    columns: tuple[str, ...] = ()  # "state": the key first, then the state columns
+
+    @classmethod
+    def from_manifest(cls, table: str, entry: dict[str, Any]) -> TableCheck:
+        if "check" not in entry:  # a hermes-backup/1 entry: a full digest of a critical table
+            return cls("full", _full_digest_keys().get(table, "id"))
+        return cls(str(entry["check"]), str(entry.get("key", "")), tuple(entry.get("columns", ())))
+
+    def describe(self) -> dict[str, Any]:
+        if self.kind == "full":
+            return {"check": "full", "key": self.key}
+        if self.kind == "state":
+            return {"check": "state", "columns": list(self.columns)}
+        return {"check": "rows"}
+
+
+CHECK_LABELS = {"full": "every row", "state": "key and state digest", "rows": "row count"}
+
+
+def _models(labels: Any) -> list[Any]:
     found = []
-    for label in CRITICAL_MODELS:
+    for label in labels:
         try:
-            model = apps.get_model(label)
+            found.append(apps.get_model(label))
         except LookupError:
             continue
-        found.append((model._meta.db_table, model._meta.pk.column))
-    found.append(("django_migrations", "id"))
     return found
+
+
+def _full_digest_keys() -> dict[str, str]:
+    """table -> primary-key column of the fully digested tables, the migration log included."""
+    keys = {model._meta.db_table: model._meta.pk.column for model in _models(CRITICAL_MODELS)}
+    return {**keys, "django_migrations": "id"}
+
+
+def planned_checks(columns: dict[str, list[str]]) -> dict[str, TableCheck]:
+    """The check of every table of a database being backed up (`columns`: table -> its columns)."""
+    plan = {table: TableCheck("rows") for table in columns}
+    for model in _models(STATE_MODELS):
+        table = model._meta.db_table
+        wanted = [model._meta.pk.column] + [model._meta.get_field(f).column for f in STATE_MODELS[model._meta.label]]
+        if table in columns:  # only columns that exist: a model may be ahead of unapplied migrations
+            plan[table] = TableCheck("state", columns=tuple(c for c in wanted if c in columns[table]))
+    for table, key in _full_digest_keys().items():
+        if table in columns:
+            plan[table] = TableCheck("full", key)
+    return plan
 
 
 def _quote(name: str) -> str:
@@ -157,6 +231,55 @@ def table_summary(cursor: Any, table: str, pk: str) -> dict[str, Any]:
             digest.update(b"\n")
             rows += 1
     return {"rows": rows, "digest": digest.hexdigest()}
+
+
+def _row_hash(text: str) -> int:
+    """60 bits of a row's MD5: what Postgres computes with `('x' || substr(md5(t), 1, 15))::bit(60)::bigint`."""
+    return int(hashlib.md5(text.encode(), usedforsecurity=False).hexdigest()[:15], 16)
+
+
+class _RowHashSum:
+    """SQLite has no md5(): the same aggregate as Postgres' sum of `_row_hash`, registered on the connection."""
+
+    def __init__(self) -> None:
+        self.total = 0
+
+    def step(self, text: str) -> None:
+        self.total += _row_hash(text)
+
+    def finalize(self) -> str:
+        return str(self.total)
+
+
+def state_summary(cursor: Any, vendor: str, table: str, columns: tuple[str, ...]) -> dict[str, Any]:
+    """Row count and an order-independent digest (the sum of each row's hash) of `columns`, computed by the
+    database in one pass and constant memory: fit for tables far too big to read into Python."""
+    if vendor == "postgresql":
+        # quote_nullable: NULL and the text 'NULL' (or '') stay distinct, and a comma inside a value cannot shift
+        # a column boundary.
+        row = "concat_ws(',', " + ", ".join(f"quote_nullable({_quote(c)}::text)" for c in columns) + ")"
+        aggregate = f"coalesce(sum(('x' || substr(md5({row}), 1, 15))::bit(60)::bigint), 0)::text"
+    else:
+        row = " || ',' || ".join(f"quote({_quote(c)})" for c in columns)
+        aggregate = f"coalesce(hermes_row_hash_sum({row}), '0')"
+    cursor.execute(f"SELECT count(*), {aggregate} FROM {_quote(table)}")  # noqa: S608 - quoted identifiers
+    rows, digest = cursor.fetchone()
+    return {"rows": rows, "digest": str(digest)}
+
+
+def count_summary(cursor: Any, table: str) -> dict[str, Any]:
+    cursor.execute(f"SELECT count(*) FROM {_quote(table)}")  # noqa: S608 - quoted identifier
+    return {"rows": cursor.fetchone()[0]}
+
+
+def summarize(cursor: Any, vendor: str, table: str, check: TableCheck) -> dict[str, Any]:
+    if check.kind == "full":
+        summary = table_summary(cursor, table, check.key)
+    elif check.kind == "state":
+        summary = state_summary(cursor, vendor, table, check.columns)
+    else:
+        summary = count_summary(cursor, table)
+    return {**check.describe(), **summary}
 
 
 _PG_SCHEMA_QUERIES = (
@@ -204,21 +327,45 @@ def fingerprint(lines: list[str]) -> str:
     return hashlib.sha256("\n".join(lines).encode()).hexdigest()
 
 
-def describe_contents(connection: Any, vendor: str) -> dict[str, Any]:
+def describe_contents(
+    connection: Any, vendor: str, checks: dict[str, TableCheck] | None = None, *, timezone: str | None = None
+) -> dict[str, Any]:
+    """Schema and table checks of a database: `checks` from a manifest when verifying, else planned for every
+    table. A table that is missing, or lacks a column its check reads, has no entry."""
     lines = schema_lines(connection, vendor)
-    existing = _table_names(connection, vendor)
+    columns = _table_columns(connection, vendor)
     cursor = connection.cursor()
-    tables = {table: table_summary(cursor, table, pk) for table, pk in critical_tables() if table in existing}
+    if vendor == "postgresql" and timezone:
+        # Bound, not interpolated: the value comes from the manifest, a file that may have been edited.
+        cursor.execute("SELECT set_config('TimeZone', %s, false)", [timezone])
+    elif vendor == "sqlite":
+        connection.create_aggregate("hermes_row_hash_sum", 1, _RowHashSum)
+    plan = planned_checks(columns) if checks is None else checks
+    tables = {
+        table: summarize(cursor, vendor, table, check)
+        for table, check in plan.items()
+        if table in columns and set(check.columns) <= set(columns[table]) and check.key in {"", *columns[table]}
+    }
     return {"schema_fingerprint": fingerprint(lines), "schema": lines, "tables": tables}
 
 
-def _table_names(connection: Any, vendor: str) -> set[str]:
+def _table_columns(connection: Any, vendor: str) -> dict[str, list[str]]:
     cursor = connection.cursor()
+    found: dict[str, list[str]] = {}
     if vendor == "postgresql":
-        cursor.execute("SELECT tablename FROM pg_tables WHERE schemaname = 'public'")
-    else:
-        cursor.execute("SELECT name FROM sqlite_master WHERE type = 'table' AND name NOT LIKE 'sqlite_%'")
-    return {row[0] for row in cursor.fetchall()}
+        cursor.execute(
+            "SELECT c.table_name, c.column_name FROM information_schema.columns c JOIN pg_tables t "
+            "ON t.tablename = c.table_name AND t.schemaname = c.table_schema WHERE c.table_schema = 'public' "
+            "ORDER BY c.table_name, c.ordinal_position"
+        )
+        for table, column in cursor.fetchall():
+            found.setdefault(table, []).append(column)
+        return found
+    cursor.execute("SELECT name FROM sqlite_master WHERE type = 'table' AND name NOT LIKE 'sqlite_%'")
+    for (table,) in cursor.fetchall():
+        cursor.execute("SELECT name FROM pragma_table_info(?)", [table])
+        found[table] = [row[0] for row in cursor.fetchall()]
+    return found
 
 
 def sha256_file(path: Path) -> str:
@@ -242,7 +389,8 @@ def _tool(name: str) -> str:
 def _run(command: list[str], env: dict[str, str]) -> None:
     result = subprocess.run(command, env=env, capture_output=True, text=True, timeout=3600)
     if result.returncode != 0:
-        raise BackupError(f"{Path(command[0]).name} failed (exit {result.returncode}): {result.stderr.strip()[-2000:]}")
+        reason = error_line(result.stderr)[-2000:]
+        raise BackupError(f"{Path(command[0]).name} failed (exit {result.returncode}): {reason}")
 
 
 # --- Backup ----------------------------------------------------------------------------------------------------
@@ -253,24 +401,60 @@ class BackupResult:
     dump: Path
     manifest_path: Path
     manifest: dict[str, Any]
+    warnings: list[str] = field(default_factory=list)
 
 
 def manifest_path_for(dump: Path) -> Path:
-    return dump.with_name(dump.name.removesuffix(dump.suffix) + ".manifest.json")
+    return dump.with_name(dump.name.removesuffix(dump.suffix) + MANIFEST_SUFFIX)
+
+
+# A dump holds emails, payloads and encrypted secrets: only its owner may read it, from the moment it exists.
+_PRIVATE_FILE = 0o600
+_PRIVATE_DIRECTORY = 0o700
+
+
+def _output_directory(directory: Path) -> list[str]:
+    """Create the directory private (0700), or accept an existing one as it is (the operator chose its mode: it
+    may be shared with a backup agent) with a warning when other users can enter it. Returns the warnings."""
+    if directory.exists() and not directory.is_dir():
+        raise BackupError(f"The output directory {directory} is a file: pass a directory (it is created if missing).")
+    if directory.is_dir():
+        mode = directory.stat().st_mode & 0o777
+        if mode & 0o007:
+            return [
+                f"{directory} is accessible to other users (mode {mode:o}): the backup files are private (0600), "
+                f"but their names and sizes are not; `chmod 700 {directory}` keeps the backups to yourself."
+            ]
+        return []
+    try:
+        directory.mkdir(parents=True, mode=_PRIVATE_DIRECTORY)
+    except OSError as exc:
+        raise BackupError(f"Cannot create the output directory {directory}: {exc.strerror}.") from exc
+    return []
+
+
+def _create_private(path: Path) -> None:
+    """Create `path` empty with mode 0600 before any tool writes to it: pg_dump and SQLite keep the mode of a file
+    that exists (created by them it would follow the umask, usually world-readable)."""
+    try:
+        os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, _PRIVATE_FILE))
+    except OSError as exc:
+        raise BackupError(f"Cannot create {path}: {exc.strerror}.") from exc
 
 
 def backup(database: Database, directory: Path, *, label: str | None = None) -> BackupResult:
-    try:
-        directory.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise BackupError(f"Cannot create the output directory {directory}: {exc.strerror}.") from exc
+    warnings = _output_directory(directory)
     stamp = label or datetime.now(UTC).strftime("hermes-%Y%m%dT%H%M%S%fZ")
-    if database.vendor == "postgresql":
-        dump = directory / f"{stamp}.dump"
-        contents, tool = _backup_postgres(database, dump)
-    else:
-        dump = directory / f"{stamp}.sqlite3"
-        contents, tool = _backup_sqlite(database, dump)
+    dump = directory / f"{stamp}.dump" if database.vendor == "postgresql" else directory / f"{stamp}.sqlite3"
+    _create_private(dump)
+    try:
+        if database.vendor == "postgresql":
+            contents, tool = _backup_postgres(database, dump)
+        else:
+            contents, tool = _backup_sqlite(database, dump)
+    except BaseException:
+        dump.unlink(missing_ok=True)  # created empty above: a failed backup leaves nothing that looks like one
+        raise
     if "django_migrations" not in contents["tables"]:
         dump.unlink(missing_ok=True)
         raise BackupError(
@@ -284,11 +468,13 @@ def backup(database: Database, directory: Path, *, label: str | None = None) -> 
         "vendor": database.vendor,
         "source": database.describe(),
         "dump": {"file": dump.name, "sha256": sha256_file(dump), "bytes": dump.stat().st_size, "tool": tool},
+        "session_timezone": _SESSION_TIMEZONE,
         **contents,
     }
     path = manifest_path_for(dump)
+    _create_private(path)
     path.write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n")
-    return BackupResult(dump, path, manifest)
+    return BackupResult(dump, path, manifest, warnings)
 
 
 def _backup_postgres(database: Database, dump: Path) -> tuple[dict[str, Any], str]:
@@ -305,7 +491,7 @@ def _backup_postgres(database: Database, dump: Path) -> tuple[dict[str, Any], st
             [pg_dump, "--format=custom", "--no-owner", "--no-privileges", f"--snapshot={snapshot}", f"--file={dump}"],
             database.libpq_env(),
         )
-        contents = describe_contents(conn, "postgresql")
+        contents = describe_contents(conn, "postgresql", timezone=_SESSION_TIMEZONE)
         conn.rollback()
     return contents, version
 
@@ -319,7 +505,7 @@ def _backup_sqlite(database: Database, dump: Path) -> tuple[dict[str, Any], str]
     target = sqlite3.connect(dump)
     try:
         source.backup(target)  # consistent even while other processes write (online backup API)
-        contents = describe_contents(target, "sqlite")
+        contents = describe_contents(target, "sqlite", timezone=_SESSION_TIMEZONE)
     finally:
         target.close()
         source.close()
@@ -329,17 +515,37 @@ def _backup_sqlite(database: Database, dump: Path) -> tuple[dict[str, Any], str]
 # --- Restore ---------------------------------------------------------------------------------------------------
 
 
+def _check_dump_path(dump: Path) -> None:
+    if dump.name.endswith(MANIFEST_SUFFIX):
+        stem = dump.name.removesuffix(MANIFEST_SUFFIX)
+        raise BackupError(
+            f"{dump} is a manifest: pass the backup it describes ({stem}.dump or {stem}.sqlite3); its manifest is "
+            "found next to it."
+        )
+    if dump.is_dir():
+        raise BackupError(f"{dump} is a directory: pass the .dump (or .sqlite3) file `manage.py backup` wrote in it.")
+    if not dump.exists():
+        raise BackupError(f"No such backup file: {dump}")
+
+
 def load_manifest(dump: Path, manifest: Path | None = None) -> dict[str, Any]:
+    _check_dump_path(dump)
     path = manifest or manifest_path_for(dump)
     if not path.exists():
         hint = "check the path" if manifest else "pass --manifest"
         raise BackupError(f"No manifest at {path}: {hint} (a backup is only restored with its manifest).")
+    if path.is_dir():
+        raise BackupError(f"The manifest {path} is a directory: pass the {MANIFEST_SUFFIX} file.")
     try:
         data = json.loads(path.read_text())
     except (OSError, UnicodeDecodeError, ValueError) as exc:
-        raise BackupError(f"{path} is not a {MANIFEST_FORMAT} manifest: it cannot be read as JSON ({exc}).") from exc
-    if not isinstance(data, dict) or data.get("format") != MANIFEST_FORMAT or not isinstance(data.get("dump"), dict):
-        raise BackupError(f"{path} is not a {MANIFEST_FORMAT} manifest.")
+        raise BackupError(f"{path} is not a {_FORMATS_TEXT} manifest: it cannot be read as JSON ({exc}).") from exc
+    if (
+        not isinstance(data, dict)
+        or data.get("format") not in READABLE_FORMATS
+        or not isinstance(data.get("dump"), dict)
+    ):
+        raise BackupError(f"{path} is not a {_FORMATS_TEXT} manifest.")
     actual = sha256_file(dump)
     if actual != data["dump"]["sha256"]:
         raise BackupError(
@@ -354,9 +560,9 @@ def has_tables(database: Database) -> bool:
         if not Path(database.name).exists():
             return False
         with contextlib.closing(database.connect()) as conn:
-            return bool(_table_names(conn, "sqlite"))
+            return bool(_table_columns(conn, "sqlite"))
     with database.connect() as conn:
-        return bool(_table_names(conn, "postgresql"))
+        return bool(_table_columns(conn, "postgresql"))
 
 
 def ensure_database(database: Database) -> bool:
@@ -395,15 +601,18 @@ class Verification:
 
 
 def verify(database: Database, manifest: dict[str, Any]) -> Verification:
+    checks = {table: TableCheck.from_manifest(table, entry) for table, entry in manifest["tables"].items()}
     with contextlib.closing(database.connect()) as conn:
-        contents = describe_contents(conn, database.vendor)
+        contents = describe_contents(conn, database.vendor, checks, timezone=manifest.get("session_timezone"))
     expected_lines, actual_lines = manifest["schema"], contents["schema"]
     diff = [f"- {line}" for line in sorted(set(expected_lines) - set(actual_lines))]
     diff += [f"+ {line}" for line in sorted(set(actual_lines) - set(expected_lines))]
     tables = {}
     for table, expected in manifest["tables"].items():
         actual = contents["tables"].get(table)
-        tables[table] = {"expected": expected, "actual": actual, "equal": actual == expected}
+        # Compared on what the manifest recorded: a /1 entry has no check description, only rows and digest.
+        equal = actual is not None and {key: actual.get(key) for key in expected} == expected
+        tables[table] = {"expected": expected, "actual": actual, "equal": equal}
     return Verification(contents["schema_fingerprint"] == manifest["schema_fingerprint"], tables, diff)
 
 
@@ -466,6 +675,7 @@ def iter_report(verification: Verification) -> Iterator[str]:
     yield f"schema      {'identical' if verification.schema_equal else 'DIFFERENT'}"
     yield from (f"            {line}" for line in verification.schema_diff[:20])
     for table, result in verification.tables.items():
-        actual = result["actual"] or {"rows": "missing", "digest": ""}
+        actual = result["actual"] or {"rows": "missing"}
         mark = "ok" if result["equal"] else "MISMATCH"
-        yield f"{table:<28} {mark:<8} rows {actual['rows']} (expected {result['expected']['rows']})"
+        check = CHECK_LABELS[TableCheck.from_manifest(table, result["expected"]).kind]
+        yield f"{table:<28} {mark:<8} rows {actual['rows']} (expected {result['expected']['rows']}; {check})"

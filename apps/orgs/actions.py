@@ -11,6 +11,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from functools import partial
 from typing import Any
 
 from django.conf import settings
@@ -24,7 +25,7 @@ from apps.core import audit
 from apps.core.api import require_action as _require
 from apps.core.errors import Conflict, HermesAPIError
 from apps.core.permissions import MATRIX, SCOPES, Access, Role
-from apps.orgs import tokens
+from apps.orgs import auth, tokens
 from apps.orgs.models import APIKey, Invitation, Membership, Organization, Plan
 
 MAX_ROTATION_GRACE = timedelta(days=30)
@@ -369,12 +370,15 @@ def rotate_api_key(
     audit.record(
         "api_key.rotated", access=access, target=key, successor_id=successor.key.pk, old_key_expires_at=key.expires_at
     )
+    # Websockets opened with the old key close when its grace period ends, not at the expiry they started with.
+    transaction.on_commit(partial(auth.shorten_streams, auth.api_key_group(key.pk), key.expires_at))
     return successor
 
 
 @transaction.atomic
 def revoke_api_key(*, access: Access, key: APIKey) -> APIKey:
-    """Immediate: authentication reads the row on every request, so the next request with this key is a 401."""
+    """Immediate: authentication reads the row on every request, so the next request with this key is a 401, and
+    the websockets and SSE streams opened with it are closed (`auth.end_streams`; SSE finds out on its re-check)."""
     if not can_manage_key(access, key):
         _require(access, "org:admin")
     key = APIKey.objects.for_org(access.org).select_for_update().get(pk=key.pk)
@@ -382,4 +386,6 @@ def revoke_api_key(*, access: Access, key: APIKey) -> APIKey:
         key.revoked_at = timezone.now()
         key.save(update_fields=["revoked_at"])
         audit.record("api_key.revoked", access=access, target=key, name=key.name)
+    # Announced again when the key was already revoked: a cheap retry should the first announcement have been lost.
+    transaction.on_commit(partial(auth.end_streams, auth.api_key_group(key.pk), "key_revoked"))
     return key

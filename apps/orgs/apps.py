@@ -6,4 +6,5 @@ class OrgsConfig(AppConfig):
     label = "orgs"
 
     def ready(self) -> None:
-        from apps.orgs import schema  # noqa: F401 - registers the OpenAPI auth extension
+        # schema registers the OpenAPI auth extension; auth the sign-out receiver that closes the session's sockets.
+        from apps.orgs import auth, schema  # noqa: F401

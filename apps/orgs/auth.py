@@ -6,14 +6,24 @@ the key's scopes (`Access.allows` checks both), so demoting or removing the crea
 
 from __future__ import annotations
 
+import asyncio
 import functools
+import hashlib
+import logging
 from collections.abc import Sequence
-from datetime import timedelta
-from typing import Any
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from importlib import import_module
+from typing import Any, NamedTuple
 
-from django.contrib.auth import get_user_model
+from asgiref.sync import async_to_sync
+from channels.layers import get_channel_layer
+from django.conf import settings
+from django.contrib.auth import get_user, get_user_model, user_logged_out
 from django.db import connection
 from django.db.models import Q
+from django.dispatch import receiver
+from django.http import HttpRequest
 from django.utils import timezone
 from rest_framework import exceptions
 from rest_framework.authentication import BaseAuthentication, SessionAuthentication, get_authorization_header
@@ -21,7 +31,7 @@ from rest_framework.request import Request
 
 from apps.core import context
 from apps.core.errors import HermesAPIError
-from apps.core.http import client_address, request_client_address
+from apps.core.http import client_address, header_text, request_client_address
 from apps.core.metrics import API_KEY_AUTH
 from apps.core.permissions import Access
 from apps.orgs import tokens
@@ -29,6 +39,7 @@ from apps.orgs.models import APIKey, Membership, Organization
 from apps.orgs.selectors import session_access
 
 User = get_user_model()
+logger = logging.getLogger(__name__)
 
 # last_used_at/ip are for people ("is this key still used?"), not an access log: one write a minute at most.
 LAST_USED_RESOLUTION = timedelta(minutes=1)
@@ -42,28 +53,52 @@ class APIKeyError(HermesAPIError, exceptions.AuthenticationFailed):
         API_KEY_AUTH.labels(outcome=code).inc()
 
 
+class Refusal(NamedTuple):
+    """Why a credential does not authenticate: the error code (API error, websocket close reason) and a message."""
+
+    code: str
+    message: str
+
+
+KEY_UNKNOWN = Refusal("key_unknown", "Unknown API key: it does not exist (or was mistyped).")
+
+
+def _key_refusal(key: APIKey, now: datetime) -> Refusal | None:
+    """Why a key as `_load_key` returns it does not authenticate at `now`, or None when it does. One place for
+    requests (`resolve_api_key`) and for streams that re-check the key they were opened with (`StreamCredential`)."""
+    state = key.state(now)
+    if state == "revoked":
+        return Refusal("key_revoked", f"This API key ({key.display}) was revoked.")
+    if state == "expired":
+        hint = (
+            f" It was rotated to {key.rotated_to.display} and its grace period is over: use that key."  # type: ignore[union-attr]
+            if key.rotated_to_id
+            else ""
+        )
+        return Refusal("key_expired", f"This API key ({key.display}) expired.{hint}")
+    user = key.created_by
+    if user is None or not user.is_active or key.creator_role is None:  # type: ignore[attr-defined]
+        return Refusal(
+            "key_creator_gone",
+            f"This API key ({key.display}) was created by someone who is no longer an active member; "
+            "an admin can rotate it to re-issue it under their name.",
+        )
+    return None
+
+
 def resolve_api_key(token: str, ip: str | None = None) -> tuple[Any, Access]:
     """(creator, Access) for a plaintext key, or APIKeyError. One query (see `_lookup_sql`)."""
     if not tokens.looks_like_api_key(token):
         raise APIKeyError("Malformed API key: expected 'hrm_' followed by 43 characters.", code="key_malformed")
     key = _load_key(tokens.digest(token))
     if key is None:
-        raise APIKeyError("Unknown API key: it does not exist (or was mistyped).", code="key_unknown")
+        raise APIKeyError(KEY_UNKNOWN.message, code=KEY_UNKNOWN.code)
     now = timezone.now()
-    state = key.state(now)
-    if state == "revoked":
-        raise APIKeyError(f"This API key ({key.display}) was revoked.", code="key_revoked")
-    if state == "expired":
-        hint = " It was rotated and its grace period is over: use its successor." if key.rotated_to_id else ""
-        raise APIKeyError(f"This API key ({key.display}) expired.{hint}", code="key_expired")
-    user = key.created_by
+    refusal = _key_refusal(key, now)
+    if refusal is not None:
+        raise APIKeyError(refusal.message, code=refusal.code)
+    user: Any = key.created_by  # there and active: _key_refusal checked
     role = key.creator_role  # type: ignore[attr-defined]
-    if user is None or not user.is_active or role is None:
-        raise APIKeyError(
-            f"This API key ({key.display}) was created by someone who is no longer an active member; "
-            "an admin can rotate it to re-issue it under their name.",
-            code="key_creator_gone",
-        )
     touch_last_used(key, ip, now)
     API_KEY_AUTH.labels(outcome="ok").inc()
     context.bind(org_id=key.organization_id, user_id=user.pk)
@@ -158,7 +193,18 @@ class APIKeyAuthentication(BaseAuthentication):
         token = parts[1].decode("latin1")
         if not token.startswith("hrm_"):
             return None
-        return resolve_api_key(token, request_client_address(request))
+        user, access = resolve_api_key(token, request_client_address(request))
+        named = header_text(request.headers.get("X-Hermes-Org"))
+        if named and named != access.org.slug:
+            # A key acts for its own org only; serving that org's data to a script that believes it named another
+            # would be a quiet mix-up.
+            raise HermesAPIError(
+                f"This API key belongs to '{access.org.slug}', but X-Hermes-Org names '{named[:60]}': a key acts "
+                "only for its own organization. Drop the header, or use a key of that organization.",
+                code="org_mismatch",
+                status_code=400,
+            )
+        return user, access
 
     def authenticate_header(self, request: Request) -> str:
         # Makes unauthenticated API requests a 401 (with this challenge) rather than a 403.
@@ -182,3 +228,113 @@ def client_ip_from_scope(scope: dict[str, Any]) -> str | None:
     client = scope.get("client")
     forwarded = next((v.decode("latin1") for k, v in scope.get("headers", []) if k == b"x-forwarded-for"), None)
     return client_address(str(client[0]), forwarded) if client else None
+
+
+# --- Long-lived streams ----------------------------------------------------------------------------------------
+#
+# A request is authenticated and then over; a websocket or an SSE response goes on long after the key or session
+# it was opened with was checked. Revoking the key, the end of its rotation grace or its expiry, and signing out
+# end those streams too. The actions announce it on commit to the channel-layer group of that credential, which
+# only sockets opened with it join: nothing is checked per message. Sockets close at a key's known expiry by a
+# timer, and every stream re-checks its credential now and then (one shared read per credential per process)
+# in case an announcement was lost: Redis down, a socket served by the in-process layer, a socket whose join of
+# the group failed. SSE responses do not use the channel layer at all and only re-check.
+
+SIGNED_OUT = Refusal("signed_out", "The session this stream was opened with signed out or expired.")
+KEY_EXPIRED = Refusal("key_expired", "The API key this stream was opened with expired.")
+# A hung Redis must not hold the request that revoked a key: streams find out by their re-check anyway.
+_ANNOUNCE_TIMEOUT = 2.0
+
+
+def api_key_group(key_id: Any) -> str:
+    return f"auth.key.{key_id}"
+
+
+def session_group(session_key: str) -> str:
+    # A digest, not the session key itself: that is a bearer secret, and group names are Redis channel names
+    # anyone with access to Redis can list (PUBSUB CHANNELS).
+    return f"auth.session.{hashlib.sha256(session_key.encode()).hexdigest()[:32]}"
+
+
+@dataclass
+class StreamCredential:
+    """The API key or the session a stream was opened with; `group` is where its end is announced."""
+
+    group: str
+    api_key: APIKey | None = None
+    session_key: str | None = None
+    user_id: Any = None  # who the session signed in
+    expires_at: datetime | None = None
+
+    @classmethod
+    def of(cls, access: Access | None, session_key: str | None) -> StreamCredential | None:
+        if access is None:
+            return None
+        key = access.api_key
+        if key is not None:
+            return cls(api_key_group(key.pk), api_key=key, expires_at=key.expires_at)
+        if session_key and access.user is not None:
+            return cls(session_group(session_key), session_key=session_key, user_id=access.user.pk)
+        return None
+
+    def expire_by(self, moment: datetime) -> None:
+        """A rotation announced a shorter life (its grace period); expiry only ever moves earlier."""
+        self.expires_at = moment if self.expires_at is None else min(self.expires_at, moment)
+
+    def seconds_left(self) -> float | None:
+        return None if self.expires_at is None else (self.expires_at - timezone.now()).total_seconds()
+
+    def refusal_by_clock(self) -> Refusal | None:
+        """The expiry this stream knows of, without a query."""
+        return KEY_EXPIRED if self.expires_at is not None and self.expires_at <= timezone.now() else None
+
+    def recheck(self) -> Refusal | None:
+        """Whether the credential still authenticates, as a new request would find it (reads the database)."""
+        if self.api_key is not None:
+            # The authentication query, without the last-used write and the metrics of a request.
+            key = _load_key(self.api_key.digest)
+            return KEY_UNKNOWN if key is None else _key_refusal(key, timezone.now())
+        if self.session_key is not None and _session_user_id(self.session_key) != self.user_id:
+            return SIGNED_OUT
+        return None
+
+
+def _session_user_id(session_key: str) -> Any:
+    """Whom the session signs in now — None once signed out, expired, or invalidated by a password change —
+    by the rules a request follows (`django.contrib.auth.get_user`)."""
+    request = HttpRequest()
+    request.session = import_module(settings.SESSION_ENGINE).SessionStore(session_key)
+    return get_user(request).pk
+
+
+def announce_to_streams(group: str, message: dict[str, Any]) -> None:
+    """Send `message` to the streams of a credential, from sync code (actions, signal receivers). Never raises."""
+    layer = get_channel_layer()
+    if layer is None:  # pragma: no cover - CHANNEL_LAYERS is always configured
+        return
+
+    async def send() -> None:
+        await asyncio.wait_for(layer.group_send(group, message), _ANNOUNCE_TIMEOUT)
+
+    try:
+        async_to_sync(send)()
+    except Exception as exc:
+        logger.warning("%s to %s not announced (%r); streams notice on their re-check", message["type"], group, exc)
+
+
+def end_streams(group: str, reason: str) -> None:
+    """Close the streams of a credential that stopped authenticating; `reason` is the error code (`key_revoked`)."""
+    announce_to_streams(group, {"type": "hermes.auth_ended", "reason": reason})
+
+
+def shorten_streams(group: str, expires_at: datetime) -> None:
+    """Tell the streams of a key that it now expires at `expires_at` (a rotation's grace period)."""
+    announce_to_streams(group, {"type": "hermes.auth_expires", "expires_at": expires_at.timestamp()})
+
+
+@receiver(user_logged_out, dispatch_uid="apps.orgs.auth.end_session_streams")
+def end_session_streams(sender: Any, request: HttpRequest | None, **kwargs: Any) -> None:
+    # Sent before the session is flushed, so its key is still there to name the group.
+    session_key = getattr(getattr(request, "session", None), "session_key", None)
+    if session_key:
+        end_streams(session_group(session_key), SIGNED_OUT.code)

@@ -3,11 +3,31 @@
 from __future__ import annotations
 
 from typing import Any
+from urllib.parse import urlsplit
 
 from django.http import HttpRequest
-from django.urls import NoReverseMatch, reverse
+from django.urls import NoReverseMatch, Resolver404, resolve, reverse
 
+from apps.core.permissions import Role
 from apps.orgs.selectors import memberships_of, session_access
+
+# Where switching org may land: a section's own page, the same in every org. Never a page about one object (a
+# task, an agent, a message): that object belongs to the org switched away from. Not listed: the dashboard.
+SECTION_PAGES = frozenset(
+    {
+        *("agents:list", "agents:marketplace", "agents:register", "tasks:list", "tasks:create"),
+        *("federation:peers", "federation:contacts", "federation:policies", "federation:outbox"),
+        *("federation:remote-tasks", "federation:inbox", "federation:dlq", "federation:audit"),
+        *("orgs:members", "orgs:keys", "orgs:usage", "orgs:settings"),
+    }
+)
+
+
+def is_section_page(url: str) -> bool:
+    try:
+        return resolve(urlsplit(url).path).view_name in SECTION_PAGES
+    except Resolver404:
+        return False
 
 
 def console(request: HttpRequest) -> dict[str, Any]:
@@ -18,11 +38,21 @@ def console(request: HttpRequest) -> dict[str, Any]:
     # org_action_required already resolved the access for guarded views; other pages (errors, org creation)
     # resolve it here so the header still shows the current org.
     access = getattr(request, "access", None) or (session_access(request, user) if memberships else None)
+    match = getattr(request, "resolver_match", None)
+    on_section_page = request.method == "GET" and match is not None and match.view_name in SECTION_PAGES
     return {
         "console_access": access,
+        "console_role_label": _role_label(access.role) if access else "",
         "console_memberships": memberships,
         "console_nav": _nav(request) if access else [],
+        # The switcher's `next`: the same section in the org chosen (without the query: a filter may name an
+        # agent of this org).
+        "console_switch_next": request.path if on_section_page else "",
     }
+
+
+def _role_label(role: str) -> str:
+    return str(Role(role).label) if role in Role.values else role
 
 
 # (label, url name, view-name prefix that marks the entry current; the longest matching prefix wins).

@@ -70,7 +70,11 @@ class AgentNotUsable(Exception):
 
 
 class InvalidMessage(ValueError):
-    pass
+    """An input no agent could be sent; `field` names where it came in (`input`, the message, or `metadata`)."""
+
+    def __init__(self, reason: str, *, field: str = "input") -> None:
+        super().__init__(reason)
+        self.field = field
 
 
 # A2A v1.0 carries data parts and metadata as protobuf Structs, and the SDK — Hermes' client and every agent built
@@ -93,9 +97,15 @@ def json_depth(value: Any) -> int:
     return depth
 
 
-def _check_depth(value: Any, what: str) -> None:
+def _check_depth(value: Any, what: str, field: str = "input") -> None:
     if (depth := json_depth(value)) > MAX_JSON_DEPTH:
-        raise InvalidMessage(f"{what} nests {depth} levels deep; agents accept at most {MAX_JSON_DEPTH}")
+        raise InvalidMessage(f"{what} nests {depth} levels deep; agents accept at most {MAX_JSON_DEPTH}", field=field)
+
+
+def check_metadata(metadata: dict[str, Any]) -> None:
+    """A task's metadata nests no deeper than a message's (it travels as a protobuf Struct too: a federated task
+    carries it to the peer that runs it)."""
+    _check_depth(metadata, "the task's metadata", field="metadata")
 
 
 def normalize_message(message: dict[str, Any]) -> dict[str, Any]:
@@ -168,7 +178,22 @@ def _append(pending: _Pending, kind: str, data: dict[str, Any]) -> TaskEvent:
     return event
 
 
-def _move(pending: _Pending, target: str, **data: Any) -> None:
+def _problem(target: str, error: str, data: dict[str, Any]) -> str:
+    """Why a task in `target` is not doing well, from what its state event says: the error it failed with, why it
+    was refused, or failing those what the agent said when it failed; "" for any other state. (The data may come
+    from a federation peer, so its shape is not taken for granted.)"""
+    if error or target not in (TaskState.FAILED, TaskState.REJECTED):
+        return error
+    if target == TaskState.REJECTED and data.get("reason"):
+        return str(data["reason"])
+    message = data.get("message")
+    parts = message.get("parts") if isinstance(message, dict) else None
+    texts = [p["text"] for p in parts or [] if isinstance(p, dict) and isinstance(p.get("text"), str)]
+    return " ".join(texts)
+
+
+def _move(pending: _Pending, target: str, /, *, error: str = "", **data: Any) -> None:
+    # Positional-only: `data` may be a federation peer's state data, whatever keys it holds.
     task = pending.task
     check_transition(task.state, target)
     now = timezone.now()
@@ -181,6 +206,13 @@ def _move(pending: _Pending, target: str, **data: Any) -> None:
     if target in TERMINAL_STATES or target in INTERRUPTED_STATES:
         # Nobody works on a finished task or one waiting for its caller: release the claim with the state.
         task.claimed_by, task.claimed_at, task.next_attempt_at = "", None, None
+    # last_error belongs to the state the task is in: a task that completes (or is canceled, or waits for input)
+    # after retried transport errors no longer reports the last of them (the retry events keep that history),
+    # and one that fails says why it failed.
+    error = str(error or "")
+    task.last_error = _problem(target, error, data)[:4000]
+    if error:
+        data["error"] = error[:1000]
     pending.state_changed = True
     _append(pending, EventKind.STATE, {"from": previous, "to": target, **{k: v for k, v in data.items() if v}})
 
@@ -193,7 +225,7 @@ def _save(pending: _Pending, *fields: str, insert_only: bool = False) -> None:
     if not insert_only:
         base = ["last_seq", "updated_at"] if pending.events else ["updated_at"]
         if pending.state_changed:
-            base += ["state", "started_at", "finished_at", "claimed_by", "claimed_at", "next_attempt_at"]
+            base += ["state", "started_at", "finished_at", "claimed_by", "claimed_at", "next_attempt_at", "last_error"]
         task.save(update_fields=sorted({*base, *fields}))
     if pending.events:
         events = list(pending.events)
@@ -249,6 +281,7 @@ def create_task(
         raise AgentNotUsable(f"agent {agent.pk} is not usable by this organization")
     message = normalize_message(message)
     metadata = metadata or {}
+    check_metadata(metadata)
     check_input_size(message, metadata)
     deadline = deadline or timedelta(seconds=settings.HERMES_TASK_DEADLINE_SECONDS)
     user = access.user if access is not None else created_by
@@ -370,14 +403,10 @@ def record(task: Task | Any, observations: Iterable[Observation], *, worker: str
                 _append(pending, obs.kind, obs.data)
             if obs.state and obs.state != locked.state:
                 if obs.state in _allowed_from(locked.state):
-                    _move(pending, obs.state, **obs.data)
-                    # A federated task's failure (or refusal) reason arrives with its state.
-                    problem = obs.data.get("error") or (
-                        obs.data.get("reason") if obs.state == TaskState.REJECTED else ""
-                    )
-                    if problem:
-                        locked.last_error = str(problem)[:4000]
-                        fields.add("last_error")
+                    # A state event says only what the state's schema holds: a progress line's role and parts
+                    # were recorded above, as their own event. (A federated task's failure or refusal reason
+                    # arrives in its state's data.)
+                    _move(pending, obs.state, **(obs.data if obs.kind == EventKind.STATE else {}))
                 else:
                     logger.debug("ignoring agent state %s for task %s in %s", obs.state, locked.pk, locked.state)
             elif obs.kind == EventKind.STATE and obs.data.get("message"):
@@ -400,6 +429,15 @@ def _allowed_from(state: str) -> frozenset[str]:
     return ALLOWED_TRANSITIONS.get(state, frozenset())
 
 
+def note_waiting_error(org_id: Any, task_id: Any, error: str) -> None:
+    """Show why a submitted task still waits on something outside its worker (a federated request held in the
+    dead-letter queue), or clear it with "". Only while the task is submitted: any state change sets
+    `last_error` for the new state, and this is not one."""
+    Task.objects.for_org(org_id).filter(pk=task_id, state=TaskState.SUBMITTED).update(
+        last_error=error[:4000], updated_at=timezone.now()
+    )
+
+
 def finish(task: Task | Any, state: str, *, error: str = "", **data: Any) -> Task:
     """Move a task to a terminal (or interrupted) state from a worker or the sweeper; no-op if already terminal."""
     with transaction.atomic():
@@ -407,14 +445,9 @@ def finish(task: Task | Any, state: str, *, error: str = "", **data: Any) -> Tas
         if locked.is_terminal:
             return locked
         pending = _Pending(locked)
-        fields = {"pending_message"}
-        if error:
-            locked.last_error = error[:4000]
-            fields.add("last_error")
-            data.setdefault("error", error[:1000])
         locked.pending_message = None
-        _move(pending, state, **data)
-        _save(pending, *fields)
+        _move(pending, state, error=error, **data)
+        _save(pending, "pending_message")
     return locked
 
 

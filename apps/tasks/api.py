@@ -9,7 +9,8 @@ from django.conf import settings
 from django.core.handlers.asgi import ASGIRequest
 from django.db.models import QuerySet
 from django.http import Http404, StreamingHttpResponse
-from drf_spectacular.utils import OpenApiParameter, extend_schema
+from drf_spectacular.types import OpenApiTypes
+from drf_spectacular.utils import OpenApiParameter, extend_schema_view
 from rest_framework import mixins, renderers, status
 from rest_framework.decorators import action
 from rest_framework.request import Request
@@ -19,6 +20,7 @@ from apps.agents import selectors as agent_selectors
 from apps.core.api import OrgScopedViewSet, describe
 from apps.core.errors import Conflict, HermesAPIError, whole_number
 from apps.core.idempotency import IdempotentCreateMixin
+from apps.orgs.auth import StreamCredential
 from apps.tasks import actions, selectors
 from apps.tasks.models import Task
 from apps.tasks.serializers import (
@@ -27,6 +29,7 @@ from apps.tasks.serializers import (
     TaskCreateSerializer,
     TaskEventSerializer,
     TaskSerializer,
+    TaskTimelineSerializer,
 )
 from apps.tasks.streams import TimelineCursor
 
@@ -66,7 +69,7 @@ def _too_large(size: int, limit: int) -> HermesAPIError:
 def _invalid_input(exc: actions.InvalidMessage) -> HermesAPIError:
     # What the serializer does not check field by field (how deep the JSON nests) the domain rule refuses.
     return HermesAPIError(
-        f"The input cannot be sent to an agent: {exc}.", code="invalid", details={"input": [f"{exc}."]}
+        f"The {exc.field} cannot be sent to an agent: {exc}.", code="invalid", details={exc.field: [f"{exc}."]}
     )
 
 
@@ -110,9 +113,38 @@ class _SendTask:
         return Response(TaskSerializer(task).data, status=status.HTTP_202_ACCEPTED)
 
 
+# What sending a message to an agent can be refused for, besides the body's own fields (POST /tasks, follow-ups).
+_INPUT_ERRORS = {
+    400: "`details.input` (or `details.metadata`): an input no agent could be sent (docs/tasks.md); for an agent "
+    "reached through federation, `unknown_peer` or `peer_disabled`.",
+    403: "`policy_denied`: an agent reached through federation that the org's federation policy forbids.",
+    413: "`input_too_large`: the input exceeds HERMES_MAX_TASK_INPUT_BYTES (`details.size`, `details.limit`).",
+}
+
+
+@extend_schema_view(
+    list=describe(
+        "List tasks",
+        action="tasks:read",
+        notes="The org's tasks, newest first, cursor-paginated; filter by `status` and `agent`.",
+        parameters=[
+            OpenApiParameter(
+                "status",
+                str,
+                enum=STATUS_CHOICES,
+                many=True,
+                description="Only tasks in this status; repeat it for any of several (`status=failed&status=rejected`)",
+            ),
+            OpenApiParameter("agent", OpenApiTypes.UUID, description="Only tasks sent to this agent (its id)."),
+        ],
+    ),
+    retrieve=describe("Read a task", action="tasks:read", notes="The task with its input and current status."),
+)
 class TaskViewSet(  # type: ignore[misc]
     IdempotentCreateMixin, _SendTask, mixins.ListModelMixin, mixins.RetrieveModelMixin, OrgScopedViewSet
 ):
+    """The org's tasks: send, read, follow, cancel and continue them."""
+
     model = Task
     serializer_class = TaskSerializer
     read_action = "tasks:read"
@@ -121,11 +153,18 @@ class TaskViewSet(  # type: ignore[misc]
     @describe(
         "Send a task to an agent",
         action="tasks:write",
-        notes="202 with the task; 400 for an input no agent could be sent (per field, or `details.input`); 404 "
-        "for an unknown or other-org agent; 413 when the input exceeds HERMES_MAX_TASK_INPUT_BYTES; 429 past the "
-        "org's tasks per day. An `Idempotency-Key` header makes a retried POST return the original task.",
+        notes="202 with the task, which runs asynchronously (follow it with `/events`, `/stream` or the "
+        "websocket). An `Idempotency-Key` header makes a retried POST return the original task.",
         request=TaskCreateSerializer,
         responses={202: TaskSerializer},
+        errors={
+            **_INPUT_ERRORS,
+            400: _INPUT_ERRORS[400] + " `invalid_idempotency_key`: a malformed `Idempotency-Key`.",
+            404: "`agent_not_found`: no such agent among the org's and the public ones (another org's private "
+            "agent looks the same); `details.agent` says when the value is no agent id at all.",
+            409: "`idempotency_conflict`: the `Idempotency-Key` was used before with a different request.",
+            429: "Also past the organization's tasks per day (`details.limit`: `tasks_per_day`).",
+        },
     )
     def create(self, request: Request, *args: Any, **kwargs: Any) -> Response:
         # Declared here so the schema sees it: IdempotentCreateMixin (next in the MRO) wraps _SendTask.create.
@@ -149,10 +188,11 @@ class TaskViewSet(  # type: ignore[misc]
             return queryset
         params = self.request.query_params
         errors: dict[str, list[str]] = {}
-        if state := params.get("status"):
-            if state not in STATUS_CHOICES:
-                errors["status"] = [f"One of: {', '.join(STATUS_CHOICES)}."]
-            queryset = queryset.filter(state=state)
+        # `status` repeats for "any of these" (it used to keep only the last one given, silently).
+        if states := [state for state in params.getlist("status") if state]:
+            if unknown := [state for state in states if state not in STATUS_CHOICES]:
+                errors["status"] = [f"Unknown status {', '.join(unknown)}: one of {', '.join(STATUS_CHOICES)}."]
+            queryset = queryset.filter(state__in=states)
         if agent := params.get("agent"):
             if problem := _not_an_agent_id(agent):
                 errors["agent"] = [problem]
@@ -162,20 +202,33 @@ class TaskViewSet(  # type: ignore[misc]
             raise HermesAPIError("Invalid filter; see details.", code="invalid", details=errors)
         return queryset
 
-    @extend_schema(request=None, responses={202: TaskSerializer})
+    @describe(
+        "Cancel a task",
+        action="tasks:write",
+        notes="202 with the task: the agent's CancelTask is called and the job stops.",
+        request=None,
+        responses={202: TaskSerializer},
+        errors={409: "`task_finished`: the task is already final (completed, failed, canceled or rejected)."},
+    )
     @action(detail=True, methods=["post"])
     def cancel(self, request: Request, pk: str | None = None) -> Response:
-        """Cancel the task: the agent's CancelTask is called and the job stops. 409 when already finished."""
         try:
             task = actions.cancel_task(self.get_object(), access=self.access)
         except actions.TaskNotCancelable as exc:
             raise Conflict(str(exc), code="task_finished") from exc
         return Response(TaskSerializer(task).data, status=status.HTTP_202_ACCEPTED)
 
-    @extend_schema(request=FollowUpSerializer, responses={202: TaskSerializer})
+    @describe(
+        "Send a follow-up message",
+        action="tasks:write",
+        notes="202 with the task: the message goes to the agent, for a task waiting for input "
+        "(`input-required` or `auth-required`).",
+        request=FollowUpSerializer,
+        responses={202: TaskSerializer},
+        errors={**_INPUT_ERRORS, 409: "`task_not_waiting`: the task is not waiting for input."},
+    )
     @action(detail=True, methods=["post"])
     def messages(self, request: Request, pk: str | None = None) -> Response:
-        """Send a follow-up message to a task in input-required. 409 in any other state."""
         task = self.get_object()
         serializer = FollowUpSerializer(data=request.data)
         serializer.is_valid(raise_exception=True)
@@ -191,16 +244,26 @@ class TaskViewSet(  # type: ignore[misc]
             raise _invalid_input(exc) from exc
         return Response(TaskSerializer(task).data, status=status.HTTP_202_ACCEPTED)
 
-    @extend_schema(
+    @describe(
+        "Read a task's timeline",
+        action="tasks:read",
+        notes="The task's events in `seq` order, with its status and `last_seq`; page on with "
+        "`after=<next_after>` until `next_after` is null.",
         parameters=[
-            OpenApiParameter("after", int, description="Only events with seq greater than this."),
-            OpenApiParameter("limit", int, description=f"At most this many (max {selectors.EVENT_PAGE})."),
+            OpenApiParameter(
+                "after", int, description="Only events with seq greater than this (a whole number, default 0)."
+            ),
+            OpenApiParameter(
+                "limit",
+                int,
+                description=f"At most this many events (1 to {selectors.EVENT_PAGE}, the default; more is "
+                f"clamped to {selectors.EVENT_PAGE}).",
+            ),
         ],
-        responses={200: TaskEventSerializer(many=True)},
+        responses={200: TaskTimelineSerializer},
     )
     @action(detail=True, methods=["get"])
     def events(self, request: Request, pk: str | None = None) -> Response:
-        """The task's timeline in order; page with `after=<last seq seen>`."""
         task = self.get_object()
         after = whole_number(request.query_params.get("after"), "after", default=0)
         limit = whole_number(
@@ -221,19 +284,37 @@ class TaskViewSet(  # type: ignore[misc]
             }
         )
 
-    @extend_schema(
-        parameters=[OpenApiParameter("after", int), OpenApiParameter("Last-Event-ID", int, location="header")],
-        responses={(200, "text/event-stream"): str},
+    @describe(
+        "Stream a task's timeline (Server-Sent Events)",
+        action="tasks:read",
+        notes="`text/event-stream`: the events after `after` (or `Last-Event-ID`), then new ones live. Each "
+        'event is a frame `id: <seq>`, `event: <kind>`, `data: {"task_id", "seq", "kind", "data", '
+        '"created_at"}`; once the task is final and fully sent, `event: end` with `data: {"state"}`, and once the '
+        'API key or session stops authenticating (revoked, expired, signed out), `event: end` with `data: {"error": '
+        '{"code", "message"}}` (within a second). A response lasts at most HERMES_SSE_MAX_SECONDS: reconnect with '
+        "`Last-Event-ID` (docs/tasks.md). Errors are JSON.",
+        parameters=[
+            OpenApiParameter("after", int, description="Start after this seq (a whole number, default 0)."),
+            OpenApiParameter(
+                "Last-Event-ID",
+                int,
+                location=OpenApiParameter.HEADER,
+                description="Resume after this seq (what EventSource sends on reconnecting); wins over `after`.",
+            ),
+        ],
+        responses={(200, "text/event-stream"): OpenApiTypes.STR},
     )
     @action(detail=True, methods=["get"], renderer_classes=[renderers.JSONRenderer, EventStreamRenderer])
     def stream(self, request: Request, pk: str | None = None) -> StreamingHttpResponse:
-        """Server-Sent Events: the timeline so far, then live events; resume with `Last-Event-ID`."""
         task = self.get_object()
         resume = request.headers.get("Last-Event-ID")
         after = whole_number(
             resume or request.query_params.get("after"), "Last-Event-ID" if resume else "after", default=0
         )
-        cursor = TimelineCursor(task.pk, task.organization_id, after)
+        # The stream ends once the key or session it was opened with no longer authenticates (apps.tasks.streams).
+        session = getattr(request._request, "session", None)
+        credential = StreamCredential.of(self.access, session.session_key if session is not None else None)
+        cursor = TimelineCursor(task.pk, task.organization_id, after, credential=credential)
         frames = cursor.async_frames() if isinstance(request._request, ASGIRequest) else cursor.sync_frames()
         response = StreamingHttpResponse(frames, content_type="text/event-stream")
         response["Cache-Control"] = "no-cache"

@@ -12,16 +12,23 @@ Messages sent to clients (JSON):
 - `{"type": "event", "event": {"task_id", "seq", "kind", "data", "created_at"}}`
 - `{"type": "synced", "last_seq": N, "state": "..."}` once the initial backfill is sent
 - `{"type": "presence", "watchers": [{"user_id", "name"}], "agent_online": bool, "joined": [...], "left": [...]}`
-  when people open or close the task (joined/left relative to the last presence this socket received; changes
-  within a short window are announced together)
+  (`agent_online` null: not contacted yet) when people open or close the task (joined/left relative to the last
+  presence this socket received; changes within a short window are announced together)
 
 `/ws/org/`: `{"type": "task.status", "task": {"id", "state", "agent_id", "last_seq", "updated_at"}}` for every
 state change of the org's tasks.
 
-Close codes: 4400 `?after` is not a non-negative integer, 4401 not signed in, 4403 missing `tasks:read`, 4404 no
-such task in the caller's org (or no such socket path), 1013 the database is unreachable: retry later
-(hermes_site.ws_auth.DatabaseUnavailableGuard), 1012 reconnect: the socket was opened while Redis was out
+Close codes, each with a short reason: 4400 `invalid` (`?after` is not a non-negative integer), 4401 not signed
+in, or no longer — the reason says why: `not_authenticated`, the API key's error code (`key_revoked`, `key_expired`,
+`key_unknown`, `key_malformed`, `key_creator_gone`) or `signed_out` —, 4403 `missing_scope` (`tasks:read`), 4404
+`not_found` (no such task in the caller's org, or no such socket path), 1013 the database is unreachable: retry
+later (hermes_site.ws_auth.DatabaseUnavailableGuard), 1012 `reconnect`: the socket was opened while Redis was out
 and followed the database; live messages are back (reconnect with `?after=<last seq>` to miss nothing).
+
+A socket lives only as long as its credential authenticates (apps.orgs.auth, "Long-lived streams"): it joins the
+channel-layer group of its API key or session, where revocation, rotation and sign-out are announced; it closes
+at its key's expiry by a timer; and every HERMES_WS_RESYNC_SECONDS it re-checks the credential (one shared read
+per credential per process) in case an announcement was lost.
 """
 
 from __future__ import annotations
@@ -32,6 +39,7 @@ import logging
 import random
 import time
 from collections.abc import Awaitable, Callable
+from datetime import UTC, datetime
 from functools import partial
 from typing import Any, TypeVar, cast
 from urllib.parse import parse_qs
@@ -45,6 +53,7 @@ from django.db import DatabaseError, close_old_connections
 from apps.core.checks import probe_redis
 from apps.core.metrics import WEBSOCKET_CONNECTIONS
 from apps.core.permissions import Access
+from apps.orgs.auth import StreamCredential
 from apps.tasks.broadcast import event_frame, org_group, task_group
 from apps.tasks.models import TERMINAL_STATES
 from apps.tasks.presence import ANNOUNCE_WINDOW_MS, Presence
@@ -60,14 +69,21 @@ CLOSE_FORBIDDEN = 4403
 CLOSE_NOT_FOUND = 4404
 CLOSE_RECONNECT = 1012  # RFC 6455 "service restart": the client should reconnect
 
+# (code, reason): the reason is a short error code, so clients can tell closes with the same code apart (RFC 6455
+# allows 123 bytes of UTF-8).
+Close = tuple[int, str]
+BAD_AFTER: Close = (CLOSE_BAD_REQUEST, "invalid")
+NOT_FOUND: Close = (CLOSE_NOT_FOUND, "not_found")
 
-def _access_for(scope: dict[str, Any]) -> tuple[Access | None, int | None]:
+
+def _access_for(scope: dict[str, Any]) -> Access | Close:
     access = scope.get("access")
     if not isinstance(access, Access):
-        return None, CLOSE_UNAUTHENTICATED
+        # The middleware's error code for a bad key (key_revoked, ...) tells it apart from no credentials at all.
+        return CLOSE_UNAUTHENTICATED, scope.get("auth_error") or "not_authenticated"
     if not access.allows("tasks:read"):
-        return None, CLOSE_FORBIDDEN
-    return access, None
+        return CLOSE_FORBIDDEN, "missing_scope"
+    return access
 
 
 def _db(fn: Any) -> Any:
@@ -99,6 +115,11 @@ class _ConsumerBase:
     channel_layer_alias: str
     channel_layer: Any
     channel_name: str
+    scope: dict[str, Any]
+    base_send: Callable[[dict[str, Any]], Awaitable[None]]
+    credential: StreamCredential | None = None
+    credential_watch: asyncio.Task[None] | None = None
+    closing = False
 
     async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
         try:
@@ -113,6 +134,10 @@ class _ConsumerBase:
                 await super().__call__(scope, receive, send)  # type: ignore[misc]
             finally:
                 watch.cancel()
+        finally:
+            # `disconnect` is not called when a handler raised (the database went away in `connect`, say): the
+            # socket's background tasks must not outlive it.
+            await self.stop_background_work()
 
     async def _await_live_layer(self) -> None:
         interval = settings.HERMES_WS_RESYNC_SECONDS
@@ -124,11 +149,77 @@ class _ConsumerBase:
         await self.channel_layer.send(self.channel_name, {"type": "hermes.layer_back"})
 
     async def hermes_layer_back(self, message: dict[str, Any]) -> None:
+        await self.close_from_server(CLOSE_RECONNECT, "reconnect")
+
+    async def close_from_server(self, code: int, reason: str) -> None:
+        """Close the socket, from a handler or from a background task, once.
+
+        Nothing may be sent after the close frame (uvicorn raises, and the consumer would die with a traceback),
+        yet until the client's disconnect arrives the socket still receives channel-layer messages, and a handler
+        or the resync may be half-way through a backfill: from here on they send into the void."""
+        if self.closing:
+            return
+        self.closing = True
+        send, self.base_send = self.base_send, _discard
+        await send({"type": "websocket.close", "code": code, "reason": reason})
         await self.stop_background_work()
-        await self.close(code=CLOSE_RECONNECT)  # type: ignore[attr-defined]
 
     async def stop_background_work(self) -> None:
         """Stop whatever sends to the socket outside the message loop (before a close from the server)."""
+        await _cancel(self.credential_watch)
+
+    # --- the credential the socket was opened with ----------------------------------------------------------------
+
+    async def watch_credential(self, access: Access) -> None:
+        """Join the group where the end of the socket's API key or session is announced, and start the watch
+        that closes the socket at the key's expiry or when a re-check finds the credential gone."""
+        self.credential = StreamCredential.of(access, getattr(self.scope.get("session"), "session_key", None))
+        if self.credential is None:
+            return
+        try:
+            await self.channel_layer.group_add(self.credential.group, self.channel_name)
+        except Exception as exc:  # the re-check covers it
+            logger.warning("credential group unavailable (%s); the socket re-checks its credential", exc)
+        self.credential_watch = asyncio.create_task(self._watch_credential(self.credential))
+
+    async def unwatch_credential(self) -> None:
+        await _cancel(self.credential_watch)
+        if self.credential is not None:
+            with contextlib.suppress(Exception):
+                await self.channel_layer.group_discard(self.credential.group, self.channel_name)
+
+    async def _watch_credential(self, credential: StreamCredential) -> None:
+        interval = settings.HERMES_WS_RESYNC_SECONDS
+        while True:
+            delay = interval * random.uniform(0.8, 1.2)  # jittered like the resync
+            left = credential.seconds_left()
+            if left is not None and left <= delay:
+                await asyncio.sleep(max(left, 0.0))
+                refusal = credential.refusal_by_clock()
+            else:
+                await asyncio.sleep(delay)
+                try:
+                    refusal = await _shared_read(
+                        ("credential", credential.group), interval / 2, _db(credential.recheck)
+                    )
+                except DatabaseError as exc:  # an outage: the socket stays until a re-check can tell
+                    logger.warning("credential re-check skipped, database error: %s", exc)
+                    continue
+            if refusal is not None:
+                await self.close_from_server(CLOSE_UNAUTHENTICATED, refusal.code)
+                return
+
+    async def hermes_auth_ended(self, message: dict[str, Any]) -> None:
+        """The socket's key was revoked or its session signed out (apps.orgs.auth.end_streams)."""
+        await self.close_from_server(CLOSE_UNAUTHENTICATED, message["reason"])
+
+    async def hermes_auth_expires(self, message: dict[str, Any]) -> None:
+        """The socket's key was rotated: it now expires at the end of the grace period (apps.orgs.auth)."""
+        if self.credential is None or self.closing:
+            return
+        self.credential.expire_by(datetime.fromtimestamp(message["expires_at"], UTC))
+        await _cancel(self.credential_watch)  # it may be asleep until a later moment
+        self.credential_watch = asyncio.create_task(self._watch_credential(self.credential))
 
     async def dispatch(self, message: dict[str, Any]) -> None:
         handler = getattr(self, get_handler_name(message), None)
@@ -159,6 +250,18 @@ def _failed(future: asyncio.Future[Any]) -> bool:
     return future.done() and (future.cancelled() or future.exception() is not None)
 
 
+async def _cancel(task: asyncio.Task[Any] | None) -> None:
+    if task is None or task is asyncio.current_task():  # a watch that closes the socket stops by returning
+        return
+    task.cancel()
+    with contextlib.suppress(asyncio.CancelledError, Exception):
+        await task
+
+
+async def _discard(message: dict[str, Any]) -> None:
+    """What a socket sends after its close frame."""
+
+
 def _forget_later(key: Any, entry: Any, max_age: float) -> None:
     def forget() -> None:
         if _shared_reads.get(key) is entry:
@@ -179,17 +282,17 @@ class TaskTimelineConsumer(_ConsumerBase, AsyncJsonWebsocketConsumer):
         self.joined = False
         self.resync_task: asyncio.Task[None] | None = None
         self.presence: Presence | None = None
-        access, code = _access_for(self.scope)
-        if access is None:
-            await self._refuse(code)
+        access = _access_for(self.scope)
+        if not isinstance(access, Access):
+            await _refuse(self, access)
             return
         task = await _db(task_for_org)(access.org, self.scope["url_route"]["kwargs"]["task_id"])
         if task is None:
-            await self._refuse(CLOSE_NOT_FOUND)
+            await _refuse(self, NOT_FOUND)
             return
         after = _after(self.scope)
         if after is None:
-            await self._refuse(CLOSE_BAD_REQUEST)
+            await _refuse(self, BAD_AFTER)
             return
         self.task_id, self.org_id, self.state = task.pk, task.organization_id, task.state
         self.agent_id = task.agent_id
@@ -206,6 +309,7 @@ class TaskTimelineConsumer(_ConsumerBase, AsyncJsonWebsocketConsumer):
             await self.channel_layer.group_add(self.group, self.channel_name)
         except Exception as exc:
             logger.warning("task %s: channel layer unavailable (%s); this socket resyncs from the DB", task.pk, exc)
+        await self.watch_credential(access)
         async with self.lock:
             await self._catch_up()
             await self.send_json({"type": "synced", "last_seq": self.last_seq, "state": self.state})
@@ -218,17 +322,15 @@ class TaskTimelineConsumer(_ConsumerBase, AsyncJsonWebsocketConsumer):
         self.resync_task = asyncio.create_task(self._resync_loop())
 
     async def stop_background_work(self) -> None:
-        resync = getattr(self, "resync_task", None)  # unset when the socket was refused
-        if resync is not None:
-            resync.cancel()
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await resync
+        await super().stop_background_work()
+        await _cancel(getattr(self, "resync_task", None))  # unset when the socket was refused
 
     async def disconnect(self, code: int) -> None:
         if not getattr(self, "joined", False):
             return
         WEBSOCKET_CONNECTIONS.labels(stream="task").dec()
         await self.stop_background_work()
+        await self.unwatch_credential()
         if self.presence is not None:
             await self.presence.leave()
             await self._announce()
@@ -265,9 +367,6 @@ class TaskTimelineConsumer(_ConsumerBase, AsyncJsonWebsocketConsumer):
         await self.send_json({**message, "type": "presence", "joined": joined, "left": left})
 
     # --- internals ----------------------------------------------------------------------------------------------
-
-    async def _refuse(self, code: int | None) -> None:
-        await _refuse(self, code)
 
     async def _send_event(self, event: dict[str, Any], frame: str | None = None) -> None:
         await self.send(text_data=frame or event_frame(event))
@@ -341,9 +440,9 @@ class OrgTasksConsumer(_ConsumerBase, AsyncJsonWebsocketConsumer):
 
     async def connect(self) -> None:
         self.joined = False
-        access, code = _access_for(self.scope)
-        if access is None:
-            await _refuse(self, code)
+        access = _access_for(self.scope)
+        if not isinstance(access, Access):
+            await _refuse(self, access)
             return
         self.group = org_group(access.org.pk)
         await self.accept()
@@ -353,11 +452,13 @@ class OrgTasksConsumer(_ConsumerBase, AsyncJsonWebsocketConsumer):
             await self.channel_layer.group_add(self.group, self.channel_name)
         except Exception as exc:
             logger.warning("org stream: channel layer unavailable (%s)", exc)
+        await self.watch_credential(access)
 
     async def disconnect(self, code: int) -> None:
         if not getattr(self, "joined", False):
             return
         WEBSOCKET_CONNECTIONS.labels(stream="org").dec()
+        await self.unwatch_credential()
         with contextlib.suppress(Exception):
             await self.channel_layer.group_discard(self.group, self.channel_name)
 
@@ -369,13 +470,13 @@ class UnknownPathConsumer(AsyncJsonWebsocketConsumer):
     """Routed last (hermes_site/routing.py): a socket path nothing else matches closes with 4404."""
 
     async def connect(self) -> None:
-        await _refuse(self, CLOSE_NOT_FOUND)
+        await _refuse(self, NOT_FOUND)
 
 
-async def _refuse(consumer: AsyncJsonWebsocketConsumer, code: int | None) -> None:
-    # Accept, then close with the reason: a close before accept is an HTTP 403 that carries no code at all.
+async def _refuse(consumer: AsyncJsonWebsocketConsumer, close: Close) -> None:
+    # Accept, then close with the code: a close before accept is an HTTP 403 that carries no code at all.
     await consumer.accept()
-    await consumer.close(code=code)
+    await consumer.close(code=close[0], reason=close[1])
 
 
 def _after(scope: dict[str, Any]) -> int | None:

@@ -61,9 +61,8 @@ def observe(update: AgentUpdate) -> actions.Observation:
         }
         return actions.Observation(kind=EventKind.ARTIFACT, data=data, **ids)
     message = {"role": "agent", "parts": _parts(update.text, update.data)} if (update.text or update.data) else None
-    if update.kind == "message":
-        # The agent answered with a plain message: that answer is the result.
-        return actions.Observation(kind=EventKind.MESSAGE, data=message or {}, state=TaskState.COMPLETED, **ids)
+    # A plain message instead of a task (kind "message", state "completed") is the agent's result: it falls through
+    # to the state event below, recorded like a task that completes with a status message (under `message`).
     state = update.state if update.state in TaskState.values else None
     if state == TaskState.WORKING and message:
         # "Still working, here is where I am": a progress line (and the working state, if not there yet).
@@ -130,18 +129,23 @@ class Run:
         if task.pending_message:
             message = _message_kwargs(task.pending_message)
             message.update(task_id=task.remote_task_id or None, context_id=task.remote_context_id or None)
-            return iterate_sync(lambda: AgentClient(self.target).run_once(**message))
+            return iterate_sync(lambda: _client(self.target).run_once(**message))
         if task.remote_task_id:
             # A previous worker died mid-task: pick the task up where the agent has it instead of sending it
             # again (SubscribeToTask for a streaming agent, GetTask polling otherwise).
             return iterate_sync(lambda: _watch(self.target, task.remote_task_id))
         message = _message_kwargs(task.input)
         message.update(message_id=str(task.pk))
-        return iterate_sync(lambda: AgentClient(self.target).run_once(**message))
+        return iterate_sync(lambda: _client(self.target).run_once(**message))
+
+
+def _client(target: AgentTarget) -> AgentClient:
+    # Every way of following a task polls a non-streaming agent at the configured pace.
+    return AgentClient(target, poll_interval=settings.HERMES_TASK_POLL_SECONDS)
 
 
 async def _watch(target: AgentTarget, remote_task_id: str) -> AsyncIterator[AgentUpdate]:
-    async with AgentClient(target, poll_interval=settings.HERMES_TASK_POLL_SECONDS) as client:
+    async with _client(target) as client:
         async for update in client.resume(remote_task_id):
             yield update
 

@@ -151,7 +151,8 @@ class TaskEvent(OrgOwnedModel):
         return f"{self.task_id}#{self.seq} {self.kind}"
 
     def as_message(self) -> dict[str, Any]:
-        """The wire shape used by the API, the websocket and SSE (one serializer for all three)."""
+        """An event as the websocket and SSE send it. The REST timeline (TaskEventSerializer) leaves out `task_id`,
+        which its page gives once, and writes `created_at` with `Z` (docs/tasks.md)."""
         return {
             "task_id": str(self.task_id),
             "seq": self.seq,

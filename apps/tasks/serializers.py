@@ -9,11 +9,21 @@ from apps.core.serializers import StrictFieldsMixin
 from apps.tasks.models import Task, TaskEvent, TaskState
 
 
+class StrictTextField(serializers.CharField):
+    """A JSON string and nothing else: DRF's CharField turns 5 into "5", and the agent would be sent text the
+    caller never wrote (A2A text is a string; `normalize_message` refuses anything else)."""
+
+    def to_internal_value(self, data: Any) -> str:
+        if not isinstance(data, str):
+            self.fail("invalid")
+        return str(super().to_internal_value(data))
+
+
 class PartSerializer(serializers.Serializer):
     """An A2A part: text or data. Accepts v1.0 (`{"text": …}`) and v0.3 (`{"kind": "text", "text": …}`) shapes."""
 
     kind = serializers.ChoiceField(choices=["text", "data"], required=False)
-    text = serializers.CharField(required=False, allow_blank=False, trim_whitespace=False)
+    text = StrictTextField(required=False, allow_blank=False, trim_whitespace=False)
     metadata = serializers.DictField(required=False)
 
     def get_fields(self) -> dict[str, Any]:
@@ -100,6 +110,20 @@ class TaskEventSerializer(serializers.ModelSerializer):
         model = TaskEvent
         fields = ["seq", "kind", "data", "created_at"]
         read_only_fields = fields
+
+
+class TaskTimelineSerializer(serializers.Serializer):
+    """A page of a task's timeline, as `GET /tasks/{id}/events` answers it (declared for the schema)."""
+
+    task_id = serializers.UUIDField(read_only=True)
+    status = serializers.ChoiceField(choices=TaskState.choices, read_only=True, help_text="The task's status now.")
+    last_seq = serializers.IntegerField(read_only=True, help_text="The seq of the task's latest event.")
+    results = TaskEventSerializer(many=True, read_only=True, help_text="Events with seq > `after`, in order.")
+    next_after = serializers.IntegerField(
+        read_only=True,
+        allow_null=True,
+        help_text="Pass as `after` for the next page; null when this page reaches `last_seq`.",
+    )
 
 
 STATUS_CHOICES = [s.value for s in TaskState]

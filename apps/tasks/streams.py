@@ -3,6 +3,9 @@
 The stream reads the database, not the channel layer: it works with Redis down and can never skip an event
 (each poll asks for seq > last sent). It has a bounded lifetime (HERMES_SSE_MAX_SECONDS) and ends as soon as the
 task is terminal and fully sent; the client reconnects with `Last-Event-ID` and resumes exactly where it was.
+It also ends, with `event: end` and an error, once the API key or session it was opened with stops authenticating
+(revoked, expired, signed out): the key's expiry is known without a query, and the credential is re-read every
+CREDENTIAL_RECHECK_SECONDS — the stream does not use the channel layer, where revocation is announced to websockets.
 
 Under WSGI (gunicorn sync workers) a stream occupies a worker for its lifetime, hence the bound; production
 routes `/api/v1/tasks/*/stream` to the ASGI process (docs/tasks.md), where the same cursor is driven by an async
@@ -21,32 +24,52 @@ from asgiref.sync import sync_to_async
 from django.conf import settings
 from django.db import close_old_connections
 
+from apps.orgs.auth import Refusal, StreamCredential
 from apps.tasks.models import TERMINAL_STATES
 from apps.tasks.selectors import event_messages_after, task_progress
 
 KEEPALIVE_SECONDS = 15.0
+# One indexed read a second per stream (it polls events four times a second): how late a revocation may end it.
+CREDENTIAL_RECHECK_SECONDS = 1.0
 
 
 def format_event(event: dict[str, Any]) -> bytes:
     return f"id: {event['seq']}\nevent: {event['kind']}\ndata: {json.dumps(event, separators=(',', ':'))}\n\n".encode()
 
 
+def end_frame(data: dict[str, Any]) -> bytes:
+    """The last frame: `{"state"}` of a final task, or `{"error": {"code", "message"}}` (the API's error shape)."""
+    return f"event: end\ndata: {json.dumps(data)}\n\n".encode()
+
+
 class TimelineCursor:
     """Polls one task's events after `last`; `poll()` returns the frames to send and whether the stream is done."""
 
-    def __init__(self, task_id: Any, org_id: Any, after: int, max_seconds: float | None = None) -> None:
+    def __init__(
+        self,
+        task_id: Any,
+        org_id: Any,
+        after: int,
+        max_seconds: float | None = None,
+        credential: StreamCredential | None = None,
+    ) -> None:
         self.task_id = task_id
         self.org_id = org_id
         self.last = after
         self.started = time.monotonic()
         self.max_seconds = settings.HERMES_SSE_MAX_SECONDS if max_seconds is None else max_seconds
         self.last_frame = self.started
+        self.credential = credential
+        self.credential_checked = self.started  # the request was authenticated just now
 
     def opening(self) -> bytes:
         # Tell EventSource to reconnect quickly when we end the stream on the lifetime bound.
         return b"retry: 1000\n\n"
 
     def poll(self) -> tuple[list[bytes], bool]:
+        refusal = self._credential_refusal()
+        if refusal is not None:
+            return [end_frame({"error": {"code": refusal.code, "message": refusal.message}})], True
         frames: list[bytes] = []
         events = event_messages_after(self.task_id, self.org_id, self.last)
         for event in events:
@@ -60,7 +83,7 @@ class TimelineCursor:
             else:
                 state, last_seq = progress
                 if state in TERMINAL_STATES and last_seq <= self.last:
-                    frames.append(b'event: end\ndata: {"state": "' + state.encode() + b'"}\n\n')
+                    frames.append(end_frame({"state": state}))
                     done = True
         now = time.monotonic()
         if not done and now - self.started >= self.max_seconds:
@@ -71,6 +94,16 @@ class TimelineCursor:
             frames.append(b": keepalive\n\n")
             self.last_frame = now
         return frames, done
+
+    def _credential_refusal(self) -> Refusal | None:
+        if self.credential is None:
+            return None
+        refusal = self.credential.refusal_by_clock()
+        now = time.monotonic()
+        if refusal is None and now - self.credential_checked >= CREDENTIAL_RECHECK_SECONDS:
+            self.credential_checked = now
+            refusal = self.credential.recheck()
+        return refusal
 
     def sync_frames(self) -> Iterator[bytes]:
         yield self.opening()

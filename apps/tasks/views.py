@@ -132,7 +132,9 @@ def _detail_page(request: HttpRequest, access: Access, task: Any, follow_up_form
         "waiting_for_input": task.state in INTERRUPTED_STATES,
         "follow_up_form": follow_up_form,
     }
-    return render_console(request, "tasks/detail.html", context, status=422 if follow_up_form.errors else 200)
+    # htmx asks for the About card alone (live.js, when the task finishes).
+    status = 422 if follow_up_form.errors else 200
+    return render_console(request, "tasks/detail.html", context, partial="task_about", status=status)
 
 
 @org_action_required("tasks:write")

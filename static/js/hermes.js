@@ -1,4 +1,4 @@
-/* Console behaviour that htmx attributes cannot express: readable errors, copy buttons, confirmations.
+/* Console behaviour that htmx attributes cannot express: readable errors, copy buttons, confirmations, local times.
    Loaded on every page after htmx (templates/base.html). No build step. */
 (function () {
   "use strict";
@@ -98,7 +98,10 @@
     }
   });
 
-  // Confirmation for one submit button of a plain form: <button data-confirm-click="Really?">.
+  // Confirmation for one submit button: <button data-confirm-click="Really?">, in a plain form or an htmx one.
+  // It asks on the click, before any submit event: a declined click submits nothing, so htmx never sees it. (htmx
+  // reads hx-confirm from the element that issues the request, the <form>, so hx-confirm on a button is ignored.)
+  // Enter in a text field "clicks" the form's first submit button, so that path asks too.
   document.addEventListener("click", function (event) {
     var button = event.target.closest && event.target.closest("[data-confirm-click]");
     if (button && !window.confirm(button.getAttribute("data-confirm-click"))) { event.preventDefault(); }
@@ -116,12 +119,58 @@
     if (event.detail.xhr && event.detail.xhr.status === 422) { focusFirstInvalid(event.detail.target); }
   });
 
-  // Confirmation for plain (non-htmx) forms: <form data-confirm="Really?">. htmx forms use hx-confirm.
+  // Confirmation for a whole form, plain or htmx: <form data-confirm="Really?">, or a question that depends on what
+  // is chosen: <option data-confirm="Really?"> asks only while that option is selected (rotating an API key
+  // "Immediately"). Declined, the submit stops here, in the capture phase, before htmx's listener on the form.
   document.addEventListener("submit", function (event) {
     var form = event.target;
-    var question = form.getAttribute && form.getAttribute("data-confirm");
-    if (question && !window.confirm(question)) { event.preventDefault(); }
+    if (!form.querySelector) { return; }
+    var chosen = form.querySelector("option[data-confirm]:checked");
+    var question = form.getAttribute("data-confirm") || (chosen && chosen.getAttribute("data-confirm"));
+    if (question && !window.confirm(question)) {
+      event.preventDefault();
+      event.stopPropagation();
+    }
   }, true);
+
+  // Times. The server renders <time datetime="ISO 8601">2026-11-26 23:49:11 UTC</time> (templates/includes/time.html),
+  // unambiguous without JavaScript; here every one of them is shown in the viewer's local time, in the one format
+  // the live task timeline uses too (static/js/live.js calls hermesTime.show): 2026-11-26 15:49:11, 24-hour.
+  // The UTC time goes in the title.
+  function pad(n) { return (n < 10 ? "0" : "") + n; }
+  function parseTime(iso) {
+    // Python's isoformat() may carry microseconds; Date.parse is only specified for milliseconds.
+    var date = new Date(String(iso || "").replace(/(\.\d{3})\d+/, "$1"));
+    return isNaN(date.getTime()) ? null : date;
+  }
+  function formatTime(date, precision) {
+    var day = date.getFullYear() + "-" + pad(date.getMonth() + 1) + "-" + pad(date.getDate());
+    var minutes = pad(date.getHours()) + ":" + pad(date.getMinutes());
+    var seconds = minutes + ":" + pad(date.getSeconds());
+    if (precision === "date") { return day; }
+    if (precision === "minutes") { return day + " " + minutes; }
+    if (precision === "time") { return seconds; }
+    return day + " " + seconds;
+  }
+  // Shows `iso` in `el` (a <time>) as local time; precision: "seconds" (default), "minutes", "date" or "time".
+  function showTime(el, iso, precision) {
+    var date = parseTime(iso);
+    if (!date) { return; }
+    if (!el.getAttribute("title")) { el.setAttribute("title", date.toISOString().replace("T", " ").replace(/\.\d+Z$/, " UTC")); }
+    el.setAttribute("datetime", iso);
+    el.textContent = formatTime(date, precision || el.getAttribute("data-precision") || "seconds");
+    el.setAttribute("data-local", "");
+  }
+  function localizeTimes(root) {
+    if (!root || !root.querySelectorAll) { return; }
+    var times = Array.prototype.slice.call(root.querySelectorAll("time[datetime]:not([data-local])"));
+    if (root.matches && root.matches("time[datetime]:not([data-local])")) { times.push(root); }
+    times.forEach(function (el) { showTime(el, el.getAttribute("datetime")); });
+  }
+  window.hermesTime = { parse: parseTime, format: formatTime, show: showTime, localize: localizeTimes };
+  document.addEventListener("DOMContentLoaded", function () { localizeTimes(document); });
+  // Every fragment htmx swaps in (lists refreshed live or filtered, out-of-band swaps) fires htmx:load.
+  document.addEventListener("htmx:load", function (event) { localizeTimes(event.detail.elt); });
 
   // Every post says which organization its page was showing (htmx requests carry the X-Hermes-Console-Org header
   // from <body hx-headers>; plain forms get this field), so a tab left open after switching org in another tab

@@ -4,8 +4,9 @@
      after ?after=<seq>; we remember the last seq we rendered, so a reconnect asks for exactly what is missing
      (no gap) and an event that arrives twice is ignored (no duplicate). Rows are cloned from the
      <template data-event-template> the page renders (one copy of the markup, in the Django template).
-   - A task list: <table data-task-list data-ws-path="/ws/org/">. Status changes update the row's badge in place;
-     an unknown task (or a reconnect, which may have missed changes) re-fetches the list fragment through htmx.
+   - A task list: <div data-task-list data-ws-path="/ws/org/" data-list-url="/tasks/" data-filters="#form">. Status
+     changes update the row's badge in place; an unknown task (or a reconnect, which may have missed changes)
+     re-fetches the list fragment through htmx, with the filters as the form shows them now.
    No build step; plain ES5-compatible code. */
 (function () {
   "use strict";
@@ -126,6 +127,14 @@
     var lastAgentText = "";  // what the agent said last: the question the reply box answers
     var state = root.getAttribute("data-state") || "";
     var basePath = root.getAttribute("data-ws-path");
+    var socketState = "connecting";
+
+    // The indicator says "Live" while the socket is open and the task can still change; once the task has
+    // finished it says so ("Live" on a canceled task read as if more were coming).
+    function showSocketState(s, detail) {
+      socketState = s;
+      setLiveStatus(root, s === "open" && TERMINAL[state] ? "done" : s, detail);
+    }
 
     function render(event) {
       var seq = Number(event.seq);
@@ -137,9 +146,8 @@
       row.setAttribute("data-kind", event.kind);
       row.querySelector("[data-field=seq]").textContent = "#" + seq;
       row.querySelector("[data-field=kind]").textContent = event.kind;
-      var time = row.querySelector("[data-field=time]");
-      time.textContent = new Date(event.created_at).toLocaleTimeString();
-      time.setAttribute("datetime", event.created_at);
+      // Local time in the console's one format (static/js/hermes.js), like every other time on the page.
+      window.hermesTime.show(row.querySelector("[data-field=time]"), event.created_at, "time");
       row.querySelector("[data-field=summary]").textContent = summarize(event);
       row.querySelector("[data-field=data]").textContent = JSON.stringify(event.data, null, 2);
       list.appendChild(row);
@@ -157,6 +165,15 @@
       setBadge(stateBadge, next);
       var cancel = document.querySelector("[data-cancel-task]");
       if (cancel && TERMINAL[next]) { cancel.hidden = true; }
+      if (TERMINAL[next]) {
+        showSocketState(socketState);
+        // The About card was rendered before the end (no "Finished" time yet): fetch it again, once.
+        var about = document.querySelector("[data-task-about]");
+        if (about && about.getAttribute("data-state") !== next && window.htmx) {
+          about.setAttribute("data-state", next);
+          window.htmx.trigger(about, "hermes:refresh");
+        }
+      }
       // The reply box follows the live state: it appears when the agent asks, without a reload.
       var reply = document.querySelector("[data-reply-card]");
       if (reply) { reply.hidden = !(next === "input-required" || next === "auth-required"); }
@@ -180,16 +197,17 @@
       }
       var online = document.querySelector("[data-agent-online]");
       if (online && msg.agent_online !== undefined) {
-        var on = Boolean(msg.agent_online);
-        online.textContent = on ? "online" : "offline";
-        online.className = "badge badge-" + (on ? "online" : "offline");
+        // null: never contacted (or no error since), shown as the server-rendered badge shows it.
+        var state = msg.agent_online === null ? "muted" : (msg.agent_online ? "online" : "offline");
+        online.textContent = { muted: "not contacted yet", online: "online", offline: "offline" }[state];
+        online.className = "badge badge-" + state;
       }
     }
 
     var socket = new LiveSocket(
       function () { return basePath + "?after=" + lastSeq; },
       {
-        onState: function (s, detail) { setLiveStatus(root, s, detail); },
+        onState: showSocketState,
         onMessage: function (msg) {
           if (msg.type === "event") { render(msg.event); }
           else if (msg.type === "synced") { if (msg.state) { applyState(msg.state); } root.setAttribute("data-synced", "true"); }
@@ -222,8 +240,30 @@
     root.addEventListener("htmx:afterSwap", function () { Object.keys(latest).forEach(apply); });
     // The connection indicator may live outside the refreshed area (data-live-status="#selector").
     var statusRoot = document.querySelector(root.getAttribute("data-live-status") || "") || root;
+    // The list as the filters now read. The filter form swaps the table (and pushes its query to the address bar),
+    // so a URL fixed when the page was rendered brought back tasks the filters exclude, under a select still
+    // saying "Failed". The form's current values win over the address bar (a filter request may still be on its
+    // way); an older page ("before") stays put while the filters it was read with are still the ones selected.
+    function currentQuery() {
+      var shown = new URLSearchParams(window.location.search);
+      var selector = root.getAttribute("data-filters");
+      var form = selector && document.querySelector(selector);
+      if (!form) { return shown.toString(); }
+      var query = new URLSearchParams();
+      var same = true;
+      new FormData(form).forEach(function (value, name) {
+        if (value === "") { if (shown.get(name)) { same = false; } return; }
+        query.append(name, value);
+        if (shown.get(name) !== value) { same = false; }
+      });
+      if (same && shown.get("before")) { query.set("before", shown.get("before")); }
+      return query.toString();
+    }
     function refresh() {
-      if (window.htmx) { window.htmx.trigger(root, "hermes:refresh"); }
+      if (!window.htmx) { return; }
+      var query = currentQuery();
+      var path = root.getAttribute("data-list-url") + (query ? "?" + query : "");
+      window.htmx.ajax("GET", path, { source: root, target: root, swap: "innerHTML" });
     }
     new LiveSocket(
       function () { return root.getAttribute("data-ws-path"); },

@@ -275,6 +275,50 @@ def test_resume_falls_back_to_polling_when_the_agent_will_not_resubscribe(allow_
     assert handler.gets >= 3  # the snapshot, then polling after the refused subscription
 
 
+def test_polled_snapshots_report_what_an_artifact_gained_since_the_last_poll() -> None:
+    """A non-streaming agent appends chunks to an artifact between polls: each snapshot yields the parts that are
+    new, as a stream yields a chunk (append), and an artifact replaced under the same id comes back whole."""
+    from a2a.types.a2a_pb2 import (
+        Artifact,
+        Part,
+        StreamResponse,
+        Task,
+        TaskArtifactUpdateEvent,
+        TaskState,
+        TaskStatus,
+    )
+
+    from apps.agents.client import _Normalizer
+
+    def snapshot(*texts: str, name: str = "report") -> Task:
+        artifact = Artifact(artifact_id="a1", name=name, parts=[Part(text=t) for t in texts])
+        return Task(
+            id="t1", context_id="c1", status=TaskStatus(state=TaskState.TASK_STATE_WORKING), artifacts=[artifact]
+        )
+
+    def artifacts(updates: list[AgentUpdate]) -> list[tuple[list[str], bool]]:
+        return [
+            ([p["text"] for p in u.artifact["parts"]], u.artifact.get("append", False))
+            for u in updates
+            if u.kind == "artifact" and u.artifact is not None
+        ]
+
+    polled = _Normalizer()
+    assert artifacts(polled.task(snapshot("one"))) == [(["one"], False)]
+    assert artifacts(polled.task(snapshot("one", "two", "three"))) == [(["two", "three"], True)]
+    assert artifacts(polled.task(snapshot("one", "two", "three"))) == []  # nothing new: nothing said
+    assert artifacts(polled.task(snapshot("new"))) == [(["new"], False)]  # replaced (append=False upstream)
+    assert artifacts(polled.task(snapshot("new", name="renamed"))) == [(["new"], False)]
+
+    # After a stream (cut short, say), the snapshot adds only what the streamed chunks did not already say.
+    streamed = _Normalizer()
+    for text, append in (("one", False), ("two", True)):
+        chunk = Artifact(artifact_id="a1", name="report", parts=[Part(text=text)])
+        event = StreamResponse(artifact_update=TaskArtifactUpdateEvent(task_id="t1", artifact=chunk, append=append))
+        assert artifacts(streamed.event(event)) == [([text], append)]
+    assert artifacts(streamed.task(snapshot("one", "two", "three"))) == [(["three"], True)]
+
+
 def test_messages_need_content_and_carry_ids() -> None:
     with pytest.raises(AgentError):
         build_message()

@@ -3,6 +3,7 @@ owners; peers and link keys: staff too) and isolation from charlie's org."""
 
 from __future__ import annotations
 
+import uuid
 from typing import Any
 
 import pytest
@@ -165,6 +166,9 @@ def test_outbox_send_and_message_detail(as_user: Any, bob: Any, org: Any, charli
     row = dead_letter(org, berlin, {"text": "inspect me"})
     html = main_html(client.get("/federation/outbox/"))
     assert str(row.message_id)[:8] in html and "Dead-lettered" in html
+    # The example payload is a placeholder: a prefilled value had to be deleted before every send.
+    textarea = html.split('<textarea name="payload"', 1)[1].split("</textarea>", 1)[0]
+    assert 'placeholder="{&quot;text&quot;: &quot;hello&quot;}"' in textarea and textarea.endswith(">\n")
     detail = main_html(client.get(f"/federation/messages/{row.message_id}/"))
     assert "inspect me" in detail and "permanent" in detail and "400" in detail and "Requeue" in detail
     assert "{\n  &quot;text&quot;: &quot;inspect me&quot;\n}" in detail  # JSON as it travels, not a Python dict
@@ -179,6 +183,11 @@ def test_dlq_requeue_and_discard(
     client = as_user(bob)
     page = main_html(client.get("/federation/dlq/"))
     assert str(first.message_id) in page and "Requeue selected" in page
+    # Each button asks its own question (hermes.js, on the click): hx-confirm on a button of an htmx form was never
+    # read, so both ran unasked (tests/e2e/test_console_flow.py clicks them).
+    assert 'value="requeue" data-confirm-click="Requeue the selected messages' in page
+    assert 'value="discard" data-confirm-click="Discard the selected messages for good?' in page
+    assert "hx-confirm" not in page
     with django_capture_on_commit_callbacks(execute=False):
         response = client.post("/federation/dlq/apply/", {"operation": "requeue", "ids": [str(first.message_id)]}, **HX)
     assert response.status_code == 200
@@ -194,6 +203,9 @@ def test_dlq_requeue_and_discard(
     assert second.status == OutboxStatus.DISCARDED
     events = set(FederationAuditEvent.objects.for_org(org).values_list("event", flat=True))
     assert {"requeued", "discarded", "dead_lettered"} <= events
+    reasons = dict(FederationAuditEvent.objects.for_org(org).values_list("event", "reason"))
+    assert reasons["discarded"] == "discarded from the console by bob@acme.test"  # it said "discardd"
+    assert reasons["requeued"] == "requeued from the console by bob@acme.test"
     audit = main_html(client.get("/federation/audit/", {"event": "requeued"}))
     assert "Requeued from the DLQ" in audit and "bob@acme.test" in audit
 
@@ -235,3 +247,36 @@ def test_remote_tasks_request_and_timeline(as_user: Any, bob: Any, dave: Any, or
     assert str(remote.pk)[:8] in main_html(client.get("/federation/remote-tasks/"))
     assert as_user(charlie).get(mirror).status_code == 404
     assert as_user(charlie).get(ok["Location"]).status_code == 404
+
+
+def test_an_inbox_handling_error_is_shown_as_text(as_user: Any, mia: Any, org: Any) -> None:
+    from apps.federation.models import InboxEntry, MessageType
+
+    InboxEntry.objects.create(
+        organization=org,
+        message_id=uuid.uuid4(),
+        sender="globex",
+        type=MessageType.TASK_REQUEST,
+        receipt={},
+        handling_error="No agent called 'summarizer' here.",
+    )
+    html = main_html(as_user(mia).get("/federation/inbox/"))
+    # It was only a title tooltip on the "error" badge: unreadable from a keyboard or on a phone.
+    assert '<span class="small" data-handling-error>No agent called &#x27;summarizer&#x27; here.</span>' in html
+    assert "title=" not in html.split("data-handling-error", 1)[0].rsplit("<tr", 1)[1]
+
+
+def test_times_are_labelled_utc_with_a_machine_readable_datetime(as_user: Any, mia: Any, org: Any) -> None:
+    from datetime import UTC, datetime
+
+    from apps.federation.models import InboxEntry, MessageType
+
+    entry = InboxEntry.objects.create(
+        organization=org, message_id=uuid.uuid4(), sender="globex", type=MessageType.TASK_REQUEST, receipt={}
+    )
+    InboxEntry.objects.for_org(org).filter(pk=entry.pk).update(
+        created_at=datetime(2026, 11, 26, 23, 49, 11, tzinfo=UTC)
+    )
+    html = main_html(as_user(mia).get("/federation/inbox/"))
+    # Without JavaScript: UTC, and saying so; static/js/hermes.js shows it in the viewer's time zone.
+    assert '<time datetime="2026-11-26T23:49:11+00:00">2026-11-26 23:49:11 UTC</time>' in html

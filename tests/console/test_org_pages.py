@@ -426,7 +426,6 @@ def test_a_removed_member_is_told_why_the_org_is_gone(as_user: Any, team: dict[s
     assert "no longer have access" not in client.get("/orgs/new/").content.decode()
 
 
-
 def test_a_post_from_a_page_of_an_org_lost_since_says_so(
     as_user: Any, team: dict[str, Any], org: Any, other_org: Any
 ) -> None:

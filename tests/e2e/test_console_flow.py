@@ -326,3 +326,23 @@ def test_a_password_is_reset_from_the_emailed_link(page: Any, alice: Any) -> Non
     page.get_by_role("button", name="Set the password").click()
     page.wait_for_url("**/accounts/password-reset/done/")
     sign_in(page, alice.email, "a-brand-new-secret-7")
+
+
+def test_a_tab_left_on_another_org_acts_on_nothing(page: Any, org: Any, other_org: Any, alice: Any) -> None:
+    from apps.orgs.models import Membership, Organization
+
+    Membership.objects.create(organization=other_org, user=alice, role="owner")
+    sign_in(page, alice.email)
+    page.locator("#org-switcher").select_option("acme")
+    page.get_by_role("button", name="Switch").click()
+    page.goto("/org/settings/")  # this tab shows Acme's settings (a plain form: hermes.js adds the org it shows)
+    other_tab = page.context.new_page()
+    other_tab.goto("/")
+    other_tab.locator("#org-switcher").select_option("globex")
+    other_tab.get_by_role("button", name="Switch").click()
+    other_tab.wait_for_load_state()
+    page.get_by_label("Name").fill("Renamed from a stale tab")
+    page.get_by_role("button", name="Save").click()
+    page.wait_for_load_state()
+    assert "Nothing was done" in page.locator("#messages").inner_text()
+    assert {o.name for o in Organization.objects.all()} == {"Acme", "Globex"}

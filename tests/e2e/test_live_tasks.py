@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import re
 import time
+from datetime import datetime
 from typing import Any
+from zoneinfo import ZoneInfo
 
 import httpx
 import pytest
@@ -40,6 +42,8 @@ def test_send_from_the_console_and_through_the_api(
     from tests.factories import issue_api_key
 
     sign_in(page, bob.email)
+    # Times show in the viewer's zone (hermes.js), all in one format: far from the server's UTC to tell them apart.
+    page.context.new_cdp_session(page).send("Emulation.setTimezoneOverride", {"timezoneId": "Asia/Kolkata"})
     # The list is open while tasks are sent: its statuses update live over /ws/org/.
     page.goto("/tasks/")
     page.locator('[data-live-label]:text("Live")').wait_for()
@@ -57,6 +61,13 @@ def test_send_from_the_console_and_through_the_api(
     assert timeline_seqs(page) == list(range(1, len(kinds) + 1))  # every event once, in order
     assert "hello from the console" in page.locator("[data-events]").inner_text()
     assert page.locator("[data-cancel-task]").is_hidden()
+    # The About card and the timeline: local time, one 24-hour format (they were UTC and a 12-hour local time).
+    sent = page.locator("[data-task-about] time").first
+    utc = datetime.fromisoformat(sent.get_attribute("datetime"))
+    assert sent.inner_text() == f"{utc.astimezone(ZoneInfo('Asia/Kolkata')):%Y-%m-%d %H:%M:%S}"
+    first_event = page.locator("[data-events] li time").first
+    event_utc = datetime.fromisoformat(first_event.get_attribute("datetime").replace("Z", "+00:00"))
+    assert first_event.inner_text() == f"{event_utc.astimezone(ZoneInfo('Asia/Kolkata')):%H:%M:%S}"
     screenshot(page, "task-detail-completed")
 
     # Through the API with a key, while the list page watches.
@@ -75,6 +86,22 @@ def test_send_from_the_console_and_through_the_api(
     row.wait_for()  # the new task appeared without a reload
     row.locator('[data-task-state][data-state="completed"]').wait_for(timeout=30_000)
     screenshot(page, "task-list-live")
+
+    # Filtered to failed tasks, a live refresh keeps the filter: it re-fetched the page's first query (every
+    # task) while the select still said "Failed".
+    page.get_by_label("Status").select_option("failed")
+    row.wait_for(state="detached")
+    with page.expect_response(lambda r: "/tasks/?" in r.url and r.request.headers.get("hx-request")) as refreshed:
+        httpx.post(
+            hermes_server.url("/api/v1/tasks"),
+            headers={"Authorization": f"Bearer {plaintext}"},
+            json={"agent": str(demo_agents["echo"].pk), "input": {"parts": [{"text": "not a failure"}]}},
+            timeout=10,
+        )  # a task not on the page: the list refreshes
+    assert "status=failed" in refreshed.value.url
+    page.wait_for_timeout(300)  # the swap
+    assert page.locator("[data-task-row]").count() == 0 and page.get_by_label("Status").input_value() == "failed"
+    page.get_by_label("Status").select_option("")
     row.get_by_role("link").click()
     wait_state(page, "completed")
     assert "hello from the API" in page.locator("[data-events]").inner_text()
@@ -171,6 +198,10 @@ def test_timeline_resumes_after_a_dropped_socket_and_cancel_stops_the_slow_agent
     page.on("dialog", lambda dialog: dialog.accept())
     page.get_by_role("button", name="Cancel task").click()
     wait_state(page, "canceled")
+    # The page was rendered while the task ran: its About card is fetched again for the end time, and the
+    # indicator stops saying "Live" (both only changed on a reload).
+    page.locator("[data-task-about] dt", has_text="Finished").wait_for()
+    page.locator('[data-live-label]:text("Finished")').wait_for()
     alice_page.locator('h1 [data-task-state][data-state="canceled"]').wait_for(timeout=20_000)
     seqs = timeline_seqs(alice_page)
     assert seqs == list(range(1, len(seqs) + 1))

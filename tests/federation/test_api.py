@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import io
 import uuid
 from typing import Any
 
 import pytest
+from django.core.management import call_command
+from django.core.management.base import CommandError
 from django.test import Client
 
 from apps.federation import actions
@@ -27,6 +30,22 @@ def berlin(db: Any) -> Peer:
     peer = actions.create_peer(name="berlin", base_url="http://127.0.0.1:9", local_name="paris")
     actions.add_key(peer, secret=b"k" * 32)
     return peer
+
+
+@pytest.mark.django_db
+@pytest.mark.parametrize("kind", ["task_request", "task_result", "task_cancel", "task_input", "receipt", "nonsense"])
+def test_users_cannot_send_protocol_messages(client_for: Any, alice: Any, org: Any, berlin: Peer, kind: str) -> None:
+    actions.set_policy(org=org, remote="*@berlin", effect=Effect.ALLOW)
+    sent = {"recipient": "echo.globex@berlin", "type": kind, "payload": {"message": {"parts": []}}}
+    response = client_for(alice).post(f"{API}/messages", sent, format="json")
+    assert response.status_code == 400, response.content
+    (reason,) = response.json()["error"]["details"]["type"]
+    assert reason.startswith(f"'{kind}' cannot be sent as a message: only 'message' can.")
+    assert "POST /api/v1/federation/remote-tasks" in reason
+    assert not Message.objects.for_org(org).exists()
+    with pytest.raises(CommandError, match=f"'{kind}' cannot be sent as a message.*remote-tasks"):
+        call_command("federation_send", "acme", "echo.globex@berlin", "--type", kind, stdout=io.StringIO())
+    assert not Message.objects.for_org(org).exists()
 
 
 @pytest.mark.django_db
@@ -157,18 +176,37 @@ def test_peers_are_readable_by_orgs_but_changed_only_by_staff(
     assert api.post(f"{API}/peers/berlin/keys/retire", {"version": 3}, format="json").status_code == 200
     assert api.post(f"{API}/peers/berlin/keys", {"secret": "nope"}, format="json").status_code == 400
     assert api.post(f"{API}/peers/berlin/keys/retire", {"version": 9}, format="json").status_code == 404
-    made = api.post(f"{API}/peers", {"name": "rome", "base_url": "http://127.0.0.1:7", "local_name": "paris"})
+    made = api.post(
+        f"{API}/peers", {"name": "rome", "base_url": "http://127.0.0.1:7", "local_name": "paris"}, format="json"
+    )
     assert made.status_code == 201
-    again = api.post(f"{API}/peers", {"name": "rome", "base_url": "http://x.test", "local_name": "p"})
+    again = api.post(f"{API}/peers", {"name": "rome", "base_url": "http://x.test", "local_name": "p"}, format="json")
     assert again.status_code == 400 and "name" in again.json()["error"]["details"]
     # A peer on the same Docker/cluster network is reached by its service name (a host without a dot).
-    service = api.post(f"{API}/peers", {"name": "milan", "base_url": "http://hermes-milan:8000", "local_name": "p"})
+    service = api.post(
+        f"{API}/peers", {"name": "milan", "base_url": "http://hermes-milan:8000", "local_name": "p"}, format="json"
+    )
     assert service.status_code == 201 and service.json()["base_url"] == "http://hermes-milan:8000"
     for junk in ("hermes-milan:8000", "ftp://x", "http://u:p@x", "http://x/?q=1", "http://x:99999"):
-        refused = api.post(f"{API}/peers", {"name": "naples", "base_url": junk, "local_name": "p"})
+        refused = api.post(f"{API}/peers", {"name": "naples", "base_url": junk, "local_name": "p"}, format="json")
         assert refused.status_code == 400 and "base_url" in refused.json()["error"]["details"], junk
-    credentials = api.post(f"{API}/peers", {"name": "naples", "base_url": "http://u:p@x", "local_name": "p"})
+    credentials = api.post(
+        f"{API}/peers", {"name": "naples", "base_url": "http://u:p@x", "local_name": "p"}, format="json"
+    )
     assert credentials.json()["error"]["details"]["base_url"][0].startswith("Leave credentials out of the peer's URL")
+    # Peer names are lower-case like every address part (`Gamma` could never be addressed), and a cloud metadata
+    # URL, which the outbound guard refuses whatever the allowlist says, is refused at once in the guard's words.
+    upper = api.post(
+        f"{API}/peers", {"name": "Gamma", "base_url": "http://x.test", "local_name": "Paris"}, format="json"
+    )
+    assert upper.status_code == 400 and "(e.g. 'gamma')" in upper.json()["error"]["details"]["name"][-1]
+    assert "(e.g. 'paris')" in upper.json()["error"]["details"]["local_name"][-1]
+    metadata = api.post(
+        f"{API}/peers", {"name": "imds", "base_url": "http://169.254.169.254", "local_name": "p"}, format="json"
+    )
+    assert metadata.status_code == 400
+    assert "a cloud metadata endpoint" in metadata.json()["error"]["details"]["base_url"][0]
+    assert not Peer.objects.filter(name__in=["gamma", "Gamma", "imds"]).exists()
     kinds = set(FederationAuditEvent.objects.unscoped("test").values_list("event", flat=True))
     assert {"key_added", "key_promoted", "key_retired"} <= kinds
     disabled = api.post(f"{API}/peers/rome/status", {"status": "disabled"}, format="json")

@@ -161,6 +161,8 @@ def test_retry_policy_classifies_each_failure(org: Any, stub_peer: Peer, stub: S
     log = list(DeliveryAttempt.objects.for_org(org).filter(outbox=row).order_by("number"))
     assert [a.http_status for a in log] == [503, None, None, 500]
     assert log[1].error.startswith("timeout") and "Error" in log[2].error and log[3].response_excerpt == "boom"
+    # The attempt that ran out of retries says so: it dead-lettered the row, nothing retries it.
+    assert [a.outcome for a in log] == ["retry", "retry", "retry", "dead"]
     assert FEDERATION_RETRIES._value.get() == retries + 3
     assert audit_kinds(message) == ["retried", "retried", "retried", "dead_lettered"]
     # Each request was signed for the same message id: the idempotency key across retries.
@@ -185,6 +187,42 @@ def test_4xx_are_permanent_except_408_425_429(
     message = send(org)
     stub.script.append(Reply(status, body=b'{"error": {}}'))
     assert delivery.deliver(outbox_of(message).pk) == expected
+
+
+@pytest.mark.django_db
+def test_the_peers_error_code_and_message_are_the_last_error(org: Any, stub_peer: Peer, stub: StubServer) -> None:
+    refusal = {"error": {"code": "policy_denied", "message": "globex does not accept messages from acme@paris."}}
+    message = send(org)
+    stub.script.append(Reply(403, {"Content-Type": "application/json"}, json.dumps(refusal).encode()))
+    assert delivery.deliver(outbox_of(message).pk) == OutboxStatus.DEAD
+    expected = "HTTP 403: policy_denied: globex does not accept messages from acme@paris."
+    assert outbox_of(message).last_error == expected
+    dead = FederationAuditEvent.objects.for_org(org).get(event=AuditEvent.DEAD_LETTERED, message_id=message.id)
+    assert dead.reason == f"permanent failure ({expected})"
+    # A body that is not a Hermes error (a proxy's HTML page, or megabytes of anything) leaves the status alone.
+    for body in (
+        b"<html>Bad Gateway</html>",
+        b'{"error": "x"}',
+        json.dumps({"error": {"code": "x" * 70_000}}).encode(),
+    ):
+        other = send(org)
+        stub.script.append(Reply(404, body=body))
+        delivery.deliver(outbox_of(other).pk)
+        assert outbox_of(other).last_error == "HTTP 404"
+
+
+def test_default_retry_budget_rides_out_a_peer_restart(settings: Any) -> None:
+    from hermes_site.config import SETTINGS_TABLE
+
+    defaults = {s.name: s.default for s in SETTINGS_TABLE if s.name.startswith("HERMES_FEDERATION_")}
+    attempts = int(defaults["HERMES_FEDERATION_MAX_ATTEMPTS"])
+    base, cap = float(defaults["HERMES_FEDERATION_RETRY_BASE"]), float(defaults["HERMES_FEDERATION_RETRY_MAX_DELAY"])
+    assert attempts == settings.HERMES_FEDERATION_MAX_ATTEMPTS  # settings.py and the documented contract agree
+    caps = [min(cap, base * 2 ** (n - 1)) for n in range(1, attempts)]  # the retries' backoff caps
+    # Full jitter waits half the cap on average: about 32 min here (it was about 2 min, so a peer down ~90 s
+    # dead-lettered messages), the 300 s cap matters, and the whole budget stays well inside the max age.
+    assert sum(caps) / 2 > 30 * 60 and caps.count(cap) >= 5
+    assert sum(caps) < int(defaults["HERMES_FEDERATION_MAX_AGE"])
 
 
 @pytest.mark.django_db

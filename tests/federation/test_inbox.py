@@ -124,7 +124,93 @@ def test_rejections_unknown_peer_recipient_policy_and_malformed(berlin: Peer, or
     assert post(other, signing.sign_headers(msg_id, other, [SECRET])).status_code == 400
     msg_id, body = envelope(type="telegram")
     assert post(body, signing.sign_headers(msg_id, body, [SECRET])).status_code == 400
+    msg_id, body = envelope(correlation_id="xyz")
+    response = post(body, signing.sign_headers(msg_id, body, [SECRET]))
+    assert (
+        response.status_code == 400 and response.json()["error"]["message"] == "'correlation_id' must be a UUID or null"
+    )
+    # The unknown link ("rome") is not among them: see test_unauthenticated_refusals_are_not_persisted_per_request.
     assert len(events(AuditEvent.REJECTED)) == 7
+
+
+@pytest.mark.django_db
+def test_a_message_for_an_agent_the_org_does_not_have_is_unknown_recipient(berlin: Peer, org: Any) -> None:
+    from apps.agents.models import Agent
+
+    actions.set_policy(org=org, remote="*", effect=Effect.ALLOW)
+    Agent.objects.create(organization=org, name="Echo", slug="echo", url="http://127.0.0.1:9/")
+    msg_id, body = envelope(agent="nosuchagent")
+    response = post(body, signing.sign_headers(msg_id, body, [SECRET]))
+    assert response.status_code == 404, response.content
+    assert response.json()["error"] == {
+        "code": "unknown_recipient",
+        "message": "acme has no agent 'nosuchagent'.",
+        "details": {},
+    }
+    assert not InboxEntry.objects.for_org(org).exists()
+    msg_id, body = envelope(agent="echo")
+    assert post(body, signing.sign_headers(msg_id, body, [SECRET])).status_code == 200
+
+
+@pytest.mark.django_db
+@pytest.mark.parametrize(
+    ("timestamp", "code", "message"),
+    [
+        ("1" + "0" * 309, "stale_timestamp", "timestamp is more than 1000000000000 s in the future; window ±300 s"),
+        ("9" * 400, "stale_timestamp", "timestamp is more than 1000000000000 s in the future; window ±300 s"),
+        ("-" + "9" * 400, "stale_timestamp", "timestamp is more than 1000000000000 s old; window ±300 s"),
+        ("9" * 5000, "bad_signature", "webhook-timestamp is not an integer"),  # past int()'s digit limit
+        ("12.5", "bad_signature", "webhook-timestamp is not an integer"),
+    ],
+)
+def test_absurd_timestamps_are_401_not_500(berlin: Peer, timestamp: str, code: str, message: str) -> None:
+    msg_id, body = envelope()
+    headers = {"webhook-id": msg_id, "webhook-timestamp": timestamp, "webhook-signature": "v1,AAAA"}
+    response = post(body, headers)
+    assert response.status_code == 401 and response.json()["error"]["code"] == code
+    assert response.json()["error"]["message"] == message
+
+
+def test_the_stale_message_states_the_skew_it_compared() -> None:
+    now = 1_700_000_000.9  # a fraction of a second past the whole second, as time.time() usually is
+    for skew, text in ((301, "301 s old"), (-301, "301 s in the future")):
+        headers = {"webhook-id": "m", "webhook-timestamp": str(int(now) - skew), "webhook-signature": "v1,AAAA"}
+        with pytest.raises(signing.SignatureError) as refused:
+            signing.verify(headers, b"{}", [SECRET], tolerance=300, now=now)
+        assert refused.value.reason == f"timestamp is {text}; window ±300 s"
+    for skew in (300, -300):  # the window's edges are inside it
+        headers = signing.sign_headers("m", b"{}", [SECRET], timestamp=int(now) - skew)
+        assert signing.verify(headers, b"{}", [SECRET], tolerance=300, now=now) == ("m", int(now) - skew)
+
+
+@pytest.mark.django_db
+def test_unauthenticated_refusals_are_not_persisted_per_request(berlin: Peer, org: Any) -> None:
+    from apps.core.metrics import FEDERATION_INBOUND
+
+    refused = FEDERATION_INBOUND.labels(decision="bad_signature")._value.get()
+    unknown = FEDERATION_INBOUND.labels(decision="rejected")._value.get()
+    for i in range(20):
+        msg_id, body = envelope()
+        assert post(body, signing.sign_headers(msg_id, body, [SECRET]), url=f"{URL[:-6]}x{i}").status_code == 404
+        assert post(body, signing.sign_headers(msg_id, body, [b"x" * 32])).status_code == 401
+    # Every refusal is counted ...
+    assert FEDERATION_INBOUND.labels(decision="bad_signature")._value.get() == refused + 20
+    assert FEDERATION_INBOUND.labels(decision="rejected")._value.get() == unknown + 20
+    # ... but a link name we do not have writes nothing, and a known link's bad signatures one row a minute.
+    assert events(AuditEvent.REJECTED) == []
+    (sampled,) = events(AuditEvent.BAD_SIGNATURE)
+    assert sampled.peer == berlin and "first of this minute" in sampled.detail["sampled"]
+    stale_id, stale = envelope()
+    post(stale, signing.sign_headers(stale_id, stale, [SECRET], timestamp=int(time.time()) - 999))
+    assert len(events(AuditEvent.STALE_TIMESTAMP)) == 1  # another reason has its own allowance
+
+
+@pytest.mark.django_db
+@pytest.mark.parametrize("method", ["get", "put", "delete"])
+def test_other_methods_get_the_json_error_shape(berlin: Peer, method: str) -> None:
+    response = getattr(Client(), method)(URL)
+    assert response.status_code == 405 and response["Content-Type"] == "application/json"
+    assert response["Allow"] == "POST" and response.json()["error"]["code"] == "method_not_allowed"
 
 
 @pytest.mark.django_db
@@ -201,6 +287,25 @@ def test_federation_peer_command() -> None:
     for args in (("add", "rome", "http://x", "--local-name", "p"), ("add", "x"), ("enable",), ("enable", "nope")):
         with pytest.raises(CommandError):
             call_command("federation_peer", *args, stdout=io.StringIO())
+
+
+@pytest.mark.django_db
+def test_federation_peer_command_names_what_it_refuses_and_what_is_empty(settings: Any) -> None:
+    out = io.StringIO()
+    call_command("federation_peer", "list", stdout=out)
+    assert out.getvalue().startswith("No peers configured. Add one: manage.py federation_peer add")
+    # Addresses are lower-cased, so `Gamma` could be added but never addressed.
+    with pytest.raises(CommandError, match=r"name: .*e\.g\. 'gamma'"):
+        call_command("federation_peer", "add", "Gamma", "http://127.0.0.1:9", "--local-name", "bravo")
+    with pytest.raises(CommandError, match=r"base_url: Refusing to connect to 169\.254\.169\.254 .*cloud metadata"):
+        call_command("federation_peer", "add", "imds", "http://169.254.169.254", "--local-name", "bravo")
+    assert not Peer.objects.exists()
+    # A private address depends on the allowlist (which may be about to change): added, with a warning.
+    settings.HERMES_SSRF_ALLOWLIST = []
+    err = io.StringIO()
+    call_command("federation_peer", "add", "lan", "http://10.0.0.7", "--local-name", "bravo", stdout=out, stderr=err)
+    assert Peer.objects.filter(name="lan").exists()
+    assert "deliveries to this peer will be refused: Refusing to connect to 10.0.0.7" in err.getvalue()
 
 
 @pytest.mark.django_db

@@ -446,26 +446,139 @@ def test_a_federated_agent_stays_private_and_keeps_its_address(org: Any) -> None
             update_agent(agent, **change)
 
 
+@pytest.fixture
+def refused_request(
+    org: Any, other_org: Any, alice: Any, django_capture_on_commit_callbacks: Any
+) -> tuple[RemoteTask, Any]:
+    """acme asks echo.globex, but globex has no rule for acme (default deny): globex answers 403 and the request
+    is dead-lettered at once. Returns acme's RemoteTask and its own task."""
+    from apps.agents.models import Agent
+
+    Agent.objects.create(organization=other_org, name="Echo", slug="echo", url="http://127.0.0.1:9/")
+    actions.set_policy(org=org, remote="globex", effect=Effect.ALLOW)
+    with django_capture_on_commit_callbacks(execute=True):
+        remote = actions.request_remote_task(org=org, agent="echo.globex", message=MESSAGE, actor=alice)
+    assert Outbox.objects.for_org(org).get(message_id=remote.request_id).status == OutboxStatus.DEAD
+    return remote, _own_task(org, remote)
+
+
 @pytest.mark.django_db
-def test_an_undeliverable_request_shows_on_the_task_and_its_deadline_cancels_remotely(
-    org: Any, peer: Any, settings: Any, django_capture_on_commit_callbacks: Any
+def test_a_refused_request_says_why_on_the_task_and_leaves_the_agent_uncontacted(
+    org: Any, alice: Any, client_for: Any, refused_request: tuple[RemoteTask, Any]
+) -> None:
+    remote, task = refused_request
+    why = "permanent failure (HTTP 403: policy_denied: globex does not accept messages from acme.)"
+    # The peer's own code and message, not just "HTTP 403": on the dead letter and on the task's error event.
+    row = Outbox.objects.for_org(org).get(message_id=remote.request_id)
+    assert row.last_error == "HTTP 403: policy_denied: globex does not accept messages from acme."
+    last = task.events.order_by("-seq").first()
+    assert last.kind == "error" and last.data["error"].endswith(why)
+    # Still submitted (a requeue can deliver it), but lists and the task page show the reason.
+    assert (
+        task.state == "submitted"
+        and task.last_error == f"the task request could not be delivered to echo.globex: {why}"
+    )
+    listed = client_for(alice).get("/api/v1/tasks").json()["results"]
+    assert listed[0]["last_error"] == task.last_error
+    remote.refresh_from_db()
+    assert remote.state == "requested" and remote.error == task.last_error  # Federation → Remote tasks shows it too
+    # A refusal is no sign of the agent being down: it is not given an error (its badge says "not contacted yet").
+    assert task.agent.last_error == "" and task.agent.last_error_at is None
+
+
+@pytest.mark.django_db
+def test_canceling_a_task_whose_request_is_dead_settles_the_dead_letter(
+    org: Any, alice: Any, client_for: Any, refused_request: tuple[RemoteTask, Any],
+    django_capture_on_commit_callbacks: Any,
+) -> None:  # fmt: skip
+    remote, task = refused_request
+    api = client_for(alice)
+    with django_capture_on_commit_callbacks(execute=True):
+        canceled = api.post(f"/api/v1/tasks/{task.pk}/cancel")
+    assert canceled.status_code == 202, canceled.content
+    assert _own_task(org, remote).state == "canceled"
+    # globex never got the request: no cancel is sent (it would be refused and dead-lettered in turn), and the
+    # dead request is discarded so no requeue can start a task nobody waits for.
+    assert not Message.objects.for_org(org).filter(type=MessageType.TASK_CANCEL).exists()
+    assert Outbox.objects.for_org(org).get(message_id=remote.request_id).status == OutboxStatus.DISCARDED
+    discarded = FederationAuditEvent.objects.for_org(org).get(event="discarded", message_id=remote.request_id)
+    assert "ended here (canceled) before delivery" in discarded.reason
+    remote.refresh_from_db()
+    assert remote.state == "canceled" and "policy_denied" in remote.error
+    assert api.post(f"/api/v1/federation/dlq/{remote.request_id}/requeue").status_code == 404
+
+
+@pytest.mark.django_db
+def test_requeue_clears_the_delivery_error_and_discard_fails_the_task(
+    org: Any, other_org: Any, alice: Any, client_for: Any, refused_request: tuple[RemoteTask, Any],
+    django_capture_on_commit_callbacks: Any,
+) -> None:  # fmt: skip
+    remote, _ = refused_request
+    api = client_for(alice)
+    with django_capture_on_commit_callbacks(execute=True):
+        requeued = api.post(f"/api/v1/federation/dlq/{remote.request_id}/requeue")
+    assert requeued.status_code == 200, requeued.content
+    # Refused again (globex's policy still denies), so the error is back; in between it was cleared.
+    assert _own_task(org, remote).last_error.endswith("globex does not accept messages from acme.)")
+    actions.requeue([Outbox.objects.for_org(org).get(message_id=remote.request_id)])
+    assert _own_task(org, remote).last_error == ""
+    Outbox.objects.for_org(org).filter(message_id=remote.request_id).update(status=OutboxStatus.DEAD)
+    with django_capture_on_commit_callbacks(execute=True):
+        discarded = api.post(f"/api/v1/federation/dlq/{remote.request_id}/discard")
+    assert discarded.status_code == 200, discarded.content
+    # Given up for good: the task can never run, so it fails now instead of at its deadline.
+    ended = _own_task(org, remote)
+    assert ended.state == "failed" and "discarded from the dead-letter queue" in ended.last_error
+    assert not Message.objects.for_org(org).filter(type=MessageType.TASK_CANCEL).exists()
+
+
+@pytest.mark.django_db
+def test_events_after_the_requesters_task_ended_are_not_appended(
+    org: Any, other_org: Any, undelivered: Any, django_capture_on_commit_callbacks: Any
 ) -> None:
     from apps.tasks import actions as task_actions
-    from apps.tasks.models import TaskState
 
-    settings.HERMES_FEDERATION_MAX_ATTEMPTS = 1  # berlin (127.0.0.1:9) refuses connections: dead at once
-    actions.set_policy(org=org, remote="*@berlin", effect=Effect.ALLOW)
+    remote, task = undelivered
     with django_capture_on_commit_callbacks(execute=True):
-        remote = actions.request_remote_task(org=org, agent="echo.globex@berlin", message=MESSAGE)
+        report(other_org, remote, 1, "state", {"from": None, "to": "submitted"}, "submitted")
+        report(other_org, remote, 2, "state", {"from": "submitted", "to": "working"}, "working")
+        task_actions.cancel_task(task)
+    ended_at = _own_task(org, remote).last_seq
+    # The executor was mid-run when the cancel left: its progress and message still arrive, then its cancel.
+    reports = [
+        (3, "progress", {"text": "step 3/5"}, "working"),
+        (4, "message", {"role": "agent", "parts": [{"kind": "text", "text": "late"}]}, "working"),
+        (5, "state", {"from": "working", "to": "canceled"}, "canceled"),
+    ]
+    for seq, kind, data, state in reports:
+        with django_capture_on_commit_callbacks(execute=True):
+            report(other_org, remote, seq, kind, data, state)
     task = _own_task(org, remote)
-    assert Outbox.objects.for_org(org).get(message_id=remote.request_id).status == OutboxStatus.DEAD
-    last = task.events.order_by("-seq").first()
-    assert last.kind == "error" and last.data["reason"] == "request_dead_lettered"
-    assert "could not be delivered to echo.globex@berlin" in last.data["error"]
-    assert task.state == "submitted"  # a requeue from the DLQ can still deliver it
+    assert task.state == "canceled" and task.last_seq == ended_at  # nothing appended after the end
+    remote.refresh_from_db()
+    assert remote.applied_seq == 5 and remote.events.count() == 5  # the raw mirror keeps every report
 
-    # Its deadline fails it here, and the executor is told to stop (a task_cancel, correlated to the request).
+
+@pytest.mark.django_db
+def test_a_refused_request_requeued_after_the_policy_is_fixed_completes(
+    org: Any, other_org: Any, alice: Any, client_for: Any, refused_request: tuple[RemoteTask, Any],
+    django_capture_on_commit_callbacks: Any, monkeypatch: Any,
+) -> None:  # fmt: skip
+    from apps.tasks import actions as task_actions
+    from apps.tasks.models import Task
+
+    remote, _ = refused_request
+    monkeypatch.setattr("apps.tasks.tasks.dispatch", lambda *args, **kwargs: None)  # the test plays globex's worker
+    actions.set_policy(org=other_org, remote="acme", effect=Effect.ALLOW)  # globex's admin fixes the cause
     with django_capture_on_commit_callbacks(execute=True):
-        task_actions.finish(task, TaskState.FAILED, error="deadline exceeded", reason="deadline")
-    cancel = Message.objects.for_org(org).get(type=MessageType.TASK_CANCEL)
-    assert cancel.correlation_id == remote.request_id and cancel.recipient == "echo.globex@berlin"
+        requeued = client_for(alice).post(f"/api/v1/federation/dlq/{remote.request_id}/requeue")
+    assert requeued.status_code == 200, requeued.content
+    assert Outbox.objects.for_org(org).get(message_id=remote.request_id).status == OutboxStatus.DELIVERED
+    theirs = Task.objects.for_org(other_org).get()
+    for state in ("working", "completed"):
+        with django_capture_on_commit_callbacks(execute=True):
+            task_actions.record(theirs, [task_actions.Observation(kind="state", data={}, state=state)])
+    ours = _own_task(org, remote)
+    assert ours.state == "completed" and ours.last_error == ""  # the delivery error no longer holds
+    remote.refresh_from_db()
+    assert remote.state == "completed" and remote.error == ""

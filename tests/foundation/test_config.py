@@ -84,6 +84,15 @@ def test_malformed_values_are_errors_not_silent_defaults(env: dict[str, str], ex
     assert any(expected in p for p in problems_of(env))
 
 
+def test_a_bad_redis_url_is_reported_once_not_again_as_the_broker_url_derived_from_it() -> None:
+    assert problems_of({"REDIS_URL": "http://127.0.0.1:6379"}) == [
+        "REDIS_URL='http://127.0.0.1:6379' must start with redis://, rediss:// or unix://."
+    ]
+    # A broker URL the operator did set is still checked on its own.
+    problems = problems_of({"REDIS_URL": "http://127.0.0.1:6379", "CELERY_BROKER_URL": "http://127.0.0.1:5672"})
+    assert len(problems) == 2 and problems[1].startswith("CELERY_BROKER_URL='http://127.0.0.1:5672'")
+
+
 def test_feature_flags_parse() -> None:
     cfg = load({"HERMES_FEATURE_TRACING": "off", "HERMES_FEATURE_FEDERATION": "1"})
     assert cfg.features["tracing"] is False and cfg.features["federation"] is True

@@ -1,7 +1,8 @@
 """Agents for the task-execution tests, written with the official a2a-sdk server only.
 
 `third_party` (tests/agents/sdk_agent.py) echoes, fails, asks for input; `slow` streams a progress note every
-STEP seconds for the number of steps in its input (default 40) and honors CancelTask.
+STEP seconds for the number of steps in its input (default 40) and honors CancelTask; `chunks` (card without
+streaming) and `chunks-stream` (with) write one artifact in CHUNKS pieces, CHUNK_GAP seconds apart.
 """
 
 from __future__ import annotations
@@ -51,20 +52,56 @@ class SlowExecutor(AgentExecutor):
             await TaskUpdater(event_queue, task.id, task.context_id).cancel()
 
 
-def _slow_app(base: str) -> Starlette:
+CHUNKS = 5
+CHUNK_GAP = 0.2
+
+
+class ChunkedExecutor(AgentExecutor):
+    """Writes one artifact in CHUNKS `add_artifact` calls to the same artifact_id (the first creates it, the rest
+    append, the last says so), as an agent that produces its result piece by piece does."""
+
+    async def execute(self, context: RequestContext, event_queue: EventQueue) -> None:
+        task = context.current_task or new_task_from_user_message(context.message)  # type: ignore[arg-type]
+        if context.current_task is None:
+            await event_queue.enqueue_event(task)
+        updater = TaskUpdater(event_queue, task.id, task.context_id)
+        await updater.start_work()
+        for number in range(1, CHUNKS + 1):
+            await updater.add_artifact(
+                [new_text_part(f"chunk {number}")],
+                artifact_id="report",
+                name="report",
+                append=number > 1,
+                last_chunk=number == CHUNKS,
+            )
+            await asyncio.sleep(CHUNK_GAP)
+        await updater.complete()
+
+    async def cancel(self, context: RequestContext, event_queue: EventQueue) -> None:
+        raise NotImplementedError
+
+
+def _app(base: str, name: str, executor: AgentExecutor, *, streaming: bool) -> Starlette:
     card = AgentCard(
-        name="Slow",
-        description="Streams progress, honors cancel",
+        name=name,
+        description=f"{name}, a test agent",
         version="1.0.0",
         supported_interfaces=[AgentInterface(url=base, protocol_binding="JSONRPC", protocol_version="1.0")],
-        capabilities=AgentCapabilities(streaming=True),
+        capabilities=AgentCapabilities(streaming=streaming),
         default_input_modes=["text/plain"],
         default_output_modes=["text/plain"],
-        skills=[AgentSkill(id="slow", name="Slow", description="Takes its time", tags=["test"])],
+        skills=[AgentSkill(id=name.lower(), name=name, description=name, tags=["test"])],
     )
-    handler = DefaultRequestHandler(agent_executor=SlowExecutor(), task_store=InMemoryTaskStore(), agent_card=card)
+    handler = DefaultRequestHandler(agent_executor=executor, task_store=InMemoryTaskStore(), agent_card=card)
     return Starlette(routes=[*create_jsonrpc_routes(handler, "/"), *create_agent_card_routes(card)])
 
 
 def build(base: str) -> Any:
-    return Starlette(routes=[Mount("/slow", _slow_app(f"{base}/slow/")), Mount("/", third_party_app(base))])
+    return Starlette(
+        routes=[
+            Mount("/slow", _app(f"{base}/slow/", "Slow", SlowExecutor(), streaming=True)),
+            Mount("/chunks-stream", _app(f"{base}/chunks-stream/", "Chunks", ChunkedExecutor(), streaming=True)),
+            Mount("/chunks", _app(f"{base}/chunks/", "Chunks", ChunkedExecutor(), streaming=False)),
+            Mount("/", third_party_app(base)),
+        ]
+    )

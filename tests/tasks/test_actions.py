@@ -80,6 +80,66 @@ def test_record_applies_agent_states_and_ignores_illegal_ones(org: Any, agent: A
 
 
 @pytest.mark.django_db
+def test_a_state_event_holds_only_the_states_data(org: Any, agent: Any) -> None:
+    # A progress line that also moves the task to working used to spread its role and parts into the state event.
+    task = actions.create_task(org=org, agent=agent, message=MESSAGE)
+    said = {"role": "agent", "parts": [{"kind": "text", "text": "on it"}]}
+    task = actions.record(task, [Observation(kind="progress", data=said, state="working")])
+    events = list(task.events.order_by("seq").values_list("kind", "data"))[2:]
+    assert events == [("progress", said), ("state", {"from": "submitted", "to": "working"})]
+
+
+def _retried(org: Any, agent: Any) -> Task:
+    task = actions.create_task(org=org, agent=agent, message=MESSAGE)
+    task = actions.record(task, [Observation(kind="state", data={}, state="working")])
+    error = "AgentTransportError: The agent answered HTTP 503."
+    task = actions.note_retry(task, reason="transport_error", error=error, attempt=1, delay=0)
+    assert task.last_error == error  # while it is retried, the error says why
+    return task
+
+
+SAID = {"role": "agent", "parts": [{"kind": "text", "text": "cannot do that"}]}
+
+
+@pytest.mark.django_db
+@pytest.mark.parametrize(
+    ("state", "data", "last_error"),
+    [
+        ("completed", {}, ""),
+        ("input-required", {"message": SAID}, ""),
+        ("canceled", {}, ""),
+        ("failed", {"message": SAID}, "cannot do that"),  # the agent's words are why it failed
+        ("failed", {"error": "agent unreachable after 5 attempts"}, "agent unreachable after 5 attempts"),
+        ("rejected", {"reason": "not for me"}, "not for me"),
+    ],
+)
+def test_last_error_is_the_problem_of_the_state_the_task_moved_to(
+    org: Any, agent: Any, state: str, data: dict[str, Any], last_error: str
+) -> None:
+    task = _retried(org, agent)
+    if state == "canceled":
+        Task.objects.for_org(org).filter(pk=task.pk).update(claimed_by="")
+        task = actions.cancel_task(task)
+    elif "error" in data:
+        task = actions.finish(task, state, **data)
+    else:
+        task = actions.record(task, [Observation(kind="state", data=data, state=state)])
+    assert task.state == state
+    assert Task.objects.for_org(org).get(pk=task.pk).last_error == last_error
+    assert task.events.filter(kind="retry").count() == 1  # the history stays on the timeline
+
+
+@pytest.mark.django_db
+def test_task_metadata_nests_no_deeper_than_a_message(org: Any, agent: Any) -> None:
+    with pytest.raises(actions.InvalidMessage, match="the task's metadata nests 30 levels deep") as refused:
+        actions.create_task(org=org, agent=agent, message=MESSAGE, metadata=nested(30))
+    assert refused.value.field == "metadata"
+    assert Task.objects.unscoped("test").count() == 0
+    deepest = nested(actions.MAX_JSON_DEPTH)
+    assert actions.create_task(org=org, agent=agent, message=MESSAGE, metadata=deepest).metadata == deepest
+
+
+@pytest.mark.django_db
 def test_cancel_unclaimed_and_finished(org: Any, agent: Any) -> None:
     task = actions.create_task(org=org, agent=agent, message=MESSAGE)
     task = actions.cancel_task(task)

@@ -105,6 +105,34 @@ def test_data_nested_deeper_than_a2a_carries_is_400_and_writes_nothing(client_fo
     assert Task.objects.unscoped("test").count() == 1 and reload_task(task).state == "input-required"
 
 
+def test_text_that_is_not_a_string_is_400_not_coerced(client_for: Any, alice: Any, agent: Any) -> None:
+    # DRF's CharField turned 5 into "5": the agent was sent text the caller never wrote.
+    client = client_for(alice)
+    not_a_string = {"input": {"parts": {"0": {"text": ["Not a valid string."]}}}}
+    for value in (5, 1.5, True, ["a"], {"a": 1}):
+        response = post(client, "/api/v1/tasks", {"agent": str(agent.pk), "input": {"parts": [{"text": value}]}})
+        assert response.status_code == 400, value
+        assert response.json()["error"]["details"] == not_a_string, value
+    assert Task.objects.unscoped("test").count() == 0
+    task = actions.create_task(org=agent.organization, agent=agent, message={"role": "user", **TEXT})
+    actions.record(task, [Observation(kind="state", data={}, state="input-required")])
+    follow_up = post(client, f"/api/v1/tasks/{task.pk}/messages", {"input": {"parts": [{"text": 5}]}})
+    assert follow_up.status_code == 400 and follow_up.json()["error"]["details"] == not_a_string
+    assert reload_task(task).state == "input-required"
+
+
+def test_task_metadata_nested_deeper_than_a2a_carries_is_400_naming_it(client_for: Any, alice: Any, agent: Any) -> None:
+    client = client_for(alice)
+    response = post(client, "/api/v1/tasks", {"agent": str(agent.pk), "input": TEXT, "metadata": nested(30)})
+    assert response.status_code == 400, response.content
+    error = response.json()["error"]
+    assert error["code"] == "invalid"
+    assert error["details"] == {"metadata": ["the task's metadata nests 30 levels deep; agents accept at most 24."]}
+    assert Task.objects.unscoped("test").count() == 0
+    deepest = {"agent": str(agent.pk), "input": TEXT, "metadata": nested(24)}
+    assert post(client, "/api/v1/tasks", deepest).status_code == 202
+
+
 def test_an_unknown_field_is_named_not_dropped(client_for: Any, alice: Any, agent: Any) -> None:
     # A typo'd field used to be ignored: the task was sent with the default deadline and a 202.
     body = {"agent": str(agent.pk), "input": {"role": "user", "parts": [{"text": "hi"}]}, "deadline_second": 60}
@@ -163,10 +191,16 @@ def test_list_filters_and_pins_queries(
     assert len(client.get("/api/v1/tasks").json()["results"]) == 7
     assert len(client.get(f"/api/v1/tasks?agent={echo.pk}").json()["results"]) == 4
     assert [t["id"] for t in client.get("/api/v1/tasks?status=completed").json()["results"]] == [str(done.pk)]
+    # Repeated, it means any of them (only the last one counted).
+    either = client.get("/api/v1/tasks?status=completed&status=submitted").json()["results"]
+    assert str(done.pk) in {t["id"] for t in either} and len(either) == 7
     bad = client.get("/api/v1/tasks?status=done&agent=echo")
     assert bad.status_code == 400
     assert bad.json()["error"]["details"] == {
-        "status": ["One of: submitted, working, input-required, auth-required, completed, failed, canceled, rejected."],
+        "status": [
+            "Unknown status done: one of submitted, working, input-required, auth-required, completed, failed, "
+            "canceled, rejected."
+        ],
         "agent": ["'echo' is not an agent id (a UUID); GET /api/v1/agents lists your agents."],
     }
 

@@ -270,7 +270,7 @@ def test_presence_joins_and_leaves(alice: Any, bob: Any, task: Any) -> None:
         frames = await receive_until(first, presence)
         assert [w["name"] for w in frames[-1]["watchers"]] == [alice.name]
         assert [w["user_id"] for w in frames[-1]["joined"]] == [alice.pk] and frames[-1]["left"] == []
-        assert frames[-1]["agent_online"] is False
+        assert frames[-1]["agent_online"] is None  # not contacted yet (the badge's words), not "offline"
         second = communicator(f"/ws/tasks/{task.pk}/", bob)
         await second.connect()
         joined = (await receive_until(first, presence))[-1]

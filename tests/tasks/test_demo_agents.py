@@ -45,7 +45,9 @@ def test_echo_demo_agent_registered_by_url_streams_to_a_websocket(
     assert "hello demo" in json.dumps(artifact["parts"])
 
 
-def test_flaky_demo_agent_transport_errors_are_retried(hermes: str, task_worker: Any, org: Any) -> None:
+def test_flaky_demo_agent_transport_errors_are_retried(
+    hermes: str, task_worker: Any, org: Any, alice: Any, client_for: Any
+) -> None:
     agent = register_agent_by_url(org=org, url=f"{hermes}/demo-agents/flaky/")
     message = {"parts": [{"text": "try me"}], "metadata": {"flakyFailures": 2}}
     task = actions.create_task(org=org, agent=agent, message=message)
@@ -53,6 +55,8 @@ def test_flaky_demo_agent_transport_errors_are_retried(hermes: str, task_worker:
     assert task.state == "completed" and task.attempts == 3
     retries = [data for kind, data in timeline(task) if kind == "retry"]
     assert [r["attempt"] for r in retries] == [1, 2] and all("503" in r["error"] for r in retries)
+    # The errors it recovered from are history (the retry events), not the completed task's error.
+    assert client_for(alice).get(f"/api/v1/tasks/{task.pk}").json()["last_error"] == ""
 
 
 def test_cancel_the_slow_demo_agent_mid_stream(hermes: str, task_worker: Any, org: Any) -> None:

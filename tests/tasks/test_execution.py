@@ -13,7 +13,7 @@ from apps.orgs import actions as org_actions
 from apps.tasks import actions
 from apps.tasks.models import Task, TaskState
 from tests.factories import access_for
-from tests.tasks.agents import SlowExecutor
+from tests.tasks.agents import CHUNKS, SlowExecutor
 from tests.tasks.conftest import nested, reload_task, timeline, wait_for
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -72,6 +72,41 @@ def test_non_streaming_agent_is_polled_to_completion(task_worker: Any, agents_ba
     assert task.state == "completed"
     artifacts = [data for kind, data in timeline(task) if kind == "artifact"]
     assert artifacts[0]["parts"] == [{"kind": "text", "text": "echo: plain"}]
+
+
+@pytest.mark.parametrize("path", ["chunks", "chunks-stream"])
+def test_artifact_chunks_are_all_recorded_polled_or_streamed(
+    task_worker: Any, agents_base: str, org: Any, path: str
+) -> None:
+    # The agent appends CHUNKS pieces to one artifact while the task works. Polled, only the first piece used to
+    # be recorded (later snapshots of the same artifact id were skipped as already seen) and the task completed.
+    agent = register_agent_by_url(org=org, url=f"{agents_base}/{path}/")
+    assert agent.streaming == (path == "chunks-stream")
+    task = finished(actions.create_task(org=org, agent=agent, message=text("write")))
+    assert task.state == "completed"
+    chunks = [data for kind, data in timeline(task) if kind == "artifact"]
+    # The same shape both ways: the first chunk creates the artifact, later ones append to it.
+    assert all(set(c) == {"artifact_id", "name", "parts", "append", "last_chunk"} for c in chunks)
+    assert {c["artifact_id"] for c in chunks} == {"report"}
+    assert [c["append"] for c in chunks] == [False] + [True] * (len(chunks) - 1)
+    assert len(chunks) > 1  # the growth is reported as it happens, not once at the end
+    parts = [part for c in chunks for part in c["parts"]]
+    assert parts == [{"kind": "text", "text": f"chunk {n}"} for n in range(1, CHUNKS + 1)]
+
+
+def test_a_plain_message_answer_is_the_completed_states_message(task_worker: Any, agents_base: str, org: Any) -> None:
+    agent = register_agent_by_url(org=org, url=f"{agents_base}/plain/")
+    task = finished(actions.create_task(org=org, agent=agent, message=text("message")))
+    assert task.state == "completed"
+    # Documented shape of a state event: the agent's words under `message`, as for a status message (its role and
+    # parts used to be spread into the state's own data).
+    assert timeline(task)[2:] == [("state", "working"), ("state", "completed")]
+    last = task.events.order_by("-seq").first()
+    assert last.data == {
+        "from": "working",
+        "to": "completed",
+        "message": {"role": "agent", "parts": [{"kind": "text", "text": "just a message"}]},
+    }
 
 
 def test_agent_failure_is_recorded_not_retried(task_worker: Any, agents_base: str, org: Any) -> None:

@@ -64,3 +64,28 @@ def test_other_org_websocket_is_closed_with_4404(hermes: str, org: Any, alice: A
     with connect(url, additional_headers=headers) as ws, pytest.raises(ConnectionClosed) as closed:
         ws.recv(timeout=5)
     assert closed.value.rcvd is not None and closed.value.rcvd.code == 4404
+
+
+def test_revoking_a_key_closes_its_websocket_through_uvicorn(hermes: str, org: Any, alice: Any, settings: Any) -> None:
+    """The close code and its reason reach a real client: revocation is announced over Redis to the server's
+    socket (the re-check is set far beyond the wait, so only the announcement can close it)."""
+    from websockets.exceptions import ConnectionClosed
+
+    from apps.orgs.actions import revoke_api_key
+    from apps.tasks import actions
+    from tests.factories import access_for, issue_api_key
+    from tests.tasks.conftest import make_agent
+
+    settings.HERMES_WS_RESYNC_SECONDS = 60
+    task = actions.create_task(org=org, agent=make_agent(org), message={"parts": [{"text": "x"}]})
+    key, plaintext = issue_api_key(alice, org, ["tasks:read"])
+    url = hermes.replace("http://", "ws://") + f"/ws/tasks/{task.pk}/?api_key={plaintext}"
+    with connect(url) as ws:
+        while json.loads(ws.recv(timeout=5))["type"] != "synced":
+            pass
+        revoke_api_key(access=access_for(alice, org), key=key)
+        with pytest.raises(ConnectionClosed) as closed:
+            while True:
+                ws.recv(timeout=3)
+    assert closed.value.rcvd is not None
+    assert (closed.value.rcvd.code, closed.value.rcvd.reason) == (4401, "key_revoked")

@@ -32,17 +32,28 @@ class WebsocketCommunicator(ApplicationCommunicator):  # type: ignore[misc]
         await self.send_input({"type": "websocket.connect"})
         response = await self.receive_output(timeout)
         if response["type"] == "websocket.close":
+            self.close_reason = response.get("reason", "")
             return False, response.get("code", 1000)
-        # Hermes accepts and then closes with a reason code (4401/4403/4404) when it refuses a socket.
+        # Hermes accepts and then closes with a code (4401/4403/4404) and a reason when it refuses a socket.
         if await self.receive_nothing(timeout=0.05):
             return True, None
         closing = await self.receive_output(timeout)
         if closing["type"] == "websocket.close":
+            self.close_reason = closing.get("reason", "")
             return False, closing.get("code", 1000)
         self.pending = closing
         return True, None
 
+    async def closed(self, timeout: float = 5) -> tuple[int, str]:
+        """Skip what the socket sends until the server closes it: (code, reason)."""
+        message, self.pending = self.pending or await self.receive_output(timeout), None
+        while message["type"] != "websocket.close":
+            assert message["type"] == "websocket.send", message
+            message = await self.receive_output(timeout)
+        return message.get("code", 1000), message.get("reason", "")
+
     pending: dict[str, Any] | None = None
+    close_reason: str | None = None  # of a socket refused by `connect`
 
     async def receive_json_from(self, timeout: float = 5) -> Any:
         response, self.pending = self.pending or await self.receive_output(timeout), None

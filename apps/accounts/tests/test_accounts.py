@@ -61,7 +61,9 @@ def test_console_sign_in_shares_the_per_address_limit(alice: Any, client: Any, m
     for guess in ("one", "two"):
         wrong = client.post("/accounts/login/", {"username": "alice@acme.test", "password": guess})
         assert wrong.status_code == 200 and "_auth_user_id" not in client.session
-    api_call = client.post("/api/v1/auth/password/reset", {"email": "a@example.test"})  # the same budget
+    api_call = client.post(  # the same budget
+        "/api/v1/auth/password/reset", {"email": "a@example.test"}, content_type="application/json"
+    )
     assert api_call.status_code == 202
     right = {"username": "alice@acme.test", "password": "correct-horse-battery"}  # tests.factories.UserFactory
     refused = client.post("/accounts/login/", right, follow=True)

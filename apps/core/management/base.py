@@ -20,6 +20,6 @@ class HermesCommand(BaseCommand):
             if not checks.is_database_outage(error):
                 raise  # anything else, an error the database answered with included: the traceback informs
             raise CommandError(
-                f"The database is unreachable ({str(error).splitlines()[0]}); nothing was changed. Check "
+                f"The database is unreachable ({checks.error_line(error)}); nothing was changed. Check "
                 "DATABASE_URL and that the server runs (`python manage.py doctor`)."
             ) from error

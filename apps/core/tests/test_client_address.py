@@ -34,7 +34,8 @@ def test_per_address_limits_see_the_clients_behind_a_trusted_proxy(client: Any, 
     monkeypatch.setattr(quotas, "ANONYMOUS_REQUESTS_PER_MINUTE", 1)
     monkeypatch.setattr(quotas, "clock", lambda: 1_800_000_030.0)
     reset = "/api/v1/auth/password/reset"
+    body = {"email": "a@example.test"}
     with override_settings(HERMES_TRUSTED_PROXIES=["127.0.0.1"]):
         for visitor in ("203.0.113.1", "203.0.113.2"):  # one proxy, two people: one budget each
-            assert client.post(reset, {"email": "a@example.test"}, HTTP_X_FORWARDED_FOR=visitor).status_code == 202
-        assert client.post(reset, {"email": "a@example.test"}, HTTP_X_FORWARDED_FOR="203.0.113.1").status_code == 429
+            assert client.post(reset, body, "application/json", HTTP_X_FORWARDED_FOR=visitor).status_code == 202
+        assert client.post(reset, body, "application/json", HTTP_X_FORWARDED_FOR="203.0.113.1").status_code == 429

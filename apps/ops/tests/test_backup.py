@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import io
 import json
+import os
 import re
 import sqlite3
 import uuid
@@ -96,7 +97,7 @@ def test_restore_refuses_damaged_files_production_and_missing_manifests(tmp_path
     with pytest.raises(CommandError, match="does not match its manifest"):
         call_command("restore", str(dump), stdout=io.StringIO())
     (tmp_path / "hermes-x.manifest.json").write_text(json.dumps({"format": "other"}))
-    with pytest.raises(CommandError, match="is not a hermes-backup/1 manifest"):
+    with pytest.raises(CommandError, match="is not a hermes-backup/1 or hermes-backup/2 manifest"):
         call_command("restore", str(dump), stdout=io.StringIO())
     with override_settings(HERMES_ENV="production"), pytest.raises(CommandError, match="force-production"):
         call_command("restore", str(dump), stdout=io.StringIO())
@@ -198,9 +199,181 @@ def test_mistakes_that_would_lose_or_fake_a_backup_are_refused(tmp_path: Path) -
         restore(fake, Database(vendor="sqlite", name=str(target)), {**manifest, "dump": {"sha256": sha256_file(fake)}})
     assert not target.exists()
     # Manifests that are no manifests.
-    for text, reason in (("{not json", "cannot be read as JSON"), ("[]", "is not a hermes-backup/1 manifest")):
+    for text, reason in (
+        ("{not json", "cannot be read as JSON"),
+        ("[]", "is not a hermes-backup/1 or hermes-backup/2 manifest"),
+    ):
         (tmp_path / "m.json").write_text(text)
         with pytest.raises(CommandError, match=re.escape(reason)):
             call_command("restore", str(result.dump), "--manifest", str(tmp_path / "m.json"), stdout=io.StringIO())
     with pytest.raises(CommandError, match=r"No manifest at .*missing\.json: check the path"):
         call_command("restore", str(result.dump), "--manifest", str(tmp_path / "missing.json"), stdout=io.StringIO())
+
+
+def _federation_rows(org: Any) -> None:
+    """A link with a key, an undelivered message with its attempt log: what an instance cannot lose silently."""
+    from django.utils import timezone
+
+    from apps.federation.models import DeliveryAttempt, LinkKey, Message, Outbox, Peer
+
+    peer = Peer.objects.create(name="bravo", base_url="http://127.0.0.1:9", local_name="alpha")
+    LinkKey.objects.create(peer=peer, version=1, state="current", secret_encrypted="gAAAA-test", fingerprint="bcd0")
+    message = Message.objects.create(organization=org, recipient="demo@bravo", peer=peer, payload={"v": 1})
+    outbox = Outbox.objects.create(organization=org, message=message, status="failed", queued_at=timezone.now())
+    DeliveryAttempt.objects.create(organization=org, outbox=outbox, number=1, duration_ms=2.0, outcome="retry")
+
+
+def _mismatched(out: str) -> set[str]:
+    return {line.split()[0] for line in out.splitlines() if " MISMATCH " in line}
+
+
+@pytest.mark.django_db(transaction=True)
+def test_verify_only_catches_lost_federation_rows_and_changed_states(
+    tmp_path: Path, scratch_database: str, org: Any
+) -> None:
+    from django.db import connection
+
+    _federation_rows(org)
+    call_command("backup", output_dir=str(tmp_path), stdout=io.StringIO())
+    dump = _latest(tmp_path, ".dump")
+    manifest = json.loads(_latest(tmp_path, ".manifest.json").read_text())
+    tables = manifest["tables"]
+    assert manifest["format"] == "hermes-backup/2"
+    # Every table is checked at least by its row count; link keys in full; the outbox by key and state.
+    assert set(tables) == set(connection.introspection.table_names())
+    assert tables["federation_linkkey"]["check"] == "full" and tables["federation_linkkey"]["rows"] == 1
+    assert tables["federation_outbox"]["check"] == "state" and tables["federation_outbox"]["rows"] == 1
+    assert tables["federation_outbox"]["columns"] == ["id", "message_id", "status", "attempts"]
+    assert tables["federation_deliveryattempt"] == {"check": "rows", "rows": 1}
+    assert tables["tasks_task"]["check"] == "state" and tables["federation_inboxentry"]["check"] == "state"
+
+    out = io.StringIO()
+    call_command("restore", str(dump), target_url=scratch_database, stdout=out)
+    assert "verified:" in out.getvalue() and f"schema and all {len(tables)} tables" in out.getvalue()
+    assert not _mismatched(out.getvalue())
+
+    # Same row count, another state: only the state digest can tell.
+    target = Database.from_url(scratch_database)
+    with target.connect() as conn:
+        conn.execute("UPDATE federation_outbox SET status = 'delivered'")
+    out = io.StringIO()
+    with pytest.raises(CommandError, match="does NOT match"):
+        call_command("restore", str(dump), target_url=scratch_database, verify_only=True, stdout=out)
+    assert _mismatched(out.getvalue()) == {"federation_outbox"}
+
+    # QA's reproduction (F6): these deletions were reported as "matches the backup".
+    with target.connect() as conn:
+        conn.execute("DELETE FROM federation_deliveryattempt; DELETE FROM federation_outbox")
+        conn.execute("DELETE FROM federation_linkkey")
+    out = io.StringIO()
+    with pytest.raises(CommandError, match="does NOT match"):
+        call_command("restore", str(dump), target_url=scratch_database, verify_only=True, stdout=out)
+    assert _mismatched(out.getvalue()) == {"federation_deliveryattempt", "federation_outbox", "federation_linkkey"}
+    assert "federation_deliveryattempt   MISMATCH rows 0 (expected 1; row count)" in out.getvalue()
+    # pg_dump wrote into a file created private: it kept the mode.
+    assert dump.stat().st_mode & 0o777 == 0o600
+
+
+def _sqlite_with_state_tables(path: Path) -> Database:
+    source = _sqlite_source(path)
+    with sqlite3.connect(path) as conn:
+        conn.execute(
+            "CREATE TABLE federation_outbox (id INTEGER PRIMARY KEY, message_id TEXT, status TEXT, attempts INTEGER,"
+            " last_error TEXT)"
+        )
+        conn.executemany(
+            "INSERT INTO federation_outbox (message_id, status, attempts, last_error) VALUES (?, ?, ?, ?)",
+            [(str(uuid.uuid4()), "pending", 0, None) for _ in range(300)],
+        )
+        conn.execute("CREATE TABLE scratch_log (line TEXT)")  # no model, no primary key: counted
+        conn.executemany("INSERT INTO scratch_log VALUES (?)", [("x",), ("y",)])
+    return source
+
+
+def test_sqlite_state_digests_and_row_counts_are_verified(tmp_path: Path) -> None:
+    source = _sqlite_with_state_tables(tmp_path / "hermes.sqlite3")
+    result = backup(source, tmp_path / "backups", label="hermes-test")
+    tables = result.manifest["tables"]
+    assert tables["federation_outbox"]["check"] == "state" and tables["federation_outbox"]["rows"] == 300
+    assert tables["scratch_log"] == {"check": "rows", "rows": 2}
+    manifest = load_manifest(result.dump)
+    target = Database(vendor="sqlite", name=str(tmp_path / "restored.sqlite3"))
+    assert restore(result.dump, target, manifest).ok
+
+    with sqlite3.connect(target.name) as conn:  # a column that is no state: not digested
+        conn.execute("UPDATE federation_outbox SET last_error = 'x' WHERE id = 1")
+    assert verify(target, manifest).ok
+    for change, table in (
+        ("UPDATE federation_outbox SET status = 'dead' WHERE id = 2", "federation_outbox"),
+        ("DELETE FROM scratch_log WHERE line = 'y'", "scratch_log"),
+    ):
+        with sqlite3.connect(target.name) as conn:
+            conn.execute(change)
+        drifted = verify(target, manifest)
+        assert not drifted.ok and not drifted.tables[table]["equal"]
+
+
+def test_a_version_1_manifest_still_verifies(tmp_path: Path) -> None:
+    source = _sqlite_with_state_tables(tmp_path / "hermes.sqlite3")
+    result = backup(source, tmp_path / "backups", label="hermes-test")
+    # What hermes-backup/1 wrote: full digests of the critical tables only, no check descriptions.
+    tables = result.manifest["tables"]
+    v1 = {
+        **{k: v for k, v in result.manifest.items() if k != "session_timezone"},
+        "format": "hermes-backup/1",
+        "tables": {
+            t: {"rows": tables[t]["rows"], "digest": tables[t]["digest"]}
+            for t in ("accounts_user", "django_migrations")
+        },
+    }
+    result.manifest_path.write_text(json.dumps(v1))
+    target = tmp_path / "restored.sqlite3"
+    out = io.StringIO()
+    call_command("restore", str(result.dump), "--target-url", f"sqlite:///{target}", stdout=out)
+    assert "accounts_user                ok       rows 250 (expected 250; every row)" in out.getvalue()
+    assert "schema and the 2 tables a hermes-backup/1 manifest records" in out.getvalue()
+
+
+def test_backups_are_private_files_in_a_private_directory(tmp_path: Path) -> None:
+    source = _sqlite_source(tmp_path / "hermes.sqlite3")
+    previous = os.umask(0o022)  # the usual umask, under which the files came out -rw-r--r--
+    try:
+        result = backup(source, tmp_path / "new" / "backups", label="hermes-test")
+        assert (tmp_path / "new" / "backups").stat().st_mode & 0o777 == 0o700
+        assert result.dump.stat().st_mode & 0o777 == 0o600
+        assert result.manifest_path.stat().st_mode & 0o777 == 0o600
+        assert result.warnings == []
+        # A directory the operator made is not changed, but a world-accessible one is pointed out.
+        shared = tmp_path / "shared"
+        shared.mkdir(mode=0o755)
+        result = backup(source, shared, label="hermes-test")
+        assert shared.stat().st_mode & 0o777 == 0o755 and result.dump.stat().st_mode & 0o777 == 0o600
+        (warning,) = result.warnings
+        assert "accessible to other users (mode 755)" in warning and "chmod 700" in warning
+    finally:
+        os.umask(previous)
+
+
+@pytest.mark.django_db
+def test_wrong_paths_are_named_for_what_they_are(tmp_path: Path) -> None:
+    source = _sqlite_source(tmp_path / "hermes.sqlite3")
+    result = backup(source, tmp_path / "backups", label="hermes-test")
+    with pytest.raises(CommandError, match=re.escape(f"{tmp_path} is a directory: pass the .dump (or .sqlite3) file")):
+        call_command("restore", str(tmp_path), stdout=io.StringIO())
+    with pytest.raises(
+        CommandError, match=re.escape(f"{result.manifest_path} is a manifest: pass the backup it describes")
+    ):
+        call_command("restore", str(result.manifest_path), stdout=io.StringIO())
+    with pytest.raises(CommandError, match=re.escape(f"The output directory {result.dump} is a file")):
+        call_command("backup", "--output-dir", str(result.dump), stdout=io.StringIO())
+
+
+def test_a_dead_database_is_one_line(tmp_path: Path) -> None:
+    result = backup(_sqlite_source(tmp_path / "hermes.sqlite3"), tmp_path / "backups", label="hermes-test")
+    manifest = load_manifest(result.dump)
+    with pytest.raises(BackupError) as refused:
+        verify(Database.from_url("postgres://postgres@127.0.0.1:1/hermes_restore"), manifest)
+    assert "\n" not in str(refused.value) and "Connection refused" in str(refused.value)
+    with pytest.raises(BackupError) as failed:
+        backup(Database.from_url("postgres://postgres@127.0.0.1:1/hermes"), tmp_path / "pg")
+    assert "\n" not in str(failed.value) and not list((tmp_path / "pg").iterdir())

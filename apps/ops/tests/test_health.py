@@ -232,6 +232,24 @@ def test_health_command_prints_the_breakdown_and_fails_when_not_ready(tmp_path: 
     assert json.loads(out.getvalue())["ready"] is True
 
 
+def test_health_and_doctor_give_the_same_verdict_for_a_dead_redis() -> None:
+    """health said "not ready: redis, broker", doctor "not healthy: redis, broker, channel_layer": both now name
+    the readiness checks first and label the rest (health adds its own contributors, e.g. workers)."""
+    beat_heartbeat()
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        dead = f"redis://127.0.0.1:{sock.getsockname()[1]}/0"
+    verdicts = {}
+    with _redis_settings(dead):
+        for command in ("health", "doctor"):
+            with pytest.raises(CommandError) as refused:
+                call_command(command, stdout=io.StringIO())
+            verdicts[command] = str(refused.value)
+    expected = "not ready: redis, broker; also down (not readiness checks): channel_layer"
+    assert verdicts["doctor"] == expected
+    assert verdicts["health"].startswith(expected)
+
+
 def test_operator_network_policy_tolerates_bad_entries() -> None:
     from apps.ops.access import address_allowed
 

@@ -115,6 +115,18 @@ def test_other_bearer_tokens_are_left_alone(api: Any) -> None:
     assert api.get("/api/v1/me").data["error"]["code"] == "key_malformed"
 
 
+def test_a_key_naming_another_org_in_x_hermes_org_is_refused(org: Any, other_org: Any, alice: Any, api: Any) -> None:
+    _, plaintext = issue_api_key(alice, org, scopes=["org:read"])
+    mixed = key_client(plaintext).get("/api/v1/me", HTTP_X_HERMES_ORG="globex")
+    assert mixed.status_code == 400 and mixed.data["error"]["code"] == "org_mismatch"
+    assert "belongs to 'acme', but X-Hermes-Org names 'globex'" in mixed.data["error"]["message"]
+    assert key_client(plaintext).get("/api/v1/me", HTTP_X_HERMES_ORG="acme").status_code == 200
+    # A session naming an org that is not theirs reads the name back as it was written (it came back as mojibake).
+    api.force_login(alice)
+    refused = api.get("/api/v1/tasks", HTTP_X_HERMES_ORG="dëmo".encode().decode("latin-1"))
+    assert "'dëmo'" in refused.data["error"]["message"]
+
+
 def test_a_key_cannot_exceed_its_creator(org: Any, dave: Any, client_for: Any) -> None:
     client = client_for(dave)
     response = client.post("/api/v1/keys", {"name": "x", "scopes": ["tasks:read", "org:admin"]}, format="json")
@@ -176,7 +188,8 @@ def test_rotation_keeps_the_old_key_for_the_grace_period(org: Any, alice: Any, c
     expired = key_client(old).get("/api/v1/me")
     assert expired.status_code == 401
     assert expired.data["error"]["code"] == "key_expired"
-    assert "successor" in expired.data["error"]["message"]
+    successor_display = APIKey.objects.for_org(org).get(pk=response.data["id"]).display
+    assert f"It was rotated to {successor_display} and its grace period is over" in expired.data["error"]["message"]
     assert key_client(new).get("/api/v1/me").status_code == 200
     # A rotated key cannot be rotated twice (its successor can).
     again = client_for(alice).post(f"/api/v1/keys/{key.pk}/rotate", {}, format="json")

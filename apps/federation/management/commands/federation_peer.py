@@ -35,7 +35,11 @@ class Command(HermesCommand):
             if operation == "add":
                 if not options.get("base_url") or not options.get("local_name"):
                     raise CommandError("add needs <name> <base_url> --local-name <name>")
-                actions.create_peer(name=str(name), base_url=options["base_url"], local_name=options["local_name"])
+                added = actions.create_peer(
+                    name=str(name), base_url=options["base_url"], local_name=options["local_name"]
+                )
+                if blocked := actions.delivery_blocked_reason(added):
+                    self.stderr.write(f"warning: deliveries to this peer will be refused: {blocked}")
             elif operation in ("enable", "disable"):
                 peer = Peer.objects.filter(name=name).first()
                 if peer is None:
@@ -47,5 +51,11 @@ class Command(HermesCommand):
         except ValidationError as exc:
             problems = "; ".join(f"{field}: {' '.join(errors)}" for field, errors in exc.message_dict.items())
             raise CommandError(f"Peer not added: {problems}") from exc
-        for peer in Peer.objects.order_by("name"):
+        peers = list(Peer.objects.order_by("name"))
+        if not peers:
+            self.stdout.write(
+                "No peers configured. Add one: manage.py federation_peer add <name> <base_url> "
+                "--local-name <our name there>"
+            )
+        for peer in peers:
             self.stdout.write(f"{peer.name:<20} {peer.status:<9} {peer.base_url} (we are '{peer.local_name}' there)")

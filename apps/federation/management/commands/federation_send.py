@@ -27,7 +27,8 @@ class Command(HermesCommand):
     def add_arguments(self, parser: CommandParser) -> None:
         parser.add_argument("org", help="sending org slug")
         parser.add_argument("recipient", help="address: org, agent.org, org@peer or agent.org@peer")
-        parser.add_argument("--type", default=MessageType.MESSAGE, choices=MessageType.values)
+        # Not limited by argparse `choices`: a protocol type gets the action's refusal, which says where to go.
+        parser.add_argument("--type", default=MessageType.MESSAGE, help="only 'message' (tasks: remote tasks)")
         parser.add_argument("--payload", default="{}", help="a JSON object; {n} is replaced by the sequence number")
         parser.add_argument("--count", type=int, default=1)
         parser.add_argument("--interval", type=float, default=0.0, help="seconds between messages")
@@ -41,6 +42,10 @@ class Command(HermesCommand):
             raise CommandError("--count must be at least 1.")
         if options["rate"] < 0 or options["interval"] < 0:
             raise CommandError("--rate and --interval cannot be negative.")
+        try:
+            actions.check_user_message_type(options["type"])
+        except HermesAPIError as exc:
+            raise CommandError(str(exc.detail)) from exc
         org = Organization.objects.filter(slug=options["org"]).first()
         if org is None:
             raise CommandError(f"No organization '{options['org']}'.")

@@ -28,4 +28,7 @@ class Command(HermesCommand):
         self.stdout.write(f"manifest  {result.manifest_path}")
         self.stdout.write(f"schema    {manifest['schema_fingerprint'][:16]}… ({len(manifest['schema'])} lines)")
         for table, summary in manifest["tables"].items():
-            self.stdout.write(f"  {table:<28} {summary['rows']:>8} rows  {summary['digest'][:16]}…")
+            digest = f"  {summary['digest'][:16]}…" if "digest" in summary else ""
+            self.stdout.write(f"  {table:<28} {summary['rows']:>8} rows{digest}")
+        for warning in result.warnings:
+            self.stderr.write(f"warning: {warning}")

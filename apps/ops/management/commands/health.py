@@ -25,4 +25,4 @@ class Command(HermesCommand):
                 if not probe.ok and probe.fix:
                     self.stdout.write(f"  {'':<16}      fix: {probe.fix}")
         if not report.ready:
-            raise CommandError(f"not ready: {', '.join(report.failing)}")
+            raise CommandError(report.verdict())

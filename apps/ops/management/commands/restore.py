@@ -5,7 +5,7 @@ from django.core.management.base import CommandError, CommandParser
 
 from apps.core.guards import refuse_in_production
 from apps.core.management.base import HermesCommand
-from apps.ops.backup import BackupError, Database, iter_report, load_manifest, restore, verify
+from apps.ops.backup import MANIFEST_FORMAT, BackupError, Database, iter_report, load_manifest, restore, verify
 
 
 class Command(HermesCommand):
@@ -27,8 +27,6 @@ class Command(HermesCommand):
     def handle(self, *args: Any, **options: Any) -> None:
         refuse_in_production("restore", forced=options["force_production"])
         dump = Path(options["dump"])
-        if not dump.exists():
-            raise CommandError(f"No such backup file: {dump}")
         try:
             manifest = load_manifest(dump, Path(options["manifest"]) if options["manifest"] else None)
             target = Database.from_url(options["target_url"]) if options["target_url"] else Database.from_settings()
@@ -43,4 +41,8 @@ class Command(HermesCommand):
             self.stdout.write(line)
         if not result.ok:
             raise CommandError(f"{target.describe()} does NOT match the backup manifest (see above).")
-        self.stdout.write(f"verified: {target.describe()} matches the backup (schema and critical data).")
+        if manifest["format"] == MANIFEST_FORMAT:
+            scope = f"schema and all {len(result.tables)} tables"
+        else:  # an older manifest recorded fewer tables: say so rather than imply everything was compared
+            scope = f"schema and the {len(result.tables)} tables a {manifest['format']} manifest records"
+        self.stdout.write(f"verified: {target.describe()} matches the backup ({scope}).")

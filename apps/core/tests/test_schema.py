@@ -1,0 +1,239 @@
+"""The OpenAPI document against the API it describes: every operation documents the errors it answers in the one
+error envelope, and live responses (successes and errors) validate against the schema of their status."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import pytest
+from jsonschema import Draft202012Validator
+
+from apps.agents.models import Agent
+from apps.federation.actions import audit
+from apps.federation.models import AuditEvent
+from apps.tasks.models import Task
+from tests.factories import issue_api_key, key_client
+
+pytestmark = pytest.mark.django_db
+
+ENVELOPE = {"$ref": "#/components/schemas/ErrorEnvelope"}
+TEXT = {"parts": [{"text": "hi"}]}
+
+
+@pytest.fixture
+def schema(client_for: Any, alice: Any) -> dict[str, Any]:
+    response = client_for(alice).get("/api/v1/schema/?format=json")
+    assert response.status_code == 200 and response["Content-Type"].startswith("application/vnd.oai.openapi+json")
+    return dict(response.json())
+
+
+def _operations(schema: dict[str, Any]) -> list[tuple[str, str, dict[str, Any]]]:
+    return [(method.upper(), path, op) for path, ops in schema["paths"].items() for method, op in ops.items()]
+
+
+# --- The document ----------------------------------------------------------------------------------------------
+
+
+def test_the_error_envelope_is_a_component(schema: dict[str, Any]) -> None:
+    components = schema["components"]["schemas"]
+    assert components["ErrorEnvelope"]["properties"] == {"error": {"$ref": "#/components/schemas/Error"}}
+    assert components["ErrorEnvelope"]["required"] == ["error"]
+    error = components["Error"]
+    assert set(error["properties"]) == set(error["required"]) == {"code", "message", "details"}
+    assert error["properties"]["details"]["type"] == "object"
+
+
+def test_every_error_response_is_the_envelope_and_names_its_codes(schema: dict[str, Any]) -> None:
+    for method, path, operation in _operations(schema):
+        for status, response in operation["responses"].items():
+            if status.startswith("2"):
+                continue
+            assert response["content"] == {"application/json": {"schema": ENVELOPE}}, (method, path, status)
+            assert "`" in response["description"], f"{method} {path} {status}: name the error codes"
+
+
+def test_errors_follow_from_what_an_operation_does(schema: dict[str, Any]) -> None:
+    public = {"/api/v1/auth/register", "/api/v1/auth/password/reset", "/api/v1/auth/password/reset/confirm"}
+    for method, path, operation in _operations(schema):
+        statuses = set(operation["responses"])
+        where = f"{method} {path}"
+        assert "429" in statuses, where  # every operation is throttled (per org, or per address when public)
+        assert operation["responses"]["429"]["headers"].keys() >= {"Retry-After", "X-RateLimit-Reset"}, where
+        if path in public:
+            assert not statuses & {"401", "403"}, where
+        else:
+            assert "401" in statuses and "WWW-Authenticate" in operation["responses"]["401"]["headers"], where
+        if "requestBody" in operation:
+            assert {"400", "415"} <= statuses, where
+            assert list(operation["requestBody"]["content"]) == ["application/json"], where
+        if "{" in path:
+            assert "404" in statuses, where
+        if any(p["in"] == "query" and p["name"] != "q" for p in operation.get("parameters", [])):
+            assert "400" in statuses, where
+        assert "format" not in {p["name"] for p in operation.get("parameters", [])}, where
+
+
+def test_operation_specific_errors(schema: dict[str, Any]) -> None:
+    paths = schema["paths"]
+
+    def statuses(path: str, method: str) -> set[str]:
+        return {code for code in paths[path][method]["responses"] if not code.startswith("2")}
+
+    assert statuses("/api/v1/tasks", "post") == {"400", "401", "403", "404", "409", "413", "415", "429"}
+    assert statuses("/api/v1/tasks/{id}/cancel", "post") == {"401", "403", "404", "409", "429"}
+    assert statuses("/api/v1/tasks/{id}/messages", "post") == {"400", "401", "403", "404", "409", "413", "415", "429"}
+    # Reads without parameters answer neither 400 nor 409; GET /me checks no permission beyond being signed in.
+    assert statuses("/api/v1/tasks/{id}", "get") == {"401", "403", "404", "429"}
+    assert statuses("/api/v1/me", "get") == {"401", "429"}
+    assert "task_finished" in paths["/api/v1/tasks/{id}/cancel"]["post"]["responses"]["409"]["description"]
+    assert "missing_scope" in paths["/api/v1/tasks"]["post"]["responses"]["403"]["description"]
+    assert "tasks_per_day" in paths["/api/v1/tasks"]["post"]["responses"]["429"]["description"]
+
+
+def test_every_operation_says_what_it_does(schema: dict[str, Any]) -> None:
+    bare = [
+        f"{method} {path}"
+        for method, path, operation in _operations(schema)
+        if not operation.get("summary") or not operation.get("description", "").partition("\n\n")[2].strip()
+    ]
+    assert not bare, f"give these a summary and notes with apps.core.api.describe(...): {bare}"
+    descriptions = [operation.get("description", "") for _, _, operation in _operations(schema)]
+    assert not [d for d in descriptions if "Wraps the `create`" in d]  # a mixin's docstring is no description
+
+
+def test_the_task_list_documents_its_filters_and_the_timeline_its_page(schema: dict[str, Any]) -> None:
+    listing = {p["name"]: p for p in schema["paths"]["/api/v1/tasks"]["get"]["parameters"]}
+    assert {"status", "agent", "cursor", "page_size"} <= set(listing)
+    assert "input-required" in listing["status"]["schema"]["items"]["enum"]  # repeatable: an array of statuses
+    events = schema["paths"]["/api/v1/tasks/{id}/events"]["get"]
+    assert {p["name"] for p in events["parameters"] if p["in"] == "query"} == {"after", "limit"}
+    page = schema["components"]["schemas"]["TaskTimeline"]
+    assert set(page["properties"]) == {"task_id", "status", "last_seq", "results", "next_after"}
+    assert page["properties"]["next_after"]["nullable"] is True
+
+
+def test_the_schema_still_comes_as_yaml_and_ignores_a_format_it_does_not_have(client_for: Any, alice: Any) -> None:
+    client = client_for(alice)
+    assert client.get("/api/v1/schema/")["Content-Type"].startswith("application/vnd.oai.openapi")
+    assert client.get("/api/v1/schema/?format=yaml").content.startswith(b"openapi:")
+    assert client.get("/api/v1/schema/?format=xml").status_code == 200
+
+
+# --- Live responses against it --------------------------------------------------------------------------------
+
+
+def _json_schema(node: Any) -> Any:
+    """OpenAPI 3.0 schema -> JSON Schema: `nullable` becomes a null type, and objects are closed, so a response
+    field the schema does not declare fails as surely as a declared one that is missing or of the wrong type."""
+    if isinstance(node, list):
+        return [_json_schema(item) for item in node]
+    if not isinstance(node, dict):
+        return node
+    out = {key: _json_schema(value) for key, value in node.items() if key not in {"nullable", "readOnly"}}
+    if "properties" in node:
+        out["properties"] = {name: _json_schema(value) for name, value in node["properties"].items()}
+        out.setdefault("additionalProperties", False)
+    if node.get("nullable"):
+        out = {"anyOf": [out, {"type": "null"}]}
+    return out
+
+
+def check(schema: dict[str, Any], method: str, path: str, response: Any) -> Any:
+    """Assert the response is documented for its status and its body validates; returns the body."""
+    operation = schema["paths"][path][method.lower()]
+    documented = operation["responses"].get(str(response.status_code))
+    assert documented is not None, f"{method} {path} answered an undocumented {response.status_code}"
+    media_type = response["Content-Type"].split(";")[0]
+    assert media_type in documented.get("content", {}), f"{method} {path} {response.status_code}: {media_type}"
+    body = response.json()
+    target = documented["content"][media_type]["schema"]
+    document = {**_json_schema(target), "components": _json_schema(schema["components"])}
+    errors = sorted(Draft202012Validator(document).iter_errors(body), key=str)
+    assert not errors, f"{method} {path} {response.status_code}: {[e.message for e in errors]}\n{body}"
+    return body
+
+
+def post(client: Any, url: str, body: Any) -> Any:
+    return client.post(url, json.dumps(body), content_type="application/json")
+
+
+@pytest.fixture
+def agent(org: Any) -> Agent:
+    # As the built-in demo agents: nobody created it (`created_by` is null).
+    return Agent.objects.create(
+        organization=org, slug="echo", name="Echo", url="http://127.0.0.1:9/demo-agents/echo/", created_by=None
+    )
+
+
+def test_task_responses_match_the_schema(
+    schema: dict[str, Any], client_for: Any, alice: Any, agent: Agent, settings: Any
+) -> None:
+    client = client_for(alice)
+    task = check(
+        schema, "POST", "/api/v1/tasks", post(client, "/api/v1/tasks", {"agent": str(agent.pk), "input": TEXT})
+    )
+    task_path = f"/api/v1/tasks/{task['id']}"
+    check(schema, "GET", "/api/v1/tasks", client.get("/api/v1/tasks", {"status": "submitted", "agent": agent.pk}))
+    check(schema, "GET", "/api/v1/tasks/{id}", client.get(task_path))
+    page = check(schema, "GET", "/api/v1/tasks/{id}/events", client.get(f"{task_path}/events", {"limit": 1}))
+    assert page["task_id"] == task["id"] and page["next_after"] == 1 and "task_id" not in page["results"][0]
+    last = check(schema, "GET", "/api/v1/tasks/{id}/events", client.get(f"{task_path}/events", {"after": 1}))
+    assert last["next_after"] is None
+    check(schema, "GET", "/api/v1/agents", client.get("/api/v1/agents"))  # created_by: null
+
+    # Errors, each in the envelope and documented for its operation.
+    check(schema, "POST", "/api/v1/tasks", post(client, "/api/v1/tasks", {"agent": str(agent.pk)}))  # 400
+    unknown = {"agent": "00000000-0000-0000-0000-000000000000", "input": TEXT}
+    assert check(schema, "POST", "/api/v1/tasks", post(client, "/api/v1/tasks", unknown))["error"]["code"] == (
+        "agent_not_found"
+    )
+    form = client.post("/api/v1/tasks", {"agent": str(agent.pk)})  # multipart: the API only reads JSON
+    assert check(schema, "POST", "/api/v1/tasks", form)["error"]["code"] == "unsupported_media_type"
+    check(schema, "GET", "/api/v1/tasks", client.get("/api/v1/tasks", {"status": "sleeping"}))  # 400
+    check(schema, "GET", "/api/v1/tasks/{id}/stream", client.get(f"{task_path}/stream", {"after": "x"}))  # 400 JSON
+    check(schema, "POST", "/api/v1/tasks/{id}/messages", post(client, f"{task_path}/messages", {"input": TEXT}))  # 409
+    check(schema, "POST", "/api/v1/tasks/{id}/cancel", client.post(f"{task_path}/cancel"))  # 202
+    assert Task.objects.for_org(agent.organization).get(pk=task["id"]).is_terminal
+    again = check(schema, "POST", "/api/v1/tasks/{id}/cancel", client.post(f"{task_path}/cancel"))
+    assert again["error"]["code"] == "task_finished"
+    settings.HERMES_MAX_TASK_INPUT_BYTES = 64
+    large = {"agent": str(agent.pk), "input": {"parts": [{"text": "x" * 100}]}}
+    assert check(schema, "POST", "/api/v1/tasks", post(client, "/api/v1/tasks", large))["error"]["code"] == (
+        "input_too_large"
+    )
+    check(schema, "GET", "/api/v1/tasks/{id}", client_for(alice).get("/api/v1/tasks/no-such-task"))  # 404
+
+
+def test_a_format_parameter_is_ignored_rather_than_a_404(client_for: Any, alice: Any, agent: Agent) -> None:
+    client = client_for(alice)
+    for value in ("json", "xml", "sse"):
+        response = client.get("/api/v1/tasks", {"format": value})
+        assert response.status_code == 200 and response["Content-Type"] == "application/json"
+
+
+def test_authentication_permission_and_quota_errors_match_the_schema(
+    schema: dict[str, Any], api: Any, alice: Any, org: Any, agent: Agent
+) -> None:
+    check(schema, "GET", "/api/v1/tasks", api.get("/api/v1/tasks"))  # 401
+    _, plaintext = issue_api_key(alice, org, scopes=["tasks:read"], rate_limit_per_minute=1)
+    client = key_client(plaintext)
+    refused = check(schema, "POST", "/api/v1/tasks", post(client, "/api/v1/tasks", {"agent": str(agent.pk)}))
+    assert refused["error"]["code"] == "missing_scope"  # refused requests do not count
+    check(schema, "GET", "/api/v1/tasks", client.get("/api/v1/tasks"))
+    limited = client.get("/api/v1/tasks")
+    assert limited.status_code == 429 and "Retry-After" in limited
+    check(schema, "GET", "/api/v1/tasks", limited)
+
+
+def test_nullable_fields_match_the_schema(
+    schema: dict[str, Any], client_for: Any, alice: Any, org: Any, settings: Any
+) -> None:
+    client = client_for(alice)
+    key, _ = issue_api_key(alice, org, scopes=["tasks:read"])
+    check(schema, "GET", "/api/v1/keys", client.get("/api/v1/keys"))  # rotated_to: null
+    check(schema, "POST", "/api/v1/keys/{id}/rotate", post(client, f"/api/v1/keys/{key.pk}/rotate", {}))
+    check(schema, "GET", "/api/v1/keys", client.get("/api/v1/keys"))  # and an id
+    audit(AuditEvent.REQUEUED, org=org, reason="no link involved")
+    entries = check(schema, "GET", "/api/v1/federation/audit", client.get("/api/v1/federation/audit"))
+    assert entries["results"][0]["peer"] is None

@@ -1,0 +1,63 @@
+"""Federation in the Django admin: delivery records are evidence, so staff read them and change them only
+through the audited DLQ actions."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+from django.test import Client
+
+from apps.federation import actions
+from apps.federation.models import Effect, FederationAuditEvent, Message, Outbox, OutboxStatus, Peer
+from tests.factories import UserFactory, dead_letter
+
+pytestmark = pytest.mark.django_db
+
+
+@pytest.fixture
+def staff(org: Any) -> Client:
+    client = Client()
+    client.force_login(UserFactory(email="root@hermes.test", is_staff=True, is_superuser=True))
+    return client
+
+
+@pytest.fixture
+def dead(org: Any, peer: Peer) -> list[Outbox]:
+    actions.set_policy(org=org, remote="*@berlin", effect=Effect.ALLOW)
+    sent = [actions.send_message(org=org, recipient="globex@berlin", payload={"n": n}) for n in range(2)]
+    return [dead_letter(message) for message in sent]
+
+
+@pytest.mark.parametrize("model", ["outbox", "inboxentry", "message"])
+def test_delivery_records_cannot_be_added_edited_or_deleted(staff: Client, dead: list[Outbox], model: str) -> None:
+    row = dead[0]
+    pk = {"outbox": row.pk, "message": row.message_id, "inboxentry": None}[model]
+    base = f"/admin/federation/{model}/"
+    assert staff.get(f"{base}add/").status_code == 403
+    if pk is None:
+        return
+    page = staff.get(f"{base}{pk}/change/")
+    assert page.status_code == 200 and b'name="_save"' not in page.content  # shown read-only
+    forged = {"status": "delivered", "organization": row.organization_id, "receipt_body": '{"forged": true}'}
+    assert staff.post(f"{base}{pk}/change/", forged).status_code == 403
+    assert staff.post(f"{base}{pk}/delete/", {"post": "yes"}).status_code == 403
+    row.refresh_from_db()
+    assert row.status == OutboxStatus.DEAD and row.receipt_body == "" and Message.objects.for_org(row.organization)
+
+
+def test_admin_dlq_actions_are_audited_and_counted(staff: Client, org: Any, dead: list[Outbox]) -> None:
+    # Filtered to dead letters, as the docs' triage says: the requeued rows leave the filter, which made the
+    # message read "Requeued 2 of 0".
+    changelist = "/admin/federation/outbox/?status__exact=dead"
+    chosen = [str(row.pk) for row in dead]
+    response = staff.post(changelist, {"action": "requeue_selected", "_selected_action": chosen}, follow=True)
+    assert "Requeued 2 of 2 (only dead letters move)." in response.content.decode()
+    assert FederationAuditEvent.objects.for_org(org).filter(event="requeued").count() == 2
+    for row in dead:
+        row.refresh_from_db()
+        assert row.status != OutboxStatus.DEAD
+    Outbox.objects.for_org(org).filter(pk=dead[0].pk).update(status=OutboxStatus.DEAD)
+    everything = "/admin/federation/outbox/"  # unfiltered: one selected row is not a dead letter
+    response = staff.post(everything, {"action": "discard_selected", "_selected_action": chosen}, follow=True)
+    assert "Discarded 1 of 2 (only dead letters move)." in response.content.decode()
