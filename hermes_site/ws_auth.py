@@ -20,7 +20,7 @@ from channels.middleware import BaseMiddleware
 from channels.security.websocket import AllowedHostsOriginValidator
 from django.db import InterfaceError, OperationalError
 
-from apps.core import context
+from apps.core import checks, context
 
 logger = logging.getLogger(__name__)
 
@@ -110,7 +110,9 @@ class DatabaseUnavailableGuard:
             return await self.inner(scope, tracked_receive, tracked_send)
         except (OperationalError, InterfaceError) as error:
             # Mostly an outage; a deadlock would land here too, and "try again later" is right for both.
-            logger.warning("websocket %s: database error (%s); closed with 1013", scope.get("path"), error)
+            logger.warning(
+                "websocket %s: database error (%s); closed with 1013", scope.get("path"), checks.error_line(error)
+            )
             if state["closed"]:
                 return None
             if not state["connect_received"]:
@@ -118,7 +120,7 @@ class DatabaseUnavailableGuard:
             if not state["accepted"]:
                 # Accept, then close with the code: a close before accept is an HTTP 403 that carries none.
                 await send({"type": "websocket.accept"})
-            await send({"type": "websocket.close", "code": CLOSE_TRY_AGAIN_LATER})
+            await send({"type": "websocket.close", "code": CLOSE_TRY_AGAIN_LATER, "reason": "database_unavailable"})
             return None
 
 

@@ -29,11 +29,10 @@ class HermesJob(Task):
         except DatabaseError as error:
             if not checks.is_database_outage(error):
                 raise
-            reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
             logger.warning(
                 "job %s[%s] skipped: the database is unreachable (%s)",
                 self.name,
                 self.request.id,
-                reason,
+                checks.error_line(error),
             )
             raise Ignore() from error

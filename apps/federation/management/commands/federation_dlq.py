@@ -73,7 +73,7 @@ class Command(HermesCommand):
             for a in attempts:
                 self.stdout.write(
                     f"  #{a.number} {a.created_at:%H:%M:%S} {a.duration_ms:.0f} ms "
-                    f"{a.http_status or '-'} {a.outcome} {a.error} {a.response_excerpt[:120]}"
+                    f"{a.http_status or '-'} {a.outcome} {a.error} {' '.join(a.response_excerpt.split())[:120]}"
                 )
             return
         if not ids and not options["all"]:
