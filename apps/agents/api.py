@@ -8,7 +8,7 @@ from typing import Any
 from django.conf import settings
 from django.db.models import QuerySet
 from django.http import Http404
-from drf_spectacular.utils import OpenApiParameter
+from drf_spectacular.utils import OpenApiParameter, PolymorphicProxySerializer
 from rest_framework import mixins, status
 from rest_framework.decorators import action
 from rest_framework.request import Request
@@ -22,6 +22,7 @@ from apps.agents.serializers import (
     AgentSerializer,
     AgentUpdateSerializer,
     DemoAssignmentSerializer,
+    ForeignAgentSerializer,
     MarketplaceAgentSerializer,
 )
 from apps.core.api import OrgScopedViewSet, describe
@@ -111,16 +112,21 @@ class AgentViewSet(  # type: ignore[misc]
     @describe(
         "Read an agent",
         action="agents:read",
-        notes="The org's own agents, with the raw card; a public agent of another org is answered with its "
-        "marketplace listing (id, name, slug, description, version, streaming, skills, organization, created_at) "
-        "and `owned: false`: "
-        "its endpoint, card, errors and creator stay its owner's.",
-        responses={200: AgentDetailSerializer},
+        notes="The org's own agents, with the raw card (`AgentDetail`); a public agent of another org is answered "
+        "with its marketplace listing and `owned: false` (`ForeignAgent`): its endpoint, card, errors and creator "
+        "stay its owner's.",
+        responses={
+            200: PolymorphicProxySerializer(
+                component_name="AgentOrListing",
+                serializers=[AgentDetailSerializer, ForeignAgentSerializer],
+                resource_type_field_name=None,
+            )
+        },
     )
     def retrieve(self, request: Request, pk: str | None = None) -> Response:
         agent = selectors.get_usable_agent(self.org, pk)
         if agent.organization_id != self.org.pk:
-            return Response({**MarketplaceAgentSerializer(agent).data, "owned": False})
+            return Response(ForeignAgentSerializer(agent).data)
         return Response(AgentDetailSerializer(agent, context=self.get_serializer_context()).data)
 
     @describe(

@@ -69,6 +69,20 @@ class MarketplaceAgentSerializer(serializers.ModelSerializer):
         read_only_fields = fields
 
 
+class ForeignAgentSerializer(MarketplaceAgentSerializer):
+    """Another org's public agent read by id: its marketplace listing. The endpoint, card, errors and creator
+    stay its owner's."""
+
+    owned = serializers.SerializerMethodField(help_text="Always false: the agent belongs to another organization.")
+
+    class Meta(MarketplaceAgentSerializer.Meta):
+        fields = [*MarketplaceAgentSerializer.Meta.fields, "owned"]
+        read_only_fields = fields
+
+    def get_owned(self, agent: Agent) -> bool:
+        return False
+
+
 class AgentCreateSerializer(StrictFieldsMixin, serializers.Serializer):
     MODES = (("card", "Fetch and validate the agent's card"), ("manual", "No card: state the endpoint yourself"))
 

@@ -181,6 +181,17 @@ def test_task_responses_match_the_schema(
     last = check(schema, "GET", "/api/v1/tasks/{id}/events", client.get(f"{task_path}/events", {"after": 1}))
     assert last["next_after"] is None
     check(schema, "GET", "/api/v1/agents", client.get("/api/v1/agents"))  # created_by: null
+    own = check(schema, "GET", "/api/v1/agents/{id}", client.get(f"/api/v1/agents/{agent.pk}"))
+    assert own["owned"] is True and "card" in own
+    # Another org's public agent: its listing, which the schema documents too (oneOf).
+    from apps.orgs.models import Organization
+
+    elsewhere = Organization.objects.create(name="Initech", slug="initech")
+    public = Agent.objects.create(
+        organization=elsewhere, slug="pub", name="Pub", url="http://127.0.0.1:9/pub/", visibility="public"
+    )
+    foreign = check(schema, "GET", "/api/v1/agents/{id}", client.get(f"/api/v1/agents/{public.pk}"))
+    assert foreign["owned"] is False and "url" not in foreign
 
     # Errors, each in the envelope and documented for its operation.
     check(schema, "POST", "/api/v1/tasks", post(client, "/api/v1/tasks", {"agent": str(agent.pk)}))  # 400
