@@ -96,7 +96,7 @@ _MIGRATIONS_CACHE_S = 60.0
 _migrations_lock = threading.Lock()
 
 
-def _pending_migrations(connection: Any) -> list[str]:
+def pending_migrations(connection: Any) -> list[str]:
     from django.db.migrations.executor import MigrationExecutor
 
     key = f"{connection.alias}:{connection.settings_dict.get('NAME')}"
@@ -125,7 +125,7 @@ def probe_database() -> Probe:
         connection.ensure_connection()
         with connection.cursor() as cursor:
             cursor.execute("SELECT 1")  # a pooled/persistent connection may be dead: prove this one works
-        pending = _pending_migrations(connection)
+        pending = pending_migrations(connection)
         detail = f"{connection.vendor} reachable; " + (
             f"{len(pending)} unapplied migrations" if pending else "migrations applied"
         )

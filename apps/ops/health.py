@@ -82,6 +82,12 @@ def probe_outbox() -> Probe:
         # The backlog lives in the database: with the database down it is unknown, not stuck (the database line
         # says what to fix; "check workers and peers" sent operators the wrong way).
         return Probe("outbox", False, "not checked: the database is unreachable", probe.latency_ms, available=False)
+    if not probe.ok and not probe.extra:
+        # The query itself failed on a reachable database: most often its tables do not exist yet.
+        from django.db import connection
+
+        if checks.pending_migrations(connection):
+            return Probe("outbox", False, "not checked: migrations are not applied", probe.latency_ms, available=False)
     return probe
 
 

@@ -257,3 +257,24 @@ def test_operator_network_policy_tolerates_bad_entries() -> None:
         assert address_allowed("192.0.2.10")
         assert not address_allowed("198.51.100.1")
         assert not address_allowed("garbage")
+
+
+@pytest.mark.django_db
+def test_the_outbox_on_a_database_without_its_tables_says_migrate(monkeypatch: Any) -> None:
+    """A reachable database whose migrations are not applied: the outbox query fails (no such table), which is
+    not "deliveries are stuck" (that advice sent operators to workers and peers)."""
+    from django.db import ProgrammingError
+
+    from apps.core import checks
+    from apps.federation import selectors
+    from apps.ops.health import probe_outbox
+
+    def no_table() -> dict[str, Any]:
+        raise ProgrammingError('relation "federation_outbox" does not exist')
+
+    monkeypatch.setattr(selectors, "delivery_backlog", no_table)
+    monkeypatch.setattr(checks, "pending_migrations", lambda connection: ["federation.0001_initial"])
+    probe = probe_outbox()
+    assert (probe.ok, probe.available, probe.detail) == (False, False, "not checked: migrations are not applied")
+    monkeypatch.setattr(checks, "pending_migrations", lambda connection: [])
+    assert "deliveries are stuck" in probe_outbox().fix  # applied migrations: the query error is reported as is
