@@ -4,9 +4,10 @@ Two kinds of input used to get past the decoder and fail later, as a 500:
 
 - Python's decoder recurses once per nesting level, so `[[[[…]]]]` a few thousand levels deep raises
   RecursionError — not the ValueError every caller handles.
-- JSON the decoder accepts but nothing downstream can store: `NaN`/`Infinity` (not JSON; PostgreSQL's jsonb
-  refuses them), a NUL character `\\u0000` (jsonb refuses it) and a lone surrogate such as `\\ud800` (not
-  encodable as UTF-8: SQLite stored it, then every list holding the row failed to render).
+- JSON the decoder accepts but nothing downstream can store: `NaN`/`Infinity` (not JSON) and numbers past a
+  double's range such as `1e999` (read as infinity; PostgreSQL's jsonb refuses them all), a NUL character
+  `\\u0000` (jsonb refuses it) and a lone surrogate such as `\\ud800` (not encodable as UTF-8: SQLite stored
+  it, then every list holding the row failed to render).
 
 `loads` refuses all of them with the JSONDecodeError a syntax error raises, naming where the bad string is;
 `JSONParser` is DRF's parser on top of it (a 400 `parse_error`), and `form_json_object` the console's JSON
@@ -17,6 +18,7 @@ anything is written.
 from __future__ import annotations
 
 import json
+import math
 import re
 from typing import Any
 
@@ -47,6 +49,14 @@ class _NotJSONConstant(ValueError):
 
 def _refuse_constant(name: str) -> Any:
     raise _NotJSONConstant(f"{name} is not a JSON number")
+
+
+def _finite_float(text: str) -> float:
+    # `1e999` is valid JSON but no double: Python reads it as inf, which nothing downstream can store either.
+    value = float(text)
+    if math.isinf(value):
+        raise _NotJSONConstant(f"the number {text[:40]} is too large to store")
+    return value
 
 
 def _unstorable(value: Any, path: str) -> str | None:
@@ -80,7 +90,7 @@ def loads(data: str | bytes) -> Any:
     Bytes must be UTF-8."""
     text = data.decode("utf-8") if isinstance(data, bytes) else data
     try:
-        value = json.loads(text, parse_constant=_refuse_constant)
+        value = json.loads(text, parse_constant=_refuse_constant, parse_float=_finite_float)
     except RecursionError:
         raise Refused(TOO_DEEP, text) from None
     except _NotJSONConstant as exc:

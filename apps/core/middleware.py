@@ -4,10 +4,12 @@ import logging
 import time
 from collections.abc import Callable
 
+from django.core.exceptions import TooManyFieldsSent
 from django.db import DatabaseError
-from django.http import HttpRequest, HttpResponse
+from django.http import HttpRequest, HttpResponse, QueryDict
 
 from apps.core import checks, context
+from apps.core.errors import handler400
 from apps.core.metrics import ORG_API_REQUESTS
 
 REQUEST_ID_HEADER = "X-Request-ID"
@@ -16,6 +18,18 @@ request_log = logging.getLogger("hermes.request")
 # Probes and scrapes arrive every few seconds: their lines go to a sampled logger (apps.core.logging).
 probe_log = logging.getLogger("hermes.probes")
 PROBE_PATHS = ("/api/v1/health", "/metrics")
+
+
+def _refuse_an_oversized_query(request: HttpRequest) -> HttpResponse | None:
+    """More query parameters than DATA_UPLOAD_MAX_NUMBER_FIELDS: the clear 400 (JSON for the API, a page for the
+    console), before anything reads the query. Left to Django, every reader raised again, and with DEBUG on the
+    technical error page did too, for seconds: a plain-text 500 on console pages."""
+    try:
+        request.GET  # noqa: B018 - parsing is the check
+    except TooManyFieldsSent as exc:
+        request.GET = QueryDict()  # readers after this (the error page, the log line) see an empty query
+        return handler400(request, exc)
+    return None
 
 
 class RequestContextMiddleware:
@@ -32,7 +46,7 @@ class RequestContextMiddleware:
         request.request_id = request_id  # type: ignore[attr-defined]
         context.clear()
         context.bind(request_id=request_id)
-        response = self.get_response(request)
+        response = _refuse_an_oversized_query(request) or self.get_response(request)
         response[REQUEST_ID_HEADER] = request_id
         self._account(request, response, time.perf_counter() - started)
         return response

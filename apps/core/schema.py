@@ -132,7 +132,10 @@ class HermesAutoSchema(AutoSchema):
             for p in operation.get("parameters", [])
             if p["in"] in ("query", "header") and p["name"] not in _UNVALIDATED_PARAMETERS
         ]
-        texts: dict[int, list[str]] = {}
+        # Any request can carry more query parameters than Django reads (the middleware answers before the view).
+        texts: dict[int, list[str]] = {400: ["`too_many_parameters`: more than 1000 query parameters."]}
+        if not public:
+            texts[400].append("`org_mismatch`: an API key with an `X-Hermes-Org` header naming another organization.")
 
         if has_body:
             texts.setdefault(400, []).append(

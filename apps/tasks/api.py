@@ -135,7 +135,9 @@ _INPUT_ERRORS = {
                 many=True,
                 description="Only tasks in this status; repeat it for any of several (`status=failed&status=rejected`)",
             ),
-            OpenApiParameter("agent", OpenApiTypes.UUID, description="Only tasks sent to this agent (its id)."),
+            OpenApiParameter(
+                "agent", OpenApiTypes.UUID, many=True, description="Only tasks sent to this agent (its id); repeatable."
+            ),
         ],
     ),
     retrieve=describe("Read a task", action="tasks:read", notes="The task with its input and current status."),
@@ -193,11 +195,12 @@ class TaskViewSet(  # type: ignore[misc]
             if unknown := [state for state in states if state not in STATUS_CHOICES]:
                 errors["status"] = [f"Unknown status {', '.join(unknown)}: one of {', '.join(STATUS_CHOICES)}."]
             queryset = queryset.filter(state__in=states)
-        if agent := params.get("agent"):
-            if problem := _not_an_agent_id(agent):
-                errors["agent"] = [problem]
+        # `agent` repeats the same way.
+        if agents := [agent for agent in params.getlist("agent") if agent]:
+            if problems := [problem for agent in agents if (problem := _not_an_agent_id(agent))]:
+                errors["agent"] = problems
             else:
-                queryset = queryset.filter(agent_id=agent)
+                queryset = queryset.filter(agent_id__in=agents)
         if errors:
             raise HermesAPIError("Invalid filter; see details.", code="invalid", details=errors)
         return queryset

@@ -277,7 +277,11 @@
           if (msg.type !== "task.status" || !msg.task) { return; }
           var id = msg.task.id, seq = Number(msg.task.last_seq || 0);
           if (!latest[id] || seq >= latest[id].seq) { latest[id] = { state: msg.task.state, seq: seq }; }
-          if (!apply(id)) { refresh(); }
+          // A row the status filter no longer admits ("working" tasks, one of them completes) leaves the list:
+          // the server reads it again rather than the page guessing what the filters match.
+          var statuses = new URLSearchParams(currentQuery()).getAll("status");
+          var leaves = statuses.length && statuses.indexOf(latest[id].state) === -1;
+          if (!apply(id) || leaves) { refresh(); }
         }
       }
     );

@@ -117,9 +117,13 @@ def test_public_agents_are_readable_but_not_editable_by_others(
     as_user: Any, charlie: Any, org: Any, settings: Any
 ) -> None:
     agent = manual_agent(org, name="Public Echo", visibility="public")
+    Agent.objects.for_org(org).filter(pk=agent.pk).update(last_error="HTTP 500 from the backend at 10.1.2.3")
     page = as_user(charlie).get(f"/agents/{agent.pk}/")
     html = main_html(page)
     assert page.status_code == 200 and "A public agent of Acme" in html and "Delete" not in html
+    # What the marketplace (and the API) shows: not its endpoint, errors or state, which stay acme's.
+    assert agent.url not in html and "10.1.2.3" not in html and "Last seen" not in html
+    assert "Its card, endpoint and state stay with Acme." in html
     assert as_user(charlie).post(f"/agents/{agent.pk}/delete/").status_code == 404
 
 

@@ -101,6 +101,23 @@ def test_send_from_the_console_and_through_the_api(
     assert "status=failed" in refreshed.value.url
     page.wait_for_timeout(300)  # the swap
     assert page.locator("[data-task-row]").count() == 0 and page.get_by_label("Status").input_value() == "failed"
+    # Filtered to working tasks, a row whose task moves on leaves the list (its badge changed and it stayed).
+    page.get_by_label("Status").select_option("working")
+    slow = httpx.post(
+        hermes_server.url("/api/v1/tasks"),
+        headers={"Authorization": f"Bearer {plaintext}"},
+        json={"agent": str(demo_agents["slow"].pk), "input": {"parts": [{"data": {"seconds": 20}}]}},
+        timeout=10,
+    ).json()["id"]
+    working = page.locator(f'[data-task-row="{slow}"]')
+    working.wait_for(timeout=20_000)
+    auth = {"Authorization": f"Bearer {plaintext}"}
+    httpx.post(hermes_server.url(f"/api/v1/tasks/{slow}/cancel"), headers=auth, timeout=10)
+    deadline = time.monotonic() + 20
+    while httpx.get(hermes_server.url(f"/api/v1/tasks/{slow}"), headers=auth).json()["status"] != "canceled":
+        assert time.monotonic() < deadline, "the slow task was not canceled"
+        time.sleep(0.2)
+    working.wait_for(state="detached", timeout=5_000)  # at the canceled status, not at some later refresh
     page.get_by_label("Status").select_option("")
     row.get_by_role("link").click()
     wait_state(page, "completed")

@@ -194,6 +194,7 @@ def test_list_filters_and_pins_queries(
     # Repeated, it means any of them (only the last one counted).
     either = client.get("/api/v1/tasks?status=completed&status=submitted").json()["results"]
     assert str(done.pk) in {t["id"] for t in either} and len(either) == 7
+    assert len(client.get(f"/api/v1/tasks?agent={echo.pk}&agent={calc.pk}").json()["results"]) == 7
     bad = client.get("/api/v1/tasks?status=done&agent=echo")
     assert bad.status_code == 400
     assert bad.json()["error"]["details"] == {

@@ -51,6 +51,7 @@ def test_the_console_form_says_so_next_to_the_field() -> None:
         ),
         ('{"x": NaN}', "NaN is not a JSON number"),
         ('{"x": -Infinity}', "-Infinity is not a JSON number"),
+        ('{"x": [1.5, -1e400]}', "the number -1e400 is too large to store"),
     ],
 )
 def test_what_cannot_be_stored_is_refused_with_where_it_is(body: str, refusal: str) -> None:
@@ -102,3 +103,12 @@ def test_too_many_query_parameters_is_a_json_400_naming_the_limit(client: Client
     console.force_login(alice)
     page = console.get(f"/tasks/?{flood}")
     assert page.status_code == 400 and "more than 1000 query or form parameters" in page.content.decode()
+
+
+def test_too_many_query_parameters_with_debug_on_is_the_same_400(client: Client, settings: Any) -> None:
+    # With DEBUG, Django's technical error page read the query again and failed again, for seconds: a 500.
+    settings.DEBUG = True
+    flood = "&".join(f"p{i}=1" for i in range(1001))
+    page = client.get(f"/accounts/login/?{flood}")
+    assert page.status_code == 400 and "more than 1000 query or form parameters" in page.content.decode()
+    assert client.get(f"/api/v1/me?{flood}").json()["error"]["code"] == "too_many_parameters"

@@ -81,11 +81,14 @@ def test_operation_specific_errors(schema: dict[str, Any]) -> None:
         return {code for code in paths[path][method]["responses"] if not code.startswith("2")}
 
     assert statuses("/api/v1/tasks", "post") == {"400", "401", "403", "404", "409", "413", "415", "429"}
-    assert statuses("/api/v1/tasks/{id}/cancel", "post") == {"401", "403", "404", "409", "429"}
+    assert statuses("/api/v1/tasks/{id}/cancel", "post") == {"400", "401", "403", "404", "409", "429"}
     assert statuses("/api/v1/tasks/{id}/messages", "post") == {"400", "401", "403", "404", "409", "413", "415", "429"}
-    # Reads without parameters answer neither 400 nor 409; GET /me checks no permission beyond being signed in.
-    assert statuses("/api/v1/tasks/{id}", "get") == {"401", "403", "404", "429"}
-    assert statuses("/api/v1/me", "get") == {"401", "429"}
+    # Reads without parameters answer no 409, and a 400 only for a flood of query parameters or a key naming
+    # another org; GET /me checks no permission beyond being signed in.
+    assert statuses("/api/v1/tasks/{id}", "get") == {"400", "401", "403", "404", "429"}
+    assert statuses("/api/v1/me", "get") == {"400", "401", "429"}
+    read = paths["/api/v1/tasks/{id}"]["get"]["responses"]["400"]["description"]
+    assert "too_many_parameters" in read and "org_mismatch" in read
     assert "task_finished" in paths["/api/v1/tasks/{id}/cancel"]["post"]["responses"]["409"]["description"]
     assert "missing_scope" in paths["/api/v1/tasks"]["post"]["responses"]["403"]["description"]
     assert "tasks_per_day" in paths["/api/v1/tasks"]["post"]["responses"]["429"]["description"]
