@@ -47,9 +47,11 @@ class Address:
 
     @classmethod
     def from_wire(cls, data: Any, peer: str | None) -> Address:
-        if not isinstance(data, dict) or not isinstance(data.get("org"), str):
-            raise InvalidAddress("an address on the wire is an object with 'org' and optional 'agent'")
-        agent = data.get("agent") or None
+        agent = data.get("agent") if isinstance(data, dict) else None
+        if not isinstance(data, dict) or not isinstance(data.get("org"), str) or not isinstance(agent, str | None):
+            # A number for the agent read as a slug ("123.acme") and was stored so.
+            raise InvalidAddress("an address on the wire is an object with 'org' and optional 'agent' (strings)")
+        agent = agent or None
         text = f"{agent}.{data['org']}" if agent else data["org"]
         parsed = cls.parse(text)
         return cls(org=parsed.org, agent=parsed.agent, peer=peer)

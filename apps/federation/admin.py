@@ -169,22 +169,18 @@ class RemoteTaskEventInline(OrgOwnedInline):
 
 
 @admin.register(RemoteTask)
-class RemoteTaskAdmin(OrgOwnedAdmin):
+class RemoteTaskAdmin(DeliveryRecordAdmin):
+    # The requester's mirror of a task on a peer: result relay finds the task through it (read-only, like the
+    # messages it came in).
     list_display = ("id", "organization", "agent_address", "state", "last_seq", "updated_at")
     list_filter = ("state",)
     search_fields = ("id", "agent_address", "remote_task_id")
-    readonly_fields = ("request", "agent_address", "remote_task_id", "state", "last_seq", "error", "updated_at")
     inlines = [RemoteTaskEventInline]
-
-    def has_add_permission(self, request: HttpRequest) -> bool:
-        return False
 
 
 @admin.register(FederatedTask)
-class FederatedTaskAdmin(OrgOwnedAdmin):
+class FederatedTaskAdmin(DeliveryRecordAdmin):
+    # The receiver's link from a local task to the requester: results are relayed through it (moving it to
+    # another org or deleting it broke that relay).
     list_display = ("task_id", "organization", "agent_slug", "reply_to", "correlation_id", "created_at")
     search_fields = ("task_id", "reply_to", "correlation_id")
-    readonly_fields = ("task_id", "inbox_entry", "agent_slug", "reply_to", "correlation_id")
-
-    def has_add_permission(self, request: HttpRequest) -> bool:
-        return False

@@ -28,6 +28,11 @@ def register(message_type: str) -> Callable[[Handler], Handler]:
     return decorator
 
 
+class Unrelated(LookupError):
+    """The entry refers to nothing here (a result for a request this instance never sent, or no longer knows): a
+    peer's mistake to record on the entry and log in one line, not a handler failure with a traceback."""
+
+
 def handle(entry_id: int) -> None:
     with transaction.atomic():
         entry = (
@@ -45,6 +50,9 @@ def handle(entry_id: int) -> None:
                 if handler is not None:
                     handler(entry)
             entry.handling_error = ""
+        except Unrelated as exc:
+            logger.warning("federation: inbox entry %s from %s not handled: %s", entry_id, entry.peer, exc)
+            entry.handling_error = f"{type(exc).__name__}: {exc}"[:300]
         except Exception as exc:
             logger.exception("federation: handler for inbox entry %s failed", entry_id)
             entry.handling_error = f"{type(exc).__name__}: {exc}"[:300]

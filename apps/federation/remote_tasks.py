@@ -29,7 +29,7 @@ from django.utils import timezone
 
 from apps.agents.models import Agent
 from apps.federation import actions
-from apps.federation.handlers import register
+from apps.federation.handlers import Unrelated, register
 from apps.federation.models import (
     FederatedTask,
     InboxEntry,
@@ -261,7 +261,7 @@ def mirror_task_result(entry: InboxEntry) -> None:
         .first()
     )
     if remote is None:
-        raise LookupError(f"no remote task for request {entry.correlation_id}")
+        raise Unrelated(f"no remote task for request {entry.correlation_id}")
     payload = entry.payload
     seq = int(payload.get("seq") or 0)
     state = str(payload.get("state") or "")

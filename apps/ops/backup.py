@@ -601,6 +601,9 @@ class Verification:
 
 
 def verify(database: Database, manifest: dict[str, Any]) -> Verification:
+    if database.vendor == "sqlite" and not Path(database.name).is_file():
+        # Opening it would create an empty file, then report every table of the backup as missing.
+        raise BackupError(f"There is no database at {database.describe()}: nothing to verify.")
     checks = {table: TableCheck.from_manifest(table, entry) for table, entry in manifest["tables"].items()}
     with contextlib.closing(database.connect()) as conn:
         contents = describe_contents(conn, database.vendor, checks, timezone=manifest.get("session_timezone"))
@@ -656,6 +659,7 @@ def restore(dump: Path, database: Database, manifest: dict[str, Any], *, force: 
         except sqlite3.DatabaseError as exc:
             Path(database.name).unlink(missing_ok=True)  # the target was empty (or emptied): leave no stub behind
             raise BackupError(f"{dump} cannot be restored: {exc} (is it a SQLite backup?).") from exc
+        Path(database.name).chmod(0o600)  # it holds what the dump held, which is private (0600) too
     return verify(database, manifest)
 
 

@@ -31,7 +31,18 @@ def probe_workers() -> Probe:
         detail = f"{len(workers)} seen in the last {window}s" + (f" consuming {', '.join(queues)}" if queues else "")
         return bool(workers), detail, {"workers": listed, "queues": queues}
 
-    return timed_probe("workers", run, "start a worker: `celery -A hermes_site worker` (Procfile: worker)")
+    return _unless_redis_is_down(
+        timed_probe("workers", run, "start a worker: `celery -A hermes_site worker` (Procfile: worker)")
+    )
+
+
+def _unless_redis_is_down(probe: Probe) -> Probe:
+    """Worker and beat heartbeats are kept in Redis: with Redis down they are unknown, and "start a worker" sent
+    operators the wrong way (the redis line says what to fix)."""
+    if probe.ok or checks.probe_redis().ok:
+        return probe
+    detail = "not checked: Redis is unreachable, and the heartbeats are kept there (see the redis line)"
+    return Probe(probe.name, False, detail, probe.latency_ms, available=False)
 
 
 def probe_beat() -> Probe:
@@ -45,7 +56,7 @@ def probe_beat() -> Probe:
         return age <= window, f"last run {age:.0f}s ago", {"last_run_age_s": round(age, 1)}
 
     fix = "run exactly one `celery -A hermes_site beat` and at least one worker"
-    return timed_probe("beat", run, fix)
+    return _unless_redis_is_down(timed_probe("beat", run, fix))
 
 
 def _delivery_backlog() -> Any:

@@ -106,6 +106,22 @@ def test_detail_page_wires_the_timeline_socket(as_user: Any, mia: Any, org: Any,
     assert "data-cancel-task" in html and "data-watchers" in html and "Echo" in html
 
 
+def test_why_a_task_is_held_up_or_ended_shows_in_the_list_and_on_its_page(
+    as_user: Any, mia: Any, org: Any, echo: Any
+) -> None:
+    # A federated request in the dead-letter queue keeps its task submitted with the reason in last_error: the
+    # API showed it, the console did not.
+    task = send(org, mia, echo)
+    actions.note_waiting_error(org.pk, task.pk, "the task request could not be delivered: HTTP 403: policy_denied")
+    client = as_user(mia)
+    listing = main_html(client.get("/tasks/"))
+    assert "HTTP 403: policy_denied" in listing
+    page = main_html(client.get(f"/tasks/{task.pk}/"))
+    assert "Held up by" in page and "HTTP 403: policy_denied" in page
+    actions.finish(task, "failed", error="Division by zero")
+    assert "Reason</dt>" in main_html(client.get(f"/tasks/{task.pk}/"))
+
+
 def test_the_about_card_comes_alone_for_htmx_and_shows_when_the_task_finished(
     as_user: Any, mia: Any, org: Any, echo: Any
 ) -> None:

@@ -28,8 +28,9 @@ def test_address_format_round_trips() -> None:
     for bad in ("", "a.b.c", "acme@", "@berlin", "ac me", "acme@berlin@x", "-acme"):
         with pytest.raises(InvalidAddress):
             Address.parse(bad)
-    with pytest.raises(InvalidAddress):
-        Address.from_wire("acme", None)
+    for wire in ("acme", {"org": "acme", "agent": 123}, {"org": 7}):
+        with pytest.raises(InvalidAddress):  # {"agent": 123} was read as the slug "123"
+            Address.from_wire(wire, None)
 
 
 def test_policy_patterns_rank_by_specificity() -> None:

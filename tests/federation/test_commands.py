@@ -61,7 +61,12 @@ def test_dlq_list_show_requeue_and_discard(org: Any, sent: list[Message]) -> Non
     assert str(first.message_id) in listing and "HTTP 401: bad signature" in listing
     shown = run("federation_dlq", "show", str(first.message_id))
     document, _ = json.JSONDecoder().raw_decode(shown)  # the message, then one line per delivery attempt
-    assert document == {"message": {"n": 0}, "type": "message"}
+    assert document == {
+        "recipient": first.message.recipient,
+        "type": "message",
+        "last_error": "HTTP 401: bad signature",
+        "message": {"n": 0},
+    }
     assert "#1" in shown and "permanent" in shown
     assert run("federation_dlq", "requeue", str(first.message_id)) == "requeue: 1 message(s)\n"
     discarded = run("federation_dlq", "discard", "--all", "--org", "acme", "--reason", "obsolete")

@@ -114,6 +114,28 @@ def test_results_for_unknown_requests_are_not_trusted(
     assert FederationAuditEvent.objects.for_org(org).filter(event="policy_denied").count() == 1
 
 
+def test_a_result_for_a_request_never_sent_is_recorded_and_logged_in_one_line(
+    org: Any, other_org: Any, django_capture_on_commit_callbacks: Any, caplog: Any
+) -> None:
+    import uuid
+
+    from apps.federation.models import InboxEntry
+
+    actions.set_policy(org=other_org, remote="acme", effect=Effect.ALLOW)
+    actions.set_policy(org=org, remote="globex", effect=Effect.ALLOW)
+    with (
+        caplog.at_level("WARNING", logger="apps.federation.handlers"),
+        django_capture_on_commit_callbacks(execute=True),
+    ):
+        message = actions.send_message(
+            org=other_org, recipient="acme", type=MessageType.TASK_RESULT, correlation_id=uuid.uuid4(), payload={}
+        )
+    entry = InboxEntry.objects.for_org(org).get(message_id=message.id)
+    assert entry.handling_error.startswith("Unrelated: no remote task for request")
+    lines = [r for r in caplog.records if r.name == "apps.federation.handlers"]
+    assert lines and all(r.levelname == "WARNING" and not r.exc_info for r in lines)  # was an ERROR traceback
+
+
 @pytest.mark.django_db
 def test_remote_task_api(
     client_for: Any, alice: Any, mia: Any, charlie: Any, org: Any, other_org: Any, settings: Any
@@ -213,7 +235,7 @@ def test_handler_failures_are_recorded_and_unhandled_entries_redriven(
     InboxEntry.objects.for_org(org).filter(pk=entry.pk).update(created_at=timezone.now() - timedelta(minutes=5))
     assert redrive_unhandled() == 1  # lost its job (broker down): the sweeper runs it (eager here)
     entry.refresh_from_db()
-    assert entry.handled_at is not None and entry.handling_error.startswith("LookupError")
+    assert entry.handled_at is not None and entry.handling_error.startswith("Unrelated: no remote task")
     handle(entry.pk)  # handled entries are never run twice
     assert sweep_outbox()["redriven"] == 0
 

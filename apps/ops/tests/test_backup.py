@@ -127,6 +127,13 @@ def test_sqlite_online_backup_and_verified_restore(tmp_path: Path) -> None:
     target = Database(vendor="sqlite", name=str(tmp_path / "restored" / "hermes.sqlite3"))
     verification = restore(result.dump, target, manifest)
     assert verification.ok and verification.schema_equal
+    assert Path(target.name).stat().st_mode & 0o777 == 0o600  # as private as the dump it came from
+    nowhere = Database(vendor="sqlite", name=str(tmp_path / "no-such.sqlite3"))
+    with pytest.raises(
+        BackupError, match=re.escape(f"There is no database at sqlite:{nowhere.name}: nothing to verify")
+    ):
+        verify(nowhere, manifest)
+    assert not Path(nowhere.name).exists()  # verifying created an empty file, then listed every table missing
     with pytest.raises(BackupError, match="already has tables"):
         restore(result.dump, target, manifest)
     with sqlite3.connect(target.name) as conn:

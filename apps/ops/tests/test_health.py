@@ -239,15 +239,19 @@ def test_health_and_doctor_give_the_same_verdict_for_a_dead_redis() -> None:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         dead = f"redis://127.0.0.1:{sock.getsockname()[1]}/0"
-    verdicts = {}
+    verdicts, outputs = {}, {}
     with _redis_settings(dead):
         for command in ("health", "doctor"):
+            out = io.StringIO()
             with pytest.raises(CommandError) as refused:
-                call_command(command, stdout=io.StringIO())
-            verdicts[command] = str(refused.value)
+                call_command(command, stdout=out)
+            verdicts[command], outputs[command] = str(refused.value), out.getvalue()
     expected = "not ready: redis, broker; also down (not readiness checks): channel_layer"
     assert verdicts["doctor"] == expected
     assert verdicts["health"].startswith(expected)
+    # Workers and beat are unknown with their heartbeats' store down, not a reason to start a worker.
+    assert "start a worker" not in outputs["health"] and "run exactly one" not in outputs["health"]
+    assert "Redis is unreachable, and the heartbeats are kept there" in outputs["health"]
 
 
 def test_operator_network_policy_tolerates_bad_entries() -> None:

@@ -69,7 +69,13 @@ class Command(HermesCommand):
             if found is None:
                 raise CommandError("not in the dead-letter queue")
             attempts = DeliveryAttempt.objects.for_org(found.organization).filter(outbox=found).order_by("number")
-            self.stdout.write(json.dumps({"message": found.message.payload, "type": found.message.type}, indent=2))
+            summary = {
+                "recipient": found.message.recipient,
+                "type": found.message.type,
+                "last_error": found.last_error,
+                "message": found.message.payload,
+            }
+            self.stdout.write(json.dumps(summary, indent=2))
             for a in attempts:
                 self.stdout.write(
                     f"  #{a.number} {a.created_at:%H:%M:%S} {a.duration_ms:.0f} ms "
