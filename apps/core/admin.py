@@ -36,9 +36,9 @@ class OrgOwnedInline(admin.TabularInline):
         return False
 
 
-class AuditLogAdmin(admin.ModelAdmin):
-    """An audit log in the admin: staff read it; nobody adds, edits or deletes entries (not even in bulk), or it
-    would stop being evidence."""
+class ReadOnlyAdminMixin:
+    """Rows that are evidence (audit logs, delivery records with their signed receipts): staff read them; nobody
+    adds, edits or deletes them in the admin, not even in bulk. What may change them is an audited action."""
 
     def has_add_permission(self, request: HttpRequest) -> bool:
         return False
@@ -48,6 +48,10 @@ class AuditLogAdmin(admin.ModelAdmin):
 
     def has_delete_permission(self, request: HttpRequest, obj: Any = None) -> bool:
         return False
+
+
+class AuditLogAdmin(ReadOnlyAdminMixin, admin.ModelAdmin):
+    """An audit log in the admin: read-only, or it would stop being evidence."""
 
 
 @admin.register(AuditEvent)

@@ -9,7 +9,7 @@ from django.contrib import admin, messages
 from django.db.models import QuerySet
 from django.http import HttpRequest
 
-from apps.core.admin import AuditLogAdmin, OrgOwnedAdmin, OrgOwnedInline
+from apps.core.admin import AuditLogAdmin, OrgOwnedAdmin, OrgOwnedInline, ReadOnlyAdminMixin
 from apps.federation import actions
 from apps.federation.models import (
     Contact,
@@ -72,19 +72,9 @@ class PolicyAdmin(OrgOwnedAdmin):
             actions.policies_changed(org_id)
 
 
-class DeliveryRecordAdmin(OrgOwnedAdmin):
+class DeliveryRecordAdmin(ReadOnlyAdminMixin, OrgOwnedAdmin):
     """Messages, their delivery state and the inbox are evidence (signed receipts, dedup state, the attempt log):
-    staff read them here, and change them only through the audited actions (requeue / discard), never by editing,
-    adding or deleting rows."""
-
-    def has_add_permission(self, request: HttpRequest) -> bool:
-        return False
-
-    def has_change_permission(self, request: HttpRequest, obj: Any = None) -> bool:
-        return False
-
-    def has_delete_permission(self, request: HttpRequest, obj: Any = None) -> bool:
-        return False
+    staff read them here, and change them only through the audited actions (requeue / discard)."""
 
 
 @admin.register(Message)
