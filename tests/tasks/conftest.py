@@ -68,6 +68,17 @@ def agent(org: Any) -> Agent:
     return make_agent(org)
 
 
+MESSAGE = {"role": "user", "parts": [{"kind": "text", "text": "hi"}]}
+
+
+@pytest.fixture
+def task(org: Any, alice: Any, agent: Agent) -> Any:
+    """A submitted task of acme's (alice is its owner), for the stream tests."""
+    from apps.tasks import actions
+
+    return actions.create_task(org=org, agent=agent, message=MESSAGE)
+
+
 @pytest.fixture
 def public_agent(other_org: Any) -> Agent:
     return make_agent(other_org, "public-bot", visibility=Visibility.PUBLIC)

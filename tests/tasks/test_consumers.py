@@ -21,11 +21,10 @@ from apps.tasks.actions import Observation
 from hermes_site.routing import websocket_urlpatterns
 from hermes_site.ws_auth import OriginCheckUnlessAPIKey, WebSocketAuthMiddleware
 from tests.factories import issue_api_key
-from tests.tasks.conftest import make_agent
+from tests.tasks.conftest import MESSAGE, make_agent
 from tests.tasks.wsclient import WebsocketCommunicator
 
 pytestmark = pytest.mark.django_db(transaction=True)
-MESSAGE = {"role": "user", "parts": [{"kind": "text", "text": "hi"}]}
 APP = WebSocketAuthMiddleware(URLRouter(websocket_urlpatterns))  # as in hermes_site.asgi, minus the Origin check
 
 
@@ -76,11 +75,6 @@ def is_event(seq: int) -> Callable[[dict[str, Any]], bool]:
 
 
 record = database_sync_to_async(actions.record)
-
-
-@pytest.fixture
-def task(org: Any, alice: Any) -> Any:
-    return actions.create_task(org=org, agent=make_agent(org), message=MESSAGE)
 
 
 @pytest.fixture

@@ -27,17 +27,11 @@ from apps.orgs.actions import revoke_api_key, rotate_api_key
 from apps.tasks import actions
 from apps.tasks.actions import Observation
 from tests.factories import access_for, issue_api_key, key_client
-from tests.tasks.conftest import make_agent
-from tests.tasks.test_consumers import APP, MESSAGE, receive_until
+from tests.tasks.test_consumers import APP, receive_until
 from tests.tasks.wsclient import WebsocketCommunicator
 
 pytestmark = pytest.mark.django_db(transaction=True)
 SOCKET_PATHS = ["/ws/tasks/{task}/", "/ws/org/"]
-
-
-@pytest.fixture
-def task(org: Any, alice: Any) -> Any:
-    return actions.create_task(org=org, agent=make_agent(org), message=MESSAGE)
 
 
 @pytest.fixture
