@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable
 from typing import Any
 
 from django.contrib import admin, messages
 from django.db.models import QuerySet
 from django.http import HttpRequest
+from django.utils.html import format_html
 
 from apps.core.admin import AuditLogAdmin, OrgOwnedAdmin, OrgOwnedInline, ReadOnlyAdminMixin
 from apps.federation import actions
@@ -94,12 +96,18 @@ class DeliveryAttemptInline(OrgOwnedInline):
 class OutboxAdmin(DeliveryRecordAdmin):
     """The DLQ for staff: filter by status "Dead-lettered", inspect attempts inline, requeue or discard."""
 
-    list_display = ("message", "organization", "status", "attempts", "next_attempt_at", "last_error", "updated_at")
-    list_filter = ("status",)
-    search_fields = ("message__id", "message__recipient")
+    # The error first (it was off-screen below ~1900 px), searchable ("policy_denied"), and by peer.
+    list_display = ("message", "organization", "status", "last_error", "attempts", "updated_at")
+    list_filter = ("status", "message__peer")
+    search_fields = ("message__id", "message__recipient", "last_error")
+    readonly_fields = ("payload",)
     list_select_related = ("organization", "message")  # type: ignore[assignment]
     inlines = [DeliveryAttemptInline]
     actions = ["requeue_selected", "discard_selected"]
+
+    @admin.display(description="Payload")
+    def payload(self, outbox: Outbox) -> str:
+        return format_html("<pre>{}</pre>", json.dumps(outbox.message.payload, indent=2, ensure_ascii=False))
 
     # Actions need a permission of their own: with change permission gone (the rows are read-only), Django would
     # otherwise offer none. Both go through the audited DLQ actions, as from the API.

@@ -381,11 +381,21 @@ def revoke_api_key(*, access: Access, key: APIKey) -> APIKey:
     the websockets and SSE streams opened with it are closed (`auth.end_streams`; SSE finds out on its re-check)."""
     if not can_manage_key(access, key):
         _require(access, "org:admin")
-    key = APIKey.objects.for_org(access.org).select_for_update().get(pk=key.pk)
+    return _revoke(key, access=access)
+
+
+@transaction.atomic
+def staff_revoke_api_key(*, key: APIKey, actor: Any) -> APIKey:
+    """Staff (Django admin) revoking a key of any org, e.g. one reported leaked; audited under the staff member."""
+    return _revoke(key, org=key.organization_id, actor=actor, by_staff=True)
+
+
+def _revoke(key: APIKey, **who: Any) -> APIKey:
+    key = APIKey.objects.for_org(key.organization_id).select_for_update().get(pk=key.pk)
     if key.revoked_at is None:
         key.revoked_at = timezone.now()
         key.save(update_fields=["revoked_at"])
-        audit.record("api_key.revoked", access=access, target=key, name=key.name)
+        audit.record("api_key.revoked", target=key, name=key.name, **who)
     # Announced again when the key was already revoked: a cheap retry should the first announcement have been lost.
     transaction.on_commit(partial(auth.end_streams, auth.api_key_group(key.pk), "key_revoked"))
     return key

@@ -1,8 +1,11 @@
 from __future__ import annotations
 
 from django.contrib import admin
+from django.db.models import QuerySet
+from django.http import HttpRequest
 
-from apps.core.admin import OrgOwnedAdmin
+from apps.core.admin import OrgOwnedAdmin, ReadOnlyAdminMixin
+from apps.orgs import actions
 from apps.orgs.models import APIKey, Invitation, Membership, Organization
 
 
@@ -22,17 +25,29 @@ class MembershipAdmin(OrgOwnedAdmin):
 
 
 @admin.register(APIKey)
-class APIKeyAdmin(OrgOwnedAdmin):
-    # The digest is useless to staff and the plaintext never exists here: show only what identifies a key.
+class APIKeyAdmin(ReadOnlyAdminMixin, OrgOwnedAdmin):
+    # Read-only: an edited key could carry scopes no key may hold (org:billing, org:delete) or move to another
+    # org, unaudited, and an added one would have no secret. Keys are made by their org (console, API); staff may
+    # only revoke, through the audited action. The digest is useless to staff and the plaintext never exists here.
     list_display = ("name", "display", "organization", "created_by", "expires_at", "revoked_at", "last_used_at")
     search_fields = ("name", "prefix", "last_four", "organization__slug")
     exclude = ("digest",)
-    readonly_fields = ("prefix", "last_four", "last_used_at", "last_used_ip", "rotated_to", "created_by")
-    raw_id_fields = ("organization",)
+    actions = ["revoke_selected"]
+
+    def has_revoke_permission(self, request: HttpRequest) -> bool:
+        return bool(getattr(request.user, "is_staff", False)) and request.user.has_perm("orgs.view_apikey")
+
+    @admin.action(description="Revoke selected API keys", permissions=["revoke"])
+    def revoke_selected(self, request: HttpRequest, queryset: QuerySet[APIKey]) -> None:
+        keys = [key for key in queryset if key.revoked_at is None]
+        for key in keys:
+            actions.staff_revoke_api_key(key=key, actor=request.user)
+        self.message_user(request, f"Revoked {len(keys)} key(s); streams opened with them are closed.")
 
 
 @admin.register(Invitation)
-class InvitationAdmin(OrgOwnedAdmin):
+class InvitationAdmin(ReadOnlyAdminMixin, OrgOwnedAdmin):
+    # Read-only like keys: an edited invitation could grant any role, unaudited.
     list_display = ("email", "organization", "role", "expires_at", "accepted_at", "revoked_at")
     search_fields = ("email", "organization__slug")
     exclude = ("digest",)

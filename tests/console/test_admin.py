@@ -135,3 +135,25 @@ def test_audit_logs_are_read_only_for_staff(staff_client: Client, org: Any) -> N
         == 403
     )
     assert FederationAuditEvent.objects.unscoped("test").filter(pk=entry.pk).exists()
+
+
+def test_staff_cannot_forge_api_keys_but_can_revoke_one(staff_client: Client, org: Any, alice: Any) -> None:
+    """An edited key took scopes no key may hold (org:billing, org:delete) and could move orgs, unaudited; an
+    added one had no secret and showed as active. Staff revoke through the audited action only."""
+    from apps.core.models import AuditEvent
+    from apps.orgs.models import APIKey
+    from tests.factories import issue_api_key, key_client
+
+    key, plaintext = issue_api_key(alice, org, scopes=["org:read"])
+    base = "/admin/orgs/apikey/"
+    assert staff_client.get(f"{base}add/").status_code == 403
+    forged = {"name": key.name, "scopes": '["org:read", "org:delete"]', "organization": org.pk}
+    assert staff_client.post(f"{base}{key.pk}/change/", forged).status_code == 403
+    assert staff_client.get(f"{base}{key.pk}/change/").status_code == 200  # still readable
+    assert staff_client.get("/admin/orgs/invitation/add/").status_code == 403
+    revoked = staff_client.post(base, {"action": "revoke_selected", "_selected_action": [key.pk]}, follow=True)
+    assert "Revoked 1 key(s)" in revoked.content.decode()
+    assert APIKey.objects.for_org(org).get(pk=key.pk).scopes == ["org:read"]
+    assert key_client(plaintext).get("/api/v1/me").status_code == 401
+    event = AuditEvent.objects.get(org_id=org.pk, action="api_key.revoked")
+    assert event.actor is not None and event.actor.is_staff and event.details.get("by_staff") is True
