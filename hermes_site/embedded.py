@@ -89,6 +89,9 @@ def start_redis(port: int | None = None, directory: Path = REDIS_DIR) -> tuple[s
             str(directory / "redis.log"),
         ],
         stdin=subprocess.DEVNULL,
+        # Its own session: Ctrl-C in the terminal reaches the whole foreground group, and Redis died at once while
+        # the worker was still acknowledging its job ("Couldn't ack" tracebacks). `make run` stops it last.
+        start_new_session=os.name != "nt",
     )
     for _ in range(100):
         if _ping(port):

@@ -10,9 +10,11 @@ from __future__ import annotations
 import argparse
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
+import urllib.request
 from types import FrameType
 
 from hermes_site.config import BASE_DIR, VAR_DIR, load_or_exit
@@ -30,6 +32,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--host", default=os.environ.get("HERMES_HOST", "127.0.0.1"))
     parser.add_argument("--port", type=int, default=int(os.environ.get("HERMES_PORT", "8000")))
     args = parser.parse_args(argv)
+    if problem := _port_in_use(args.host, args.port):
+        # Before anything starts: a second worker and beat on the same database, then a banner for a server that
+        # could not bind, was what a taken port gave.
+        print(
+            f"hermes: cannot serve on {args.host}:{args.port}: {problem}. Stop what uses it (another `make run`?), "
+            f"or pick another port: HERMES_PORT={args.port + 1} make run",
+            file=sys.stderr,
+        )
+        return 1
 
     config = load_or_exit()
     VAR_DIR.mkdir(exist_ok=True)
@@ -100,6 +111,7 @@ def main(argv: list[str] | None = None) -> int:
             child = subprocess.Popen(command, cwd=BASE_DIR)
             names[child.pid] = name
             children.append(child)
+        _wait_until_serving(f"http://{public_host}:{args.port}/api/v1/health/live", children[0])
         print(
             f"\nHermes is running: http://{args.host}:{args.port}/\n"
             "  demo login: demo@hermes.local / hermes-demo\n"
@@ -130,6 +142,29 @@ def main(argv: list[str] | None = None) -> int:
             except subprocess.TimeoutExpired:
                 child.kill()
         stop_redis(redis_proc)
+
+
+def _port_in_use(host: str, port: int) -> str | None:
+    """Why `host:port` cannot be bound now, or None."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            probe.bind((host, port))
+        except OSError as exc:
+            return exc.strerror or str(exc)
+    return None
+
+
+def _wait_until_serving(url: str, web: subprocess.Popen[bytes], timeout: float = 30.0) -> None:
+    """The banner says "running" once the web server answers (it came a second or more before)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline and web.poll() is None:
+        try:
+            with urllib.request.urlopen(url, timeout=1):  # noqa: S310 - our own loopback address
+                return
+        except OSError:
+            time.sleep(0.2)
 
 
 if __name__ == "__main__":
