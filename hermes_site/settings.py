@@ -18,7 +18,6 @@ BASE_DIR = hermes_config.BASE_DIR
 HERMES_ENV = CONFIG.env
 HERMES_VERSION = "0.1.0"
 HERMES_FEATURES = CONFIG.features
-HERMES_CONFIG_WARNINGS = CONFIG.warnings
 PRODUCTION = HERMES_ENV == "production"
 SECRET_KEY = CONFIG.secret_key
 DEBUG = CONFIG.debug
@@ -118,6 +117,9 @@ _EMBEDDED_REDIS_URL = None if CONFIG.redis_url else embedded_redis_url()
 REDIS_URL: str = CONFIG.redis_url or _EMBEDDED_REDIS_URL or "redis://127.0.0.1:6379/0"
 # Only when the embedded server is what REDIS_URL points at (a command run without `make run` uses the default).
 REDIS_IS_EMBEDDED = _EMBEDDED_REDIS_URL is not None
+# "REDIS_URL is not set" is advice for a deployment; under `make run`, which started the embedded server for exactly
+# that case, every process printed it right under "redis ok (embedded)".
+HERMES_CONFIG_WARNINGS = [w for w in CONFIG.warnings if not (REDIS_IS_EMBEDDED and w[0].startswith("REDIS_URL "))]
 CACHES = {
     "default": {
         "BACKEND": "django.core.cache.backends.redis.RedisCache",

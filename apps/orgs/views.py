@@ -57,13 +57,15 @@ def dashboard(request: HttpRequest) -> HttpResponse:
 
 def _overview(access: Access) -> dict[str, Any]:
     """Counts for the dashboard, each read through the owning app's selectors."""
-    from apps.agents.selectors import org_agents
+    from apps.agents.selectors import marketplace_agents, org_agents
     from apps.federation.selectors import dead_letters
 
     org = access.org
     return {
         "members_count": Membership.objects.for_org(org).count(),
         "agents_count": org_agents(org).count(),
+        # The marketplace step only when it has something to show (it sent newcomers to an empty page).
+        "public_agents_elsewhere": marketplace_agents().exclude(organization=org).exists(),
         "dead_letters_count": dead_letters(org).count() if access.allows("federation:read") else None,
     }
 

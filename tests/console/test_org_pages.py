@@ -328,6 +328,16 @@ def test_dashboard_counts(as_user: Any, team: dict[str, Any], org: Any) -> None:
     assert "Invite your team" not in html
     owner = main_html(as_user(team["alice"]).get("/"))
     assert all(step in owner for step in ("Create an API key", "Register an agent", "Send a task", "Invite your team"))
+    # Only steps with something behind them: no empty marketplace, no demo agents once the org has agents.
+    assert "or assign the demo agents" in owner and "marketplace" not in owner
+    from apps.agents.actions import register_agent_manually
+
+    register_agent_manually(org=org, name="Mine", url="https://mine.example.com/")
+    register_agent_manually(
+        org=team["charlie"].memberships.get().organization, name="Pub", url="https://p.example/", visibility="public"
+    )
+    later = main_html(as_user(team["alice"]).get("/"))
+    assert "or assign the demo agents" not in later and "marketplace</a>" in later
 
 
 def _queries(client: Any, url: str) -> int:

@@ -54,6 +54,7 @@ def test_run_serves_the_platform_on_embedded_defaults_and_stops_cleanly(tmp_path
     assert "demo login: demo@hermes.local / hermes-demo" in output
     assert f"Hermes is running: http://127.0.0.1:{free_port}/" in output
     assert "embedded Redis at redis://127.0.0.1:" in output
+    assert "REDIS_URL is not set" not in output  # printed by every process, right under "redis ok (embedded)"
     assert "beat" in output and "ready" in output, output
     assert proc.returncode == 0, output
     # Nothing it started survives: the process group empties (children may take a moment to be reaped).
