@@ -140,7 +140,9 @@ def receive(*, peer: Peer | None, message_id: str, data: Any) -> InboundResult:
             message_id=envelope.id,
             reason=f"inbound from {envelope.sender}: {decision.reason}",
         )
-        return _error(403, "policy_denied", f"{org.slug} does not accept messages from {envelope.sender}.", "denied")
+        # The recipient as addressed: an agent-specific rule refuses that agent, not the whole org.
+        refusal = f"{envelope.recipient} does not accept messages from {envelope.sender}."
+        return _error(403, "policy_denied", refusal, "denied")
     agent = envelope.recipient.agent
     if agent and envelope.type == MessageType.MESSAGE and not _has_agent(org, agent):
         # Asked after the policy, so only a sender the org accepts learns which agents exist. Only plain messages:

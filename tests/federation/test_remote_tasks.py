@@ -489,10 +489,10 @@ def test_a_refused_request_says_why_on_the_task_and_leaves_the_agent_uncontacted
     org: Any, alice: Any, client_for: Any, refused_request: tuple[RemoteTask, Any]
 ) -> None:
     remote, task = refused_request
-    why = "permanent failure (HTTP 403: policy_denied: globex does not accept messages from acme.)"
+    why = "permanent failure (HTTP 403: policy_denied: echo.globex does not accept messages from acme.)"
     # The peer's own code and message, not just "HTTP 403": on the dead letter and on the task's error event.
     row = Outbox.objects.for_org(org).get(message_id=remote.request_id)
-    assert row.last_error == "HTTP 403: policy_denied: globex does not accept messages from acme."
+    assert row.last_error == "HTTP 403: policy_denied: echo.globex does not accept messages from acme."
     last = task.events.order_by("-seq").first()
     assert last.kind == "error" and last.data["error"].endswith(why)
     # Still submitted (a requeue can deliver it), but lists and the task page show the reason.
@@ -541,7 +541,7 @@ def test_requeue_clears_the_delivery_error_and_discard_fails_the_task(
         requeued = api.post(f"/api/v1/federation/dlq/{remote.request_id}/requeue")
     assert requeued.status_code == 200, requeued.content
     # Refused again (globex's policy still denies), so the error is back; in between it was cleared.
-    assert _own_task(org, remote).last_error.endswith("globex does not accept messages from acme.)")
+    assert _own_task(org, remote).last_error.endswith("echo.globex does not accept messages from acme.)")
     actions.requeue([Outbox.objects.for_org(org).get(message_id=remote.request_id)])
     assert _own_task(org, remote).last_error == ""
     Outbox.objects.for_org(org).filter(message_id=remote.request_id).update(status=OutboxStatus.DEAD)
