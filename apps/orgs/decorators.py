@@ -77,17 +77,16 @@ def _refuse_if_page_showed_another_org(request: HttpRequest, org: Any) -> None:
     if request.method in ("GET", "HEAD", "OPTIONS"):
         return
     shown = request.headers.get(CONSOLE_ORG_HEADER) or request.POST.get(CONSOLE_ORG_FIELD)
-    if shown and shown != org.slug and not any(m.organization.slug == shown for m in memberships_of(request.user)):
-        raise Conflict(
-            f"Nothing was done: you no longer have access to the organization '{shown}' this page was showing.",
-            code="org_switched",
+    if not shown or shown == org.slug:
+        return
+    if any(m.organization.slug == shown for m in memberships_of(request.user)):
+        why = (
+            f"this page was showing the organization '{shown}', but you have switched to {org.name} since (in "
+            f"another tab). Reload the page to work in {org.name}, or switch back."
         )
-    if shown and shown != org.slug:
-        raise Conflict(
-            f"Nothing was done: this page was showing the organization '{shown}', but you have switched to "
-            f"{org.name} since (in another tab). Reload the page to work in {org.name}, or switch back.",
-            code="org_switched",
-        )
+    else:
+        why = f"you no longer have access to the organization '{shown}' this page was showing."
+    raise Conflict(f"Nothing was done: {why}", code="org_switched")
 
 
 def switch_to_the_org_holding(request: HttpRequest, holds: Callable[[Any], bool]) -> HttpResponse | None:

@@ -19,7 +19,7 @@ from django.views.decorators.http import require_http_methods, require_POST
 
 from apps.core.console import add_action_errors, hx_redirect, is_fragment_request, render_console
 from apps.core.errors import HermesAPIError
-from apps.core.permissions import SCOPES, Access, Role
+from apps.core.permissions import SCOPES, Access, Role, role_refusal
 from apps.orgs import actions, quotas
 from apps.orgs.context_processors import is_section_page
 from apps.orgs.decorators import org_action_required
@@ -350,18 +350,12 @@ def revoke_key(request: HttpRequest, key_id: int) -> HttpResponse:
 @require_http_methods(["GET", "POST"])
 def settings_page(request: HttpRequest) -> HttpResponse:
     access = _access(request)
-    org = access.org
     can_rename, can_bill = access.allows("org:admin"), access.allows("org:billing")
-    form = OrganizationSettingsForm(
-        request.POST or None,
-        initial={"name": org.name, "plan": org.plan},
-        can_rename=can_rename,
-        can_bill=can_bill,
-    )
+    form = _settings_form(access, request.POST or None)
     status = 200
     if request.method == "POST":
         if not (can_rename or can_bill):
-            raise PermissionDenied(f"Your role '{access.role}' may not change the organization's settings.")
+            raise PermissionDenied(role_refusal(access.role, "org:admin"))
         if form.is_valid():
             try:
                 actions.update_organization(
@@ -378,6 +372,16 @@ def settings_page(request: HttpRequest) -> HttpResponse:
     return _render_settings(request, access, form=form, status=status)
 
 
+def _settings_form(access: Access, data: Any = None) -> OrganizationSettingsForm:
+    org = access.org
+    return OrganizationSettingsForm(
+        data,
+        initial={"name": org.name, "plan": org.plan},
+        can_rename=access.allows("org:admin"),
+        can_bill=access.allows("org:billing"),
+    )
+
+
 def _render_settings(
     request: HttpRequest,
     access: Access,
@@ -388,14 +392,10 @@ def _render_settings(
 ) -> HttpResponse:
     """The settings page; a refused form comes back bound, with its errors and what was typed."""
     org = access.org
-    can_rename, can_bill = access.allows("org:admin"), access.allows("org:billing")
     context = {
         "org": org,
-        "form": form
-        or OrganizationSettingsForm(
-            initial={"name": org.name, "plan": org.plan}, can_rename=can_rename, can_bill=can_bill
-        ),
-        "can_edit": can_rename or can_bill,
+        "form": form or _settings_form(access),
+        "can_edit": access.allows("org:admin") or access.allows("org:billing"),
         "can_delete": access.allows("org:delete"),
         "delete_form": delete_form or DeleteOrganizationForm(slug=org.slug),
     }

@@ -18,10 +18,16 @@ import pytest
 from hermes_site.config import BASE_DIR
 
 
-@pytest.mark.skipif(os.name == "nt", reason="sends SIGINT to a process group")
-def test_run_serves_the_platform_on_embedded_defaults_and_stops_cleanly(tmp_path: Path, free_port: int) -> None:
+def _embedded_env(tmp_path: Path) -> dict[str, str]:
+    """`make run` on a machine with nothing configured: a SQLite file here and the embedded Redis."""
     env = {k: v for k, v in os.environ.items() if not k.startswith(("DATABASE_", "REDIS_", "CELERY_", "HERMES_"))}
     env.update(HERMES_ENV="dev", DATABASE_URL=f"sqlite:///{tmp_path / 'hermes.sqlite3'}")
+    return env
+
+
+@pytest.mark.skipif(os.name == "nt", reason="sends SIGINT to a process group")
+def test_run_serves_the_platform_on_embedded_defaults_and_stops_cleanly(tmp_path: Path, free_port: int) -> None:
+    env = _embedded_env(tmp_path)
     proc = subprocess.Popen(
         [sys.executable, "-m", "hermes_site.run", "--port", str(free_port)],
         cwd=BASE_DIR,
@@ -76,8 +82,7 @@ def test_run_serves_the_platform_on_embedded_defaults_and_stops_cleanly(tmp_path
 
 
 def test_a_taken_port_is_refused_before_anything_starts(tmp_path: Path, free_port: int) -> None:
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("DATABASE_", "REDIS_", "CELERY_", "HERMES_"))}
-    env.update(HERMES_ENV="dev", DATABASE_URL=f"sqlite:///{tmp_path / 'hermes.sqlite3'}")
+    env = _embedded_env(tmp_path)
     with socket.socket() as taken:
         taken.bind(("127.0.0.1", free_port))
         taken.listen()
