@@ -461,6 +461,12 @@ def claim_delivery(outbox_id: int) -> Outbox | None:
     return _outbox_rows().select_related("message", "message__peer", "organization").get(pk=outbox_id)
 
 
+def _request_abandoned(message: Message) -> bool:
+    from apps.federation.remote_tasks import request_abandoned  # (it imports this module)
+
+    return request_abandoned(message)
+
+
 def backoff_delay(attempt: int, retry_after: float | None = None) -> float:
     """Full jitter (AWS architecture blog): uniform in [0, min(cap, base * 2^(attempt-1))]; a server's
     Retry-After is a floor (still capped, so a hostile peer cannot park our queue)."""
@@ -498,7 +504,11 @@ def finish_attempt(outbox: Outbox, result: AttemptResult) -> str:
             too_old = now + timedelta(seconds=delay) > outbox.queued_at + timedelta(
                 seconds=settings.HERMES_FEDERATION_MAX_AGE
             )
-            if outcome == AttemptOutcome.PERMANENT:
+            if message.type == MessageType.TASK_REQUEST and _request_abandoned(message):
+                # Its task was canceled while this attempt was in flight: the cancel has gone out already, so
+                # a retry could only deliver the request after it.
+                status, why = OutboxStatus.WITHDRAWN, f"its task ended here during attempt {number} ({describe})"
+            elif outcome == AttemptOutcome.PERMANENT:
                 status, why = OutboxStatus.DEAD, f"permanent failure ({describe})"
             elif outbox.attempts >= settings.HERMES_FEDERATION_MAX_ATTEMPTS:
                 status, why = OutboxStatus.DEAD, f"{outbox.attempts} attempts exhausted; last: {describe}"
@@ -513,6 +523,9 @@ def finish_attempt(outbox: Outbox, result: AttemptResult) -> str:
             if status == OutboxStatus.DEAD:
                 update["dead_at"] = now
                 event, reason, delay = AuditEvent.DEAD_LETTERED, why, None
+            elif status == OutboxStatus.WITHDRAWN:
+                update["next_attempt_at"] = None
+                event, reason, delay = AuditEvent.WITHDRAWN, why, None
             else:
                 update["next_attempt_at"] = now + timedelta(seconds=delay)
                 event, reason = AuditEvent.RETRIED, f"attempt {number} failed ({describe}); retry in {delay:.2f} s"
@@ -620,6 +633,23 @@ def requeue(rows: Iterable[Outbox], *, actor: Any = None, reason: str = "") -> l
             transaction.on_commit(lambda outbox_id=outbox_id: _enqueue(outbox_id))  # type: ignore[misc]
             done.append(row)
     return done
+
+
+def withdraw(row: Outbox, *, reason: str) -> bool:
+    """Take back a message that is still waiting for an attempt (pending, or failed with a retry scheduled), so
+    that it never leaves. False when it is no longer waiting: an attempt holds it, or it was delivered or
+    dead-lettered meanwhile. The conditional UPDATE is the lock, as in `claim_delivery`."""
+    now = timezone.now()
+    with transaction.atomic():
+        moved = (
+            _outbox_rows()
+            .filter(pk=row.pk, status__in=[OutboxStatus.PENDING, OutboxStatus.FAILED])
+            .update(status=OutboxStatus.WITHDRAWN, next_attempt_at=None, updated_at=now)
+        )
+        if moved:
+            peer = row.message.peer
+            audit(AuditEvent.WITHDRAWN, org=row.organization, peer=peer, message_id=row.message_id, reason=reason)
+    return bool(moved)
 
 
 def discard(rows: Iterable[Outbox], *, actor: Any = None, reason: str = "") -> list[Outbox]:

@@ -216,6 +216,8 @@ class OutboxStatus(models.TextChoices):
     FAILED = "failed", "Failed (will retry)"
     DEAD = "dead", "Dead-lettered"
     DISCARDED = "discarded", "Discarded from the DLQ"
+    # A task request its task gave up on (canceled, or past its deadline) before the request was delivered.
+    WITHDRAWN = "withdrawn", "Withdrawn (its task ended first)"
 
 
 class Outbox(OrgOwnedModel):
@@ -333,6 +335,7 @@ class AuditEvent(models.TextChoices):
     DEAD_LETTERED = "dead_lettered", "Dead-lettered"
     REQUEUED = "requeued", "Requeued from the DLQ"
     DISCARDED = "discarded", "Discarded from the DLQ"
+    WITHDRAWN = "withdrawn", "Withdrawn (its task ended first)"
     KEY_ADDED = "key_added", "Key added"
     KEY_PROMOTED = "key_promoted", "Key promoted"
     KEY_RETIRED = "key_retired", "Key retired"

@@ -31,6 +31,7 @@ from apps.agents.models import Agent
 from apps.federation import actions
 from apps.federation.handlers import Unrelated, register
 from apps.federation.models import (
+    DeliveryAttempt,
     FederatedTask,
     InboxEntry,
     MessageType,
@@ -208,11 +209,37 @@ def relay_cancel(task: Task) -> None:
         # dead letter is settled: discarded, with an audit event saying why.
         actions.discard([request], reason=f"its task {task.pk} ended here ({task.state}) before delivery")
         why = f"{task.state} here before the request was delivered ({request.last_error or request.status})"
-        RemoteTask.objects.for_org(task.organization_id).filter(pk=remote.pk).update(
-            state=task.state, error=why[:1000], updated_at=timezone.now()
-        )
+        _settle(remote, task.state, why)
+        return
+    # Still waiting for an attempt (a peer that was down, a backoff): the request is taken back, so it cannot reach
+    # the executor after the cancel (which would arrive first, find nothing, and let the late request start a task
+    # nobody waits for). If an earlier attempt may have reached the executor before failing here (a timeout), the
+    # cancel is sent as well.
+    waiting = request is not None and request.status in (OutboxStatus.PENDING, OutboxStatus.FAILED)
+    if (
+        waiting
+        and actions.withdraw(request, reason=f"its task {task.pk} ended here ({task.state}) before delivery")
+        and not DeliveryAttempt.objects.for_org(task.organization_id).filter(outbox=request).exists()
+    ):
+        _settle(remote, task.state, f"{task.state} here before the request was sent")
         return
     _relay(remote, MessageType.TASK_CANCEL, {"reason": "canceled by the requester"})
+
+
+def _settle(remote: RemoteTask, state: str, why: str) -> None:
+    """The request never ran on the executor: the mirror ends here with the requester's own state."""
+    RemoteTask.objects.for_org(remote.organization_id).filter(pk=remote.pk).update(
+        state=state, error=why[:1000], updated_at=timezone.now()
+    )
+
+
+def request_abandoned(request: Any) -> bool:
+    """Requester side, after a failed attempt to deliver a task request: has its task ended here meanwhile (a
+    cancel while the attempt was in flight)? Then the request is not retried."""
+    remote = _task_of_request(request)
+    if remote is None:
+        return False
+    return Task.objects.for_org(remote.organization_id).filter(pk=remote.task_id, state__in=TERMINAL_STATES).exists()
 
 
 def relay_follow_up(sender: Any = None, *, task: Task, message: dict[str, Any], **_: Any) -> None:

@@ -604,3 +604,66 @@ def test_a_refused_request_requeued_after_the_policy_is_fixed_completes(
     assert ours.state == "completed" and ours.last_error == ""  # the delivery error no longer holds
     remote.refresh_from_db()
     assert remote.state == "completed" and remote.error == ""
+
+
+def _cancel(api: Any, task: Any, capture: Any) -> None:
+    with capture(execute=True):
+        assert api.post(f"/api/v1/tasks/{task.pk}/cancel").status_code == 202
+
+
+@pytest.mark.django_db
+def test_canceling_before_the_request_was_sent_withdraws_it(
+    org: Any, other_org: Any, alice: Any, client_for: Any, undelivered: tuple[RemoteTask, Any],
+    django_capture_on_commit_callbacks: Any,
+) -> None:  # fmt: skip
+    remote, task = undelivered
+    _cancel(client_for(alice), task, django_capture_on_commit_callbacks)
+    # The request never leaves (so it cannot reach globex after the cancel and start a task nobody waits for),
+    # and no cancel is sent for a request globex never saw.
+    row = Outbox.objects.for_org(org).get(message_id=remote.request_id)
+    assert row.status == OutboxStatus.WITHDRAWN and row.next_attempt_at is None
+    assert actions.claim_delivery(row.pk) is None
+    assert not Message.objects.for_org(org).filter(type=MessageType.TASK_CANCEL).exists()
+    withdrawn = FederationAuditEvent.objects.for_org(org).get(event="withdrawn", message_id=remote.request_id)
+    assert withdrawn.reason == f"its task {task.pk} ended here (canceled) before delivery"
+    remote.refresh_from_db()
+    assert remote.state == "canceled" and remote.error == "canceled here before the request was sent"
+    assert not InboxEntry.objects.for_org(other_org).exists()
+
+
+@pytest.mark.django_db
+def test_canceling_while_a_failed_request_waits_for_its_retry_withdraws_it_and_cancels_there(
+    org: Any, alice: Any, client_for: Any, undelivered: tuple[RemoteTask, Any],
+    django_capture_on_commit_callbacks: Any,
+) -> None:  # fmt: skip
+    from apps.federation.delivery import AttemptOutcome, AttemptResult
+
+    remote, task = undelivered
+    row = actions.claim_delivery(Outbox.objects.for_org(org).get(message_id=remote.request_id).pk)
+    # A timeout: globex may have stored the request even though no receipt came back.
+    with django_capture_on_commit_callbacks(execute=False):
+        assert actions.finish_attempt(row, AttemptResult(AttemptOutcome.RETRY, 5.0, error="timeout")) == "failed"
+    _cancel(client_for(alice), task, django_capture_on_commit_callbacks)
+    assert Outbox.objects.for_org(org).get(pk=row.pk).status == OutboxStatus.WITHDRAWN
+    cancel = Message.objects.for_org(org).get(type=MessageType.TASK_CANCEL)
+    assert cancel.correlation_id == remote.request_id
+
+
+@pytest.mark.django_db
+def test_a_request_whose_task_was_canceled_during_its_attempt_is_not_retried(
+    org: Any, alice: Any, client_for: Any, undelivered: tuple[RemoteTask, Any],
+    django_capture_on_commit_callbacks: Any,
+) -> None:  # fmt: skip
+    from apps.federation.delivery import AttemptOutcome, AttemptResult
+
+    remote, task = undelivered
+    row = actions.claim_delivery(Outbox.objects.for_org(org).get(message_id=remote.request_id).pk)
+    _cancel(client_for(alice), task, django_capture_on_commit_callbacks)  # while the attempt is in flight
+    assert Message.objects.for_org(org).filter(type=MessageType.TASK_CANCEL).exists()  # it may have arrived
+    with django_capture_on_commit_callbacks(execute=True) as callbacks:
+        status = actions.finish_attempt(row, AttemptResult(AttemptOutcome.RETRY, 5.0, error="connection reset"))
+    assert status == OutboxStatus.WITHDRAWN and not callbacks  # no retry is enqueued
+    row.refresh_from_db()
+    assert row.status == OutboxStatus.WITHDRAWN and row.next_attempt_at is None
+    withdrawn = FederationAuditEvent.objects.for_org(org).get(event="withdrawn", message_id=remote.request_id)
+    assert withdrawn.reason == "its task ended here during attempt 1 (connection reset)"
