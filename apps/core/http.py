@@ -181,9 +181,17 @@ def check_url(url: str | httpx.URL) -> httpx.URL:
 
 
 def _literal(host: str) -> IPAddress | None:
+    normalized = _normalize_host(host)
     try:
-        return ipaddress.ip_address(_normalize_host(host))
+        return ipaddress.ip_address(normalized)
     except ValueError:
+        pass
+    try:
+        # The legacy IPv4 spellings the system resolver also reads as addresses (2130706433, 0x7f000001,
+        # 127.1): checked here, before any DNS, so that check_url (a peer or agent URL being saved) refuses
+        # them as it refuses 127.0.0.1, instead of only at connect time.
+        return ipaddress.IPv4Address(socket.inet_aton(normalized))
+    except OSError:
         return None
 
 

@@ -98,6 +98,9 @@ def test_staff_add_a_peer(as_user: Any, alice: Any, berlin: Peer) -> None:
     html = private.content.decode()
     assert Peer.objects.filter(name="lan").exists() and "Deliveries to this peer will be refused" in html
     assert "a private network address" in html and "HERMES_SSRF_ALLOWLIST" in html
+    # A spelling of 127.0.0.1 the resolver accepts is said at once too, not first at delivery time.
+    hexed = client.post("/federation/peers/", {"name": "hex", "base_url": "http://0x7f000001", "local_name": "p"}, **HX)
+    assert "Deliveries to this peer will be refused" in hexed.content.decode()
 
 
 @pytest.mark.parametrize(("who", "status"), [("bob", 200), ("dave", 403), ("mia", 403)])

@@ -89,6 +89,14 @@ def test_odd_spellings_of_loopback_are_refused(no_allowlist: None, host: str) ->
     assert exc_info.value.rule == "loopback" and exc_info.value.address == "127.0.0.1"
 
 
+@pytest.mark.parametrize("host", ["2130706433", "127.1", "0x7f.0.0.1", "0x7f000001"])
+def test_odd_spellings_are_refused_without_dns(no_allowlist: None, host: str) -> None:
+    """check_url (what saving an agent or peer URL runs) reads them as the resolver would."""
+    with pytest.raises(OutboundBlocked) as exc_info:
+        check_url(f"http://{host}:8000/")
+    assert exc_info.value.rule == "loopback" and exc_info.value.address == "127.0.0.1"
+
+
 def test_octal_ip_spelling_never_reaches_a_socket(no_allowlist: None) -> None:
     with guarded_client() as client, pytest.raises((OutboundBlocked, httpx.InvalidURL)):
         client.get("http://0177.0.0.1/")
