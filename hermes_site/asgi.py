@@ -16,6 +16,10 @@ with explain_failures("asgi"):
 
     django_asgi = get_asgi_application()
 
+    from apps.core.logging import install_redaction
+
+    install_redaction()  # uvicorn logs each websocket handshake with its query string (`?api_key=`)
+
     from apps.core.startup import print_summary_in_background
 
     print_summary_in_background("web (asgi)")

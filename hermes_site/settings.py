@@ -317,6 +317,7 @@ LOGGING = {
     "disable_existing_loggers": False,
     "filters": {
         "context": {"()": "apps.core.logging.ContextFilter"},
+        "redact": {"()": "apps.core.logging.RedactFilter"},
         "sampled": {"()": "apps.core.logging.SampleFilter", "rate": LOG_SAMPLE_RATE},
     },
     "formatters": {
@@ -329,7 +330,7 @@ LOGGING = {
     "handlers": {
         "default": {
             "class": "logging.StreamHandler",
-            "filters": ["context"],
+            "filters": ["context", "redact"],
             "formatter": LOG_FORMAT,
         }
     },

@@ -6,12 +6,16 @@
   any `extra=` values.
 - `SampleFilter` keeps only LOG_SAMPLE_RATE of the INFO/DEBUG lines of noisy loggers (health probes, websocket
   heartbeats, sweepers: `NOISY_LOGGERS`); warnings and errors always pass.
+- `RedactFilter` masks bearer secrets a URL can carry (an API key, as `?api_key=` on a websocket or anywhere as
+  `hrm_…`; the token of a password-reset or invitation link) before any handler writes the line: on Hermes'
+  own handler, and on uvicorn's loggers (`install_redaction`), whose websocket line includes the query string.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import re
 import threading
 from datetime import UTC, datetime
 from typing import Any
@@ -104,3 +108,39 @@ class SampleFilter(logging.Filter):
                 self._credit -= 1.0
         record._hermes_sampled = keep
         return keep
+
+
+# What a log line must never carry. An API key (`hrm_` + 43 url-safe characters) keeps what the console's key list
+# shows of it (`hrm_abcd…wxyz`), so a line still says which key; a link token only its route.
+_API_KEY = re.compile(r"(hrm_[A-Za-z0-9_-]{4})[A-Za-z0-9_-]{8,}([A-Za-z0-9_-]{4})")
+_SECRET_PARAM = re.compile(r"([?&](?:api_key|access_token|token)=)(?!hrm_)[^&\s\"']+", re.IGNORECASE)
+_LINK_TOKEN = re.compile(r"((?<![\w/])/invitations/|/password-reset/[^/\s]+/)(?!set-password/|accept\b)[^/?\s\"']+")
+REDACTED = "[redacted]"
+
+
+def redact(text: str) -> str:
+    text = _API_KEY.sub(r"\1…\2", text)
+    text = _SECRET_PARAM.sub(rf"\1{REDACTED}", text)
+    return _LINK_TOKEN.sub(rf"\1{REDACTED}", text)
+
+
+class RedactFilter(logging.Filter):
+    """Masks secrets in the message and in a `path` extra (the request line's), leaving the record otherwise as is."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = record.getMessage()
+        masked = redact(message)
+        if masked != message:
+            record.msg, record.args = masked, None
+        path = getattr(record, "path", None)
+        if isinstance(path, str):
+            record.path = redact(path)
+        return True
+
+
+def install_redaction() -> None:
+    """Put RedactFilter on the loggers of the server in front of Django (uvicorn keeps its own handlers)."""
+    for name in ("uvicorn", "uvicorn.error", "uvicorn.access"):
+        logger = logging.getLogger(name)
+        if not any(isinstance(existing, RedactFilter) for existing in logger.filters):
+            logger.addFilter(RedactFilter())

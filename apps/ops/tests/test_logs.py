@@ -16,7 +16,14 @@ from rest_framework.test import APIRequestFactory, force_authenticate
 
 from apps.core import context
 from apps.core.api import OrgScopedViewSet
-from apps.core.logging import NOISY_LOGGERS, ContextFilter, JsonFormatter, SampleFilter
+from apps.core.logging import (
+    NOISY_LOGGERS,
+    ContextFilter,
+    JsonFormatter,
+    RedactFilter,
+    SampleFilter,
+    install_redaction,
+)
 from apps.core.permissions import Access, Role
 from apps.ops.tasks import ping_url
 from apps.ops.tests.conftest import WorkerProcess, wait_for
@@ -27,10 +34,15 @@ REQUIRED = {"timestamp", "level", "logger", "message", "request_id", "org_id", "
 
 @pytest.fixture
 def json_lines() -> Iterator[Callable[[], list[dict[str, Any]]]]:
-    """What the production handler writes: ContextFilter + JsonFormatter on the root logger."""
+    """What the production handler writes: its configured filters (settings.LOGGING) and JsonFormatter on the
+    root logger."""
+    from django.conf import settings
+
     stream = io.StringIO()
     handler = logging.StreamHandler(stream)
-    handler.addFilter(ContextFilter())
+    factories = {"apps.core.logging.ContextFilter": ContextFilter, "apps.core.logging.RedactFilter": RedactFilter}
+    for name in settings.LOGGING["handlers"]["default"]["filters"]:
+        handler.addFilter(factories[settings.LOGGING["filters"][name]["()"]]())
     handler.setFormatter(JsonFormatter())
     root = logging.getLogger()
     root.addHandler(handler)
@@ -72,6 +84,33 @@ def test_request_line_is_one_json_object_with_every_field(
     assert line["message"] == "GET /api/v1/ops/ping/none 404"
     assert line["status"] == 404 and line["method"] == "GET" and line["duration_ms"] >= 0
     assert line["level"] == "INFO" and line["timestamp"].endswith("+00:00")
+
+
+@pytest.mark.django_db
+def test_link_tokens_never_reach_the_log(client: Client, json_lines: Callable[[], list[dict[str, Any]]]) -> None:
+    client.get("/invitations/Secret-Invite_Token123/")
+    client.get("/password-reset/MQ/cz1a2b-0123456789abcdef/")
+    lines = [r for r in json_lines() if r["logger"] == "hermes.request"]
+    assert [r["path"] for r in lines] == ["/invitations/[redacted]/", "/password-reset/MQ/[redacted]/"]
+    assert lines[0]["message"] == "GET /invitations/[redacted]/ 404"  # an unknown token: still masked
+    assert not any("Secret-Invite" in str(r) or "0123456789abcdef" in str(r) for r in json_lines())
+
+
+def test_api_keys_in_uvicorns_websocket_line_are_masked() -> None:
+    # uvicorn logs every handshake on uvicorn.error with the path and query string, through its own handlers.
+    install_redaction()
+    stream = io.StringIO()
+    handler = logging.StreamHandler(stream)
+    logger = logging.getLogger("uvicorn.error")
+    logger.addHandler(handler)
+    level, logger.level = logger.level, logging.INFO
+    key = "hrm_M31j4wCf78ST3p5re_taNG5mA7TyxXhyHkXMRZX3IQE"
+    try:
+        logger.info('%s - "WebSocket %s" [accepted]', "127.0.0.1:4711", f"/ws/tasks/t1/?api_key={key}&after=3")
+    finally:
+        logger.removeHandler(handler)
+        logger.level = level
+    assert stream.getvalue() == '127.0.0.1:4711 - "WebSocket /ws/tasks/t1/?api_key=hrm_M31j…3IQE&after=3" [accepted]\n'
 
 
 @pytest.mark.django_db
