@@ -1,8 +1,8 @@
-import hashlib
 from base64 import b64decode, b64encode
 from typing import Any
 from urllib import parse
 
+from django.utils.crypto import constant_time_compare, salted_hmac
 from rest_framework import exceptions
 from rest_framework.pagination import Cursor
 from rest_framework.pagination import CursorPagination as _Cursor
@@ -31,11 +31,14 @@ class CursorPagination(_Cursor):
 
     def encode_cursor(self, cursor: Cursor) -> str:
         # DRF's cursor holds only a position, so another list's cursor was read as a position in this one (a
-        # shifted page). Each cursor also names its list: a short digest of the path.
+        # shifted page), and an edited position reached the database filter (a 400 about the wrong field, or a
+        # page from an arbitrary point). Each cursor is signed for its list: a keyed digest of the path and its
+        # own tokens.
         request = self.request  # type: ignore[attr-defined]  # set by paginate_queryset, as base_url
-        tokens = {"o": str(cursor.offset), "r": "1" if cursor.reverse else "0", "l": _list_tag(request.path)}
+        tokens = {"o": str(cursor.offset), "r": "1" if cursor.reverse else "0"}
         if cursor.position is not None:
             tokens["p"] = str(cursor.position)
+        tokens["l"] = _signature(request.path, tokens)
         encoded = b64encode(parse.urlencode(tokens).encode("ascii")).decode("ascii")
         return str(replace_query_param(self.base_url or "", self.cursor_query_param, encoded))
 
@@ -46,8 +49,9 @@ class CursorPagination(_Cursor):
             cursor = super().decode_cursor(request)
             if cursor is not None:
                 raw = request.query_params[self.cursor_query_param]
-                tokens = parse.parse_qs(b64decode(raw.encode("ascii")).decode("ascii"))
-                if tokens.get("l", [""])[0] != _list_tag(request.path):
+                tokens = dict(parse.parse_qsl(b64decode(raw.encode("ascii")).decode("ascii"), keep_blank_values=True))
+                signature = tokens.pop("l", "")
+                if not constant_time_compare(signature, _signature(request.path, tokens)):
                     raise exceptions.NotFound()
             return cursor
         except exceptions.NotFound:
@@ -59,5 +63,6 @@ class CursorPagination(_Cursor):
             ) from None
 
 
-def _list_tag(path: str) -> str:
-    return hashlib.sha256(path.rstrip("/").encode()).hexdigest()[:8]
+def _signature(path: str, tokens: dict[str, str]) -> str:
+    signed = "|".join([path.rstrip("/"), *(f"{name}={tokens[name]}" for name in sorted(tokens))])
+    return salted_hmac("hermes.cursor", signed, algorithm="sha256").hexdigest()[:16]

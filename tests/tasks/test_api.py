@@ -2,7 +2,9 @@ from __future__ import annotations
 
 import json
 import uuid
+from base64 import b64decode, b64encode
 from typing import Any
+from urllib import parse
 
 import pytest
 
@@ -184,6 +186,12 @@ def test_list_filters_and_pins_queries(
     # Another list's cursor was read as a position in this one (a shifted page); it is refused like any other.
     foreign = page["next"].split("cursor=")[1].split("&")[0]
     assert client.get(f"/api/v1/agents?cursor={foreign}").status_code == 400
+    # An edited position (a date that is none, another point of the list) is refused as the cursor, not read.
+    tokens = dict(parse.parse_qsl(b64decode(parse.unquote(foreign)).decode()))
+    for position in ("garbage", "2026-13-45", "2020-01-01 00:00:00+00:00"):
+        forged = b64encode(parse.urlencode({**tokens, "p": position}).encode()).decode()
+        refused = client.get("/api/v1/tasks", {"cursor": forged})
+        assert refused.status_code == 400 and refused.json()["error"]["details"] == {"cursor": ["Invalid cursor."]}
     for size in ("0", "-1", "ten"):
         bad_size = client.get(f"/api/v1/tasks?page_size={size}").json()["error"]
         assert bad_size["details"] == {"page_size": ["A whole number from 1 to 200."]}
