@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -12,6 +12,7 @@ from django.urls import Resolver404, resolve
 from django.views.decorators.csrf import csrf_exempt
 from drf_spectacular.utils import extend_schema
 from rest_framework import permissions, viewsets
+from rest_framework.exceptions import ValidationError
 from rest_framework.request import Request
 
 from apps.core import context
@@ -98,6 +99,16 @@ class OrgScopedMixin:
         # From here on every log line (and every Celery job enqueued) carries the org and user.
         context.bind_access(getattr(request, "auth", None))
 
+    def initial(self, request: Request, *args: Any, **kwargs: Any) -> None:
+        super().initial(request, *args, **kwargs)  # type: ignore[misc]
+        handler = getattr(self, getattr(self, "action", None) or (request.method or "get").lower(), None)
+        described = getattr(handler, "hermes_described", None)
+        if described is not None and not described.takes_body and _has_body(request):
+            lookup = getattr(self, "lookup_url_kwarg", None) or getattr(self, "lookup_field", None)
+            if lookup in kwargs:
+                self.get_object()  # type: ignore[attr-defined]  # another org's object stays a 404 first
+            _refuse_body(request)
+
     def required_action(self, request: Request) -> str | None:
         name = getattr(self, "action", None) or (request.method or "get").lower()
         if name in self.required_actions:
@@ -117,6 +128,22 @@ class OrgScopedMixin:
 
     def get_queryset(self) -> QuerySet[Any]:
         return self.scoped_queryset()
+
+
+def _has_body(request: Request) -> bool:
+    return bool(int(request.META.get("CONTENT_LENGTH") or 0) or "HTTP_TRANSFER_ENCODING" in request.META)
+
+
+def _refuse_body(request: Request) -> None:
+    """An operation that reads no body (a cancel, a revoke) answered 2xx to any body, so `{"reason": …}` or a
+    typo looked accepted. A body is parsed as any other (415 for another media type, 400 for broken JSON) and
+    anything but an empty object is refused."""
+    data = request.data
+    if isinstance(data, Mapping):
+        if data:
+            raise ValidationError({name: ["Unknown field: this endpoint takes no body."] for name in sorted(data)})
+    else:
+        raise ValidationError({"non_field_errors": ["This endpoint takes no body."]})
 
 
 class OrgScopedViewSet(OrgScopedMixin, viewsets.GenericViewSet):  # type: ignore[misc]
@@ -142,6 +169,7 @@ class Described:
     action: str | None
     public: bool
     errors: dict[int, str]
+    takes_body: bool = True  # False for `request=None`: an operation that reads no body refuses one (see initial)
 
 
 def describe(
@@ -168,7 +196,9 @@ def describe(
 
     def decorator(view_method: Any) -> Any:
         view_method = annotate(view_method)
-        view_method.hermes_described = Described(action=action, public=public, errors=dict(errors or {}))
+        view_method.hermes_described = Described(
+            action=action, public=public, errors=dict(errors or {}), takes_body=kwargs.get("request", True) is not None
+        )
         return view_method
 
     return decorator

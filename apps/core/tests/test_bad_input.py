@@ -11,6 +11,7 @@ from django.test import Client
 
 from apps.core import jsonutil
 from apps.tasks.forms import TaskForm
+from apps.tasks.models import Task
 
 pytestmark = pytest.mark.django_db
 ABYSS = "[" * 100_000 + "]" * 100_000
@@ -112,3 +113,31 @@ def test_too_many_query_parameters_with_debug_on_is_the_same_400(client: Client,
     page = client.get(f"/accounts/login/?{flood}")
     assert page.status_code == 400 and "more than 1000 query or form parameters" in page.content.decode()
     assert client.get(f"/api/v1/me?{flood}").json()["error"]["code"] == "too_many_parameters"
+
+
+def test_an_operation_that_reads_no_body_refuses_one(client_for: Any, alice: Any, charlie: Any, org: Any) -> None:
+    from apps.tasks import actions
+    from tests.tasks.conftest import make_agent
+
+    agent = make_agent(org, "echo")
+
+    def task() -> Any:
+        return actions.create_task(org=org, agent=agent, message={"parts": [{"text": "hi"}]})
+
+    api = client_for(alice)
+    url = f"/api/v1/tasks/{task().pk}/cancel"
+    refused = api.post(url, {"reason": "because", "force": True}, format="json")
+    assert refused.status_code == 400 and refused.json()["error"]["details"] == {
+        "force": ["Unknown field: this endpoint takes no body."],
+        "reason": ["Unknown field: this endpoint takes no body."],
+    }
+    assert api.post(url, "[1]", content_type="application/json").json()["error"]["details"] == {
+        "non_field_errors": ["This endpoint takes no body."]
+    }
+    assert api.post(url, "{bad", content_type="application/json").json()["error"]["code"] == "parse_error"
+    assert api.post(url, "stop", content_type="text/plain").status_code == 415
+    assert Task.objects.for_org(org).get(pk=url.split("/")[4]).state == "submitted"  # nothing was canceled
+    # Another org's task stays a 404 whatever the body.
+    assert client_for(charlie).post(url, {"reason": "x"}, format="json").status_code == 404
+    assert api.post(url, {}, format="json").status_code == 202
+    assert api.post(f"/api/v1/tasks/{task().pk}/cancel").status_code == 202
