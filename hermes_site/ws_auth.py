@@ -12,12 +12,13 @@ from __future__ import annotations
 
 import logging
 from typing import Any
-from urllib.parse import parse_qs
+from urllib.parse import parse_qs, urlsplit
 
 from channels.auth import AuthMiddlewareStack
 from channels.db import database_sync_to_async
 from channels.middleware import BaseMiddleware
-from channels.security.websocket import AllowedHostsOriginValidator
+from channels.security.websocket import AllowedHostsOriginValidator, OriginValidator
+from django.conf import settings
 from django.db import InterfaceError, OperationalError
 
 from apps.core import checks, context
@@ -134,7 +135,33 @@ class OriginCheckUnlessAPIKey:
     def __init__(self, inner: Any) -> None:
         self.inner = inner
         self.checked = AllowedHostsOriginValidator(inner)
+        self.denied = OriginValidator(inner, [])  # refuses every socket, as the validator refuses a foreign one
 
     async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> Any:
-        app = self.inner if api_key_from_scope(scope) is not None else self.checked
+        if api_key_from_scope(scope) is not None:
+            return await self.inner(scope, receive, send)
+        app = self.checked if _same_origin(scope) else self.denied
         return await app(scope, receive, send)
+
+
+def _same_origin(scope: dict[str, Any]) -> bool:
+    """Django's CSRF rule for the Origin of a cookie socket: its host *and port* are the ones the socket was
+    opened on (or it is one of CSRF_TRUSTED_ORIGINS). ALLOWED_HOSTS compares host names only, and cookies are
+    not scoped by port, so a page of another service on the same host (:9999) could open a socket with the
+    visitor's cookie. Without a Host header (not a browser) the ALLOWED_HOSTS check alone decides."""
+    headers = dict(scope.get("headers") or [])
+    origin, host = headers.get(b"origin"), headers.get(b"host")
+    if origin is None or host is None:
+        return True
+    origin_text = origin.decode("latin-1").strip().lower()
+    if origin_text in {trusted.lower() for trusted in settings.CSRF_TRUSTED_ORIGINS}:
+        return True
+    parsed = urlsplit(origin_text)
+    default = {"http": 80, "https": 443}.get(parsed.scheme)
+    try:
+        origin_port = parsed.port or default
+        served = urlsplit(f"//{host.decode('latin-1').strip().lower()}")
+        served_port = served.port or default
+    except ValueError:  # a port that is no number
+        return False
+    return bool(parsed.hostname) and (parsed.hostname, origin_port) == (served.hostname, served_port)

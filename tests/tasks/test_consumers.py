@@ -185,6 +185,12 @@ def test_origin_is_checked_for_cookies_not_for_api_keys(org: Any, alice: Any, ta
         assert await outcome(f"?api_key={plaintext}", [])
         assert await outcome("", [(b"authorization", f"Bearer {plaintext}".encode())])
         assert await outcome(f"?api_key={plaintext}", [*cookie, foreign])  # the key's own access, not the cookie's
+        # As Django's CSRF check: the Origin's port counts (cookies do not keep to a port; ALLOWED_HOSTS names hosts).
+        host = (b"host", b"testserver:8000")
+        assert await outcome("", [*cookie, host, (b"origin", b"http://testserver:8000")])
+        assert not await outcome("", [*cookie, host, (b"origin", b"http://testserver:9999")])
+        assert not await outcome("", [*cookie, host, (b"origin", b"http://testserver")])
+        assert await outcome("", [*cookie, (b"host", b"testserver"), (b"origin", b"http://testserver:80")])
 
     async_to_sync(scenario)()
 
