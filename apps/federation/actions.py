@@ -409,6 +409,11 @@ def request_remote_task(
             return RemoteTask.objects.for_org(org).get(task_id=str(task.pk))
     except task_actions.InvalidMessage as exc:
         raise HermesAPIError(str(exc), code="invalid_message", details={"message": [str(exc)]}) from exc
+    except HermesAPIError as exc:
+        # send_message names its address `recipient`; the caller of this request gave it as `agent`.
+        if "recipient" in exc.details:
+            exc.details["agent"] = exc.details.pop("recipient")
+        raise
     except task_actions.TaskInputTooLarge as exc:
         raise HermesAPIError(
             str(exc), code="input_too_large", status_code=413, details={"size": exc.size, "limit": exc.limit}

@@ -168,6 +168,10 @@ def test_remote_task_api(
     assert bad.status_code == 400 and bad.json()["error"]["code"] == "invalid_address"
     bad = api.post("/api/v1/federation/remote-tasks", {"agent": "echo.globex", "message": {"parts": []}}, format="json")
     assert bad.status_code == 400 and "message" in bad.json()["error"]["details"]
+    # The address is refused under the field the caller named, `agent` (messages call it `recipient`).
+    for address, code in (("echo.nobody", "unknown_recipient"), ("echo.globex@nowhere", "unknown_peer")):
+        error = api.post("/api/v1/federation/remote-tasks", {"agent": address, "message": MESSAGE}, format="json")
+        assert error.json()["error"]["code"] == code and list(error.json()["error"]["details"]) == ["agent"]
     for parts, reason in (
         (["garbage", {"foo": 1}], "part 1 must be an object with text or data, not str"),  # was a 500
         ([{"text": 123}], "part 1: 'text' must be a string, not int"),  # was a 202, then failed at the agent
