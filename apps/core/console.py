@@ -95,6 +95,28 @@ def _page_for_a_form_address(request: HttpRequest) -> HttpResponse | None:
     return None
 
 
+def _page_redirect_for_a_fragment(request: HttpRequest, response: HttpResponse) -> HttpResponse | None:
+    """A fragment request sent to sign in (the session ended in another tab) or to create an org (the person was
+    removed from their only one) was followed by htmx inside the swap: the whole login page landed in a card, its
+    autofocus took the keyboard. The page goes there instead, and after signing in comes back to the page the
+    person was on (not to the fragment's address)."""
+    from urllib.parse import urlsplit
+
+    from django.conf import settings
+    from django.contrib.auth.views import redirect_to_login
+    from django.urls import reverse
+
+    target = urlsplit(response["Location"])
+    if target.path == settings.LOGIN_URL:
+        current = urlsplit(request.headers.get("HX-Current-URL", ""))
+        page = current.path if current.netloc in ("", request.get_host()) and current.path else "/"
+        page += f"?{current.query}" if current.query else ""
+        return hx_redirect(request, redirect_to_login(page)["Location"])
+    if target.path == reverse("orgs:create"):
+        return hx_redirect(request, response["Location"])
+    return None
+
+
 class ConsoleErrorMiddleware:
     """A refused action (HermesAPIError: 403 role, 409 conflict, …) raised by a console view becomes a readable
     answer instead of a 500: htmx requests get the status and X-Hermes-Error (shown as a toast); a plain form post
@@ -107,6 +129,8 @@ class ConsoleErrorMiddleware:
         response = self.get_response(request)
         if response.status_code == 405 and request.method == "GET" and not request.path.startswith("/api/"):
             return _page_for_a_form_address(request) or response
+        if is_fragment_request(request) and response.status_code == 302:
+            return _page_redirect_for_a_fragment(request, response) or response
         return response
 
     def process_exception(self, request: HttpRequest, exception: Exception) -> HttpResponse | None:

@@ -24,6 +24,25 @@ def test_anonymous_is_sent_to_login(client: Client) -> None:
     assert response.status_code == 302 and response["Location"].startswith("/accounts/login/?next=/")
 
 
+def test_a_fragment_sent_to_sign_in_moves_the_page_there(client: Client, alice: Any) -> None:
+    """The session ended in another tab: htmx would follow the 302 and put the login page inside a card."""
+    poll = client.get(
+        "/federation/outbox/",
+        {"status": "dead"},
+        HTTP_HX_REQUEST="true",
+        HTTP_HX_CURRENT_URL="http://testserver/federation/outbox/?status=dead",
+    )
+    assert poll.status_code == 204 and not poll.content
+    assert poll["HX-Redirect"] == "/accounts/login/?next=/federation/outbox/%3Fstatus%3Ddead"  # the page, back
+    # Someone removed from their only org: the page goes to create one, as a page load would.
+    client.force_login(alice)
+    Membership.objects.unscoped("test: alice leaves every org").filter(user=alice).delete()
+    refreshed = client.get("/tasks/", HTTP_HX_REQUEST="true", HTTP_HX_CURRENT_URL="http://testserver/tasks/")
+    assert refreshed.status_code == 204 and refreshed["HX-Redirect"] == "/orgs/new/"
+    # A boosted navigation or a page load is an ordinary redirect.
+    assert client.get("/tasks/").status_code == 302
+
+
 def test_base_layout_carries_csrf_once_local_htmx_and_the_nav(client: Client, alice: Any) -> None:
     html = login(client, alice).get("/").content.decode()
     assert html.count('hx-headers=\'{"X-CSRFToken": "') == 1
