@@ -144,7 +144,7 @@ def register_agent_by_url(
     *, org: Any, url: str, by: Any = None, slug: str | None = None, visibility: str = Visibility.PRIVATE
 ) -> Agent:
     """Fetch the agent's card (agent-card.json, falling back to agent.json), validate it and store the agent."""
-    _refuse_credentials(url)
+    refuse_credentials(url)
     info = _fetch(url)
     with transaction.atomic():
         agent = Agent(organization=org, created_by=_who(by)[0], visibility=visibility)
@@ -190,7 +190,7 @@ def register_agent_manually(
     return agent
 
 
-def _refuse_credentials(url: str) -> None:
+def refuse_credentials(url: str) -> None:
     # The URL is stored, shown to the org and logged with every call; A2A agents declare how callers authenticate
     # in their card instead.
     if "@" in urlsplit(url).netloc:
@@ -203,7 +203,7 @@ def _refuse_credentials(url: str) -> None:
 
 
 def _check_endpoint(url: str) -> None:
-    _refuse_credentials(url)
+    refuse_credentials(url)
     try:
         check_url(url)
     except OutboundBlocked as exc:

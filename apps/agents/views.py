@@ -94,8 +94,10 @@ def preview(request: HttpRequest) -> HttpResponse:
     card = None
     if url_form.is_valid():
         try:
+            # Refused before anything is fetched: the URL would be requested (and logged) with its credentials.
+            actions.refuse_credentials(url_form.cleaned_data["url"])
             card = selectors.preview_agent_card(url_form.cleaned_data["url"])
-        except (CardError, OutboundBlocked) as exc:
+        except (CardError, OutboundBlocked, actions.AgentActionError) as exc:
             url_form.add_error("url", str(exc))
     form = AgentRegisterForm(initial={"url": url_form.data.get("url", ""), "visibility": Visibility.PRIVATE})
     context = {

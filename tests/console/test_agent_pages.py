@@ -55,6 +55,14 @@ def test_preview_refuses_private_addresses(as_user: Any, dave: Any, settings: An
     assert response.status_code == 422 and "169.254.169.254" in response.content.decode()
 
 
+def test_preview_refuses_credentials_before_fetching(as_user: Any, dave: Any, cards: CardServer) -> None:
+    url = cards.base.replace("http://", "http://user:s3cret@")
+    response = as_user(dave).post("/agents/register/preview/", {"url": url}, **HX)
+    html = response.content.decode()
+    assert response.status_code == 422 and "Leave credentials out of the agent&#x27;s URL" in html
+    assert cards.hits == []  # nothing was fetched with them (nor logged by the HTTP client)
+
+
 def test_register_after_preview(as_user: Any, dave: Any, org: Any, cards: CardServer) -> None:
     response = as_user(dave).post("/agents/register/", {"url": cards.base, "slug": "", "visibility": "private"}, **HX)
     agent = Agent.objects.for_org(org).get()
