@@ -192,6 +192,7 @@ AUTH_PASSWORD_VALIDATORS = [
 if HERMES_ENV == "test":
     # Hashing cost dominates test time; production keeps Django's default hashers.
     PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
+CSRF_FAILURE_VIEW = "apps.core.errors.csrf_failure"
 LOGIN_URL = "/accounts/login/"
 LOGIN_REDIRECT_URL = "/"
 LOGOUT_REDIRECT_URL = "/accounts/login/"

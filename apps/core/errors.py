@@ -187,6 +187,23 @@ def handler403(request: HttpRequest, exception: Exception | None = None) -> Http
     return _html_error(request, 403, "Not allowed", message)
 
 
+def csrf_failure(request: HttpRequest, reason: str = "") -> HttpResponse:
+    """CSRF_FAILURE_VIEW: Django's own page is unstyled and says "more information is available with DEBUG=True";
+    the usual cause for a person is a page left open across a sign-in or sign-out in another tab."""
+    from django.middleware.csrf import REASON_NO_CSRF_COOKIE
+
+    if reason == REASON_NO_CSRF_COOKIE:
+        message = "Your browser did not send this site's security cookie: allow cookies for it, then reload the page."
+    else:
+        message = (
+            "This page is out of date (you signed in or out in another tab, or it was open for a long time): "
+            "reload it and try again. Nothing was changed."
+        )
+    if _is_api(request):
+        return json_error(request, "csrf_failed", message, 403)
+    return _html_error(request, 403, "Page out of date", message)
+
+
 def handler404(request: HttpRequest, exception: Exception | None = None) -> HttpResponse:
     if _is_api(request):
         return json_error(request, "not_found", "Not found.", 404)

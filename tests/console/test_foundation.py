@@ -43,6 +43,22 @@ def test_a_fragment_sent_to_sign_in_moves_the_page_there(client: Client, alice: 
     assert client.get("/tasks/").status_code == 302
 
 
+def test_a_stale_csrf_token_says_to_reload(alice: Any) -> None:
+    """A page left open across a sign-out and sign-in in another tab posts an outdated token."""
+    browser = Client(enforce_csrf_checks=True)
+    browser.force_login(alice)
+    browser.get("/org/settings/")  # sets the CSRF cookie
+    stale = browser.post("/org/settings/", {"name": "Renamed", "csrfmiddlewaretoken": "x" * 64})
+    html = stale.content.decode()
+    assert stale.status_code == 403 and "Page out of date" in html and "reload it and try again" in html
+    assert "DEBUG=True" not in html and "<nav" in html  # the console's own page, not Django's bare one
+    toast = browser.post("/org/settings/", {"name": "Renamed"}, HTTP_HX_REQUEST="true", HTTP_X_CSRFTOKEN="x" * 64)
+    assert toast.status_code == 403 and toast["X-Hermes-Error"].startswith("This page is out of date")
+    cookieless = Client(enforce_csrf_checks=True).post("/accounts/login/", {"username": "a", "password": "b"})
+    assert "did not send this site&#x27;s security cookie" in cookieless.content.decode()
+    assert Organization.objects.filter(name="Renamed").count() == 0
+
+
 def test_base_layout_carries_csrf_once_local_htmx_and_the_nav(client: Client, alice: Any) -> None:
     html = login(client, alice).get("/").content.decode()
     assert html.count('hx-headers=\'{"X-CSRFToken": "') == 1
