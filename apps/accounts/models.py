@@ -18,6 +18,11 @@ class UserManager(BaseUserManager["User"]):
         user.save(using=self._db)
         return user
 
+    def get_by_natural_key(self, username: str | None) -> User:
+        # Signing in: emails are stored lowercased and registration, password reset and invitations all match them
+        # case-insensitively, so `Alice@Example.com` signs in too (Django's ModelBackend matches exactly).
+        return self.get(email__iexact=username)
+
     def create_superuser(self, email: str, password: str | None = None, **extra: Any) -> User:
         extra.update(is_staff=True, is_superuser=True)
         return self.create_user(email, password, **extra)

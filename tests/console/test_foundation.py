@@ -140,6 +140,9 @@ def test_login_and_logout(client: Client, alice: Any) -> None:
     assert client.get("/").status_code == 200
     client.post("/accounts/logout/")
     assert client.get("/").status_code == 302
+    # The email as the person types it: registration and password reset already match it case-insensitively.
+    shouted = client.post("/accounts/login/", {"username": "ALICE@Acme.test", "password": "correct-horse-battery"})
+    assert shouted.status_code == 302
 
 
 def test_password_reset_by_email(client: Client, alice: Any, django_capture_on_commit_callbacks: Any) -> None:
