@@ -33,6 +33,11 @@ class Unrelated(LookupError):
     peer's mistake to record on the entry and log in one line, not a handler failure with a traceback."""
 
 
+class Malformed(ValueError):
+    """The entry's payload is not what its type requires (a sequence number that is none, an unknown event kind):
+    recorded on the entry with its reason and logged in one line, like Unrelated."""
+
+
 def handle(entry_id: int) -> None:
     with transaction.atomic():
         entry = (
@@ -50,7 +55,7 @@ def handle(entry_id: int) -> None:
                 if handler is not None:
                     handler(entry)
             entry.handling_error = ""
-        except Unrelated as exc:
+        except (Unrelated, Malformed) as exc:
             logger.warning("federation: inbox entry %s from %s not handled: %s", entry_id, entry.peer, exc)
             entry.handling_error = f"{type(exc).__name__}: {exc}"[:300]
         except Exception as exc:

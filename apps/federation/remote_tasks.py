@@ -29,7 +29,8 @@ from django.utils import timezone
 
 from apps.agents.models import Agent
 from apps.federation import actions
-from apps.federation.handlers import Unrelated, register
+from apps.federation.addresses import Address
+from apps.federation.handlers import Malformed, Unrelated, register
 from apps.federation.models import (
     DeliveryAttempt,
     FederatedTask,
@@ -77,7 +78,10 @@ def _reject(entry: InboxEntry, reason: str) -> None:
 @register(MessageType.TASK_REQUEST)
 def start_requested_task(entry: InboxEntry) -> None:
     """Executor side: run the requested task on our agent, or say why not."""
-    agent = Agent.objects.for_org(entry.organization).filter(slug=entry.recipient_agent).first()
+    # Only the org's own agents: a federated agent row (its way to ask someone else's agent) run for a requester
+    # would relay the request onward under this org's identity, policy and quota — an open relay.
+    own = Agent.objects.for_org(entry.organization).filter(federation_address="")
+    agent = own.filter(slug=entry.recipient_agent).first()
     if agent is None:
         _reject(entry, f"{entry.organization.slug} has no agent '{entry.recipient_agent}'")
         return
@@ -216,13 +220,18 @@ def relay_cancel(task: Task) -> None:
     # nobody waits for). If an earlier attempt may have reached the executor before failing here (a timeout), the
     # cancel is sent as well.
     waiting = request is not None and request.status in (OutboxStatus.PENDING, OutboxStatus.FAILED)
-    if (
-        waiting
-        and actions.withdraw(request, reason=f"its task {task.pk} ended here ({task.state}) before delivery")
-        and not DeliveryAttempt.objects.for_org(task.organization_id).filter(outbox=request).exists()
-    ):
-        _settle(remote, task.state, f"{task.state} here before the request was sent")
-        return
+    if waiting and actions.withdraw(request, reason=f"its task {task.pk} ended here ({task.state}) before delivery"):
+        if not DeliveryAttempt.objects.for_org(task.organization_id).filter(outbox=request).exists():
+            _settle(remote, task.state, f"{task.state} here before the request was sent")
+            return
+        # An earlier attempt may have reached the executor before failing here (a timeout): cancel there too. The
+        # mirror ends now all the same; the executor's own `canceled`, if it had the request, is kept beside it.
+        _settle(
+            remote,
+            task.state,
+            f"{task.state} here before the request was delivered; a cancel was sent in case "
+            "an earlier attempt reached the executor",
+        )
     _relay(remote, MessageType.TASK_CANCEL, {"reason": "canceled by the requester"})
 
 
@@ -289,16 +298,21 @@ def mirror_task_result(entry: InboxEntry) -> None:
     )
     if remote is None:
         raise Unrelated(f"no remote task for request {entry.correlation_id}")
+    # Only the org the request went to reports on it: a request id is no secret (the executor's members see it
+    # in the task's metadata), so another org or peer allowed to message us could otherwise write its timeline.
+    if Address.parse(entry.sender).org_address() != Address.parse(remote.agent_address).org_address():
+        raise Unrelated(f"a result for request {entry.correlation_id} from {entry.sender}, not from its executor")
     payload = entry.payload
-    seq = int(payload.get("seq") or 0)
-    state = str(payload.get("state") or "")
+    seq, kind, state = _checked_result(payload)
+    if seq == 0 and state != TaskState.REJECTED:
+        raise Malformed(f"seq 0 is the executor's rejection; this result says {state or 'no state'}")
     try:
         with transaction.atomic():
             event = RemoteTaskEvent.objects.create(
                 organization=entry.organization,
                 remote_task=remote,
                 seq=seq,
-                kind=str(payload.get("kind") or "event")[:30],
+                kind=kind,
                 data=payload.get("data") if isinstance(payload.get("data"), dict) else {},
                 state=state[:20],
             )
@@ -327,6 +341,22 @@ def mirror_task_result(entry: InboxEntry) -> None:
         federated.update(last_error_at=timezone.now(), last_error=f"rejected: {remote.error}"[:1000])
     else:
         federated.update(last_seen_at=timezone.now())
+
+
+_MAX_SEQ = 2**31 - 1
+_STATES = frozenset(TaskState.values)
+
+
+def _checked_result(payload: dict[str, Any]) -> tuple[int, str, str]:
+    """seq, kind and state of a task_result, or Malformed saying which is wrong."""
+    seq, kind, state = payload.get("seq", 0), payload.get("kind"), payload.get("state") or ""
+    if isinstance(seq, bool) or not isinstance(seq, int) or not 0 <= seq <= _MAX_SEQ:
+        raise Malformed(f"the result's seq must be a whole number from 0 to {_MAX_SEQ}, not {str(seq)[:40]!r}")
+    if kind not in EventKind.values:
+        raise Malformed(f"the result's kind must be one of {', '.join(EventKind.values)}, not {str(kind)[:40]!r}")
+    if state and state not in _STATES:
+        raise Malformed(f"the result's state must be an A2A task state, not {str(state)[:40]!r}")
+    return seq, kind, state
 
 
 def _apply_in_order(remote: RemoteTask, arrived: RemoteTaskEvent) -> list[str]:

@@ -651,6 +651,8 @@ def test_canceling_while_a_failed_request_waits_for_its_retry_withdraws_it_and_c
     assert Outbox.objects.for_org(org).get(pk=row.pk).status == OutboxStatus.WITHDRAWN
     cancel = Message.objects.for_org(org).get(type=MessageType.TASK_CANCEL)
     assert cancel.correlation_id == remote.request_id
+    remote.refresh_from_db()  # the mirror does not stay "requested" for a request that will never be delivered
+    assert remote.state == "canceled" and "a cancel was sent in case an earlier attempt reached" in remote.error
 
 
 @pytest.mark.django_db
@@ -671,3 +673,69 @@ def test_a_request_whose_task_was_canceled_during_its_attempt_is_not_retried(
     assert row.status == OutboxStatus.WITHDRAWN and row.next_attempt_at is None
     withdrawn = FederationAuditEvent.objects.for_org(org).get(event="withdrawn", message_id=remote.request_id)
     assert withdrawn.reason == "its task ended here during attempt 1 (connection reset)"
+
+
+def _result(org: Any, remote: RemoteTask, sender: str, **payload: Any) -> InboxEntry:
+    """A task_result for acme's request as it lands in acme's inbox, handled."""
+    import uuid
+
+    from apps.federation.handlers import handle
+
+    entry = InboxEntry.objects.create(
+        organization=org, message_id=uuid.uuid4(), sender=sender, type=MessageType.TASK_RESULT,
+        correlation_id=remote.request_id, payload=payload, receipt={},
+    )  # fmt: skip
+    handle(entry.pk)
+    entry.refresh_from_db()
+    return entry
+
+
+@pytest.mark.django_db
+def test_only_the_executor_reports_on_a_request(org: Any, undelivered: tuple[RemoteTask, Any]) -> None:
+    remote, _task = undelivered
+    # A request id is no secret (globex's members see it in their task's metadata): another org or peer that may
+    # message acme must not finish acme's task for it.
+    for sender in ("mallory.initech", "echo.globex@evil"):
+        entry = _result(org, remote, sender, seq=0, kind="state", state="completed", data={"to": "completed"})
+        assert entry.handling_error == (
+            f"Unrelated: a result for request {remote.request_id} from {sender}, not from its executor"
+        )
+    assert _own_task(org, remote).state == "submitted" and not remote.events.exists()
+    # The executor itself, under another of its agents' names (a rejection names the agent asked for), is heard.
+    assert _result(org, remote, "other.globex", seq=1, kind="state", state="submitted", data={}).handling_error == ""
+
+
+@pytest.mark.django_db
+@pytest.mark.parametrize(
+    ("payload", "error"),
+    [
+        ({"seq": "abc", "kind": "state"}, "the result's seq must be a whole number from 0 to 2147483647, not 'abc'"),
+        ({"seq": 2**63, "kind": "state"}, "the result's seq must be a whole number from 0 to 2147483647, not "),
+        ({"seq": 2, "kind": "bogus_kind"}, "the result's kind must be one of state, message, artifact, progress"),
+        ({"seq": 2, "kind": "state", "state": "done"}, "the result's state must be an A2A task state, not 'done'"),
+        ({"seq": 0, "kind": "state", "state": "completed"}, "seq 0 is the executor's rejection; this result says"),
+    ],
+)
+def test_a_malformed_result_is_refused_with_its_reason(
+    org: Any, undelivered: tuple[RemoteTask, Any], payload: dict[str, Any], error: str
+) -> None:
+    remote, _task = undelivered
+    entry = _result(org, remote, "echo.globex", **payload)
+    assert entry.handling_error.startswith(f"Malformed: {error}")
+    assert not remote.events.exists() and _own_task(org, remote).state == "submitted"
+
+
+@pytest.mark.django_db
+def test_a_federated_agent_row_is_no_relay(
+    org: Any, other_org: Any, django_capture_on_commit_callbacks: Any
+) -> None:  # fmt: skip
+    # acme once asked globex's echo, so acme has a row for it; globex may send acme requests.
+    actions.set_policy(org=org, remote="*", effect=Effect.ALLOW)
+    actions.set_policy(org=other_org, remote="*", effect=Effect.ALLOW)
+    relay = agent_actions.federated_agent(org, "echo.globex")
+    with django_capture_on_commit_callbacks(execute=True):
+        remote = actions.request_remote_task(org=other_org, agent=f"{relay.slug}.acme", message=MESSAGE)
+    remote.refresh_from_db()
+    assert remote.state == "rejected" and remote.error == f"acme has no agent '{relay.slug}'"
+    # acme sent nothing onward under its own name.
+    assert not Message.objects.for_org(org).filter(type=MessageType.TASK_REQUEST).exists()
