@@ -15,7 +15,7 @@ from typing import Any
 
 from django.conf import settings
 from django.db import transaction
-from django.db.models import F, Max
+from django.db.models import F, Max, Q
 from django.utils import timezone
 
 from apps.core.errors import Conflict, HermesAPIError, refusal
@@ -100,9 +100,26 @@ def delivery_blocked_reason(peer: Peer) -> str | None:
 
 @transaction.atomic
 def set_peer_status(peer: Peer, status: str, *, actor: Any = None) -> Peer:
+    """Disabling a link stops its deliveries (its outbox waits: `_deliverable`); enabling it sends what waited."""
     peer.status = PeerStatus(status)
     peer.save(update_fields=["status", "updated_at"])
+    if peer.status == PeerStatus.ACTIVE:
+        waiting = _outbox_rows().filter(status__in=[OutboxStatus.PENDING, OutboxStatus.FAILED], message__peer=peer)
+        # Due now: attempts that came due while the link was off would otherwise wait for their next sweep.
+        waiting.filter(next_attempt_at__lt=timezone.now()).update(next_attempt_at=timezone.now())
+        ids = list(waiting.values_list("pk", flat=True))
+
+        def resume() -> None:
+            for outbox_id in ids:
+                _enqueue(outbox_id)
+
+        transaction.on_commit(resume)
     return peer
+
+
+def _deliverable() -> Q:
+    """Rows a worker may attempt: local ones, and those of an active link (a disabled link's outbox waits)."""
+    return Q(message__peer__isnull=True) | Q(message__peer__status=PeerStatus.ACTIVE)
 
 
 def _locked(peer: Peer) -> list[LinkKey]:
@@ -323,7 +340,9 @@ def send_message(
                 code="unknown_peer",
                 details={"recipient": [f"unknown peer '{address.peer}'"]},
             )
-        if peer.status != PeerStatus.ACTIVE:
+        if peer.status != PeerStatus.ACTIVE and not reply:
+            # A new conversation is refused at once; a reply (a task's results, its cancel or follow-up) is part of
+            # one already under way: it is written and waits with the link's outbox until the link is enabled.
             raise HermesAPIError(f"Peer '{peer.name}' is disabled.", code="peer_disabled")
     decision = (
         policy.Decision(True, "reply to an accepted request") if reply else policy.decide(org.pk, sender_agent, address)
@@ -455,6 +474,7 @@ def claim_delivery(outbox_id: int) -> Outbox | None:
     claimed = (
         _outbox_rows()
         .filter(
+            _deliverable(),
             pk=outbox_id,
             status__in=[OutboxStatus.PENDING, OutboxStatus.FAILED],
             next_attempt_at__lte=now + CLAIM_SLACK,
@@ -589,7 +609,8 @@ def sweep(*, batch: int = 1000) -> dict[str, int]:
             _enqueue(row.pk)
     overdue = list(
         _outbox_rows()
-        .filter(status__in=[OutboxStatus.PENDING, OutboxStatus.FAILED], next_attempt_at__lte=now - CLAIM_SLACK)
+        .filter(_deliverable(), status__in=[OutboxStatus.PENDING, OutboxStatus.FAILED])
+        .filter(next_attempt_at__lte=now - CLAIM_SLACK)
         .order_by("next_attempt_at")
         .values_list("pk", flat=True)[:batch]
     )

@@ -46,6 +46,12 @@ class PeerAdmin(admin.ModelAdmin):
     list_filter = ("status",)
     inlines = [LinkKeyInline]
 
+    def save_model(self, request: HttpRequest, obj: Peer, form: Any, change: bool) -> None:
+        super().save_model(request, obj, form, change)
+        # Saved all the same (the allowlist may be about to change), but said at once, as the API and command do.
+        if blocked := actions.delivery_blocked_reason(obj):
+            messages.warning(request, f"Deliveries to this peer will be refused: {blocked}")
+
 
 @admin.register(Contact)
 class ContactAdmin(OrgOwnedAdmin):

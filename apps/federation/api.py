@@ -45,6 +45,7 @@ from apps.federation.serializers import (
     PeerSerializer,
     PeerStatusSerializer,
     PolicySerializer,
+    ReasonSerializer,
     RemoteTaskSerializer,
     RequestRemoteTaskSerializer,
     RequeuedSerializer,
@@ -140,8 +141,9 @@ class PeerViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, mixins.Creat
     @describe(
         "Enable or disable a peer",
         action=_WRITE,
-        notes="Staff only. A disabled link's outbox waits and its inbound requests get 404 `unknown_peer`; "
-        "enabling it resumes both.",
+        notes="Staff only. Disabled: nothing is sent to the link — new messages to it are refused with "
+        "`peer_disabled`, replies to conversations under way (task results, cancels, follow-ups) wait in its "
+        "outbox — and its inbound requests are refused; enabling it sends what waited.",
         request=PeerStatusSerializer,
         responses={200: PeerSerializer},
         errors=_STAFF,
@@ -347,24 +349,30 @@ class DeadLetterViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, _Feder
     @describe(
         "Requeue a dead letter",
         action=_WRITE,
-        notes="Back to the outbox for delivery, with a fresh attempt budget; audited.",
-        request=None,
+        notes="Back to the outbox for delivery, with a fresh attempt budget; audited with the optional `reason`.",
+        request=ReasonSerializer,
         responses={200: RequeuedSerializer},
     )
     @action(detail=True, methods=["post"])
     def requeue(self, request: Request, message_id: str) -> Response:
-        return self._apply(request, [self.get_object()], "requeue", "")
+        row = self.get_object()
+        body = ReasonSerializer(data=request.data)
+        body.is_valid(raise_exception=True)
+        return self._apply(request, [row], "requeue", body.validated_data["reason"])
 
     @describe(
         "Discard a dead letter",
         action=_WRITE,
-        notes="Gives the message up for good; audited.",
-        request=None,
+        notes="Gives the message up for good; audited with the optional `reason`.",
+        request=ReasonSerializer,
         responses={200: DiscardedSerializer},
     )
     @action(detail=True, methods=["post"])
     def discard(self, request: Request, message_id: str) -> Response:
-        return self._apply(request, [self.get_object()], "discard", "")
+        row = self.get_object()
+        body = ReasonSerializer(data=request.data)
+        body.is_valid(raise_exception=True)
+        return self._apply(request, [row], "discard", body.validated_data["reason"])
 
     def _bulk(self, request: Request, operation: str) -> Response:
         body = BulkIdsSerializer(data=request.data)

@@ -9,7 +9,7 @@ from rest_framework import serializers
 
 from apps.core.errors import HermesAPIError
 from apps.core.serializers import StrictFieldsMixin
-from apps.federation.actions import USER_MESSAGE_TYPES, check_user_message_type
+from apps.federation.actions import USER_MESSAGE_TYPES, check_user_message_type, delivery_blocked_reason
 from apps.federation.models import (
     Contact,
     DeliveryAttempt,
@@ -50,14 +50,22 @@ class AddedLinkKeySerializer(LinkKeySerializer):
 
 class PeerSerializer(StrictFieldsMixin, serializers.ModelSerializer):
     keys = serializers.SerializerMethodField()
+    delivery_warning = serializers.SerializerMethodField(
+        help_text="Why the SSRF guard, as configured now, would refuse deliveries to `base_url` (a private address "
+        "outside HERMES_SSRF_ALLOWLIST); null when nothing can be told without DNS. A peer is added all the same: "
+        "the allowlist may be about to change."
+    )
 
     class Meta:
         model = Peer
-        fields = ("name", "base_url", "local_name", "status", "created_at", "keys")
+        fields = ("name", "base_url", "local_name", "status", "created_at", "keys", "delivery_warning")
         read_only_fields = ("status", "created_at", "keys")
 
     def get_keys(self, peer: Peer) -> list[dict[str, Any]]:
         return LinkKeySerializer(peer.keys.all(), many=True).data  # type: ignore[return-value]
+
+    def get_delivery_warning(self, peer: Peer) -> str | None:
+        return delivery_blocked_reason(peer)
 
 
 class AddKeySerializer(StrictFieldsMixin, serializers.Serializer):
@@ -171,9 +179,14 @@ class DeadLetterSerializer(serializers.ModelSerializer):
         fields = ("message_id", *OutboxSerializer.Meta.fields, "message", "attempt_log")
 
 
-class BulkIdsSerializer(StrictFieldsMixin, serializers.Serializer):
-    ids = serializers.ListField(child=serializers.UUIDField(), min_length=1, max_length=500)
+class ReasonSerializer(StrictFieldsMixin, serializers.Serializer):
+    """The optional body of a dead-letter action: why, for the audit log (and a discarded request's task)."""
+
     reason = serializers.CharField(required=False, default="", max_length=200)
+
+
+class BulkIdsSerializer(ReasonSerializer):
+    ids = serializers.ListField(child=serializers.UUIDField(), min_length=1, max_length=500)
 
 
 class RequeuedSerializer(serializers.Serializer):

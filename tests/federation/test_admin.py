@@ -74,3 +74,12 @@ def test_admin_dlq_actions_are_audited_and_counted(staff: Client, org: Any, dead
     everything = "/admin/federation/outbox/"  # unfiltered: one selected row is not a dead letter
     response = staff.post(everything, {"action": "discard_selected", "_selected_action": chosen}, follow=True)
     assert "Discarded 1 of 2 (only dead letters move)." in response.content.decode()
+
+
+def test_adding_a_peer_the_guard_would_refuse_warns(staff: Client, settings: Any) -> None:
+    settings.HERMES_SSRF_ALLOWLIST = []
+    form = {"name": "lan", "base_url": "http://10.1.2.4", "local_name": "paris", "status": "active"}
+    form.update({"keys-TOTAL_FORMS": "0", "keys-INITIAL_FORMS": "0"})
+    page = staff.post("/admin/federation/peer/add/", form, follow=True).content.decode()
+    assert Peer.objects.filter(name="lan").exists()
+    assert "Deliveries to this peer will be refused" in page and "private network address" in page

@@ -94,7 +94,9 @@ def test_dlq_inspect_requeue_discard_with_audit(client_for: Any, alice: Any, org
     assert api.post(f"{API}/dlq/{messages[0].id}/requeue").json() == {"requeued": [str(messages[0].id)]}
     many = api.post(f"{API}/dlq/requeue", {"ids": [str(messages[1].id), str(messages[2].id)]}, format="json")
     assert sorted(many.json()["requeued"]) == sorted([str(messages[1].id), str(messages[2].id)])
-    assert api.post(f"{API}/dlq/{messages[3].id}/discard").json() == {"discarded": [str(messages[3].id)]}
+    discarded = api.post(f"{API}/dlq/{messages[3].id}/discard", {"reason": "peer retired"}, format="json")
+    assert discarded.json() == {"discarded": [str(messages[3].id)]}
+    assert FederationAuditEvent.objects.for_org(org).get(event="discarded").reason == "peer retired"
     statuses = dict(Outbox.objects.for_org(org).values_list("message_id", "status"))
     assert [statuses[m.id] for m in messages] == ["pending", "pending", "pending", "discarded"]
     assert api.get(f"{API}/dlq").json()["results"] == []
@@ -157,7 +159,7 @@ def test_contacts_policies_inbox_and_audit(client_for: Any, bob: Any, org: Any) 
 
 @pytest.mark.django_db
 def test_peers_are_readable_by_orgs_but_changed_only_by_staff(
-    client_for: Any, alice: Any, org: Any, berlin: Peer
+    client_for: Any, alice: Any, org: Any, berlin: Peer, settings: Any
 ) -> None:
     api = client_for(alice)
     listed = api.get(f"{API}/peers").json()["results"]
@@ -180,6 +182,10 @@ def test_peers_are_readable_by_orgs_but_changed_only_by_staff(
         f"{API}/peers", {"name": "rome", "base_url": "http://127.0.0.1:7", "local_name": "paris"}, format="json"
     )
     assert made.status_code == 201
+    # Added, but said at once: deliveries to a private address outside the allowlist will be refused.
+    settings.HERMES_SSRF_ALLOWLIST = []
+    lan = api.post(f"{API}/peers", {"name": "lan", "base_url": "http://10.1.2.4", "local_name": "p"}, format="json")
+    assert lan.status_code == 201 and "private network address" in lan.json()["delivery_warning"]
     again = api.post(f"{API}/peers", {"name": "rome", "base_url": "http://x.test", "local_name": "p"}, format="json")
     assert again.status_code == 400 and "name" in again.json()["error"]["details"]
     # A peer on the same Docker/cluster network is reached by its service name (a host without a dot).

@@ -1,0 +1,46 @@
+"""A disabled link: new conversations are refused, replies to ones under way wait in its outbox, nothing is sent
+until it is enabled again, and enabling it sends what waited."""
+
+from __future__ import annotations
+
+import uuid
+from typing import Any
+
+import pytest
+
+from apps.core.errors import HermesAPIError
+from apps.federation import actions
+from apps.federation.models import MessageType, Outbox, OutboxStatus, Peer
+
+pytestmark = pytest.mark.django_db
+
+
+def test_a_disabled_link_keeps_replies_and_sends_them_once_enabled(
+    org: Any, peer: Peer, allow_all: None, monkeypatch: Any, django_capture_on_commit_callbacks: Any
+) -> None:
+    enqueued: list[int] = []
+    monkeypatch.setattr(actions, "_enqueue", lambda outbox_id, countdown=0.0: enqueued.append(outbox_id))
+    with django_capture_on_commit_callbacks(execute=True):
+        waiting = actions.send_message(org=org, recipient="globex@berlin", payload={"n": 1})
+    actions.set_peer_status(peer, "disabled")
+    # Something new for the link is refused at once, with its reason.
+    with pytest.raises(HermesAPIError) as refused:
+        actions.send_message(org=org, recipient="globex@berlin", payload={"n": 2})
+    assert refused.value.error_code == "peer_disabled"
+    # A reply belongs to a conversation under way (a task's results, its cancel): kept, not lost.
+    with django_capture_on_commit_callbacks(execute=True):
+        reply = actions.send_message(
+            org=org, recipient="echo.globex@berlin", type=MessageType.TASK_CANCEL, payload={},
+            correlation_id=uuid.uuid4(), reply=True,
+        )  # fmt: skip
+    rows = [Outbox.objects.for_org(org).get(message=m) for m in (waiting, reply)]
+    assert [row.status for row in rows] == [OutboxStatus.PENDING, OutboxStatus.PENDING]
+    # Nothing is sent while the link is off: no claim, and the sweeper does not spin on the rows.
+    assert all(actions.claim_delivery(row.pk) is None for row in rows)
+    enqueued.clear()
+    Outbox.objects.for_org(org).update(next_attempt_at="2000-01-01T00:00:00Z")
+    assert actions.sweep()["requeued"] == 0 and enqueued == []
+    with django_capture_on_commit_callbacks(execute=True):
+        actions.set_peer_status(peer, "active")
+    assert sorted(enqueued) == sorted(row.pk for row in rows)
+    assert actions.claim_delivery(rows[1].pk) is not None
