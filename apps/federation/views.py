@@ -489,15 +489,24 @@ def console_dlq_apply(request: HttpRequest) -> HttpResponse:
             raise Http404("No such message") from exc
         rows = list(selectors.dead_letters(access.org).filter(message_id__in=wanted))
         if len(rows) != len(wanted):
-            raise Http404("Some messages are not in this organization's dead-letter queue.")
-        # The past tense is spelled out: "{operation}d" made the audit log say "discardd".
-        apply, past, told = (
-            (actions.requeue, "requeued", "requeued for delivery")
-            if operation == "requeue"
-            else (actions.discard, "discarded", "discarded")
-        )
-        done = apply(rows, actor=request.user, reason=f"{past} from the console by {request.user}")
-        messages.success(request, f"{len(done)} message{'s' if len(done) != 1 else ''} {told}.")
+            # All or nothing, like the API; the usual cause is a row handled meanwhile (another tab, the API), so
+            # the answer is the current list rather than a bare 404.
+            gone = len(wanted) - len(rows)
+            messages.error(
+                request,
+                f"{gone} of the {len(wanted)} selected message{'s' if len(wanted) != 1 else ''} "
+                f"{'is' if gone == 1 else 'are'} no longer in the dead-letter queue (requeued or discarded meanwhile, "
+                "perhaps from another tab or the API): nothing was changed. The list is current now; select again.",
+            )
+        else:
+            # The past tense is spelled out: "{operation}d" made the audit log say "discardd".
+            apply, past, told = (
+                (actions.requeue, "requeued", "requeued for delivery")
+                if operation == "requeue"
+                else (actions.discard, "discarded", "discarded")
+            )
+            done = apply(rows, actor=request.user, reason=f"{past} from the console by {request.user}")
+            messages.success(request, f"{len(done)} message{'s' if len(done) != 1 else ''} {told}.")
     if not is_fragment_request(request):
         return redirect("federation:dlq")
     return render_console(request, "federation/dlq.html", _dlq_context(access), partial="dlq_panel")
