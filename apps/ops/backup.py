@@ -540,19 +540,50 @@ def load_manifest(dump: Path, manifest: Path | None = None) -> dict[str, Any]:
         data = json.loads(path.read_text())
     except (OSError, UnicodeDecodeError, ValueError) as exc:
         raise BackupError(f"{path} is not a {_FORMATS_TEXT} manifest: it cannot be read as JSON ({exc}).") from exc
-    if (
-        not isinstance(data, dict)
-        or data.get("format") not in READABLE_FORMATS
-        or not isinstance(data.get("dump"), dict)
-    ):
+    if not isinstance(data, dict) or data.get("format") not in READABLE_FORMATS:
         raise BackupError(f"{path} is not a {_FORMATS_TEXT} manifest.")
+    if not isinstance(data.get("dump"), dict) or not isinstance(data["dump"].get("sha256"), str):
+        raise BackupError(f"{path} is not a {_FORMATS_TEXT} manifest: 'dump' must be an object with its 'sha256'.")
     actual = sha256_file(dump)
     if actual != data["dump"]["sha256"]:
         raise BackupError(
             f"{dump} does not match its manifest (sha256 {actual[:12]}… ≠ {data['dump']['sha256'][:12]}…): "
             "the file is damaged or belongs to another backup."
         )
+    if problem := _manifest_problem(data):
+        # Checked before anything is restored: a manifest that fails here used to fail after pg_restore had
+        # filled the target, with a traceback.
+        raise BackupError(f"{path} is not a {_FORMATS_TEXT} manifest: {problem}.")
     return data
+
+
+def _manifest_problem(data: dict[str, Any]) -> str | None:
+    """What in a manifest's structure restore and verify could not use, or None."""
+    tables = data.get("tables")
+    if data.get("vendor") not in ("postgresql", "sqlite"):
+        return "'vendor' must be postgresql or sqlite"
+    if not isinstance(tables, dict) or not all(isinstance(entry, dict) for entry in tables.values()):
+        return "'tables' must be an object of table name to its recorded contents"
+    schema = data.get("schema")
+    if not isinstance(schema, list) or not all(isinstance(line, str) for line in schema):
+        return "'schema' must be a list of lines"
+    if not isinstance(data.get("schema_fingerprint"), str):
+        return "'schema_fingerprint' must be a string"
+    return None
+
+
+def _check_restorable(dump: Path, database: Database) -> None:
+    """Fail before the target is emptied for what would make the restore itself fail: no pg_restore, an archive
+    it cannot read (damaged, or written by a newer pg_dump), a file that is no SQLite database. --force on the
+    live database otherwise left it empty and restored nothing."""
+    if database.vendor == "postgresql":
+        _run([_tool("pg_restore"), "--list", str(dump)], database.libpq_env())
+        return
+    try:
+        with contextlib.closing(sqlite3.connect(f"{dump.resolve().as_uri()}?mode=ro", uri=True)) as source:
+            source.execute("SELECT count(*) FROM sqlite_master").fetchone()
+    except sqlite3.DatabaseError as exc:
+        raise BackupError(f"{dump} cannot be restored: {exc} (is it a SQLite backup?).") from exc
 
 
 def has_tables(database: Database) -> bool:
@@ -625,6 +656,7 @@ def restore(dump: Path, database: Database, manifest: dict[str, Any], *, force: 
     if database.vendor == "sqlite" and Path(database.name).resolve() == dump.resolve():
         # --force would empty the target first: the backup itself would be lost.
         raise BackupError(f"The target {database.describe()} is the backup file itself: restore into another file.")
+    _check_restorable(dump, database)
     ensure_database(database)
     if has_tables(database):
         if not force:

@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import hashlib
 import io
 import json
 import os
@@ -101,6 +102,34 @@ def test_restore_refuses_damaged_files_production_and_missing_manifests(tmp_path
         call_command("restore", str(dump), stdout=io.StringIO())
     with override_settings(HERMES_ENV="production"), pytest.raises(CommandError, match="force-production"):
         call_command("restore", str(dump), stdout=io.StringIO())
+    # A verification only reads: production does not refuse it (it goes on to the manifest, as anywhere).
+    with override_settings(HERMES_ENV="production"), pytest.raises(CommandError, match="is not a hermes-backup"):
+        call_command("restore", str(dump), "--verify-only", stdout=io.StringIO())
+    # A manifest of the right format and checksum but the wrong shape is refused before anything is restored.
+    sha = hashlib.sha256(dump.read_bytes()).hexdigest()
+    (tmp_path / "hermes-x.manifest.json").write_text(
+        json.dumps({"format": "hermes-backup/2", "dump": {"sha256": sha}, "vendor": "sqlite", "tables": "all"})
+    )
+    with pytest.raises(CommandError, match="'tables' must be an object of table name to its recorded contents"):
+        call_command("restore", str(dump), stdout=io.StringIO())
+
+
+def test_a_restore_that_cannot_work_leaves_the_target_as_it_was(tmp_path: Path) -> None:
+    """--force empties the target: whatever would make the restore fail is found out before that."""
+    source = _sqlite_source(tmp_path / "hermes.sqlite3")
+    result = backup(source, tmp_path / "backups", label="hermes-test")
+    manifest = load_manifest(result.dump)
+    live = _sqlite_source(tmp_path / "live.sqlite3")
+    result.dump.write_bytes(b"not a database at all" * 100)  # damaged after its manifest was checked
+    with pytest.raises(BackupError, match="cannot be restored: file is not a database"):
+        restore(result.dump, live, manifest, force=True)
+    with sqlite3.connect(live.name) as conn:
+        assert conn.execute("SELECT count(*) FROM accounts_user").fetchone() == (250,)
+    pg_dump = tmp_path / "hermes-pg.dump"
+    pg_dump.write_bytes(b"PGDMP but not really")
+    target = Database(vendor="postgresql", name="hermes_ops_never_created")
+    with pytest.raises(BackupError, match="pg_restore failed"):
+        restore(pg_dump, target, {**manifest, "vendor": "postgresql"}, force=True)
 
 
 def _sqlite_source(path: Path) -> Database:

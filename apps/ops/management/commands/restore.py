@@ -25,7 +25,8 @@ class Command(HermesCommand):
         parser.add_argument("--force-production", action="store_true", help="Allow this with HERMES_ENV=production.")
 
     def handle(self, *args: Any, **options: Any) -> None:
-        refuse_in_production("restore", forced=options["force_production"])
+        if not options["verify_only"]:  # a verification only reads: nothing to guard in production
+            refuse_in_production("restore", forced=options["force_production"])
         dump = Path(options["dump"])
         try:
             manifest = load_manifest(dump, Path(options["manifest"]) if options["manifest"] else None)
