@@ -16,9 +16,9 @@ with explain_failures("asgi"):
 
     django_asgi = get_asgi_application()
 
-    from apps.core.logging import install_redaction
+    from apps.core.logging import adopt_server_loggers
 
-    install_redaction()  # uvicorn logs each websocket handshake with its query string (`?api_key=`)
+    adopt_server_loggers()  # uvicorn's lines as JSON too, and redacted: its handshake line carries `?api_key=`
 
     from apps.core.startup import print_summary_in_background
 

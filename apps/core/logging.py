@@ -6,9 +6,9 @@
   any `extra=` values.
 - `SampleFilter` keeps only LOG_SAMPLE_RATE of the INFO/DEBUG lines of noisy loggers (health probes, websocket
   heartbeats, sweepers: `NOISY_LOGGERS`); warnings and errors always pass.
-- `RedactFilter` masks bearer secrets a URL can carry (an API key, as `?api_key=` on a websocket or anywhere as
-  `hrm_…`; the token of a password-reset or invitation link) before any handler writes the line: on Hermes'
-  own handler, and on uvicorn's loggers (`install_redaction`), whose websocket line includes the query string.
+- `RedactFilter` (on the handler) masks bearer secrets a URL can carry (an API key, as `?api_key=` on a websocket
+  or anywhere as `hrm_…`; the token of a password-reset or invitation link) before the line is written.
+- `adopt_server_loggers` routes uvicorn's own loggers through that handler (the ASGI entry calls it).
 """
 
 from __future__ import annotations
@@ -138,9 +138,11 @@ class RedactFilter(logging.Filter):
         return True
 
 
-def install_redaction() -> None:
-    """Put RedactFilter on the loggers of the server in front of Django (uvicorn keeps its own handlers)."""
+def adopt_server_loggers() -> None:
+    """Send the lines of the server in front of Django (uvicorn keeps handlers of its own, plain text) through
+    Hermes' handler: JSON like every other line, with the request context and RedactFilter — uvicorn logs each
+    websocket handshake with its query string, `?api_key=` included."""
     for name in ("uvicorn", "uvicorn.error", "uvicorn.access"):
         logger = logging.getLogger(name)
-        if not any(isinstance(existing, RedactFilter) for existing in logger.filters):
-            logger.addFilter(RedactFilter())
+        logger.handlers.clear()
+        logger.propagate = True

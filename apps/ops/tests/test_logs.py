@@ -22,7 +22,7 @@ from apps.core.logging import (
     JsonFormatter,
     RedactFilter,
     SampleFilter,
-    install_redaction,
+    adopt_server_loggers,
 )
 from apps.core.permissions import Access, Role
 from apps.ops.tasks import ping_url
@@ -96,21 +96,21 @@ def test_link_tokens_never_reach_the_log(client: Client, json_lines: Callable[[]
     assert not any("Secret-Invite" in str(r) or "0123456789abcdef" in str(r) for r in json_lines())
 
 
-def test_api_keys_in_uvicorns_websocket_line_are_masked() -> None:
-    # uvicorn logs every handshake on uvicorn.error with the path and query string, through its own handlers.
-    install_redaction()
-    stream = io.StringIO()
-    handler = logging.StreamHandler(stream)
+def test_uvicorns_lines_are_json_and_mask_api_keys(json_lines: Callable[[], list[dict[str, Any]]]) -> None:
+    # uvicorn logs every handshake on uvicorn.error, path and query string included, through handlers of its own.
     logger = logging.getLogger("uvicorn.error")
-    logger.addHandler(handler)
-    level, logger.level = logger.level, logging.INFO
+    own = logging.StreamHandler(io.StringIO())
+    saved = (logger.handlers[:], logger.propagate, logger.level)
+    logger.handlers, logger.propagate, logger.level = [own], False, logging.INFO
     key = "hrm_M31j4wCf78ST3p5re_taNG5mA7TyxXhyHkXMRZX3IQE"
     try:
+        adopt_server_loggers()
         logger.info('%s - "WebSocket %s" [accepted]', "127.0.0.1:4711", f"/ws/tasks/t1/?api_key={key}&after=3")
     finally:
-        logger.removeHandler(handler)
-        logger.level = level
-    assert stream.getvalue() == '127.0.0.1:4711 - "WebSocket /ws/tasks/t1/?api_key=hrm_M31j…3IQE&after=3" [accepted]\n'
+        logger.handlers, logger.propagate, logger.level = saved
+    line = next(r for r in json_lines() if r["logger"] == "uvicorn.error")
+    assert line["message"] == '127.0.0.1:4711 - "WebSocket /ws/tasks/t1/?api_key=hrm_M31j…3IQE&after=3" [accepted]'
+    assert own.stream.getvalue() == ""  # not also written plain by uvicorn's handler
 
 
 @pytest.mark.django_db
