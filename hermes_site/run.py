@@ -23,8 +23,35 @@ from hermes_site.embedded import start_redis, stop_redis
 PY = sys.executable
 
 
+class StepFailed(Exception):
+    """A set-up step (migrate, seed_demo) failed; the message is its error in one line."""
+
+
 def _manage(*args: str) -> None:
-    subprocess.run([PY, str(BASE_DIR / "manage.py"), *args], check=True, cwd=BASE_DIR)
+    result = subprocess.run(
+        [PY, str(BASE_DIR / "manage.py"), *args], cwd=BASE_DIR, stderr=subprocess.PIPE, text=True, check=False
+    )
+    if result.returncode == 0:
+        sys.stderr.write(result.stderr)  # warnings stay visible
+        return
+    # Django's own commands (migrate) end in a traceback: a mistyped DATABASE_URL read as 40 lines of frames.
+    raise StepFailed(f"manage.py {args[0]} failed: {_exception_of(result.stderr)}")
+
+
+def _exception_of(stderr: str) -> str:
+    """The exception a traceback ends with (with a driver's hint lines), as one line; the text itself otherwise."""
+    lines = stderr.rstrip().splitlines()
+    frames = [i for i, line in enumerate(lines) if line.startswith(("  File ", "    ", "Traceback "))]
+    tail = lines[frames[-1] + 1 :] if frames else lines[-3:]
+    return "; ".join(dict.fromkeys(line.strip() for line in tail if line.strip())) or "no error text"
+
+
+# A worker or beat that exits is started again, this many times within RESTART_WINDOW seconds, before `make run`
+# gives up: kombu's Redis transport can end the worker for good when Redis restarts under a running job
+# ("Unrecoverable error: AttributeError … 'hostname'"), and the platform is meant to ride out a Redis restart.
+MAX_RESTARTS = 5
+RESTART_WINDOW = 300.0
+RESTARTABLE = ("worker", "beat")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -107,6 +134,7 @@ def main(argv: list[str] | None = None) -> int:
             ],
         }
         names: dict[int, str] = {}
+        restarts: list[float] = []
         for name, command in commands.items():
             child = subprocess.Popen(command, cwd=BASE_DIR)
             names[child.pid] = name
@@ -120,16 +148,26 @@ def main(argv: list[str] | None = None) -> int:
             flush=True,
         )
         while not stopping:
-            dead = [c for c in children if c.poll() is not None]
-            if dead:
-                print(
-                    f"hermes: a process exited ({names[dead[0].pid]} code {dead[0].returncode}); stopping.", flush=True
-                )
-                return 1
+            for index, child in enumerate(children):
+                if stopping or child.poll() is None:
+                    continue
+                name = names[child.pid]
+                now = time.monotonic()
+                restarts = [moment for moment in restarts if now - moment < RESTART_WINDOW]
+                if name not in RESTARTABLE or len(restarts) >= MAX_RESTARTS:
+                    print(f"hermes: a process exited ({name} code {child.returncode}); stopping.", flush=True)
+                    return 1
+                restarts.append(now)
+                print(f"hermes: the {name} exited (code {child.returncode}); starting it again.", flush=True)
+                children[index] = subprocess.Popen(commands[name], cwd=BASE_DIR)
+                names[children[index].pid] = name
             time.sleep(0.5)
         return 0
-    except subprocess.CalledProcessError as exc:
-        print(f"hermes: {' '.join(exc.cmd[1:3])} failed with exit code {exc.returncode}", file=sys.stderr)
+    except StepFailed as exc:
+        print(
+            f"hermes: {exc}. `python manage.py doctor` checks the configuration and says how to fix it.",
+            file=sys.stderr,
+        )
         return 1
     finally:
         for child in children:

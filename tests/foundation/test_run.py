@@ -52,6 +52,13 @@ def test_run_serves_the_platform_on_embedded_defaults_and_stops_cleanly(tmp_path
         while time.monotonic() < deadline and not any("celery@" in line and "ready" in line for line in lines):
             time.sleep(0.3)
         _use_the_platform(f"http://127.0.0.1:{free_port}", env)
+        # A worker that dies (kombu can end it for good when Redis restarts under a job) is started again.
+        worker = _child_running(proc.pid, b"worker")
+        os.kill(worker, signal.SIGKILL)
+        while time.monotonic() < deadline and not any("the worker exited" in line for line in lines):
+            time.sleep(0.3)
+        assert _child_running(proc.pid, b"worker", timeout=30) != worker, "".join(lines)
+        _use_the_platform(f"http://127.0.0.1:{free_port}", env)  # and runs tasks again
     finally:
         os.killpg(proc.pid, signal.SIGINT)  # what Ctrl-C in a terminal does
         proc.wait(timeout=60)
@@ -79,6 +86,34 @@ def test_run_serves_the_platform_on_embedded_defaults_and_stops_cleanly(tmp_path
     redis_port = int(output.split("embedded Redis at redis://127.0.0.1:", 1)[1].split("/", 1)[0])
     with socket.socket() as sock, pytest.raises(ConnectionRefusedError):
         sock.connect(("127.0.0.1", redis_port))
+
+
+def _child_running(group: int, role: bytes, timeout: float = 5.0) -> int:
+    """The pid of the process of `make run`'s group whose command line names `role` (the Celery worker)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        for entry in Path("/proc").iterdir():
+            try:
+                if entry.name.isdigit() and os.getpgid(int(entry.name)) == group:
+                    argv = (entry / "cmdline").read_bytes().split(b"\0")
+                    if b"celery" in b" ".join(argv) and role in argv:
+                        return int(entry.name)
+            except OSError:
+                continue
+        time.sleep(0.3)
+    raise AssertionError(f"no {role.decode()} running")
+
+
+def test_an_unreachable_database_is_one_line(tmp_path: Path, free_port: int) -> None:
+    env = {**_embedded_env(tmp_path), "DATABASE_URL": "postgres://postgres@127.0.0.1:9/hermes"}
+    run = subprocess.run(
+        [sys.executable, "-m", "hermes_site.run", "--port", str(free_port)],
+        cwd=BASE_DIR, env=env, capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert run.returncode == 1 and "Traceback" not in run.stderr, run.stderr
+    error = run.stderr.strip().splitlines()[-1]
+    assert error.startswith("hermes: manage.py migrate failed: ") and "Connection refused" in error, run.stderr
+    assert error.endswith("`python manage.py doctor` checks the configuration and says how to fix it.")
 
 
 def test_a_taken_port_is_refused_before_anything_starts(tmp_path: Path, free_port: int) -> None:
