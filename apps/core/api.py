@@ -12,7 +12,7 @@ from django.urls import Resolver404, resolve
 from django.views.decorators.csrf import csrf_exempt
 from drf_spectacular.utils import extend_schema
 from rest_framework import permissions, viewsets
-from rest_framework.exceptions import ValidationError
+from rest_framework.exceptions import UnsupportedMediaType, ValidationError
 from rest_framework.request import Request
 
 from apps.core import context
@@ -134,10 +134,20 @@ def _has_body(request: Request) -> bool:
     return bool(int(request.META.get("CONTENT_LENGTH") or 0) or "HTTP_TRANSFER_ENCODING" in request.META)
 
 
+_FORM_TYPES = ("multipart/form-data", "application/x-www-form-urlencoded")
+
+
 def _refuse_body(request: Request) -> None:
     """An operation that reads no body (a cancel, a revoke) answered 2xx to any body, so `{"reason": …}` or a
     typo looked accepted. A body is parsed as any other (415 for another media type, 400 for broken JSON) and
     anything but an empty object is refused."""
+    raw = request._request
+    if raw.content_type in _FORM_TYPES:
+        # Django reads form encodings itself: an empty form (a bare form post, Django's test client) is no body;
+        # any field in one is a body of a media type the API does not take.
+        if raw.POST or raw.FILES:
+            raise UnsupportedMediaType(raw.content_type)
+        return
     data = request.data
     if isinstance(data, Mapping):
         if data:

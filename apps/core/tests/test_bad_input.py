@@ -141,3 +141,6 @@ def test_an_operation_that_reads_no_body_refuses_one(client_for: Any, alice: Any
     assert client_for(charlie).post(url, {"reason": "x"}, format="json").status_code == 404
     assert api.post(url, {}, format="json").status_code == 202
     assert api.post(f"/api/v1/tasks/{task().pk}/cancel").status_code == 202
+    # An empty form, as a bare form post (or Django's test client) sends it, is no body either.
+    assert api.post(f"/api/v1/tasks/{task().pk}/cancel", {}, format="multipart").status_code == 202
+    assert api.post(url, {"reason": "x"}, format="multipart").status_code == 415
