@@ -120,11 +120,15 @@ def forget_migration_state() -> None:
 
 def probe_database() -> Probe:
     def run() -> ProbeResult:
-        from django.db import connection
+        from django.db import DatabaseError, connection
 
-        connection.ensure_connection()
-        with connection.cursor() as cursor:
-            cursor.execute("SELECT 1")  # a pooled/persistent connection may be dead: prove this one works
+        try:
+            connection.ensure_connection()
+            with connection.cursor() as cursor:
+                cursor.execute("SELECT 1")  # a pooled/persistent connection may be dead: prove this one works
+        except DatabaseError:
+            database_reachable()  # remembers an outage, so the probes after this one do not wait for it again
+            raise
         pending = pending_migrations(connection)
         detail = f"{connection.vendor} reachable; " + (
             f"{len(pending)} unapplied migrations" if pending else "migrations applied"
@@ -132,6 +136,18 @@ def probe_database() -> Probe:
         return not pending, detail, {"vendor": connection.vendor, "unapplied_migrations": pending}
 
     return timed_probe("database", run, "check DATABASE_URL and that the server runs; then `python manage.py migrate`")
+
+
+# When this process last found the database unreachable. Checks that would only wait for it again within the
+# same moment (the outbox probe after the database probe, in one /health or /metrics answer) say so instead: under
+# ASGI each touch waits the pool's timeout, and three of them made /metrics answer in 15 s, past Prometheus'
+# scrape timeout, exactly during an outage.
+_OUTAGE_SEEN_AT = [float("-inf")]
+OUTAGE_MEMO_SECONDS = 2.0
+
+
+def database_recently_unreachable() -> bool:
+    return time.monotonic() - _OUTAGE_SEEN_AT[0] < OUTAGE_MEMO_SECONDS
 
 
 def database_reachable() -> bool:
@@ -143,9 +159,20 @@ def database_reachable() -> bool:
     if connection.connection is not None and connection.is_usable():
         return True
     try:
-        connection.close()  # the failed connection is of no use: try a new one (bounded by connect_timeout)
-        connection.ensure_connection()
+        if getattr(connection, "pool", None) is not None:
+            # Asked of the server directly, not of the pool, which would wait its timeout for a connection it
+            # cannot open: a refused connection answers at once (bounded by connect_timeout otherwise).
+            import psycopg
+
+            try:
+                psycopg.connect(**connection.get_connection_params()).close()
+            except psycopg.Error as exc:
+                raise DatabaseError(str(exc)) from exc
+        else:
+            connection.close()  # the failed connection is of no use: try a new one (bounded by connect_timeout)
+            connection.ensure_connection()
     except DatabaseError:
+        _OUTAGE_SEEN_AT[0] = time.monotonic()
         return False
     return True
 

@@ -79,6 +79,9 @@ def probe_outbox() -> Probe:
             available=False,
         )
 
+    if checks.database_recently_unreachable():  # the database probe just found it down: no second wait
+        return Probe("outbox", False, "not checked: the database is unreachable", 0.0, available=False)
+
     def run() -> ProbeResult:
         backlog: dict[str, Any] = backlog_fn()
         oldest = backlog.get("oldest_pending_age_s")

@@ -63,3 +63,29 @@ def test_with_the_database_down_the_outbox_is_unknown_not_stuck(monkeypatch: pyt
     assert "fix" not in probe.as_dict()  # it pointed at workers, beat and peers
     monkeypatch.setattr(checks, "database_reachable", lambda: True)  # the database answered: a real failure
     assert probe_outbox().status == "down"
+
+
+def test_an_outage_found_once_is_not_waited_for_again(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Under ASGI each database touch waits the pool's timeout during an outage: once one check found the database
+    down, the outbox probe of the same /health or /metrics answer says so without a query of its own."""
+    from django.db import OperationalError, connections
+
+    from apps.core import checks
+    from apps.federation import selectors
+    from apps.ops.health import probe_outbox
+
+    connection = connections["default"]
+
+    def refused() -> None:
+        raise OperationalError("connection to server at 127.0.0.1, port 5432 failed: Connection refused")
+
+    monkeypatch.setattr(checks, "_OUTAGE_SEEN_AT", [float("-inf")])
+    monkeypatch.setattr(connection, "is_usable", lambda: False)
+    monkeypatch.setattr(connection, "ensure_connection", refused)
+    assert not checks.database_recently_unreachable()
+    assert checks.database_reachable() is False and checks.database_recently_unreachable()
+    monkeypatch.setattr(selectors, "delivery_backlog", lambda: pytest.fail("the outbox probe queried again"))
+    probe = probe_outbox()
+    assert probe.status == "not_available" and probe.detail == "not checked: the database is unreachable"
+    checks._OUTAGE_SEEN_AT[0] -= checks.OUTAGE_MEMO_SECONDS  # a moment later it is asked again
+    assert not checks.database_recently_unreachable()
