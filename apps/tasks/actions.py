@@ -317,17 +317,24 @@ def cancel_task(task: Task, *, access: Access | None = None, reason: str = "canc
     """Cancel a task that has not finished.
 
     A task no worker holds is canceled at once (and the agent's CancelTask is called by a job when the agent
-    knows the task). A task a worker is running gets `cancel_requested_at`: the worker calls CancelTask, stops
-    the stream and records `canceled` — the state the caller then sees on the timeline.
+    knows the task). A task a worker is running gets `cancel_requested_at`: from then on nothing the agent says is
+    recorded (`record` moves the task to canceled instead), and the worker, which looks at the row every
+    `tasks.WATCH_SECONDS`, stops its call to the agent, records `canceled` and calls CancelTask. A repeated cancel
+    of such a task changes nothing; one that finds no worker holding it any more (a lost worker's claim was
+    released) cancels it at once. Either way the cancel is audited once, when first asked.
     """
     with transaction.atomic():
         locked = _lock(task)
         if locked.is_terminal:
             raise TaskNotCancelable(f"the task is already {locked.state}")
-        audit.record("task.canceled", org=locked.organization_id, access=access, target=locked)
+        if locked.cancel_requested_at is None:
+            audit.record("task.canceled", org=locked.organization_id, access=access, target=locked)
+            locked.cancel_requested_at = timezone.now()
+        elif locked.claimed_by:
+            # Asked before, and its worker is stopping it: the same answer, and no second audit row.
+            return locked
         pending = _Pending(locked)
         fields = ["cancel_requested_at"]
-        locked.cancel_requested_at = locked.cancel_requested_at or timezone.now()
         if not locked.claimed_by:
             # (A federated task is never claimed: its cancel is relayed by federation, which hears this event.)
             _move(pending, TaskState.CANCELED, reason=reason)
@@ -385,20 +392,35 @@ class Observation:
 def record(task: Task | Any, observations: Iterable[Observation], *, worker: str = "") -> Task:
     """Append the agent's updates to the timeline and apply any state it reported.
 
-    A state the task cannot move to (it was canceled or failed meanwhile, or the agent repeats itself) is not an
-    error here: the event is kept for the record and the row's state stays as it is.
+    Finished is final: nothing is recorded after a task's terminal state — not on a task that ended while the
+    agent still worked (its deadline failed it), nor what follows a terminal state within `observations`; it is
+    dropped with a log line. A task whose cancel was requested (and answered 202) moves to canceled here, and what
+    the agent said is dropped the same way. A state the task cannot otherwise move to (the agent repeats itself)
+    is not an error either: the row's state stays as it is.
     """
     with transaction.atomic():
         locked = _lock(task)
         pending = _Pending(locked)
         fields: set[str] = set()
+        ended_before = locked.state if locked.is_terminal else ""
+        if locked.cancel_requested_at is not None and not locked.is_terminal:
+            ended_before = "canceled by the caller"
+            locked.pending_message = None
+            fields.add("pending_message")
+            _move(pending, TaskState.CANCELED, reason="canceled by the caller")
+        dropped: list[Observation] = []
         for obs in observations:
+            # Kept even from what is dropped: the agent's task id is what its CancelTask needs (a cancel that
+            # came before the agent's first answer).
             if obs.remote_task_id and obs.remote_task_id != locked.remote_task_id:
                 locked.remote_task_id = obs.remote_task_id
                 fields.add("remote_task_id")
             if obs.remote_context_id and obs.remote_context_id != locked.remote_context_id:
                 locked.remote_context_id = obs.remote_context_id
                 fields.add("remote_context_id")
+            if locked.is_terminal:
+                dropped.append(obs)
+                continue
             if obs.kind != EventKind.STATE:
                 _append(pending, obs.kind, obs.data)
             if obs.state and obs.state != locked.state:
@@ -412,6 +434,14 @@ def record(task: Task | Any, observations: Iterable[Observation], *, worker: str
             elif obs.kind == EventKind.STATE and obs.data.get("message"):
                 # Same state, but the agent said something with it (e.g. working + a status message).
                 _append(pending, EventKind.MESSAGE, obs.data["message"])
+        if dropped:
+            # Like federation's events for a requester's task that has ended (apps.federation.remote_tasks).
+            what = ", ".join(
+                str(obs.state if obs.kind == EventKind.STATE and obs.state else obs.kind) for obs in dropped
+            )
+            logger.info(
+                "task %s is %s; dropped what arrived after that: %s", locked.pk, ended_before or locked.state, what
+            )
         if worker and locked.claimed_by == worker:
             locked.heartbeat_at = timezone.now()
             fields.add("heartbeat_at")
@@ -419,7 +449,8 @@ def record(task: Task | Any, observations: Iterable[Observation], *, worker: str
                 # The agent answered, so the follow-up was delivered: a re-dispatch must not send it again.
                 locked.pending_message = None
                 fields.add("pending_message")
-        _save(pending, *fields)
+        if pending.events or fields:
+            _save(pending, *fields)
     return locked
 
 

@@ -33,7 +33,12 @@ from apps.tasks.serializers import (
 )
 from apps.tasks.streams import TimelineCursor
 
-# Reject before parsing: a body this far over the input limit cannot hold an acceptable input.
+# A task input's size is that of the compact UTF-8 JSON Hermes stores (`actions.input_size`), however the request
+# spelled it: JSON may write any character as a `\uXXXX` escape, six bytes for a one-byte character (a four-byte one
+# is twelve, a surrogate pair), so a body carries an input within the limit in at most six times the limit, plus
+# the request's other fields. Only a body larger than that is refused before it is parsed, as a body too large;
+# everything else is parsed and the input itself measured. (DATA_UPLOAD_MAX_MEMORY_SIZE caps every body anyway.)
+_MAX_ESCAPE_EXPANSION = 6
 _BODY_SLACK = 16 * 1024
 
 
@@ -66,6 +71,33 @@ def _too_large(size: int, limit: int) -> HermesAPIError:
     )
 
 
+def _check_body_size(request: Request) -> None:
+    """Refuse, before parsing, a body no input within HERMES_MAX_TASK_INPUT_BYTES could need (POST /tasks and
+    follow-ups alike): 413 `request_too_large`, about the body, which is all that is known of it."""
+    limit = settings.HERMES_MAX_TASK_INPUT_BYTES
+    most = _MAX_ESCAPE_EXPANSION * limit + _BODY_SLACK
+    try:
+        declared = int(request.META.get("CONTENT_LENGTH") or 0)
+    except ValueError:
+        return  # not a length at all: the server reads no more than it received, and the input is measured
+    if declared > most:
+        raise HermesAPIError(
+            f"The request body is {declared} bytes; a task input within the {limit}-byte limit fits in "
+            f"{most} bytes, even with every character escaped.",
+            code="request_too_large",
+            status_code=status.HTTP_413_REQUEST_ENTITY_TOO_LARGE,
+            details={"size": declared, "limit": most},
+        )
+
+
+def _check_input_size(message: dict[str, Any], metadata: dict[str, Any] | None = None) -> None:
+    # The one size rule (actions.check_input_size), checked before the agent lookup and the task's transaction.
+    try:
+        actions.check_input_size(message, metadata)
+    except actions.TaskInputTooLarge as exc:
+        raise _too_large(exc.size, exc.limit) from exc
+
+
 def _invalid_input(exc: actions.InvalidMessage) -> HermesAPIError:
     # What the serializer does not check field by field (how deep the JSON nests) the domain rule refuses.
     return HermesAPIError(
@@ -80,16 +112,11 @@ class _SendTask:
     access: Any
 
     def create(self, request: Request) -> Response:
-        limit = settings.HERMES_MAX_TASK_INPUT_BYTES
-        declared = int(request.META.get("CONTENT_LENGTH") or 0)
-        if declared > limit + _BODY_SLACK:
-            raise _too_large(declared, limit)
+        _check_body_size(request)
         serializer = TaskCreateSerializer(data=request.data)
         serializer.is_valid(raise_exception=True)
         data = serializer.validated_data
-        size = actions.input_size(data["input"], data["metadata"])
-        if size > limit:
-            raise _too_large(size, limit)
+        _check_input_size(data["input"], data["metadata"])
         agent = selectors.usable_agent(self.org, data["agent"])
         if agent is None:
             # 404 whatever the reason (another org's private agent must look like a missing one); what a caller
@@ -110,6 +137,8 @@ class _SendTask:
             )
         except actions.InvalidMessage as exc:
             raise _invalid_input(exc) from exc
+        except actions.TaskInputTooLarge as exc:  # measured once more on the normalized message
+            raise _too_large(exc.size, exc.limit) from exc
         return Response(TaskSerializer(task).data, status=status.HTTP_202_ACCEPTED)
 
 
@@ -118,7 +147,9 @@ _INPUT_ERRORS = {
     400: "`details.input` (or `details.metadata`): an input no agent could be sent (docs/tasks.md); for an agent "
     "reached through federation, `unknown_peer` or `peer_disabled`.",
     403: "`policy_denied`: an agent reached through federation that the org's federation policy forbids.",
-    413: "`input_too_large`: the input exceeds HERMES_MAX_TASK_INPUT_BYTES (`details.size`, `details.limit`).",
+    413: "`input_too_large`: the input exceeds HERMES_MAX_TASK_INPUT_BYTES (`details.size`, `details.limit`), "
+    "measured as compact UTF-8 JSON however the body spells it; `request_too_large`: a body larger than any input "
+    "within that limit could need (six times it, every character escaped, plus 16 KiB), refused unread.",
 }
 
 
@@ -233,18 +264,19 @@ class TaskViewSet(  # type: ignore[misc]
     @action(detail=True, methods=["post"])
     def messages(self, request: Request, pk: str | None = None) -> Response:
         task = self.get_object()
+        _check_body_size(request)
         serializer = FollowUpSerializer(data=request.data)
         serializer.is_valid(raise_exception=True)
         message = serializer.validated_data["input"]
-        limit = settings.HERMES_MAX_TASK_INPUT_BYTES
-        if (size := actions.input_size(message)) > limit:
-            raise _too_large(size, limit)
+        _check_input_size(message)
         try:
             task = actions.continue_task(task, message=message, access=self.access)
         except actions.TaskNotWaitingForInput as exc:
             raise Conflict(str(exc), code="task_not_waiting") from exc
         except actions.InvalidMessage as exc:
             raise _invalid_input(exc) from exc
+        except actions.TaskInputTooLarge as exc:
+            raise _too_large(exc.size, exc.limit) from exc
         return Response(TaskSerializer(task).data, status=status.HTTP_202_ACCEPTED)
 
     @describe(
@@ -314,6 +346,8 @@ class TaskViewSet(  # type: ignore[misc]
         after = whole_number(
             resume or request.query_params.get("after"), "Last-Event-ID" if resume else "after", default=0
         )
+        # Past the task's last event (as the websocket): the events up to it are still to come, not seen.
+        after = min(after, task.last_seq)
         # The stream ends once the key or session it was opened with no longer authenticates (apps.tasks.streams).
         session = getattr(request._request, "session", None)
         credential = StreamCredential.of(self.access, session.session_key if session is not None else None)

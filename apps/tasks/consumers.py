@@ -296,7 +296,9 @@ class TaskTimelineConsumer(_ConsumerBase, AsyncJsonWebsocketConsumer):
             return
         self.task_id, self.org_id, self.state = task.pk, task.organization_id, task.state
         self.agent_id = task.agent_id
-        self.last_seq = after
+        # An `after` past the task's last event names events the client cannot have seen: taken as it is, the
+        # events up to it would be skipped when they come (and `synced` would echo a seq that does not exist).
+        self.last_seq = min(after, task.last_seq)
         self.last_live_at = time.monotonic()
         self.lock = asyncio.Lock()
         await self.accept()

@@ -8,6 +8,7 @@ interrupted, canceled or no longer ours.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import threading
 from collections.abc import AsyncIterator, Iterator
@@ -78,19 +79,55 @@ def _message_kwargs(message: dict[str, Any]) -> dict[str, Any]:
     return kwargs
 
 
+# How often the agent call looks whether it must end (a cancel, or the task ended elsewhere): a flag in memory.
+HALT_CHECK_SECONDS = 0.05
+
+
+async def _until_halted(halt: threading.Event, updates: AsyncIterator[AgentUpdate]) -> AsyncIterator[AgentUpdate]:
+    """`updates` until `halt` is set. A watcher cancels the task that drives the iteration (iterate_sync's loop), so
+    the agent call ends where it waits — mid-stream, or between two polls — and its HTTP client closes; the
+    iteration then simply ends, as if the agent had stopped talking."""
+    driver = asyncio.current_task()
+
+    async def watch() -> None:
+        while not halt.is_set():
+            await asyncio.sleep(HALT_CHECK_SECONDS)
+        if driver is not None:
+            driver.cancel()
+
+    watcher = asyncio.create_task(watch())
+    try:
+        async for update in updates:
+            yield update
+    finally:
+        watcher.cancel()
+
+
 class Run:
+    """One claimed run. The worker thread talks to the agent (`execute`); the heartbeat thread (apps.tasks.tasks)
+    calls `request_cancel` when the caller canceled and `halt.set` when the task is no longer ours."""
+
     def __init__(self, task: Task, worker: str) -> None:
         self.task = task
         self.worker = worker
         self.target = AgentTarget.from_agent(task.agent)
-        self.stop_event = threading.Event()
+        # Set: end the call to the agent now (see _until_halted).
+        self.halt = threading.Event()
         self.cancel_event = threading.Event()
         self._cancel_sent = False
         self._lock = threading.Lock()
 
     def request_cancel(self) -> None:
-        """Called from the heartbeat thread when the caller asked to cancel: CancelTask, once."""
+        """The caller asked to cancel. The call to the agent ends at once when the agent's task id is known (the
+        worker then records `canceled` and calls CancelTask); before that, at the agent's first answer, which
+        carries the id (`record` cancels the task on it) — ended earlier, the agent's task could not be stopped."""
         self.cancel_event.set()
+        if self.task.remote_task_id:
+            self.halt.set()
+
+    def stop_agent(self) -> None:
+        """CancelTask at the agent, once, for a task that ended here while the agent still works on it (canceled,
+        failed by its deadline, deleted); nothing when the agent's task id is not known."""
         with self._lock:
             remote = self.task.remote_task_id
             if self._cancel_sent or not remote:
@@ -113,30 +150,47 @@ class Run:
                     self.task.remote_task_id = self.task.remote_task_id or update.remote_task_id or ""
                     raise
                 record_agent_contact(self.task.agent)
-                if self.cancel_event.is_set() and not self._cancel_sent:
-                    self.request_cancel()  # the remote task id arrived after the cancel request
-                if self.task.state in TERMINAL_STATES or self.task.state in INTERRUPTED_STATES:
+                if self.task.state in TERMINAL_STATES:
+                    if not update.terminal:
+                        # Ended here (canceled, failed by its deadline) while the agent still works on it.
+                        self.stop_agent()
                     return None
-                if self.stop_event.is_set():
-                    return "the worker lost its claim"
+                if self.task.state in INTERRUPTED_STATES:
+                    return None
+                if self.halt.is_set():
+                    break
         except AgentTransportError as exc:
             record_agent_contact(self.task.agent, error=str(exc))
             raise
-        return None
+        return self._halted() if self.halt.is_set() else None
+
+    def _halted(self) -> str | None:
+        """The call to the agent was ended from outside: say why, and settle what must be settled here."""
+        current = Task.objects.unscoped("the run was halted").filter(pk=self.task.pk).first()
+        if current is None:
+            raise Task.DoesNotExist(f"task {self.task.pk} was deleted while running")
+        if current.cancel_requested_at and not current.is_terminal:
+            actions.finish(current, TaskState.CANCELED, reason="canceled by the caller")
+            self.stop_agent()
+            return None
+        if current.is_terminal:
+            self.stop_agent()  # its deadline failed it (or it was canceled) while the agent worked
+            return None
+        return "the worker lost its claim"
 
     def _updates(self) -> Iterator[AgentUpdate]:
         task = self.task
         if task.pending_message:
             message = _message_kwargs(task.pending_message)
             message.update(task_id=task.remote_task_id or None, context_id=task.remote_context_id or None)
-            return iterate_sync(lambda: _client(self.target).run_once(**message))
+            return iterate_sync(lambda: _until_halted(self.halt, _client(self.target).run_once(**message)))
         if task.remote_task_id:
             # A previous worker died mid-task: pick the task up where the agent has it instead of sending it
             # again (SubscribeToTask for a streaming agent, GetTask polling otherwise).
-            return iterate_sync(lambda: _watch(self.target, task.remote_task_id))
+            return iterate_sync(lambda: _until_halted(self.halt, _watch(self.target, task.remote_task_id)))
         message = _message_kwargs(task.input)
         message.update(message_id=str(task.pk))
-        return iterate_sync(lambda: _client(self.target).run_once(**message))
+        return iterate_sync(lambda: _until_halted(self.halt, _client(self.target).run_once(**message)))
 
 
 def _client(target: AgentTarget) -> AgentClient:

@@ -2,9 +2,10 @@
 
 The database row is the truth. A job message only names a task; the worker claims the row with
 `SELECT … FOR UPDATE SKIP LOCKED` and a claim check (no live claim by another worker), so a duplicate or late
-message is harmless. While it runs, a heartbeat thread stamps `heartbeat_at`, notices cancel requests and stops
-when the claim is lost. The sweeper (beat) re-dispatches tasks whose worker stopped heartbeating or whose message
-never arrived, and fails tasks past their deadline.
+message is harmless. While it runs, a heartbeat thread stamps `heartbeat_at` and, reading the row every
+WATCH_SECONDS, notices a cancel request or that the task ended without it, and ends the call to the agent. The
+sweeper (beat) re-dispatches tasks whose worker stopped heartbeating or whose message never arrived, and fails
+tasks past their deadline.
 """
 
 from __future__ import annotations
@@ -14,7 +15,9 @@ import os
 import random
 import socket
 import threading
+import time
 import uuid
+from collections.abc import Callable
 from datetime import timedelta
 from typing import Any
 
@@ -75,37 +78,54 @@ def claim(task_id: Any, worker: str) -> Task | None:
     return task
 
 
-class Heartbeat(threading.Thread):
-    """Stamps heartbeat_at while the job runs; sets `cancel` when the caller asked to cancel and `lost` when the
-    row is no longer ours (terminal, or re-claimed after we were presumed dead)."""
+# How often a running task's worker reads its row (one primary-key read; `heartbeat_at` is written only every
+# HERMES_TASK_HEARTBEAT_SECONDS): the bound on how late it notices a cancel, or that the task ended without it (its
+# deadline failed it, the org was deleted, another worker took it over).
+WATCH_SECONDS = 0.5
 
-    def __init__(self, task_id: Any, worker: str, on_cancel: Any) -> None:
+
+class Heartbeat(threading.Thread):
+    """Watches the claimed row while the job runs: every WATCH_SECONDS it reads it, calling `on_cancel` once when
+    the caller asked to cancel and `on_lost` (then stopping) when the row is no longer ours — terminal, interrupted
+    or re-claimed after we were presumed dead, or deleted; every HERMES_TASK_HEARTBEAT_SECONDS it also stamps
+    `heartbeat_at`. The database row is the truth: this works the same with Redis down."""
+
+    def __init__(
+        self, task_id: Any, worker: str, *, on_cancel: Callable[[], None], on_lost: Callable[[], None]
+    ) -> None:
         super().__init__(name=f"heartbeat-{task_id}", daemon=True)
         self.task_id = task_id
         self.worker = worker
         self.on_cancel = on_cancel
+        self.on_lost = on_lost
         self.stop = threading.Event()
         self.cancel = threading.Event()
         self.lost = threading.Event()
 
     def run(self) -> None:
+        every = settings.HERMES_TASK_HEARTBEAT_SECONDS
+        next_beat = time.monotonic() + every
         try:
-            while not self.stop.wait(settings.HERMES_TASK_HEARTBEAT_SECONDS):
-                self.beat()
+            while not self.stop.wait(min(WATCH_SECONDS, every)):
+                beat = time.monotonic() >= next_beat
+                if beat:
+                    next_beat = time.monotonic() + every
+                self.watch(beat=beat)
         finally:
             connection.close()  # this thread ends here; its connection must not outlive it
 
-    def beat(self) -> None:
+    def watch(self, *, beat: bool = False) -> None:
         try:
             rows = Task.objects.unscoped("heartbeat of the claimed task").filter(
                 pk=self.task_id, claimed_by=self.worker
             )
-            if not rows.update(heartbeat_at=timezone.now()):
+            row = rows.values_list("cancel_requested_at").first()
+            if row is None or (beat and not rows.update(heartbeat_at=timezone.now())):
                 self.lost.set()
                 self.stop.set()
+                self.on_lost()
                 return
-            requested = rows.values_list("cancel_requested_at", flat=True).first()
-            if requested and not self.cancel.is_set():
+            if row[0] and not self.cancel.is_set():
                 self.cancel.set()
                 self.on_cancel()
         except Exception:
@@ -124,20 +144,19 @@ def run_task(task_id: str) -> None:
 
 def _run_claimed(task: Task, worker: str) -> None:
     run = execution.Run(task, worker)
-    heartbeat = Heartbeat(task.pk, worker, on_cancel=run.request_cancel)
+    heartbeat = Heartbeat(task.pk, worker, on_cancel=run.request_cancel, on_lost=run.halt.set)
     heartbeat.start()
-    run.stop_event = heartbeat.lost
     try:
         if task.cancel_requested_at:
-            run.request_cancel()
             actions.finish(task, TaskState.CANCELED, reason="canceled by the caller")
+            run.stop_agent()
             return
         outcome = run.execute()
     except Task.DoesNotExist:
         # The row was deleted while the agent worked (its organization was deleted): nobody waits for the result
         # and there is nothing to record it on; only the agent is still busy.
         logger.info("task %s was deleted while running; asking the agent to stop it", task.pk)
-        run.request_cancel()
+        run.stop_agent()
         return
     except execution.AgentTransportError as exc:
         _transport_failure(task, exc)
@@ -204,14 +223,26 @@ def cancel_remote_task(task_id: str, remote_task_id: str) -> None:
         logger.info("task %s: the agent's CancelTask failed: %s", task_id, exc)
 
 
+def _cancel_at_agent(task_id: Any, remote_task_id: str) -> None:
+    try:
+        cancel_remote_task.delay(str(task_id), remote_task_id)
+    except Exception as exc:  # the broker is down: the agent's task stays open; ours is final regardless
+        logger.warning("task %s: could not send the agent's CancelTask (%s)", task_id, exc)
+
+
 @shared_task(name="apps.tasks.tasks.sweep_tasks", ignore_result=True)
 def sweep_tasks() -> dict[str, int]:
     """Beat job: fail tasks past their deadline, re-dispatch tasks whose worker or message was lost."""
     now = timezone.now()
     counts = {"deadline": 0, "redispatched": 0}
     active = Task.objects.unscoped("the sweeper scans every org").exclude(state__in=TERMINAL_STATES)
-    for task in active.filter(deadline_at__lt=now).only("pk", "organization_id", "agent_id", "state"):
+    overdue = active.filter(deadline_at__lt=now)
+    for task in overdue.only("pk", "organization_id", "agent_id", "state", "claimed_by", "remote_task_id"):
         actions.finish(task, TaskState.FAILED, error="deadline exceeded", reason="deadline")
+        if task.remote_task_id and not task.claimed_by:
+            # Nobody runs it (it waited for input): tell the agent its task is over. A claimed task's worker sees
+            # the task end within WATCH_SECONDS, ends its call and does so itself.
+            _cancel_at_agent(task.pk, task.remote_task_id)
         TASKS_RECOVERED.labels(outcome="deadline").inc()
         counts["deadline"] += 1
 

@@ -1,7 +1,8 @@
 """Agents for the task-execution tests, written with the official a2a-sdk server only.
 
 `third_party` (tests/agents/sdk_agent.py) echoes, fails, asks for input; `slow` streams a progress note every
-STEP seconds for the number of steps in its input (default 40) and honors CancelTask; `chunks` (card without
+STEP seconds for the number of steps in its input (default 40) and honors CancelTask; `sleepy` is `slow` with
+SLEEPY_STEP seconds between notes (an agent that says nothing for a while); `chunks` (card without
 streaming) and `chunks-stream` (with) write one artifact in CHUNKS pieces, CHUNK_GAP seconds apart.
 """
 
@@ -23,11 +24,15 @@ from starlette.routing import Mount
 from tests.agents.sdk_agent import build_app as third_party_app
 
 STEP = 0.1
+SLEEPY_STEP = 5.0
 
 
 class SlowExecutor(AgentExecutor):
     started: list[str] = []
     canceled: list[str] = []
+
+    def __init__(self, step: float = STEP) -> None:
+        self.step = step
 
     async def execute(self, context: RequestContext, event_queue: EventQueue) -> None:
         text = context.get_user_input()
@@ -39,7 +44,7 @@ class SlowExecutor(AgentExecutor):
         updater = TaskUpdater(event_queue, task.id, task.context_id)
         await updater.start_work()
         for step in range(1, steps + 1):
-            await asyncio.sleep(STEP)
+            await asyncio.sleep(self.step)
             message = updater.new_agent_message([new_text_part(f"step {step}/{steps}")])
             await updater.update_status(TaskState.TASK_STATE_WORKING, message=message)
         await updater.add_artifact([new_text_part(f"done after {steps} steps")], name="result")
@@ -100,6 +105,7 @@ def build(base: str) -> Any:
     return Starlette(
         routes=[
             Mount("/slow", _app(f"{base}/slow/", "Slow", SlowExecutor(), streaming=True)),
+            Mount("/sleepy", _app(f"{base}/sleepy/", "Sleepy", SlowExecutor(SLEEPY_STEP), streaming=True)),
             Mount("/chunks-stream", _app(f"{base}/chunks-stream/", "Chunks", ChunkedExecutor(), streaming=True)),
             Mount("/chunks", _app(f"{base}/chunks/", "Chunks", ChunkedExecutor(), streaming=False)),
             Mount("/", third_party_app(base)),

@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import logging
 import re
 import threading
 from typing import Any
@@ -154,6 +155,59 @@ def test_cancel_of_a_running_task_is_a_request_for_its_worker(org: Any, agent: A
     Task.objects.for_org(org).filter(pk=task.pk).update(claimed_by="w1", state="working")
     task = actions.cancel_task(task)
     assert task.state == "working" and task.cancel_requested_at is not None
+
+
+PROGRESS = {"role": "agent", "parts": [{"kind": "text", "text": "step 4/30"}]}
+
+
+@pytest.mark.django_db
+def test_nothing_is_recorded_after_a_terminal_state(org: Any, agent: Any, caplog: Any) -> None:
+    # A task its deadline failed kept receiving its still-running worker's progress after `working→failed`.
+    task = actions.create_task(org=org, agent=agent, message=MESSAGE)
+    actions.record(task, [Observation(kind="state", data={}, state="working", remote_task_id="r1")])
+    failed = actions.finish(task, TaskState.FAILED, error="deadline exceeded", reason="deadline")
+    caplog.set_level(logging.INFO, logger="apps.tasks.actions")
+    late = [
+        Observation(kind="progress", data=PROGRESS, state="working"),
+        Observation(kind="artifact", data={"artifact_id": "a", "parts": [{"kind": "text", "text": "out"}]}),
+        Observation(kind="state", data={"message": PROGRESS}, state="failed"),  # same state, with words
+        Observation(kind="state", data={}, state="completed"),
+    ]
+    task = actions.record(task, late, worker="w1")
+    assert task.state == "failed" and task.last_seq == failed.last_seq == 4
+    assert Task.objects.for_org(org).get(pk=task.pk).updated_at == failed.updated_at  # not even touched
+    assert [r.getMessage() for r in caplog.records] == [
+        f"task {task.pk} is failed; dropped what arrived after that: progress, artifact, failed, completed"
+    ]
+    # Within one batch too: what follows the agent's own terminal state is not appended after it.
+    other = actions.create_task(org=org, agent=agent, message=MESSAGE)
+    other = actions.record(other, [Observation(kind="state", data={}, state="completed"), late[1]])
+    assert list(other.events.order_by("seq").values_list("kind", flat=True)) == ["state", "message", "state"]
+
+
+@pytest.mark.django_db
+def test_after_a_cancel_request_the_agents_updates_cancel_the_task(org: Any, agent: Any) -> None:
+    # A 202 cancel is final for the caller: a short task could complete after it, before its worker noticed.
+    task = actions.create_task(org=org, agent=agent, message=MESSAGE)
+    Task.objects.for_org(org).filter(pk=task.pk).update(claimed_by="w1")
+    task = actions.record(task, [Observation(kind="state", data={}, state="working")], worker="w1")
+    assert actions.cancel_task(task).state == "working"  # a request for its worker
+    task = actions.record(
+        task,
+        [
+            Observation(kind="progress", data=PROGRESS, remote_task_id="r1"),
+            Observation(kind="state", data={}, state="completed"),
+        ],
+        worker="w1",
+    )
+    assert task.state == "canceled" and task.claimed_by == ""
+    # The agent's first answer came after the cancel: its task id is kept all the same, for CancelTask.
+    assert Task.objects.for_org(org).get(pk=task.pk).remote_task_id == "r1"
+    events = list(task.events.order_by("seq").values_list("kind", "data"))[2:]
+    assert events == [
+        ("state", {"from": "submitted", "to": "working"}),
+        ("state", {"from": "working", "to": "canceled", "reason": "canceled by the caller"}),
+    ]
 
 
 @pytest.mark.django_db

@@ -68,8 +68,97 @@ def test_oversized_input_is_413(client_for: Any, alice: Any, agent: Any, setting
     assert response.status_code == 413
     assert response.json()["error"]["details"]["limit"] == 1000
     huge = {"agent": str(agent.pk), "input": {"parts": [{"text": "x" * 40000}]}}
-    assert post(client_for(alice), "/api/v1/tasks", huge).status_code == 413  # refused before parsing
+    refused = post(client_for(alice), "/api/v1/tasks", huge)  # refused before parsing, as the body it is
+    assert refused.status_code == 413 and refused.json()["error"]["code"] == "request_too_large"
     assert Task.objects.unscoped("test").count() == 0
+
+
+def escaped(body: dict[str, Any]) -> str:
+    """The body as JSON with every character of every string written as a \\uXXXX escape (valid JSON)."""
+
+    def spell(value: Any) -> str:
+        if isinstance(value, str):
+            return '"' + "".join(f"\\u{ord(c):04x}" for c in value) + '"'
+        if isinstance(value, dict):
+            return "{" + ",".join(f"{spell(k)}:{spell(v)}" for k, v in value.items()) + "}"
+        if isinstance(value, list):
+            return "[" + ",".join(spell(v) for v in value) + "]"
+        return json.dumps(value)
+
+    return spell(body)
+
+
+def waiting_task(agent: Any) -> Task:
+    task = actions.create_task(org=agent.organization, agent=agent, message={"role": "user", **TEXT})
+    return actions.record(task, [Observation(kind="state", data={}, state="input-required")])
+
+
+def test_the_input_limit_is_the_inputs_size_however_the_body_spells_it(
+    client_for: Any, alice: Any, agent: Any, settings: Any
+) -> None:
+    # 120 KB of "é" as UTF-8 (the default limit is 256 KiB) is 360 KB of JSON written with \u00e9 escapes: the
+    # early check on the body used to refuse it as "The task input is 360… bytes", while a follow-up took it.
+    settings.HERMES_MAX_TASK_INPUT_BYTES = 256 * 1024  # the default
+    client = client_for(alice)
+    text = "é" * 60_000
+    body = {"agent": str(agent.pk), "input": {"parts": [{"text": text}]}}
+    raw = client.post("/api/v1/tasks", json.dumps(body, ensure_ascii=False), content_type="application/json")
+    assert raw.status_code == 202, raw.content
+    escapes = json.dumps(body)  # ensure_ascii: "\u00e9"
+    assert len(escapes) > 350_000
+    spelled = client.post("/api/v1/tasks", escapes, content_type="application/json")
+    assert spelled.status_code == 202, spelled.content
+    assert spelled.json()["input"] == raw.json()["input"]
+    follow_up = client.post(
+        f"/api/v1/tasks/{waiting_task(agent).pk}/messages",
+        json.dumps({"input": body["input"]}),
+        content_type="application/json",
+    )
+    assert follow_up.status_code == 202, follow_up.content
+    # Over the limit, both endpoints say so with the input's own size, not the body's.
+    too_much = {"parts": [{"text": "é" * 140_000}]}
+    size = actions.input_size({"role": "user", "parts": [{"kind": "text", "text": "é" * 140_000}]}, {})
+    for url, payload in (
+        ("/api/v1/tasks", {"agent": str(agent.pk), "input": too_much}),
+        (f"/api/v1/tasks/{waiting_task(agent).pk}/messages", {"input": too_much}),
+    ):
+        refused = client.post(url, json.dumps(payload), content_type="application/json")
+        assert refused.status_code == 413, url
+        assert refused.json()["error"] == {
+            "code": "input_too_large",
+            "message": f"The task input is {size} bytes; the limit is {256 * 1024} bytes.",
+            "details": {"size": size, "limit": 256 * 1024},
+        }
+
+
+@pytest.mark.parametrize("endpoint", ["create", "follow-up"])
+def test_only_a_body_no_input_within_the_limit_could_need_is_refused_unread(
+    client_for: Any, alice: Any, agent: Any, settings: Any, endpoint: str
+) -> None:
+    settings.HERMES_MAX_TASK_INPUT_BYTES = 4000
+    client = client_for(alice)
+    url = "/api/v1/tasks" if endpoint == "create" else f"/api/v1/tasks/{waiting_task(agent).pk}/messages"
+
+    def body(text: str) -> dict[str, Any]:
+        payload = {"input": {"parts": [{"text": text}]}}
+        return {"agent": str(agent.pk), **payload} if endpoint == "create" else payload
+
+    # An input exactly at the limit with every character escaped (six bytes each) is taken.
+    filler = 4000 - actions.input_size({"role": "user", "parts": [{"kind": "text", "text": ""}]}, {})
+    assert actions.input_size({"role": "user", "parts": [{"kind": "text", "text": "x" * filler}]}, {}) == 4000
+    at_limit = escaped(body("x" * filler))
+    assert len(at_limit) > 6 * 3900
+    assert client.post(url, at_limit, content_type="application/json").status_code == 202
+    # One byte more is the input's refusal.
+    over = client.post(url, escaped(body("x" * (filler + 1))), content_type="application/json")
+    assert over.status_code == 413 and over.json()["error"]["details"] == {"size": 4001, "limit": 4000}
+    # A body past six times the limit plus 16 KiB cannot hold an acceptable input: refused as a body.
+    most = 6 * 4000 + 16 * 1024
+    refused = client.post(url, json.dumps(body("x" * most)), content_type="application/json")
+    assert refused.status_code == 413
+    error = refused.json()["error"]
+    assert error["code"] == "request_too_large" and error["details"]["limit"] == most
+    assert error["message"].startswith(f"The request body is {error['details']['size']} bytes; a task input")
 
 
 @pytest.mark.parametrize(
@@ -247,6 +336,24 @@ def test_cancel_and_follow_up(client_for: Any, alice: Any, agent: Any) -> None:
     assert response.status_code == 202 and response.json()["status"] == "canceled"
     response = post(client, f"/api/v1/tasks/{task.pk}/cancel", {})
     assert response.status_code == 409 and response.json()["error"]["code"] == "task_finished"
+
+
+def test_repeated_cancels_of_a_running_task_are_audited_once(client_for: Any, alice: Any, agent: Any) -> None:
+    from apps.core.models import AuditEvent
+
+    client = client_for(alice)
+    task = actions.create_task(org=agent.organization, agent=agent, message={"role": "user", **TEXT})
+    Task.objects.for_org(agent.organization).filter(pk=task.pk).update(claimed_by="worker-1")  # a worker runs it
+    answers = [post(client, f"/api/v1/tasks/{task.pk}/cancel", {}) for _ in range(3)]
+    assert [a.status_code for a in answers] == [202, 202, 202]
+    assert len({a.json()["cancel_requested_at"] for a in answers}) == 1  # the first request's moment, kept
+    assert {a.json()["status"] for a in answers} == {"submitted"}  # its worker cancels it
+    # Its worker was lost and the claim released: a cancel now cancels it at once, audited no more.
+    Task.objects.for_org(agent.organization).filter(pk=task.pk).update(claimed_by="")
+    last = post(client, f"/api/v1/tasks/{task.pk}/cancel", {})
+    assert last.status_code == 202 and last.json()["status"] == "canceled"
+    audited = AuditEvent.objects.filter(action="task.canceled", target_id=str(task.pk))
+    assert audited.count() == 1
 
 
 def test_members_send_but_keys_need_scopes(client_for: Any, mia: Any, agent: Any) -> None:

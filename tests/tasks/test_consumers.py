@@ -111,6 +111,22 @@ def test_after_skips_seen_events(alice: Any, task: Any) -> None:
     async_to_sync(scenario)()
 
 
+def test_after_past_the_tasks_last_event_is_clamped_to_it(alice: Any, task: Any) -> None:
+    # ?after=7 on a task at seq 2: `synced` used to echo 7 as last_seq, and the events 3 to 7 were then dropped
+    # as already sent when they came.
+    async def scenario() -> None:
+        ws = communicator(f"/ws/tasks/{task.pk}/?after=7", alice)
+        await ws.connect()
+        frames = await receive_until(ws, lambda f: f["type"] == "synced")
+        assert frames == [{"type": "synced", "last_seq": 2, "state": "submitted"}]
+        await record(task, [Observation(kind="state", data={}, state="working")])
+        live = await receive_until(ws, is_event(3))
+        assert seqs(live) == [3]
+        await ws.disconnect()
+
+    async_to_sync(scenario)()
+
+
 @pytest.mark.parametrize(
     ("path", "code"),
     [

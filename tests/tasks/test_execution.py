@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import time
 from typing import Any
 
 import pytest
@@ -11,7 +12,8 @@ import pytest
 from apps.agents.actions import register_agent_by_url, register_agent_manually
 from apps.orgs import actions as org_actions
 from apps.tasks import actions
-from apps.tasks.models import Task, TaskState
+from apps.tasks.models import TERMINAL_STATES, Task, TaskState
+from apps.tasks.tasks import WATCH_SECONDS
 from tests.factories import access_for
 from tests.tasks.agents import CHUNKS, SlowExecutor
 from tests.tasks.conftest import nested, reload_task, timeline, wait_for
@@ -155,6 +157,65 @@ def test_cancel_the_slow_agent_mid_stream(task_worker: Any, agents_base: str, or
     assert timeline(task)[-1] == ("state", "canceled")
 
 
+def running(agent: Any, steps: str) -> Any:
+    """A task the agent works on: claimed, working, with the agent's task id known."""
+    task = actions.create_task(org=agent.organization, agent=agent, message=text(steps))
+    return wait_for(lambda: (t := reload_task(task)).state == "working" and t.remote_task_id and t)
+
+
+def after_the_end(task: Any) -> list[tuple[str, Any]]:
+    """The timeline after the task's terminal state event (what must stay empty)."""
+    events = timeline(task)
+    end = next(i for i, (kind, data) in enumerate(events) if kind == "state" and data in TERMINAL_STATES)
+    return events[end + 1 :]
+
+
+@pytest.mark.parametrize("path", ["slow", "sleepy"])
+def test_a_cancel_is_noticed_promptly_and_nothing_the_agent_says_after_it_is_recorded(
+    task_worker: Any, agents_base: str, org: Any, settings: Any, path: str
+) -> None:
+    # The worker used to notice a cancel at its next heartbeat (5 s by default): the agent streamed on meanwhile,
+    # and a short task could complete after the 202. Now it reads its row every WATCH_SECONDS.
+    settings.HERMES_TASK_HEARTBEAT_SECONDS = 30.0  # far beyond the bound: the heartbeat is not what notices
+    agent = register_agent_by_url(org=org, url=f"{agents_base}/{path}/")
+    task = running(agent, "100")
+    if path == "slow":
+        wait_for(lambda: sum(1 for k, _ in timeline(task) if k == "progress") >= 2)
+    started = time.monotonic()
+    seq = actions.cancel_task(task).last_seq
+    task = wait_for(lambda: (t := reload_task(task)).is_terminal and t, timeout=WATCH_SECONDS + 2)
+    # The bound: WATCH_SECONDS to notice, then ending the call (a sleepy agent sends nothing that could end it).
+    assert time.monotonic() - started < WATCH_SECONDS + 1.5
+    assert task.state == "canceled" and timeline(task)[seq:] == [("state", "canceled")]
+    wait_for(lambda: task.remote_task_id in SlowExecutor.canceled, timeout=5)  # CancelTask reached the agent
+    assert wait_for(lambda: reload_task(task).claimed_by == "", timeout=5)  # and the job ended
+
+
+@pytest.mark.parametrize("path", ["slow", "sleepy"])
+def test_a_task_failed_by_its_deadline_records_nothing_more_and_its_worker_stops_the_agent(
+    task_worker: Any, agents_base: str, org: Any, settings: Any, path: str
+) -> None:
+    from datetime import timedelta
+
+    from django.utils import timezone
+
+    from apps.tasks.tasks import sweep_tasks
+
+    settings.HERMES_TASK_HEARTBEAT_SECONDS = 30.0
+    agent = register_agent_by_url(org=org, url=f"{agents_base}/{path}/")
+    task = running(agent, "100")
+    if path == "slow":
+        wait_for(lambda: sum(1 for k, _ in timeline(task) if k == "progress") >= 2)
+    Task.objects.for_org(org).filter(pk=task.pk).update(deadline_at=timezone.now() - timedelta(seconds=1))
+    assert sweep_tasks()["deadline"] == 1
+    # The worker notices (the next agent update, or its watch of the row) and asks the agent to stop.
+    wait_for(lambda: task.remote_task_id in SlowExecutor.canceled, timeout=WATCH_SECONDS + 2)
+    time.sleep(0.5)  # the slow agent's updates already on their way arrive, and are dropped
+    task = reload_task(task)
+    assert task.state == "failed" and task.last_error == "deadline exceeded"
+    assert after_the_end(task) == []  # used to go on: `progress "step 4/30"` after `working→failed (deadline)`
+
+
 def test_deleting_the_org_stops_its_running_task_at_the_agent(
     task_worker: Any, agents_base: str, org: Any, alice: Any, caplog: Any
 ) -> None:
@@ -182,6 +243,31 @@ def test_sweeper_fails_tasks_past_their_deadline(org: Any, transactional_db: Any
     assert sweep_tasks()["deadline"] == 1
     task = reload_task(task)
     assert task.state == TaskState.FAILED and task.last_error == "deadline exceeded"
+
+
+def test_the_sweeper_tells_the_agent_when_a_task_nobody_runs_misses_its_deadline(
+    org: Any, transactional_db: Any, monkeypatch: Any
+) -> None:
+    from datetime import timedelta
+
+    from django.utils import timezone
+
+    from apps.tasks.actions import Observation
+    from apps.tasks.tasks import sweep_tasks
+    from tests.tasks.conftest import make_agent
+
+    sent: list[tuple[str, str]] = []
+    monkeypatch.setattr("apps.tasks.tasks.cancel_remote_task.delay", lambda *args: sent.append(args))
+    agent = make_agent(org)
+    waiting = actions.create_task(org=org, agent=agent, message=text("x"))
+    actions.record(waiting, [Observation(kind="state", data={}, state="input-required", remote_task_id="r-wait")])
+    running = actions.create_task(org=org, agent=agent, message=text("y"))
+    actions.record(running, [Observation(kind="state", data={}, state="working", remote_task_id="r-run")])
+    Task.objects.for_org(org).filter(pk=running.pk).update(claimed_by="w1", heartbeat_at=timezone.now())
+    Task.objects.for_org(org).update(deadline_at=timezone.now() - timedelta(seconds=1))
+    assert sweep_tasks()["deadline"] == 2
+    # The agent waits for input that will never come: it is told. The running one's worker tells it itself.
+    assert sent == [(str(waiting.pk), "r-wait")]
 
 
 def _sse_frames(response: Any, stop_after: int | None = None) -> list[dict[str, Any]]:
@@ -228,3 +314,20 @@ def test_sse_lifetime_is_bounded(org: Any, alice: Any, client_for: Any, settings
     task = actions.create_task(org=org, agent=make_agent(org), message=text("x"))
     frames = _sse_frames(client_for(alice).get(f"/api/v1/tasks/{task.pk}/stream?after=1"))
     assert [f["id"] for f in frames] == ["2"]  # then the stream ends; the client resumes with Last-Event-ID: 2
+
+
+def test_sse_after_past_the_tasks_last_event_still_gets_the_events_to_come(
+    client_for: Any, alice: Any, org: Any, settings: Any
+) -> None:
+    # `after=7` on a task at seq 2: the stream used to send only seq 8 onwards, so events 3 to 7 never came.
+    from apps.tasks.actions import Observation
+    from tests.tasks.conftest import make_agent
+
+    settings.HERMES_SSE_POLL_SECONDS = 0.02
+    task = actions.create_task(org=org, agent=make_agent(org), message=text("x"))
+    response = client_for(alice).get(f"/api/v1/tasks/{task.pk}/stream?after=7")
+    actions.record(task, [Observation(kind="state", data={}, state="working")])
+    actions.record(task, [Observation(kind="state", data={}, state="completed")])
+    frames = _sse_frames(response)
+    assert [f["id"] for f in frames] == ["3", "4", None]
+    assert frames[-1] == {"id": None, "event": "end", "data": {"state": "completed"}}
