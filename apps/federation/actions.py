@@ -471,10 +471,13 @@ def claim_delivery(outbox_id: int) -> Outbox | None:
     conditional UPDATE is the lock: of two workers racing for the same row, exactly one sees rowcount 1."""
     now = timezone.now()
     lease = timedelta(seconds=settings.HERMES_FEDERATION_TIMEOUT + 30)
+    # The link's state is read apart: a join in the UPDATE below makes Django write `WHERE id IN (SELECT …)`,
+    # and the status test inside that subquery no longer serialises two workers (both claimed the row).
+    if not _outbox_rows().filter(_deliverable(), pk=outbox_id).exists():
+        return None
     claimed = (
         _outbox_rows()
         .filter(
-            _deliverable(),
             pk=outbox_id,
             status__in=[OutboxStatus.PENDING, OutboxStatus.FAILED],
             next_attempt_at__lte=now + CLAIM_SLACK,

@@ -16,7 +16,7 @@ from django.utils import timezone
 from apps.federation import signing, transport
 from apps.federation.actions import AttemptResult, claim_delivery, finish_attempt
 from apps.federation.addresses import Address
-from apps.federation.models import AttemptOutcome, Message, Outbox
+from apps.federation.models import AttemptOutcome, Message, Outbox, Peer
 from apps.federation.selectors import live_secrets
 
 logger = logging.getLogger(__name__)
@@ -37,7 +37,18 @@ def envelope(message: Message) -> bytes:
         "correlation_id": str(message.correlation_id) if message.correlation_id else None,
         "created_at": message.created_at.isoformat(),
     }
+    peer = message.peer if message.peer_id else None  # (no query for a message to an org on this instance)
+    if peer is not None:
+        # Binds the direction into what is signed: the link key is symmetric, so without it a message we sent could
+        # be posted back to us as if the peer had sent it (see inbound.link_mismatch).
+        body["link"] = link_binding(peer)
     return json.dumps(body, separators=(",", ":"), sort_keys=True).encode()
+
+
+def link_binding(peer: Peer) -> dict[str, str]:
+    """The two ends of the link as the receiver names them: `from` is its name for us (our `local_name`, the
+    receive path), `to` is our name for it (which it stores as its `local_name` for us)."""
+    return {"from": peer.local_name, "to": peer.name}
 
 
 def parse_retry_after(value: str | None) -> float | None:
@@ -98,24 +109,34 @@ def _over_http(outbox: Outbox) -> AttemptResult:
     except transport.OutboundBlocked as exc:
         # The peer's URL points somewhere Hermes must not call: no retry will change that.
         return AttemptResult(AttemptOutcome.PERMANENT, _ms(started), error=f"blocked by the SSRF guard: {exc}"[:300])
+    except transport.TooSlow as exc:
+        # "timeout: " like httpx's own timeouts below, so a search for timeouts in the attempt log finds both.
+        return AttemptResult(AttemptOutcome.RETRY, _ms(started), error=f"timeout: {exc}")
     except httpx.TimeoutException as exc:
         return AttemptResult(AttemptOutcome.RETRY, _ms(started), error=f"timeout: {type(exc).__name__}")
     except httpx.HTTPError as exc:
         return AttemptResult(AttemptOutcome.RETRY, _ms(started), error=f"{type(exc).__name__}: {exc}"[:300])
     duration = _ms(started)
-    outcome = classify(response.status_code)
+    status = response.status_code
+    outcome = classify(status)
     excerpt = response.text[:500]
+    if response.oversized and outcome == AttemptOutcome.DELIVERED:
+        # No receipt is that big: whatever answered, it is not a Hermes that stored the message. Retried like a
+        # transport error (the receiver deduplicates), with the beginning of the answer in the attempt log.
+        return _bad_receipt(duration, response, transport.oversized_error())
     if outcome != AttemptOutcome.DELIVERED:
         retry_after = None
-        if response.status_code in (429, 503):
+        if status in (429, 503):
             retry_after = parse_retry_after(response.headers.get("retry-after"))
+        if 300 <= status < 400:
+            error = _redirect_error(response.headers.get("location"))
+        elif response.oversized:
+            # The status says what happened; the body, cut at the limit, can no longer be parsed for the reason.
+            error = transport.oversized_error()
+        else:
+            error = peer_error(response.content)
         return AttemptResult(
-            outcome,
-            duration,
-            http_status=response.status_code,
-            error=peer_error(response.content),
-            response_excerpt=excerpt,
-            retry_after=retry_after,
+            outcome, duration, http_status=status, error=error, response_excerpt=excerpt, retry_after=retry_after
         )
     # The receipt is signed by the peer with the link keys: it proves the peer (not a proxy) stored the message.
     try:
@@ -131,7 +152,7 @@ def _over_http(outbox: Outbox) -> AttemptResult:
     return AttemptResult(
         AttemptOutcome.DELIVERED,
         duration,
-        http_status=response.status_code,
+        http_status=status,
         response_excerpt=excerpt,
         receipt=receipt,
         receipt_body=response.text,
@@ -140,7 +161,15 @@ def _over_http(outbox: Outbox) -> AttemptResult:
     )
 
 
-def _bad_receipt(duration: float, response: httpx.Response, error: str) -> AttemptResult:
+def _redirect_error(location: str | None) -> str:
+    # The signed request names the peer's receive path: it is never re-sent elsewhere (the SSRF guard would have
+    # to check a URL the peer chose, and the signature would be handed to whoever the peer points at). A peer that
+    # moved needs its base_url corrected.
+    where = f"Location: {location[:200]}" if location else "no Location header"
+    return f"redirects are not followed ({where}); if the peer moved, correct its base_url"
+
+
+def _bad_receipt(duration: float, response: transport.Answer, error: str) -> AttemptResult:
     # Retried: the receiver deduplicates, so the next attempt gets the original receipt again.
     return AttemptResult(
         AttemptOutcome.RETRY,

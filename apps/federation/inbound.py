@@ -69,6 +69,45 @@ def parse_envelope(data: Any, peer_name: str | None) -> Envelope:
     return Envelope(message_id, data["type"], sender, recipient, payload, correlation)
 
 
+def _describe_link(link: Any) -> str:
+    if isinstance(link, dict) and isinstance(link.get("from"), str) and isinstance(link.get("to"), str):
+        return f"from '{link['from'][:60]}' to '{link['to'][:60]}'"
+    return "in a form this instance does not understand"
+
+
+def link_mismatch(peer: Peer, data: dict[str, Any]) -> str | None:
+    """Why the message's signed direction binding does not fit the link it came in on, or None when it does.
+
+    The sender signs `"link": {"from", "to"}`: our name for it (the receive path) and its name for us, that is our
+    `name` and `local_name` for the link (delivery.link_binding). The key is the same both ways, so a message this
+    instance sent to the peer verifies here too; its binding is the reverse one, and that is what refuses it when
+    it is posted back at us. A message without `link` comes from a Hermes older than the binding and is accepted;
+    one that carries it must match.
+
+    A link whose two ends use the same name (we call the peer `x` and it calls us `x`) binds nothing: give them
+    different names."""
+    if "link" not in data:
+        return None
+    link = data["link"]
+
+    def bound_to(sender: str, receiver: str) -> bool:
+        # Only the two names count: a later Hermes may add to the binding without being refused by this one.
+        return isinstance(link, dict) and link.get("from") == sender and link.get("to") == receiver
+
+    if bound_to(peer.name, peer.local_name):
+        return None
+    ours = f"from '{peer.name}' to '{peer.local_name}'"
+    if bound_to(peer.local_name, peer.name):
+        return (
+            f"the message is bound to the link {_describe_link(link)}: it is one this instance sent to "
+            f"'{peer.name}', posted back to it (this link is {ours})"
+        )
+    return (
+        f"the message is bound to the link {_describe_link(link)}, but this link is {ours}: the two sides name "
+        "the link differently (compare name and local_name on both)"
+    )
+
+
 def _existing(peer: Peer | None, message_id: uuid.UUID) -> InboxEntry | None:
     return (
         InboxEntry.objects.unscoped("dedup is per link, before the recipient org is known")
@@ -119,6 +158,10 @@ def receive(*, peer: Peer | None, message_id: str, data: Any) -> InboundResult:
     if str(envelope.id) != message_id:
         audit(AuditEvent.REJECTED, peer=peer, message_id=envelope.id, reason="body id differs from webhook-id")
         return _error(400, "invalid_message", "the body's id must equal the webhook-id header", "rejected")
+    if peer is not None and (mismatch := link_mismatch(peer, data)) is not None:
+        # Checked before dedup and policy: the message is not the peer's to send, whatever it says.
+        audit(AuditEvent.BAD_SIGNATURE, peer=peer, message_id=envelope.id, reason=mismatch)
+        return _error(401, "wrong_link", mismatch, "bad_signature")
 
     existing = _existing(peer, envelope.id)
     if existing is not None:

@@ -126,10 +126,19 @@ def inbox(request: HttpRequest, sender: str) -> HttpResponse:
         return response
     msg_id = request.headers.get("webhook-id", "")
     peer = Peer.objects.filter(name=sender).first()
-    if peer is None or peer.status != PeerStatus.ACTIVE:
-        reason = f"no active link named '{sender[:80]}'"
+    if peer is None:
+        reason = f"no link named '{sender[:80]}'"
         _refused_unauthenticated(AuditEvent.REJECTED, sender=sender, peer=peer, msg_id=msg_id, reason=reason)
-        return _json(404, error_body("unknown_peer", f"This instance has no active link named '{sender}'."))
+        return _json(404, error_body("unknown_peer", f"This instance has no link named '{sender}'."))
+    if peer.status != PeerStatus.ACTIVE:
+        # Switched off here, perhaps for a minute: a retryable answer, so the peer keeps the message and tries
+        # again (a 404 dead-lettered it at once, and a task result lost that way left the requester's task
+        # waiting for the gap forever). The peer's retry budget decides how long a disabled link is waited for.
+        reason = f"the link '{peer.name}' is disabled on this instance"
+        _refused_unauthenticated(AuditEvent.REJECTED, sender=sender, peer=peer, msg_id=msg_id, reason=reason)
+        response = _json(503, error_body("link_disabled", f"The link '{peer.name}' is disabled on this instance."))
+        response["Retry-After"] = "30"  # a floor for the sender's backoff (docs/federation.md, Delivery)
+        return response
     body = request.body
     if len(body) > MAX_BODY_BYTES:
         FEDERATION_INBOUND.labels(decision="rejected").inc()

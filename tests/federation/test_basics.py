@@ -176,3 +176,19 @@ def test_a_policy_change_in_another_process_applies_at_once(org: Any) -> None:
         assert not policy.decide(org.pk, "", remote).allowed  # not told yet: the cached decision stands
         policy.bump_generation(org.pk)
         assert policy.decide(org.pk, "", remote).allowed
+
+
+def test_the_direction_binding_fits_the_other_end_of_the_link_only() -> None:
+    """paris calls berlin `berlin` and is `paris` there; berlin's row for the link is the mirror image."""
+    from apps.federation.delivery import link_binding
+    from apps.federation.inbound import link_mismatch
+    from apps.federation.models import Peer
+
+    at_paris = Peer(name="berlin", local_name="paris")
+    at_berlin = Peer(name="paris", local_name="berlin")
+    sent_by_paris = {"link": link_binding(at_paris)}
+    assert sent_by_paris["link"] == {"from": "paris", "to": "berlin"}
+    assert link_mismatch(at_berlin, sent_by_paris) is None
+    assert "posted back" in (link_mismatch(at_paris, sent_by_paris) or "")  # reflected to paris by berlin
+    assert link_mismatch(at_paris, {"link": link_binding(at_berlin)}) is None
+    assert link_mismatch(at_berlin, {}) is None  # an older Hermes: no binding to check

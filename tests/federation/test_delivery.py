@@ -10,7 +10,7 @@ from datetime import timedelta
 from typing import Any
 
 import pytest
-from django.test import override_settings
+from django.test import Client, override_settings
 from django.utils import timezone
 from standardwebhooks import Webhook
 
@@ -27,6 +27,7 @@ from apps.federation.models import (
     Outbox,
     OutboxStatus,
     Peer,
+    PeerStatus,
 )
 from apps.federation.selectors import delivery_backlog
 from tests.federation.stub_server import Reply, StubServer
@@ -160,7 +161,8 @@ def test_retry_policy_classifies_each_failure(org: Any, stub_peer: Peer, stub: S
     assert row.status == OutboxStatus.DEAD and row.attempts == 4  # max attempts reached
     log = list(DeliveryAttempt.objects.for_org(org).filter(outbox=row).order_by("number"))
     assert [a.http_status for a in log] == [503, None, None, 500]
-    assert log[1].error.startswith("timeout") and "Error" in log[2].error and log[3].response_excerpt == "boom"
+    assert log[1].error == "timeout: the peer's answer took longer than 0.5 s" and "Error" in log[2].error
+    assert log[3].response_excerpt == "boom"
     # The attempt that ran out of retries says so: it dead-lettered the row, nothing retries it.
     assert [a.outcome for a in log] == ["retry", "retry", "retry", "dead"]
     assert FEDERATION_RETRIES._value.get() == retries + 3
@@ -199,16 +201,17 @@ def test_the_peers_error_code_and_message_are_the_last_error(org: Any, stub_peer
     assert outbox_of(message).last_error == expected
     dead = FederationAuditEvent.objects.for_org(org).get(event=AuditEvent.DEAD_LETTERED, message_id=message.id)
     assert dead.reason == f"permanent failure ({expected})"
-    # A body that is not a Hermes error (a proxy's HTML page, or megabytes of anything) leaves the status alone.
-    for body in (
-        b"<html>Bad Gateway</html>",
-        b'{"error": "x"}',
-        json.dumps({"error": {"code": "x" * 70_000}}).encode(),
+    # A body that is not a Hermes error (a proxy's HTML page) leaves the status alone; one past the answer size
+    # limit is not read to the end, and says so.
+    for body, last_error in (
+        (b"<html>Bad Gateway</html>", "HTTP 404"),
+        (b'{"error": "x"}', "HTTP 404"),
+        (json.dumps({"error": {"code": "x" * 70_000}}).encode(), "HTTP 404: the peer's answer exceeded 65536 bytes"),
     ):
         other = send(org)
         stub.script.append(Reply(404, body=body))
         delivery.deliver(outbox_of(other).pk)
-        assert outbox_of(other).last_error == "HTTP 404"
+        assert outbox_of(other).last_error == last_error
 
 
 def test_default_retry_budget_rides_out_a_peer_restart(settings: Any) -> None:
@@ -334,3 +337,106 @@ def test_a_peer_on_a_private_address_is_refused_by_the_ssrf_guard(org: Any, stub
     message = send(org)
     assert delivery.deliver(outbox_of(message).pk) == OutboxStatus.DEAD
     assert "SSRF guard" in outbox_of(message).last_error
+
+
+@pytest.mark.django_db
+@pytest.mark.parametrize("status", [301, 302, 307, 308])
+def test_a_redirect_is_dead_lettered_saying_it_is_not_followed(
+    org: Any, stub_peer: Peer, stub: StubServer, status: int
+) -> None:
+    message = send(org)
+    stub.script.append(Reply(status, {"Location": "https://berlin.example/api/v1/federation/receive/paris"}, b""))
+    assert delivery.deliver(outbox_of(message).pk) == OutboxStatus.DEAD
+    assert outbox_of(message).last_error == (
+        f"HTTP {status}: redirects are not followed (Location: https://berlin.example/api/v1/federation/receive/"
+        "paris); if the peer moved, correct its base_url"
+    )
+    assert len(stub.requests) == 1  # and nothing was sent to where it points
+    other = send(org)
+    stub.script.append(Reply(status, {}, b""))
+    delivery.deliver(outbox_of(other).pk)
+    assert "redirects are not followed (no Location header)" in outbox_of(other).last_error
+
+
+@pytest.mark.django_db
+def test_a_huge_answer_is_not_read_in_full(org: Any, stub_peer: Peer, stub: StubServer) -> None:
+    """A 5 MB error page was read in full; an answer is read up to 64 KiB, and the attempt log keeps its start."""
+    from apps.federation.transport import MAX_ANSWER_BYTES
+
+    huge = b"<html>" + b"x" * (5 * 1024 * 1024)
+    message = send(org)
+    stub.script.append(Reply(500, {"Content-Type": "text/html"}, huge))
+    assert delivery.deliver(outbox_of(message).pk) == OutboxStatus.FAILED  # a 500 is retried, as ever
+    attempt = DeliveryAttempt.objects.for_org(org).get(outbox__message=message)
+    assert MAX_ANSWER_BYTES == 65536 and attempt.error == "the peer's answer exceeded 65536 bytes"
+    assert attempt.http_status == 500 and attempt.response_excerpt == huge[:500].decode()
+    # A 4xx keeps its meaning (the status says what happened), with the same note instead of the peer's reason.
+    refused = send(org)
+    stub.script.append(Reply(403, {}, huge))
+    assert delivery.deliver(outbox_of(refused).pk) == OutboxStatus.DEAD
+    assert outbox_of(refused).last_error == "HTTP 403: the peer's answer exceeded 65536 bytes"
+    # No receipt is that big: a huge 2xx, even signed, is retried as a transport failure.
+    big = send(org)
+    body = json.dumps({"receipt": {"message_id": str(big.id), "status": "accepted"}, "pad": "x" * 70_000}).encode()
+    stub.script.append(Reply(200, signing.sign_headers(str(big.id), body, [SECRET]), body))
+    assert delivery.deliver(outbox_of(big).pk) == OutboxStatus.FAILED
+    assert outbox_of(big).last_error == "HTTP 200: the peer's answer exceeded 65536 bytes"
+
+
+@pytest.mark.django_db
+def test_a_message_reflected_back_at_its_sender_is_refused(
+    org: Any, other_org: Any, stub_peer: Peer, stub: StubServer
+) -> None:
+    """The link key is the same both ways, so a message we sent to `stub` verifies here too: posted back unchanged
+    to our own /receive/stub it was accepted as one from stub. The direction is signed, and refused here."""
+    actions.set_policy(org=other_org, remote="*", effect=Effect.ALLOW)  # globex here would accept anything
+    message = send(org)  # acme -> globex@stub
+    assert delivery.deliver(outbox_of(message).pk) == OutboxStatus.DELIVERED
+    sent = stub.requests[-1]
+    # The binding is inside what is signed: any Standard Webhooks library sees it in the verified body. It names
+    # the ends as the receiver does: we are `paris` there (our local_name), it is `stub` here.
+    verified = Webhook(signing.encode_secret(SECRET)).verify(sent["body"], sent["headers"])
+    assert verified["link"] == {"from": "paris", "to": "stub"}
+    headers = {f"HTTP_{k.upper().replace('-', '_')}": v for k, v in sent["headers"].items() if k.startswith("webhook")}
+    reflected = Client().post("/api/v1/federation/receive/stub", sent["body"], "application/json", **headers)
+    assert reflected.status_code == 401, reflected.content
+    error = reflected.json()["error"]
+    assert error["code"] == "wrong_link"
+    assert error["message"] == (
+        "the message is bound to the link from 'paris' to 'stub': it is one this instance sent to 'stub', posted back "
+        "to it (this link is from 'stub' to 'paris')"
+    )
+    assert not InboxEntry.objects.for_org(other_org).exists()
+    (refusal,) = FederationAuditEvent.objects.unscoped("test").filter(event=AuditEvent.BAD_SIGNATURE)
+    assert refusal.peer == stub_peer and refusal.message_id == message.id and refusal.reason == error["message"]
+
+
+@pytest.mark.django_db(transaction=True)
+@override_settings(HERMES_FEDERATION_RETRY_MAX_DELAY=60.0)
+def test_a_link_disabled_on_the_receiving_side_is_retried_not_dead_lettered(
+    live_server: Any, org: Any, other_org: Any
+) -> None:
+    """Both ends of one link in one database: `berlin` is how we send, `paris` is how the receiving side knows us.
+    Disabled there for a moment, its 404 dead-lettered the message at once (a task result lost that way left the
+    requester's task waiting for the gap forever); it is a 503 with Retry-After now, and delivered once enabled."""
+    sending = actions.create_peer(name="berlin", base_url=live_server.url, local_name="paris")
+    receiving = actions.create_peer(name="paris", base_url=live_server.url, local_name="berlin")
+    for link in (sending, receiving):
+        actions.add_key(link, secret=SECRET)
+    actions.set_policy(org=org, remote="*", effect=Effect.ALLOW)
+    actions.set_policy(org=other_org, remote="acme@paris", effect=Effect.ALLOW)
+    first = send(org, "globex@berlin")  # committed: the (eager) job delivers it, direction binding and all
+    assert outbox_of(first).status == OutboxStatus.DELIVERED
+    assert InboxEntry.objects.for_org(other_org).get(message_id=first.id).sender == "acme@paris"
+
+    Peer.objects.filter(pk=receiving.pk).update(status=PeerStatus.DISABLED)
+    before = timezone.now()
+    message = send(org, "globex@berlin")
+    row = outbox_of(message)
+    assert row.status == OutboxStatus.FAILED, row.last_error
+    assert row.last_error == "HTTP 503: link_disabled: The link 'paris' is disabled on this instance."
+    assert row.next_attempt_at is not None and row.next_attempt_at - before >= timedelta(seconds=29)  # Retry-After
+    Peer.objects.filter(pk=receiving.pk).update(status=PeerStatus.ACTIVE)
+    Outbox.objects.for_org(org).filter(pk=row.pk).update(next_attempt_at=timezone.now())
+    assert delivery.deliver(row.pk) == OutboxStatus.DELIVERED
+    assert InboxEntry.objects.for_org(other_org).filter(message_id=message.id).exists()

@@ -326,3 +326,63 @@ def test_a_peer_over_its_rate_limit_gets_429_with_retry_after(berlin: Peer, org:
     assert not InboxEntry.objects.for_org(org).filter(message_id=msg_id).exists()  # the sender retries it later
     (limited,) = events(AuditEvent.RATE_LIMITED)
     assert limited.message_id == uuid.UUID(msg_id) and "2 messages per minute from berlin" in limited.reason
+
+
+@pytest.mark.django_db
+def test_a_disabled_link_answers_503_with_retry_after_and_an_unknown_one_404(berlin: Peer, org: Any) -> None:
+    """A 404 made the sender dead-letter at once, so whatever was sent during a short disable was lost."""
+    from apps.core.metrics import FEDERATION_INBOUND
+
+    actions.set_policy(org=org, remote="*", effect=Effect.ALLOW)
+    actions.set_peer_status(berlin, "disabled")
+    refused = FEDERATION_INBOUND.labels(decision="rejected")._value.get()
+    msg_id, body = envelope()
+    response = post(body, signing.sign_headers(msg_id, body, [SECRET]))
+    assert response.status_code == 503 and response["Retry-After"] == "30"
+    assert response.json()["error"] == {
+        "code": "link_disabled",
+        "message": "The link 'berlin' is disabled on this instance.",
+        "details": {},
+    }
+    assert not InboxEntry.objects.for_org(org).exists()
+    # Refused before the signature is read, like an unknown link: counted, logged, and sampled into the audit log.
+    assert FEDERATION_INBOUND.labels(decision="rejected")._value.get() == refused + 1
+    (sampled,) = events(AuditEvent.REJECTED)
+    assert sampled.peer == berlin and sampled.reason == "the link 'berlin' is disabled on this instance"
+    unknown = post(body, signing.sign_headers(msg_id, body, [SECRET]), url="/api/v1/federation/receive/rome")
+    assert unknown.status_code == 404 and unknown.json()["error"]["code"] == "unknown_peer"
+    assert unknown.json()["error"]["message"] == "This instance has no link named 'rome'."
+    actions.set_peer_status(berlin, "active")
+    assert post(body, signing.sign_headers(msg_id, body, [SECRET])).status_code == 200  # the sender's retry
+
+
+@pytest.mark.django_db
+def test_a_signed_direction_binding_must_match_the_link(berlin: Peer, org: Any) -> None:
+    """berlin signs {"from": <our name for it>, "to": <its name for us>}. A message *we* sent to berlin carries
+    the reverse, and verifies with the same (symmetric) key: it must not pass for one berlin sent."""
+    actions.set_policy(org=org, remote="*", effect=Effect.ALLOW)
+
+    def deliver(link: Any) -> Any:
+        msg_id, body = envelope(link=link)
+        return post(body, signing.sign_headers(msg_id, body, [SECRET]))
+
+    assert deliver({"from": "berlin", "to": "paris"}).status_code == 200
+    reflected = deliver({"from": "paris", "to": "berlin"})
+    assert reflected.status_code == 401 and reflected.json()["error"]["code"] == "wrong_link"
+    assert "it is one this instance sent to 'berlin', posted back to it" in reflected.json()["error"]["message"]
+    misnamed = deliver({"from": "berlin", "to": "paris-eu"})
+    assert misnamed.status_code == 401 and misnamed.json()["error"]["message"] == (
+        "the message is bound to the link from 'berlin' to 'paris-eu', but this link is from 'berlin' to 'paris': "
+        "the two sides name the link differently (compare name and local_name on both)"
+    )
+    # Only the two names are compared: a later Hermes may add to the binding.
+    assert deliver({"from": "berlin", "to": "paris", "since": 2}).status_code == 200
+    for junk in (None, "berlin", {"from": "berlin"}, {"from": "berlin", "to": 7}):
+        response = deliver(junk)  # anything that carries the binding must carry the right one
+        assert response.status_code == 401 and "in a form this instance does not understand" in response.text
+    # Audited per message, like every refusal after the signature proved the sender.
+    assert len(events(AuditEvent.BAD_SIGNATURE)) == 6
+    assert InboxEntry.objects.for_org(org).count() == 2
+    # A Hermes older than the binding sends none: still accepted.
+    msg_id, body = envelope()
+    assert post(body, signing.sign_headers(msg_id, body, [SECRET])).status_code == 200
