@@ -262,6 +262,9 @@ SPECTACULAR_SETTINGS = {
         "FederationOutboxStatusEnum": "apps.federation.models.OutboxStatus",
         "FederationPeerStatusEnum": "apps.federation.models.PeerStatus",
         "TaskStatusEnum": "apps.tasks.models.TaskState",  # a task's `status`, and its timeline page's
+        # Two `state` choice sets: an API key's, and the federation link keys' (which keep their name).
+        "APIKeyStateEnum": "apps.orgs.models.APIKeyState",
+        "StateEnum": "apps.federation.models.KeyState",
         # Every type a message may have (what the API shows); SendMessage.type takes only the users' types.
         "FederationMessageTypeEnum": "apps.federation.models.MessageType",
     },

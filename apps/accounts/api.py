@@ -19,8 +19,9 @@ from apps.accounts.serializers import (
     RegisterSerializer,
     UserSerializer,
 )
-from apps.core.api import describe
+from apps.core.api import access_of, describe
 from apps.core.errors import HermesAPIError
+from apps.core.http import header_text
 from apps.orgs.quotas import AnonymousRateThrottle
 from apps.orgs.selectors import memberships_of
 
@@ -30,10 +31,17 @@ class MeView(APIView):
         "The caller",
         action=None,
         notes="The signed-in person (or the creator of the API key), their orgs and roles, and the org, role and "
-        "scopes this request acts with.",
+        "scopes this request acts with (`current`: null for a person who belongs to no org yet).",
         responses={200: MeSerializer},
+        errors={
+            403: "`no_organization`: `X-Hermes-Org` names none of your organizations (as on every other endpoint)."
+        },
     )
     def get(self, request: Request) -> Response:
+        if header_text(request.headers.get("X-Hermes-Org")):
+            # An org named and not found is refused as everywhere else, rather than answered with `current: null`
+            # (which reads as "you are in no org"). Without the header, a person in no org yet gets their 200.
+            access_of(request)
         user: Any = request.user
         data = {
             "id": user.pk,

@@ -37,7 +37,8 @@ MEMBER_ONLY_ACTIONS: dict[str, str] = {
     "org:roles": "Change member roles and manage owners",
     "org:billing": "Change plan, quotas and billing settings",
     "org:delete": "Delete the organization",
-    "keys:own": "Create and manage one's own API keys",
+    # Not seeing or revoking them: anyone may, whatever their role now (apps.orgs.actions.key_read_action).
+    "keys:own": "Create and rotate one's own API keys",
 }
 
 ACTIONS: dict[str, str] = {**SCOPES, **MEMBER_ONLY_ACTIONS}
@@ -112,6 +113,8 @@ def permissions_doc() -> str:
         "- Admins remove developers and members but not owners, and cannot invite owners.\n"
         "- Anyone may leave an org (remove their own membership).\n"
         "- Developers manage only the API keys they created; another person's key is a 404 for them.\n"
+        "- Everyone sees and may revoke the API keys they created, whatever their role now (a developer demoted to "
+        "member keeps keys that work, narrowed to the member role); creating and rotating keys needs `keys:own`.\n"
         "- Renaming an org needs `org:admin`; changing its plan needs `org:billing`.\n"
         "- A missing scope is a 403 `missing_scope` naming the scope (a session-only action asked of a key: 403 "
         "`session_required`); a role that may not act is a 403 `role_forbidden`; an object of another org is a "

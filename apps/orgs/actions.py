@@ -10,7 +10,8 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
+from enum import Enum
 from functools import partial
 from typing import Any
 
@@ -271,19 +272,31 @@ def grantable_scopes(access: Access) -> frozenset[str]:
     return allowed & access.scopes if access.scopes is not None else allowed
 
 
-def key_manage_action(access: Access) -> str:
-    """Managing every key of the org is `org:admin`; people without it manage only their own (`keys:own`).
-
-    Through an API key only `org:admin` counts (`keys:own` is a person's right, never a key's scope)."""
-    if access.scopes is not None or access.allows("org:admin"):
-        return "org:admin"
-    return "keys:own"
+def key_issue_action(access: Access) -> str:
+    """What creating and rotating keys takes: through an API key `org:admin` (`keys:own` is a person's right,
+    never a key's scope); for a person `keys:own` (developers, admins, owners)."""
+    return "org:admin" if access.scopes is not None else "keys:own"
 
 
-def can_manage_key(access: Access, key: APIKey) -> bool:
-    if access.allows("org:admin"):
-        return True
-    return access.allows("keys:own") and access.user is not None and key.created_by_id == access.user.pk
+def key_read_action(access: Access) -> str | None:
+    """What listing, reading and revoking keys takes: through an API key `org:admin`; for a person nothing
+    beyond membership. `selectors.visible_api_keys` then shows admins every key and others the keys they
+    created, whatever their role now: a developer demoted to member keeps keys that still work (narrowed to the
+    member role), and revoking one only takes access away."""
+    return "org:admin" if access.scopes is not None else None
+
+
+def _own_key(access: Access, key: APIKey) -> bool:
+    # A person's own key, acting as that person (a session): a key acting for its creator has no such right.
+    return access.scopes is None and access.user is not None and key.created_by_id == access.user.pk
+
+
+def can_rotate_key(access: Access, key: APIKey) -> bool:
+    return access.allows("org:admin") or (access.allows("keys:own") and _own_key(access, key))
+
+
+def can_revoke_key(access: Access, key: APIKey) -> bool:
+    return access.allows("org:admin") or _own_key(access, key)
 
 
 def _validate_scopes(access: Access, scopes: list[str]) -> list[str]:
@@ -298,6 +311,87 @@ def _validate_scopes(access: Access, scopes: list[str]) -> list[str]:
             {"scopes": [f"A key cannot exceed its creator: your access does not include {', '.join(beyond)}."]}
         )
     return sorted(set(scopes))
+
+
+class Unset(Enum):
+    """A key setting the request left out, as opposed to null (no expiry, no limit of its own): a key created
+    through another key inherits that key's setting then."""
+
+    UNSET = "unset"
+
+
+UNSET = Unset.UNSET
+
+
+def _api_moment(moment: datetime) -> str:
+    """A moment as the API writes it (`2030-01-01T00:00:00Z`), so a message quoting one can be copied back."""
+    return moment.astimezone(UTC).isoformat().replace("+00:00", "Z")
+
+
+def _within_parent(
+    access: Access, *, expires_at: datetime | Unset | None, rate_limit: int | Unset | None
+) -> tuple[datetime | None, int | None, dict[str, list[str]]]:
+    """(expires_at, rate limit, errors) of a key created by `access`. Through an API key (the parent) the new key
+    neither outlives nor out-rates it, as its scopes never exceed the parent's: what the request leaves out is
+    the parent's, and asking for a later expiry, none, a higher limit or none is refused, naming the parent's."""
+    parent = access.api_key
+    if parent is None:
+        return (
+            None if isinstance(expires_at, Unset) else expires_at,
+            None if isinstance(rate_limit, Unset) else rate_limit,
+            {},
+        )
+    expires_at = parent.expires_at if isinstance(expires_at, Unset) else expires_at
+    rate_limit = parent.rate_limit_per_minute if isinstance(rate_limit, Unset) else rate_limit
+    errors: dict[str, list[str]] = {}
+    making = f"the API key making this request ({parent.display})"
+    if parent.expires_at is not None and (expires_at is None or expires_at > parent.expires_at):
+        ends = _api_moment(parent.expires_at)
+        asked = "never expire" if expires_at is None else f"expire at {_api_moment(expires_at)}"
+        errors["expires_at"] = [
+            f"This key would {asked}, but {making} expires at {ends}: a key cannot outlive the key that creates "
+            f"it. Choose {ends} or earlier, or leave expires_at out to inherit it."
+        ]
+    limit = parent.rate_limit_per_minute
+    if limit is not None and (rate_limit is None or rate_limit > limit):
+        asked = "have no rate limit of its own" if rate_limit is None else f"allow {rate_limit} requests per minute"
+        errors["rate_limit_per_minute"] = [
+            f"This key would {asked}, but {making} is limited to {limit} requests per minute: a key cannot "
+            f"out-rate the key that creates it. Choose {limit} or fewer, or leave rate_limit_per_minute out to "
+            "inherit it."
+        ]
+    return expires_at, rate_limit, errors
+
+
+def _successor_within_parent(access: Access, key: APIKey) -> None:
+    """A successor keeps the rotated key's expiry and rate limit; issued through an API key, it must not outlive
+    or out-rate that key either (as it cannot exceed its scopes). Refused rather than shortened: the successor
+    would quietly stop before the key it replaces, and nothing is rotated."""
+    parent = access.api_key
+    if parent is None:
+        return
+    errors: dict[str, list[str]] = {}
+    making = f"the API key making this request ({parent.display})"
+    instead = (
+        "Rotate it with a signed-in session (or a key that lives as long), or create a new key, which inherits "
+        "the limits of the key making the request."
+    )
+    ends, expires_at = parent.expires_at, key.expires_at
+    if ends is not None and (expires_at is None or expires_at > ends):
+        kept = "never expire" if expires_at is None else f"expire at {_api_moment(expires_at)}"
+        errors["expires_at"] = [
+            f"The successor of {key.display} would keep its expiry and {kept}, but {making} expires at "
+            f"{_api_moment(ends)}: a key cannot issue a key that outlives it. {instead}"
+        ]
+    limit, rate_limit = parent.rate_limit_per_minute, key.rate_limit_per_minute
+    if limit is not None and (rate_limit is None or rate_limit > limit):
+        kept = "have no rate limit of its own" if rate_limit is None else f"allow {rate_limit} requests per minute"
+        errors["rate_limit_per_minute"] = [
+            f"The successor of {key.display} would keep its rate limit and {kept}, but {making} is limited to "
+            f"{limit} requests per minute: a key cannot issue a key that out-rates it. {instead}"
+        ]
+    if errors:
+        raise ValidationError(errors)
 
 
 def _issue(
@@ -315,6 +409,7 @@ def _issue(
         expires_at=expires_at,
         rate_limit_per_minute=rate_limit,
     )
+    key.creator_role = access.role  # its creator is the member acting now: its state needs no query
     return IssuedKey(key, plaintext)
 
 
@@ -324,17 +419,28 @@ def create_api_key(
     access: Access,
     name: str,
     scopes: list[str],
-    expires_at: datetime | None = None,
-    rate_limit_per_minute: int | None = None,
+    expires_at: datetime | Unset | None = UNSET,
+    rate_limit_per_minute: int | Unset | None = UNSET,
 ) -> IssuedKey:
-    """Issue a key owned by the org and created by `access.user`; its scopes never exceed the creator's."""
-    _require(access, key_manage_action(access))
+    """Issue a key owned by the org and created by `access.user`. Its scopes never exceed the creator's; created
+    through an API key, it neither exceeds, outlives nor out-rates that key (what is left out is inherited from
+    it). None is no expiry / no limit of its own. Every field's problem is reported at once; nothing is written."""
+    _require(access, key_issue_action(access))
     if access.user is None:
         raise HermesAPIError("Keys are created by a person.", code="no_user", status_code=403)
-    scopes = _validate_scopes(access, scopes)
-    if expires_at is not None and expires_at <= timezone.now():
-        raise ValidationError({"expires_at": ["Choose a moment in the future."]})
-    issued = _issue(access, name=name, scopes=scopes, expires_at=expires_at, rate_limit=rate_limit_per_minute)
+    errors: dict[str, Any] = {}
+    try:
+        scopes = _validate_scopes(access, scopes)
+    except ValidationError as error:
+        errors = error.update_error_dict(errors)
+    if isinstance(expires_at, datetime) and expires_at <= timezone.now():
+        errors.setdefault("expires_at", []).append("Choose a moment in the future.")
+    expires_at, rate_limit, beyond = _within_parent(access, expires_at=expires_at, rate_limit=rate_limit_per_minute)
+    for field, messages in beyond.items():
+        errors.setdefault(field, []).extend(messages)
+    if errors:
+        raise ValidationError(errors)
+    issued = _issue(access, name=name, scopes=scopes, expires_at=expires_at, rate_limit=rate_limit)
     audit.record("api_key.created", access=access, target=issued.key, name=name, scopes=scopes)
     return issued
 
@@ -347,19 +453,21 @@ def rotate_api_key(
     grace: timedelta = DEFAULT_ROTATION_GRACE,
     scopes: list[str] | None = None,
 ) -> IssuedKey:
-    """Issue a successor (same name, scopes and expiry unless given) and let the old key live `grace` longer."""
-    if not can_manage_key(access, key):
+    """Issue a successor (same name, scopes, expiry and rate limit unless given) and let the old key live `grace`
+    longer. A key whose creator is gone may be rotated: the successor is issued under the rotating person."""
+    if not can_rotate_key(access, key):
         _require(access, "org:admin")
     if grace < timedelta(0) or grace > MAX_ROTATION_GRACE:
         raise ValidationError({"grace_seconds": [f"Choose between 0 and {int(MAX_ROTATION_GRACE.total_seconds())}."]})
     key = APIKey.objects.for_org(access.org).select_for_update().get(pk=key.pk)
     if key.rotated_to_id is not None:
         raise Conflict("This key was already rotated; rotate its successor instead.", code="key_already_rotated")
-    state = key.state()
-    if state != "active":
-        raise Conflict(f"This key is {state}; create a new key instead.", code=f"key_{state}")
+    lapsed = key.lapsed()
+    if lapsed is not None:
+        raise Conflict(f"This key is {lapsed}; create a new key instead.", code=f"key_{lapsed}")
     now = timezone.now()
     new_scopes = _validate_scopes(access, key.scopes if scopes is None else scopes)
+    _successor_within_parent(access, key)
     successor = _issue(
         access, name=key.name, scopes=new_scopes, expires_at=key.expires_at, rate_limit=key.rate_limit_per_minute
     )
@@ -379,7 +487,7 @@ def rotate_api_key(
 def revoke_api_key(*, access: Access, key: APIKey) -> APIKey:
     """Immediate: authentication reads the row on every request, so the next request with this key is a 401, and
     the websockets and SSE streams opened with it are closed (`auth.end_streams`; SSE finds out on its re-check)."""
-    if not can_manage_key(access, key):
+    if not can_revoke_key(access, key):
         _require(access, "org:admin")
     return _revoke(key, access=access)
 

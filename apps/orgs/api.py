@@ -18,7 +18,7 @@ from apps.core.api import OrgScopedMixin, OrgScopedViewSet, describe, require_ac
 from apps.core.errors import HermesAPIError, whole_number
 from apps.core.idempotency import idempotent
 from apps.core.permissions import Access
-from apps.orgs import actions, quotas
+from apps.orgs import actions, quotas, selectors
 from apps.orgs.models import APIKey, Invitation, Membership, Organization
 from apps.orgs.serializers import (
     APIKeyCreateSerializer,
@@ -36,11 +36,12 @@ from apps.orgs.serializers import (
 )
 
 _KEYS_NOTE = (
-    "Admins and owners (or a key with `org:admin`) manage every key of the org; developers manage the keys they "
-    "created (`keys:own`, session only). Another person's key is a 404 for a developer."
+    "Admins and owners (or a key with `org:admin`) manage every key of the org. Everyone else, with a session, sees "
+    "and may revoke the keys they created, whatever their role now (revoking only takes access away); creating "
+    "and rotating keys takes `keys:own` (developers). Another person's key is a 404 for them."
 )
-_KEYS_REFUSAL = (
-    "`session_required`: a developer manages their own keys with a session (`keys:own` is no API-key scope)."
+_KEYS_ISSUE_REFUSAL = (
+    "`role_forbidden`: with a session, creating and rotating keys takes `keys:own` (a developer, admin or owner)."
 )
 _IDEMPOTENCY_ERRORS = {
     400: "`invalid_idempotency_key`: a malformed `Idempotency-Key`.",
@@ -53,30 +54,31 @@ class APIKeyViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, OrgScopedV
     serializer_class = APIKeySerializer
 
     def required_action(self, request: Request) -> str | None:
-        return actions.key_manage_action(self.access)
+        if self.action in {"create", "rotate"}:
+            return actions.key_issue_action(self.access)
+        return actions.key_read_action(self.access)
 
     def scoped_queryset(self) -> QuerySet[Any]:
-        queryset = super().scoped_queryset().select_related("created_by")
-        if not self.access.allows("org:admin"):
-            queryset = queryset.filter(created_by=self.access.user)
-        return queryset
+        return selectors.visible_api_keys(self.access)
 
-    @describe("List API keys", action="org:admin", notes=_KEYS_NOTE, errors={403: _KEYS_REFUSAL})
+    @describe("List API keys", action="org:admin", notes=_KEYS_NOTE)
     def list(self, request: Request, *args: Any, **kwargs: Any) -> Response:
         return super().list(request, *args, **kwargs)
 
-    @describe("Read an API key", action="org:admin", notes=_KEYS_NOTE, errors={403: _KEYS_REFUSAL})
+    @describe("Read an API key", action="org:admin", notes=_KEYS_NOTE)
     def retrieve(self, request: Request, *args: Any, **kwargs: Any) -> Response:
         return super().retrieve(request, *args, **kwargs)
 
     @describe(
         "Create an API key",
         action="org:admin",
-        notes=_KEYS_NOTE + " The plaintext `key` is in this response only. Scopes cannot exceed the creator's role "
-        "(nor the scopes of the key making the request).",
+        notes=_KEYS_NOTE + " The plaintext `key` is in this response only. Scopes cannot exceed the creator's role. "
+        "Created with an API key, the new key does not exceed, outlive or out-rate that key: `expires_at` and "
+        "`rate_limit_per_minute` left out are that key's, and asking for more (or null, none) is a 400 naming "
+        "that key's value, as scopes beyond its own are.",
         request=APIKeyCreateSerializer,
         responses={201: IssuedAPIKeySerializer},
-        errors={403: _KEYS_REFUSAL},
+        errors={403: _KEYS_ISSUE_REFUSAL},
     )
     def create(self, request: Request, *args: Any, **kwargs: Any) -> Response:
         serializer = APIKeyCreateSerializer(data=request.data)
@@ -88,12 +90,15 @@ class APIKeyViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, OrgScopedV
     @describe(
         "Rotate an API key",
         action="org:admin",
-        notes=_KEYS_NOTE + " Issues a successor (plaintext in this response only) and keeps the old key working "
-        "for `grace_seconds`, after which it answers 401 `key_expired`.",
+        notes=_KEYS_NOTE + " Issues a successor (plaintext in this response only) with the key's name, scopes, "
+        "expiry and rate limit, and keeps the old key working for `grace_seconds`, after which it answers 401 "
+        "`key_expired`. A key whose creator is gone (`creator_gone`) may be rotated: the successor is issued under "
+        "the rotating person. Rotated with an API key, the successor may not outlive or out-rate that key (400 on "
+        "`expires_at` / `rate_limit_per_minute`).",
         request=APIKeyRotateSerializer,
         responses={201: IssuedAPIKeySerializer},
         errors={
-            403: _KEYS_REFUSAL,
+            403: _KEYS_ISSUE_REFUSAL,
             409: "`key_already_rotated`: rotate its successor instead; `key_revoked`, `key_expired`: create a new key.",
         },
     )
@@ -117,7 +122,6 @@ class APIKeyViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, OrgScopedV
         notes=_KEYS_NOTE + " Immediate: the next request with the key is a 401 `key_revoked`.",
         request=None,
         responses={200: APIKeySerializer},
-        errors={403: _KEYS_REFUSAL},
     )
     @action(detail=True, methods=["post"])
     def revoke(self, request: Request, pk: str | None = None) -> Response:
@@ -201,7 +205,10 @@ class OrganizationViewSet(viewsets.GenericViewSet):
         notes="Renaming needs `org:admin`; changing `plan` needs `org:billing` (owners, session only).",
         request=OrganizationUpdateSerializer,
         responses={200: OrganizationSerializer},
-        errors={403: "Changing `plan` needs `org:billing`: owners only, with a session."},
+        errors={
+            403: "Changing `plan` needs `org:billing`, owners only: `session_required` with an API key (`org:billing` "
+            "is no API-key scope), `role_forbidden` for anyone but an owner."
+        },
     )
     def partial_update(self, request: Request, slug: str | None = None) -> Response:
         org = self.get_object()
@@ -275,7 +282,9 @@ class MemberViewSet(  # type: ignore[misc]
         notes="Admins remove developers and members; removing an owner needs `org:roles`. Anyone may remove their "
         "own membership (leave), except the last owner.",
         errors={
-            403: "Removing someone else needs `org:admin`, and removing an owner `org:roles`.",
+            403: "Removing someone else needs `org:admin`, and removing an owner `org:roles`: "
+            "`session_required` when an API key removes an owner (`org:roles` is no API-key scope: an owner does it "
+            "with a session).",
             409: "`last_owner`: the org must keep an owner; make someone else one first.",
         },
     )
@@ -313,7 +322,8 @@ class InvitationViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, OrgSco
         responses={201: InvitationSerializer},
         errors={
             **_IDEMPOTENCY_ERRORS,
-            403: "Inviting an owner needs `org:roles`.",
+            403: "Inviting an owner needs `org:roles`: `session_required` with an API key (`org:roles` is no API-key "
+            "scope: an owner invites owners with a session), `role_forbidden` for an admin.",
             409: "`already_member`: the address is a member already. " + _IDEMPOTENCY_ERRORS[409],
         },
     )

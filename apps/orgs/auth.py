@@ -35,7 +35,7 @@ from apps.core.http import client_address, header_text, request_client_address
 from apps.core.metrics import API_KEY_AUTH
 from apps.core.permissions import Access
 from apps.orgs import tokens
-from apps.orgs.models import APIKey, Membership, Organization
+from apps.orgs.models import APIKey, APIKeyState, Membership, Organization
 from apps.orgs.selectors import session_access
 
 User = get_user_model()
@@ -66,18 +66,17 @@ KEY_UNKNOWN = Refusal("key_unknown", "Unknown API key: it does not exist (or was
 def _key_refusal(key: APIKey, now: datetime) -> Refusal | None:
     """Why a key as `_load_key` returns it does not authenticate at `now`, or None when it does. One place for
     requests (`resolve_api_key`) and for streams that re-check the key they were opened with (`StreamCredential`)."""
-    state = key.state(now)
-    if state == "revoked":
+    state = key.state(now)  # the same state GET /api/v1/keys/{id} and the console show
+    if state == APIKeyState.REVOKED:
         return Refusal("key_revoked", f"This API key ({key.display}) was revoked.")
-    if state == "expired":
+    if state == APIKeyState.EXPIRED:
         hint = (
             f" It was rotated to {key.rotated_to.display} and its grace period is over: use that key."  # type: ignore[union-attr]
             if key.rotated_to_id
             else ""
         )
         return Refusal("key_expired", f"This API key ({key.display}) expired.{hint}")
-    user = key.created_by
-    if user is None or not user.is_active or key.creator_role is None:  # type: ignore[attr-defined]
+    if state == APIKeyState.CREATOR_GONE:
         return Refusal(
             "key_creator_gone",
             f"This API key ({key.display}) was created by someone who is no longer an active member; "
@@ -97,8 +96,9 @@ def resolve_api_key(token: str, ip: str | None = None) -> tuple[Any, Access]:
     refusal = _key_refusal(key, now)
     if refusal is not None:
         raise APIKeyError(refusal.message, code=refusal.code)
-    user: Any = key.created_by  # there and active: _key_refusal checked
-    role = key.creator_role  # type: ignore[attr-defined]
+    # There, active and a member (with a role): _key_refusal checked.
+    user: Any = key.created_by
+    role: Any = key.creator_role
     touch_last_used(key, ip, now)
     API_KEY_AUTH.labels(outcome="ok").inc()
     context.bind(org_id=key.organization_id, user_id=user.pk)

@@ -65,6 +65,17 @@ class Membership(OrgOwnedModel):
         return f"{self.user_id}@{self.organization_id}:{self.role}"
 
 
+class APIKeyState(models.TextChoices):
+    """What a key answers when it is used (the API's `state`, the console's badge)."""
+
+    ACTIVE = "active", "active"
+    EXPIRED = "expired", "expired"
+    REVOKED = "revoked", "revoked"
+    # The row is fine, but its creator left the org or was deactivated: the key answers 401 `key_creator_gone`
+    # until it is rotated (re-issued under the rotating admin's name) or revoked.
+    CREATOR_GONE = "creator_gone", "creator gone"
+
+
 class APIKey(OrgOwnedModel):
     """An org's API key. The database holds only the SHA-256 digest of the token (`hrm_` + 256 random bits), so a
     dump of this table cannot be replayed; `prefix` and `last_four` let people recognise a key in lists.
@@ -89,6 +100,9 @@ class APIKey(OrgOwnedModel):
     rotated_to = models.OneToOneField(
         "self", null=True, blank=True, on_delete=models.SET_NULL, related_name="rotated_from"
     )
+    # Not a column: the creator's current role in the key's org (None: no longer a member), loaded with the key by
+    # the authentication query and by `selectors.api_keys`.
+    creator_role: str | None
 
     class Meta:
         indexes = [
@@ -103,13 +117,32 @@ class APIKey(OrgOwnedModel):
     def display(self) -> str:
         return f"{self.prefix}…{self.last_four}"
 
-    def state(self, now: datetime | None = None) -> str:
+    def lapsed(self, now: datetime | None = None) -> APIKeyState | None:
+        """`revoked` or `expired` when the key's own row ends it (nothing brings it back), else None."""
         now = now or timezone.now()
         if self.revoked_at is not None and self.revoked_at <= now:
-            return "revoked"
+            return APIKeyState.REVOKED
         if self.expires_at is not None and self.expires_at <= now:
-            return "expired"
-        return "active"
+            return APIKeyState.EXPIRED
+        return None
+
+    def state(self, now: datetime | None = None) -> APIKeyState:
+        """What the key answers now. Whether its creator is still an active member is not on this row: it is read
+        from `creator_role` (the creator's role in the key's org, None when they are not a member), which the
+        authentication query and `selectors.api_keys` load with the key; without it, one query looks it up."""
+        lapsed = self.lapsed(now)
+        if lapsed is not None:
+            return lapsed
+        creator = self.created_by
+        if creator is None or not creator.is_active or self._creator_role() is None:
+            return APIKeyState.CREATOR_GONE
+        return APIKeyState.ACTIVE
+
+    def _creator_role(self) -> str | None:
+        if not hasattr(self, "creator_role"):
+            role = Membership.objects.for_org(self.organization_id).filter(user_id=self.created_by_id)
+            self.creator_role = role.values_list("role", flat=True).first()
+        return self.creator_role
 
 
 class Invitation(OrgOwnedModel):

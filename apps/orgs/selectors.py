@@ -2,8 +2,10 @@ from __future__ import annotations
 
 from typing import Any
 
+from django.db.models import OuterRef, QuerySet, Subquery
+
 from apps.core.permissions import Access
-from apps.orgs.models import Membership
+from apps.orgs.models import APIKey, Membership
 
 SESSION_ORG_KEY = "hermes_org_id"
 
@@ -32,3 +34,24 @@ def session_access(request: Any, user: Any) -> Access | None:
     if chosen is None:
         return None
     return Access(org=chosen.organization, role=chosen.role, user=user)
+
+
+def api_keys(org: Any) -> QuerySet[APIKey]:
+    """The org's keys with what their `state()` needs in the same query: the creator (active?) and the creator's
+    current role in the org (`creator_role`, None once they are no longer a member: the key is `creator_gone`)."""
+    creator_role = Membership.objects.filter(organization=OuterRef("organization"), user=OuterRef("created_by"))
+    return (
+        APIKey.objects.for_org(org)
+        .select_related("created_by", "rotated_to")
+        .annotate(creator_role=Subquery(creator_role.values("role")[:1]))
+    )
+
+
+def visible_api_keys(access: Access) -> QuerySet[APIKey]:
+    """The keys `access` may see, in the API and the console alike: every key of the org with `org:admin`, else the
+    keys the person created. Whatever their role now: a developer demoted to member keeps keys that still work
+    (narrowed to the member role), and must be able to find and revoke them."""
+    keys = api_keys(access.org)
+    if access.allows("org:admin"):
+        return keys
+    return keys.filter(created_by=access.user) if access.user is not None else keys.none()

@@ -6,7 +6,15 @@ from rest_framework import serializers
 from apps.core.permissions import SCOPES, Role
 from apps.core.serializers import PatchSerializer, StrictFieldsMixin
 from apps.orgs.actions import MAX_ROTATION_GRACE, org_slug
-from apps.orgs.models import MAX_KEY_REQUESTS_PER_MINUTE, APIKey, Invitation, Membership, Organization, Plan
+from apps.orgs.models import (
+    MAX_KEY_REQUESTS_PER_MINUTE,
+    APIKey,
+    APIKeyState,
+    Invitation,
+    Membership,
+    Organization,
+    Plan,
+)
 
 
 class APIKeySerializer(serializers.ModelSerializer):
@@ -14,7 +22,13 @@ class APIKeySerializer(serializers.ModelSerializer):
     created_by: serializers.SlugRelatedField = serializers.SlugRelatedField(
         slug_field="email", read_only=True, allow_null=True
     )
-    state = serializers.SerializerMethodField()
+    state = serializers.ChoiceField(
+        choices=APIKeyState.choices,
+        read_only=True,
+        help_text="`active`; `expired` (its expiry, or its rotation's grace period, is over); `revoked`; "
+        "`creator_gone`: its creator left the org or was deactivated, so it answers 401 `key_creator_gone` until "
+        "it is rotated (re-issued under the rotating person) or revoked.",
+    )
     rotated_to: serializers.PrimaryKeyRelatedField = serializers.PrimaryKeyRelatedField(
         read_only=True, allow_null=True, help_text="The successor's id once the key was rotated; null until then."
     )
@@ -40,9 +54,6 @@ class APIKeySerializer(serializers.ModelSerializer):
         ]
         read_only_fields = fields
 
-    def get_state(self, key: APIKey) -> str:
-        return key.state()
-
 
 class IssuedAPIKeySerializer(APIKeySerializer):
     key = serializers.SerializerMethodField(help_text="The plaintext key. Shown this once; Hermes keeps only a digest.")
@@ -58,9 +69,20 @@ class IssuedAPIKeySerializer(APIKeySerializer):
 class APIKeyCreateSerializer(StrictFieldsMixin, serializers.Serializer):
     name = serializers.CharField(max_length=100)
     scopes = serializers.ListField(child=serializers.ChoiceField(choices=list(SCOPES)), allow_empty=False)
-    expires_at = serializers.DateTimeField(required=False, allow_null=True, default=None)
+    # No defaults: a field left out is not the same as null (no expiry, no limit of its own). Created with an API
+    # key, a key inherits what is left out from that key (actions.create_api_key).
+    expires_at = serializers.DateTimeField(
+        required=False,
+        allow_null=True,
+        help_text="When the key stops working; null: never. Left out: never, or with an API key that key's expiry.",
+    )
     rate_limit_per_minute = serializers.IntegerField(
-        required=False, allow_null=True, default=None, min_value=1, max_value=MAX_KEY_REQUESTS_PER_MINUTE
+        required=False,
+        allow_null=True,
+        min_value=1,
+        max_value=MAX_KEY_REQUESTS_PER_MINUTE,
+        help_text="The key's own limit of requests per minute (below the plan's); null: none. Left out: none, or "
+        "with an API key that key's limit.",
     )
 
 

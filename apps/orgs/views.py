@@ -20,7 +20,7 @@ from django.views.decorators.http import require_http_methods, require_POST
 from apps.core.console import add_action_errors, hx_redirect, is_fragment_request, render_console
 from apps.core.errors import HermesAPIError
 from apps.core.permissions import SCOPES, Access, Role, role_refusal
-from apps.orgs import actions, quotas
+from apps.orgs import actions, quotas, selectors
 from apps.orgs.context_processors import is_section_page
 from apps.orgs.decorators import org_action_required
 from apps.orgs.forms import (
@@ -32,7 +32,7 @@ from apps.orgs.forms import (
     RoleForm,
     RotateKeyForm,
 )
-from apps.orgs.models import PLAN_LIMITS, APIKey, Invitation, Membership, Plan
+from apps.orgs.models import PLAN_LIMITS, APIKey, APIKeyState, Invitation, Membership, Plan
 from apps.orgs.selectors import SESSION_ORG_KEY, memberships_of
 
 
@@ -208,7 +208,7 @@ def invite(request: HttpRequest) -> HttpResponse:
                 raise
             form.add_error("email", str(exc.detail))
         else:
-            sent = f"Invitation sent to {issued.invitation.email} as {issued.invitation.role}."
+            sent = f"Invitation sent to {issued.invitation.email} as {issued.invitation.get_role_display()}."
             if issued.replaced:  # said, since the link of the earlier email now shows "revoked"
                 sent += " It replaces the earlier invitation to this address, whose link no longer works."
             messages.success(request, sent)
@@ -262,26 +262,41 @@ def accept_invitation(request: HttpRequest, token: str) -> HttpResponse:
 # --- API keys -------------------------------------------------------------------------------------------------
 
 
-def _key_manager_required(access: Access) -> None:
-    if not (access.allows("org:admin") or access.allows("keys:own")):
-        raise PermissionDenied(
-            f"Your role ({Role(access.role).label}) may not manage API keys; that takes a Developer, Admin or Owner."
-        )
+def _key_issuer_required(access: Access) -> None:
+    """Creating and rotating keys (`keys:own`). Seeing and revoking one's own keys needs no more than membership."""
+    if not access.allows(actions.key_issue_action(access)):
+        raise PermissionDenied(role_refusal(access.role, "keys:own"))
 
 
 def _key_or_404(access: Access, key_id: int) -> APIKey:
-    return get_object_or_404(APIKey.objects.for_org(access.org), pk=key_id)
+    # Another person's key is a 404 to whoever sees only their own, as in the API.
+    return get_object_or_404(selectors.visible_api_keys(access), pk=key_id)
 
 
 def _keys_context(access: Access, *, form: APIKeyForm | None = None, issued: Any = None) -> dict[str, Any]:
+    can_issue = access.allows(actions.key_issue_action(access))
     scopes = [(s, f"{s} — {SCOPES[s]}") for s in SCOPES if s in actions.grantable_scopes(access)]
-    keys = list(
-        APIKey.objects.for_org(access.org).select_related("created_by", "rotated_to").order_by("-created_at")[:200]
-    )
+    keys = list(selectors.visible_api_keys(access).order_by("-created_at")[:200])
+    rows = []
+    for key in keys:
+        state = key.state()
+        usable = state in (APIKeyState.ACTIVE, APIKeyState.CREATOR_GONE)  # rotating re-issues a creator_gone key
+        rows.append(
+            {
+                "key": key,
+                "state": state,
+                "state_label": state.label,
+                "usable": usable,
+                "can_rotate": usable and key.rotated_to_id is None and actions.can_rotate_key(access, key),
+                "can_revoke": usable and actions.can_revoke_key(access, key),
+            }
+        )
     return {
         "org": access.org,
-        "keys": [{"key": k, "state": k.state(), "can_manage": actions.can_manage_key(access, k)} for k in keys],
-        "form": form or APIKeyForm(scopes=scopes),
+        "keys": rows,
+        "can_issue": can_issue,
+        "issue_refusal": "" if can_issue else role_refusal(access.role, "keys:own"),
+        "form": (form or APIKeyForm(scopes=scopes)) if can_issue else None,
         "rotate_form": RotateKeyForm(),
         "issued": issued,
     }
@@ -290,8 +305,10 @@ def _keys_context(access: Access, *, form: APIKeyForm | None = None, issued: Any
 @org_action_required()
 @require_http_methods(["GET", "POST"])
 def keys(request: HttpRequest) -> HttpResponse:
+    """Everyone sees the keys they created (admins and owners every key of the org); creating one is `keys:own`."""
     access = _access(request)
-    _key_manager_required(access)
+    if request.method == "POST":
+        _key_issuer_required(access)
     context = _keys_context(access)
     status = 200
     if request.method == "POST":
@@ -322,7 +339,7 @@ def keys(request: HttpRequest) -> HttpResponse:
 @require_POST
 def rotate_key(request: HttpRequest, key_id: int) -> HttpResponse:
     access = _access(request)
-    _key_manager_required(access)
+    _key_issuer_required(access)
     key = _key_or_404(access, key_id)
     form = RotateKeyForm(request.POST)
     grace = timedelta(hours=form.cleaned_data["grace_hours"]) if form.is_valid() else actions.DEFAULT_ROTATION_GRACE
@@ -336,8 +353,8 @@ def rotate_key(request: HttpRequest, key_id: int) -> HttpResponse:
 @org_action_required()
 @require_POST
 def revoke_key(request: HttpRequest, key_id: int) -> HttpResponse:
+    """Anyone may revoke a key they created, whatever their role now (it only takes access away)."""
     access = _access(request)
-    _key_manager_required(access)
     key = actions.revoke_api_key(access=access, key=_key_or_404(access, key_id))
     messages.success(request, f"Key {key.display} revoked: it no longer authenticates.")
     return render_console(request, "orgs/keys.html", _keys_context(access), partial="keys_section")

@@ -125,7 +125,7 @@ def test_invite_and_accept(
     # The link again: she is a member (it told her to ask for a new invitation).
     assert "You are a member of Acme" in main_html(zoe_client.get(path))
     first = as_user(team["bob"]).post("/org/invitations/", {"email": "yan@example.test", "role": "member"}, **HX)
-    assert "Invitation sent to yan@example.test as member." in first.content.decode()
+    assert "Invitation sent to yan@example.test as Member." in first.content.decode()
     again = as_user(team["bob"]).post("/org/invitations/", {"email": "yan@example.test", "role": "admin"}, **HX)
     # The first email's link stops working: the admin is told (it was replaced without a word).
     assert "It replaces the earlier invitation to this address, whose link no longer works." in again.content.decode()
@@ -188,9 +188,49 @@ def test_unknown_invitation_link_is_404(client: Any) -> None:
 # --- API keys -------------------------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize(("who", "status"), [("alice", 200), ("bob", 200), ("dave", 200), ("mia", 403)])
-def test_keys_page_access(as_user: Any, team: dict[str, Any], who: str, status: int) -> None:
-    assert as_user(team[who]).get("/org/keys/").status_code == status
+@pytest.mark.parametrize("who", ["alice", "bob", "dave", "mia"])
+def test_keys_page_access(as_user: Any, team: dict[str, Any], who: str) -> None:
+    # Everyone has the page (and the tab): a member sees the keys they created; only creating is a developer's.
+    response = as_user(team[who]).get("/org/keys/")
+    assert response.status_code == 200
+    html = main_html(response)
+    assert 'href="/org/keys/"' in html
+    assert ("Create key</button>" in html) == (who != "mia")
+    if who == "mia":
+        assert "You have no API keys in this organization." in html
+        assert "Your role (Member) may not create and rotate one&#x27;s own API keys (keys:own)" in html
+
+
+def test_a_demoted_developer_sees_and_revokes_their_own_keys(as_user: Any, team: dict[str, Any], org: Any) -> None:
+    daves, _ = issue_api_key(team["dave"], org, scopes=["tasks:read"], name="laptop")
+    bobs, _ = issue_api_key(team["bob"], org, scopes=["agents:read"])
+    Membership.objects.for_org(org).filter(user=team["dave"]).update(role="member")
+    client = as_user(team["dave"])
+    page = main_html(client.get("/org/keys/"))
+    assert daves.display in page and bobs.display not in page
+    assert f"/org/keys/{daves.pk}/revoke/" in page and f"/org/keys/{daves.pk}/rotate/" not in page
+    assert client.post("/org/keys/", {"name": "x", "scopes": ["tasks:read"]}, **HX).status_code == 403
+    assert client.post(f"/org/keys/{daves.pk}/rotate/", **HX).status_code == 403
+    assert client.post(f"/org/keys/{bobs.pk}/revoke/", **HX).status_code == 404
+    revoked = client.post(f"/org/keys/{daves.pk}/revoke/", **HX)
+    assert revoked.status_code == 200 and "revoked" in revoked.content.decode()
+    daves.refresh_from_db()
+    bobs.refresh_from_db()
+    assert daves.revoked_at is not None and bobs.revoked_at is None
+
+
+def test_a_key_whose_creator_left_is_shown_so_and_can_be_rotated(as_user: Any, team: dict[str, Any], org: Any) -> None:
+    key, _ = issue_api_key(team["dave"], org, scopes=["tasks:read"], name="ci")
+    membership(org, team["dave"]).delete()
+    client = as_user(team["bob"])
+    row = main_html(client.get("/org/keys/")).split(f'<tr id="key-{key.pk}">', 1)[1].split("</tr>", 1)[0]
+    assert '<span class="badge badge-warn">creator gone</span>' in row
+    assert "dave@acme.test is no longer an active member: the key answers 401 key_creator_gone." in row
+    assert f"/org/keys/{key.pk}/rotate/" in row and f"/org/keys/{key.pk}/revoke/" in row
+    rotated = client.post(f"/org/keys/{key.pk}/rotate/", {"grace_hours": "0"}, **HX)
+    assert rotated.status_code == 200
+    key.refresh_from_db()
+    assert key.rotated_to is not None and key.rotated_to.created_by == team["bob"]
 
 
 def test_create_key_shows_the_plaintext_once(as_user: Any, team: dict[str, Any], org: Any) -> None:
@@ -252,8 +292,10 @@ def test_a_developer_cannot_manage_someone_elses_key(as_user: Any, team: dict[st
     key, _ = issue_api_key(team["bob"], org, scopes=["agents:read"])
     client = as_user(team["dave"])
     page = main_html(client.get("/org/keys/"))
-    assert key.display in page and f"/org/keys/{key.pk}/revoke/" not in page
-    assert client.post(f"/org/keys/{key.pk}/revoke/").status_code == 403
+    # As in the API: another person's key is not listed, and is a 404.
+    assert key.display not in page and f"/org/keys/{key.pk}/revoke/" not in page
+    assert client.post(f"/org/keys/{key.pk}/revoke/").status_code == 404
+    assert client.post(f"/org/keys/{key.pk}/rotate/").status_code == 404
     key.refresh_from_db()
     assert key.revoked_at is None
 

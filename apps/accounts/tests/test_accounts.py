@@ -94,6 +94,25 @@ def test_change_password(alice: Any, client_for: Any) -> None:
     assert client.get("/api/v1/me").status_code == 200  # the session survives its own password change
 
 
+def test_me_with_an_org_header_naming_none_of_mine_is_refused_like_everywhere(
+    org: Any, alice: Any, other_org: Any, client_for: Any
+) -> None:
+    client = client_for(alice)
+    declared = client.get("/api/v1/schema/?format=json").json()["paths"]["/api/v1/me"]["get"]["responses"]
+    for slug in ("globex", "no-such-org"):  # another org's, and none at all: the same answer
+        me = client.get("/api/v1/me", HTTP_X_HERMES_ORG=slug)
+        members = client.get("/api/v1/members", HTTP_X_HERMES_ORG=slug)
+        assert me.status_code == members.status_code == 403
+        assert me.json()["error"] == members.json()["error"]
+        assert me.json()["error"]["code"] == "no_organization"
+        assert "`no_organization`" in declared["403"]["description"]
+    named = client.get("/api/v1/me", HTTP_X_HERMES_ORG="acme")
+    assert named.status_code == 200 and named.data["current"]["org"] == "acme"
+    # Without the header, a person in no org yet still learns who they are.
+    loner = client_for(User.objects.create_user(email="loner@example.test", password=STRONG)).get("/api/v1/me")
+    assert loner.status_code == 200 and loner.data["current"] is None and loner.data["memberships"] == []
+
+
 def test_keys_cannot_change_passwords(org: Any, alice: Any) -> None:
     _, plaintext = issue_api_key(alice, org, scopes=["org:read"])
     response = key_client(plaintext).post(

@@ -84,9 +84,9 @@ def test_operation_specific_errors(schema: dict[str, Any]) -> None:
     assert statuses("/api/v1/tasks/{id}/cancel", "post") == {"400", "401", "403", "404", "409", "429"}
     assert statuses("/api/v1/tasks/{id}/messages", "post") == {"400", "401", "403", "404", "409", "413", "415", "429"}
     # Reads without parameters answer no 409, and a 400 only for a flood of query parameters or a key naming
-    # another org; GET /me checks no permission beyond being signed in.
+    # another org; GET /me checks no permission beyond being signed in (its 403: an `X-Hermes-Org` naming no org).
     assert statuses("/api/v1/tasks/{id}", "get") == {"400", "401", "403", "404", "429"}
-    assert statuses("/api/v1/me", "get") == {"400", "401", "429"}
+    assert statuses("/api/v1/me", "get") == {"400", "401", "403", "429"}
     read = paths["/api/v1/tasks/{id}"]["get"]["responses"]["400"]["description"]
     assert "too_many_parameters" in read and "org_mismatch" in read
     assert "task_finished" in paths["/api/v1/tasks/{id}/cancel"]["post"]["responses"]["409"]["description"]

@@ -265,6 +265,41 @@ def test_schema_describes_auth_for_every_operation(client_for: Any, alice: Any) 
     assert not missing, f"describe these operations with apps.core.api.describe(...): {missing}"
 
 
+def _error_is_documented(schema: dict[str, Any], method: str, path: str, response: Any) -> str:
+    """The response's error code, asserted to be named in the description its operation declares for its status."""
+    code = str(response.json()["error"]["code"])
+    declared = schema["paths"][path][method]["responses"].get(str(response.status_code), {})
+    assert f"`{code}`" in declared.get("description", ""), (method, path, response.status_code, code, declared)
+    return code
+
+
+def test_the_session_required_refusals_of_members_and_invitations_are_declared(
+    org: Any, alice: Any, bob: Any, client_for: Any
+) -> None:
+    schema = client_for(alice).get("/api/v1/schema/?format=json").json()
+    _, plaintext = issue_api_key(alice, org, scopes=["org:admin", "org:read"])
+    client = key_client(plaintext)
+    owner = MembershipFactory(organization=org, user=UserFactory(email="olga@acme.test"), role="owner")
+    responses = {
+        ("post", "/api/v1/invitations"): client.post(
+            "/api/v1/invitations", {"email": "new@acme.test", "role": "owner"}, format="json"
+        ),
+        ("delete", "/api/v1/members/{id}"): client.delete(f"/api/v1/members/{owner.pk}"),
+        ("patch", "/api/v1/orgs/{slug}"): client.patch("/api/v1/orgs/acme", {"plan": "team"}, format="json"),
+    }
+    for (method, path), response in responses.items():
+        assert response.status_code == 403, (method, path, response.content)
+        assert _error_is_documented(schema, method, path, response) == "session_required"
+    # The same requests from an admin's session are role refusals, declared too.
+    session = client_for(bob)
+    invite = session.post("/api/v1/invitations", {"email": "new@acme.test", "role": "owner"}, format="json")
+    assert _error_is_documented(schema, "post", "/api/v1/invitations", invite) == "role_forbidden"
+    remove = session.delete(f"/api/v1/members/{owner.pk}")
+    assert _error_is_documented(schema, "delete", "/api/v1/members/{id}", remove) == "role_forbidden"
+    assert Membership.objects.for_org(org).filter(pk=owner.pk).exists()
+    assert not Invitation.objects.for_org(org).exists()
+
+
 def test_schema_generates_without_warnings_and_validates(tmp_path: Any) -> None:
     # What a client generator reads: an unresolvable serializer or a path parameter without a type is a warning
     # here long before it is a broken SDK somewhere else.

@@ -3,7 +3,7 @@ last-used throttling, and WebSocket authentication."""
 
 from __future__ import annotations
 
-from datetime import timedelta
+from datetime import UTC, timedelta
 from typing import Any
 
 import pytest
@@ -324,3 +324,218 @@ def test_websockets_accept_a_key_in_the_header_or_query(org: Any, alice: Any) ->
     assert refused["auth_error"] == "key_revoked"
     anonymous = _resolve(_ws_scope())
     assert anonymous["access"] is None
+
+
+# --- A key created or rotated with a key: bounded by it ----------------------------------------------------------
+
+
+def _moment(value: Any) -> str:
+    """A moment as the API writes it (and as the refusals quote it)."""
+    return str(value.astimezone(UTC).isoformat().replace("+00:00", "Z"))
+
+
+def test_a_key_created_with_a_key_inherits_its_expiry_and_rate_limit(org: Any, alice: Any) -> None:
+    ends = timezone.now() + timedelta(days=7)
+    _, plaintext = issue_api_key(
+        alice, org, scopes=["org:admin", "tasks:read"], expires_at=ends, rate_limit_per_minute=30
+    )
+    client = key_client(plaintext)
+    inherited = client.post("/api/v1/keys", {"name": "child", "scopes": ["tasks:read"]}, format="json")
+    assert inherited.status_code == 201, inherited.data
+    child = APIKey.objects.for_org(org).get(pk=inherited.data["id"])
+    assert child.expires_at == ends and child.rate_limit_per_minute == 30
+    # Asking for less than the parent has is fine.
+    sooner = ends - timedelta(days=1)
+    narrower = client.post(
+        "/api/v1/keys",
+        {"name": "shorter", "scopes": ["tasks:read"], "expires_at": _moment(sooner), "rate_limit_per_minute": 10},
+        format="json",
+    )
+    assert narrower.status_code == 201, narrower.data
+    child = APIKey.objects.for_org(org).get(pk=narrower.data["id"])
+    assert child.expires_at == sooner and child.rate_limit_per_minute == 10
+    # A session has no parent: left out is no expiry and no limit of its own, as before.
+    session = APIKey.objects.for_org(org).get(pk=issue_api_key(alice, org, scopes=["tasks:read"])[0].pk)
+    assert session.expires_at is None and session.rate_limit_per_minute is None
+
+
+@pytest.mark.parametrize(
+    ("asked", "field", "message"),
+    [
+        (
+            {"expires_at": None},
+            "expires_at",
+            "This key would never expire, but the API key making this request ({parent}) expires at {ends}: a key "
+            "cannot outlive the key that creates it. Choose {ends} or earlier, or leave expires_at out to inherit it.",
+        ),
+        (
+            {"expires_at": "later"},
+            "expires_at",
+            "This key would expire at {later}, but the API key making this request ({parent}) expires at {ends}: a "
+            "key cannot outlive the key that creates it. Choose {ends} or earlier, or leave expires_at out to "
+            "inherit it.",
+        ),
+        (
+            {"rate_limit_per_minute": None},
+            "rate_limit_per_minute",
+            "This key would have no rate limit of its own, but the API key making this request ({parent}) is "
+            "limited to 30 requests per minute: a key cannot out-rate the key that creates it. Choose 30 or fewer, "
+            "or leave rate_limit_per_minute out to inherit it.",
+        ),
+        (
+            {"rate_limit_per_minute": 31},
+            "rate_limit_per_minute",
+            "This key would allow 31 requests per minute, but the API key making this request ({parent}) is limited "
+            "to 30 requests per minute: a key cannot out-rate the key that creates it. Choose 30 or fewer, or leave "
+            "rate_limit_per_minute out to inherit it.",
+        ),
+    ],
+)
+def test_a_key_cannot_create_a_key_that_outlives_or_out_rates_it(
+    org: Any, alice: Any, asked: dict[str, Any], field: str, message: str
+) -> None:
+    ends = timezone.now() + timedelta(days=7)
+    later = ends + timedelta(seconds=1)
+    parent, plaintext = issue_api_key(alice, org, scopes=["org:admin"], expires_at=ends, rate_limit_per_minute=30)
+    if asked.get("expires_at") == "later":
+        asked = {"expires_at": _moment(later)}
+    before = (APIKey.objects.for_org(org).count(), AuditEvent.objects.count())
+    response = key_client(plaintext).post(
+        "/api/v1/keys", {"name": "child", "scopes": ["org:admin"], **asked}, format="json"
+    )
+    assert response.status_code == 400, response.data
+    assert response.data["error"]["details"] == {
+        field: [message.format(parent=parent.display, ends=_moment(ends), later=_moment(later))]
+    }
+    assert (APIKey.objects.for_org(org).count(), AuditEvent.objects.count()) == before
+
+
+def test_every_field_a_key_may_not_grant_is_named_at_once(org: Any, alice: Any) -> None:
+    _, plaintext = issue_api_key(
+        alice, org, scopes=["org:admin"], expires_at=timezone.now() + timedelta(days=1), rate_limit_per_minute=5
+    )
+    body = {"name": "x", "scopes": ["tasks:read"], "expires_at": None, "rate_limit_per_minute": 6}
+    response = key_client(plaintext).post("/api/v1/keys", body, format="json")
+    assert response.status_code == 400
+    assert set(response.data["error"]["details"]) == {"scopes", "expires_at", "rate_limit_per_minute"}
+
+
+def test_a_key_without_limits_lets_the_keys_it_creates_choose(org: Any, alice: Any) -> None:
+    _, plaintext = issue_api_key(alice, org, scopes=["org:admin"])
+    ends = timezone.now() + timedelta(days=400)
+    body = {"name": "x", "scopes": ["org:admin"], "expires_at": _moment(ends), "rate_limit_per_minute": 100}
+    response = key_client(plaintext).post("/api/v1/keys", body, format="json")
+    assert response.status_code == 201 and response.data["rate_limit_per_minute"] == 100
+    unbounded = key_client(plaintext).post("/api/v1/keys", {"name": "y", "scopes": ["org:admin"]}, format="json")
+    assert unbounded.data["expires_at"] is None and unbounded.data["rate_limit_per_minute"] is None
+
+
+def test_a_key_cannot_rotate_a_key_into_one_that_outlives_or_out_rates_it(org: Any, alice: Any) -> None:
+    ends = timezone.now() + timedelta(days=1)
+    parent, plaintext = issue_api_key(alice, org, scopes=["org:admin"], expires_at=ends, rate_limit_per_minute=30)
+    forever, _ = issue_api_key(alice, org, scopes=["org:admin"], name="deploy")
+    client = key_client(plaintext)
+    response = client.post(f"/api/v1/keys/{forever.pk}/rotate", {}, format="json")
+    assert response.status_code == 400
+    instead = (
+        "Rotate it with a signed-in session (or a key that lives as long), or create a new key, which inherits the "
+        "limits of the key making the request."
+    )
+    assert response.data["error"]["details"] == {
+        "expires_at": [
+            f"The successor of {forever.display} would keep its expiry and never expire, but the API key making this "
+            f"request ({parent.display}) expires at {_moment(ends)}: a key cannot issue a key that outlives it. "
+            + instead
+        ],
+        "rate_limit_per_minute": [
+            f"The successor of {forever.display} would keep its rate limit and have no rate limit of its own, but the "
+            f"API key making this request ({parent.display}) is limited to 30 requests per minute: a key cannot issue "
+            "a key that out-rates it. " + instead
+        ],
+    }
+    forever.refresh_from_db()  # nothing rotated: the old key keeps its life
+    assert forever.rotated_to_id is None and forever.expires_at is None
+    # Within the parent's bounds (or rotating itself) it rotates as before.
+    bounded, _ = issue_api_key(alice, org, scopes=["org:admin"], expires_at=ends, rate_limit_per_minute=20)
+    assert client.post(f"/api/v1/keys/{bounded.pk}/rotate", {}, format="json").status_code == 201
+    itself = client.post(f"/api/v1/keys/{parent.pk}/rotate", {}, format="json")
+    assert itself.status_code == 201 and itself.data["rate_limit_per_minute"] == 30
+
+
+# --- State ---------------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("how", ["removed", "deactivated"])
+def test_a_key_whose_creator_is_gone_says_so(org: Any, alice: Any, bob: Any, client_for: Any, how: str) -> None:
+    key, plaintext = issue_api_key(bob, org, scopes=["org:read"])
+    if how == "removed":
+        Membership.objects.for_org(org).filter(user=bob).delete()
+    else:
+        type(bob).objects.filter(pk=bob.pk).update(is_active=False)
+    assert key_client(plaintext).get("/api/v1/me").data["error"]["code"] == "key_creator_gone"
+    client = client_for(alice)
+    assert client.get(f"/api/v1/keys/{key.pk}").data["state"] == "creator_gone"
+    assert [row["state"] for row in client.get("/api/v1/keys").data["results"]] == ["creator_gone"]
+    schema = client.get("/api/v1/schema/?format=json").json()["components"]["schemas"]
+    assert schema["APIKey"]["properties"]["state"]["allOf"] == [{"$ref": "#/components/schemas/APIKeyStateEnum"}]
+    assert schema["APIKeyStateEnum"]["enum"] == ["active", "expired", "revoked", "creator_gone"]
+    # Rotating re-issues it under the rotating admin (it was refused as not active, or left in place).
+    rotated = client.post(f"/api/v1/keys/{key.pk}/rotate", {}, format="json")
+    assert rotated.status_code == 201 and rotated.data["state"] == "active"
+    assert rotated.data["created_by"] == alice.email
+    assert key_client(rotated.data["key"]).get("/api/v1/me").status_code == 200
+    # Revoked or expired says that first, as authentication does.
+    revoked = client.post(f"/api/v1/keys/{key.pk}/revoke")
+    assert revoked.data["state"] == "revoked"
+
+
+def test_the_key_list_reads_every_state_in_one_query(
+    org: Any, alice: Any, bob: Any, dave: Any, client_for: Any, django_assert_num_queries: Any
+) -> None:
+    issue_api_key(alice, org, scopes=["org:read"])
+    issue_api_key(bob, org, scopes=["org:read"])
+    issue_api_key(dave, org, scopes=["tasks:read"])
+    Membership.objects.for_org(org).filter(user=dave).delete()
+    client = client_for(alice)
+    client.get("/api/v1/keys")  # the session's first request
+    # Session + user + memberships (the org), then the page of keys with creators and their roles.
+    with django_assert_num_queries(4):
+        states = [row["state"] for row in client.get("/api/v1/keys").data["results"]]
+    assert states == ["creator_gone", "active", "active"]
+
+
+# --- One's own keys, whatever one's role now -------------------------------------------------------------------
+
+
+def test_a_demoted_developer_still_sees_and_revokes_their_own_keys(
+    org: Any, alice: Any, dave: Any, client_for: Any
+) -> None:
+    daves, plaintext = issue_api_key(dave, org, scopes=["tasks:read", "agents:write"])
+    alices, _ = issue_api_key(alice, org, scopes=["tasks:read"])
+    Membership.objects.for_org(org).filter(user=dave).update(role=Role.MEMBER)
+    assert key_client(plaintext).get("/api/v1/tasks").status_code == 200  # still works, narrowed to a member
+    client = client_for(dave)
+    assert [row["id"] for row in client.get("/api/v1/keys").data["results"]] == [daves.pk]
+    assert client.get(f"/api/v1/keys/{daves.pk}").data["state"] == "active"
+    assert client.get(f"/api/v1/keys/{alices.pk}").status_code == 404
+    assert client.post(f"/api/v1/keys/{alices.pk}/revoke").status_code == 404
+    # Issuing stays a developer's: creating and rotating are refused, naming keys:own.
+    for refused in (
+        client.post("/api/v1/keys", {"name": "x", "scopes": ["tasks:read"]}, format="json"),
+        client.post(f"/api/v1/keys/{daves.pk}/rotate", {}, format="json"),
+    ):
+        assert refused.status_code == 403
+        assert refused.data["error"]["code"] == "role_forbidden"
+        assert refused.data["error"]["details"] == {"required_action": "keys:own", "role": "member"}
+    revoked = client.post(f"/api/v1/keys/{daves.pk}/revoke")
+    assert revoked.status_code == 200 and revoked.data["state"] == "revoked"
+    assert key_client(plaintext).get("/api/v1/tasks").data["error"]["code"] == "key_revoked"
+    alices.refresh_from_db()
+    assert alices.revoked_at is None
+
+
+def test_a_key_still_needs_org_admin_to_see_keys(org: Any, dave: Any) -> None:
+    # keys:own is a person's right: a key (even one listing only its creator's keys) needs org:admin.
+    _, plaintext = issue_api_key(dave, org, scopes=["tasks:read"])
+    response = key_client(plaintext).get("/api/v1/keys")
+    assert response.status_code == 403 and response.data["error"]["code"] == "missing_scope"
