@@ -37,13 +37,15 @@ def render_console(
 ) -> HttpResponse:
     """Render `template_name`, or only its `partial` for an HTMX (non-boosted) request.
 
-    A fragment response also carries pending flash messages as an out-of-band swap, so a message queued by the
-    action the fragment answers is shown without a page load.
+    A fragment that answers an action (a POST) also carries pending flash messages as an out-of-band swap, so a
+    message queued by that action is shown without a page load. A fragment read with GET (a live refresh, a poll,
+    a filter) leaves them pending for the next page: the session is shared by every tab, and the task list's live
+    refresh in one tab showed, and used up, "Task sent to …" that another tab had just queued for its next page.
     """
     fragment = partial is not None and is_fragment_request(request)
     name = f"{template_name}#{partial}" if fragment else template_name
     response = render(request, name, context or {}, status=status)
-    if fragment and len(messages.get_messages(request)):
+    if fragment and request.method != "GET" and len(messages.get_messages(request)):
         oob = render_to_string("includes/messages.html", {"oob": True}, request=request)
         response.content = response.content + oob.encode()
     patch_vary_headers(response, ("HX-Request",))

@@ -98,6 +98,67 @@
     }
   });
 
+  // One submission at a time, for every form. A double click on "Create key" sent it twice: the second click landed
+  // on the empty form the first answer had just swapped in, and that form's 422 replaced the one-time secret.
+  // - The second click of a double click (event.detail > 1) on a submit button submits nothing, whatever is under
+  //   the pointer by then (the same form, or a fresh one swapped in).
+  // - While an htmx form's request is in flight (not a GET: filters and searches may be refined while one is on
+  //   its way), the form is aria-busy, its submit buttons say aria-disabled (not `disabled`: the keyboard focus
+  //   stays on the button), and a submit of it stops here, in the capture phase, before htmx's listener on the form.
+  // Registered before the confirmations below, so a dropped click asks nothing.
+  var SUBMIT_BUTTONS = 'button[type="submit"], button:not([type]), input[type="submit"], input[type="image"]';
+  document.addEventListener("click", function (event) {
+    var button = event.detail > 1 && event.target.closest && event.target.closest(SUBMIT_BUTTONS);
+    if (button && button.form) {
+      event.preventDefault();
+      event.stopImmediatePropagation();
+    }
+  }, true);
+  document.addEventListener("submit", function (event) {
+    if (event.target.hasAttribute && event.target.hasAttribute("data-submitting")) {
+      event.preventDefault();
+      event.stopImmediatePropagation();
+    }
+  }, true);
+  function formOf(elt) {
+    if (!elt || !elt.closest) { return null; }
+    return elt.tagName === "FORM" ? elt : (elt.form || elt.closest("form"));
+  }
+  function submitButtons(form) {
+    var buttons = Array.prototype.slice.call(form.querySelectorAll(SUBMIT_BUTTONS));
+    if (form.id) {  // buttons outside the form that name it (form="id")
+      buttons = buttons.concat(Array.prototype.slice.call(document.querySelectorAll('[form="' + form.id + '"]')));
+    }
+    return buttons;
+  }
+  document.addEventListener("htmx:beforeRequest", function (event) {
+    var config = event.detail.requestConfig;
+    var form = formOf(event.detail.elt);
+    if (!form || !config || String(config.verb).toLowerCase() === "get") { return; }
+    form.setAttribute("data-submitting", "");
+    form.setAttribute("aria-busy", "true");
+    submitButtons(form).forEach(function (button) {
+      if (button.getAttribute("aria-disabled") === "true") { return; }
+      button.setAttribute("aria-disabled", "true");
+      button.setAttribute("data-disabled-while-submitting", "");
+    });
+    event.detail.xhr.hermesSubmitting = form;  // the same xhr comes back in htmx:afterRequest
+  });
+  // After the answer: a form that was swapped out is gone anyway; one that stayed (an error shown as a toast) is
+  // usable again, unless the answer sends the browser to another page (HX-Redirect: htmx keeps its indicators).
+  document.addEventListener("htmx:afterRequest", function (event) {
+    var form = event.detail.xhr && event.detail.xhr.hermesSubmitting;
+    if (!form || event.detail.keepIndicators === true) { return; }
+    event.detail.xhr.hermesSubmitting = null;
+    form.removeAttribute("data-submitting");
+    form.removeAttribute("aria-busy");
+    submitButtons(form).forEach(function (button) {
+      if (!button.hasAttribute("data-disabled-while-submitting")) { return; }
+      button.removeAttribute("aria-disabled");
+      button.removeAttribute("data-disabled-while-submitting");
+    });
+  });
+
   // Confirmation for one submit button: <button data-confirm-click="Really?">, in a plain form or an htmx one.
   // It asks on the click, before any submit event: a declined click submits nothing, so htmx never sees it. (htmx
   // reads hx-confirm from the element that issues the request, the <form>, so hx-confirm on a button is ignored.)
@@ -107,16 +168,61 @@
     if (button && !window.confirm(button.getAttribute("data-confirm-click"))) { event.preventDefault(); }
   }, true);
 
-  // A form that came back with errors (422) puts the keyboard on its first invalid field, whether the page was
-  // rendered whole or the form was swapped in by htmx; otherwise focus stayed on the page, or on whatever field
-  // another form on it had autofocused.
+  // Where the keyboard goes after an htmx swap. A form that came back with errors (422) puts it on its first invalid
+  // field, whether the page was rendered whole or the form was swapped in by htmx. Any other swap that took the
+  // focused element away (the "Re-fetch the card" button inside the card it replaces, a link in a list refreshed
+  // live) puts it on the same control in the new content, or else on the new content itself: it fell back to
+  // <body>, the top of the page (htmx itself restores the focus only to an element with an id).
   function focusFirstInvalid(root) {
     var field = root && root.querySelector && root.querySelector('[aria-invalid="true"]');
     if (field) { field.focus(); }
+    return Boolean(field);
   }
+  function sameControl(root, old) {
+    var action = function (el) { return el.form ? el.form.getAttribute("action") : null; };
+    var candidates = Array.prototype.slice.call(root.querySelectorAll(old.tagName));
+    if (root.tagName === old.tagName) { candidates.unshift(root); }
+    for (var i = 0; i < candidates.length; i++) {
+      var el = candidates[i];
+      if (el.getAttribute("name") === old.getAttribute("name") && el.getAttribute("type") === old.getAttribute("type") &&
+          el.getAttribute("href") === old.getAttribute("href") && action(el) === action(old) &&
+          el.textContent.trim() === old.textContent.trim()) { return el; }
+    }
+    return null;
+  }
+  var swapping = null;  // {target, parent, focused}: the target htmx is about to swap, and the focus inside it
   document.addEventListener("DOMContentLoaded", function () { focusFirstInvalid(document.querySelector("main")); });
+  document.addEventListener("htmx:beforeSwap", function (event) {
+    var target = event.detail.target, active = document.activeElement;
+    swapping = target ? {
+      target: target,
+      parent: target.parentNode,
+      focused: active && active !== document.body && target.contains(active) ? active : null
+    } : null;
+  });
+  // The new content of a swap. An innerHTML swap keeps its target. After an outerHTML one it is the element that
+  // took the target's place: the one with the target's id, or else one where the target was. (htmx fires
+  // htmx:afterSwap on the out-of-band elements of the same answer too: the flash messages are not where the
+  // keyboard goes.)
+  function swappedIn(event) {
+    var target = event.detail.target, elt = event.target;
+    if (!target) { return null; }
+    if (target.isConnected) { return target; }
+    if (target.id) { return elt.id === target.id ? elt : null; }
+    return swapping && swapping.target === target && elt.parentNode === swapping.parent ? elt : null;
+  }
   document.addEventListener("htmx:afterSwap", function (event) {
-    if (event.detail.xhr && event.detail.xhr.status === 422) { focusFirstInvalid(event.detail.target); }
+    var root = swappedIn(event);
+    if (!root) { return; }
+    var focused = swapping && swapping.target === event.detail.target ? swapping.focused : null;
+    swapping = null;  // htmx fires this once for each new element: the first one of the content decides
+    if (event.detail.xhr && event.detail.xhr.status === 422 && focusFirstInvalid(root)) { return; }
+    var active = document.activeElement;
+    if (!focused || (active && active !== document.body)) { return; }
+    var control = sameControl(root, focused);
+    if (control) { control.focus(); return; }
+    if (!root.hasAttribute("tabindex")) { root.setAttribute("tabindex", "-1"); }
+    root.focus();
   });
 
   // Confirmation for a whole form, plain or htmx: <form data-confirm="Really?">, or a question that depends on what
@@ -171,6 +277,57 @@
   document.addEventListener("DOMContentLoaded", function () { localizeTimes(document); });
   // Every fragment htmx swaps in (lists refreshed live or filtered, out-of-band swaps) fires htmx:load.
   document.addEventListener("htmx:load", function (event) { localizeTimes(event.detail.elt); });
+
+  // Filter forms and the address bar. A filter form (method="get", hx-get to this page, hx-push-url) puts its query
+  // in the address bar; Back and Forward then restore htmx's snapshot of the page, which keeps the markup but not
+  // what was chosen in it: the selects read "Any status" under ?status=working, and the task list's next live
+  // refresh (static/js/live.js reads the form) listed with the form's filters, not the address bar's. After every
+  // history restore, each such form shows the query of the address it came back to.
+  function filterForms() {
+    return Array.prototype.filter.call(document.querySelectorAll("form"), function (form) {
+      var path = form.getAttribute("hx-get") || form.getAttribute("data-hx-get");
+      return path !== null && (form.getAttribute("method") || "get").toLowerCase() === "get" &&
+        new URL(path || location.href, location.href).pathname === location.pathname;
+    });
+  }
+  function showQuery(form, params) {
+    Array.prototype.forEach.call(form.elements, function (field) {
+      if (!field.name || /^(hidden|submit|button|image|reset|file)$/.test(field.type)) { return; }
+      var values = params.getAll(field.name);
+      if (field.type === "checkbox" || field.type === "radio") {
+        field.checked = values.indexOf(field.value) !== -1;
+      } else if (field.tagName === "SELECT") {
+        var options = Array.prototype.slice.call(field.options);
+        var chosen = options.filter(function (o) { return values.indexOf(o.value) !== -1; });
+        // A value the select does not offer (an edited link) shows its "any" choice, as a page load would.
+        if (!chosen.length) { chosen = options.filter(function (o) { return o.value === ""; }).slice(0, 1); }
+        options.forEach(function (o) { o.selected = chosen.indexOf(o) !== -1 && (field.multiple || o === chosen[0]); });
+      } else {
+        field.value = values.length ? values[0] : "";
+      }
+    });
+  }
+  document.addEventListener("htmx:historyRestore", function () {
+    var params = new URLSearchParams(location.search);
+    filterForms().forEach(function (form) { showQuery(form, params); });
+  });
+  // A burst of changes from one form (each arrow key on a focused select is a change, each pause in typing a
+  // search) is one step in the history: a change within HISTORY_BURST_MS of the same form's last one replaces the
+  // entry it pushed, instead of pushing one per keypress. The list still follows every change at once.
+  var HISTORY_BURST_MS = 1000;
+  var lastPush = null;  // {form, at, path}
+  document.addEventListener("htmx:beforeHistoryUpdate", function (event) {
+    var history = event.detail.history;
+    var form = formOf(event.detail.requestConfig && event.detail.requestConfig.elt);
+    if (!history || !form) { return; }
+    var now = Date.now();
+    if (history.type === "push" && lastPush && lastPush.form === form && now - lastPush.at < HISTORY_BURST_MS &&
+        lastPush.path === location.pathname + location.search) {  // and no other navigation since
+      history.type = "replace";
+    }
+    var pushed = new URL(history.path, location.href);
+    lastPush = { form: form, at: now, path: pushed.pathname + pushed.search };
+  });
 
   // Every post says which organization its page was showing (htmx requests carry the X-Hermes-Console-Org header
   // from <body hx-headers>; plain forms get this field), so a tab left open after switching org in another tab
