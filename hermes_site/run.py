@@ -57,7 +57,7 @@ RESTARTABLE = ("worker", "beat")
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description="Run the whole Hermes platform locally.")
     parser.add_argument("--host", default=os.environ.get("HERMES_HOST", "127.0.0.1"))
-    parser.add_argument("--port", type=int, default=int(os.environ.get("HERMES_PORT", "8000")))
+    parser.add_argument("--port", type=_port, default=os.environ.get("HERMES_PORT", "8000"))
     args = parser.parse_args(argv)
     if problem := _port_in_use(args.host, args.port):
         # Before anything starts: a second worker and beat on the same database, then a banner for a server that
@@ -180,6 +180,17 @@ def main(argv: list[str] | None = None) -> int:
             except subprocess.TimeoutExpired:
                 child.kill()
         stop_redis(redis_proc)
+
+
+def _port(text: str) -> int:
+    """--port, or HERMES_PORT (argparse converts a string default the same way: one line, not a traceback)."""
+    try:
+        port = int(text)
+    except ValueError:
+        port = 0
+    if not 1 <= port <= 65535:
+        raise argparse.ArgumentTypeError(f"the port (--port or HERMES_PORT) must be from 1 to 65535, not {text!r}")
+    return port
 
 
 def _port_in_use(host: str, port: int) -> str | None:

@@ -171,3 +171,12 @@ def _use_the_platform(base: str, env: dict[str, str]) -> None:
             while (state := api.get(f"/api/v1/tasks/{task_id}").json()["status"]) != "completed":
                 assert time.monotonic() < deadline, f"task {task_id} is still {state}"
                 time.sleep(0.3)
+
+
+def test_a_malformed_port_is_refused_in_words(tmp_path: Path) -> None:
+    env = {**_embedded_env(tmp_path), "HERMES_PORT": "abc"}
+    run = subprocess.run(
+        [sys.executable, "-m", "hermes_site.run"], cwd=BASE_DIR, env=env, capture_output=True, text=True, timeout=60
+    )
+    assert run.returncode == 2 and "Traceback" not in run.stderr
+    assert "the port (--port or HERMES_PORT) must be from 1 to 65535, not 'abc'" in run.stderr
