@@ -241,6 +241,7 @@ def client_ip_from_scope(scope: dict[str, Any]) -> str | None:
 # the group failed. SSE responses do not use the channel layer at all and only re-check.
 
 SIGNED_OUT = Refusal("signed_out", "The session this stream was opened with signed out or expired.")
+LEFT_ORG = Refusal("membership_ended", "You are no longer a member of the organization this stream belongs to.")
 KEY_EXPIRED = Refusal("key_expired", "The API key this stream was opened with expired.")
 # A hung Redis must not hold the request that revoked a key: streams find out by their re-check anyway.
 _ANNOUNCE_TIMEOUT = 2.0
@@ -264,6 +265,7 @@ class StreamCredential:
     api_key: APIKey | None = None
     session_key: str | None = None
     user_id: Any = None  # who the session signed in
+    org_id: Any = None  # the org a session's stream reads: its person must still be a member
     expires_at: datetime | None = None
 
     @classmethod
@@ -274,7 +276,9 @@ class StreamCredential:
         if key is not None:
             return cls(api_key_group(key.pk), api_key=key, expires_at=key.expires_at)
         if session_key and access.user is not None:
-            return cls(session_group(session_key), session_key=session_key, user_id=access.user.pk)
+            return cls(
+                session_group(session_key), session_key=session_key, user_id=access.user.pk, org_id=access.org.pk
+            )
         return None
 
     def expire_by(self, moment: datetime) -> None:
@@ -294,9 +298,21 @@ class StreamCredential:
             # The authentication query, without the last-used write and the metrics of a request.
             key = _load_key(self.api_key.digest)
             return KEY_UNKNOWN if key is None else _key_refusal(key, timezone.now())
-        if self.session_key is not None and _session_user_id(self.session_key) != self.user_id:
-            return SIGNED_OUT
+        if self.session_key is not None:
+            if _session_user_id(self.session_key) != self.user_id:
+                return SIGNED_OUT
+            # Removed from the org (an API key's stream finds its creator gone through _key_refusal instead).
+            if (
+                self.org_id is not None
+                and not Membership.objects.for_org(self.org_id).filter(user_id=self.user_id).exists()
+            ):
+                return LEFT_ORG
         return None
+
+    @property
+    def recheck_key(self) -> tuple[str, Any]:
+        """What streams of one process share a re-check by: a session's answer depends on the org too."""
+        return (self.group, self.org_id)
 
 
 def _session_user_id(session_key: str) -> Any:

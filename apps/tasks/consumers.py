@@ -53,7 +53,7 @@ from django.db import DatabaseError, close_old_connections
 from apps.core.checks import probe_redis
 from apps.core.metrics import WEBSOCKET_CONNECTIONS
 from apps.core.permissions import Access
-from apps.orgs.auth import StreamCredential
+from apps.orgs.auth import LEFT_ORG, StreamCredential
 from apps.tasks.broadcast import event_frame, org_group, task_group
 from apps.tasks.models import TERMINAL_STATES
 from apps.tasks.presence import ANNOUNCE_WINDOW_MS, Presence
@@ -200,13 +200,15 @@ class _ConsumerBase:
                 await asyncio.sleep(delay)
                 try:
                     refusal = await _shared_read(
-                        ("credential", credential.group), interval / 2, _db(credential.recheck)
+                        ("credential", *credential.recheck_key), interval / 2, _db(credential.recheck)
                     )
                 except DatabaseError as exc:  # an outage: the socket stays until a re-check can tell
                     logger.warning("credential re-check skipped, database error: %s", exc)
                     continue
             if refusal is not None:
-                await self.close_from_server(CLOSE_UNAUTHENTICATED, refusal.code)
+                # Still signed in but no longer a member: not an authentication problem (4401 says "sign in").
+                code = CLOSE_FORBIDDEN if refusal is LEFT_ORG else CLOSE_UNAUTHENTICATED
+                await self.close_from_server(code, refusal.code)
                 return
 
     async def hermes_auth_ended(self, message: dict[str, Any]) -> None:

@@ -16,21 +16,40 @@
                           4403: "You may not read tasks in this organization.",
                           4404: "This task does not exist in your organization." };
 
+  // Why a socket was closed for good, when the close reason says more than its code.
+  var CLOSE_REASONS = { membership_ended: "You are no longer a member of this organization." };
+  // Every socket of the page, with the element it serves: htmx's Back/Forward puts a saved copy of the page in
+  // place and runs this script on it again, so the sockets of the replaced elements must end (they piled up,
+  // one more /ws/org/ per Back).
+  // (Kept on window: the script's second run must see the first run's sockets, and listen once.)
+  var SOCKETS = window.hermesLiveSockets = window.hermesLiveSockets || [];
+  if (!window.hermesLiveSocketsWatched) {
+    window.hermesLiveSocketsWatched = true;
+    document.addEventListener("htmx:historyRestore", function () {
+      SOCKETS.slice().forEach(function (live) {
+        if (!document.contains(live.root)) { live.close(); SOCKETS.splice(SOCKETS.indexOf(live), 1); }
+      });
+    });
+  }
+
   function wsURL(path) {
     var scheme = window.location.protocol === "https:" ? "wss://" : "ws://";
     return scheme + window.location.host + path;
   }
 
   // A socket that reconnects with capped exponential backoff and reports its state to `onState`.
-  function LiveSocket(pathFn, handlers) {
+  function LiveSocket(root, pathFn, handlers) {
+    this.root = root;
     this.pathFn = pathFn;
     this.handlers = handlers;
     this.attempt = 0;
     this.closedForGood = false;
+    SOCKETS.push(this);
     this.connect();
   }
   LiveSocket.prototype.connect = function () {
     var self = this;
+    if (!document.contains(self.root)) { self.closedForGood = true; return; }  // its element left the page
     var socket = new WebSocket(wsURL(self.pathFn()));
     self.socket = socket;
     self.handlers.onState(self.attempt === 0 ? "connecting" : "reconnecting");
@@ -48,7 +67,7 @@
       if (self.closedForGood) { return; }
       if (PERMANENT_CLOSE[event.code]) {
         self.closedForGood = true;
-        self.handlers.onState("closed", PERMANENT_CLOSE[event.code]);
+        self.handlers.onState("closed", CLOSE_REASONS[event.reason] || PERMANENT_CLOSE[event.code]);
         return;
       }
       if (self.handlers.shouldStop && self.handlers.shouldStop()) {
@@ -205,6 +224,7 @@
     }
 
     var socket = new LiveSocket(
+      root,
       function () { return basePath + "?after=" + lastSeq; },
       {
         onState: showSocketState,
@@ -266,6 +286,7 @@
       window.htmx.ajax("GET", path, { source: root, target: root, swap: "innerHTML" });
     }
     new LiveSocket(
+      root,
       function () { return root.getAttribute("data-ws-path"); },
       {
         onState: function (s, detail) {

@@ -170,6 +170,9 @@ def test_filters_follow_back_and_forward_and_a_burst_of_changes_is_one_step(
     page.go_forward()
     page.wait_for_url(at(status="working", agent=str(echo.pk)))
     shows("working", str(echo.pk))
+    # Each restore ran the live script again: the sockets of the replaced lists are closed, one remains live
+    # (they piled up, one more /ws/org/ per Back).
+    page.wait_for_function("window.hermesLiveSockets.filter((live) => !live.closedForGood).length === 1")
 
     # An address htmx kept no snapshot of is loaded as a whole page (it was the list fragment alone, as the body).
     page.evaluate("sessionStorage.removeItem('htmx-history-cache')")

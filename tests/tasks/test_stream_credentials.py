@@ -327,3 +327,36 @@ def test_sse_ends_when_its_session_signs_out(alice: Any, task: Any, sse: None) -
     client.post("/accounts/logout/")
     end, took = end_of(frames)
     assert end["error"]["code"] == "signed_out" and took < 2.5
+
+
+def _remove(member: Any, org: Any) -> None:
+    from apps.orgs.models import Membership
+
+    Membership.objects.for_org(org).filter(user=member).delete()
+
+
+@pytest.mark.parametrize("path", SOCKET_PATHS)
+def test_a_removed_members_sockets_close_at_the_recheck(
+    org: Any, bob: Any, task: Any, settings: Any, path: str
+) -> None:  # fmt: skip
+    """Still signed in, but no longer in the org: its live task data must stop (it streamed on until sign-out)."""
+    settings.HERMES_WS_RESYNC_SECONDS = 0.3
+    _client, cookie = signed_in(bob)
+
+    async def scenario() -> None:
+        ws = WebsocketCommunicator(APP, path.format(task=task.pk), headers=cookie)
+        await opened(ws, path)
+        await database_sync_to_async(_remove)(bob, org)
+        assert await ws.closed(timeout=3) == (4403, "membership_ended")
+        await ws.disconnect(code=4403)
+
+    async_to_sync(scenario)()
+
+
+def test_sse_ends_when_its_person_leaves_the_org(org: Any, bob: Any, task: Any, sse: None) -> None:
+    client, _cookie = signed_in(bob)
+    frames = frames_of(client.get(f"/api/v1/tasks/{task.pk}/stream"))
+    next(frames)
+    _remove(bob, org)
+    end, took = end_of(frames)
+    assert end["error"]["code"] == "membership_ended" and took < 2.5
