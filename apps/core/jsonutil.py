@@ -131,3 +131,9 @@ class JSONParser(parsers.JSONParser):
             return loads(stream.read().decode(encoding))
         except ValueError as exc:  # JSONDecodeError, and UnicodeDecodeError for bytes that are not the encoding
             raise ParseError(f"JSON parse error - {exc}") from None
+
+
+def encoded_size(value: Any) -> int:
+    """Bytes of `value` as Hermes stores and sends it (compact UTF-8 JSON): the one measure of every size limit,
+    so that whether an input fits does not depend on how the client escaped it."""
+    return len(json.dumps(value, separators=(",", ":"), ensure_ascii=False).encode())

@@ -9,7 +9,6 @@ Callable without an HTTP request (federation creates tasks for peer orgs through
 
 from __future__ import annotations
 
-import json
 import logging
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -21,7 +20,7 @@ from django.db import transaction
 from django.dispatch import Signal
 from django.utils import timezone
 
-from apps.core import audit
+from apps.core import audit, jsonutil
 from apps.core.metrics import TASK_DURATION, TASKS
 from apps.core.permissions import Access
 from apps.orgs import quotas
@@ -141,8 +140,7 @@ def normalize_message(message: dict[str, Any]) -> dict[str, Any]:
 
 def input_size(message: dict[str, Any], metadata: dict[str, Any] | None = None) -> int:
     """Bytes of the compact JSON Hermes stores and sends for this input."""
-    payload = {"message": message, "metadata": metadata or {}}
-    return len(json.dumps(payload, separators=(",", ":"), ensure_ascii=False).encode())
+    return jsonutil.encoded_size({"message": message, "metadata": metadata or {}})
 
 
 def check_input_size(message: dict[str, Any], metadata: dict[str, Any] | None = None) -> None:

@@ -168,6 +168,18 @@ def test_remote_task_api(
     assert bad.status_code == 400 and bad.json()["error"]["code"] == "invalid_address"
     bad = api.post("/api/v1/federation/remote-tasks", {"agent": "echo.globex", "message": {"parts": []}}, format="json")
     assert bad.status_code == 400 and "message" in bad.json()["error"]["details"]
+    # Sizes are measured as stored (UTF-8), as POST /tasks measures them: 120 KB of "é" fits however it is escaped,
+    # and a message past the limit is the same 413 as there.
+    wide = {"parts": [{"text": "é" * 60_000}]}
+    assert (
+        api.post(
+            "/api/v1/federation/remote-tasks", {"agent": "echo.globex", "message": wide}, format="json"
+        ).status_code
+        == 202
+    )
+    huge = {"parts": [{"text": "x" * (settings.HERMES_MAX_TASK_INPUT_BYTES + 1)}]}
+    too_large = api.post("/api/v1/federation/remote-tasks", {"agent": "echo.globex", "message": huge}, format="json")
+    assert too_large.status_code == 413 and too_large.json()["error"]["code"] == "input_too_large"
     # The address is refused under the field the caller named, `agent` (messages call it `recipient`).
     for address, code in (("echo.nobody", "unknown_recipient"), ("echo.globex@nowhere", "unknown_peer")):
         error = api.post("/api/v1/federation/remote-tasks", {"agent": address, "message": MESSAGE}, format="json")
