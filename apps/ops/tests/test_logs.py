@@ -100,14 +100,17 @@ def test_uvicorns_lines_are_json_and_mask_api_keys(json_lines: Callable[[], list
     # uvicorn logs every handshake on uvicorn.error, path and query string included, through handlers of its own.
     logger = logging.getLogger("uvicorn.error")
     own = logging.StreamHandler(io.StringIO())
-    saved = (logger.handlers[:], logger.propagate, logger.level)
-    logger.handlers, logger.propagate, logger.level = [own], False, logging.INFO
+    # (An earlier test's dictConfig may have disabled the logger, or its parent's propagation: set as uvicorn does.)
+    parent = logging.getLogger("uvicorn")
+    saved = (logger.handlers[:], logger.propagate, logger.level, logger.disabled, parent.propagate, parent.disabled)
+    logger.handlers, logger.propagate, logger.level, logger.disabled = [own], False, logging.INFO, False
+    parent.disabled = False
     key = "hrm_M31j4wCf78ST3p5re_taNG5mA7TyxXhyHkXMRZX3IQE"
     try:
         adopt_server_loggers()
         logger.info('%s - "WebSocket %s" [accepted]', "127.0.0.1:4711", f"/ws/tasks/t1/?api_key={key}&after=3")
     finally:
-        logger.handlers, logger.propagate, logger.level = saved
+        logger.handlers, logger.propagate, logger.level, logger.disabled, parent.propagate, parent.disabled = saved
     line = next(r for r in json_lines() if r["logger"] == "uvicorn.error")
     assert line["message"] == '127.0.0.1:4711 - "WebSocket /ws/tasks/t1/?api_key=hrm_M31j…3IQE&after=3" [accepted]'
     assert own.stream.getvalue() == ""  # not also written plain by uvicorn's handler
