@@ -29,6 +29,7 @@ import pytest
 from django.urls import URLPattern, URLResolver, get_resolver, reverse
 from rest_framework.test import APIClient
 
+from apps.core.audit import record
 from apps.federation.actions import audit as fed_audit
 from apps.federation.actions import create_contact, request_remote_task, send_message, set_policy
 from apps.federation.models import InboxEntry, Outbox, OutboxStatus
@@ -75,6 +76,10 @@ def _invitation(org: Any, owner: Any) -> Any:
 
 def _api_key(org: Any, owner: Any) -> Any:
     return issue_api_key(owner, org, scopes=["tasks:read"])[0]
+
+
+def _audit_event(org: Any, owner: Any) -> Any:
+    return record("isolation.probe", org=org, actor=owner, target=org, slug=org.slug)
 
 
 def _org(org: Any, owner: Any) -> Any:
@@ -168,6 +173,7 @@ ISOLATION: dict[str, Detail | Listing | Exempt] = {
     "api-key-rotate": Detail(_api_key),
     "api-key-revoke": Detail(_api_key),
     "usage": Exempt("reads the caller's current org only; no id in the URL"),
+    "audit-event-list": Listing(_audit_event),
     # agents
     "agent-list": Listing(_agent, value=lambda agent: str(agent.pk)),
     "agent-detail": Detail(_agent),

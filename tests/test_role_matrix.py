@@ -39,6 +39,7 @@ PROBES: dict[str, Probe] = {
     },
     "org:read": Probe(lambda client, ctx: client.get("/api/v1/members")),
     "org:admin": Probe(lambda client, ctx: client.get("/api/v1/invitations")),
+    "org:audit": Probe(lambda client, ctx: client.get("/api/v1/audit")),
     "org:roles": Probe(
         lambda client, ctx: client.patch(f"/api/v1/members/{_mia_membership(ctx)}", {"role": "member"}, format="json")
     ),

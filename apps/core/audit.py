@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from django.db.models import QuerySet
+
 from apps.core.models import AuditEvent
 from apps.core.permissions import Access
 
@@ -34,6 +36,13 @@ def record(
     )
 
 
-def events_for_org(org: Any) -> Any:
-    """An org's audit trail, newest first (the console's audit page)."""
-    return AuditEvent.objects.filter(org_id=getattr(org, "pk", org)).order_by("-created_at", "-pk")
+def events_for_org(org: Any) -> QuerySet[AuditEvent]:
+    """An org's audit trail, newest first (the console's audit page and GET /api/v1/audit): the one read path.
+
+    AuditEvent keys the org by its id rather than a foreign key (see apps.core.models), so it has no
+    `objects.for_org(org)`; every read of an org's events starts here instead, and org-less events (a person's own
+    account changes) are never in any org's trail."""
+    org_id = getattr(org, "pk", org)
+    if org_id is None:
+        return AuditEvent.objects.none()
+    return AuditEvent.objects.filter(org_id=org_id).order_by("-created_at", "-pk")

@@ -7,11 +7,15 @@ navigation, which wants the whole page) and marks the response `Vary: HX-Request
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Collection
+from dataclasses import dataclass
 from typing import Any
+from urllib.parse import urlencode
 
 from django.contrib import messages
 from django.core.exceptions import PermissionDenied, ValidationError
+from django.core.paginator import Page, Paginator
+from django.db.models import QuerySet
 from django.http import HttpRequest, HttpResponse
 from django.shortcuts import redirect, render
 from django.template.loader import render_to_string
@@ -50,6 +54,42 @@ def render_console(
         response.content = response.content + oob.encode()
     patch_vary_headers(response, ("HX-Request",))
     return response
+
+
+# Rows per page of a console log (the audit pages).
+LOG_PAGE_SIZE = 50
+
+
+@dataclass(frozen=True)
+class FilteredPage:
+    """One numbered page of a log narrowed by one filter (`templates/includes/filter_select.html` and
+    `includes/pager.html` render the two halves). `query` is the filter as a query string, which the pager's
+    links keep; `chosen` is "" when no (or no known) value was asked for."""
+
+    page: Page
+    chosen: str
+    query: str
+
+
+def filtered_page(
+    request: HttpRequest,
+    rows: QuerySet[Any],
+    *,
+    param: str,
+    choices: Collection[str],
+    field: str | None = None,
+    per_page: int = LOG_PAGE_SIZE,
+) -> FilteredPage:
+    """`rows` narrowed to `?<param>=` when it is one of `choices` (matched on `field`, default `param`), then the
+    page `?page=` asks for (the last one past the end). A value the select does not offer is ignored, so the
+    list shown is always the one the select says."""
+    chosen = request.GET.get(param, "")
+    if chosen not in choices:
+        chosen = ""
+    if chosen:
+        rows = rows.filter(**{field or param: chosen})
+    page = Paginator(rows, per_page).get_page(request.GET.get("page"))
+    return FilteredPage(page=page, chosen=chosen, query=urlencode({param: chosen}) if chosen else "")
 
 
 def hx_redirect(request: HttpRequest, url: str) -> HttpResponse:

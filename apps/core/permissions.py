@@ -30,6 +30,9 @@ SCOPES: dict[str, str] = {
     "federation:write": "Send federated messages; manage peers, keys, contacts, policies and the DLQ",
     "org:read": "Read the organization, its members and usage",
     "org:admin": "Manage members, invitations and API keys",
+    # A read of its own, apart from org:admin: a key that exports the audit trail (to a SIEM, say) must not be able
+    # to mint keys or invite people, the very changes the trail is there to reveal.
+    "org:audit": "Read the organization's audit log",
 }
 
 # Actions that only exist for people in the console/session API, never on a key.

@@ -15,7 +15,6 @@ from typing import Any
 from django.conf import settings
 from django.contrib import messages
 from django.core.exceptions import PermissionDenied
-from django.core.paginator import Paginator
 from django.http import Http404, HttpRequest, HttpResponse
 from django.shortcuts import get_object_or_404, redirect
 from django.urls import reverse
@@ -24,7 +23,7 @@ from django.views.decorators.csrf import csrf_exempt
 from django.views.decorators.http import require_http_methods, require_POST
 
 from apps.agents import selectors as agent_selectors
-from apps.core.console import hx_redirect, is_fragment_request, render_console
+from apps.core.console import filtered_page, hx_redirect, is_fragment_request, render_console
 from apps.core.errors import HermesAPIError, error_body
 from apps.core.metrics import FEDERATION_INBOUND
 from apps.core.permissions import Access, role_refusal
@@ -525,11 +524,8 @@ def console_dlq_apply(request: HttpRequest) -> HttpResponse:
 def console_audit(request: HttpRequest) -> HttpResponse:
     access = _access(request)
     events = FederationAuditEvent.objects.for_org(access.org).select_related("peer", "actor").order_by("-created_at")
-    chosen = request.GET.get("event", "")
-    if chosen in AuditEvent.values:
-        events = events.filter(event=chosen)
-    page = Paginator(events, 50).get_page(request.GET.get("page"))
-    context = {"page": page, "events": AuditEvent.choices, "chosen": chosen}
+    listing = filtered_page(request, events, param="event", choices=AuditEvent.values)
+    context = {"listing": listing, "events": AuditEvent.choices}
     return render_console(request, "federation/audit.html", context, partial="audit_table")
 
 

@@ -7,7 +7,7 @@ from typing import Any
 
 from django.db.models import QuerySet
 from drf_spectacular.types import OpenApiTypes
-from drf_spectacular.utils import OpenApiParameter
+from drf_spectacular.utils import OpenApiParameter, extend_schema_view
 from rest_framework import mixins, status, viewsets
 from rest_framework.decorators import action
 from rest_framework.request import Request
@@ -17,6 +17,7 @@ from rest_framework.views import APIView
 from apps.core.api import OrgScopedMixin, OrgScopedViewSet, describe, require_action
 from apps.core.errors import HermesAPIError, whole_number
 from apps.core.idempotency import idempotent
+from apps.core.models import AuditEvent
 from apps.core.permissions import Access
 from apps.orgs import actions, quotas, selectors
 from apps.orgs.models import APIKey, Invitation, Membership, Organization
@@ -32,6 +33,7 @@ from apps.orgs.serializers import (
     OrganizationCreateSerializer,
     OrganizationSerializer,
     OrganizationUpdateSerializer,
+    OrgAuditEventSerializer,
     RoleChangeSerializer,
 )
 
@@ -392,3 +394,52 @@ class UsageView(OrgScopedMixin, APIView):  # type: ignore[misc]
     def get(self, request: Request) -> Response:
         days = whole_number(request.query_params.get("days"), "days", default=7, minimum=1, maximum=35)
         return Response(quotas.usage(self.org, days=days))
+
+
+# --- Audit log ---------------------------------------------------------------------------------------------------
+
+# An `action` filter longer than the column names no action: a 400 (a pasted wrong value), not an empty list.
+AUDIT_ACTION_MAX_LENGTH = AuditEvent._meta.get_field("action").max_length or 80
+
+
+@extend_schema_view(
+    list=describe(
+        "Read the audit log",
+        action="org:audit",
+        notes="Every change made in the org (tasks, agents, members, invitations, API keys, settings), newest first, "
+        "cursor-paginated: who made it (`actor`, and `api_key` when made with one), the `action`, its target and "
+        "`details`. Only this org's events, whoever asks. Filter by `action`.",
+        parameters=[
+            OpenApiParameter(
+                "action",
+                str,
+                many=True,
+                description="Only events of this action (`task.created`); repeat it for any of several "
+                "(`action=api_key.created&action=api_key.revoked`). Actions are open-ended (every app names its "
+                "own), so one that no event has matches nothing rather than being refused; only a value longer than "
+                "any action (80 characters) is a 400.",
+            )
+        ],
+    ),
+)
+class OrgAuditEventViewSet(mixins.ListModelMixin, OrgScopedViewSet):  # type: ignore[misc]
+    model = AuditEvent
+    serializer_class = OrgAuditEventSerializer
+    read_action = "org:audit"
+
+    def scoped_queryset(self) -> QuerySet[Any]:
+        # AuditEvent keys its org by id (no `objects.for_org`): apps.core.audit.events_for_org is its scoped read.
+        actions = [action for action in self.request.query_params.getlist("action") if action]
+        if any(len(action) > AUDIT_ACTION_MAX_LENGTH for action in actions):
+            raise HermesAPIError(
+                f"'action' must be an action's name (at most {AUDIT_ACTION_MAX_LENGTH} characters, like task.created).",
+                code="invalid",
+                details={"action": [f"At most {AUDIT_ACTION_MAX_LENGTH} characters."]},
+            )
+        return selectors.audit_events(self.org, actions)
+
+    def list(self, request: Request, *args: Any, **kwargs: Any) -> Response:
+        page = self.paginate_queryset(self.get_queryset())
+        assert page is not None  # the list is always paginated (DEFAULT_PAGINATION_CLASS)
+        context = {**self.get_serializer_context(), "api_keys": selectors.api_keys_of_events(self.org, page)}
+        return self.get_paginated_response(OrgAuditEventSerializer(page, many=True, context=context).data)

@@ -8,7 +8,7 @@ from urllib.parse import urlsplit
 from django.http import HttpRequest
 from django.urls import NoReverseMatch, Resolver404, resolve, reverse
 
-from apps.core.permissions import Role
+from apps.core.permissions import ACTIONS, Role
 from apps.orgs.selectors import memberships_of, session_access
 
 # Where switching org may land: a section's own page, the same in every org. Never a page about one object (a
@@ -43,6 +43,9 @@ def console(request: HttpRequest) -> dict[str, Any]:
     return {
         "console_access": access,
         "console_role_label": _role_label(access.role) if access else "",
+        # What the person may do here, from the one matrix, for links that only some roles may follow
+        # (`{% if "org:audit" in console_allowed %}`).
+        "console_allowed": frozenset(action for action in ACTIONS if access.allows(action)) if access else frozenset(),
         "console_memberships": memberships,
         "console_nav": _nav(request) if access else [],
         # The switcher's `next`: the same section in the org chosen (without the query: a filter may name an

@@ -1,9 +1,12 @@
 from __future__ import annotations
 
+from collections.abc import Collection, Iterable
 from typing import Any
 
 from django.db.models import OuterRef, QuerySet, Subquery
 
+from apps.core.audit import events_for_org
+from apps.core.models import AuditEvent
 from apps.core.permissions import Access
 from apps.orgs.models import APIKey, Membership
 
@@ -55,3 +58,32 @@ def visible_api_keys(access: Access) -> QuerySet[APIKey]:
     if access.allows("org:admin"):
         return keys
     return keys.filter(created_by=access.user) if access.user is not None else keys.none()
+
+
+# --- The audit log ----------------------------------------------------------------------------------------------
+
+
+def audit_events(org: Any, actions: Collection[str] = ()) -> QuerySet[AuditEvent]:
+    """The org's audit trail, newest first, with who acted (console page and API alike); `actions`: only these."""
+    events = events_for_org(org).select_related("actor")
+    return events.filter(action__in=list(actions)) if actions else events
+
+
+def audit_actions(org: Any) -> list[str]:
+    """The actions the org's trail holds, for the console's filter (the list is open: every app names its own)."""
+    return list(events_for_org(org).order_by("action").values_list("action", flat=True).distinct())
+
+
+def api_keys_of_events(org: Any, events: Iterable[AuditEvent]) -> dict[int, APIKey]:
+    """The org's keys that made `events` or that they are about, by id, in one query: an audit row keeps only the
+    key's id (core imports no domain app), and the log shows the key as people recognise it (`hrm_ab12…wxyz`)."""
+    ids: set[int] = set()
+    for event in events:
+        if event.api_key_id is not None:
+            ids.add(event.api_key_id)
+        if event.target_type == "apikey" and event.target_id.isascii() and event.target_id.isdigit():
+            ids.add(int(event.target_id))
+    if not ids:
+        return {}
+    keys = APIKey.objects.for_org(org).filter(pk__in=ids).only("id", "name", "prefix", "last_four")
+    return {key.pk: key for key in keys}

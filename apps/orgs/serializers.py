@@ -1,8 +1,12 @@
 from __future__ import annotations
 
+from typing import Any
+
 from django.core.exceptions import ValidationError as DjangoValidationError
+from drf_spectacular.utils import extend_schema_field
 from rest_framework import serializers
 
+from apps.core.models import AuditEvent
 from apps.core.permissions import SCOPES, Role
 from apps.core.serializers import PatchSerializer, StrictFieldsMixin
 from apps.orgs.actions import MAX_ROTATION_GRACE, org_slug
@@ -173,3 +177,43 @@ class InvitationCreateSerializer(StrictFieldsMixin, serializers.Serializer):
 
 class InvitationAcceptSerializer(StrictFieldsMixin, serializers.Serializer):
     token = serializers.CharField(max_length=128)
+
+
+# --- The audit log ----------------------------------------------------------------------------------------------
+
+
+class AuditPersonSerializer(serializers.Serializer):
+    id = serializers.IntegerField(read_only=True)
+    email = serializers.EmailField(read_only=True)
+    name = serializers.CharField(read_only=True)
+
+
+class AuditKeySerializer(serializers.Serializer):
+    id = serializers.IntegerField(read_only=True)
+    name = serializers.CharField(read_only=True)
+    display = serializers.CharField(read_only=True, help_text="As the keys list shows it: `hrm_ab12…wxyz`.")
+
+
+# The view passes `api_keys` ({id: APIKey}, read in one query for the page) in the context: a row keeps only the
+# key's id.
+class OrgAuditEventSerializer(serializers.Serializer):
+    """One change made in the organization: when, by whom (and with which API key), what and to what."""
+
+    id = serializers.IntegerField(read_only=True)
+    created_at = serializers.DateTimeField(read_only=True)
+    action = serializers.CharField(read_only=True, help_text="What happened: `task.created`, `api_key.revoked`, …")
+    actor = AuditPersonSerializer(
+        read_only=True,
+        allow_null=True,
+        help_text="The person who acted (through an API key: the key's creator); null for the system, or once the "
+        "person's account is deleted.",
+    )
+    api_key = serializers.SerializerMethodField(help_text="The API key the change was made with; null otherwise.")
+    target_type = serializers.CharField(read_only=True, help_text="The kind of object changed (`task`, `apikey`, …).")
+    target_id = serializers.CharField(read_only=True)
+    details = serializers.JSONField(read_only=True, help_text="What the action recorded; its keys depend on it.")
+
+    @extend_schema_field(AuditKeySerializer(allow_null=True))
+    def get_api_key(self, event: AuditEvent) -> dict[str, Any] | None:
+        key = self.context.get("api_keys", {}).get(event.api_key_id) if event.api_key_id is not None else None
+        return AuditKeySerializer(key).data if key is not None else None

@@ -10,6 +10,7 @@ router.register("orgs", api.OrganizationViewSet, basename="org")
 router.register("members", api.MemberViewSet, basename="member")
 router.register("invitations", api.InvitationViewSet, basename="invitation")
 router.register("keys", api.APIKeyViewSet, basename="api-key")
+router.register("audit", api.OrgAuditEventViewSet, basename="audit-event")
 
 api_urlpatterns: list[URLPattern | URLResolver] = [
     path("usage", api.UsageView.as_view(), name="usage"),
@@ -34,5 +35,6 @@ console_urlpatterns: list[URLPattern | URLResolver] = [
     path("org/keys/", views.keys, name="keys"),
     path("org/keys/<int:key_id>/rotate/", views.rotate_key, name="key-rotate"),
     path("org/keys/<int:key_id>/revoke/", views.revoke_key, name="key-revoke"),
+    path("org/audit/", views.audit, name="audit"),
 ]
 urlpatterns: list[URLPattern | URLResolver] = [path("", include((console_urlpatterns, "orgs")))]

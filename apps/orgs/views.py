@@ -1,7 +1,8 @@
-"""Console pages of the organization: dashboard, create, switch, settings, members, API keys, usage."""
+"""Console pages of the organization: dashboard, create, switch, settings, members, API keys, usage, audit log."""
 
 from __future__ import annotations
 
+import json
 from datetime import timedelta
 from typing import Any
 
@@ -9,6 +10,7 @@ from django.contrib import messages
 from django.contrib.auth.decorators import login_required
 from django.contrib.auth.views import redirect_to_login
 from django.core.exceptions import PermissionDenied, ValidationError
+from django.core.serializers.json import DjangoJSONEncoder
 from django.http import Http404, HttpRequest, HttpResponse
 from django.shortcuts import get_object_or_404, redirect
 from django.urls import reverse
@@ -17,8 +19,9 @@ from django.utils.cache import add_never_cache_headers
 from django.utils.http import url_has_allowed_host_and_scheme
 from django.views.decorators.http import require_http_methods, require_POST
 
-from apps.core.console import add_action_errors, hx_redirect, is_fragment_request, render_console
+from apps.core.console import add_action_errors, filtered_page, hx_redirect, is_fragment_request, render_console
 from apps.core.errors import HermesAPIError
+from apps.core.models import AuditEvent
 from apps.core.permissions import SCOPES, Access, Role, role_refusal
 from apps.orgs import actions, quotas, selectors
 from apps.orgs.context_processors import is_section_page
@@ -465,3 +468,48 @@ def usage(request: HttpRequest) -> HttpResponse:
 
 def _share(used: int, limit: int) -> int:
     return min(100, round(100 * used / limit)) if limit else 0
+
+
+# --- Audit log ------------------------------------------------------------------------------------------------
+
+
+@org_action_required("org:audit")
+def audit(request: HttpRequest) -> HttpResponse:
+    """Every change made in the org, newest first, filtered by action (the ones its trail holds)."""
+    access = _access(request)
+    present = selectors.audit_actions(access.org)
+    listing = filtered_page(request, selectors.audit_events(access.org), param="action", choices=present)
+    events = list(listing.page.object_list)
+    keys = selectors.api_keys_of_events(access.org, events)
+    context = {
+        "org": access.org,
+        "listing": listing,
+        "actions": [(action, action) for action in present],
+        "rows": [_audit_row(event, keys) for event in events],
+    }
+    return render_console(request, "orgs/audit.html", context, partial="audit_table")
+
+
+# A target's kind is its model's name, lowercased by apps.core.audit.record; the ones that do not read as words.
+_TARGET_LABELS = {"apikey": "API key"}
+
+
+def _audit_row(event: AuditEvent, keys: dict[int, APIKey]) -> dict[str, Any]:
+    target_key = None
+    if event.target_type == "apikey" and event.target_id.isascii() and event.target_id.isdigit():
+        target_key = keys.get(int(event.target_id))
+    target_url = ""
+    if target_key is not None:
+        target_url = f"{reverse('orgs:keys')}#key-{target_key.pk}"
+    elif event.target_type == "task" and event.target_id:
+        target_url = reverse("tasks:detail", args=[event.target_id])
+    return {
+        "event": event,
+        "api_key": keys.get(event.api_key_id) if event.api_key_id is not None else None,
+        "target_label": _TARGET_LABELS.get(event.target_type, event.target_type),
+        "target_key": target_key,
+        "target_url": target_url,
+        "details": json.dumps(event.details, indent=2, sort_keys=True, ensure_ascii=False, cls=DjangoJSONEncoder)
+        if event.details
+        else "",
+    }

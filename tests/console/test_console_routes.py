@@ -108,6 +108,7 @@ ROUTES: dict[str, Make | str] = {
     "orgs:keys": "own org",
     "orgs:key-rotate": _key,
     "orgs:key-revoke": _key,
+    "orgs:audit": "own org (rows come from apps.core.audit.events_for_org; tests/console/test_audit_page.py)",
     "agents:list": "own org",
     "agents:register": "own org",
     "agents:preview": "reads a URL, stores nothing",

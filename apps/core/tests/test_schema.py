@@ -251,3 +251,26 @@ def test_nullable_fields_match_the_schema(
     audit(AuditEvent.REQUEUED, org=org, reason="no link involved")
     entries = check(schema, "GET", "/api/v1/federation/audit", client.get("/api/v1/federation/audit"))
     assert entries["results"][0]["peer"] is None
+
+
+def test_the_audit_log_matches_the_schema(schema: dict[str, Any], client_for: Any, alice: Any, org: Any) -> None:
+    parameters = {p["name"]: p for p in schema["paths"]["/api/v1/audit"]["get"]["parameters"]}
+    assert {"action", "cursor", "page_size"} <= set(parameters)
+    assert parameters["action"]["schema"]["type"] == "array"  # repeatable
+    key, plaintext = issue_api_key(alice, org, scopes=["org:audit", "org:admin"])
+    key_client(plaintext).post("/api/v1/invitations", {"email": "zoe@example.test"}, format="json")
+    from apps.core.audit import record
+
+    record("probe.system", org=org)  # no actor, no key, no target
+    page = check(schema, "GET", "/api/v1/audit", client_for(alice).get("/api/v1/audit"))
+    system, by_key = page["results"][:2]
+    assert system["actor"] is None and system["api_key"] is None and system["target_type"] == ""
+    assert by_key["api_key"]["display"] == key.display and by_key["actor"]["email"] == "alice@acme.test"
+    check(schema, "GET", "/api/v1/audit", client_for(alice).get("/api/v1/audit", {"page_size": "x"}))  # 400
+    refused = check(
+        schema,
+        "GET",
+        "/api/v1/audit",
+        key_client(issue_api_key(alice, org, scopes=["org:read"])[1]).get("/api/v1/audit"),
+    )
+    assert refused["error"]["code"] == "missing_scope"
