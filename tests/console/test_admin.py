@@ -84,6 +84,33 @@ def test_user_admin_shows_memberships_and_hides_the_password(staff_client: Clien
     from django.contrib.auth import get_user_model
 
     assert get_user_model().objects.get(email="new@hermes.test").check_password("a-long-secret-42")
+    # An address that differs only in case is the same person's: refused (it made sign-in a 500 for both), and a
+    # new address is stored lowercased like every other way in.
+    form = {
+        "usable_password": "true", "password1": "a-long-secret-42", "password2": "a-long-secret-42",
+        "memberships-TOTAL_FORMS": "0", "memberships-INITIAL_FORMS": "0",
+    }  # fmt: skip
+    twin = staff_client.post(reverse("admin:accounts_user_add"), {**form, "email": "New@Hermes.test"})
+    assert twin.status_code == 200 and "already exists" in twin.content.decode()
+    assert (
+        staff_client.post(reverse("admin:accounts_user_add"), {**form, "email": "Other@Hermes.test"}).status_code == 302
+    )
+    assert get_user_model().objects.filter(email="other@hermes.test").exists()
+
+
+def test_sign_in_with_case_twins_from_before_the_constraint_is_no_500(db: Any) -> None:
+    from django.contrib.auth import authenticate, get_user_model
+    from django.db import connection
+
+    users = get_user_model()
+    with connection.cursor() as cursor:  # rows an older version could have stored
+        cursor.execute("DROP INDEX accounts_user_email_ci_unique")  # (a functional constraint is an index)
+    lower = users.objects.create_user("bob@example.test", "pw-lower-123")
+    upper = users.objects.create_user("x@example.test", "pw-upper-123")
+    users.objects.filter(pk=upper.pk).update(email="Bob@Example.test")
+    assert authenticate(username="bob@example.test", password="pw-lower-123") == lower  # the exact spelling
+    assert authenticate(username="Bob@Example.test", password="pw-upper-123") == upper
+    assert authenticate(username="BOB@example.test", password="pw-lower-123") is None  # ambiguous: refused
 
 
 @pytest.fixture
