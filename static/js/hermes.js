@@ -102,8 +102,8 @@
   // on the empty form the first answer had just swapped in, and that form's 422 replaced the one-time secret.
   // - The second click of a double click (event.detail > 1) on a submit button submits nothing, whatever is under
   //   the pointer by then (the same form, or a fresh one swapped in).
-  // - While an htmx form's request is in flight (not a GET: filters and searches may be refined while one is on
-  //   its way), the form is aria-busy, its submit buttons say aria-disabled (not `disabled`: the keyboard focus
+  // - While a form's request is in flight (an htmx one's, not a GET: filters and searches may be refined while
+  //   one is on its way; a plain one's until the page is left), the form is aria-busy, its submit buttons say aria-disabled (not `disabled`: the keyboard focus
   //   stays on the button), and a submit of it stops here, in the capture phase, before htmx's listener on the form.
   // Registered before the confirmations below, so a dropped click asks nothing.
   var SUBMIT_BUTTONS = 'button[type="submit"], button:not([type]), input[type="submit"], input[type="image"]';
@@ -131,10 +131,7 @@
     }
     return buttons;
   }
-  document.addEventListener("htmx:beforeRequest", function (event) {
-    var config = event.detail.requestConfig;
-    var form = formOf(event.detail.elt);
-    if (!form || !config || String(config.verb).toLowerCase() === "get") { return; }
+  function markBusy(form) {
     form.setAttribute("data-submitting", "");
     form.setAttribute("aria-busy", "true");
     submitButtons(form).forEach(function (button) {
@@ -142,6 +139,21 @@
       button.setAttribute("aria-disabled", "true");
       button.setAttribute("data-disabled-while-submitting", "");
     });
+  }
+  function unmarkBusy(form) {
+    form.removeAttribute("data-submitting");
+    form.removeAttribute("aria-busy");
+    submitButtons(form).forEach(function (button) {
+      if (!button.hasAttribute("data-disabled-while-submitting")) { return; }
+      button.removeAttribute("aria-disabled");
+      button.removeAttribute("data-disabled-while-submitting");
+    });
+  }
+  document.addEventListener("htmx:beforeRequest", function (event) {
+    var config = event.detail.requestConfig;
+    var form = formOf(event.detail.elt);
+    if (!form || !config || String(config.verb).toLowerCase() === "get") { return; }
+    markBusy(form);
     event.detail.xhr.hermesSubmitting = form;  // the same xhr comes back in htmx:afterRequest
   });
   // After the answer: a form that was swapped out is gone anyway; one that stayed (an error shown as a toast) is
@@ -150,13 +162,20 @@
     var form = event.detail.xhr && event.detail.xhr.hermesSubmitting;
     if (!form || event.detail.keepIndicators === true) { return; }
     event.detail.xhr.hermesSubmitting = null;
-    form.removeAttribute("data-submitting");
-    form.removeAttribute("aria-busy");
-    submitButtons(form).forEach(function (button) {
-      if (!button.hasAttribute("data-disabled-while-submitting")) { return; }
-      button.removeAttribute("aria-disabled");
-      button.removeAttribute("data-disabled-while-submitting");
-    });
+    unmarkBusy(form);
+  });
+  // A plain form (no htmx: the browser loads the answer) is busy from its submit until the page is left: a second
+  // single click on a slow answer sent it twice (two tasks, or an org created and then "slug taken"). Bubbling,
+  // so it sees only submits nobody declined or took over (htmx cancels the default for its own forms first).
+  document.addEventListener("submit", function (event) {
+    var form = event.target;
+    if (event.defaultPrevented || !form.getAttribute || (form.method || "").toLowerCase() !== "post") { return; }
+    markBusy(form);
+  });
+  // Back to a page the browser kept (bfcache): its forms are usable again.
+  window.addEventListener("pageshow", function (event) {
+    if (!event.persisted) { return; }
+    Array.prototype.forEach.call(document.querySelectorAll("form[data-submitting]"), unmarkBusy);
   });
 
   // Confirmation for one submit button: <button data-confirm-click="Really?">, in a plain form or an htmx one.

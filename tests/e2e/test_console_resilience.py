@@ -84,6 +84,31 @@ def test_a_double_submit_of_the_key_form_creates_one_key_and_keeps_its_secret(pa
     assert page.evaluate(f"{ACTIVE}.id") == "id_name"
 
 
+def test_a_plain_form_sends_once_while_its_answer_is_on_its_way(page: Any, org: Any, alice: Any, echo: Any) -> None:
+    """A form the browser submits itself (no htmx), clicked again on a slow answer: it made two tasks."""
+    from apps.tasks.models import Task
+
+    sign_in(page, alice.email)
+    page.goto(f"/tasks/new/?agent={echo.pk}")
+    page.get_by_role("heading", name="Send a task").wait_for()
+    page.get_by_label("Message").fill("only once")
+    # The second submit comes while the first one's page has not arrived: both in one go, before any answer.
+    sent = page.evaluate(
+        """() => {
+            const form = document.querySelector("main form[method=post]");
+            const button = form.querySelector("button[type=submit]");
+            const counted = [];
+            form.addEventListener("submit", () => counted.push(form.getAttribute("aria-busy")));
+            button.click();
+            button.click();
+            return [counted.length, form.getAttribute("aria-busy"), button.getAttribute("aria-disabled")];
+        }"""
+    )
+    assert sent == [1, "true", "true"]  # the second click's submit stopped before any listener of the form
+    page.wait_for_url("**/tasks/*/")
+    assert Task.objects.for_org(org).count() == 1
+
+
 def test_the_focus_stays_in_the_content_an_htmx_swap_replaced(
     page: Any, org: Any, alice: Any, hermes_server: Any, settings: Any
 ) -> None:
