@@ -577,13 +577,17 @@ def _check_restorable(dump: Path, database: Database) -> None:
     it cannot read (damaged, or written by a newer pg_dump), a file that is no SQLite database. --force on the
     live database otherwise left it empty and restored nothing."""
     if database.vendor == "postgresql":
-        _run([_tool("pg_restore"), "--list", str(dump)], database.libpq_env())
+        # The whole archive is read and decompressed into nothing (no database is touched): a damaged block
+        # anywhere fails here, not after the target was emptied (--list reads only the table of contents).
+        _run([_tool("pg_restore"), "--file", os.devnull, str(dump)], database.libpq_env())
         return
     try:
         with contextlib.closing(sqlite3.connect(f"{dump.resolve().as_uri()}?mode=ro", uri=True)) as source:
-            source.execute("SELECT count(*) FROM sqlite_master").fetchone()
+            problems = [row[0] for row in source.execute("PRAGMA quick_check").fetchall()]
     except sqlite3.DatabaseError as exc:
         raise BackupError(f"{dump} cannot be restored: {exc} (is it a SQLite backup?).") from exc
+    if problems != ["ok"]:
+        raise BackupError(f"{dump} cannot be restored: it is damaged ({'; '.join(problems[:3])}).")
 
 
 def has_tables(database: Database) -> bool:
@@ -636,8 +640,11 @@ def verify(database: Database, manifest: dict[str, Any]) -> Verification:
         # Opening it would create an empty file, then report every table of the backup as missing.
         raise BackupError(f"There is no database at {database.describe()}: nothing to verify.")
     checks = {table: TableCheck.from_manifest(table, entry) for table, entry in manifest["tables"].items()}
-    with contextlib.closing(database.connect()) as conn:
-        contents = describe_contents(conn, database.vendor, checks, timezone=manifest.get("session_timezone"))
+    try:
+        with contextlib.closing(database.connect()) as conn:
+            contents = describe_contents(conn, database.vendor, checks, timezone=manifest.get("session_timezone"))
+    except sqlite3.DatabaseError as exc:
+        raise BackupError(f"{database.describe()} cannot be read to verify it: {exc}.") from exc
     expected_lines, actual_lines = manifest["schema"], contents["schema"]
     diff = [f"- {line}" for line in sorted(set(expected_lines) - set(actual_lines))]
     diff += [f"+ {line}" for line in sorted(set(actual_lines) - set(expected_lines))]

@@ -125,6 +125,16 @@ def test_a_restore_that_cannot_work_leaves_the_target_as_it_was(tmp_path: Path) 
         restore(result.dump, live, manifest, force=True)
     with sqlite3.connect(live.name) as conn:
         assert conn.execute("SELECT count(*) FROM accounts_user").fetchone() == (250,)
+    # Damaged inside, with a manifest that matches it (so the checksum cannot tell): the whole file is checked.
+    result = backup(source, tmp_path / "backups2", label="hermes-test")
+    data = bytearray(result.dump.read_bytes())
+    for offset in range(len(data) // 2, len(data) // 2 + 4000):
+        data[offset] ^= 0xFF
+    result.dump.write_bytes(bytes(data))
+    with pytest.raises(BackupError, match="cannot be restored"):
+        restore(result.dump, live, manifest, force=True)
+    with sqlite3.connect(live.name) as conn:
+        assert conn.execute("SELECT count(*) FROM accounts_user").fetchone() == (250,)
     pg_dump = tmp_path / "hermes-pg.dump"
     pg_dump.write_bytes(b"PGDMP but not really")
     target = Database(vendor="postgresql", name="hermes_ops_never_created")
