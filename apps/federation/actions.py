@@ -582,6 +582,10 @@ def finish_attempt(outbox: Outbox, result: AttemptResult) -> str:
             from apps.federation.remote_tasks import request_dead_lettered  # (it imports this module)
 
             request_dead_lettered(message, reason)
+        if event == AuditEvent.WITHDRAWN:
+            from apps.federation.remote_tasks import request_withdrawn_in_flight  # (it imports this module)
+
+            request_withdrawn_in_flight(message)
         if delay is not None:
             outbox_id = outbox.pk
             transaction.on_commit(lambda: _enqueue(outbox_id, countdown=delay))

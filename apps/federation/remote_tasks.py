@@ -242,6 +242,21 @@ def _settle(remote: RemoteTask, state: str, why: str) -> None:
     )
 
 
+def request_withdrawn_in_flight(request: Any) -> None:
+    """Requester side: the request's attempt failed after its task ended here (the cancel went out meanwhile), so
+    it was withdrawn: the mirror ends with the task's state, as when a waiting request is withdrawn."""
+    remote = _task_of_request(request)
+    if remote is None or remote.state in TERMINAL:
+        return
+    task = Task.objects.for_org(remote.organization_id).filter(pk=remote.task_id).first()
+    if task is not None and task.is_terminal:
+        _settle(
+            remote,
+            task.state,
+            f"{task.state} here while the request was being sent; a cancel was sent in case it reached the executor",
+        )
+
+
 def request_abandoned(request: Any) -> bool:
     """Requester side, after a failed attempt to deliver a task request: has its task ended here meanwhile (a
     cancel while the attempt was in flight)? Then the request is not retried."""

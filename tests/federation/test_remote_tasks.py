@@ -685,6 +685,8 @@ def test_a_request_whose_task_was_canceled_during_its_attempt_is_not_retried(
     assert row.status == OutboxStatus.WITHDRAWN and row.next_attempt_at is None
     withdrawn = FederationAuditEvent.objects.for_org(org).get(event="withdrawn", message_id=remote.request_id)
     assert withdrawn.reason == "its task ended here during attempt 1 (connection reset)"
+    remote.refresh_from_db()  # the mirror does not stay "requested" either
+    assert remote.state == "canceled" and "while the request was being sent" in remote.error
 
 
 def _result(org: Any, remote: RemoteTask, sender: str, **payload: Any) -> InboxEntry:
