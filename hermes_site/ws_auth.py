@@ -157,6 +157,13 @@ def _same_origin(scope: dict[str, Any]) -> bool:
     if origin_text in {trusted.lower() for trusted in settings.CSRF_TRUSTED_ORIGINS}:
         return True
     parsed = urlsplit(origin_text)
+    # The scheme counts too, as for Django (which builds the good origin from request.is_secure(), trusting the
+    # proxy's X-Forwarded-Proto as SECURE_PROXY_SSL_HEADER says): an http:// page must not open the https site's
+    # socket with its cookie.
+    forwarded = headers.get(b"x-forwarded-proto", b"").decode("latin-1").strip().lower()
+    secure = scope.get("scheme") == "wss" or forwarded == "https"
+    if parsed.scheme != ("https" if secure else "http"):
+        return False
     default = {"http": 80, "https": 443}.get(parsed.scheme)
     try:
         origin_port = parsed.port or default

@@ -207,6 +207,12 @@ def test_origin_is_checked_for_cookies_not_for_api_keys(org: Any, alice: Any, ta
         assert not await outcome("", [*cookie, host, (b"origin", b"http://testserver:9999")])
         assert not await outcome("", [*cookie, host, (b"origin", b"http://testserver")])
         assert await outcome("", [*cookie, (b"host", b"testserver"), (b"origin", b"http://testserver:80")])
+        # ... and the scheme: an http:// page may not open the https site's socket (behind a TLS proxy, which says
+        # so with X-Forwarded-Proto as for Django's own check).
+        tls = [(b"host", b"testserver"), (b"x-forwarded-proto", b"https")]
+        assert await outcome("", [*cookie, *tls, (b"origin", b"https://testserver")])
+        assert not await outcome("", [*cookie, *tls, (b"origin", b"http://testserver")])
+        assert not await outcome("", [*cookie, (b"host", b"testserver"), (b"origin", b"https://testserver")])
 
     async_to_sync(scenario)()
 
