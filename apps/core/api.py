@@ -103,7 +103,9 @@ class OrgScopedMixin:
         super().initial(request, *args, **kwargs)  # type: ignore[misc]
         handler = getattr(self, getattr(self, "action", None) or (request.method or "get").lower(), None)
         described = getattr(handler, "hermes_described", None)
-        if described is not None and not described.takes_body and _has_body(request):
+        # No DELETE of the API reads a body either (a `{"dry_run": true}` deleted all the same).
+        reads_none = request.method == "DELETE" or (described is not None and not described.takes_body)
+        if reads_none and _has_body(request):
             lookup = getattr(self, "lookup_url_kwarg", None) or getattr(self, "lookup_field", None)
             if lookup in kwargs:
                 self.get_object()  # type: ignore[attr-defined]  # another org's object stays a 404 first

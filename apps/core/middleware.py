@@ -32,6 +32,22 @@ def _refuse_an_oversized_query(request: HttpRequest) -> HttpResponse | None:
     return None
 
 
+def _refuse_a_chunked_body(request: HttpRequest) -> HttpResponse | None:
+    """A body sent chunked, without Content-Length: Django reads a WSGI/ASGI body by its Content-Length, so it was
+    silently read as empty (a POST /tasks said its fields were missing; a cancel with a body was 202). A clear 411
+    instead, before anything reads it."""
+    if request.method in ("GET", "HEAD", "OPTIONS") or "CONTENT_LENGTH" in request.META:
+        return None
+    if "chunked" not in request.META.get("HTTP_TRANSFER_ENCODING", "").lower():
+        return None
+    from apps.core.errors import _html_error, _is_api, json_error
+
+    message = "Send the request body with a Content-Length header: chunked request bodies are not read."
+    if _is_api(request):
+        return json_error(request, "length_required", message, 411)
+    return _html_error(request, 411, "Length required", message)
+
+
 class RequestContextMiddleware:
     """Binds request_id (from X-Request-ID or new) for logs, echoes it on the response, and logs one line per
     request with the context authentication bound (org_id, user_id) and the outcome."""
@@ -46,7 +62,7 @@ class RequestContextMiddleware:
         request.request_id = request_id  # type: ignore[attr-defined]
         context.clear()
         context.bind(request_id=request_id)
-        response = _refuse_an_oversized_query(request) or self.get_response(request)
+        response = _refuse_an_oversized_query(request) or _refuse_a_chunked_body(request) or self.get_response(request)
         response[REQUEST_ID_HEADER] = request_id
         self._account(request, response, time.perf_counter() - started)
         return response

@@ -44,7 +44,10 @@ class CursorPagination(_Cursor):
 
     def decode_cursor(self, request: Any) -> Cursor | None:
         # DRF answers a cursor it cannot decode with 404 "Invalid cursor", which reads as "the list is gone". It is
-        # a bad query parameter: 400, naming it, like every other invalid parameter of the API.
+        # a bad query parameter: 400, naming it, like every other invalid parameter of the API. An empty one means
+        # the first page, as an empty parameter means its default everywhere (`?cursor=${next ?? ""}`).
+        if request.query_params.get(self.cursor_query_param) == "":
+            return None
         try:
             cursor = super().decode_cursor(request)
             if cursor is not None:

@@ -270,6 +270,7 @@ def test_list_filters_and_pins_queries(
     page = response.json()
     assert len(page["results"]) == 3 and page["next"]
     assert len(client.get(page["next"]).json()["results"]) == 3
+    assert len(client.get("/api/v1/tasks?page_size=3&cursor=").json()["results"]) == 3  # empty: the first page
     bad_cursor = client.get("/api/v1/tasks?cursor=not-a-cursor")
     assert bad_cursor.status_code == 400 and bad_cursor.json()["error"]["details"] == {"cursor": ["Invalid cursor."]}
     # Another list's cursor was read as a position in this one (a shifted page); it is refused like any other.

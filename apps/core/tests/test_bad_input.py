@@ -144,3 +144,28 @@ def test_an_operation_that_reads_no_body_refuses_one(client_for: Any, alice: Any
     # An empty form, as a bare form post (or Django's test client) sends it, is no body either.
     assert api.post(f"/api/v1/tasks/{task().pk}/cancel", {}, format="multipart").status_code == 202
     assert api.post(url, {"reason": "x"}, format="multipart").status_code == 415
+    # A DELETE reads no body either: refused, and nothing deleted.
+    refused = api.delete(f"/api/v1/agents/{agent.pk}", {"dry_run": True}, format="json")
+    assert refused.status_code == 400 and refused.json()["error"]["details"] == {
+        "dry_run": ["Unknown field: this endpoint takes no body."]
+    }
+    agent.refresh_from_db()
+    assert agent.retired_at is None
+
+
+def test_a_chunked_body_is_a_411_not_an_empty_body(rf: Any) -> None:
+    """Django reads a body by its Content-Length: a chunked one was read as empty, silently."""
+    from apps.core.middleware import RequestContextMiddleware
+
+    def view(request: Any) -> Any:
+        raise AssertionError("the view must not run on a body nobody can read")
+
+    request = rf.post("/api/v1/tasks", b'{"agent": "x"}', content_type="application/json")
+    del request.META["CONTENT_LENGTH"]
+    request.META["HTTP_TRANSFER_ENCODING"] = "chunked"
+    response = RequestContextMiddleware(view)(request)
+    assert response.status_code == 411 and json.loads(response.content)["error"]["code"] == "length_required"
+    request = rf.post("/tasks/new/", b"text=hi", content_type="application/x-www-form-urlencoded")
+    del request.META["CONTENT_LENGTH"]
+    request.META["HTTP_TRANSFER_ENCODING"] = "Chunked"
+    assert RequestContextMiddleware(view)(request).status_code == 411
