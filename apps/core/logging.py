@@ -31,6 +31,7 @@ _RECORD_ATTRS = frozenset(vars(logging.LogRecord("", 0, "", 0, "", (), None))) |
     "asctime",
     "taskName",
     "_hermes_sampled",
+    "color_message",  # uvicorn's ANSI-coloured copy of the message template
 }
 
 
@@ -114,7 +115,12 @@ class SampleFilter(logging.Filter):
 # shows of it (`hrm_abcd…wxyz`), so a line still says which key; a link token only its route.
 _API_KEY = re.compile(r"(hrm_[A-Za-z0-9_-]{4})[A-Za-z0-9_-]{8,}([A-Za-z0-9_-]{4})")
 _SECRET_PARAM = re.compile(r"([?&](?:api_key|access_token|token)=)(?!hrm_)[^&\s\"']+", re.IGNORECASE)
-_LINK_TOKEN = re.compile(r"((?<![\w/])/invitations/|/password-reset/[^/\s]+/)(?!set-password/|accept\b)[^/?\s\"']+")
+# (Also percent-encoded, as a `?next=%2Finvitations%2F<token>%2F` parameter carries a link.)
+_LINK_TOKEN = re.compile(
+    r"((?<![\w/%])(?:/|%2F)invitations(?:/|%2F)|(?:/|%2F)password-reset(?:/|%2F)[^/\s%]+(?:/|%2F))"
+    r"(?!set-password(?:/|%2F)|accept\b)[^/?&\s\"'%]+",
+    re.IGNORECASE,
+)
 REDACTED = "[redacted]"
 
 

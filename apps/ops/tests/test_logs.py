@@ -90,6 +90,7 @@ def test_request_line_is_one_json_object_with_every_field(
 def test_link_tokens_never_reach_the_log(client: Client, json_lines: Callable[[], list[dict[str, Any]]]) -> None:
     client.get("/invitations/Secret-Invite_Token123/")
     client.get("/password-reset/MQ/cz1a2b-0123456789abcdef/")
+    logging.getLogger("hermes.test").info("GET /accounts/login/?next=%2Finvitations%2FSecret-Invite_Token123%2F")
     lines = [r for r in json_lines() if r["logger"] == "hermes.request"]
     assert [r["path"] for r in lines] == ["/invitations/[redacted]/", "/password-reset/MQ/[redacted]/"]
     assert lines[0]["message"] == "GET /invitations/[redacted]/ 404"  # an unknown token: still masked
@@ -108,10 +109,16 @@ def test_uvicorns_lines_are_json_and_mask_api_keys(json_lines: Callable[[], list
     key = "hrm_M31j4wCf78ST3p5re_taNG5mA7TyxXhyHkXMRZX3IQE"
     try:
         adopt_server_loggers()
-        logger.info('%s - "WebSocket %s" [accepted]', "127.0.0.1:4711", f"/ws/tasks/t1/?api_key={key}&after=3")
+        logger.info(
+            '%s - "WebSocket %s" [accepted]',
+            "127.0.0.1:4711",
+            f"/ws/tasks/t1/?api_key={key}&after=3",
+            extra={"color_message": '%s - "\x1b[1mWebSocket %s\x1b[0m" [accepted]'},
+        )
     finally:
         logger.handlers, logger.propagate, logger.level, logger.disabled, parent.propagate, parent.disabled = saved
     line = next(r for r in json_lines() if r["logger"] == "uvicorn.error")
+    assert "color_message" not in line  # uvicorn's ANSI copy of the template is no field of ours
     assert line["message"] == '127.0.0.1:4711 - "WebSocket /ws/tasks/t1/?api_key=hrm_M31j…3IQE&after=3" [accepted]'
     assert own.stream.getvalue() == ""  # not also written plain by uvicorn's handler
 
