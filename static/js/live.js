@@ -12,7 +12,7 @@
   "use strict";
 
   var TERMINAL = { completed: true, failed: true, canceled: true, rejected: true };
-  var PERMANENT_CLOSE = { 4401: "Your session ended: sign in again to follow this task.",
+  var PERMANENT_CLOSE = { 4401: "Your session ended: sign in again for live updates.",
                           4403: "You may not read tasks in this organization.",
                           4404: "This task does not exist in your organization." };
 
