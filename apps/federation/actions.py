@@ -10,7 +10,7 @@ import random
 from collections.abc import Iterable
 from contextvars import ContextVar
 from dataclasses import dataclass
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import Any
 
 from django.conf import settings
@@ -473,7 +473,17 @@ def claim_delivery(outbox_id: int) -> Outbox | None:
     lease = timedelta(seconds=settings.HERMES_FEDERATION_TIMEOUT + 30)
     # The link's state is read apart: a join in the UPDATE below makes Django write `WHERE id IN (SELECT …)`,
     # and the status test inside that subquery no longer serialises two workers (both claimed the row).
-    if not _outbox_rows().filter(_deliverable(), pk=outbox_id).exists():
+    link = _outbox_rows().filter(_deliverable(), pk=outbox_id).values("message__peer_id", "message__peer__slow_until")
+    row = link.first()
+    if row is None:
+        return None
+    slow_until = row["message__peer__slow_until"]
+    if slow_until is not None and slow_until > now and _in_flight_to(row["message__peer_id"], now):
+        # A peer that stopped answering gets one attempt at a time; this one waits its turn (the sweeper brings
+        # it back), instead of holding another worker slot for a whole timeout.
+        _outbox_rows().filter(pk=outbox_id, status__in=[OutboxStatus.PENDING, OutboxStatus.FAILED]).update(
+            next_attempt_at=now + timedelta(seconds=settings.HERMES_FEDERATION_TIMEOUT), updated_at=now
+        )
         return None
     claimed = (
         _outbox_rows()
@@ -487,6 +497,21 @@ def claim_delivery(outbox_id: int) -> Outbox | None:
     if claimed != 1:
         return None
     return _outbox_rows().select_related("message", "message__peer", "organization").get(pk=outbox_id)
+
+
+def _in_flight_to(peer_id: int, now: datetime) -> bool:
+    return _outbox_rows().filter(message__peer_id=peer_id, status=OutboxStatus.IN_FLIGHT, lease_until__gt=now).exists()
+
+
+def _note_peer_speed(peer_id: int | None, result: AttemptResult, now: datetime) -> None:
+    """A timeout marks the peer slow for a while (a few timeouts' worth); a delivery clears it."""
+    if peer_id is None:
+        return
+    peers = Peer.objects.filter(pk=peer_id)
+    if result.outcome == AttemptOutcome.DELIVERED:
+        peers.filter(slow_until__isnull=False).update(slow_until=None)
+    elif result.error.startswith("timeout"):
+        peers.update(slow_until=now + timedelta(seconds=3 * settings.HERMES_FEDERATION_TIMEOUT))
 
 
 def _request_abandoned(message: Message) -> bool:
@@ -511,6 +536,7 @@ def finish_attempt(outbox: Outbox, result: AttemptResult) -> str:
     org = outbox.organization
     message = outbox.message
     outcome = result.outcome
+    _note_peer_speed(message.peer_id, result, now)
     update: dict[str, Any] = {"lease_until": None, "updated_at": now}
     describe = f"HTTP {result.http_status}" if result.http_status else ""
     describe = f"{describe}: {result.error}" if result.error and describe else (describe or result.error)

@@ -44,6 +44,7 @@ class LinkKeyInline(admin.TabularInline):
 class PeerAdmin(admin.ModelAdmin):
     list_display = ("name", "base_url", "local_name", "status", "created_at")
     list_filter = ("status",)
+    readonly_fields = ("slow_until",)
     inlines = [LinkKeyInline]
 
     def save_model(self, request: HttpRequest, obj: Peer, form: Any, change: bool) -> None:

@@ -77,6 +77,10 @@ class Peer(models.Model):
     # The peer's name for us: it looks it up as one of its peer names, so the same rule applies.
     local_name = models.SlugField(max_length=60, validators=[validate_peer_name])
     status = models.CharField(max_length=20, choices=PeerStatus.choices, default=PeerStatus.ACTIVE)
+    # Set when an attempt to the peer ran out of time, cleared by a delivery: until then it gets one attempt in
+    # flight at a time (apps.federation.actions.claim_delivery), so a peer that stopped answering cannot take
+    # every worker slot — task runs and deliveries to other peers share them.
+    slow_until = models.DateTimeField(null=True, blank=True)
     created_at = models.DateTimeField(auto_now_add=True)
     updated_at = models.DateTimeField(auto_now=True)
 

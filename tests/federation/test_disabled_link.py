@@ -44,3 +44,34 @@ def test_a_disabled_link_keeps_replies_and_sends_them_once_enabled(
         actions.set_peer_status(peer, "active")
     assert sorted(enqueued) == sorted(row.pk for row in rows)
     assert actions.claim_delivery(rows[1].pk) is not None
+
+
+def test_a_peer_that_stopped_answering_gets_one_attempt_at_a_time(
+    org: Any, peer: Peer, allow_all: None, monkeypatch: Any
+) -> None:
+    """Each attempt to a peer that never answers holds a worker slot for a whole timeout: task runs and deliveries to
+    every other peer waited behind a backlog of them."""
+    from django.utils import timezone
+
+    from apps.federation.delivery import AttemptOutcome, AttemptResult
+
+    monkeypatch.setattr(actions, "_enqueue", lambda outbox_id, countdown=0.0: None)
+    messages = [actions.send_message(org=org, recipient="globex@berlin", payload={"n": n}) for n in range(3)]
+    rows = [Outbox.objects.for_org(org).get(message=m) for m in messages]
+    first, second = actions.claim_delivery(rows[0].pk), actions.claim_delivery(rows[1].pk)
+    assert first is not None and second is not None  # a peer that answers takes attempts side by side
+    timed_out = AttemptResult(AttemptOutcome.RETRY, 10_000.0, error="timeout: the peer's answer took longer than 10 s")
+    assert actions.finish_attempt(first, timed_out) == "failed"
+    peer.refresh_from_db()
+    assert peer.slow_until is not None and peer.slow_until > timezone.now()
+    # One attempt (the second) is in flight: the third waits its turn, pushed past a timeout for the sweeper.
+    assert actions.claim_delivery(rows[2].pk) is None
+    rows[2].refresh_from_db()
+    assert rows[2].status == OutboxStatus.PENDING and rows[2].next_attempt_at > timezone.now()
+    # The peer answers again: no longer slow, and the waiting row goes when it is due.
+    delivered = AttemptResult(AttemptOutcome.DELIVERED, 20.0, http_status=200, receipt={"ok": True})
+    assert actions.finish_attempt(second, delivered) == "delivered"
+    peer.refresh_from_db()
+    assert peer.slow_until is None
+    Outbox.objects.for_org(org).filter(pk=rows[2].pk).update(next_attempt_at=timezone.now())
+    assert actions.claim_delivery(rows[2].pk) is not None
