@@ -85,6 +85,8 @@ class Number(Kind):
         noun = ("a whole number" if self.integer else "a number") + (f" of {self.unit}" if self.unit else "")
         if self.min is not None and self.max is not None:
             return f"{noun} from {_number_text(self.min)} to {_number_text(self.max)}"
+        if self.above is not None and self.max is not None:
+            return f"{noun} greater than {_number_text(self.above)} and at most {_number_text(self.max)}"
         if self.above is not None:
             return f"{noun} greater than {_number_text(self.above)}"
         if self.min is not None:
@@ -363,8 +365,11 @@ class Setting:
         return copy.copy(self.fallback)
 
 
-SECONDS = Number(above=0, unit="seconds")  # an interval or a timeout: 0 would spin or time out at once
-WHOLE_SECONDS = Number(integer=True, min=1, unit="seconds")
+# Intervals, timeouts and deadlines: at most a year. Far beyond it a value only overflows where it is used (a
+# timedelta past 999999999 days, a socket timeout past a C int: every task or delivery a 500 or a crash).
+A_YEAR = 365 * 24 * 3600
+SECONDS = Number(above=0, max=A_YEAR, unit="seconds")  # an interval or a timeout: 0 would spin or time out at once
+WHOLE_SECONDS = Number(integer=True, min=1, max=A_YEAR, unit="seconds")
 AT_LEAST_ONE = Number(integer=True, min=1)
 SHARE = Number(min=0, max=1)
 PORT_OR_OFF = Number(integer=True, min=0, max=65535)
@@ -564,7 +569,7 @@ SETTINGS_TABLE: tuple[Setting, ...] = (
     ),
     Setting(
         "HERMES_FEDERATION_POLICY_CACHE_TTL",
-        Number(integer=True, min=0, unit="seconds"),
+        Number(integer=True, min=0, max=A_YEAR, unit="seconds"),
         "30",
         "Seconds a policy decision is cached per process; 0 = not cached.",
     ),
@@ -847,7 +852,8 @@ def configuration_doc() -> str:
         "Each bad value stops the boot (`manage.py` commands, `make run`, the web, websocket, worker and beat\n"
         "processes) with one line naming the variable, the value and what it accepts, and exit code 1; for\n"
         "example `hermes: configuration error: HERMES_TASK_POLL_SECONDS='abc' must be a number of seconds greater\n"
-        "than 0.` In `HERMES_ENV=production` a missing or unsafe value is refused the same way.\n\n"
+        "than 0 and at most 31536000.` In `HERMES_ENV=production` a missing or unsafe value is refused the same\n"
+        "way. Durations are at most a year (31536000 seconds).\n\n"
         "- Booleans are `true`/`false`, `1`/`0`, `yes`/`no` or `on`/`off` (any case); anything else is refused.\n"
         "- Numbers are decimal (`0.25`, `300`; whole where it says so); `nan`, `inf` and values outside the\n"
         "  bounds below are refused.\n"

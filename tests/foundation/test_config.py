@@ -349,11 +349,11 @@ def test_check_deploy_is_clean_with_a_complete_production_env() -> None:
     [
         (
             {"HERMES_TASK_POLL_SECONDS": "abc"},
-            "HERMES_TASK_POLL_SECONDS='abc' must be a number of seconds greater than 0.",
+            "HERMES_TASK_POLL_SECONDS='abc' must be a number of seconds greater than 0 and at most 31536000.",
         ),
         (
             {"HERMES_FEDERATION_TIMEOUT": "inf"},
-            "HERMES_FEDERATION_TIMEOUT='inf' must be a number of seconds greater than 0.",
+            "HERMES_FEDERATION_TIMEOUT='inf' must be a number of seconds greater than 0 and at most 31536000.",
         ),
         ({"LOG_LEVEL": "LOUD"}, "LOG_LEVEL='LOUD' must be one of DEBUG, INFO, WARNING, ERROR, CRITICAL."),
         ({"EMAIL_URL": "smtp://host:notaport"}, "EMAIL_URL='smtp://host:notaport' must be an email URL: "),
@@ -384,5 +384,17 @@ def test_make_run_reports_a_bad_value_in_one_line_before_starting_anything(free_
     )
     assert result.returncode == 1
     assert result.stderr.strip().splitlines() == [
-        "hermes: configuration error: HERMES_WS_RESYNC_SECONDS='0' must be a number of seconds greater than 0."
+        "hermes: configuration error: HERMES_WS_RESYNC_SECONDS='0' must be a number of seconds greater than 0 "
+        "and at most 31536000."
     ]
+
+
+@pytest.mark.parametrize(
+    ("name", "value"),
+    [("HERMES_TASK_DEADLINE_SECONDS", "99999999999999"), ("HERMES_FEDERATION_TIMEOUT", "1e300")],
+)
+def test_absurdly_large_durations_are_refused_at_boot(name: str, value: str) -> None:
+    """They passed, then overflowed where used: every task a 500 (timedelta), every delivery a crash (C int)."""
+    kind = next(s.kind for s in config.SETTINGS_TABLE if s.name == name)
+    assert problems_of({name: value}) == [f"{name}={value!r} must be {kind.expected}."]
+    assert "31536000" in kind.expected  # a year
