@@ -136,7 +136,12 @@ def change_role(*, access: Access, membership: Membership, role: str) -> Members
     membership.role = role
     membership.save(update_fields=["role"])
     audit.record(
-        "member.role_changed", access=access, target=membership, user_id=membership.user_id, role=[previous, role]
+        "member.role_changed",
+        access=access,
+        target=membership,
+        user_id=membership.user_id,
+        email=membership.user.email,  # who, in words: the audit log shows no user ids anywhere else
+        role=[previous, role],
     )
     return membership
 
@@ -149,7 +154,14 @@ def remove_member(*, access: Access, membership: Membership) -> None:
     if not leaving:
         _require(access, "org:roles" if membership.role == Role.OWNER else "org:admin")
     _guard_last_owner(access.org, membership)
-    audit.record("member.removed", access=access, target=membership, user_id=membership.user_id, role=membership.role)
+    audit.record(
+        "member.removed",
+        access=access,
+        target=membership,
+        user_id=membership.user_id,
+        email=membership.user.email,
+        role=membership.role,
+    )
     Membership.objects.for_org(access.org).filter(pk=membership.pk).delete()
 
 

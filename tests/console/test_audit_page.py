@@ -133,3 +133,15 @@ def test_a_page_of_50_takes_a_fixed_number_of_queries(
         response = client.get("/org/audit/")
     html = main_html(response)
     assert len(_rows(html)) == 50 and all(key.display in html for key in keys)
+
+
+def test_member_changes_name_the_person(as_user: Any, org: Any, alice: Any, mia: Any) -> None:
+    """The log shows no user ids anywhere else: a removal or role change says whom it was about."""
+    from apps.orgs.models import Membership
+
+    membership = Membership.objects.for_org(org).get(user=mia)
+    org_actions.change_role(access=access_for(alice, org), membership=membership, role=Role.DEVELOPER)
+    org_actions.remove_member(access=access_for(alice, org), membership=membership)
+    removed, changed = _rows(main_html(as_user(alice).get("/org/audit/")))[:2]
+    assert "member.removed" in removed and f"<br>{mia.email}" in removed
+    assert "member.role_changed" in changed and f"<br>{mia.email}" in changed
