@@ -56,7 +56,7 @@ def test_role_change_over_htmx_returns_only_the_row(as_user: Any, team: dict[str
     html = response.content.decode()
     assert html.lstrip().startswith(f'<tr id="member-{target.pk}">') and "<html" not in html
     assert "HX-Request" in response["Vary"]
-    assert 'hx-swap-oob="true"' in html and "dave@acme.test is now Admin" in html  # flash message out-of-band
+    assert 'hx-swap-oob="innerHTML"' in html and "dave@acme.test is now Admin" in html  # flash message out-of-band
 
 
 def test_the_last_owner_cannot_be_demoted(as_user: Any, team: dict[str, Any], org: Any) -> None:
