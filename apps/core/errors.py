@@ -195,9 +195,11 @@ def csrf_failure(request: HttpRequest, reason: str = "") -> HttpResponse:
     if reason == REASON_NO_CSRF_COOKIE:
         message = "Your browser did not send this site's security cookie: allow cookies for it, then reload the page."
     else:
+        # A plain form's answer is a page of its own: reloading it would post the stale form again.
+        again = "reload it and try again" if getattr(request, "htmx", None) else "go back, reload it and send it again"
         message = (
             "This page is out of date (you signed in or out in another tab, or it was open for a long time): "
-            "reload it and try again. Nothing was changed."
+            f"{again}. Nothing was changed."
         )
     if _is_api(request):
         return json_error(request, "csrf_failed", message, 403)

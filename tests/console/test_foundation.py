@@ -50,7 +50,7 @@ def test_a_stale_csrf_token_says_to_reload(alice: Any) -> None:
     browser.get("/org/settings/")  # sets the CSRF cookie
     stale = browser.post("/org/settings/", {"name": "Renamed", "csrfmiddlewaretoken": "x" * 64})
     html = stale.content.decode()
-    assert stale.status_code == 403 and "Page out of date" in html and "reload it and try again" in html
+    assert stale.status_code == 403 and "Page out of date" in html and "go back, reload it and send it again" in html
     assert "DEBUG=True" not in html and "<nav" in html  # the console's own page, not Django's bare one
     toast = browser.post("/org/settings/", {"name": "Renamed"}, HTTP_HX_REQUEST="true", HTTP_X_CSRFTOKEN="x" * 64)
     assert toast.status_code == 403 and toast["X-Hermes-Error"].startswith("This page is out of date")
