@@ -24,6 +24,7 @@ import contextlib
 import logging
 from typing import Any
 
+from django.core.exceptions import ValidationError
 from django.db import IntegrityError, transaction
 from django.utils import timezone
 
@@ -41,6 +42,7 @@ from apps.federation.models import (
     RemoteTask,
     RemoteTaskEvent,
 )
+from apps.orgs.quotas import QuotaExceeded
 from apps.tasks import actions as task_actions
 from apps.tasks.models import TERMINAL_STATES, EventKind, Task, TaskState
 
@@ -75,6 +77,16 @@ def _reject(entry: InboxEntry, reason: str) -> None:
     )
 
 
+# Why the executor refuses a request by its own rules (what POST /tasks would answer with a 4xx).
+_REFUSALS = (
+    task_actions.AgentNotUsable,
+    task_actions.InvalidMessage,
+    task_actions.TaskInputTooLarge,
+    QuotaExceeded,
+    ValidationError,
+)
+
+
 @register(MessageType.TASK_REQUEST)
 def start_requested_task(entry: InboxEntry) -> None:
     """Executor side: run the requested task on our agent, or say why not."""
@@ -105,8 +117,11 @@ def start_requested_task(entry: InboxEntry) -> None:
                 reply_to=entry.sender,
                 correlation_id=entry.message_id,
             )
-    except Exception as exc:  # AgentNotUsable, TaskInputTooLarge, QuotaExceeded, a validation error ...
+    except _REFUSALS as exc:  # the executor's own rules: said in their words to the requester
         logger.info("federation: task request %s rejected: %s", entry.message_id, exc)
+        _reject(entry, str(exc)[:300])
+    except Exception as exc:  # anything else: a bug here; its type helps whoever reads the requester's task
+        logger.exception("federation: task request %s failed", entry.message_id)
         _reject(entry, f"{type(exc).__name__}: {exc}"[:300])
 
 

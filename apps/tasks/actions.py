@@ -51,7 +51,7 @@ task_follow_up_remotely = Signal()
 
 class TaskInputTooLarge(Exception):
     def __init__(self, size: int, limit: int) -> None:
-        super().__init__(f"the task input is {size} bytes; the limit is {limit}")
+        super().__init__(f"the task input is {size} bytes; the limit is {limit} bytes")
         self.size = size
         self.limit = limit
 

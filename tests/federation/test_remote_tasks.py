@@ -753,3 +753,25 @@ def test_a_federated_agent_row_is_no_relay(
     assert remote.state == "rejected" and remote.error == f"acme has no agent '{relay.slug}'"
     # acme sent nothing onward under its own name.
     assert not Message.objects.for_org(org).filter(type=MessageType.TASK_REQUEST).exists()
+
+
+@pytest.mark.django_db
+def test_an_executor_refusal_reads_as_its_rule_not_a_class_name(
+    org: Any, other_org: Any, acme_may_ask_globex: None, monkeypatch: Any, django_capture_on_commit_callbacks: Any
+) -> None:
+    from apps.tasks import actions as task_actions
+
+    agent_actions.register_agent_manually(org=other_org, name="Echo", url="https://agent.example.com/rpc", slug="echo")
+    create = task_actions.create_task
+
+    def executor_limit(**kwargs: Any) -> Any:
+        if kwargs["org"] == other_org:  # globex's own (smaller) limit
+            raise task_actions.TaskInputTooLarge(300, 200)
+        return create(**kwargs)
+
+    monkeypatch.setattr(task_actions, "create_task", executor_limit)
+    with django_capture_on_commit_callbacks(execute=True):
+        remote = actions.request_remote_task(org=org, agent="echo.globex", message=MESSAGE)
+    remote.refresh_from_db()
+    assert remote.state == "rejected" and remote.error == str(task_actions.TaskInputTooLarge(300, 200))
+    assert "TaskInputTooLarge" not in remote.error
