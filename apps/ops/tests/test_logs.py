@@ -104,7 +104,8 @@ def test_uvicorns_lines_are_json_and_mask_api_keys(json_lines: Callable[[], list
     # (An earlier test's dictConfig may have disabled the logger, or its parent's propagation: set as uvicorn does.)
     parent = logging.getLogger("uvicorn")
     saved = (logger.handlers[:], logger.propagate, logger.level, logger.disabled, parent.propagate, parent.disabled)
-    logger.handlers, logger.propagate, logger.level, logger.disabled = [own], False, logging.INFO, False
+    logger.handlers, logger.propagate, logger.disabled = [own], False, False
+    logger.setLevel(logging.INFO)  # (not `.level =`: setLevel also drops the cached isEnabledFor answers)
     parent.disabled = False
     key = "hrm_M31j4wCf78ST3p5re_taNG5mA7TyxXhyHkXMRZX3IQE"
     try:
@@ -116,7 +117,8 @@ def test_uvicorns_lines_are_json_and_mask_api_keys(json_lines: Callable[[], list
             extra={"color_message": '%s - "\x1b[1mWebSocket %s\x1b[0m" [accepted]'},
         )
     finally:
-        logger.handlers, logger.propagate, logger.level, logger.disabled, parent.propagate, parent.disabled = saved
+        logger.handlers, logger.propagate, level, logger.disabled, parent.propagate, parent.disabled = saved
+        logger.setLevel(level)
     line = next(r for r in json_lines() if r["logger"] == "uvicorn.error")
     assert "color_message" not in line  # uvicorn's ANSI copy of the template is no field of ours
     assert line["message"] == '127.0.0.1:4711 - "WebSocket /ws/tasks/t1/?api_key=hrm_M31j…3IQE&after=3" [accepted]'
