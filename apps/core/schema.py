@@ -137,10 +137,16 @@ class HermesAutoSchema(AutoSchema):
         if not public:
             texts[400].append("`org_mismatch`: an API key with an `X-Hermes-Org` header naming another organization.")
 
+        # An operation that reads no body still refuses one (apps.core.api: `request=None`, and every DELETE).
+        refuses_body = not has_body and self.method not in permissions.SAFE_METHODS and isinstance(view, OrgScopedMixin)
         if has_body:
             texts.setdefault(400, []).append(
                 "`invalid`: a field of the body is wrong, with messages per field in `details` (a key the operation "
                 "does not take is one too); `parse_error`: the body is not JSON."
+            )
+        elif refuses_body:
+            texts.setdefault(400, []).append(
+                "`invalid`: a body was sent (this operation takes none, or `{}`); `parse_error`: it is not JSON."
             )
         if checked_parameters:
             names = ", ".join(f"`{name}`" for name in checked_parameters)
@@ -173,7 +179,7 @@ class HermesAutoSchema(AutoSchema):
             texts[404] = [
                 f"`not_found`: nothing with this {names} you can see (another organization's looks the same)."
             ]
-        if has_body:
+        if has_body or refuses_body:
             texts[415] = ["`unsupported_media_type`: the body is not `application/json`."]
         throttles = view.get_throttles()
         if throttles:

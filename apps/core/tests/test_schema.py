@@ -81,7 +81,9 @@ def test_operation_specific_errors(schema: dict[str, Any]) -> None:
         return {code for code in paths[path][method]["responses"] if not code.startswith("2")}
 
     assert statuses("/api/v1/tasks", "post") == {"400", "401", "403", "404", "409", "413", "415", "429"}
-    assert statuses("/api/v1/tasks/{id}/cancel", "post") == {"400", "401", "403", "404", "409", "429"}
+    # A cancel reads no body, and refuses one: 400 for JSON it does not take, 415 for another media type.
+    assert statuses("/api/v1/tasks/{id}/cancel", "post") == {"400", "401", "403", "404", "409", "415", "429"}
+    assert "a body was sent" in paths["/api/v1/tasks/{id}/cancel"]["post"]["responses"]["400"]["description"]
     assert statuses("/api/v1/tasks/{id}/messages", "post") == {"400", "401", "403", "404", "409", "413", "415", "429"}
     # Reads without parameters answer no 409, and a 400 only for a flood of query parameters or a key naming
     # another org; GET /me checks no permission beyond being signed in (its 403: an `X-Hermes-Org` naming no org).
