@@ -77,6 +77,8 @@ class AccessMiddleware(BaseMiddleware):
         if user is None or not user.is_authenticated:
             return
         scope["access"] = session_access(_SessionRequest(scope), user)
+        if scope["access"] is None:
+            scope["auth_error"] = "no_organization"  # signed in, but in no org (the HTTP twin's 403 code)
 
 
 def WebSocketAuthMiddleware(inner: Any) -> Any:

@@ -79,8 +79,10 @@ NOT_FOUND: Close = (CLOSE_NOT_FOUND, "not_found")
 def _access_for(scope: dict[str, Any]) -> Access | Close:
     access = scope.get("access")
     if not isinstance(access, Access):
-        # The middleware's error code for a bad key (key_revoked, ...) tells it apart from no credentials at all.
-        return CLOSE_UNAUTHENTICATED, scope.get("auth_error") or "not_authenticated"
+        # The middleware's error code for a bad key (key_revoked, ...) tells it apart from no credentials at all;
+        # signed in but in no organization is no authentication problem (4401 says "sign in").
+        error = scope.get("auth_error") or "not_authenticated"
+        return (CLOSE_FORBIDDEN if error == "no_organization" else CLOSE_UNAUTHENTICATED), error
     if not access.allows("tasks:read"):
         return CLOSE_FORBIDDEN, "missing_scope"
     return access

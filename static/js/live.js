@@ -17,7 +17,8 @@
                           4404: "This task does not exist in your organization." };
 
   // Why a socket was closed for good, when the close reason says more than its code.
-  var CLOSE_REASONS = { membership_ended: "You are no longer a member of this organization." };
+  var CLOSE_REASONS = { membership_ended: "You are no longer a member of this organization.",
+                        no_organization: "You are in no organization yet: create one or accept an invitation." };
   // Every socket of the page, with the element it serves: htmx's Back/Forward puts a saved copy of the page in
   // place and runs this script on it again, so the sockets of the replaced elements must end (they piled up,
   // one more /ws/org/ per Back).

@@ -360,3 +360,18 @@ def test_sse_ends_when_its_person_leaves_the_org(org: Any, bob: Any, task: Any, 
     _remove(bob, org)
     end, took = end_of(frames)
     assert end["error"]["code"] == "membership_ended" and took < 2.5
+
+
+@pytest.mark.parametrize("path", SOCKET_PATHS)
+def test_signed_in_but_in_no_org_is_a_4403_not_a_sign_in(alice: Any, task: Any, path: str) -> None:
+    """The HTTP twin answers 403 `no_organization`; 4401 told the console to sign in again."""
+    from django.contrib.auth import get_user_model
+
+    _client, cookie = signed_in(get_user_model().objects.create_user("loner@example.test", "pw-loner-123"))
+
+    async def scenario() -> None:
+        ws = WebsocketCommunicator(APP, path.format(task=task.pk), headers=cookie)
+        connected, code = await ws.connect()
+        assert not connected and (code, ws.close_reason) == (4403, "no_organization")
+
+    async_to_sync(scenario)()
