@@ -122,7 +122,10 @@ def sign_in(page: Any, email: str, password: str = "correct-horse-battery") -> N
     page.goto("/accounts/login/")
     page.get_by_label("Email").fill(email)
     page.get_by_label("Password").fill(password)
-    page.get_by_role("button", name="Sign in").click()
+    # The sign-in's own navigation, waited for: "**/" also matches the login page, so a test could go on (and open
+    # another page) before the sign-in had answered, and land on the login form again.
+    with page.expect_navigation():
+        page.get_by_role("button", name="Sign in").click()
     page.wait_for_url("**/")
 
 

@@ -187,6 +187,7 @@ def test_timeline_resumes_after_a_dropped_socket_and_cancel_stops_the_slow_agent
     sign_in(page, bob.email)
     # Sent through the console: the server enqueues it for its own worker.
     page.goto(f"/tasks/new/?agent={slow.pk}")
+    page.get_by_role("heading", name="Send a task").wait_for()  # signed in, on the form
     page.get_by_label("Structured data", exact=False).fill('{"seconds": 20}')
     page.get_by_role("button", name="Send").click()
     page.wait_for_url(re.compile(r"/tasks/[0-9a-f-]{36}/$"))
