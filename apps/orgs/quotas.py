@@ -41,7 +41,8 @@ from apps.orgs.models import PLAN_LIMITS, Plan
 
 logger = logging.getLogger(__name__)
 
-KEY_PREFIX = "hermes:quota"  # tests move this to a private namespace per test
+DEFAULT_KEY_PREFIX = "hermes:quota"
+KEY_PREFIX = DEFAULT_KEY_PREFIX  # tests move this to a private namespace per test
 WINDOW_SECONDS = 60
 USAGE_TTL_SECONDS = 35 * 86400
 FAIL_OPEN_BACKOFF = 1.0
