@@ -5,6 +5,8 @@ from typing import Any
 from django import forms
 from django.contrib.auth import password_validation
 
+from apps.core.validators import display_name
+
 
 class _PasswordPair(forms.Form):
     """Two password fields that must match; strength is checked by the account action (one set of rules)."""
@@ -24,6 +26,7 @@ class RegistrationForm(_PasswordPair):
     name = forms.CharField(
         max_length=150,
         required=False,
+        validators=[display_name],
         help_text="Shown to the other members of your organizations.",
         widget=forms.TextInput(attrs={"autocomplete": "name"}),
     )

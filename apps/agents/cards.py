@@ -17,10 +17,12 @@ from a2a.client.card_resolver import parse_agent_card
 from a2a.client.client_factory import ClientFactory
 from a2a.types.a2a_pb2 import AgentCard
 from a2a.utils.constants import TransportProtocol
+from django.core.exceptions import ValidationError
 from google.protobuf.json_format import MessageToDict, ParseError
 
 from apps.core import jsonutil
 from apps.core.http import OutboundBlocked, check_url, guarded_async_client
+from apps.core.validators import display_name
 
 WELL_KNOWN_PATHS = ("/.well-known/agent-card.json", "/.well-known/agent.json")
 MAX_CARD_BYTES = 512 * 1024
@@ -67,6 +69,12 @@ def parse_card(raw: Any, *, card_url: str = "", check_interface: bool = True) ->
         raise CardError(f"The agent card does not match the A2A AgentCard schema: {exc}", code="card_invalid") from exc
     if not card.name.strip():
         raise CardError("The agent card has no name.", code="card_invalid", details={"field": "name"})
+    try:
+        display_name(card.name.strip())  # the name every member of the org will read, as one typed by hand
+    except ValidationError as exc:
+        raise CardError(
+            f"The agent card's name is not usable: {exc.messages[0]}", code="card_invalid", details={"field": "name"}
+        ) from exc
     interface = _jsonrpc_interface(card)
     if interface is None:
         bindings = sorted({i.protocol_binding for i in card.supported_interfaces}) or ["none"]

@@ -3,6 +3,7 @@ from __future__ import annotations
 from django import forms
 
 from apps.agents.models import Visibility
+from apps.core.validators import display_name
 
 
 class AgentURLForm(forms.Form):
@@ -23,7 +24,7 @@ class AgentRegisterForm(AgentURLForm):
 class AgentManualForm(forms.Form):
     """An agent that publishes no Agent Card: its JSON-RPC endpoint and capabilities are stated by hand."""
 
-    name = forms.CharField(max_length=200)
+    name = forms.CharField(max_length=200, validators=[display_name])
     url = forms.URLField(
         label="JSON-RPC endpoint",
         max_length=500,

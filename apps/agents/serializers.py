@@ -6,6 +6,7 @@ from rest_framework import serializers
 
 from apps.agents.models import Agent, Visibility
 from apps.core.serializers import PatchSerializer, StrictFieldsMixin
+from apps.core.validators import display_name
 
 
 class AgentSerializer(serializers.ModelSerializer):
@@ -93,7 +94,9 @@ class AgentCreateSerializer(StrictFieldsMixin, serializers.Serializer):
     )
     slug = serializers.SlugField(max_length=80, required=False)
     visibility = serializers.ChoiceField(choices=Visibility.choices, default=Visibility.PRIVATE)
-    name = serializers.CharField(max_length=200, required=False, help_text="manual mode only (required there).")
+    name = serializers.CharField(
+        max_length=200, required=False, validators=[display_name], help_text="manual mode only (required there)."
+    )
     description = serializers.CharField(required=False, allow_blank=True, default="")
     version = serializers.CharField(max_length=50, required=False, allow_blank=True, default="")
     streaming = serializers.BooleanField(required=False, default=False)
@@ -115,7 +118,7 @@ class AgentCreateSerializer(StrictFieldsMixin, serializers.Serializer):
 
 
 class AgentUpdateSerializer(PatchSerializer):
-    name = serializers.CharField(max_length=200, required=False)
+    name = serializers.CharField(max_length=200, required=False, validators=[display_name])
     slug = serializers.SlugField(max_length=80, required=False)
     description = serializers.CharField(required=False, allow_blank=True)
     version = serializers.CharField(max_length=50, required=False, allow_blank=True)

@@ -5,6 +5,7 @@ from typing import Any
 from django import forms
 
 from apps.core import jsonutil
+from apps.core.validators import display_name
 from apps.federation.models import Effect, validate_base_url, validate_peer_name
 
 
@@ -21,7 +22,7 @@ class PeerForm(forms.Form):
 
 
 class ContactForm(forms.Form):
-    name = forms.CharField(max_length=120)
+    name = forms.CharField(max_length=120, validators=[display_name])
     address = forms.CharField(max_length=200, help_text="org, agent.org, org@peer or agent.org@peer")
     notes = forms.CharField(required=False, max_length=1000, widget=forms.Textarea(attrs={"rows": 2}))
 

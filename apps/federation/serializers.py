@@ -9,6 +9,7 @@ from rest_framework import serializers
 from apps.core import jsonutil
 from apps.core.errors import HermesAPIError
 from apps.core.serializers import StrictFieldsMixin
+from apps.core.validators import display_name
 from apps.federation.actions import USER_MESSAGE_TYPES, check_user_message_type, delivery_blocked_reason
 from apps.federation.models import (
     Contact,
@@ -87,7 +88,8 @@ class ContactSerializer(StrictFieldsMixin, serializers.ModelSerializer):
         model = Contact
         fields = ("id", "name", "address", "notes", "created_at")
         read_only_fields = ("id", "created_at")
-        extra_kwargs = {"notes": {"max_length": 1000}}  # as the console form: a note, not a document
+        # Notes as the console form: a note, not a document.
+        extra_kwargs = {"name": {"validators": [display_name]}, "notes": {"max_length": 1000}}
 
 
 class PolicySerializer(StrictFieldsMixin, serializers.ModelSerializer):

@@ -7,12 +7,13 @@ from django.core.exceptions import ValidationError
 from django.utils.text import slugify
 
 from apps.core.permissions import Role
+from apps.core.validators import display_name
 from apps.orgs.actions import org_slug
 from apps.orgs.models import MAX_KEY_REQUESTS_PER_MINUTE, Organization, Plan
 
 
 class OrganizationCreateForm(forms.Form):
-    name = forms.CharField(max_length=120, widget=forms.TextInput(attrs={"autofocus": True}))
+    name = forms.CharField(max_length=120, validators=[display_name], widget=forms.TextInput(attrs={"autofocus": True}))
     slug = forms.CharField(
         max_length=60,
         required=False,
@@ -56,7 +57,9 @@ class RoleForm(forms.Form):
 
 
 class APIKeyForm(forms.Form):
-    name = forms.CharField(max_length=100, help_text="What uses this key, e.g. “CI pipeline”.")
+    name = forms.CharField(
+        max_length=100, validators=[display_name], help_text="What uses this key, e.g. “CI pipeline”."
+    )
     scopes = forms.MultipleChoiceField(
         widget=forms.CheckboxSelectMultiple,
         help_text="A key can never do more than your own role allows.",
@@ -85,7 +88,7 @@ class RotateKeyForm(forms.Form):
 
 
 class OrganizationSettingsForm(forms.Form):
-    name = forms.CharField(max_length=120)
+    name = forms.CharField(max_length=120, validators=[display_name])
     plan = forms.ChoiceField(choices=Plan.choices, help_text="Only owners change the plan.")
 
     def __init__(self, *args: Any, can_rename: bool, can_bill: bool, **kwargs: Any) -> None:

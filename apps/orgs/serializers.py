@@ -9,6 +9,7 @@ from rest_framework import serializers
 from apps.core.models import AuditEvent
 from apps.core.permissions import SCOPES, Role
 from apps.core.serializers import PatchSerializer, StrictFieldsMixin
+from apps.core.validators import display_name
 from apps.orgs.actions import MAX_ROTATION_GRACE, org_slug
 from apps.orgs.models import (
     MAX_KEY_REQUESTS_PER_MINUTE,
@@ -71,7 +72,7 @@ class IssuedAPIKeySerializer(APIKeySerializer):
 
 
 class APIKeyCreateSerializer(StrictFieldsMixin, serializers.Serializer):
-    name = serializers.CharField(max_length=100)
+    name = serializers.CharField(max_length=100, validators=[display_name])
     scopes = serializers.ListField(child=serializers.ChoiceField(choices=list(SCOPES)), allow_empty=False)
     # No defaults: a field left out is not the same as null (no expiry, no limit of its own). Created with an API
     # key, a key inherits what is left out from that key (actions.create_api_key).
@@ -120,7 +121,7 @@ class OrganizationSerializer(serializers.ModelSerializer):
 
 
 class OrganizationCreateSerializer(StrictFieldsMixin, serializers.Serializer):
-    name = serializers.CharField(max_length=120)
+    name = serializers.CharField(max_length=120, validators=[display_name])
     slug = serializers.CharField(max_length=60)
 
     def validate_slug(self, value: str) -> str:
@@ -131,7 +132,7 @@ class OrganizationCreateSerializer(StrictFieldsMixin, serializers.Serializer):
 
 
 class OrganizationUpdateSerializer(PatchSerializer):
-    name = serializers.CharField(max_length=120, required=False)
+    name = serializers.CharField(max_length=120, required=False, validators=[display_name])
     plan = serializers.ChoiceField(choices=Plan.choices, required=False)
 
 

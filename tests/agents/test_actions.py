@@ -58,6 +58,7 @@ def test_a_url_naming_the_card_file_is_fetched_directly(card_server: CardServer,
         (b"[1, 2]", "card_invalid", "not a JSON object"),
         (b'{"name": "x", "capabilities": {"streaming": "very"}}', "card_invalid", "schema"),
         (b'{"description": "nameless"}', "card_invalid", "no name"),
+        ('{"name": "Pay\u202eexe.bat"}'.encode(), "card_invalid", "U+202E (RIGHT-TO-LEFT OVERRIDE)"),
         (
             b'{"name": "g", "supportedInterfaces": [{"url": "http://a/", "protocolBinding": "GRPC"}]}',
             "card_invalid",

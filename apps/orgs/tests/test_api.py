@@ -58,6 +58,30 @@ def test_create_org(alice: Any, client_for: Any) -> None:
     )
 
 
+def test_names_refuse_control_characters_on_every_entry(org: Any, alice: Any, client_for: Any) -> None:
+    """A bidi override made a name display in another order than it was stored; a newline broke list rows. The
+    API and the console refuse both, naming the character (apps/core/validators.py)."""
+    client = client_for(alice)
+    spoof = client.post("/api/v1/orgs", {"name": "Acme\u202egnp.exe", "slug": "spoof"}, format="json")
+    assert spoof.status_code == 400
+    assert spoof.data["error"]["details"]["name"] == [
+        "Names cannot contain control characters: this one has U+202E (RIGHT-TO-LEFT OVERRIDE) at position 5."
+    ]
+    newline = client.patch("/api/v1/orgs/acme", {"name": "Acme\nInc"}, format="json")
+    assert newline.data["error"]["details"]["name"] == [
+        "Names cannot contain control characters: this one has U+000A (a control character) at position 5."
+    ]
+    key = client.post("/api/v1/keys", {"name": "ci\u2066", "scopes": ["org:read"]}, format="json")
+    assert key.status_code == 400 and "U+2066" in key.data["error"]["details"]["name"][0]
+    # Right-to-left marks reorder nothing around them: an Arabic or Hebrew name keeps them.
+    rtl = client.patch("/api/v1/orgs/acme", {"name": "\u05e9\u05dc\u05d5\u05dd\u200f"}, format="json")
+    assert rtl.status_code == 200
+    assert Organization.objects.get(slug="acme").name == "\u05e9\u05dc\u05d5\u05dd\u200f"
+    page = client.post("/org/settings/", {"name": "Acme\u202e", "plan": "free"})
+    assert "U+202E" in page.content.decode()
+    assert Organization.objects.get(slug="acme").name == "\u05e9\u05dc\u05d5\u05dd\u200f"
+
+
 def test_update_and_delete_org(org: Any, alice: Any, bob: Any, client_for: Any) -> None:
     admin, owner = client_for(bob), client_for(alice)
     renamed = owner.patch("/api/v1/orgs/acme", {"slug": "acme-2"}, format="json")  # was a 200 that changed nothing

@@ -1,0 +1,32 @@
+"""Text one person chooses and other people read: the names of organizations, agents, API keys, contacts and
+users.
+
+A name may hold any printable character of any script, but no control character: a newline or tab breaks the
+one-line places a name is shown (lists, audit lines, log fields), and the bidirectional embedding, override and
+isolate controls (U+202A to U+202E, U+2066 to U+2069) make the text around them display in another order than it is
+stored — "Trojan Source" spoofing, e.g. a key named to look like another. Left-to-right and right-to-left marks
+(U+200E, U+200F) stay allowed: right-to-left names need them and they reorder nothing around them.
+"""
+
+from __future__ import annotations
+
+import re
+import unicodedata
+
+from django.core.exceptions import ValidationError
+
+_REFUSED = re.compile("[\x00-\x1f\x7f-\x9f\u202a-\u202e\u2066-\u2069]")
+
+
+def display_name(value: str) -> None:
+    """Refuse a name holding a control character, naming the first one found."""
+    found = _REFUSED.search(value)
+    if found is None:
+        return
+    char = found.group()
+    what = unicodedata.name(char, "a control character")
+    raise ValidationError(
+        f"Names cannot contain control characters: this one has U+{ord(char):04X} ({what}) at position "
+        f"{found.start() + 1}.",
+        code="control_character",
+    )
