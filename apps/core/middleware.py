@@ -83,7 +83,7 @@ class RequestContextMiddleware:
         if org_id is not None:
             ORG_API_REQUESTS.labels(org_id=str(org_id), status_class=f"{response.status_code // 100}xx").inc()
         logger = probe_log if request.path.startswith(PROBE_PATHS) else request_log
-        level = logging.ERROR if response.status_code >= 500 else logging.INFO
+        level = _log_level(response)
         logger.log(
             level,
             "%s %s %s",
@@ -97,6 +97,15 @@ class RequestContextMiddleware:
                 "duration_ms": round(elapsed * 1000, 2),
             },
         )
+
+
+def _log_level(response: HttpResponse) -> int:
+    """ERROR for a server error; WARNING for a 503 that says when to come back (a disabled federation link, the
+    database outage the middleware below answers): a refusal the server chose, not a fault to page anyone about
+    per request; INFO otherwise."""
+    if response.status_code == 503 and response.has_header("Retry-After"):
+        return logging.WARNING
+    return logging.ERROR if response.status_code >= 500 else logging.INFO
 
 
 class DatabaseUnavailableMiddleware:

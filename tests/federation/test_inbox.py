@@ -329,7 +329,9 @@ def test_a_peer_over_its_rate_limit_gets_429_with_retry_after(berlin: Peer, org:
 
 
 @pytest.mark.django_db
-def test_a_disabled_link_answers_503_with_retry_after_and_an_unknown_one_404(berlin: Peer, org: Any) -> None:
+def test_a_disabled_link_answers_503_with_retry_after_and_an_unknown_one_404(
+    berlin: Peer, org: Any, caplog: pytest.LogCaptureFixture
+) -> None:
     """A 404 made the sender dead-letter at once, so whatever was sent during a short disable was lost."""
     from apps.core.metrics import FEDERATION_INBOUND
 
@@ -337,7 +339,11 @@ def test_a_disabled_link_answers_503_with_retry_after_and_an_unknown_one_404(ber
     actions.set_peer_status(berlin, "disabled")
     refused = FEDERATION_INBOUND.labels(decision="rejected")._value.get()
     msg_id, body = envelope()
-    response = post(body, signing.sign_headers(msg_id, body, [SECRET]))
+    with caplog.at_level("INFO", logger="hermes.request"):
+        response = post(body, signing.sign_headers(msg_id, body, [SECRET]))
+    # A refusal the operator chose, with a time to come back: a warning, not an ERROR line per retried message.
+    (line,) = [r for r in caplog.records if r.name == "hermes.request"]
+    assert line.levelname == "WARNING" and line.status == 503  # type: ignore[attr-defined]
     assert response.status_code == 503 and response["Retry-After"] == "30"
     assert response.json()["error"] == {
         "code": "link_disabled",
