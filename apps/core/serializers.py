@@ -39,3 +39,11 @@ class PatchSerializer(StrictFieldsMixin, serializers.Serializer):
             takes = ", ".join(f"`{name}`" for name, field in self.fields.items() if not field.read_only)
             raise serializers.ValidationError({"non_field_errors": [f"Nothing to change: give any of {takes}."]})
         return attrs
+
+
+class AuditPersonSerializer(serializers.Serializer):
+    """Who did something, in an audit trail (the org's and federation's): the person, not their session or key."""
+
+    id = serializers.IntegerField(read_only=True)
+    email = serializers.EmailField(read_only=True)
+    name = serializers.CharField(read_only=True)

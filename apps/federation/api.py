@@ -448,7 +448,7 @@ class AuditViewSet(mixins.ListModelMixin, _FederationViewSet):  # type: ignore[m
     serializer_class = AuditEventSerializer
 
     def scoped_queryset(self) -> QuerySet[Any]:
-        qs = super().scoped_queryset().select_related("peer")
+        qs = super().scoped_queryset().select_related("peer", "actor")
         if event := one_of(self.request.query_params.get("event"), "event", AuditEvent.values):
             qs = qs.filter(event=event)
         return qs

@@ -8,7 +8,7 @@ from rest_framework import serializers
 
 from apps.core import jsonutil
 from apps.core.errors import HermesAPIError
-from apps.core.serializers import StrictFieldsMixin
+from apps.core.serializers import AuditPersonSerializer, StrictFieldsMixin
 from apps.core.validators import display_name
 from apps.federation.actions import USER_MESSAGE_TYPES, check_user_message_type, delivery_blocked_reason
 from apps.federation.models import (
@@ -229,9 +229,16 @@ class AuditEventSerializer(serializers.ModelSerializer):
         slug_field="name", read_only=True, allow_null=True
     )
 
+    actor = AuditPersonSerializer(
+        read_only=True,
+        allow_null=True,
+        help_text="Who acted, for an event a person caused (a DLQ requeue or discard, a key rotation); null for what "
+        "the system decided or a peer sent.",
+    )
+
     class Meta:
         model = FederationAuditEvent
-        fields = ("id", "event", "peer", "message_id", "reason", "detail", "created_at")
+        fields = ("id", "event", "peer", "actor", "message_id", "reason", "detail", "created_at")
 
 
 class RemoteTaskEventSerializer(serializers.ModelSerializer):

@@ -8,7 +8,7 @@ from rest_framework import serializers
 
 from apps.core.models import AuditEvent
 from apps.core.permissions import SCOPES, Role
-from apps.core.serializers import PatchSerializer, StrictFieldsMixin
+from apps.core.serializers import AuditPersonSerializer, PatchSerializer, StrictFieldsMixin
 from apps.core.validators import display_name
 from apps.orgs.actions import MAX_ROTATION_GRACE, org_slug
 from apps.orgs.models import (
@@ -181,12 +181,6 @@ class InvitationAcceptSerializer(StrictFieldsMixin, serializers.Serializer):
 
 
 # --- The audit log ----------------------------------------------------------------------------------------------
-
-
-class AuditPersonSerializer(serializers.Serializer):
-    id = serializers.IntegerField(read_only=True)
-    email = serializers.EmailField(read_only=True)
-    name = serializers.CharField(read_only=True)
 
 
 class AuditKeySerializer(serializers.Serializer):

@@ -103,6 +103,9 @@ def test_dlq_inspect_requeue_discard_with_audit(client_for: Any, alice: Any, org
     events = FederationAuditEvent.objects.for_org(org).filter(event__in=["requeued", "discarded"])
     assert sorted(e.event for e in events) == ["discarded", "requeued", "requeued", "requeued"]
     assert all(e.actor == alice for e in events)
+    # The audit API says who acted, as the org's audit log does (it listed the events without anyone).
+    (listed_discard,) = api.get(f"{API}/audit?event=discarded").json()["results"]
+    assert listed_discard["actor"] == {"id": alice.pk, "email": alice.email, "name": alice.name}
     # Bulk with an id that is not a dead letter of this org: nothing moves.
     missing = api.post(f"{API}/dlq/discard", {"ids": [str(messages[0].id)]}, format="json")
     assert missing.status_code == 404 and missing.json()["error"]["details"]["ids"] == [str(messages[0].id)]
