@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from typing import Any
-from urllib.parse import urlsplit
 
 from asgiref.sync import async_to_sync
 from django.db import IntegrityError, transaction
@@ -12,7 +11,7 @@ from django.db.models import RestrictedError
 from django.utils import timezone
 from django.utils.text import slugify
 
-from apps.agents.cards import CardError, CardInfo, fetch_card, parse_card
+from apps.agents.cards import CardError, CardInfo, fetch_card, parse_card, url_has_credentials
 from apps.agents.models import Agent, Visibility
 from apps.core import audit
 from apps.core.http import OutboundBlocked, check_url
@@ -193,7 +192,7 @@ def register_agent_manually(
 def refuse_credentials(url: str) -> None:
     # The URL is stored, shown to the org and logged with every call; A2A agents declare how callers authenticate
     # in their card instead.
-    if "@" in urlsplit(url).netloc:
+    if url_has_credentials(url):
         raise AgentActionError(
             "Leave credentials out of the agent's URL (user:password@): the URL is stored, shown and logged in "
             "plain text.",

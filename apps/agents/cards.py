@@ -10,7 +10,7 @@ from __future__ import annotations
 import copy
 from dataclasses import dataclass, field
 from typing import Any
-from urllib.parse import urljoin
+from urllib.parse import urljoin, urlsplit
 
 import httpx
 from a2a.client.card_resolver import parse_agent_card
@@ -56,6 +56,11 @@ class CardInfo:
         return bool(self.capabilities.get("streaming"))
 
 
+def url_has_credentials(url: str) -> bool:
+    """A URL with user:password@ — never stored for an agent: it is shown to the org and logged with every call."""
+    return "@" in urlsplit(url).netloc
+
+
 def parse_card(raw: Any, *, card_url: str = "", check_interface: bool = True) -> CardInfo:
     """Validate a card (a JSON object) with the SDK's model and pick the JSON-RPC interface Hermes will call.
 
@@ -86,6 +91,13 @@ def parse_card(raw: Any, *, card_url: str = "", check_interface: bool = True) ->
             details={"field": "supportedInterfaces"},
         )
     url = urljoin(card_url, interface.url) if card_url else interface.url
+    if url_has_credentials(url):
+        raise CardError(
+            "The card's interface URL carries credentials (user:password@): the URL is stored, shown and logged in "
+            "plain text. An A2A agent declares how callers authenticate in its card instead.",
+            code="card_invalid",
+            details={"field": "supportedInterfaces", "rule": "credentials"},
+        )
     try:
         if check_interface:
             check_url(url)

@@ -59,6 +59,11 @@ def test_a_url_naming_the_card_file_is_fetched_directly(card_server: CardServer,
         (b'{"name": "x", "capabilities": {"streaming": "very"}}', "card_invalid", "schema"),
         (b'{"description": "nameless"}', "card_invalid", "no name"),
         ('{"name": "Pay\u202eexe.bat"}'.encode(), "card_invalid", "U+202E (RIGHT-TO-LEFT OVERRIDE)"),
+        (  # the interface URL comes from the card, not the caller: it was stored with the password in it
+            b'{"name": "c", "supportedInterfaces": [{"url": "http://bob:s3cret@a/", "protocolBinding": "JSONRPC"}]}',
+            "card_invalid",
+            "carries credentials",
+        ),
         (
             b'{"name": "g", "supportedInterfaces": [{"url": "http://a/", "protocolBinding": "GRPC"}]}',
             "card_invalid",
