@@ -80,7 +80,24 @@ class OrgActionPermission(permissions.BasePermission):
         return True
 
 
-class OrgScopedMixin:
+class RefuseUnreadBodyMixin:
+    """An operation that reads no body (every DELETE, and those `describe()`d without one) refuses one that came
+    anyway; see `_refuse_body`. Part of every org-scoped view; a view outside the org scope mixes it in itself."""
+
+    def initial(self, request: Request, *args: Any, **kwargs: Any) -> None:
+        super().initial(request, *args, **kwargs)  # type: ignore[misc]
+        handler = getattr(self, getattr(self, "action", None) or (request.method or "get").lower(), None)
+        described = getattr(handler, "hermes_described", None)
+        # No DELETE of the API reads a body either (a `{"dry_run": true}` deleted all the same).
+        reads_none = request.method == "DELETE" or (described is not None and not described.takes_body)
+        if reads_none and _has_body(request):
+            lookup = getattr(self, "lookup_url_kwarg", None) or getattr(self, "lookup_field", None)
+            if lookup in kwargs:
+                self.get_object()  # type: ignore[attr-defined]  # another org's object stays a 404 first
+            _refuse_body(request)
+
+
+class OrgScopedMixin(RefuseUnreadBodyMixin):
     """Owns get_queryset: subclasses name `model` and may only narrow `scoped_queryset()`.
 
     `required_actions` maps a viewset action (or an HTTP method) to a matrix action; safe methods default to
@@ -98,18 +115,6 @@ class OrgScopedMixin:
         super().perform_authentication(request)  # type: ignore[misc]
         # From here on every log line (and every Celery job enqueued) carries the org and user.
         context.bind_access(getattr(request, "auth", None))
-
-    def initial(self, request: Request, *args: Any, **kwargs: Any) -> None:
-        super().initial(request, *args, **kwargs)  # type: ignore[misc]
-        handler = getattr(self, getattr(self, "action", None) or (request.method or "get").lower(), None)
-        described = getattr(handler, "hermes_described", None)
-        # No DELETE of the API reads a body either (a `{"dry_run": true}` deleted all the same).
-        reads_none = request.method == "DELETE" or (described is not None and not described.takes_body)
-        if reads_none and _has_body(request):
-            lookup = getattr(self, "lookup_url_kwarg", None) or getattr(self, "lookup_field", None)
-            if lookup in kwargs:
-                self.get_object()  # type: ignore[attr-defined]  # another org's object stays a 404 first
-            _refuse_body(request)
 
     def required_action(self, request: Request) -> str | None:
         name = getattr(self, "action", None) or (request.method or "get").lower()

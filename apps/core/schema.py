@@ -20,7 +20,7 @@ from rest_framework import permissions, serializers
 from rest_framework.authentication import SessionAuthentication
 from rest_framework.negotiation import DefaultContentNegotiation
 
-from apps.core.api import Described, OrgScopedMixin, auth_line
+from apps.core.api import Described, OrgScopedMixin, RefuseUnreadBodyMixin, auth_line
 from apps.core.permissions import SCOPES
 
 
@@ -138,7 +138,9 @@ class HermesAutoSchema(AutoSchema):
             texts[400].append("`org_mismatch`: an API key with an `X-Hermes-Org` header naming another organization.")
 
         # An operation that reads no body still refuses one (apps.core.api: `request=None`, and every DELETE).
-        refuses_body = not has_body and self.method not in permissions.SAFE_METHODS and isinstance(view, OrgScopedMixin)
+        refuses_body = (
+            not has_body and self.method not in permissions.SAFE_METHODS and isinstance(view, RefuseUnreadBodyMixin)
+        )
         if has_body:
             texts.setdefault(400, []).append(
                 "`invalid`: a field of the body is wrong, with messages per field in `details` (a key the operation "

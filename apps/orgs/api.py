@@ -14,7 +14,7 @@ from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
-from apps.core.api import OrgScopedMixin, OrgScopedViewSet, describe, require_action
+from apps.core.api import OrgScopedMixin, OrgScopedViewSet, RefuseUnreadBodyMixin, describe, require_action
 from apps.core.errors import HermesAPIError, whole_number
 from apps.core.idempotency import idempotent
 from apps.core.models import AuditEvent
@@ -134,7 +134,7 @@ class APIKeyViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, OrgScopedV
 # --- Organizations ---------------------------------------------------------------------------------------------
 
 
-class OrganizationViewSet(viewsets.GenericViewSet):
+class OrganizationViewSet(RefuseUnreadBodyMixin, viewsets.GenericViewSet):  # type: ignore[misc]
     """The caller's orgs. A session sees every org it belongs to (and acts in `{slug}` with its role there);
     an API key sees only its own org. Any other slug is a 404."""
 

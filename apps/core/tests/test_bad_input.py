@@ -10,6 +10,7 @@ import pytest
 from django.test import Client
 
 from apps.core import jsonutil
+from apps.orgs.models import Organization
 from apps.tasks.forms import TaskForm
 from apps.tasks.models import Task
 
@@ -151,6 +152,14 @@ def test_an_operation_that_reads_no_body_refuses_one(client_for: Any, alice: Any
     }
     agent.refresh_from_db()
     assert agent.retired_at is None
+    # The orgs endpoint is outside the org scope (it lists a session's orgs) and deleted one whatever it was sent.
+    doomed = api.delete("/api/v1/orgs/acme", {"dry_run": True}, format="json")
+    assert doomed.status_code == 400 and doomed.json()["error"]["details"] == {
+        "dry_run": ["Unknown field: this endpoint takes no body."]
+    }
+    assert api.delete("/api/v1/orgs/acme", "hi", content_type="text/plain").status_code == 415
+    assert client_for(charlie).delete("/api/v1/orgs/acme", {"x": 1}, format="json").status_code == 404
+    assert Organization.objects.filter(pk=org.pk).exists()
 
 
 def test_a_chunked_body_is_a_411_not_an_empty_body(rf: Any) -> None:
