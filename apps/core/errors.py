@@ -243,12 +243,16 @@ def whole_number(raw: str | None, name: str, *, default: int, minimum: int = 0, 
     below `minimum` — DRF would otherwise ignore such a value, or `int()` would raise a 500."""
     if raw is None or raw == "":
         return default
-    if not (raw.isascii() and raw.isdigit() and int(raw) >= minimum):
+    digits = raw.isascii() and raw.isdigit()
+    # Past 18 digits a value is larger than any count or sequence number Hermes keeps (a bigint holds 19), so it
+    # reads as the largest: int() of a string of 4,301 digits or more raises ValueError, which was a 500.
+    value = (int(raw) if len(raw) <= 18 else 10**18) if digits else None
+    if value is None or value < minimum:
         bound = f"from {minimum} to {maximum}" if maximum is not None else f"of at least {minimum}"
         raise HermesAPIError(
             f"'{name}' must be a whole number {bound}.", code="invalid", details={name: [f"A whole number {bound}."]}
         )
-    return int(raw) if maximum is None else min(int(raw), maximum)
+    return value if maximum is None else min(value, maximum)
 
 
 def one_of(raw: str | None, name: str, choices: list[str]) -> str | None:

@@ -51,6 +51,7 @@ from django.conf import settings
 from django.db import DatabaseError, close_old_connections
 
 from apps.core.checks import probe_redis
+from apps.core.errors import HermesAPIError, whole_number
 from apps.core.metrics import WEBSOCKET_CONNECTIONS
 from apps.core.permissions import Access
 from apps.orgs.auth import LEFT_ORG, StreamCredential
@@ -488,7 +489,10 @@ async def _refuse(consumer: AsyncJsonWebsocketConsumer, close: Close) -> None:
 def _after(scope: dict[str, Any]) -> int | None:
     """`?after=<seq>` (default 0); None when it is not a non-negative integer (the SSE stream answers that 400)."""
     raw = parse_qs(scope.get("query_string", b"").decode()).get("after", ["0"])[0]
-    return int(raw) if raw.isascii() and raw.isdigit() else None
+    try:
+        return whole_number(raw, "after", default=0)
+    except HermesAPIError:
+        return None
 
 
 def _display_name(user: Any, access: Access) -> str:

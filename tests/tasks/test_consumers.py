@@ -145,6 +145,20 @@ def test_bad_paths_and_cursors_close_with_a_code(alice: Any, task: Any, path: st
     async_to_sync(scenario)()
 
 
+def test_a_cursor_of_thousands_of_digits_reads_as_past_the_end(alice: Any, task: Any) -> None:
+    """int() of 4,301 digits raises: the handshake was an HTTP 500. It is a cursor past every event now."""
+
+    async def scenario() -> None:
+        ws = communicator(f"/ws/tasks/{task.pk}/?after={'9' * 5000}", alice)
+        connected, _ = await ws.connect()
+        assert connected
+        (synced,) = await receive_until(ws, lambda f: f["type"] == "synced")
+        assert synced["last_seq"] == task.last_seq
+        await ws.disconnect()
+
+    async_to_sync(scenario)()
+
+
 @pytest.mark.parametrize("fails", ["apps.orgs.selectors.session_access", "apps.tasks.consumers.task_for_org"])
 def test_a_dead_database_closes_the_socket_with_1013(alice: Any, task: Any, monkeypatch: Any, fails: str) -> None:
     """Reading the socket's access (auth middleware) or its task (consumer) fails as with Postgres gone: the

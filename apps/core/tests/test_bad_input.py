@@ -162,6 +162,25 @@ def test_an_operation_that_reads_no_body_refuses_one(client_for: Any, alice: Any
     assert Organization.objects.filter(pk=org.pk).exists()
 
 
+def test_integer_parameters_of_thousands_of_digits_are_no_500(client_for: Any, alice: Any, org: Any) -> None:
+    """int() refuses strings of 4,301 digits or more (ValueError): every list's page_size, a timeline's after and
+    limit, the usage days and SSE's Last-Event-ID answered a 500. Such a value is larger than any: clamped where a
+    maximum is documented, past the end for a cursor."""
+    from apps.tasks import actions
+    from tests.tasks.conftest import make_agent
+
+    task = actions.create_task(org=org, agent=make_agent(org, "echo"), message={"parts": [{"text": "hi"}]})
+    huge = "9" * 5000
+    api = client_for(alice)
+    assert api.get(f"/api/v1/tasks?page_size={huge}").status_code == 200
+    assert len(api.get(f"/api/v1/usage?days={huge}").json()["days"]) == 35
+    events = api.get(f"/api/v1/tasks/{task.pk}/events?after={huge}&limit={huge}").json()
+    assert events["results"] == [] and events["last_seq"] == task.last_seq
+    assert api.get(f"/api/v1/tasks?page_size=-{huge}").json()["error"]["details"] == {
+        "page_size": ["A whole number from 1 to 200."]
+    }
+
+
 def test_a_chunked_body_is_a_411_not_an_empty_body(rf: Any) -> None:
     """Django reads a body by its Content-Length: a chunked one was read as empty, silently."""
     from apps.core.middleware import RequestContextMiddleware
