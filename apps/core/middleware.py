@@ -48,6 +48,20 @@ def _refuse_a_chunked_body(request: HttpRequest) -> HttpResponse | None:
     return _html_error(request, 411, "Length required", message)
 
 
+def _refuse_a_nul_in_the_url(request: HttpRequest) -> HttpResponse | None:
+    """A NUL character (`%00`) in the path or the query: no slug, id, name or filter value can hold one, and
+    PostgreSQL refuses it in any text it is compared with (DataError), so a search or a lookup by slug holding
+    one was a 500. One clear 400 for every URL instead of a check in every filter."""
+    if "\x00" not in request.path and "%00" not in request.META.get("QUERY_STRING", ""):
+        return None
+    from apps.core.errors import _html_error, _is_api, json_error
+
+    message = "The URL contains a NUL character (%00), which no name, id or filter value can hold."
+    if _is_api(request):
+        return json_error(request, "invalid", message, 400)
+    return _html_error(request, 400, "Bad request", message)
+
+
 class RequestContextMiddleware:
     """Binds request_id (from X-Request-ID or new) for logs, echoes it on the response, and logs one line per
     request with the context authentication bound (org_id, user_id) and the outcome."""
@@ -62,7 +76,12 @@ class RequestContextMiddleware:
         request.request_id = request_id  # type: ignore[attr-defined]
         context.clear()
         context.bind(request_id=request_id)
-        response = _refuse_an_oversized_query(request) or _refuse_a_chunked_body(request) or self.get_response(request)
+        response = (
+            _refuse_an_oversized_query(request)
+            or _refuse_a_nul_in_the_url(request)
+            or _refuse_a_chunked_body(request)
+            or self.get_response(request)
+        )
         response[REQUEST_ID_HEADER] = request_id
         self._account(request, response, time.perf_counter() - started)
         return response

@@ -181,6 +181,26 @@ def test_integer_parameters_of_thousands_of_digits_are_no_500(client_for: Any, a
     }
 
 
+def test_a_nul_in_the_url_is_a_400_everywhere(client_for: Any, alice: Any, org: Any) -> None:
+    """PostgreSQL refuses NUL in any text it compares: a search or a slug lookup holding `%00` was a 500."""
+    api = client_for(alice)
+    for url in (
+        "/api/v1/marketplace?q=a%00b",
+        "/api/v1/audit?action=a%00b",
+        "/api/v1/orgs/%00",
+        "/api/v1/federation/peers/a%00b",
+    ):
+        response = api.get(url)
+        assert response.status_code == 400, url
+        assert response.json()["error"] == {
+            "code": "invalid",
+            "message": "The URL contains a NUL character (%00), which no name, id or filter value can hold.",
+            "details": {},
+        }
+    page = api.get("/marketplace/?q=a%00b")
+    assert page.status_code == 400 and "NUL character" in page.content.decode()
+
+
 def test_a_chunked_body_is_a_411_not_an_empty_body(rf: Any) -> None:
     """Django reads a body by its Content-Length: a chunked one was read as empty, silently."""
     from apps.core.middleware import RequestContextMiddleware
