@@ -295,7 +295,7 @@ class EmailUrl(Kind):
     @property
     def expected(self) -> str:
         return (
-            "an email URL: smtp://, smtps://, smtp+tls:// or smtp+ssl://[user:pass@]host[:port], filemail:///path, "
+            "an email URL: smtp://, smtps://, smtp+tls:// or smtp+ssl://[user:pass@]host[:port], filemail:///abs/path, "
             "consolemail://, memorymail:// or dummymail://"
         )
 
@@ -306,9 +306,20 @@ class EmailUrl(Kind):
             raise self.refuse()
         if parts.scheme.startswith("smtp") and not parts.hostname:
             raise self.refuse()
-        if parts.scheme == "filemail" and parts.path in ("", "/"):
+        # filemail:///var/mail is the absolute directory /var/mail; in filemail://var/mail "var" is a host name.
+        if parts.scheme == "filemail" and (parts.path in ("", "/") or parts.netloc):
             raise self.refuse()
         return value
+
+
+def email_settings(url: str) -> dict[str, Any]:
+    """The EMAIL_* settings of an EMAIL_URL (django-environ's reading of it, with one correction)."""
+    values: dict[str, Any] = environ.Env.email_url_config(url)
+    if url.startswith("filemail:"):
+        # django-environ drops the leading slash of filemail:///var/mail, so mail went to ./var/mail under
+        # whatever directory the process started in; the URL's path is the absolute directory it names.
+        values["EMAIL_FILE_PATH"] = urlsplit(url).path
+    return values
 
 
 @dataclass(frozen=True)

@@ -198,8 +198,7 @@ LOGIN_REDIRECT_URL = "/"
 LOGOUT_REDIRECT_URL = "/accounts/login/"
 PASSWORD_RESET_TIMEOUT = 3600
 
-EMAIL_CONFIG = env.email_url_config(CONFIG["EMAIL_URL"])
-vars().update(EMAIL_CONFIG)
+vars().update(hermes_config.email_settings(CONFIG["EMAIL_URL"]))
 DEFAULT_FROM_EMAIL = CONFIG["DEFAULT_FROM_EMAIL"]
 
 # --- HTTP, static, security ------------------------------------------------------------------------------

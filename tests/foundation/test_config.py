@@ -112,6 +112,7 @@ MALFORMED = [
     ("EMAIL_URL", "notaurl"),
     ("EMAIL_URL", "smtp://host:notaport"),
     ("EMAIL_URL", "smtp://"),
+    ("EMAIL_URL", "filemail://var/mail"),  # "var" would be a host name: a directory needs three slashes
     ("LOG_LEVEL", "LOUD"),
     ("CSRF_TRUSTED_ORIGINS", "hermes.example.com"),
     ("CSRF_TRUSTED_ORIGINS", "https://hermes.example.com/"),
@@ -264,6 +265,18 @@ def test_a_misspelled_ssl_redirect_in_production_is_refused_not_read_as_false() 
 def test_values_that_mean_something_are_accepted(name: str, value: str, parsed: object) -> None:
     cfg = load({name: value})
     assert cfg[name] == (value if parsed is None else parsed)
+
+
+def test_a_filemail_url_names_an_absolute_directory() -> None:
+    """django-environ read filemail:///tmp/hermes-mail as tmp/hermes-mail, relative to the working directory:
+    invitation and reset mail landed where nobody looked."""
+    from hermes_site.config import email_settings
+
+    assert load({"EMAIL_URL": "filemail:///tmp/hermes-mail"})["EMAIL_URL"] == "filemail:///tmp/hermes-mail"
+    values = email_settings("filemail:///tmp/hermes-mail")
+    assert values["EMAIL_FILE_PATH"] == "/tmp/hermes-mail"
+    assert values["EMAIL_BACKEND"] == "django.core.mail.backends.filebased.EmailBackend"
+    assert email_settings("smtp+tls://u:p@mail.example.com:587")["EMAIL_HOST"] == "mail.example.com"
 
 
 def test_stale_after_must_outlast_two_heartbeats() -> None:
