@@ -116,6 +116,8 @@ class AgentViewSet(  # type: ignore[misc]
         "with its marketplace listing and `owned: false` (`ForeignAgent`): its endpoint, card, errors and creator "
         "stay its owner's.",
         responses={
+            # A `oneOf` the two answers' `owned` (`true` / `false`) makes exclusive. No `discriminator`: OpenAPI 3.0
+            # maps a discriminator's string values to schemas, and `owned` is a boolean.
             200: PolymorphicProxySerializer(
                 component_name="AgentOrListing",
                 serializers=[AgentDetailSerializer, ForeignAgentSerializer],
@@ -199,7 +201,7 @@ class AgentViewSet(  # type: ignore[misc]
     @describe(
         "Add the built-in demo agents",
         action="agents:write",
-        notes="Echo, summarizer, calculator, slow and flaky, served by this instance under /demo-agents/. "
+        notes="Echo, summarizer, calculator, slow, flaky and greeter, served by this instance under /demo-agents/. "
         "Idempotent: agents the org already has are refreshed, never doubled (201 when any was created, else 200).",
         request=None,
         responses={200: DemoAssignmentSerializer, 201: DemoAssignmentSerializer},

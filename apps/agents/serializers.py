@@ -1,7 +1,8 @@
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Literal
 
+from drf_spectacular.utils import extend_schema_field
 from rest_framework import serializers
 
 from apps.agents.models import Agent, Visibility
@@ -59,6 +60,13 @@ class AgentDetailSerializer(AgentSerializer):
         fields = [*AgentSerializer.Meta.fields, "card"]
         read_only_fields = fields
 
+    # Only ever the caller's own agent (a read of another org's is a ForeignAgent). Declared `true`, not `boolean`,
+    # so the two answers of GET /agents/{id} exclude each other: OpenAPI 3.0 objects accept extra fields, so an
+    # AgentDetail also matched ForeignAgent and a validator refused every owner's answer to its `oneOf`.
+    @extend_schema_field({"type": "boolean", "enum": [True]})
+    def get_owned(self, agent: Agent) -> bool:
+        return super().get_owned(agent)
+
 
 class MarketplaceAgentSerializer(serializers.ModelSerializer):
     organization: serializers.SlugRelatedField = serializers.SlugRelatedField(slug_field="slug", read_only=True)
@@ -80,7 +88,7 @@ class ForeignAgentSerializer(MarketplaceAgentSerializer):
         fields = [*MarketplaceAgentSerializer.Meta.fields, "owned"]
         read_only_fields = fields
 
-    def get_owned(self, agent: Agent) -> bool:
+    def get_owned(self, agent: Agent) -> Literal[False]:  # `enum: [false]` in the schema (see AgentDetailSerializer)
         return False
 
 

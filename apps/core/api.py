@@ -202,7 +202,9 @@ def describe(
 
     `errors` documents the error statuses only this operation answers, `{409: "`task_finished`: …"}`, or adds to
     what HermesAutoSchema derives for every operation from its shape (400 for a body or query parameters, 401/403
-    when authenticated, 404 on a detail route, 415 for a body, 429 when throttled).
+    when authenticated, 404 on a detail route, 411 for an unsafe method, 415 for a body, 429 when throttled, 503
+    for all; the `Idempotency-Key` header and its 400/409 codes for a create that honours it, unless `errors`
+    names those codes in its own words).
 
     Operations of `OrgScopedViewSet`s without `describe` get the auth line from their `required_actions`/
     `read_action`/`write_action` automatically (apps.core.schema.HermesAutoSchema)."""

@@ -132,7 +132,8 @@ def idempotent(org_id: int, request: Request, create: Callable[[], Response]) ->
 class IdempotentCreateMixin:
     """Wraps the `create` of the classes after it (e.g. `mixins.CreateModelMixin`) in an org-scoped viewset.
 
-    A viewset that writes its own `create` calls `idempotent(self.org.pk, request, lambda: ...)` instead."""
+    A viewset that writes its own `create` puts it in a class after this one in its bases (apps.tasks.api._SendTask):
+    one way to honour the key, which the schema (apps.core.schema) recognises to declare it."""
 
     def create(self, request: Request, *args: Any, **kwargs: Any) -> Response:
         parent = super()

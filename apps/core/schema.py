@@ -5,7 +5,10 @@ responses include the errors it can answer, in the one error shape of apps.core.
 this schema class derives it from the same `required_actions`/`read_action`/`write_action` the permission check
 uses, so the documentation cannot drift from the enforcement. The error statuses are derived the same way, from
 what makes an operation refuse (authentication, the permission check, a body, query parameters, a detail route,
-the throttle), plus what `describe(errors=...)` names for the operation alone (a 409, a 413, ...).
+the throttle, the middleware that refuses a chunked body, the database), plus what `describe(errors=...)` names for
+the operation alone (a 409, a 413, ...). An operation that honours `Idempotency-Key` (apps.core.idempotency)
+declares the header, the `Idempotent-Replayed` header of a replay and the errors they bring, derived from what makes
+it honour them.
 """
 
 from __future__ import annotations
@@ -14,13 +17,18 @@ import inspect
 import re
 from typing import Any
 
+from drf_spectacular.drainage import get_override
 from drf_spectacular.openapi import AutoSchema
 from drf_spectacular.plumbing import get_doc
+from drf_spectacular.types import OpenApiTypes
+from drf_spectacular.utils import OpenApiParameter
 from rest_framework import permissions, serializers
 from rest_framework.authentication import SessionAuthentication
 from rest_framework.negotiation import DefaultContentNegotiation
 
+from apps.core import idempotency
 from apps.core.api import Described, OrgScopedMixin, RefuseUnreadBodyMixin, auth_line
+from apps.core.errors import DATABASE_RETRY_AFTER_S
 from apps.core.permissions import SCOPES
 
 
@@ -55,9 +63,19 @@ _RATE_LIMIT_HEADERS = {
 _CHALLENGE_HEADER = {
     "WWW-Authenticate": {"schema": {"type": "string"}, "description": 'The challenge: `Bearer realm="hermes"`.'}
 }
+_RETRY_HEADER = {
+    "Retry-After": {**_INTEGER, "description": f"Seconds to wait before retrying ({DATABASE_RETRY_AFTER_S})."}
+}
 # Query parameters that no value can make invalid: every other parameter of the API answers a value it cannot use
-# with a 400 naming it (docs/api.md), rather than ignoring it.
-_UNVALIDATED_PARAMETERS = {"q"}
+# with a 400 naming it (docs/api.md), rather than ignoring it. A bad `Idempotency-Key` has a code of its own.
+_UNVALIDATED_PARAMETERS = {"q", idempotency.HEADER}
+_IDEMPOTENCY_ERRORS = {
+    400: (
+        "invalid_idempotency_key",
+        f"a malformed `{idempotency.HEADER}` (1 to {idempotency.MAX_KEY_LENGTH} printable characters).",
+    ),
+    409: ("idempotency_conflict", f"the `{idempotency.HEADER}` was used before with a different request."),
+}
 
 
 class SchemaContentNegotiation(DefaultContentNegotiation):
@@ -74,9 +92,60 @@ class SchemaContentNegotiation(DefaultContentNegotiation):
         return super().select_renderer(request, renderers, wanted)
 
 
+def _idempotency_parameters(replayed_statuses: list[str] | bool) -> list[OpenApiParameter]:
+    """The request header, and the response header of a replay (on success statuses only: an error response is
+    not remembered, so never replayed)."""
+    hours = int(idempotency.IDEMPOTENCY_TTL.total_seconds() // 3600)
+    return [
+        OpenApiParameter(
+            idempotency.HEADER,
+            {"type": "string", "minLength": 1, "maxLength": idempotency.MAX_KEY_LENGTH},
+            OpenApiParameter.HEADER,
+            description="Makes a retry safe (a UUID is a good choice). The same key with the same body, within "
+            f"{hours} hours (per organization and path), answers the original status and body with "
+            f"`{idempotency.REPLAY_HEADER}: true` and creates nothing; with a different body it is a 409 "
+            "`idempotency_conflict`. Error responses are not remembered: fix the request and retry with the same "
+            "key.",
+        ),
+        OpenApiParameter(
+            idempotency.REPLAY_HEADER,
+            OpenApiTypes.STR,
+            OpenApiParameter.HEADER,
+            enum=["true"],
+            response=replayed_statuses,
+            description=f"`true` when this is the remembered response to an earlier request with the same "
+            f"`{idempotency.HEADER}`: nothing was created this time. Absent otherwise.",
+        ),
+    ]
+
+
 class HermesAutoSchema(AutoSchema):
     def _view_method(self) -> Any:
         return getattr(self.view, getattr(self.view, "action", None) or self.method.lower(), None)
+
+    def _honours_idempotency_key(self) -> bool:
+        is_create = self.method == "POST" and getattr(self.view, "action", None) == "create"
+        return is_create and isinstance(self.view, idempotency.IdempotentCreateMixin)
+
+    def get_override_parameters(self) -> list[Any]:
+        parameters = list(super().get_override_parameters())
+        if self._honours_idempotency_key():
+            declared = self.get_response_serializers()
+            # Without a status map drf-spectacular documents one response, the success: a replay can be it.
+            replayed: list[str] | bool = (
+                [str(code) for code in declared if str(code).startswith("2")] if isinstance(declared, dict) else True
+            )
+            parameters += _idempotency_parameters(replayed)
+        return parameters
+
+    def _map_basic_serializer(self, serializer: Any, direction: Any) -> Any:
+        schema = super()._map_basic_serializer(serializer, direction)
+        # drf-spectacular describes a component with the first docstring in its serializer's MRO, which made
+        # StrictFieldsMixin's and PatchSerializer's implementation notes the description of most request bodies:
+        # as for operations (get_description), only the serializer's own docstring counts.
+        if get_override(serializer, "description") is None and not type(serializer).__dict__.get("__doc__"):
+            schema.pop("description", None)
+        return schema
 
     def _described(self) -> Described | None:
         described = getattr(self._view_method(), "hermes_described", None)
@@ -127,13 +196,18 @@ class HermesAutoSchema(AutoSchema):
         public = described.public if described is not None else False
         public = public or all(isinstance(p, permissions.AllowAny) for p in view.get_permissions())
         has_body = "requestBody" in operation
+        own_errors = described.errors if described is not None else {}
         checked_parameters = [
             p["name"]
             for p in operation.get("parameters", [])
             if p["in"] in ("query", "header") and p["name"] not in _UNVALIDATED_PARAMETERS
         ]
         # Any request can carry more query parameters than Django reads (the middleware answers before the view).
-        texts: dict[int, list[str]] = {400: ["`too_many_parameters`: more than 1000 query parameters."]}
+        texts: dict[int, list[str]] = {
+            400: [
+                "`too_many_parameters`: more than 1000 query parameters; `invalid`: a NUL character (`%00`) in the URL."
+            ]
+        }
         if not public:
             texts[400].append("`org_mismatch`: an API key with an `X-Hermes-Org` header naming another organization.")
 
@@ -155,6 +229,11 @@ class HermesAutoSchema(AutoSchema):
             texts.setdefault(400, []).append(
                 f"`invalid`: a parameter ({names}) has a value it cannot use; `details` names it."
             )
+        if self._honours_idempotency_key():
+            for status_code, (code, text) in _IDEMPOTENCY_ERRORS.items():
+                # An operation that explains the code in its own words keeps them, rather than saying it twice.
+                if f"`{code}`" not in own_errors.get(status_code, ""):
+                    texts.setdefault(status_code, []).append(f"`{code}`: {text}")
         if not public:
             texts[401] = [
                 "`not_authenticated`: no credentials (or ones Hermes does not take: the message says which); "
@@ -181,6 +260,10 @@ class HermesAutoSchema(AutoSchema):
             texts[404] = [
                 f"`not_found`: nothing with this {names} you can see (another organization's looks the same)."
             ]
+        if self.method not in permissions.SAFE_METHODS:
+            # RequestContextMiddleware refuses a chunked body of any unsafe method before routing, whether or not
+            # the operation reads one.
+            texts[411] = ["`length_required`: a body sent chunked, without `Content-Length` (bodies are read by it)."]
         if has_body or refuses_body:
             texts[415] = ["`unsupported_media_type`: the body is not `application/json`."]
         throttles = view.get_throttles()
@@ -194,8 +277,11 @@ class HermesAutoSchema(AutoSchema):
                 )
                 + " `details` names the limit, when it resets and how to raise it."
             ]
-        for status_code, text in (described.errors if described is not None else {}).items():
+        # Every operation reads the database: authentication reads the API key, or the session and its user, on
+        # each request, and the public operations read or write accounts. DatabaseUnavailableMiddleware answers.
+        texts[503] = ["`database_unavailable`: the database cannot be reached; nothing was read or changed."]
+        for status_code, text in own_errors.items():
             texts.setdefault(status_code, []).append(text)
 
-        headers = {401: _CHALLENGE_HEADER, 429: _RATE_LIMIT_HEADERS}
+        headers = {401: _CHALLENGE_HEADER, 429: _RATE_LIMIT_HEADERS, 503: _RETRY_HEADER}
         return {code: (" ".join(parts), headers.get(code, {})) for code, parts in sorted(texts.items())}

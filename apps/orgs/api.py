@@ -16,7 +16,7 @@ from rest_framework.views import APIView
 
 from apps.core.api import OrgScopedMixin, OrgScopedViewSet, RefuseUnreadBodyMixin, describe, require_action
 from apps.core.errors import HermesAPIError, whole_number
-from apps.core.idempotency import idempotent
+from apps.core.idempotency import IdempotentCreateMixin
 from apps.core.models import AuditEvent
 from apps.core.permissions import Access
 from apps.orgs import actions, quotas, selectors
@@ -134,7 +134,7 @@ class APIKeyViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, OrgScopedV
 # --- Organizations ---------------------------------------------------------------------------------------------
 
 
-class OrganizationViewSet(RefuseUnreadBodyMixin, viewsets.GenericViewSet):  # type: ignore[misc]
+class OrganizationViewSet(RefuseUnreadBodyMixin, viewsets.GenericViewSet):
     """The caller's orgs. A session sees every org it belongs to (and acts in `{slug}` with its role there);
     an API key sees only its own org. Any other slug is a 404."""
 
@@ -298,7 +298,21 @@ class MemberViewSet(  # type: ignore[misc]
 # --- Invitations -------------------------------------------------------------------------------------------------
 
 
-class InvitationViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, OrgScopedViewSet):  # type: ignore[misc]
+class _Invite:
+    """POST /invitations, below IdempotentCreateMixin in the MRO so a replayed Idempotency-Key never reaches it."""
+
+    access: Any
+
+    def create(self, request: Request, *args: Any, **kwargs: Any) -> Response:
+        serializer = InvitationCreateSerializer(data=request.data)
+        serializer.is_valid(raise_exception=True)
+        issued = actions.invite_member(access=self.access, **serializer.validated_data)
+        return Response(InvitationSerializer(issued.invitation).data, status=status.HTTP_201_CREATED)
+
+
+class InvitationViewSet(  # type: ignore[misc]
+    IdempotentCreateMixin, _Invite, mixins.ListModelMixin, mixins.RetrieveModelMixin, OrgScopedViewSet
+):
     model = Invitation
     serializer_class = InvitationSerializer
     read_action = "org:admin"
@@ -330,13 +344,7 @@ class InvitationViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, OrgSco
         },
     )
     def create(self, request: Request, *args: Any, **kwargs: Any) -> Response:
-        return idempotent(self.org.pk, request, lambda: self._invite(request))
-
-    def _invite(self, request: Request) -> Response:
-        serializer = InvitationCreateSerializer(data=request.data)
-        serializer.is_valid(raise_exception=True)
-        issued = actions.invite_member(access=self.access, **serializer.validated_data)
-        return Response(InvitationSerializer(issued.invitation).data, status=status.HTTP_201_CREATED)
+        return super().create(request, *args, **kwargs)
 
     @describe(
         "Revoke an invitation",

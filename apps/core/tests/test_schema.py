@@ -3,15 +3,30 @@ error envelope, and live responses (successes and errors) validate against the s
 
 from __future__ import annotations
 
+import inspect
 import json
+import sys
 from typing import Any
 
 import pytest
+from django import urls
+from django.db import OperationalError
+from django.test.client import FakePayload
+from drf_spectacular.generators import SchemaGenerator
+from drf_spectacular.plumbing import get_doc
+from drf_spectacular.types import OpenApiTypes
 from jsonschema import Draft202012Validator
+from rest_framework import viewsets
+from rest_framework.request import Request
+from rest_framework.response import Response
 
 from apps.agents.models import Agent
+from apps.core import checks
+from apps.core.api import OrgScopedMixin, describe
+from apps.core.idempotency import IdempotentCreateMixin
 from apps.federation.actions import audit
 from apps.federation.models import AuditEvent
+from apps.tasks.api import TaskViewSet
 from apps.tasks.models import Task
 from tests.factories import issue_api_key, key_client
 
@@ -72,6 +87,12 @@ def test_errors_follow_from_what_an_operation_does(schema: dict[str, Any]) -> No
         if any(p["in"] == "query" and p["name"] != "q" for p in operation.get("parameters", [])):
             assert "400" in statuses, where
         assert "format" not in {p["name"] for p in operation.get("parameters", [])}, where
+        # The middleware refuses a chunked body of any unsafe method; every operation reads the database.
+        assert ("411" in statuses) == (method not in {"GET", "HEAD", "OPTIONS"}), where
+        if "411" in statuses:
+            assert "`length_required`" in operation["responses"]["411"]["description"], where
+        outage = operation["responses"]["503"]
+        assert "`database_unavailable`" in outage["description"] and "Retry-After" in outage["headers"], where
 
 
 def test_operation_specific_errors(schema: dict[str, Any]) -> None:
@@ -80,15 +101,17 @@ def test_operation_specific_errors(schema: dict[str, Any]) -> None:
     def statuses(path: str, method: str) -> set[str]:
         return {code for code in paths[path][method]["responses"] if not code.startswith("2")}
 
-    assert statuses("/api/v1/tasks", "post") == {"400", "401", "403", "404", "409", "413", "415", "429"}
+    # Every write may meet a chunked body (411) and every operation a database outage (503).
+    write = {"400", "401", "403", "404", "409", "411", "415", "429", "503"}
+    assert statuses("/api/v1/tasks", "post") == write | {"413"}
     # A cancel reads no body, and refuses one: 400 for JSON it does not take, 415 for another media type.
-    assert statuses("/api/v1/tasks/{id}/cancel", "post") == {"400", "401", "403", "404", "409", "415", "429"}
+    assert statuses("/api/v1/tasks/{id}/cancel", "post") == write
     assert "a body was sent" in paths["/api/v1/tasks/{id}/cancel"]["post"]["responses"]["400"]["description"]
-    assert statuses("/api/v1/tasks/{id}/messages", "post") == {"400", "401", "403", "404", "409", "413", "415", "429"}
+    assert statuses("/api/v1/tasks/{id}/messages", "post") == write | {"413"}
     # Reads without parameters answer no 409, and a 400 only for a flood of query parameters or a key naming
     # another org; GET /me checks no permission beyond being signed in (its 403: an `X-Hermes-Org` naming no org).
-    assert statuses("/api/v1/tasks/{id}", "get") == {"400", "401", "403", "404", "429"}
-    assert statuses("/api/v1/me", "get") == {"400", "401", "403", "429"}
+    assert statuses("/api/v1/tasks/{id}", "get") == {"400", "401", "403", "404", "429", "503"}
+    assert statuses("/api/v1/me", "get") == {"400", "401", "403", "429", "503"}
     read = paths["/api/v1/tasks/{id}"]["get"]["responses"]["400"]["description"]
     assert "too_many_parameters" in read and "org_mismatch" in read
     assert "task_finished" in paths["/api/v1/tasks/{id}/cancel"]["post"]["responses"]["409"]["description"]
@@ -105,6 +128,29 @@ def test_every_operation_says_what_it_does(schema: dict[str, Any]) -> None:
     assert not bare, f"give these a summary and notes with apps.core.api.describe(...): {bare}"
     descriptions = [operation.get("description", "") for _, _, operation in _operations(schema)]
     assert not [d for d in descriptions if "Wraps the `create`" in d]  # a mixin's docstring is no description
+
+
+def test_a_component_is_described_by_its_own_serializer_only(schema: dict[str, Any]) -> None:
+    """drf-spectacular takes the first docstring of a serializer's MRO: StrictFieldsMixin's implementation notes
+    described 21 request bodies, and PatchSerializer's two PATCH bodies. A docstring of apps.core describes only
+    the component of that class itself (`Error`, `AuditPerson`, ...)."""
+    core_docs: dict[str, str] = {}
+    for name, module in list(sys.modules.items()):
+        if name == "apps.core" or name.startswith("apps.core."):
+            for cls in vars(module).values():
+                if inspect.isclass(cls) and cls.__module__ == name and cls.__dict__.get("__doc__"):
+                    core_docs[get_doc(cls)] = cls.__name__.removesuffix("Serializer")
+    components = schema["components"]["schemas"]
+    borrowed = {
+        name: core_docs[component["description"]]
+        for name, component in components.items()
+        if component.get("description") in core_docs
+        and name.removeprefix("Patched") != core_docs[component["description"]]
+    }
+    assert not borrowed, f"components described by a base class of apps.core: {borrowed}"
+    assert "description" not in components["TaskCreate"]  # a StrictFieldsMixin body without a docstring of its own
+    assert "description" not in components["PatchedAgentUpdate"]  # a PatchSerializer one
+    assert components["ForeignAgent"]["description"].startswith("Another org's public agent read by id")
 
 
 def test_the_task_list_documents_its_filters_and_the_timeline_its_page(schema: dict[str, Any]) -> None:
@@ -128,17 +174,23 @@ def test_the_schema_still_comes_as_yaml_and_ignores_a_format_it_does_not_have(cl
 # --- Live responses against it --------------------------------------------------------------------------------
 
 
-def _json_schema(node: Any) -> Any:
+def _json_schema(node: Any, *, closed: bool = True) -> Any:
     """OpenAPI 3.0 schema -> JSON Schema: `nullable` becomes a null type, and objects are closed, so a response
-    field the schema does not declare fails as surely as a declared one that is missing or of the wrong type."""
+    field the schema does not declare fails as surely as a declared one that is missing or of the wrong type.
+
+    `closed=False` reads the schema as a standard OpenAPI validator does, objects accepting undeclared fields: what
+    a `oneOf` must hold up against (test_an_agent_read_matches_exactly_one_of_its_answers)."""
     if isinstance(node, list):
-        return [_json_schema(item) for item in node]
+        return [_json_schema(item, closed=closed) for item in node]
     if not isinstance(node, dict):
         return node
-    out = {key: _json_schema(value) for key, value in node.items() if key not in {"nullable", "readOnly"}}
+    out = {
+        key: _json_schema(value, closed=closed) for key, value in node.items() if key not in {"nullable", "readOnly"}
+    }
     if "properties" in node:
-        out["properties"] = {name: _json_schema(value) for name, value in node["properties"].items()}
-        out.setdefault("additionalProperties", False)
+        out["properties"] = {name: _json_schema(value, closed=closed) for name, value in node["properties"].items()}
+        if closed:
+            out.setdefault("additionalProperties", False)
     if node.get("nullable"):
         out = {"anyOf": [out, {"type": "null"}]}
     return out
@@ -276,3 +328,144 @@ def test_the_audit_log_matches_the_schema(schema: dict[str, Any], client_for: An
         key_client(issue_api_key(alice, org, scopes=["org:read"])[1]).get("/api/v1/audit"),
     )
     assert refused["error"]["code"] == "missing_scope"
+
+
+def test_an_agent_read_matches_exactly_one_of_its_answers(
+    schema: dict[str, Any], client_for: Any, alice: Any, agent: Agent, other_org: Any
+) -> None:
+    """GET /agents/{id} is a `oneOf` AgentDetail and ForeignAgent. Read as OpenAPI 3.0 reads it, objects open to
+    undeclared fields, an owner's AgentDetail matched ForeignAgent too, so a standard validator refused it."""
+    public = Agent.objects.create(
+        organization=other_org, slug="pub", name="Pub", url="http://127.0.0.1:9/pub/", visibility="public"
+    )
+    target = schema["paths"]["/api/v1/agents/{id}"]["get"]["responses"]["200"]["content"]["application/json"]
+    components = _json_schema(schema["components"], closed=False)
+    branches = components["schemas"][target["schema"]["$ref"].rsplit("/", 1)[-1]]["oneOf"]
+    client = client_for(alice)
+    for agent_id, answer in ((agent.pk, "AgentDetail"), (public.pk, "ForeignAgent")):
+        response = client.get(f"/api/v1/agents/{agent_id}")
+        assert response.status_code == 200
+        body = response.json()
+        document = {**_json_schema(target["schema"], closed=False), "components": components}
+        errors = [error.message for error in Draft202012Validator(document).iter_errors(body)]
+        assert not errors, f"{answer}: {errors}"
+        matching = [
+            branch["$ref"].rsplit("/", 1)[-1]
+            for branch in branches
+            if Draft202012Validator({**branch, "components": components}).is_valid(body)
+        ]
+        assert matching == [answer]
+
+
+IDEMPOTENT = {
+    ("POST", "/api/v1/tasks"),
+    ("POST", "/api/v1/agents"),
+    ("POST", "/api/v1/invitations"),
+    ("POST", "/api/v1/federation/messages"),
+    ("POST", "/api/v1/federation/remote-tasks"),
+}
+
+
+def _assert_declares_idempotency(operation: dict[str, Any], where: str) -> None:
+    (key,) = [p for p in operation["parameters"] if p["name"] == "Idempotency-Key"]
+    assert key["in"] == "header" and not key.get("required") and key["schema"]["maxLength"] == 255, where
+    for status, response in operation["responses"].items():
+        replayed = response.get("headers", {}).get("Idempotent-Replayed")
+        if status.startswith("2"):
+            assert replayed is not None and replayed["schema"]["enum"] == ["true"], where
+        else:
+            assert replayed is None, where  # errors are not remembered, so never replayed
+    assert "`invalid_idempotency_key`" in operation["responses"]["400"]["description"], where
+    assert "`idempotency_conflict`" in operation["responses"]["409"]["description"], where
+
+
+def test_operations_that_honour_an_idempotency_key_declare_it_and_its_replay(
+    schema: dict[str, Any], client_for: Any, alice: Any, agent: Agent
+) -> None:
+    declaring = {
+        (method, path)
+        for method, path, operation in _operations(schema)
+        if any(p["name"] == "Idempotency-Key" for p in operation.get("parameters", []))
+    }
+    assert declaring == IDEMPOTENT
+    for method, path in sorted(IDEMPOTENT):
+        operation = schema["paths"][path][method.lower()]
+        _assert_declares_idempotency(operation, f"{method} {path}")
+        # Said once per code, whether derived or in the operation's own words.
+        assert operation["responses"]["409"]["description"].count("`idempotency_conflict`") == 1
+
+    client = client_for(alice)
+    body = json.dumps({"agent": str(agent.pk), "input": TEXT})
+    first = client.post("/api/v1/tasks", body, content_type="application/json", HTTP_IDEMPOTENCY_KEY="retry-1")
+    again = client.post("/api/v1/tasks", body, content_type="application/json", HTTP_IDEMPOTENCY_KEY="retry-1")
+    assert check(schema, "POST", "/api/v1/tasks", again) == check(schema, "POST", "/api/v1/tasks", first)
+    assert again["Idempotent-Replayed"] == "true" and "Idempotent-Replayed" not in first
+    declared = schema["paths"]["/api/v1/tasks"]["post"]["responses"][str(again.status_code)]["headers"]
+    assert "Idempotent-Replayed" in declared
+
+
+class _MixedInCreate:
+    def create(self, request: Request, *args: Any, **kwargs: Any) -> Response:
+        return Response({}, status=201)
+
+
+class _ProbeWithTheMixin(IdempotentCreateMixin, _MixedInCreate, OrgScopedMixin, viewsets.ViewSet):  # type: ignore[misc]
+    @describe(
+        "Create a probe",
+        action="tasks:write",
+        notes="A probe.",
+        request=OpenApiTypes.OBJECT,
+        responses={201: OpenApiTypes.OBJECT},
+    )
+    def create(self, request: Request, *args: Any, **kwargs: Any) -> Response:
+        return super().create(request, *args, **kwargs)
+
+
+class _ProbeWithout(OrgScopedMixin, viewsets.ViewSet):  # type: ignore[misc]
+    @describe(
+        "Act on a probe",
+        action="tasks:write",
+        notes="Honours no key.",
+        request=OpenApiTypes.OBJECT,
+        responses={200: OpenApiTypes.OBJECT},
+    )
+    def create(self, request: Request) -> Response:
+        return Response({})
+
+
+def test_a_new_idempotent_endpoint_declares_the_key_without_being_told() -> None:
+    """The one way to honour `Idempotency-Key` (docs/api.md) is IdempotentCreateMixin before the class with the
+    `create`. The schema derives the declarations from it, so no endpoint can forget them."""
+    patterns = [
+        urls.path("api/v1/mixed-in", _ProbeWithTheMixin.as_view({"post": "create"})),
+        urls.path("api/v1/without", _ProbeWithout.as_view({"post": "create"})),
+    ]
+    paths = SchemaGenerator(patterns=patterns).get_schema(request=None, public=True)["paths"]
+    _assert_declares_idempotency(paths["/api/v1/mixed-in"]["post"], "mixin")
+    act = paths["/api/v1/without"]["post"]
+    assert "Idempotency-Key" not in {p["name"] for p in act.get("parameters", [])}
+    assert "409" not in act["responses"] and "Idempotent-Replayed" not in act["responses"]["200"].get("headers", {})
+
+
+def test_a_chunked_body_and_a_database_outage_match_the_schema(
+    schema: dict[str, Any], client_for: Any, alice: Any, agent: Agent, monkeypatch: Any
+) -> None:
+    client = client_for(alice)
+    # Through the whole stack, as a proxy forwards it: Transfer-Encoding and no Content-Length.
+    chunked = client.request(
+        REQUEST_METHOD="POST",
+        PATH_INFO="/api/v1/tasks",
+        CONTENT_TYPE="application/json",
+        HTTP_TRANSFER_ENCODING="chunked",
+        **{"wsgi.input": FakePayload(b'{"agent": "x"}')},
+    )
+    assert check(schema, "POST", "/api/v1/tasks", chunked)["error"]["code"] == "length_required"
+
+    def refuse(*args: Any, **kwargs: Any) -> Any:
+        raise OperationalError("connection to server at 127.0.0.1, port 5432 failed: Connection refused")
+
+    monkeypatch.setattr(TaskViewSet, "list", refuse)
+    monkeypatch.setattr(checks, "database_reachable", lambda: False)
+    outage = client.get("/api/v1/tasks")
+    assert check(schema, "GET", "/api/v1/tasks", outage)["error"]["code"] == "database_unavailable"
+    assert outage["Retry-After"] == "5"
