@@ -82,14 +82,25 @@ def _check_slug_free(org: Any, slug: str, *, exclude: Agent | None = None) -> st
     taken = Agent.with_retired.for_org(org).filter(slug=slug)
     if exclude is not None:
         taken = taken.exclude(pk=exclude.pk)
-    if taken.exists():
+    holder = taken.only("retired_at").first()
+    if holder is None:
+        return slug
+    if holder.retired_at is not None:
+        # A deleted agent's row stays for its tasks, out of every list: "already has an agent" named nothing the
+        # org could find.
         raise AgentActionError(
-            f"This organization already has an agent with the slug '{slug}'.",
+            f"The slug '{slug}' belonged to an agent that was deleted; retired slugs stay reserved so old tasks "
+            "keep their agent — choose another.",
             code="slug_taken",
-            details={"slug": ["Already used in this organization."]},
+            details={"slug": ["Reserved by a deleted agent."]},
             status=409,
         )
-    return slug
+    raise AgentActionError(
+        f"This organization already has an agent with the slug '{slug}'.",
+        code="slug_taken",
+        details={"slug": ["Already used in this organization."]},
+        status=409,
+    )
 
 
 def _apply_card(agent: Agent, info: CardInfo) -> None:

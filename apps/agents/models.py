@@ -14,6 +14,20 @@ from apps.core.tenancy import OrgOwnedModel, OrgScopedManager
 ONLINE_WINDOW = timedelta(minutes=10)
 
 
+def skills_search_text(skills: Any) -> str:
+    """Each skill's name, description and tags, one per line: the values a person searches skills by, never the
+    JSON's key names. Anything but a list of objects (the column holds whatever a card said) contributes nothing."""
+    values: list[str] = []
+    for skill in skills if isinstance(skills, list) else []:
+        if not isinstance(skill, dict):
+            continue
+        tags = skill.get("tags")
+        for value in (skill.get("name"), skill.get("description"), *(tags if isinstance(tags, list) else [])):
+            if isinstance(value, str) and value.strip():
+                values.append(" ".join(value.split()))  # one line each, so a match never spans two values
+    return "\n".join(values)
+
+
 class Visibility(models.TextChoices):
     PRIVATE = "private", "Private to its organization"
     PUBLIC = "public", "Public (listed in the marketplace, usable by every org)"
@@ -49,6 +63,9 @@ class Agent(OrgOwnedModel):
     card_url = models.URLField(max_length=500, blank=True)
     card = models.JSONField(default=dict, blank=True)
     skills = models.JSONField(default=list, blank=True)
+    # What marketplace search matches in the skills (their names, descriptions and tags), kept by save(): searched
+    # as JSON text, `q=tags` matched every agent with a skill, and SQLite's text held `Ü` as `\u00dc`.
+    skills_text = models.TextField(blank=True, default="", editable=False)
     capabilities = models.JSONField(default=dict, blank=True)
     protocol_version = models.CharField(max_length=20, default="1.0")
     visibility = models.CharField(max_length=10, choices=Visibility.choices, default=Visibility.PRIVATE)
@@ -89,6 +106,13 @@ class Agent(OrgOwnedModel):
 
     def __str__(self) -> str:
         return f"{self.name} ({self.slug})"
+
+    def save(self, *args: Any, **kwargs: Any) -> None:
+        self.skills_text = skills_search_text(self.skills)
+        update_fields = kwargs.get("update_fields")
+        if update_fields is not None and "skills" in update_fields:
+            kwargs["update_fields"] = {*update_fields, "skills_text"}
+        super().save(*args, **kwargs)
 
     @property
     def streaming(self) -> bool:

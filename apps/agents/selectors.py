@@ -6,8 +6,7 @@ import uuid
 from typing import Any
 
 from asgiref.sync import async_to_sync
-from django.db.models import Q, QuerySet, TextField
-from django.db.models.functions import Cast
+from django.db.models import Q, QuerySet
 from django.http import Http404
 
 from apps.agents.cards import CardInfo, fetch_card
@@ -27,15 +26,15 @@ def usable_agents(org: Any) -> QuerySet[Agent]:
 
 
 def marketplace_agents(search: str | None = None) -> QuerySet[Agent]:
-    """Public agents of every org, optionally matching `search` in the name, description or skills."""
+    """Public agents of every org, optionally matching `search` in the name, description or skills (their names,
+    descriptions and tags: `Agent.skills_text`)."""
     agents = (
         Agent.objects.unscoped("the marketplace lists public agents of every org")
         .filter(visibility=Visibility.PUBLIC)
         .select_related("organization")
     )
     if search:
-        # Skills are JSON; matching their text form finds skill names, descriptions and tags alike.
-        agents = agents.annotate(skills_text=Cast("skills", TextField())).filter(
+        agents = agents.filter(
             Q(name__icontains=search) | Q(description__icontains=search) | Q(skills_text__icontains=search)
         )
     return agents

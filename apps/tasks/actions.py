@@ -65,7 +65,38 @@ class TaskNotWaitingForInput(Exception):
 
 
 class AgentNotUsable(Exception):
-    pass
+    """The agent takes nothing from this org: not its own and not public (any more), or retired. `reason` is
+    `retired` (only ever said to the agent's own org) or `unavailable`."""
+
+    def __init__(self, message: str, *, agent_id: Any, reason: str) -> None:
+        super().__init__(message)
+        self.agent_id = agent_id
+        self.reason = reason
+
+
+def check_agent_usable(agent: Any, org: Any) -> None:
+    """The one rule for sending an agent anything, a new task or a follow-up: it is the org's own or a public one
+    (`Agent.is_usable_by`) and not retired (deleted while tasks referred to it). Raises AgentNotUsable.
+
+    At creation the agent comes from `Agent.objects`, which holds no retired agent; a follow-up reaches the agent
+    through its task, which keeps it after its owner made it private or deleted it — without this check the
+    follow-up ran it anyway. Reads `visibility`, `organization_id` and `retired_at`: a caller that loads the agent
+    with `.only()` loads those, or pays a query for each one deferred."""
+    if not agent.is_usable_by(org):
+        # Said the same whether its owner made it private or deleted it (deleting makes it private too): another
+        # org learns nothing of what the owner did.
+        raise AgentNotUsable(
+            "The agent is no longer available to this organization: its owner made it private or deleted it.",
+            agent_id=agent.pk,
+            reason="unavailable",
+        )
+    if agent.retired_at is not None:
+        raise AgentNotUsable(
+            "The agent was deleted (retired): its tasks keep it for their history, but it takes no new task or "
+            "message.",
+            agent_id=agent.pk,
+            reason="retired",
+        )
 
 
 class InvalidMessage(ValueError):
@@ -275,8 +306,7 @@ def create_task(
     sent it; callers without a request (federation) pass `created_by` or nothing. Raises AgentNotUsable,
     InvalidMessage, TaskInputTooLarge or quotas.QuotaExceeded (429) before writing anything.
     """
-    if not agent.is_usable_by(org):
-        raise AgentNotUsable(f"agent {agent.pk} is not usable by this organization")
+    check_agent_usable(agent, org)
     message = normalize_message(message)
     metadata = metadata or {}
     check_metadata(metadata)
@@ -350,13 +380,18 @@ def cancel_task(task: Task, *, access: Access | None = None, reason: str = "canc
 
 
 def continue_task(task: Task, *, message: dict[str, Any], access: Access | None = None) -> Task:
-    """Deliver a follow-up message to a task waiting in input-required (or auth-required)."""
+    """Deliver a follow-up message to a task waiting in input-required (or auth-required).
+
+    Raises TaskNotWaitingForInput, AgentNotUsable (the agent was made private by its owner org or deleted since
+    the task was sent: the same rule as `create_task`), InvalidMessage or TaskInputTooLarge before writing
+    anything."""
     message = normalize_message(message)
     check_input_size(message)
     with transaction.atomic():
         locked = _lock(task)
         if locked.state not in INTERRUPTED_STATES:
             raise TaskNotWaitingForInput(f"the task is {locked.state}, not waiting for input")
+        check_agent_usable(locked.agent, locked.organization_id)
         audit.record("task.continued", org=locked.organization_id, access=access, target=locked)
         pending = _Pending(locked)
         _append(pending, EventKind.MESSAGE, {"role": "user", **message})

@@ -105,6 +105,19 @@ def _invalid_input(exc: actions.InvalidMessage) -> HermesAPIError:
     )
 
 
+def _agent_not_found(value: str) -> HermesAPIError:
+    # 404 whatever the reason (another org's private agent must look like a missing one); what a caller can fix
+    # without learning anything, a value that is no id at all, is said.
+    reason = _not_an_agent_id(value) or "Unknown agent."
+    return HermesAPIError("Agent not found.", code="agent_not_found", status_code=404, details={"agent": [reason]})
+
+
+def _agent_unavailable(exc: actions.AgentNotUsable) -> Conflict:
+    # A 409, not the 404 of POST /tasks: the task is the caller's and names its agent, so nothing is hidden by
+    # saying the agent no longer takes its messages.
+    return Conflict(str(exc), code="agent_unavailable", details={"agent": str(exc.agent_id), "reason": exc.reason})
+
+
 class _SendTask:
     """POST /tasks, below IdempotentCreateMixin in the MRO so a replayed Idempotency-Key never reaches it."""
 
@@ -119,12 +132,7 @@ class _SendTask:
         _check_input_size(data["input"], data["metadata"])
         agent = selectors.usable_agent(self.org, data["agent"])
         if agent is None:
-            # 404 whatever the reason (another org's private agent must look like a missing one); what a caller
-            # can fix without learning anything, a value that is no id at all, is said.
-            reason = _not_an_agent_id(data["agent"]) or "Unknown agent."
-            raise HermesAPIError(
-                "Agent not found.", code="agent_not_found", status_code=404, details={"agent": [reason]}
-            )
+            raise _agent_not_found(data["agent"])
         deadline = timedelta(seconds=data["deadline_seconds"]) if data.get("deadline_seconds") else None
         try:
             task = actions.create_task(
@@ -135,6 +143,8 @@ class _SendTask:
                 access=self.access,
                 deadline=deadline,
             )
+        except actions.AgentNotUsable as exc:  # made private or deleted since the lookup above
+            raise _agent_not_found(data["agent"]) from exc
         except actions.InvalidMessage as exc:
             raise _invalid_input(exc) from exc
         except actions.TaskInputTooLarge as exc:  # measured once more on the normalized message
@@ -259,7 +269,13 @@ class TaskViewSet(  # type: ignore[misc]
         "(`input-required` or `auth-required`).",
         request=FollowUpSerializer,
         responses={202: TaskSerializer},
-        errors={**_INPUT_ERRORS, 409: "`task_not_waiting`: the task is not waiting for input."},
+        errors={
+            **_INPUT_ERRORS,
+            409: "`task_not_waiting`: the task is not waiting for input. `agent_unavailable`: the task's agent takes "
+            "no more messages from this org — another org's agent that its owner made private or deleted "
+            "(`details.reason`: `unavailable`), or the org's own agent, deleted (`retired`); nothing is sent or "
+            "written (docs/tasks.md).",
+        },
     )
     @action(detail=True, methods=["post"])
     def messages(self, request: Request, pk: str | None = None) -> Response:
@@ -273,6 +289,8 @@ class TaskViewSet(  # type: ignore[misc]
             task = actions.continue_task(task, message=message, access=self.access)
         except actions.TaskNotWaitingForInput as exc:
             raise Conflict(str(exc), code="task_not_waiting") from exc
+        except actions.AgentNotUsable as exc:
+            raise _agent_unavailable(exc) from exc
         except actions.InvalidMessage as exc:
             raise _invalid_input(exc) from exc
         except actions.TaskInputTooLarge as exc:

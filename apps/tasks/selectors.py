@@ -48,7 +48,7 @@ def task_progress(task_id: Any, org_id: Any) -> tuple[str, int] | None:
 
 # What sending a task reads of its agent. The card, skills and capabilities are JSON documents that the submit
 # path never looks at; decoding them was the largest single cost of `POST /tasks` after its INSERTs.
-_SUBMIT_FIELDS = ("id", "organization_id", "name", "slug", "visibility", "federation_address")
+_SUBMIT_FIELDS = ("id", "organization_id", "name", "slug", "visibility", "federation_address", "retired_at")
 
 
 def usable_agent(org: Any, agent_id: Any) -> Agent | None:

@@ -125,7 +125,9 @@ def detail(request: HttpRequest, task_id: str) -> HttpResponse:
     return _detail_page(request, access, task, FollowUpForm())
 
 
-def _detail_page(request: HttpRequest, access: Access, task: Any, follow_up_form: FollowUpForm) -> HttpResponse:
+def _detail_page(
+    request: HttpRequest, access: Access, task: Any, follow_up_form: FollowUpForm, *, status: int | None = None
+) -> HttpResponse:
     context = {
         "task": task,
         "can_write": access.allows("tasks:write"),
@@ -133,7 +135,8 @@ def _detail_page(request: HttpRequest, access: Access, task: Any, follow_up_form
         "follow_up_form": follow_up_form,
     }
     # htmx asks for the About card alone (live.js, when the task finishes).
-    status = 422 if follow_up_form.errors else 200
+    if status is None:
+        status = 422 if follow_up_form.errors else 200
     return render_console(request, "tasks/detail.html", context, partial="task_about", status=status)
 
 
@@ -162,6 +165,11 @@ def follow_up(request: HttpRequest, task_id: str) -> HttpResponse:
             actions.continue_task(task, message=message, access=access)
         except actions.TaskNotWaitingForInput as exc:
             messages.error(request, f"Cannot reply: {exc}.")
+        except actions.AgentNotUsable as exc:
+            # Not the reply's fault: said above the reply box, which keeps what was typed. 409 like the API (the
+            # form posts without htmx, so the browser shows the page whatever its status).
+            form.add_error(None, str(exc))
+            return _detail_page(request, access, task, form, status=409)
         except actions.TaskInputTooLarge as exc:
             form.add_error("text", str(exc))
         else:

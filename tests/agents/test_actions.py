@@ -225,6 +225,68 @@ def test_usable_agents_are_own_plus_public(settings: Any, org: Any, other_org: A
     assert list(selectors.marketplace_agents("nothing-like-this")) == []
 
 
+def test_marketplace_search_matches_skill_values_not_json_keys(
+    settings: Any, org: Any, other_org: Any, django_assert_num_queries: Any
+) -> None:
+    """`q` searched the skills' JSON text: `tags`, `id`, `description` … matched every agent that had a skill."""
+    settings.HERMES_SSRF_ALLOWLIST = []
+
+    def public(name: str, skills: list[Any], description: str = "") -> Agent:
+        return actions.register_agent_manually(
+            org=other_org,
+            name=name,
+            url=f"https://{name.lower()}.example.com/",
+            description=description,
+            visibility=Visibility.PUBLIC,
+            skills=skills,
+        )
+
+    translator = public(
+        "Translator",
+        [
+            {
+                "id": "tr-skill",
+                "name": "Translate",
+                "description": "Between natural languages",
+                "tags": ["language", "Übersetzung"],
+                "examples": ["Say hello in French"],
+            }
+        ],
+    )
+    reader = public("Reader", [{"id": "ocr", "name": "Read scans", "tags": ["vision"]}], description="Reads images")
+    public("Plain", [])
+    # Whatever a card said: not an array of objects, tags that are no list. Nothing of it matches, nothing breaks.
+    odd = public("Odd", [])
+    odd.skills = {"name": "hidden-object"}
+    odd.save()
+    public("Odder", ["hidden-string", {"name": None, "tags": "hidden-tag"}, {"tags": [{"name": "hidden-nested"}]}])
+
+    def found(q: str) -> set[str]:
+        return {agent.name for agent in selectors.marketplace_agents(q)}
+
+    for key in ("tags", "id", "name", "description", "examples", '"', ":", "hidden"):
+        assert found(key) == set(), key
+    assert found("language") == found("LANGUAGE") == {"Translator"}  # a tag, case-insensitively
+    assert found("Übersetzung") == {"Translator"}  # decoded, not the JSON text's \u00dc escape (SQLite)
+    assert found("natural") == {"Translator"}  # a skill's description
+    assert found("read scans") == {"Reader"}  # a skill's name
+    assert found("images") == {"Reader"}  # the agent's description
+    assert found("vision") == {"Reader"}
+    assert found("tr-skill") == found("hello") == set()  # skill ids and examples are not what people search
+    assert found("a") >= {"Translator", "Reader", "Plain"}
+    with django_assert_num_queries(1):
+        assert list(selectors.marketplace_agents("language")) == [translator]
+    assert reader in selectors.marketplace_agents("Vision")
+    # Rows from before the column are filled by its migration, with the same text save() keeps.
+    import importlib
+
+    from django.apps import apps as registry
+
+    Agent.objects.for_org(other_org).update(skills_text="")
+    importlib.import_module("apps.agents.migrations.0004_agent_skills_text").fill_skills_text(registry, None)
+    assert found("language") == {"Translator"} and found("tags") == set()
+
+
 def test_contact_recording_is_throttled(settings: Any, org: Any, django_assert_num_queries: Any) -> None:
     settings.HERMES_SSRF_ALLOWLIST = []
     agent = actions.register_agent_manually(org=org, name="A", url="https://a.example.com/")

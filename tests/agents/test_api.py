@@ -106,6 +106,36 @@ def test_duplicate_slug_is_a_409(no_allowlist: None, org: Any, alice: Any, clien
     assert response.status_code == 409 and response.data["error"]["code"] == "slug_taken"
 
 
+def test_the_slug_of_a_retired_agent_is_refused_saying_why(
+    no_allowlist: None, org: Any, alice: Any, client_for: Any
+) -> None:
+    """The list shows no agent with that slug, so "already has an agent with the slug" sent people looking."""
+    from apps.tasks import actions as task_actions
+
+    client = client_for(alice)
+    gone = _manual(org, "Gone", slug="gone")
+    task_actions.create_task(org=org, agent=gone, message={"role": "user", "parts": [{"kind": "text", "text": "hi"}]})
+    assert client.delete(f"/api/v1/agents/{gone.pk}").status_code == 204  # it ran a task: retired
+    assert "gone" not in {a["slug"] for a in client.get("/api/v1/agents").json()["results"]}
+    payload = {"mode": "manual", "url": "https://b.example.com/", "name": "Again", "slug": "gone"}
+    response = client.post("/api/v1/agents", payload, format="json")
+    assert response.status_code == 409
+    assert response.json()["error"] == {
+        "code": "slug_taken",
+        "message": "The slug 'gone' belonged to an agent that was deleted; retired slugs stay reserved so old tasks "
+        "keep their agent — choose another.",
+        "details": {"slug": ["Reserved by a deleted agent."]},
+    }
+    # Renaming another agent to it says the same; a live agent's slug still says it is in use.
+    other = _manual(org, "Other", slug="other")
+    renamed = client.patch(f"/api/v1/agents/{other.pk}", {"slug": "gone"}, format="json")
+    assert renamed.status_code == 409 and "belonged to an agent that was deleted" in renamed.json()["error"]["message"]
+    payload["slug"] = "other"
+    live = client.post("/api/v1/agents", payload, format="json").json()["error"]
+    assert live["message"] == "This organization already has an agent with the slug 'other'."
+    assert not Agent.objects.for_org(org).filter(name="Again").exists()
+
+
 def test_idempotent_registration(no_allowlist: None, org: Any, alice: Any, client_for: Any) -> None:
     client = client_for(alice)
     payload = {"mode": "manual", "url": "https://i.example.com/", "name": "Once"}
@@ -263,6 +293,13 @@ def test_marketplace_lists_and_searches_public_agents(
     assert response.data["results"][1]["organization"] == "globex" and "url" not in response.data["results"][1]
     assert [a["name"] for a in client.get("/api/v1/marketplace", {"q": "language"}).data["results"]] == ["Translator"]
     assert client.get("/api/v1/marketplace", {"q": "secret"}).data["results"] == []
+    # Only values are searched: `tags` was a key of every skill's JSON, and listed every agent that had a skill.
+    for key in ("tags", "id", "description"):
+        assert client.get("/api/v1/marketplace", {"q": key}).data["results"] == [], key
+    # The console's marketplace searches through the same selector.
+    console = client.get("/marketplace/", {"q": "tags"}, HTTP_HX_REQUEST="true").content.decode()
+    assert "Translator" not in console and "No public agent matches" in console
+    assert "Translator" in client.get("/marketplace/", {"q": "language"}, HTTP_HX_REQUEST="true").content.decode()
     # Reading another org's public agent by id gives its listing, not its endpoint, card, errors or creator.
     detail = client.get(f"/api/v1/agents/{translator.pk}").json()
     assert detail == {**response.json()["results"][1], "owned": False}
@@ -293,6 +330,15 @@ def test_schema_documents_the_agent_endpoints(org: Any, alice: Any, client_for: 
     for path in ("/api/v1/agents", "/api/v1/agents/assign-demo", "/api/v1/agents/{id}/refresh", "/api/v1/marketplace"):
         assert path in text
     assert "agents:write" in text
+
+
+def test_the_assign_demo_description_names_every_demo_agent(org: Any, alice: Any, client_for: Any) -> None:
+    """It listed five of the six (not the greeter): whatever DEMO_AGENTS holds, the description must name."""
+    from apps.agents.demo.specs import DEMO_AGENTS
+
+    schema = client_for(alice).get("/api/v1/schema/", HTTP_ACCEPT="application/json").json()
+    description = schema["paths"]["/api/v1/agents/assign-demo"]["post"]["description"].lower()
+    assert [spec.slug for spec in DEMO_AGENTS if spec.slug not in description] == []
 
 
 def test_deleting_an_agent_that_ran_tasks_retires_it(

@@ -231,3 +231,82 @@ def test_resume_of_a_finished_task_and_by_polling(demo_agents: LiveHermes) -> No
     again, polled = asyncio.run(asyncio.wait_for(go(), timeout=20))
     assert [u.kind for u in again] == ["artifact", "status"] and again[-1].state == "completed"
     assert polled[-1].state == "completed"
+
+
+# Options each demo agent reads, and what it says of a bad one: the option, what it accepts, what it got. The slow
+# agent answered "could not convert string to float: 'abc'" and "cannot convert float NaN to integer".
+BAD_OPTIONS = [
+    ("slow", {"data": [{"seconds": "abc"}]}, '"seconds" must be a number of seconds from 0 to 600; got "abc".'),
+    ("slow", {"data": [{"seconds": "nan"}]}, '"seconds" must be a number of seconds from 0 to 600; got "nan".'),
+    ("slow", {"data": [{"seconds": 601}]}, '"seconds" must be a number of seconds from 0 to 600; got 601.'),
+    ("slow", {"data": [{"seconds": True}]}, '"seconds" must be a number of seconds from 0 to 600; got true.'),
+    (
+        "slow",
+        {"data": [{"seconds": 1, "interval": 0}]},
+        '"interval" must be a number of seconds from 0.05 to 60; got 0.',
+    ),
+    (
+        "slow",
+        {"text": "wait 1000 seconds"},
+        '"seconds" (the number in the text) must be a number of seconds from 0 to 600; got "1000".',
+    ),
+    (
+        "summarizer",
+        {"text": "A. B.", "data": [{"sentences": 2.5}]},
+        '"sentences" must be a whole number from 1 to 1000; got 2.5.',
+    ),
+    (
+        "summarizer",
+        {"text": "A. B.", "data": [{"sentences": "all"}]},
+        '"sentences" must be a whole number from 1 to 1000; got "all".',
+    ),
+    (
+        "summarizer",
+        {"text": "A. B.", "data": [{"sentences": 0}]},
+        '"sentences" must be a whole number from 1 to 1000; got 0.',
+    ),
+    ("calculator", {"data": [{"expression": 5}]}, '"expression" must be text, such as "2 * (3 + 4)"; got 5.'),
+    (
+        "flaky",
+        {"text": "hi", "metadata": {"flakyFailures": "x"}},
+        '"flakyFailures" (message metadata) must be a whole number from 0 to 100; got "x".',
+    ),
+    (
+        "flaky",
+        {"text": "hi", "metadata": {"flakyFailures": -1}},
+        '"flakyFailures" (message metadata) must be a whole number from 0 to 100; got -1.',
+    ),
+    (
+        "flaky",
+        {"text": "hi", "metadata": {"flakyFailureRate": 2}},
+        '"flakyFailureRate" (message metadata) must be a number from 0 to 1; got 2.',
+    ),
+]
+
+
+@pytest.mark.parametrize(("slug", "message", "said"), BAD_OPTIONS, ids=lambda v: v if isinstance(v, str) else "")
+def test_a_bad_option_fails_the_task_naming_the_option_and_its_range(
+    demo_agents: LiveHermes, settings: Any, slug: str, message: dict[str, Any], said: str
+) -> None:
+    settings.HERMES_DEMO_FLAKY_FAILURE_RATE = 0.0  # the flaky gate lets it through; the agent refuses it
+    updates = run(target(demo_agents, slug), **message)
+    assert updates[-1].state == "failed"
+    assert updates[-1].text == said
+
+
+def test_good_options_in_range_are_taken_as_numbers_or_numeric_strings(demo_agents: LiveHermes) -> None:
+    done = run(target(demo_agents, "slow"), data=[{"seconds": "0.2", "interval": "0.1"}])
+    assert done[-1].state == "completed" and artifacts(done)[0].text == "Done after 0.2 seconds."
+    at_once = run(target(demo_agents, "slow"), data=[{"seconds": 0}])  # 0 was taken as "not given": 5 s
+    assert at_once[-1].state == "completed" and artifacts(at_once)[0].text == "Done after 0 seconds."
+    (summary,) = artifacts(run(target(demo_agents, "summarizer"), text=TEXT, data=[{"sentences": "1"}]))
+    assert summary.text == summarize(TEXT, 1)
+
+
+def test_the_flaky_gate_leaves_a_bad_option_to_the_agent(settings: Any) -> None:
+    settings.HERMES_DEMO_FLAKY_FAILURE_RATE = 1.0
+    gate = FlakyGate(app=None)
+    assert gate.should_fail("m1", {}) and gate.should_fail("m2", {"flakyFailures": 1})
+    assert not gate.should_fail("m2", {"flakyFailures": 1})  # its second attempt
+    for bad in ({"flakyFailures": float("nan")}, {"flakyFailures": float("inf")}, {"flakyFailureRate": "most"}):
+        assert not gate.should_fail("m3", bad), bad  # an error in the gate was an HTTP 500 saying nothing

@@ -221,6 +221,36 @@ def test_continue_only_when_waiting(org: Any, agent: Any) -> None:
     assert list(task.events.order_by("seq").values_list("kind", flat=True))[-2:] == ["message", "state"]
 
 
+@pytest.mark.django_db
+def test_the_agent_rule_of_create_holds_for_follow_ups(org: Any, other_org: Any, alice: Any) -> None:
+    """A follow-up reached the task's agent after its owner made it private or deleted it: the task keeps its
+    agent, and continue_task sent to it without asking whether the org may still use it."""
+    from apps.agents import actions as agent_actions
+    from apps.agents.models import Agent, Visibility
+
+    theirs = make_agent(other_org, "shared", visibility=Visibility.PUBLIC)
+    mine = make_agent(org, "mine")
+    waiting = {}
+    for agent in (theirs, mine):
+        task = actions.create_task(org=org, agent=agent, message=MESSAGE)
+        waiting[agent.slug] = actions.record(task, [Observation(kind="state", data={}, state="input-required")])
+    agent_actions.set_visibility(theirs, Visibility.PRIVATE)
+    assert agent_actions.delete_agent(mine, by=alice) is False  # it has a task: retired
+    retired = Agent.with_retired.for_org(org).get(pk=mine.pk)
+    for slug, reason in (("shared", "unavailable"), ("mine", "retired")):
+        with pytest.raises(actions.AgentNotUsable) as refused:
+            actions.continue_task(waiting[slug], message=MESSAGE)
+        assert refused.value.reason == reason
+        task = Task.objects.for_org(org).get(pk=waiting[slug].pk)
+        assert (task.state, task.last_seq, task.pending_message) == ("input-required", waiting[slug].last_seq, None)
+    # The same rule refuses a new task on the retired agent (the selectors never hand one out).
+    with pytest.raises(actions.AgentNotUsable):
+        actions.create_task(org=org, agent=retired, message=MESSAGE)
+    # Public again, the waiting task takes its follow-up.
+    agent_actions.set_visibility(Agent.objects.for_org(other_org).get(pk=theirs.pk), Visibility.PUBLIC)
+    assert actions.continue_task(waiting["shared"], message=MESSAGE).state == "working"
+
+
 @pytest.mark.django_db(transaction=True)
 def test_concurrent_recorders_get_dense_unique_seqs(org: Any) -> None:
     agent = make_agent(org)

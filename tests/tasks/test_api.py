@@ -88,8 +88,9 @@ def escaped(body: dict[str, Any]) -> str:
     return spell(body)
 
 
-def waiting_task(agent: Any) -> Task:
-    task = actions.create_task(org=agent.organization, agent=agent, message={"role": "user", **TEXT})
+def waiting_task(agent: Any, org: Any = None) -> Task:
+    """A task of `org` (by default the agent's own) waiting for input on `agent`."""
+    task = actions.create_task(org=org or agent.organization, agent=agent, message={"role": "user", **TEXT})
     return actions.record(task, [Observation(kind="state", data={}, state="input-required")])
 
 
@@ -337,6 +338,51 @@ def test_cancel_and_follow_up(client_for: Any, alice: Any, agent: Any) -> None:
     assert response.status_code == 202 and response.json()["status"] == "canceled"
     response = post(client, f"/api/v1/tasks/{task.pk}/cancel", {})
     assert response.status_code == 409 and response.json()["error"]["code"] == "task_finished"
+
+
+@pytest.mark.parametrize("gone", ["made_private", "deleted_by_its_owner", "own_deleted"])
+def test_a_follow_up_to_an_agent_no_longer_usable_is_a_409_that_writes_nothing(
+    client_for: Any,
+    alice: Any,
+    charlie: Any,
+    org: Any,
+    other_org: Any,
+    gone: str,
+    django_capture_on_commit_callbacks: Any,
+) -> None:
+    """acme's task waits for input on globex's public agent (or on its own); globex makes it private or deletes
+    it (or acme deletes its own): the follow-up was a 202 and the agent ran."""
+    from apps.agents.models import Agent, Visibility
+    from apps.core.models import AuditEvent
+
+    owner, owner_client = (alice, org) if gone == "own_deleted" else (charlie, other_org)
+    agent = make_agent(owner_client, "helper", visibility=Visibility.PUBLIC)
+    task = waiting_task(agent, org)
+    if gone == "made_private":
+        answer = client_for(owner).patch(f"/api/v1/agents/{agent.pk}", {"visibility": "private"}, format="json")
+        assert answer.status_code == 200, answer.content
+    else:
+        assert client_for(owner).delete(f"/api/v1/agents/{agent.pk}").status_code == 204  # retired: it has a task
+        assert Agent.with_retired.for_org(owner_client).filter(pk=agent.pk).exists()
+    with django_capture_on_commit_callbacks() as callbacks:
+        response = post(client_for(alice), f"/api/v1/tasks/{task.pk}/messages", {"input": TEXT})
+    assert response.status_code == 409, response.content
+    error = response.json()["error"]
+    # Another org's agent is "no longer available" however it went (deleting makes it private first): what its
+    # owner did stays the owner's. The org's own agent says it was deleted.
+    reason = "retired" if gone == "own_deleted" else "unavailable"
+    assert error["code"] == "agent_unavailable" and error["details"] == {"agent": str(agent.pk), "reason": reason}
+    expected = {
+        "retired": "The agent was deleted (retired): its tasks keep it for their history, but it takes no new task "
+        "or message.",
+        "unavailable": "The agent is no longer available to this organization: its owner made it private or deleted "
+        "it.",
+    }
+    assert error["message"] == expected[reason]
+    assert callbacks == []  # nothing dispatched, broadcast or relayed
+    after = reload_task(task)
+    assert (after.state, after.last_seq, after.pending_message) == ("input-required", task.last_seq, None)
+    assert not AuditEvent.objects.filter(action="task.continued", target_id=str(task.pk)).exists()
 
 
 def test_repeated_cancels_of_a_running_task_are_audited_once(client_for: Any, alice: Any, agent: Any) -> None:

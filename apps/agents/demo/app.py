@@ -22,12 +22,15 @@ from starlette.applications import Starlette
 from starlette.routing import Mount
 
 from apps.agents.demo.executors import (
+    BadOption,
     CalculatorExecutor,
     DemoExecutor,
     EchoExecutor,
+    FlakyExecutor,
     GreeterExecutor,
     SlowExecutor,
     SummarizerExecutor,
+    flaky_options,
 )
 from apps.agents.demo.specs import DEMO_AGENTS, DEMO_PREFIX, DemoSpec, demo_card
 from apps.core import jsonutil
@@ -37,7 +40,7 @@ EXECUTORS: dict[str, type[DemoExecutor]] = {
     "summarizer": SummarizerExecutor,
     "calculator": CalculatorExecutor,
     "slow": SlowExecutor,
-    "flaky": EchoExecutor,
+    "flaky": FlakyExecutor,
     "greeter": GreeterExecutor,
 }
 SEND_METHODS = frozenset({"SendMessage", "SendStreamingMessage", "message/send", "message/stream"})
@@ -67,7 +70,8 @@ class FlakyGate:
 
     The decision for attempt k of message m is `Random(f"{seed}:{m}:{k}") < rate` when HERMES_DEMO_FLAKY_SEED is
     set, so it is reproducible and independent of other traffic; message metadata `{"flakyFailures": n}` fails
-    exactly the first n attempts and `{"flakyFailureRate": r}` overrides the rate.
+    exactly the first n attempts and `{"flakyFailureRate": r}` overrides the rate (`executors.flaky_options`
+    reads both; a bad one is not failed here but by the agent, which says what it accepts).
     """
 
     def __init__(self, app: Any) -> None:
@@ -79,9 +83,15 @@ class FlakyGate:
         self.attempts[message_id] = attempt
         while len(self.attempts) > MAX_TASKS_KEPT:
             self.attempts.popitem(last=False)
-        if isinstance(metadata.get("flakyFailures"), int | float):
-            return attempt <= int(metadata["flakyFailures"])
-        rate = metadata.get("flakyFailureRate", settings.HERMES_DEMO_FLAKY_FAILURE_RATE)
+        try:
+            failures, rate = flaky_options(metadata)
+        except BadOption:
+            # Let it through: the agent (FlakyExecutor) fails the task saying which option is wrong, where a 503
+            # or an error out of this middleware would only say that the gateway failed.
+            return False
+        if failures is not None:
+            return attempt <= failures
+        rate = settings.HERMES_DEMO_FLAKY_FAILURE_RATE if rate is None else rate
         seed = settings.HERMES_DEMO_FLAKY_SEED
         draw = random.Random(f"{seed}:{message_id}:{attempt}").random() if seed else random.random()
         return draw < float(rate)

@@ -38,7 +38,7 @@ DEMO_AGENTS: tuple[DemoSpec, ...] = (
         "summarizer",
         "Summarizer",
         "Deterministic extractive summary of English text: keeps the most representative third of the sentences "
-        '(or {"sentences": n} in a data part). Answers through SendMessage/GetTask (no streaming).',
+        '(or {"sentences": n} in a data part, 1 to 1000). Answers through SendMessage/GetTask (no streaming).',
         streaming=False,
         skills=(
             {
@@ -69,8 +69,8 @@ DEMO_AGENTS: tuple[DemoSpec, ...] = (
     DemoSpec(
         "slow",
         "Slow worker",
-        'Works for N seconds (the number in the text, or {"seconds": n, "interval": s}; default 5), streaming a '
-        "progress update each interval. Honors CancelTask.",
+        'Works for N seconds, 0 to 600 (the number in the text, or {"seconds": n, "interval": s} with an interval '
+        "of 0.05 to 60 s; default 5 s, every 1 s), streaming a progress update each interval. Honors CancelTask.",
         streaming=True,
         skills=({"id": "wait", "name": "Long job", "description": "Streams progress", "tags": ["demo", "progress"]},),
     ),
@@ -79,7 +79,8 @@ DEMO_AGENTS: tuple[DemoSpec, ...] = (
         "Flaky echo",
         "An echo agent behind an unreliable gateway: a share of message sends get HTTP 503 "
         "(HERMES_DEMO_FLAKY_FAILURE_RATE, deterministic with HERMES_DEMO_FLAKY_SEED; message metadata "
-        '{"flakyFailures": n} fails the first n attempts of that message).',
+        '{"flakyFailures": n}, 0 to 100, fails the first n attempts of that message; {"flakyFailureRate": r}, 0 to '
+        "1, sets the share).",
         streaming=True,
         skills=({"id": "echo", "name": "Echo (unreliable)", "description": "Retries needed", "tags": ["demo"]},),
     ),
