@@ -12,7 +12,7 @@ from django.shortcuts import redirect
 from django.views.decorators.http import require_http_methods, require_POST
 
 from apps.agents import actions, selectors
-from apps.agents.cards import CardError
+from apps.agents.cards import CardError, CardInfo
 from apps.agents.forms import AgentManualForm, AgentRegisterForm, AgentURLForm, MarketplaceSearchForm
 from apps.agents.models import Visibility
 from apps.core.console import hx_redirect, render_console
@@ -56,12 +56,17 @@ def register(request: HttpRequest) -> HttpResponse:
         else:
             messages.success(request, f"Agent {agent.name} registered.")
             return hx_redirect(request, agent_url(agent))
-    status = 422 if form.errors else 200
+    card = None
+    if form.errors and "url" in form.cleaned_data:
+        # The answer replaces the whole preview: without the card again, a bad slug left only the slug and
+        # visibility fields, and the name, endpoint and skills being registered were gone.
+        card = _card_or_error(form, form.cleaned_data["url"])
     context = {
+        **_preview_context(access, card),
         "form": form,
         "url_form": AgentURLForm(initial={"url": form.data.get("url", "")}),
-        "manual_form": AgentManualForm(prefix=MANUAL),
     }
+    status = 422 if form.errors else 200
     return render_console(request, "agents/register.html", context, partial="preview", status=status)
 
 
@@ -93,23 +98,32 @@ def preview(request: HttpRequest) -> HttpResponse:
     url_form = AgentURLForm(request.POST)
     card = None
     if url_form.is_valid():
-        try:
-            # Refused before anything is fetched: the URL would be requested (and logged) with its credentials.
-            actions.refuse_credentials(url_form.cleaned_data["url"])
-            card = selectors.preview_agent_card(url_form.cleaned_data["url"])
-        except (CardError, OutboundBlocked, actions.AgentActionError) as exc:
-            url_form.add_error("url", str(exc))
+        card = _card_or_error(url_form, url_form.cleaned_data["url"])
     form = AgentRegisterForm(initial={"url": url_form.data.get("url", ""), "visibility": Visibility.PRIVATE})
-    context = {
-        "url_form": url_form,
-        "card": card,
-        "form": form,
-        "manual_form": AgentManualForm(prefix=MANUAL),
-        # Registering the same endpoint again is allowed (another slug, another visibility), but rarely meant.
-        "same_endpoint": list(selectors.org_agents(_access(request).org).filter(url=card.url)) if card else [],
-    }
+    context = {**_preview_context(_access(request), card), "url_form": url_form, "form": form}
     status = 422 if url_form.errors else 200
     return render_console(request, "agents/register.html", context, partial="preview", status=status)
+
+
+def _card_or_error(form: AgentURLForm, url: str) -> CardInfo | None:
+    """The card at `url` as registering it would store it, or None with the reason on the form's URL field.
+    Credentials in the URL are refused before anything is fetched: it would be requested (and logged) with them."""
+    try:
+        actions.refuse_credentials(url)
+        return selectors.preview_agent_card(url)
+    except (CardError, OutboundBlocked, actions.AgentActionError) as exc:
+        form.add_error("url", str(exc))
+        return None
+
+
+def _preview_context(access: Access, card: CardInfo | None) -> dict[str, Any]:
+    """What the preview partial shows besides its forms: the card, and the org's agents already at its endpoint."""
+    return {
+        "card": card,
+        "manual_form": AgentManualForm(prefix=MANUAL),
+        # Registering the same endpoint again is allowed (another slug, another visibility), but rarely meant.
+        "same_endpoint": list(selectors.org_agents(access.org).filter(url=card.url)) if card else [],
+    }
 
 
 def _error_field(exc: actions.AgentActionError) -> str | None:

@@ -24,6 +24,8 @@ from django.utils.http import url_has_allowed_host_and_scheme
 
 # Header the console's htmx error handler shows as-is (kept short and ASCII: header values are latin-1).
 ERROR_MESSAGE_HEADER = "X-Hermes-Error"
+# The flash message's tag saying a plain form post was refused and did nothing (templates/includes/messages.html).
+REFUSED_POST_TAG = "refused-post"
 
 
 def is_fragment_request(request: HttpRequest) -> bool:
@@ -162,7 +164,8 @@ def _page_redirect_for_a_fragment(request: HttpRequest, response: HttpResponse) 
 class ConsoleErrorMiddleware:
     """A refused action (HermesAPIError: 403 role, 409 conflict, …) raised by a console view becomes a readable
     answer instead of a 500: htmx requests get the status and X-Hermes-Error (shown as a toast); a plain form post
-    goes back where it came from with the message flashed. The API never gets here: DRF handles its own."""
+    goes back where it came from with the message flashed, and its form filled in again (static/js/hermes.js).
+    The API never gets here: DRF handles its own."""
 
     def __init__(self, get_response: Callable[[HttpRequest], HttpResponse]) -> None:
         self.get_response = get_response
@@ -190,7 +193,10 @@ class ConsoleErrorMiddleware:
             response = HttpResponse(message, status=status, content_type="text/plain; charset=utf-8")
             response[ERROR_MESSAGE_HEADER] = error_message_header(message)
             return response
-        messages.error(request, message)
+        # Marked, so that hermes.js fills the form in again with what was typed in it (kept in the tab's
+        # sessionStorage on submit): the page comes back through a redirect (a reload must not post again), and a
+        # message typed for the org the page showed was lost when another tab had switched org.
+        messages.error(request, message, extra_tags=REFUSED_POST_TAG)
         referer = request.headers.get("Referer", "")
         if not url_has_allowed_host_and_scheme(referer, allowed_hosts={request.get_host()}):
             referer = "/"

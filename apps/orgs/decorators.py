@@ -12,6 +12,7 @@ from django.core.exceptions import PermissionDenied
 from django.http import HttpRequest, HttpResponse
 from django.shortcuts import redirect
 
+from apps.core.console import is_fragment_request
 from apps.core.errors import Conflict
 from apps.core.permissions import role_refusal
 from apps.orgs.selectors import SESSION_ORG_KEY, memberships_of, session_access
@@ -39,9 +40,18 @@ def org_action_required(action: str | None = None) -> Callable[[View], View]:
             request.access = access  # type: ignore[attr-defined]
             return view(request, *args, **kwargs)
 
+        # Read by `required_action` (the org switcher asks it of the page it would land on). functools.wraps copies
+        # it onto any decorator stacked above (require_POST, …).
+        wrapper.org_action = action  # type: ignore[attr-defined]
         return wrapper
 
     return decorator
+
+
+def required_action(view: Callable[..., Any]) -> str | None:
+    """The action `org_action_required` guards `view` with: None when it asks none (or is not guarded)."""
+    action = getattr(view, "org_action", None)
+    return action if isinstance(action, str) else None
 
 
 # Which org the page that posted was showing: htmx sends the header (templates/base.html), plain forms the field
@@ -73,10 +83,15 @@ def _say_if_the_org_was_lost(request: HttpRequest, access: Any) -> None:
 
 def _refuse_if_page_showed_another_org(request: HttpRequest, org: Any) -> None:
     """A post from a page rendered for another org (the person switched org in another tab since) acts on
-    nothing: the session's org is not the one the person was looking at."""
-    if request.method in ("GET", "HEAD", "OPTIONS"):
+    nothing: the session's org is not the one the person was looking at.
+
+    A fragment such a page reads with htmx (a filter, the task list's live refresh, a poll) is refused the same
+    way: it went into a page whose header still named the old org, and listed the new org's tasks under it. A whole
+    page (not htmx, or a boosted navigation) is read for the session's org as always: its header says which."""
+    reading = request.method in ("GET", "HEAD", "OPTIONS")
+    if reading and not is_fragment_request(request):
         return
-    shown = request.headers.get(CONSOLE_ORG_HEADER) or request.POST.get(CONSOLE_ORG_FIELD)
+    shown = request.headers.get(CONSOLE_ORG_HEADER) or (None if reading else request.POST.get(CONSOLE_ORG_FIELD))
     if not shown or shown == org.slug:
         return
     if any(m.organization.slug == shown for m in memberships_of(request.user)):
@@ -86,7 +101,8 @@ def _refuse_if_page_showed_another_org(request: HttpRequest, org: Any) -> None:
         )
     else:
         why = f"you no longer have access to the organization '{shown}' this page was showing."
-    raise Conflict(f"Nothing was done: {why}", code="org_switched")
+    outcome = "This part of the page was not updated" if reading else "Nothing was done"
+    raise Conflict(f"{outcome}: {why}", code="org_switched")
 
 
 def switch_to_the_org_holding(request: HttpRequest, holds: Callable[[Any], bool]) -> HttpResponse | None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from datetime import timedelta
 from typing import Any
+from urllib.parse import urlsplit
 
 from django.contrib import messages
 from django.contrib.auth.decorators import login_required
@@ -13,7 +14,7 @@ from django.core.exceptions import PermissionDenied, ValidationError
 from django.core.serializers.json import DjangoJSONEncoder
 from django.http import Http404, HttpRequest, HttpResponse
 from django.shortcuts import get_object_or_404, redirect
-from django.urls import reverse
+from django.urls import resolve, reverse
 from django.utils import timezone
 from django.utils.cache import add_never_cache_headers
 from django.utils.http import url_has_allowed_host_and_scheme
@@ -24,8 +25,8 @@ from apps.core.errors import HermesAPIError
 from apps.core.models import AuditEvent
 from apps.core.permissions import SCOPES, Access, Role, role_refusal
 from apps.orgs import actions, quotas, selectors
-from apps.orgs.context_processors import is_section_page
-from apps.orgs.decorators import org_action_required
+from apps.orgs.context_processors import NAV, is_section_page
+from apps.orgs.decorators import org_action_required, required_action
 from apps.orgs.forms import (
     APIKeyForm,
     DeleteOrganizationForm,
@@ -103,7 +104,35 @@ def switch(request: HttpRequest) -> HttpResponse:
     target = request.POST.get("next") or ""
     if not (url_has_allowed_host_and_scheme(target, allowed_hosts={request.get_host()}) and is_section_page(target)):
         target = ""
+    if target and membership is not None:
+        target = _section_page_for_role(request, target, membership)
     return redirect(target or "orgs:dashboard")
+
+
+def _section_page_for_role(request: HttpRequest, target: str, membership: Membership) -> str:
+    """`target` (a section page), or the section's own page when the role in the org switched to may not open it
+    (from "Register an agent", a member of the new org landed on a 403); "" (the dashboard) when it may open
+    neither."""
+    access = Access(org=membership.organization, role=membership.role, user=request.user)
+    view_name = resolve(urlsplit(target).path).view_name
+    needed = _page_action(view_name)
+    if needed is None or access.allows(needed):
+        return target
+    # The section is the header's navigation entry for the page (the longest view-name prefix, as the menu picks).
+    label, landing = "the dashboard", ""
+    entries = [entry for entry in NAV if view_name.startswith(entry[2])]
+    if entries:
+        section_label, section, _ = max(entries, key=lambda entry: len(entry[2]))
+        section_action = _page_action(section)
+        if section_action is None or access.allows(section_action):
+            label, landing = f"the {section_label} page", reverse(section)
+    messages.info(request, f"{role_refusal(membership.role, needed)} Showing {label} instead.")
+    return landing
+
+
+def _page_action(view_name: str) -> str | None:
+    """The action the console page `view_name` requires (`org_action_required` on its view)."""
+    return required_action(resolve(reverse(view_name)).func)
 
 
 # --- Members and invitations ------------------------------------------------------------------------------------

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from datetime import datetime
 from typing import Any
 
 from django.contrib import messages
@@ -105,7 +106,13 @@ def create(request: HttpRequest) -> HttpResponse:
             messages.success(request, f"Task sent to {task.agent.name}.")
             return hx_redirect(request, reverse("tasks:detail", args=[task.pk]))
     status = 429 if quota else 422 if form.errors else 200
-    context = {"form": form, "has_agents": bool(agents), "quota": quota}
+    context = {
+        "form": form,
+        "has_agents": bool(agents),
+        "quota": quota,
+        # A datetime, so the notice shows it as every other timestamp and the wait in words, not "in 65253 s".
+        "quota_resets_at": datetime.fromisoformat(quota.details["resets_at"]) if quota is not None else None,
+    }
     response = render_console(request, "tasks/create.html", context, status=status)
     if quota is not None:
         for name, value in quota.headers.items():

@@ -20,11 +20,20 @@
     return document.getElementById("toasts");
   }
 
-  // Shows a dismissible error message (role=alert is announced by screen readers).
+  // Shows a dismissible error message (role=alert is announced by screen readers). The same message again (a poll,
+  // or the live task list, refused every few seconds in a tab left on an org switched away from) keeps the toast
+  // on screen longer instead of stacking another one.
   function showError(message) {
     var region = toastRegion();
     if (!region) { window.alert(message); return; }
+    var shown = Array.prototype.filter.call(region.children, function (t) { return t.hermesMessage === message; })[0];
+    if (shown) {
+      window.clearTimeout(shown.hermesTimer);
+      shown.hermesTimer = window.setTimeout(function () { shown.remove(); }, 12000);
+      return;
+    }
     var toast = document.createElement("div");
+    toast.hermesMessage = message;
     toast.className = "toast";
     toast.setAttribute("role", "alert");
     var text = document.createElement("span");
@@ -37,7 +46,7 @@
     toast.appendChild(text);
     toast.appendChild(close);
     region.appendChild(toast);
-    window.setTimeout(function () { toast.remove(); }, 12000);
+    toast.hermesTimer = window.setTimeout(function () { toast.remove(); }, 12000);
   }
   window.hermesShowError = showError;
 
@@ -209,14 +218,54 @@
     }
     return null;
   }
-  var swapping = null;  // {target, parent, focused}: the target htmx is about to swap, and the focus inside it
+  // A control of the same kind as `old` (tag, type, text: another row's "Remove"), visible and enabled, in the
+  // nearest row that has one: `next` and the rows after it, then `prev` and the rows before it. A row removed with
+  // the keyboard ("Remove" on a member, "Revoke" on a key) leaves the keyboard on the next row's button.
+  function likeControlNear(next, prev, old) {
+    var rows = [];
+    for (var el = next; el; el = el.nextElementSibling) { rows.push(el); }
+    for (el = prev; el; el = el.previousElementSibling) { rows.push(el); }
+    for (var i = 0; i < rows.length; i++) {
+      var candidates = Array.prototype.slice.call(rows[i].querySelectorAll(old.tagName));
+      for (var j = 0; j < candidates.length; j++) {
+        var c = candidates[j];
+        if (c.getAttribute("type") === old.getAttribute("type") && c.textContent.trim() === old.textContent.trim() &&
+            !c.disabled && c.getClientRects().length) { return c; }
+      }
+    }
+    return null;
+  }
+  function focusHeadingOf(container) {
+    while (container && !container.isConnected) { container = container.parentNode; }
+    var region = container && container.closest && container.closest("section, .card, main");
+    var heading = region && region.querySelector("h1, h2, h3");
+    var target = heading || region;
+    if (!target) { return; }
+    if (!target.hasAttribute("tabindex")) { target.setAttribute("tabindex", "-1"); }
+    target.focus();
+  }
+  // The row (the nearest element with an id: tr#member-3, tr#key-5) that held the focused element, in `within`.
+  function rowOf(el, within) {
+    for (; el && el !== within; el = el.parentNode) {
+      if (el.id) { return el; }
+    }
+    return null;
+  }
+  // {target, parent, next, prev, focused, row}: the target htmx is about to swap, where it is, the focus inside it
+  // and the id of the row that holds the focus.
+  var swapping = null;
   document.addEventListener("DOMContentLoaded", function () { focusFirstInvalid(document.querySelector("main")); });
   document.addEventListener("htmx:beforeSwap", function (event) {
     var target = event.detail.target, active = document.activeElement;
+    var focused = active && active !== document.body && target && target.contains(active) ? active : null;
+    var row = focused ? rowOf(focused, target) : null;
     swapping = target ? {
       target: target,
       parent: target.parentNode,
-      focused: active && active !== document.body && target.contains(active) ? active : null
+      next: target.nextElementSibling,
+      prev: target.previousElementSibling,
+      focused: focused,
+      row: row ? row.id : null
     } : null;
   });
   // The new content of a swap. An innerHTML swap keeps its target. After an outerHTML one it is the element that
@@ -233,15 +282,33 @@
   document.addEventListener("htmx:afterSwap", function (event) {
     var root = swappedIn(event);
     if (!root) { return; }
-    var focused = swapping && swapping.target === event.detail.target ? swapping.focused : null;
+    var record = swapping && swapping.target === event.detail.target ? swapping : null;
+    var focused = record ? record.focused : null;
     swapping = null;  // htmx fires this once for each new element: the first one of the content decides
     if (event.detail.xhr && event.detail.xhr.status === 422 && focusFirstInvalid(root)) { return; }
     var active = document.activeElement;
     if (!focused || (active && active !== document.body)) { return; }
     var control = sameControl(root, focused);
+    // The control is gone with what it did (a revoked key has no "Revoke"): the same kind of control in its row
+    // or the nearest one.
+    var row = !control && record.row ? document.getElementById(record.row) : null;
+    if (row && root.contains(row)) { control = likeControlNear(row, row.previousElementSibling, focused); }
     if (control) { control.focus(); return; }
     if (!root.hasAttribute("tabindex")) { root.setAttribute("tabindex", "-1"); }
     root.focus();
+  });
+  // A swap that put nothing in the target's place (a member removed: the row's outerHTML swapped with nothing)
+  // fires no htmx:afterSwap for it, and the keyboard was left on <body>. After the request (htmx fires it on the
+  // nearest element still in the page), the focus goes to the same control in the nearest remaining row, or else
+  // to the heading of the section the row was in.
+  document.addEventListener("htmx:afterRequest", function () {
+    var record = swapping;
+    swapping = null;
+    if (!record || !record.focused || record.focused.isConnected) { return; }
+    var active = document.activeElement;
+    if (active && active !== document.body) { return; }
+    var control = likeControlNear(record.next, record.prev, record.focused);
+    if (control) { control.focus(); } else { focusHeadingOf(record.parent); }
   });
 
   // Confirmation for a whole form, plain or htmx: <form data-confirm="Really?">, or a question that depends on what
@@ -363,5 +430,113 @@
       form.appendChild(field);
     }
     field.value = org;
+  });
+
+  // What was typed in a plain form survives its refusal. A refused plain post (another tab switched org, so it did
+  // nothing: apps.orgs.decorators) comes back through a redirect to its page with the reason flashed, and the
+  // message typed on "Send a task" was gone. On submit, the fields the person changed go to this tab's
+  // sessionStorage; the next page puts them back into the same form when it is the same page and says the post was
+  // refused (a message marked data-refused-post, apps.core.console), and forgets them otherwise. The refusal
+  // suggests switching back: the org switcher then carries the restored form's fields to the same page of the
+  // org chosen. Passwords, files and hidden fields are never kept.
+  var DRAFT_KEY = "hermes:form-draft";
+  var NOT_KEPT = /^(hidden|password|file|submit|button|image|reset)$/;
+  function postForms() {
+    return Array.prototype.filter.call(document.querySelectorAll("main form"), function (form) {
+      return (form.getAttribute("method") || "").toLowerCase() === "post";
+    });
+  }
+  function formKey(form) {
+    var action = form.getAttribute("action") || "";
+    var same = postForms().filter(function (f) { return (f.getAttribute("action") || "") === action; });
+    return { action: action, index: same.indexOf(form) };
+  }
+  function changedFields(form) {
+    var fields = [];
+    Array.prototype.forEach.call(form.elements, function (field) {
+      if (!field.name || NOT_KEPT.test(field.type) || field.name === "csrfmiddlewaretoken") { return; }
+      if (field.type === "checkbox" || field.type === "radio") {
+        if (field.checked !== field.defaultChecked) { fields.push({ name: field.name, value: field.value, checked: field.checked }); }
+      } else if (field.tagName === "SELECT") {
+        var options = Array.prototype.slice.call(field.options);
+        var initial = options.filter(function (o) { return o.defaultSelected; });
+        if (!initial.length && !field.multiple && options.length) { initial = [options[0]]; }
+        var chosen = options.filter(function (o) { return o.selected; });
+        var same = chosen.length === initial.length && chosen.every(function (o) { return initial.indexOf(o) !== -1; });
+        if (!same) { fields.push({ name: field.name, values: chosen.map(function (o) { return o.value; }) }); }
+      } else if (field.value !== field.defaultValue) {
+        fields.push({ name: field.name, value: field.value });
+      }
+    });
+    return fields;
+  }
+  function keepDraft(form, fields, reason) {
+    try {
+      if (!fields.length) { window.sessionStorage.removeItem(DRAFT_KEY); return; }
+      var key = formKey(form);
+      window.sessionStorage.setItem(DRAFT_KEY, JSON.stringify({
+        path: location.pathname, action: key.action, index: key.index, reason: reason, fields: fields
+      }));
+    } catch (e) { /* storage full or disabled: the form is sent all the same */ }
+  }
+  // Puts `fields` back into `form`; returns the ones it had no place for (an agent of the other org).
+  function restoreFields(form, fields) {
+    var unplaced = [];
+    fields.forEach(function (saved) {
+      var placed = false;
+      Array.prototype.forEach.call(form.elements, function (field) {
+        if (field.name !== saved.name || NOT_KEPT.test(field.type)) { return; }
+        if (field.type === "checkbox" || field.type === "radio") {
+          if (field.value === saved.value) { field.checked = saved.checked; placed = true; }
+        } else if (field.tagName === "SELECT") {
+          var options = Array.prototype.slice.call(field.options);
+          var matching = options.filter(function (o) { return saved.values.indexOf(o.value) !== -1; });
+          if (matching.length === saved.values.length) {
+            options.forEach(function (o) { o.selected = matching.indexOf(o) !== -1; });
+            placed = true;
+          }
+        } else if (saved.value !== undefined) {
+          field.value = saved.value;
+          placed = true;
+        }
+      });
+      if (!placed) { unplaced.push(saved); }
+    });
+    return unplaced;
+  }
+  document.addEventListener("submit", function (event) {
+    var form = event.target;
+    if (event.defaultPrevented || !form.querySelector || (form.method || "").toLowerCase() !== "post") { return; }
+    var switcher = form.querySelector("#org-switcher");
+    if (!switcher) {
+      if (form.closest("main")) { keepDraft(form, changedFields(form), "refused"); }
+      return;
+    }
+    var restored = document.querySelector("main form[data-draft-restored]");
+    if (!restored) { return; }
+    // What it shows now, and what the other org's page had no place for (its agent), for the org switched to.
+    var now = changedFields(restored);
+    var names = now.map(function (f) { return f.name; });
+    var unplaced = (restored.hermesUnplaced || []).filter(function (f) { return names.indexOf(f.name) === -1; });
+    keepDraft(restored, now.concat(unplaced), "switch");
+  });
+  document.addEventListener("DOMContentLoaded", function () {
+    var draft = null;
+    try {
+      draft = JSON.parse(window.sessionStorage.getItem(DRAFT_KEY) || "null");
+      window.sessionStorage.removeItem(DRAFT_KEY);
+    } catch (e) { return; }
+    if (!draft || draft.path !== location.pathname) { return; }
+    if (draft.reason === "refused" && !document.querySelector("#messages [data-refused-post]")) { return; }
+    var form = postForms().filter(function (f) { return (f.getAttribute("action") || "") === draft.action; })[draft.index];
+    if (!form) { return; }
+    form.hermesUnplaced = restoreFields(form, draft.fields || []);
+    form.setAttribute("data-draft-restored", "");
+    var active = document.activeElement;
+    if (!active || active === document.body) {
+      var first = (draft.fields || []).filter(function (f) { return form.hermesUnplaced.indexOf(f) === -1; })[0];
+      var field = first && form.querySelector('[name="' + CSS.escape(first.name) + '"]');
+      if (field) { field.focus(); }
+    }
   });
 })();

@@ -80,6 +80,20 @@ def test_register_after_preview(as_user: Any, dave: Any, org: Any, cards: CardSe
     assert "already has 1 agent at this endpoint" in preview and f'href="/agents/{agent.pk}/"' in preview
 
 
+def test_a_refused_slug_keeps_the_previewed_card(as_user: Any, dave: Any, org: Any, cards: CardServer) -> None:
+    client = as_user(dave)
+    assert "Weather Bot" in client.post("/agents/register/preview/", {"url": cards.base}, **HX).content.decode()
+    # Step 2 with a bad slug: the answer replaces the preview, and it showed only the slug and visibility fields.
+    refused = client.post("/agents/register/", {"url": cards.base, "slug": "Bad Slug", "visibility": "private"}, **HX)
+    assert refused.status_code == 422
+    html = refused.content.decode()
+    assert html.lstrip().startswith('<section class="card" id="preview"')
+    assert "Enter a valid “slug”" in html and 'value="Bad Slug"' in html
+    assert "Weather Bot" in html and "Forecasts" in html and f"{cards.base}/rpc" in html and "Forecast" in html
+    assert "Register this agent" in html and f'name="url" value="{cards.base}"' in html
+    assert not Agent.objects.for_org(org).exists()
+
+
 def test_member_cannot_register_or_preview(as_user: Any, mia: Any, org: Any, cards: CardServer) -> None:
     client = as_user(mia)
     assert client.post("/agents/register/preview/", {"url": cards.base}).status_code == 403

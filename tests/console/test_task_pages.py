@@ -3,11 +3,13 @@ timeline socket, cancel and reply — under the role matrix, and isolated from c
 
 from __future__ import annotations
 
+import re
 import time
-from datetime import UTC
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
+from django.utils.timesince import timeuntil
 
 from apps.agents import actions as agent_actions
 from apps.orgs import quotas
@@ -86,6 +88,23 @@ def test_quota_429_shows_which_limit_and_how_to_raise_it(as_user: Any, dave: Any
     html = main_html(response)
     assert "data-quota-error" in html and "tasks per day" in html and "Upgrade the plan" in html
     assert not Task.objects.for_org(org).exists()
+
+
+def test_the_quota_notice_says_when_it_resets_as_a_time_and_a_wait(
+    as_user: Any, dave: Any, org: Any, echo: Any
+) -> None:
+    now = time.time()
+    quotas._gate.client().set(quotas._tasks_key(org, now), org.limits.tasks_per_day)
+    response = as_user(dave).post("/tasks/new/", {"agent": str(echo.pk), "text": "one more"})
+    assert response.status_code == 429
+    notice = main_html(response).split("data-quota-error", 1)[1].split("</div>", 1)[0]
+    assert f"limit of {org.limits.tasks_per_day:,} tasks per day (UTC) is used up" in notice
+    # The day (UTC) resets at midnight: a <time> like every other timestamp, and the wait in words.
+    midnight = datetime.fromtimestamp(now, UTC).replace(hour=0, minute=0, second=0, microsecond=0) + timedelta(days=1)
+    shown = f'<time datetime="{midnight.isoformat()}" data-precision="minutes">{midnight:%Y-%m-%d} 00:00 UTC</time>'
+    assert f"It resets at {shown} (in " in notice
+    assert f"(in {timeuntil(midnight)})" in notice  # the wait in words: "18\xa0hours, 7\xa0minutes"
+    assert f"in {response['Retry-After']} s" not in notice  # the raw count of seconds it showed
 
 
 def test_filters_answer_with_the_table_fragment(as_user: Any, alice: Any, org: Any, echo: Any) -> None:
@@ -189,7 +208,6 @@ def test_charlie_cannot_see_acme_tasks(as_user: Any, alice: Any, charlie: Any, o
 def test_the_list_pages_back_through_older_tasks(
     as_user: Any, alice: Any, org: Any, echo: Any, monkeypatch: Any
 ) -> None:
-    import re
 
     monkeypatch.setattr("apps.tasks.views.LIST_LIMIT", 2)
     sent = [send(org, alice, echo) for _ in range(5)]  # newest last

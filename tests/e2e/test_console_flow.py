@@ -349,3 +349,91 @@ def test_a_tab_left_on_another_org_acts_on_nothing(page: Any, org: Any, other_or
     page.wait_for_load_state()
     assert "Nothing was done" in page.locator("#messages").inner_text()
     assert {o.name for o in Organization.objects.all()} == {"Acme", "Globex"}
+
+
+def _in_both_orgs(alice: Any, org: Any, other_org: Any) -> dict[str, Any]:
+    """alice works in acme and globex, each with an agent named Echo; this tab shows acme, another globex."""
+    from apps.agents.actions import register_agent_manually
+    from apps.orgs.models import Membership
+
+    Membership.objects.create(organization=other_org, user=alice, role="owner")
+    return {
+        each.slug: register_agent_manually(org=each, name="Echo", url="https://agent.example.com/rpc")
+        for each in (org, other_org)
+    }
+
+
+def _switch_in_another_tab(page: Any, slug: str) -> None:
+    other_tab = page.context.new_page()
+    other_tab.goto("/")
+    other_tab.locator("#org-switcher").select_option(slug)
+    other_tab.get_by_role("button", name="Switch").click()
+    other_tab.wait_for_load_state()
+    other_tab.close()
+
+
+def test_a_tab_left_on_another_org_lists_nothing_of_the_new_one(
+    page: Any, org: Any, other_org: Any, alice: Any
+) -> None:
+    from tests.e2e.test_console_resilience import make_task
+
+    echoes = _in_both_orgs(alice, org, other_org)
+    ours, theirs = make_task(org, echoes["acme"], "working"), make_task(other_org, echoes["globex"], "working")
+    sign_in(page, alice.email)
+    page.locator("#org-switcher").select_option("acme")
+    page.get_by_role("button", name="Switch").click()
+    page.goto("/tasks/")
+    page.locator(f'[data-task-row="{ours.pk}"]').wait_for()
+    _switch_in_another_tab(page, "globex")
+    # The status filter (an htmx GET from acme's page): it listed globex's tasks under "Acme (Owner)".
+    page.get_by_label("Status").select_option("working")
+    toast = page.locator("#toasts [role=alert]", has_text="switched to Globex")
+    toast.wait_for()
+    assert "this page was showing the organization 'acme'" in toast.inner_text()
+    assert page.locator(f'[data-task-row="{ours.pk}"]').is_visible()
+    assert page.locator(f'[data-task-row="{theirs.pk}"]').count() == 0
+    # The same refusal again (the live list, a poll) keeps one toast on screen rather than stacking them.
+    page.get_by_label("Status").select_option("")
+    page.wait_for_timeout(300)
+    assert page.locator("#toasts [role=alert]").count() == 1
+    # Reloaded, the page is globex's, header and list alike.
+    page.reload()
+    page.locator(f'[data-task-row="{theirs.pk}"]').wait_for()
+    assert page.locator("#org-switcher option:checked").inner_text().startswith("Globex")
+
+
+def test_a_message_refused_because_the_org_changed_is_kept(page: Any, org: Any, other_org: Any, alice: Any) -> None:
+    from apps.tasks.models import Task
+
+    echoes = _in_both_orgs(alice, org, other_org)
+    sign_in(page, alice.email)
+    page.locator("#org-switcher").select_option("acme")
+    page.get_by_role("button", name="Switch").click()
+    page.goto("/tasks/new/")
+    page.get_by_label("Agent").select_option(str(echoes["acme"].pk))
+    page.get_by_label("Message").fill("A long message\nmeant for Acme's agent")
+    _switch_in_another_tab(page, "globex")
+    with page.expect_navigation():
+        page.get_by_role("button", name="Send").click()
+    # Back on "Send a task" (now globex's), refused, and what was typed is still there, with the keyboard on it.
+    assert "Nothing was done" in page.locator("#messages").inner_text()
+    message = page.get_by_label("Message")
+    assert message.input_value() == "A long message\nmeant for Acme's agent"
+    assert page.evaluate("document.activeElement.name") == "text"
+    assert page.get_by_label("Agent").input_value() != str(echoes["acme"].pk)  # globex offers no acme agent
+    # As the message suggests, switching back: acme's page, with the message and the agent chosen for it.
+    page.locator("#org-switcher").select_option("acme")
+    with page.expect_navigation():
+        page.get_by_role("button", name="Switch").click()
+    assert page.url.endswith("/tasks/new/")
+    assert message.input_value() == "A long message\nmeant for Acme's agent"
+    assert page.get_by_label("Agent").input_value() == str(echoes["acme"].pk)
+    assert not Task.objects.unscoped("no org may have it").exists()
+    # Sent, it is acme's; the page after it (the task) fills nothing in, nor does the form when opened again.
+    with page.expect_navigation():
+        page.get_by_role("button", name="Send").click()
+    page.wait_for_url("**/tasks/*/")
+    sent = Task.objects.for_org(org).get().input["parts"][0]["text"]
+    assert sent.replace("\r\n", "\n") == "A long message\nmeant for Acme's agent"  # a form sends CRLF
+    page.goto("/tasks/new/")
+    assert page.get_by_label("Message").input_value() == ""

@@ -254,3 +254,77 @@ def test_long_unbroken_text_stays_inside_the_page(
     page.locator("#messages .alert", has_text="was removed from Acme").wait_for()
     assert page.evaluate(NO_SIDEWAYS_SCROLL), "flash message at 390px"
     screenshot(page, "long-text-members-390")
+
+
+# The header's buttons each on one line (their text as wide as it is on one line), and the org switcher no wider
+# than its max-width: "Switch" broke into "Swit / ch", and a long org name's select filled the header row.
+HEADER_FITS = """() => {
+  const problems = [];
+  for (const button of document.querySelectorAll('.header-tools .btn')) {
+    const range = document.createRange();
+    range.selectNodeContents(button);
+    if (range.getClientRects().length > 1) problems.push('wrapped: ' + button.textContent.trim());
+    if (button.scrollWidth > button.clientWidth) problems.push('clipped: ' + button.textContent.trim());
+  }
+  const select = document.querySelector('#org-switcher');
+  const rem = parseFloat(getComputedStyle(document.documentElement).fontSize);
+  const wide = select ? select.getBoundingClientRect().width : 0;
+  if (wide > 18 * rem + 1) problems.push('switcher ' + wide);
+  if (document.documentElement.scrollWidth > window.innerWidth) problems.push('page scrolls sideways');
+  return problems;
+}"""
+
+
+def test_the_header_keeps_its_buttons_whole_beside_a_long_org_name(
+    page: Any, screenshot: Any, org: Any, other_org: Any, alice: Any
+) -> None:
+    from apps.orgs.models import Membership
+
+    Membership.objects.create(organization=other_org, user=alice, role="member")
+    org.name = "Acme " + "Interplanetary Logistics " * 4 + "x" * 15  # 120 characters, the most a name may have
+    org.save()
+    sign_in(page, alice.email)
+    for width in (1280, 390):
+        page.set_viewport_size({"width": width, "height": 844})
+        page.goto("/tasks/")
+        assert page.evaluate(HEADER_FITS) == [], f"header at {width}px"
+        switch = page.get_by_role("button", name="Switch")
+        assert switch.bounding_box()["height"] < 40, f"Switch at {width}px"
+        screenshot(page, f"header-long-org-{width}")
+
+
+def test_a_row_removed_with_the_keyboard_leaves_the_focus_in_its_table(
+    page: Any, org: Any, alice: Any, bob: Any, dave: Any, mia: Any
+) -> None:
+    from apps.orgs.models import APIKey
+    from tests.factories import issue_api_key
+
+    sign_in(page, alice.email)
+    page.goto("/org/members/")
+    page.on("dialog", lambda dialog: dialog.accept())
+    # Remove dave (rows by email: alice, bob, dave, mia): Enter on his "Remove", the confirmation accepted. The row
+    # goes (an empty swap) and the keyboard is on the next row's "Remove" (mia's), not on <body>.
+    page.locator("tr", has_text=dave.email).get_by_role("button", name="Remove").focus()
+    page.keyboard.press("Enter")
+    page.locator("tr", has_text=dave.email).wait_for(state="detached")
+    assert page.evaluate(f"{ACTIVE}.textContent.trim()") == "Remove"
+    assert mia.email in page.evaluate(f"{ACTIVE}.closest('tr').textContent")
+    # The last row: the one above it.
+    page.keyboard.press("Enter")
+    page.locator("tr", has_text=mia.email).wait_for(state="detached")
+    assert bob.email in page.evaluate(f"{ACTIVE}.closest('tr').textContent")
+    # No "Remove" left (alice's own row says "Leave"): the table's heading, not "Leave".
+    page.keyboard.press("Enter")
+    page.locator("tr", has_text=bob.email).wait_for(state="detached")
+    assert page.evaluate(f"[{ACTIVE}.tagName, {ACTIVE}.textContent.trim()]") == ["H2", "Members"]
+
+    # Revoking a key (the keys section swapped whole, the revoked row without its button): the next key's "Revoke".
+    issue_api_key(alice, org, name="first", scopes=["tasks:read"])
+    issue_api_key(alice, org, name="second", scopes=["tasks:read"])
+    page.goto("/org/keys/")
+    page.locator("#keys-section tr", has_text="first").get_by_role("button", name="Revoke").focus()
+    page.keyboard.press("Enter")
+    page.locator("#keys-section tr", has_text="first").locator(".badge-revoked").wait_for()
+    assert page.evaluate(f"{ACTIVE}.textContent.trim()") == "Revoke"
+    assert "second" in page.evaluate(f"{ACTIVE}.closest('tr').textContent")
+    assert APIKey.objects.for_org(org).get(name="first").revoked_at is not None
