@@ -18,6 +18,7 @@ from django.db import transaction
 from django.db.models import F, Max, Q
 from django.utils import timezone
 
+from apps.agents import selectors as agent_selectors
 from apps.core.errors import Conflict, HermesAPIError, refusal
 from apps.core.http import OutboundBlocked, check_url
 from apps.core.metrics import (
@@ -25,9 +26,10 @@ from apps.core.metrics import (
     FEDERATION_DELIVERY_LATENCY,
     FEDERATION_RETRIES,
 )
-from apps.federation import policy
+from apps.federation import policy, selectors
 from apps.federation.addresses import Address, InvalidAddress, is_slug, validate_pattern
 from apps.federation.models import (
+    LIVE_KEY_STATES,
     AttemptOutcome,
     AuditEvent,
     Contact,
@@ -104,17 +106,31 @@ def set_peer_status(peer: Peer, status: str, *, actor: Any = None) -> Peer:
     peer.status = PeerStatus(status)
     peer.save(update_fields=["status", "updated_at"])
     if peer.status == PeerStatus.ACTIVE:
-        waiting = _outbox_rows().filter(status__in=[OutboxStatus.PENDING, OutboxStatus.FAILED], message__peer=peer)
-        # Due now: attempts that came due while the link was off would otherwise wait for their next sweep.
-        waiting.filter(next_attempt_at__lt=timezone.now()).update(next_attempt_at=timezone.now())
-        ids = list(waiting.values_list("pk", flat=True))
-
-        def resume() -> None:
-            for outbox_id in ids:
-                _enqueue(outbox_id)
-
-        transaction.on_commit(resume)
+        _resume_waiting(peer)
     return peer
+
+
+def _resume_waiting(peer: Peer, *, including_backoff: bool = False) -> None:
+    """Hand the link's waiting rows to workers once the transaction commits: what held them back is gone."""
+    now = timezone.now()
+    waiting = _outbox_rows().filter(status__in=[OutboxStatus.PENDING, OutboxStatus.FAILED], message__peer=peer)
+    # Due now: attempts that came due while the link could not send would otherwise wait for their next sweep (and,
+    # `including_backoff`, retries the missing condition itself put off).
+    due = waiting if including_backoff else waiting.filter(next_attempt_at__lt=now)
+    due.update(next_attempt_at=now)
+    ids = list(waiting.values_list("pk", flat=True))
+
+    def resume() -> None:
+        for outbox_id in ids:
+            _enqueue(outbox_id)
+
+    transaction.on_commit(resume)
+
+
+def no_live_key_reason(peer: Peer) -> str:
+    """Why nothing can be sent over a link without keys: said locally, instead of sending it unsigned and having
+    the peer answer 401 bad_signature, which blamed the peer."""
+    return f"link '{peer.name}' has no live key; add one with federation_keys add or in the console"
 
 
 def _deliverable() -> Q:
@@ -140,6 +156,7 @@ def add_key(peer: Peer, *, secret: bytes | None = None, actor: Any = None) -> Li
             f"k{waiting.version} is already waiting to be promoted: promote or retire it first.", code="key_pending"
         )
     has_current = any(k.state == KeyState.CURRENT for k in keys)
+    had_live_key = any(k.state in LIVE_KEY_STATES for k in keys)
     key = LinkKey(
         peer=peer,
         version=max((k.version for k in keys), default=0) + 1,
@@ -156,6 +173,10 @@ def add_key(peer: Peer, *, secret: bytes | None = None, actor: Any = None) -> Li
         reason=f"k{key.version} added as {key.state}",
         detail={"version": key.version, "fingerprint": key.fingerprint},
     )
+    if not had_live_key and peer.status == PeerStatus.ACTIVE:
+        # Replies queued while the link had no key (a task's results, its cancel) were held back in backoff
+        # (see delivery._over_http): they go now rather than at their next retry.
+        _resume_waiting(peer, including_backoff=True)
     return key
 
 
@@ -252,6 +273,24 @@ def policies_changed(org_id: int) -> None:
     transaction.on_commit(committed)
 
 
+def check_local_agent(org: Any, value: str) -> str:
+    """A policy's `local_agent`: empty (the whole org) or the slug of one of the org's own agents, lower-cased as
+    addresses are (policies are asked with the slug from an address, so `Demo-Echo` was stored and never matched,
+    and a slug of no agent guarded nothing). Returns the canonical value or raises a 400 naming the field."""
+    slug = value.strip().lower()
+    if not slug:
+        return ""
+    # A federated agent row is the org's way to reach someone else's agent: it neither sends nor receives as us.
+    own = agent_selectors.org_agents(org).filter(federation_address="")
+    if is_slug(slug) and own.filter(slug=slug).exists():
+        return slug
+    reason = (
+        f"{org.slug} has no agent '{value[:80]}': local_agent is the slug of one of the organization's own agents "
+        "(as on the Agents page), or empty for the whole organization."
+    )
+    raise HermesAPIError(reason, code="unknown_agent", details={"local_agent": [reason]})
+
+
 @transaction.atomic
 def set_policy(*, org: Any, remote: str, effect: str, local_agent: str = "", reason: str = "") -> Policy:
     """Create or replace the rule for (local agent, remote pattern)."""
@@ -259,6 +298,7 @@ def set_policy(*, org: Any, remote: str, effect: str, local_agent: str = "", rea
         pattern = validate_pattern(remote)
     except InvalidAddress as exc:
         raise HermesAPIError(str(exc), code="invalid_address", details={"remote": [str(exc)]}) from exc
+    local_agent = check_local_agent(org, local_agent)
     rule, _ = Policy.objects.for_org(org).update_or_create(
         organization=org, local_agent=local_agent, remote=pattern, defaults={"effect": effect, "reason": reason}
     )
@@ -344,6 +384,11 @@ def send_message(
             # A new conversation is refused at once; a reply (a task's results, its cancel or follow-up) is part of
             # one already under way: it is written and waits with the link's outbox until the link is enabled.
             raise HermesAPIError(f"Peer '{peer.name}' is disabled.", code="peer_disabled")
+        if not reply and settings.HERMES_FEDERATION_HMAC and not selectors.has_live_key(peer):
+            # It could only go unsigned and be refused by the peer. A reply is written all the same, like one to a
+            # disabled link: its delivery waits, retrying, until a key is added.
+            reason = no_live_key_reason(peer)
+            raise HermesAPIError(f"The {reason}.", code="no_link_key", details={"recipient": [reason]})
     decision = (
         policy.Decision(True, "reply to an accepted request") if reply else policy.decide(org.pk, sender_agent, address)
     )
@@ -377,6 +422,21 @@ def send_message(
         )
         transaction.on_commit(lambda: _enqueue(outbox.pk))
     return message
+
+
+def require_remote_task_access(access: Any) -> None:
+    """Asking another org's agent sends a federated message in the org's name, so it needs federation:write as
+    well as tasks:write — whichever way it is asked: POST /federation/remote-tasks, or POST /tasks and the
+    console's Send a task on the federated agent's row (which reach `remote_tasks.send_task_request`). `access`
+    None: no person or key asks (federation's own code, a management command)."""
+    if access is None or access.allows("federation:write"):
+        return
+    raise HermesAPIError(
+        "Asking another org's agent needs federation:write as well as tasks:write.",
+        code="missing_scope" if access.scopes is not None else "role_forbidden",
+        status_code=403,
+        details={"required_action": "federation:write"},
+    )
 
 
 # The sending agent of the request being made in this context (agent→agent policies), read by the receiver of

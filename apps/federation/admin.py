@@ -6,13 +6,19 @@ import json
 from collections.abc import Callable
 from typing import Any
 
+from django import forms
 from django.contrib import admin, messages
+from django.contrib.admin.utils import unquote
 from django.db.models import QuerySet
-from django.http import HttpRequest
+from django.http import HttpRequest, HttpResponse
+from django.shortcuts import redirect
+from django.urls import reverse
 from django.utils.html import format_html
 
 from apps.core.admin import AuditLogAdmin, OrgOwnedAdmin, OrgOwnedInline, ReadOnlyAdminMixin
-from apps.federation import actions
+from apps.core.errors import HermesAPIError
+from apps.federation import actions, selectors
+from apps.federation.addresses import InvalidAddress, validate_pattern
 from apps.federation.models import (
     Contact,
     DeliveryAttempt,
@@ -40,18 +46,66 @@ class LinkKeyInline(admin.TabularInline):
         return False  # keys are added with `manage.py federation_keys add` or the API (the secret is shown once)
 
 
+_RENAME_HINT = (
+    " Fixed once the peer is added: addresses, remote tasks and policies (`*@name`) refer to the link by its names. "
+    "To rename a link, add a new peer with the new names (and its keys), then disable this one."
+)
+
+
+class PeerAdminForm(forms.ModelForm):
+    class Meta:
+        model = Peer
+        fields = ("name", "base_url", "local_name", "status")
+        help_texts = {
+            "name": "How this instance calls the peer (addresses use org@name)." + _RENAME_HINT,
+            "local_name": "The name the peer uses for this instance." + _RENAME_HINT,
+        }
+
+
 @admin.register(Peer)
 class PeerAdmin(admin.ModelAdmin):
+    form = PeerAdminForm
     list_display = ("name", "base_url", "local_name", "status", "created_at")
     list_filter = ("status",)
     readonly_fields = ("slow_until",)
     inlines = [LinkKeyInline]
+
+    def get_readonly_fields(self, request: HttpRequest, obj: Peer | None = None) -> tuple[str, ...]:
+        # The names are stored as text wherever the link is referred to (RemoteTask.agent_address,
+        # FederatedTask.reply_to, Agent.federation_address, Policy.remote, the peer's own row for us): a rename
+        # orphaned in-flight remote tasks and stopped `*@name` rules from matching. So they are set once.
+        fixed = ("name", "local_name") if obj is not None else ()
+        return (*fixed, *super().get_readonly_fields(request, obj))
 
     def save_model(self, request: HttpRequest, obj: Peer, form: Any, change: bool) -> None:
         super().save_model(request, obj, form, change)
         # Saved all the same (the allowlist may be about to change), but said at once, as the API and command do.
         if blocked := actions.delivery_blocked_reason(obj):
             messages.warning(request, f"Deliveries to this peer will be refused: {blocked}")
+
+    def delete_view(self, request: HttpRequest, object_id: str, extra_context: Any = None) -> HttpResponse:
+        peer = self.get_object(request, unquote(object_id))
+        if peer is not None and self.has_delete_permission(request, peer) and selectors.peer_has_history(peer):
+            # Django would list the protected messages and inbox entries as object types this account may not
+            # delete, which reads as a permission problem; the real answer is that the link cannot go.
+            self.message_user(request, _undeletable(peer), messages.ERROR)
+            return redirect(reverse("admin:federation_peer_change", args=[peer.pk]))
+        return super().delete_view(request, object_id, extra_context)
+
+    def get_deleted_objects(self, objs: Any, request: HttpRequest) -> tuple[Any, ...]:
+        deleted, counts, perms_needed, protected = super().get_deleted_objects(objs, request)
+        # "Delete selected peers" from the list: the confirmation page lists what stops it, in these words.
+        kept = [_undeletable(peer) for peer in objs if selectors.peer_has_history(peer)]
+        if kept:
+            return deleted, counts, set(), kept
+        return deleted, counts, perms_needed, protected
+
+
+def _undeletable(peer: Peer) -> str:
+    return (
+        f"The peer '{peer.name}' has message history (sent messages or inbox entries, which are the delivery "
+        "record), so it cannot be deleted: disable the link instead (Status: Disabled)."
+    )
 
 
 @admin.register(Contact)
@@ -60,8 +114,32 @@ class ContactAdmin(OrgOwnedAdmin):
     search_fields = ("name", "address")
 
 
+class PolicyAdminForm(forms.ModelForm):
+    class Meta:
+        model = Policy
+        fields = ("organization", "local_agent", "remote", "effect", "reason")
+
+    def clean(self) -> dict[str, Any]:
+        super().clean()
+        data = self.cleaned_data
+        # The rules of actions.set_policy: local_agent lower-cased and one of the org's agents, remote canonical.
+        org = data.get("organization")
+        if org is not None:
+            try:
+                data["local_agent"] = actions.check_local_agent(org, data.get("local_agent") or "")
+            except HermesAPIError as exc:
+                self.add_error("local_agent", str(exc.detail))
+        if data.get("remote"):
+            try:
+                data["remote"] = validate_pattern(data["remote"])
+            except InvalidAddress as exc:
+                self.add_error("remote", str(exc))
+        return data
+
+
 @admin.register(Policy)
 class PolicyAdmin(OrgOwnedAdmin):
+    form = PolicyAdminForm
     list_display = ("organization", "local_agent", "remote", "effect", "reason")
     list_filter = ("effect",)
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 from typing import Any
 
 from django.db.models import QuerySet
+from django.http import Http404
 from drf_spectacular.utils import OpenApiParameter, extend_schema_view
 from rest_framework import mixins, status
 from rest_framework.decorators import action
@@ -67,8 +68,8 @@ _IDEMPOTENCY = {
     409: "`idempotency_conflict`: the `Idempotency-Key` was used before with a different request.",
 }
 _SENDING = {
-    400: "`invalid_address`, `unknown_recipient` (no such org here), `unknown_peer`, `peer_disabled`: where it "
-    "was to go. " + _IDEMPOTENCY[400],
+    400: "`invalid_address`, `unknown_recipient` (no such org here), `unknown_peer`, `peer_disabled`, "
+    "`no_link_key` (the link has no live key to sign with): where it was to go. " + _IDEMPOTENCY[400],
     403: "`policy_denied`: the org's federation policy forbids sending there (the denial is audited).",
     409: _IDEMPOTENCY[409],
 }
@@ -235,7 +236,10 @@ class ContactViewSet(  # type: ignore[misc]
         "Set a federation policy",
         action=_WRITE,
         notes="Replaces the rule for the same (`local_agent`, `remote`) pair; applies at once on every process.",
-        errors={400: "`invalid_address`: `remote` is not `*`, `*@peer` or a federation address."},
+        errors={
+            400: "`invalid_address`: `remote` is not `*`, `*@peer` or a federation address; `unknown_agent`: "
+            "`local_agent` is not the slug of one of the org's own agents."
+        },
     ),
     destroy=describe(
         "Delete a federation policy",
@@ -314,6 +318,12 @@ class MessageViewSet(  # type: ignore[misc]
         return qs
 
 
+_NOT_A_DEAD_LETTER = {
+    404: "`not_found`: the id is not in the org's dead-letter queue: not a message of the org, or not "
+    "dead-lettered (any more)."
+}
+
+
 @extend_schema_view(
     list=describe(
         "List dead letters", action=_READ, notes="The org's messages that gave up being delivered, latest first."
@@ -339,6 +349,17 @@ class DeadLetterViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, _Feder
             .order_by("-updated_at", "-pk")
         )
 
+    def get_object(self) -> Outbox:
+        try:
+            return super().get_object()
+        except Http404:
+            # The bulk actions' words, for one id: a bare "Not found." left the caller guessing whether the id was
+            # wrong or the row had been requeued, discarded or delivered meanwhile. Another org's id reads exactly
+            # the same (the body does not even echo the id, which the URL names).
+            raise HermesAPIError(
+                "This id is not in this org's dead-letter queue.", code="not_found", status_code=404
+            ) from None
+
     def _apply(self, request: Request, rows: list[Outbox], operation: str, reason: str) -> Response:
         if operation == "requeue":
             key, done = "requeued", actions.requeue(rows, actor=request.user, reason=reason)
@@ -352,6 +373,7 @@ class DeadLetterViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, _Feder
         notes="Back to the outbox for delivery, with a fresh attempt budget; audited with the optional `reason`.",
         request=ReasonSerializer,
         responses={200: RequeuedSerializer},
+        errors=_NOT_A_DEAD_LETTER,
     )
     @action(detail=True, methods=["post"])
     def requeue(self, request: Request, message_id: str) -> Response:
@@ -366,6 +388,7 @@ class DeadLetterViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, _Feder
         notes="Gives the message up for good; audited with the optional `reason`.",
         request=ReasonSerializer,
         responses={200: DiscardedSerializer},
+        errors=_NOT_A_DEAD_LETTER,
     )
     @action(detail=True, methods=["post"])
     def discard(self, request: Request, message_id: str) -> Response:
@@ -511,11 +534,6 @@ class RemoteTaskViewSet(  # type: ignore[misc]
         },
     )
     def create(self, request: Request, *args: Any, **kwargs: Any) -> Response:
-        if not self.access.allows("federation:write"):
-            raise HermesAPIError(
-                "Asking another org's agent needs federation:write as well as tasks:write.",
-                code="missing_scope" if self.access.scopes is not None else "role_forbidden",
-                status_code=403,
-                details={"required_action": "federation:write"},
-            )
+        # Before the Idempotency-Key is looked at (and once more where the task is created, for POST /tasks).
+        actions.require_remote_task_access(self.access)
         return super().create(request, *args, **kwargs)

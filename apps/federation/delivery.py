@@ -14,7 +14,7 @@ from django.conf import settings
 from django.utils import timezone
 
 from apps.federation import signing, transport
-from apps.federation.actions import AttemptResult, claim_delivery, finish_attempt
+from apps.federation.actions import AttemptResult, claim_delivery, finish_attempt, no_live_key_reason
 from apps.federation.addresses import Address
 from apps.federation.models import AttemptOutcome, Message, Outbox, Peer
 from apps.federation.selectors import live_secrets
@@ -102,6 +102,10 @@ def _over_http(outbox: Outbox) -> AttemptResult:
     assert peer is not None
     body = envelope(message)
     secrets = live_secrets(peer)
+    if not secrets and settings.HERMES_FEDERATION_HMAC:
+        # Not sent unsigned (the peer would refuse it as bad_signature, blaming itself): retried with backoff, so a
+        # message queued before the link's first key goes out once it is added (actions.add_key hurries it along).
+        return AttemptResult(AttemptOutcome.RETRY, 0.0, error=no_live_key_reason(peer))
     headers = {"content-type": "application/json", **signing.sign_headers(str(message.id), body, secrets)}
     started = time.perf_counter()
     try:

@@ -13,11 +13,14 @@ class PeerForm(forms.Form):
     name = forms.SlugField(
         max_length=60,
         validators=[validate_peer_name],
-        help_text="How this instance calls the peer (addresses use org@name).",
+        help_text="How this instance calls the peer (addresses use org@name). Fixed once added: to rename a link, "
+        "add a new peer.",
     )
     base_url = forms.CharField(max_length=300, validators=[validate_base_url], label="Base URL")
     local_name = forms.SlugField(
-        max_length=60, validators=[validate_peer_name], help_text="The name the peer uses for this instance."
+        max_length=60,
+        validators=[validate_peer_name],
+        help_text="The name the peer uses for this instance. Fixed once added, like the name.",
     )
 
 
@@ -30,7 +33,12 @@ class ContactForm(forms.Form):
 class PolicyForm(forms.Form):
     remote = forms.CharField(max_length=200, help_text="An address, or * (everyone), or *@peer (everyone on a peer).")
     effect = forms.ChoiceField(choices=Effect.choices)
-    local_agent = forms.SlugField(required=False, max_length=60, help_text="Empty: the whole organization.")
+    local_agent = forms.SlugField(
+        required=False,
+        max_length=60,
+        help_text="The slug of one of your organization's agents (as on the Agents page); empty: the whole "
+        "organization.",
+    )
     reason = forms.CharField(required=False, max_length=200)
 
 

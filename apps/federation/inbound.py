@@ -14,7 +14,7 @@ from django.utils import timezone
 from apps.agents.models import Agent
 from apps.core import jsonutil
 from apps.core.metrics import FEDERATION_INBOUND
-from apps.federation import policy
+from apps.federation import policy, selectors
 from apps.federation.actions import audit
 from apps.federation.addresses import Address, InvalidAddress
 from apps.federation.handlers import has_handler
@@ -128,18 +128,33 @@ def _duplicate(entry: InboxEntry, peer: Peer | None) -> InboundResult:
     return InboundResult(200, {"receipt": entry.receipt, "duplicate": True}, "duplicate")
 
 
-def _answers_our_request(org: Organization, peer: Peer | None, envelope: Envelope) -> bool:
-    """A task result correlated to a task request this org sent to that same org is expected, whatever the
-    policy says: the org chose to talk to it by sending the request."""
-    if envelope.type != MessageType.TASK_RESULT or envelope.correlation_id is None:
-        return False
-    request = (
-        Message.objects.for_org(org)
-        .filter(pk=envelope.correlation_id, peer=peer, type=MessageType.TASK_REQUEST)
-        .only("recipient")
-        .first()
-    )
-    return request is not None and Address.parse(request.recipient).org == envelope.sender.org
+def _reply_reason(org: Organization, peer: Peer | None, envelope: Envelope) -> str | None:
+    """Why the message is a reply within a conversation the org already admitted, which the policy is not asked
+    about again (None: it is not one). Both directions of a cross-org task:
+
+    - a task result correlated to a task request this org sent to that same org: the org chose to talk to it by
+      sending the request;
+    - the requester's cancel or follow-up of a task this org accepted from that org (and runs): accepting the
+      request admitted the requester, and a rule added since must not keep the task running for nobody or
+      waiting for an answer that is refused."""
+    if envelope.correlation_id is None:
+        return None
+    if envelope.type == MessageType.TASK_RESULT:
+        request = (
+            Message.objects.for_org(org)
+            .filter(pk=envelope.correlation_id, peer=peer, type=MessageType.TASK_REQUEST)
+            .only("recipient")
+            .first()
+        )
+        if request is not None and Address.parse(request.recipient).org == envelope.sender.org:
+            return "reply to a request this org sent"
+    elif envelope.type in (MessageType.TASK_CANCEL, MessageType.TASK_INPUT):
+        link = selectors.federated_task_for(
+            org, correlation_id=envelope.correlation_id, sender=envelope.sender, peer=peer
+        )
+        if link is not None:
+            return "the requester's own relay for a task this org accepted"
+    return None
 
 
 def _has_agent(org: Organization, slug: str) -> bool:
@@ -171,8 +186,8 @@ def receive(*, peer: Peer | None, message_id: str, data: Any) -> InboundResult:
     if org is None:
         audit(AuditEvent.REJECTED, peer=peer, message_id=envelope.id, reason=f"no org '{envelope.recipient.org}'")
         return _error(404, "unknown_recipient", f"No organization '{envelope.recipient.org}' here.", "rejected")
-    if _answers_our_request(org, peer, envelope):
-        decision = policy.Decision(True, "reply to a request this org sent")
+    if (reply := _reply_reason(org, peer, envelope)) is not None:
+        decision = policy.Decision(True, reply)
     else:
         decision = policy.decide(org.pk, envelope.recipient.agent or "", envelope.sender)
     if not decision.allowed:

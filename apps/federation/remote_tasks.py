@@ -29,7 +29,7 @@ from django.db import IntegrityError, transaction
 from django.utils import timezone
 
 from apps.agents.models import Agent
-from apps.federation import actions
+from apps.federation import actions, selectors
 from apps.federation.addresses import Address
 from apps.federation.handlers import Malformed, Unrelated, register
 from apps.federation.models import (
@@ -125,9 +125,16 @@ def start_requested_task(entry: InboxEntry) -> None:
         _reject(entry, f"{type(exc).__name__}: {exc}"[:300])
 
 
-def send_task_request(sender: Any = None, *, task: Task, agent: Any, user: Any = None, **_: Any) -> None:
+def send_task_request(
+    sender: Any = None, *, task: Task, agent: Any, user: Any = None, access: Any = None, **_: Any
+) -> None:
     """Requester side (receiver of tasks' `task_submitted_remotely`, inside create_task's transaction): write the
-    task request for the federated agent and the RemoteTask that correlates its results with `task`."""
+    task request for the federated agent and the RemoteTask that correlates its results with `task`.
+
+    A refusal raised here (no federation:write, policy, unknown peer …) rolls the whole task back."""
+    # POST /tasks and the console reach a federated agent row with tasks:write alone; the request leaves in the
+    # org's name all the same, so it needs what POST /federation/remote-tasks needs.
+    actions.require_remote_task_access(access)
     request = actions.send_message(
         org=task.organization,
         recipient=agent.federation_address,
@@ -203,6 +210,9 @@ def _relay(remote: RemoteTask, type: str, payload: dict[str, Any]) -> None:
         recipient=remote.agent_address,
         payload=payload,
         type=type,
+        # From whoever made the request: the executor knows the requester as the request's sender (an agent of
+        # ours when it named one), and its agent-specific rules read the relay as they read the request.
+        sender_agent=remote.request.sender_agent,
         correlation_id=remote.request_id,
         # It belongs to a request that already passed the outbound policy; a policy changed since must not
         # strand the remote task (a cancel that cannot leave would let it run on unwanted).
@@ -210,10 +220,15 @@ def _relay(remote: RemoteTask, type: str, payload: dict[str, Any]) -> None:
     )
 
 
+def _remote_of(task: Task) -> RemoteTask | None:
+    rows = RemoteTask.objects.for_org(task.organization_id).select_related("organization", "request")
+    return rows.filter(task_id=str(task.pk)).first()
+
+
 def relay_cancel(task: Task) -> None:
     """Requester side: the org canceled its task on a federated agent (or its deadline passed); ask the executor
     to cancel its task — unless the request never reached it."""
-    remote = RemoteTask.objects.for_org(task.organization_id).filter(task_id=str(task.pk)).first()
+    remote = _remote_of(task)
     if remote is None or remote.state in TERMINAL:
         return
     request = (
@@ -284,7 +299,7 @@ def request_abandoned(request: Any) -> bool:
 def relay_follow_up(sender: Any = None, *, task: Task, message: dict[str, Any], **_: Any) -> None:
     """Requester side (receiver of tasks' `task_follow_up_remotely`, inside continue_task's transaction): send
     the follow-up for the executor's task, which waits for input."""
-    remote = RemoteTask.objects.for_org(task.organization_id).filter(task_id=str(task.pk)).first()
+    remote = _remote_of(task)
     if remote is None:
         raise LookupError(f"task {task.pk} has no federation request to follow up")
     _relay(remote, MessageType.TASK_INPUT, {"message": message})
@@ -442,16 +457,22 @@ def _observation(event: RemoteTaskEvent) -> task_actions.Observation | None:
 
 
 def _requested_task(entry: InboxEntry) -> Task | None:
-    """Executor side: the task run for the request `entry` is correlated to — only for the org that asked."""
-    link = (
-        FederatedTask.objects.for_org(entry.organization)
-        .filter(correlation_id=entry.correlation_id, reply_to=entry.sender)
-        .first()
-    )
-    if link is None:
-        logger.info("federation: %s for an unknown or rejected request %s", entry.type, entry.correlation_id)
+    """Executor side: the task run for the request `entry` is correlated to — only for the org that asked (any
+    of its agents: see selectors.federated_task_for). None when that request was rejected (no task ran for it);
+    Unrelated, recorded on the entry and logged as a warning, when it names no request of that org at all."""
+    org, correlation_id, sender, peer = entry.organization, entry.correlation_id, entry.sender, entry.peer
+    link = selectors.federated_task_for(org, correlation_id=correlation_id, sender=sender, peer=peer)
+    if link is not None:
+        return Task.objects.for_org(org).filter(pk=link.task_id).first()
+    request = selectors.request_entry_for(org, correlation_id=correlation_id, sender=sender, peer=peer)
+    if request is not None and request.handled_at is not None:
+        # We answered the request with a rejection, which the requester had not heard of yet: nothing runs here.
+        logger.info("federation: %s for request %s, which was rejected", entry.type, entry.correlation_id)
         return None
-    return Task.objects.for_org(entry.organization).filter(pk=link.task_id).first()
+    # Said where it shows (the inbox entry's handling error, a warning): a cancel or an answer dropped in silence
+    # left a task running for nobody, or the requester's task waiting for ever.
+    why = "its request is not handled yet" if request is not None else "no task runs here for a request of that org"
+    raise Unrelated(f"a {entry.type} for request {entry.correlation_id} from {entry.sender}: {why}")
 
 
 @register(MessageType.TASK_CANCEL)

@@ -7,7 +7,19 @@ from typing import Any
 from django.db.models import Min, QuerySet
 from django.utils import timezone
 
-from apps.federation.models import LIVE_KEY_STATES, KeyState, LinkKey, Outbox, OutboxStatus, Peer
+from apps.federation.addresses import Address, InvalidAddress
+from apps.federation.models import (
+    LIVE_KEY_STATES,
+    FederatedTask,
+    InboxEntry,
+    KeyState,
+    LinkKey,
+    Message,
+    MessageType,
+    Outbox,
+    OutboxStatus,
+    Peer,
+)
 
 WAITING = (OutboxStatus.PENDING, OutboxStatus.FAILED, OutboxStatus.IN_FLIGHT)
 
@@ -21,6 +33,54 @@ def live_keys(peer: Peer) -> list[LinkKey]:
 
 def live_secrets(peer: Peer) -> list[bytes]:
     return [key.secret() for key in live_keys(peer)]
+
+
+def has_live_key(peer: Peer) -> bool:
+    return LinkKey.objects.filter(peer=peer, state__in=LIVE_KEY_STATES).exists()
+
+
+def peer_has_history(peer: Peer) -> bool:
+    """Whether messages were sent over the link or received from it. Those rows are the delivery record (signed
+    receipts, dedup state) and refer to the peer, so such a peer is disabled, never deleted."""
+    sent = Message.objects.unscoped("a link's history spans every org").filter(peer=peer)
+    received = InboxEntry.objects.unscoped("a link's history spans every org").filter(peer=peer)
+    return sent.exists() or received.exists()
+
+
+def _same_org(address: str | Address, other: str | Address) -> bool:
+    try:
+        a = address if isinstance(address, Address) else Address.parse(address)
+        b = other if isinstance(other, Address) else Address.parse(other)
+    except InvalidAddress:
+        return False
+    return a.org_address() == b.org_address()
+
+
+def federated_task_for(
+    org: Any, *, correlation_id: Any, sender: str | Address, peer: Peer | None
+) -> FederatedTask | None:
+    """Executor side: the task `org` runs for the request `correlation_id`, when `sender` speaks for the org that
+    made the request, over the same link (None otherwise).
+
+    The org, not the agent: a request may name a sender agent (`demo-echo.demo@paris`) while its cancel or
+    follow-up comes from the org itself (`demo@paris`, as older Hermes versions relay them), and matching the exact
+    sender dropped them. The org is what the link vouches for; its agents are names it chooses."""
+    if correlation_id is None:
+        return None
+    links = (
+        FederatedTask.objects.for_org(org).filter(correlation_id=correlation_id, inbox_entry__peer=peer).order_by("pk")
+    )
+    return next((link for link in links if _same_org(link.reply_to, sender)), None)
+
+
+def request_entry_for(org: Any, *, correlation_id: Any, sender: str | Address, peer: Peer | None) -> InboxEntry | None:
+    """Executor side: the task request `correlation_id` as `org` received it from `sender`'s org over `peer`."""
+    if correlation_id is None:
+        return None
+    entries = InboxEntry.objects.for_org(org).filter(
+        message_id=correlation_id, peer=peer, type=MessageType.TASK_REQUEST
+    )
+    return next((entry for entry in entries if _same_org(entry.sender, sender)), None)
 
 
 def dead_letters(org: Any) -> QuerySet[Outbox]:

@@ -99,6 +99,11 @@ class PolicySerializer(StrictFieldsMixin, serializers.ModelSerializer):
         model = Policy
         fields = ("id", "local_agent", "remote", "effect", "reason", "created_at")
         read_only_fields = ("id", "created_at")
+        extra_kwargs = {
+            "local_agent": {
+                "help_text": "The slug of one of the org's own agents (stored lower-case), or empty for the whole org."
+            }
+        }
 
 
 class AttemptSerializer(serializers.ModelSerializer):

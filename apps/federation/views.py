@@ -22,7 +22,6 @@ from django.utils.cache import add_never_cache_headers
 from django.views.decorators.csrf import csrf_exempt
 from django.views.decorators.http import require_http_methods, require_POST
 
-from apps.agents import selectors as agent_selectors
 from apps.core.console import filtered_page, hx_redirect, is_fragment_request, render_console
 from apps.core.errors import HermesAPIError, error_body
 from apps.core.metrics import FEDERATION_INBOUND
@@ -44,7 +43,7 @@ from apps.federation.models import (
     RemoteTask,
 )
 from apps.federation.selectors import live_secrets
-from apps.federation.signing import encode_secret
+from apps.federation.signing import decode_secret, encode_secret
 from apps.orgs import quotas
 from apps.orgs.decorators import org_action_required
 
@@ -185,7 +184,13 @@ def _peer_or_404(name: str) -> Peer:
     return get_object_or_404(Peer.objects.prefetch_related("keys"), name=name)
 
 
-def _peers_context(request: HttpRequest, *, secret: dict[str, str] | None = None, form: Any = None) -> dict[str, Any]:
+def _peers_context(
+    request: HttpRequest,
+    *,
+    secret: dict[str, str] | None = None,
+    form: Any = None,
+    key_error: dict[str, str] | None = None,
+) -> dict[str, Any]:
     peers = list(Peer.objects.prefetch_related("keys").order_by("name"))
     for peer in peers:
         peer.sorted_keys = sorted(peer.keys.all(), key=lambda k: -k.version)  # type: ignore[attr-defined]
@@ -194,6 +199,7 @@ def _peers_context(request: HttpRequest, *, secret: dict[str, str] | None = None
         "is_staff": bool(getattr(request.user, "is_staff", False)),
         "secret": secret,
         "peer_form": form or PeerForm(),
+        "key_error": key_error,
     }
 
 
@@ -245,15 +251,34 @@ def console_peer_status(request: HttpRequest, name: str) -> HttpResponse:
 @org_action_required("federation:write")
 @require_POST
 def console_key_action(request: HttpRequest, name: str, operation: str) -> HttpResponse:
-    """Rotation in three steps: add K_n+1 (its secret is shown once, for the peer's operator), promote it, retire
-    the previous key."""
+    """Rotation in three steps: add K_n+1, promote it, retire the previous key. Adding on the side that starts a
+    link or rotation generates the secret (shown once, for the peer's operator); the other side pastes it, as
+    `federation_keys add --secret` and the API's `{"secret"}` take it — without that, two operators following the
+    console ended with different keys and every message was refused as bad_signature."""
     _require_staff(request)
     peer = _peer_or_404(name)
     secret = None
     if operation == "add":
-        key = actions.add_key(peer, actor=request.user)
-        secret = {"peer": peer.name, "version": str(key.version), "value": encode_secret(key.secret())}
-        messages.success(request, f"k{key.version} added to {peer.name} as {key.state}.")
+        given = request.POST.get("secret", "").strip()
+        try:
+            key = actions.add_key(peer, secret=decode_secret(given) if given else None, actor=request.user)
+        except ValueError as exc:
+            # Said next to the field (the secret typed is not sent back into the page).
+            why = f"Not added: {exc}. Paste the whsec_… secret exactly as the operator of {peer.name} gave it."
+            error = {"peer": peer.name, "message": why}
+            context = _peers_context(request, key_error=error)
+            response = render_console(request, "federation/peers.html", context, partial="peers_panel", status=422)
+            add_never_cache_headers(response)
+            return response
+        if given:
+            messages.success(
+                request,
+                f"k{key.version} added to {peer.name} as {key.state} with the secret its operator gave; fingerprint "
+                f"{key.fingerprint} (theirs must be the same).",
+            )
+        else:
+            secret = {"peer": peer.name, "version": str(key.version), "value": encode_secret(key.secret())}
+            messages.success(request, f"k{key.version} added to {peer.name} as {key.state}.")
     elif operation == "promote":
         key = actions.promote_key(peer, actor=request.user)
         messages.success(request, f"k{key.version} is now the current key of {peer.name}.")
@@ -344,19 +369,11 @@ def console_policies(request: HttpRequest) -> HttpResponse:
         lambda data: actions.set_policy(org=access.org, **data),
         error_field="remote",
         error_statuses=(400,),
-        success=_rule_saved,
+        # (A local agent that is not one of the org's agents is refused by set_policy, on its field.)
+        success=lambda rule: f"Rule saved: {rule}.",
     )
     context = _policies_context(access, form)
     return render_console(request, "federation/policies.html", context, partial="policies_panel", status=status)
-
-
-def _rule_saved(rule: Policy) -> str:
-    saved = f"Rule saved: {rule}."
-    if rule.local_agent and not agent_selectors.org_agents(rule.organization).filter(slug=rule.local_agent).exists():
-        # Messages may name a sender agent that is not registered, so the rule stands; but a typo would read as a
-        # rule that guards an agent, so say so.
-        saved += f" Note: no registered agent is called '{rule.local_agent}'; check the slug on the Agents page."
-    return saved
 
 
 def _policies_context(access: Access, form: Any) -> dict[str, Any]:

@@ -155,8 +155,10 @@ class _SendTask:
 # What sending a message to an agent can be refused for, besides the body's own fields (POST /tasks, follow-ups).
 _INPUT_ERRORS = {
     400: "`details.input` (or `details.metadata`): an input no agent could be sent (docs/tasks.md); for an agent "
-    "reached through federation, `unknown_peer` or `peer_disabled`.",
-    403: "`policy_denied`: an agent reached through federation that the org's federation policy forbids.",
+    "reached through federation, `unknown_peer`, `peer_disabled` or `no_link_key` (the link has no live key yet).",
+    403: "`policy_denied`: an agent reached through federation that the org's federation policy forbids; for such "
+    "an agent also `missing_scope` or `role_forbidden` with `details.required_action: federation:write` (asking "
+    "another org's agent needs it as well as `tasks:write`).",
     413: "`input_too_large`: the input exceeds HERMES_MAX_TASK_INPUT_BYTES (`details.size`, `details.limit`), "
     "measured as compact UTF-8 JSON however the body spells it; `request_too_large`: a body larger than any input "
     "within that limit could need (six times it, every character escaped, plus 16 KiB), refused unread.",

@@ -37,7 +37,12 @@ def _task_or_404(access: Access, task_id: str) -> Task:
 
 
 def _agents(access: Access) -> list[Any]:
-    return list(agent_selectors.usable_agents(access.org).select_related("organization").order_by("name"))
+    """The agents this person may send a task to: a federated agent's task is a federation request, which needs
+    `federation:write` too (refused with a 403 otherwise), so a member's form does not offer one."""
+    agents = agent_selectors.usable_agents(access.org).select_related("organization").order_by("name")
+    if not access.allows("federation:write"):
+        agents = agents.filter(federation_address="")
+    return list(agents)
 
 
 @org_action_required("tasks:read")

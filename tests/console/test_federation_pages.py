@@ -8,6 +8,7 @@ from typing import Any
 
 import pytest
 
+from apps.agents.models import Agent
 from apps.federation import actions
 from apps.federation.models import (
     AttemptOutcome,
@@ -84,6 +85,34 @@ def test_staff_rotate_link_keys_in_three_steps(as_user: Any, alice: Any, berlin:
     assert client.post("/federation/peers/nowhere/keys/add/").status_code == 404
 
 
+def test_staff_complete_a_link_with_the_secret_the_other_operator_gave(as_user: Any, alice: Any, berlin: Peer) -> None:
+    from apps.federation.signing import encode_secret
+
+    alice.is_staff = True
+    alice.save()
+    client = as_user(alice)
+    page = main_html(client.get("/federation/"))
+    assert 'name="secret"' in page and "paste the <code>whsec_…</code> secret they gave you" in page
+    # Berlin's operator started a rotation and gave us its secret: the same key on both sides, nothing generated.
+    theirs = b"r" * 32
+    added = client.post("/federation/peers/berlin/keys/add/", {"secret": encode_secret(theirs)}, **HX)
+    html = added.content.decode()
+    assert added.status_code == 200 and "data-link-secret" not in html
+    key = LinkKey.objects.get(peer=berlin, version=2)
+    assert key.secret() == theirs and key.state == KeyState.NEXT
+    assert f"fingerprint {key.fingerprint} (theirs must be the same)" in html
+    # Checked as `federation_keys add --secret` and the API check it: said next to the field, nothing added.
+    for bad, why in (
+        ("whsec_not base64!", "followed by base64"),
+        (encode_secret(b"short"), "at least 24 random bytes"),
+    ):
+        refused = client.post("/federation/peers/berlin/keys/add/", {"secret": bad}, **HX)
+        assert refused.status_code == 422 and "no-store" in refused["Cache-Control"]
+        text = refused.content.decode()
+        assert why in text and 'aria-invalid="true"' in text and bad not in text
+    assert LinkKey.objects.filter(peer=berlin).count() == 2
+
+
 def test_staff_add_a_peer(as_user: Any, alice: Any, berlin: Peer) -> None:
     alice.is_staff = True
     alice.save()
@@ -151,9 +180,16 @@ def test_policies_add_and_remove(as_user: Any, bob: Any, org: Any, charlie: Any)
     assert as_user(charlie).post(f"/federation/policies/{rule.pk}/delete/").status_code == 404
     bad = client.post("/federation/policies/", {"remote": "nope nope", "effect": "allow"}, **HX)
     assert bad.status_code == 422
+    # A local agent that is not one of the org's agents guarded nothing: refused on the field, nothing saved.
     typo = client.post("/federation/policies/", {"remote": "*", "effect": "deny", "local_agent": "no-such-agent"}, **HX)
-    assert "Note: no registered agent is called &#x27;no-such-agent&#x27;" in typo.content.decode()
-    Policy.objects.for_org(org).filter(local_agent="no-such-agent").delete()
+    assert typo.status_code == 422
+    said = typo.content.decode().replace("&#x27;", "'")
+    assert "acme has no agent 'no-such-agent': local_agent is the slug of one of the organization's own agents" in said
+    assert not Policy.objects.for_org(org).filter(local_agent="no-such-agent").exists()
+    Agent.objects.create(organization=org, name="Echo", slug="demo-echo", url="http://127.0.0.1:9/")
+    upper = client.post("/federation/policies/", {"remote": "*", "effect": "deny", "local_agent": "Demo-Echo"}, **HX)
+    assert upper.status_code == 200 and Policy.objects.for_org(org).filter(local_agent="demo-echo").exists()
+    Policy.objects.for_org(org).filter(local_agent="demo-echo").delete()
     assert client.post(f"/federation/policies/{rule.pk}/delete/", **HX).status_code == 200
     assert not Policy.objects.for_org(org).exists()
 

@@ -7,10 +7,12 @@ from typing import Any
 
 import pytest
 from django.test import Client
+from rest_framework.test import APIClient
 
+from apps.agents.models import Agent
 from apps.federation import actions
-from apps.federation.models import Effect, FederationAuditEvent, Message, Outbox, OutboxStatus, Peer
-from tests.factories import UserFactory, dead_letter
+from apps.federation.models import Effect, FederationAuditEvent, Message, Outbox, OutboxStatus, Peer, Policy
+from tests.factories import MembershipFactory, OrganizationFactory, UserFactory, dead_letter
 
 pytestmark = pytest.mark.django_db
 
@@ -83,3 +85,70 @@ def test_adding_a_peer_the_guard_would_refuse_warns(staff: Client, settings: Any
     page = staff.post("/admin/federation/peer/add/", form, follow=True).content.decode()
     assert Peer.objects.filter(name="lan").exists()
     assert "Deliveries to this peer will be refused" in page and "private network address" in page
+
+
+def _peer_form(peer: Peer, **changes: str) -> dict[str, str]:
+    form = {"name": peer.name, "base_url": peer.base_url, "local_name": peer.local_name, "status": peer.status}
+    form.update({"keys-TOTAL_FORMS": "1", "keys-INITIAL_FORMS": "1", "keys-0-id": str(peer.keys.get().pk)})
+    form.update({"keys-0-peer": str(peer.pk)})
+    return {**form, **changes}
+
+
+def test_a_peer_cannot_be_renamed_in_the_admin(staff: Client, peer: Peer) -> None:
+    # Its names are stored as text wherever the link is referred to (remote tasks, federated tasks and agents,
+    # `*@berlin` rules): a rename orphaned them. They are shown read-only, with the way to rename a link.
+    page = staff.get(f"/admin/federation/peer/{peer.pk}/change/").content.decode()
+    assert 'name="name"' not in page and 'name="local_name"' not in page and 'name="base_url"' in page
+    assert "To rename a link, add a new peer with the new names" in page
+    saved = staff.post(f"/admin/federation/peer/{peer.pk}/change/", _peer_form(peer, name="rome", local_name="x"))
+    assert saved.status_code == 302, saved.content.decode()[:2000]
+    peer.refresh_from_db()
+    assert (peer.name, peer.local_name) == ("berlin", "paris")
+    # Adding one still takes both names.
+    added = staff.get("/admin/federation/peer/add/").content.decode()
+    assert 'name="name"' in added and 'name="local_name"' in added
+
+
+def test_the_api_has_no_way_to_rename_a_peer(peer: Peer) -> None:
+    staff = UserFactory(email="api-root@hermes.test", is_staff=True, is_superuser=True)
+    MembershipFactory(organization=OrganizationFactory(slug="ops"), user=staff, role="owner")
+    api = APIClient()
+    api.force_login(staff)
+    for method in ("put", "patch"):
+        response = getattr(api, method)("/api/v1/federation/peers/berlin", {"name": "rome"}, format="json")
+        assert response.status_code == 405, response.content
+    peer.refresh_from_db()
+    assert peer.name == "berlin"
+
+
+def test_a_peer_with_message_history_is_disabled_not_deleted(staff: Client, org: Any, dead: list[Outbox]) -> None:
+    peer = Peer.objects.get(name="berlin")
+    refused = staff.get(f"/admin/federation/peer/{peer.pk}/delete/", follow=True).content.decode()
+    assert "has message history" in refused and "disable the link instead" in refused
+    assert "have permission" not in refused
+    assert staff.post(f"/admin/federation/peer/{peer.pk}/delete/", {"post": "yes"}).status_code == 302
+    # From the list ("Delete selected peers") it is said the same way, and nothing is deleted.
+    bulk = {"action": "delete_selected", "_selected_action": [str(peer.pk)]}
+    page = staff.post("/admin/federation/peer/", bulk).content.decode()
+    assert "has message history" in page and "disable the link instead" in page
+    assert "have permission" not in page
+    assert staff.post("/admin/federation/peer/", {**bulk, "post": "yes"}).status_code == 200
+    assert Peer.objects.filter(pk=peer.pk).exists()
+
+
+def test_a_peer_without_history_can_be_deleted(staff: Client, peer: Peer) -> None:
+    page = staff.get(f"/admin/federation/peer/{peer.pk}/delete/").content.decode()
+    assert "Are you sure" in page
+    staff.post(f"/admin/federation/peer/{peer.pk}/delete/", {"post": "yes"})
+    assert not Peer.objects.filter(pk=peer.pk).exists()
+
+
+def test_admin_policy_rules_are_checked_like_the_api(staff: Client, org: Any) -> None:
+    Agent.objects.create(organization=org, name="Echo", slug="demo-echo", url="http://127.0.0.1:9/")
+    form = {"organization": str(org.pk), "local_agent": "ghost", "remote": "*", "effect": "deny", "reason": ""}
+    refused = staff.post("/admin/federation/policy/add/", form).content.decode()
+    assert "acme has no agent &#x27;ghost&#x27;" in refused
+    saved = staff.post("/admin/federation/policy/add/", {**form, "local_agent": "Demo-Echo", "remote": "Globex@Berlin"})
+    assert saved.status_code == 302
+    rule = Policy.objects.for_org(org).get()
+    assert (rule.local_agent, rule.remote) == ("demo-echo", "globex@berlin")

@@ -6,12 +6,15 @@ import io
 import uuid
 from typing import Any
 
+import httpx
 import pytest
 from django.core.management import call_command
 from django.core.management.base import CommandError
 from django.test import Client
+from django.utils import timezone
 
-from apps.federation import actions
+from apps.core.errors import HermesAPIError
+from apps.federation import actions, policy
 from apps.federation.models import (
     Effect,
     FederationAuditEvent,
@@ -250,3 +253,104 @@ def test_unknown_filter_values_are_400s_not_empty_lists(client_for: Any, alice: 
         error = client.get(path).json()["error"]
         assert error["code"] == "invalid" and error["message"].startswith(f"'{name}' must be one of: ")
     assert client.get("/api/v1/federation/messages?status=dead").status_code == 200
+
+
+@pytest.mark.django_db
+def test_a_policys_local_agent_is_one_of_the_orgs_agents(client_for: Any, bob: Any, org: Any, other_org: Any) -> None:
+    from apps.agents import actions as agent_actions
+    from apps.agents.models import Agent
+    from apps.federation.addresses import Address
+    from apps.federation.models import Policy
+
+    Agent.objects.create(organization=org, name="Echo", slug="demo-echo", url="http://127.0.0.1:9/")
+    Agent.objects.create(organization=other_org, name="Theirs", slug="theirs", url="http://127.0.0.1:9/")
+    fed = agent_actions.federated_agent(org, "echo.globex@berlin")
+    api = client_for(bob)
+    # Lower-cased like `remote`, so the rule matches the slug policies are asked with (it was stored as typed
+    # and never matched).
+    rule = api.post(f"{API}/policies", {"local_agent": "Demo-Echo", "remote": "*", "effect": "deny"}, format="json")
+    assert rule.status_code == 201 and rule.json()["local_agent"] == "demo-echo"
+    assert not policy.decide(org.pk, "demo-echo", Address.parse("globex@berlin")).allowed
+    # No such agent here (a typo, another org's agent, a federated agent row): a precise 400, nothing stored.
+    for slug in ("ghost", "theirs", fed.slug):
+        refused = api.post(f"{API}/policies", {"local_agent": slug, "remote": "*", "effect": "deny"}, format="json")
+        assert refused.status_code == 400, (slug, refused.content)
+        error = refused.json()["error"]
+        assert error["code"] == "unknown_agent" and error["details"]["local_agent"] == [
+            f"acme has no agent '{slug}': local_agent is the slug of one of the organization's own agents (as on "
+            "the Agents page), or empty for the whole organization."
+        ]
+    assert list(Policy.objects.for_org(org).values_list("local_agent", flat=True)) == ["demo-echo"]
+    with pytest.raises(HermesAPIError, match="acme has no agent 'ghost'"):
+        actions.set_policy(org=org, local_agent="ghost", remote="*", effect=Effect.ALLOW)
+    assert (
+        actions.set_policy(org=org, local_agent=" DEMO-echo ", remote="*", effect=Effect.ALLOW).pk == rule.json()["id"]
+    )
+
+
+@pytest.mark.django_db
+def test_a_single_dead_letter_that_is_not_one_says_so(
+    client_for: Any, alice: Any, charlie: Any, org: Any, berlin: Peer
+) -> None:
+    actions.set_policy(org=org, remote="*", effect=Effect.ALLOW)
+    delivered = actions.send_message(org=org, recipient="globex@berlin", payload={})
+    Outbox.objects.for_org(org).filter(message=delivered).update(status=OutboxStatus.DELIVERED)
+    dead = actions.send_message(org=org, recipient="globex@berlin", payload={})
+    dead_letter(dead)
+    expected = "This id is not in this org's dead-letter queue."
+    for operation in ("requeue", "discard"):
+        for who, message_id in ((alice, delivered.id), (alice, uuid.uuid4()), (charlie, dead.id)):
+            # A delivered or discarded id, one that never existed, and another org's dead letter read the same.
+            response = client_for(who).post(f"{API}/dlq/{message_id}/{operation}")
+            assert response.status_code == 404, response.content
+            error = response.json()["error"]
+            assert (error["code"], error["message"], error["details"]) == ("not_found", expected, {})
+    assert Outbox.objects.for_org(org).get(message=dead).status == OutboxStatus.DEAD
+
+
+@pytest.mark.django_db
+def test_a_link_without_a_live_key_is_refused_here_not_sent_unsigned(
+    client_for: Any, alice: Any, org: Any, django_capture_on_commit_callbacks: Any, monkeypatch: Any
+) -> None:
+    from apps.federation import delivery, transport
+    from apps.federation.models import KeyState, LinkKey, MessageType
+
+    oslo = actions.create_peer(name="oslo", base_url="http://127.0.0.1:9", local_name="paris")
+    actions.set_policy(org=org, remote="*", effect=Effect.ALLOW)
+    reason = "link 'oslo' has no live key; add one with federation_keys add or in the console"
+    api = client_for(alice)
+    sent = api.post(f"{API}/messages", {"recipient": "globex@oslo", "payload": {}}, format="json")
+    assert sent.status_code == 400 and sent.json()["error"]["code"] == "no_link_key"
+    assert sent.json()["error"]["message"] == f"The {reason}." and sent.json()["error"]["details"] == {
+        "recipient": [reason]
+    }
+    asked = api.post(
+        f"{API}/remote-tasks", {"agent": "echo.globex@oslo", "message": {"parts": [{"text": "hi"}]}}, format="json"
+    )
+    assert asked.status_code == 400 and asked.json()["error"]["details"] == {"agent": [reason]}
+    assert not Message.objects.for_org(org).exists()
+    # A reply (a task's result, cancel or follow-up) is part of a conversation under way: it is written, and its
+    # delivery waits, retrying, instead of going out unsigned to be refused as the peer's bad_signature.
+    signatures: list[str] = []
+
+    def peer_down(url: str, body: bytes, headers: dict[str, str], timeout: float) -> Any:
+        signatures.append(headers.get("webhook-signature", ""))
+        raise httpx.ConnectError("connection refused")
+
+    monkeypatch.setattr(transport, "post", peer_down)
+    with django_capture_on_commit_callbacks(execute=False):
+        reply = actions.send_message(
+            org=org, recipient="globex@oslo", type=MessageType.TASK_RESULT, payload={}, reply=True
+        )
+    row = Outbox.objects.for_org(org).get(message=reply)
+    assert delivery.deliver(row.pk) == OutboxStatus.FAILED and signatures == []  # nothing left
+    row.refresh_from_db()
+    assert row.last_error == reason and row.next_attempt_at is not None
+    # Once the link has a key, what waited is due at once (not at the end of its backoff), and goes out signed.
+    with django_capture_on_commit_callbacks(execute=False) as callbacks:
+        actions.add_key(oslo, secret=b"k" * 32)
+    row.refresh_from_db()
+    assert row.next_attempt_at is not None and row.next_attempt_at <= timezone.now() and callbacks
+    assert LinkKey.objects.get(peer=oslo).state == KeyState.CURRENT
+    delivery.deliver(row.pk)
+    assert len(signatures) == 1 and signatures[0].startswith("v1,")

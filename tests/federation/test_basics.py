@@ -126,6 +126,9 @@ def _count(metric: Any, **labels: str) -> float:
 
 @pytest.mark.django_db
 def test_policy_default_rules_ties_and_cache(org: Any) -> None:
+    from apps.agents.models import Agent
+
+    Agent.objects.create(organization=org, name="Echo", slug="echo", url="http://127.0.0.1:9/")  # for its own rules
     remote = Address("globex", agent="sum", peer="berlin")
     assert not policy.decide(org.pk, "", remote).allowed  # instance default: deny
     with override_settings(HERMES_FEDERATION_DEFAULT_POLICY="allow"):

@@ -775,3 +775,210 @@ def test_an_executor_refusal_reads_as_its_rule_not_a_class_name(
     remote.refresh_from_db()
     assert remote.state == "rejected" and remote.error == str(task_actions.TaskInputTooLarge(300, 200))
     assert "TaskInputTooLarge" not in remote.error
+
+
+# --- Relays from a request that named its sender agent; relays past a policy changed since ----------------------
+
+
+@pytest.fixture
+def globex_holds_helpers_task(
+    org: Any, other_org: Any, acme_may_ask_globex: None, django_capture_on_commit_callbacks: Any, monkeypatch: Any
+) -> tuple[RemoteTask, Any]:
+    """As `globex_holds_the_task`, but acme's agent `helper` made the request (`sender_agent`): globex knows the
+    requester as `helper.acme`."""
+    from apps.agents.models import Agent
+    from apps.tasks.models import Task
+
+    Agent.objects.create(organization=other_org, name="Echo", slug="echo", url="http://127.0.0.1:9/")
+    monkeypatch.setattr("apps.tasks.tasks.dispatch", lambda *args, **kwargs: None)
+    with django_capture_on_commit_callbacks(execute=True):
+        remote = actions.request_remote_task(org=org, agent="echo.globex", message=MESSAGE, sender_agent="helper")
+    theirs = Task.objects.for_org(other_org).get()
+    assert theirs.metadata["federation"]["requester"] == "helper.acme"
+    return remote, theirs
+
+
+def _ask_for_input(theirs: Any, capture: Any) -> None:
+    from apps.tasks import actions as task_actions
+
+    question = {"role": "agent", "parts": [{"kind": "text", "text": "Which language?"}]}
+    for state, data in (("working", {}), ("input-required", {"message": question})):
+        with capture(execute=True):
+            task_actions.record(theirs, [task_actions.Observation(kind="state", data=data, state=state)])
+
+
+@pytest.mark.django_db
+def test_a_request_made_by_an_agent_can_be_canceled(
+    org: Any, other_org: Any, alice: Any, client_for: Any, globex_holds_helpers_task: tuple[RemoteTask, Any],
+    django_capture_on_commit_callbacks: Any,
+) -> None:  # fmt: skip
+    remote, theirs = globex_holds_helpers_task
+    _cancel(client_for(alice), _own_task(org, remote), django_capture_on_commit_callbacks)
+    # The cancel came from the org alone (`acme`) and globex matched `helper.acme`: it was dropped with an INFO
+    # line and globex's task ran on for nobody.
+    cancel = Message.objects.for_org(org).get(type=MessageType.TASK_CANCEL)
+    assert cancel.sender_agent == "helper"  # sent as the request was
+    theirs.refresh_from_db()
+    assert theirs.state == "canceled"
+    assert InboxEntry.objects.for_org(other_org).get(type=MessageType.TASK_CANCEL).handling_error == ""
+
+
+@pytest.mark.django_db
+def test_a_follow_up_to_a_request_made_by_an_agent_reaches_the_executor(
+    org: Any, other_org: Any, alice: Any, client_for: Any, globex_holds_helpers_task: tuple[RemoteTask, Any],
+    django_capture_on_commit_callbacks: Any,
+) -> None:  # fmt: skip
+    remote, theirs = globex_holds_helpers_task
+    _ask_for_input(theirs, django_capture_on_commit_callbacks)
+    ours = _own_task(org, remote)
+    assert ours.state == "input-required"
+    answer = {"role": "user", "parts": [{"kind": "text", "text": "French"}]}
+    with django_capture_on_commit_callbacks(execute=True):
+        replied = client_for(alice).post(f"/api/v1/tasks/{ours.pk}/messages", {"input": answer}, format="json")
+    assert replied.status_code == 202, replied.content
+    assert Message.objects.for_org(org).get(type=MessageType.TASK_INPUT).sender_agent == "helper"
+    theirs.refresh_from_db()
+    assert theirs.state == "working" and theirs.pending_message["parts"][0]["text"] == "French"
+
+
+@pytest.mark.django_db
+def test_the_executor_hears_a_relay_from_any_agent_of_the_requesting_org(
+    org: Any, other_org: Any, globex_holds_helpers_task: tuple[RemoteTask, Any], django_capture_on_commit_callbacks: Any
+) -> None:
+    remote, theirs = globex_holds_helpers_task
+    # What a Hermes that relays without the request's agent sends: from `acme`, not `helper.acme`.
+    with django_capture_on_commit_callbacks(execute=True):
+        actions.send_message(
+            org=org, recipient="echo.globex", type=MessageType.TASK_CANCEL, correlation_id=remote.request_id,
+            payload={"reason": "canceled by the requester"}, reply=True,
+        )  # fmt: skip
+    theirs.refresh_from_db()
+    assert theirs.state == "canceled"
+
+
+@pytest.mark.django_db
+def test_a_relay_that_answers_no_request_of_its_sender_is_recorded_as_unrelated(
+    org: Any, other_org: Any, globex_holds_helpers_task: tuple[RemoteTask, Any], caplog: Any,
+    django_capture_on_commit_callbacks: Any,
+) -> None:  # fmt: skip
+    from tests.factories import OrganizationFactory
+
+    remote, theirs = globex_holds_helpers_task
+    # initech may message globex, and knows acme's request id (no secret): its cancel must not stop acme's task.
+    initech = OrganizationFactory(slug="initech", name="Initech")
+    actions.set_policy(org=other_org, remote="initech", effect=Effect.ALLOW)
+    with (
+        caplog.at_level("WARNING", logger="apps.federation.handlers"),
+        django_capture_on_commit_callbacks(execute=True),
+    ):
+        actions.send_message(
+            org=initech, recipient="echo.globex", type=MessageType.TASK_CANCEL, correlation_id=remote.request_id,
+            payload={}, reply=True,
+        )  # fmt: skip
+    theirs.refresh_from_db()
+    assert theirs.state == "submitted"
+    # Not an INFO line nobody reads: on the inbox entry (the inbox API and console show it) and as a warning.
+    entry = InboxEntry.objects.for_org(other_org).get(type=MessageType.TASK_CANCEL)
+    assert entry.handling_error == (
+        f"Unrelated: a task_cancel for request {remote.request_id} from initech: no task runs here for a request "
+        "of that org"
+    )
+    assert [r.levelname for r in caplog.records if r.name == "apps.federation.handlers"] == ["WARNING"]
+
+
+@pytest.mark.django_db
+def test_the_executors_deny_rule_added_later_does_not_refuse_the_requesters_cancel(
+    org: Any, other_org: Any, alice: Any, client_for: Any, globex_holds_the_task: tuple[RemoteTask, Any],
+    django_capture_on_commit_callbacks: Any,
+) -> None:  # fmt: skip
+    remote, theirs = globex_holds_the_task
+    # globex's admin turns acme away after accepting its request: new requests are refused, but the task already
+    # running for acme must still be cancelable by acme (it was dead-lettered `403 policy_denied` and ran on).
+    actions.set_policy(org=other_org, remote="acme", effect=Effect.DENY)
+    _cancel(client_for(alice), _own_task(org, remote), django_capture_on_commit_callbacks)
+    cancel = Message.objects.for_org(org).get(type=MessageType.TASK_CANCEL)
+    assert Outbox.objects.for_org(org).get(message=cancel).status == OutboxStatus.DELIVERED
+    theirs.refresh_from_db()
+    assert theirs.state == "canceled"
+    accepted = FederationAuditEvent.objects.for_org(other_org).get(event="accepted", message_id=cancel.id)
+    assert accepted.reason == "from acme"
+    # A new request from acme meets the rule.
+    with django_capture_on_commit_callbacks(execute=True):
+        again = actions.request_remote_task(org=org, agent="echo.globex", message=MESSAGE)
+    assert Outbox.objects.for_org(org).get(message_id=again.request_id).status == OutboxStatus.DEAD
+
+
+@pytest.mark.django_db
+def test_the_executors_deny_rule_added_later_does_not_refuse_the_requesters_answer(
+    org: Any, other_org: Any, alice: Any, client_for: Any, globex_holds_the_task: tuple[RemoteTask, Any],
+    django_capture_on_commit_callbacks: Any,
+) -> None:  # fmt: skip
+    remote, theirs = globex_holds_the_task
+    _ask_for_input(theirs, django_capture_on_commit_callbacks)
+    actions.set_policy(org=other_org, remote="acme", effect=Effect.DENY)
+    answer = {"role": "user", "parts": [{"kind": "text", "text": "French"}]}
+    with django_capture_on_commit_callbacks(execute=True):
+        replied = client_for(alice).post(f"/api/v1/tasks/{remote.task_id}/messages", {"input": answer}, format="json")
+    assert replied.status_code == 202, replied.content
+    theirs.refresh_from_db()
+    assert theirs.state == "working" and theirs.pending_message["parts"][0]["text"] == "French"
+
+
+@pytest.mark.django_db
+def test_a_relay_for_a_request_not_accepted_from_its_sender_meets_the_policy(
+    org: Any, other_org: Any, globex_holds_the_task: tuple[RemoteTask, Any], django_capture_on_commit_callbacks: Any
+) -> None:
+    import uuid
+
+    actions.set_policy(org=other_org, remote="acme", effect=Effect.DENY)
+    with django_capture_on_commit_callbacks(execute=True):
+        stray = actions.send_message(
+            org=org, recipient="echo.globex", type=MessageType.TASK_CANCEL, correlation_id=uuid.uuid4(), payload={},
+            reply=True,
+        )  # fmt: skip
+    row = Outbox.objects.for_org(org).get(message=stray)
+    assert row.status == OutboxStatus.DEAD and "policy_denied" in row.last_error
+
+
+# --- Asking a federated agent through POST /tasks needs federation:write ------------------------------------------
+
+
+@pytest.mark.django_db
+def test_post_tasks_to_a_federated_agent_needs_federation_write(
+    org: Any, alice: Any, mia: Any, dave: Any, client_for: Any, acme_may_ask_globex: None,
+    django_capture_on_commit_callbacks: Any,
+) -> None:  # fmt: skip
+    from apps.core.models import AuditEvent as CoreAuditEvent
+    from apps.tasks.models import Task
+    from tests.factories import issue_api_key, key_client
+
+    agent = agent_actions.federated_agent(org, "echo.globex")
+    body = {"agent": str(agent.pk), "input": MESSAGE}
+    _, tasks_only = issue_api_key(alice, org, scopes=["tasks:read", "tasks:write"])
+    refusals = [
+        (client_for(mia), "role_forbidden"),  # a member: tasks:write, but no federation:write
+        (client_for(dave), "role_forbidden"),  # a developer likewise
+        (key_client(tasks_only), "missing_scope"),  # an owner's key holding only the tasks scopes
+    ]
+    for api, code in refusals:
+        refused = api.post("/api/v1/tasks", body, format="json")
+        assert refused.status_code == 403, refused.content
+        error = refused.json()["error"]
+        assert error["code"] == code and error["details"] == {"required_action": "federation:write"}
+        assert error["message"] == "Asking another org's agent needs federation:write as well as tasks:write."
+    # Nothing was written: the task, its events and audit row rolled back with the request that was never sent.
+    assert not Task.objects.for_org(org).exists() and not RemoteTask.objects.for_org(org).exists()
+    assert not Message.objects.for_org(org).exists()
+    assert not CoreAuditEvent.objects.filter(org_id=org.pk, action="task.created").exists()
+    # The same words as POST /federation/remote-tasks.
+    asked = {"agent": "echo.globex", "message": MESSAGE}
+    remote = client_for(mia).post("/api/v1/federation/remote-tasks", asked, format="json")
+    assert remote.status_code == 403 and remote.json()["error"]["message"] == error["message"]
+    # An admin (federation:write) still asks through POST /tasks.
+    with django_capture_on_commit_callbacks(execute=False):
+        created = client_for(alice).post("/api/v1/tasks", body, format="json")
+    assert created.status_code == 202, created.content
+    assert RemoteTask.objects.for_org(org).get().task_id == created.json()["id"]
+    # The console's Send a task form offers a federated agent only to those who may ask it.
+    assert f'value="{agent.pk}"' not in client_for(mia).get("/tasks/new/").content.decode()
+    assert f'value="{agent.pk}"' in client_for(alice).get("/tasks/new/").content.decode()
