@@ -5,15 +5,39 @@ from __future__ import annotations
 
 import logging
 import os
+import sys
 from typing import Any
 
 from celery import Celery
 from celery.signals import beat_init, worker_init, worker_process_shutdown, worker_ready, worker_shutdown
 
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "hermes_site.settings")
-if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
-    # prometheus_client opens its value files there as soon as the first metric is declared (just below).
-    os.makedirs(os.environ["PROMETHEUS_MULTIPROC_DIR"], exist_ok=True)
+
+
+def _prepare_metrics_directory() -> None:
+    """prometheus_client opens its value files in PROMETHEUS_MULTIPROC_DIR as soon as the first metric is declared
+    (by the imports below), so the directory must exist first. This module is imported with the hermes_site package,
+    before settings.py validates the configuration: the value is validated here, so that a file there is the
+    configuration's one-line refusal (exit 1), not a FileExistsError traceback out of every command."""
+    if not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+        return
+    # Imported here: `python -m hermes_site.config` (make docs) imports this package first, and a config module
+    # already imported when runpy executes it draws a RuntimeWarning.
+    from hermes_site.config import load_or_exit
+
+    directory = load_or_exit()["PROMETHEUS_MULTIPROC_DIR"]
+    try:
+        os.makedirs(directory, exist_ok=True)
+    except OSError as exc:  # not ours to create (permissions, a read-only file system)
+        print(
+            f"hermes: configuration error: PROMETHEUS_MULTIPROC_DIR={os.environ['PROMETHEUS_MULTIPROC_DIR']!r} "
+            f"cannot be created: {exc.strerror}.",
+            file=sys.stderr,
+        )
+        sys.exit(1)
+
+
+_prepare_metrics_directory()
 
 # Every job derives from HermesJob: a database outage is one warning line, not a traceback per job.
 app = Celery("hermes", task_cls="apps.core.jobs:HermesJob")

@@ -228,6 +228,23 @@ def _split(value: str) -> SplitResult | None:
     return parts
 
 
+def _bad_port(value: str, schemes: tuple[str, ...] | frozenset[str]) -> Invalid | None:
+    """The refusal of a URL with one of `schemes` that is only wrong in its port (`:99999`, `:notaport`): naming
+    the port, since "must be a URL starting with postgres://" misleads about one that does start so."""
+    if _split(value) is not None or not value or any(c.isspace() for c in value):
+        return None
+    try:
+        parts = urlsplit(value)
+    except ValueError:  # an unbalanced `[`: no port to blame
+        return None
+    if parts.scheme not in schemes:
+        return None
+    host_and_port = parts.netloc.rpartition("@")[2]
+    _, bracket, after_bracket = host_and_port.partition("]")  # [::1]:port
+    port = (after_bracket if bracket else host_and_port).partition(":")[2]
+    return Invalid(f"has the port {port!r}: a port is a whole number up to 65535.")
+
+
 @dataclass(frozen=True)
 class ListOf(Kind):
     """Comma-separated entries (blanks around them ignored); an empty value is the empty list."""
@@ -276,6 +293,8 @@ class Url(Kind):
         if not value and self.optional:
             return ""
         parts = _split(value)
+        if refusal := _bad_port(value, self.schemes):
+            raise refusal
         if (
             parts is None
             or parts.scheme not in self.schemes
@@ -302,6 +321,8 @@ class EmailUrl(Kind):
     def parse(self, raw: str) -> str:
         value = raw.strip()
         parts = _split(value)
+        if refusal := _bad_port(value, frozenset(environ.Env.EMAIL_SCHEMES)):
+            raise refusal
         if parts is None or parts.scheme not in environ.Env.EMAIL_SCHEMES:
             raise self.refuse()
         if parts.scheme.startswith("smtp") and not parts.hostname:
@@ -332,7 +353,7 @@ class Directory(Kind):
 
     @property
     def expected(self) -> str:
-        return ("empty or " if self.optional else "") + "a directory path (not an existing file)"
+        return ("empty or " if self.optional else "") + "a directory path (not an existing file, nor under one)"
 
     def parse(self, raw: str) -> Path | str:
         if not raw.strip():
@@ -340,7 +361,9 @@ class Directory(Kind):
                 return ""
             raise self.refuse()
         path = Path(os.path.abspath(raw))
-        if path.exists() and not path.is_dir():
+        # The nearest part that exists must be a directory: `/etc/hostname/metrics` cannot be created either.
+        nearest = next((part for part in (path, *path.parents) if part.exists()), None)
+        if nearest is not None and not nearest.is_dir():
             raise self.refuse()
         return path
 
@@ -465,7 +488,12 @@ SETTINGS_TABLE: tuple[Setting, ...] = (
         "HSTS max-age; 0 = no HSTS header.",
         fallback=lambda env: 31536000 if env == "production" else 0,
     ),
-    Setting("EMAIL_URL", EmailUrl(), "consolemail://", "Email backend; `smtp+tls://user:pass@host:587` in production."),
+    Setting(
+        "EMAIL_URL",
+        EmailUrl(),
+        "consolemail://",
+        "Email backend; `smtp+tls://user:pass@host:587` in production (where one that sends nothing is a warning).",
+    ),
     Setting(
         "DEFAULT_FROM_EMAIL",
         Text(is_email_address, "an email address (hermes@example.com or Hermes <hermes@example.com>)"),
@@ -561,7 +589,8 @@ SETTINGS_TABLE: tuple[Setting, ...] = (
         "HERMES_PUBLIC_URL",
         BASE_URL,
         "http://127.0.0.1:8000",
-        "This instance's external base URL (agent cards, federation).",
+        "This instance's external base URL (agent cards, federation, links in invitation and password-reset "
+        "mail); required in production.",
     ),
     Setting(
         "HERMES_FEDERATION_HMAC", Bool(), "true", "Require HMAC signatures on federation; only `dev` may turn it off."
@@ -731,6 +760,24 @@ def _parse(setting: Setting, source: Mapping[str, str], hermes_env: str, problem
     return setting.default_value(hermes_env), True
 
 
+# Email backends that deliver nothing, and where the mail goes instead.
+_UNSENT_MAIL = {
+    "consolemail": "printed to the process output (reset links included, past the log redaction), never sent",
+    "memorymail": "kept in memory and never sent",
+    "dummymail": "dropped, never sent",
+}
+
+
+def _is_loopback(url: str) -> bool:
+    host = (urlsplit(url).hostname or "").rstrip(".")
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
 def load(environ_map: Mapping[str, str] | None = None) -> Config:
     """Parse and validate; raise ConfigError listing every problem (not just the first)."""
     source = dict(os.environ if environ_map is None else environ_map)
@@ -795,6 +842,31 @@ def load(environ_map: Mapping[str, str] | None = None) -> Config:
         problems.append("REDIS_URL is missing: production needs a real Redis (redis://host:6379/0).")
     # A broker URL derived from a bad REDIS_URL is not reported again: the REDIS_URL line already covers it.
     broker_url = values["CELERY_BROKER_URL"] or redis_url
+
+    # Links in invitation and password-reset mail, agent cards and federation name this URL: the loopback default
+    # would send every recipient to their own machine.
+    if production and "HERMES_PUBLIC_URL" not in source:
+        problems.append(
+            "HERMES_PUBLIC_URL is missing: set it to the URL people and peers reach this instance at "
+            "(https://hermes.example.com); links in mail and agent cards are made from it."
+        )
+    elif production and "HERMES_PUBLIC_URL" not in invalid and _is_loopback(values["HERMES_PUBLIC_URL"]):
+        warnings.append(
+            (
+                f"HERMES_PUBLIC_URL is {values['HERMES_PUBLIC_URL']} in production: links in mail and agent cards "
+                "point at the reader's own machine",
+                "set HERMES_PUBLIC_URL to the URL people and peers reach this instance at",
+            )
+        )
+    email_scheme = urlsplit(values["EMAIL_URL"]).scheme
+    if production and "EMAIL_URL" not in invalid and email_scheme in _UNSENT_MAIL:
+        warnings.append(
+            (
+                f"EMAIL_URL is {email_scheme}:// in production: invitation and password-reset mail is "
+                f"{_UNSENT_MAIL[email_scheme]}",
+                "set EMAIL_URL=smtp+tls://user:pass@smtp.example.com:587 (or smtps://…:465)",
+            )
+        )
 
     known_flags = ["HERMES_FEATURE_" + f.upper() for f in FEATURES]
     for key in source:
@@ -863,8 +935,11 @@ def configuration_doc() -> str:
         "Each bad value stops the boot (`manage.py` commands, `make run`, the web, websocket, worker and beat\n"
         "processes) with one line naming the variable, the value and what it accepts, and exit code 1; for\n"
         "example `hermes: configuration error: HERMES_TASK_POLL_SECONDS='abc' must be a number of seconds greater\n"
-        "than 0 and at most 31536000.` In `HERMES_ENV=production` a missing or unsafe value is refused the same\n"
-        "way. Durations are at most a year (31536000 seconds).\n\n"
+        "than 0 and at most 31536000.` In `HERMES_ENV=production` what is unsafe there is refused the same way: a\n"
+        "missing or weak SECRET_KEY, DEBUG on, ALLOWED_HOSTS empty or `*`, a SQLite DATABASE_URL, no REDIS_URL, no\n"
+        "HERMES_PUBLIC_URL, HERMES_FEDERATION_HMAC off. An email backend that sends nothing (`consolemail://`,\n"
+        "`memorymail://`, `dummymail://`) or a loopback HERMES_PUBLIC_URL in production is a warning, with its fix,\n"
+        "in every process's startup summary and in `doctor`. Durations are at most a year (31536000 seconds).\n\n"
         "- Booleans are `true`/`false`, `1`/`0`, `yes`/`no` or `on`/`off` (any case); anything else is refused.\n"
         "- Numbers are decimal (`0.25`, `300`; whole where it says so); `nan`, `inf` and values outside the\n"
         "  bounds below are refused.\n"
@@ -874,8 +949,8 @@ def configuration_doc() -> str:
         "This file and `.env.example` are generated from `hermes_site.config.SETTINGS_TABLE` by `make docs`, and a\n"
         "test keeps them in step.\n\n"
         + markdown_table()
-        + "\nRun `python manage.py doctor` to see the effective configuration, each dependency's state and every\n"
-        "warning with its fix.\n"
+        + "\nRun `python manage.py doctor` to see the environment, each dependency's state, the feature flags and\n"
+        "every warning with its fix.\n"
     )
 
 

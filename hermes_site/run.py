@@ -8,6 +8,7 @@ requeues its job thanks to acks_late), then the embedded Redis stops.
 from __future__ import annotations
 
 import argparse
+import errno
 import os
 import signal
 import socket
@@ -23,8 +24,16 @@ from hermes_site.embedded import start_redis, stop_redis
 PY = sys.executable
 
 
+# The exit code of a run stopped by Ctrl-C before it was up (128 + SIGINT, as a shell reports it).
+INTERRUPTED = 128 + signal.SIGINT
+
+
 class StepFailed(Exception):
     """A set-up step (migrate, seed_demo) failed; the message is its error in one line."""
+
+
+class Interrupted(Exception):
+    """Ctrl-C reached a set-up step: the run stops quietly."""
 
 
 def _manage(*args: str) -> None:
@@ -34,6 +43,9 @@ def _manage(*args: str) -> None:
     if result.returncode == 0:
         sys.stderr.write(result.stderr)  # warnings stay visible
         return
+    if result.returncode == -signal.SIGINT or result.stderr.rstrip().endswith("KeyboardInterrupt"):
+        # Ctrl-C goes to the whole process group: the step died of it, which is no failure to explain.
+        raise Interrupted
     # Django's own commands (migrate) end in a traceback: a mistyped DATABASE_URL read as 40 lines of frames.
     raise StepFailed(f"manage.py {args[0]} failed: {_exception_of(result.stderr)}")
 
@@ -59,16 +71,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--host", default=os.environ.get("HERMES_HOST", "127.0.0.1"))
     parser.add_argument("--port", type=_port, default=os.environ.get("HERMES_PORT", "8000"))
     args = parser.parse_args(argv)
-    if problem := _port_in_use(args.host, args.port):
+    if problem := _bind_problem(args.host, args.port):
         # Before anything starts: a second worker and beat on the same database, then a banner for a server that
         # could not bind, was what a taken port gave.
-        print(
-            f"hermes: cannot serve on {args.host}:{args.port}: {problem}. Stop what uses it (another `make run`?), "
-            f"or pick another port: HERMES_PORT={args.port + 1} make run",
-            file=sys.stderr,
-        )
+        print(f"hermes: cannot serve on {args.host}:{args.port}: {problem}", file=sys.stderr)
         return 1
 
+    # The demo agents' cards name HERMES_PUBLIC_URL: make it the address this run serves (children inherit it).
+    # Before the configuration is read: production requires the variable, and this run does know its address.
+    public_host = "127.0.0.1" if args.host in ("0.0.0.0", "::") else args.host  # noqa: S104 - compared, not bound
+    os.environ.setdefault("HERMES_PUBLIC_URL", f"http://{public_host}:{args.port}")
     config = load_or_exit()
     VAR_DIR.mkdir(exist_ok=True)
     redis_proc = None
@@ -85,9 +97,6 @@ def main(argv: list[str] | None = None) -> int:
 
     signal.signal(signal.SIGINT, stop)
     signal.signal(signal.SIGTERM, stop)
-    # The demo agents' cards name HERMES_PUBLIC_URL: make it the address this run serves (children inherit it).
-    public_host = "127.0.0.1" if args.host in ("0.0.0.0", "::") else args.host  # noqa: S104 - compared, not bound
-    os.environ.setdefault("HERMES_PUBLIC_URL", f"http://{public_host}:{args.port}")
     try:
         _manage("migrate", "--noinput")
         _manage("seed_demo")
@@ -163,7 +172,11 @@ def main(argv: list[str] | None = None) -> int:
                 names[children[index].pid] = name
             time.sleep(0.5)
         return 0
+    except Interrupted:
+        return INTERRUPTED
     except StepFailed as exc:
+        if stopping:  # Ctrl-C while the step ran: whatever it died of, the operator asked to stop
+            return INTERRUPTED
         print(
             f"hermes: {exc}. `python manage.py doctor` checks the configuration and says how to fix it.",
             file=sys.stderr,
@@ -193,15 +206,27 @@ def _port(text: str) -> int:
     return port
 
 
-def _port_in_use(host: str, port: int) -> str | None:
-    """Why `host:port` cannot be bound now, or None."""
+def _bind_problem(host: str, port: int) -> str | None:
+    """Why `host:port` cannot be bound now, and what to change (the port or the address), or None."""
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     with socket.socket(family, socket.SOCK_STREAM) as probe:
         probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
             probe.bind((host, port))
         except OSError as exc:
-            return exc.strerror or str(exc)
+            reason = exc.strerror or str(exc)
+            if exc.errno == errno.EADDRINUSE:
+                return (
+                    f"{reason}. Stop what uses it (another `make run`?), or pick another port: "
+                    f"HERMES_PORT={port + 1} make run"
+                )
+            if exc.errno == errno.EACCES:
+                return f"{reason}: ports below 1024 need privileges. Pick another port: HERMES_PORT=8000 make run"
+            # EADDRNOTAVAIL, a name that does not resolve (gaierror): the address is the problem, not the port.
+            return (
+                f"{reason}: {host} is not an address of this machine. Use one it has: HERMES_HOST=127.0.0.1 "
+                "make run (0.0.0.0 serves every interface)"
+            )
     return None
 
 
@@ -217,4 +242,7 @@ def _wait_until_serving(url: str, web: subprocess.Popen[bytes], timeout: float =
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    try:
+        sys.exit(main())
+    except KeyboardInterrupt:  # Ctrl-C before the handlers above were installed (reading the configuration...)
+        sys.exit(INTERRUPTED)

@@ -7,7 +7,9 @@
 - `SampleFilter` keeps only LOG_SAMPLE_RATE of the INFO/DEBUG lines of noisy loggers (health probes, websocket
   heartbeats, sweepers: `NOISY_LOGGERS`); warnings and errors always pass.
 - `RedactFilter` (on the handler) masks bearer secrets a URL can carry (an API key, as `?api_key=` on a websocket
-  or anywhere as `hrm_…`; the token of a password-reset or invitation link) before the line is written.
+  or anywhere as `hrm_…`; the token of a password-reset or invitation link; the password of `user:pass@host`)
+  before the line is written: in the message, in every string of the `extra=` values (Celery's `data` carries a
+  job's arguments) and in the exception text.
 - `adopt_server_loggers` routes uvicorn's own loggers through that handler (the ASGI entry calls it).
 """
 
@@ -74,8 +76,9 @@ class JsonFormatter(logging.Formatter):
             if name not in _RECORD_ATTRS and name not in payload:
                 payload[name] = value
         if record.exc_info:
-            payload["exc_info"] = self.formatException(record.exc_info)
-        return json.dumps(payload, default=str)
+            payload["exc_info"] = record.exc_text or self.formatException(record.exc_info)
+        # An object extra becomes its text here: masked like every other string of the line.
+        return json.dumps(payload, default=lambda value: redact(str(value)))
 
 
 class SampleFilter(logging.Filter):
@@ -121,26 +124,66 @@ _LINK_TOKEN = re.compile(
     r"(?!set-password(?:/|%2F)|accept\b)[^/?&\s\"'%]+",
     re.IGNORECASE,
 )
+# The password of a URL's userinfo (`redis://:pw@host`, `http://admin:pw@host/`): the user stays, it says which
+# account. Greedy up to the authority's last `@`, so a password with an unencoded `@` is masked whole.
+_URL_PASSWORD = re.compile(r"(\b[a-z][a-z0-9+.-]*://[^\s/?#@:]*:)[^\s/?#]+@", re.IGNORECASE)
 REDACTED = "[redacted]"
+# How deep RedactFilter walks an extra's dicts, lists and tuples; anything deeper is masked as its text. Extras are
+# flat or nearly so: the bound only keeps a self-referencing structure from recursing forever.
+_MAX_DEPTH = 6
 
 
 def redact(text: str) -> str:
+    text = _URL_PASSWORD.sub(rf"\1{REDACTED}@", text)
     text = _API_KEY.sub(r"\1…\2", text)
     text = _SECRET_PARAM.sub(rf"\1{REDACTED}", text)
     return _LINK_TOKEN.sub(rf"\1{REDACTED}", text)
 
 
+def redact_value(value: Any, depth: int = 0) -> Any:
+    """`value` with every string in it redacted, in dicts, lists and tuples too. Copies, never changes `value` (an
+    extra is often an object the caller keeps using: a job's result, its arguments), and returns `value` itself
+    when nothing in it needed masking."""
+    if isinstance(value, str):
+        return redact(value)
+    if not isinstance(value, dict | list | tuple):
+        return value  # numbers, None, objects: JsonFormatter masks what it turns into text
+    if depth >= _MAX_DEPTH:
+        text = str(value)
+        masked = redact(text)
+        return value if masked == text else masked
+    if isinstance(value, dict):
+        items = {key: redact_value(item, depth + 1) for key, item in value.items()}
+        return value if all(items[key] is item for key, item in value.items()) else items
+    masked_items = [redact_value(item, depth + 1) for item in value]
+    if all(new is old for new, old in zip(masked_items, value, strict=True)):
+        return value
+    return tuple(masked_items) if isinstance(value, tuple) else masked_items
+
+
+_TRACEBACKS = logging.Formatter()  # renders an exception as every formatter would, for RedactFilter to mask
+
+
 class RedactFilter(logging.Filter):
-    """Masks secrets in the message and in a `path` extra (the request line's), leaving the record otherwise as is."""
+    """Masks secrets in the message, in every `extra=` value (the request line's `path`, a job's `data`, a
+    probe's URL) and in the exception text, leaving the record otherwise as is."""
 
     def filter(self, record: logging.LogRecord) -> bool:
         message = record.getMessage()
         masked = redact(message)
         if masked != message:
             record.msg, record.args = masked, None
-        path = getattr(record, "path", None)
-        if isinstance(path, str):
-            record.path = redact(path)
+        for name, value in list(vars(record).items()):
+            if name not in _RECORD_ATTRS:
+                clean = redact_value(value)
+                if clean is not value:
+                    setattr(record, name, clean)
+        # Formatters use a record's exc_text once it is set (another handler may have set it already): an error's
+        # text can hold the URL it failed on.
+        if record.exc_text:
+            record.exc_text = redact(record.exc_text)
+        elif record.exc_info:
+            record.exc_text = redact(_TRACEBACKS.formatException(record.exc_info))
         return True
 
 

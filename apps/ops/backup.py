@@ -23,12 +23,14 @@ import re
 import shutil
 import sqlite3
 import subprocess
-from collections.abc import Iterator
+import warnings
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit, urlunsplit
 
 import environ
 from django.apps import apps
@@ -73,9 +75,70 @@ class BackupError(Exception):
     """A backup or restore cannot go on; the message says why and what to do."""
 
 
+# The libpq keywords a DATABASE_URL query (`?sslmode=require`) or DATABASES OPTIONS can carry, and the environment
+# variable pg_dump/pg_restore read each from (libpq "Environment Variables"). The application connects with all of
+# them, so a backup or a restore must too: without them `sslmode=require` was quietly a plaintext connection.
+LIBPQ_ENV = {
+    "host": "PGHOST",
+    "hostaddr": "PGHOSTADDR",
+    "port": "PGPORT",
+    "user": "PGUSER",
+    "password": "PGPASSWORD",
+    "passfile": "PGPASSFILE",
+    "require_auth": "PGREQUIREAUTH",
+    "channel_binding": "PGCHANNELBINDING",
+    "service": "PGSERVICE",
+    "options": "PGOPTIONS",
+    "application_name": "PGAPPNAME",
+    "sslmode": "PGSSLMODE",
+    "requiressl": "PGREQUIRESSL",
+    "sslnegotiation": "PGSSLNEGOTIATION",
+    "sslcompression": "PGSSLCOMPRESSION",
+    "sslcert": "PGSSLCERT",
+    "sslkey": "PGSSLKEY",
+    "sslcertmode": "PGSSLCERTMODE",
+    "sslrootcert": "PGSSLROOTCERT",
+    "sslcrl": "PGSSLCRL",
+    "sslcrldir": "PGSSLCRLDIR",
+    "sslsni": "PGSSLSNI",
+    "requirepeer": "PGREQUIREPEER",
+    "ssl_min_protocol_version": "PGSSLMINPROTOCOLVERSION",
+    "ssl_max_protocol_version": "PGSSLMAXPROTOCOLVERSION",
+    "gssencmode": "PGGSSENCMODE",
+    "krbsrvname": "PGKRBSRVNAME",
+    "gsslib": "PGGSSLIB",
+    "gssdelegation": "PGGSSDELEGATION",
+    "connect_timeout": "PGCONNECT_TIMEOUT",
+    "client_encoding": "PGCLIENTENCODING",
+    "target_session_attrs": "PGTARGETSESSIONATTRS",
+    "load_balance_hosts": "PGLOADBALANCEHOSTS",
+}
+# OPTIONS keys that Django or psycopg consume themselves; they are no libpq keywords.
+_NOT_LIBPQ = frozenset(
+    {
+        "assume_role",
+        "isolation_level",
+        "pool",
+        "server_side_binding",
+        "autocommit",
+        "prepare_threshold",
+        "context",
+        "row_factory",
+        "cursor_factory",
+    }
+)
+# A libpq keyword with no environment variable would have to go on pg_dump's command line, which every local user
+# can read (`ps`): a secret among them is refused rather than shown there.
+_SECRET_KEYWORDS = frozenset({"sslpassword"})
+_CONNECT_TIMEOUT = "5"
+
+
 @dataclass(frozen=True)
 class Database:
-    """Where a backup comes from or a restore goes: Postgres connection parameters or a SQLite file."""
+    """Where a backup comes from or a restore goes: Postgres connection parameters or a SQLite file.
+
+    `options` are the libpq keywords of the URL's query or of DATABASES OPTIONS (sslmode, sslrootcert, ...): every
+    connection to the database, psycopg's and pg_dump's or pg_restore's, is made with them."""
 
     vendor: str  # "postgresql" or "sqlite"
     name: str
@@ -83,6 +146,7 @@ class Database:
     port: str = ""
     user: str = ""
     password: str = field(default="", repr=False)
+    options: Mapping[str, str] = field(default_factory=dict, repr=False, hash=False, compare=False)
 
     @classmethod
     def from_settings(cls, alias: str = "default") -> Database:
@@ -90,7 +154,30 @@ class Database:
 
     @classmethod
     def from_url(cls, url: str) -> Database:
-        return cls._from_config(environ.Env.db_url_config(url))
+        """A restore target (`--target-url`): refused in one line unless it names a database that can hold one."""
+        try:
+            with warnings.catch_warnings():  # "Engine not recognized": the refusal below says it in its own line
+                warnings.simplefilter("ignore")
+                config = environ.Env.db_url_config(url)
+        except ValueError as exc:  # a port past 65535
+            raise BackupError(f"--target-url {_redacted_url(url)} is not a database URL: {exc}.") from exc
+        if "ENGINE" not in config:
+            raise BackupError(
+                f"--target-url {_redacted_url(url)} is not a database URL: use postgres://user@host:5432/name "
+                "or sqlite:////absolute/path.sqlite3."
+            )
+        database = cls._from_config(config)
+        if database.vendor == "sqlite" and database.name in ("", ":memory:"):
+            raise BackupError(
+                f"--target-url {url} is an in-memory SQLite database, gone when the restore ends: name a file "
+                "(sqlite:////absolute/path.sqlite3)."
+            )
+        if database.vendor == "postgresql" and not database.name:
+            raise BackupError(
+                f"--target-url {_redacted_url(url)} names no database: add its name "
+                "(postgres://user@host:5432/hermes_restore; it is created if missing)."
+            )
+        return database
 
     @classmethod
     def _from_config(cls, config: dict[str, Any]) -> Database:
@@ -98,6 +185,7 @@ class Database:
         vendor = "sqlite" if engine.endswith("sqlite3") else "postgresql" if "postgresql" in engine else engine
         if vendor not in {"sqlite", "postgresql"}:
             raise BackupError(f"Unsupported database engine {engine}: backups cover Postgres and SQLite.")
+        options = config.get("OPTIONS") or {}
         return cls(
             vendor=vendor,
             name=str(config["NAME"]),
@@ -105,23 +193,46 @@ class Database:
             port=str(config.get("PORT") or ""),
             user=str(config.get("USER") or ""),
             password=str(config.get("PASSWORD") or ""),
+            # SQLite's OPTIONS (timeout, init_command) are Django's, not the file's.
+            options={
+                str(key): str(value)
+                for key, value in options.items()
+                if vendor == "postgresql" and key not in _NOT_LIBPQ and value is not None
+            },
         )
 
-    def describe(self) -> str:
+    def describe(self, dbname: str | None = None) -> str:
         if self.vendor == "sqlite":
             return f"sqlite:{self.name}"
-        return f"postgresql://{self.host or 'localhost'}:{self.port or 5432}/{self.name}"
+        return f"postgresql://{self.host or 'localhost'}:{self.port or 5432}/{dbname or self.name}"
 
     def libpq_env(self, dbname: str | None = None) -> dict[str, str]:
-        """Connection parameters for pg_dump/pg_restore as environment: the password never shows in `ps`."""
+        """Connection parameters for pg_dump/pg_restore as environment: the password never shows in `ps`.
+        Options libpq reads from no environment variable go in `dbname_arg()`."""
         env = dict(os.environ)
-        env.update({"PGDATABASE": dbname or self.name, "PGCONNECT_TIMEOUT": "5"})
+        env["PGCONNECT_TIMEOUT"] = _CONNECT_TIMEOUT
+        # Set from the options even where the process environment has the variable: the URL is what the app uses.
+        env.update({LIBPQ_ENV[key]: value for key, value in self.options.items() if key in LIBPQ_ENV})
+        env["PGDATABASE"] = dbname or self.name
         for key, value in (("PGHOST", self.host), ("PGPORT", self.port), ("PGUSER", self.user)):
             if value:
                 env[key] = value
         if self.password:
             env["PGPASSWORD"] = self.password
         return env
+
+    def dbname_arg(self, dbname: str | None = None) -> str:
+        """pg_dump/pg_restore's `--dbname`: a connection string with the database and the options no environment
+        variable can carry (keepalives, tcp_user_timeout, ...); libpq takes the rest from `libpq_env()`."""
+        from psycopg.conninfo import make_conninfo
+
+        rest = {key: value for key, value in self.options.items() if key not in LIBPQ_ENV and key != "dbname"}
+        if secret := sorted(_SECRET_KEYWORDS & set(rest)):
+            raise BackupError(
+                f"The database option {', '.join(secret)} cannot be passed to pg_dump/pg_restore without showing "
+                "in the process list: remove it (use a key file without a passphrase, readable only by this user)."
+            )
+        return "--dbname=" + make_conninfo(dbname=dbname or self.name, **rest)
 
     def connect(self, dbname: str | None = None) -> Any:
         if self.vendor == "sqlite":
@@ -133,6 +244,8 @@ class Database:
         from psycopg.conninfo import make_conninfo
 
         params = {
+            "connect_timeout": _CONNECT_TIMEOUT,
+            **self.options,
             "dbname": dbname or self.name,
             "host": self.host,
             "port": self.port,
@@ -140,9 +253,18 @@ class Database:
             "password": self.password,
         }
         try:
-            return psycopg.connect(make_conninfo(**{k: v for k, v in params.items() if v}), connect_timeout=5)
+            return psycopg.connect(make_conninfo(**{k: v for k, v in params.items() if v}))
         except psycopg.OperationalError as exc:
-            raise BackupError(f"Cannot connect to {self.describe()}: {error_line(exc)}") from exc
+            raise BackupError(f"Cannot connect to {self.describe(dbname)}: {error_line(exc)}") from exc
+
+
+def _redacted_url(url: str) -> str:
+    """A URL for a message: its password, if any, masked."""
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    netloc = parts.netloc.replace(f":{parts.password}@", ":***@", 1)
+    return urlunsplit(parts._replace(netloc=netloc))
 
 
 # --- What a manifest records ----------------------------------------------------------------------------------
@@ -488,7 +610,15 @@ def _backup_postgres(database: Database, dump: Path) -> tuple[dict[str, Any], st
         conn.read_only = True
         snapshot = conn.execute("SELECT pg_export_snapshot()").fetchone()[0]
         _run(
-            [pg_dump, "--format=custom", "--no-owner", "--no-privileges", f"--snapshot={snapshot}", f"--file={dump}"],
+            [
+                pg_dump,
+                "--format=custom",
+                "--no-owner",
+                "--no-privileges",
+                f"--snapshot={snapshot}",
+                f"--file={dump}",
+                database.dbname_arg(),
+            ],
             database.libpq_env(),
         )
         contents = describe_contents(conn, "postgresql", timezone=_SESSION_TIMEZONE)
@@ -604,15 +734,22 @@ def ensure_database(database: Database) -> bool:
     """Create the target Postgres database when missing; return whether it was created."""
     if database.vendor == "sqlite":
         return not Path(database.name).exists()
+    import psycopg
     from psycopg import sql
 
-    with database.connect(dbname="postgres") as conn:
-        conn.autocommit = True
-        exists = conn.execute("SELECT 1 FROM pg_database WHERE datname = %s", [database.name]).fetchone()
-        if exists:
-            return False
-        conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(database.name)))
-        return True
+    try:
+        with database.connect(dbname="postgres") as conn:
+            conn.autocommit = True
+            exists = conn.execute("SELECT 1 FROM pg_database WHERE datname = %s", [database.name]).fetchone()
+            if exists:
+                return False
+            conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(database.name)))
+            return True
+    except psycopg.Error as exc:  # a role without CREATEDB, a name Postgres refuses: one line, not a traceback
+        raise BackupError(
+            f"Cannot create {database.describe()}: {error_line(exc)}. Create it first (createdb, as a role that "
+            "may), or restore as a role with CREATEDB."
+        ) from exc
 
 
 def _empty(database: Database) -> None:
@@ -679,7 +816,7 @@ def restore(dump: Path, database: Database, manifest: dict[str, Any], *, force: 
                 "--no-owner",
                 "--no-privileges",
                 "--exit-on-error",
-                f"--dbname={database.name}",
+                database.dbname_arg(),
                 str(dump),
             ],
             database.libpq_env(),

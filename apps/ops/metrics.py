@@ -9,6 +9,7 @@ letters) are read at scrape time, so they are right however many processes there
 from __future__ import annotations
 
 import contextlib
+import errno
 import logging
 import os
 import threading
@@ -160,10 +161,30 @@ _exporter: WorkerExporter | None = None
 
 
 def start_worker_exporter(host: str, port: int) -> WorkerExporter | None:
+    """Serve the worker's metrics on `host:port` (0: off). A port that cannot be bound is one error line and the
+    worker runs on without /metrics: it was a traceback from the worker_ready signal, and the startup summary
+    after it never printed."""
     global _exporter
     if port <= 0 or _exporter is not None:
         return _exporter
-    _exporter = WorkerExporter(host, port)
+    try:
+        _exporter = WorkerExporter(host, port)
+    except OSError as exc:  # the port is taken, the address is not this machine's, the host name does not resolve
+        port_problem = exc.errno in (errno.EADDRINUSE, errno.EACCES)
+        variable, what = (
+            ("CELERY_WORKER_METRICS_PORT", "port") if port_problem else ("CELERY_WORKER_METRICS_HOST", "address")
+        )
+        logger.error(
+            "worker metrics exporter not started: cannot serve on %s:%s (%s): %s. Set %s to another %s "
+            "(CELERY_WORKER_METRICS_PORT=0 turns the exporter off); the worker runs on without /metrics.",
+            host,
+            port,
+            f"{variable}={port if port_problem else host}",
+            exc.strerror or exc,
+            variable,
+            what,
+        )
+        return None
     _exporter.start()
     logger.info("worker metrics exporter on http://%s:%s/metrics", host, _exporter.port)
     return _exporter

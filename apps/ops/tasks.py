@@ -8,6 +8,8 @@ import httpx
 from celery import shared_task
 from django.core.cache import caches
 
+from apps.core.logging import redact
+
 logger = logging.getLogger(__name__)
 BEAT_KEY = "ops:last-beat"
 PING_KEY = "ops:ping:{}"
@@ -36,6 +38,10 @@ def ping_url(probe_id: str, url: str) -> dict[str, Any]:
         result.update(status="error", error=f"{type(exc).__name__}: {exc}"[:300])
     result["duration_ms"] = round((time.perf_counter() - started) * 1000, 2)
     level = logging.INFO if result["status"] == "done" else logging.WARNING
-    logger.log(level, "ping %s -> %s", url, result.get("http_status", result.get("error")), extra={"probe": result})
+    # The URL may carry credentials (`user:pass@`, `?token=`): the line names it without them. (RedactFilter would
+    # mask them too; a line that never held them does not depend on the handler's configuration.)
+    shown = redact(url)
+    outcome = result.get("http_status", result.get("error"))
+    logger.log(level, "ping %s -> %s", shown, outcome, extra={"probe": {**result, "url": shown}})
     caches["default"].set(PING_KEY.format(probe_id), result, timeout=PING_TTL_S)
     return result

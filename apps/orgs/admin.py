@@ -35,7 +35,9 @@ class APIKeyAdmin(ReadOnlyAdminMixin, OrgOwnedAdmin):
     actions = ["revoke_selected"]
 
     def has_revoke_permission(self, request: HttpRequest) -> bool:
-        return bool(getattr(request.user, "is_staff", False)) and request.user.has_perm("orgs.view_apikey")
+        # Revoking changes a key (and cuts off whatever uses it, in any org): staff who may only view keys must
+        # not. The model permission, not has_change_permission(), which is False for everyone (read-only admin).
+        return bool(getattr(request.user, "is_staff", False)) and request.user.has_perm("orgs.change_apikey")
 
     @admin.action(description="Revoke selected API keys", permissions=["revoke"])
     def revoke_selected(self, request: HttpRequest, queryset: QuerySet[APIKey]) -> None:

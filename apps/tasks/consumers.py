@@ -476,6 +476,11 @@ class OrgTasksConsumer(_ConsumerBase, AsyncJsonWebsocketConsumer):
 class UnknownPathConsumer(AsyncJsonWebsocketConsumer):
     """Routed last (hermes_site/routing.py): a socket path nothing else matches closes with 4404."""
 
+    # It only closes, so it needs no channel layer: with the default one Channels subscribed the socket on Redis
+    # first, and a path that does not exist was an HTTP 500 while Redis was down. An alias that names no layer is
+    # none (channels.layers.get_channel_layer).
+    channel_layer_alias = None
+
     async def connect(self) -> None:
         await _refuse(self, NOT_FOUND)
 

@@ -18,6 +18,8 @@ PRODUCTION_ENV = {
     "DATABASE_URL": "postgres://hermes:pw@db:5432/hermes",
     "REDIS_URL": "redis://redis:6379/0",
     "CSRF_TRUSTED_ORIGINS": "https://hermes.example.com",
+    "HERMES_PUBLIC_URL": "https://hermes.example.com",
+    "EMAIL_URL": "smtp+tls://hermes:pw@smtp.example.com:587",
 }
 
 
@@ -58,6 +60,41 @@ def test_complete_production_env_is_accepted() -> None:
 def test_unsafe_production_values_are_refused(change: dict[str, str], expected: str) -> None:
     problems = problems_of({**PRODUCTION_ENV, **change})
     assert any(expected in p for p in problems), problems
+
+
+def test_production_requires_the_public_url_links_are_made_from() -> None:
+    """Unset, it was http://127.0.0.1:8000 without a word: reset and invitation links pointed at loopback."""
+    env = {k: v for k, v in PRODUCTION_ENV.items() if k != "HERMES_PUBLIC_URL"}
+    assert problems_of(env) == [
+        "HERMES_PUBLIC_URL is missing: set it to the URL people and peers reach this instance at "
+        "(https://hermes.example.com); links in mail and agent cards are made from it."
+    ]
+    for hermes_env in ("dev", "test"):  # `make run` and `make test` need nothing
+        assert load({"HERMES_ENV": hermes_env})["HERMES_PUBLIC_URL"] == "http://127.0.0.1:8000"
+
+
+@pytest.mark.parametrize(
+    ("change", "warning"),
+    [
+        ({"EMAIL_URL": "consolemail://"}, "EMAIL_URL is consolemail:// in production: invitation and password-reset"),
+        ({"EMAIL_URL": "memorymail://"}, "EMAIL_URL is memorymail:// in production"),
+        ({"EMAIL_URL": "dummymail://"}, "EMAIL_URL is dummymail:// in production"),
+        ({"HERMES_PUBLIC_URL": "http://127.0.0.1:8000"}, "HERMES_PUBLIC_URL is http://127.0.0.1:8000 in production"),
+        ({"HERMES_PUBLIC_URL": "http://localhost:8000"}, "HERMES_PUBLIC_URL is http://localhost:8000 in production"),
+        ({"HERMES_PUBLIC_URL": "http://[::1]:8000"}, "HERMES_PUBLIC_URL is http://[::1]:8000 in production"),
+    ],
+)
+def test_production_warns_about_mail_that_is_never_sent_and_loopback_links(
+    change: dict[str, str], warning: str
+) -> None:
+    """`doctor` and every startup summary show these (with the fix); the default console backend printed a reset
+    link to stdout, past the log redaction."""
+    (found,) = load({**PRODUCTION_ENV, **change}).warnings
+    assert found[0].startswith(warning) and found[1]
+    if "EMAIL_URL" in change:
+        assert "smtp+tls://" in found[1]
+    # Outside production the defaults are what a developer wants: mail on the console, links to this machine.
+    assert not [w for w in load({"HERMES_ENV": "dev", **change}).warnings if "production" in w[0]]
 
 
 def test_every_problem_is_reported_not_just_the_first() -> None:
@@ -151,6 +188,7 @@ MALFORMED = [
     ("CELERY_WORKER_METRICS_HOST", "http://0.0.0.0"),
     ("HERMES_BACKUP_DIR", __file__),
     ("PROMETHEUS_MULTIPROC_DIR", __file__),
+    ("PROMETHEUS_MULTIPROC_DIR", f"{__file__}/metrics"),  # cannot be created under a file either
     ("OTEL_SERVICE_NAME", ""),
     ("HERMES_SSRF_ALLOWLIST", "https://agent.internal"),
     ("HERMES_FEDERATION_TOLERANCE", "0"),
@@ -178,7 +216,7 @@ MALFORMED = [
 @pytest.mark.parametrize(("name", "value"), MALFORMED)
 def test_a_malformed_value_is_one_line_naming_variable_value_and_what_is_expected(name: str, value: str) -> None:
     (problem,) = problems_of({name: value})
-    assert problem.startswith(f"{name}={value!r} must be ") or problem.startswith(f"{name}={value!r} contains ")
+    assert problem.startswith(tuple(f"{name}={value!r} {verb} " for verb in ("must be", "contains", "has the port")))
     assert "\n" not in problem and problem.endswith(".")
 
 
@@ -306,6 +344,25 @@ def test_settings_read_the_environment_only_through_the_contract() -> None:
     assert "os.environ" not in source and "getenv" not in source
 
 
+@pytest.mark.parametrize(
+    ("name", "value", "port"),
+    [
+        ("DATABASE_URL", "postgres://postgres@127.0.0.1:99999/qa_ops", "99999"),
+        ("REDIS_URL", "redis://[::1]:70000/0", "70000"),
+        ("CELERY_BROKER_URL", "amqp://guest:guest@rabbitmq:-1//", "-1"),
+        ("HERMES_PUBLIC_URL", "https://hermes.example.com:443443", "443443"),
+        ("EMAIL_URL", "smtp+tls://user:pass@mail.example.com:5870000", "5870000"),
+    ],
+)
+def test_a_url_with_a_bad_port_names_the_port(name: str, value: str, port: str) -> None:
+    """It said "must be empty or a URL starting with postgres://…" of a URL that does start so."""
+    assert problems_of({name: value}) == [
+        f"{name}={value!r} has the port {port!r}: a port is a whole number up to 65535."
+    ]
+    # A wrong scheme is still reported as the scheme, whatever the port.
+    assert "must be" in problems_of({"DATABASE_URL": "mysql://db:99999/hermes"})[0]
+
+
 def test_a_bad_redis_url_is_reported_once_not_again_as_the_broker_url_derived_from_it() -> None:
     assert problems_of({"REDIS_URL": "http://127.0.0.1:6379"}) == [
         "REDIS_URL='http://127.0.0.1:6379' must be empty or a URL starting with redis://, rediss://, unix://."
@@ -369,7 +426,10 @@ def test_check_deploy_is_clean_with_a_complete_production_env() -> None:
             "HERMES_FEDERATION_TIMEOUT='inf' must be a number of seconds greater than 0 and at most 31536000.",
         ),
         ({"LOG_LEVEL": "LOUD"}, "LOG_LEVEL='LOUD' must be one of DEBUG, INFO, WARNING, ERROR, CRITICAL."),
-        ({"EMAIL_URL": "smtp://host:notaport"}, "EMAIL_URL='smtp://host:notaport' must be an email URL: "),
+        (
+            {"EMAIL_URL": "smtp://host:notaport"},
+            "EMAIL_URL='smtp://host:notaport' has the port 'notaport': a port is a whole number up to 65535.",
+        ),
         (
             {"CSRF_TRUSTED_ORIGINS": "hermes.example.com"},
             "CSRF_TRUSTED_ORIGINS='hermes.example.com' contains 'hermes.example.com': each entry must be an origin",
@@ -383,6 +443,26 @@ def test_commands_report_a_bad_value_in_one_line_and_exit_1(env: dict[str, str],
     (reported,) = result.stderr.strip().splitlines()
     assert reported.startswith("hermes: configuration error: " + line)
     assert "Traceback" not in result.stderr
+
+
+@pytest.mark.parametrize("command", [["manage.py", "doctor"], ["-m", "hermes_site.run", "--port", "{port}"]])
+def test_a_metrics_directory_that_is_a_file_is_one_line_not_a_traceback(command: list[str], free_port: int) -> None:
+    """hermes_site/celery.py created PROMETHEUS_MULTIPROC_DIR when the package was imported, before the
+    configuration was read: a file there was a FileExistsError traceback out of every command."""
+    clean = {k: v for k, v in os.environ.items() if not k.startswith(("HERMES_", "DATABASE_", "REDIS_", "SECRET"))}
+    result = subprocess.run(
+        [sys.executable, *(part.format(port=free_port) for part in command)],
+        env={**clean, "PROMETHEUS_MULTIPROC_DIR": __file__},
+        cwd=config.BASE_DIR,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 1, result.stderr
+    assert result.stderr.strip().splitlines() == [
+        f"hermes: configuration error: PROMETHEUS_MULTIPROC_DIR={__file__!r} must be empty or a directory path "
+        "(not an existing file, nor under one)."
+    ]
 
 
 def test_make_run_reports_a_bad_value_in_one_line_before_starting_anything(free_port: int) -> None:

@@ -180,3 +180,51 @@ def test_a_malformed_port_is_refused_in_words(tmp_path: Path) -> None:
     )
     assert run.returncode == 2 and "Traceback" not in run.stderr
     assert "the port (--port or HERMES_PORT) must be from 1 to 65535, not 'abc'" in run.stderr
+
+
+def test_an_address_that_is_not_this_machines_is_named_not_blamed_on_the_port(tmp_path: Path, free_port: int) -> None:
+    """ "Cannot assign requested address. Stop what uses it (another `make run`?), or pick another port" sent the
+    operator after the port; the address is what is wrong."""
+    env = {**_embedded_env(tmp_path), "HERMES_HOST": "192.0.2.1", "HERMES_PORT": str(free_port)}  # TEST-NET-1
+    run = subprocess.run(
+        [sys.executable, "-m", "hermes_site.run"], cwd=BASE_DIR, env=env, capture_output=True, text=True, timeout=60
+    )
+    assert run.returncode == 1
+    (line,) = run.stderr.strip().splitlines()
+    assert line.startswith(f"hermes: cannot serve on 192.0.2.1:{free_port}: ")
+    assert "192.0.2.1 is not an address of this machine" in line and "HERMES_HOST=127.0.0.1" in line
+    assert "another port" not in line and "HERMES_PORT" not in line
+
+
+@pytest.mark.skipif(os.name == "nt", reason="sends SIGINT to a process group")
+def test_ctrl_c_during_the_first_migrate_stops_quietly(tmp_path: Path, free_port: int) -> None:
+    """It printed "manage.py migrate failed: KeyboardInterrupt. `python manage.py doctor` checks…" and exited 1."""
+    with socket.socket() as silent_postgres:  # accepts the connection and never answers: migrate waits on it
+        silent_postgres.bind(("127.0.0.1", 0))
+        silent_postgres.listen()
+        silent_postgres.settimeout(90)
+        env = {
+            **_embedded_env(tmp_path),
+            "DATABASE_URL": f"postgres://postgres@127.0.0.1:{silent_postgres.getsockname()[1]}/hermes",
+            **({"REDIS_URL": os.environ["REDIS_URL"]} if os.environ.get("REDIS_URL") else {}),
+        }
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "hermes_site.run", "--port", str(free_port)],
+            cwd=BASE_DIR,
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            start_new_session=True,
+        )
+        try:
+            connection, _ = silent_postgres.accept()  # `manage.py migrate` is connecting
+            os.killpg(proc.pid, signal.SIGINT)  # what Ctrl-C in a terminal does
+            _, stderr = proc.communicate(timeout=60)
+            connection.close()
+        finally:
+            if proc.poll() is None:
+                os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait()
+    assert proc.returncode == 130, stderr
+    assert "failed" not in stderr and "Traceback" not in stderr and "doctor" not in stderr, stderr

@@ -145,6 +145,44 @@ def test_bad_paths_and_cursors_close_with_a_code(alice: Any, task: Any, path: st
     async_to_sync(scenario)()
 
 
+class UnreachableLayer:
+    """A channel layer whose Redis is down: every call fails, as channels-redis' do then."""
+
+    extensions: list[str] = []
+    calls = 0
+
+    def __init__(self, **_: Any) -> None:
+        pass
+
+    def __getattr__(self, name: str) -> Any:
+        async def fail(*_: Any, **__: Any) -> Any:
+            UnreachableLayer.calls += 1
+            raise ConnectionRefusedError(f"{name}: Redis is down")
+
+        return fail
+
+
+@pytest.mark.parametrize("path", ["/ws/nothing/", "/ws/tasks/not-a-uuid/"])
+def test_an_unknown_path_closes_with_4404_while_redis_is_down(alice: Any, settings: Any, path: str) -> None:
+    """Channels subscribed even these sockets on the channel layer: with Redis down they were an HTTP 500 while task
+    sockets were served. A socket that only closes needs no layer."""
+    settings.CHANNEL_LAYERS = {
+        **settings.CHANNEL_LAYERS,
+        "default": {"BACKEND": f"{__name__}.UnreachableLayer"},
+    }
+    channel_layers.backends.clear()
+    UnreachableLayer.calls = 0
+    try:
+
+        async def scenario() -> None:
+            assert await communicator(path, alice).connect() == (False, 4404)
+
+        async_to_sync(scenario)()
+    finally:
+        channel_layers.backends.clear()
+    assert UnreachableLayer.calls == 0
+
+
 def test_a_cursor_of_thousands_of_digits_reads_as_past_the_end(alice: Any, task: Any) -> None:
     """int() of 4,301 digits raises: the handshake was an HTTP 500. It is a cursor past every event now."""
 

@@ -169,6 +169,63 @@ def test_eager_job_binds_job_id_and_restores_the_caller_context(
     assert line["probe"]["http_status"] == 204
 
 
+def _with_credentials(url: str) -> str:
+    return url.replace("http://", "http://admin:PINGPASS@", 1) + "?token=PINGTOK&after=1"
+
+
+def test_a_probed_urls_credentials_reach_no_line(
+    json_lines: Callable[[], list[dict[str, Any]]], http_target: str
+) -> None:
+    """The message was masked, but the job's `probe.url` extra and Celery's `data.args` carried the userinfo
+    password and `?token=` in clear (docs/observability.md: no line carries a bearer secret a URL can hold)."""
+    url = _with_credentials(http_target)
+    result = ping_url.apply(args=["p-secret", url]).get()
+    assert result["url"] == url and result["http_status"] == 204  # the job's own result is the operator's URL
+    lines = json_lines()
+    assert lines and not [line for line in lines if "PINGPASS" in json.dumps(line) or "PINGTOK" in json.dumps(line)]
+    line = next(r for r in lines if r["logger"] == "apps.ops.tasks")
+    shown = http_target.replace("http://", "http://admin:[redacted]@", 1) + "?token=[redacted]&after=1"
+    assert line["message"] == f"ping {shown} -> 204" and line["probe"]["url"] == shown
+
+
+def test_every_string_of_a_records_extras_is_masked(json_lines: Callable[[], list[dict[str, Any]]]) -> None:
+    secret_url = "https://bot:s3cr3t-pass@agent.example/hook?token=T0KEN&x=1"
+    args = ("p-1", secret_url)
+    data = {"args": args, "kwargs": {"nested": [{"url": secret_url}, 7, None]}, "id": "job-1"}
+    looping: dict[str, Any] = {"url": secret_url}
+    looping["self"] = looping  # a structure that contains itself is walked to a bound, not forever
+    logging.getLogger("hermes.test").info(
+        "job received",
+        extra={"data": data, "looping": looping, "key": "hrm_M31j4wCf78ST3p5re_taNG5mA7TyxXhyHkXMRZX3IQE"},
+    )
+    line = json_lines()[-1]
+    text = json.dumps(line)
+    assert "s3cr3t-pass" not in text and "T0KEN" not in text and "Cf78ST3p5re" not in text
+    masked = "https://bot:[redacted]@agent.example/hook?token=[redacted]&x=1"
+    assert line["data"] == {"args": ["p-1", masked], "kwargs": {"nested": [{"url": masked}, 7, None]}, "id": "job-1"}
+    assert line["looping"]["url"] == masked and line["key"] == "hrm_M31j…3IQE"
+    # The caller's objects are left as they were: a job's arguments and result are still in use.
+    assert data["args"] is args and args[1] == secret_url and looping["url"] == secret_url
+
+
+def test_userinfo_passwords_are_masked_in_messages_and_exceptions(
+    json_lines: Callable[[], list[dict[str, Any]]],
+) -> None:
+    logger = logging.getLogger("hermes.test")
+    logger.warning("broker at %s is down", "amqp://hermes:Br0kerPw@rabbit:5672//")
+    logger.warning("cache at redis://:R3disPw@redis:6379/0, peer http://peer:w@rd@peer.example/x, plain http://h:80/")
+    try:
+        raise ConnectionError("cannot reach https://ci:Ex3cPw@ci.example/api")
+    except ConnectionError:
+        logger.exception("probe failed")
+    lines = json_lines()[-3:]
+    assert lines[0]["message"] == "broker at amqp://hermes:[redacted]@rabbit:5672// is down"
+    assert lines[1]["message"] == (
+        "cache at redis://:[redacted]@redis:6379/0, peer http://peer:[redacted]@peer.example/x, plain http://h:80/"
+    )
+    assert "Ex3cPw" not in lines[2]["exc_info"] and "https://ci:[redacted]@ci.example/api" in lines[2]["exc_info"]
+
+
 def _worker_lines(worker: WorkerProcess) -> list[dict[str, Any]]:
     lines = []
     for raw in worker.output().splitlines():

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import logging
 import os
+import socket
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -42,6 +44,28 @@ def test_exporter_lifecycle_is_idempotent(free_port: int) -> None:
     finally:
         ops_metrics.stop_worker_exporter()
     ops_metrics.stop_worker_exporter()  # stopping twice is harmless
+
+
+@pytest.mark.parametrize(
+    ("host", "blamed"),
+    [("127.0.0.1", "CELERY_WORKER_METRICS_PORT={port}"), ("10.99.99.99", "CELERY_WORKER_METRICS_HOST=10.99.99.99")],
+)
+def test_an_exporter_that_cannot_bind_is_one_line_and_the_worker_runs_on(
+    free_port: int, caplog: pytest.LogCaptureFixture, host: str, blamed: str
+) -> None:
+    """A taken port was `Signal handler _on_worker_ready raised: OSError(98…)` with a traceback, and the startup
+    summary after it never printed."""
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", free_port))
+        taken.listen()
+        with caplog.at_level(logging.INFO, logger="apps.ops.metrics"):
+            assert ops_metrics.start_worker_exporter(host, free_port) is None
+    (line,) = [r for r in caplog.records if r.name == "apps.ops.metrics"]
+    assert line.levelno == logging.ERROR and line.exc_info is None
+    assert blamed.format(port=free_port) in line.getMessage() and f"{host}:{free_port}" in line.getMessage()
+    # Nothing half-started is kept: once the port is free the exporter starts.
+    assert ops_metrics.start_worker_exporter("127.0.0.1", free_port) is not None
+    ops_metrics.stop_worker_exporter()
 
 
 def test_stale_multiprocess_files_are_cleared(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
