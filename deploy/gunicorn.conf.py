@@ -18,7 +18,13 @@ def on_starting(server: Any) -> None:
     directory = os.environ.get("PROMETHEUS_MULTIPROC_DIR")
     if directory:
         path = Path(directory)
-        path.mkdir(parents=True, exist_ok=True)
+        try:
+            path.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:  # one line, as hermes_site's own check of the variable says it (not a traceback)
+            raise SystemExit(
+                f"hermes: PROMETHEUS_MULTIPROC_DIR={directory!r} must be a directory path (not an existing file, nor "
+                f"under one): {exc.strerror}."
+            ) from None
         for stale in path.glob("*.db"):  # values from a previous run would be summed into this one
             stale.unlink()
 

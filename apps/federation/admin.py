@@ -195,9 +195,11 @@ class OutboxAdmin(DeliveryRecordAdmin):
         return format_html("<pre>{}</pre>", json.dumps(outbox.message.payload, indent=2, ensure_ascii=False))
 
     # Actions need a permission of their own: with change permission gone (the rows are read-only), Django would
-    # otherwise offer none. Both go through the audited DLQ actions, as from the API.
+    # otherwise offer none. Both go through the audited DLQ actions, as from the API. They change the row (a
+    # discard for good), so they need the change permission: the view permission let a read-only staff member
+    # discard dead letters.
     def has_dlq_permission(self, request: HttpRequest) -> bool:
-        return bool(getattr(request.user, "is_staff", False)) and request.user.has_perm("federation.view_outbox")
+        return bool(getattr(request.user, "is_staff", False)) and request.user.has_perm("federation.change_outbox")
 
     @admin.action(description="Requeue selected dead letters", permissions=["dlq"])
     def requeue_selected(self, request: HttpRequest, queryset: QuerySet[Outbox]) -> None:

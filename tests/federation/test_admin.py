@@ -152,3 +152,26 @@ def test_admin_policy_rules_are_checked_like_the_api(staff: Client, org: Any) ->
     assert saved.status_code == 302
     rule = Policy.objects.for_org(org).get()
     assert (rule.local_agent, rule.remote) == ("demo-echo", "globex@berlin")
+
+
+def test_staff_who_may_only_view_the_outbox_cannot_requeue_or_discard(org: Any, dead: list[Outbox]) -> None:
+    """`federation.view_outbox` was enough to discard dead letters for good."""
+    from django.contrib.auth.models import Permission
+
+    def staff_with(*codenames: str) -> Client:
+        user = UserFactory(email=f"dlq-{'-'.join(codenames)}@hermes.test", is_staff=True)
+        user.user_permissions.set(
+            Permission.objects.filter(content_type__app_label="federation", codename__in=codenames)
+        )
+        client = Client()
+        client.force_login(user)
+        return client
+
+    changelist = "/admin/federation/outbox/"
+    viewer = staff_with("view_outbox")
+    assert "discard_selected" not in viewer.get(changelist).content.decode()
+    viewer.post(changelist, {"action": "discard_selected", "_selected_action": [dead[0].pk]})
+    assert Outbox.objects.for_org(org).get(pk=dead[0].pk).status == OutboxStatus.DEAD
+    changer = staff_with("view_outbox", "change_outbox")
+    changer.post(changelist, {"action": "discard_selected", "_selected_action": [dead[0].pk]})
+    assert Outbox.objects.for_org(org).get(pk=dead[0].pk).status == OutboxStatus.DISCARDED

@@ -82,3 +82,24 @@ def test_compose_passes_the_production_configuration_checks() -> None:
             "EMAIL_URL is consolemail:// in production: invitation and password-reset mail is printed to the "
             "process output (reset links included, past the log redaction), never sent"
         ], name
+
+
+def test_gunicorn_refuses_a_metrics_directory_that_is_a_file_in_one_line(monkeypatch: Any, tmp_path: Path) -> None:
+    """`on_starting` made the directory before anything checked the variable: a FileExistsError traceback."""
+    import runpy
+
+    import pytest
+
+    hooks = runpy.run_path(str(ROOT / "deploy" / "gunicorn.conf.py"))
+    a_file = tmp_path / "hostname"
+    a_file.write_text("x")
+    monkeypatch.setenv("PROMETHEUS_MULTIPROC_DIR", str(a_file))
+    with pytest.raises(SystemExit) as refused:
+        hooks["on_starting"](None)
+    assert str(refused.value) == (
+        f"hermes: PROMETHEUS_MULTIPROC_DIR='{a_file}' must be a directory path (not an existing file, nor under one): "
+        "File exists."
+    )
+    monkeypatch.setenv("PROMETHEUS_MULTIPROC_DIR", str(tmp_path / "metrics"))
+    hooks["on_starting"](None)
+    assert (tmp_path / "metrics").is_dir()
