@@ -19,7 +19,7 @@ from django.conf import settings
 from django.core.cache import caches
 
 from apps.core.metrics import FEDERATION_POLICY, FEDERATION_POLICY_CACHE
-from apps.federation.addresses import Address, pattern_specificity
+from apps.federation.addresses import Address, InvalidAddress, pattern_specificity
 from apps.federation.models import Effect, Policy
 
 # Agent-specific rules outrank org-wide rules of any remote specificity (agent->agent beats org->org).
@@ -78,7 +78,13 @@ def _evaluate(org_id: int, local_agent: str, remote: Address) -> Decision:
     best: tuple[int, bool, Policy] | None = None
     rules = Policy.objects.for_org(org_id).filter(local_agent__in=["", local_agent] if local_agent else [""])
     for rule in rules:
-        score = pattern_specificity(rule.remote, remote)
+        try:
+            score = pattern_specificity(rule.remote, remote)
+        except InvalidAddress as exc:
+            # A pattern saved before the admin validated it (every entry refuses one now): it can match nothing,
+            # and raising here made every send and every inbound message of the org fail, whatever its rules said.
+            logger.warning("federation policy %s of org %s ignored: %s", rule.pk, org_id, exc)
+            continue
         if score is None:
             continue
         score += _LOCAL_AGENT_BONUS if rule.local_agent else 0

@@ -165,6 +165,20 @@ def test_policy_default_rules_ties_and_cache(org: Any) -> None:
 
 
 @pytest.mark.django_db
+def test_a_malformed_stored_rule_is_ignored_not_raised(org: Any, caplog: pytest.LogCaptureFixture) -> None:
+    """Saved through the admin before it validated patterns: every decision of the org raised InvalidAddress (a
+    500 for each send, a dead letter for each message from a peer)."""
+    from apps.federation.models import Policy
+
+    bad = Policy.objects.create(organization=org, remote="***bad pattern", effect=Effect.DENY)
+    actions.set_policy(org=org, remote="*@berlin", effect=Effect.ALLOW)
+    policy.clear_cache()
+    with caplog.at_level("WARNING", logger="apps.federation.policy"):
+        assert policy.decide(org.pk, "", Address("globex", peer="berlin")).allowed
+    assert f"federation policy {bad.pk} of org {org.pk} ignored" in caplog.text
+
+
+@pytest.mark.django_db
 def test_a_policy_change_in_another_process_applies_at_once(org: Any) -> None:
     """Another process's change arrives as a bumped generation: a cached decision is not reused past it (a
     worker kept its cached deny for the TTL, so a dead letter requeued right after the fix died again)."""
