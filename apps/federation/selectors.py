@@ -24,11 +24,14 @@ from apps.federation.models import (
 WAITING = (OutboxStatus.PENDING, OutboxStatus.FAILED, OutboxStatus.IN_FLIGHT)
 
 
+def _live_key_rows(peer: Peer) -> QuerySet[LinkKey]:
+    return LinkKey.objects.filter(peer=peer, state__in=LIVE_KEY_STATES)
+
+
 def live_keys(peer: Peer) -> list[LinkKey]:
     """Keys that sign and verify on this link, current first (so a receiver trying keys in order hits it first)."""
     order = {KeyState.CURRENT: 0, KeyState.NEXT: 1, KeyState.PREVIOUS: 2}
-    keys = list(LinkKey.objects.filter(peer=peer, state__in=LIVE_KEY_STATES))
-    return sorted(keys, key=lambda k: order[KeyState(k.state)])
+    return sorted(_live_key_rows(peer), key=lambda k: order[KeyState(k.state)])
 
 
 def live_secrets(peer: Peer) -> list[bytes]:
@@ -36,7 +39,7 @@ def live_secrets(peer: Peer) -> list[bytes]:
 
 
 def has_live_key(peer: Peer) -> bool:
-    return LinkKey.objects.filter(peer=peer, state__in=LIVE_KEY_STATES).exists()
+    return _live_key_rows(peer).exists()
 
 
 def peer_has_history(peer: Peer) -> bool:

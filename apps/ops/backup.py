@@ -30,7 +30,6 @@ from datetime import UTC, date, datetime
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit, urlunsplit
 
 import environ
 from django.apps import apps
@@ -38,6 +37,7 @@ from django.conf import settings
 from django.db import connections
 
 from apps.core.checks import error_line
+from apps.core.logging import redact
 
 # /2 added a check for every table (see TableCheck); /1 manifests (six fully digested tables) still verify.
 MANIFEST_FORMAT = "hermes-backup/2"
@@ -160,10 +160,10 @@ class Database:
                 warnings.simplefilter("ignore")
                 config = environ.Env.db_url_config(url)
         except ValueError as exc:  # a port past 65535
-            raise BackupError(f"--target-url {_redacted_url(url)} is not a database URL: {exc}.") from exc
+            raise BackupError(f"--target-url {redact(url)} is not a database URL: {exc}.") from exc
         if "ENGINE" not in config:
             raise BackupError(
-                f"--target-url {_redacted_url(url)} is not a database URL: use postgres://user@host:5432/name "
+                f"--target-url {redact(url)} is not a database URL: use postgres://user@host:5432/name "
                 "or sqlite:////absolute/path.sqlite3."
             )
         database = cls._from_config(config)
@@ -174,7 +174,7 @@ class Database:
             )
         if database.vendor == "postgresql" and not database.name:
             raise BackupError(
-                f"--target-url {_redacted_url(url)} names no database: add its name "
+                f"--target-url {redact(url)} names no database: add its name "
                 "(postgres://user@host:5432/hermes_restore; it is created if missing)."
             )
         return database
@@ -256,15 +256,6 @@ class Database:
             return psycopg.connect(make_conninfo(**{k: v for k, v in params.items() if v}))
         except psycopg.OperationalError as exc:
             raise BackupError(f"Cannot connect to {self.describe(dbname)}: {error_line(exc)}") from exc
-
-
-def _redacted_url(url: str) -> str:
-    """A URL for a message: its password, if any, masked."""
-    parts = urlsplit(url)
-    if parts.password is None:
-        return url
-    netloc = parts.netloc.replace(f":{parts.password}@", ":***@", 1)
-    return urlunsplit(parts._replace(netloc=netloc))
 
 
 # --- What a manifest records ----------------------------------------------------------------------------------
