@@ -114,8 +114,8 @@ def _section_page_for_role(request: HttpRequest, target: str, membership: Member
     (from "Register an agent", a member of the new org landed on a 403); "" (the dashboard) when it may open
     neither."""
     access = Access(org=membership.organization, role=membership.role, user=request.user)
-    view_name = resolve(urlsplit(target).path).view_name
-    needed = _page_action(view_name)
+    page = resolve(urlsplit(target).path)
+    view_name, needed = page.view_name, required_action(page.func)
     if needed is None or access.allows(needed):
         return target
     # The section is the header's navigation entry for the page (the longest view-name prefix, as the menu picks).
