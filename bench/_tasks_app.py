@@ -46,7 +46,6 @@ def _published(task: Any, events: Any, *, state_changed: bool) -> bool:
 
 
 def _ablate(parts: set[str]) -> None:
-    from apps.core import audit
     from apps.orgs import quotas
     from apps.tasks import broadcast
     from apps.tasks import tasks as task_jobs
@@ -59,7 +58,12 @@ def _ablate(parts: set[str]) -> None:
     if "broadcast" in parts:
         broadcast.publish = _published
     if "audit" in parts:
-        audit.record = lambda *args, **kwargs: None  # type: ignore[assignment]
+        from apps.core.models import AuditEvent
+        from apps.tasks import actions
+
+        insert = actions.insert_together
+        # The submit writes its audit row in the same statement as the task: leave it out of that statement.
+        actions.insert_together = lambda *objs, **kw: insert(*(o for o in objs if not isinstance(o, AuditEvent)), **kw)
     if "quota" in parts:
         quotas.reserve_task = lambda org, now=None: None
         quotas.OrgQuotaThrottle.allow_request = lambda self, request, view: True  # type: ignore[method-assign]

@@ -1,4 +1,5 @@
-"""`record(...)`: the audit row every action writes inside its transaction."""
+"""`record(...)`: the audit row every action writes inside its transaction (`entry(...)`: the same row unsaved, for an
+action that writes it in one statement with its own rows, apps.core.db.insert_together)."""
 
 from __future__ import annotations
 
@@ -10,7 +11,14 @@ from apps.core.models import AuditEvent
 from apps.core.permissions import Access
 
 
-def record(
+def record(action: str, **fields: Any) -> AuditEvent:
+    """Write one audit event: `entry(action, **fields)`, saved."""
+    event = entry(action, **fields)
+    event.save(force_insert=True)
+    return event
+
+
+def entry(
     action: str,
     *,
     org: Any = None,
@@ -19,13 +27,14 @@ def record(
     access: Access | None = None,
     **details: Any,
 ) -> AuditEvent:
-    """Write one audit event. `access` (when given) supplies org, actor and the API key used."""
+    """One audit event, not saved yet. `access` (when given) supplies org, actor and the API key used; `details` is
+    stored as JSON."""
     if access is not None:
         org = org if org is not None else access.org
         actor = actor if actor is not None else access.user
     api_key = access.api_key if access is not None else None
     user = actor if getattr(actor, "is_authenticated", False) else None
-    return AuditEvent.objects.create(
+    return AuditEvent(
         org_id=getattr(org, "pk", org),
         actor=user,
         api_key_id=getattr(api_key, "pk", None),

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Iterable
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 from datetime import timedelta
 from typing import Any
@@ -21,6 +22,8 @@ from django.dispatch import Signal
 from django.utils import timezone
 
 from apps.core import audit, jsonutil
+from apps.core.db import insert_together
+from apps.core.errors import HermesAPIError
 from apps.core.metrics import TASK_DURATION, TASKS
 from apps.core.permissions import Access
 from apps.orgs import quotas
@@ -246,20 +249,23 @@ def _move(pending: _Pending, target: str, /, *, error: str = "", **data: Any) ->
     _append(pending, EventKind.STATE, {"from": previous, "to": target, **{k: v for k, v in data.items() if v}})
 
 
-def _save(pending: _Pending, *fields: str, insert_only: bool = False) -> None:
-    """Write the pending events and the task's changed fields (`insert_only`: the task row was just inserted
-    with them already)."""
+def _save(pending: _Pending, *fields: str) -> None:
+    """Write the pending events and the task's changed fields, and announce them once committed."""
     task = pending.task
     TaskEvent.objects.bulk_create(pending.events)
-    if not insert_only:
-        base = ["last_seq", "updated_at"] if pending.events else ["updated_at"]
-        if pending.state_changed:
-            base += ["state", "started_at", "finished_at", "claimed_by", "claimed_at", "next_attempt_at", "last_error"]
-        task.save(update_fields=sorted({*base, *fields}))
+    base = ["last_seq", "updated_at"] if pending.events else ["updated_at"]
+    if pending.state_changed:
+        base += ["state", "started_at", "finished_at", "claimed_by", "claimed_at", "next_attempt_at", "last_error"]
+    task.save(update_fields=sorted({*base, *fields}))
+    _announce(pending)
+
+
+def _announce(pending: _Pending) -> None:
+    """Once the transaction commits (at once outside one): metrics, the live streams and task_event_recorded."""
     if pending.events:
         events = list(pending.events)
-        snapshot = task
-        transaction.on_commit(lambda: _after_commit(snapshot, events, pending.state_changed, pending.to_task_stream))
+        task = pending.task
+        transaction.on_commit(lambda: _after_commit(task, events, pending.state_changed, pending.to_task_stream))
 
 
 def _after_commit(task: Task, events: list[TaskEvent], state_changed: bool, to_task_stream: bool = True) -> None:
@@ -290,6 +296,20 @@ def _dispatch_after_commit(task: Task) -> None:
 # --- Public actions ------------------------------------------------------------------------------------------
 
 
+def require_federation_write(access: Access | None) -> None:
+    """A task on a federated agent is a conversation with another org in this org's name: asking it (create),
+    answering it (follow-up) and canceling it need federation:write as well as tasks:write, whichever way they are
+    asked (the API, the console). `access` None: no person or key asks (federation's own code, a command)."""
+    if access is None or access.allows("federation:write"):
+        return
+    raise HermesAPIError(
+        "Asking another org's agent, answering or canceling its task needs federation:write as well as tasks:write.",
+        code="missing_scope" if access.scopes is not None else "role_forbidden",
+        status_code=403,
+        details={"required_action": "federation:write"},
+    )
+
+
 def create_task(
     *,
     org: Any,
@@ -307,6 +327,8 @@ def create_task(
     InvalidMessage, TaskInputTooLarge or quotas.QuotaExceeded (429) before writing anything.
     """
     check_agent_usable(agent, org)
+    if agent.is_federated:
+        require_federation_write(access)
     message = normalize_message(message)
     metadata = metadata or {}
     check_metadata(metadata)
@@ -314,26 +336,28 @@ def create_task(
     deadline = deadline or timedelta(seconds=settings.HERMES_TASK_DEADLINE_SECONDS)
     user = access.user if access is not None else created_by
     now = timezone.now()
-    with transaction.atomic():
-        quotas.reserve_task(org)  # tasks per day; fails open when Redis is down
-        task = Task(
-            organization_id=org.pk,
-            agent=agent,
-            input=message,
-            metadata=metadata,
-            created_by=user if getattr(user, "is_authenticated", False) else None,
-            api_key=access.api_key if access is not None else None,
-            deadline_at=now + deadline,
-            # No worker runs a federated task, so the sweeper must never see it as an undelivered job.
-            next_attempt_at=None if agent.is_federated else now,
-        )
-        pending = _Pending(task, state_changed=True, to_task_stream=False)
-        _append(pending, EventKind.STATE, {"from": None, "to": TaskState.SUBMITTED})
-        _append(pending, EventKind.MESSAGE, {"role": "user", **message})
-        # The row is inserted with its final last_seq, so the events need no UPDATE of the task afterwards.
-        task.save(force_insert=True)
-        audit.record("task.created", org=org, actor=user, access=access, target=task, agent_id=str(agent.pk))
-        _save(pending, insert_only=True)
+    quotas.reserve_task(org)  # tasks per day; fails open when Redis is down
+    task = Task(
+        organization_id=org.pk,
+        agent=agent,
+        input=message,
+        metadata=metadata,
+        created_by=user if getattr(user, "is_authenticated", False) else None,
+        api_key=access.api_key if access is not None else None,
+        deadline_at=now + deadline,
+        # No worker runs a federated task, so the sweeper must never see it as an undelivered job.
+        next_attempt_at=None if agent.is_federated else now,
+    )
+    pending = _Pending(task, state_changed=True, to_task_stream=False)
+    _append(pending, EventKind.STATE, {"from": None, "to": TaskState.SUBMITTED})
+    _append(pending, EventKind.MESSAGE, {"role": "user", **message})
+    entry = audit.entry("task.created", org=org, actor=user, access=access, target=task, agent_id=str(agent.pk))
+    # The task (with its final last_seq), its first events and the audit row are one statement, atomic on its own
+    # (the submit path's largest cost was its round trips). Only a federated task needs a transaction around it:
+    # the federation outbox message written by the signal's receiver must commit with it.
+    with transaction.atomic() if agent.is_federated else nullcontext():
+        insert_together(task, *pending.events, entry)
+        _announce(pending)
         if agent.is_federated:
             task_submitted_remotely.send(sender=Task, task=task, agent=agent, user=user, access=access)
         else:
@@ -355,6 +379,8 @@ def cancel_task(task: Task, *, access: Access | None = None, reason: str = "canc
         locked = _lock(task)
         if locked.is_terminal:
             raise TaskNotCancelable(f"the task is already {locked.state}")
+        if locked.agent.is_federated:
+            require_federation_write(access)
         if locked.cancel_requested_at is None:
             audit.record("task.canceled", org=locked.organization_id, access=access, target=locked)
             locked.cancel_requested_at = timezone.now()
@@ -392,6 +418,8 @@ def continue_task(task: Task, *, message: dict[str, Any], access: Access | None 
         if locked.state not in INTERRUPTED_STATES:
             raise TaskNotWaitingForInput(f"the task is {locked.state}, not waiting for input")
         check_agent_usable(locked.agent, locked.organization_id)
+        if locked.agent.is_federated:
+            require_federation_write(access)
         audit.record("task.continued", org=locked.organization_id, access=access, target=locked)
         pending = _Pending(locked)
         _append(pending, EventKind.MESSAGE, {"role": "user", **message})

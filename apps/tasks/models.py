@@ -69,6 +69,10 @@ class Task(OrgOwnedModel):
     """
 
     id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
+    # Without OrgOwnedModel's single-column indexes: the composite indexes below start with the organization, and
+    # every read by date is within an org. Each index is written on every submit.
+    organization = models.ForeignKey("orgs.Organization", on_delete=models.CASCADE, related_name="+", db_index=False)
+    created_at = models.DateTimeField(auto_now_add=True)
     # RESTRICT, not PROTECT: an agent with tasks cannot be deleted on its own, but deleting its org (which
     # cascades to the org's tasks too) may remove both in one go.
     agent = models.ForeignKey("agents.Agent", on_delete=models.RESTRICT, related_name="tasks")
@@ -135,7 +139,9 @@ class EventKind(models.TextChoices):
 
 
 class TaskEvent(OrgOwnedModel):
-    task = models.ForeignKey(Task, on_delete=models.CASCADE, related_name="events")
+    # Indexed by the (task, seq) constraint, which starts with it; and nothing reads events by date alone.
+    task = models.ForeignKey(Task, on_delete=models.CASCADE, related_name="events", db_index=False)
+    created_at = models.DateTimeField(auto_now_add=True)
     seq = models.PositiveIntegerField()
     kind = models.CharField(max_length=20, choices=EventKind.choices)
     data = models.JSONField(default=dict)

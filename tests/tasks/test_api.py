@@ -8,9 +8,11 @@ from urllib import parse
 
 import pytest
 
+from apps.core.models import AuditEvent
 from apps.tasks import actions
 from apps.tasks.actions import Observation
 from apps.tasks.models import Task
+from tests.factories import issue_api_key, key_client
 from tests.tasks.conftest import TEXT, make_agent, nested, reload_task
 
 pytestmark = pytest.mark.django_db
@@ -34,6 +36,22 @@ def test_submit_returns_202_and_enqueues_on_commit(
     assert task.input == {"role": "user", "parts": [{"kind": "text", "text": "hi"}, {"kind": "data", "data": {"n": 1}}]}
     assert task.metadata == {"a": 1} and task.created_by == alice
     assert len(callbacks) == 2  # broadcast/signal of the first events, then the Celery dispatch
+
+
+def test_submit_with_an_api_key_is_three_queries(
+    alice: Any, org: Any, agent: Any, django_assert_num_queries: Any
+) -> None:
+    # The key (with its creator's role), the agent, then the task, its first two events and its audit row in one
+    # statement (apps.core.db.insert_together): no BEGIN/COMMIT, no query per row.
+    _key, plaintext = issue_api_key(alice, org, scopes=["tasks:write"])
+    client = key_client(plaintext)
+    assert post(client, "/api/v1/tasks", {"agent": str(agent.pk), "input": TEXT}).status_code == 202  # last_used_at
+    with django_assert_num_queries(3):
+        response = post(client, "/api/v1/tasks", {"agent": str(agent.pk), "input": TEXT})
+    assert response.status_code == 202
+    task = Task.objects.for_org(org).get(pk=response.json()["id"])
+    assert [e.kind for e in task.events.order_by("seq")] == ["state", "message"] and task.last_seq == 2
+    assert AuditEvent.objects.filter(action="task.created", target_id=str(task.pk), api_key_id=_key.pk).exists()
 
 
 def test_public_agent_of_another_org_is_usable(client_for: Any, alice: Any, public_agent: Any) -> None:
