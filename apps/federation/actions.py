@@ -424,21 +424,6 @@ def send_message(
     return message
 
 
-def require_remote_task_access(access: Any) -> None:
-    """Asking another org's agent sends a federated message in the org's name, so it needs federation:write as
-    well as tasks:write — whichever way it is asked: POST /federation/remote-tasks, or POST /tasks and the
-    console's Send a task on the federated agent's row (which reach `remote_tasks.send_task_request`). `access`
-    None: no person or key asks (federation's own code, a management command)."""
-    if access is None or access.allows("federation:write"):
-        return
-    raise HermesAPIError(
-        "Asking another org's agent needs federation:write as well as tasks:write.",
-        code="missing_scope" if access.scopes is not None else "role_forbidden",
-        status_code=403,
-        details={"required_action": "federation:write"},
-    )
-
-
 # The sending agent of the request being made in this context (agent→agent policies), read by the receiver of
 # tasks' `task_submitted_remotely`, which the tasks app calls without knowing about sender agents.
 _sender_agent: ContextVar[str] = ContextVar("federation_sender_agent", default="")

@@ -54,6 +54,7 @@ from apps.federation.serializers import (
     SendMessageSerializer,
 )
 from apps.federation.signing import decode_secret, encode_secret
+from apps.tasks import actions as task_actions
 
 
 class _FederationViewSet(OrgScopedViewSet):
@@ -534,6 +535,6 @@ class RemoteTaskViewSet(  # type: ignore[misc]
         },
     )
     def create(self, request: Request, *args: Any, **kwargs: Any) -> Response:
-        # Before the Idempotency-Key is looked at (and once more where the task is created, for POST /tasks).
-        actions.require_remote_task_access(self.access)
+        # Before the Idempotency-Key is looked at (and once more where the task is created).
+        task_actions.require_federation_write(self.access)
         return super().create(request, *args, **kwargs)

@@ -97,6 +97,11 @@ def start_requested_task(entry: InboxEntry) -> None:
     if agent is None:
         _reject(entry, f"{entry.organization.slug} has no agent '{entry.recipient_agent}'")
         return
+    if selectors.cancel_before_request(entry) is not None:
+        # The requester canceled while this request was on its way, and the cancel came first (it found nothing
+        # to cancel then): a task started now would run for nobody.
+        _reject(entry, "canceled by the requester before the request arrived")
+        return
     payload = entry.payload
     message = payload.get("message")
     if not isinstance(message, dict):
@@ -131,10 +136,8 @@ def send_task_request(
     """Requester side (receiver of tasks' `task_submitted_remotely`, inside create_task's transaction): write the
     task request for the federated agent and the RemoteTask that correlates its results with `task`.
 
-    A refusal raised here (no federation:write, policy, unknown peer …) rolls the whole task back."""
-    # POST /tasks and the console reach a federated agent row with tasks:write alone; the request leaves in the
-    # org's name all the same, so it needs what POST /federation/remote-tasks needs.
-    actions.require_remote_task_access(access)
+    A refusal raised here (policy, unknown peer …) rolls the whole task back; create_task checked federation:write
+    before (`tasks.actions.require_federation_write`)."""
     request = actions.send_message(
         org=task.organization,
         recipient=agent.federation_address,
@@ -472,6 +475,9 @@ def _requested_task(entry: InboxEntry) -> Task | None:
     # Said where it shows (the inbox entry's handling error, a warning): a cancel or an answer dropped in silence
     # left a task running for nobody, or the requester's task waiting for ever.
     why = "its request is not handled yet" if request is not None else "no task runs here for a request of that org"
+    if entry.type == MessageType.TASK_CANCEL:
+        # A cancel that overtook its request stays on record: start_requested_task refuses the request for it.
+        why += " (the request will be refused)" if request is not None else " yet (the request is refused if it comes)"
     raise Unrelated(f"a {entry.type} for request {entry.correlation_id} from {entry.sender}: {why}")
 
 

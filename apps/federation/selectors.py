@@ -86,6 +86,16 @@ def request_entry_for(org: Any, *, correlation_id: Any, sender: str | Address, p
     return next((entry for entry in entries if _same_org(entry.sender, sender)), None)
 
 
+def cancel_before_request(request: InboxEntry) -> InboxEntry | None:
+    """Executor side: a task_cancel for the task request `request` that its sender's org sent over the same link and
+    that arrived before the request did (the two travel separately, so a request still in flight when its task
+    was canceled can come second)."""
+    entries = InboxEntry.objects.for_org(request.organization).filter(
+        correlation_id=request.message_id, peer=request.peer, type=MessageType.TASK_CANCEL
+    )
+    return next((entry for entry in entries if _same_org(entry.sender, request.sender)), None)
+
+
 def dead_letters(org: Any) -> QuerySet[Outbox]:
     return Outbox.objects.for_org(org).filter(status=OutboxStatus.DEAD).select_related("message", "message__peer")
 

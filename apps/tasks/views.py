@@ -142,7 +142,9 @@ def _detail_page(
 ) -> HttpResponse:
     context = {
         "task": task,
-        "can_write": access.allows("tasks:write"),
+        # Canceling or answering a task on a federated agent speaks to another org: federation:write as well.
+        "can_write": access.allows("tasks:write")
+        and (not task.agent.is_federated or access.allows("federation:write")),
         "waiting_for_input": task.state in INTERRUPTED_STATES,
         "follow_up_form": follow_up_form,
     }

@@ -9,7 +9,7 @@ import pytest
 
 from apps.agents import actions as agent_actions
 from apps.core.errors import HermesAPIError
-from apps.federation import actions
+from apps.federation import actions, remote_tasks
 from apps.federation.models import (
     Effect,
     FederationAuditEvent,
@@ -416,6 +416,19 @@ def globex_holds_the_task(
     return remote, theirs
 
 
+def _globex_asks_a_question(org: Any, remote: RemoteTask, theirs: Any, capture: Any) -> Any:
+    """globex's agent starts and asks for input; returns acme's own task, which mirrors that."""
+    from apps.tasks import actions as task_actions
+
+    question = {"role": "agent", "parts": [{"kind": "text", "text": "Which language?"}]}
+    for state, data in (("working", {}), ("input-required", {"message": question})):
+        with capture(execute=True):
+            task_actions.record(theirs, [task_actions.Observation(kind="state", data=data, state=state)])
+    ours = _own_task(org, remote)
+    assert ours.state == "input-required"  # mirrored from globex
+    return ours
+
+
 @pytest.mark.django_db
 def test_cancel_is_relayed_to_the_executor(
     org: Any, other_org: Any, alice: Any, charlie: Any, client_for: Any, globex_holds_the_task: tuple[RemoteTask, Any],
@@ -444,16 +457,8 @@ def test_a_follow_up_is_relayed_to_the_executors_waiting_task(
     org: Any, other_org: Any, alice: Any, client_for: Any, globex_holds_the_task: tuple[RemoteTask, Any],
     django_capture_on_commit_callbacks: Any,
 ) -> None:  # fmt: skip
-    from apps.tasks import actions as task_actions
-
     remote, theirs = globex_holds_the_task
-    question = {"role": "agent", "parts": [{"kind": "text", "text": "Which language?"}]}
-    for state, data in (("working", {}), ("input-required", {"message": question})):
-        with django_capture_on_commit_callbacks(execute=True):
-            task_actions.record(theirs, [task_actions.Observation(kind="state", data=data, state=state)])
-    ours = _own_task(org, remote)
-    assert ours.state == "input-required"  # mirrored from globex
-
+    ours = _globex_asks_a_question(org, remote, theirs, django_capture_on_commit_callbacks)
     answer = {"role": "user", "parts": [{"kind": "text", "text": "French"}]}
     with django_capture_on_commit_callbacks(execute=True):
         replied = client_for(alice).post(f"/api/v1/tasks/{ours.pk}/messages", {"input": answer}, format="json")
@@ -466,6 +471,66 @@ def test_a_follow_up_is_relayed_to_the_executors_waiting_task(
     # The answer is on acme's timeline once: globex's echo of it (a user message) is not mirrored again.
     texts = [e.data["parts"][0]["text"] for e in ours.events.filter(kind="message").order_by("seq")]
     assert texts.count("French") == 1
+
+
+@pytest.mark.django_db
+def test_canceling_or_answering_a_federated_task_needs_federation_write(
+    org: Any, alice: Any, mia: Any, client_for: Any, globex_holds_the_task: tuple[RemoteTask, Any],
+    django_capture_on_commit_callbacks: Any,
+) -> None:  # fmt: skip
+    from apps.core.models import AuditEvent as CoreAuditEvent
+    from tests.factories import issue_api_key, key_client
+
+    remote, theirs = globex_holds_the_task
+    ours = _globex_asks_a_question(org, remote, theirs, django_capture_on_commit_callbacks)
+    _, tasks_only = issue_api_key(alice, org, scopes=["tasks:read", "tasks:write"])
+    answer = {"input": {"parts": [{"text": "French"}]}}
+    for api, code in ((client_for(mia), "role_forbidden"), (key_client(tasks_only), "missing_scope")):
+        for url, body in ((f"/api/v1/tasks/{ours.pk}/messages", answer), (f"/api/v1/tasks/{ours.pk}/cancel", None)):
+            with django_capture_on_commit_callbacks(execute=True):
+                refused = api.post(url, body, format="json")
+            assert refused.status_code == 403, (url, refused.content)
+            error = refused.json()["error"]
+            assert error["code"] == code and error["details"] == {"required_action": "federation:write"}
+    # The console does not offer either to a member, and refuses a post made anyway.
+    page = client_for(mia).get(f"/tasks/{ours.pk}/").content.decode()
+    assert f"/tasks/{ours.pk}/cancel/" not in page and f"/tasks/{ours.pk}/reply/" not in page
+    assert client_for(mia).post(f"/tasks/{ours.pk}/cancel/").status_code == 403
+    # Nothing moved, on either side, and nothing was relayed.
+    ours.refresh_from_db()
+    theirs.refresh_from_db()
+    assert ours.state == "input-required" and theirs.state == "input-required"
+    assert not Message.objects.for_org(org).filter(type__in=[MessageType.TASK_CANCEL, MessageType.TASK_INPUT]).exists()
+    assert not CoreAuditEvent.objects.filter(org_id=org.pk, action__in=["task.canceled", "task.continued"]).exists()
+    # The owner, whose session has federation:write, still answers.
+    with django_capture_on_commit_callbacks(execute=True):
+        assert client_for(alice).post(f"/api/v1/tasks/{ours.pk}/messages", answer, format="json").status_code == 202
+
+
+@pytest.mark.django_db
+def test_a_cancel_that_overtakes_its_request_refuses_the_request(
+    org: Any, other_org: Any, acme_may_ask_globex: None, django_capture_on_commit_callbacks: Any
+) -> None:
+    from apps.agents.models import Agent
+    from apps.tasks.models import Task
+
+    Agent.objects.create(organization=other_org, name="Echo", slug="echo", url="http://127.0.0.1:9/")
+    # The request is written but still on its way (its delivery job has not run)...
+    with django_capture_on_commit_callbacks(execute=False) as in_flight:
+        remote = actions.request_remote_task(org=org, agent="echo.globex", message=MESSAGE)
+    # ...when the cancel for it, sent separately, reaches globex first: nothing to cancel there yet.
+    with django_capture_on_commit_callbacks(execute=True):
+        remote_tasks._relay(remote, MessageType.TASK_CANCEL, {"reason": "canceled by the requester"})
+    cancel = InboxEntry.objects.for_org(other_org).get(type=MessageType.TASK_CANCEL)
+    assert cancel.handling_error.endswith("yet (the request is refused if it comes)")
+    # The request arrives after all: no task runs for it, and acme hears why.
+    with django_capture_on_commit_callbacks(execute=True):
+        for callback in in_flight:
+            callback()
+    assert InboxEntry.objects.for_org(other_org).get(type=MessageType.TASK_REQUEST).handled_at is not None
+    assert not Task.objects.for_org(other_org).exists()
+    remote.refresh_from_db()
+    assert remote.state == "rejected" and remote.error == "canceled by the requester before the request arrived"
 
 
 @pytest.mark.django_db
@@ -881,7 +946,7 @@ def test_a_relay_that_answers_no_request_of_its_sender_is_recorded_as_unrelated(
     entry = InboxEntry.objects.for_org(other_org).get(type=MessageType.TASK_CANCEL)
     assert entry.handling_error == (
         f"Unrelated: a task_cancel for request {remote.request_id} from initech: no task runs here for a request "
-        "of that org"
+        "of that org yet (the request is refused if it comes)"
     )
     assert [r.levelname for r in caplog.records if r.name == "apps.federation.handlers"] == ["WARNING"]
 
@@ -965,7 +1030,9 @@ def test_post_tasks_to_a_federated_agent_needs_federation_write(
         assert refused.status_code == 403, refused.content
         error = refused.json()["error"]
         assert error["code"] == code and error["details"] == {"required_action": "federation:write"}
-        assert error["message"] == "Asking another org's agent needs federation:write as well as tasks:write."
+        assert error["message"] == (
+            "Asking another org's agent, answering or canceling its task needs federation:write as well as tasks:write."
+        )
     # Nothing was written: the task, its events and audit row rolled back with the request that was never sent.
     assert not Task.objects.for_org(org).exists() and not RemoteTask.objects.for_org(org).exists()
     assert not Message.objects.for_org(org).exists()
