@@ -79,6 +79,10 @@ class PeerAdmin(admin.ModelAdmin):
 
     def save_model(self, request: HttpRequest, obj: Peer, form: Any, change: bool) -> None:
         super().save_model(request, obj, form, change)
+        if change and "status" in form.changed_data:
+            # As the API and the console do it: enabling a link sends what waited for it at once (the rows kept
+            # their next attempt times, hours away for a long backoff).
+            actions.set_peer_status(obj, obj.status, actor=request.user)
         # Saved all the same (the allowlist may be about to change), but said at once, as the API and command do.
         if blocked := actions.delivery_blocked_reason(obj):
             messages.warning(request, f"Deliveries to this peer will be refused: {blocked}")

@@ -15,14 +15,24 @@ from apps.federation.models import MessageType, Outbox, OutboxStatus, Peer
 pytestmark = pytest.mark.django_db
 
 
+def _a_row_waiting_for_the_disabled_link(org: Any, peer: Peer, monkeypatch: Any, capture: Any) -> tuple[list[int], Any]:
+    """A message sent while the link was up, then the link disabled; returns the list the (patched) delivery jobs
+    are enqueued to and the message's outbox row."""
+    enqueued: list[int] = []
+    monkeypatch.setattr(actions, "_enqueue", lambda outbox_id, countdown=0.0: enqueued.append(outbox_id))
+    with capture(execute=True):
+        message = actions.send_message(org=org, recipient="globex@berlin", payload={"n": 1})
+    actions.set_peer_status(peer, "disabled")
+    return enqueued, Outbox.objects.for_org(org).select_related("message").get(message=message)
+
+
 def test_a_disabled_link_keeps_replies_and_sends_them_once_enabled(
     org: Any, peer: Peer, allow_all: None, monkeypatch: Any, django_capture_on_commit_callbacks: Any
 ) -> None:
-    enqueued: list[int] = []
-    monkeypatch.setattr(actions, "_enqueue", lambda outbox_id, countdown=0.0: enqueued.append(outbox_id))
-    with django_capture_on_commit_callbacks(execute=True):
-        waiting = actions.send_message(org=org, recipient="globex@berlin", payload={"n": 1})
-    actions.set_peer_status(peer, "disabled")
+    enqueued, waiting_row = _a_row_waiting_for_the_disabled_link(
+        org, peer, monkeypatch, django_capture_on_commit_callbacks
+    )
+    waiting = waiting_row.message
     # Something new for the link is refused at once, with its reason.
     with pytest.raises(HermesAPIError) as refused:
         actions.send_message(org=org, recipient="globex@berlin", payload={"n": 2})
@@ -44,6 +54,26 @@ def test_a_disabled_link_keeps_replies_and_sends_them_once_enabled(
         actions.set_peer_status(peer, "active")
     assert sorted(enqueued) == sorted(row.pk for row in rows)
     assert actions.claim_delivery(rows[1].pk) is not None
+
+
+def test_enabling_a_link_in_the_admin_sends_what_waited_at_once(
+    org: Any, peer: Peer, allow_all: None, monkeypatch: Any, django_capture_on_commit_callbacks: Any
+) -> None:
+    from django.contrib.auth import get_user_model
+    from django.test import Client
+
+    enqueued, row = _a_row_waiting_for_the_disabled_link(org, peer, monkeypatch, django_capture_on_commit_callbacks)
+    Outbox.objects.for_org(org).filter(pk=row.pk).update(next_attempt_at="2000-01-01T00:00:00Z")
+    enqueued.clear()
+    staff = get_user_model().objects.create_superuser(email="root@example.com", password="pw-for-tests-only")
+    admin = Client()
+    admin.force_login(staff)
+    form = {"base_url": peer.base_url, "status": "active", "keys-TOTAL_FORMS": "0", "keys-INITIAL_FORMS": "0"}
+    with django_capture_on_commit_callbacks(execute=True):
+        response = admin.post(f"/admin/federation/peer/{peer.pk}/change/", form)
+    assert response.status_code == 302, response.content
+    peer.refresh_from_db()
+    assert peer.status == "active" and enqueued == [row.pk]
 
 
 def test_a_peer_that_stopped_answering_gets_one_attempt_at_a_time(
