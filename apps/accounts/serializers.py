@@ -6,6 +6,7 @@ from rest_framework import serializers
 
 from apps.core.permissions import Access
 from apps.core.serializers import StrictFieldsMixin
+from apps.core.validators import display_name
 
 
 class MembershipSummarySerializer(serializers.Serializer):
@@ -46,7 +47,9 @@ class UserSerializer(serializers.Serializer):
 class RegisterSerializer(StrictFieldsMixin, serializers.Serializer):
     email = serializers.EmailField(max_length=254)
     password = serializers.CharField(write_only=True, max_length=128, style={"input_type": "password"})
-    name = serializers.CharField(max_length=150, required=False, default="", allow_blank=True)
+    name = serializers.CharField(
+        max_length=150, required=False, default="", allow_blank=True, validators=[display_name]
+    )
 
 
 class PasswordChangeSerializer(StrictFieldsMixin, serializers.Serializer):

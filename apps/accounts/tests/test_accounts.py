@@ -31,6 +31,16 @@ def test_register(api: Any) -> None:
     assert again.status_code == 400 and "email" in again.data["error"]["details"]
 
 
+def test_register_api_refuses_a_name_with_control_characters_as_the_console_does(api: Any) -> None:
+    # A right-to-left override shown in every org the person joins ("evil\u202etxt.exe" reads as "evilexe.txt").
+    for name in ("evil\u202etxt.exe", "line1\nline2"):
+        body = {"email": "u1@example.test", "password": STRONG, "name": name}
+        response = api.post("/api/v1/auth/register", body, format="json")
+        assert response.status_code == 400, response.content
+        assert "control characters" in response.json()["error"]["details"]["name"][0]
+    assert not User.objects.filter(email="u1@example.test").exists()
+
+
 def test_register_rejects_weak_passwords_and_writes_nothing(api: Any) -> None:
     response = api.post("/api/v1/auth/register", {"email": "weak@example.test", "password": "123"}, format="json")
     assert response.status_code == 400
