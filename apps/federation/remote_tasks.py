@@ -311,10 +311,12 @@ def relay_follow_up(sender: Any = None, *, task: Task, message: dict[str, Any], 
 def report_task_event(sender: Any = None, *, task: Any, event: Any, **_: Any) -> None:
     """Receiver of tasks' `task_event_recorded`. Executor side: forward a federated task's event to the
     requester. Requester side: relay a cancel of a task on a federated agent."""
+    if _gives_up_locally(event):
+        # Requester side (relay_cancel finds no request for any other task). Not decided by the task's metadata:
+        # its `federation` key is the caller's own on this side, and a caller who set it kept the cancel here.
+        relay_cancel(task)
     if "federation" not in (getattr(task, "metadata", None) or {}):
-        if _gives_up_locally(event):
-            relay_cancel(task)
-        return  # not a task run for another org: no lookup for the common case
+        return  # executor side marks its tasks' metadata; no lookup for the common case
     link = FederatedTask.objects.for_org(task.organization_id).filter(task_id=str(task.pk)).first()
     if link is None:
         return

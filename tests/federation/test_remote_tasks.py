@@ -453,6 +453,28 @@ def test_cancel_is_relayed_to_the_executor(
 
 
 @pytest.mark.django_db
+def test_a_cancel_is_relayed_whatever_the_callers_metadata_says(
+    org: Any, other_org: Any, alice: Any, client_for: Any, acme_may_ask_globex: None, monkeypatch: Any,
+    django_capture_on_commit_callbacks: Any,
+) -> None:  # fmt: skip
+    from apps.agents.models import Agent
+    from apps.tasks.models import Task
+
+    # The executor marks the tasks it runs for others with metadata["federation"]; on the requester's side that key
+    # is the caller's own, and it used to make the requester's cancel stay home.
+    Agent.objects.create(organization=other_org, name="Echo", slug="echo", url="http://127.0.0.1:9/")
+    monkeypatch.setattr("apps.tasks.tasks.dispatch", lambda *args, **kwargs: None)
+    with django_capture_on_commit_callbacks(execute=True):
+        remote = actions.request_remote_task(
+            org=org, agent="echo.globex", message=MESSAGE, metadata={"federation": "mine"}
+        )
+    with django_capture_on_commit_callbacks(execute=True):
+        assert client_for(alice).post(f"/api/v1/tasks/{remote.task_id}/cancel").status_code == 202
+    assert Task.objects.for_org(other_org).get().state == "canceled"
+    assert InboxEntry.objects.for_org(other_org).get(type=MessageType.TASK_CANCEL).correlation_id == remote.request_id
+
+
+@pytest.mark.django_db
 def test_a_follow_up_is_relayed_to_the_executors_waiting_task(
     org: Any, other_org: Any, alice: Any, client_for: Any, globex_holds_the_task: tuple[RemoteTask, Any],
     django_capture_on_commit_callbacks: Any,
