@@ -108,7 +108,8 @@ def resolve_api_key(token: str, ip: str | None = None) -> tuple[Any, Access]:
 @functools.cache
 def _lookup_sql() -> str:
     """The authentication query, written once: the key, its org, its creator and the creator's current role
-    (a correlated subquery on the membership's unique index) in one row, found by the digest's unique index.
+    (a correlated subquery on the membership's unique index; only a membership the key was made in counts, see
+    APIKey.state) in one row, found by the digest's unique index.
 
     Hand-written rather than built by the ORM on every request: compiling the equivalent queryset costs more
     than running it, and this query is on the path of every API request (bench/auth.py measures it)."""
@@ -122,7 +123,8 @@ def _lookup_sql() -> str:
     return (
         f"SELECT {', '.join(select)}, "  # noqa: S608
         f"(SELECT m.{q('role')} FROM {q(Membership._meta.db_table)} m "
-        f"WHERE m.{q('organization_id')} = k.{q('organization_id')} AND m.{q('user_id')} = k.{q('created_by_id')}) "
+        f"WHERE m.{q('organization_id')} = k.{q('organization_id')} AND m.{q('user_id')} = k.{q('created_by_id')} "
+        f"AND m.{q('created_at')} <= k.{q('created_at')}) "
         f"FROM {q(APIKey._meta.db_table)} k "
         f"INNER JOIN {q(Organization._meta.db_table)} o ON o.{q('id')} = k.{q('organization_id')} "
         f"LEFT OUTER JOIN {q(User._meta.db_table)} u ON u.{q('id')} = k.{q('created_by_id')} "

@@ -129,7 +129,11 @@ class APIKey(OrgOwnedModel):
     def state(self, now: datetime | None = None) -> APIKeyState:
         """What the key answers now. Whether its creator is still an active member is not on this row: it is read
         from `creator_role` (the creator's role in the key's org, None when they are not a member), which the
-        authentication query and `selectors.api_keys` load with the key; without it, one query looks it up."""
+        authentication query and `selectors.api_keys` load with the key; without it, one query looks it up.
+
+        Only the membership the key was made in counts (one that began before the key): a person removed and
+        invited back later does not bring back the keys of their earlier membership, which stay `creator_gone`
+        until an admin rotates or revokes them."""
         lapsed = self.lapsed(now)
         if lapsed is not None:
             return lapsed
@@ -140,7 +144,9 @@ class APIKey(OrgOwnedModel):
 
     def _creator_role(self) -> str | None:
         if not hasattr(self, "creator_role"):
-            role = Membership.objects.for_org(self.organization_id).filter(user_id=self.created_by_id)
+            role = Membership.objects.for_org(self.organization_id).filter(
+                user_id=self.created_by_id, created_at__lte=self.created_at
+            )
             self.creator_role = role.values_list("role", flat=True).first()
         return self.creator_role
 

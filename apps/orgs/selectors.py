@@ -41,8 +41,11 @@ def session_access(request: Any, user: Any) -> Access | None:
 
 def api_keys(org: Any) -> QuerySet[APIKey]:
     """The org's keys with what their `state()` needs in the same query: the creator (active?) and the creator's
-    current role in the org (`creator_role`, None once they are no longer a member: the key is `creator_gone`)."""
-    creator_role = Membership.objects.filter(organization=OuterRef("organization"), user=OuterRef("created_by"))
+    current role in the org (`creator_role`, None once they are no longer the member who made it: the key is
+    `creator_gone`, see APIKey.state)."""
+    creator_role = Membership.objects.filter(
+        organization=OuterRef("organization"), user=OuterRef("created_by"), created_at__lte=OuterRef("created_at")
+    )
     return (
         APIKey.objects.for_org(org)
         .select_related("created_by", "rotated_to")

@@ -31,8 +31,8 @@ class APIKeySerializer(serializers.ModelSerializer):
         choices=APIKeyState.choices,
         read_only=True,
         help_text="`active`; `expired` (its expiry, or its rotation's grace period, is over); `revoked`; "
-        "`creator_gone`: its creator left the org or was deactivated, so it answers 401 `key_creator_gone` until "
-        "it is rotated (re-issued under the rotating person) or revoked.",
+        "`creator_gone`: its creator left the org (invited back later, they do not revive it) or was deactivated, "
+        "so it answers 401 `key_creator_gone` until it is rotated (re-issued under the rotating person) or revoked.",
     )
     rotated_to: serializers.PrimaryKeyRelatedField = serializers.PrimaryKeyRelatedField(
         read_only=True, allow_null=True, help_text="The successor's id once the key was rotated; null until then."

@@ -59,6 +59,7 @@ def test_a_key_acts_for_its_org_with_the_creators_current_role(org: Any, alice: 
         ("expired", "key_expired"),
         ("revoked", "key_revoked"),
         ("creator_removed", "key_creator_gone"),
+        ("creator_removed_then_back", "key_creator_gone"),
         ("creator_inactive", "key_creator_gone"),
     ],
 )
@@ -74,6 +75,10 @@ def test_bad_keys_are_401s_that_say_why(org: Any, alice: Any, bob: Any, setup: s
         APIKey.objects.for_org(org).filter(pk=key.pk).update(revoked_at=timezone.now())
     elif setup == "creator_removed":
         Membership.objects.for_org(org).filter(user=bob).delete()
+    elif setup == "creator_removed_then_back":
+        # Invited back later: the keys of the earlier membership do not come back to life (rotate them).
+        Membership.objects.for_org(org).filter(user=bob).delete()
+        Membership.objects.create(organization=org, user=bob, role=Role.ADMIN)
     elif setup == "creator_inactive":
         type(bob).objects.filter(pk=bob.pk).update(is_active=False)
     before = AuditEvent.objects.count()
