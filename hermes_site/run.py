@@ -115,6 +115,9 @@ def main(argv: list[str] | None = None) -> int:
                 "--no-access-log",
                 "--ws-per-message-deflate",  # see docs/deploy.md: small JSON frames, fan-out CPU
                 "false",
+                # uvicorn would otherwise take the client address from X-Forwarded-For of any loopback client;
+                # Hermes reads that header itself, only from HERMES_TRUSTED_PROXIES (apps.core.http).
+                "--no-proxy-headers",
             ],
             "worker": [
                 PY,

@@ -141,7 +141,7 @@ from apps.orgs.models import Membership, Organization
 org = Organization.objects.get(slug="demo")
 member = Membership.objects.for_org(org).get()
 access = Access(org=org, role=member.role, user=member.user)
-scopes = ["agents:read", "tasks:read", "tasks:write", "federation:read", "federation:write"]
+scopes = ["agents:read", "tasks:read", "tasks:write", "federation:read", "federation:write", "org:admin"]
 print(create_api_key(access=access, name="run test", scopes=scopes).plaintext)
 """
 
@@ -156,8 +156,15 @@ def _use_the_platform(base: str, env: dict[str, str]) -> None:
     headers = {"Authorization": f"Bearer {made.stdout.strip().splitlines()[-1]}"}
     with httpx.Client(base_url=base, headers=headers, timeout=10) as api:
         for _ in range(2):
-            agents = api.get("/api/v1/agents")
+            # No proxy is trusted (HERMES_TRUSTED_PROXIES is empty): a client's own X-Forwarded-For names nobody.
+            agents = api.get("/api/v1/agents", headers={"X-Forwarded-For": "203.0.113.7"})
             assert agents.status_code == 200, agents.text
+        plaintext = headers["Authorization"].removeprefix("Bearer ")
+        keys = api.get("/api/v1/keys").json()["results"]
+        (key,) = [
+            k for k in keys if k["name"] == "run test" and plaintext.endswith(k["last_four"]) and k["last_used_ip"]
+        ]
+        assert key["last_used_ip"] == "127.0.0.1", key
         echo = next(a for a in agents.json()["results"] if a["slug"] == "demo-echo")
         local = api.post("/api/v1/tasks", json={"agent": echo["id"], "input": {"parts": [{"text": "hi"}]}})
         assert local.status_code == 202, local.text
