@@ -119,7 +119,12 @@ class Heartbeat(threading.Thread):
             rows = Task.objects.unscoped("heartbeat of the claimed task").filter(
                 pk=self.task_id, claimed_by=self.worker
             )
-            row = rows.values_list("cancel_requested_at").first()
+            row = rows.values_list("cancel_requested_at", "deadline_at").first()
+            if row is not None and row[1] is not None and row[1] < timezone.now():
+                # Past its deadline: failed here and now, not when the sweeper runs. The sweeper shares the
+                # workers' slots, and agents that hang can hold every one of them.
+                fail_overdue(Task.objects.unscoped("the claimed task").get(pk=self.task_id))
+                row = None
             if row is None or (beat and not rows.update(heartbeat_at=timezone.now())):
                 self.lost.set()
                 self.stop.set()
@@ -167,7 +172,9 @@ def _run_claimed(task: Task, worker: str) -> None:
     except Exception as exc:
         # A bug of ours, not the agent's: fail visibly rather than leave the task claimed forever.
         logger.exception("task %s: unexpected error", task.pk)
-        actions.finish(task, TaskState.FAILED, error=f"internal error: {type(exc).__name__}: {exc}")
+        # Its type only: the message of an internal error (a database error quotes the SQL) is for the log, not
+        # for whoever reads the task.
+        actions.finish(task, TaskState.FAILED, error=f"internal error ({type(exc).__name__}); see the worker's log")
         return
     finally:
         heartbeat.stop.set()
@@ -230,6 +237,16 @@ def _cancel_at_agent(task_id: Any, remote_task_id: str) -> None:
         logger.warning("task %s: could not send the agent's CancelTask (%s)", task_id, exc)
 
 
+def fail_overdue(task: Task) -> None:
+    """Fail a task past its deadline: by the sweeper, or by the watcher of the worker running it."""
+    actions.finish(task, TaskState.FAILED, error="deadline exceeded", reason="deadline")  # a no-op if it ended
+    if task.remote_task_id and not task.claimed_by:
+        # Nobody runs it (it waited for input): tell the agent its task is over. A claimed task's worker sees the
+        # task end within WATCH_SECONDS, ends its call and does so itself.
+        _cancel_at_agent(task.pk, task.remote_task_id)
+    TASKS_RECOVERED.labels(outcome="deadline").inc()
+
+
 @shared_task(name="apps.tasks.tasks.sweep_tasks", ignore_result=True)
 def sweep_tasks() -> dict[str, int]:
     """Beat job: fail tasks past their deadline, re-dispatch tasks whose worker or message was lost."""
@@ -238,12 +255,7 @@ def sweep_tasks() -> dict[str, int]:
     active = Task.objects.unscoped("the sweeper scans every org").exclude(state__in=TERMINAL_STATES)
     overdue = active.filter(deadline_at__lt=now)
     for task in overdue.only("pk", "organization_id", "agent_id", "state", "claimed_by", "remote_task_id"):
-        actions.finish(task, TaskState.FAILED, error="deadline exceeded", reason="deadline")
-        if task.remote_task_id and not task.claimed_by:
-            # Nobody runs it (it waited for input): tell the agent its task is over. A claimed task's worker sees
-            # the task end within WATCH_SECONDS, ends its call and does so itself.
-            _cancel_at_agent(task.pk, task.remote_task_id)
-        TASKS_RECOVERED.labels(outcome="deadline").inc()
+        fail_overdue(task)
         counts["deadline"] += 1
 
     stale = now - timedelta(seconds=settings.HERMES_TASK_STALE_SECONDS)
