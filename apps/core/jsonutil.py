@@ -85,6 +85,25 @@ def _unstorable(value: Any, path: str) -> str | None:
     return None
 
 
+# What no stored string may hold: NUL, and a lone surrogate (half of a UTF-16 pair, decoded from a `\\udXXX` escape).
+_UNSTORABLE_CHARS = re.compile("[\x00\ud800-\udfff]")
+
+
+def storable(value: Any) -> Any:
+    """`value` made storable instead of refused: U+FFFD for every NUL or lone surrogate in a string (keys too), and
+    a non-finite float as its name ("NaN", "Infinity", "-Infinity"). For what Hermes records but did not decode
+    itself, such as an agent's answers as the A2A SDK hands them over: one bad character must not lose the rest."""
+    if isinstance(value, str):
+        return _UNSTORABLE_CHARS.sub("\ufffd", value)
+    if isinstance(value, float) and not math.isfinite(value):
+        return str(value).replace("inf", "Infinity").replace("nan", "NaN")
+    if isinstance(value, dict):
+        return {storable(key): storable(item) for key, item in value.items()}
+    if isinstance(value, list | tuple):
+        return [storable(item) for item in value]
+    return value
+
+
 def loads(data: str | bytes) -> Any:
     """json.loads that refuses, as a JSONDecodeError, what could not be stored (see the module docstring).
     Bytes must be UTF-8."""

@@ -482,19 +482,22 @@ def record(task: Task | Any, observations: Iterable[Observation], *, worker: str
             if locked.is_terminal:
                 dropped.append(obs)
                 continue
+            # What an agent (or a peer) said was decoded by its client, not by Hermes' own JSON reader: a NUL or
+            # a lone surrogate in it would fail the INSERT and lose the whole answer for one character.
+            data = jsonutil.storable(obs.data)
             if obs.kind != EventKind.STATE:
-                _append(pending, obs.kind, obs.data)
+                _append(pending, obs.kind, data)
             if obs.state and obs.state != locked.state:
                 if obs.state in _allowed_from(locked.state):
                     # A state event says only what the state's schema holds: a progress line's role and parts
                     # were recorded above, as their own event. (A federated task's failure or refusal reason
                     # arrives in its state's data.)
-                    _move(pending, obs.state, **(obs.data if obs.kind == EventKind.STATE else {}))
+                    _move(pending, obs.state, **(data if obs.kind == EventKind.STATE else {}))
                 else:
                     logger.debug("ignoring agent state %s for task %s in %s", obs.state, locked.pk, locked.state)
-            elif obs.kind == EventKind.STATE and obs.data.get("message"):
+            elif obs.kind == EventKind.STATE and data.get("message"):
                 # Same state, but the agent said something with it (e.g. working + a status message).
-                _append(pending, EventKind.MESSAGE, obs.data["message"])
+                _append(pending, EventKind.MESSAGE, data["message"])
         if dropped:
             # Like federation's events for a requester's task that has ended (apps.federation.remote_tasks).
             what = ", ".join(

@@ -310,3 +310,26 @@ def test_json_depth() -> None:
         2,
         3,
     ]
+
+
+@pytest.mark.django_db
+def test_an_agents_answer_with_characters_postgres_cannot_store_is_recorded_not_lost(org: Any, agent: Any) -> None:
+    # An agent's artifact with a NUL used to fail the completed task with the INSERT's SQL as its error.
+    task = actions.create_task(org=org, agent=agent, message=MESSAGE)
+    artifact = {
+        "artifact_id": "a1",
+        "parts": [{"kind": "text", "text": "a\x00b"}, {"kind": "data", "data": {"x": float("nan")}}],
+    }
+    failure = {"message": {"role": "agent", "parts": [{"kind": "text", "text": "p\x00q \ud800"}]}}
+    task = actions.record(
+        task,
+        [
+            Observation(kind="state", data={}, state=TaskState.WORKING),
+            Observation(kind="artifact", data=artifact),
+            Observation(kind="state", data=failure, state=TaskState.FAILED),
+        ],
+    )
+    task.refresh_from_db()
+    assert task.state == TaskState.FAILED and task.last_error == "p\ufffdq \ufffd"
+    stored = task.events.get(kind="artifact").data
+    assert stored["parts"] == [{"kind": "text", "text": "a\ufffdb"}, {"kind": "data", "data": {"x": "NaN"}}]
