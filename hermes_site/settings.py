@@ -321,6 +321,7 @@ LOGGING = {
     "filters": {
         "context": {"()": "apps.core.logging.ContextFilter"},
         "redact": {"()": "apps.core.logging.RedactFilter"},
+        "tracebacks_only": {"()": "apps.core.logging.TracebacksOnly"},
         "sampled": {"()": "apps.core.logging.SampleFilter", "rate": LOG_SAMPLE_RATE},
     },
     "formatters": {
@@ -339,9 +340,13 @@ LOGGING = {
     },
     "root": {"handlers": ["default"], "level": LOG_LEVEL},
     "loggers": {
+        # Without handlers of its own: Django's default config gives "django" a plain-text console handler (DEBUG
+        # only), which wrote a second, non-JSON copy of every line.
+        "django": {"handlers": [], "propagate": True},
         "django.db.backends": {"level": "WARNING"},
-        # hermes.request logs one line per request; Django's own 4xx/5xx line would repeat it.
-        "django.request": {"level": "ERROR"},
+        # hermes.request logs one line per request; Django's own 4xx/5xx line would repeat it (and call a
+        # deliberate 503 an ERROR). Its tracebacks of unhandled exceptions are kept.
+        "django.request": {"level": "ERROR", "filters": ["tracebacks_only"]},
         "celery": {"level": "INFO"},
         # Noisy subsystems (apps.core.logging.NOISY_LOGGERS): kept at LOG_SAMPLE_RATE below WARNING.
         "hermes.probes": {"filters": ["sampled"]},

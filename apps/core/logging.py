@@ -187,11 +187,24 @@ class RedactFilter(logging.Filter):
         return True
 
 
+class TracebacksOnly(logging.Filter):
+    """For django.request: its line for a 4xx or 5xx response repeats hermes.request's (which logs a deliberate 503
+    with Retry-After at WARNING, where Django says ERROR); only its tracebacks of unhandled exceptions are news."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return record.exc_info is not None
+
+
 def adopt_server_loggers() -> None:
     """Send the lines of the server in front of Django (uvicorn keeps handlers of its own, plain text) through
     Hermes' handler: JSON like every other line, with the request context and RedactFilter — uvicorn logs each
     websocket handshake with its query string, `?api_key=` included."""
     for name in ("uvicorn", "uvicorn.error", "uvicorn.access"):
         logger = logging.getLogger(name)
+        if name == "uvicorn.access" and not logger.handlers and not logger.propagate:
+            # `--no-access-log` (make run, the Procfile) leaves it so. uvicorn writes access lines whenever the
+            # logger has a handler, its parents' included: propagating would turn them back on, a second line per
+            # request beside hermes.request's.
+            continue
         logger.handlers.clear()
         logger.propagate = True

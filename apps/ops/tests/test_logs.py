@@ -383,3 +383,36 @@ def test_websocket_consumers_run_in_the_sockets_context(org: Any, alice: Any) ->
     with_key = async_to_sync(connect)(f"api_key={plaintext}", [])
     assert with_key["org_id"] == org.pk and with_key["user_id"] == alice.pk and with_key["api_key_id"] == key.pk
     assert len(with_key["request_id"]) == 32
+
+
+def test_django_request_adds_only_tracebacks_to_hermes_request_lines(caplog: Any) -> None:
+    # Its line for each 4xx/5xx repeated hermes.request's, and called a disabled link's deliberate 503 an ERROR.
+    from django.http import HttpResponse
+    from django.test import RequestFactory
+    from django.utils.log import log_response
+
+    request = RequestFactory().get("/api/v1/federation/receive/alpha")
+    with caplog.at_level(logging.INFO, logger="django.request"):
+        log_response("Service Unavailable: %s", request.path, response=HttpResponse(status=503), request=request)
+        try:
+            raise RuntimeError("a bug")
+        except RuntimeError as exc:
+            error = HttpResponse(status=500)
+            log_response("Internal Server Error: %s", request.path, response=error, request=request, exception=exc)
+    (line,) = [r for r in caplog.records if r.name == "django.request"]
+    assert line.levelname == "ERROR" and line.exc_info is not None and "Internal Server Error" in line.getMessage()
+    # And no plain-text copy of Django's lines through its own default console handler (DEBUG): JSON only.
+    assert logging.getLogger("django").handlers == []
+
+
+def test_uvicorns_access_log_stays_off_when_it_was_turned_off() -> None:
+    # `--no-access-log` leaves uvicorn.access without handlers and not propagating; uvicorn writes access lines
+    # whenever the logger has a handler (its parents' included), so adopting it turned them back on.
+    access = logging.getLogger("uvicorn.access")
+    saved = (access.handlers[:], access.propagate)
+    access.handlers, access.propagate = [], False
+    try:
+        adopt_server_loggers()
+        assert not access.hasHandlers()
+    finally:
+        access.handlers, access.propagate = saved
