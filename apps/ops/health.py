@@ -56,7 +56,13 @@ def probe_beat() -> Probe:
         return age <= window, f"last run {age:.0f}s ago", {"last_run_age_s": round(age, 1)}
 
     fix = "run exactly one `celery -A hermes_site beat` and at least one worker"
-    return _unless_redis_is_down(timed_probe("beat", run, fix))
+    probe = _unless_redis_is_down(timed_probe("beat", run, fix))
+    if probe.ok or not probe.available or seen_workers(window)[0]:
+        return probe
+    # Beat only sends its heartbeat job; a worker runs it. With no worker, a beat that runs fine looks stopped too,
+    # and "beat down" beside "workers down" sent operators to restart a healthy beat.
+    detail = "not checked: no worker runs beat's heartbeat job (see the workers line)"
+    return Probe(probe.name, False, detail, probe.latency_ms, available=False)
 
 
 def _delivery_backlog() -> Any:

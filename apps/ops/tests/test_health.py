@@ -156,11 +156,28 @@ def test_breakdown_reports_every_part_with_status_and_latency(
     assert worker.hostname not in {w["hostname"] for w in seen_workers(60)[0]}
 
 
-def test_beat_is_down_when_it_has_not_run(client: Client) -> None:
+def test_beat_is_down_when_it_has_not_run_and_unknown_without_a_worker(client: Client) -> None:
+    from apps.core.checks import redis_client
+    from apps.ops.worker import WORKERS_KEY, record_worker
+
     caches["default"].delete(BEAT_KEY)
-    checks = client.get("/api/v1/health").json()["checks"]
-    assert checks["beat"]["status"] == "down" and "no beat run" in checks["beat"]["detail"]
-    assert checks["beat"]["fix"]
+    redis = redis_client()
+    record_worker("alive@test", ["celery"], client=redis)  # a worker that would have run beat's heartbeat job
+    try:
+        checks = client.get("/api/v1/health").json()["checks"]
+        assert checks["beat"]["status"] == "down" and "no beat run" in checks["beat"]["detail"]
+        assert checks["beat"]["fix"]
+        # No worker at all: nothing runs the job beat sends, so beat's own state is unknown, not "down" (an
+        # operator restarted a healthy beat for it); the workers line says what to fix.
+        redis.hdel(WORKERS_KEY, "alive@test")
+        body = client.get("/api/v1/health").json()
+        assert body["checks"]["workers"]["status"] == "down"
+        assert body["checks"]["beat"]["status"] == "not_available"
+        assert "no worker runs beat's heartbeat job" in body["checks"]["beat"]["detail"]
+        assert "beat" not in body["degraded"]
+    finally:
+        redis.hdel(WORKERS_KEY, "alive@test")
+        redis.close()
 
 
 def test_beat_reports_itself_on_start_not_one_interval_later(client: Client) -> None:
