@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from asgiref.sync import async_to_sync
@@ -33,7 +33,8 @@ class AgentActionError(Exception):
 @dataclass(frozen=True)
 class DemoAssignment:
     created: list[Agent]
-    existing: list[Agent]
+    existing: list[Agent]  # those the org had, refreshed (the restored ones included)
+    restored: list[Agent] = field(default_factory=list)  # of `existing`: deleted (retired) before, back now
 
 
 def _who(by: Any) -> tuple[Any, Access | None]:
@@ -310,6 +311,7 @@ def assign_demo_agents(*, org: Any, by: Any = None) -> DemoAssignment:
 
     created: list[Agent] = []
     existing: list[Agent] = []
+    restored: list[Agent] = []
     with transaction.atomic():
         # Lock the org's demo rows so two concurrent assignments serialize instead of racing on the constraint.
         have = {
@@ -328,12 +330,16 @@ def assign_demo_agents(*, org: Any, by: Any = None) -> DemoAssignment:
                 created.append(agent)
             else:
                 _apply_card(agent, info)
-                agent.retired_at = None  # a demo agent deleted while it had tasks: assigning brings it back
+                if agent.retired_at is not None:  # a demo agent deleted while it had tasks: assigning brings it back
+                    agent.retired_at = None
+                    restored.append(agent)
                 agent.save()
                 existing.append(agent)
         for agent in created:
             _audit("registered", agent, by, demo=agent.demo_key)
-    return DemoAssignment(created=created, existing=existing)
+        for agent in restored:
+            _audit("restored", agent, by, demo=agent.demo_key)
+    return DemoAssignment(created=created, existing=existing, restored=restored)
 
 
 def record_agent_contact(agent: Agent, *, error: str | None = None) -> None:

@@ -137,4 +137,5 @@ class AgentUpdateSerializer(PatchSerializer):
 
 class DemoAssignmentSerializer(serializers.Serializer):
     created = AgentSerializer(many=True)
-    existing = AgentSerializer(many=True)
+    existing = AgentSerializer(many=True, help_text="The demo agents the org had, refreshed (`restored` included).")
+    restored = AgentSerializer(many=True, help_text="Of `existing`: deleted earlier (kept for their tasks), back now.")

@@ -226,9 +226,14 @@ def marketplace(request: HttpRequest) -> HttpResponse:
 def assign_demo(request: HttpRequest) -> HttpResponse:
     """Add Hermes' built-in demo agents (echo, summarizer, calculator, slow, flaky) to the org, once."""
     result = actions.assign_demo_agents(org=_access(request).org, by=request.user)
+    said = []
     if result.created:
-        names = ", ".join(agent.name for agent in result.created)
-        messages.success(request, f"Added {len(result.created)} demo agents: {names}.")
+        said.append(f"Added {len(result.created)} demo agents: {', '.join(agent.name for agent in result.created)}.")
+    if result.restored:
+        names = ", ".join(agent.name for agent in result.restored)
+        said.append(f"Brought back {names}, deleted earlier (with its tasks' history).")
+    if said:
+        messages.success(request, " ".join(said))
     else:
         messages.info(request, "Your organization already has every demo agent; their cards were refreshed.")
     return redirect("agents:list")

@@ -9,6 +9,7 @@ from django.utils import timezone
 
 from apps.agents import actions, selectors
 from apps.agents.models import Agent, Visibility
+from apps.core import audit
 from apps.core.models import AuditEvent
 from tests.agents.conftest import CardServer, v03_card, v1_card
 
@@ -313,5 +314,9 @@ def test_assigning_demo_agents_brings_a_retired_one_back(org: Any, alice: Any) -
     task_actions.create_task(org=org, agent=echo, message={"role": "user", "parts": [{"kind": "text", "text": "hi"}]})
     assert actions.delete_agent(echo, by=alice) is False  # it ran a task: retired, not removed
     assert not Agent.objects.for_org(org).filter(pk=echo.pk).exists()
-    again = actions.assign_demo_agents(org=org)
+    again = actions.assign_demo_agents(org=org, by=alice)
     assert echo.pk in {a.pk for a in again.existing} and Agent.objects.for_org(org).filter(pk=echo.pk).exists()
+    # Said, and audited: it is a change to the org (the console said "nothing changed").
+    assert [a.pk for a in again.restored] == [echo.pk]
+    assert audit.events_for_org(org).filter(action="agent.restored", target_id=str(echo.pk)).count() == 1
+    assert actions.assign_demo_agents(org=org).restored == []
