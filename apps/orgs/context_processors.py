@@ -18,7 +18,7 @@ SECTION_PAGES = frozenset(
         *("agents:list", "agents:marketplace", "agents:register", "tasks:list", "tasks:create"),
         *("federation:peers", "federation:contacts", "federation:policies", "federation:outbox"),
         *("federation:remote-tasks", "federation:inbox", "federation:dlq", "federation:audit"),
-        *("orgs:members", "orgs:keys", "orgs:usage", "orgs:settings"),
+        *("orgs:members", "orgs:keys", "orgs:usage", "orgs:settings", "orgs:audit"),
     }
 )
 

@@ -455,7 +455,7 @@ def test_switching_org_stays_in_the_section_but_never_on_an_old_objects_page(
     Membership.objects.create(organization=other_org, user=team["alice"], role="member")
     agent = register_agent_manually(org=org, name="Echo", url="https://agent.example.com/rpc")
     client = as_user(team["alice"])
-    for path in ("/agents/", "/tasks/", "/federation/dlq/", "/federation/audit/", "/org/keys/"):
+    for path in ("/agents/", "/tasks/", "/federation/dlq/", "/federation/audit/", "/org/keys/", "/org/audit/"):
         header = client.get(path).content.decode().split('<main id="main"', 1)[0]
         assert f'<input type="hidden" name="next" value="{path}">' in header, path
     for path in (f"/agents/{agent.pk}/", "/"):  # an object of acme's, the dashboard: nothing to come back to
