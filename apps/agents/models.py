@@ -131,6 +131,17 @@ class Agent(OrgOwnedModel):
         return timezone.now() - self.last_seen_at < ONLINE_WINDOW
 
     @property
+    def contact(self) -> str:
+        """What the agent badge says (templates/agents/online_badge.html, the live task page): "online" (reached
+        without error within ONLINE_WINDOW), "offline" (its last contact failed), "idle" (reached without error,
+        but not that recently: it said "not contacted yet" beside its last-seen time) or "never" (not contacted)."""
+        if self.is_online:
+            return "online"
+        if self.last_error:
+            return "offline"
+        return "idle" if self.last_seen_at is not None else "never"
+
+    @property
     def skill_names(self) -> list[str]:
         return [str(skill.get("name") or skill.get("id") or "") for skill in self.skills if isinstance(skill, dict)]
 

@@ -217,3 +217,20 @@ def test_register_without_a_card(as_user: Any, dave: Any, mia: Any, org: Any) ->
     assert as_user(mia).post("/agents/register/manual/", form).status_code == 403
     # Reloading the URL a refused submit left in the address bar opens the page again (it was an empty 405).
     assert as_user(dave).get("/agents/register/manual/")["Location"] == "/agents/register/"
+
+
+def test_the_badge_tells_an_agent_not_reached_lately_from_one_never_reached(as_user: Any, dave: Any, org: Any) -> None:
+    from datetime import timedelta
+
+    from django.utils import timezone
+
+    agent = Agent.objects.create(organization=org, name="Quiet", slug="quiet", url="http://127.0.0.1:9/")
+    client = as_user(dave)
+    assert "not contacted yet" in main_html(client.get(f"/agents/{agent.pk}/"))
+    # Reached without error 20 minutes ago: past the online window, but it was contacted (it said "not contacted
+    # yet" beside "Last seen").
+    Agent.objects.for_org(org).filter(pk=agent.pk).update(last_seen_at=timezone.now() - timedelta(minutes=20))
+    page = main_html(client.get(f"/agents/{agent.pk}/"))
+    assert "not contacted yet" not in page and "last seen 20\xa0minutes ago" in page
+    Agent.objects.for_org(org).filter(pk=agent.pk).update(last_error="HTTP 502", last_error_at=timezone.now())
+    assert ">offline</span>" in main_html(client.get(f"/agents/{agent.pk}/"))
