@@ -13,7 +13,7 @@ class StrictFieldsMixin:
 
     DRF drops unknown keys silently, so a typo (`deadline_second`) or a field that cannot be changed (`slug` in a
     PATCH of an org) made a request that "succeeded" without doing what was asked. Only the top level is strict:
-    nested A2A messages and parts legitimately carry fields Hermes passes through or ignores (`role`,
+    nested A2A messages and parts legitimately carry fields Hermes ignores (`role`,
     `messageId`, …).
     """
 
