@@ -3,6 +3,12 @@
 The SDK's `parse_agent_card` turns the JSON into its `AgentCard` (protobuf) model, mapping v0.3 fields
 (`url`, `preferredTransport`, `protocolVersion`, …) onto v1.0's `supportedInterfaces`; `CardInfo` is what Hermes
 keeps of it. Every fetch goes through the SSRF guard.
+
+A card server is not trusted to be quick: the whole fetch — every URL tried, every redirect followed, from name
+resolution to the last byte — has `CARD_DEADLINE` seconds. httpx's timeouts bound each socket operation, so a
+server sending a byte every few seconds never tripped them and held the API worker for as long as it liked. The
+fetch is async, so one cancel scope ends it wherever it waits; the federation transport, on synchronous httpx
+that cannot be cancelled, has to cap every socket operation instead (apps/federation/transport.py).
 """
 
 from __future__ import annotations
@@ -12,6 +18,7 @@ from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import urljoin, urlsplit
 
+import anyio
 import httpx
 from a2a.client.card_resolver import parse_agent_card
 from a2a.client.client_factory import ClientFactory
@@ -26,7 +33,12 @@ from apps.core.validators import display_name
 
 WELL_KNOWN_PATHS = ("/.well-known/agent-card.json", "/.well-known/agent.json")
 MAX_CARD_BYTES = 512 * 1024
+# Seconds for the whole fetch, all candidates together: POST /agents answers within about this long.
+CARD_DEADLINE = 10.0
+# Per socket operation, inside the deadline: a connect that hangs fails on its own, with its own message.
 CARD_TIMEOUT = httpx.Timeout(10.0, connect=5.0)
+# The server has no card there, so the next well-known path is worth trying; any other 4xx/5xx is its error.
+NOT_FOUND_STATUSES = (404, 405, 410)
 
 
 class CardError(Exception):
@@ -102,7 +114,13 @@ def parse_card(raw: Any, *, card_url: str = "", check_interface: bool = True) ->
         if check_interface:
             check_url(url)
     except OutboundBlocked as exc:
-        raise CardError(f"The card's interface URL is not usable: {exc}", code="card_invalid") from exc
+        # The same details as refusing that address given directly (`ssrf_blocked`), so a client reads the rule
+        # from one place; the code stays card_invalid: it is the card that is wrong, not the URL the caller gave.
+        raise CardError(
+            f"The card's interface URL is not usable: {exc}",
+            code="card_invalid",
+            details={"field": "supportedInterfaces", "rule": exc.rule, "host": exc.host, "address": exc.address},
+        ) from exc
     capabilities = MessageToDict(card.capabilities)
     capabilities["streaming"] = card.capabilities.streaming
     capabilities["pushNotifications"] = card.capabilities.push_notifications
@@ -140,36 +158,54 @@ def card_candidates(url: str) -> list[str]:
 
 
 async def fetch_card(url: str) -> CardInfo:
-    """Fetch and parse the card at (or under) `url`. Raises CardError or OutboundBlocked."""
+    """Fetch and parse the card at (or under) `url` within CARD_DEADLINE seconds. Raises CardError or
+    OutboundBlocked."""
     candidates = card_candidates(url)
-    tried: list[str] = []
-    async with guarded_async_client(timeout=CARD_TIMEOUT, follow_redirects=True) as client:
-        for candidate in candidates:
-            try:
-                status, body = await _get_limited(client, candidate)
-            except httpx.TimeoutException as exc:
-                message = f"Timed out fetching the agent card from {candidate}."
-                raise CardError(message, code="card_unreachable") from exc
-            except httpx.HTTPError as exc:
-                raise CardError(
-                    f"Could not reach {candidate}: {exc or type(exc).__name__}.", code="card_unreachable"
-                ) from exc
-            if status in (404, 405, 410) and candidate != candidates[-1]:
-                tried.append(f"{candidate} (HTTP {status})")
-                continue
-            if status >= 400:
-                tried.append(f"{candidate} (HTTP {status})")
-                raise CardError(
-                    "No agent card found: " + "; ".join(tried) + ".",
-                    code="card_not_found" if status in (404, 405, 410) else "card_unreachable",
-                    details={"tried": tried},
-                )
-            try:
-                raw = jsonutil.loads(body)
-            except ValueError as exc:
-                raise CardError(f"The agent card at {candidate} is not valid JSON: {exc}", code="card_invalid") from exc
-            return parse_card(raw, card_url=candidate)
+    deadline = CARD_DEADLINE  # read once: the message names the limit that was applied
+    candidate = candidates[0]
+    with anyio.move_on_after(deadline) as scope:
+        async with guarded_async_client(timeout=CARD_TIMEOUT, follow_redirects=True) as client:
+            tried: list[str] = []
+            for candidate in candidates:
+                try:
+                    status, body = await _get_limited(client, candidate)
+                except httpx.TimeoutException as exc:
+                    message = f"Timed out fetching the agent card from {candidate}."
+                    raise CardError(message, code="card_unreachable") from exc
+                except httpx.HTTPError as exc:
+                    raise CardError(
+                        f"Could not reach {candidate}: {exc or type(exc).__name__}.", code="card_unreachable"
+                    ) from exc
+                if status in NOT_FOUND_STATUSES and candidate != candidates[-1]:
+                    tried.append(f"{candidate} (HTTP {status})")
+                    continue
+                if status >= 400:
+                    raise _status_error(candidate, status, tried)
+                try:
+                    raw = jsonutil.loads(body)
+                except ValueError as exc:
+                    message = f"The agent card at {candidate} is not valid JSON: {exc}"
+                    raise CardError(message, code="card_invalid") from exc
+                return parse_card(raw, card_url=candidate)
+    if scope.cancelled_caught:
+        raise CardError(
+            f"Fetching the agent card from {candidate} took longer than {deadline:g} s.", code="card_unreachable"
+        )
     raise AssertionError("unreachable: the last candidate always returns or raises")  # pragma: no cover
+
+
+def _status_error(candidate: str, status: int, tried: list[str]) -> CardError:
+    """The last candidate's HTTP error. "No agent card found" only when the server says it has none: a 500 read
+    as "not found" sent people looking for a missing file instead of at a broken server."""
+    tried = [*tried, f"{candidate} (HTTP {status})"]
+    if status in NOT_FOUND_STATUSES:
+        return CardError(
+            "No agent card found: " + "; ".join(tried) + ".", code="card_not_found", details={"tried": tried}
+        )
+    message = f"The server answered with an error instead of the agent card: {candidate} (HTTP {status})"
+    if len(tried) > 1:
+        message += "; before that: " + "; ".join(tried[:-1])
+    return CardError(message + ".", code="card_unreachable", details={"tried": tried})
 
 
 async def _get_limited(client: httpx.AsyncClient, url: str) -> tuple[int, bytes]:
