@@ -43,15 +43,17 @@ def render_console(
 ) -> HttpResponse:
     """Render `template_name`, or only its `partial` for an HTMX (non-boosted) request.
 
-    A fragment that answers an action (a POST) also carries pending flash messages as an out-of-band swap, so a
-    message queued by that action is shown without a page load. A fragment read with GET (a live refresh, a poll,
-    a filter) leaves them pending for the next page: the session is shared by every tab, and the task list's live
-    refresh in one tab showed, and used up, "Task sent to …" that another tab had just queued for its next page.
+    A fragment that answers an action (a POST) also replaces the page's flash messages, out of band: with those
+    that action queued, or with none, so that a refused form (422) no longer sits under the success message of the
+    previous one ("Invitation sent to …" above "already a member"). A fragment read with GET (a live refresh, a
+    poll, a filter) leaves them alone, pending for the next page: the session is shared by every tab, and the task
+    list's live refresh in one tab showed, and used up, "Task sent to …" that another tab had just queued for its
+    next page (and clearing the region there would wipe the message the page was loaded with).
     """
     fragment = partial is not None and is_fragment_request(request)
     name = f"{template_name}#{partial}" if fragment else template_name
     response = render(request, name, context or {}, status=status)
-    if fragment and request.method != "GET" and len(messages.get_messages(request)):
+    if fragment and request.method not in ("GET", "HEAD"):
         oob = render_to_string("includes/messages.html", {"oob": True}, request=request)
         response.content = response.content + oob.encode()
     patch_vary_headers(response, ("HX-Request",))

@@ -14,6 +14,8 @@ Messages sent to clients (JSON):
 - `{"type": "presence", "watchers": [{"user_id", "name"}], "agent_online": bool, "joined": [...], "left": [...]}`
   (`agent_online` null: not contacted yet) when people open or close the task (joined/left relative to the last
   presence this socket received; changes within a short window are announced together)
+- `{"type": "refused", "code": 4409, "reason": "org_switched", "message": "..."}` just before a 4409 close: the
+  close explained for a person (which org the session is in now, and how to switch back)
 
 `/ws/org/`: `{"type": "task.status", "task": {"id", "state", "agent_id", "last_seq", "updated_at"}}` for every
 state change of the org's tasks.
@@ -21,7 +23,9 @@ state change of the org's tasks.
 Close codes, each with a short reason: 4400 `invalid` (`?after` is not a non-negative integer), 4401 not signed
 in, or no longer — the reason says why: `not_authenticated`, the API key's error code (`key_revoked`, `key_expired`,
 `key_unknown`, `key_malformed`, `key_creator_gone`) or `signed_out` —, 4403 `missing_scope` (`tasks:read`), 4404
-`not_found` (no such task in the caller's org, or no such socket path), 1013 the database is unreachable: retry
+`not_found` (no such task in the caller's org, or no such socket path), 4409 `org_switched` (a signed-in person's
+task in another of their orgs than the session's: they switched org in another tab since the page was opened; an
+API key, or someone outside that org, gets 4404 as for any missing task), 1013 the database is unreachable: retry
 later (hermes_site.ws_auth.DatabaseUnavailableGuard), 1012 `reconnect`: the socket was opened while Redis was out
 and followed the database; live messages are back (reconnect with `?after=<last seq>` to miss nothing).
 
@@ -55,6 +59,8 @@ from apps.core.errors import HermesAPIError, whole_number
 from apps.core.metrics import WEBSOCKET_CONNECTIONS
 from apps.core.permissions import Access
 from apps.orgs.auth import LEFT_ORG, StreamCredential
+from apps.orgs.models import Organization
+from apps.orgs.selectors import memberships_of
 from apps.tasks.broadcast import event_frame, org_group, task_group
 from apps.tasks.models import TERMINAL_STATES
 from apps.tasks.presence import ANNOUNCE_WINDOW_MS, Presence
@@ -68,6 +74,7 @@ CLOSE_BAD_REQUEST = 4400
 CLOSE_UNAUTHENTICATED = 4401
 CLOSE_FORBIDDEN = 4403
 CLOSE_NOT_FOUND = 4404
+CLOSE_CONFLICT = 4409  # the HTTP twin is the console's 409 `org_switched` (apps.orgs.decorators)
 CLOSE_RECONNECT = 1012  # RFC 6455 "service restart": the client should reconnect
 
 # (code, reason): the reason is a short error code, so clients can tell closes with the same code apart (RFC 6455
@@ -75,6 +82,7 @@ CLOSE_RECONNECT = 1012  # RFC 6455 "service restart": the client should reconnec
 Close = tuple[int, str]
 BAD_AFTER: Close = (CLOSE_BAD_REQUEST, "invalid")
 NOT_FOUND: Close = (CLOSE_NOT_FOUND, "not_found")
+ORG_SWITCHED: Close = (CLOSE_CONFLICT, "org_switched")
 
 
 def _access_for(scope: dict[str, Any]) -> Access | Close:
@@ -291,9 +299,17 @@ class TaskTimelineConsumer(_ConsumerBase, AsyncJsonWebsocketConsumer):
         if not isinstance(access, Access):
             await _refuse(self, access)
             return
-        task = await _db(task_for_org)(access.org, self.scope["url_route"]["kwargs"]["task_id"])
+        task_id = self.scope["url_route"]["kwargs"]["task_id"]
+        task = await _db(task_for_org)(access.org, task_id)
         if task is None:
-            await _refuse(self, NOT_FOUND)
+            # A task page left open in one tab while another switched the session's org reconnects (a network
+            # blip, a restart) for the org switched to: "does not exist" was false, and final. Its person learns
+            # which org the session is in now instead; anyone else gets the 404 of a missing task.
+            holder = await _db(_other_org_holding)(access, task_id)
+            if holder is None:
+                await _refuse(self, NOT_FOUND)
+                return
+            await _refuse(self, ORG_SWITCHED, message=_org_switched_message(access.org, holder))
             return
         after = _after(self.scope)
         if after is None:
@@ -485,10 +501,34 @@ class UnknownPathConsumer(AsyncJsonWebsocketConsumer):
         await _refuse(self, NOT_FOUND)
 
 
-async def _refuse(consumer: AsyncJsonWebsocketConsumer, close: Close) -> None:
+async def _refuse(consumer: AsyncJsonWebsocketConsumer, close: Close, *, message: str | None = None) -> None:
     # Accept, then close with the code: a close before accept is an HTTP 403 that carries no code at all.
     await consumer.accept()
+    if message is not None:  # longer than a close reason may be (123 bytes), and for a person to read
+        await consumer.send_json({"type": "refused", "code": close[0], "reason": close[1], "message": message})
     await consumer.close(code=close[0], reason=close[1])
+
+
+def _other_org_holding(access: Access, task_id: Any) -> Organization | None:
+    """The org, other than `access.org`, of the signed-in person's that holds the task, or None. Only a session
+    has other orgs: an API key belongs to its org alone. (The socket's twin of
+    apps.orgs.decorators.switch_to_the_org_holding, which does not switch here: a socket only reads.)"""
+    if access.api_key is not None or access.user is None:
+        return None
+    for membership in memberships_of(access.user):
+        if membership.organization_id != access.org.pk and task_for_org(membership.organization, task_id):
+            return membership.organization
+    return None
+
+
+def _org_switched_message(current: Organization, holder: Organization) -> str:
+    # The wording of the console's 409 `org_switched` (apps.orgs.decorators). Reloading a task page of another of
+    # the person's orgs switches the session back to it (apps.tasks.views.detail), so that is the way back offered.
+    return (
+        f"Live updates stopped: this page belongs to the organization {holder.name}, but you have switched to "
+        f"{current.name} since (in another tab). Reload the page to switch back to {holder.name} and follow this "
+        f"task live."
+    )
 
 
 def _after(scope: dict[str, Any]) -> int | None:

@@ -251,21 +251,46 @@
     }
     return null;
   }
-  // {target, parent, next, prev, focused, row}: the target htmx is about to swap, where it is, the focus inside it
-  // and the id of the row that holds the focus.
+  var SECTIONS = "section, .card";
+  // The section (or card) that held the focus, in the new content `root`: itself when the swap happened inside it
+  // (or was it), else the one with the same heading id, else the one at the same place among the sections.
+  function sectionAgain(root, record) {
+    var old = record.section;
+    if (!old || old.isConnected) { return old; }
+    if (old === record.target) { return root; }
+    var heading = old.querySelector("h1, h2, h3");
+    var same = heading && heading.id && document.getElementById(heading.id);
+    if (same && root.contains(same)) { return same.closest(SECTIONS); }
+    return root.querySelectorAll(SECTIONS)[record.sectionIndex] || null;
+  }
+  // {target, parent, next, prev, focused, row, button, section, sectionIndex, inSection, item, itemIndex}: the
+  // target htmx is about to swap, where it is, the focus inside it, the id of the row that holds the focus, whether
+  // the focus is a button (a row's own "Revoke", "Remove"), and what finds the focus's surroundings again in the
+  // new content where ids cannot: its section, and its table row or list item (the address book's rows have no
+  // id) as a position among its like in that section (or in the target).
   var swapping = null;
   document.addEventListener("DOMContentLoaded", function () { focusFirstInvalid(document.querySelector("main")); });
   document.addEventListener("htmx:beforeSwap", function (event) {
     var target = event.detail.target, active = document.activeElement;
     var focused = active && active !== document.body && target && target.contains(active) ? active : null;
     var row = focused ? rowOf(focused, target) : null;
+    var within = function (el) { return el && el !== target && target.contains(el) ? el : null; };
+    var section = focused ? focused.closest(SECTIONS) : null;
+    var scope = within(section) || target;
+    var item = focused ? within(focused.closest("tr, li")) : null;
     swapping = target ? {
       target: target,
       parent: target.parentNode,
       next: target.nextElementSibling,
       prev: target.previousElementSibling,
       focused: focused,
-      row: row ? row.id : null
+      row: row ? row.id : null,
+      button: Boolean(focused && focused.matches(SUBMIT_BUTTONS)),
+      section: section,
+      sectionIndex: Array.prototype.indexOf.call(target.querySelectorAll(SECTIONS), section),
+      inSection: scope !== target,
+      item: item ? item.tagName : null,
+      itemIndex: item ? Array.prototype.indexOf.call(scope.querySelectorAll(item.tagName), item) : -1
     } : null;
   });
   // The new content of a swap. An innerHTML swap keeps its target. After an outerHTML one it is the element that
@@ -292,8 +317,20 @@
     // The control is gone with what it did (a revoked key has no "Revoke"): the same kind of control in its row
     // or the nearest one.
     var row = !control && record.row ? document.getElementById(record.row) : null;
-    if (row && root.contains(row)) { control = likeControlNear(row, row.previousElementSibling, focused); }
+    if (row && !root.contains(row)) { row = null; }
+    var section = sectionAgain(root, record);
+    if (row) {
+      control = likeControlNear(row, row.previousElementSibling, focused);
+    } else if (!control && record.button && record.item) {
+      // The row went with what its button did (a contact removed), or has no id to be found by: the row now in its
+      // place (the one after it) and the ones above.
+      var rows = ((record.inSection ? section : root) || root).querySelectorAll(record.item);
+      control = likeControlNear(rows[record.itemIndex] || null, rows[record.itemIndex - 1] || null, focused);
+    }
     if (control) { control.focus(); return; }
+    // A row's own button with no like of it left (the only key revoked, the last contact removed): the heading of
+    // the row's section, as for a row removed by an empty swap (below). The section itself is no place to land.
+    if (record.button && (row || record.item)) { focusHeadingOf(row || section || root); return; }
     if (!root.hasAttribute("tabindex")) { root.setAttribute("tabindex", "-1"); }
     root.focus();
   });

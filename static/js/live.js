@@ -14,7 +14,9 @@
   var TERMINAL = { completed: true, failed: true, canceled: true, rejected: true };
   var PERMANENT_CLOSE = { 4401: "Your session ended: sign in again for live updates.",
                           4403: "You may not read tasks in this organization.",
-                          4404: "This task does not exist in your organization." };
+                          4404: "This task does not exist in your organization.",
+                          // The server says which org the session is in now (a "refused" message before the close).
+                          4409: "You switched organization in another tab: reload the page to follow this task." };
 
   // Why a socket was closed for good, when the close reason says more than its code.
   var CLOSE_REASONS = { membership_ended: "You are no longer a member of this organization.",
@@ -62,13 +64,18 @@
       var data;
       try { data = JSON.parse(msg.data); } catch (e) { return; }
       if (data.type === "synced" || data.type === "event") { self.attempt = 0; }
+      // Why the close that follows is coming, said for a person: it names what a close reason cannot (the org the
+      // session was switched to in another tab, 4409 org_switched).
+      if (data.type === "refused") { self.refusal = data; return; }
       self.handlers.onMessage(data);
     };
     socket.onclose = function (event) {
       if (self.closedForGood) { return; }
+      var refusal = self.refusal && self.refusal.code === event.code ? self.refusal.message : "";
+      self.refusal = null;
       if (PERMANENT_CLOSE[event.code]) {
         self.closedForGood = true;
-        self.handlers.onState("closed", CLOSE_REASONS[event.reason] || PERMANENT_CLOSE[event.code]);
+        self.handlers.onState("closed", refusal || CLOSE_REASONS[event.reason] || PERMANENT_CLOSE[event.code]);
         return;
       }
       if (self.handlers.shouldStop && self.handlers.shouldStop()) {

@@ -47,3 +47,39 @@ def test_an_actions_fragment_still_carries_its_flash_message(as_user: Any, alice
 def test_the_invitation_flash_names_the_role_by_its_label(as_user: Any, alice: Any) -> None:
     response = as_user(alice).post("/org/invitations/", {"email": "ned@example.test", "role": "admin"}, **HX)
     assert "Invitation sent to ned@example.test as Admin." in response.content.decode()
+
+
+def messages_swapped_in(response: Any) -> str:
+    """What the answer's out-of-band swap puts in the page's #messages region (it must be there)."""
+    html = response.content.decode()
+    assert html.count('id="messages"') == 1 and 'hx-swap-oob="innerHTML"' in html
+    return html.split('id="messages"', 1)[1].split(">", 1)[1].rsplit("</div>", 1)[0].strip()
+
+
+@pytest.mark.parametrize(
+    ("url", "accepted", "refused", "flash"),
+    [
+        (
+            "/org/invitations/",
+            {"email": "yan@qa.test", "role": "member"},
+            {"email": "mia@acme.test", "role": "member"},  # already a member
+            "Invitation sent to yan@qa.test",
+        ),
+        (
+            "/federation/contacts/",
+            {"name": "Globex", "address": "globex@berlin"},
+            {"name": "Bad", "address": "Not An Address!"},
+            "Globex",
+        ),
+    ],
+)
+def test_a_refused_form_takes_the_previous_actions_flash_away(
+    as_user: Any, alice: Any, mia: Any, url: str, accepted: dict[str, str], refused: dict[str, str], flash: str
+) -> None:
+    """The 422 answer said nothing to #messages, so "Invitation sent to yan@…" stayed above "already a member"."""
+    client = as_user(alice)
+    done = client.post(url, accepted, **HX)
+    assert done.status_code == 200 and flash in messages_swapped_in(done)
+    error = client.post(url, refused, **HX)
+    assert error.status_code == 422
+    assert messages_swapped_in(error) == ""
