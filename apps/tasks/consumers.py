@@ -11,9 +11,11 @@ path never interleave.
 Messages sent to clients (JSON):
 - `{"type": "event", "event": {"task_id", "seq", "kind", "data", "created_at"}}`
 - `{"type": "synced", "last_seq": N, "state": "..."}` once the initial backfill is sent
-- `{"type": "presence", "watchers": [{"user_id", "name"}], "agent_online": bool, "joined": [...], "left": [...]}`
-  (`agent_online` null: not contacted yet) when people open or close the task (joined/left relative to the last
-  presence this socket received; changes within a short window are announced together)
+- `{"type": "presence", "watchers": [{"user_id", "name"}], "agent_online": bool, "agent_contact": str, "joined":
+  [...], "left": [...]}` (`agent_contact`: `online`, `offline`, `idle` — reached without error, not lately — or
+  `never`, as the agent badge says; `agent_online` true/false for the first two, else null) when people open or
+  close the task (joined/left relative to the last presence this socket received; changes within a short window
+  are announced together)
 - `{"type": "refused", "code": 4409, "reason": "org_switched", "message": "..."}` just before a 4409 close: the
   close explained for a person (which org the session is in now, and how to switch back)
 
@@ -64,7 +66,7 @@ from apps.orgs.selectors import memberships_of
 from apps.tasks.broadcast import event_frame, org_group, task_group
 from apps.tasks.models import TERMINAL_STATES
 from apps.tasks.presence import ANNOUNCE_WINDOW_MS, Presence
-from apps.tasks.selectors import agent_is_online, event_messages_after, task_for_org, task_progress
+from apps.tasks.selectors import agent_contact, event_messages_after, task_for_org, task_progress
 
 logger = logging.getLogger(__name__)
 
@@ -449,8 +451,10 @@ async def _broadcast_presence(layer: Any, task_id: Any, agent_id: Any) -> None:
         snapshot = await presence.snapshot()
         if snapshot is None:
             return
-        agent_online = await _db(agent_is_online)(agent_id)
-        message = {"type": "task.presence", "agent_online": agent_online, **snapshot}
+        contact = await _db(agent_contact)(agent_id)
+        # `agent_online` for clients that read only it: true online, false offline, null otherwise.
+        online = {"online": True, "offline": False}.get(contact)
+        message = {"type": "task.presence", "agent_online": online, "agent_contact": contact, **snapshot}
         await layer.group_send(task_group(task_id), message)
     except Exception as exc:
         logger.debug("presence broadcast failed: %s", exc)

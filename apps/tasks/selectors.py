@@ -64,13 +64,10 @@ def usable_agent(org: Any, agent_id: Any) -> Agent | None:
     return agent if agent is not None and agent.is_usable_by(org) else None
 
 
-def agent_is_online(agent_id: Any) -> bool | None:
-    """True online, False offline (its last contact failed), None not contacted yet: what the agent badge
-    (templates/agents/online_badge.html) shows, so the live page does not turn "not contacted yet" into
-    "offline" (a federated agent whose request was refused by policy was never unreachable)."""
+def agent_contact(agent_id: Any) -> str:
+    """What the agent badge (templates/agents/online_badge.html, Agent.contact) says of a task's agent: "online",
+    "offline" (its last contact failed; also a deleted agent), "idle" (reached without error, not lately) or
+    "never" — so the live page does not turn "not contacted yet" into "offline" (a federated agent whose request was
+    refused by policy was never unreachable), nor an agent not used lately into "not contacted yet"."""
     agent = Agent.objects.unscoped("liveness of a task's agent").filter(pk=agent_id).first()
-    if agent is None:
-        return False
-    if agent.is_online:
-        return True
-    return False if agent.last_error else None
+    return "offline" if agent is None else agent.contact

@@ -223,8 +223,9 @@
         });
       }
       var online = document.querySelector("[data-agent-online]");
-      if (online && msg.agent_online !== undefined) {
-        // null: never contacted (or no error since), shown as the server-rendered badge shows it.
+      // "idle" (reached without error, not lately): the server-rendered "last seen … ago" says it best; kept.
+      if (online && msg.agent_online !== undefined && msg.agent_contact !== "idle") {
+        // null: never contacted, shown as the server-rendered badge shows it.
         var state = msg.agent_online === null ? "muted" : (msg.agent_online ? "online" : "offline");
         online.textContent = { muted: "not contacted yet", online: "online", offline: "offline" }[state];
         online.className = "badge badge-" + state;

@@ -345,6 +345,7 @@ def test_presence_joins_and_leaves(alice: Any, bob: Any, task: Any) -> None:
         assert [w["name"] for w in frames[-1]["watchers"]] == [alice.name]
         assert [w["user_id"] for w in frames[-1]["joined"]] == [alice.pk] and frames[-1]["left"] == []
         assert frames[-1]["agent_online"] is None  # not contacted yet (the badge's words), not "offline"
+        assert frames[-1]["agent_contact"] == "never"
         second = communicator(f"/ws/tasks/{task.pk}/", bob)
         await second.connect()
         joined = (await receive_until(first, presence))[-1]
