@@ -26,21 +26,25 @@ Report reachability with `apps.agents.actions.record_agent_contact(agent, error=
 
 `run(...)` picks the call the card allows: `SendStreamingMessage` over SSE when the card says streaming, otherwise
 `SendMessage` (return immediately) followed by `GetTask` polling until the task is terminal or interrupted. Pass
-`task_id` and `context_id` (from an earlier update) to continue a task that is `input-required`. The lower-level
+`task_id` and `context_id` (from an earlier update) to continue a task that is `input-required`: the artifacts the
+task holds before the follow-up (one GetTask) count as reported, so a turn reports only what it adds. The lower-level
 `stream(...)`, `send(...)` and `poll(remote_task_id)` are there too. Agents whose card says protocol 0.3 are
 spoken to with v0.3 method names (`message/stream`, `tasks/get`, …) by the SDK's compatibility transport.
 
-`AgentUpdate(kind, state, text, data, artifact, remote_task_id, context_id, final, raw)`:
-- kind "status": a task state change or progress note (`state` is set; `text`/`data` come from the status
-  message, if any); "artifact": an artifact (`artifact` = {"artifactId", "name", "parts", "append",
-  "lastChunk", ...}; `text`/`data` are its parts); "message": the agent answered with a plain message instead of a
-  task (`state` is "completed"). Polled snapshots report an artifact the way a stream does: whole when it is new
-  or replaced (`append` false), and the parts appended since the last poll as one chunk with `append` true (a
-  snapshot does not say which chunk was the last, so `lastChunk` is false there).
+`AgentUpdate(kind, state, text, data, artifact, remote_task_id, context_id, final, raw, parts)`:
+- kind "status": a task state change or progress note (`state` is set; `parts`, `text` and `data` come from the
+  status message, if any); "artifact": an artifact (`artifact` = {"artifactId", "name", "parts", "append",
+  "lastChunk", ...}; `parts`/`text`/`data` are its parts); "message": the agent answered with a plain message
+  instead of a task (`state` is "completed"). Polled snapshots report an artifact the way a stream does: whole
+  when it is new or replaced (`append` false), and the parts appended since the last poll as one chunk with
+  `append` true (a snapshot does not say which chunk was the last, so `lastChunk` is false there).
 - state: A2A task state spelled "submitted", "working", "input-required", "auth-required", "completed",
   "failed", "canceled", "rejected" (or "unknown").
 - final: nothing more will come for this call (terminal or interrupted state, or a plain message).
 - raw: the SDK event as JSON (camelCase), for the timeline.
+- parts: every part as the agent sent it, in order, as JSON (camelCase, as in `artifact`): `{"text"}`, `{"data"}`,
+  `{"url"}` or `{"raw"}` (the bytes in base64), with its `filename`, `mediaType` and `metadata` when set. `text`
+  (the text parts and URLs, one per line) and `data` (the data parts) are a reading of them that drops files.
 
 Errors: `AgentTransportError` — connection refused/reset, timeouts, HTTP 5xx/429/408, a stream cut off before a
 final update: retry with backoff. `AgentError` — the agent's own failure or an invalid response (JSON-RPC error,
@@ -167,6 +171,7 @@ class AgentUpdate:
     context_id: str = ""
     final: bool = False
     raw: dict[str, Any] = field(default_factory=dict)
+    parts: list[dict[str, Any]] = field(default_factory=list)
 
     @property
     def terminal(self) -> bool:
@@ -232,6 +237,12 @@ def _as_json(message: Any) -> Any:
     return plain(json_format.MessageToDict(message))
 
 
+def _parts_json(parts: Any) -> list[dict[str, Any]]:
+    # The same JSON an artifact's parts get (`_as_json` of the artifact), so a message's files and URLs are kept
+    # the way an artifact's are: raw bytes in base64, with filename, mediaType and metadata.
+    return [_as_json(part) for part in parts]
+
+
 def _parts_content(parts: Any) -> tuple[str, list[Any]]:
     texts: list[str] = []
     data: list[Any] = []
@@ -287,7 +298,8 @@ class _Normalizer:
 
     def _status(self, task_id: str, context_id: str, status: Any, raw: dict[str, Any]) -> list[AgentUpdate]:
         state = _state(status.state)
-        text, data = _parts_content(status.message.parts) if status.HasField("message") else ("", [])
+        parts = status.message.parts if status.HasField("message") else []
+        text, data = _parts_content(parts)
         key = (state, status.message.message_id if status.HasField("message") else "")
         if key == self._last_status:
             return []
@@ -302,6 +314,7 @@ class _Normalizer:
                 context_id=context_id,
                 final=state in FINAL_STATES,
                 raw=raw,
+                parts=_parts_json(parts),
             )
         ]
 
@@ -317,6 +330,7 @@ class _Normalizer:
             remote_task_id=task_id,
             context_id=context_id,
             raw={"artifactUpdate": {"taskId": task_id, "contextId": context_id, "artifact": as_dict, **extra}},
+            parts=as_dict.get("parts", []),
         )
 
     def _snapshot_artifact(self, task_id: str, context_id: str, artifact: Artifact) -> AgentUpdate | None:
@@ -347,6 +361,14 @@ class _Normalizer:
         remembered = Artifact()
         remembered.CopyFrom(chunk)
         self._artifacts[key] = remembered
+
+    def remember(self, task: Task) -> None:
+        """Take `task`'s artifacts as reported, as they are now: later snapshots and chunks are told against them.
+        Not its status: the task waits for input, which would read as final before the follow-up was even sent."""
+        for artifact in task.artifacts:
+            remembered = Artifact()
+            remembered.CopyFrom(artifact)
+            self._artifacts[_artifact_key(artifact)] = remembered
 
     def task(self, task: Task) -> list[AgentUpdate]:
         updates = [
@@ -383,6 +405,7 @@ class _Normalizer:
                     context_id=message.context_id,
                     final=True,
                     raw=json_format.MessageToDict(event),
+                    parts=_parts_json(message.parts),
                 )
             ]
         raise AgentError("The agent sent an empty stream event.", code="invalid_response")
@@ -465,17 +488,19 @@ class AgentClient:
         if not final:
             raise AgentTransportError("The agent's stream ended before the task reached a final state.")
 
-    async def _reread(self, remote_task_id: str, normalizer: _Normalizer) -> list[AgentUpdate]:
+    async def _fetch(self, remote_task_id: str) -> Task:
         try:
-            task = await self._sdk(streaming=False).get_task(GetTaskRequest(id=remote_task_id))
+            return await self._sdk(streaming=False).get_task(GetTaskRequest(id=remote_task_id))
         except Exception as exc:
             raise classify(exc) from exc
-        return normalizer.task(task)
 
-    async def stream(self, **message: Any) -> AsyncIterator[AgentUpdate]:
+    async def _reread(self, remote_task_id: str, normalizer: _Normalizer) -> list[AgentUpdate]:
+        return normalizer.task(await self._fetch(remote_task_id))
+
+    async def stream(self, *, normalizer: _Normalizer | None = None, **message: Any) -> AsyncIterator[AgentUpdate]:
         """SendStreamingMessage: every update as the agent sends it, until a final one."""
         request = SendMessageRequest(message=build_message(**message))
-        async for update in self._events(request, streaming=True):
+        async for update in self._events(request, streaming=True, normalizer=normalizer):
             yield update
 
     async def send(
@@ -555,12 +580,18 @@ class AgentClient:
         `message` is `text`, `data` (list of JSON values), `metadata`, `message_id`, and — to continue an
         input-required task — `task_id` and `context_id`. `deadline` is an event-loop time for polling.
         """
+        # One normalizer for the whole call: the polled snapshots repeat what the first answer said.
+        normalizer = _Normalizer()
+        if message.get("task_id"):
+            # A follow-up: the agent's task still holds the artifacts of the earlier turns, which were reported
+            # then, and every snapshot of this turn repeats them (a polled agent's first GetTask; a stream that
+            # opens with the task, or is re-read after it closed early). Nothing moves on an interrupted task
+            # until this message arrives, so what it holds now is what was reported.
+            normalizer.remember(await self._fetch(message["task_id"]))
         if self.target.streaming:
-            async for update in self.stream(**message):
+            async for update in self.stream(normalizer=normalizer, **message):
                 yield update
             return
-        # One normalizer across send and poll: the polled snapshots repeat what the first answer said.
-        normalizer = _Normalizer()
         first = await self.send(return_immediately=True, normalizer=normalizer, **message)
         for update in first:
             yield update

@@ -34,18 +34,19 @@ logger = logging.getLogger(__name__)
 __all__ = ["AgentError", "AgentTransportError", "Run", "cancel_remote", "observe"]
 
 
-def _parts(text: str, data: list[Any]) -> list[dict[str, Any]]:
-    parts: list[dict[str, Any]] = [{"kind": "text", "text": text}] if text else []
-    parts += [{"kind": "data", "data": item} for item in data]
-    return parts
-
-
 def _normalized_part(part: dict[str, Any]) -> dict[str, Any]:
-    # The SDK's JSON parts are {"text": …} / {"data": …} / {"url": …}; the timeline spells the kind out.
+    # The SDK's JSON parts are {"text": …} / {"data": …} / {"url": …} / {"raw": base64}; the timeline spells the
+    # kind out.
     for kind in ("text", "data", "url", "raw"):
         if kind in part:
             return {"kind": kind, **part}
     return part
+
+
+def _says_something(part: dict[str, Any]) -> bool:
+    # Agents may send a status message of one empty text part with every update: that is no message (no empty
+    # progress line), as it was when only the message's text was read.
+    return bool(part.get("text")) if part.get("kind") == "text" else "kind" in part
 
 
 def observe(update: AgentUpdate) -> actions.Observation:
@@ -61,7 +62,10 @@ def observe(update: AgentUpdate) -> actions.Observation:
             "last_chunk": bool(artifact.get("lastChunk", False)),
         }
         return actions.Observation(kind=EventKind.ARTIFACT, data=data, **ids)
-    message = {"role": "agent", "parts": _parts(update.text, update.data)} if (update.text or update.data) else None
+    # The agent's message keeps its parts as it sent them (files, URLs with their names, text and data apart), the
+    # way an artifact's are kept.
+    parts = [_normalized_part(p) for p in update.parts]
+    message = {"role": "agent", "parts": parts} if any(_says_something(p) for p in parts) else None
     # A plain message instead of a task (kind "message", state "completed") is the agent's result: it falls through
     # to the state event below, recorded like a task that completes with a status message (under `message`).
     state = update.state if update.state in TaskState.values else None

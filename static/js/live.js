@@ -116,7 +116,9 @@
     return parts.map(function (part) {
       if (part.kind === "text" || part.text !== undefined) { return part.text; }
       if (part.kind === "data" || part.data !== undefined) { return JSON.stringify(part.data); }
-      if (part.kind === "file" || part.file !== undefined) { return "[file " + ((part.file && part.file.name) || "") + "]"; }
+      // Files: a link the agent gave (with its name when it said one), or bytes it sent (kept base64 in the JSON).
+      if (part.kind === "url") { return part.filename ? part.filename + " <" + part.url + ">" : part.url; }
+      if (part.kind === "raw") { return "[file " + (part.filename || "") + "]"; }
       return "";
     }).filter(Boolean).join("\n");
   }
