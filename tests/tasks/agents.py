@@ -86,17 +86,22 @@ class ChunkedExecutor(AgentExecutor):
         raise NotImplementedError
 
 
-def _app(base: str, name: str, executor: AgentExecutor, *, streaming: bool) -> Starlette:
-    card = AgentCard(
+def card_at(url: str, name: str, *, streaming: bool) -> AgentCard:
+    """The card of a test agent served at `url` (JSON-RPC, protocol 1.0)."""
+    return AgentCard(
         name=name,
         description=f"{name}, a test agent",
         version="1.0.0",
-        supported_interfaces=[AgentInterface(url=base, protocol_binding="JSONRPC", protocol_version="1.0")],
+        supported_interfaces=[AgentInterface(url=url, protocol_binding="JSONRPC", protocol_version="1.0")],
         capabilities=AgentCapabilities(streaming=streaming),
         default_input_modes=["text/plain"],
         default_output_modes=["text/plain"],
         skills=[AgentSkill(id=name.lower(), name=name, description=name, tags=["test"])],
     )
+
+
+def _app(base: str, name: str, executor: AgentExecutor, *, streaming: bool) -> Starlette:
+    card = card_at(base, name, streaming=streaming)
     handler = DefaultRequestHandler(agent_executor=executor, task_store=InMemoryTaskStore(), agent_card=card)
     return Starlette(routes=[*create_jsonrpc_routes(handler, "/"), *create_agent_card_routes(card)])
 

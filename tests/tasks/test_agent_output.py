@@ -19,7 +19,7 @@ from a2a.server.events import EventQueue
 from a2a.server.request_handlers import DefaultRequestHandler
 from a2a.server.routes import create_agent_card_routes, create_jsonrpc_routes
 from a2a.server.tasks import InMemoryTaskStore, TaskUpdater
-from a2a.types.a2a_pb2 import AgentCapabilities, AgentCard, AgentInterface, AgentSkill, Message, Part, Role, TaskState
+from a2a.types.a2a_pb2 import Message, Part, Role, TaskState
 from google.protobuf import json_format, struct_pb2
 from starlette.applications import Starlette
 from starlette.responses import JSONResponse
@@ -30,6 +30,7 @@ from apps.agents.client import AgentClient, AgentTarget, AgentUpdate, iterate_sy
 from apps.tasks import actions
 from apps.tasks.execution import observe
 from apps.tasks.models import EventKind, TaskEvent
+from tests.tasks.agents import card_at
 from tests.tasks.conftest import reload_task, timeline, wait_for
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -117,19 +118,6 @@ class FileSayingExecutor(AgentExecutor):
         raise NotImplementedError
 
 
-def _card(url: str, name: str, *, streaming: bool) -> AgentCard:
-    return AgentCard(
-        name=name,
-        description=f"{name}, a test agent",
-        version="1.0.0",
-        supported_interfaces=[AgentInterface(url=url, protocol_binding="JSONRPC", protocol_version="1.0")],
-        capabilities=AgentCapabilities(streaming=streaming),
-        default_input_modes=["text/plain"],
-        default_output_modes=["text/plain"],
-        skills=[AgentSkill(id=name.lower(), name=name, description=name, tags=["test"])],
-    )
-
-
 def _legacy_card(url: str, name: str) -> dict[str, Any]:
     return {
         "name": f"Legacy {name}",
@@ -150,7 +138,7 @@ def _agent(base: str, name: str, executor: AgentExecutor) -> Starlette:
     mounts = []
     for path in ("stream", "plain", "legacy"):
         url = f"{base}/{path}/"
-        card = _card(url, name, streaming=path == "stream")
+        card = card_at(url, name, streaming=path == "stream")
         handler = DefaultRequestHandler(agent_executor=executor, task_store=InMemoryTaskStore(), agent_card=card)
         routes: list[Any] = [*create_jsonrpc_routes(handler, "/", enable_v0_3_compat=True)]
         if path == "legacy":
