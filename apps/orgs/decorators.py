@@ -15,7 +15,7 @@ from django.shortcuts import redirect
 from apps.core.console import is_fragment_request
 from apps.core.errors import Conflict
 from apps.core.permissions import role_refusal
-from apps.orgs.selectors import SESSION_ORG_KEY, memberships_of, session_access
+from apps.orgs.selectors import SESSION_ORG_KEY, memberships_of, other_org_holding, session_access
 
 View = Callable[..., HttpResponse]
 
@@ -112,10 +112,9 @@ def switch_to_the_org_holding(request: HttpRequest, holds: Callable[[Any], bool]
 
     Only for GET pages: an action posted to the wrong org must fail, not switch and act.
     """
-    current = request.access.org.pk  # type: ignore[attr-defined]
-    for membership in memberships_of(request.user):
-        if membership.organization_id != current and holds(membership.organization):
-            request.session[SESSION_ORG_KEY] = membership.organization_id
-            messages.info(request, f"Switched to {membership.organization.name}, which this page belongs to.")
-            return redirect(request.get_full_path())
-    return None
+    holder = other_org_holding(request.user, request.access.org.pk, holds)  # type: ignore[attr-defined]
+    if holder is None:
+        return None
+    request.session[SESSION_ORG_KEY] = holder.pk
+    messages.info(request, f"Switched to {holder.name}, which this page belongs to.")
+    return redirect(request.get_full_path())

@@ -1,6 +1,6 @@
 from __future__ import annotations
 
-from collections.abc import Collection, Iterable
+from collections.abc import Callable, Collection, Iterable
 from typing import Any
 
 from django.db.models import OuterRef, QuerySet, Subquery
@@ -8,7 +8,7 @@ from django.db.models import OuterRef, QuerySet, Subquery
 from apps.core.audit import events_for_org
 from apps.core.models import AuditEvent
 from apps.core.permissions import Access
-from apps.orgs.models import APIKey, Membership
+from apps.orgs.models import APIKey, Membership, Organization
 
 SESSION_ORG_KEY = "hermes_org_id"
 
@@ -20,6 +20,15 @@ def memberships_of(user: Any) -> list[Membership]:
         .select_related("organization")
         .order_by("organization__name")
     )
+
+
+def other_org_holding(user: Any, current_org_id: Any, holds: Callable[[Any], bool]) -> Organization | None:
+    """The first org of `user`'s, other than the current one, for which `holds(org)` is true (a page's object, a
+    task): where a link or a tab open since an org switch belongs. None when no org of theirs holds it."""
+    for membership in memberships_of(user):
+        if membership.organization_id != current_org_id and holds(membership.organization):
+            return membership.organization
+    return None
 
 
 def session_access(request: Any, user: Any) -> Access | None:

@@ -62,7 +62,7 @@ from apps.core.metrics import WEBSOCKET_CONNECTIONS
 from apps.core.permissions import Access
 from apps.orgs.auth import LEFT_ORG, StreamCredential
 from apps.orgs.models import Organization
-from apps.orgs.selectors import memberships_of
+from apps.orgs.selectors import other_org_holding
 from apps.tasks.broadcast import event_frame, org_group, task_group
 from apps.tasks.models import TERMINAL_STATES
 from apps.tasks.presence import ANNOUNCE_WINDOW_MS, Presence
@@ -515,14 +515,11 @@ async def _refuse(consumer: AsyncJsonWebsocketConsumer, close: Close, *, message
 
 def _other_org_holding(access: Access, task_id: Any) -> Organization | None:
     """The org, other than `access.org`, of the signed-in person's that holds the task, or None. Only a session
-    has other orgs: an API key belongs to its org alone. (The socket's twin of
-    apps.orgs.decorators.switch_to_the_org_holding, which does not switch here: a socket only reads.)"""
+    has other orgs: an API key belongs to its org alone. (Unlike apps.orgs.decorators.switch_to_the_org_holding,
+    it does not switch: a socket only reads.)"""
     if access.api_key is not None or access.user is None:
         return None
-    for membership in memberships_of(access.user):
-        if membership.organization_id != access.org.pk and task_for_org(membership.organization, task_id):
-            return membership.organization
-    return None
+    return other_org_holding(access.user, access.org.pk, lambda org: task_for_org(org, task_id) is not None)
 
 
 def _org_switched_message(current: Organization, holder: Organization) -> str:
