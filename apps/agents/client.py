@@ -31,7 +31,8 @@ task holds before the follow-up (one GetTask) count as reported, so a turn repor
 `stream(...)`, `send(...)` and `poll(remote_task_id)` are there too. Agents whose card says protocol 0.3 are
 spoken to with v0.3 method names (`message/stream`, `tasks/get`, …) by the SDK's compatibility transport.
 
-`AgentUpdate(kind, state, text, data, artifact, remote_task_id, context_id, final, raw, parts)`:
+`AgentUpdate(kind, state, artifact, remote_task_id, context_id, final, raw, parts)`, with `text` and `data` read
+from `parts`:
 - kind "status": a task state change or progress note (`state` is set; `parts`, `text` and `data` come from the
   status message, if any); "artifact": an artifact (`artifact` = {"artifactId", "name", "parts", "append",
   "lastChunk", ...}; `parts`/`text`/`data` are its parts); "message": the agent answered with a plain message
@@ -164,8 +165,6 @@ class AgentTarget:
 class AgentUpdate:
     kind: Literal["status", "message", "artifact"]
     state: str | None
-    text: str = ""
-    data: list[Any] = field(default_factory=list)
     artifact: dict[str, Any] | None = None
     remote_task_id: str = ""
     context_id: str = ""
@@ -176,6 +175,17 @@ class AgentUpdate:
     @property
     def terminal(self) -> bool:
         return self.state in TERMINAL_STATES
+
+    @property
+    def text(self) -> str:
+        """The text parts and URLs, one per line (a reading of `parts` that drops files and data)."""
+        lines = [str(part.get("text", part.get("url"))) for part in self.parts if "text" in part or "url" in part]
+        return "\n".join(lines)
+
+    @property
+    def data(self) -> list[Any]:
+        """The data parts' values."""
+        return [part["data"] for part in self.parts if "data" in part]
 
 
 def _data_part(item: Any) -> Part:
@@ -243,20 +253,6 @@ def _parts_json(parts: Any) -> list[dict[str, Any]]:
     return [_as_json(part) for part in parts]
 
 
-def _parts_content(parts: Any) -> tuple[str, list[Any]]:
-    texts: list[str] = []
-    data: list[Any] = []
-    for part in parts:
-        kind = part.WhichOneof("content")
-        if kind == "text":
-            texts.append(part.text)
-        elif kind == "data":
-            data.append(_as_json(part.data))
-        elif kind == "url":
-            texts.append(part.url)
-    return "\n".join(texts), data
-
-
 def _state(value: int) -> str:
     return STATE_NAMES.get(value, "unknown")
 
@@ -299,7 +295,6 @@ class _Normalizer:
     def _status(self, task_id: str, context_id: str, status: Any, raw: dict[str, Any]) -> list[AgentUpdate]:
         state = _state(status.state)
         parts = status.message.parts if status.HasField("message") else []
-        text, data = _parts_content(parts)
         key = (state, status.message.message_id if status.HasField("message") else "")
         if key == self._last_status:
             return []
@@ -308,8 +303,6 @@ class _Normalizer:
             AgentUpdate(
                 kind="status",
                 state=state,
-                text=text,
-                data=data,
                 remote_task_id=task_id,
                 context_id=context_id,
                 final=state in FINAL_STATES,
@@ -320,12 +313,9 @@ class _Normalizer:
 
     def _artifact(self, task_id: str, context_id: str, artifact: Any, extra: dict[str, Any]) -> AgentUpdate:
         as_dict = {**_as_json(artifact), **extra}
-        text, data = _parts_content(artifact.parts)
         return AgentUpdate(
             kind="artifact",
             state=None,
-            text=text,
-            data=data,
             artifact=as_dict,
             remote_task_id=task_id,
             context_id=context_id,
@@ -394,13 +384,10 @@ class _Normalizer:
             return [self._artifact(update.task_id, update.context_id, update.artifact, extra)]
         if kind == "message":
             message = event.message
-            text, data = _parts_content(message.parts)
             return [
                 AgentUpdate(
                     kind="message",
                     state="completed",
-                    text=text,
-                    data=data,
                     remote_task_id=message.task_id,
                     context_id=message.context_id,
                     final=True,
