@@ -12,6 +12,7 @@ import asyncio
 import logging
 import threading
 from collections.abc import AsyncIterator, Iterator
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from django.conf import settings
@@ -190,11 +191,85 @@ class Run:
             return iterate_sync(lambda: _until_halted(self.halt, _client(self.target).run_once(**message)))
         if task.remote_task_id:
             # A previous worker died mid-task: pick the task up where the agent has it instead of sending it
-            # again (SubscribeToTask for a streaming agent, GetTask polling otherwise).
-            return iterate_sync(lambda: _until_halted(self.halt, _watch(self.target, task.remote_task_id)))
+            # again (SubscribeToTask for a streaming agent, GetTask polling otherwise), without recording again
+            # what that worker already recorded.
+            recorded = _Recorded.of(task)
+            watch = iterate_sync(lambda: _until_halted(self.halt, _watch(self.target, task.remote_task_id)))
+            return recorded.without(watch)
         message = _message_kwargs(task.input)
         message.update(message_id=str(task.pk))
         return iterate_sync(lambda: _until_halted(self.halt, _client(self.target).run_once(**message)))
+
+
+def _agent_words(event_kind: str, data: dict[str, Any]) -> list[dict[str, Any]] | None:
+    """The parts of what the agent said in a timeline event (a progress line, its message, a state's message)."""
+    if event_kind == EventKind.PROGRESS or (event_kind == EventKind.MESSAGE and data.get("role") == "agent"):
+        return list(data.get("parts", []))
+    if event_kind == EventKind.STATE and isinstance(data.get("message"), dict):
+        return list(data["message"].get("parts", []))
+    return None
+
+
+@dataclass
+class _Recorded:
+    """What a task's timeline already holds of the agent's output, for a run that picks the task up after its
+    worker died: the agent's first snapshot repeats all of it (every artifact whole, the last status message)."""
+
+    state: str
+    artifacts: dict[str, list[dict[str, Any]]] = field(default_factory=dict)  # by artifact id, chunks joined
+    unnamed: list[list[dict[str, Any]]] = field(default_factory=list)  # the parts of artifacts without an id
+    said: list[dict[str, Any]] | None = None  # the parts of the agent's last words
+
+    @classmethod
+    def of(cls, task: Task) -> _Recorded:
+        recorded = cls(state=task.state)
+        for kind, data in task.events.order_by("seq").values_list("kind", "data"):
+            if kind == EventKind.ARTIFACT:
+                key, parts = data.get("artifact_id", ""), list(data.get("parts", []))
+                if not key:
+                    recorded.unnamed.append(parts)
+                elif data.get("append") and key in recorded.artifacts:
+                    recorded.artifacts[key] += parts  # as the agent's task store joins chunks
+                else:
+                    recorded.artifacts[key] = parts
+            elif (words := _agent_words(kind, data)) is not None:
+                recorded.said = words
+        return recorded
+
+    def without(self, updates: Iterator[AgentUpdate]) -> Iterator[AgentUpdate]:
+        """`updates` minus what is recorded: an artifact held whole is dropped, one held in part comes as a chunk
+        of the parts after those, one changed since comes as the replacement it is. Only an artifact's first
+        mention (and the first status) can repeat the past: later ones are told against it by the client."""
+        first_status = True
+        for update in updates:
+            if update.kind == "status" and first_status:
+                first_status = False
+                if update.state == self.state and self.said == [_normalized_part(p) for p in update.parts]:
+                    continue  # the last progress line again, in the same state
+            elif update.kind == "artifact" and not (update.artifact or {}).get("append"):
+                update = self._unrecorded(update)  # type: ignore[assignment]
+                if update is None:
+                    continue
+            yield update
+
+    def _unrecorded(self, update: AgentUpdate) -> AgentUpdate | None:
+        artifact = dict(update.artifact or {})
+        parts = list(artifact.get("parts", []))
+        normalized = [_normalized_part(p) for p in parts]
+        key = artifact.get("artifactId", "")
+        if not key:
+            if normalized in self.unnamed:
+                self.unnamed.remove(normalized)
+                return None
+            return update
+        held = self.artifacts.pop(key, None)
+        if held is None or normalized == held:
+            return update if held is None else None
+        if not held or normalized[: len(held)] != held:
+            return update
+        chunk = {**artifact, "parts": parts[len(held) :], "append": True, "lastChunk": False}
+        raw = {"artifactUpdate": {**update.raw.get("artifactUpdate", {}), "artifact": chunk, "append": True}}
+        return replace(update, artifact=chunk, parts=chunk["parts"], raw=raw)
 
 
 def _client(target: AgentTarget) -> AgentClient:

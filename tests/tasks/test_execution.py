@@ -5,15 +5,19 @@ from __future__ import annotations
 import json
 import logging
 import time
+from datetime import timedelta
 from typing import Any
 
 import pytest
+from django.utils import timezone
 
 from apps.agents.actions import register_agent_by_url, register_agent_manually
+from apps.agents.client import AgentUpdate
 from apps.orgs import actions as org_actions
 from apps.tasks import actions
+from apps.tasks.execution import _Recorded, observe
 from apps.tasks.models import TERMINAL_STATES, Task, TaskState
-from apps.tasks.tasks import WATCH_SECONDS
+from apps.tasks.tasks import WATCH_SECONDS, sweep_tasks
 from tests.factories import access_for
 from tests.tasks.agents import CHUNKS, SlowExecutor
 from tests.tasks.conftest import nested, reload_task, timeline, wait_for
@@ -92,6 +96,29 @@ def test_artifact_chunks_are_all_recorded_polled_or_streamed(
     assert {c["artifact_id"] for c in chunks} == {"report"}
     assert [c["append"] for c in chunks] == [False] + [True] * (len(chunks) - 1)
     assert len(chunks) > 1  # the growth is reported as it happens, not once at the end
+    parts = [part for c in chunks for part in c["parts"]]
+    assert parts == [{"kind": "text", "text": f"chunk {n}"} for n in range(1, CHUNKS + 1)]
+
+
+@pytest.mark.parametrize("path", ["chunks", "chunks-stream"])
+def test_a_task_picked_up_after_its_worker_was_lost_records_each_chunk_once(
+    task_worker: Any, agents_base: str, org: Any, path: str
+) -> None:
+    # The next worker watches the agent's task (GetTask or SubscribeToTask), whose first snapshot holds the whole
+    # artifact: it used to be recorded again, whole, after the chunks the lost worker had recorded.
+    agent = register_agent_by_url(org=org, url=f"{agents_base}/{path}/")
+    task = actions.create_task(org=org, agent=agent, message=text("write"))
+    wait_for(lambda: any(kind == "artifact" for kind, _ in timeline(task)))
+    # Its worker is presumed dead (another holder, no heartbeat for an hour): it stops at its next look at the
+    # row, and the sweeper hands the task to a new run.
+    long_ago = timezone.now() - timedelta(hours=1)
+    Task.objects.for_org(org).filter(pk=task.pk).update(claimed_by="lost-worker", heartbeat_at=long_ago)
+    time.sleep(2 * WATCH_SECONDS)
+    assert sweep_tasks()["redispatched"] == 1
+    task = finished(task)
+    assert task.state == "completed" and task.attempts == 2
+    chunks = [data for kind, data in timeline(task) if kind == "artifact"]
+    assert [c["append"] for c in chunks] == [False] + [True] * (len(chunks) - 1)
     parts = [part for c in chunks for part in c["parts"]]
     assert parts == [{"kind": "text", "text": f"chunk {n}"} for n in range(1, CHUNKS + 1)]
 
@@ -330,3 +357,53 @@ def test_sse_after_past_the_tasks_last_event_still_gets_the_events_to_come(
     frames = _sse_frames(response)
     assert [f["id"] for f in frames] == ["3", "4", None]
     assert frames[-1] == {"id": None, "event": "end", "data": {"state": "completed"}}
+
+
+def test_a_resumed_watch_drops_only_what_the_timeline_holds(task: Any) -> None:
+    # What the lost worker recorded: the working state with a progress line, an artifact in two chunks, one
+    # without an id.
+    def artifact(key: str, *texts: str, append: bool = False) -> actions.Observation:
+        parts = [{"kind": "text", "text": t} for t in texts]
+        data = {"artifact_id": key, "name": key, "parts": parts, "append": append, "last_chunk": False}
+        return actions.Observation(kind="artifact", data=data, remote_task_id="r1")
+
+    line = {"role": "agent", "parts": [{"kind": "text", "text": "step 2"}]}
+    actions.record(
+        task,
+        [
+            actions.Observation(kind="progress", data=line, state="working", remote_task_id="r1"),
+            artifact("report", "a"),
+            artifact("report", "b", append=True),
+            artifact("", "loose"),
+        ],
+    )
+
+    def snapshot_artifact(key: str, *texts: str) -> AgentUpdate:
+        whole: dict[str, Any] = {"artifactId": key, "name": key} if key else {}
+        whole["parts"] = [{"text": t} for t in texts]
+        return AgentUpdate(kind="artifact", state=None, artifact=whole, parts=whole["parts"], remote_task_id="r1")
+
+    def status(state: str, text: str) -> AgentUpdate:
+        return AgentUpdate(kind="status", state=state, parts=[{"text": text}], remote_task_id="r1")
+
+    snapshot = [
+        snapshot_artifact("report", "a", "b", "c"),  # grew by "c" since
+        snapshot_artifact("", "loose"),  # held already
+        snapshot_artifact("other", "new"),  # new
+        status("working", "step 2"),  # the same progress line
+        status("working", "step 3"),  # a new one
+    ]
+    kept = list(_Recorded.of(reload_task(task)).without(iter(snapshot)))
+    assert [(u.kind, u.parts) for u in kept] == [
+        ("artifact", [{"text": "c"}]),
+        ("artifact", [{"text": "new"}]),
+        ("status", [{"text": "step 3"}]),
+    ]
+    assert kept[0].artifact == {
+        "artifactId": "report",
+        "name": "report",
+        "parts": [{"text": "c"}],
+        "append": True,
+        "lastChunk": False,
+    }
+    assert observe(kept[0]).data["append"] is True

@@ -79,6 +79,9 @@ def test_killed_worker_is_replaced_and_the_sweeper_finishes_the_task(
 
     assert SlowExecutor.started.count(task.remote_task_id) == 1
     assert timeline(task)[-1] == ("state", "completed")
+    # Its first look at the agent's task repeated the last progress line the dead worker had recorded.
+    progress = [data["parts"][0]["text"] for kind, data in timeline(task) if kind == "progress"]
+    assert len(progress) == len(set(progress)), progress
 
 
 def test_lost_dispatch_message_is_redispatched(org: Any, settings: Any, task_worker: Any, agents_base: str) -> None:
