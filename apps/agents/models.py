@@ -9,6 +9,7 @@ from django.db import models
 from django.utils import timezone
 
 from apps.core.tenancy import OrgOwnedModel, OrgScopedManager
+from apps.core.validators import display_name
 
 # An agent counts as online when Hermes reached it without error this recently.
 ONLINE_WINDOW = timedelta(minutes=10)
@@ -50,7 +51,7 @@ class Agent(OrgOwnedModel):
     """
 
     id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
-    name = models.CharField(max_length=200)
+    name = models.CharField(max_length=200, validators=[display_name])
     slug = models.SlugField(max_length=80)
     description = models.TextField(blank=True)
     version = models.CharField(max_length=50, blank=True)

@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import re
 import unicodedata
+from collections.abc import Callable
+from typing import Any
 
 from django.core.exceptions import ValidationError
 
@@ -30,3 +32,23 @@ def display_name(value: str) -> None:
         f"{found.start() + 1}.",
         code="control_character",
     )
+
+
+def without_refused(value: str) -> str:
+    """`value` as `display_name` would accept it: each control character a space, each bidi control dropped."""
+    return " ".join(_REFUSED.sub(lambda m: "" if m.group() >= "\u2000" else " ", value).split())
+
+
+def clean_stored_names(app_label: str, model_name: str) -> Callable[[Any, Any], None]:
+    """A data migration's RunPython function: the `name` of every row stored before `display_name` was enforced
+    (the console and the API refused such names, the Django admin and older versions did not), made acceptable."""
+
+    def run(apps: Any, schema_editor: Any) -> None:
+        model = apps.get_model(app_label, model_name)
+        empty = "" if model._meta.get_field("name").blank else "unnamed"
+        # Filtered here, not by the database: PostgreSQL refuses a pattern holding NUL.
+        for row in model._base_manager.only("pk", "name").iterator():
+            if _REFUSED.search(row.name):
+                model._base_manager.filter(pk=row.pk).update(name=without_refused(row.name) or empty)
+
+    return run

@@ -19,6 +19,7 @@ from django.db.models import Q
 from apps.core import crypto
 from apps.core.http import OutboundBlocked, check_url
 from apps.core.tenancy import OrgOwnedModel, OrgScopedManager
+from apps.core.validators import display_name
 from apps.federation.addresses import is_slug
 
 
@@ -144,7 +145,7 @@ class LinkKey(models.Model):
 class Contact(OrgOwnedModel):
     """An org's address book entry for a federation address."""
 
-    name = models.CharField(max_length=120)
+    name = models.CharField(max_length=120, validators=[display_name])
     address = models.CharField(max_length=200)
     notes = models.TextField(blank=True)
 

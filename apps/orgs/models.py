@@ -9,6 +9,7 @@ from django.utils import timezone
 
 from apps.core.permissions import Role
 from apps.core.tenancy import OrgOwnedModel
+from apps.core.validators import display_name
 
 API_KEY_PREFIX = "hrm_"
 
@@ -37,7 +38,7 @@ MAX_KEY_REQUESTS_PER_MINUTE = max(limits.requests_per_minute for limits in PLAN_
 
 
 class Organization(models.Model):
-    name = models.CharField(max_length=120)
+    name = models.CharField(max_length=120, validators=[display_name])
     slug = models.SlugField(max_length=60, unique=True)
     plan = models.CharField(max_length=20, choices=Plan.choices, default=Plan.FREE)
     created_by = models.ForeignKey(settings.AUTH_USER_MODEL, null=True, on_delete=models.SET_NULL, related_name="+")
@@ -84,7 +85,7 @@ class APIKey(OrgOwnedModel):
     brute-force, and keys survive a SECRET_KEY rotation.
     """
 
-    name = models.CharField(max_length=100)
+    name = models.CharField(max_length=100, validators=[display_name])
     digest = models.CharField(max_length=64, unique=True)  # unique: the authentication lookup's index
     prefix = models.CharField(max_length=12)
     last_four = models.CharField(max_length=4)

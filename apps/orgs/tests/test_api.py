@@ -82,6 +82,30 @@ def test_names_refuse_control_characters_on_every_entry(org: Any, alice: Any, cl
     assert Organization.objects.get(slug="acme").name == "\u05e9\u05dc\u05d5\u05dd\u200f"
 
 
+def test_names_stored_before_the_rule_are_cleaned_and_the_admin_refuses_new_ones(org: Any, alice: Any) -> None:
+    """The rule lives on the model fields too, so the Django admin's forms (model validation) refuse such names;
+    rows written before it are cleaned by each app's `*_name_refuses_control_characters` migration."""
+    from django.apps import apps as registry
+    from django.core.exceptions import ValidationError
+
+    from apps.agents.models import Agent
+    from apps.core.validators import clean_stored_names
+
+    org.name = "Acme\u202egnp.exe"
+    with pytest.raises(ValidationError) as refused:
+        org.full_clean()
+    assert "U+202E" in refused.value.message_dict["name"][0]
+    agent = Agent.objects.create(organization=org, name="Echo", slug="echo", url="https://echo.example.com/")
+    Organization.objects.filter(pk=org.pk).update(name="Acme\u202egnp.exe")
+    type(alice).objects.filter(pk=alice.pk).update(name="Alice\nSmith\u2066")
+    Agent.objects.for_org(org).filter(pk=agent.pk).update(name="\x07\u202e")
+    for label, model in (("orgs", "Organization"), ("accounts", "User"), ("agents", "Agent"), ("orgs", "APIKey")):
+        clean_stored_names(label, model)(registry, None)
+    assert Organization.objects.get(pk=org.pk).name == "Acmegnp.exe"
+    assert type(alice).objects.get(pk=alice.pk).name == "Alice Smith"
+    assert Agent.objects.for_org(org).get(pk=agent.pk).name == "unnamed"  # nothing left of it, and a name is required
+
+
 def test_update_and_delete_org(org: Any, alice: Any, bob: Any, client_for: Any) -> None:
     admin, owner = client_for(bob), client_for(alice)
     renamed = owner.patch("/api/v1/orgs/acme", {"slug": "acme-2"}, format="json")  # was a 200 that changed nothing
