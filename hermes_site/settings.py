@@ -135,7 +135,7 @@ SESSION_ENGINE = "django.contrib.sessions.backends.db"
 CHANNEL_LAYERS: dict[str, dict[str, Any]] = {
     "default": {
         "BACKEND": "channels_redis.pubsub.RedisPubSubChannelLayer",
-        "CONFIG": {"hosts": [REDIS_URL]},
+        "CONFIG": {"hosts": [REDIS_URL], "prefix": hermes_config.channel_prefix(REDIS_URL)},
     },
     # For websockets opened while Redis is unreachable (apps.tasks.consumers): they follow the database instead.
     "degraded": {"BACKEND": "channels.layers.InMemoryChannelLayer"},

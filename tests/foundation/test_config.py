@@ -1,9 +1,11 @@
 from __future__ import annotations
 
+import asyncio
 import os
 import re
 import subprocess
 import sys
+from typing import Any
 
 import pytest
 
@@ -491,3 +493,36 @@ def test_absurdly_large_durations_are_refused_at_boot(name: str, value: str) -> 
     kind = next(s.kind for s in config.SETTINGS_TABLE if s.name == name)
     assert problems_of({name: value}) == [f"{name}={value!r} must be {kind.expected}."]
     assert "31536000" in kind.expected  # a year
+
+
+def test_installations_on_other_redis_databases_do_not_hear_each_others_groups(settings: Any) -> None:
+    # PUBLISH ignores the database number: two installations sharing a Redis server on databases 4 and 5 used to
+    # share every group (org.<id>, auth.key.<id>) because the channel names were the same.
+    from channels_redis.pubsub import RedisPubSubChannelLayer
+
+    host = settings.REDIS_URL.rsplit("/", 1)[0]
+    assert config.channel_prefix(f"{host}/4") != config.channel_prefix(f"{host}/5")
+    assert config.channel_prefix("unix:///run/redis.sock?db=3") == "hermes3"
+    assert config.channel_prefix("redis://redis:6379") == config.channel_prefix("redis://redis:6379/0")
+    assert settings.CHANNEL_LAYERS["default"]["CONFIG"]["prefix"] == config.channel_prefix(settings.REDIS_URL)
+
+    def layer(db: int) -> RedisPubSubChannelLayer:
+        return RedisPubSubChannelLayer(hosts=[f"{host}/{db}"], prefix=config.channel_prefix(f"{host}/{db}"))
+
+    async def heard(sender_db: int) -> bool:
+        listener, sender = layer(4), layer(sender_db)
+        channel = await listener.new_channel()
+        await listener.group_add("org.1", channel)
+        try:
+            await sender.group_send("org.1", {"type": "task.status", "n": 1})
+            try:
+                await asyncio.wait_for(listener.receive(channel), timeout=0.5)
+            except TimeoutError:
+                return False
+            return True
+        finally:
+            await listener.flush()
+            await sender.flush()
+
+    assert not asyncio.run(heard(sender_db=5))
+    assert asyncio.run(heard(sender_db=4))  # the same installation still does
