@@ -24,7 +24,7 @@ from typing import Any
 from celery import shared_task
 from django.conf import settings
 from django.db import connection, transaction
-from django.db.models import Q
+from django.db.models import Q, QuerySet
 from django.utils import timezone
 
 from apps.core.context import bound
@@ -35,10 +35,16 @@ from apps.tasks.models import INTERRUPTED_STATES, RUNNABLE_STATES, TERMINAL_STAT
 logger = logging.getLogger(__name__)
 
 
-def dispatch(task_id: Any, countdown: float = 0) -> None:
+# A run message that finds its task's row locked by someone else comes back this much later, up to BUSY_RETRIES
+# times (a row locked that long is left to the sweeper).
+BUSY_RETRY_SECONDS = 0.2
+BUSY_RETRIES = 25
+
+
+def dispatch(task_id: Any, countdown: float = 0, busy: int = 0) -> None:
     """Send a run message; a broker outage is logged, not raised (the sweeper re-dispatches from the row)."""
     try:
-        run_task.apply_async(args=[str(task_id)], countdown=countdown or None)
+        run_task.apply_async(args=[str(task_id)], kwargs={"busy": busy} if busy else None, countdown=countdown or None)
     except Exception as exc:
         logger.warning("task %s: dispatch failed (%s); the sweeper will re-dispatch it", task_id, exc)
 
@@ -54,18 +60,22 @@ def worker_id() -> str:
     return f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
 
 
+def _runnable(task_id: Any) -> QuerySet[Task]:
+    return Task.objects.unscoped("a worker claims the task named in its message").filter(
+        # A federated agent's task runs on the other org's side; no worker here ever calls that agent.
+        pk=task_id,
+        state__in=RUNNABLE_STATES,
+        agent__federation_address="",
+    )
+
+
 def claim(task_id: Any, worker: str) -> Task | None:
     """Take the task if it is runnable and nobody live holds it; move submitted → working. None otherwise."""
     now = timezone.now()
     stale = now - timedelta(seconds=settings.HERMES_TASK_STALE_SECONDS)
     with transaction.atomic():
-        task = (
-            Task.objects.unscoped("a worker claims the task named in its message")
-            .select_for_update(skip_locked=True, of=("self",))  # the task row only, not its agent's
-            # A federated agent's task runs on the other org's side; no worker here ever calls that agent.
-            .filter(pk=task_id, state__in=RUNNABLE_STATES, agent__federation_address="")
-            .first()
-        )
+        # The task row only, not its agent's.
+        task = _runnable(task_id).select_for_update(skip_locked=True, of=("self",)).first()
         if task is None:
             return None
         if task.claimed_by and task.heartbeat_at and task.heartbeat_at > stale:
@@ -138,10 +148,15 @@ class Heartbeat(threading.Thread):
 
 
 @shared_task(name="apps.tasks.tasks.run_task", ignore_result=True)
-def run_task(task_id: str) -> None:
+def run_task(task_id: str, busy: int = 0) -> None:
     worker = worker_id()
     task = claim(task_id, worker)
     if task is None:
+        # Skipped as locked, not as taken: a request is changing the row this instant (a follow-up, a cancel, a
+        # duplicate follow-up being refused), or another worker is claiming it. Look again shortly rather than
+        # leave the task to the sweeper a minute later; another worker's claim makes the next look a no-op.
+        if busy < BUSY_RETRIES and _runnable(task_id).filter(claimed_by="").exists():
+            dispatch(task_id, countdown=BUSY_RETRY_SECONDS, busy=busy + 1)
         return
     with bound(task_id=str(task.pk), org_id=task.organization_id):
         _run_claimed(task, worker)

@@ -6,17 +6,19 @@ import os
 import signal
 import subprocess
 import sys
+import threading
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
 
 import pytest
-from django.db import connection
+from django.db import connection, transaction
 
 from apps.agents.actions import register_agent_by_url
 from apps.tasks import actions
-from apps.tasks.models import TaskEvent
-from apps.tasks.tasks import sweep_tasks
+from apps.tasks.models import Task, TaskEvent
+from apps.tasks.tasks import dispatch, sweep_tasks
 from tests.tasks.conftest import celery_route, reload_task, timeline, wait_for
 
 pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.slow]
@@ -89,8 +91,6 @@ def test_lost_dispatch_message_is_redispatched(org: Any, settings: Any, task_wor
 
     from django.utils import timezone
 
-    from apps.tasks.models import Task
-
     settings.HERMES_TASK_REDISPATCH_SECONDS = 0
     agent = register_agent_by_url(org=org, url=f"{agents_base}/stream/")
     with pytest.MonkeyPatch.context() as patch:
@@ -99,6 +99,34 @@ def test_lost_dispatch_message_is_redispatched(org: Any, settings: Any, task_wor
     Task.objects.for_org(org).filter(pk=task.pk).update(next_attempt_at=timezone.now() - timedelta(seconds=1))
     assert sweep_tasks()["redispatched"] == 1
     assert wait_for(lambda: (t := reload_task(task)).is_terminal and t).state == "completed"
+
+
+def test_a_run_message_that_finds_the_row_locked_comes_back(org: Any, task_worker: Any, agents_base: str) -> None:
+    # The claim skips a locked row (a second dispatch of a task being claimed is harmless that way); a row locked
+    # by a request that changes it (e.g. a duplicate follow-up being refused) used to drop the message, and the
+    # task waited for the sweeper, a minute later.
+    agent = register_agent_by_url(org=org, url=f"{agents_base}/plain/")
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr("apps.tasks.tasks.run_task.apply_async", lambda *a, **k: None)
+        task = actions.create_task(org=org, agent=agent, message=text("hi"))
+    locked, release = threading.Event(), threading.Event()
+
+    def hold_the_row() -> None:
+        with transaction.atomic():
+            Task.objects.for_org(org).select_for_update().get(pk=task.pk)
+            locked.set()
+            release.wait(10)
+        connection.close()  # this thread's own
+
+    holder = threading.Thread(target=hold_the_row)
+    holder.start()
+    assert locked.wait(10)
+    dispatch(task.pk)
+    time.sleep(1.0)  # the worker has looked at the row, locked, by now
+    assert reload_task(task).state == "submitted"
+    release.set()
+    holder.join()
+    assert wait_for(lambda: (t := reload_task(task)).is_terminal and t, timeout=10).state == "completed"
 
 
 @pytest.fixture
