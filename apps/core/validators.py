@@ -1,11 +1,12 @@
 """Text one person chooses and other people read: the names of organizations, agents, API keys, contacts and
 users.
 
-A name may hold any printable character of any script, but no control character: a newline or tab breaks the
-one-line places a name is shown (lists, audit lines, log fields), and the bidirectional embedding, override and
-isolate controls (U+202A to U+202E, U+2066 to U+2069) make the text around them display in another order than it is
-stored — "Trojan Source" spoofing, e.g. a key named to look like another. Left-to-right and right-to-left marks
-(U+200E, U+200F) stay allowed: right-to-left names need them and they reorder nothing around them.
+A name may hold any printable character of any script, but no control character: a newline or tab (or the line
+and paragraph separators U+2028, U+2029) breaks the one-line places a name is shown (lists, audit lines, log
+fields), and the bidirectional embedding, override and isolate controls (U+202A to U+202E, U+2066 to U+2069) make
+the text around them display in another order than it is stored — "Trojan Source" spoofing, e.g. a key named to
+look like another. Left-to-right, right-to-left and Arabic letter marks (U+200E, U+200F, U+061C) stay allowed:
+right-to-left names need them and they reorder nothing around them.
 """
 
 from __future__ import annotations
@@ -17,7 +18,8 @@ from typing import Any
 
 from django.core.exceptions import ValidationError
 
-_REFUSED = re.compile("[\x00-\x1f\x7f-\x9f\u202a-\u202e\u2066-\u2069]")
+_REFUSED = re.compile("[\x00-\x1f\x7f-\x9f\u2028\u2029\u202a-\u202e\u2066-\u2069]")
+_BIDI = re.compile("[\u202a-\u202e\u2066-\u2069]")
 
 
 def display_name(value: str) -> None:
@@ -36,7 +38,7 @@ def display_name(value: str) -> None:
 
 def without_refused(value: str) -> str:
     """`value` as `display_name` would accept it: each control character a space, each bidi control dropped."""
-    return " ".join(_REFUSED.sub(lambda m: "" if m.group() >= "\u2000" else " ", value).split())
+    return " ".join(_REFUSED.sub(" ", _BIDI.sub("", value)).split())
 
 
 def clean_stored_names(app_label: str, model_name: str) -> Callable[[Any, Any], None]:

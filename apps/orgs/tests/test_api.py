@@ -95,9 +95,12 @@ def test_names_stored_before_the_rule_are_cleaned_and_the_admin_refuses_new_ones
     with pytest.raises(ValidationError) as refused:
         org.full_clean()
     assert "U+202E" in refused.value.message_dict["name"][0]
+    org.name = "Acme\u2028Inc"  # a line separator breaks a line as a newline does
+    with pytest.raises(ValidationError):
+        org.full_clean()
     agent = Agent.objects.create(organization=org, name="Echo", slug="echo", url="https://echo.example.com/")
     Organization.objects.filter(pk=org.pk).update(name="Acme\u202egnp.exe")
-    type(alice).objects.filter(pk=alice.pk).update(name="Alice\nSmith\u2066")
+    type(alice).objects.filter(pk=alice.pk).update(name="Alice\nSmith\u2066\u2029")
     Agent.objects.for_org(org).filter(pk=agent.pk).update(name="\x07\u202e")
     for label, model in (("orgs", "Organization"), ("accounts", "User"), ("agents", "Agent"), ("orgs", "APIKey")):
         clean_stored_names(label, model)(registry, None)
