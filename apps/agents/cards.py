@@ -73,6 +73,60 @@ def url_has_credentials(url: str) -> bool:
     return "@" in urlsplit(url).netloc
 
 
+def _json_type(value: Any) -> str:
+    return {dict: "an object", list: "a list", str: "a string", bool: "a boolean"}.get(type(value), "a number")
+
+
+def _shape_error(raw: dict[str, Any]) -> CardError | None:
+    """The first field whose JSON type the AgentCard schema cannot take (a list where it has a repeated field, an
+    object where it has a message or a map), named. The SDK's parser meets some of these first and answers with
+    its own internals ("'str' object has no attribute 'pop'"); the schema itself is read from the SDK's model, so
+    this stays in step with it."""
+    for field_ in AgentCard.DESCRIPTOR.fields:
+        value = raw.get(field_.json_name)
+        if value is None:
+            continue
+        message = field_.message_type
+        if message is not None and message.GetOptions().map_entry:
+            wanted, items = dict, None
+        elif field_.is_repeated:
+            wanted, items = list, dict if message is not None else None
+        else:
+            wanted, items = (dict, None) if message is not None else (None, None)
+        what = "an object" if wanted is dict else "a list"
+        if wanted is not None and not isinstance(value, wanted):
+            problem = f"`{field_.json_name}` must be {what}, not {_json_type(value)}"
+        elif items is not None and (bad := next((v for v in value if not isinstance(v, items)), None)) is not None:
+            problem = f"each of `{field_.json_name}` must be an object, not {_json_type(bad)}"
+        else:
+            continue
+        return CardError(
+            f"The agent card does not match the A2A AgentCard schema: {problem}.",
+            code="card_invalid",
+            details={"field": field_.json_name},
+        )
+    return None
+
+
+def _too_long(card: AgentCard) -> CardError | None:
+    """A name, description or version longer than Hermes keeps: refused, as when typed by hand, rather than cut
+    without a word (every member of the org reads the name; the marketplace lists the description)."""
+    from apps.agents.models import DESCRIPTION_MAX_LENGTH, NAME_MAX_LENGTH, VERSION_MAX_LENGTH
+
+    for name, value, limit in (
+        ("name", card.name.strip(), NAME_MAX_LENGTH),
+        ("description", card.description, DESCRIPTION_MAX_LENGTH),
+        ("version", card.version, VERSION_MAX_LENGTH),
+    ):
+        if len(value) > limit:
+            return CardError(
+                f"The agent card's {name} is {len(value)} characters long; Hermes keeps at most {limit}.",
+                code="card_invalid",
+                details={"field": name},
+            )
+    return None
+
+
 def parse_card(raw: Any, *, card_url: str = "", check_interface: bool = True) -> CardInfo:
     """Validate a card (a JSON object) with the SDK's model and pick the JSON-RPC interface Hermes will call.
 
@@ -80,12 +134,16 @@ def parse_card(raw: Any, *, card_url: str = "", check_interface: bool = True) ->
     address the operator chose); every call is still checked when it connects."""
     if not isinstance(raw, dict):
         raise CardError("The agent card is not a JSON object.", code="card_invalid")
+    if (shape := _shape_error(raw)) is not None:
+        raise shape
     try:
         card = parse_agent_card(copy.deepcopy(raw))
     except (ParseError, ValueError, TypeError) as exc:
         raise CardError(f"The agent card does not match the A2A AgentCard schema: {exc}", code="card_invalid") from exc
     if not card.name.strip():
         raise CardError("The agent card has no name.", code="card_invalid", details={"field": "name"})
+    if (length := _too_long(card)) is not None:
+        raise length
     try:
         display_name(card.name.strip())  # the name every member of the org will read, as one typed by hand
     except ValidationError as exc:
@@ -125,9 +183,9 @@ def parse_card(raw: Any, *, card_url: str = "", check_interface: bool = True) ->
     capabilities["streaming"] = card.capabilities.streaming
     capabilities["pushNotifications"] = card.capabilities.push_notifications
     return CardInfo(
-        name=card.name.strip()[:200],
+        name=card.name.strip(),
         description=card.description,
-        version=card.version[:50],
+        version=card.version,
         url=url,
         protocol_version=interface.protocol_version or "1.0",
         capabilities=capabilities,

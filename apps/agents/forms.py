@@ -2,7 +2,7 @@ from __future__ import annotations
 
 from django import forms
 
-from apps.agents.models import Visibility
+from apps.agents.models import DESCRIPTION_MAX_LENGTH, NAME_MAX_LENGTH, Visibility
 from apps.core.validators import display_name
 
 
@@ -24,14 +24,16 @@ class AgentRegisterForm(AgentURLForm):
 class AgentManualForm(forms.Form):
     """An agent that publishes no Agent Card: its JSON-RPC endpoint and capabilities are stated by hand."""
 
-    name = forms.CharField(max_length=200, validators=[display_name])
+    name = forms.CharField(max_length=NAME_MAX_LENGTH, validators=[display_name])
     url = forms.URLField(
         label="JSON-RPC endpoint",
         max_length=500,
         assume_scheme="https",
         help_text="Where the agent answers A2A JSON-RPC calls (SendMessage, GetTask, …).",
     )
-    description = forms.CharField(required=False, widget=forms.Textarea(attrs={"rows": 2}))
+    description = forms.CharField(
+        required=False, max_length=DESCRIPTION_MAX_LENGTH, widget=forms.Textarea(attrs={"rows": 2})
+    )
     protocol_version = forms.ChoiceField(
         label="A2A version", choices=[("1.0", "1.0"), ("0.3", "0.3 (older method names)")], initial="1.0"
     )

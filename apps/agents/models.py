@@ -41,6 +41,13 @@ class ActiveAgentManager(OrgScopedManager):
         return super().get_queryset().filter(retired_at=None)
 
 
+# What Hermes keeps of an agent's own words, whether typed here or read from its card (longer is refused, never
+# cut): the marketplace lists every public agent's description.
+NAME_MAX_LENGTH = 200
+DESCRIPTION_MAX_LENGTH = 4000
+VERSION_MAX_LENGTH = 50
+
+
 class Agent(OrgOwnedModel):
     """An A2A agent an org registered (by its Agent Card, or by hand) or one of Hermes' built-in demo agents.
 
@@ -51,10 +58,10 @@ class Agent(OrgOwnedModel):
     """
 
     id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
-    name = models.CharField(max_length=200, validators=[display_name])
+    name = models.CharField(max_length=NAME_MAX_LENGTH, validators=[display_name])
     slug = models.SlugField(max_length=80)
-    description = models.TextField(blank=True)
-    version = models.CharField(max_length=50, blank=True)
+    description = models.TextField(blank=True, max_length=DESCRIPTION_MAX_LENGTH)
+    version = models.CharField(max_length=VERSION_MAX_LENGTH, blank=True)
     # The JSON-RPC endpoint Hermes calls (the card's JSONRPC interface).
     url = models.URLField(max_length=500)
     # Set for an agent of another org reached through federation (`echo.globex@berlin`): Hermes does not call it

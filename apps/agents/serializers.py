@@ -5,7 +5,7 @@ from typing import Any, Literal
 from drf_spectacular.utils import extend_schema_field
 from rest_framework import serializers
 
-from apps.agents.models import Agent, Visibility
+from apps.agents.models import DESCRIPTION_MAX_LENGTH, NAME_MAX_LENGTH, VERSION_MAX_LENGTH, Agent, Visibility
 from apps.core.serializers import PatchSerializer, StrictFieldsMixin
 from apps.core.validators import display_name
 
@@ -103,10 +103,13 @@ class AgentCreateSerializer(StrictFieldsMixin, serializers.Serializer):
     slug = serializers.SlugField(max_length=80, required=False)
     visibility = serializers.ChoiceField(choices=Visibility.choices, default=Visibility.PRIVATE)
     name = serializers.CharField(
-        max_length=200, required=False, validators=[display_name], help_text="manual mode only (required there)."
+        max_length=NAME_MAX_LENGTH,
+        required=False,
+        validators=[display_name],
+        help_text="manual mode only (required there).",
     )
-    description = serializers.CharField(required=False, allow_blank=True, default="")
-    version = serializers.CharField(max_length=50, required=False, allow_blank=True, default="")
+    description = serializers.CharField(required=False, allow_blank=True, default="", max_length=DESCRIPTION_MAX_LENGTH)
+    version = serializers.CharField(max_length=VERSION_MAX_LENGTH, required=False, allow_blank=True, default="")
     streaming = serializers.BooleanField(required=False, default=False)
     protocol_version = serializers.ChoiceField(choices=[("1.0", "1.0"), ("0.3", "0.3")], default="1.0")
     skills = serializers.ListField(child=serializers.DictField(), required=False, default=list)
@@ -126,10 +129,10 @@ class AgentCreateSerializer(StrictFieldsMixin, serializers.Serializer):
 
 
 class AgentUpdateSerializer(PatchSerializer):
-    name = serializers.CharField(max_length=200, required=False, validators=[display_name])
+    name = serializers.CharField(max_length=NAME_MAX_LENGTH, required=False, validators=[display_name])
     slug = serializers.SlugField(max_length=80, required=False)
-    description = serializers.CharField(required=False, allow_blank=True)
-    version = serializers.CharField(max_length=50, required=False, allow_blank=True)
+    description = serializers.CharField(required=False, allow_blank=True, max_length=DESCRIPTION_MAX_LENGTH)
+    version = serializers.CharField(max_length=VERSION_MAX_LENGTH, required=False, allow_blank=True)
     url = serializers.URLField(max_length=500, required=False, help_text="Agents registered without a card only.")
     visibility = serializers.ChoiceField(choices=Visibility.choices, required=False)
     streaming = serializers.BooleanField(required=False)

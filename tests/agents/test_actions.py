@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import json
 from datetime import timedelta
 from typing import Any
 
@@ -60,6 +61,21 @@ def test_a_url_naming_the_card_file_is_fetched_directly(card_server: CardServer,
         (b'{"name": "x", "capabilities": {"streaming": "very"}}', "card_invalid", "schema"),
         (b'{"description": "nameless"}', "card_invalid", "no name"),
         ('{"name": "Pay\u202eexe.bat"}'.encode(), "card_invalid", "U+202E (RIGHT-TO-LEFT OVERRIDE)"),
+        # The SDK's parser answered these with its own internals ("'str' object has no attribute 'pop'").
+        (b'{"name": "s", "skills": "nope"}', "card_invalid", "`skills` must be a list, not a string"),
+        (b'{"name": "s", "skills": ["nope"]}', "card_invalid", "each of `skills` must be an object, not a string"),
+        (b'{"name": "s", "capabilities": []}', "card_invalid", "`capabilities` must be an object, not a list"),
+        # Refused rather than cut short without a word.
+        (
+            json.dumps({"name": "n" * 201}).encode(),
+            "card_invalid",
+            "name is 201 characters long; Hermes keeps at most 200",
+        ),
+        (
+            json.dumps({"name": "d", "description": "d" * 4001}).encode(),
+            "card_invalid",
+            "description is 4001 characters",
+        ),
         (  # the interface URL comes from the card, not the caller: it was stored with the password in it
             b'{"name": "c", "supportedInterfaces": [{"url": "http://bob:s3cret@a/", "protocolBinding": "JSONRPC"}]}',
             "card_invalid",

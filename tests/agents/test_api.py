@@ -208,6 +208,9 @@ def test_update_and_delete(no_allowlist: None, org: Any, dave: Any, client_for: 
     )
     assert response.status_code == 200 and response.data["visibility"] == "public"
     assert client.patch(f"/api/v1/agents/{agent.pk}", {}, format="json").status_code == 400
+    # The marketplace lists every public agent's description: 100,000 characters were taken.
+    response = client.patch(f"/api/v1/agents/{agent.pk}", {"description": "d" * 4001}, format="json")
+    assert response.status_code == 400 and "4000" in response.data["error"]["details"]["description"][0]
     response = client.patch(f"/api/v1/agents/{agent.pk}", {"url": "http://10.1.1.1/"}, format="json")
     assert response.status_code == 400 and response.data["error"]["details"]["rule"] == "private"
     assert client.delete(f"/api/v1/agents/{agent.pk}").status_code == 204
