@@ -87,6 +87,8 @@ def _shape_error(raw: dict[str, Any]) -> CardError | None:
         if value is None:
             continue
         message = field_.message_type
+        wanted: type | None
+        items: type | None
         if message is not None and message.GetOptions().map_entry:
             wanted, items = dict, None
         elif field_.is_repeated:
