@@ -118,15 +118,28 @@ def _apply_card(agent: Agent, info: CardInfo) -> None:
     agent.last_error = ""
 
 
-def _save_new(agent: Agent) -> Agent:
-    try:
-        with transaction.atomic():
-            agent.save()
-    except IntegrityError as exc:  # two concurrent registrations raced for the same slug
-        raise AgentActionError(
-            f"This organization already has an agent with the slug '{agent.slug}'.", code="slug_taken", status=409
-        ) from exc
-    return agent
+# How many free slugs a registration tries when concurrent ones keep taking the one it chose.
+SLUG_ATTEMPTS = 5
+
+
+def _save_new(agent: Agent, *, slug_from: str | None = None) -> Agent:
+    """INSERT a new agent. `slug_from`: its slug was chosen here from that text, not asked for by the caller, so
+    a concurrent registration that took it first makes this one take the next free slug, not fail with a 409 for
+    a slug the caller never sent."""
+    for attempt in range(1, SLUG_ATTEMPTS + 1):
+        try:
+            with transaction.atomic():
+                agent.save()
+            return agent
+        except IntegrityError as exc:  # two concurrent registrations raced for the same slug
+            if slug_from is None or attempt == SLUG_ATTEMPTS:
+                raise AgentActionError(
+                    f"This organization already has an agent with the slug '{agent.slug}'.",
+                    code="slug_taken",
+                    status=409,
+                ) from exc
+            agent.slug = _unique_slug(agent.organization_id, slug_from)
+    raise AssertionError("unreachable")  # pragma: no cover
 
 
 def federated_agent(org: Any, address: str) -> Agent:
@@ -161,7 +174,7 @@ def register_agent_by_url(
         agent = Agent(organization=org, created_by=_who(by)[0], visibility=visibility)
         _apply_card(agent, info)
         agent.slug = _check_slug_free(org, slug) if slug else _unique_slug(org, info.name)
-        _save_new(agent)
+        _save_new(agent, slug_from=None if slug else info.name)
         _audit("registered", agent, by, card_url=info.card_url)
     return agent
 
@@ -196,7 +209,7 @@ def register_agent_manually(
             visibility=visibility,
             created_by=_who(by)[0],
         )
-        _save_new(agent)
+        _save_new(agent, slug_from=None if slug else name)
         _audit("registered", agent, by, manual=True)
     return agent
 

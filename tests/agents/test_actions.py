@@ -304,6 +304,23 @@ def test_marketplace_search_matches_skill_values_not_json_keys(
     assert found("language") == {"Translator"} and found("tags") == set()
 
 
+def test_a_registration_that_loses_its_chosen_slug_to_a_concurrent_one_takes_the_next(
+    settings: Any, org: Any, monkeypatch: Any
+) -> None:
+    # Both chose "bot" before either saved; the second used to be a 409 slug_taken for a slug it never sent.
+    settings.HERMES_SSRF_ALLOWLIST = []
+    actions.register_agent_manually(org=org, name="Bot", url="https://a.example.com/")
+    choose = actions._unique_slug
+    chosen = iter(["bot"])  # what it saw free, before the other registration's row existed
+    monkeypatch.setattr(actions, "_unique_slug", lambda *a, **k: next(chosen, None) or choose(*a, **k))
+    second = actions.register_agent_manually(org=org, name="Bot", url="https://b.example.com/")
+    assert second.slug == "bot-2"
+    # A slug the caller asked for is still theirs to change: taken is a 409.
+    with pytest.raises(actions.AgentActionError) as taken:
+        actions.register_agent_manually(org=org, name="Bot", url="https://c.example.com/", slug="bot")
+    assert taken.value.code == "slug_taken"
+
+
 def test_contact_recording_is_throttled(settings: Any, org: Any, django_assert_num_queries: Any) -> None:
     settings.HERMES_SSRF_ALLOWLIST = []
     agent = actions.register_agent_manually(org=org, name="A", url="https://a.example.com/")
