@@ -25,6 +25,7 @@ from apps.agents.client import (
     AgentTransportError,
     AgentUpdate,
     cancel_sync,
+    get_task_sync,
     iterate_sync,
 )
 from apps.tasks import actions
@@ -285,3 +286,9 @@ async def _watch(target: AgentTarget, remote_task_id: str) -> AsyncIterator[Agen
 
 def cancel_remote(task: Task, remote_task_id: str) -> None:
     cancel_sync(AgentTarget.from_agent(task.agent), remote_task_id)
+
+
+def agent_state(task: Task) -> str | None:
+    """The state the agent's own task is in now (one GetTask); None when its answer holds no status."""
+    updates = get_task_sync(AgentTarget.from_agent(task.agent), task.remote_task_id)
+    return next((update.state for update in reversed(updates) if update.kind == "status"), None)

@@ -30,7 +30,15 @@ from django.utils import timezone
 from apps.core.context import bound
 from apps.core.metrics import TASK_RETRIES, TASKS_RECOVERED
 from apps.tasks import actions, execution
-from apps.tasks.models import INTERRUPTED_STATES, RUNNABLE_STATES, TERMINAL_STATES, Task, TaskState
+from apps.tasks.models import (
+    INTERRUPTED_STATES,
+    RUNNABLE_STATES,
+    TERMINAL_STATES,
+    EventKind,
+    Task,
+    TaskEvent,
+    TaskState,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -224,13 +232,23 @@ def _transport_failure(task: Task, exc: Exception) -> None:
     if current.cancel_requested_at:
         actions.finish(task, TaskState.CANCELED, reason="canceled by the caller")
         return
-    if current.attempts >= settings.HERMES_TASK_MAX_ATTEMPTS:
-        actions.finish(task, TaskState.FAILED, error=f"agent unreachable after {current.attempts} attempts: {error}")
+    attempt = _attempts_this_turn(current)
+    if attempt >= settings.HERMES_TASK_MAX_ATTEMPTS:
+        actions.finish(task, TaskState.FAILED, error=f"gave up after {attempt} attempts: {error}")
         return
-    delay = backoff(current.attempts)
+    delay = backoff(attempt)
     TASK_RETRIES.labels(agent=str(task.agent_id)).inc()
-    actions.note_retry(task, reason="transport_error", error=error, attempt=current.attempts, delay=delay)
+    actions.note_retry(task, reason="transport_error", error=error, attempt=attempt, delay=delay)
     dispatch(task.pk, countdown=delay)
+
+
+def _attempts_this_turn(task: Task) -> int:
+    """Runs since the caller last spoke (the input, or the latest follow-up), this one included: each turn of a
+    conversation gets HERMES_TASK_MAX_ATTEMPTS of its own. Counted on the whole task, five follow-ups used up the
+    budget and the next transport error failed the task without a single retry."""
+    events = TaskEvent.objects.for_org(task.organization_id).filter(task=task)
+    turn = events.filter(kind=EventKind.MESSAGE, data__role="user").order_by("-seq").values_list("seq", flat=True)
+    return 1 + events.filter(kind=EventKind.RETRY, seq__gt=turn.first() or 0).count()
 
 
 @shared_task(name="apps.tasks.tasks.cancel_remote_task", ignore_result=True)
@@ -264,9 +282,10 @@ def fail_overdue(task: Task) -> None:
 
 @shared_task(name="apps.tasks.tasks.sweep_tasks", ignore_result=True)
 def sweep_tasks() -> dict[str, int]:
-    """Beat job: fail tasks past their deadline, re-dispatch tasks whose worker or message was lost."""
+    """Beat job: fail tasks past their deadline, re-dispatch tasks whose worker or message was lost, look whether
+    auth-required tasks went on at their agent."""
     now = timezone.now()
-    counts = {"deadline": 0, "redispatched": 0}
+    counts = {"deadline": 0, "redispatched": 0, "auth_rechecked": 0}
     active = Task.objects.unscoped("the sweeper scans every org").exclude(state__in=TERMINAL_STATES)
     overdue = active.filter(deadline_at__lt=now)
     for task in overdue.only("pk", "organization_id", "agent_id", "state", "claimed_by", "remote_task_id"):
@@ -296,6 +315,43 @@ def sweep_tasks() -> dict[str, int]:
         TASKS_RECOVERED.labels(outcome="redispatched").inc()
         dispatch(task.pk)
         counts["redispatched"] += 1
+    # An auth-required task can go on without a word from us: the person signs in elsewhere (the SDK's out-of-band
+    # model) and the agent carries on. Nobody follows an interrupted task, so each sweep looks at the agent's.
+    waiting = active.filter(
+        state=TaskState.AUTH_REQUIRED, claimed_by="", pending_message__isnull=True, agent__federation_address=""
+    ).exclude(remote_task_id="")
+    for task_id in waiting.values_list("pk", flat=True):
+        try:
+            recheck_auth_required.delay(str(task_id))
+        except Exception as exc:  # the broker is down: the next sweep looks again
+            logger.warning("task %s: could not send the auth-required check (%s)", task_id, exc)
+            continue
+        counts["auth_rechecked"] += 1
     if any(counts.values()):
         logger.info("sweeper: %s", counts)
     return counts
+
+
+@shared_task(name="apps.tasks.tasks.recheck_auth_required", ignore_result=True)
+def recheck_auth_required(task_id: str) -> None:
+    """Resume an auth-required task whose agent no longer waits (the sign-in happened out of band): as a task
+    whose worker was lost is resumed — the agent's snapshot, then its stream or polling, without recording twice
+    what the timeline holds. Until then, nothing: the agent keeps the task waiting."""
+    task = (
+        Task.objects.unscoped("the sweeper's auth-required check")
+        .select_related("agent")
+        .filter(pk=task_id, state=TaskState.AUTH_REQUIRED, claimed_by="", pending_message__isnull=True)
+        .first()
+    )
+    if task is None or not task.remote_task_id:
+        return  # answered, ended or taken up since the sweep
+    try:
+        state = execution.agent_state(task)
+    except (execution.AgentTransportError, execution.AgentError) as exc:
+        logger.info("task %s: the agent's task could not be read (%s); the next sweep looks again", task_id, exc)
+        return
+    if state in (None, TaskState.AUTH_REQUIRED):
+        return
+    task = actions.record(task, [actions.Observation(kind=EventKind.STATE, data={}, state=TaskState.WORKING)])
+    if task.state == TaskState.WORKING:
+        dispatch(task.pk)

@@ -86,6 +86,28 @@ class ChunkedExecutor(AgentExecutor):
         raise NotImplementedError
 
 
+SIGN_IN_WAIT = 1.0
+
+
+class OutOfBandAuthExecutor(AgentExecutor):
+    """Asks for sign-in (auth-required) and, without any message from its caller, goes on SIGN_IN_WAIT seconds
+    later as if the person had signed in elsewhere: the SDK's out-of-band auth model (`execute` does not return)."""
+
+    async def execute(self, context: RequestContext, event_queue: EventQueue) -> None:
+        task = context.current_task or new_task_from_user_message(context.message)  # type: ignore[arg-type]
+        if context.current_task is None:
+            await event_queue.enqueue_event(task)
+        updater = TaskUpdater(event_queue, task.id, task.context_id)
+        await updater.start_work()
+        await updater.requires_auth(updater.new_agent_message([new_text_part("sign in at https://idp.example")]))
+        await asyncio.sleep(SIGN_IN_WAIT)
+        await updater.add_artifact([new_text_part("result after sign-in")], name="result")
+        await updater.complete()
+
+    async def cancel(self, context: RequestContext, event_queue: EventQueue) -> None:
+        raise NotImplementedError
+
+
 def card_at(url: str, name: str, *, streaming: bool) -> AgentCard:
     """The card of a test agent served at `url` (JSON-RPC, protocol 1.0)."""
     return AgentCard(
@@ -113,6 +135,8 @@ def build(base: str) -> Any:
             Mount("/sleepy", _app(f"{base}/sleepy/", "Sleepy", SlowExecutor(SLEEPY_STEP), streaming=True)),
             Mount("/chunks-stream", _app(f"{base}/chunks-stream/", "Chunks", ChunkedExecutor(), streaming=True)),
             Mount("/chunks", _app(f"{base}/chunks/", "Chunks", ChunkedExecutor(), streaming=False)),
+            Mount("/oob-stream", _app(f"{base}/oob-stream/", "OOB", OutOfBandAuthExecutor(), streaming=True)),
+            Mount("/oob", _app(f"{base}/oob/", "OOB", OutOfBandAuthExecutor(), streaming=False)),
             Mount("/", third_party_app(base)),
         ]
     )

@@ -333,3 +333,31 @@ def test_an_agents_answer_with_characters_postgres_cannot_store_is_recorded_not_
     assert task.state == TaskState.FAILED and task.last_error == "p\ufffdq \ufffd"
     stored = task.events.get(kind="artifact").data
     assert stored["parts"] == [{"kind": "text", "text": "a\ufffdb"}, {"kind": "data", "data": {"x": "NaN"}}]
+
+
+@pytest.mark.django_db
+def test_each_turn_of_a_conversation_has_its_own_retries(org: Any, agent: Any, settings: Any, monkeypatch: Any) -> None:
+    # Counted on the whole task, five follow-ups used up HERMES_TASK_MAX_ATTEMPTS and the next transport error
+    # failed the task at once, without a retry.
+    from apps.agents.client import AgentTransportError
+    from apps.tasks import tasks as jobs
+
+    settings.HERMES_TASK_MAX_ATTEMPTS = 3
+    monkeypatch.setattr(jobs, "dispatch", lambda *args, **kwargs: None)
+    task = actions.create_task(org=org, agent=agent, message=MESSAGE)
+    for turn in range(5):  # five turns, each answered on its first run
+        actions.record(task, [Observation(kind="state", data={}, state="input-required", remote_task_id="r1")])
+        task = actions.continue_task(Task.objects.for_org(org).get(pk=task.pk), message=MESSAGE)
+    Task.objects.for_org(org).filter(pk=task.pk).update(attempts=6)
+    refused = AgentTransportError("The agent answered HTTP 500.")
+    for _ in range(2):
+        jobs._transport_failure(task, refused)
+    task.refresh_from_db()
+    retries = [e.data["attempt"] for e in task.events.filter(kind="retry").order_by("seq")]
+    assert task.state == "working" and retries == [1, 2]
+    jobs._transport_failure(task, refused)  # the third attempt of this turn was the last
+    task.refresh_from_db()
+    assert (
+        task.state == "failed"
+        and task.last_error == "gave up after 3 attempts: AgentTransportError: The agent answered HTTP 500."
+    )

@@ -19,7 +19,7 @@ from apps.tasks.execution import _Recorded, observe
 from apps.tasks.models import TERMINAL_STATES, Task, TaskState
 from apps.tasks.tasks import WATCH_SECONDS, sweep_tasks
 from tests.factories import access_for
-from tests.tasks.agents import CHUNKS, SlowExecutor
+from tests.tasks.agents import CHUNKS, SIGN_IN_WAIT, SlowExecutor
 from tests.tasks.conftest import nested, reload_task, timeline, wait_for
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -121,6 +121,26 @@ def test_a_task_picked_up_after_its_worker_was_lost_records_each_chunk_once(
     assert [c["append"] for c in chunks] == [False] + [True] * (len(chunks) - 1)
     parts = [part for c in chunks for part in c["parts"]]
     assert parts == [{"kind": "text", "text": f"chunk {n}"} for n in range(1, CHUNKS + 1)]
+
+
+@pytest.mark.parametrize("path", ["oob", "oob-stream"])
+def test_an_agent_that_goes_on_after_out_of_band_sign_in_completes_the_task(
+    task_worker: Any, agents_base: str, org: Any, path: str
+) -> None:
+    # Nobody followed an auth-required task: the agent's result was lost and the task failed at its deadline.
+    agent = register_agent_by_url(org=org, url=f"{agents_base}/{path}/")
+    task = actions.create_task(org=org, agent=agent, message=text("work"))
+    waiting = wait_for(lambda: (t := reload_task(task)).state == "auth-required" and not t.claimed_by and t)
+    assert sweep_tasks()["auth_rechecked"] == 1  # the agent still waits: nothing changes
+    time.sleep(SIGN_IN_WAIT + 0.5)
+    assert reload_task(waiting).state == "auth-required"
+    assert sweep_tasks()["auth_rechecked"] == 1
+    task = finished(task)
+    assert task.state == "completed", task.last_error
+    artifacts = [data for kind, data in timeline(task) if kind == "artifact"]
+    assert [a["parts"] for a in artifacts] == [[{"kind": "text", "text": "result after sign-in"}]]
+    states = [data for kind, data in timeline(task) if kind == "state"]
+    assert states[-3:] == ["auth-required", "working", "completed"]
 
 
 def test_a_plain_message_answer_is_the_completed_states_message(task_worker: Any, agents_base: str, org: Any) -> None:

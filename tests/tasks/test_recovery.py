@@ -69,7 +69,7 @@ def test_killed_worker_is_replaced_and_the_sweeper_finishes_the_task(
         wait_for(lambda: sum(1 for k, _ in timeline(task) if k == "progress") >= 2)
         os.killpg(proc.pid, signal.SIGKILL)  # no chance to release the claim or ack the message
     dead_worker = running.claimed_by
-    assert sweep_tasks() == {"deadline": 0, "redispatched": 0}  # its heartbeat is still fresh
+    assert sweep_tasks() == {"deadline": 0, "redispatched": 0, "auth_rechecked": 0}  # its heartbeat is still fresh
     request.getfixturevalue("task_worker")
     wait_for(lambda: sweep_tasks()["redispatched"] == 1, timeout=10, interval=0.2)
     task = wait_for(lambda: (t := reload_task(task)).is_terminal and t, timeout=20)
