@@ -85,6 +85,9 @@ def _message_kwargs(message: dict[str, Any]) -> dict[str, Any]:
     return kwargs
 
 
+# How long a cancel waits for the agent's first answer (it names the agent's task, which CancelTask needs).
+CANCEL_GRACE_SECONDS = 5.0
+
 # How often the agent call looks whether it must end (a cancel, or the task ended elsewhere): a flag in memory.
 HALT_CHECK_SECONDS = 0.05
 
@@ -126,10 +129,16 @@ class Run:
     def request_cancel(self) -> None:
         """The caller asked to cancel. The call to the agent ends at once when the agent's task id is known (the
         worker then records `canceled` and calls CancelTask); before that, at the agent's first answer, which
-        carries the id (`record` cancels the task on it) — ended earlier, the agent's task could not be stopped."""
+        carries the id (`record` cancels the task on it) — ended earlier, the agent's task could not be stopped.
+        An agent that says nothing for CANCEL_GRACE_SECONDS more is not waited for: the call ends, the task is
+        canceled here, and the agent, which never named its task, cannot be told."""
         self.cancel_event.set()
         if self.task.remote_task_id:
             self.halt.set()
+            return
+        timer = threading.Timer(CANCEL_GRACE_SECONDS, self.halt.set)
+        timer.daemon = True
+        timer.start()
 
     def stop_agent(self) -> None:
         """CancelTask at the agent, once, for a task that ended here while the agent still works on it (canceled,

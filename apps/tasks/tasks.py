@@ -271,8 +271,12 @@ def _cancel_at_agent(task_id: Any, remote_task_id: str) -> None:
 
 
 def fail_overdue(task: Task) -> None:
-    """Fail a task past its deadline: by the sweeper, or by the watcher of the worker running it."""
-    actions.finish(task, TaskState.FAILED, error="deadline exceeded", reason="deadline")  # a no-op if it ended
+    """Fail a task past its deadline: by the sweeper, or by the watcher of the worker running it. One whose cancel
+    was asked for (and answered 202) before that ends canceled, as asked."""
+    if task.cancel_requested_at:
+        actions.finish(task, TaskState.CANCELED, reason="canceled by the caller")  # a no-op if it ended
+    else:
+        actions.finish(task, TaskState.FAILED, error="deadline exceeded", reason="deadline")
     if task.remote_task_id and not task.claimed_by:
         # Nobody runs it (it waited for input): tell the agent its task is over. A claimed task's worker sees the
         # task end within WATCH_SECONDS, ends its call and does so itself.
@@ -288,7 +292,8 @@ def sweep_tasks() -> dict[str, int]:
     counts = {"deadline": 0, "redispatched": 0, "auth_rechecked": 0}
     active = Task.objects.unscoped("the sweeper scans every org").exclude(state__in=TERMINAL_STATES)
     overdue = active.filter(deadline_at__lt=now)
-    for task in overdue.only("pk", "organization_id", "agent_id", "state", "claimed_by", "remote_task_id"):
+    fields = ("pk", "organization_id", "agent_id", "state", "claimed_by", "remote_task_id", "cancel_requested_at")
+    for task in overdue.only(*fields):
         fail_overdue(task)
         counts["deadline"] += 1
 

@@ -108,6 +108,19 @@ class OutOfBandAuthExecutor(AgentExecutor):
         raise NotImplementedError
 
 
+class SilentExecutor(AgentExecutor):
+    """Says nothing at all for a minute (not even the task it made), then completes."""
+
+    async def execute(self, context: RequestContext, event_queue: EventQueue) -> None:
+        await asyncio.sleep(60)
+        task = new_task_from_user_message(context.message)  # type: ignore[arg-type]
+        await event_queue.enqueue_event(task)
+        await TaskUpdater(event_queue, task.id, task.context_id).complete()
+
+    async def cancel(self, context: RequestContext, event_queue: EventQueue) -> None:
+        raise NotImplementedError
+
+
 def card_at(url: str, name: str, *, streaming: bool) -> AgentCard:
     """The card of a test agent served at `url` (JSON-RPC, protocol 1.0)."""
     return AgentCard(
@@ -137,6 +150,7 @@ def build(base: str) -> Any:
             Mount("/chunks", _app(f"{base}/chunks/", "Chunks", ChunkedExecutor(), streaming=False)),
             Mount("/oob-stream", _app(f"{base}/oob-stream/", "OOB", OutOfBandAuthExecutor(), streaming=True)),
             Mount("/oob", _app(f"{base}/oob/", "OOB", OutOfBandAuthExecutor(), streaming=False)),
+            Mount("/silent", _app(f"{base}/silent/", "Silent", SilentExecutor(), streaming=True)),
             Mount("/", third_party_app(base)),
         ]
     )

@@ -143,6 +143,34 @@ def test_an_agent_that_goes_on_after_out_of_band_sign_in_completes_the_task(
     assert states[-3:] == ["auth-required", "working", "completed"]
 
 
+def test_a_cancel_before_the_agents_first_answer_ends_the_task_soon(
+    task_worker: Any, agents_base: str, org: Any, monkeypatch: Any
+) -> None:
+    # The call used to end only once the agent named its task: against an agent that says nothing, the 202'd
+    # cancel did nothing until the deadline failed the task (an hour by default), holding a worker slot meanwhile.
+    from apps.tasks import execution
+
+    monkeypatch.setattr(execution, "CANCEL_GRACE_SECONDS", 0.5)
+    agent = register_agent_by_url(org=org, url=f"{agents_base}/silent/")
+    task = actions.create_task(org=org, agent=agent, message=text("hello?"))
+    wait_for(lambda: reload_task(task).claimed_by)
+    actions.cancel_task(reload_task(task))
+    task = wait_for(lambda: (t := reload_task(task)).is_terminal and t, timeout=5)
+    assert task.state == "canceled" and task.remote_task_id == ""
+
+
+def test_a_task_whose_cancel_was_accepted_ends_canceled_even_past_its_deadline(org: Any, task_worker: Any) -> None:
+    from apps.tasks.tasks import fail_overdue
+
+    agent = register_agent_manually(org=org, name="Nowhere", url="https://nowhere.example.com/")
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr("apps.tasks.tasks.run_task.apply_async", lambda *a, **k: None)
+        task = actions.create_task(org=org, agent=agent, message=text("hi"))
+    Task.objects.for_org(org).filter(pk=task.pk).update(cancel_requested_at=timezone.now(), claimed_by="w")
+    fail_overdue(reload_task(task))
+    assert reload_task(task).state == "canceled"
+
+
 def test_a_plain_message_answer_is_the_completed_states_message(task_worker: Any, agents_base: str, org: Any) -> None:
     agent = register_agent_by_url(org=org, url=f"{agents_base}/plain/")
     task = finished(actions.create_task(org=org, agent=agent, message=text("message")))
