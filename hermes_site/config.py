@@ -676,6 +676,12 @@ SETTINGS_TABLE: tuple[Setting, ...] = (
         "Largest accepted task input; bigger is HTTP 413.",
     ),
     Setting(
+        "HERMES_MAX_EVENT_BYTES",
+        Number(integer=True, min=1024, unit="bytes"),
+        "1048576",
+        "Largest agent output kept in one timeline event; a bigger part is replaced by a note saying its size.",
+    ),
+    Setting(
         "HERMES_TASK_DEADLINE_SECONDS", WHOLE_SECONDS, "3600", "Default task deadline; the sweeper fails tasks past it."
     ),
     Setting("HERMES_TASK_HEARTBEAT_SECONDS", SECONDS, "5", "How often a worker stamps the task it runs."),

@@ -484,7 +484,7 @@ def record(task: Task | Any, observations: Iterable[Observation], *, worker: str
                 continue
             # What an agent (or a peer) said was decoded by its client, not by Hermes' own JSON reader: a NUL or
             # a lone surrogate in it would fail the INSERT and lose the whole answer for one character.
-            data = jsonutil.storable(obs.data)
+            data = _within_event_limit(jsonutil.storable(obs.data))
             if obs.kind != EventKind.STATE:
                 _append(pending, obs.kind, data)
             if obs.state and obs.state != locked.state:
@@ -516,6 +516,36 @@ def record(task: Task | Any, observations: Iterable[Observation], *, worker: str
         if pending.events or fields:
             _save(pending, *fields)
     return locked
+
+
+def _within_event_limit(data: dict[str, Any]) -> dict[str, Any]:
+    """`data` with every part (of an artifact, a progress line, a state's message) that would take the event past
+    HERMES_MAX_EVENT_BYTES replaced by a text part saying what was left out. An agent's output had no limit: a
+    100 MB artifact was one row, one API answer and one channel-layer message, and a message that large
+    disconnected the Redis pub/sub connection every live stream of the process shares."""
+    limit = settings.HERMES_MAX_EVENT_BYTES
+    if jsonutil.encoded_size(data) <= limit:
+        return data
+    nested = isinstance(data.get("message"), dict)
+    parts = (data["message"] if nested else data).get("parts")
+    if not isinstance(parts, list):
+        return data
+    room = limit - jsonutil.encoded_size(_with_parts(data, [], nested=nested))
+    kept: list[Any] = []
+    for part in parts:
+        size = jsonutil.encoded_size(part) + 1  # and its comma
+        if size > room:
+            kind = part.get("kind", "unknown") if isinstance(part, dict) else "unknown"
+            note = f"[a {kind} part of {size - 1:,} bytes was not kept: over the {limit:,}-byte event limit]"
+            part = {"kind": "text", "text": note, "metadata": {"hermes_dropped_bytes": size - 1}}
+            size = jsonutil.encoded_size(part) + 1
+        room -= size
+        kept.append(part)
+    return _with_parts(data, kept, nested=nested)
+
+
+def _with_parts(data: dict[str, Any], parts: list[Any], *, nested: bool) -> dict[str, Any]:
+    return {**data, "message": {**data["message"], "parts": parts}} if nested else {**data, "parts": parts}
 
 
 def _allowed_from(state: str) -> frozenset[str]:

@@ -361,3 +361,29 @@ def test_each_turn_of_a_conversation_has_its_own_retries(org: Any, agent: Any, s
         task.state == "failed"
         and task.last_error == "gave up after 3 attempts: AgentTransportError: The agent answered HTTP 500."
     )
+
+
+@pytest.mark.django_db
+def test_agent_output_past_the_event_limit_is_left_out_with_a_note(org: Any, agent: Any, settings: Any) -> None:
+    settings.HERMES_MAX_EVENT_BYTES = 4096
+    task = actions.create_task(org=org, agent=agent, message=MESSAGE)
+    small = {"kind": "text", "text": "summary"}
+    huge = {"kind": "text", "text": "x" * 10_000}
+    artifact = {"artifact_id": "a", "name": "report", "parts": [small, huge], "append": False, "last_chunk": True}
+    line = {"role": "agent", "parts": [{"kind": "data", "data": {"blob": "y" * 9_000}}]}
+    actions.record(
+        task,
+        [
+            Observation(kind="artifact", data=artifact, state=None),
+            Observation(kind="progress", data=line, state="working"),
+            Observation(kind="state", data={"message": line}, state="completed"),
+        ],
+    )
+    events = {e.seq: e.data for e in TaskEvent.objects.for_org(org).filter(task=task)}
+    kept = [events[seq] for seq in sorted(events)][-4:]  # artifact, progress, working, completed
+    note = "[a text part of 10,025 bytes was not kept: over the 4,096-byte event limit]"
+    assert kept[0]["parts"] == [small, {"kind": "text", "text": note, "metadata": {"hermes_dropped_bytes": 10_025}}]
+    assert kept[0]["name"] == "report"
+    assert kept[1]["parts"][0]["text"].startswith("[a data part of 9,")
+    assert kept[3]["message"]["parts"][0]["text"].startswith("[a data part of 9,")
+    assert kept[3]["to"] == "completed"
