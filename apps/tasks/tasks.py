@@ -27,6 +27,7 @@ from django.db import connection, transaction
 from django.db.models import Q, QuerySet
 from django.utils import timezone
 
+from apps.core import checks
 from apps.core.context import bound
 from apps.core.metrics import TASK_RETRIES, TASKS_RECOVERED
 from apps.tasks import actions, execution
@@ -119,6 +120,7 @@ class Heartbeat(threading.Thread):
         self.stop = threading.Event()
         self.cancel = threading.Event()
         self.lost = threading.Event()
+        self.database_down = False
 
     def run(self) -> None:
         every = settings.HERMES_TASK_HEARTBEAT_SECONDS
@@ -151,8 +153,15 @@ class Heartbeat(threading.Thread):
             if row[0] and not self.cancel.is_set():
                 self.cancel.set()
                 self.on_cancel()
-        except Exception:
-            logger.exception("task %s: heartbeat failed", self.task_id)
+        except Exception as exc:
+            if not checks.is_database_outage(exc):
+                logger.exception("task %s: heartbeat failed", self.task_id)
+                return
+            if not self.database_down:  # one line per outage, not one every WATCH_SECONDS
+                logger.warning("task %s: the database is unreachable; the heartbeat waits for it", self.task_id)
+            self.database_down = True
+            return
+        self.database_down = False
 
 
 @shared_task(name="apps.tasks.tasks.run_task", ignore_result=True)
@@ -193,6 +202,10 @@ def _run_claimed(task: Task, worker: str) -> None:
         actions.finish(task, TaskState.FAILED, error=str(exc) or type(exc).__name__)
         return
     except Exception as exc:
+        if checks.is_database_outage(exc):
+            # Not a bug, and nothing can be written: the job ends as a skipped one (one warning line, see
+            # apps.core.celery_signals), and the sweeper resumes the task once the database is back.
+            raise
         # A bug of ours, not the agent's: fail visibly rather than leave the task claimed forever.
         logger.exception("task %s: unexpected error", task.pk)
         # Its type only: the message of an internal error (a database error quotes the SQL) is for the log, not

@@ -387,3 +387,25 @@ def test_agent_output_past_the_event_limit_is_left_out_with_a_note(org: Any, age
     assert kept[1]["parts"][0]["text"].startswith("[a data part of 9,")
     assert kept[3]["message"]["parts"][0]["text"].startswith("[a data part of 9,")
     assert kept[3]["to"] == "completed"
+
+
+def test_the_heartbeat_says_once_that_the_database_is_down(monkeypatch: Any, caplog: Any) -> None:
+    # It logged an ERROR with a traceback every 0.5 s for as long as the outage lasted.
+    from django.db import OperationalError
+
+    from apps.core import checks
+    from apps.tasks import tasks as jobs
+
+    def unreachable(*args: Any, **kwargs: Any) -> Any:
+        raise OperationalError("connection refused")
+
+    monkeypatch.setattr(jobs.Task.objects, "unscoped", unreachable)
+    monkeypatch.setattr(checks, "database_reachable", lambda: False)
+    heartbeat = jobs.Heartbeat("t1", "w1", on_cancel=lambda: None, on_lost=lambda: None)
+    with caplog.at_level(logging.INFO, logger="apps.tasks.tasks"):
+        for _ in range(3):
+            heartbeat.watch()
+    assert [(r.levelname, r.getMessage()) for r in caplog.records] == [
+        ("WARNING", "task t1: the database is unreachable; the heartbeat waits for it")
+    ]
+    assert not heartbeat.lost.is_set()  # the claim is not given up for an outage
