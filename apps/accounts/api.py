@@ -22,6 +22,7 @@ from apps.accounts.serializers import (
 from apps.core.api import access_of, describe
 from apps.core.errors import HermesAPIError
 from apps.core.http import header_text
+from apps.core.permissions import Access
 from apps.orgs.quotas import AnonymousRateThrottle
 from apps.orgs.selectors import memberships_of
 
@@ -31,7 +32,8 @@ class MeView(APIView):
         "The caller",
         action=None,
         notes="The signed-in person (or the creator of the API key), their orgs and roles, and the org, role and "
-        "scopes this request acts with (`current`: null for a person who belongs to no org yet).",
+        "scopes this request acts with (`current`: null for a person who belongs to no org yet). With an API key, "
+        "`memberships` holds only the key's org: a key acts for one org and does not reveal its creator's others.",
         responses={200: MeSerializer},
         errors={
             403: "`no_organization`: `X-Hermes-Org` names none of your organizations (as on every other endpoint)."
@@ -43,14 +45,18 @@ class MeView(APIView):
             # (which reads as "you are in no org"). Without the header, a person in no org yet gets their 200.
             access_of(request)
         user: Any = request.user
+        access = request.auth
+        key_org = access.org if isinstance(access, Access) and access.api_key is not None else None
         data = {
             "id": user.pk,
             "email": user.email,
             "name": user.name,
             "date_joined": user.date_joined,
-            "memberships": memberships_of(user),
+            # A key is a credential for one org: it shows its creator's membership there and not the orgs they
+            # belong to otherwise (as GET /orgs with a key lists only its org). A session shows them all.
+            "memberships": memberships_of(user, org=key_org),
         }
-        return Response(MeSerializer(data, context={"access": request.auth}).data)
+        return Response(MeSerializer(data, context={"access": access}).data)
 
 
 class PublicView(APIView):

@@ -26,7 +26,7 @@ from apps.core import audit
 from apps.core.api import require_action as _require
 from apps.core.errors import Conflict, HermesAPIError
 from apps.core.permissions import MATRIX, SCOPES, Access, Role
-from apps.orgs import auth, tokens
+from apps.orgs import auth, selectors, tokens
 from apps.orgs.models import APIKey, Invitation, Membership, Organization, Plan
 
 MAX_ROTATION_GRACE = timedelta(days=30)
@@ -91,6 +91,9 @@ def delete_organization(*, access: Access) -> None:
     org = access.org
     try:
         with transaction.atomic():
+            # The org row first, as every membership change takes it (`_lock_org`): deleting the memberships while
+            # one of them is changing would otherwise lock the rows in another order than the change does.
+            list(Organization.objects.select_for_update().filter(pk=org.pk).values_list("pk"))
             audit.record("org.deleted", access=access, target=org, slug=org.slug)
             Organization.objects.filter(pk=org.pk).delete()
     except RestrictedError as exc:
@@ -107,14 +110,37 @@ def delete_organization(*, access: Access) -> None:
 # --- Members ------------------------------------------------------------------------------------------------
 
 
+def _lock_org(org: Any) -> None:
+    # The org row is the mutex of who belongs to the org: every role change, removal and invitation takes it
+    # first, so they run one at a time per org and take their row locks in one order (org, owners by pk, the
+    # member; org, the open invitation). Locks taken in the order each action happened to need them deadlocked:
+    # two owners demoting themselves each held their own row and waited for the other's among the owners' (a 500).
+    # FOR NO KEY UPDATE, not FOR UPDATE: it does not block the key-share lock that inserting any row referring to
+    # the org (a task, an accepted membership) takes.
+    list(Organization.objects.select_for_update(no_key=True).filter(pk=getattr(org, "pk", org)).values_list("pk"))
+
+
 def _lock_owners(org: Any) -> list[Membership]:
     # Locking every owner row serialises concurrent demotions/removals, so two owners demoting each other at
-    # the same moment cannot both succeed and leave the org without an owner.
-    return list(Membership.objects.for_org(org).select_for_update().filter(role=Role.OWNER))
+    # the same moment cannot both succeed and leave the org without an owner. Callers hold the org row already
+    # (`_lock_org`); pk order keeps the row locks in one order all the same.
+    return list(Membership.objects.for_org(org).select_for_update().filter(role=Role.OWNER).order_by("pk"))
 
 
-def _guard_last_owner(org: Any, membership: Membership) -> None:
+def _lock_member(org: Any, membership: Membership) -> tuple[Membership, list[Membership]]:
+    """The membership as it is now and the org's owners, locked in the one order (org, owners by pk, member).
+    A 404 when it was removed meanwhile (a concurrent request got there first)."""
+    _lock_org(org)
     owners = _lock_owners(org)
+    locked = next((owner for owner in owners if owner.pk == membership.pk), None)
+    if locked is None:
+        locked = Membership.objects.for_org(org).select_for_update().filter(pk=membership.pk).first()
+    if locked is None:
+        raise HermesAPIError("This member is no longer in the organization.", code="not_found", status_code=404)
+    return locked, owners
+
+
+def _guard_last_owner(membership: Membership, owners: list[Membership]) -> None:
     if membership.role == Role.OWNER and len(owners) <= 1:
         raise Conflict(
             "An organization must keep at least one owner: make someone else an owner first.", code="last_owner"
@@ -127,11 +153,11 @@ def change_role(*, access: Access, membership: Membership, role: str) -> Members
     _require(access, "org:roles")
     if role not in Role.values:
         raise ValidationError({"role": [f"Unknown role '{role}'; choose one of {', '.join(Role.values)}."]})
-    membership = Membership.objects.for_org(access.org).select_for_update().get(pk=membership.pk)
+    membership, owners = _lock_member(access.org, membership)
     if membership.role == role:
         return membership
     if role != Role.OWNER:
-        _guard_last_owner(access.org, membership)
+        _guard_last_owner(membership, owners)
     previous = membership.role
     membership.role = role
     membership.save(update_fields=["role"])
@@ -151,9 +177,15 @@ def remove_member(*, access: Access, membership: Membership) -> None:
     """Admins remove members but not owners; anyone may leave; the last owner may not."""
     # Leaving is a person's decision: through an API key, removing anyone (even its creator) needs `org:admin`.
     leaving = access.api_key is None and access.user is not None and membership.user_id == access.user.pk
-    if not leaving:
-        _require(access, "org:roles" if membership.role == Role.OWNER else "org:admin")
-    _guard_last_owner(access.org, membership)
+
+    def require_right(member: Membership) -> None:
+        if not leaving:
+            _require(access, "org:roles" if member.role == Role.OWNER else "org:admin")
+
+    require_right(membership)  # refused before taking any lock
+    membership, owners = _lock_member(access.org, membership)
+    require_right(membership)  # and as it is now: a member made an owner meanwhile takes `org:roles` to remove
+    _guard_last_owner(membership, owners)
     audit.record(
         "member.removed",
         access=access,
@@ -179,6 +211,10 @@ def invitation_url(token: str) -> str:
     return f"{settings.HERMES_PUBLIC_URL}/invitations/{token}/"
 
 
+# The reason the audit row of an invitation revoked by re-inviting its address gives (`invitation.revoked`).
+REPLACED_BY_NEW_INVITATION = "replaced by a new invitation"
+
+
 @transaction.atomic
 def invite_member(*, access: Access, email: str, role: str = Role.MEMBER) -> IssuedInvitation:
     """Email an invitation; re-inviting an address replaces its open invitation. Inviting owners is `org:roles`."""
@@ -188,11 +224,21 @@ def invite_member(*, access: Access, email: str, role: str = Role.MEMBER) -> Iss
     if role == Role.OWNER:
         _require(access, "org:roles")
     email = email.strip().lower()
+    # Invitations of one address run one at a time, each replacing the one before it. Unserialised, every one of
+    # five simultaneous invitations revoked the open one (none yet) and inserted its own, and all but the first
+    # broke the one-open-invitation-per-address constraint: a 500 each.
+    _lock_org(access.org)
+    open_ones = list(
+        Invitation.objects.for_org(access.org)
+        .select_for_update()
+        .filter(email=email, accepted_at=None, revoked_at=None)
+        .order_by("pk")
+    )
+    # After locking the open invitation: one accepted meanwhile has made its address a member by now.
     if Membership.objects.for_org(access.org).filter(user__email__iexact=email).exists():
         raise Conflict(f"{email} is already a member of this organization.", code="already_member")
     now = timezone.now()
-    open_ones = Invitation.objects.for_org(access.org).filter(email=email, accepted_at=None, revoked_at=None)
-    replaced = open_ones.update(revoked_at=now)
+    Invitation.objects.for_org(access.org).filter(pk__in=[old.pk for old in open_ones]).update(revoked_at=now)
     token = tokens.new_invitation_token()
     invitation = Invitation.objects.create(
         organization=access.org,
@@ -203,7 +249,18 @@ def invite_member(*, access: Access, email: str, role: str = Role.MEMBER) -> Iss
         expires_at=now + INVITATION_LIFETIME,
     )
     audit.record("invitation.created", access=access, target=invitation, email=email, role=role)
+    for old in open_ones:
+        # Its link stops working as if an admin had revoked it: the trail says so, and why.
+        audit.record(
+            "invitation.revoked",
+            access=access,
+            target=old,
+            email=email,
+            reason=REPLACED_BY_NEW_INVITATION,
+            replaced_by=invitation.pk,
+        )
     org_name, inviter = access.org.name, getattr(access.user, "email", "someone")
+    # On commit: a request that fails after this point sends no email for an invitation that was never stored.
     transaction.on_commit(
         lambda: send_mail(
             f"You are invited to {org_name} on Hermes",
@@ -213,14 +270,25 @@ def invite_member(*, access: Access, email: str, role: str = Role.MEMBER) -> Iss
             [email],
         )
     )
-    return IssuedInvitation(invitation, token, replaced)
+    return IssuedInvitation(invitation, token, len(open_ones))
 
 
 @transaction.atomic
 def revoke_invitation(*, access: Access, invitation: Invitation) -> Invitation:
     _require(access, "org:admin")
-    if invitation.state() != "pending":
-        raise Conflict(f"This invitation is already {invitation.state()}.", code="invitation_closed")
+    invitation = Invitation.objects.for_org(access.org).select_for_update().get(pk=invitation.pk)
+    state = invitation.state()
+    if state != "pending":
+        replaced_by = selectors.invitation_replaced_by(invitation) if state == "revoked" else None
+        if replaced_by is not None:
+            # "Already revoked" sent people looking for who revoked it: nobody did, a newer invitation replaced it.
+            raise Conflict(
+                f"This invitation was replaced by a newer invitation to {invitation.email} (id {replaced_by}); "
+                "revoke that one instead.",
+                code="invitation_closed",
+                details={"replaced_by": replaced_by},
+            )
+        raise Conflict(f"This invitation is already {state}.", code="invitation_closed")
     invitation.revoked_at = timezone.now()
     invitation.save(update_fields=["revoked_at"])
     audit.record("invitation.revoked", access=access, target=invitation, email=invitation.email)
@@ -487,8 +555,17 @@ def rotate_api_key(
     key.expires_at = grace_end if key.expires_at is None else min(key.expires_at, grace_end)
     key.rotated_to = successor.key
     key.save(update_fields=["expires_at", "rotated_to"])
+    # The successor's scopes always, and the old key's when the rotation changed them: a rotation that widens or
+    # narrows a key's scopes is a change of access the trail has to show.
+    scope_change = {} if set(new_scopes) == set(key.scopes) else {"old_key_scopes": sorted(key.scopes)}
     audit.record(
-        "api_key.rotated", access=access, target=key, successor_id=successor.key.pk, old_key_expires_at=key.expires_at
+        "api_key.rotated",
+        access=access,
+        target=key,
+        successor_id=successor.key.pk,
+        old_key_expires_at=key.expires_at,
+        scopes=new_scopes,
+        **scope_change,
     )
     # Websockets opened with the old key close when its grace period ends, not at the expiry they started with.
     transaction.on_commit(partial(auth.shorten_streams, auth.api_key_group(key.pk), key.expires_at))

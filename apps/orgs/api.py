@@ -94,7 +94,9 @@ class APIKeyViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, OrgScopedV
         action="org:admin",
         notes=_KEYS_NOTE + " Issues a successor (plaintext in this response only) with the key's name, scopes, "
         "expiry and rate limit, and keeps the old key working for `grace_seconds`, after which it answers 401 "
-        "`key_expired`. A key whose creator is gone (`creator_gone`) may be rotated: the successor is issued under "
+        "`key_expired`. `scopes` gives the successor other scopes, within the rotating caller's as when creating a "
+        "key (400 on `scopes`); the audit row `api_key.rotated` records the successor's scopes (and the old key's "
+        "when they differ). A key whose creator is gone (`creator_gone`) may be rotated: the successor is issued under "
         "the rotating person. Rotated with an API key, the successor may not outlive or out-rate that key (400 on "
         "`expires_at` / `rate_limit_per_minute`).",
         request=APIKeyRotateSerializer,
@@ -319,9 +321,37 @@ class InvitationViewSet(  # type: ignore[misc]
     write_action = "org:admin"
 
     def scoped_queryset(self) -> QuerySet[Any]:
-        return super().scoped_queryset().select_related("invited_by")
+        # Only the list filters: an invitation read or revoked by id is found whatever its state.
+        return selectors.invitations(self.org, self._states() if self.action == "list" else ())
 
-    @describe("List invitations", action="org:admin", notes="The org's invitations, open and closed.")
+    def _states(self) -> list[str]:
+        # Repeats for "any of these", as `status` does on tasks; an unknown state is a 400 naming the accepted ones
+        # (it used to be ignored: the whole list, which reads as if the filter had worked).
+        states = [state for state in self.request.query_params.getlist("state") if state]
+        accepted = ", ".join(selectors.INVITATION_STATES)
+        if unknown := [state for state in states if state not in selectors.INVITATION_STATES]:
+            raise HermesAPIError(
+                f"'state' must be one of: {accepted}.",
+                code="invalid",
+                details={"state": [f"Unknown state {', '.join(unknown)}: one of {accepted}."]},
+            )
+        return states
+
+    @describe(
+        "List invitations",
+        action="org:admin",
+        notes="The org's invitations, open and closed; filter by `state`.",
+        parameters=[
+            OpenApiParameter(
+                "state",
+                str,
+                enum=list(selectors.INVITATION_STATES),
+                many=True,
+                description="Only invitations in this state; repeat it for any of several "
+                "(`state=pending&state=expired`). Any other value is a 400.",
+            )
+        ],
+    )
     def list(self, request: Request, *args: Any, **kwargs: Any) -> Response:
         return super().list(request, *args, **kwargs)
 
@@ -333,7 +363,9 @@ class InvitationViewSet(  # type: ignore[misc]
         "Invite someone by email",
         action="org:admin",
         notes="Emails a link with a single-use token (valid 7 days; only its digest is stored). Inviting an owner "
-        "needs `org:roles`. Re-inviting an address replaces its open invitation. Honors `Idempotency-Key`.",
+        "needs `org:roles`. Re-inviting an address replaces its open invitation: that one is revoked (its link stops "
+        "working; audited as `invitation.revoked`, reason `replaced by a new invitation`). Simultaneous invitations "
+        "of one address run one after the other, each replacing the one before. Honors `Idempotency-Key`.",
         request=InvitationCreateSerializer,
         responses={201: InvitationSerializer},
         errors={
@@ -352,7 +384,10 @@ class InvitationViewSet(  # type: ignore[misc]
         notes="Its link stops working at once.",
         request=None,
         responses={200: InvitationSerializer},
-        errors={409: "`invitation_closed`: it was accepted, revoked or has expired already."},
+        errors={
+            409: "`invitation_closed`: it was accepted, revoked or has expired already; one replaced by a newer "
+            "invitation to the same address says so, with the newer one's id in `details.replaced_by`."
+        },
     )
     @action(detail=True, methods=["post"])
     def revoke(self, request: Request, pk: str | None = None) -> Response:

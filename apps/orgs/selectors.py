@@ -1,25 +1,26 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Collection, Iterable
+from datetime import datetime
 from typing import Any
 
-from django.db.models import OuterRef, QuerySet, Subquery
+from django.db.models import OuterRef, Q, QuerySet, Subquery
+from django.utils import timezone
 
 from apps.core.audit import events_for_org
 from apps.core.models import AuditEvent
 from apps.core.permissions import Access
-from apps.orgs.models import APIKey, Membership, Organization
+from apps.orgs.models import APIKey, Invitation, Membership, Organization
 
 SESSION_ORG_KEY = "hermes_org_id"
 
 
-def memberships_of(user: Any) -> list[Membership]:
-    return list(
-        Membership.objects.unscoped("a user's own memberships span orgs")
-        .filter(user=user)
-        .select_related("organization")
-        .order_by("organization__name")
-    )
+def memberships_of(user: Any, *, org: Any = None) -> list[Membership]:
+    """`user`'s memberships, by org name; with `org`, only the one in that org (what an API key of it may show)."""
+    memberships = Membership.objects.unscoped("a user's own memberships span orgs").filter(user=user)
+    if org is not None:
+        memberships = memberships.filter(organization=org)
+    return list(memberships.select_related("organization").order_by("organization__name"))
 
 
 def other_org_holding(user: Any, current_org_id: Any, holds: Callable[[Any], bool]) -> Organization | None:
@@ -33,7 +34,7 @@ def other_org_holding(user: Any, current_org_id: Any, holds: Callable[[Any], boo
 
 def session_access(request: Any, user: Any) -> Access | None:
     """The org a signed-in person acts for: X-Hermes-Org (slug) header, else the session's current org,
-    else their first org. None when they belong to no org."""
+    else the org they joined first (their oldest membership). None when they belong to no org."""
     slug = request.headers.get("X-Hermes-Org") if hasattr(request, "headers") else None
     memberships = memberships_of(user)
     chosen: Membership | None = None
@@ -42,7 +43,9 @@ def session_access(request: Any, user: Any) -> Access | None:
     else:
         org_id = request.session.get(SESSION_ORG_KEY) if hasattr(request, "session") else None
         chosen = next((m for m in memberships if m.organization_id == org_id), None)
-        chosen = chosen or (memberships[0] if memberships else None)
+        # Not the first by name: renaming any of their orgs would silently move a session that never picked one
+        # (an API client signed in with a session) to another org. The oldest membership stays put.
+        chosen = chosen or min(memberships, key=lambda m: (m.created_at, m.pk), default=None)
     if chosen is None:
         return None
     return Access(org=chosen.organization, role=chosen.role, user=user)
@@ -70,6 +73,45 @@ def visible_api_keys(access: Access) -> QuerySet[APIKey]:
     if access.allows("org:admin"):
         return keys
     return keys.filter(created_by=access.user) if access.user is not None else keys.none()
+
+
+# --- Invitations -----------------------------------------------------------------------------------------------
+
+# Invitation.state(), as filters: what `GET /invitations?state=` accepts.
+INVITATION_STATES: dict[str, Callable[[datetime], Q]] = {
+    "pending": lambda now: Q(accepted_at=None, revoked_at=None, expires_at__gt=now),
+    "accepted": lambda now: Q(accepted_at__isnull=False),
+    "revoked": lambda now: Q(accepted_at=None, revoked_at__isnull=False),
+    "expired": lambda now: Q(accepted_at=None, revoked_at=None, expires_at__lte=now),
+}
+
+
+def invitations(org: Any, states: Collection[str] = ()) -> QuerySet[Invitation]:
+    """The org's invitations with their inviter; `states`: only those in any of these (keys of INVITATION_STATES)."""
+    rows = Invitation.objects.for_org(org).select_related("invited_by")
+    if not states:
+        return rows
+    now = timezone.now()
+    wanted = Q()
+    for state in states:
+        wanted |= INVITATION_STATES[state](now)
+    return rows.filter(wanted)
+
+
+def invitation_replaced_by(invitation: Invitation) -> int | None:
+    """The id of the invitation that replaced this revoked one (re-inviting its address), else None. Only its audit
+    row tells: the invitation's own row looks the same however it was revoked."""
+    event = (
+        events_for_org(invitation.organization_id)
+        .filter(
+            action="invitation.revoked",
+            target_type="invitation",
+            target_id=str(invitation.pk),
+            details__has_key="replaced_by",
+        )
+        .first()
+    )
+    return None if event is None else int(event.details["replaced_by"])
 
 
 # --- The audit log ----------------------------------------------------------------------------------------------

@@ -99,7 +99,11 @@ class APIKeyRotateSerializer(StrictFieldsMixin, serializers.Serializer):
         help_text="How long the old key keeps working after rotation (default one day).",
     )
     scopes = serializers.ListField(
-        child=serializers.ChoiceField(choices=list(SCOPES)), required=False, allow_empty=False
+        child=serializers.ChoiceField(choices=list(SCOPES)),
+        required=False,
+        allow_empty=False,
+        help_text="The successor's scopes; left out: the rotated key's. Within the rotating caller's, as when "
+        "creating a key.",
     )
 
 

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import re
+from datetime import timedelta
 from typing import Any
 
 import pytest
 from django.core import mail
+from django.utils import timezone
 
 from apps.core.models import AuditEvent
 from apps.orgs.models import Invitation, Membership, Organization
@@ -240,6 +242,104 @@ def test_revoke_invitation(org: Any, alice: Any, client_for: Any) -> None:
     revoked = client.post(f"/api/v1/invitations/{created.data['id']}/revoke")
     assert revoked.status_code == 200 and revoked.data["state"] == "revoked"
     assert client.get("/api/v1/invitations").data["results"][0]["state"] == "revoked"
+
+
+def test_reinviting_audits_the_replaced_invitation_and_revoking_it_says_replaced(
+    org: Any, alice: Any, client_for: Any
+) -> None:
+    client = client_for(alice)
+    first = client.post("/api/v1/invitations", {"email": "x@example.test"}, format="json")
+    second = client.post("/api/v1/invitations", {"email": "x@example.test", "role": "admin"}, format="json")
+    assert first.status_code == second.status_code == 201
+    # The first invitation's link stopped working: the trail says so, and why.
+    revoked = AuditEvent.objects.get(org_id=org.pk, action="invitation.revoked")
+    assert revoked.target_id == str(first.data["id"]) and revoked.actor == alice
+    assert revoked.details == {
+        "email": "x@example.test",
+        "reason": "replaced by a new invitation",
+        "replaced_by": second.data["id"],
+    }
+    # Revoking it is still a 409 `invitation_closed`, but it says it was replaced (not "already revoked").
+    again = client.post(f"/api/v1/invitations/{first.data['id']}/revoke")
+    assert again.status_code == 409 and again.data["error"]["code"] == "invitation_closed"
+    assert again.data["error"]["message"] == (
+        f"This invitation was replaced by a newer invitation to x@example.test (id {second.data['id']}); "
+        "revoke that one instead."
+    )
+    assert again.data["error"]["details"] == {"replaced_by": second.data["id"]}
+    # One an admin revoked is "already revoked", as before.
+    assert client.post(f"/api/v1/invitations/{second.data['id']}/revoke").status_code == 200
+    closed = client.post(f"/api/v1/invitations/{second.data['id']}/revoke")
+    assert closed.status_code == 409 and closed.data["error"]["message"] == "This invitation is already revoked."
+
+
+def test_invitations_filter_by_state_and_refuse_unknown_states(org: Any, alice: Any, client_for: Any) -> None:
+    client = client_for(alice)
+    ids = {
+        email: client.post("/api/v1/invitations", {"email": email}, format="json").data["id"]
+        for email in ("pending@example.test", "revoked@example.test", "expired@example.test")
+    }
+    client.post(f"/api/v1/invitations/{ids['revoked@example.test']}/revoke")
+    Invitation.objects.for_org(org).filter(pk=ids["expired@example.test"]).update(
+        expires_at=timezone.now() - timedelta(seconds=1)
+    )
+
+    def listed(query: str) -> set[str]:
+        response = client.get(f"/api/v1/invitations{query}")
+        assert response.status_code == 200, response.data
+        return {row["email"] for row in response.data["results"]}
+
+    assert listed("?state=pending") == {"pending@example.test"}
+    assert listed("?state=revoked&state=expired") == {"revoked@example.test", "expired@example.test"}
+    assert listed("?state=accepted") == set()
+    assert len(listed("")) == 3
+    # An unknown state was ignored (the whole list, as if it matched): a 400 naming the accepted ones.
+    bogus = client.get("/api/v1/invitations?state=bogus")
+    assert bogus.status_code == 400 and bogus.data["error"]["code"] == "invalid"
+    assert bogus.data["error"]["message"] == "'state' must be one of: pending, accepted, revoked, expired."
+    assert bogus.data["error"]["details"] == {
+        "state": ["Unknown state bogus: one of pending, accepted, revoked, expired."]
+    }
+    # Reading one by id is not filtered.
+    assert client.get(f"/api/v1/invitations/{ids['revoked@example.test']}?state=pending").status_code == 200
+
+
+# --- /me and the org a session acts for ----------------------------------------------------------------------
+
+
+def test_a_session_without_a_chosen_org_acts_for_its_oldest_membership_whatever_the_names(
+    org: Any, alice: Any, other_org: Any, client_for: Any
+) -> None:
+    # alice joined Acme first, Globex later. The first org by name agreed until Acme was renamed "Zenith": then the
+    # same session silently acted for Globex.
+    MembershipFactory(organization=other_org, user=alice, role="member")
+    client = client_for(alice)  # an API caller: signed in, never opened a console page, no X-Hermes-Org
+    assert client.get("/api/v1/me").data["current"]["org"] == "acme"
+    Organization.objects.filter(pk=org.pk).update(name="Zenith")
+    assert client.get("/api/v1/me").data["current"]["org"] == "acme"
+    assert client.get("/api/v1/orgs/acme").status_code == 200
+    # The header still picks any of them.
+    assert client.get("/api/v1/me", HTTP_X_HERMES_ORG="globex").data["current"]["org"] == "globex"
+
+
+def test_a_session_acts_for_the_org_joined_first_even_when_its_name_sorts_last(org: Any, client_for: Any) -> None:
+    zeta = Organization.objects.create(name="Zeta", slug="zeta")
+    early = UserFactory(email="early@example.test")
+    MembershipFactory(organization=zeta, user=early, role="member")
+    MembershipFactory(organization=org, user=early, role="member")
+    assert client_for(early).get("/api/v1/me").data["current"]["org"] == "zeta"
+
+
+def test_me_with_a_key_shows_only_the_keys_org(org: Any, alice: Any, other_org: Any, client_for: Any) -> None:
+    MembershipFactory(organization=other_org, user=alice, role="member")
+    _, plaintext = issue_api_key(alice, org, scopes=["org:read"])
+    by_key = key_client(plaintext).get("/api/v1/me")
+    assert by_key.status_code == 200
+    assert by_key.data["memberships"] == [{"org": "acme", "org_name": "Acme", "role": "owner"}]
+    assert by_key.data["current"]["org"] == "acme" and by_key.data["current"]["via"] == "api_key"
+    # A session still lists every org of the person.
+    by_session = client_for(alice).get("/api/v1/me")
+    assert {row["org"] for row in by_session.data["memberships"]} == {"acme", "globex"}
 
 
 # --- Bad input ---------------------------------------------------------------------------------------------------

@@ -331,6 +331,22 @@ def test_websockets_accept_a_key_in_the_header_or_query(org: Any, alice: Any) ->
     assert anonymous["access"] is None
 
 
+def test_the_rotation_audit_row_records_the_successors_scopes(org: Any, alice: Any, client_for: Any) -> None:
+    client = client_for(alice)
+    key, _ = issue_api_key(alice, org, scopes=["org:read", "tasks:read"])
+    narrowed = client.post(f"/api/v1/keys/{key.pk}/rotate", {"scopes": ["tasks:read"]}, format="json")
+    assert narrowed.status_code == 201 and narrowed.data["scopes"] == ["tasks:read"]
+    event = AuditEvent.objects.get(org_id=org.pk, action="api_key.rotated", target_id=str(key.pk))
+    assert event.details["successor_id"] == narrowed.data["id"]
+    assert event.details["scopes"] == ["tasks:read"]
+    assert event.details["old_key_scopes"] == ["org:read", "tasks:read"]
+    # Scopes kept: the successor's are recorded all the same, and no old ones beside them.
+    kept = client.post(f"/api/v1/keys/{narrowed.data['id']}/rotate", {}, format="json")
+    assert kept.status_code == 201
+    event = AuditEvent.objects.get(org_id=org.pk, action="api_key.rotated", target_id=str(narrowed.data["id"]))
+    assert event.details["scopes"] == ["tasks:read"] and "old_key_scopes" not in event.details
+
+
 # --- A key created or rotated with a key: bounded by it ----------------------------------------------------------
 
 
