@@ -475,7 +475,13 @@ def _successor_within_parent(access: Access, key: APIKey) -> None:
 
 
 def _issue(
-    access: Access, *, name: str, scopes: list[str], expires_at: datetime | None, rate_limit: int | None
+    access: Access,
+    *,
+    name: str,
+    scopes: list[str],
+    expires_at: datetime | None,
+    rate_limit: int | None,
+    parent: APIKey | None,
 ) -> IssuedKey:
     plaintext = tokens.new_api_key()
     key = APIKey.objects.create(
@@ -488,6 +494,7 @@ def _issue(
         created_by=access.user,
         expires_at=expires_at,
         rate_limit_per_minute=rate_limit,
+        parent=parent,
     )
     key.creator_role = access.role  # its creator is the member acting now: its state needs no query
     return IssuedKey(key, plaintext)
@@ -520,7 +527,9 @@ def create_api_key(
         errors.setdefault(field, []).extend(messages)
     if errors:
         raise ValidationError(errors)
-    issued = _issue(access, name=name, scopes=scopes, expires_at=expires_at, rate_limit=rate_limit)
+    issued = _issue(
+        access, name=name, scopes=scopes, expires_at=expires_at, rate_limit=rate_limit, parent=access.api_key
+    )
     audit.record("api_key.created", access=access, target=issued.key, name=name, scopes=scopes)
     return issued
 
@@ -549,8 +558,15 @@ def rotate_api_key(
     new_scopes = _validate_scopes(access, key.scopes if scopes is None else scopes)
     _successor_within_parent(access, key)
     successor = _issue(
-        access, name=key.name, scopes=new_scopes, expires_at=key.expires_at, rate_limit=key.rate_limit_per_minute
+        access,
+        name=key.name,
+        scopes=new_scopes,
+        expires_at=key.expires_at,
+        rate_limit=key.rate_limit_per_minute,
+        parent=key.parent,
     )
+    # The keys made with the old key now hang from its successor: revoking the successor revokes them.
+    APIKey.objects.for_org(access.org).filter(parent=key).update(parent=successor.key)
     grace_end = now + grace
     key.expires_at = grace_end if key.expires_at is None else min(key.expires_at, grace_end)
     key.rotated_to = successor.key
@@ -588,6 +604,7 @@ def staff_revoke_api_key(*, key: APIKey, actor: Any) -> APIKey:
 
 
 def _revoke(key: APIKey, **who: Any) -> APIKey:
+    """Revoke `key` and every key made with it, and theirs (each audited, naming the key it was revoked with)."""
     key = APIKey.objects.for_org(key.organization_id).select_for_update().get(pk=key.pk)
     if key.revoked_at is None:
         key.revoked_at = timezone.now()
@@ -595,4 +612,7 @@ def _revoke(key: APIKey, **who: Any) -> APIKey:
         audit.record("api_key.revoked", target=key, name=key.name, **who)
     # Announced again when the key was already revoked: a cheap retry should the first announcement have been lost.
     transaction.on_commit(partial(auth.end_streams, auth.api_key_group(key.pk), "key_revoked"))
+    children = APIKey.objects.for_org(key.organization_id).filter(parent=key, revoked_at=None)
+    for child in children.only("pk", "organization_id"):
+        _revoke(child, **{**who, "revoked_with": str(key.pk)})
     return key

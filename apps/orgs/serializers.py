@@ -48,6 +48,7 @@ class APIKeySerializer(serializers.ModelSerializer):
             "last_four",
             "scopes",
             "state",
+            "parent",
             "created_by",
             "created_at",
             "expires_at",
@@ -58,6 +59,13 @@ class APIKeySerializer(serializers.ModelSerializer):
             "rotated_to",
         ]
         read_only_fields = fields
+        # Declared here rather than as a field: a serializer field named `parent` shadows Field.parent for mypy.
+        extra_kwargs = {
+            "parent": {
+                "help_text": "The key this one was created with (null: with a session); revoking that key revokes "
+                "this one."
+            }
+        }
 
 
 class IssuedAPIKeySerializer(APIKeySerializer):

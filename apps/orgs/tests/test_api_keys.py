@@ -234,6 +234,30 @@ def test_revocation_is_immediate(org: Any, alice: Any, client_for: Any) -> None:
     assert rotate.status_code == 409 and rotate.data["error"]["code"] == "key_revoked"
 
 
+def test_revoking_a_key_revokes_the_keys_made_with_it(org: Any, alice: Any, client_for: Any) -> None:
+    # A leaked key's children went on working after it was revoked, and nothing showed which keys it had made.
+    parent, plaintext = issue_api_key(alice, org, scopes=["org:admin", "org:read"])
+    made = key_client(plaintext).post(
+        "/api/v1/keys", {"name": "child", "scopes": ["org:admin", "org:read"]}, format="json"
+    )
+    assert made.status_code == 201, made.data
+    child = key_client(made.data["key"])
+    grandchild = child.post("/api/v1/keys", {"name": "grandchild", "scopes": ["org:read"]}, format="json").data
+    unrelated, unrelated_plaintext = issue_api_key(alice, org, scopes=["org:read"])
+    listed = {row["name"]: row["parent"] for row in client_for(alice).get("/api/v1/keys").data["results"]}
+    assert listed["child"] == parent.pk and listed["grandchild"] == made.data["id"] and listed[unrelated.name] is None
+    # Rotating the child: its successor takes its place, the grandchild included.
+    successor = client_for(alice).post(f"/api/v1/keys/{made.data['id']}/rotate", {}, format="json").data
+    assert APIKey.objects.for_org(org).get(pk=grandchild["id"]).parent_id == successor["id"]
+    assert client_for(alice).post(f"/api/v1/keys/{parent.pk}/revoke").status_code == 200
+    for token in (made.data["key"], successor["key"], grandchild["key"]):
+        denied = key_client(token).get("/api/v1/me")
+        assert denied.status_code == 401 and denied.data["error"]["code"] == "key_revoked", token[:8]
+    assert key_client(unrelated_plaintext).get("/api/v1/me").status_code == 200
+    rows = AuditEvent.objects.filter(action="api_key.revoked", details__revoked_with=str(successor["id"]))
+    assert [row.target_id for row in rows] == [str(grandchild["id"])]
+
+
 def test_developers_manage_only_their_own_keys(org: Any, alice: Any, dave: Any, client_for: Any) -> None:
     alices, _ = issue_api_key(alice, org, scopes=["tasks:read"])
     daves, _ = issue_api_key(dave, org, scopes=["tasks:read"])
