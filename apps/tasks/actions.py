@@ -563,6 +563,15 @@ def note_waiting_error(org_id: Any, task_id: Any, error: str) -> None:
     )
 
 
+def note_agent_cancel_failed(org_id: Any, task_id: Any, error: str) -> None:
+    """Say on a canceled task that the agent's CancelTask failed (refused, not supported, unreachable), so the
+    agent may still be working on its side. On the row, not as an event: nothing follows a final state in the
+    timeline, and before this only the worker's log knew."""
+    Task.objects.for_org(org_id).filter(pk=task_id, state=TaskState.CANCELED, last_error="").update(
+        last_error=f"Canceled here, but the agent's CancelTask failed: {error}"[:4000], updated_at=timezone.now()
+    )
+
+
 def finish(task: Task | Any, state: str, *, error: str = "", **data: Any) -> Task:
     """Move a task to a terminal (or interrupted) state from a worker or the sweeper; no-op if already terminal."""
     with transaction.atomic():

@@ -152,6 +152,7 @@ class Run:
             cancel_sync(self.target, remote)
         except (AgentError, AgentTransportError) as exc:
             logger.info("task %s: CancelTask failed: %s", self.task.pk, exc)
+            actions.note_agent_cancel_failed(self.task.organization_id, self.task.pk, str(exc))
 
     def execute(self) -> str | None:
         """Talk to the agent until the task settles. Returns why it stopped early, if it did."""

@@ -248,6 +248,9 @@ def _transport_failure(task: Task, exc: Exception) -> None:
     attempt = _attempts_this_turn(current)
     if attempt >= settings.HERMES_TASK_MAX_ATTEMPTS:
         actions.finish(task, TaskState.FAILED, error=f"gave up after {attempt} attempts: {error}")
+        if current.remote_task_id:
+            # A cut stream is not a stopped agent: it may still be working on a task nobody will read.
+            _cancel_at_agent(task.pk, current.remote_task_id)
         return
     delay = backoff(attempt)
     TASK_RETRIES.labels(agent=str(task.agent_id)).inc()
@@ -274,6 +277,7 @@ def cancel_remote_task(task_id: str, remote_task_id: str) -> None:
         execution.cancel_remote(task, remote_task_id)
     except (execution.AgentTransportError, execution.AgentError) as exc:
         logger.info("task %s: the agent's CancelTask failed: %s", task_id, exc)
+        actions.note_agent_cancel_failed(task.organization_id, task.pk, str(exc))
 
 
 def _cancel_at_agent(task_id: Any, remote_task_id: str) -> None:

@@ -171,6 +171,17 @@ def test_a_task_whose_cancel_was_accepted_ends_canceled_even_past_its_deadline(o
     assert reload_task(task).state == "canceled"
 
 
+def test_a_cancel_the_agent_refuses_is_said_on_the_task(task_worker: Any, agents_base: str, org: Any) -> None:
+    # The timeline said canceled and only the worker's log knew that the agent's task went on.
+    agent = register_agent_by_url(org=org, url=f"{agents_base}/oob/")  # its CancelTask is not implemented
+    task = actions.create_task(org=org, agent=agent, message=text("work"))
+    waiting = wait_for(lambda: (t := reload_task(task)).state == "auth-required" and not t.claimed_by and t)
+    actions.cancel_task(waiting)
+    task = wait_for(lambda: (t := reload_task(task)).last_error and t)
+    assert task.state == "canceled"
+    assert task.last_error.startswith("Canceled here, but the agent's CancelTask failed: ")
+
+
 def test_a_plain_message_answer_is_the_completed_states_message(task_worker: Any, agents_base: str, org: Any) -> None:
     agent = register_agent_by_url(org=org, url=f"{agents_base}/plain/")
     task = finished(actions.create_task(org=org, agent=agent, message=text("message")))
