@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Callable, Collection
 from dataclasses import dataclass
 from typing import Any
-from urllib.parse import urlencode
+from urllib.parse import quote, urlencode
 
 from django.contrib import messages
 from django.core.exceptions import PermissionDenied, ValidationError
@@ -22,8 +22,10 @@ from django.template.loader import render_to_string
 from django.utils.cache import patch_vary_headers
 from django.utils.http import url_has_allowed_host_and_scheme
 
-# Header the console's htmx error handler shows as-is (kept short and ASCII: header values are latin-1).
+# Header the console's htmx error handler shows as a toast (error_message_header says how it is written).
 ERROR_MESSAGE_HEADER = "X-Hermes-Error"
+# What error_message_header sends as it is: printable ASCII but "%", which starts an escape.
+_HEADER_SAFE = "".join(chr(code) for code in range(0x20, 0x7F) if chr(code) != "%")
 # The flash message's tag saying a plain form post was refused and did nothing (templates/includes/messages.html).
 REFUSED_POST_TAG = "refused-post"
 
@@ -106,9 +108,11 @@ def hx_redirect(request: HttpRequest, url: str) -> HttpResponse:
 
 
 def error_message_header(message: str) -> str:
-    """The header value for ERROR_MESSAGE_HEADER: one line, latin-1 safe, bounded."""
+    """The header value for ERROR_MESSAGE_HEADER: one line, bounded, with everything but printable ASCII (and "%")
+    percent-encoded as UTF-8, which static/js/hermes.js decodes. A header value is latin-1: encoded to it, an org
+    named "Beta 東京 Labs" or a "…" showed as "?" in the toast. Plain ASCII reads as it was."""
     line = " ".join(message.split())[:300]
-    return line.encode("latin-1", "replace").decode("latin-1")
+    return quote(line, safe=_HEADER_SAFE)
 
 
 def add_action_errors(form: Any, exc: ValidationError, *, rename: dict[str, str] | None = None) -> None:

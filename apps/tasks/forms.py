@@ -66,9 +66,16 @@ class TaskFilterForm(forms.Form):
     status = forms.ChoiceField(choices=[("", "Any status"), *TaskState.choices], required=False)
     agent = forms.ChoiceField(required=False)
 
-    def __init__(self, *args: Any, agents: list[Any], **kwargs: Any) -> None:
+    def __init__(self, *args: Any, agents: list[Any], org: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
-        self.fields["agent"].choices = [("", "Any agent"), *((str(a.pk), f"{a.name} ({a.slug})") for a in agents)]  # type: ignore[attr-defined]
+        # Grouped by owning org, the org's own first (as "Send a task" groups them): a marketplace agent of another
+        # org may have the same name and slug as one of its own.
+        groups: dict[Any, tuple[str, list[tuple[str, str]]]] = {}
+        for agent in sorted(agents, key=lambda a: a.organization_id != org.pk):
+            retired = " (retired)" if agent.retired_at else ""
+            label = f"{agent.name} ({agent.slug}){retired}"
+            groups.setdefault(agent.organization_id, (agent.organization.name, []))[1].append((str(agent.pk), label))
+        self.fields["agent"].choices = [("", "Any agent"), *groups.values()]  # type: ignore[attr-defined]
 
 
 class FollowUpForm(forms.Form):

@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from django.core.exceptions import ValidationError
-from django.db.models import QuerySet
+from django.db.models import Q, QuerySet
 from django.http import Http404
 
 from apps.agents import selectors as agent_selectors
@@ -17,6 +17,18 @@ EVENT_PAGE = 500
 
 def tasks_for_org(org: Any) -> QuerySet[Task]:
     return Task.objects.for_org(org).select_related("agent")
+
+
+def filterable_agents(org: Any) -> QuerySet[Agent]:
+    """The agents the task list filters by: the org's own (also before their first task) and every other agent the
+    org's tasks went to (a public agent of another org, a retired one), and no other: offering only its own,
+    a task sent to a marketplace agent could not be filtered ("Select a valid choice")."""
+    used = Task.objects.for_org(org).values("agent_id")
+    return (
+        Agent.with_retired.unscoped("agents of other orgs that this org's tasks went to")
+        .filter(Q(organization=org, retired_at=None) | Q(pk__in=used))
+        .select_related("organization")
+    )
 
 
 def task_for_org(org: Any, task_id: Any) -> Task | None:

@@ -48,8 +48,8 @@ def _agents(access: Access) -> list[Any]:
 @org_action_required("tasks:read")
 def task_list(request: HttpRequest) -> HttpResponse:
     access = _access(request)
-    agents = list(agent_selectors.org_agents(access.org).order_by("name"))
-    form = TaskFilterForm(request.GET or None, agents=agents)
+    agents = list(selectors.filterable_agents(access.org).order_by("name"))
+    form = TaskFilterForm(request.GET or None, agents=agents, org=access.org)
     tasks = selectors.tasks_for_org(access.org).order_by("-created_at", "-pk")
     if form.is_valid():
         if form.cleaned_data["status"]:

@@ -50,9 +50,15 @@
   }
   window.hermesShowError = showError;
 
+  // X-Hermes-Error is percent-encoded UTF-8 beyond printable ASCII (apps.core.console.error_message_header): a
+  // header value is Latin-1, and "Beta 東京 Labs" or "…" came out as "?". A value that does not decode (a "%" sent
+  // by an older server as it was) is shown as it came.
+  function headerText(value) {
+    try { return decodeURIComponent(value); } catch (e) { return value; }
+  }
   function messageFor(xhr) {
     var header = xhr && xhr.getResponseHeader && xhr.getResponseHeader("X-Hermes-Error");
-    if (header) { return header; }
+    if (header) { return headerText(header); }
     var status = xhr ? xhr.status : 0;
     var ctype = (xhr && xhr.getResponseHeader && xhr.getResponseHeader("Content-Type")) || "";
     if (ctype.indexOf("application/json") === 0) {
@@ -66,6 +72,12 @@
 
   document.addEventListener("htmx:responseError", function (event) {
     showError(messageFor(event.detail.xhr));
+    // A refused action answers with a toast, not a swap: the previous action's "Role changed" stayed in #messages
+    // beside the red toast. Cleared, as a 422 clears it (apps.core.console.render_console); a refused read (a
+    // poll, a filter) leaves it alone, as its answers do.
+    var config = event.detail.requestConfig;
+    var messagesRegion = document.getElementById("messages");
+    if (messagesRegion && config && String(config.verb).toLowerCase() !== "get") { messagesRegion.textContent = ""; }
     // A refused change leaves nothing changed: a form marked data-reset-on-error shows the saved values again
     // (a role select kept showing the role that was refused).
     var form = event.detail.elt && event.detail.elt.closest && event.detail.elt.closest("form[data-reset-on-error]");
@@ -191,9 +203,15 @@
   // It asks on the click, before any submit event: a declined click submits nothing, so htmx never sees it. (htmx
   // reads hx-confirm from the element that issues the request, the <form>, so hx-confirm on a button is ignored.)
   // Enter in a text field "clicks" the form's first submit button, so that path asks too.
+  // With data-confirm-if-checked="ids" it asks only while a box named "ids" in its form is ticked: with none, the
+  // question ("Requeue the selected messages?") came first and "Select at least one message first." after it; the
+  // submit now goes unasked and the server's answer says so.
   document.addEventListener("click", function (event) {
     var button = event.target.closest && event.target.closest("[data-confirm-click]");
-    if (button && !window.confirm(button.getAttribute("data-confirm-click"))) { event.preventDefault(); }
+    if (!button) { return; }
+    var needs = button.getAttribute("data-confirm-if-checked");
+    if (needs && button.form && !button.form.querySelector('[name="' + CSS.escape(needs) + '"]:checked')) { return; }
+    if (!window.confirm(button.getAttribute("data-confirm-click"))) { event.preventDefault(); }
   }, true);
 
   // Where the keyboard goes after an htmx swap. A form that came back with errors (422) puts it on its first invalid
@@ -472,12 +490,18 @@
   // What was typed in a plain form survives its refusal. A refused plain post (another tab switched org, so it did
   // nothing: apps.orgs.decorators) comes back through a redirect to its page with the reason flashed, and the
   // message typed on "Send a task" was gone. On submit, the fields the person changed go to this tab's
-  // sessionStorage; the next page puts them back into the same form when it is the same page and says the post was
-  // refused (a message marked data-refused-post, apps.core.console), and forgets them otherwise. The refusal
-  // suggests switching back: the org switcher then carries the restored form's fields to the same page of the
-  // org chosen. Passwords, files and hidden fields are never kept.
+  // sessionStorage, with the organization the page showed (<body data-console-org>): what was typed belongs to
+  // that org. The next page puts them back into the same form when it is the same page, for the same org, and says
+  // the post was refused (a message marked data-refused-post, apps.core.console); and forgets them otherwise.
+  // Refused because another tab switched org, the page comes back as the other org's: the draft is kept, not put
+  // into that org's form (the reloaded settings of Beta held the name typed for Acme, and one more Save renamed
+  // Beta), until this page shows its org again (the switcher, as the refusal suggests, lands on the same page).
+  // Passwords, files and hidden fields are never kept.
   var DRAFT_KEY = "hermes:form-draft";
   var NOT_KEPT = /^(hidden|password|file|submit|button|image|reset)$/;
+  function currentOrg() {
+    return document.body.getAttribute("data-console-org") || "";
+  }
   function postForms() {
     return Array.prototype.filter.call(document.querySelectorAll("main form"), function (form) {
       return (form.getAttribute("method") || "").toLowerCase() === "post";
@@ -507,16 +531,13 @@
     });
     return fields;
   }
-  function keepDraft(form, fields, reason) {
+  function storeDraft(draft) {
     try {
-      if (!fields.length) { window.sessionStorage.removeItem(DRAFT_KEY); return; }
-      var key = formKey(form);
-      window.sessionStorage.setItem(DRAFT_KEY, JSON.stringify({
-        path: location.pathname, action: key.action, index: key.index, reason: reason, fields: fields
-      }));
+      if (draft) { window.sessionStorage.setItem(DRAFT_KEY, JSON.stringify(draft)); }
+      else { window.sessionStorage.removeItem(DRAFT_KEY); }
     } catch (e) { /* storage full or disabled: the form is sent all the same */ }
   }
-  // Puts `fields` back into `form`; returns the ones it had no place for (an agent of the other org).
+  // Puts `fields` back into `form`; returns the ones it had no place for (an agent deleted meanwhile).
   function restoreFields(form, fields) {
     var unplaced = [];
     fields.forEach(function (saved) {
@@ -541,21 +562,17 @@
     });
     return unplaced;
   }
+  // Only the page's own forms: the header's (the org switcher, "Sign out") leave a kept draft alone, so switching
+  // back to its org finds it.
   document.addEventListener("submit", function (event) {
     var form = event.target;
-    if (event.defaultPrevented || !form.querySelector || (form.method || "").toLowerCase() !== "post") { return; }
-    var switcher = form.querySelector("#org-switcher");
-    if (!switcher) {
-      if (form.closest("main")) { keepDraft(form, changedFields(form), "refused"); }
-      return;
-    }
-    var restored = document.querySelector("main form[data-draft-restored]");
-    if (!restored) { return; }
-    // What it shows now, and what the other org's page had no place for (its agent), for the org switched to.
-    var now = changedFields(restored);
-    var names = now.map(function (f) { return f.name; });
-    var unplaced = (restored.hermesUnplaced || []).filter(function (f) { return names.indexOf(f.name) === -1; });
-    keepDraft(restored, now.concat(unplaced), "switch");
+    if (event.defaultPrevented || !form.closest || !form.closest("main")) { return; }
+    if ((form.method || "").toLowerCase() !== "post") { return; }
+    var fields = changedFields(form);
+    var key = formKey(form);
+    storeDraft(fields.length ? {
+      path: location.pathname, org: currentOrg(), action: key.action, index: key.index, reason: "refused", fields: fields
+    } : null);
   });
   document.addEventListener("DOMContentLoaded", function () {
     var draft = null;
@@ -564,14 +581,27 @@
       window.sessionStorage.removeItem(DRAFT_KEY);
     } catch (e) { return; }
     if (!draft || draft.path !== location.pathname) { return; }
-    if (draft.reason === "refused" && !document.querySelector("#messages [data-refused-post]")) { return; }
+    var refusal = document.querySelector("#messages [data-refused-post]");
+    if (draft.reason === "refused" && !refusal) { return; }  // not refused: the post went through
+    if ((draft.org || "") !== currentOrg()) {
+      // Typed for another org than this page shows: kept for it, and said so under the refusal.
+      draft.reason = "waiting";
+      storeDraft(draft);
+      if (refusal && draft.org) {
+        var note = document.createElement("span");
+        note.setAttribute("data-draft-waiting", "");
+        note.textContent = " What you typed here is kept for '" + draft.org + "': switch back to it and this form " +
+          "shows it again.";
+        refusal.appendChild(note);
+      }
+      return;
+    }
     var form = postForms().filter(function (f) { return (f.getAttribute("action") || "") === draft.action; })[draft.index];
     if (!form) { return; }
-    form.hermesUnplaced = restoreFields(form, draft.fields || []);
-    form.setAttribute("data-draft-restored", "");
+    var unplaced = restoreFields(form, draft.fields || []);
     var active = document.activeElement;
     if (!active || active === document.body) {
-      var first = (draft.fields || []).filter(function (f) { return form.hermesUnplaced.indexOf(f) === -1; })[0];
+      var first = (draft.fields || []).filter(function (f) { return unplaced.indexOf(f) === -1; })[0];
       var field = first && form.querySelector('[name="' + CSS.escape(first.name) + '"]');
       if (field) { field.focus(); }
     }
