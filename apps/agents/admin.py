@@ -10,15 +10,18 @@ from django.utils.html import format_html
 
 from apps.agents import actions
 from apps.agents.models import Agent, Visibility
-from apps.core.admin import OrgOwnedAdmin
+from apps.core.admin import ActionAdmin, AdminRefusal, OrgOwnedAdmin
 
-# Staff may fix names and visibility; where an agent lives and what it can do comes from its card.
-EDITABLE = ("name", "slug", "description", "visibility")
+# Staff may fix names and visibility; where an agent lives and what it can do comes from its card. Not the slug
+# (shown read-only, as a peer's names): federation addresses (echo.acme@paris) and policies' `local_agent` name the
+# agent by it, here and on peers, so a slug changed by staff silently broke them for the org.
+EDITABLE = ("name", "description", "visibility")
 
 
 @admin.register(Agent)
-class AgentAdmin(OrgOwnedAdmin):
-    """Changes go through apps.agents.actions (validation and the audit trail), never a bare save()."""
+class AgentAdmin(ActionAdmin, OrgOwnedAdmin):
+    """Changes go through apps.agents.actions (validation and the audit trail), never a bare save(); one they
+    refuse saves nothing and shows only why (ActionAdmin)."""
 
     list_display = (
         "name", "slug", "organization", "visibility", "is_demo", "streaming", "online", "retired_at", "created_at"
@@ -78,7 +81,7 @@ class AgentAdmin(OrgOwnedAdmin):
             try:
                 actions.update_agent(original, by=request.user, **changes)
             except actions.AgentActionError as exc:
-                self.message_user(request, f"Not saved: {exc}", messages.ERROR)
+                raise AdminRefusal(str(exc)) from exc
 
     def delete_model(self, request: HttpRequest, obj: Agent) -> None:
         actions.delete_agent(obj, by=request.user)

@@ -4,11 +4,14 @@ from __future__ import annotations
 
 from typing import Any
 
-from django.contrib import admin
+from django.contrib import admin, messages
 from django.db.models import QuerySet
-from django.http import HttpRequest
+from django.http import HttpRequest, HttpResponse, HttpResponseRedirect
+from django.urls import reverse
 
+from apps.core.errors import HermesAPIError
 from apps.core.models import AuditEvent, IdempotencyRecord
+from apps.core.permissions import Access, Role
 
 
 class OrgOwnedAdmin(admin.ModelAdmin):
@@ -16,6 +19,52 @@ class OrgOwnedAdmin(admin.ModelAdmin):
 
     def get_queryset(self, request: HttpRequest) -> QuerySet[Any]:
         return self.model.objects.unscoped("staff admin sees every org")
+
+
+def staff_access(org: Any, user: Any) -> Access:
+    """Staff acting on an org's rows in the admin, for actions that take an `Access`: with an owner's rights, as the
+    admin is staff's console for every org, so what can still refuse them are the rules that hold whoever acts (an
+    org keeps its last owner). The audit row names the staff member as the actor."""
+    return Access(org=org, role=Role.OWNER, user=user)
+
+
+class AdminRefusal(Exception):
+    """Raised by a ModelAdmin's save_model/delete_model when the app's action refused the change; its message
+    says why, in the action's words. Raise it `from` the action's error (see ActionAdmin)."""
+
+
+class ActionAdmin(admin.ModelAdmin):
+    """Base for admins whose saves and deletes go through an app's actions, which may refuse them.
+
+    A refusal must save nothing and say only that: caught in save_model, Django went on to log the change and show
+    "was changed successfully" under the "Not saved" error. Raised as AdminRefusal instead, it leaves the view's
+    transaction, which rolls back everything the request wrote (the admin's own history entry too); the view then
+    shows the refusal on the page the request came from."""
+
+    def changeform_view(
+        self, request: HttpRequest, object_id: str | None = None, form_url: str = "", extra_context: Any = None
+    ) -> HttpResponse:
+        try:
+            return super().changeform_view(request, object_id, form_url, extra_context)
+        except AdminRefusal as refusal:
+            return self._refused(request, refusal, "Not saved", request.get_full_path())
+
+    def delete_view(self, request: HttpRequest, object_id: str, extra_context: Any = None) -> HttpResponse:
+        try:
+            return super().delete_view(request, object_id, extra_context)
+        except AdminRefusal as refusal:
+            change = reverse(
+                f"admin:{self.opts.app_label}_{self.opts.model_name}_change",
+                args=[object_id],
+                current_app=self.admin_site.name,
+            )
+            return self._refused(request, refusal, "Not deleted", change)
+
+    def _refused(self, request: HttpRequest, refusal: AdminRefusal, what: str, back: str) -> HttpResponse:
+        if isinstance(refusal.__cause__, HermesAPIError):
+            refusal.__cause__.run_after_rollback()  # the audit row of a refusal outlives the rollback
+        self.message_user(request, f"{what}: {refusal}", messages.ERROR)
+        return HttpResponseRedirect(back)
 
 
 class OrgOwnedInline(admin.TabularInline):

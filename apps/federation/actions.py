@@ -1,6 +1,8 @@
 """Every federation state change: link keys, contacts, policies, sending, delivery transitions and the DLQ.
 
-Each runs in a transaction, writes its FederationAuditEvent and schedules side effects (Celery) on commit.
+Each runs in a transaction, writes its audit row and schedules side effects (Celery) on commit. Traffic and link
+keys go to federation's own log (FederationAuditEvent, `audit` below); what people change in an org's settings
+(contacts, policies) goes to the org's audit log (apps.core.audit), with the peers, which belong to no org.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ from django.db.models import F, Max, Q
 from django.utils import timezone
 
 from apps.agents import selectors as agent_selectors
+from apps.core import audit as org_audit
 from apps.core.errors import Conflict, HermesAPIError, refusal
 from apps.core.http import OutboundBlocked, check_url
 from apps.core.metrics import (
@@ -26,6 +29,7 @@ from apps.core.metrics import (
     FEDERATION_DELIVERY_LATENCY,
     FEDERATION_RETRIES,
 )
+from apps.core.permissions import Access
 from apps.federation import policy, selectors
 from apps.federation.addresses import Address, InvalidAddress, is_slug, validate_pattern
 from apps.federation.models import (
@@ -87,6 +91,10 @@ def create_peer(*, name: str, base_url: str, local_name: str, actor: Any = None)
     # the operator command and other code reach the table only through here.
     peer.full_clean(validate_unique=False)
     peer.save()
+    # A link belongs to the instance, not to an org: the row is in no org's log (staff read it in the admin).
+    org_audit.record(
+        "peer.created", actor=actor, target=peer, name=peer.name, base_url=peer.base_url, local_name=local_name
+    )
     return peer
 
 
@@ -103,8 +111,11 @@ def delivery_blocked_reason(peer: Peer) -> str | None:
 @transaction.atomic
 def set_peer_status(peer: Peer, status: str, *, actor: Any = None) -> Peer:
     """Disabling a link stops its deliveries (its outbox waits: `_deliverable`); enabling it sends what waited."""
+    previous = Peer.objects.select_for_update().values_list("status", flat=True).get(pk=peer.pk)
     peer.status = PeerStatus(status)
     peer.save(update_fields=["status", "updated_at"])
+    if previous != peer.status:
+        org_audit.record("peer.status_changed", actor=actor, target=peer, name=peer.name, status=[previous, status])
     if peer.status == PeerStatus.ACTIVE:
         _resume_waiting(peer)
     return peer
@@ -247,16 +258,54 @@ def _address_or_400(text: str, field: str = "address") -> Address:
         raise HermesAPIError(str(exc), code="invalid_address", details={field: [str(exc)]}) from exc
 
 
+# Contacts and policies are written to the org's audit log (`org_audit`), with what they say: `access` is the
+# request's (console, API: the log then names the API key too), or staff's in the admin (apps.core.admin.staff_access);
+# None for the system (seeds, commands).
+
+
 @transaction.atomic
-def create_contact(*, org: Any, name: str, address: str, notes: str = "") -> Contact:
+def create_contact(*, org: Any, name: str, address: str, notes: str = "", access: Access | None = None) -> Contact:
     canonical = str(_address_or_400(address))
     if Contact.objects.for_org(org).filter(address=canonical).exists():
         raise Conflict(f"{canonical} is already in the address book.", code="contact_exists")
-    return Contact.objects.create(organization=org, name=name, address=canonical, notes=notes)
+    contact = Contact.objects.create(organization=org, name=name, address=canonical, notes=notes)
+    org_audit.record("contact.created", org=org, access=access, target=contact, name=name, address=canonical)
+    return contact
 
 
-def delete_contact(contact: Contact) -> None:
+@transaction.atomic
+def update_contact(contact: Contact, *, name: str, notes: str, access: Access | None = None) -> Contact:
+    """Rename an entry or change its notes (the admin's edit). The address is what the entry is: a different one
+    is another contact."""
+    locked = Contact.objects.for_org(contact.organization_id).select_for_update().get(pk=contact.pk)
+    changes = {field: [getattr(locked, field), value] for field, value in (("name", name), ("notes", notes))}
+    changes = {field: change for field, change in changes.items() if change[0] != change[1]}
+    if changes:
+        locked.name, locked.notes = name, notes
+        locked.save(update_fields=["name", "notes"])
+        org_audit.record(
+            "contact.updated",
+            org=locked.organization_id,
+            access=access,
+            target=locked,
+            address=locked.address,
+            changes=changes,
+        )
+    return locked
+
+
+@transaction.atomic
+def delete_contact(contact: Contact, *, access: Access | None = None) -> None:
     """Remove an address-book entry (policies decide who may talk to whom; a contact is only a name for it)."""
+    # Recorded first, while the row (the event's target) still has its id.
+    org_audit.record(
+        "contact.deleted",
+        org=contact.organization_id,
+        access=access,
+        target=contact,
+        name=contact.name,
+        address=contact.address,
+    )
     contact.delete()
 
 
@@ -291,24 +340,71 @@ def check_local_agent(org: Any, value: str) -> str:
     raise HermesAPIError(reason, code="unknown_agent", details={"local_agent": [reason]})
 
 
+@dataclass(frozen=True)
+class SavedPolicy:
+    rule: Policy
+    # The effect of the rule this one replaced (the pair had a rule that said something else), else None: a
+    # replaced rule is said where it is saved ("allow demo", then "deny Demo", silently turned the allow round).
+    replaced: str | None = None
+
+
 @transaction.atomic
-def set_policy(*, org: Any, remote: str, effect: str, local_agent: str = "", reason: str = "") -> Policy:
-    """Create or replace the rule for (local agent, remote pattern)."""
+def save_policy(
+    *, org: Any, remote: str, effect: str, local_agent: str = "", reason: str = "", access: Access | None = None
+) -> SavedPolicy:
+    """Create the rule for (local agent, remote pattern), or replace the one the pair has."""
     try:
         pattern = validate_pattern(remote)
     except InvalidAddress as exc:
         raise HermesAPIError(str(exc), code="invalid_address", details={"remote": [str(exc)]}) from exc
     local_agent = check_local_agent(org, local_agent)
-    rule, _ = Policy.objects.for_org(org).update_or_create(
-        organization=org, local_agent=local_agent, remote=pattern, defaults={"effect": effect, "reason": reason}
+    pair = {"local_agent": local_agent, "remote": pattern}
+    # Locked, so two saves of one pair run one at a time and each knows what it replaces.
+    rule, created = (
+        Policy.objects.for_org(org)
+        .select_for_update()
+        .get_or_create(organization=org, **pair, defaults={"effect": effect, "reason": reason})
     )
+    replaced = None
+    if created:
+        org_audit.record("policy.created", org=org, access=access, target=rule, **pair, effect=effect, reason=reason)
+    else:
+        changes = {
+            field: [getattr(rule, field), value]
+            for field, value in (("effect", effect), ("reason", reason))
+            if getattr(rule, field) != value
+        }
+        if not changes:
+            return SavedPolicy(rule)  # the same rule again: nothing to write, log or announce
+        replaced = rule.effect
+        rule.effect, rule.reason = effect, reason
+        rule.save(update_fields=["effect", "reason"])
+        org_audit.record("policy.updated", org=org, access=access, target=rule, **pair, effect=effect, changes=changes)
     policies_changed(org.pk)
-    return rule
+    return SavedPolicy(rule, replaced)
+
+
+def set_policy(
+    *, org: Any, remote: str, effect: str, local_agent: str = "", reason: str = "", access: Access | None = None
+) -> Policy:
+    """`save_policy`, for callers that need only the rule (the API's serializer, seeds)."""
+    saved = save_policy(org=org, remote=remote, effect=effect, local_agent=local_agent, reason=reason, access=access)
+    return saved.rule
 
 
 @transaction.atomic
-def delete_policy(rule: Policy) -> None:
+def delete_policy(rule: Policy, *, access: Access | None = None) -> None:
     org_id = rule.organization_id
+    org_audit.record(
+        "policy.deleted",
+        org=org_id,
+        access=access,
+        target=rule,
+        local_agent=rule.local_agent,
+        remote=rule.remote,
+        effect=rule.effect,
+        reason=rule.reason,
+    )
     rule.delete()
     policies_changed(org_id)
 

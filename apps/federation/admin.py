@@ -15,7 +15,15 @@ from django.shortcuts import redirect
 from django.urls import reverse
 from django.utils.html import format_html
 
-from apps.core.admin import AuditLogAdmin, OrgOwnedAdmin, OrgOwnedInline, ReadOnlyAdminMixin
+from apps.core.admin import (
+    ActionAdmin,
+    AdminRefusal,
+    AuditLogAdmin,
+    OrgOwnedAdmin,
+    OrgOwnedInline,
+    ReadOnlyAdminMixin,
+    staff_access,
+)
 from apps.core.errors import HermesAPIError
 from apps.federation import actions, selectors
 from apps.federation.addresses import InvalidAddress, validate_pattern
@@ -63,7 +71,7 @@ class PeerAdminForm(forms.ModelForm):
 
 
 @admin.register(Peer)
-class PeerAdmin(admin.ModelAdmin):
+class PeerAdmin(ActionAdmin):
     form = PeerAdminForm
     list_display = ("name", "base_url", "local_name", "status", "created_at")
     list_filter = ("status",)
@@ -78,11 +86,25 @@ class PeerAdmin(admin.ModelAdmin):
         return (*fixed, *super().get_readonly_fields(request, obj))
 
     def save_model(self, request: HttpRequest, obj: Peer, form: Any, change: bool) -> None:
-        super().save_model(request, obj, form, change)
-        if change and "status" in form.changed_data:
-            # As the API and the console do it: enabling a link sends what waited for it at once (the rows kept
-            # their next attempt times, hours away for a long backoff).
-            actions.set_peer_status(obj, obj.status, actor=request.user)
+        status = obj.status
+        if change:
+            # The status changes through set_peer_status below, as from the API and the console: it is audited,
+            # and enabling a link sends what waited for it at once (the rows kept their next attempt times, hours
+            # away for a long backoff).
+            obj.status = form.initial["status"]
+            super().save_model(request, obj, form, change)
+        else:
+            # Added through the action (its checks, its audit row), as from the API, console and command.
+            try:
+                added = actions.create_peer(
+                    name=obj.name, base_url=obj.base_url, local_name=obj.local_name, actor=request.user
+                )
+            except HermesAPIError as exc:
+                raise AdminRefusal(str(exc.detail)) from exc
+            obj.pk = added.pk
+            obj.refresh_from_db()  # the admin links to the row, logs it and saves its inlines under it
+        if status != obj.status:
+            actions.set_peer_status(obj, status, actor=request.user)
         # Saved all the same (the allowlist may be about to change), but said at once, as the API and command do.
         if blocked := actions.delivery_blocked_reason(obj):
             messages.warning(request, f"Deliveries to this peer will be refused: {blocked}")
@@ -113,9 +135,37 @@ def _undeletable(peer: Peer) -> str:
 
 
 @admin.register(Contact)
-class ContactAdmin(OrgOwnedAdmin):
+class ContactAdmin(ActionAdmin, OrgOwnedAdmin):
+    """Changes go through the contact actions, which write them to the org's audit log (as the console's)."""
+
     list_display = ("name", "address", "organization", "created_at")
     search_fields = ("name", "address")
+
+    def get_readonly_fields(self, request: HttpRequest, obj: Contact | None = None) -> tuple[str, ...]:
+        # The address is what the entry is (another address is another contact), and an entry stays in its org.
+        fixed = ("organization", "address") if obj is not None else ()
+        return (*fixed, *super().get_readonly_fields(request, obj))
+
+    def save_model(self, request: HttpRequest, obj: Contact, form: Any, change: bool) -> None:
+        access = staff_access(obj.organization, request.user)
+        try:
+            if change:
+                actions.update_contact(obj, name=obj.name, notes=obj.notes, access=access)
+            else:
+                # Stored canonical, and refused when the book has the address, as from the console and the API.
+                added = actions.create_contact(
+                    org=obj.organization, name=obj.name, address=obj.address, notes=obj.notes, access=access
+                )
+                obj.pk, obj.address = added.pk, added.address
+        except HermesAPIError as exc:
+            raise AdminRefusal(str(exc.detail)) from exc
+
+    def delete_model(self, request: HttpRequest, obj: Contact) -> None:
+        actions.delete_contact(obj, access=staff_access(obj.organization, request.user))
+
+    def delete_queryset(self, request: HttpRequest, queryset: QuerySet[Contact]) -> None:
+        for contact in queryset.select_related("organization"):
+            actions.delete_contact(contact, access=staff_access(contact.organization, request.user))
 
 
 class PolicyAdminForm(forms.ModelForm):
@@ -142,25 +192,40 @@ class PolicyAdminForm(forms.ModelForm):
 
 
 @admin.register(Policy)
-class PolicyAdmin(OrgOwnedAdmin):
+class PolicyAdmin(ActionAdmin, OrgOwnedAdmin):
+    """Changes go through the policy actions, as through the API: they reach every process's cached decisions and
+    the org's audit log."""
+
     form = PolicyAdminForm
     list_display = ("organization", "local_agent", "remote", "effect", "reason")
     list_filter = ("effect",)
 
-    # A rule changed here must reach every process's cached decisions, as one changed through the API does.
+    def get_readonly_fields(self, request: HttpRequest, obj: Policy | None = None) -> tuple[str, ...]:
+        # A rule is the one for its (org, local agent, remote) pair: staff change what it says, and a rule for
+        # another pair is another rule (added beside it, as the API and console do).
+        fixed = ("organization", "local_agent", "remote") if obj is not None else ()
+        return (*fixed, *super().get_readonly_fields(request, obj))
+
     def save_model(self, request: HttpRequest, obj: Policy, form: Any, change: bool) -> None:
-        super().save_model(request, obj, form, change)
-        actions.policies_changed(obj.organization_id)
+        try:
+            saved = actions.save_policy(
+                org=obj.organization,
+                remote=obj.remote,
+                effect=obj.effect,
+                local_agent=obj.local_agent,
+                reason=obj.reason,
+                access=staff_access(obj.organization, request.user),
+            )
+        except HermesAPIError as exc:
+            raise AdminRefusal(str(exc.detail)) from exc
+        obj.pk = saved.rule.pk  # the admin links to the saved rule
 
     def delete_model(self, request: HttpRequest, obj: Policy) -> None:
-        super().delete_model(request, obj)
-        actions.policies_changed(obj.organization_id)
+        actions.delete_policy(obj, access=staff_access(obj.organization, request.user))
 
     def delete_queryset(self, request: HttpRequest, queryset: QuerySet[Policy]) -> None:
-        orgs = set(queryset.values_list("organization_id", flat=True))
-        super().delete_queryset(request, queryset)
-        for org_id in orgs:
-            actions.policies_changed(org_id)
+        for rule in queryset.select_related("organization"):
+            actions.delete_policy(rule, access=staff_access(rule.organization, request.user))
 
 
 class DeliveryRecordAdmin(ReadOnlyAdminMixin, OrgOwnedAdmin):

@@ -220,10 +220,10 @@ class ContactViewSet(  # type: ignore[misc]
     serializer_class = ContactSerializer
 
     def perform_create(self, serializer: Any) -> None:
-        serializer.instance = actions.create_contact(org=self.org, **serializer.validated_data)
+        serializer.instance = actions.create_contact(org=self.org, access=self.access, **serializer.validated_data)
 
     def perform_destroy(self, instance: Contact) -> None:
-        actions.delete_contact(instance)
+        actions.delete_contact(instance, access=self.access)
 
 
 @extend_schema_view(
@@ -261,10 +261,10 @@ class PolicyViewSet(  # type: ignore[misc]
     serializer_class = PolicySerializer
 
     def perform_create(self, serializer: Any) -> None:
-        serializer.instance = actions.set_policy(org=self.org, **serializer.validated_data)
+        serializer.instance = actions.set_policy(org=self.org, access=self.access, **serializer.validated_data)
 
     def perform_destroy(self, instance: Policy) -> None:
-        actions.delete_policy(instance)
+        actions.delete_policy(instance, access=self.access)
 
 
 class _SendMessageMixin:

@@ -340,7 +340,7 @@ def console_contacts(request: HttpRequest) -> HttpResponse:
         request,
         access,
         ContactForm(request.POST or None),
-        lambda data: actions.create_contact(org=access.org, **data),
+        lambda data: actions.create_contact(org=access.org, access=access, **data),
         error_field="address",
         error_statuses=(400, 409),
         success=lambda contact: f"{contact.name} ({contact.address}) added to the address book.",
@@ -353,7 +353,7 @@ def console_contacts(request: HttpRequest) -> HttpResponse:
 def console_contact_delete(request: HttpRequest, contact_id: int) -> HttpResponse:
     access = _access(request)
     contact = get_object_or_404(Contact.objects.for_org(access.org), pk=contact_id)
-    actions.delete_contact(contact)
+    actions.delete_contact(contact, access=access)
     messages.success(request, f"{contact.name} ({contact.address}) removed from the address book.")
     return _contacts_page(request, access, ContactForm())
 
@@ -366,14 +366,23 @@ def console_policies(request: HttpRequest) -> HttpResponse:
         request,
         access,
         PolicyForm(request.POST or None),
-        lambda data: actions.set_policy(org=access.org, **data),
+        lambda data: actions.save_policy(org=access.org, access=access, **data),
         error_field="remote",
         error_statuses=(400,),
-        # (A local agent that is not one of the org's agents is refused by set_policy, on its field.)
-        success=lambda rule: f"Rule saved: {rule}.",
+        # (A local agent that is not one of the org's agents is refused by save_policy, on its field.)
+        success=_rule_saved,
     )
     context = _policies_context(access, form)
     return render_console(request, "federation/policies.html", context, partial="policies_panel", status=status)
+
+
+def _rule_saved(saved: actions.SavedPolicy) -> str:
+    said = f"Rule saved: {saved.rule}."
+    # Said, as a replaced invitation is: the list then shows only the new rule, and the earlier one for the same
+    # pair (an "allow" turned into a "deny" by a differently spelled pattern) went without a word.
+    if saved.replaced is not None:
+        said += f" It replaces the earlier {saved.replaced} rule."
+    return said
 
 
 def _policies_context(access: Access, form: Any) -> dict[str, Any]:
@@ -389,7 +398,7 @@ def _policies_context(access: Access, form: Any) -> dict[str, Any]:
 def console_policy_delete(request: HttpRequest, policy_id: int) -> HttpResponse:
     access = _access(request)
     rule = get_object_or_404(Policy.objects.for_org(access.org), pk=policy_id)
-    actions.delete_policy(rule)
+    actions.delete_policy(rule, access=access)
     messages.success(request, f"Rule removed: {rule}.")
     return render_console(
         request, "federation/policies.html", _policies_context(access, PolicyForm()), partial="policies_panel"

@@ -1,27 +1,102 @@
 from __future__ import annotations
 
-from django.contrib import admin
+from typing import Any
+
+from django import forms
+from django.contrib import admin, messages
 from django.db.models import QuerySet
 from django.http import HttpRequest
 
-from apps.core.admin import OrgOwnedAdmin, ReadOnlyAdminMixin
+from apps.core.admin import ActionAdmin, AdminRefusal, OrgOwnedAdmin, ReadOnlyAdminMixin, staff_access
+from apps.core.errors import HermesAPIError
 from apps.orgs import actions
 from apps.orgs.models import APIKey, Invitation, Membership, Organization
 
 
+class OrganizationAdminForm(forms.ModelForm):
+    class Meta:
+        model = Organization
+        fields = ("name", "slug", "plan", "created_by")
+        help_texts = {
+            "slug": "Fixed once the organization is added: federation addresses (acme, echo.acme@paris) and other "
+            "organizations' policies name it by its slug.",
+        }
+
+
 @admin.register(Organization)
 class OrganizationAdmin(admin.ModelAdmin):
+    form = OrganizationAdminForm
     list_display = ("slug", "name", "plan", "created_at")
     list_filter = ("plan",)
     search_fields = ("slug", "name")
 
+    def get_readonly_fields(self, request: HttpRequest, obj: Organization | None = None) -> tuple[str, ...]:
+        # As a peer's names: the slug is stored as text wherever federation refers to the org (other orgs'
+        # policies, agents' and remote tasks' addresses, on this instance and on peers), so a changed slug
+        # silently stopped those rules matching and those addresses reaching it. So it is set once.
+        fixed = ("slug",) if obj is not None else ()
+        return (*fixed, *super().get_readonly_fields(request, obj))
+
 
 @admin.register(Membership)
-class MembershipAdmin(OrgOwnedAdmin):
-    list_display = ("user", "organization", "role", "created_at")
+class MembershipAdmin(ActionAdmin, OrgOwnedAdmin):
+    """Role changes and removals go through apps.orgs.actions, as from the console and the API: the same rules (an
+    org keeps its last owner) and the org's audit log. A refused one saves nothing and says why."""
+
+    list_display = ("membership", "role", "created_at")
     list_filter = ("role",)
     search_fields = ("user__email", "organization__slug")
+    list_select_related = ("organization", "user")  # type: ignore[assignment]
     raw_id_fields = ("user", "organization")
+    actions = ["remove_selected"]
+
+    @admin.display(description="membership", ordering="user__email")
+    def membership(self, membership: Membership) -> str:
+        # Membership.__str__ shows ids ("12@3:owner"); staff look for people and orgs by their names.
+        return f"{membership.user.email} @ {membership.organization.slug} : {membership.role}"
+
+    def get_readonly_fields(self, request: HttpRequest, obj: Membership | None = None) -> tuple[str, ...]:
+        # Who and which org are what a membership is: no action moves one to another person or org (staff change
+        # its role or remove it).
+        fixed = ("user", "organization") if obj is not None else ()
+        return (*fixed, *super().get_readonly_fields(request, obj))
+
+    def get_actions(self, request: HttpRequest) -> dict[str, Any]:
+        found = super().get_actions(request)
+        # Django's bulk delete removes rows without remove_member (its last-owner rule, its audit row):
+        # "Remove selected members" takes its place.
+        found.pop("delete_selected", None)
+        return found
+
+    def save_model(self, request: HttpRequest, obj: Membership, form: Any, change: bool) -> None:
+        if not change:
+            super().save_model(request, obj, form, change)
+            return
+        if "role" in form.changed_data:
+            try:
+                actions.change_role(access=staff_access(obj.organization, request.user), membership=obj, role=obj.role)
+            except HermesAPIError as exc:
+                raise AdminRefusal(str(exc.detail)) from exc
+
+    def delete_model(self, request: HttpRequest, obj: Membership) -> None:
+        try:
+            actions.remove_member(access=staff_access(obj.organization, request.user), membership=obj)
+        except HermesAPIError as exc:
+            raise AdminRefusal(str(exc.detail)) from exc
+
+    @admin.action(description="Remove selected members", permissions=["delete"])
+    def remove_selected(self, request: HttpRequest, queryset: QuerySet[Membership]) -> None:
+        rows = list(queryset.select_related("organization", "user"))
+        removed = 0
+        for membership in rows:  # one at a time: a refused one (a last owner) leaves the others removed
+            try:
+                actions.remove_member(access=staff_access(membership.organization, request.user), membership=membership)
+            except HermesAPIError as exc:
+                self.message_user(request, f"{self.membership(membership)}: {exc.detail}", messages.WARNING)
+            else:
+                removed += 1
+        level = messages.SUCCESS if removed else messages.WARNING
+        self.message_user(request, f"Removed {removed} of {len(rows)} member(s).", level)
 
 
 @admin.register(APIKey)

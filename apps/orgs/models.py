@@ -63,7 +63,8 @@ class Membership(OrgOwnedModel):
         ]
 
     def __str__(self) -> str:
-        return f"{self.user_id}@{self.organization_id}:{self.role}"
+        # Read by people (the admin's titles, delete confirmations and history), so names, not ids.
+        return f"{self.user.email} @ {self.organization.slug} : {self.role}"
 
 
 class APIKeyState(models.TextChoices):

@@ -184,3 +184,104 @@ def test_staff_cannot_forge_api_keys_but_can_revoke_one(staff_client: Client, or
     assert key_client(plaintext).get("/api/v1/me").status_code == 401
     event = AuditEvent.objects.get(org_id=org.pk, action="api_key.revoked")
     assert event.actor is not None and event.actor.is_staff and event.details.get("by_staff") is True
+
+
+# --- Memberships, slugs and refused saves ----------------------------------------------------------------------
+
+
+def _membership(org: Any, user: Any) -> Any:
+    from apps.orgs.models import Membership
+
+    return Membership.objects.for_org(org).get(user=user)
+
+
+def test_staff_cannot_demote_or_remove_an_orgs_last_owner(staff_client: Client, org: Any, alice: Any) -> None:
+    """The admin saved what the console and the API refuse (409 last_owner): an org left without an owner."""
+    from django.contrib.admin.models import LogEntry
+
+    from apps.core.models import AuditEvent
+
+    owner = _membership(org, alice)
+    base = "/admin/orgs/membership/"
+    demoted = staff_client.post(f"{base}{owner.pk}/change/", {"role": "admin"}, follow=True).content.decode()
+    assert "Not saved: An organization must keep at least one owner" in demoted
+    assert "was changed successfully" not in demoted  # only the refusal is said
+    removed = staff_client.post(f"{base}{owner.pk}/delete/", {"post": "yes"}, follow=True).content.decode()
+    assert "Not deleted: An organization must keep at least one owner" in removed
+    assert "deleted successfully" not in removed
+    bulk = {"action": "remove_selected", "_selected_action": [owner.pk]}
+    listed = staff_client.post(base, bulk, follow=True).content.decode()
+    assert "An organization must keep at least one owner" in listed and "Removed 0 of 1 member(s)." in listed
+    assert "delete_selected" not in staff_client.get(base).content.decode()  # Django's bulk delete skipped the rule
+    assert _membership(org, alice).role == "owner"
+    assert not AuditEvent.objects.filter(org_id=org.pk, action__startswith="member.").exists()
+    assert not LogEntry.objects.filter(object_id=str(owner.pk)).exists()  # nothing saved, not even the history
+
+
+def test_staff_membership_changes_are_audited(
+    staff_client: Client, org: Any, alice: Any, bob: Any, mia: Any, dave: Any
+) -> None:
+    from apps.core.models import AuditEvent
+
+    base = "/admin/orgs/membership/"
+    page = staff_client.get(f"{base}{_membership(org, bob).pk}/change/").content.decode()
+    # A membership is one person in one org: staff change its role or remove it, not move it.
+    assert 'name="role"' in page and 'name="user"' not in page and 'name="organization"' not in page
+    changed = staff_client.post(f"{base}{_membership(org, bob).pk}/change/", {"role": "owner"}, follow=True)
+    assert "was changed successfully" in changed.content.decode()
+    # With two owners, one of them may go.
+    staff_client.post(f"{base}{_membership(org, alice).pk}/change/", {"role": "developer"})
+    staff_client.post(f"{base}{_membership(org, mia).pk}/delete/", {"post": "yes"})
+    bulk = {"action": "remove_selected", "_selected_action": [_membership(org, dave).pk]}
+    assert "Removed 1 of 1 member(s)." in staff_client.post(base, bulk, follow=True).content.decode()
+    changes = AuditEvent.objects.filter(org_id=org.pk, action="member.role_changed")
+    roles = dict(changes.values_list("details__email", "details__role"))
+    assert roles == {"bob@acme.test": ["admin", "owner"], "alice@acme.test": ["owner", "developer"]}
+    removed = AuditEvent.objects.filter(org_id=org.pk, action="member.removed")
+    assert sorted(removed.values_list("details__email", flat=True)) == ["dave@acme.test", "mia@acme.test"]
+    events = AuditEvent.objects.filter(org_id=org.pk, action__startswith="member.")
+    assert {event.actor.email for event in events if event.actor} == {"root@hermes.test"} and events.count() == 4
+
+
+def test_the_membership_list_names_people_and_orgs(staff_client: Client, org: Any, alice: Any) -> None:
+    listed = staff_client.get("/admin/orgs/membership/").content.decode()
+    assert "alice@acme.test @ acme : owner" in listed  # was "<user id>@<org id>:owner"
+    assert "alice@acme.test @ acme" in staff_client.get("/admin/orgs/membership/", {"q": "acme"}).content.decode()
+
+
+def test_slugs_that_federation_names_are_fixed_in_the_admin(staff_client: Client, org: Any, alice: Any) -> None:
+    """A changed org or agent slug silently broke other orgs' policies and addresses (acme, echo.acme@paris)."""
+    from apps.agents.models import Agent
+
+    page = staff_client.get(f"/admin/orgs/organization/{org.pk}/change/").content.decode()
+    assert 'name="slug"' not in page and 'name="name"' in page
+    form = {"name": "Acme Inc", "slug": "acme2", "plan": org.plan, "created_by": alice.pk}
+    saved = staff_client.post(f"/admin/orgs/organization/{org.pk}/change/", form)
+    assert saved.status_code == 302, saved.context["adminform"].form.errors
+    org.refresh_from_db()
+    assert (org.name, org.slug) == ("Acme Inc", "acme")
+    assert 'name="slug"' in staff_client.get("/admin/orgs/organization/add/").content.decode()  # set when added
+
+    agent = agent_actions.register_agent_manually(org=org, name="Echo", url="https://echo.example.com/rpc")
+    url = f"/admin/agents/agent/{agent.pk}/change/"
+    assert 'name="slug"' not in staff_client.get(url).content.decode()
+    form = {"name": "Echo 2", "slug": "renamed", "description": "", "visibility": agent.visibility}
+    assert staff_client.post(url, form).status_code == 302
+    agent = Agent.objects.for_org(org).get(pk=agent.pk)
+    assert (agent.name, agent.slug) == ("Echo 2", "echo")
+
+
+def test_a_refused_agent_change_says_only_why(staff_client: Client, org: Any) -> None:
+    """A federated agent made public showed "Not saved: …" and Django's "was changed successfully" together."""
+    from django.contrib.admin.models import LogEntry
+
+    from apps.agents.models import Agent
+
+    remote = agent_actions.federated_agent(org, "echo.globex@berlin")
+    form = {"name": "Renamed", "description": "", "visibility": "public"}
+    page = staff_client.post(f"/admin/agents/agent/{remote.pk}/change/", form, follow=True).content.decode()
+    assert "Not saved: An agent reached through federation keeps its address and stays private." in page
+    assert "was changed successfully" not in page
+    remote = Agent.objects.for_org(org).get(pk=remote.pk)
+    assert (remote.name, remote.visibility) != ("Renamed", "public") and remote.visibility == "private"
+    assert not LogEntry.objects.filter(object_id=str(remote.pk)).exists()
