@@ -9,21 +9,44 @@ sums them; the directory must start empty and a dead worker's live gauges must b
 
 from __future__ import annotations
 
+import importlib.util
 import os
+import sys
 from pathlib import Path
 from typing import Any
 
+CONFIG_MODULE = Path(__file__).resolve().parent.parent / "hermes_site" / "config.py"
+
+
+def _validate_configuration() -> None:
+    """The configuration's one-line refusal and exit 1, in the master before it binds or forks.
+
+    Only the workers read the configuration otherwise: each printed the error and exited 1, and the master
+    replaced it forever (133 boots a minute). hermes_site.config is plain Python, loaded from its file so that
+    the master does not import the hermes_site package (its __init__ starts the Celery app and declares metrics).
+    """
+    spec = importlib.util.spec_from_file_location("hermes_configuration_check", CONFIG_MODULE)
+    assert spec is not None and spec.loader is not None, CONFIG_MODULE
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses look the module up there while its classes are created
+    try:
+        spec.loader.exec_module(module)
+        module.load_or_exit()
+    finally:
+        del sys.modules[spec.name]
+
 
 def on_starting(server: Any) -> None:
+    _validate_configuration()
     directory = os.environ.get("PROMETHEUS_MULTIPROC_DIR")
     if directory:
         path = Path(directory)
         try:
             path.mkdir(parents=True, exist_ok=True)
-        except OSError as exc:  # one line, as hermes_site's own check of the variable says it (not a traceback)
+        except OSError as exc:  # valid, but not ours to create (permissions, a read-only file system)
             raise SystemExit(
-                f"hermes: PROMETHEUS_MULTIPROC_DIR={directory!r} must be a directory path (not an existing file, nor "
-                f"under one): {exc.strerror}."
+                f"hermes: configuration error: PROMETHEUS_MULTIPROC_DIR={directory!r} cannot be created: "
+                f"{exc.strerror}."
             ) from None
         for stale in path.glob("*.db"):  # values from a previous run would be summed into this one
             stale.unlink()

@@ -1,8 +1,9 @@
 """`make run` in Python (works without make): migrate, seed, then serve web + worker + beat until Ctrl-C.
 
 With no REDIS_URL it starts the embedded Redis; with no DATABASE_URL settings fall back to SQLite under var/.
-Every child gets SIGTERM on Ctrl-C (graceful: uvicorn drains connections, the Celery worker finishes or
-requeues its job thanks to acks_late), then the embedded Redis stops.
+That embedded default belongs to one run per checkout (var/run.lock). Every child gets SIGTERM on Ctrl-C
+(graceful: uvicorn drains connections, the Celery worker finishes or requeues its job thanks to acks_late), then
+the embedded Redis stops.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ import subprocess
 import sys
 import time
 import urllib.request
+from collections.abc import Callable
 from types import FrameType
 
 from hermes_site.config import BASE_DIR, VAR_DIR, load_or_exit
@@ -34,6 +36,46 @@ class StepFailed(Exception):
 
 class Interrupted(Exception):
     """Ctrl-C reached a set-up step: the run stops quietly."""
+
+
+class CheckoutBusy(Exception):
+    """Another run holds this checkout's embedded default; the message names it (pid and address)."""
+
+
+# Held (an exclusive lock on the open file) by the run that uses this checkout's SQLite file and embedded Redis.
+# A second run reused the first one's Redis and database: Ctrl-C on the first stopped that Redis under the second
+# for good. The operating system drops the lock when the holder exits, however it exits: no stale lock to clean.
+LOCK_FILE = VAR_DIR / "run.lock"
+_WINDOWS_LOCK_OFFSET = 1 << 20  # Windows locks are mandatory: lock a byte past the text, so it stays readable
+
+
+def _lock_checkout(public_url: str) -> None:
+    """Lock this checkout's embedded default for the life of the process: the descriptor is left open on purpose
+    (closing it would release the lock), and the file says who holds it."""
+    fd = os.open(LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        if sys.platform == "win32":
+            import msvcrt
+
+            os.lseek(fd, _WINDOWS_LOCK_OFFSET, os.SEEK_SET)
+            msvcrt.locking(fd, msvcrt.LK_NBLCK, 1)
+            os.lseek(fd, 0, os.SEEK_SET)
+        else:
+            import fcntl
+
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        holder = os.read(fd, 512).decode(errors="replace").strip().split(maxsplit=1)
+        os.close(fd)
+        pid, url = holder if len(holder) == 2 else ("", "")  # empty: the holder is still starting
+        who = f"(pid {pid}, {url}) " if pid else ""
+        stop = f"Ctrl-C where it runs, or `kill {pid}`" if pid else "Ctrl-C where it runs"
+        raise CheckoutBusy(
+            f"another `make run` {who}already uses this checkout's embedded database and Redis ({VAR_DIR}): stop "
+            f"it first ({stop}), or give this run DATABASE_URL and REDIS_URL of its own"
+        ) from None
+    os.ftruncate(fd, 0)
+    os.write(fd, f"{os.getpid()} {public_url}\n".encode())
 
 
 def _manage(*args: str) -> None:
@@ -83,6 +125,12 @@ def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("HERMES_PUBLIC_URL", f"http://{public_host}:{args.port}")
     config = load_or_exit()
     VAR_DIR.mkdir(exist_ok=True)
+    if not config.redis_url or not config["DATABASE_URL"]:  # the embedded Redis or the SQLite file under var/
+        try:
+            _lock_checkout(f"http://{public_host}:{args.port}/")
+        except CheckoutBusy as exc:
+            print(f"hermes: {exc}.", file=sys.stderr)
+            return 1
     redis_proc = None
     if not config.redis_url:
         url, redis_proc = start_redis()
@@ -97,6 +145,8 @@ def main(argv: list[str] | None = None) -> int:
 
     signal.signal(signal.SIGINT, stop)
     signal.signal(signal.SIGTERM, stop)
+    if hasattr(signal, "SIGHUP"):  # the terminal closed: the children, in sessions of their own, hear it from us
+        signal.signal(signal.SIGHUP, stop)
     try:
         _manage("migrate", "--noinput")
         _manage("seed_demo")
@@ -148,10 +198,17 @@ def main(argv: list[str] | None = None) -> int:
         names: dict[int, str] = {}
         restarts: list[float] = []
         for name, command in commands.items():
-            child = subprocess.Popen(command, cwd=BASE_DIR)
+            child = _start(command)
             names[child.pid] = name
             children.append(child)
-        _wait_until_serving(f"http://{public_host}:{args.port}/api/v1/health/live", children[0])
+        health = f"http://{public_host}:{args.port}/api/v1/health/live"
+        if not _wait_until_serving(health, children[0], lambda: stopping):
+            if stopping:  # Ctrl-C while the servers started: the finally below stops them
+                return INTERRUPTED
+            web = children[0].returncode
+            reason = f"exited (code {web}) before answering" if web is not None else f"did not answer {health} in time"
+            print(f"hermes: the web server {reason}; its output is above. Stopping.", file=sys.stderr, flush=True)
+            return 1
         print(
             f"\nHermes is running: http://{args.host}:{args.port}/\n"
             "  demo login: demo@hermes.local / hermes-demo\n"
@@ -171,7 +228,7 @@ def main(argv: list[str] | None = None) -> int:
                     return 1
                 restarts.append(now)
                 print(f"hermes: the {name} exited (code {child.returncode}); starting it again.", flush=True)
-                children[index] = subprocess.Popen(commands[name], cwd=BASE_DIR)
+                children[index] = _start(commands[name])
                 names[children[index].pid] = name
             time.sleep(0.5)
         return 0
@@ -196,6 +253,13 @@ def main(argv: list[str] | None = None) -> int:
             except subprocess.TimeoutExpired:
                 child.kill()
         stop_redis(redis_proc)
+
+
+def _start(command: list[str]) -> subprocess.Popen[bytes]:
+    """A server child in a session of its own: Ctrl-C in the terminal reaches the whole foreground group, and a
+    child still importing Django died of it with a KeyboardInterrupt traceback (web: "failed to start"). This
+    process is the one that hears Ctrl-C, and it stops every child with SIGTERM (the finally in main)."""
+    return subprocess.Popen(command, cwd=BASE_DIR, start_new_session=os.name != "nt")
 
 
 def _port(text: str) -> int:
@@ -233,15 +297,19 @@ def _bind_problem(host: str, port: int) -> str | None:
     return None
 
 
-def _wait_until_serving(url: str, web: subprocess.Popen[bytes], timeout: float = 30.0) -> None:
-    """The banner says "running" once the web server answers (it came a second or more before)."""
+def _wait_until_serving(
+    url: str, web: subprocess.Popen[bytes], stopping: Callable[[], bool], timeout: float = 30.0
+) -> bool:
+    """Whether the web server answers `url`: the banner says "running" only then. False as soon as the server
+    exits or the run is asked to stop (the banner came after a web that had died of Ctrl-C)."""
     deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline and web.poll() is None:
+    while time.monotonic() < deadline and web.poll() is None and not stopping():
         try:
             with urllib.request.urlopen(url, timeout=1):  # noqa: S310 - our own loopback address
-                return
+                return True
         except OSError:
             time.sleep(0.2)
+    return False
 
 
 if __name__ == "__main__":

@@ -845,8 +845,9 @@ def drop_database(database: Database) -> None:
 def iter_report(verification: Verification) -> Iterator[str]:
     yield f"schema      {'identical' if verification.schema_equal else 'DIFFERENT'}"
     yield from (f"            {line}" for line in verification.schema_diff[:20])
+    width = max(map(len, verification.tables), default=0)  # as `backup` sizes its column: no row pushed out of line
     for table, result in verification.tables.items():
         actual = result["actual"] or {"rows": "missing"}
         mark = "ok" if result["equal"] else "MISMATCH"
         check = CHECK_LABELS[TableCheck.from_manifest(table, result["expected"]).kind]
-        yield f"{table:<28} {mark:<8} rows {actual['rows']} (expected {result['expected']['rows']}; {check})"
+        yield f"{table:<{width}} {mark:<8} rows {actual['rows']} (expected {result['expected']['rows']}; {check})"

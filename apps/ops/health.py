@@ -21,19 +21,30 @@ from apps.ops.worker import seen_workers
 BACKLOG_STUCK_AFTER_S = 600
 
 
+def _consumers_of(queue: str, workers: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    return [w for w in workers if queue in w.get("queues", [])]
+
+
 def probe_workers() -> Probe:
     window = settings.HEALTH_STALE_AFTER
+    # The queue this instance sends its jobs to: a worker of another installation on a shared broker (or one
+    # started with other --queues) is alive, but none of our jobs ever reaches it.
+    queue = settings.CELERY_TASK_DEFAULT_QUEUE
 
     def run() -> ProbeResult:
         workers, _ = seen_workers(window)
         queues = sorted({q for w in workers for q in w.get("queues", [])})
         listed = [{"hostname": w["hostname"], "queues": w.get("queues", []), "age_s": w["age_s"]} for w in workers]
-        detail = f"{len(workers)} seen in the last {window}s" + (f" consuming {', '.join(queues)}" if queues else "")
-        return bool(workers), detail, {"workers": listed, "queues": queues}
+        seen = f"{len(workers)} seen in the last {window}s" + (f" consuming {', '.join(queues)}" if queues else "")
+        consumed = bool(_consumers_of(queue, workers))
+        detail = seen if consumed else f"no worker consumes {queue}; {seen}"
+        return consumed, detail, {"workers": listed, "queues": queues, "default_queue": queue}
 
-    return _unless_redis_is_down(
-        timed_probe("workers", run, "start a worker: `celery -A hermes_site worker` (Procfile: worker)")
+    fix = (
+        f"start a worker consuming {queue}: `celery -A hermes_site worker` (Procfile: worker) with this instance's "
+        f"CELERY_TASK_DEFAULT_QUEUE={queue}"
     )
+    return _unless_redis_is_down(timed_probe("workers", run, fix))
 
 
 def _unless_redis_is_down(probe: Probe) -> Probe:
@@ -57,11 +68,13 @@ def probe_beat() -> Probe:
 
     fix = "run exactly one `celery -A hermes_site beat` and at least one worker"
     probe = _unless_redis_is_down(timed_probe("beat", run, fix))
-    if probe.ok or not probe.available or seen_workers(window)[0]:
+    queue = settings.CELERY_TASK_DEFAULT_QUEUE
+    if probe.ok or not probe.available or _consumers_of(queue, seen_workers(window)[0]):
         return probe
-    # Beat only sends its heartbeat job; a worker runs it. With no worker, a beat that runs fine looks stopped too,
-    # and "beat down" beside "workers down" sent operators to restart a healthy beat.
-    detail = "not checked: no worker runs beat's heartbeat job (see the workers line)"
+    # Beat only sends its heartbeat job (to the default queue); a worker consuming that queue runs it. Without
+    # one, a beat that runs fine looks stopped too, and "beat down" beside "workers down" sent operators to
+    # restart a healthy beat.
+    detail = f"not checked: no worker consumes {queue}, where beat's heartbeat job goes (see the workers line)"
     return Probe(probe.name, False, detail, probe.latency_ms, available=False)
 
 

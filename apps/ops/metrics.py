@@ -107,9 +107,10 @@ def update_scrape_gauges() -> None:
     from apps.core.checks import health_report
 
     for probe in health_report().probes:
-        if not probe.available:
-            continue
-        metrics.HEALTH_STATUS.labels(check=probe.name).set(1 if probe.ok else 0)
+        # 1 only for a check that ran and passed. A check that could not run ("not checked: Redis is unreachable")
+        # is 0 as well: skipping it left the last scrape's 1 in place, so the worker and beat alerts stayed
+        # silent through a Redis outage (docs/observability.md, "Health gauges").
+        metrics.HEALTH_STATUS.labels(check=probe.name).set(1 if probe.ok and probe.available else 0)
         metrics.HEALTH_LATENCY.labels(check=probe.name).set(probe.latency_ms / 1000)
         if probe.name == "outbox" and "outbox_backlog" in probe.extra:
             metrics.FEDERATION_OUTBOX_BACKLOG.set(probe.extra.get("outbox_backlog") or 0)

@@ -84,8 +84,11 @@ def test_compose_passes_the_production_configuration_checks() -> None:
         ], name
 
 
-def test_gunicorn_refuses_a_metrics_directory_that_is_a_file_in_one_line(monkeypatch: Any, tmp_path: Path) -> None:
-    """`on_starting` made the directory before anything checked the variable: a FileExistsError traceback."""
+def test_gunicorn_refuses_a_metrics_directory_that_is_a_file_in_one_line(
+    monkeypatch: Any, tmp_path: Path, capsys: Any
+) -> None:
+    """`on_starting` made the directory before anything checked the variable: a FileExistsError traceback. The
+    master now validates the whole configuration first, so the refusal is the configuration's own line."""
     import runpy
 
     import pytest
@@ -96,10 +99,33 @@ def test_gunicorn_refuses_a_metrics_directory_that_is_a_file_in_one_line(monkeyp
     monkeypatch.setenv("PROMETHEUS_MULTIPROC_DIR", str(a_file))
     with pytest.raises(SystemExit) as refused:
         hooks["on_starting"](None)
-    assert str(refused.value) == (
-        f"hermes: PROMETHEUS_MULTIPROC_DIR='{a_file}' must be a directory path (not an existing file, nor under one): "
-        "File exists."
-    )
+    assert refused.value.code == 1
+    (line,) = capsys.readouterr().err.splitlines()
+    assert line.startswith(f"hermes: configuration error: PROMETHEUS_MULTIPROC_DIR='{a_file}' must be ")
     monkeypatch.setenv("PROMETHEUS_MULTIPROC_DIR", str(tmp_path / "metrics"))
     hooks["on_starting"](None)
     assert (tmp_path / "metrics").is_dir()
+
+
+def test_gunicorn_refuses_a_bad_configuration_once_before_forking(free_port: int) -> None:
+    """Only the workers read the configuration: each printed the error and exited 1, and the master booted a new
+    one forever (133 boots a minute) instead of exiting 1 like uvicorn, the Celery worker, beat and manage.py."""
+    import os
+    import subprocess
+    import sys
+
+    env = {**os.environ, "HERMES_TASK_POLL_SECONDS": "abc"}
+    run = subprocess.run(
+        [
+            sys.executable, "-m", "gunicorn", "hermes_site.wsgi:application",
+            "-c", str(ROOT / "deploy" / "gunicorn.conf.py"), "--bind", f"127.0.0.1:{free_port}",
+        ],
+        cwd=ROOT, env=env, capture_output=True, text=True, timeout=30,
+    )  # fmt: skip
+    assert run.returncode == 1, run.stderr
+    errors = [line for line in run.stderr.splitlines() if line.startswith("hermes: ")]
+    assert errors == [
+        "hermes: configuration error: HERMES_TASK_POLL_SECONDS='abc' must be a number of seconds greater than 0 and "
+        "at most 31536000."
+    ], run.stderr
+    assert "Booting worker" not in run.stderr and "Listening at" not in run.stderr, run.stderr

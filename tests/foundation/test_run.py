@@ -60,6 +60,7 @@ def test_run_serves_the_platform_on_embedded_defaults_and_stops_cleanly(tmp_path
         assert _child_running(proc.pid, b"worker", timeout=30) != worker, "".join(lines)
         _use_the_platform(f"http://127.0.0.1:{free_port}", env)  # and runs tasks again
     finally:
+        started = _descendants(proc.pid)
         os.killpg(proc.pid, signal.SIGINT)  # what Ctrl-C in a terminal does
         proc.wait(timeout=60)
         reader.join(timeout=5)
@@ -70,16 +71,13 @@ def test_run_serves_the_platform_on_embedded_defaults_and_stops_cleanly(tmp_path
     assert "REDIS_URL is not set" not in output  # printed by every process, right under "redis ok (embedded)"
     assert "beat" in output and "ready" in output, output
     assert proc.returncode == 0, output
-    # Nothing it started survives: the process group empties (children may take a moment to be reaped).
+    # Nothing it started survives (the servers run in sessions of their own, so not the process group: every
+    # process below it); children may take a moment to be reaped.
+    assert len(started) >= 4, started  # web, worker (and its pool), beat, the embedded Redis
     gone_by = time.monotonic() + 20
-    while time.monotonic() < gone_by:
-        try:
-            os.killpg(proc.pid, 0)
-        except ProcessLookupError:
-            break
+    while time.monotonic() < gone_by and _alive(started):
         time.sleep(0.2)
-    with pytest.raises(ProcessLookupError):
-        os.killpg(proc.pid, 0)
+    assert not _alive(started)
     # The embedded Redis runs in a session of its own (Ctrl-C killed it before the worker had acknowledged its
     # job: "Couldn't ack" tracebacks); it is stopped last, and stopped all the same.
     assert "Couldn't ack" not in output
@@ -88,18 +86,46 @@ def test_run_serves_the_platform_on_embedded_defaults_and_stops_cleanly(tmp_path
         sock.connect(("127.0.0.1", redis_port))
 
 
-def _child_running(group: int, role: bytes, timeout: float = 5.0) -> int:
-    """The pid of the process of `make run`'s group whose command line names `role` (the Celery worker)."""
+def _stat(pid: int) -> tuple[str, int] | None:
+    """A process's state letter and parent pid, or None when it is gone."""
+    try:
+        fields = (Path("/proc") / str(pid) / "stat").read_text().rsplit(")", 1)[1].split()
+    except (OSError, IndexError):
+        return None
+    return fields[0], int(fields[1])
+
+
+def _cmdline(pid: int) -> list[bytes]:
+    try:
+        return (Path("/proc") / str(pid) / "cmdline").read_bytes().split(b"\0")
+    except OSError:  # gone meanwhile
+        return []
+
+
+def _alive(pids: set[int]) -> set[int]:
+    return {pid for pid in pids if (stat := _stat(pid)) is not None and stat[0] != "Z"}
+
+
+def _descendants(root: int) -> set[int]:
+    """Every live process below `root` (children, grandchildren…)."""
+    pids = [int(entry.name) for entry in Path("/proc").iterdir() if entry.name.isdigit()]
+    parents = {pid: stat[1] for pid in pids if (stat := _stat(pid))}
+    found: set[int] = set()
+    frontier = {root}
+    while frontier:
+        frontier = {pid for pid, parent in parents.items() if parent in frontier} - found
+        found |= frontier
+    return _alive(found)
+
+
+def _child_running(run: int, role: bytes, timeout: float = 5.0) -> int:
+    """The pid of the process `make run` (pid `run`) started whose command line names `role` (the Celery worker)."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        for entry in Path("/proc").iterdir():
-            try:
-                if entry.name.isdigit() and os.getpgid(int(entry.name)) == group:
-                    argv = (entry / "cmdline").read_bytes().split(b"\0")
-                    if b"celery" in b" ".join(argv) and role in argv:
-                        return int(entry.name)
-            except OSError:
-                continue
+        for pid in _descendants(run):
+            argv = _cmdline(pid)
+            if b"celery" in b" ".join(argv) and role in argv and (stat := _stat(pid)) and stat[1] == run:
+                return pid
         time.sleep(0.3)
     raise AssertionError(f"no {role.decode()} running")
 
@@ -235,3 +261,90 @@ def test_ctrl_c_during_the_first_migrate_stops_quietly(tmp_path: Path, free_port
                 proc.wait()
     assert proc.returncode == 130, stderr
     assert "failed" not in stderr and "Traceback" not in stderr and "doctor" not in stderr, stderr
+
+
+def _start_run(env: dict[str, str], port: int) -> subprocess.Popen[str]:
+    return subprocess.Popen(
+        [sys.executable, "-m", "hermes_site.run", "--port", str(port)],
+        cwd=BASE_DIR, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True,
+    )  # fmt: skip
+
+
+def _web_started(run: subprocess.Popen[str], timeout: float = 120) -> None:
+    """Until `make run` has started its web server (a uvicorn child), not until that answers."""
+    deadline = time.monotonic() + timeout
+    while not any(b"uvicorn" in _cmdline(pid) for pid in _descendants(run.pid)):
+        assert run.poll() is None and time.monotonic() < deadline, run.communicate()[0]
+        time.sleep(0.05)
+
+
+@pytest.mark.skipif(os.name == "nt", reason="sends SIGINT to a process group")
+def test_ctrl_c_while_the_servers_start_stops_quietly_without_a_banner(tmp_path: Path, free_port: int) -> None:
+    """Ctrl-C about 4 s in printed KeyboardInterrupt tracebacks from worker, beat and web, "hermes asgi: failed to
+    start: KeyboardInterrupt", and then the banner "Hermes is running" all the same."""
+    run = _start_run(_embedded_env(tmp_path), free_port)
+    try:
+        _web_started(run)
+        started = _descendants(run.pid)
+        os.killpg(run.pid, signal.SIGINT)  # what Ctrl-C in a terminal does
+        output, _ = run.communicate(timeout=60)
+    finally:
+        if run.poll() is None:
+            os.killpg(run.pid, signal.SIGKILL)
+            run.wait()
+    assert run.returncode == 130, output
+    for noise in ("Hermes is running", "Traceback", "KeyboardInterrupt", "failed to start", "exited"):
+        assert noise not in output, output
+    gone_by = time.monotonic() + 20
+    while time.monotonic() < gone_by and _alive(started):
+        time.sleep(0.2)
+    assert not _alive(started), output
+
+
+def test_waiting_for_the_web_ends_when_it_exits_or_the_run_stops(free_port: int) -> None:
+    """It returned silently when the web had exited, and the banner followed."""
+    from hermes_site.run import _wait_until_serving
+
+    url = f"http://127.0.0.1:{free_port}/api/v1/health/live"  # nothing listens there
+    exited = subprocess.Popen([sys.executable, "-c", "pass"])
+    exited.wait()
+    assert _wait_until_serving(url, exited, lambda: False) is False
+    sleeping = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        began = time.monotonic()
+        assert _wait_until_serving(url, sleeping, lambda: True) is False
+        assert time.monotonic() - began < 5
+    finally:
+        sleeping.kill()
+        sleeping.wait()
+
+
+@pytest.mark.skipif(os.name == "nt", reason="sends SIGINT to a process group")
+def test_a_second_run_on_the_embedded_default_is_refused_in_one_line(tmp_path: Path, free_port: int) -> None:
+    """A second `make run` (another HERMES_PORT) reused the first one's embedded Redis and SQLite file; Ctrl-C on
+    the first stopped that Redis and broke the second for good."""
+    env = _embedded_env(tmp_path)
+    first = _start_run(env, free_port)
+    try:
+        _web_started(first)  # well past taking the lock (before the embedded Redis starts)
+        with socket.socket() as sock:
+            sock.bind(("127.0.0.1", 0))
+            other_port = sock.getsockname()[1]
+        second = subprocess.run(
+            [sys.executable, "-m", "hermes_site.run", "--port", str(other_port)],
+            cwd=BASE_DIR, env=env, capture_output=True, text=True, timeout=60,
+        )  # fmt: skip
+        assert first.poll() is None
+    finally:
+        os.killpg(first.pid, signal.SIGINT)
+        first.communicate(timeout=60)
+    assert second.returncode == 1, second.stderr
+    errors = second.stderr.strip().splitlines()
+    assert len(errors) == 1, second.stderr
+    (line,) = errors
+    assert line.startswith(
+        f"hermes: another `make run` (pid {first.pid}, http://127.0.0.1:{free_port}/) already uses this checkout's "
+        "embedded database and Redis"
+    ), line
+    assert f"`kill {first.pid}`" in line and "DATABASE_URL and REDIS_URL" in line
+    assert "embedded Redis at" not in second.stdout

@@ -1,11 +1,13 @@
 from __future__ import annotations
 
 import io
+import json
 import socket
 import subprocess
 import sys
 import threading
 import time
+from typing import Any
 
 import pytest
 from django.core.management import call_command
@@ -125,3 +127,39 @@ def test_web_process_serves_liveness_while_dependencies_are_down(free_port: int)
 def test_flush_is_refused_in_production() -> None:
     with override_settings(HERMES_ENV="production"), pytest.raises(CommandError, match="force-production"):
         call_command("flush", interactive=False)
+
+
+_PRINT_SUMMARY = (
+    "import django; django.setup(); from apps.core.startup import print_summary; print_summary('web (wsgi)')"
+)
+
+
+@pytest.mark.parametrize("log_format", ["json", "console"])
+def test_the_startup_summary_follows_log_format(tmp_path: Any, log_format: str) -> None:
+    """With LOG_FORMAT=json the summary was plain text among the JSON lines on stderr: pipelines that parse JSON
+    dropped it, configuration warnings included."""
+    env = {
+        "HERMES_ENV": "dev",
+        "LOG_FORMAT": log_format,
+        "DATABASE_URL": f"sqlite:///{tmp_path / 'hermes.sqlite3'}",  # REDIS_URL unset: a configuration warning
+        "DJANGO_SETTINGS_MODULE": "hermes_site.settings",
+        "PATH": "/usr/bin:/bin",
+    }
+    run = subprocess.run(
+        [sys.executable, "-c", _PRINT_SUMMARY], cwd=BASE_DIR, env=env, capture_output=True, text=True, timeout=60
+    )
+    assert run.returncode == 0, run.stderr
+    lines = [line for line in run.stderr.splitlines() if line.strip()]
+    if log_format == "console":
+        assert lines[0].startswith("Hermes ") and lines[0].endswith(" — web (wsgi)"), run.stderr
+        assert any(line.startswith("  warning          REDIS_URL is not set — fix: ") for line in lines), run.stderr
+        return
+    records = [json.loads(line) for line in lines]  # every line is JSON
+    summary = [r for r in records if r.get("event") == "startup_summary"]
+    assert summary[0]["message"].endswith(" — web (wsgi)") and summary[0]["role"] == "web (wsgi)", summary
+    assert summary[0]["logger"] == "hermes.startup" and summary[0]["level"] == "INFO"
+    (warning,) = [r for r in summary if r.get("problem") == "REDIS_URL is not set"]
+    assert warning["level"] == "WARNING" and warning["fix"] and warning["message"].startswith("warning REDIS_URL")
+    checks = {r["check"]: r for r in summary if "check" in r}
+    assert {"database", "redis", "broker", "channel_layer"} <= set(checks)
+    assert all(r["check_status"] in ("ok", "down") for r in checks.values())

@@ -6,11 +6,13 @@ import os
 import signal
 import socket
 import threading
+import uuid
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import pytest
+from django.conf import settings
 from django.core.cache import caches
 from django.core.management import call_command
 from django.core.management.base import CommandError
@@ -139,7 +141,8 @@ def test_breakdown_reports_every_part_with_status_and_latency(
 ) -> None:
     worker = start_worker("--queues", "ops-a,ops-b")
     beat_heartbeat()
-    response = client.get("/api/v1/health")
+    with override_settings(CELERY_TASK_DEFAULT_QUEUE="ops-a"):  # a worker consumes the queue this instance uses
+        response = client.get("/api/v1/health")
     assert response.status_code == 200, response.content
     body = response.json()
     checks = body["checks"]
@@ -162,7 +165,8 @@ def test_beat_is_down_when_it_has_not_run_and_unknown_without_a_worker(client: C
 
     caches["default"].delete(BEAT_KEY)
     redis = redis_client()
-    record_worker("alive@test", ["celery"], client=redis)  # a worker that would have run beat's heartbeat job
+    # A worker that would have run beat's heartbeat job (sent to the default queue).
+    record_worker("alive@test", [settings.CELERY_TASK_DEFAULT_QUEUE], client=redis)
     try:
         checks = client.get("/api/v1/health").json()["checks"]
         assert checks["beat"]["status"] == "down" and "no beat run" in checks["beat"]["detail"]
@@ -173,10 +177,44 @@ def test_beat_is_down_when_it_has_not_run_and_unknown_without_a_worker(client: C
         body = client.get("/api/v1/health").json()
         assert body["checks"]["workers"]["status"] == "down"
         assert body["checks"]["beat"]["status"] == "not_available"
-        assert "no worker runs beat's heartbeat job" in body["checks"]["beat"]["detail"]
+        assert "where beat's heartbeat job goes" in body["checks"]["beat"]["detail"]
         assert "beat" not in body["degraded"]
     finally:
         redis.hdel(WORKERS_KEY, "alive@test")
+        redis.close()
+
+
+def test_workers_are_down_when_none_consumes_the_queue_this_instance_sends_to(client: Client) -> None:
+    """A worker of another installation (or one started with other --queues) was "1 seen … consuming
+    qa_ops_queue: ok" while every job this instance sent stayed submitted."""
+    from apps.core.checks import redis_client
+    from apps.ops.worker import WORKERS_KEY, record_worker
+
+    queue = f"ops-qa-{uuid.uuid4().hex[:8]}"
+    other = f"ops-qa-other-{uuid.uuid4().hex[:8]}"
+    redis = redis_client()
+    record_worker("elsewhere@test", [other], client=redis)
+    caches["default"].delete(BEAT_KEY)
+    try:
+        with override_settings(CELERY_TASK_DEFAULT_QUEUE=queue):
+            body = client.get("/api/v1/health").json()
+            workers = body["checks"]["workers"]
+            assert workers["status"] == "down" and "workers" in body["degraded"], workers
+            assert workers["detail"].startswith(f"no worker consumes {queue}; "), workers
+            assert " seen in the last " in workers["detail"] and other in workers["detail"], workers
+            assert workers["default_queue"] == queue and queue in workers["fix"]
+            # Beat's heartbeat job goes to that queue too: nothing runs it, so beat is unknown, not stopped.
+            assert body["checks"]["beat"]["status"] == "not_available"
+            assert f"no worker consumes {queue}" in body["checks"]["beat"]["detail"]
+            out = io.StringIO()
+            call_command("health", stdout=out)  # degraded, still ready: no exit 1
+            assert f"workers          DOWN no worker consumes {queue}; " in out.getvalue()
+
+            record_worker("ours@test", [queue], client=redis)
+            workers = client.get("/api/v1/health").json()["checks"]["workers"]
+            assert workers["status"] == "ok" and not workers["detail"].startswith("no worker"), workers
+    finally:
+        redis.hdel(WORKERS_KEY, "elsewhere@test", "ours@test")
         redis.close()
 
 

@@ -128,6 +128,37 @@ def test_metrics_exposition_has_http_db_health_and_domain_metrics(client: Client
     assert "django_db_execute_total" in text
 
 
+@pytest.mark.django_db
+def test_a_check_that_cannot_run_is_exported_as_0_not_as_its_last_value(client: Client) -> None:
+    """With Redis unreachable the workers check is "not checked": the scrape skipped it, so the gauge kept the
+    last scrape's 1 and HermesNoCeleryWorker could not fire for the whole outage."""
+    import socket
+    import uuid
+
+    from apps.core.checks import redis_client
+    from apps.ops.worker import WORKERS_KEY, record_worker
+
+    queue = f"metrics-qa-{uuid.uuid4().hex[:8]}"
+    redis = redis_client()
+    record_worker("metrics-qa@test", [queue], client=redis)
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        dead = f"redis://127.0.0.1:{sock.getsockname()[1]}/0"
+    try:
+        with override_settings(CELERY_TASK_DEFAULT_QUEUE=queue):
+            text = client.get("/metrics").content.decode()
+            assert sample_value(text, "hermes_health_status", {"check": "workers"}) == 1.0
+            with override_settings(REDIS_URL=dead, CELERY_BROKER_URL=dead):
+                health = client.get("/api/v1/health").json()["checks"]
+                assert health["workers"]["status"] == "not_available", health["workers"]
+                text = client.get("/metrics").content.decode()
+        assert sample_value(text, "hermes_health_status", {"check": "redis"}) == 0.0
+        assert sample_value(text, "hermes_health_status", {"check": "workers"}) == 0.0
+    finally:
+        redis.hdel(WORKERS_KEY, "metrics-qa@test")
+        redis.close()
+
+
 def test_gunicorn_workers_are_summed_in_multiprocess_mode(
     tmp_path: Path, free_port: int, django_db_blocker: Any
 ) -> None:

@@ -25,7 +25,11 @@ class Command(HermesCommand):
     help = "List, inspect, requeue or discard dead-lettered federation messages."
 
     def add_arguments(self, parser: CommandParser) -> None:
-        parser.add_argument("operation", choices=["list", "show", "requeue", "discard"])
+        parser.add_argument(
+            "operation",
+            choices=["list", "show", "requeue", "discard"],
+            help="list the dead letters, show one, requeue them for delivery, or discard them",
+        )
         parser.add_argument("ids", nargs="*", help="message ids")
         parser.add_argument("--all", action="store_true", help="requeue/discard: every dead letter (of --org)")
         parser.add_argument("--org", help="limit to one org slug")

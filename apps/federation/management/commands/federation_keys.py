@@ -23,7 +23,11 @@ class Command(HermesCommand):
     help = "List, add, promote and retire the HMAC keys of a federation link."
 
     def add_arguments(self, parser: CommandParser) -> None:
-        parser.add_argument("operation", choices=["list", "add", "promote", "retire"])
+        parser.add_argument(
+            "operation",
+            choices=["list", "add", "promote", "retire"],
+            help="list the link's keys, add the next one, promote it to current, or retire the previous one",
+        )
         parser.add_argument("peer", help="the peer's name on this instance")
         parser.add_argument("--secret", help="add: the whsec_ secret the other side generated (default: generate)")
         parser.add_argument(

@@ -22,9 +22,15 @@ class Command(HermesCommand):
     help = "Add, list, enable or disable federation peers."
 
     def add_arguments(self, parser: CommandParser) -> None:
-        parser.add_argument("operation", choices=["add", "list", "enable", "disable"])
-        parser.add_argument("name", nargs="?")
-        parser.add_argument("base_url", nargs="?")
+        parser.add_argument(
+            "operation",
+            choices=["add", "list", "enable", "disable"],
+            help="add a peer, list them, enable or disable one",
+        )
+        parser.add_argument(
+            "name", nargs="?", help="add, enable, disable: the peer's name here (addresses read org@<name>)"
+        )
+        parser.add_argument("base_url", nargs="?", help="add: the peer's public URL, e.g. https://hermes.example.org")
         parser.add_argument("--local-name", help="add: the name the peer knows this instance by")
 
     def handle(self, *args: Any, **options: Any) -> None:

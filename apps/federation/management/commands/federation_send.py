@@ -30,12 +30,16 @@ class Command(HermesCommand):
         # Not limited by argparse `choices`: a protocol type gets the action's refusal, which says where to go.
         parser.add_argument("--type", default=MessageType.MESSAGE, help="only 'message' (tasks: remote tasks)")
         parser.add_argument("--payload", default="{}", help="a JSON object; {n} is replaced by the sequence number")
-        parser.add_argument("--count", type=int, default=1)
+        parser.add_argument("--count", type=int, default=1, help="how many messages to send (default 1)")
         parser.add_argument("--interval", type=float, default=0.0, help="seconds between messages")
         parser.add_argument(
             "--rate", type=float, default=0.0, help="messages per second on a fixed schedule (overrides --interval)"
         )
-        parser.add_argument("--sender-agent", default="")
+        parser.add_argument(
+            "--sender-agent",
+            default="",
+            help="slug of the org's agent to send as; its policy rules apply (default: the org itself)",
+        )
 
     def handle(self, *args: Any, **options: Any) -> None:
         if options["count"] < 1:

@@ -27,8 +27,10 @@ class Command(HermesCommand):
         self.stdout.write(f"backup    {result.dump} ({manifest['dump']['bytes']} bytes, {manifest['dump']['tool']})")
         self.stdout.write(f"manifest  {result.manifest_path}")
         self.stdout.write(f"schema    {manifest['schema_fingerprint'][:16]}… ({len(manifest['schema'])} lines)")
+        # As wide as the longest name: a fixed width let federation_federationauditevent push its row out of line.
+        width = max(map(len, manifest["tables"]), default=0)
         for table, summary in manifest["tables"].items():
             digest = f"  {summary['digest'][:16]}…" if "digest" in summary else ""
-            self.stdout.write(f"  {table:<28} {summary['rows']:>8} rows{digest}")
+            self.stdout.write(f"  {table:<{width}} {summary['rows']:>8} rows{digest}")
         for warning in result.warnings:
             self.stderr.write(f"warning: {warning}")

@@ -1,5 +1,6 @@
 from typing import Any
 
+from django.conf import settings
 from django.contrib.auth import get_user_model
 from django.db import transaction
 
@@ -19,7 +20,11 @@ PARTNER_ORG = "partner"
 
 
 class Command(HermesCommand):
-    help = "Create the demo user and org (idempotent: re-running changes nothing)."
+    help = (
+        "Create the demo user, the demo and partner orgs and their demo agents. Safe to re-run: nothing is doubled, "
+        "and the demo agents are registered again at the current HERMES_PUBLIC_URL (re-run it with the right one "
+        "when they were seeded at another address)."
+    )
 
     @transaction.atomic
     def handle(self, *args: Any, **options: Any) -> None:
@@ -39,6 +44,10 @@ class Command(HermesCommand):
         set_policy(org=org, remote=PARTNER_ORG, effect=Effect.ALLOW, reason="demo: ask the partner org's agents")
         set_policy(org=partner, remote=DEMO_ORG, effect=Effect.ALLOW, reason="demo: accept the demo org's requests")
         self.stdout.write(f"demo login: {DEMO_EMAIL} / {DEMO_PASSWORD} (org '{DEMO_ORG}')")
+        self.stdout.write(
+            f"demo agents registered at {settings.HERMES_PUBLIC_URL}/demo-agents/ (HERMES_PUBLIC_URL; tasks reach "
+            "them there)"
+        )
         self.stdout.write(
             f"federation demo: Federation → Remote tasks → demo-echo.{PARTNER_ORG} (org '{PARTNER_ORG}' runs it)"
         )
