@@ -27,6 +27,7 @@ from a2a.utils.constants import TransportProtocol
 from django.core.exceptions import ValidationError
 from google.protobuf.json_format import MessageToDict, ParseError
 
+from apps.agents.client import as_sentence
 from apps.core import jsonutil
 from apps.core.http import OutboundBlocked, check_url, guarded_async_client
 from apps.core.validators import display_name
@@ -223,19 +224,19 @@ async def fetch_card(url: str) -> CardInfo:
     candidates = card_candidates(url)
     deadline = CARD_DEADLINE  # read once: the message names the limit that was applied
     candidate = candidates[0]
+    tried: list[str] = []  # "<url> (<what happened>)" of each candidate given up on, for `details.tried`
     with anyio.move_on_after(deadline) as scope:
         async with guarded_async_client(timeout=CARD_TIMEOUT, follow_redirects=True) as client:
-            tried: list[str] = []
             for candidate in candidates:
                 try:
                     status, body = await _get_limited(client, candidate)
                 except httpx.TimeoutException as exc:
                     message = f"Timed out fetching the agent card from {candidate}."
-                    raise CardError(message, code="card_unreachable") from exc
+                    raise _unreachable(message, tried, candidate, "timed out") from exc
                 except httpx.HTTPError as exc:
-                    raise CardError(
-                        f"Could not reach {candidate}: {exc or type(exc).__name__}.", code="card_unreachable"
-                    ) from exc
+                    reason = str(exc) or type(exc).__name__
+                    message = as_sentence(f"Could not reach {candidate}: {reason}")
+                    raise _unreachable(message, tried, candidate, reason.rstrip(".")) from exc
                 if status in NOT_FOUND_STATUSES and candidate != candidates[-1]:
                     tried.append(f"{candidate} (HTTP {status})")
                     continue
@@ -248,10 +249,14 @@ async def fetch_card(url: str) -> CardInfo:
                     raise CardError(message, code="card_invalid") from exc
                 return parse_card(raw, card_url=candidate)
     if scope.cancelled_caught:
-        raise CardError(
-            f"Fetching the agent card from {candidate} took longer than {deadline:g} s.", code="card_unreachable"
-        )
+        message = f"Fetching the agent card from {candidate} took longer than {deadline:g} s."
+        raise _unreachable(message, tried, candidate, f"over the {deadline:g} s limit")
     raise AssertionError("unreachable: the last candidate always returns or raises")  # pragma: no cover
+
+
+def _unreachable(message: str, tried: list[str], candidate: str, outcome: str) -> CardError:
+    """card_unreachable for the candidate being fetched, listing it after those tried before (docs/agents.md)."""
+    return CardError(message, code="card_unreachable", details={"tried": [*tried, f"{candidate} ({outcome})"]})
 
 
 def _status_error(candidate: str, status: int, tried: list[str]) -> CardError:

@@ -47,28 +47,43 @@ from `parts`:
   `{"url"}` or `{"raw"}` (the bytes in base64), with its `filename`, `mediaType` and `metadata` when set. `text`
   (the text parts and URLs, one per line) and `data` (the data parts) are a reading of them that drops files.
 
+One call follows one task, the first its answer names: events about another task id are dropped (logged at
+WARNING), and so is a plain message after the task in the same stream (not valid A2A). A status is reported when it
+differs from the last one in state or message (content, not only the message id).
+
 Errors: `AgentTransportError` — connection refused/reset, timeouts, HTTP 5xx/429/408, a stream cut off before a
-final update: retry with backoff. `AgentError` — the agent's own failure or an invalid response (JSON-RPC error,
-HTTP 4xx, unparseable reply), or the SSRF guard refusing the address (`code="ssrf_blocked"`): record, do not retry.
-A task that the agent itself reports as "failed" is NOT an exception: it is an update with state "failed".
-All traffic goes through `apps.core.http.guarded_async_client` (SSRF guard, timeouts).
+final update: retry with backoff (`status_code`; `retry_after`, the seconds of the agent's Retry-After header).
+`AgentError` — the agent's own failure or an invalid response (JSON-RPC error, its `data` quoted; HTTP 3xx, as
+agent calls do not follow redirects, or 4xx; unparseable reply), or the SSRF guard refusing the address
+(`code="ssrf_blocked"`): record, do not retry. A task that the agent itself reports as "failed" is NOT an
+exception: it is an update with state "failed". All traffic goes through `apps.core.http.guarded_async_client`
+(SSRF guard; CALL_TIMEOUT for calls answered at once, STREAM_TIMEOUT for SSE streams).
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextvars
+import email.utils
 import json
+import logging
+import math
 import queue
 import threading
 import uuid
 from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from typing import Any, Literal, TypeVar
+from urllib.parse import urljoin
 
 import httpx
 from a2a.client import A2AClientError, A2AClientTimeoutError, ClientConfig, ClientFactory
 from a2a.client.client import Client
+from a2a.client.transports.base import ClientTransport
+from a2a.client.transports.jsonrpc import JsonRpcTransport
+from a2a.compat.v0_3.jsonrpc_transport import CompatJsonRpcTransport
+from a2a.compat.v0_3.versions import is_legacy_version
 from a2a.types.a2a_pb2 import (
     AgentCapabilities,
     AgentCard,
@@ -89,7 +104,9 @@ from a2a.utils.constants import TransportProtocol
 from a2a.utils.errors import A2AError
 from google.protobuf import json_format, struct_pb2
 
-from apps.core.http import OutboundBlocked, guarded_async_client
+from apps.core.http import DEFAULT_TIMEOUT, OutboundBlocked, guarded_async_client
+
+logger = logging.getLogger(__name__)
 
 T = TypeVar("T")
 
@@ -109,8 +126,12 @@ INTERRUPTED_STATES = frozenset({"input-required", "auth-required"})
 FINAL_STATES = TERMINAL_STATES | INTERRUPTED_STATES
 RETRYABLE_STATUS = frozenset({408, 425, 429, 500, 502, 503, 504})
 
+# SendMessage, GetTask and CancelTask wait for one reply: the read timeout of every outbound call (30 s).
+CALL_TIMEOUT = DEFAULT_TIMEOUT
 # Streams may be quiet while an agent thinks; the SDK's server sends SSE pings well inside this.
 STREAM_TIMEOUT = httpx.Timeout(connect=5.0, read=60.0, write=10.0, pool=5.0)
+# How much of a JSON-RPC error's `data` its message quotes (the data is kept whole in AgentError.details).
+ERROR_DATA_CHARS = 500
 
 
 class AgentError(Exception):
@@ -123,11 +144,20 @@ class AgentError(Exception):
 
 
 class AgentTransportError(Exception):
-    """The agent could not be reached or the connection failed: retry with backoff."""
+    """The agent could not be reached, the connection failed, or it answered a status worth retrying (5xx, 429,
+    408): retry with backoff. `status_code` is that status; `retry_after` the seconds its Retry-After header asked
+    the caller to wait (None when it did not say)."""
 
-    def __init__(self, message: str, *, status_code: int | None = None) -> None:
+    def __init__(self, message: str, *, status_code: int | None = None, retry_after: float | None = None) -> None:
         super().__init__(message)
         self.status_code = status_code
+        self.retry_after = retry_after
+
+
+def as_sentence(text: str) -> str:
+    """`text` ending with a full stop, without doubling one it has (httpx's own messages end with one)."""
+    text = text.rstrip()
+    return text if text.endswith((".", "!", "?")) else text + "."
 
 
 @dataclass(frozen=True)
@@ -279,11 +309,25 @@ def _grown_by(known: Artifact, artifact: Artifact) -> Artifact | None:
     return chunk
 
 
+def _says_something(parts: list[dict[str, Any]]) -> bool:
+    # An empty text part is no message (agents send one with every update); any other part is.
+    return any(part.get("text") or "text" not in part for part in parts)
+
+
 class _Normalizer:
-    """Turns SDK events and polled Task snapshots into AgentUpdates, without repeating what was already said."""
+    """Turns SDK events and polled Task snapshots into AgentUpdates, without repeating what was already said.
+
+    One normalizer follows one task: the first task id an event names. Events about another task (an agent that
+    mixes up its streams, or a proxy that does) are dropped and logged rather than applied to this one, and so is
+    a plain message after the task (an A2A stream is one task's events, or a single message)."""
 
     def __init__(self) -> None:
-        self._last_status: tuple[str, str] | None = None
+        # The last status reported: its state, message id and message parts, so that distinct progress notes are
+        # all reported whatever their message ids say (the same id, or none), and only an identical repeat is not.
+        # Not the whole message: a task store may fill in its task and context ids, and a stream's note read again
+        # in a snapshot is the same note.
+        self._last_status: tuple[str, str, tuple[bytes, ...]] | None = None
+        self._task_id = ""
         # Each artifact as far as it was reported, as the agent's task holds it: a snapshot then yields only what
         # changed since (an agent may append chunks to an artifact between two polls).
         self._artifacts: dict[str, Artifact] = {}
@@ -292,13 +336,24 @@ class _Normalizer:
     def final(self) -> bool:
         return self._last_status is not None and self._last_status[0] in FINAL_STATES
 
+    def _follows(self, task_id: str, what: str) -> bool:
+        """Whether an event about `task_id` is about the followed task; the first id seen is the followed one. An
+        event without a task id is taken as this task's (there is no other it could be about)."""
+        if not self._task_id:
+            self._task_id = task_id
+        if not task_id or task_id == self._task_id:
+            return True
+        logger.warning("Dropped the agent's %s for task %s: this call follows task %s.", what, task_id, self._task_id)
+        return False
+
     def _status(self, task_id: str, context_id: str, status: Any, raw: dict[str, Any]) -> list[AgentUpdate]:
         state = _state(status.state)
-        parts = status.message.parts if status.HasField("message") else []
-        key = (state, status.message.message_id if status.HasField("message") else "")
+        message = status.message if status.HasField("message") else Message()
+        key = (state, message.message_id, tuple(part.SerializeToString(deterministic=True) for part in message.parts))
         if key == self._last_status:
             return []
         self._last_status = key
+        parts = _parts_json(message.parts)
         return [
             AgentUpdate(
                 kind="status",
@@ -307,7 +362,7 @@ class _Normalizer:
                 context_id=context_id,
                 final=state in FINAL_STATES,
                 raw=raw,
-                parts=_parts_json(parts),
+                parts=parts,
             )
         ]
 
@@ -361,6 +416,8 @@ class _Normalizer:
             self._artifacts[_artifact_key(artifact)] = remembered
 
     def task(self, task: Task) -> list[AgentUpdate]:
+        if not self._follows(task.id, "task"):
+            return []
         updates = [
             update
             for artifact in task.artifacts
@@ -376,14 +433,27 @@ class _Normalizer:
             return self.task(event.task)
         if kind == "status_update":
             update = event.status_update
+            if not self._follows(update.task_id, "status update"):
+                return []
             return self._status(update.task_id, update.context_id, update.status, json_format.MessageToDict(event))
         if kind == "artifact_update":
             update = event.artifact_update
+            if not self._follows(update.task_id, "artifact update"):
+                return []
             self._streamed_artifact(update.artifact, append=update.append)
             extra = {"append": update.append, "lastChunk": update.last_chunk}
             return [self._artifact(update.task_id, update.context_id, update.artifact, extra)]
         if kind == "message":
             message = event.message
+            if self._task_id:
+                # Not the task's result: a stream that opened with a task goes on with that task's events. (The
+                # SDK's client ends the stream at a message: `_events` then asks the task how it ended.)
+                logger.warning(
+                    "Dropped the agent's message %s: it came after task %s in the same stream.",
+                    message.message_id,
+                    self._task_id,
+                )
+                return []
             return [
                 AgentUpdate(
                     kind="message",
@@ -398,6 +468,54 @@ class _Normalizer:
         raise AgentError("The agent sent an empty stream event.", code="invalid_response")
 
 
+def retry_after(response: httpx.Response) -> float | None:
+    """The seconds a response's Retry-After header asks the caller to wait (a number of seconds or an HTTP date);
+    None when it has none, or none that can be read."""
+    value = response.headers.get("Retry-After", "").strip()
+    if not value:
+        return None
+    try:
+        seconds = float(value)
+    except ValueError:
+        try:
+            when = email.utils.parsedate_to_datetime(value)
+        except (TypeError, ValueError):
+            return None
+        seconds = (when if when.tzinfo else when.replace(tzinfo=UTC)).timestamp() - datetime.now(UTC).timestamp()
+    return max(0.0, seconds) if math.isfinite(seconds) else None
+
+
+def _http_status_error(response: httpx.Response) -> Exception:
+    status = response.status_code
+    answered = f"The agent answered HTTP {status} ({httpx.codes.get_reason_phrase(status) or 'unknown status'})"
+    if status in RETRYABLE_STATUS or status >= 500:
+        wait = retry_after(response)
+        message = answered + (f"; it asks to be called again in {wait:g} s." if wait is not None else ".")
+        return AgentTransportError(message, status_code=status, retry_after=wait)
+    if 300 <= status < 400:
+        # Hermes calls the URL it was given and no other (each hop would need its own SSRF and registration
+        # check); a URL that redirects — say one missing its trailing slash — must be registered as it ends.
+        location = response.headers.get("Location", "")
+        where = urljoin(str(response.request.url), location) if location else "another URL (no Location given)"
+        return AgentError(
+            f"The agent redirected to {where} (HTTP {status}); Hermes does not follow redirects for agent calls: "
+            "register the agent with its final URL.",
+            code="http_error",
+            details={"status": status, "location": where},
+        )
+    return AgentError(answered + ".", code="http_error", details={"status": status})
+
+
+def _rpc_error_message(exc: A2AError) -> str:
+    message = f"The agent returned an error: {exc.message}"
+    if not exc.data:
+        return message
+    data = json.dumps(exc.data, ensure_ascii=False, separators=(",", ":"), default=str)
+    if len(data) > ERROR_DATA_CHARS:
+        data = data[: ERROR_DATA_CHARS - 1] + "…"
+    return f"{message} (data: {data})"
+
+
 def classify(exc: BaseException) -> Exception:
     """Map what the SDK/httpx raise onto AgentTransportError (retry) or AgentError (record)."""
     if isinstance(exc, AgentError | AgentTransportError):
@@ -405,34 +523,52 @@ def classify(exc: BaseException) -> Exception:
     if isinstance(exc, OutboundBlocked):
         return AgentError(str(exc), code="ssrf_blocked", details={"rule": exc.rule, "host": exc.host})
     if isinstance(exc, A2AClientTimeoutError | httpx.TimeoutException | TimeoutError):
-        return AgentTransportError(f"Timed out talking to the agent: {exc}")
+        return AgentTransportError(as_sentence(f"Timed out talking to the agent: {exc or type(exc).__name__}"))
     cause = exc.__cause__ if isinstance(exc, A2AClientError) else exc
     if isinstance(cause, httpx.HTTPStatusError):
-        status = cause.response.status_code
-        if status in RETRYABLE_STATUS or status >= 500:
-            return AgentTransportError(f"The agent answered HTTP {status}.", status_code=status)
-        return AgentError(f"The agent answered HTTP {status}.", code="http_error", details={"status": status})
+        return _http_status_error(cause.response)
     if isinstance(cause, httpx.TransportError):
-        return AgentTransportError(f"Could not talk to the agent: {cause or type(cause).__name__}.")
+        return AgentTransportError(as_sentence(f"Could not talk to the agent: {cause or type(cause).__name__}"))
     if isinstance(exc, A2AError):
         # JSON-RPC errors from the agent (task not found, invalid params, internal error, …) and invalid replies.
         return AgentError(
-            f"The agent returned an error: {exc.message}",
-            code=type(exc).__name__,
-            details={"data": exc.data} if exc.data else {},
+            _rpc_error_message(exc), code=type(exc).__name__, details={"data": exc.data} if exc.data else {}
         )
     if isinstance(exc, ValueError | json_format.ParseError | json.JSONDecodeError):
         return AgentError(f"The agent's response is not valid A2A: {exc}", code="invalid_response")
     return exc if isinstance(exc, Exception) else AgentError(str(exc))
 
 
+def _keep_error_data(error: Exception, rpc_error: dict[str, Any]) -> Exception:
+    """The SDK's JSON-RPC transports keep an error's `data` only in A2A 1.0's own shape (a google.rpc.ErrorInfo in
+    a list); any other `data` — often what says why, `{"hint": "call later"}` — was dropped. Keep it as sent."""
+    if isinstance(error, A2AError) and not error.data and rpc_error.get("data") is not None:
+        error.data = rpc_error["data"]
+    return error
+
+
+class _JsonRpcTransport(JsonRpcTransport):
+    def _create_jsonrpc_error(self, error_dict: dict[str, Any]) -> Exception:
+        return _keep_error_data(super()._create_jsonrpc_error(error_dict), error_dict)
+
+
+class _CompatJsonRpcTransport(CompatJsonRpcTransport):
+    def _create_jsonrpc_error(self, error_dict: dict[str, Any]) -> Exception:
+        return _keep_error_data(super()._create_jsonrpc_error(error_dict), error_dict)
+
+
 class AgentClient:
-    """One agent, one guarded HTTP client; use as an async context manager (or call `aclose()`)."""
+    """One agent; use as an async context manager (or call `aclose()`).
+
+    Two guarded HTTP clients, made when first needed: one for SSE streams (STREAM_TIMEOUT: a stream may be quiet
+    while the agent thinks) and one for the calls that wait for a single reply (CALL_TIMEOUT). `timeout`, when
+    given, is used for both."""
 
     def __init__(self, target: AgentTarget, *, poll_interval: float = 0.5, timeout: httpx.Timeout | None = None):
         self.target = target
         self.poll_interval = poll_interval
-        self._http = guarded_async_client(timeout=timeout or STREAM_TIMEOUT)
+        self._timeout = timeout
+        self._http: dict[bool, httpx.AsyncClient] = {}
         self._clients: dict[bool, Client] = {}
 
     async def __aenter__(self) -> AgentClient:
@@ -442,12 +578,24 @@ class AgentClient:
         await self.aclose()
 
     async def aclose(self) -> None:
-        await self._http.aclose()
+        for http in self._http.values():
+            await http.aclose()
 
     def _sdk(self, *, streaming: bool) -> Client:
         if streaming not in self._clients:
-            config = ClientConfig(httpx_client=self._http, streaming=streaming)
-            self._clients[streaming] = ClientFactory(config).create(self.target.sdk_card())
+            timeout = self._timeout or (STREAM_TIMEOUT if streaming else CALL_TIMEOUT)
+            http = self._http[streaming] = guarded_async_client(timeout=timeout)
+            factory = ClientFactory(ClientConfig(httpx_client=http, streaming=streaming))
+            # The SDK's own JSON-RPC transports (v1.0, or v0.3 for a card that says so), keeping error data.
+            legacy = is_legacy_version(self.target.protocol_version)
+
+            def produce(card: AgentCard, url: str, config: ClientConfig) -> ClientTransport:
+                if legacy:
+                    return _CompatJsonRpcTransport(http, card, url, is_shared_httpx=True)
+                return _JsonRpcTransport(http, card, url, is_shared_httpx=True)
+
+            factory.register(TransportProtocol.JSONRPC, produce)
+            self._clients[streaming] = factory.create(self.target.sdk_card())
         return self._clients[streaming]
 
     async def _events(

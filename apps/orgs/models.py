@@ -105,9 +105,7 @@ class APIKey(OrgOwnedModel):
     # The key this one was created with (null: created with a session). Revoking a key revokes the keys made with
     # it, and theirs: a leaked key's children are as suspect as it is. A rotation's successor takes its
     # predecessor's place, children included.
-    parent = models.ForeignKey(
-        "self", null=True, blank=True, on_delete=models.SET_NULL, related_name="children"
-    )
+    parent = models.ForeignKey("self", null=True, blank=True, on_delete=models.SET_NULL, related_name="children")
     # Not a column: the creator's current role in the key's org (None: no longer a member), loaded with the key by
     # the authentication query and by `selectors.api_keys`.
     creator_role: str | None

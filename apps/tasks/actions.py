@@ -221,7 +221,15 @@ def _problem(target: str, error: str, data: dict[str, Any]) -> str:
     message = data.get("message")
     parts = message.get("parts") if isinstance(message, dict) else None
     texts = [p["text"] for p in parts or [] if isinstance(p, dict) and isinstance(p.get("text"), str)]
-    return " ".join(texts)
+    # An empty reason read as "nothing wrong": the a2a-sdk's server fails a polled task whose executor raised
+    # without any message.
+    return " ".join(texts) or _NO_REASON[target]
+
+
+_NO_REASON: dict[str, str] = {
+    TaskState.FAILED: "The agent reported the task failed without saying why.",
+    TaskState.REJECTED: "The agent rejected the task without saying why.",
+}
 
 
 def _move(pending: _Pending, target: str, /, *, error: str = "", **data: Any) -> None:

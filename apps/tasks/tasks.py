@@ -252,7 +252,9 @@ def _transport_failure(task: Task, exc: Exception) -> None:
             # A cut stream is not a stopped agent: it may still be working on a task nobody will read.
             _cancel_at_agent(task.pk, current.remote_task_id)
         return
-    delay = backoff(attempt)
+    # An agent that says when to call again (429/503 with Retry-After) is waited for, up to the backoff ceiling.
+    asked = getattr(exc, "retry_after", None) or 0.0
+    delay = max(backoff(attempt), min(asked, settings.HERMES_TASK_RETRY_MAX_SECONDS))
     TASK_RETRIES.labels(agent=str(task.agent_id)).inc()
     actions.note_retry(task, reason="transport_error", error=error, attempt=attempt, delay=delay)
     dispatch(task.pk, countdown=delay)

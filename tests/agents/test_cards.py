@@ -10,6 +10,7 @@ from collections.abc import Callable, Iterator
 from http.server import ThreadingHTTPServer
 from typing import Any
 
+import httpx
 import pytest
 
 from apps.agents import cards
@@ -231,3 +232,71 @@ def test_a_server_error_on_the_fallback_also_names_the_missing_card(
     response, _ = _register(client_for, alice, card_server.base)
     assert response.json()["error"]["code"] == "card_not_found"
     assert response.json()["error"]["message"].startswith("No agent card found: ")
+
+
+def _hang_up(handler: QuietHandler) -> None:
+    handler.close_connection = True  # no response at all
+
+
+def _redirect_to_itself(handler: QuietHandler) -> None:
+    handler.send_response(302)
+    handler.send_header("Location", handler.path)
+    handler.send_header("Content-Length", "0")
+    handler.end_headers()
+
+
+@pytest.mark.parametrize(
+    ("route", "message", "outcome"),
+    [
+        # httpx's own messages end with a full stop; the card's message used to add a second one.
+        (
+            _hang_up,
+            "Could not reach {url}: Server disconnected without sending a response.",
+            "{url} (Server disconnected without sending a response)",
+        ),
+        (
+            _redirect_to_itself,
+            "Could not reach {url}: Exceeded maximum allowed redirects.",
+            "{url} (Exceeded maximum allowed redirects)",
+        ),
+    ],
+    ids=["hang-up", "redirect-loop"],
+)
+def test_a_card_server_that_gives_no_card_is_said_once_and_listed_in_tried(
+    slow_server: SlowCardServer, alice: Any, client_for: Any, route: Any, message: str, outcome: str
+) -> None:
+    url = f"{slow_server.base}/loop.json"
+    slow_server.routes["/loop.json"] = route
+    response, _ = _register(client_for, alice, url)
+    error = response.json()["error"]
+    assert error["code"] == "card_unreachable"
+    assert error["message"] == message.format(url=url)
+    assert error["details"] == {"tried": [outcome.format(url=url)]}
+
+
+def test_a_refused_connection_lists_the_url_tried(alice: Any, client_for: Any, settings: Any, free_port: int) -> None:
+    settings.HERMES_SSRF_ALLOWLIST = ["127.0.0.1"]
+    response, _ = _register(client_for, alice, f"http://127.0.0.1:{free_port}/")
+    error = response.json()["error"]
+    assert error["code"] == "card_unreachable"
+    # Refused at the first path: the fallback is not tried (the server is not there at all).
+    [tried] = error["details"]["tried"]
+    assert tried.startswith(f"http://127.0.0.1:{free_port}/.well-known/agent-card.json (")
+    assert not error["message"].endswith("..")
+
+
+def test_timeouts_list_every_url_tried(
+    slow_server: SlowCardServer, alice: Any, client_for: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A socket operation that times out, and the whole fetch running out of time, after a 404 at the first path."""
+    first, fallback = f"{slow_server.base}/.well-known/agent-card.json", f"{slow_server.base}/.well-known/agent.json"
+    slow_server.routes["/.well-known/agent.json"] = slow_server.trickle_body(b"{}" * 50, pieces=50, interval=0.1)
+    response, _ = _register(client_for, alice, slow_server.base)  # a drip-feed: the deadline ends it
+    assert response.json()["error"]["details"] == {"tried": [f"{first} (HTTP 404)", f"{fallback} (over the 1 s limit)"]}
+
+    monkeypatch.setattr(cards, "CARD_TIMEOUT", httpx.Timeout(0.2))
+    slow_server.routes["/.well-known/agent.json"] = slow_server.delayed(0.6, 200, b"{}")
+    response, _ = _register(client_for, alice, slow_server.base)
+    error = response.json()["error"]
+    assert error["message"] == f"Timed out fetching the agent card from {fallback}."
+    assert error["details"] == {"tried": [f"{first} (HTTP 404)", f"{fallback} (timed out)"]}

@@ -409,3 +409,18 @@ def test_the_heartbeat_says_once_that_the_database_is_down(monkeypatch: Any, cap
         ("WARNING", "task t1: the database is unreachable; the heartbeat waits for it")
     ]
     assert not heartbeat.lost.is_set()  # the claim is not given up for an outage
+
+
+@pytest.mark.django_db
+def test_a_retry_waits_as_long_as_the_agent_asked(org: Any, agent: Any, settings: Any, monkeypatch: Any) -> None:
+    from apps.agents.client import AgentTransportError
+    from apps.tasks import tasks as jobs
+
+    sent: list[float] = []
+    monkeypatch.setattr(jobs, "dispatch", lambda task_id, countdown=0, **kw: sent.append(countdown))
+    settings.HERMES_TASK_RETRY_BASE_SECONDS, settings.HERMES_TASK_RETRY_MAX_SECONDS = 0.1, 20
+    task = actions.create_task(org=org, agent=agent, message=MESSAGE)
+    busy = AgentTransportError("The agent answered HTTP 429 (Too Many Requests).", status_code=429, retry_after=30)
+    jobs._transport_failure(task, busy)
+    assert sent == [20]  # as asked, within the ceiling (a 1 s backoff used to call it again at once)
+    assert task.events.filter(kind="retry").get().data["delay"] == 20
