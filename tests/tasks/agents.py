@@ -27,6 +27,16 @@ STEP = 0.1
 SLEEPY_STEP = 5.0
 
 
+async def started(context: RequestContext, event_queue: EventQueue) -> TaskUpdater:
+    """The request's task (made and announced on its first message) moved to working: how every agent here begins."""
+    task = context.current_task or new_task_from_user_message(context.message)  # type: ignore[arg-type]
+    if context.current_task is None:
+        await event_queue.enqueue_event(task)
+    updater = TaskUpdater(event_queue, task.id, task.context_id)
+    await updater.start_work()
+    return updater
+
+
 class SlowExecutor(AgentExecutor):
     started: list[str] = []
     canceled: list[str] = []
@@ -66,11 +76,7 @@ class ChunkedExecutor(AgentExecutor):
     append, the last says so), as an agent that produces its result piece by piece does."""
 
     async def execute(self, context: RequestContext, event_queue: EventQueue) -> None:
-        task = context.current_task or new_task_from_user_message(context.message)  # type: ignore[arg-type]
-        if context.current_task is None:
-            await event_queue.enqueue_event(task)
-        updater = TaskUpdater(event_queue, task.id, task.context_id)
-        await updater.start_work()
+        updater = await started(context, event_queue)
         for number in range(1, CHUNKS + 1):
             await updater.add_artifact(
                 [new_text_part(f"chunk {number}")],
@@ -94,11 +100,7 @@ class OutOfBandAuthExecutor(AgentExecutor):
     later as if the person had signed in elsewhere: the SDK's out-of-band auth model (`execute` does not return)."""
 
     async def execute(self, context: RequestContext, event_queue: EventQueue) -> None:
-        task = context.current_task or new_task_from_user_message(context.message)  # type: ignore[arg-type]
-        if context.current_task is None:
-            await event_queue.enqueue_event(task)
-        updater = TaskUpdater(event_queue, task.id, task.context_id)
-        await updater.start_work()
+        updater = await started(context, event_queue)
         await updater.requires_auth(updater.new_agent_message([new_text_part("sign in at https://idp.example")]))
         await asyncio.sleep(SIGN_IN_WAIT)
         await updater.add_artifact([new_text_part("result after sign-in")], name="result")

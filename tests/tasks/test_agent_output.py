@@ -13,12 +13,12 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
-from a2a.helpers import new_task_from_user_message, new_text_part
+from a2a.helpers import new_text_part
 from a2a.server.agent_execution import AgentExecutor, RequestContext
 from a2a.server.events import EventQueue
 from a2a.server.request_handlers import DefaultRequestHandler
 from a2a.server.routes import create_agent_card_routes, create_jsonrpc_routes
-from a2a.server.tasks import InMemoryTaskStore, TaskUpdater
+from a2a.server.tasks import InMemoryTaskStore
 from a2a.types.a2a_pb2 import Message, Part, Role, TaskState
 from google.protobuf import json_format, struct_pb2
 from starlette.applications import Starlette
@@ -30,7 +30,7 @@ from apps.agents.client import AgentClient, AgentTarget, AgentUpdate, iterate_sy
 from apps.tasks import actions
 from apps.tasks.execution import observe
 from apps.tasks.models import EventKind, TaskEvent
-from tests.tasks.agents import card_at
+from tests.tasks.agents import card_at, started
 from tests.tasks.conftest import reload_task, timeline, wait_for
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -40,11 +40,7 @@ class DraftingExecutor(AgentExecutor):
     """First turn: writes the artifact `draft`, then asks for input. The follow-up: writes `answer`, completes."""
 
     async def execute(self, context: RequestContext, event_queue: EventQueue) -> None:
-        task = context.current_task or new_task_from_user_message(context.message)  # type: ignore[arg-type]
-        if context.current_task is None:
-            await event_queue.enqueue_event(task)
-        updater = TaskUpdater(event_queue, task.id, task.context_id)
-        await updater.start_work()
+        updater = await started(context, event_queue)
         if context.current_task is None:
             await updater.add_artifact([new_text_part("draft v1")], artifact_id="draft", name="draft")
             await updater.requires_input(updater.new_agent_message([new_text_part("which city?")]))
@@ -96,11 +92,7 @@ class FileSayingExecutor(AgentExecutor):
             reply = Message(role=Role.ROLE_AGENT, message_id="files-1", parts=file_parts())
             await event_queue.enqueue_event(reply)
             return
-        task = context.current_task or new_task_from_user_message(context.message)  # type: ignore[arg-type]
-        if context.current_task is None:
-            await event_queue.enqueue_event(task)
-        updater = TaskUpdater(event_queue, task.id, task.context_id)
-        await updater.start_work()
+        updater = await started(context, event_queue)
         said = updater.new_agent_message(file_parts())
         if text == "ask":
             await updater.requires_input(said)

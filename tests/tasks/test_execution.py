@@ -80,6 +80,16 @@ def test_non_streaming_agent_is_polled_to_completion(task_worker: Any, agents_ba
     assert artifacts[0]["parts"] == [{"kind": "text", "text": "echo: plain"}]
 
 
+def report_chunks(task: Any) -> list[dict[str, Any]]:
+    """The artifact events of a task of the `chunks` agents, checked to hold its CHUNKS pieces once each, in order,
+    the same way polled or streamed: the first chunk creates the artifact, later ones append to it."""
+    chunks = [data for kind, data in timeline(task) if kind == "artifact"]
+    assert [c["append"] for c in chunks] == [False] + [True] * (len(chunks) - 1)
+    parts = [part for c in chunks for part in c["parts"]]
+    assert parts == [{"kind": "text", "text": f"chunk {n}"} for n in range(1, CHUNKS + 1)]
+    return chunks
+
+
 @pytest.mark.parametrize("path", ["chunks", "chunks-stream"])
 def test_artifact_chunks_are_all_recorded_polled_or_streamed(
     task_worker: Any, agents_base: str, org: Any, path: str
@@ -90,14 +100,10 @@ def test_artifact_chunks_are_all_recorded_polled_or_streamed(
     assert agent.streaming == (path == "chunks-stream")
     task = finished(actions.create_task(org=org, agent=agent, message=text("write")))
     assert task.state == "completed"
-    chunks = [data for kind, data in timeline(task) if kind == "artifact"]
-    # The same shape both ways: the first chunk creates the artifact, later ones append to it.
+    chunks = report_chunks(task)
     assert all(set(c) == {"artifact_id", "name", "parts", "append", "last_chunk"} for c in chunks)
     assert {c["artifact_id"] for c in chunks} == {"report"}
-    assert [c["append"] for c in chunks] == [False] + [True] * (len(chunks) - 1)
     assert len(chunks) > 1  # the growth is reported as it happens, not once at the end
-    parts = [part for c in chunks for part in c["parts"]]
-    assert parts == [{"kind": "text", "text": f"chunk {n}"} for n in range(1, CHUNKS + 1)]
 
 
 @pytest.mark.parametrize("path", ["chunks", "chunks-stream"])
@@ -117,10 +123,7 @@ def test_a_task_picked_up_after_its_worker_was_lost_records_each_chunk_once(
     assert sweep_tasks()["redispatched"] == 1
     task = finished(task)
     assert task.state == "completed" and task.attempts == 2
-    chunks = [data for kind, data in timeline(task) if kind == "artifact"]
-    assert [c["append"] for c in chunks] == [False] + [True] * (len(chunks) - 1)
-    parts = [part for c in chunks for part in c["parts"]]
-    assert parts == [{"kind": "text", "text": f"chunk {n}"} for n in range(1, CHUNKS + 1)]
+    report_chunks(task)
 
 
 @pytest.mark.parametrize("path", ["oob", "oob-stream"])
