@@ -25,7 +25,7 @@ from django.utils import timezone
 from apps.core import audit
 from apps.core.api import require_action as _require
 from apps.core.errors import Conflict, HermesAPIError
-from apps.core.permissions import MATRIX, SCOPES, Access, Role
+from apps.core.permissions import MATRIX, SCOPES, Access, Role, role_allows
 from apps.orgs import auth, selectors, tokens
 from apps.orgs.models import APIKey, Invitation, Membership, Organization, Plan
 
@@ -161,6 +161,7 @@ def change_role(*, access: Access, membership: Membership, role: str) -> Members
     previous = membership.role
     membership.role = role
     membership.save(update_fields=["role"])
+    _revoke_invitations_beyond(access, membership.user_id, role)
     audit.record(
         "member.role_changed",
         access=access,
@@ -195,6 +196,7 @@ def remove_member(*, access: Access, membership: Membership) -> None:
         role=membership.role,
     )
     Membership.objects.for_org(access.org).filter(pk=membership.pk).delete()
+    _revoke_invitations_beyond(access, membership.user_id, None)
 
 
 # --- Invitations --------------------------------------------------------------------------------------------
@@ -209,6 +211,22 @@ class IssuedInvitation:
 
 def invitation_url(token: str) -> str:
     return f"{settings.HERMES_PUBLIC_URL}/invitations/{token}/"
+
+
+def _revoke_invitations_beyond(access: Access, user_id: Any, role: str | None) -> None:
+    """Revoke the pending invitations `user_id` sent that their role now (None: no longer a member) could not send:
+    an invitation grants its role whenever it is accepted, so an admin demoted or removed could otherwise still
+    let in, as an admin, an address they control. Audited like any revocation, with the reason."""
+    pending = Invitation.objects.for_org(access.org).filter(invited_by_id=user_id, accepted_at=None, revoked_at=None)
+    if role is not None and role_allows(role, "org:admin"):
+        if role_allows(role, "org:roles"):
+            return
+        pending = pending.filter(role=Role.OWNER)  # admins invite anyone but owners
+    reason = "its sender is no longer a member" if role is None else f"its sender is now {role}"
+    for invitation in pending.select_for_update():
+        invitation.revoked_at = timezone.now()
+        invitation.save(update_fields=["revoked_at"])
+        audit.record("invitation.revoked", access=access, target=invitation, email=invitation.email, reason=reason)
 
 
 # The reason the audit row of an invitation revoked by re-inviting its address gives (`invitation.revoked`).
@@ -528,7 +546,7 @@ def create_api_key(
     if errors:
         raise ValidationError(errors)
     issued = _issue(
-        access, name=name, scopes=scopes, expires_at=expires_at, rate_limit=rate_limit, parent=access.api_key
+        access, name=name, scopes=scopes, expires_at=expires_at, rate_limit=rate_limit, parent=_current(access.api_key)
     )
     audit.record("api_key.created", access=access, target=issued.key, name=name, scopes=scopes)
     return issued
@@ -612,7 +630,20 @@ def _revoke(key: APIKey, **who: Any) -> APIKey:
         audit.record("api_key.revoked", target=key, name=key.name, **who)
     # Announced again when the key was already revoked: a cheap retry should the first announcement have been lost.
     transaction.on_commit(partial(auth.end_streams, auth.api_key_group(key.pk), "key_revoked"))
-    children = APIKey.objects.for_org(key.organization_id).filter(parent=key, revoked_at=None)
-    for child in children.only("pk", "organization_id"):
+    keys = APIKey.objects.for_org(key.organization_id).filter(revoked_at=None)
+    for child in keys.filter(parent=key).only("pk", "organization_id"):
         _revoke(child, **{**who, "revoked_with": str(key.pk)})
+    # The key this one was rotated from, still working in its grace period, is the same credential: revoking the
+    # live one after a leak must not leave the old token working (and minting keys) until the grace ends.
+    for predecessor in keys.filter(rotated_to=key):
+        if predecessor.lapsed() is None:
+            _revoke(predecessor, **{**who, "revoked_with": str(key.pk)})
+    return key
+
+
+def _current(key: APIKey | None) -> APIKey | None:
+    """The key that stands for `key` now: its latest successor when it was rotated (the old token works on in its
+    grace period), so a key made with the old token hangs from the key that outlives it."""
+    while key is not None and key.rotated_to_id is not None:
+        key = APIKey.objects.for_org(key.organization_id).get(pk=key.rotated_to_id)
     return key

@@ -222,6 +222,39 @@ def test_invite_and_accept(
     assert unknown.status_code == 404
 
 
+def test_an_admin_demoted_or_removed_takes_back_the_invitations_they_could_no_longer_send(
+    org: Any, alice: Any, bob: Any, client_for: Any
+) -> None:
+    # Accepted later, they still granted their role: an admin demoted (or removed) could let in, as an admin, an
+    # address they control.
+    owner, admin = client_for(alice), client_for(bob)
+    sent = {
+        email: admin.post("/api/v1/invitations", {"email": email, "role": role}, format="json").data["id"]
+        for email, role in (("frank@evil.test", "admin"), ("gina@evil.test", "member"))
+    }
+    owners_invite = owner.post("/api/v1/invitations", {"email": "olga@x.test", "role": "owner"}, format="json").data
+    bob_membership = Membership.objects.for_org(org).get(user=bob)
+    assert owner.patch(f"/api/v1/members/{bob_membership.pk}", {"role": "member"}, format="json").status_code == 200
+    states = {row["id"]: row["state"] for row in owner.get("/api/v1/invitations").data["results"]}
+    assert states[sent["frank@evil.test"]] == states[sent["gina@evil.test"]] == "revoked"
+    assert states[owners_invite["id"]] == "pending"  # the owner's own stay
+    reasons = AuditEvent.objects.filter(action="invitation.revoked", target_id__in=[str(i) for i in sent.values()])
+    assert {row.details["reason"] for row in reasons} == {"its sender is now member"}
+    # An owner demoted to admin keeps what an admin may send, not owner invitations.
+    carol = UserFactory(email="carol@acme.test")
+    Membership.objects.create(organization=org, user=carol, role="owner")
+    by_carol = client_for(carol)
+    as_owner = by_carol.post("/api/v1/invitations", {"email": "p@x.test", "role": "owner"}, format="json").data
+    as_admin = by_carol.post("/api/v1/invitations", {"email": "q@x.test", "role": "admin"}, format="json").data
+    carol_membership = Membership.objects.for_org(org).get(user=carol)
+    assert by_carol.patch(f"/api/v1/members/{carol_membership.pk}", {"role": "admin"}, format="json").status_code == 200
+    states = {row["id"]: row["state"] for row in owner.get("/api/v1/invitations").data["results"]}
+    assert (states[as_owner["id"]], states[as_admin["id"]]) == ("revoked", "pending")
+    # Removed: nothing they sent stays open.
+    assert owner.delete(f"/api/v1/members/{carol_membership.pk}").status_code == 204
+    assert Invitation.objects.for_org(org).get(pk=as_admin["id"]).state() == "revoked"
+
+
 def test_invitations_are_idempotent(org: Any, alice: Any, client_for: Any) -> None:
     client = client_for(alice)
     body = {"email": "omar@example.test", "role": "member"}

@@ -255,7 +255,20 @@ def test_revoking_a_key_revokes_the_keys_made_with_it(org: Any, alice: Any, clie
         assert denied.status_code == 401 and denied.data["error"]["code"] == "key_revoked", token[:8]
     assert key_client(unrelated_plaintext).get("/api/v1/me").status_code == 200
     rows = AuditEvent.objects.filter(action="api_key.revoked", details__revoked_with=str(successor["id"]))
-    assert [row.target_id for row in rows] == [str(grandchild["id"])]
+    assert {row.target_id for row in rows} == {str(grandchild["id"]), str(made.data["id"])}  # child, predecessor
+
+
+def test_revoking_a_rotated_keys_successor_ends_the_old_token_and_what_it_made(org: Any, alice: Any) -> None:
+    # The old token works on in its grace period; keys it made hung from it, and revoking the successor after a
+    # leak left both working.
+    old, plaintext = issue_api_key(alice, org, scopes=["org:admin", "org:read"])
+    successor = key_client(plaintext).post(f"/api/v1/keys/{old.pk}/rotate", {"grace_seconds": 600}, format="json")
+    assert successor.status_code == 201, successor.data
+    made = key_client(plaintext).post("/api/v1/keys", {"name": "late", "scopes": ["org:read"]}, format="json").data
+    assert made["parent"] == successor.data["id"]  # the key that outlives the old token
+    assert key_client(successor.data["key"]).post(f"/api/v1/keys/{successor.data['id']}/revoke").status_code == 200
+    for token in (plaintext, made["key"]):
+        assert key_client(token).get("/api/v1/me").data["error"]["code"] == "key_revoked"
 
 
 def test_developers_manage_only_their_own_keys(org: Any, alice: Any, dave: Any, client_for: Any) -> None:
