@@ -13,7 +13,7 @@ from django.urls import resolve
 
 from apps.accounts import actions
 from apps.orgs import quotas
-from tests.factories import issue_api_key, key_client
+from tests.factories import UserFactory, issue_api_key, key_client
 
 pytestmark = pytest.mark.django_db
 User = get_user_model()
@@ -85,6 +85,20 @@ def test_console_sign_in_shares_the_per_address_limit(alice: Any, client: Any, m
     assert other_address.status_code == 200  # a different address has its own budget
     monkeypatch.setattr(quotas, "clock", lambda: 1_800_000_090.0)  # the next minute
     assert client.post("/accounts/login/", right).status_code == 302 and "_auth_user_id" in client.session
+
+
+def test_the_admin_sign_in_shares_the_per_address_limit(client: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    # It took every guess: 30 wrong passwords, then the right one signed a staff member in.
+    staff = UserFactory(email="root@qa.test", is_staff=True, is_superuser=True)
+    monkeypatch.setattr(quotas, "ANONYMOUS_REQUESTS_PER_MINUTE", 2)
+    monkeypatch.setattr(quotas, "clock", lambda: 1_800_000_030.0)
+    for guess in ("one", "two"):
+        assert client.post("/admin/login/", {"username": staff.email, "password": guess}).status_code == 200
+    right = {"username": staff.email, "password": "correct-horse-battery", "next": "/admin/"}
+    client.post("/admin/login/", right)
+    assert "_auth_user_id" not in client.session
+    monkeypatch.setattr(quotas, "clock", lambda: 1_800_000_090.0)  # the next minute
+    assert client.post("/admin/login/", right).status_code == 302 and "_auth_user_id" in client.session
 
 
 def test_change_password(alice: Any, client_for: Any) -> None:
