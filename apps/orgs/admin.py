@@ -24,11 +24,36 @@ class OrganizationAdminForm(forms.ModelForm):
 
 
 @admin.register(Organization)
-class OrganizationAdmin(admin.ModelAdmin):
+class OrganizationAdmin(ActionAdmin):
     form = OrganizationAdminForm
     list_display = ("slug", "name", "plan", "created_at")
     list_filter = ("plan",)
     search_fields = ("slug", "name")
+
+    def save_model(self, request: HttpRequest, obj: Organization, form: Any, change: bool) -> None:
+        if not change:
+            super().save_model(request, obj, form, change)
+            return
+        # Name and plan through update_organization, as the console and the API change them: the org's audit log
+        # shows staff's changes too (a plan changed here left no trace there).
+        try:
+            actions.update_organization(access=staff_access(obj, request.user), name=obj.name, plan=obj.plan)
+        except HermesAPIError as exc:
+            raise AdminRefusal(str(exc.detail)) from exc
+        others = [name for name in form.changed_data if name not in ("name", "plan")]
+        if others:
+            obj.save(update_fields=others)
+
+    def delete_model(self, request: HttpRequest, obj: Organization) -> None:
+        try:
+            actions.delete_organization(access=staff_access(obj, request.user))
+        except HermesAPIError as exc:
+            raise AdminRefusal(str(exc.detail)) from exc
+
+    def get_actions(self, request: HttpRequest) -> dict[str, Any]:
+        found = super().get_actions(request)
+        found.pop("delete_selected", None)  # rows deleted without delete_organization (its checks, its audit row)
+        return found
 
     def get_readonly_fields(self, request: HttpRequest, obj: Organization | None = None) -> tuple[str, ...]:
         # As a peer's names: the slug is stored as text wherever federation refers to the org (other orgs'

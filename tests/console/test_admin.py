@@ -285,3 +285,17 @@ def test_a_refused_agent_change_says_only_why(staff_client: Client, org: Any) ->
     remote = Agent.objects.for_org(org).get(pk=remote.pk)
     assert (remote.name, remote.visibility) != ("Renamed", "public") and remote.visibility == "private"
     assert not LogEntry.objects.filter(object_id=str(remote.pk)).exists()
+
+
+def test_staff_changes_to_an_organization_are_audited(staff_client: Client, org: Any, alice: Any) -> None:
+    # A plan changed in the admin left no trace in the org's audit log (the API's change writes org.updated).
+    from apps.core.models import AuditEvent
+
+    url = f"/admin/orgs/organization/{org.pk}/change/"
+    form = {"name": "Acme Renamed", "plan": "team", "created_by": alice.pk}
+    assert "was changed successfully" in staff_client.post(url, form, follow=True).content.decode()
+    row = AuditEvent.objects.get(org_id=org.pk, action="org.updated")
+    assert row.actor.email == "root@hermes.test"
+    assert row.details["changes"]["name"] == ["Acme", "Acme Renamed"]
+    assert row.details["changes"]["plan"][1] == "team"
+    assert "delete_selected" not in staff_client.get("/admin/orgs/organization/").content.decode()
