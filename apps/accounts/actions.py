@@ -23,6 +23,7 @@ from django.utils.encoding import force_bytes, force_str
 from django.utils.http import urlsafe_base64_decode, urlsafe_base64_encode
 
 from apps.core import audit
+from apps.core.validators import visible_email
 
 User = get_user_model()
 
@@ -38,6 +39,10 @@ def _validate_password(password: str, user: Any, field: str) -> None:
 def register_user(*, email: str, password: str, name: str = "") -> Any:
     """Create an active account; the password must pass AUTH_PASSWORD_VALIDATORS."""
     email = User.objects.normalize_email(email.strip()).lower()
+    try:
+        visible_email(email)
+    except ValidationError as exc:
+        raise ValidationError({"email": exc.messages}) from None
     if User.objects.filter(email__iexact=email).exists():
         raise ValidationError({"email": ["An account with this email already exists; sign in or reset the password."]})
     _validate_password(password, User(email=email, name=name), "password")

@@ -26,6 +26,7 @@ from apps.core import audit
 from apps.core.api import require_action as _require
 from apps.core.errors import Conflict, HermesAPIError
 from apps.core.permissions import MATRIX, SCOPES, Access, Role, role_allows
+from apps.core.validators import visible_email
 from apps.orgs import auth, selectors, tokens
 from apps.orgs.models import APIKey, Invitation, Membership, Organization, Plan
 
@@ -242,6 +243,10 @@ def invite_member(*, access: Access, email: str, role: str = Role.MEMBER) -> Iss
     if role == Role.OWNER:
         _require(access, "org:roles")
     email = email.strip().lower()
+    try:
+        visible_email(email)  # a lookalike of a member's address is not an address to invite
+    except ValidationError as exc:
+        raise ValidationError({"email": exc.messages}) from None
     # Invitations of one address run one at a time, each replacing the one before it. Unserialised, every one of
     # five simultaneous invitations revoked the open one (none yet) and inserted its own, and all but the first
     # broke the one-open-invitation-per-address constraint: a 500 each.

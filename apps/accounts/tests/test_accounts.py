@@ -186,3 +186,19 @@ def test_reset_tokens_expire(alice: Any, settings: Any) -> None:
     secs = default_token_generator._num_seconds(default_token_generator._now()) - settings.PASSWORD_RESET_TIMEOUT - 1
     old = default_token_generator._make_token_with_timestamp(alice, secs, default_token_generator.secret)
     assert actions.user_for_reset(uid, old) is None
+
+
+@pytest.mark.parametrize("email", ["demo@her\u200bmes.local", "demo@hermes.lo\u00adcal", "demo@her\u200cmes.local"])
+def test_an_address_with_invisible_characters_is_refused(api: Any, email: str) -> None:
+    # Each registered a second account that lists, audit lines and selects showed as demo@hermes.local.
+    response = api.post("/api/v1/auth/register", {"email": email, "password": STRONG}, format="json")
+    assert response.status_code == 400
+    assert "cannot contain invisible characters" in response.data["error"]["details"]["email"][0]
+    assert not User.objects.filter(email__startswith="de").exists()
+
+
+def test_an_invitation_to_an_address_with_invisible_characters_is_refused(
+    org: Any, alice: Any, client_for: Any
+) -> None:
+    response = client_for(alice).post("/api/v1/invitations", {"email": "bob@ac\u200bme.test"}, format="json")
+    assert response.status_code == 400 and "U+200B (ZERO WIDTH SPACE)" in response.data["error"]["details"]["email"][0]
