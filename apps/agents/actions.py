@@ -285,12 +285,20 @@ def update_agent(agent: Agent, *, by: Any = None, **changes: Any) -> Agent:
         locked = Agent.objects.for_org(agent.organization_id).select_for_update().get(pk=agent.pk)
         if "slug" in changes and changes["slug"] != locked.slug:
             _check_slug_free(locked.organization_id, changes["slug"], exclude=locked)
+        # Old and new values, as org.updated records them: "visibility" alone did not say whether the agent was
+        # just opened to every org or closed again. Descriptions only by name: they can be long.
+        values: dict[str, list[Any]] = {}
         if "streaming" in changes:
-            locked.capabilities = {**locked.capabilities, "streaming": bool(changes.pop("streaming"))}
+            streaming = bool(changes.pop("streaming"))
+            values["streaming"] = [bool(locked.capabilities.get("streaming")), streaming]
+            locked.capabilities = {**locked.capabilities, "streaming": streaming}
         for name, value in changes.items():
+            if name != "description":
+                values[name] = [getattr(locked, name), value]
             setattr(locked, name, value)
         locked.save()
-        _audit("updated", locked, by, fields=changed)
+        changed_values = {name: pair for name, pair in values.items() if pair[0] != pair[1]}
+        _audit("updated", locked, by, fields=changed, changes=changed_values)
     return locked
 
 

@@ -206,6 +206,9 @@ def test_update_visibility_and_delete(settings: Any, org: Any, alice: Any) -> No
     ]
     assert trail[1].actor == alice and trail[1].details["fields"] == ["description", "slug", "streaming"]
     assert trail[2].details["fields"] == ["visibility"]
+    # What it was and became (the trail could not tell opening the agent to every org from closing it again).
+    assert trail[2].details["changes"] == {"visibility": ["private", "public"]}
+    assert "description" not in trail[1].details["changes"]  # named in `fields`; a long text is not copied
 
 
 def test_card_agents_keep_the_card_endpoint(card_server: CardServer, org: Any) -> None:
