@@ -498,7 +498,11 @@ def send_message(
                 status_code=403,
             ),
             lambda: audit(
-                AuditEvent.POLICY_DENIED, org=org, peer=peer, reason=f"outbound to {address}: {decision.reason}"
+                AuditEvent.POLICY_DENIED,
+                org=org,
+                peer=peer,
+                actor=actor,  # who tried: a refused send is worth knowing the sender of
+                reason=f"outbound to {address}: {decision.reason}",
             ),
         )
     with transaction.atomic():

@@ -92,7 +92,7 @@ def test_same_instance_delivery_keeps_receipts_dedup_and_audit(
 
 @pytest.mark.django_db
 def test_send_validates_address_peer_and_policy(
-    org: Any, stub_peer: Peer, django_capture_on_commit_callbacks: Any
+    org: Any, stub_peer: Peer, alice: Any, django_capture_on_commit_callbacks: Any
 ) -> None:
     with pytest.raises(HermesAPIError, match="not a federation address"):
         send(org, "not an address")
@@ -101,9 +101,10 @@ def test_send_validates_address_peer_and_policy(
     actions.set_policy(org=org, remote="globex@stub", effect=Effect.DENY)
     # The caller catches the refusal and its transaction commits: the denial is audited on commit.
     with django_capture_on_commit_callbacks(execute=True), pytest.raises(HermesAPIError, match="policy forbids"):
-        send(org)
+        send(org, actor=alice)
     assert not Message.objects.for_org(org).exists()
-    assert FederationAuditEvent.objects.for_org(org).filter(event=AuditEvent.POLICY_DENIED).count() == 1
+    denied = FederationAuditEvent.objects.for_org(org).get(event=AuditEvent.POLICY_DENIED)
+    assert denied.actor == alice  # who tried (it was null)
     # An unknown org on this instance is refused up front (it could only be dead-lettered; with no rule for it
     # the refusal blamed the policy); an unknown org on a peer is found out by delivery.
     with pytest.raises(HermesAPIError, match="There is no organization 'initech' on this instance"):
