@@ -79,8 +79,9 @@ def _key_refusal(key: APIKey, now: datetime) -> Refusal | None:
     if state == APIKeyState.CREATOR_GONE:
         return Refusal(
             "key_creator_gone",
-            f"This API key ({key.display}) was created by someone who is no longer an active member; "
-            "an admin can rotate it to re-issue it under their name.",
+            f"This API key ({key.display}) belonged to a membership that ended (its creator left or was removed, "
+            "or their account was deactivated; joining again does not revive it); an admin can rotate it to "
+            "re-issue it under their name.",
         )
     return None
 
