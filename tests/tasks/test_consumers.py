@@ -250,6 +250,8 @@ def test_origin_is_checked_for_cookies_not_for_api_keys(org: Any, alice: Any, ta
         assert await outcome("", [*cookie, own])
         assert not await outcome("", [*cookie, foreign])
         assert not await outcome("", cookie)  # no Origin: not a browser, so no cookie either
+        without_origin = WebsocketCommunicator(production, path, headers=cookie)
+        assert await without_origin.connect() == (False, 4401)  # told why, not a bare HTTP 403
         assert await outcome(f"?api_key={plaintext}", [])
         assert await outcome("", [(b"authorization", f"Bearer {plaintext}".encode())])
         assert await outcome(f"?api_key={plaintext}", [*cookie, foreign])  # the key's own access, not the cookie's
