@@ -322,10 +322,11 @@ def policies_changed(org_id: int) -> None:
     transaction.on_commit(committed)
 
 
-def check_local_agent(org: Any, value: str) -> str:
-    """A policy's `local_agent`: empty (the whole org) or the slug of one of the org's own agents, lower-cased as
-    addresses are (policies are asked with the slug from an address, so `Demo-Echo` was stored and never matched,
-    and a slug of no agent guarded nothing). Returns the canonical value or raises a 400 naming the field."""
+def check_local_agent(org: Any, value: str, field: str = "local_agent") -> str:
+    """A policy's `local_agent` (or a message's `sender_agent`, `field`): empty (the whole org) or the slug of one
+    of the org's own agents, lower-cased as addresses are (policies are asked with the slug from an address, so
+    `Demo-Echo` was stored and never matched, and a slug of no agent guarded nothing). Returns the canonical value
+    or raises a 400 naming the field."""
     slug = value.strip().lower()
     if not slug:
         return ""
@@ -334,10 +335,10 @@ def check_local_agent(org: Any, value: str) -> str:
     if is_slug(slug) and own.filter(slug=slug).exists():
         return slug
     reason = (
-        f"{org.slug} has no agent '{value[:80]}': local_agent is the slug of one of the organization's own agents "
+        f"{org.slug} has no agent '{value[:80]}': {field} is the slug of one of the organization's own agents "
         "(as on the Agents page), or empty for the whole organization."
     )
-    raise HermesAPIError(reason, code="unknown_agent", details={"local_agent": [reason]})
+    raise HermesAPIError(reason, code="unknown_agent", details={field: [reason]})
 
 
 @dataclass(frozen=True)
@@ -458,6 +459,10 @@ def send_message(
     if sender_agent and not is_slug(sender_agent):
         reason = f"'{sender_agent[:80]}' is not an agent slug (lowercase letters, digits, '-' and '_')"
         raise HermesAPIError(f"{reason}.", code="invalid", details={"sender_agent": [reason]})
+    if sender_agent and not reply:
+        # The receiver shows the message as from `sender_agent.org`: only an agent of ours may be named. (A reply
+        # names the agent the request was addressed to — an executor's rejection of an unknown agent included.)
+        sender_agent = check_local_agent(org, sender_agent, field="sender_agent")
     peer: Peer | None = None
     if address.peer is None and not Organization.objects.filter(slug=address.org).exists():
         # Delivered locally, it could only be dead-lettered ("no organization here"); a policy denial would blame
@@ -746,6 +751,9 @@ def finish_attempt(outbox: Outbox, result: AttemptResult) -> str:
             .update(**update)
         )
         if not moved:
+            if _outbox_rows().filter(pk=outbox.pk, status=OutboxStatus.DELIVERED).exists():
+                # Results correlated to it came back during the attempt (`delivered_by_results`): it arrived.
+                return OutboxStatus.DELIVERED
             logger.warning("federation: outbox %s lease was lost during attempt %s", outbox.pk, number)
             return OutboxStatus.IN_FLIGHT
         audit(event, org=org, peer=message.peer, message_id=message.id, reason=reason)
@@ -837,6 +845,46 @@ def requeue(rows: Iterable[Outbox], *, actor: Any = None, reason: str = "") -> l
             transaction.on_commit(lambda outbox_id=outbox_id: _enqueue(outbox_id))  # type: ignore[misc]
             done.append(row)
     return done
+
+
+def delivered_by_results(message_id: Any, *, org: Any) -> bool:
+    """A task request whose results came back has arrived, whatever its own delivery says (its receipt was not
+    accepted — unsigned, mis-signed, lost — and an attempt is retrying, or the row was withdrawn or dead-lettered
+    meanwhile): mark it delivered, saying the receipt itself was not. False when there is nothing to change
+    (delivered already, or discarded). An attempt still in flight then finds its claim gone and changes nothing."""
+    now = timezone.now()
+    with transaction.atomic():
+        row = (
+            Outbox.objects.for_org(org)
+            .select_for_update(of=("self",))
+            .select_related("message", "message__peer")
+            .exclude(status__in=[OutboxStatus.DELIVERED, OutboxStatus.DISCARDED])
+            .filter(message_id=message_id)
+            .first()
+        )
+        if row is None:
+            return False
+        was = row.get_status_display().lower()
+        note = "delivered: results for it came back, but no receipt from the peer was accepted"
+        if row.last_error:
+            note += f" (last: {row.last_error})"
+        Outbox.objects.for_org(org).filter(pk=row.pk).update(
+            status=OutboxStatus.DELIVERED,
+            delivered_at=now,
+            next_attempt_at=None,
+            lease_until=None,
+            dead_at=None,
+            last_error=note[:1000],
+            updated_at=now,
+        )
+        audit(
+            AuditEvent.DELIVERED,
+            org=org,
+            peer=row.message.peer,
+            message_id=message_id,
+            reason=f"results correlated to it were received (it was {was}); its receipt was not accepted",
+        )
+    return True
 
 
 def withdraw(row: Outbox, *, reason: str) -> bool:

@@ -313,7 +313,7 @@ class MessageViewSet(  # type: ignore[misc]
         return super().create(request, *args, **kwargs)
 
     def scoped_queryset(self) -> QuerySet[Any]:
-        qs = super().scoped_queryset().select_related("outbox")
+        qs = super().scoped_queryset().select_related("outbox", "peer")
         if status_filter := one_of(self.request.query_params.get("status"), "status", OutboxStatus.values):
             qs = qs.filter(outbox__status=status_filter)
         return qs
@@ -516,7 +516,7 @@ class RemoteTaskViewSet(  # type: ignore[misc]
     required_actions = {"create": "tasks:write"}
 
     def scoped_queryset(self) -> QuerySet[Any]:
-        return super().scoped_queryset().select_related("request__outbox").prefetch_related("events")
+        return super().scoped_queryset().select_related("request__outbox", "request__peer").prefetch_related("events")
 
     @describe(
         "Ask another org's agent to run a task",

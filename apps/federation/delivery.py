@@ -116,6 +116,8 @@ def _over_http(outbox: Outbox) -> AttemptResult:
     except transport.TooSlow as exc:
         # "timeout: " like httpx's own timeouts below, so a search for timeouts in the attempt log finds both.
         return AttemptResult(AttemptOutcome.RETRY, _ms(started), error=f"timeout: {exc}")
+    # (selectors.may_have_arrived reads "timeout: ConnectTimeout" and "ConnectError: …" as "never sent": keep
+    # these forms in step with it.)
     except httpx.TimeoutException as exc:
         return AttemptResult(AttemptOutcome.RETRY, _ms(started), error=f"timeout: {type(exc).__name__}")
     except httpx.HTTPError as exc:

@@ -88,6 +88,18 @@ class Peer(models.Model):
     def __str__(self) -> str:
         return self.name
 
+    def clean(self) -> None:
+        # Each end puts its own name for the other in the signed `link` binding; with one name at both ends a
+        # message sent to the peer and one posted back to us carry the same binding, so it binds nothing.
+        if self.name and self.name == self.local_name:
+            raise ValidationError(
+                {
+                    "local_name": f"The peer's name for this instance must differ from our name for it "
+                    f"('{self.name}' at both ends binds nothing): give the two ends different names."
+                },
+                code="same_name",
+            )
+
     @property
     def inbox_url(self) -> str:
         return f"{self.base_url.rstrip('/')}/api/v1/federation/receive/{self.local_name}"
@@ -265,6 +277,16 @@ class Outbox(OrgOwnedModel):
     def __str__(self) -> str:
         return f"{self.message_id} {self.status} ({self.attempts} attempts)"
 
+    @property
+    def held_back_reason(self) -> str:
+        """Why a waiting row is not being attempted, when its link holds it back ("" otherwise): such a row has no
+        attempts and no error of its own, and its past due time read as an ordinary overdue message. (Reads
+        `message.peer`: select it with the row.)"""
+        peer = self.message.peer
+        if self.status in (OutboxStatus.PENDING, OutboxStatus.FAILED) and peer and peer.status != PeerStatus.ACTIVE:
+            return f"waiting: link '{peer.name}' is disabled"
+        return ""
+
 
 class AttemptOutcome(models.TextChoices):
     DELIVERED = "delivered", "Delivered"
@@ -395,6 +417,17 @@ class RemoteTask(OrgOwnedModel):
 
     def __str__(self) -> str:
         return f"{self.agent_address}: {self.state}"
+
+    @property
+    def waiting_for(self) -> str:
+        """Why the mirror is behind what arrived ("" when it is not): events are applied in the executor's order,
+        so a missing one (still on its way, or dead-lettered) holds back every later one."""
+        if self.last_seq <= self.applied_seq:
+            return ""
+        return (
+            f"waiting for event {self.applied_seq + 1}: events up to {self.last_seq} arrived, and the later ones "
+            "are applied once the missing ones do"
+        )
 
 
 class RemoteTaskEvent(OrgOwnedModel):

@@ -33,7 +33,6 @@ from apps.federation import actions, selectors
 from apps.federation.addresses import Address
 from apps.federation.handlers import Malformed, Unrelated, register
 from apps.federation.models import (
-    DeliveryAttempt,
     FederatedTask,
     InboxEntry,
     MessageType,
@@ -254,7 +253,9 @@ def relay_cancel(task: Task) -> None:
     # cancel is sent as well.
     waiting = request is not None and request.status in (OutboxStatus.PENDING, OutboxStatus.FAILED)
     if waiting and actions.withdraw(request, reason=f"its task {task.pk} ended here ({task.state}) before delivery"):
-        if not DeliveryAttempt.objects.for_org(task.organization_id).filter(outbox=request).exists():
+        if not selectors.may_have_arrived(request):
+            # No attempt, or every one failed before the request left (connection refused, DNS failure): a
+            # cancel could only be refused as answering nothing, and dead-letter as noise.
             _settle(remote, task.state, f"{task.state} here before the request was sent")
             return
         # An earlier attempt may have reached the executor before failing here (a timeout): cancel there too. The
@@ -368,20 +369,30 @@ def mirror_task_result(entry: InboxEntry) -> None:
             )
     except IntegrityError:
         return  # already mirrored (the same event reported twice)
+    # The executor answers only a request it received: whatever became of its receipt (unsigned, lost, an attempt
+    # still retrying), the request is delivered, not withdrawn or dead-lettered.
+    if actions.delivered_by_results(remote.request_id, org=entry.organization):
+        _set_delivery_error(remote, "")
     fields = ["updated_at"]
     if payload.get("task_id") and not remote.remote_task_id:
         remote.remote_task_id = str(payload["task_id"])[:100]
         fields.append("remote_task_id")
-    # Events may arrive out of order (parallel deliveries); the latest sequence number decides the state, except
-    # that a terminal state is never left.
-    if state and (seq >= remote.last_seq or state in TERMINAL) and remote.state not in TERMINAL:
-        remote.state = state[:20]
-        remote.last_seq = max(seq, remote.last_seq)
-        fields += ["state", "last_seq"]
-        if state == "rejected":
+    if seq > remote.last_seq:
+        remote.last_seq = seq  # what arrived; `applied_seq` is how far the timeline is applied
+        fields.append("last_seq")
+    applied = _apply_in_order(remote, event)
+    # The mirror's state is the state of the last event applied, not of the latest that arrived: after a gap
+    # (results dead-lettered on the way, then only a later one requeued) it would say "completed" while the
+    # requester's task still waits for the events in between. A terminal state is never left.
+    latest = next((e.state for e in reversed(applied) if e.state), "")
+    if latest and remote.state not in TERMINAL:
+        remote.state = latest[:20]
+        fields.append("state")
+        if latest == "rejected":
             remote.error = str((payload.get("data") or {}).get("reason", ""))[:1000]
             fields.append("error")
-    fields += _apply_in_order(remote, event)
+    if applied and applied[-1].seq:
+        fields.append("applied_seq")
     remote.save(update_fields=fields)
     # The remote agent just reported: that is what "online" means for an agent reached through federation. A
     # rejection (seq 0) comes from the executing org, not from its agent (which may not even exist): it is shown
@@ -409,11 +420,10 @@ def _checked_result(payload: dict[str, Any]) -> tuple[int, str, str]:
     return seq, kind, state
 
 
-def _apply_in_order(remote: RemoteTask, arrived: RemoteTaskEvent) -> list[str]:
-    """Record on the requester's task every mirrored event that directly follows the last one applied (the
-    remote lock is held). A rejection (seq 0) applies at once. Returns the RemoteTask fields changed."""
-    if not remote.task_id:
-        return []  # a request made before remote tasks became tasks: the mirror alone shows it
+def _apply_in_order(remote: RemoteTask, arrived: RemoteTaskEvent) -> list[RemoteTaskEvent]:
+    """Apply every mirrored event that directly follows the last one applied (the remote lock is held): record it
+    on the requester's task and advance `remote.applied_seq`. A rejection (seq 0) applies at once. Returns the
+    events applied, in order."""
     if arrived.seq == 0:
         ready = [arrived]
     else:
@@ -427,6 +437,8 @@ def _apply_in_order(remote: RemoteTask, arrived: RemoteTaskEvent) -> list[str]:
         if not ready:
             return []
         remote.applied_seq = ready[-1].seq
+    if not remote.task_id:
+        return ready  # a request made before remote tasks became tasks: the mirror alone shows it
     observations = [obs for obs in map(_observation, ready) if obs is not None]
     if observations and _task_has_ended(remote):
         # The requester's task ended here (canceled, or failed by its deadline) while the executor was still
@@ -440,7 +452,7 @@ def _apply_in_order(remote: RemoteTask, arrived: RemoteTaskEvent) -> list[str]:
         observations = [obs for obs in observations if obs.kind == EventKind.STATE]
     if observations:
         task_actions.record(remote.task_id, observations)
-    return ["applied_seq"] if arrived.seq else []
+    return ready
 
 
 def _task_has_ended(remote: RemoteTask) -> bool:

@@ -10,6 +10,7 @@ from django.utils import timezone
 from apps.federation.addresses import Address, InvalidAddress
 from apps.federation.models import (
     LIVE_KEY_STATES,
+    DeliveryAttempt,
     FederatedTask,
     InboxEntry,
     KeyState,
@@ -94,6 +95,23 @@ def cancel_before_request(request: InboxEntry) -> InboxEntry | None:
         correlation_id=request.message_id, peer=request.peer, type=MessageType.TASK_CANCEL
     )
     return next((entry for entry in entries if _same_org(entry.sender, request.sender)), None)
+
+
+# Attempt errors (as apps.federation.delivery writes them) of attempts that failed before the request was sent: no
+# connection was made (refused, DNS failure, connect timeout), or nothing was sent at all (no link key).
+_NOT_SENT_PREFIXES = ("ConnectError:", "timeout: ConnectTimeout")
+_NOT_SENT_MARK = "has no live key"
+
+
+def may_have_arrived(row: Outbox) -> bool:
+    """Whether any attempt to deliver `row` may have reached the peer: one that got an HTTP answer, or failed
+    after the connection was made (a timeout mid-request, a reset) — the peer may have stored the message though
+    no receipt came back. False when every attempt failed before sending (or none was made)."""
+    attempts = DeliveryAttempt.objects.for_org(row.organization_id).filter(outbox=row)
+    return any(
+        http_status is not None or not (error.startswith(_NOT_SENT_PREFIXES) or _NOT_SENT_MARK in error)
+        for http_status, error in attempts.values_list("http_status", "error")
+    )
 
 
 def dead_letters(org: Any) -> QuerySet[Outbox]:

@@ -113,10 +113,16 @@ class AttemptSerializer(serializers.ModelSerializer):
 
 
 class OutboxSerializer(serializers.ModelSerializer):
+    held_back_reason = serializers.CharField(
+        read_only=True,
+        help_text='Why a waiting message is not attempted (e.g. "waiting: link \'berlin\' is disabled"), else "".',
+    )
+
     class Meta:
         model = Outbox
         fields = (
             "status",
+            "held_back_reason",
             "attempts",
             "queued_at",
             "next_attempt_at",
@@ -261,6 +267,14 @@ class RemoteTaskSerializer(serializers.ModelSerializer):
     )
     delivery = OutboxSerializer(source="request.outbox", read_only=True)
     events = RemoteTaskEventSerializer(many=True, read_only=True)
+    last_seq = serializers.IntegerField(read_only=True, help_text="The highest remote sequence number received.")
+    applied_seq = serializers.IntegerField(
+        read_only=True, help_text="How far the timeline is applied to the task; `state` is the state there."
+    )
+    waiting_for = serializers.CharField(
+        read_only=True,
+        help_text='Events missing before the rest can be applied (e.g. "waiting for event 4: …"), else "".',
+    )
 
     class Meta:
         model = RemoteTask
@@ -271,6 +285,9 @@ class RemoteTaskSerializer(serializers.ModelSerializer):
             "state",
             "remote_task_id",
             "error",
+            "last_seq",
+            "applied_seq",
+            "waiting_for",
             "request_id",
             "created_at",
             "updated_at",

@@ -582,7 +582,11 @@ def console_remote_tasks(request: HttpRequest) -> HttpResponse:
                 messages.success(request, f"Task requested from {remote.agent_address}.")
                 # The remote task is one of the org's tasks: follow it live in the ordinary task view.
                 return hx_redirect(request, reverse("tasks:detail", args=[remote.task_id]))
-    rows = RemoteTask.objects.for_org(access.org).select_related("request").order_by("-created_at")[:OUTBOX_LIMIT]
+    rows = (
+        RemoteTask.objects.for_org(access.org)
+        .select_related("request__outbox", "request__peer")
+        .order_by("-created_at")[:OUTBOX_LIMIT]
+    )
     context = {"rows": rows, "form": form, "can_write": access.allows("federation:write")}
     return render_console(request, "federation/remote_tasks.html", context, status=422 if form.errors else 200)
 
@@ -595,7 +599,9 @@ def console_remote_task(request: HttpRequest, remote_id: str) -> HttpResponse:
         uuid.UUID(str(remote_id))
     except ValueError as exc:
         raise Http404("No such remote task") from exc
-    remote = get_object_or_404(RemoteTask.objects.for_org(access.org).select_related("request"), pk=remote_id)
+    remote = get_object_or_404(
+        RemoteTask.objects.for_org(access.org).select_related("request__outbox", "request__peer"), pk=remote_id
+    )
     context = {
         "remote": remote,
         "events": remote.events.order_by("seq"),

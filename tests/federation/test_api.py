@@ -83,6 +83,31 @@ def test_send_list_and_inspect_messages(client_for: Any, alice: Any, org: Any, b
 
 
 @pytest.mark.django_db
+def test_a_sender_agent_must_be_one_of_the_orgs_own_agents(
+    client_for: Any, alice: Any, org: Any, other_org: Any, berlin: Peer
+) -> None:
+    from apps.agents.models import Agent
+
+    actions.set_policy(org=org, remote="*", effect=Effect.ALLOW)
+    Agent.objects.create(organization=other_org, name="Theirs", slug="theirs", url="http://127.0.0.1:9/")
+    api = client_for(alice)
+    # Neither a slug of no agent nor another org's agent: the receiver would show the message as from it.
+    for slug in ("not-mine", "theirs"):
+        refused = api.post(
+            f"{API}/messages", {"recipient": "globex@berlin", "payload": {}, "sender_agent": slug}, format="json"
+        )
+        assert refused.status_code == 400, refused.content
+        error = refused.json()["error"]
+        assert error["code"] == "unknown_agent" and f"acme has no agent '{slug}'" in error["details"]["sender_agent"][0]
+    assert not Message.objects.for_org(org).exists()
+    Agent.objects.create(organization=org, name="Mine", slug="mine", url="http://127.0.0.1:9/")
+    sent = api.post(
+        f"{API}/messages", {"recipient": "globex@berlin", "payload": {}, "sender_agent": "mine"}, format="json"
+    )
+    assert sent.status_code == 202 and sent.json()["sender_agent"] == "mine"
+
+
+@pytest.mark.django_db
 def test_dlq_inspect_requeue_discard_with_audit(client_for: Any, alice: Any, org: Any, berlin: Peer) -> None:
     actions.set_policy(org=org, remote="*", effect=Effect.ALLOW)
     messages = [actions.send_message(org=org, recipient="globex@berlin", payload={"i": i}) for i in range(4)]

@@ -105,3 +105,23 @@ def test_peer_command_validates_like_the_api() -> None:
     assert "berlin               active    http://127.0.0.1:9 (we are 'paris' there)" in listing
     with pytest.raises(CommandError, match="A peer named 'berlin' already exists"):
         run("federation_peer", "add", "berlin", "http://127.0.0.1:9", "--local-name", "paris")
+
+
+def test_send_refuses_a_sender_agent_the_org_does_not_have(org: Any, peer: Peer) -> None:
+    actions.set_policy(org=org, remote="*@berlin", effect=Effect.ALLOW)
+    with pytest.raises(CommandError, match="acme has no agent 'no-such-agent'"):
+        run("federation_send", "acme", "globex@berlin", "--sender-agent", "no-such-agent")
+    assert not Message.objects.for_org(org).exists()
+
+
+def test_peer_command_refuses_one_name_at_both_ends() -> None:
+    with pytest.raises(CommandError) as refused:
+        run("federation_peer", "add", "gamma", "http://127.0.0.1:9", "--local-name", "gamma")
+    assert "\n" not in str(refused.value)
+    assert str(refused.value).startswith("Peer not added: local_name: The peer's name for this instance must differ")
+    assert not Peer.objects.exists()
+
+
+def test_dlq_list_says_when_the_queue_is_empty(org: Any) -> None:
+    assert run("federation_dlq", "list") == "The dead-letter queue is empty.\n"
+    assert run("federation_dlq", "list", "--org", "acme") == "The dead-letter queue of acme is empty.\n"

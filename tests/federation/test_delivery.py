@@ -14,6 +14,7 @@ from django.test import Client, override_settings
 from django.utils import timezone
 from standardwebhooks import Webhook
 
+from apps.agents.models import Agent
 from apps.core.errors import HermesAPIError
 from apps.core.metrics import FEDERATION_DELIVERIES, FEDERATION_RETRIES
 from apps.federation import actions, delivery, signing
@@ -73,7 +74,9 @@ def test_same_instance_delivery_keeps_receipts_dedup_and_audit(
     org: Any, other_org: Any, allow_all: None, eager_celery: None, django_capture_on_commit_callbacks: Any
 ) -> None:
     with django_capture_on_commit_callbacks(execute=True):
-        message = send(org, "globex", sender_agent="echo")
+        message = send(
+            org, "globex", sender_agent=Agent.objects.create(organization=org, name="Echo", slug="echo").slug
+        )
     row = outbox_of(message)
     assert row.status == OutboxStatus.DELIVERED and row.attempts == 1
     assert row.receipt is not None and row.receipt["status"] == "accepted"
@@ -119,14 +122,16 @@ def test_send_validates_address_peer_and_policy(
 @pytest.mark.django_db(transaction=True)
 def test_delivery_over_real_http_to_this_instance(live_server: Any, org: Any, other_org: Any) -> None:
     """A peer that is this very instance: the whole wire path (sign, POST, verify, dedup, signed receipt)."""
-    loop = actions.create_peer(name="loop", base_url=live_server.url, local_name="loop")
-    actions.add_key(loop, secret=SECRET)
+    # Two ends of one link, as two instances would have them (one name at both ends binds nothing, and is refused).
+    for name, local_name in (("loop-out", "loop-in"), ("loop-in", "loop-out")):
+        end = actions.create_peer(name=name, base_url=live_server.url, local_name=local_name)
+        actions.add_key(end, secret=SECRET)
     actions.set_policy(org=org, remote="*", effect=Effect.ALLOW)
-    actions.set_policy(org=other_org, remote="acme@loop", effect=Effect.ALLOW)
-    message = send(org, "globex@loop")  # committed: the (eager) Celery job delivers it
+    actions.set_policy(org=other_org, remote="acme@loop-in", effect=Effect.ALLOW)
+    message = send(org, "globex@loop-out")  # committed: the (eager) Celery job delivers it
     row = outbox_of(message)
     assert row.status == OutboxStatus.DELIVERED
-    assert InboxEntry.objects.for_org(other_org).get(message_id=message.id).sender == "acme@loop"
+    assert InboxEntry.objects.for_org(other_org).get(message_id=message.id).sender == "acme@loop-in"
     # The persisted receipt is the peer's signed proof of delivery: it re-verifies with any Standard Webhooks library.
     proof = {
         "webhook-id": str(message.id),

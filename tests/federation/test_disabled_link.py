@@ -7,10 +7,12 @@ import uuid
 from typing import Any
 
 import pytest
+from django.test import Client
+from django.urls import reverse
 
 from apps.core.errors import HermesAPIError
 from apps.federation import actions
-from apps.federation.models import MessageType, Outbox, OutboxStatus, Peer
+from apps.federation.models import Message, MessageType, Outbox, OutboxStatus, Peer
 
 pytestmark = pytest.mark.django_db
 
@@ -105,3 +107,40 @@ def test_a_peer_that_stopped_answering_gets_one_attempt_at_a_time(
     assert peer.slow_until is None
     Outbox.objects.for_org(org).filter(pk=rows[2].pk).update(next_attempt_at=timezone.now())
     assert actions.claim_delivery(rows[2].pk) is not None
+
+
+def test_a_row_held_back_by_a_disabled_link_says_why(
+    org: Any, alice: Any, client_for: Any, peer: Peer, allow_all: None, monkeypatch: Any,
+    django_capture_on_commit_callbacks: Any,
+) -> None:  # fmt: skip
+    _enqueued, row = _a_row_waiting_for_the_disabled_link(org, peer, monkeypatch, django_capture_on_commit_callbacks)
+    why = "waiting: link 'berlin' is disabled"
+    api = client_for(alice)
+    assert api.get(f"/api/v1/federation/messages/{row.message_id}").json()["delivery"]["held_back_reason"] == why
+    assert api.get("/api/v1/federation/messages").json()["results"][0]["delivery"]["held_back_reason"] == why
+    console = Client()
+    console.force_login(alice)
+    for page in (reverse("federation:outbox"), reverse("federation:message", args=[row.message_id])):
+        assert "Waiting: link &#x27;berlin&#x27; is disabled" in console.get(page).content.decode()
+    with django_capture_on_commit_callbacks(execute=False):
+        actions.set_peer_status(peer, "active")
+    assert api.get(f"/api/v1/federation/messages/{row.message_id}").json()["delivery"]["held_back_reason"] == ""
+
+
+def test_the_console_shows_when_a_message_was_created_not_when_it_was_requeued(
+    org: Any, alice: Any, peer: Peer, allow_all: None, monkeypatch: Any, django_capture_on_commit_callbacks: Any
+) -> None:
+    from datetime import timedelta
+
+    from django.utils import timezone
+
+    _enqueued, row = _a_row_waiting_for_the_disabled_link(org, peer, monkeypatch, django_capture_on_commit_callbacks)
+    created = timezone.now() - timedelta(hours=3)
+    Message.objects.for_org(org).filter(pk=row.message_id).update(created_at=created)
+    Outbox.objects.for_org(org).filter(pk=row.pk).update(queued_at=timezone.now())  # as a requeue resets it
+    console = Client()
+    console.force_login(alice)
+    outbox = console.get(reverse("federation:outbox")).content.decode()
+    assert f'datetime="{created.isoformat()}"' in outbox
+    page = console.get(reverse("federation:message", args=[row.message_id])).content.decode()
+    assert "<dt>Created</dt>" in page and f'datetime="{created.isoformat()}"' in page and "<dt>Queued</dt>" in page

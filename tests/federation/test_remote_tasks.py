@@ -3,9 +3,13 @@ built from correlated task_result messages (through the real send â†’ deliver â†
 
 from __future__ import annotations
 
+import html
 from typing import Any
 
 import pytest
+from django.test import Client
+from django.urls import reverse
+from django.utils import timezone
 
 from apps.agents import actions as agent_actions
 from apps.core.errors import HermesAPIError
@@ -877,6 +881,7 @@ def globex_holds_helpers_task(
     from apps.tasks.models import Task
 
     Agent.objects.create(organization=other_org, name="Echo", slug="echo", url="http://127.0.0.1:9/")
+    Agent.objects.create(organization=org, name="Helper", slug="helper", url="http://127.0.0.1:9/")
     monkeypatch.setattr("apps.tasks.tasks.dispatch", lambda *args, **kwargs: None)
     with django_capture_on_commit_callbacks(execute=True):
         remote = actions.request_remote_task(org=org, agent="echo.globex", message=MESSAGE, sender_agent="helper")
@@ -1071,3 +1076,91 @@ def test_post_tasks_to_a_federated_agent_needs_federation_write(
     # The console's Send a task form offers a federated agent only to those who may ask it.
     assert f'value="{agent.pk}"' not in client_for(mia).get("/tasks/new/").content.decode()
     assert f'value="{agent.pk}"' in client_for(alice).get("/tasks/new/").content.decode()
+
+
+# --- The mirror, the request's record and the cancel after what QA saw between two instances ------------------
+
+
+@pytest.mark.django_db
+def test_the_mirror_says_what_was_applied_and_waits_for_missing_events(
+    org: Any, alice: Any, client_for: Any, undelivered: tuple[RemoteTask, Any]
+) -> None:
+    remote, _task = undelivered
+    for seq, kind, state, data in (
+        (1, "state", "submitted", {"to": "submitted"}),
+        (2, "state", "working", {"from": "submitted", "to": "working"}),
+        (3, "message", "working", {"role": "agent", "parts": [{"kind": "text", "text": "on it"}]}),
+        # 4 to 8 were dead-lettered on the executor's side; only the last one was requeued.
+        (9, "state", "completed", {"from": "working", "to": "completed"}),
+    ):
+        _result(org, remote, "echo.globex", task_id="t-42", seq=seq, kind=kind, state=state, data=data)
+    remote.refresh_from_db()
+    assert _own_task(org, remote).state == "working"
+    assert (remote.state, remote.applied_seq, remote.last_seq) == ("working", 3, 9)
+    body = client_for(alice).get(f"/api/v1/federation/remote-tasks/{remote.pk}").json()
+    assert body["state"] == "working" and body["waiting_for"].startswith("waiting for event 4: events up to 9")
+    page = client_for(alice).get(reverse("federation:remote-task", args=[remote.pk])).content.decode()
+    assert "Waiting for event 4" in page
+    for seq in range(4, 9):
+        _result(org, remote, "echo.globex", seq=seq, kind="progress", state="working", data={"n": seq})
+    remote.refresh_from_db()
+    assert (remote.state, remote.applied_seq, remote.waiting_for) == ("completed", 9, "")
+    assert _own_task(org, remote).state == "completed"
+
+
+@pytest.mark.django_db
+def test_results_prove_a_request_delivered_though_its_receipt_was_refused(
+    org: Any, undelivered: tuple[RemoteTask, Any], django_capture_on_commit_callbacks: Any
+) -> None:
+    from apps.federation.delivery import AttemptOutcome, AttemptResult
+
+    remote, _task = undelivered
+    row_id = Outbox.objects.for_org(org).get(message_id=remote.request_id).pk
+    unsigned = AttemptResult(AttemptOutcome.RETRY, 5.0, http_status=200, error="receipt is not signed")
+    with django_capture_on_commit_callbacks(execute=False):
+        assert actions.finish_attempt(actions.claim_delivery(row_id), unsigned) == OutboxStatus.FAILED
+    Outbox.objects.for_org(org).filter(pk=row_id).update(next_attempt_at=timezone.now())
+    second = actions.claim_delivery(row_id)  # attempt 2 is in flight while the results come back
+    for seq, state in ((1, "working"), (2, "completed")):
+        _result(org, remote, "echo.globex", seq=seq, kind="state", state=state, data={"to": state})
+    assert _own_task(org, remote).state == "completed"
+    with django_capture_on_commit_callbacks(execute=False):
+        assert actions.finish_attempt(second, unsigned) == OutboxStatus.DELIVERED
+    row = Outbox.objects.for_org(org).get(pk=row_id)
+    assert row.status == OutboxStatus.DELIVERED and row.delivered_at is not None
+    assert "no receipt from the peer was accepted" in row.last_error and "receipt is not signed" in row.last_error
+    events = FederationAuditEvent.objects.for_org(org).filter(message_id=remote.request_id)
+    assert not events.filter(event="withdrawn").exists()
+    assert "its receipt was not accepted" in events.get(event="delivered").reason
+
+
+@pytest.mark.django_db
+def test_the_remote_tasks_list_shows_why_a_request_is_held_up(
+    org: Any, alice: Any, refused_request: tuple[RemoteTask, Any]
+) -> None:
+    _remote, task = refused_request
+    client = Client()
+    client.force_login(alice)
+    page = client.get(reverse("federation:remote-tasks")).content.decode()
+    assert f"Held up by: {html.escape(task.last_error)}" in page
+
+
+@pytest.mark.django_db
+def test_canceling_a_request_that_never_connected_sends_no_cancel(
+    org: Any, alice: Any, client_for: Any, undelivered: tuple[RemoteTask, Any],
+    django_capture_on_commit_callbacks: Any,
+) -> None:  # fmt: skip
+    from apps.federation.delivery import AttemptOutcome, AttemptResult
+
+    remote, task = undelivered
+    row_id = Outbox.objects.for_org(org).get(message_id=remote.request_id).pk
+    for error in ("ConnectError: [Errno 111] Connection refused", "ConnectError: [Errno -2] Name or service not known"):
+        Outbox.objects.for_org(org).filter(pk=row_id).update(next_attempt_at=timezone.now())
+        refused = AttemptResult(AttemptOutcome.RETRY, 1.0, error=error)
+        with django_capture_on_commit_callbacks(execute=False):
+            assert actions.finish_attempt(actions.claim_delivery(row_id), refused) == OutboxStatus.FAILED
+    _cancel(client_for(alice), task, django_capture_on_commit_callbacks)
+    assert Outbox.objects.for_org(org).get(pk=row_id).status == OutboxStatus.WITHDRAWN
+    assert not Message.objects.for_org(org).filter(type=MessageType.TASK_CANCEL).exists()
+    remote.refresh_from_db()
+    assert remote.state == "canceled" and remote.error == "canceled here before the request was sent"

@@ -60,6 +60,9 @@ class Command(HermesCommand):
             raise CommandError(f"No organization '{options['org']}'.")
         rows = self._dead(ids, options.get("org"))
         if operation == "list":
+            if not rows.exists():
+                of = f" of {options['org']}" if options.get("org") else ""
+                self.stdout.write(f"The dead-letter queue{of} is empty.")
             for row in rows:
                 self.stdout.write(
                     f"{row.message_id} {row.organization.slug} -> {row.message.recipient} "
