@@ -309,11 +309,6 @@ def _grown_by(known: Artifact, artifact: Artifact) -> Artifact | None:
     return chunk
 
 
-def _says_something(parts: list[dict[str, Any]]) -> bool:
-    # An empty text part is no message (agents send one with every update); any other part is.
-    return any(part.get("text") or "text" not in part for part in parts)
-
-
 class _Normalizer:
     """Turns SDK events and polled Task snapshots into AgentUpdates, without repeating what was already said.
 
