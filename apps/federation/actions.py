@@ -347,6 +347,7 @@ class SavedPolicy:
     # The effect of the rule this one replaced (the pair had a rule that said something else), else None: a
     # replaced rule is said where it is saved ("allow demo", then "deny Demo", silently turned the allow round).
     replaced: str | None = None
+    created: bool = False  # the pair had no rule: the API's 201, where a replaced or unchanged rule is a 200
 
 
 @transaction.atomic
@@ -382,7 +383,7 @@ def save_policy(
         rule.save(update_fields=["effect", "reason"])
         org_audit.record("policy.updated", org=org, access=access, target=rule, **pair, effect=effect, changes=changes)
     policies_changed(org.pk)
-    return SavedPolicy(rule, replaced)
+    return SavedPolicy(rule, replaced, created=created)
 
 
 def set_policy(

@@ -236,7 +236,9 @@ class ContactViewSet(  # type: ignore[misc]
     create=describe(
         "Set a federation policy",
         action=_WRITE,
-        notes="Replaces the rule for the same (`local_agent`, `remote`) pair; applies at once on every process.",
+        notes="Replaces the rule for the same (`local_agent`, `remote`) pair; applies at once on every process. "
+        "201 when the pair had no rule; 200 when it replaced the pair's rule or found it unchanged.",
+        responses={201: PolicySerializer, 200: PolicySerializer},
         errors={
             400: "`invalid_address`: `remote` is not `*`, `*@peer` or a federation address; `unknown_agent`: "
             "`local_agent` is not the slug of one of the org's own agents."
@@ -260,8 +262,12 @@ class PolicyViewSet(  # type: ignore[misc]
     model = Policy
     serializer_class = PolicySerializer
 
-    def perform_create(self, serializer: Any) -> None:
-        serializer.instance = actions.set_policy(org=self.org, access=self.access, **serializer.validated_data)
+    def create(self, request: Request, *args: Any, **kwargs: Any) -> Response:
+        serializer = self.get_serializer(data=request.data)
+        serializer.is_valid(raise_exception=True)
+        saved = actions.save_policy(org=self.org, access=self.access, **serializer.validated_data)
+        created = status.HTTP_201_CREATED if saved.created else status.HTTP_200_OK
+        return Response(self.get_serializer(saved.rule).data, status=created)
 
     def perform_destroy(self, instance: Policy) -> None:
         actions.delete_policy(instance, access=self.access)

@@ -180,6 +180,10 @@ def test_contacts_policies_inbox_and_audit(client_for: Any, bob: Any, org: Any) 
     assert rule.status_code == 201
     replaced = api.post(f"{API}/policies", {"remote": "*@berlin", "effect": "deny", "reason": "x"}, format="json")
     assert replaced.json()["id"] == rule.json()["id"] and replaced.json()["effect"] == "deny"
+    # A client tells creating from replacing (it was 201 either way).
+    assert replaced.status_code == 200
+    again = api.post(f"{API}/policies", {"remote": "*@berlin", "effect": "deny", "reason": "x"}, format="json")
+    assert again.status_code == 200 and again.json() == replaced.json()
     assert api.post(f"{API}/policies", {"remote": "??", "effect": "allow"}, format="json").status_code == 400
     assert api.delete(f"{API}/policies/{rule.json()['id']}").status_code == 204
     assert api.get(f"{API}/inbox").json()["results"] == []
