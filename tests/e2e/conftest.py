@@ -191,6 +191,9 @@ def page(hermes_server: HermesServer, transactional_db: Any, browser: Any) -> It
     page = context.new_page()
     errors: list[str] = []
     page.on("pageerror", lambda exc: errors.append(str(exc)))
+    # Anything the Content-Security-Policy blocked (an inline script or handler, a foreign source) fails the test:
+    # a blocked script breaks a page without raising a page error.
+    page.on("console", lambda msg: "Content Security Policy" in msg.text and errors.append(msg.text))
     yield page
     context.close()
     assert not errors, f"JavaScript errors on the page: {errors}"
