@@ -92,9 +92,9 @@ def delete_organization(*, access: Access) -> None:
     org = access.org
     try:
         with transaction.atomic():
-            # The org row first, as every membership change takes it (`_lock_org`): deleting the memberships while
-            # one of them is changing would otherwise lock the rows in another order than the change does.
-            list(Organization.objects.select_for_update().filter(pk=org.pk).values_list("pk"))
+            # The org row first, as every membership change takes it: deleting the memberships while one of them
+            # is changing would otherwise lock the rows in another order than the change does.
+            _lock_org(org, deleting=True)
             audit.record("org.deleted", access=access, target=org, slug=org.slug)
             Organization.objects.filter(pk=org.pk).delete()
     except RestrictedError as exc:
@@ -111,14 +111,15 @@ def delete_organization(*, access: Access) -> None:
 # --- Members ------------------------------------------------------------------------------------------------
 
 
-def _lock_org(org: Any) -> None:
+def _lock_org(org: Any, *, deleting: bool = False) -> None:
     # The org row is the mutex of who belongs to the org: every role change, removal and invitation takes it
     # first, so they run one at a time per org and take their row locks in one order (org, owners by pk, the
     # member; org, the open invitation). Locks taken in the order each action happened to need them deadlocked:
     # two owners demoting themselves each held their own row and waited for the other's among the owners' (a 500).
     # FOR NO KEY UPDATE, not FOR UPDATE: it does not block the key-share lock that inserting any row referring to
-    # the org (a task, an accepted membership) takes.
-    list(Organization.objects.select_for_update(no_key=True).filter(pk=getattr(org, "pk", org)).values_list("pk"))
+    # the org (a task, an accepted membership) takes. Deleting the org takes the full lock.
+    rows = Organization.objects.select_for_update(no_key=not deleting).filter(pk=getattr(org, "pk", org))
+    list(rows.values_list("pk"))
 
 
 def _lock_owners(org: Any) -> list[Membership]:
@@ -225,9 +226,13 @@ def _revoke_invitations_beyond(access: Access, user_id: Any, role: str | None) -
         pending = pending.filter(role=Role.OWNER)  # admins invite anyone but owners
     reason = "its sender is no longer a member" if role is None else f"its sender is now {role}"
     for invitation in pending.select_for_update():
-        invitation.revoked_at = timezone.now()
-        invitation.save(update_fields=["revoked_at"])
-        audit.record("invitation.revoked", access=access, target=invitation, email=invitation.email, reason=reason)
+        _revoke_invitation(access, invitation, reason=reason)
+
+
+def _revoke_invitation(access: Access, invitation: Invitation, **why: Any) -> None:
+    invitation.revoked_at = timezone.now()
+    invitation.save(update_fields=["revoked_at"])
+    audit.record("invitation.revoked", access=access, target=invitation, email=invitation.email, **why)
 
 
 # The reason the audit row of an invitation revoked by re-inviting its address gives (`invitation.revoked`).
@@ -312,9 +317,7 @@ def revoke_invitation(*, access: Access, invitation: Invitation) -> Invitation:
                 details={"replaced_by": replaced_by},
             )
         raise Conflict(f"This invitation is already {state}.", code="invitation_closed")
-    invitation.revoked_at = timezone.now()
-    invitation.save(update_fields=["revoked_at"])
-    audit.record("invitation.revoked", access=access, target=invitation, email=invitation.email)
+    _revoke_invitation(access, invitation)
     return invitation
 
 
