@@ -106,16 +106,18 @@ class TimelineCursor:
         return refusal
 
     def sync_frames(self) -> Iterator[bytes]:
+        # No `finally: close_old_connections()` here: a generator left unfinished runs its `finally` when it is
+        # garbage-collected, at any later moment, in whatever thread collects it and whatever transaction that
+        # thread is in; closing the connection inside someone's atomic block broke that transaction ("An error
+        # occurred in the current transaction"). The WSGI server closes the response, whose `request_finished`
+        # signal hands the connection back, as for any other response.
         yield self.opening()
-        try:
-            while True:
-                frames, done = self.poll()
-                yield from frames
-                if done:
-                    return
-                time.sleep(settings.HERMES_SSE_POLL_SECONDS)
-        finally:
-            close_old_connections()
+        while True:
+            frames, done = self.poll()
+            yield from frames
+            if done:
+                return
+            time.sleep(settings.HERMES_SSE_POLL_SECONDS)
 
     def _poll_and_release(self) -> tuple[list[bytes], bool]:
         # Executor threads outlive the request: hand the connection back (to the pool under ASGI) every poll.

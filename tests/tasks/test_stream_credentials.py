@@ -375,3 +375,20 @@ def test_signed_in_but_in_no_org_is_a_4403_not_a_sign_in(alice: Any, task: Any, 
         assert not connected and (code, ws.close_reason) == (4403, "no_organization")
 
     async_to_sync(scenario)()
+
+
+def test_an_unfinished_sse_stream_collected_later_leaves_the_threads_transaction_alone(
+    org: Any, task: Any, sse: None
+) -> None:
+    """A stream a client stopped reading is finalized whenever the garbage collector gets to it, in whatever
+    thread and transaction that is: its generator closed the connection then, and the transaction it landed in
+    failed on its next query ("An error occurred in the current transaction"), in another test or request."""
+    from apps.tasks.models import Task
+    from apps.tasks.streams import TimelineCursor
+
+    frames = TimelineCursor(task.pk, org.pk, 0).sync_frames()  # what GET …/stream serves under WSGI
+    assert next(frames).startswith(b"retry:") and next(frames).startswith(b"id: 1\n")  # into the event loop
+    with transaction.atomic():
+        assert Task.objects.for_org(org).filter(pk=task.pk).exists()
+        frames.close()  # what the collector does to an abandoned stream, here at a known moment
+        assert Task.objects.for_org(org).filter(pk=task.pk).exists()
