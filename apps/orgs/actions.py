@@ -112,10 +112,11 @@ def delete_organization(*, access: Access) -> None:
 
 
 def _lock_org(org: Any, *, deleting: bool = False) -> None:
-    # The org row is the mutex of who belongs to the org: every role change, removal and invitation takes it
-    # first, so they run one at a time per org and take their row locks in one order (org, owners by pk, the
-    # member; org, the open invitation). Locks taken in the order each action happened to need them deadlocked:
-    # two owners demoting themselves each held their own row and waited for the other's among the owners' (a 500).
+    # The org row is the mutex of who belongs to the org and of its keys: every role change, removal, invitation
+    # and key issue, rotation and revocation takes it first, so they run one at a time per org and take their row
+    # locks in one order (org, owners by pk, the member; org, the open invitation; org, the key). Locks taken in
+    # the order each action happened to need them deadlocked: two owners demoting themselves each held their own
+    # row and waited for the other's among the owners' (a 500).
     # FOR NO KEY UPDATE, not FOR UPDATE: it does not block the key-share lock that inserting any row referring to
     # the org (a task, an accepted membership) takes. Deleting the org takes the full lock.
     rows = Organization.objects.select_for_update(no_key=not deleting).filter(pk=getattr(org, "pk", org))
@@ -553,9 +554,9 @@ def create_api_key(
         errors.setdefault(field, []).extend(messages)
     if errors:
         raise ValidationError(errors)
-    issued = _issue(
-        access, name=name, scopes=scopes, expires_at=expires_at, rate_limit=rate_limit, parent=_current(access.api_key)
-    )
+    _lock_org(access.org)
+    parent = _parent_of_new_key(access)
+    issued = _issue(access, name=name, scopes=scopes, expires_at=expires_at, rate_limit=rate_limit, parent=parent)
     audit.record("api_key.created", access=access, target=issued.key, name=name, scopes=scopes)
     return issued
 
@@ -574,6 +575,8 @@ def rotate_api_key(
         _require(access, "org:admin")
     if grace < timedelta(0) or grace > MAX_ROTATION_GRACE:
         raise ValidationError({"grace_seconds": [f"Choose between 0 and {int(MAX_ROTATION_GRACE.total_seconds())}."]})
+    _lock_org(access.org)
+    _check_still_valid(access)
     key = APIKey.objects.for_org(access.org).select_for_update().get(pk=key.pk)
     if key.rotated_to_id is not None:
         raise Conflict("This key was already rotated; rotate its successor instead.", code="key_already_rotated")
@@ -631,6 +634,7 @@ def staff_revoke_api_key(*, key: APIKey, actor: Any) -> APIKey:
 
 def _revoke(key: APIKey, **who: Any) -> APIKey:
     """Revoke `key` and every key made with it, and theirs (each audited, naming the key it was revoked with)."""
+    _lock_org(key.organization_id)  # see _check_still_valid
     key = APIKey.objects.for_org(key.organization_id).select_for_update().get(pk=key.pk)
     if key.revoked_at is None:
         key.revoked_at = timezone.now()
@@ -647,6 +651,28 @@ def _revoke(key: APIKey, **who: Any) -> APIKey:
         if predecessor.lapsed() is None:
             _revoke(predecessor, **{**who, "revoked_with": str(key.pk)})
     return key
+
+
+# Issuing, rotating and revoking keys take the org row first (`_lock_org`), as membership changes do: they run one
+# at a time per org. A revocation's cascade reads the keys made with the revoked one; without the lock, a key being
+# made with it by a request that authenticated a moment before the revoke was inserted after that read and lived
+# on, working, under a revoked parent.
+
+
+def _check_still_valid(access: Access) -> APIKey | None:
+    """The API key `access` came with, read again under the org lock: a revocation (or the end of its grace
+    period) that committed after this request authenticated refuses it here as its next request would be."""
+    if access.api_key is None:
+        return None
+    token = APIKey.objects.for_org(access.org).get(pk=access.api_key.pk)
+    refusal = auth.key_refusal(token, timezone.now())
+    if refusal is not None:
+        raise auth.APIKeyError(refusal.message, code=refusal.code)
+    return token
+
+
+def _parent_of_new_key(access: Access) -> APIKey | None:
+    return _current(_check_still_valid(access))
 
 
 def _current(key: APIKey | None) -> APIKey | None:

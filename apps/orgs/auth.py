@@ -63,7 +63,7 @@ class Refusal(NamedTuple):
 KEY_UNKNOWN = Refusal("key_unknown", "Unknown API key: it does not exist (or was mistyped).")
 
 
-def _key_refusal(key: APIKey, now: datetime) -> Refusal | None:
+def key_refusal(key: APIKey, now: datetime) -> Refusal | None:
     """Why a key as `_load_key` returns it does not authenticate at `now`, or None when it does. One place for
     requests (`resolve_api_key`) and for streams that re-check the key they were opened with (`StreamCredential`)."""
     state = key.state(now)  # the same state GET /api/v1/keys/{id} and the console show
@@ -94,10 +94,10 @@ def resolve_api_key(token: str, ip: str | None = None) -> tuple[Any, Access]:
     if key is None:
         raise APIKeyError(KEY_UNKNOWN.message, code=KEY_UNKNOWN.code)
     now = timezone.now()
-    refusal = _key_refusal(key, now)
+    refusal = key_refusal(key, now)
     if refusal is not None:
         raise APIKeyError(refusal.message, code=refusal.code)
-    # There, active and a member (with a role): _key_refusal checked.
+    # There, active and a member (with a role): key_refusal checked.
     user: Any = key.created_by
     role: Any = key.creator_role
     touch_last_used(key, ip, now)
@@ -300,11 +300,11 @@ class StreamCredential:
         if self.api_key is not None:
             # The authentication query, without the last-used write and the metrics of a request.
             key = _load_key(self.api_key.digest)
-            return KEY_UNKNOWN if key is None else _key_refusal(key, timezone.now())
+            return KEY_UNKNOWN if key is None else key_refusal(key, timezone.now())
         if self.session_key is not None:
             if _session_user_id(self.session_key) != self.user_id:
                 return SIGNED_OUT
-            # Removed from the org (an API key's stream finds its creator gone through _key_refusal instead).
+            # Removed from the org (an API key's stream finds its creator gone through key_refusal instead).
             if (
                 self.org_id is not None
                 and not Membership.objects.for_org(self.org_id).filter(user_id=self.user_id).exists()

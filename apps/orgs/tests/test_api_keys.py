@@ -112,6 +112,16 @@ def test_a_scheme_hermes_does_not_accept_is_named_in_the_401(api: Any, alice: An
     assert api.get("/api/v1/me").status_code == 200
 
 
+def test_a_key_sent_without_its_scheme_is_not_quoted_back(api: Any, org: Any, alice: Any) -> None:
+    _key, plaintext = issue_api_key(alice, org, scopes=["org:read"])
+    api.credentials(HTTP_AUTHORIZATION=plaintext)  # "Bearer " left out: the scheme is the secret itself
+    response = api.get("/api/v1/me")
+    assert response.status_code == 401 and plaintext[:8] not in response.content.decode()
+    assert response.data["error"]["message"] == (
+        "The API key must follow the scheme: send it as 'Authorization: Bearer hrm_…'."
+    )
+
+
 def test_other_bearer_tokens_are_left_alone(api: Any) -> None:
     api.credentials(HTTP_AUTHORIZATION="Bearer not-a-hermes-token")
     error = api.get("/api/v1/me").data["error"]
@@ -269,6 +279,25 @@ def test_revoking_a_rotated_keys_successor_ends_the_old_token_and_what_it_made(o
     assert key_client(successor.data["key"]).post(f"/api/v1/keys/{successor.data['id']}/revoke").status_code == 200
     for token in (plaintext, made["key"]):
         assert key_client(token).get("/api/v1/me").data["error"]["code"] == "key_revoked"
+
+
+def test_a_request_that_authenticated_before_its_key_was_revoked_makes_no_key(org: Any, alice: Any) -> None:
+    """A key made through a key while that key was being revoked escaped the cascade (it was inserted after the
+    revocation read the keys made with it) and went on working: the request's key is read again under the lock
+    that revocations take, so the request is refused as its next one would be."""
+    from apps.orgs import actions, auth
+
+    parent, plaintext = issue_api_key(alice, org, scopes=["org:admin", "org:read"])
+    _user, access = auth.resolve_api_key(plaintext)  # authenticated ...
+    actions.revoke_api_key(access=access, key=parent)  # ... then revoked, before the request's write
+    with pytest.raises(auth.APIKeyError) as made:
+        actions.create_api_key(access=access, name="late", scopes=["org:read"])
+    assert made.value.error_code == "key_revoked"
+    with pytest.raises(auth.APIKeyError) as rotated:
+        actions.rotate_api_key(access=access, key=issue_api_key(alice, org, scopes=["org:read"])[0])
+    assert rotated.value.error_code == "key_revoked"
+    assert not APIKey.objects.for_org(org).filter(parent=parent).exists()
+    assert APIKey.objects.for_org(org).filter(revoked_at=None).count() == 1  # the key rotate_api_key was given
 
 
 def test_developers_manage_only_their_own_keys(org: Any, alice: Any, dave: Any, client_for: Any) -> None:
