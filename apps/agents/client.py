@@ -101,7 +101,7 @@ from a2a.types.a2a_pb2 import (
     TaskState,
 )
 from a2a.utils.constants import TransportProtocol
-from a2a.utils.errors import A2AError
+from a2a.utils.errors import A2AError, TaskNotFoundError
 from google.protobuf import json_format, struct_pb2
 
 from apps.core.http import DEFAULT_TIMEOUT, OutboundBlocked, guarded_async_client
@@ -502,6 +502,14 @@ def _http_status_error(response: httpx.Response) -> Exception:
 
 
 def _rpc_error_message(exc: A2AError) -> str:
+    if isinstance(exc, TaskNotFoundError):
+        # Said in what it means for the task: the SDK's standard ErrorInfo `data` (reason TASK_NOT_FOUND) only
+        # repeated the message as a protobuf dump. Agents that keep tasks in memory (the SDK's default store)
+        # lose them when they restart, and a task's later GetTask/follow-up meets this.
+        return (
+            f"The agent no longer knows this task ({exc.message}): it may have restarted and lost its tasks, "
+            "or it removed this one."
+        )
     message = f"The agent returned an error: {exc.message}"
     if not exc.data:
         return message

@@ -130,9 +130,36 @@ def json_depth(value: Any) -> int:
     return depth
 
 
+# A protobuf Struct holds every number as a 64-bit float: an integer beyond ±2**53 reached the agent rounded
+# (9007199254740993 arrived as 9007199254740992), silently, while the timeline kept the exact value it was sent.
+MAX_EXACT_INTEGER = 2**53 - 1
+
+
+def _inexact_integer(value: Any) -> int | None:
+    """The first integer in a JSON value that a float cannot hold exactly, or None."""
+    pending = [value]
+    while pending:
+        item = pending.pop()
+        if isinstance(item, dict):
+            pending.extend(item.values())
+        elif isinstance(item, list):
+            pending.extend(item)
+        elif isinstance(item, int) and not isinstance(item, bool) and abs(item) > MAX_EXACT_INTEGER:
+            return item
+    return None
+
+
 def _check_depth(value: Any, what: str, field: str = "input") -> None:
+    """What an agent could not receive as it was sent: JSON nested too deep, integers it would get rounded."""
     if (depth := json_depth(value)) > MAX_JSON_DEPTH:
         raise InvalidMessage(f"{what} nests {depth} levels deep; agents accept at most {MAX_JSON_DEPTH}", field=field)
+    if (number := _inexact_integer(value)) is not None:
+        shown = str(number) if len(str(number)) <= 30 else f"{str(number)[:27]}..."
+        raise InvalidMessage(
+            f"{what} holds the integer {shown}, which an agent would receive rounded (A2A carries numbers as "
+            f"64-bit floats, exact up to ±{MAX_EXACT_INTEGER}); send it as a string",
+            field=field,
+        )
 
 
 def check_metadata(metadata: dict[str, Any]) -> None:

@@ -8,7 +8,8 @@ from typing import Any
 from django.conf import settings
 from django.core.handlers.asgi import ASGIRequest
 from django.db.models import QuerySet
-from django.http import Http404, StreamingHttpResponse
+from django.http import Http404, HttpResponse, StreamingHttpResponse
+from django.http.response import HttpResponseBase
 from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import OpenApiParameter, extend_schema_view
 from rest_framework import mixins, renderers, status
@@ -365,7 +366,7 @@ class TaskViewSet(  # type: ignore[misc]
         responses={(200, "text/event-stream"): OpenApiTypes.STR},
     )
     @action(detail=True, methods=["get"], renderer_classes=[renderers.JSONRenderer, EventStreamRenderer])
-    def stream(self, request: Request, pk: str | None = None) -> StreamingHttpResponse:
+    def stream(self, request: Request, pk: str | None = None) -> HttpResponseBase:
         task = self.get_object()
         resume = request.headers.get("Last-Event-ID")
         after = whole_number(
@@ -377,8 +378,14 @@ class TaskViewSet(  # type: ignore[misc]
         session = getattr(request._request, "session", None)
         credential = StreamCredential.of(self.access, session.session_key if session is not None else None)
         cursor = TimelineCursor(task.pk, task.organization_id, after, credential=credential)
-        frames = cursor.async_frames() if isinstance(request._request, ASGIRequest) else cursor.sync_frames()
-        response = StreamingHttpResponse(frames, content_type="text/event-stream")
+        response: HttpResponseBase
+        if request.method == "HEAD":
+            # The headers a GET would get, at once: a HEAD sends no body, yet the stream behind it went on polling
+            # for up to HERMES_SSE_MAX_SECONDS, holding a stream slot and the client's keep-alive connection.
+            response = HttpResponse(content_type="text/event-stream")
+        else:
+            frames = cursor.async_frames() if isinstance(request._request, ASGIRequest) else cursor.sync_frames()
+            response = StreamingHttpResponse(frames, content_type="text/event-stream")
         response["Cache-Control"] = "no-cache"
         response["X-Accel-Buffering"] = "no"  # nginx: pass frames through as they come
         return response

@@ -48,7 +48,10 @@ class TaskForm(forms.Form):
 
     def clean(self) -> dict[str, Any]:
         data = super().clean() or {}
-        if not str(data.get("text") or "").strip() and not data.get("structured") and not self.has_error("structured"):
+        # A field already refused (a message over the length limit, JSON that is no object) was given: saying
+        # "write a message" under it as well contradicted it.
+        given = self.has_error("text") or self.has_error("structured")
+        if not given and not str(data.get("text") or "").strip() and not data.get("structured"):
             self.add_error("text", "Write a message (or give structured data).")
         return data
 

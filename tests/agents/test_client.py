@@ -137,6 +137,10 @@ def test_cancel_and_get_task_sync(sdk_agent_base: str, allow_loopback: None) -> 
     with pytest.raises(AgentError) as exc_info:
         get_task_sync(target, "no-such-task")
     assert exc_info.value.code == "TaskNotFoundError"
+    # What it means for the task, not "The agent returned an error: … (data: [{"@type": …ErrorInfo…}])".
+    assert str(exc_info.value).startswith("The agent no longer knows this task (") and "@type" not in str(
+        exc_info.value
+    )
 
 
 def test_refused_connection_is_a_transport_error(allow_loopback: None, free_port: int) -> None:

@@ -53,6 +53,10 @@ def test_send_with_structured_data_and_precise_errors(as_user: Any, dave: Any, o
     assert Task.objects.for_org(org).get().input["parts"] == [{"kind": "data", "data": {"expression": "2+3"}}]
     empty = client.post("/tasks/new/", {"agent": str(echo.pk), "text": " ", "structured": ""})
     assert empty.status_code == 422 and "Write a message" in empty.content.decode()
+    # A message over the limit is said once, not also refused as missing.
+    long = client.post("/tasks/new/", {"agent": str(echo.pk), "text": "x" * 100_001, "structured": ""})
+    assert long.status_code == 422 and "at most 100000 characters" in long.content.decode()
+    assert "Write a message" not in long.content.decode()
     bad = client.post("/tasks/new/", {"agent": str(echo.pk), "text": "x", "structured": "[1, 2"})
     assert bad.status_code == 422 and "Not valid JSON" in bad.content.decode()
     not_object = client.post("/tasks/new/", {"agent": str(echo.pk), "text": "x", "structured": "[1, 2]"})

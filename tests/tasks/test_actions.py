@@ -136,6 +136,8 @@ def test_task_metadata_nests_no_deeper_than_a_message(org: Any, agent: Any) -> N
         actions.create_task(org=org, agent=agent, message=MESSAGE, metadata=nested(30))
     assert refused.value.field == "metadata"
     assert Task.objects.unscoped("test").count() == 0
+    with pytest.raises(actions.InvalidMessage, match="the task's metadata holds the integer 18446744073709551616"):
+        actions.create_task(org=org, agent=agent, message=MESSAGE, metadata={"id": 2**64})
     deepest = nested(actions.MAX_JSON_DEPTH)
     assert actions.create_task(org=org, agent=agent, message=MESSAGE, metadata=deepest).metadata == deepest
 
@@ -294,11 +296,21 @@ def test_messages_from_other_apps_are_normalized_or_refused() -> None:
         "part 1's data nests 25 levels deep; agents accept at most 24": {"parts": [{"data": nested(25)}]},
         "part 1's metadata nests 33 levels deep": {"parts": [{"text": "a", "metadata": nested(33)}]},
         "the message's metadata nests 40 levels deep": {"parts": [{"text": "a"}], "metadata": nested(40)},
+        # It reached the agent as 9007199254740992 (numbers travel as 64-bit floats), with no error anywhere.
+        "part 1's data holds the integer 9007199254740993, which an agent would receive rounded": {
+            "parts": [{"data": {"ids": [1, {"id": 2**53 + 1}]}}]
+        },
+        "the message's metadata holds the integer -12345678901234567890": {
+            "parts": [{"text": "a"}],
+            "metadata": {"n": -12345678901234567890},
+        },
     }
     for reason, bad in refused.items():
         with pytest.raises(actions.InvalidMessage, match=re.escape(reason)):
             actions.normalize_message(bad)
     assert actions.normalize_message({"parts": [{"data": nested(24)}]})["parts"][0]["data"] == nested(24)
+    exact = {"max": 2**53 - 1, "min": -(2**53 - 1), "flag": True, "big_float": 1e300}
+    assert actions.normalize_message({"parts": [{"data": exact}]})["parts"][0]["data"] == exact
 
 
 def test_json_depth() -> None:

@@ -342,6 +342,17 @@ def test_events_after(client_for: Any, alice: Any, agent: Any) -> None:
     }
 
 
+def test_head_of_a_stream_answers_at_once(client_for: Any, alice: Any, agent: Any) -> None:
+    """A HEAD of an unfinished task's stream held the connection for HERMES_SSE_MAX_SECONDS while its body-less
+    stream polled on: it now gets the headers of the GET and nothing runs behind them."""
+    task = actions.create_task(org=agent.organization, agent=agent, message={"role": "user", **TEXT})  # no worker here
+    client = client_for(alice)
+    head = client.head(f"/api/v1/tasks/{task.pk}/stream", HTTP_ACCEPT="text/event-stream")
+    assert head.status_code == 200 and head["Content-Type"] == "text/event-stream" and not head.streaming
+    assert head.content == b""
+    assert client.head(f"/api/v1/tasks/{uuid.uuid4()}/stream").status_code == 404  # checked like the GET
+
+
 def test_cancel_and_follow_up(client_for: Any, alice: Any, agent: Any) -> None:
     client = client_for(alice)
     task = actions.create_task(org=agent.organization, agent=agent, message={"role": "user", **TEXT})
