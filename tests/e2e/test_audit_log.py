@@ -3,9 +3,11 @@ filter of the address it comes to, times are local, and long details stay inside
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 import pytest
+from playwright.sync_api import expect
 
 from tests.e2e.test_console_flow import assert_accessible, sign_in
 
@@ -28,18 +30,18 @@ def test_filter_back_and_a_phone(page: Any, screenshot: Any, org: Any, alice: An
     assert rows.count() == 3
     assert page.get_by_role("link", name=key.display).count() == 1  # the key it was about, on the keys page
     # hermes.js showed the time in local time, the UTC time in its title.
-    page.wait_for_function("document.querySelector('#audit-table time').title.includes('UTC')")
+    expect(page.locator("#audit-table time").first).to_have_attribute("title", re.compile("UTC"))
 
     select = page.get_by_label("Action")
     select.select_option("agent.registered")
     page.wait_for_url("**/org/audit/?action=agent.registered")
-    page.wait_for_function("document.querySelectorAll('#audit-table tbody tr').length === 1")
+    expect(page.locator("#audit-table tbody tr")).to_have_count(1)
     page.wait_for_timeout(1100)  # past a burst of changes: the next choice is its own history entry
     select.select_option("task.created")
     page.wait_for_url("**/org/audit/?action=task.created")
     page.go_back()
     page.wait_for_url("**/org/audit/?action=agent.registered")
-    page.wait_for_function("document.querySelector('#action-filter').value === 'agent.registered'")
+    expect(page.locator("#action-filter")).to_have_value("agent.registered")
 
     page.set_viewport_size({"width": 390, "height": 844})
     page.goto("/org/audit/?action=task.created")

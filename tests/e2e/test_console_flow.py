@@ -7,6 +7,7 @@ from typing import Any
 
 import httpx
 import pytest
+from playwright.sync_api import expect
 
 pytestmark = pytest.mark.e2e
 
@@ -196,7 +197,7 @@ def test_a_refused_role_change_shows_the_role_that_stayed(page: Any, org: Any, a
     page.locator(f"#member-{own.pk}").get_by_role("button", name="Change role").click()
     page.locator(".toast").wait_for()
     assert "at least one owner" in page.locator(".toast").inner_text()
-    page.wait_for_function(f"document.querySelector('#role-{own.pk}').value === 'owner'")  # it kept showing "member"
+    expect(page.locator(f"#role-{own.pk}")).to_have_value("owner")  # it kept showing "member"
 
 
 def test_register_a_demo_agent_by_url_with_a_preview(page: Any, screenshot: Any, hermes_server: Any, bob: Any) -> None:
@@ -281,7 +282,7 @@ def test_a_form_with_errors_puts_the_keyboard_on_the_first_invalid_field(page: A
     page.get_by_role("button", name="Send").click()
     page.wait_for_selector('[aria-invalid="true"]')
     # It stayed on the page itself (<body>), so a keyboard or screen-reader user had to hunt for the error.
-    page.wait_for_function("document.activeElement && document.activeElement.getAttribute('aria-invalid') === 'true'")
+    expect(page.locator(":focus")).to_have_attribute("aria-invalid", "true")
 
 
 def test_no_page_scrolls_sideways_on_a_phone(page: Any, org: Any, alice: Any) -> None:

@@ -208,7 +208,7 @@ def test_timeline_resumes_after_a_dropped_socket_and_cancel_stops_the_slow_agent
     before = timeline_seqs(page)
     page.locator("[data-task-timeline]").dispatch_event("hermes:drop")
     page.locator('[data-live-label]:text("Live")').wait_for()
-    page.wait_for_function(f"document.querySelectorAll('[data-events] li').length > {len(before)}", timeout=20_000)
+    page.locator("[data-events] li").nth(len(before)).wait_for(timeout=20_000)
     after = timeline_seqs(page)
     assert after == list(range(1, len(after) + 1)) and after[: len(before)] == before
     screenshot(page, "task-detail-live")
