@@ -23,7 +23,11 @@ from django.utils.encoding import force_bytes, force_str
 from django.utils.http import urlsafe_base64_decode, urlsafe_base64_encode
 
 from apps.core import audit
+from apps.core.errors import Conflict
+from apps.core.permissions import Role, staff_access
 from apps.core.validators import visible_email
+from apps.orgs import actions as org_actions
+from apps.orgs.models import Membership, Organization
 
 User = get_user_model()
 
@@ -113,4 +117,79 @@ def reset_password(*, uidb64: str, token: str, new_password: str) -> Any:
     user.set_password(new_password)
     user.save(update_fields=["password"])
     audit.record("user.password_reset", actor=user, target=user)
+    return user
+
+
+# --- Staff (Django admin) -------------------------------------------------------------------------------------
+# A person's memberships are their orgs' business: they end through apps.orgs.actions.remove_member, as from the
+# console and the API, so the rules that hold whoever acts (an org keeps its last owner) hold here too, and each
+# org's audit log says who went and by whose hand. Staff act in each org with an owner's rights (staff_access).
+
+
+def _memberships(user: Any) -> list[Membership]:
+    # Org by org in pk order: remove_member locks each org's row, and two deletions must not lock two orgs in
+    # opposite orders.
+    rows = Membership.objects.unscoped("staff: a person's memberships span orgs").filter(user=user)
+    return list(rows.select_related("organization", "user").order_by("organization_id", "pk"))
+
+
+def _refuse_orphaning(user: Any, memberships: list[Membership]) -> None:
+    """Refuse (409 last_owner, naming the orgs) when `user` is the only active owner of any of their orgs: once
+    they are deactivated or deleted, nobody could sign in to manage it. (An owner whose account is inactive
+    still counts as one for remove_member, so it alone would let such an org lose its last usable owner.)"""
+    owned = [m.organization for m in memberships if m.role == Role.OWNER]
+    if not owned:
+        return
+    # The orgs' rows first, in pk order, as every membership change takes them (see orgs.actions._lock_org): an
+    # owner demoted, removed or deactivated meanwhile is seen below.
+    pks = [org.pk for org in owned]
+    list(Organization.objects.select_for_update(no_key=True).filter(pk__in=pks).order_by("pk").values_list("pk"))
+    others = Membership.objects.unscoped("staff: the owners of the person's orgs").filter(
+        organization__in=pks, role=Role.OWNER, user__is_active=True
+    )
+    covered = set(others.exclude(user=user).values_list("organization_id", flat=True))
+    orphaned = [org.slug for org in owned if org.pk not in covered]
+    if orphaned:
+        raise Conflict(
+            f"{user.email} is the last active owner of {', '.join(orphaned)}: make someone else an owner first.",
+            code="last_owner",
+            details={"organizations": orphaned},
+        )
+
+
+@transaction.atomic
+def staff_delete_user(*, user: Any, actor: Any) -> None:
+    """Delete an account: it leaves each org through remove_member (which audits it and revokes the invitations
+    it sent), then goes. Refused, nothing deleted, while it is an org's last (active) owner."""
+    memberships = _memberships(user)
+    _refuse_orphaning(user, memberships)
+    for membership in memberships:
+        org_actions.remove_member(access=staff_access(membership.organization, actor), membership=membership)
+    # The account's row last, locked: joining an org inserts a membership, which waits for this lock, so none
+    # can slip in between the removals and the delete (and cascade away unaudited). One that committed before it
+    # is refused rather than removed here: removing it would take its org's lock after the account's.
+    User.objects.select_for_update().get(pk=user.pk)
+    joined = [m.organization.slug for m in _memberships(user)]
+    if joined:
+        raise Conflict(f"{user.email} joined {', '.join(joined)} meanwhile: try again.", code="joined_meanwhile")
+    audit.record("user.deleted", actor=actor, target=user, email=user.email, by_staff=True)
+    User.objects.filter(pk=user.pk).delete()
+
+
+@transaction.atomic
+def staff_set_user_active(*, user: Any, active: bool, actor: Any) -> Any:
+    """Deactivate (or reactivate) an account; deactivating is refused while it is an org's last active owner."""
+    if not active:
+        _refuse_orphaning(user, _memberships(user))
+    user = User.objects.select_for_update().get(pk=user.pk)
+    if user.is_active != active:
+        user.is_active = active
+        user.save(update_fields=["is_active"])
+        audit.record(
+            "user.deactivated" if not active else "user.reactivated",
+            actor=actor,
+            target=user,
+            email=user.email,
+            by_staff=True,
+        )
     return user

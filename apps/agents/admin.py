@@ -90,25 +90,43 @@ class AgentAdmin(ActionAdmin, OrgOwnedAdmin):
         for agent in queryset:
             actions.delete_agent(agent, by=request.user)
 
-    @admin.action(description="Re-fetch the selected agents' cards")
+    # They change agents of any org (make_public publishes one to the marketplace): the change permission, or a
+    # staff member who may only view agents could run them (Django lets an action without `permissions` run for
+    # anyone who sees the changelist).
+    @admin.action(description="Re-fetch the selected agents' cards", permissions=("change",))
     def refresh_cards(self, request: HttpRequest, queryset: QuerySet[Agent]) -> None:
-        for agent in queryset:
+        agents = list(queryset)
+        refreshed = 0
+        for agent in agents:
             try:
                 actions.refresh_agent_card(agent, by=request.user)
             except actions.AgentActionError as exc:
                 self.message_user(request, f"{agent.slug}: {exc}", messages.WARNING)
+            else:
+                refreshed += 1
+        self._report(request, f"Refreshed the cards of {refreshed} of {len(agents)} agent(s).", refreshed)
 
-    @admin.action(description="Make public (marketplace)")
+    @admin.action(description="Make public (marketplace)", permissions=("change",))
     def make_public(self, request: HttpRequest, queryset: QuerySet[Agent]) -> None:
         self._set_visibility(request, queryset, Visibility.PUBLIC)
 
-    @admin.action(description="Make private")
+    @admin.action(description="Make private", permissions=("change",))
     def make_private(self, request: HttpRequest, queryset: QuerySet[Agent]) -> None:
         self._set_visibility(request, queryset, Visibility.PRIVATE)
 
     def _set_visibility(self, request: HttpRequest, queryset: QuerySet[Agent], visibility: str) -> None:
-        for agent in queryset:
+        agents = list(queryset)
+        changed = 0
+        for agent in agents:
+            if agent.visibility == visibility:
+                continue  # counted as what the action changed, not as what was selected
             try:
                 actions.set_visibility(agent, visibility, by=request.user)
             except actions.AgentActionError as exc:  # e.g. a federated agent stays private
                 self.message_user(request, f"{agent.slug}: {exc}", messages.WARNING)
+            else:
+                changed += 1
+        self._report(request, f"Made {changed} of {len(agents)} agent(s) {visibility}.", changed)
+
+    def _report(self, request: HttpRequest, text: str, done: int) -> None:
+        self.message_user(request, text, messages.SUCCESS if done else messages.WARNING)

@@ -11,7 +11,6 @@ from django.urls import reverse
 
 from apps.core.errors import HermesAPIError
 from apps.core.models import AuditEvent, IdempotencyRecord
-from apps.core.permissions import Access, Role
 
 
 class OrgOwnedAdmin(admin.ModelAdmin):
@@ -19,13 +18,6 @@ class OrgOwnedAdmin(admin.ModelAdmin):
 
     def get_queryset(self, request: HttpRequest) -> QuerySet[Any]:
         return self.model.objects.unscoped("staff admin sees every org")
-
-
-def staff_access(org: Any, user: Any) -> Access:
-    """Staff acting on an org's rows in the admin, for actions that take an `Access`: with an owner's rights, as the
-    admin is staff's console for every org, so what can still refuse them are the rules that hold whoever acts (an
-    org keeps its last owner). The audit row names the staff member as the actor."""
-    return Access(org=org, role=Role.OWNER, user=user)
 
 
 class AdminRefusal(Exception):

@@ -121,6 +121,46 @@ def set_peer_status(peer: Peer, status: str, *, actor: Any = None) -> Peer:
     return peer
 
 
+@transaction.atomic
+def set_peer_base_url(peer: Peer, base_url: str, *, actor: Any = None) -> Peer:
+    """Point a link at the peer's new address (it moved host). Audited as its creation is: where this instance
+    sends every org's messages for that peer is the link's most consequential setting."""
+    locked = Peer.objects.select_for_update().get(pk=peer.pk)
+    previous = locked.base_url
+    locked.base_url = base_url.rstrip("/")
+    locked.full_clean(validate_unique=False)  # the model's URL rules, as create_peer checks them
+    if locked.base_url != previous:
+        locked.save(update_fields=["base_url", "updated_at"])
+        org_audit.record(
+            "peer.updated", actor=actor, target=locked, name=locked.name, base_url=[previous, locked.base_url]
+        )
+    peer.base_url = locked.base_url
+    return locked
+
+
+@transaction.atomic
+def delete_peer(peer: Peer, *, actor: Any = None) -> None:
+    """Delete a link that carried no messages. One with history is refused (409): its messages and inbox entries
+    are the delivery record and refer to it, so it is disabled instead (set_peer_status)."""
+    # Locked first: a message being sent over the link meanwhile waits for this, then finds no peer.
+    locked = Peer.objects.select_for_update().get(pk=peer.pk)
+    if selectors.peer_has_history(locked):
+        raise Conflict(
+            f"The peer '{locked.name}' has message history (sent messages or inbox entries, which are the delivery "
+            "record), so it cannot be deleted: disable the link instead.",
+            code="peer_has_history",
+        )
+    org_audit.record(
+        "peer.deleted",
+        actor=actor,
+        target=locked,
+        name=locked.name,
+        base_url=locked.base_url,
+        local_name=locked.local_name,
+    )
+    locked.delete()
+
+
 def _resume_waiting(peer: Peer, *, including_backoff: bool = False) -> None:
     """Hand the link's waiting rows to workers once the transaction commits: what held them back is gone."""
     now = timezone.now()
@@ -259,8 +299,8 @@ def _address_or_400(text: str, field: str = "address") -> Address:
 
 
 # Contacts and policies are written to the org's audit log (`org_audit`), with what they say: `access` is the
-# request's (console, API: the log then names the API key too), or staff's in the admin (apps.core.admin.staff_access);
-# None for the system (seeds, commands).
+# request's (console, API: the log then names the API key too), or staff's in the admin
+# (apps.core.permissions.staff_access); None for the system (seeds, commands).
 
 
 @transaction.atomic

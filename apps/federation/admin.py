@@ -9,6 +9,7 @@ from typing import Any
 from django import forms
 from django.contrib import admin, messages
 from django.contrib.admin.utils import unquote
+from django.core.exceptions import ValidationError
 from django.db.models import QuerySet
 from django.http import HttpRequest, HttpResponse
 from django.shortcuts import redirect
@@ -22,9 +23,9 @@ from apps.core.admin import (
     OrgOwnedAdmin,
     OrgOwnedInline,
     ReadOnlyAdminMixin,
-    staff_access,
 )
 from apps.core.errors import HermesAPIError
+from apps.core.permissions import staff_access
 from apps.federation import actions, selectors
 from apps.federation.addresses import InvalidAddress, validate_pattern
 from apps.federation.models import (
@@ -88,11 +89,15 @@ class PeerAdmin(ActionAdmin):
     def save_model(self, request: HttpRequest, obj: Peer, form: Any, change: bool) -> None:
         status = obj.status
         if change:
-            # The status changes through set_peer_status below, as from the API and the console: it is audited,
-            # and enabling a link sends what waited for it at once (the rows kept their next attempt times, hours
-            # away for a long backoff).
+            # Field by field through the actions, each audited (a changed base_url was in no log). The status
+            # changes through set_peer_status below, as from the API and the console: enabling a link sends what
+            # waited for it at once (the rows kept their next attempt times, hours away for a long backoff).
             obj.status = form.initial["status"]
-            super().save_model(request, obj, form, change)
+            if "base_url" in form.changed_data:
+                try:
+                    actions.set_peer_base_url(obj, obj.base_url, actor=request.user)
+                except ValidationError as exc:  # the form checked the same rules: only a race gets here
+                    raise AdminRefusal(" ".join(exc.messages)) from exc
         else:
             # Added through the action (its checks, its audit row), as from the API, console and command.
             try:
@@ -117,6 +122,22 @@ class PeerAdmin(ActionAdmin):
             self.message_user(request, _undeletable(peer), messages.ERROR)
             return redirect(reverse("admin:federation_peer_change", args=[peer.pk]))
         return super().delete_view(request, object_id, extra_context)
+
+    def delete_model(self, request: HttpRequest, obj: Peer) -> None:
+        # Through the action: audited (a deleted link was in no log), and refused should it carry a message by now.
+        try:
+            actions.delete_peer(obj, actor=request.user)
+        except HermesAPIError as exc:
+            raise AdminRefusal(str(exc.detail)) from exc
+
+    def delete_queryset(self, request: HttpRequest, queryset: QuerySet[Peer]) -> None:
+        # The confirmation page refused a selection with history (get_deleted_objects); one that got a message
+        # since is kept and said.
+        for peer in queryset.order_by("pk"):
+            try:
+                actions.delete_peer(peer, actor=request.user)
+            except HermesAPIError as exc:
+                self.message_user(request, str(exc.detail), messages.ERROR)
 
     def get_deleted_objects(self, objs: Any, request: HttpRequest) -> tuple[Any, ...]:
         deleted, counts, perms_needed, protected = super().get_deleted_objects(objs, request)

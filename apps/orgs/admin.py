@@ -4,11 +4,13 @@ from typing import Any
 
 from django import forms
 from django.contrib import admin, messages
+from django.db import transaction
 from django.db.models import QuerySet
 from django.http import HttpRequest
 
-from apps.core.admin import ActionAdmin, AdminRefusal, OrgOwnedAdmin, ReadOnlyAdminMixin, staff_access
+from apps.core.admin import ActionAdmin, AdminRefusal, OrgOwnedAdmin, ReadOnlyAdminMixin
 from apps.core.errors import HermesAPIError
+from apps.core.permissions import staff_access
 from apps.orgs import actions
 from apps.orgs.models import APIKey, Invitation, Membership, Organization
 
@@ -16,11 +18,7 @@ from apps.orgs.models import APIKey, Invitation, Membership, Organization
 class OrganizationAdminForm(forms.ModelForm):
     class Meta:
         model = Organization
-        fields = ("name", "slug", "plan", "created_by")
-        help_texts = {
-            "slug": "Fixed once the organization is added: federation addresses (acme, echo.acme@paris) and other "
-            "organizations' policies name it by its slug.",
-        }
+        fields = ("name", "plan")  # what staff may change; the slug and creator are shown read-only
 
 
 @admin.register(Organization)
@@ -30,19 +28,19 @@ class OrganizationAdmin(ActionAdmin):
     list_filter = ("plan",)
     search_fields = ("slug", "name")
 
+    def has_add_permission(self, request: HttpRequest) -> bool:
+        # An org is created by a person, who becomes its first owner, in the console or the API
+        # (create_organization). Added here it had no owner, no audit row and an unchecked slug (`DEMO` beside
+        # `demo`).
+        return False
+
     def save_model(self, request: HttpRequest, obj: Organization, form: Any, change: bool) -> None:
-        if not change:
-            super().save_model(request, obj, form, change)
-            return
         # Name and plan through update_organization, as the console and the API change them: the org's audit log
         # shows staff's changes too (a plan changed here left no trace there).
         try:
             actions.update_organization(access=staff_access(obj, request.user), name=obj.name, plan=obj.plan)
         except HermesAPIError as exc:
             raise AdminRefusal(str(exc.detail)) from exc
-        others = [name for name in form.changed_data if name not in ("name", "plan")]
-        if others:
-            obj.save(update_fields=others)
 
     def delete_model(self, request: HttpRequest, obj: Organization) -> None:
         try:
@@ -55,12 +53,21 @@ class OrganizationAdmin(ActionAdmin):
         found.pop("delete_selected", None)  # rows deleted without delete_organization (its checks, its audit row)
         return found
 
+    def get_deleted_objects(self, objs: Any, request: HttpRequest) -> tuple[Any, ...]:
+        deleted, counts, _perms_needed, protected = super().get_deleted_objects(objs, request)
+        # delete_organization (delete_model) removes every row the org owns itself, as for the owner's DELETE
+        # /api/v1/orgs/<slug>. Django asked for the delete permission on each of them, which the read-only
+        # admins (messages, outbox, inbox, federated tasks, audit logs, tasks) give nobody: an org with any such
+        # history could not be deleted here, even by a superuser. The confirmation still lists what goes, and
+        # what stops it (other orgs' tasks on its public agents, which delete_organization refuses too).
+        return deleted, counts, set(), protected
+
     def get_readonly_fields(self, request: HttpRequest, obj: Organization | None = None) -> tuple[str, ...]:
         # As a peer's names: the slug is stored as text wherever federation refers to the org (other orgs'
         # policies, agents' and remote tasks' addresses, on this instance and on peers), so a changed slug
-        # silently stopped those rules matching and those addresses reaching it. So it is set once.
-        fixed = ("slug",) if obj is not None else ()
-        return (*fixed, *super().get_readonly_fields(request, obj))
+        # silently stopped those rules matching and those addresses reaching it. So it is set once. Who created
+        # the org is history: it changed here with no audit row.
+        return ("slug", "created_by", *super().get_readonly_fields(request, obj))
 
 
 @admin.register(Membership)
@@ -80,11 +87,16 @@ class MembershipAdmin(ActionAdmin, OrgOwnedAdmin):
         # Membership.__str__ shows ids ("12@3:owner"); staff look for people and orgs by their names.
         return f"{membership.user.email} @ {membership.organization.slug} : {membership.role}"
 
+    def has_add_permission(self, request: HttpRequest) -> bool:
+        # Memberships come from invitations (invite_member, accept_invitation: the inviter's rights, the invitee's
+        # consent, the audit log) and from creating an org. Added here with a bare save(), a staff member who
+        # could only add memberships made themself an owner of any org, unaudited.
+        return False
+
     def get_readonly_fields(self, request: HttpRequest, obj: Membership | None = None) -> tuple[str, ...]:
         # Who and which org are what a membership is: no action moves one to another person or org (staff change
         # its role or remove it).
-        fixed = ("user", "organization") if obj is not None else ()
-        return (*fixed, *super().get_readonly_fields(request, obj))
+        return ("user", "organization", *super().get_readonly_fields(request, obj))
 
     def get_actions(self, request: HttpRequest) -> dict[str, Any]:
         found = super().get_actions(request)
@@ -94,9 +106,6 @@ class MembershipAdmin(ActionAdmin, OrgOwnedAdmin):
         return found
 
     def save_model(self, request: HttpRequest, obj: Membership, form: Any, change: bool) -> None:
-        if not change:
-            super().save_model(request, obj, form, change)
-            return
         if "role" in form.changed_data:
             try:
                 actions.change_role(access=staff_access(obj.organization, request.user), membership=obj, role=obj.role)
@@ -141,10 +150,22 @@ class APIKeyAdmin(ReadOnlyAdminMixin, OrgOwnedAdmin):
 
     @admin.action(description="Revoke selected API keys", permissions=["revoke"])
     def revoke_selected(self, request: HttpRequest, queryset: QuerySet[APIKey]) -> None:
-        keys = [key for key in queryset if key.revoked_at is None]
-        for key in keys:
+        revoked = sum(self._revoke(request, key) for key in queryset if key.revoked_at is None)
+        level = messages.SUCCESS if revoked else messages.WARNING
+        self.message_user(request, f"Revoked {revoked} key(s); streams opened with them are closed.", level)
+
+    def _revoke(self, request: HttpRequest, key: APIKey) -> bool:
+        """Revoke `key`; whether this call did. The changelist's read is stale by the time it gets here: two tabs
+        revoking the same keys both said "Revoked 2 key(s)" while only one revoked them. So the key is read again
+        under the locks the action takes, in its order (the org's row, then the key's), and counted only when it
+        was still unrevoked."""
+        with transaction.atomic():
+            list(Organization.objects.select_for_update(no_key=True).filter(pk=key.organization_id).values_list("pk"))
+            fresh = APIKey.objects.for_org(key.organization_id).select_for_update().filter(pk=key.pk)
+            if not fresh.filter(revoked_at=None).exists():
+                return False
             actions.staff_revoke_api_key(key=key, actor=request.user)
-        self.message_user(request, f"Revoked {len(keys)} key(s); streams opened with them are closed.")
+            return True
 
 
 @admin.register(Invitation)

@@ -1,11 +1,8 @@
 from __future__ import annotations
 
-from typing import Any
-
 from django.contrib import admin
-from django.http import HttpRequest
 
-from apps.core.admin import OrgOwnedAdmin, OrgOwnedInline
+from apps.core.admin import OrgOwnedAdmin, OrgOwnedInline, ReadOnlyAdminMixin
 from apps.tasks.models import Task, TaskEvent
 
 
@@ -19,29 +16,25 @@ class TaskEventInline(OrgOwnedInline):
 
 
 @admin.register(Task)
-class TaskAdmin(OrgOwnedAdmin):
+class TaskAdmin(ReadOnlyAdminMixin, OrgOwnedAdmin):
+    """Read-only, deletes included: a task changes only through apps.tasks.actions (which record its events). A
+    task deleted here left no audit row, and one with an outgoing federation request left its outbox row failing
+    on every retry."""
+
     list_display = ("id", "organization", "agent", "state", "attempts", "created_at", "finished_at")
     list_filter = ("state",)
     list_select_related = ("organization", "agent")  # type: ignore[assignment]
     search_fields = ("id", "remote_task_id", "organization__slug", "agent__name")
     date_hierarchy = "created_at"
     inlines = [TaskEventInline]
-    # State is changed through the API/actions (which record events); staff only read here.
     readonly_fields = [f.name for f in Task._meta.get_fields() if getattr(f, "concrete", False)]
-
-    def has_add_permission(self, request: HttpRequest) -> bool:
-        return False
 
 
 @admin.register(TaskEvent)
-class TaskEventAdmin(OrgOwnedAdmin):
+class TaskEventAdmin(ReadOnlyAdminMixin, OrgOwnedAdmin):
+    """A timeline is history: an event deleted here was a hole in the task's timeline (and its stream's seq)."""
+
     list_display = ("task", "seq", "kind", "organization", "created_at")
     list_filter = ("kind",)
     search_fields = ("task__id",)
     readonly_fields = ("organization", "task", "seq", "kind", "data", "created_at")
-
-    def has_add_permission(self, request: HttpRequest) -> bool:
-        return False
-
-    def has_change_permission(self, request: HttpRequest, obj: Any = None) -> bool:
-        return False

@@ -79,3 +79,33 @@ def test_admin_keeps_a_federated_agent_private(staff_client: Client, agents: lis
     assert Agent.objects.unscoped("test").get(pk=agents[0].pk).visibility == "public"
     staff_client.post("/admin/agents/agent/", {"action": "make_private", "_selected_action": ids})
     assert set(Agent.objects.unscoped("test").filter(pk__in=ids).values_list("visibility", flat=True)) == {"private"}
+
+
+def test_staff_who_may_only_view_agents_cannot_run_the_actions(agents: list[Agent]) -> None:
+    """A view-only staff member could publish any org's private agent with "Make public"."""
+    from django.contrib.auth.models import Permission
+
+    viewer = UserFactory(email="viewer@hermes.test", is_staff=True)
+    viewer.user_permissions.set(Permission.objects.filter(content_type__app_label="agents", codename="view_agent"))
+    client = Client()
+    client.force_login(viewer)
+    page = client.get("/admin/agents/agent/").content.decode()
+    assert "Beta" in page and "make_public" not in page and "refresh_cards" not in page  # not offered
+    ids = [str(agents[1].pk)]
+    for action in ("make_public", "refresh_cards"):
+        client.post("/admin/agents/agent/", {"action": action, "_selected_action": ids})  # and refused when posted
+    assert Agent.objects.unscoped("test").get(pk=agents[1].pk).visibility == Visibility.PRIVATE
+    assert not AuditEvent.objects.filter(action__in=["agent.updated", "agent.card_refreshed"]).exists()
+
+
+def test_the_admin_actions_say_what_they_did(staff_client: Client, agents: list[Agent]) -> None:
+    ids = [str(agent.pk) for agent in agents]
+    Agent.objects.unscoped("test").filter(pk=agents[0].pk).update(visibility=Visibility.PUBLIC)
+    made = staff_client.post("/admin/agents/agent/", {"action": "make_public", "_selected_action": ids}, follow=True)
+    assert "Made 1 of 2 agent(s) public." in made.content.decode()  # the one that was already public is not counted
+    made = staff_client.post("/admin/agents/agent/", {"action": "make_private", "_selected_action": ids}, follow=True)
+    assert "Made 2 of 2 agent(s) private." in made.content.decode()
+    refreshed = staff_client.post(
+        "/admin/agents/agent/", {"action": "refresh_cards", "_selected_action": ids[:1]}, follow=True
+    ).content.decode()
+    assert "nothing to refresh" in refreshed and "Refreshed the cards of 0 of 1 agent(s)." in refreshed

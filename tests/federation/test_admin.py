@@ -239,3 +239,22 @@ def test_admin_peer_additions_and_status_changes_are_audited(staff: Client) -> N
         ("peer.status_changed", ["disabled", "active"]),
     ]
     assert all(event.actor is not None and event.actor.is_staff and event.org_id is None for event in events)
+
+
+def test_admin_peer_url_changes_and_deletions_are_audited(staff: Client, peer: Peer) -> None:
+    """A changed base_url (where every org's messages for the peer go) and a deleted link were in no log."""
+    from apps.core.models import AuditEvent
+
+    original, url = peer.base_url, f"/admin/federation/peer/{peer.pk}/change/"
+    saved = staff.post(url, _peer_form(peer, base_url="http://127.0.0.1:8/hermes/"))
+    assert saved.status_code == 302, saved.content.decode()[:2000]
+    peer.refresh_from_db()
+    assert peer.base_url == "http://127.0.0.1:8/hermes"
+    staff.post(url, _peer_form(peer))  # unchanged: nothing to audit
+    staff.post(f"/admin/federation/peer/{peer.pk}/delete/", {"post": "yes"})
+    assert not Peer.objects.filter(pk=peer.pk).exists()
+    events = AuditEvent.objects.filter(target_type="peer", target_id=str(peer.pk)).order_by("pk")
+    updated, deleted = [event for event in events if event.action in ("peer.updated", "peer.deleted")]
+    assert updated.details["base_url"] == [original, "http://127.0.0.1:8/hermes"]
+    assert deleted.action == "peer.deleted" and deleted.details["name"] == "berlin"
+    assert all(event.actor is not None and event.actor.email == "root@hermes.test" for event in (updated, deleted))
