@@ -85,6 +85,9 @@ def _unaccepted_credentials(request: Any) -> str | None:
         return None
     if scheme.lower() == "bearer" and value.strip():
         return "The Bearer token is not a Hermes API key (they start with 'hrm_'); create one at /org/keys/."
+    if scheme.startswith("hrm_") or scheme.lower() == "hrm":
+        # The key itself, without its scheme: quoting it back would put part of a secret in the response.
+        return "The API key must follow the scheme: send it as 'Authorization: Bearer hrm_…'."
     return (
         f"The Authorization scheme '{scheme[:20]}' is not accepted: send an API key as 'Authorization: Bearer hrm_…'."
     )
