@@ -1,7 +1,8 @@
 """Channel-layer fan-out of committed task events (best effort: the database is the truth).
 
-A broadcast that fails (Redis down, layer over capacity) is logged and dropped: websocket consumers notice the
-gap by sequence number and backfill from the database, and SSE streams read the database anyway.
+A broadcast that fails (Redis down, layer over capacity) is dropped: websocket consumers notice the gap by
+sequence number and backfill from the database, org sockets are told to reconnect once Redis is back
+(apps.tasks.consumers), and SSE streams read the database anyway. An outage is logged when it starts and ends.
 """
 
 from __future__ import annotations
@@ -10,6 +11,7 @@ import json
 import logging
 import os
 import threading
+import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -111,8 +113,51 @@ def publish(task: Task, events: Sequence[TaskEvent], *, state_changed: bool) -> 
         for group, message in messages:
             send(group, message)
     except Exception as exc:
-        logger.warning(
-            "task %s: broadcast of %d message(s) failed (%s); streams will backfill", task.pk, len(messages), exc
-        )
+        _OUTAGE.failed(task.pk, len(messages), exc)
         return False
+    _OUTAGE.succeeded()
     return True
+
+
+class _BroadcastOutage:
+    """This process's broadcasts while the channel layer's Redis is unreachable: logged when they start failing
+    and when they succeed again, not once per event (a busy task records several events a second, and every one
+    of them failed the same way: 155 warnings in 12 s). The failures in between are counted, and the count is in
+    the recovery's line."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()  # request threads and Celery threads publish concurrently
+        self.since: float | None = None  # monotonic time of the first failure of the current outage
+        self.lost = 0  # messages not sent since then
+
+    def failed(self, task_id: Any, messages: int, exc: Exception) -> None:
+        with self._lock:
+            first = self.since is None
+            if first:
+                self.since = time.monotonic()
+            self.lost += messages
+        if first:
+            logger.warning(
+                "broadcasts failing (%s: %s); streams will backfill from the database. Further failures are "
+                "counted, not logged, until a broadcast succeeds again",
+                exc.__class__.__name__,
+                exc,
+            )
+        else:
+            logger.debug("task %s: broadcast of %d message(s) failed (%s)", task_id, messages, exc)
+
+    def succeeded(self) -> None:
+        if self.since is None:  # the usual case: no lock taken on the hot path
+            return
+        with self._lock:
+            since, lost = self.since, self.lost
+            self.since, self.lost = None, 0
+        if since is not None:
+            logger.warning(
+                "broadcasts succeed again after %.1f s; %d message(s) were not sent meanwhile",
+                time.monotonic() - since,
+                lost,
+            )
+
+
+_OUTAGE = _BroadcastOutage()

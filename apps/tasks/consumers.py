@@ -20,7 +20,11 @@ Messages sent to clients (JSON):
   close explained for a person (which org the session is in now, and how to switch back)
 
 `/ws/org/`: `{"type": "task.status", "task": {"id", "state", "agent_id", "last_seq", "updated_at"}}` for every
-state change of the org's tasks.
+state change of the org's tasks. These come only live (there is no seq to backfill by): when live messages may have
+been lost — Redis was seen down, or this process's subscriber lost its connection — the socket is closed with 1012
+`reconnect` once Redis answers again, and the client re-reads the list (GET /api/v1/tasks; the console re-fetches
+its list) after reconnecting. The socket subscribes before it is accepted, so a re-read made once it is open misses
+nothing.
 
 Close codes, each with a short reason: 4400 `invalid` (`?after` is not a non-negative integer), 4401 not signed
 in, or no longer — the reason says why: `not_authenticated`, the API key's error code (`key_revoked`, `key_expired`,
@@ -29,7 +33,8 @@ in, or no longer — the reason says why: `not_authenticated`, the API key's err
 task in another of their orgs than the session's: they switched org in another tab since the page was opened; an
 API key, or someone outside that org, gets 4404 as for any missing task), 1013 the database is unreachable: retry
 later (hermes_site.ws_auth.DatabaseUnavailableGuard), 1012 `reconnect`: the socket was opened while Redis was out
-and followed the database; live messages are back (reconnect with `?after=<last seq>` to miss nothing).
+and followed the database, or (`/ws/org/`) live messages may have been lost while Redis was away; live messages
+are back (reconnect with `?after=<last seq>` to miss nothing; on `/ws/org/` re-read the tasks).
 
 A socket lives only as long as its credential authenticates (apps.orgs.auth, "Long-lived streams"): it joins the
 channel-layer group of its API key or session, where revocation, rotation and sign-out are announced; it closes
@@ -50,6 +55,7 @@ from functools import partial
 from typing import Any, TypeVar, cast
 from urllib.parse import parse_qs
 
+import redis
 from channels.consumer import get_handler_name
 from channels.db import database_sync_to_async
 from channels.generic.websocket import AsyncJsonWebsocketConsumer
@@ -287,7 +293,52 @@ def _forget_later(key: Any, entry: Any, max_age: float) -> None:
 
 async def _redis_is_up() -> bool:
     # The channel layer rides on REDIS_URL (settings.CHANNEL_LAYERS); the probe has sub-second timeouts.
-    return (await asyncio.to_thread(probe_redis)).ok
+    up = (await asyncio.to_thread(probe_redis)).ok
+    if up:
+        _SUBSCRIBER_LOSSES.redis_answers()
+    return up
+
+
+class _SubscriberLosses(logging.Filter):
+    """What channels-redis says when its subscriber loses Redis, made useful.
+
+    It says so only by logging "Unexpected exception in receive task" with a traceback, once a second per shard
+    for as long as Redis is away (its on_disconnect/on_reconnect hooks are accepted and never called, 4.3.0).
+    Live messages published meanwhile are lost even when Redis is back before any probe looked (a restart takes a
+    second or two), so `count` tells org sockets that it happened. And the log gets one warning per outage, without
+    the traceback, and one line at its end (when the shared probe finds Redis again), not a traceback a second."""
+
+    QUIET_SECONDS = 30.0  # a loss after this long without one starts a new outage, even if no probe saw the end
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.count = 0
+        self.last: float | None = None  # monotonic time of the latest loss of the current outage
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        exc = record.exc_info[1] if record.exc_info else None
+        if not isinstance(exc, redis.ConnectionError | redis.TimeoutError | OSError):
+            return True  # not a lost connection: logged as channels-redis logs it
+        self.count += 1
+        now = time.monotonic()
+        starts = self.last is None or now - self.last > self.QUIET_SECONDS
+        self.last = now
+        if not starts:
+            return False
+        record.msg = "channel layer lost Redis (%s: %s); live messages resume once it answers again"
+        record.args = (exc.__class__.__name__, exc)
+        record.levelno, record.levelname = logging.WARNING, "WARNING"
+        record.exc_info, record.exc_text = None, None
+        return True
+
+    def redis_answers(self) -> None:
+        if self.last is not None:
+            self.last = None
+            logger.warning("channel layer: Redis answers again; live messages flow")
+
+
+_SUBSCRIBER_LOSSES = _SubscriberLosses()
+logging.getLogger("channels_redis.pubsub").addFilter(_SUBSCRIBER_LOSSES)
 
 
 class TaskTimelineConsumer(_ConsumerBase, AsyncJsonWebsocketConsumer):
@@ -342,6 +393,7 @@ class TaskTimelineConsumer(_ConsumerBase, AsyncJsonWebsocketConsumer):
         self.me = {"user_id": getattr(user, "pk", None), "name": _display_name(user, access)}
         self.presence = Presence(self.task_id, self.channel_name, self.me)
         self.watchers: dict[Any, dict[str, Any]] = {}
+        self.presence_sent: tuple[Any, ...] | None = None
         await self.presence.join()
         await self._announce()
         self.resync_task = asyncio.create_task(self._resync_loop())
@@ -385,6 +437,13 @@ class TaskTimelineConsumer(_ConsumerBase, AsyncJsonWebsocketConsumer):
             await self._send_event(event, frame=message.get("frame"))
 
     async def task_presence(self, message: dict[str, Any]) -> None:
+        # A watcher opening or closing another tab is announced too (the sockets are what is tracked), yet changes
+        # nothing this socket shows: one entry per person. Such a frame (joined and left empty, the same
+        # watchers) is not sent.
+        shown = (message["watchers"], message.get("agent_contact"), message.get("agent_online"))
+        if shown == self.presence_sent:
+            return
+        self.presence_sent = shown
         current = {w.get("user_id"): w for w in message["watchers"]}
         joined = [w for key, w in current.items() if key not in self.watchers]
         left = [w for key, w in self.watchers.items() if key not in current]
@@ -463,7 +522,15 @@ async def _broadcast_presence(layer: Any, task_id: Any, agent_id: Any) -> None:
 
 
 class OrgTasksConsumer(_ConsumerBase, AsyncJsonWebsocketConsumer):
-    """Status changes of every task of the caller's org (list pages)."""
+    """Status changes of every task of the caller's org (list pages).
+
+    Unlike a task's events, status messages have no seq the socket could backfill by: one lost with Redis is
+    lost. So the socket watches the layer instead, and once live messages may have been lost — the shared probe
+    found Redis down, or this process's subscriber lost its connection (a restart shorter than a probe interval)
+    — it is closed with 1012 as soon as Redis answers again: its client reconnects and re-reads the list, as a
+    socket opened while Redis was down (on the in-process layer) is told to."""
+
+    layer_watch: asyncio.Task[None] | None = None
 
     async def connect(self) -> None:
         self.joined = False
@@ -472,19 +539,39 @@ class OrgTasksConsumer(_ConsumerBase, AsyncJsonWebsocketConsumer):
             await _refuse(self, access)
             return
         self.group = org_group(access.org.pk)
-        await self.accept()
-        self.joined = True
-        WEBSOCKET_CONNECTIONS.labels(stream="org").inc()
+        # Subscribed before the accept: a client that reads the list once the socket is open (the console, an API
+        # client after a 1012) then gets every change made after its read.
         try:
             await self.channel_layer.group_add(self.group, self.channel_name)
         except Exception as exc:
             logger.warning("org stream: channel layer unavailable (%s)", exc)
+        if self.channel_layer_alias != DEGRADED_LAYER:  # a degraded socket is closed once Redis is back anyway
+            self.layer_watch = asyncio.create_task(self._watch_layer(_SUBSCRIBER_LOSSES.count))
+        await self.accept()
+        self.joined = True
+        WEBSOCKET_CONNECTIONS.labels(stream="org").inc()
         await self.watch_credential(access)
+
+    async def stop_background_work(self) -> None:
+        await super().stop_background_work()
+        await _cancel(self.layer_watch)
+
+    async def _watch_layer(self, losses: int) -> None:
+        interval = settings.HERMES_WS_RESYNC_SECONDS
+        missed = False
+        while True:
+            await asyncio.sleep(interval * random.uniform(0.8, 1.2))  # jittered like the resync
+            up = await _shared_read(_REDIS_UP, interval / 2, _redis_is_up)
+            missed = missed or not up or _SUBSCRIBER_LOSSES.count != losses
+            if missed and up:
+                break
+        await self.close_from_server(CLOSE_RECONNECT, "reconnect")
 
     async def disconnect(self, code: int) -> None:
         if not getattr(self, "joined", False):
             return
         WEBSOCKET_CONNECTIONS.labels(stream="org").dec()
+        await self.stop_background_work()
         await self.unwatch_credential()
         with contextlib.suppress(Exception):
             await self.channel_layer.group_discard(self.group, self.channel_name)

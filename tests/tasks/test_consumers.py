@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
 import signal
 from collections.abc import Callable
 from typing import Any
 
 import pytest
+import redis
 from asgiref.sync import async_to_sync
 from channels.db import database_sync_to_async
 from channels.layers import channel_layers
@@ -16,7 +18,7 @@ from channels.routing import URLRouter
 from django.db import OperationalError
 from django.test import Client
 
-from apps.tasks import actions, broadcast
+from apps.tasks import actions, broadcast, consumers
 from apps.tasks.actions import Observation
 from hermes_site.routing import websocket_urlpatterns
 from hermes_site.ws_auth import OriginCheckUnlessAPIKey, WebSocketAuthMiddleware
@@ -362,6 +364,38 @@ def test_presence_joins_and_leaves(alice: Any, bob: Any, task: Any) -> None:
     async_to_sync(scenario)()
 
 
+def test_another_tab_of_a_watcher_sends_no_presence_frame(alice: Any, bob: Any, task: Any) -> None:
+    """Watchers are one entry per person: alice opening and closing a second tab changes nothing bob sees, and bob
+    got a frame with joined: [], left: [] and the same watchers each time."""
+
+    def presence(f: dict[str, Any]) -> bool:
+        return f["type"] == "presence"
+
+    async def scenario() -> None:
+        watcher = communicator(f"/ws/tasks/{task.pk}/", bob)
+        await watcher.connect()
+        await receive_until(watcher, presence)
+        first = communicator(f"/ws/tasks/{task.pk}/", alice)
+        await first.connect()
+        joined = (await receive_until(watcher, presence))[-1]
+        assert [w["user_id"] for w in joined["joined"]] == [alice.pk]
+        await receive_until(first, presence)
+        second = communicator(f"/ws/tasks/{task.pk}/", alice)
+        await second.connect()
+        # The new socket learns who watches (its first presence), the others hear nothing.
+        own = (await receive_until(second, presence))[-1]
+        assert sorted(w["user_id"] for w in own["watchers"]) == sorted([alice.pk, bob.pk])
+        assert await watcher.receive_nothing(timeout=1) and await first.receive_nothing(timeout=0.1)
+        await second.disconnect()
+        assert await watcher.receive_nothing(timeout=1) and await first.receive_nothing(timeout=0.1)
+        await first.disconnect()
+        left = (await receive_until(watcher, presence))[-1]
+        assert [w["user_id"] for w in left["left"]] == [alice.pk] and left["joined"] == []
+        await watcher.disconnect()
+
+    async_to_sync(scenario)()
+
+
 def test_org_socket_gets_status_changes_of_its_org_only(alice: Any, charlie: Any, org: Any, other_org: Any) -> None:
     agent = make_agent(org)
     theirs = make_agent(other_org, "theirs")
@@ -495,3 +529,49 @@ def test_publish_from_sync_code_reaches_the_layers_group_subscribers(task: Any) 
         await layer.flush()
 
     async_to_sync(scenario)()
+
+
+def test_a_redis_outage_is_logged_once_by_the_publisher_and_once_more_when_it_ends(
+    task: Any, settings: Any, caplog: Any
+) -> None:
+    """One warning per event (155 lines in 12 s for one task) became one for the outage and one for its end."""
+    event = task.events.order_by("seq").last()
+    assert broadcast.publish(task, [event], state_changed=True)  # ends whatever outage earlier tests left
+    caplog.clear()
+    layer = settings.CHANNEL_LAYERS["default"]
+    settings.CHANNEL_LAYERS = {
+        **settings.CHANNEL_LAYERS,
+        "default": {**layer, "CONFIG": {**layer.get("CONFIG", {}), "hosts": ["redis://127.0.0.1:1/0"]}},
+    }
+    channel_layers.backends.clear()
+    caplog.set_level("DEBUG", logger="apps.tasks.broadcast")
+    try:
+        for _ in range(5):
+            assert not broadcast.publish(task, [event], state_changed=True)
+    finally:
+        settings.CHANNEL_LAYERS = {**settings.CHANNEL_LAYERS, "default": layer}
+        channel_layers.backends.clear()
+    assert broadcast.publish(task, [event], state_changed=True)
+    assert broadcast.publish(task, [event], state_changed=True)
+    warnings = [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING]
+    assert len(warnings) == 2, warnings
+    assert warnings[0].startswith("broadcasts failing (ConnectionError")
+    assert "10 message(s) were not sent" in warnings[1]
+
+
+def test_a_subscriber_without_redis_logs_one_warning_not_a_traceback_a_second(caplog: Any, monkeypatch: Any) -> None:
+    """channels-redis logs its lost connection with a traceback every second while Redis is away."""
+    monkeypatch.setattr(consumers._SUBSCRIBER_LOSSES, "last", None)  # no outage going on (earlier tests had some)
+    pubsub = logging.getLogger("channels_redis.pubsub")
+    for _ in range(3):
+        try:
+            raise redis.ConnectionError("Error 111 connecting to 127.0.0.1:6379. Connection refused.")
+        except redis.ConnectionError:
+            pubsub.exception("Unexpected exception in receive task")
+    try:
+        raise KeyError("something else")
+    except KeyError:
+        pubsub.exception("Unexpected exception in receive task")  # not an outage: as channels-redis logs it
+    records = [r for r in caplog.records if r.name == "channels_redis.pubsub"]
+    assert [(r.levelname, bool(r.exc_info)) for r in records] == [("WARNING", False), ("ERROR", True)]
+    assert records[0].getMessage().startswith("channel layer lost Redis (ConnectionError")
