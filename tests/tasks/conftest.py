@@ -4,9 +4,11 @@ import logging
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
+from pathlib import Path
 from typing import Any
 
 import pytest
+from channels.layers import channel_layers
 from django.test import Client
 
 from apps.agents.models import Agent, Visibility
@@ -199,3 +201,35 @@ def nested(depth: int) -> dict[str, Any]:
     for _ in range(depth):
         value = {"a": value}
     return value
+
+
+@pytest.fixture
+def fast_resync(settings: Any) -> None:
+    settings.HERMES_WS_RESYNC_SECONDS = 0.2
+
+
+@pytest.fixture
+def embedded_redis(settings: Any, tmp_path: Path) -> Iterator[dict[str, Any]]:
+    """A Redis of the test's own, which the test may stop and start again on the same port (`restart`)."""
+    from hermes_site.embedded import start_redis, stop_redis
+
+    url, proc = start_redis(directory=tmp_path)
+    port = int(url.rsplit(":", 1)[1].split("/")[0])
+    settings.REDIS_URL = url
+    settings.CHANNEL_LAYERS = {
+        **settings.CHANNEL_LAYERS,
+        "default": {"BACKEND": "channels_redis.pubsub.RedisPubSubChannelLayer", "CONFIG": {"hosts": [url]}},
+    }
+    channel_layers.backends.clear()
+    server: dict[str, Any] = {"proc": proc}
+    server["stop"] = lambda: stop_redis(server["proc"], directory=tmp_path)
+
+    def restart() -> None:
+        server["proc"] = start_redis(port=port, directory=tmp_path)[1]
+
+    server["start"] = restart
+    try:
+        yield server
+    finally:
+        stop_redis(server["proc"], directory=tmp_path)
+        channel_layers.backends.clear()

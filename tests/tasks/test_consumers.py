@@ -79,11 +79,6 @@ def is_event(seq: int) -> Callable[[dict[str, Any]], bool]:
 record = database_sync_to_async(actions.record)
 
 
-@pytest.fixture
-def fast_resync(settings: Any) -> None:
-    settings.HERMES_WS_RESYNC_SECONDS = 0.2
-
-
 def test_backfill_then_live_in_order(alice: Any, task: Any) -> None:
     async def scenario() -> None:
         ws = communicator(f"/ws/tasks/{task.pk}/", alice)
@@ -418,48 +413,32 @@ def test_org_socket_gets_status_changes_of_its_org_only(alice: Any, charlie: Any
 
 
 def test_redis_outage_events_persist_and_the_stream_catches_up(
-    alice: Any, task: Any, settings: Any, tmp_path: Any, fast_resync: None
+    alice: Any, task: Any, embedded_redis: dict[str, Any], fast_resync: None
 ) -> None:
-    from hermes_site.embedded import start_redis, stop_redis
+    async def scenario() -> None:
+        ws = communicator(f"/ws/tasks/{task.pk}/", alice)
+        await ws.connect()
+        await receive_until(ws, lambda f: f["type"] == "synced")
+        embedded_redis["stop"]()
+        # A socket opened during the outage is served too (from the database), not refused with a 500.
+        late = communicator(f"/ws/tasks/{task.pk}/", alice)
+        connected, _code = await late.connect()
+        assert connected
+        assert seqs(await receive_until(late, lambda f: f["type"] == "synced")) == [1, 2]
+        # Redis is gone: recording still works (the broadcast failure is logged, not raised).
+        await record(task, [Observation(kind="state", data={}, state="working")])
+        await record(task, [Observation(kind="progress", data={"n": 1})])
+        frames = await receive_until(ws, is_event(4))
+        assert seqs(frames) == [3, 4]
+        assert seqs(await receive_until(late, is_event(4))) == [3, 4]
+        await late.disconnect()
+        embedded_redis["start"]()
+        await record(task, [Observation(kind="state", data={}, state="completed")])
+        frames = await receive_until(ws, is_event(5))
+        assert seqs(frames) == [5]
+        await ws.disconnect()
 
-    url, proc = start_redis(directory=tmp_path)
-    port = int(url.rsplit(":", 1)[1].split("/")[0])
-    settings.REDIS_URL = url
-    settings.CHANNEL_LAYERS = {
-        **settings.CHANNEL_LAYERS,
-        "default": {"BACKEND": "channels_redis.pubsub.RedisPubSubChannelLayer", "CONFIG": {"hosts": [url]}},
-    }
-    channel_layers.backends.clear()
-    try:
-
-        async def scenario() -> None:
-            nonlocal proc
-            ws = communicator(f"/ws/tasks/{task.pk}/", alice)
-            await ws.connect()
-            await receive_until(ws, lambda f: f["type"] == "synced")
-            stop_redis(proc, directory=tmp_path)
-            # A socket opened during the outage is served too (from the database), not refused with a 500.
-            late = communicator(f"/ws/tasks/{task.pk}/", alice)
-            connected, _code = await late.connect()
-            assert connected
-            assert seqs(await receive_until(late, lambda f: f["type"] == "synced")) == [1, 2]
-            # Redis is gone: recording still works (the broadcast failure is logged, not raised).
-            await record(task, [Observation(kind="state", data={}, state="working")])
-            await record(task, [Observation(kind="progress", data={"n": 1})])
-            frames = await receive_until(ws, is_event(4))
-            assert seqs(frames) == [3, 4]
-            assert seqs(await receive_until(late, is_event(4))) == [3, 4]
-            await late.disconnect()
-            _, proc = start_redis(port=port, directory=tmp_path)
-            await record(task, [Observation(kind="state", data={}, state="completed")])
-            frames = await receive_until(ws, is_event(5))
-            assert seqs(frames) == [5]
-            await ws.disconnect()
-
-        async_to_sync(scenario)()
-    finally:
-        stop_redis(proc, directory=tmp_path)
-        channel_layers.backends.clear()
+    async_to_sync(scenario)()
 
 
 def test_a_socket_opened_while_redis_hangs_is_served_from_the_database(

@@ -4,15 +4,12 @@ missed one is closed with 1012 once Redis is back, and its client re-reads the l
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import pytest
 import redis
 from asgiref.sync import async_to_sync
 from channels.db import database_sync_to_async
-from channels.layers import channel_layers
 from channels.routing import URLRouter
 
 from apps.tasks import actions
@@ -32,38 +29,6 @@ record = database_sync_to_async(actions.record)
 def org_path(alice: Any, org: Any) -> str:
     _key, plaintext = issue_api_key(alice, org, ["tasks:read"])
     return f"/ws/org/?api_key={plaintext}"
-
-
-@pytest.fixture
-def fast_resync(settings: Any) -> None:
-    settings.HERMES_WS_RESYNC_SECONDS = 0.2
-
-
-@pytest.fixture
-def embedded_redis(settings: Any, tmp_path: Path) -> Iterator[dict[str, Any]]:
-    """A Redis of the test's own, which the test may stop and start again on the same port (`restart`)."""
-    from hermes_site.embedded import start_redis, stop_redis
-
-    url, proc = start_redis(directory=tmp_path)
-    port = int(url.rsplit(":", 1)[1].split("/")[0])
-    settings.REDIS_URL = url
-    settings.CHANNEL_LAYERS = {
-        **settings.CHANNEL_LAYERS,
-        "default": {"BACKEND": "channels_redis.pubsub.RedisPubSubChannelLayer", "CONFIG": {"hosts": [url]}},
-    }
-    channel_layers.backends.clear()
-    server: dict[str, Any] = {"proc": proc}
-    server["stop"] = lambda: stop_redis(server["proc"], directory=tmp_path)
-
-    def restart() -> None:
-        server["proc"] = start_redis(port=port, directory=tmp_path)[1]
-
-    server["start"] = restart
-    try:
-        yield server
-    finally:
-        stop_redis(server["proc"], directory=tmp_path)
-        channel_layers.backends.clear()
 
 
 def test_a_status_change_during_a_redis_outage_closes_the_socket_with_1012_once_redis_is_back(
