@@ -65,9 +65,25 @@ class TaskForm(forms.Form):
         return {"role": "user", "parts": parts}
 
 
+class FilterChoiceField(forms.ChoiceField):
+    """A filter's choice, read from the query string: a refused value is quoted at most 40 characters long (a link
+    can carry thousands, and the message repeated every one of them)."""
+
+    def validate(self, value: Any) -> None:
+        try:
+            super().validate(value)
+        except forms.ValidationError as error:
+            if error.code != "invalid_choice" or len(str(value)) <= 40:
+                raise
+            shown = f"{str(value)[:39]}…"
+            raise forms.ValidationError(
+                self.error_messages["invalid_choice"], code="invalid_choice", params={"value": shown}
+            ) from None
+
+
 class TaskFilterForm(forms.Form):
-    status = forms.ChoiceField(choices=[("", "Any status"), *TaskState.choices], required=False)
-    agent = forms.ChoiceField(required=False)
+    status = FilterChoiceField(choices=[("", "Any status"), *TaskState.choices], required=False)
+    agent = FilterChoiceField(required=False)
 
     def __init__(self, *args: Any, agents: list[Any], org: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)

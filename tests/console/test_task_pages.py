@@ -120,6 +120,8 @@ def test_filters_answer_with_the_table_fragment(as_user: Any, alice: Any, org: A
     assert "No tasks match these filters" in none
     bogus = main_html(client.get("/tasks/", {"status": "bogus"}))  # it listed every task under the bad filter
     assert f'data-task-row="{task.pk}"' not in bogus and "Select a valid choice" in bogus
+    long = main_html(client.get("/tasks/", {"agent": "x" * 5000}))  # quoted in full, all 5000 characters
+    assert f"{'x' * 39}…" in long and "x" * 41 not in long
 
 
 def test_detail_page_wires_the_timeline_socket(as_user: Any, mia: Any, org: Any, echo: Any) -> None:

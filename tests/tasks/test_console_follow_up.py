@@ -49,3 +49,8 @@ def test_the_reply_box_refuses_an_agent_no_longer_usable(
     after = reload_task(task)
     assert (after.state, after.last_seq, after.pending_message) == ("input-required", task.last_seq, None)
     assert not AuditEvent.objects.filter(action="task.continued", target_id=str(task.pk)).exists()
+    # Opened again, the page of a task whose agent was deleted offers no reply box that cannot work.
+    page = signed_in(alice).get(f"/tasks/{task.pk}/").content.decode()
+    assert ("data-reply-retired" in page, 'name="text"' in page) == (
+        (True, False) if gone == "own_deleted" else (False, True)
+    )
