@@ -94,10 +94,12 @@ def _refuse_if_page_showed_another_org(request: HttpRequest, org: Any) -> None:
     shown = request.headers.get(CONSOLE_ORG_HEADER) or (None if reading else request.POST.get(CONSOLE_ORG_FIELD))
     if not shown or shown == org.slug:
         return
-    if any(m.organization.slug == shown for m in memberships_of(request.user)):
+    held = next((m.organization for m in memberships_of(request.user) if m.organization.slug == shown), None)
+    if held is not None:
+        # By name, as the header and the switcher show orgs (the slug is what the page sent).
         why = (
-            f"this page was showing the organization '{shown}', but you have switched to {org.name} since (in "
-            f"another tab). Reload the page to work in {org.name}, or switch back."
+            f"this page was showing {held.name}, but you have switched to {org.name} since (in another tab). "
+            f"Reload the page to work in {org.name}, or switch back."
         )
     else:
         why = f"you no longer have access to the organization '{shown}' this page was showing."

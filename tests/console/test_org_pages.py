@@ -428,7 +428,7 @@ def test_a_post_from_a_page_of_the_org_switched_away_from_does_nothing(
         "/org/keys/", {"name": "meant for acme", "scopes": ["tasks:read"]}, HTTP_X_HERMES_CONSOLE_ORG="acme", **HX
     )
     assert stale_htmx.status_code == 409
-    assert "showing the organization 'acme'" in stale_htmx["X-Hermes-Error"]
+    assert "showing Acme, but" in stale_htmx["X-Hermes-Error"]
     stale_form = client.post(
         "/org/invitations/", {"email": "new@acme.test", "role": "admin", "console_org": "acme"}, follow=True
     )

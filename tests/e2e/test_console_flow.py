@@ -390,7 +390,7 @@ def test_a_tab_left_on_another_org_lists_nothing_of_the_new_one(
     page.get_by_label("Status").select_option("working")
     toast = page.locator("#toasts [role=alert]", has_text="switched to Globex")
     toast.wait_for()
-    assert "this page was showing the organization 'acme'" in toast.inner_text()
+    assert "this page was showing Acme, but you have switched to Globex" in toast.inner_text()
     assert page.locator(f'[data-task-row="{ours.pk}"]').is_visible()
     assert page.locator(f'[data-task-row="{theirs.pk}"]').count() == 0
     # The same refusal again (the live list, a poll) keeps one toast on screen rather than stacking them.
