@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Callable, Collection
 from dataclasses import dataclass
 from typing import Any
-from urllib.parse import quote, urlencode
+from urllib.parse import quote, urlencode, urlsplit
 
 from django.contrib import messages
 from django.core.exceptions import PermissionDenied, ValidationError
@@ -167,6 +167,16 @@ def _page_redirect_for_a_fragment(request: HttpRequest, response: HttpResponse) 
     return None
 
 
+def _shows_one_object(url: str) -> bool:
+    """Whether a console URL is the page of one object (its route takes an id), not a section's page."""
+    from django.urls import Resolver404, resolve
+
+    try:
+        return bool(resolve(urlsplit(url).path).kwargs)
+    except Resolver404:
+        return False
+
+
 class ConsoleErrorMiddleware:
     """A refused action (HermesAPIError: 403 role, 409 conflict, …) raised by a console view becomes a readable
     answer instead of a 500: htmx requests get the status and X-Hermes-Error (shown as a toast); a plain form post
@@ -205,5 +215,11 @@ class ConsoleErrorMiddleware:
         messages.error(request, message, extra_tags=REFUSED_POST_TAG)
         referer = request.headers.get("Referer", "")
         if not url_has_allowed_host_and_scheme(referer, allowed_hosts={request.get_host()}):
+            referer = "/"
+        elif getattr(exception, "error_code", "") == "org_switched" and _shows_one_object(referer):
+            # The page of a task (an agent, …) of the org switched away from: loading it again switches the session
+            # back to that org (apps.orgs.decorators.switch_to_the_org_holding), undoing the other tab's switch
+            # under a refusal that says the session is in the other org. The console's home keeps the session
+            # where it is; what was typed stays kept for that page's org (static/js/hermes.js).
             referer = "/"
         return redirect(referer)

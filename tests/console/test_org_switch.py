@@ -104,6 +104,21 @@ def test_a_refused_plain_post_comes_back_marked_so_its_form_is_filled_in_again(
     assert '<li class="alert alert-success">Now working in Acme.</li>' in main_html(switched)
 
 
+def test_a_refused_post_from_a_task_page_of_the_org_switched_away_from_keeps_the_session_where_it_is(
+    as_user: Any, alice: Any, two_orgs: dict[str, Task]
+) -> None:
+    """Sent back to acme's task page, the refusal switched the session back to acme (a task page of another of
+    the person's orgs switches to it), undoing the other tab's switch under a message saying it was in globex."""
+    client = switched_to_globex(as_user, alice)
+    page = f"http://testserver/tasks/{two_orgs['acme'].pk}/"
+    refused = client.post(f"/tasks/{two_orgs['acme'].pk}/cancel/", {"console_org": "acme"}, HTTP_REFERER=page)
+    assert refused.status_code == 302 and refused["Location"] == "/"
+    home = main_html(client.get("/"))
+    assert "Nothing was done: this page was showing Acme" in home and "Switched to" not in home
+    assert client.get("/tasks/").context["request"].access.org.slug == "globex"  # the session stayed in globex
+    assert Task.objects.for_org(two_orgs["acme"].organization_id).get(pk=two_orgs["acme"].pk).state == "submitted"
+
+
 def test_switching_from_a_page_the_new_role_may_not_open_lands_on_its_section(
     as_user: Any, alice: Any, two_orgs: dict[str, Task]
 ) -> None:
