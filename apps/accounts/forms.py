@@ -5,7 +5,7 @@ from typing import Any
 from django import forms
 from django.contrib.auth import password_validation
 
-from apps.core.validators import display_name
+from apps.core.validators import display_name, visible_email
 
 
 class _PasswordPair(forms.Form):
@@ -22,7 +22,9 @@ class _PasswordPair(forms.Form):
 
 
 class RegistrationForm(_PasswordPair):
-    email = forms.EmailField(widget=forms.EmailInput(attrs={"autocomplete": "email", "autofocus": True}))
+    email = forms.EmailField(
+        widget=forms.EmailInput(attrs={"autocomplete": "email", "autofocus": True}), validators=[visible_email]
+    )
     name = forms.CharField(
         max_length=150,
         required=False,

@@ -6,7 +6,7 @@ from rest_framework import serializers
 
 from apps.core.permissions import Access
 from apps.core.serializers import StrictFieldsMixin
-from apps.core.validators import display_name
+from apps.core.validators import display_name, visible_email
 
 
 class MembershipSummarySerializer(serializers.Serializer):
@@ -45,7 +45,7 @@ class UserSerializer(serializers.Serializer):
 
 
 class RegisterSerializer(StrictFieldsMixin, serializers.Serializer):
-    email = serializers.EmailField(max_length=254)
+    email = serializers.EmailField(max_length=254, validators=[visible_email])
     password = serializers.CharField(write_only=True, max_length=128, style={"input_type": "password"})
     name = serializers.CharField(
         max_length=150, required=False, default="", allow_blank=True, validators=[display_name]

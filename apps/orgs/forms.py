@@ -7,7 +7,7 @@ from django.core.exceptions import ValidationError
 from django.utils.text import slugify
 
 from apps.core.permissions import Role
-from apps.core.validators import display_name
+from apps.core.validators import display_name, visible_email
 from apps.orgs.actions import org_slug
 from apps.orgs.models import MAX_KEY_REQUESTS_PER_MINUTE, Organization, Plan
 
@@ -44,7 +44,7 @@ def _role_choices(allowed: list[str]) -> list[tuple[str, str]]:
 
 
 class InviteForm(forms.Form):
-    email = forms.EmailField()
+    email = forms.EmailField(validators=[visible_email])
     role = forms.ChoiceField(choices=Role.choices, initial=Role.MEMBER)
 
     def __init__(self, *args: Any, roles: list[str], **kwargs: Any) -> None:

@@ -9,7 +9,7 @@ from rest_framework import serializers
 from apps.core.models import AuditEvent
 from apps.core.permissions import SCOPES, Role
 from apps.core.serializers import AuditPersonSerializer, PatchSerializer, StrictFieldsMixin
-from apps.core.validators import display_name
+from apps.core.validators import display_name, visible_email
 from apps.orgs.actions import MAX_ROTATION_GRACE, org_slug
 from apps.orgs.models import (
     MAX_KEY_REQUESTS_PER_MINUTE,
@@ -184,7 +184,7 @@ class InvitationSerializer(serializers.ModelSerializer):
 
 
 class InvitationCreateSerializer(StrictFieldsMixin, serializers.Serializer):
-    email = serializers.EmailField(max_length=254)
+    email = serializers.EmailField(max_length=254, validators=[visible_email])
     role = serializers.ChoiceField(choices=Role.choices, default=Role.MEMBER)
 
 

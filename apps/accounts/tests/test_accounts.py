@@ -188,7 +188,11 @@ def test_reset_tokens_expire(alice: Any, settings: Any) -> None:
     assert actions.user_for_reset(uid, old) is None
 
 
-@pytest.mark.parametrize("email", ["demo@her\u200bmes.local", "demo@hermes.lo\u00adcal", "demo@her\u200cmes.local"])
+# In the local part too: there the address's format check answered first, with only "Enter a valid email address."
+@pytest.mark.parametrize(
+    "email",
+    ["demo@her\u200bmes.local", "demo@hermes.lo\u00adcal", "demo@her\u200cmes.local", "de\u200bmo@hermes.local"],
+)
 def test_an_address_with_invisible_characters_is_refused(api: Any, email: str) -> None:
     # Each registered a second account that lists, audit lines and selects showed as demo@hermes.local.
     response = api.post("/api/v1/auth/register", {"email": email, "password": STRONG}, format="json")
@@ -200,5 +204,7 @@ def test_an_address_with_invisible_characters_is_refused(api: Any, email: str) -
 def test_an_invitation_to_an_address_with_invisible_characters_is_refused(
     org: Any, alice: Any, client_for: Any
 ) -> None:
-    response = client_for(alice).post("/api/v1/invitations", {"email": "bob@ac\u200bme.test"}, format="json")
-    assert response.status_code == 400 and "U+200B (ZERO WIDTH SPACE)" in response.data["error"]["details"]["email"][0]
+    for email in ("bob@ac\u200bme.test", "b\u202eob@acme.test"):
+        response = client_for(alice).post("/api/v1/invitations", {"email": email}, format="json")
+        assert response.status_code == 400
+        assert "cannot contain invisible characters" in response.data["error"]["details"]["email"][0], email
