@@ -18,7 +18,7 @@ from typing import Any
 from django.conf import settings
 from django.core.exceptions import ValidationError
 from django.core.mail import send_mail
-from django.db import IntegrityError, transaction
+from django.db import IntegrityError, OperationalError, transaction
 from django.db.models import RestrictedError
 from django.utils import timezone
 
@@ -91,12 +91,13 @@ def delete_organization(*, access: Access) -> None:
     _require(access, "org:delete")
     org = access.org
     try:
-        with transaction.atomic():
-            # The org row first, as every membership change takes it: deleting the memberships while one of them
-            # is changing would otherwise lock the rows in another order than the change does.
-            _lock_org(org, deleting=True)
-            audit.record("org.deleted", access=access, target=org, slug=org.slug)
-            Organization.objects.filter(pk=org.pk).delete()
+        for attempt in range(1, _DELETE_ATTEMPTS + 1):
+            try:
+                _delete_org(access, org)
+                break
+            except OperationalError as exc:
+                if getattr(exc.__cause__, "sqlstate", None) != _DEADLOCK or attempt == _DELETE_ATTEMPTS:
+                    raise
     except RestrictedError as exc:
         # The rows that hold the delete back: other orgs' tasks (Task.agent is the only RESTRICT reference).
         agents = sorted({getattr(getattr(row, "agent", None), "name", str(row)) for row in exc.restricted_objects})
@@ -106,6 +107,27 @@ def delete_organization(*, access: Access) -> None:
             code="org_in_use",
             details={"agents": agents},
         ) from exc
+
+
+_DEADLOCK = "40P01"
+_DELETE_ATTEMPTS = 3
+
+
+@transaction.atomic
+def _delete_org(access: Access, org: Any) -> None:
+    from apps.tasks.models import Task  # the tasks app builds on orgs: imported where the org's tasks are needed
+
+    # The org's running tasks before the org row. A worker recording on a task holds the task's row and then
+    # needs a key-share lock on the org's row (inserting an event that refers to it); taking the org row first
+    # and then deleting that task deadlocked with it (a 500 for the person deleting the org). Only a task
+    # created and claimed between these two statements can still cross them: that deadlock is retried.
+    unfinished = Task.objects.for_org(org).filter(finished_at__isnull=True).select_for_update().order_by("pk")
+    list(unfinished.values_list("pk"))
+    # Then the org row, as every membership change takes it: deleting the memberships while one of them is
+    # changing would otherwise lock the rows in another order than the change does.
+    _lock_org(org, deleting=True)
+    audit.record("org.deleted", access=access, target=org, slug=org.slug)
+    Organization.objects.filter(pk=org.pk).delete()
 
 
 # --- Members ------------------------------------------------------------------------------------------------

@@ -178,3 +178,43 @@ def test_simultaneous_invitations_of_one_address_replace_each_other(
     assert len(mail.outbox) == 5
     sent = {match.group(1) for message in mail.outbox if (match := re.search(r"/invitations/([\w-]+)/", message.body))}
     assert {tokens.digest(token) for token in sent} == {invitation.digest for invitation in invitations}
+
+
+def test_deleting_an_org_while_a_worker_records_on_its_task_waits_for_it_instead_of_deadlocking(
+    org: Any, alice: Any
+) -> None:
+    """A worker holds its task's row while it records an event, and the event's insert needs a key-share lock on
+    the org's row. Deleting the org took the org's row first and then met the task's: a deadlock, one of the two
+    aborted (a 500 for the person deleting the org)."""
+    from django.db import transaction
+
+    from apps.agents.models import Agent
+    from apps.tasks import actions as task_actions
+    from apps.tasks.models import Task, TaskEvent
+    from tests.factories import access_for
+
+    agent = Agent.objects.create(organization=org, slug="echo", name="Echo", url="https://agent.example.com/")
+    task = task_actions.create_task(org=org, agent=agent, message={"parts": [{"kind": "text", "text": "hi"}]})
+    locked, outcome = threading.Event(), {}
+
+    def worker() -> None:
+        try:
+            with transaction.atomic():
+                Task.objects.for_org(org).select_for_update().get(pk=task.pk)  # as execution's record() does
+                locked.set()
+                time.sleep(HOLD_SECONDS)  # the deletion starts meanwhile
+                TaskEvent.objects.create(organization=org, task=task, seq=task.last_seq + 1, kind="progress", data={})
+                Task.objects.for_org(org).filter(pk=task.pk).update(last_seq=task.last_seq + 1)
+            outcome["worker"] = "recorded"
+        except Exception as error:
+            outcome["worker"] = error
+        finally:
+            connection.close()
+
+    thread = threading.Thread(target=worker, name="worker")
+    thread.start()
+    assert locked.wait(timeout=10)
+    actions.delete_organization(access=access_for(alice, org))  # raised OperationalError (deadlock) before
+    thread.join(timeout=30)
+    assert outcome["worker"] == "recorded"
+    assert not Task.objects.unscoped("the org is gone, with its tasks").filter(pk=task.pk).exists()
