@@ -15,6 +15,8 @@ from rest_framework import exceptions, status
 from rest_framework.response import Response
 from rest_framework.serializers import as_serializer_error
 
+from apps.core.http import header_text
+
 
 class HermesAPIError(exceptions.APIException):
     """Raise from any API code path with a stable machine-readable code."""
@@ -93,6 +95,16 @@ def _unaccepted_credentials(request: Any) -> str | None:
     )
 
 
+def answered_media_types(renderers: Any) -> str:
+    return " or ".join(dict.fromkeys(renderer.media_type for renderer in renderers or ()))
+
+
+def _unacceptable(request: Any, renderers: Any) -> str:
+    # DRF says only "Could not satisfy the request Accept header."; say what was asked and what would do.
+    asked = (header_text(request.META.get("HTTP_ACCEPT")) or "")[:100]
+    return f"The Accept header asks for '{asked}'; this endpoint answers {answered_media_types(renderers)}."
+
+
 def request_refusal(exc: SuspiciousOperation) -> HermesAPIError | None:
     """The request-size limits Django enforces while reading a request (first touched by DRF's content
     negotiation): their own code and message, not a plain-HTML 400 or, under DEBUG, a slow technical page."""
@@ -123,6 +135,8 @@ def exception_handler(exc: Exception, context: dict[str, Any]) -> Response | Non
         exc = exceptions.NotFound("Not found.")
     elif isinstance(exc, PermissionDenied):
         exc = exceptions.PermissionDenied(str(exc) or None)
+    elif isinstance(exc, exceptions.NotAcceptable) and context.get("request") is not None:
+        exc = exceptions.NotAcceptable(_unacceptable(context["request"], exc.available_renderers))
     elif isinstance(exc, exceptions.NotAuthenticated) and context.get("request") is not None:
         explained = exceptions.NotAuthenticated(_unaccepted_credentials(context["request"]) or exc.detail)
         explained.auth_header = getattr(exc, "auth_header", None)  # type: ignore[attr-defined]  # the challenge

@@ -28,7 +28,7 @@ from rest_framework.negotiation import DefaultContentNegotiation
 
 from apps.core import idempotency
 from apps.core.api import Described, OrgScopedMixin, RefuseUnreadBodyMixin, auth_line
-from apps.core.errors import DATABASE_RETRY_AFTER_S
+from apps.core.errors import DATABASE_RETRY_AFTER_S, answered_media_types
 from apps.core.permissions import SCOPES
 
 
@@ -277,6 +277,10 @@ class HermesAutoSchema(AutoSchema):
                 )
                 + " `details` names the limit, when it resets and how to raise it."
             ]
+        # DRF's content negotiation refuses an Accept header no renderer of the view matches (apps.core.errors).
+        texts[406] = [
+            f"`not_acceptable`: the `Accept` header allows none of {answered_media_types(view.get_renderers())}."
+        ]
         # Every operation reads the database: authentication reads the API key, or the session and its user, on
         # each request, and the public operations read or write accounts. DatabaseUnavailableMiddleware answers.
         texts[503] = ["`database_unavailable`: the database cannot be reached; nothing was read or changed."]

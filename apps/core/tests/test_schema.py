@@ -93,6 +93,8 @@ def test_errors_follow_from_what_an_operation_does(schema: dict[str, Any]) -> No
             assert "`length_required`" in operation["responses"]["411"]["description"], where
         outage = operation["responses"]["503"]
         assert "`database_unavailable`" in outage["description"] and "Retry-After" in outage["headers"], where
+        # Content negotiation: an Accept header no renderer of the operation matches.
+        assert "`not_acceptable`" in operation["responses"]["406"]["description"], where
 
 
 def test_operation_specific_errors(schema: dict[str, Any]) -> None:
@@ -102,7 +104,7 @@ def test_operation_specific_errors(schema: dict[str, Any]) -> None:
         return {code for code in paths[path][method]["responses"] if not code.startswith("2")}
 
     # Every write may meet a chunked body (411) and every operation a database outage (503).
-    write = {"400", "401", "403", "404", "409", "411", "415", "429", "503"}
+    write = {"400", "401", "403", "404", "406", "409", "411", "415", "429", "503"}
     assert statuses("/api/v1/tasks", "post") == write | {"413"}
     # A cancel reads no body, and refuses one: 400 for JSON it does not take, 415 for another media type.
     assert statuses("/api/v1/tasks/{id}/cancel", "post") == write
@@ -110,8 +112,11 @@ def test_operation_specific_errors(schema: dict[str, Any]) -> None:
     assert statuses("/api/v1/tasks/{id}/messages", "post") == write | {"413"}
     # Reads without parameters answer no 409, and a 400 only for a flood of query parameters or a key naming
     # another org; GET /me checks no permission beyond being signed in (its 403: an `X-Hermes-Org` naming no org).
-    assert statuses("/api/v1/tasks/{id}", "get") == {"400", "401", "403", "404", "429", "503"}
-    assert statuses("/api/v1/me", "get") == {"400", "401", "403", "429", "503"}
+    assert statuses("/api/v1/tasks/{id}", "get") == {"400", "401", "403", "404", "406", "429", "503"}
+    assert statuses("/api/v1/me", "get") == {"400", "401", "403", "406", "429", "503"}
+    # The stream is the one operation answering another media type than JSON, and says so.
+    unacceptable = paths["/api/v1/tasks/{id}/stream"]["get"]["responses"]["406"]["description"]
+    assert "application/json or text/event-stream" in unacceptable
     read = paths["/api/v1/tasks/{id}"]["get"]["responses"]["400"]["description"]
     assert "too_many_parameters" in read and "org_mismatch" in read
     assert "task_finished" in paths["/api/v1/tasks/{id}/cancel"]["post"]["responses"]["409"]["description"]
@@ -260,6 +265,14 @@ def test_task_responses_match_the_schema(
     assert check(schema, "POST", "/api/v1/tasks", form)["error"]["code"] == "unsupported_media_type"
     check(schema, "GET", "/api/v1/tasks", client.get("/api/v1/tasks", {"status": "sleeping"}))  # 400
     check(schema, "GET", "/api/v1/tasks/{id}/stream", client.get(f"{task_path}/stream", {"after": "x"}))  # 400 JSON
+    xml = check(schema, "GET", "/api/v1/tasks/{id}", client.get(task_path, HTTP_ACCEPT="application/xml"))  # 406
+    assert xml["error"] == {
+        "code": "not_acceptable",
+        "message": "The Accept header asks for 'application/xml'; this endpoint answers application/json.",
+        "details": {},
+    }
+    html = check(schema, "GET", "/api/v1/tasks/{id}/stream", client.get(f"{task_path}/stream", HTTP_ACCEPT="text/html"))
+    assert html["error"]["message"].endswith("this endpoint answers application/json or text/event-stream.")
     check(schema, "POST", "/api/v1/tasks/{id}/messages", post(client, f"{task_path}/messages", {"input": TEXT}))  # 409
     check(schema, "POST", "/api/v1/tasks/{id}/cancel", client.post(f"{task_path}/cancel"))  # 202
     assert Task.objects.for_org(agent.organization).get(pk=task["id"]).is_terminal
