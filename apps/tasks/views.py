@@ -78,6 +78,9 @@ def task_list(request: HttpRequest) -> HttpResponse:
         "tasks": rows,
         "older_query": older,
         "on_older_page": anchor is not None,
+        # A page link whose first-task-before is gone (deleted, or an edited link) shows the newest page, and says
+        # so: passing it off as the page asked for would hide that tasks were skipped or removed.
+        "anchor_lost": bool(request.GET.get("before")) and anchor is None,
         "newest_query": newest.urlencode(),
         "can_send": access.allows("tasks:write"),
         "query": request.GET.urlencode(),

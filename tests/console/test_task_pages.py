@@ -233,7 +233,14 @@ def test_the_list_pages_back_through_older_tasks(
             assert "status=submitted" in url  # the filters stay on every page
     assert seen == [str(task.pk) for task in reversed(sent)]  # every task once, newest first
     assert "Newest tasks" in main_html(client.get(f"/tasks/?before={sent[2].pk}"))
-    assert page("/tasks/?before=not-a-task")[0] == [str(sent[4].pk), str(sent[3].pk)]  # a bad anchor: page one
+    assert "data-anchor-lost" not in main_html(client.get(f"/tasks/?before={sent[2].pk}"))
+    # A bad or deleted anchor: page one, and the page says that is what it shows.
+    assert page("/tasks/?before=not-a-task")[0] == [str(sent[4].pk), str(sent[3].pk)]
+    assert "data-anchor-lost" in main_html(client.get("/tasks/?before=not-a-task"))
+    gone = sent[2].pk
+    Task.objects.unscoped("test").filter(pk=gone).delete()
+    assert page(f"/tasks/?before={gone}")[0] == [str(sent[4].pk), str(sent[3].pk)]
+    assert "no longer exists" in main_html(client.get(f"/tasks/?before={gone}"))
 
 
 def test_a_link_to_another_of_your_orgs_switches_to_it(
