@@ -490,9 +490,10 @@
   // What was typed in a plain form survives its refusal. A refused plain post (another tab switched org, so it did
   // nothing: apps.orgs.decorators) comes back through a redirect to its page with the reason flashed, and the
   // message typed on "Send a task" was gone. On submit, the fields the person changed go to this tab's
-  // sessionStorage, with the organization the page showed (<body data-console-org>): what was typed belongs to
-  // that org. The next page puts them back into the same form when it is the same page, for the same org, and says
-  // the post was refused (a message marked data-refused-post, apps.core.console); and forgets them otherwise.
+  // sessionStorage, with the organization the page showed (<body data-console-org>, and its name for the note that
+  // names it): what was typed belongs to that org. The next page puts them back into the same form when it is the
+  // same page, for the same org, and says the post was refused (a message marked data-refused-post,
+  // apps.core.console); and forgets them otherwise.
   // Refused because another tab switched org, the page comes back as the other org's: the draft is kept, not put
   // into that org's form (the reloaded settings of Beta held the name typed for Acme, and one more Save renamed
   // Beta), until this page shows its org again (the switcher, as the refusal suggests, lands on the same page).
@@ -571,7 +572,8 @@
     var fields = changedFields(form);
     var key = formKey(form);
     storeDraft(fields.length ? {
-      path: location.pathname, org: currentOrg(), action: key.action, index: key.index, reason: "refused", fields: fields
+      path: location.pathname, org: currentOrg(), orgName: document.body.getAttribute("data-console-org-name") || "",
+      action: key.action, index: key.index, reason: "refused", fields: fields
     } : null);
   });
   document.addEventListener("DOMContentLoaded", function () {
@@ -590,7 +592,7 @@
       if (refusal && draft.org) {
         var note = document.createElement("span");
         note.setAttribute("data-draft-waiting", "");
-        note.textContent = " What you typed here is kept for '" + draft.org + "': switch back to it and this form " +
+        note.textContent = " What you typed here is kept for " + (draft.orgName || draft.org) + ": switch back to it and this form " +
           "shows it again.";
         refusal.appendChild(note);
       }
