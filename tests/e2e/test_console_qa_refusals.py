@@ -37,7 +37,9 @@ def test_a_name_typed_for_one_org_is_not_put_into_the_other_orgs_settings(
     assert "Nothing was done" in refusal.inner_text()
     assert page.locator("#org-switcher option:checked").inner_text().startswith("Globex")
     assert page.get_by_label("Name").input_value() == "Globex"
-    assert "What you typed here is kept for Acme: switch back to it" in refusal.inner_text()  # its name, as the switcher
+    assert (
+        "What you typed here is kept for Acme: switch back to it" in refusal.inner_text()
+    )  # its name, as the switcher
     # Reloaded, still globex's own; the draft waits for acme.
     page.reload()
     assert page.get_by_label("Name").input_value() == "Globex"
