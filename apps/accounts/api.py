@@ -19,7 +19,7 @@ from apps.accounts.serializers import (
     RegisterSerializer,
     UserSerializer,
 )
-from apps.core.api import access_of, describe
+from apps.core.api import RefuseUnreadBodyMixin, access_of, describe
 from apps.core.errors import HermesAPIError
 from apps.core.http import header_text
 from apps.core.permissions import Access
@@ -27,7 +27,7 @@ from apps.orgs.quotas import AnonymousRateThrottle
 from apps.orgs.selectors import memberships_of
 
 
-class MeView(APIView):
+class MeView(RefuseUnreadBodyMixin, APIView):
     @describe(
         "The caller",
         action=None,
@@ -59,7 +59,7 @@ class MeView(APIView):
         return Response(MeSerializer(data, context={"access": access}).data)
 
 
-class PublicView(APIView):
+class PublicView(RefuseUnreadBodyMixin, APIView):
     """No authentication at all (a stale or bad key must not block signing up), a per-IP rate limit instead."""
 
     authentication_classes: list[Any] = []
@@ -84,7 +84,7 @@ class RegisterView(PublicView):
         return Response(UserSerializer(user).data, status=status.HTTP_201_CREATED)
 
 
-class PasswordChangeView(APIView):
+class PasswordChangeView(RefuseUnreadBodyMixin, APIView):
     @describe(
         "Change my password",
         action=None,

@@ -10,7 +10,7 @@ from django.db.models import QuerySet
 from django.http import HttpRequest, HttpResponse
 from django.urls import Resolver404, resolve
 from django.views.decorators.csrf import csrf_exempt
-from drf_spectacular.utils import extend_schema
+from drf_spectacular.utils import OpenApiParameter, extend_schema
 from rest_framework import permissions, viewsets
 from rest_framework.exceptions import UnsupportedMediaType, ValidationError
 from rest_framework.request import Request
@@ -80,14 +80,60 @@ class OrgActionPermission(permissions.BasePermission):
         return True
 
 
+# Query parameters every operation tolerates and ignores: `format` (docs/api.md: DRF's URL_FORMAT_OVERRIDE is
+# off, and a client adding `?format=json` is not refused for it).
+TOLERATED_QUERY_PARAMETERS = frozenset({"format"})
+
+
+def query_parameters(view: Any, name: str) -> dict[str, bool] | None:
+    """The query parameters operation `name` (a viewset action, or an HTTP method) of `view` reads, each with
+    whether it may be repeated: those its `describe()` declares, and the paginator's on a paginated list. None for
+    an operation not `describe()`d (nothing is known of it)."""
+    described = getattr(getattr(view, name, None), "hermes_described", None)
+    if not isinstance(described, Described):
+        return None
+    names = dict(described.query)
+    paginator = getattr(view, "paginator", None)
+    if name == "list" and paginator is not None:
+        for param in (
+            getattr(paginator, "cursor_query_param", None),
+            getattr(paginator, "page_size_query_param", None),
+        ):
+            if param:
+                names[param] = False
+    return names
+
+
+def _refuse_query(request: Request, expected: dict[str, bool]) -> None:
+    """A query parameter the operation does not read was ignored: `?statuses=failed` (a typo), `?limit=` on a list
+    paged by `page_size`, answered the whole unfiltered list as if it matched. And a single-value parameter given
+    twice answered by its last value, whichever the client meant."""
+    problems: dict[str, list[str]] = {}
+    for name, values in request.query_params.lists():
+        if name in TOLERATED_QUERY_PARAMETERS:
+            continue
+        if name not in expected:
+            takes = ", ".join(f"'{known}'" for known in expected) if expected else "no query parameters"
+            problems[name[:60]] = [f"Unknown query parameter: this endpoint takes {takes}."]
+        elif len(values) > 1 and not expected[name]:
+            problems[name] = [f"Give this parameter once (it came {len(values)} times)."]
+    if problems:
+        raise ValidationError(problems)
+
+
 class RefuseUnreadBodyMixin:
     """An operation that reads no body (every DELETE, and those `describe()`d without one) refuses one that came
-    anyway; see `_refuse_body`. Part of every org-scoped view; a view outside the org scope mixes it in itself."""
+    anyway; see `_refuse_body`. So does a query parameter it does not read (`_refuse_query`). Part of every
+    org-scoped view; a view outside the org scope mixes it in itself."""
 
     def initial(self, request: Request, *args: Any, **kwargs: Any) -> None:
         super().initial(request, *args, **kwargs)  # type: ignore[misc]
-        handler = getattr(self, getattr(self, "action", None) or (request.method or "get").lower(), None)
+        name = getattr(self, "action", None) or (request.method or "get").lower()
+        handler = getattr(self, name, None)
         described = getattr(handler, "hermes_described", None)
+        expected = query_parameters(self, name)
+        if expected is not None:
+            _refuse_query(request, expected)
         # No DELETE of the API reads a body either (a `{"dry_run": true}` deleted all the same).
         reads_none = request.method == "DELETE" or (described is not None and not described.takes_body)
         if reads_none and _has_body(request):
@@ -187,6 +233,7 @@ class Described:
     public: bool
     errors: dict[int, str]
     takes_body: bool = True  # False for `request=None`: an operation that reads no body refuses one (see initial)
+    query: tuple[tuple[str, bool], ...] = ()  # its query parameters: (name, may repeat); others are refused
 
 
 def describe(
@@ -216,7 +263,15 @@ def describe(
     def decorator(view_method: Any) -> Any:
         view_method = annotate(view_method)
         view_method.hermes_described = Described(
-            action=action, public=public, errors=dict(errors or {}), takes_body=kwargs.get("request", True) is not None
+            action=action,
+            public=public,
+            errors=dict(errors or {}),
+            takes_body=kwargs.get("request", True) is not None,
+            query=tuple(
+                (parameter.name, bool(parameter.many))
+                for parameter in kwargs.get("parameters", ())
+                if isinstance(parameter, OpenApiParameter) and parameter.location == OpenApiParameter.QUERY
+            ),
         )
         return view_method
 

@@ -229,6 +229,10 @@ class HermesAutoSchema(AutoSchema):
             texts.setdefault(400, []).append(
                 f"`invalid`: a parameter ({names}) has a value it cannot use; `details` names it."
             )
+        texts[400].append(
+            "`invalid`: a query parameter it does not take (only `format` is ignored), or one of its single-value "
+            "parameters given twice; `details` names it."
+        )
         if self._honours_idempotency_key():
             for status_code, (code, text) in _IDEMPOTENCY_ERRORS.items():
                 # An operation that explains the code in its own words keeps them, rather than saying it twice.

@@ -395,7 +395,7 @@ class InvitationViewSet(  # type: ignore[misc]
         return Response(InvitationSerializer(invitation).data)
 
 
-class AcceptInvitationView(APIView):
+class AcceptInvitationView(RefuseUnreadBodyMixin, APIView):
     @describe(
         "Accept an invitation",
         action=None,

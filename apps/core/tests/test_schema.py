@@ -22,7 +22,13 @@ from rest_framework.response import Response
 
 from apps.agents.models import Agent
 from apps.core import checks
-from apps.core.api import OrgScopedMixin, describe
+from apps.core.api import (
+    TOLERATED_QUERY_PARAMETERS,
+    OrgScopedMixin,
+    RefuseUnreadBodyMixin,
+    describe,
+    query_parameters,
+)
 from apps.core.idempotency import IdempotentCreateMixin
 from apps.federation.actions import audit
 from apps.federation.models import AuditEvent
@@ -95,6 +101,27 @@ def test_errors_follow_from_what_an_operation_does(schema: dict[str, Any]) -> No
         assert "`database_unavailable`" in outage["description"] and "Retry-After" in outage["headers"], where
         # Content negotiation: an Accept header no renderer of the operation matches.
         assert "`not_acceptable`" in operation["responses"]["406"]["description"], where
+
+
+def test_an_operation_takes_exactly_the_query_parameters_its_schema_declares(schema: dict[str, Any]) -> None:
+    """What the API refuses as unknown (apps.core.api._refuse_query) and what the schema documents are one list."""
+    unchecked = []
+    for method, path, operation in _operations(schema):
+        where = f"{method} {path}"
+        declared = {
+            p["name"]: p["schema"].get("type") == "array" for p in operation.get("parameters", []) if p["in"] == "query"
+        }
+        assert not TOLERATED_QUERY_PARAMETERS & set(declared), where
+        view_function = urls.resolve(path.replace("{", "").replace("}", "")).func
+        actions = getattr(view_function, "actions", None)
+        name = actions[method.lower()] if actions else method.lower()
+        view = view_function.cls(**view_function.initkwargs)
+        if not isinstance(view, RefuseUnreadBodyMixin):
+            unchecked.append(where)
+        assert query_parameters(view, name) == declared, where
+        if declared or "400" in operation["responses"]:
+            assert "a query parameter it does not take" in operation["responses"]["400"]["description"], where
+    assert not unchecked, f"these views do not check their query (mix in RefuseUnreadBodyMixin): {unchecked}"
 
 
 def test_operation_specific_errors(schema: dict[str, Any]) -> None:
@@ -264,6 +291,20 @@ def test_task_responses_match_the_schema(
     form = client.post("/api/v1/tasks", {"agent": str(agent.pk)})  # multipart: the API only reads JSON
     assert check(schema, "POST", "/api/v1/tasks", form)["error"]["code"] == "unsupported_media_type"
     check(schema, "GET", "/api/v1/tasks", client.get("/api/v1/tasks", {"status": "sleeping"}))  # 400
+    # A query parameter the operation does not read, or a single one given twice, is refused, not ignored.
+    typo = check(schema, "GET", "/api/v1/tasks", client.get("/api/v1/tasks", {"statuses": "failed", "limit": 1}))
+    assert typo["error"]["details"] == {
+        name: ["Unknown query parameter: this endpoint takes 'status', 'agent', 'cursor', 'page_size'."]
+        for name in ("statuses", "limit")
+    }
+    twice = check(schema, "GET", "/api/v1/tasks", client.get("/api/v1/tasks", {"page_size": [1, 2]}))
+    assert twice["error"]["details"] == {"page_size": ["Give this parameter once (it came 2 times)."]}
+    both = client.get("/api/v1/tasks", {"status": ["failed", "submitted"], "format": "json"})
+    assert [t["id"] for t in check(schema, "GET", "/api/v1/tasks", both)["results"]] == [task["id"]]
+    unread = check(schema, "GET", "/api/v1/tasks/{id}", client.get(task_path, {"expand": "agent"}))
+    assert unread["error"]["details"] == {
+        "expand": ["Unknown query parameter: this endpoint takes no query parameters."]
+    }
     check(schema, "GET", "/api/v1/tasks/{id}/stream", client.get(f"{task_path}/stream", {"after": "x"}))  # 400 JSON
     xml = check(schema, "GET", "/api/v1/tasks/{id}", client.get(task_path, HTTP_ACCEPT="application/xml"))  # 406
     assert xml["error"] == {
