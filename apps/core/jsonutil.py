@@ -142,13 +142,24 @@ def form_json_object(raw: str, not_an_object: str) -> dict[str, Any]:
 
 class JSONParser(parsers.JSONParser):
     """DRF's JSON parser on `loads`: the same 400 `parse_error` for syntax errors, and now for JSON too deep,
-    NaN/Infinity, NUL characters and lone surrogates."""
+    NaN/Infinity, NUL characters and lone surrogates.
+
+    The body is read as UTF-8 whatever `charset` its Content-Type names (RFC 8259: JSON is UTF-8, and the
+    parameter has no effect): DRF decoded by it, so UTF-8 labelled `charset=latin-1` (some clients' default) was
+    stored, and sent to the agent, as mojibake (`é` became `Ã©`)."""
 
     def parse(self, stream: Any, media_type: str | None = None, parser_context: Any = None) -> Any:
-        encoding = parsers.get_encoding(parser_context or {})  # type: ignore[attr-defined]
+        raw = stream.read()
         try:
-            return loads(stream.read().decode(encoding))
-        except ValueError as exc:  # JSONDecodeError, and UnicodeDecodeError for bytes that are not the encoding
+            text = raw.decode("utf-8")
+        except UnicodeDecodeError as exc:
+            raise ParseError(
+                f"JSON parse error - the body is not UTF-8 (byte {exc.start}): JSON bodies are UTF-8, whatever "
+                "charset the Content-Type names."
+            ) from None
+        try:
+            return loads(text)
+        except ValueError as exc:
             raise ParseError(f"JSON parse error - {exc}") from None
 
 

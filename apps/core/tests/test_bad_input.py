@@ -67,6 +67,26 @@ def test_escapes_that_decode_to_storable_text_pass() -> None:
     assert jsonutil.loads('{"x": "\\ud83d\\ude00", "y": "\\\\u0000"}') == {"x": "\U0001f600", "y": "\\u0000"}
 
 
+def test_a_body_is_read_as_utf8_whatever_charset_its_content_type_names(client_for: Any, alice: Any, org: Any) -> None:
+    # RFC 8259: JSON is UTF-8. Decoded by the label, "é" sent as UTF-8 marked latin-1 was stored as "Ã©".
+    api = client_for(alice)
+    body = '{"name": "Acmé"}'.encode()
+    response = api.patch("/api/v1/orgs/acme", body, content_type="application/json; charset=latin-1")
+    assert response.status_code == 200, response.content[:300]
+    org.refresh_from_db()
+    assert org.name == "Acmé"
+    # Bytes that are not UTF-8 at all (a latin-1 "é") are refused, saying why; nothing is written.
+    refused = api.patch("/api/v1/orgs/acme", '{"name": "Acmè"}'.encode("latin-1"), content_type="application/json")
+    assert refused.status_code == 400 and refused.json()["error"] == {
+        "code": "parse_error",
+        "message": "JSON parse error - the body is not UTF-8 (byte 13): JSON bodies are UTF-8, whatever charset the "
+        "Content-Type names.",
+        "details": {},
+    }
+    org.refresh_from_db()
+    assert org.name == "Acmé"
+
+
 def test_tasks_and_federation_messages_refuse_them_and_write_nothing(client_for: Any, alice: Any, org: Any) -> None:
     from apps.federation.models import Message
     from apps.tasks.models import Task
