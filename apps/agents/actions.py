@@ -18,6 +18,8 @@ from apps.core.http import OutboundBlocked, check_url
 from apps.core.permissions import Access
 
 EDITABLE_FIELDS = frozenset({"name", "slug", "description", "version", "url", "visibility", "streaming"})
+# What a card refresh sets (`_apply_card`): editable on an agent registered by hand only.
+CARD_FIELDS = frozenset({"name", "description", "version", "url", "streaming"})
 
 
 class AgentActionError(Exception):
@@ -270,13 +272,17 @@ def update_agent(agent: Agent, *, by: Any = None, **changes: Any) -> Agent:
             code="invalid",
             details={field: ["Not editable on a federated agent."] for field in sorted(refused)},
         )
+    from_card = sorted(CARD_FIELDS & set(changes)) if agent.card_url else []
+    if from_card:
+        # A refresh (the API, the admin, assigning the demo agents again) rewrites them from the card: an edit
+        # was accepted and then silently undone.
+        raise AgentActionError(
+            f"{', '.join(from_card)} of a card-registered agent come from its card, and a refresh would overwrite "
+            "an edit: change the card and refresh it (the slug and the visibility are yours to change).",
+            code="invalid",
+            details={field: ["Set by the agent card."] for field in from_card},
+        )
     if "url" in changes:
-        if agent.card_url:
-            raise AgentActionError(
-                "The endpoint of a card-registered agent comes from its card: refresh the card instead.",
-                code="invalid",
-                details={"url": ["Set by the agent card."]},
-            )
         _check_endpoint(changes["url"])
     if "visibility" in changes and changes["visibility"] not in Visibility.values:
         raise AgentActionError("Unknown visibility.", code="invalid", details={"visibility": ["Unknown value."]})

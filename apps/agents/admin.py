@@ -9,12 +9,14 @@ from django.http import HttpRequest
 from django.utils.html import format_html
 
 from apps.agents import actions
+from apps.agents.actions import CARD_FIELDS
 from apps.agents.models import Agent, Visibility
 from apps.core.admin import ActionAdmin, AdminRefusal, OrgOwnedAdmin
 
-# Staff may fix names and visibility; where an agent lives and what it can do comes from its card. Not the slug
-# (shown read-only, as a peer's names): federation addresses (echo.acme@paris) and policies' `local_agent` name the
-# agent by it, here and on peers, so a slug changed by staff silently broke them for the org.
+# Staff may fix names (of an agent registered by hand) and visibility; where an agent lives and what it can do
+# comes from its card. Not the slug (shown read-only, as a peer's names): federation addresses (echo.acme@paris)
+# and policies' `local_agent` name the agent by it, here and on peers, so a slug changed by staff silently broke
+# them for the org.
 EDITABLE = ("name", "description", "visibility")
 
 
@@ -49,7 +51,9 @@ class AgentAdmin(ActionAdmin, OrgOwnedAdmin):
 
     def get_readonly_fields(self, request: HttpRequest, obj: Any = None) -> list[str]:
         computed = ["skills_list", "card_pretty", "created_at"]
-        return [f.name for f in Agent._meta.fields if f.name not in EDITABLE] + computed
+        # A card-registered agent's name and description come from its card (a refresh rewrites them).
+        editable = [name for name in EDITABLE if not (obj is not None and obj.card_url and name in CARD_FIELDS)]
+        return [f.name for f in Agent._meta.fields if f.name not in editable] + computed
 
     def get_queryset(self, request: HttpRequest) -> QuerySet[Agent]:
         # Staff see retired agents too (deleted while tasks referred to them).

@@ -54,6 +54,36 @@ def test_a_url_naming_the_card_file_is_fetched_directly(card_server: CardServer,
 
 
 @pytest.mark.parametrize(
+    ("card", "field", "problem"),
+    [
+        # The SDK's parser named no field here ("Failed to parse name field: expected string or bytes-like
+        # object, got 'int'.."), at any depth.
+        ({"name": 123}, "name", "must be a string, not a number"),
+        ({"name": "v", "version": 5}, "version", "must be a string, not a number"),
+        (
+            {"name": "c", "capabilities": {"streaming": "yes"}},
+            "capabilities.streaming",
+            "must be a boolean, not a string",
+        ),
+        ({"name": "s", "skills": [{"id": "a", "name": 5}]}, "skills[0].name", "must be a string, not a number"),
+        (
+            {"name": "i", "supportedInterfaces": [{"url": 5, "protocolBinding": "JSONRPC"}]},
+            "supportedInterfaces[0].url",
+            "must be a string, not a number",
+        ),
+    ],
+)
+def test_a_field_of_the_wrong_type_is_named_by_its_path(
+    card_server: CardServer, org: Any, card: dict[str, Any], field: str, problem: str
+) -> None:
+    card_server.serve("/.well-known/agent-card.json", json.dumps(card).encode())
+    with pytest.raises(actions.AgentActionError) as exc_info:
+        actions.register_agent_by_url(org=org, url=card_server.base)
+    assert exc_info.value.details == {"field": field}
+    assert str(exc_info.value) == f"The agent card does not match the A2A AgentCard schema: `{field}` {problem}."
+
+
+@pytest.mark.parametrize(
     ("body", "code", "fragment"),
     [
         (b"{not json", "card_invalid", "not valid JSON"),
@@ -63,7 +93,7 @@ def test_a_url_naming_the_card_file_is_fetched_directly(card_server: CardServer,
         ('{"name": "Pay\u202eexe.bat"}'.encode(), "card_invalid", "U+202E (RIGHT-TO-LEFT OVERRIDE)"),
         # The SDK's parser answered these with its own internals ("'str' object has no attribute 'pop'").
         (b'{"name": "s", "skills": "nope"}', "card_invalid", "`skills` must be a list, not a string"),
-        (b'{"name": "s", "skills": ["nope"]}', "card_invalid", "each of `skills` must be an object, not a string"),
+        (b'{"name": "s", "skills": ["nope"]}', "card_invalid", "`skills[0]` must be an object, not a string."),
         (b'{"name": "s", "capabilities": []}', "card_invalid", "`capabilities` must be an object, not a list"),
         # Refused rather than cut short without a word.
         (
@@ -211,11 +241,23 @@ def test_update_visibility_and_delete(settings: Any, org: Any, alice: Any) -> No
     assert "description" not in trail[1].details["changes"]  # named in `fields`; a long text is not copied
 
 
-def test_card_agents_keep_the_card_endpoint(card_server: CardServer, org: Any) -> None:
+def test_card_agents_keep_what_their_card_says(card_server: CardServer, org: Any) -> None:
     card_server.serve("/.well-known/agent-card.json", v1_card(card_server.base))
     agent = actions.register_agent_by_url(org=org, url=card_server.base)
-    with pytest.raises(actions.AgentActionError):
-        actions.update_agent(agent, url="https://elsewhere.example.com/")
+    # Refused rather than accepted and silently undone by the next refresh, which rewrites them from the card.
+    with pytest.raises(actions.AgentActionError) as refused:
+        actions.update_agent(agent, url="https://elsewhere.example.com/", name="Mine", streaming=False, slug="mine")
+    assert refused.value.details == {field: ["Set by the agent card."] for field in ("name", "streaming", "url")}
+    assert "change the card and refresh it" in str(refused.value)
+    agent.refresh_from_db()
+    assert agent.slug != "mine"  # nothing of a refused edit is applied
+    for field, value in (("description", "mine"), ("version", "9")):
+        with pytest.raises(actions.AgentActionError):
+            actions.update_agent(agent, **{field: value})
+    # What is the org's own stays editable, and a refresh keeps it.
+    agent = actions.update_agent(agent, slug="mine", visibility="public")
+    agent = actions.refresh_agent_card(agent)
+    assert (agent.slug, agent.visibility) == ("mine", "public")
 
 
 def test_usable_agents_are_own_plus_public(settings: Any, org: Any, other_org: Any) -> None:

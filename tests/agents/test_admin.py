@@ -56,6 +56,20 @@ def test_admin_edits_go_through_actions(staff_client: Client, agents: list[Agent
     assert event.details["fields"] == ["name", "visibility"] and event.actor.email == "staff@hermes.test"
 
 
+def test_admin_shows_a_card_agents_name_as_its_card_says(staff_client: Client, agents: list[Agent]) -> None:
+    # A refresh rewrites name and description from the card: staff edit only the visibility of such an agent.
+    alpha = agents[0]
+    Agent.objects.unscoped("test").filter(pk=alpha.pk).update(card_url="https://alpha.example.com/card.json")
+    response = staff_client.post(
+        f"/admin/agents/agent/{alpha.pk}/change/", {"name": "Renamed", "description": "x", "visibility": "public"}
+    )
+    assert response.status_code == 302, response.content[:2000]
+    alpha.refresh_from_db()
+    assert (alpha.name, alpha.description, alpha.visibility) == ("Alpha", "", Visibility.PUBLIC)
+    page = staff_client.get(f"/admin/agents/agent/{alpha.pk}/change/").content.decode()
+    assert 'name="visibility"' in page and 'name="name"' not in page
+
+
 def test_admin_bulk_actions_and_delete(staff_client: Client, agents: list[Agent]) -> None:
     ids = [str(a.pk) for a in agents]
     staff_client.post("/admin/agents/agent/", {"action": "make_public", "_selected_action": ids})
