@@ -25,6 +25,7 @@ from a2a.client.client_factory import ClientFactory
 from a2a.types.a2a_pb2 import AgentCard
 from a2a.utils.constants import TransportProtocol
 from django.core.exceptions import ValidationError
+from google.protobuf.descriptor import FieldDescriptor
 from google.protobuf.json_format import MessageToDict, ParseError
 
 from apps.agents.client import as_sentence
@@ -78,37 +79,77 @@ def _json_type(value: Any) -> str:
     return {dict: "an object", list: "a list", str: "a string", bool: "a boolean"}.get(type(value), "a number")
 
 
-def _shape_error(raw: dict[str, Any]) -> CardError | None:
-    """The first field whose JSON type the AgentCard schema cannot take (a list where it has a repeated field, an
-    object where it has a message or a map), named. The SDK's parser meets some of these first and answers with
-    its own internals ("'str' object has no attribute 'pop'"); the schema itself is read from the SDK's model, so
-    this stays in step with it."""
-    for field_ in AgentCard.DESCRIPTOR.fields:
-        value = raw.get(field_.json_name)
+# JSON types a scalar field of the card takes, as the protobuf JSON mapping reads them (64-bit integers and floats
+# may come as strings too): what each must be, and the Python types of its accepted values.
+_NUMBER_TYPES = (int, float, str)
+_SCALAR_TYPES: dict[int, tuple[str, tuple[type, ...]]] = {
+    FieldDescriptor.CPPTYPE_STRING: ("a string", (str,)),
+    FieldDescriptor.CPPTYPE_BOOL: ("a boolean", (bool,)),
+    FieldDescriptor.CPPTYPE_ENUM: ("a string", (str, int)),
+    **dict.fromkeys(
+        (FieldDescriptor.CPPTYPE_INT32, FieldDescriptor.CPPTYPE_INT64, FieldDescriptor.CPPTYPE_UINT32),
+        ("a whole number", (int, str)),
+    ),
+    FieldDescriptor.CPPTYPE_UINT64: ("a whole number", (int, str)),
+    **dict.fromkeys((FieldDescriptor.CPPTYPE_FLOAT, FieldDescriptor.CPPTYPE_DOUBLE), ("a number", _NUMBER_TYPES)),
+}
+
+
+def _value_problem(field_: Any, value: Any, path: str) -> tuple[str, str] | None:
+    """(where, what is wrong) for one value of `field_` (one item of a repeated field), or None."""
+    message = field_.message_type
+    if message is not None:
+        if message.full_name.startswith("google.protobuf."):
+            return None  # Struct, Value, Timestamp…: any JSON their own mapping takes, left to the parser
+        if not isinstance(value, dict):
+            return path, f"`{path}` must be an object, not {_json_type(value)}"
+        return _message_problem(value, message, f"{path}.")
+    what, types = _SCALAR_TYPES.get(field_.cpp_type, ("", ()))
+    # A JSON true is a Python bool, which is an int: it is no number (nor enum value) of the card.
+    if types and (not isinstance(value, types) or (isinstance(value, bool) and bool not in types)):
+        return path, f"`{path}` must be {what}, not {_json_type(value)}"
+    return None
+
+
+def _message_problem(raw: dict[str, Any], descriptor: Any, prefix: str = "") -> tuple[str, str] | None:
+    for field_ in descriptor.fields:
+        name = field_.json_name if field_.json_name in raw else field_.name
+        value = raw.get(name)
         if value is None:
             continue
+        path = f"{prefix}{field_.json_name}"
         message = field_.message_type
-        wanted: type | None
-        items: type | None
         if message is not None and message.GetOptions().map_entry:
-            wanted, items = dict, None
+            if not isinstance(value, dict):
+                return path, f"`{path}` must be an object, not {_json_type(value)}"
+            value_field = message.fields_by_name["value"]
+            for key, item in value.items():
+                if item is not None and (problem := _value_problem(value_field, item, f"{path}.{key}")):
+                    return problem
         elif field_.is_repeated:
-            wanted, items = list, dict if message is not None else None
-        else:
-            wanted, items = (dict, None) if message is not None else (None, None)
-        what = "an object" if wanted is dict else "a list"
-        if wanted is not None and not isinstance(value, wanted):
-            problem = f"`{field_.json_name}` must be {what}, not {_json_type(value)}"
-        elif items is not None and (bad := next((v for v in value if not isinstance(v, items)), None)) is not None:
-            problem = f"each of `{field_.json_name}` must be an object, not {_json_type(bad)}"
-        else:
-            continue
-        return CardError(
-            f"The agent card does not match the A2A AgentCard schema: {problem}.",
-            code="card_invalid",
-            details={"field": field_.json_name},
-        )
+            if not isinstance(value, list):
+                return path, f"`{path}` must be a list, not {_json_type(value)}"
+            for index, item in enumerate(value):
+                if (problem := _value_problem(field_, item, f"{path}[{index}]")) is not None:
+                    return problem
+        elif (problem := _value_problem(field_, value, path)) is not None:
+            return problem
     return None
+
+
+def _shape_error(raw: dict[str, Any]) -> CardError | None:
+    """The first field, at any depth, whose JSON type the AgentCard schema cannot take (a list where it has a
+    repeated field, an object where it has a message or a map, a number where it has text, text where it has a
+    boolean), named by its path (`skills[0].name`). The SDK's parser answers these with its own internals ("'str'
+    object has no attribute 'pop'", "expected string or bytes-like object, got 'int'") and no field; the schema
+    itself is read from the SDK's model, so this stays in step with it."""
+    problem = _message_problem(raw, AgentCard.DESCRIPTOR)
+    if problem is None:
+        return None
+    path, text = problem
+    return CardError(
+        f"The agent card does not match the A2A AgentCard schema: {text}.", code="card_invalid", details={"field": path}
+    )
 
 
 def _too_long(card: AgentCard) -> CardError | None:
@@ -142,7 +183,11 @@ def parse_card(raw: Any, *, card_url: str = "", check_interface: bool = True) ->
     try:
         card = parse_agent_card(copy.deepcopy(raw))
     except (ParseError, ValueError, TypeError) as exc:
-        raise CardError(f"The agent card does not match the A2A AgentCard schema: {exc}", code="card_invalid") from exc
+        # The parser's messages end with a period of their own, some with two.
+        reason = str(exc).rstrip(". ")
+        raise CardError(
+            f"The agent card does not match the A2A AgentCard schema: {reason}.", code="card_invalid"
+        ) from exc
     if not card.name.strip():
         raise CardError("The agent card has no name.", code="card_invalid", details={"field": "name"})
     if (length := _too_long(card)) is not None:
@@ -230,6 +275,17 @@ async def fetch_card(url: str) -> CardInfo:
             for candidate in candidates:
                 try:
                     status, body = await _get_limited(client, candidate)
+                except OutboundBlocked as exc:
+                    if exc.host == httpx.URL(candidate).host:
+                        raise
+                    # Refused at a redirect's target: the message named only that address, and a caller who gave
+                    # a public URL could not tell where it came from.
+                    raise OutboundBlocked(
+                        f"{candidate} redirected to an address Hermes refuses: {exc}",
+                        rule=exc.rule,
+                        host=exc.host,
+                        address=exc.address,
+                    ) from exc
                 except httpx.TimeoutException as exc:
                     message = f"Timed out fetching the agent card from {candidate}."
                     raise _unreachable(message, tried, candidate, "timed out") from exc

@@ -274,6 +274,26 @@ def test_a_card_server_that_gives_no_card_is_said_once_and_listed_in_tried(
     assert error["details"] == {"tried": [outcome.format(url=url)]}
 
 
+def _redirect_to_metadata(handler: QuietHandler) -> None:
+    handler.send_response(302)
+    handler.send_header("Location", "http://169.254.169.254/latest/meta-data/")
+    handler.send_header("Content-Length", "0")
+    handler.end_headers()
+
+
+def test_a_redirect_to_a_refused_address_names_the_url_that_redirected(
+    slow_server: SlowCardServer, alice: Any, client_for: Any
+) -> None:
+    # The refusal named only 169.254.169.254: a caller who gave a public URL could not tell where that came from.
+    url = f"{slow_server.base}/card.json"
+    slow_server.routes["/card.json"] = _redirect_to_metadata
+    response, _ = _register(client_for, alice, url)
+    error = response.json()["error"]
+    assert response.status_code == 400 and error["code"] == "ssrf_blocked"
+    assert error["message"].startswith(f"{url} redirected to an address Hermes refuses: Refusing to connect to ")
+    assert error["details"]["host"] == "169.254.169.254"
+
+
 def test_a_refused_connection_lists_the_url_tried(alice: Any, client_for: Any, settings: Any, free_port: int) -> None:
     settings.HERMES_SSRF_ALLOWLIST = ["127.0.0.1"]
     response, _ = _register(client_for, alice, f"http://127.0.0.1:{free_port}/")
