@@ -333,8 +333,11 @@ def test_invitations_filter_by_state_and_refuse_unknown_states(org: Any, alice: 
     assert bogus.data["error"]["details"] == {
         "state": ["Unknown state bogus: one of pending, accepted, revoked, expired."]
     }
-    # Reading one by id is not filtered.
-    assert client.get(f"/api/v1/invitations/{ids['revoked@example.test']}?state=pending").status_code == 200
+    # Reading one by id is not filtered: `state` is no parameter of it, and is refused rather than ignored.
+    one = f"/api/v1/invitations/{ids['revoked@example.test']}"
+    assert client.get(one).status_code == 200
+    refused = client.get(f"{one}?state=pending")
+    assert refused.status_code == 400 and list(refused.data["error"]["details"]) == ["state"]
 
 
 # --- /me and the org a session acts for ----------------------------------------------------------------------
