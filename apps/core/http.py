@@ -166,7 +166,8 @@ def check_url(url: str | httpx.URL) -> httpx.URL:
     try:
         parsed = httpx.URL(url)
     except (httpx.InvalidURL, TypeError) as exc:
-        raise OutboundBlocked(f"Not a valid URL: {url!r}.", rule="invalid_url", host="") from exc
+        # httpx's reason names the part it could not read ("Invalid IPv4 address: '0251.0376.0251.0376'").
+        raise OutboundBlocked(f"Not a valid URL: {str(url)[:200]!r} ({exc}).", rule="invalid_url", host="") from exc
     if parsed.scheme not in ALLOWED_SCHEMES:
         raise OutboundBlocked(
             f"Only http and https URLs are allowed, not {parsed.scheme or 'none'!r}.", rule="scheme", host=parsed.host

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import logging
 import random
-from collections.abc import Iterable
+from collections.abc import Collection, Iterable
 from contextvars import ContextVar
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -31,7 +31,7 @@ from apps.core.metrics import (
 )
 from apps.core.permissions import Access
 from apps.federation import policy, selectors
-from apps.federation.addresses import Address, InvalidAddress, is_slug, validate_pattern
+from apps.federation.addresses import Address, InvalidAddress, is_slug, pattern_peer, validate_pattern
 from apps.federation.models import (
     LIVE_KEY_STATES,
     AttemptOutcome,
@@ -206,6 +206,8 @@ def add_key(peer: Peer, *, secret: bytes | None = None, actor: Any = None) -> Li
         raise Conflict(
             f"k{waiting.version} is already waiting to be promoted: promote or retire it first.", code="key_pending"
         )
+    secret = secret if secret is not None else _secrets.token_bytes(32)
+    _refuse_reused_secret(peer, keys, secret)
     has_current = any(k.state == KeyState.CURRENT for k in keys)
     had_live_key = any(k.state in LIVE_KEY_STATES for k in keys)
     key = LinkKey(
@@ -215,7 +217,7 @@ def add_key(peer: Peer, *, secret: bytes | None = None, actor: Any = None) -> Li
     )
     if not has_current:
         key.promoted_at = timezone.now()
-    key.set_secret(secret if secret is not None else _secrets.token_bytes(32))
+    key.set_secret(secret)
     key.save()
     audit(
         AuditEvent.KEY_ADDED,
@@ -229,6 +231,33 @@ def add_key(peer: Peer, *, secret: bytes | None = None, actor: Any = None) -> Li
         # (see delivery._over_http): they go now rather than at their next retry.
         _resume_waiting(peer, including_backoff=True)
     return key
+
+
+def _refuse_reused_secret(peer: Peer, keys: list[LinkKey], secret: bytes) -> None:
+    """A secret the link already has (or had) is refused: a retired key's would make it verify again, which a
+    rotation promises never happens, and a live key's would only be the same key twice. Compared by fingerprint,
+    the one form of a secret every key keeps in the clear."""
+    fingerprint = LinkKey.fingerprint_of(secret)
+    same = next((k for k in keys if k.fingerprint == fingerprint), None)
+    if same is None:
+        return
+    details: dict[str, Any] = {"version": same.version, "state": same.state, "fingerprint": fingerprint}
+    if same.state == KeyState.RETIRED:
+        details["retired_at"] = same.retired_at.isoformat() if same.retired_at else None
+        when = f" on {same.retired_at:%Y-%m-%d %H:%M:%S} UTC" if same.retired_at else ""
+        raise Conflict(
+            f"This secret is that of k{same.version} of {peer.name}, retired{when} (fingerprint {fingerprint}): a "
+            "retired key never signs or verifies again. Add the next key with a new secret (leave it out and "
+            "Hermes generates one).",
+            code="key_retired",
+            details=details,
+        )
+    raise Conflict(
+        f"This secret is already k{same.version} of {peer.name} ({same.state}, fingerprint {fingerprint}): the "
+        "next key needs a new secret (leave it out and Hermes generates one).",
+        code="key_exists",
+        details=details,
+    )
 
 
 @transaction.atomic
@@ -424,6 +453,16 @@ def save_policy(
         org_audit.record("policy.updated", org=org, access=access, target=rule, **pair, effect=effect, changes=changes)
     policies_changed(org.pk)
     return SavedPolicy(rule, replaced, created=created)
+
+
+def unknown_peer_warning(pattern: str, peers: Collection[str] | None = None) -> str | None:
+    """What a saved rule's `remote` names that is not here: a peer this instance has no link to (a typo, or one
+    not added yet). Saved all the same — the peer may be added next — but said, as a peer's delivery_warning is.
+    `peers`: the instance's peer names, when the caller has them (a list of rules asks once, not per rule)."""
+    name = pattern_peer(pattern)
+    if name is None or (name in peers if peers is not None else Peer.objects.filter(name=name).exists()):
+        return None
+    return f"No peer named '{name}' is configured on this instance: the rule matches nothing until one is added."
 
 
 def set_policy(
@@ -851,7 +890,10 @@ def sweep(*, batch: int = 1000) -> dict[str, int]:
 
 
 def requeue(rows: Iterable[Outbox], *, actor: Any = None, reason: str = "") -> list[Outbox]:
-    """Give dead rows a fresh round of attempts (and a fresh max-age window). Rows that are not dead are skipped."""
+    """Give dead rows a fresh round of attempts (and a fresh max-age window). Rows that are not dead are skipped.
+
+    The previous round's error is cleared with its attempt count: shown beside `pending, 0 attempts` it read as
+    this round's. It stays in the attempt log and the `dead_lettered` audit event (as the task side's does)."""
     done: list[Outbox] = []
     now = timezone.now()
     with transaction.atomic():
@@ -865,6 +907,7 @@ def requeue(rows: Iterable[Outbox], *, actor: Any = None, reason: str = "") -> l
                     next_attempt_at=now,
                     queued_at=now,
                     dead_at=None,
+                    last_error="",
                     updated_at=now,
                 )
             )

@@ -40,21 +40,29 @@ class Address:
         match = _ADDRESS.match(text.strip().lower())
         if not match:
             raise InvalidAddress(
-                f"{text!r} is not a federation address: use org, agent.org, org@peer or agent.org@peer "
+                f"{_quoted(text)} is not a federation address: use org, agent.org, org@peer or agent.org@peer "
                 "(lower-case slugs)."
             )
         return cls(org=match["org"], agent=match["agent"], peer=match["peer"])
 
     @classmethod
-    def from_wire(cls, data: Any, peer: str | None) -> Address:
+    def from_wire(cls, data: Any, peer: str | None, field: str = "address") -> Address:
+        """The address a message names in `field` (`sender` or `recipient`), qualified with `peer`. Each part is
+        checked as the slug it is: joined into text and parsed, `{"org": "echo.acme"}` read as agent `echo` and
+        `{"org": "acme@x"}` as org `acme` of a peer the sender has no say over."""
         agent = data.get("agent") if isinstance(data, dict) else None
         if not isinstance(data, dict) or not isinstance(data.get("org"), str) or not isinstance(agent, str | None):
             # A number for the agent read as a slug ("123.acme") and was stored so.
-            raise InvalidAddress("an address on the wire is an object with 'org' and optional 'agent' (strings)")
-        agent = agent or None
-        text = f"{agent}.{data['org']}" if agent else data["org"]
-        parsed = cls.parse(text)
-        return cls(org=parsed.org, agent=parsed.agent, peer=peer)
+            raise InvalidAddress(f"'{field}' is an object with 'org' and optional 'agent' (strings)")
+        # Lower-cased as a parsed address is (the sender's slugs are stored as they were typed).
+        org, agent = data["org"].lower(), (agent or "").lower() or None
+        for part, value in (("org", org), ("agent", agent)):
+            if value is not None and not is_slug(value):
+                raise InvalidAddress(
+                    f"'{field}.{part}' must be a slug (lower-case letters, digits, '-' and '_'), not "
+                    f"{_quoted(data[part])}"
+                )
+        return cls(org=org, agent=agent, peer=peer)
 
     def wire(self) -> dict[str, str | None]:
         return {"org": self.org, "agent": self.agent}
@@ -71,12 +79,31 @@ class Address:
         return f"{text}@{self.peer}" if self.peer else text
 
 
+def _quoted(text: str, limit: int = 60) -> str:
+    """`text` quoted for a message, cut at `limit` characters: what a client sent is echoed, never all of it."""
+    return repr(text[:limit] + "…") if len(text) > limit else repr(text)
+
+
 def validate_pattern(text: str) -> str:
     """A policy's remote side: an address, `*@peer` or `*`. Returns the canonical form."""
     value = text.strip().lower()
     if _PATTERN.match(value):
         return value
-    return str(Address.parse(value))
+    try:
+        return str(Address.parse(value))
+    except InvalidAddress:
+        raise InvalidAddress(
+            f"{_quoted(text)} is not a policy's remote side: use * (everyone), *@peer (everyone on a peer), org, "
+            "agent.org, org@peer or agent.org@peer (lower-case slugs)."
+        ) from None
+
+
+def pattern_peer(pattern: str) -> str | None:
+    """The peer a canonical pattern (from `validate_pattern`) names, or None (`*`, or an address here)."""
+    if pattern == "*":
+        return None
+    wildcard = _PATTERN.match(pattern)
+    return wildcard["peer"] if wildcard else Address.parse(pattern).peer
 
 
 def pattern_specificity(pattern: str, remote: Address) -> int | None:

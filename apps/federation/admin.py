@@ -240,6 +240,8 @@ class PolicyAdmin(ActionAdmin, OrgOwnedAdmin):
         except HermesAPIError as exc:
             raise AdminRefusal(str(exc.detail)) from exc
         obj.pk = saved.rule.pk  # the admin links to the saved rule
+        if warning := actions.unknown_peer_warning(saved.rule.remote):
+            messages.warning(request, warning)
 
     def delete_model(self, request: HttpRequest, obj: Policy) -> None:
         actions.delete_policy(obj, access=staff_access(obj.organization, request.user))

@@ -120,7 +120,12 @@ class PeerViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, mixins.Creat
         "one the other side generated; without, Hermes generates it and answers it once.",
         request=AddKeySerializer,
         responses={201: AddedLinkKeySerializer},
-        errors={**_STAFF, 409: "`key_pending`: a next key is already waiting to be promoted."},
+        errors={
+            **_STAFF,
+            409: "`key_pending`: a next key is already waiting to be promoted; `key_retired`: the secret is a retired "
+            "key's (which never verifies again; `details.version`, `details.retired_at`); `key_exists`: it is a "
+            "live key's.",
+        },
     )
     @action(detail=True, methods=["post"], url_path="keys")
     def add_key(self, request: Request, name: str) -> Response:

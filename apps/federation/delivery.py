@@ -113,6 +113,14 @@ def _over_http(outbox: Outbox) -> AttemptResult:
     except transport.OutboundBlocked as exc:
         # The peer's URL points somewhere Hermes must not call: no retry will change that.
         return AttemptResult(AttemptOutcome.PERMANENT, _ms(started), error=f"blocked by the SSRF guard: {exc}"[:300])
+    except httpx.InvalidURL as exc:
+        # A base_url httpx cannot parse (saved before peers were checked for it): no retry will change that either.
+        # (Not an httpx.HTTPError: it used to end in `deliver`'s crash handler, a traceback and a retry per attempt.)
+        return AttemptResult(
+            AttemptOutcome.PERMANENT,
+            _ms(started),
+            error=f"the peer's base_url is not a valid URL ({exc}): correct it, then requeue"[:300],
+        )
     except transport.TooSlow as exc:
         # "timeout: " like httpx's own timeouts below, so a search for timeouts in the attempt log finds both.
         return AttemptResult(AttemptOutcome.RETRY, _ms(started), error=f"timeout: {exc}")

@@ -10,6 +10,7 @@ from typing import Any
 
 from django.db import IntegrityError, transaction
 from django.utils import timezone
+from django.utils.dateparse import parse_datetime
 
 from apps.agents.models import Agent
 from apps.core import jsonutil
@@ -61,12 +62,22 @@ def parse_envelope(data: Any, peer_name: str | None) -> Envelope:
         correlation = uuid.UUID(str(raw_corr)) if raw_corr else None
     except ValueError:
         raise ValueError("'correlation_id' must be a UUID or null") from None
+    if "created_at" in data and not _is_timestamp(data["created_at"]):
+        # Absent only from a hand-made message (every Hermes writes it); present, it is what it says it is.
+        raise ValueError("'created_at' must be an ISO-8601 timestamp")
     try:
-        sender = Address.from_wire(data.get("sender"), peer_name)
-        recipient = Address.from_wire(data.get("recipient"), None)
+        sender = Address.from_wire(data.get("sender"), peer_name, "sender")
+        recipient = Address.from_wire(data.get("recipient"), None, "recipient")
     except (ValueError, InvalidAddress) as exc:
         raise ValueError(str(exc)) from None
     return Envelope(message_id, data["type"], sender, recipient, payload, correlation)
+
+
+def _is_timestamp(value: Any) -> bool:
+    try:
+        return isinstance(value, str) and parse_datetime(value) is not None
+    except ValueError:  # the form of one, with a day or hour that does not exist
+        return False
 
 
 def _describe_link(link: Any) -> str:

@@ -47,14 +47,18 @@ def validate_base_url(value: str) -> None:
     host_ok = bool(parts.hostname) and all(c.isalnum() or c in "-._:[]" for c in parts.netloc)
     if parts.scheme not in ("http", "https") or not host_ok or parts.query or parts.fragment or " " in value:
         raise ValidationError(problem, code="invalid")
-    # A cloud metadata address is refused by the outbound guard whatever HERMES_SSRF_ALLOWLIST says, so such a
-    # peer could only ever dead-letter: refuse it here, in the guard's words. (A private or loopback address
-    # depends on the allowlist, which may change: adding one only warns, see actions.delivery_blocked_reason.)
+    # What the outbound guard refuses whatever HERMES_SSRF_ALLOWLIST says — a cloud metadata address, or a URL
+    # httpx cannot even parse (`http://0251.0376.0251.0376/`: urlsplit takes it, httpx finds no IPv4 address in
+    # it) — means a peer that could only ever dead-letter: refuse it here, in the guard's words. (A private or
+    # loopback address depends on the allowlist, which may change: adding one only warns, see
+    # actions.delivery_blocked_reason.)
     try:
         check_url(value)
     except OutboundBlocked as exc:
         if exc.rule == "metadata":
             raise ValidationError(str(exc), code="ssrf") from None
+        if exc.rule == "invalid_url":
+            raise ValidationError(f"{exc} {problem}", code="invalid") from None
 
 
 def validate_peer_name(value: str) -> None:

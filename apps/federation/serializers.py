@@ -1,6 +1,6 @@
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, cast
 
 from django.conf import settings
 from drf_spectacular.utils import extend_schema_serializer
@@ -10,7 +10,12 @@ from apps.core import jsonutil
 from apps.core.errors import HermesAPIError
 from apps.core.serializers import AuditPersonSerializer, StrictFieldsMixin
 from apps.core.validators import display_name
-from apps.federation.actions import USER_MESSAGE_TYPES, check_user_message_type, delivery_blocked_reason
+from apps.federation.actions import (
+    USER_MESSAGE_TYPES,
+    check_user_message_type,
+    delivery_blocked_reason,
+    unknown_peer_warning,
+)
 from apps.federation.models import (
     Contact,
     DeliveryAttempt,
@@ -94,16 +99,28 @@ class ContactSerializer(StrictFieldsMixin, serializers.ModelSerializer):
 
 class PolicySerializer(StrictFieldsMixin, serializers.ModelSerializer):
     effect = serializers.ChoiceField(choices=Effect.choices)
+    remote_warning = serializers.SerializerMethodField(
+        help_text="Why the rule may match nothing: `remote` names a peer this instance has no link to (e.g. "
+        "`*@nosuchpeer`); null otherwise. The rule is saved all the same: the peer may be added next."
+    )
 
     class Meta:
         model = Policy
-        fields = ("id", "local_agent", "remote", "effect", "reason", "created_at")
+        fields = ("id", "local_agent", "remote", "effect", "reason", "created_at", "remote_warning")
         read_only_fields = ("id", "created_at")
         extra_kwargs = {
             "local_agent": {
                 "help_text": "The slug of one of the org's own agents (stored lower-case), or empty for the whole org."
             }
         }
+
+    def get_remote_warning(self, rule: Policy) -> str | None:
+        # The peer names are read once per response (a list of rules would otherwise ask once per rule); the
+        # context is the root serializer's dict, shared by every rule of a list.
+        context = cast(dict[str, Any], self.context)
+        if "peer_names" not in context:
+            context["peer_names"] = set(Peer.objects.values_list("name", flat=True))
+        return unknown_peer_warning(rule.remote, context["peer_names"])
 
 
 class AttemptSerializer(serializers.ModelSerializer):

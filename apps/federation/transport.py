@@ -172,8 +172,8 @@ def _shared_client() -> httpx.Client:
 def post(url: str, body: bytes, headers: dict[str, str], timeout: float) -> Answer:
     """POST `body` and read the answer, all within `timeout` seconds and MAX_ANSWER_BYTES (see the module docstring).
 
-    Raises TooSlow past the deadline, OutboundBlocked for a refused address, httpx.HTTPError for other transport
-    failures."""
+    Raises TooSlow past the deadline, OutboundBlocked for a refused address, httpx.InvalidURL for a URL httpx cannot
+    parse (not an httpx.HTTPError), httpx.HTTPError for other transport failures."""
     token = _deadline.set(_Deadline(time.monotonic() + timeout, timeout))
     # The size bound counts bytes as they come off the wire; a compressed answer could inflate far past it, so
     # none is asked for (a peer that compresses anyway sends bytes no receipt check will accept: retried).

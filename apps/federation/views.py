@@ -22,6 +22,7 @@ from django.utils.cache import add_never_cache_headers
 from django.views.decorators.csrf import csrf_exempt
 from django.views.decorators.http import require_http_methods, require_POST
 
+from apps.core import jsonutil
 from apps.core.console import filtered_page, hx_redirect, is_fragment_request, render_console
 from apps.core.errors import HermesAPIError, error_body
 from apps.core.metrics import FEDERATION_INBOUND
@@ -29,7 +30,7 @@ from apps.core.permissions import Access, role_refusal
 from apps.federation import actions, selectors, signing
 from apps.federation.actions import audit
 from apps.federation.forms import ContactForm, PeerForm, PolicyForm, RemoteTaskForm, SendForm
-from apps.federation.inbound import InboundResult, decode_body, receive
+from apps.federation.inbound import decode_body, receive
 from apps.federation.models import (
     AuditEvent,
     Contact,
@@ -153,10 +154,15 @@ def inbox(request: HttpRequest, sender: str) -> HttpResponse:
         return limited
     try:
         data = decode_body(body)
+    except jsonutil.Refused as exc:
+        # JSON, but holding what cannot be stored (a NUL, a lone surrogate, NaN, nesting too deep): said as the
+        # API says it, naming where, not passed off as "not JSON".
+        why = jsonutil.describe_error(exc)
+        audit(AuditEvent.REJECTED, peer=peer, message_id=_uuid_or_none(msg_id), reason=why)
+        return _json(400, error_body("invalid_json", why))
     except (UnicodeDecodeError, ValueError):
-        result = InboundResult(400, error_body("invalid_json", "The body is not JSON."), "rejected")
         audit(AuditEvent.REJECTED, peer=peer, message_id=_uuid_or_none(msg_id), reason="body is not JSON")
-        return _json(result.status, result.body)
+        return _json(400, error_body("invalid_json", "The body is not JSON."))
     result = receive(peer=peer, message_id=msg_id, data=data)
     if result.status == 200:
         return _json(200, result.body, msg_id=msg_id, secrets=secrets)
@@ -382,6 +388,8 @@ def _rule_saved(saved: actions.SavedPolicy) -> str:
     # pair (an "allow" turned into a "deny" by a differently spelled pattern) went without a word.
     if saved.replaced is not None:
         said += f" It replaces the earlier {saved.replaced} rule."
+    if warning := actions.unknown_peer_warning(saved.rule.remote):
+        said += f" {warning}"
     return said
 
 
