@@ -337,11 +337,14 @@ def require_federation_write(access: Access | None) -> None:
     asked (the API, the console). `access` None: no person or key asks (federation's own code, a command)."""
     if access is None or access.allows("federation:write"):
         return
+    # The details of every other 403 (apps.core.api.require_action): the scope a key lacks, the action a role may
+    # not do.
+    missing_scope = access.scopes is not None
     raise HermesAPIError(
         "Asking another org's agent, answering or canceling its task needs federation:write as well as tasks:write.",
-        code="missing_scope" if access.scopes is not None else "role_forbidden",
+        code="missing_scope" if missing_scope else "role_forbidden",
         status_code=403,
-        details={"required_action": "federation:write"},
+        details={"required_scope" if missing_scope else "required_action": "federation:write"},
     )
 
 

@@ -158,8 +158,8 @@ _INPUT_ERRORS = {
     400: "`details.input` (or `details.metadata`): an input no agent could be sent (docs/tasks.md); for an agent "
     "reached through federation, `unknown_peer`, `peer_disabled` or `no_link_key` (the link has no live key yet).",
     403: "`policy_denied`: an agent reached through federation that the org's federation policy forbids; for such "
-    "an agent also `missing_scope` or `role_forbidden` with `details.required_action: federation:write` (asking or "
-    "answering another org's agent needs it as well as `tasks:write`).",
+    "an agent also `missing_scope` (`details.required_scope`) or `role_forbidden` (`details.required_action`) for "
+    "`federation:write` (asking or answering another org's agent needs it as well as `tasks:write`).",
     413: "`input_too_large`: the input exceeds HERMES_MAX_TASK_INPUT_BYTES (`details.size`, `details.limit`), "
     "measured as compact UTF-8 JSON however the body spells it; `request_too_large`: a body larger than any input "
     "within that limit could need (six times it, every character escaped, plus 16 KiB), refused unread.",
@@ -256,7 +256,8 @@ class TaskViewSet(  # type: ignore[misc]
         request=None,
         responses={202: TaskSerializer},
         errors={
-            403: "`missing_scope` or `role_forbidden` with `details.required_action: federation:write`: a task on "
+            403: "`missing_scope` (`details.required_scope`) or `role_forbidden` (`details.required_action`) for "
+            "`federation:write`: a task on "
             "another org's agent (reached through federation) is canceled in the org's name, which needs it as "
             "well as `tasks:write`.",
             409: "`task_finished`: the task is already final (completed, failed, canceled or rejected).",
