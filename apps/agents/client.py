@@ -25,9 +25,11 @@ Interface for the task worker
 Report reachability with `apps.agents.actions.record_agent_contact(agent, error=None | "why")` (online state).
 
 `run(...)` picks the call the card allows: `SendStreamingMessage` over SSE when the card says streaming, otherwise
-`SendMessage` (return immediately) followed by `GetTask` polling until the task is terminal or interrupted. Pass
-`task_id` and `context_id` (from an earlier update) to continue a task that is `input-required`: the artifacts the
-task holds before the follow-up (one GetTask) count as reported, so a turn reports only what it adds. The lower-level
+`SendMessage` (return immediately) followed by `GetTask` polling until the task is terminal or interrupted.
+`request_metadata` (a JSON object) goes as the request's `metadata`, which the a2a-sdk's server hands the agent as
+`RequestContext.metadata` (`metadata` is the message's own). Pass `task_id` and `context_id` (from an earlier
+update) to continue a task that is `input-required`: the artifacts the task holds before the follow-up (one GetTask)
+count as reported, so a turn reports only what it adds. The lower-level
 `stream(...)`, `send(...)` and `poll(remote_task_id)` are there too. Agents whose card says protocol 0.3 are
 spoken to with v0.3 method names (`message/stream`, `tasks/get`, …) by the SDK's compatibility transport.
 
@@ -258,6 +260,16 @@ def build_message(
     if metadata:
         message.metadata.update(metadata)
     return message
+
+
+def build_request(message: Message, request_metadata: dict[str, Any] | None = None) -> SendMessageRequest:
+    """The SendMessage / SendStreamingMessage request for `message`. `request_metadata` is the request's own
+    `metadata` (a Struct beside the message; the a2a-sdk's server hands it to the executor as
+    `RequestContext.metadata`): Hermes sends a task's metadata there."""
+    request = SendMessageRequest(message=message)
+    if request_metadata:
+        request.metadata.update(request_metadata)
+    return request
 
 
 def _as_json(message: Any) -> Any:
@@ -635,20 +647,31 @@ class AgentClient:
     async def _reread(self, remote_task_id: str, normalizer: _Normalizer) -> list[AgentUpdate]:
         return normalizer.task(await self._fetch(remote_task_id))
 
-    async def stream(self, *, normalizer: _Normalizer | None = None, **message: Any) -> AsyncIterator[AgentUpdate]:
+    async def stream(
+        self,
+        *,
+        normalizer: _Normalizer | None = None,
+        request_metadata: dict[str, Any] | None = None,
+        **message: Any,
+    ) -> AsyncIterator[AgentUpdate]:
         """SendStreamingMessage: every update as the agent sends it, until a final one."""
-        request = SendMessageRequest(message=build_message(**message))
+        request = build_request(build_message(**message), request_metadata)
         async for update in self._events(request, streaming=True, normalizer=normalizer):
             yield update
 
     async def send(
-        self, *, return_immediately: bool = False, normalizer: _Normalizer | None = None, **message: Any
+        self,
+        *,
+        return_immediately: bool = False,
+        normalizer: _Normalizer | None = None,
+        request_metadata: dict[str, Any] | None = None,
+        **message: Any,
     ) -> list[AgentUpdate]:
         """SendMessage: the agent's answer (a task snapshot or a message) as updates.
 
         With return_immediately the agent answers as soon as the task exists; poll it with `poll()`.
         """
-        request = SendMessageRequest(message=build_message(**message))
+        request = build_request(build_message(**message), request_metadata)
         request.configuration.return_immediately = return_immediately
         return [update async for update in self._events(request, streaming=False, normalizer=normalizer)]
 
@@ -715,8 +738,9 @@ class AgentClient:
     async def run(self, *, deadline: float | None = None, **message: Any) -> AsyncIterator[AgentUpdate]:
         """Send a message the way the card allows and yield every update until a final one.
 
-        `message` is `text`, `data` (list of JSON values), `metadata`, `message_id`, and — to continue an
-        input-required task — `task_id` and `context_id`. `deadline` is an event-loop time for polling.
+        `message` is `text` and `data` (list of JSON values) or `parts` (the stored shape), `metadata` (the
+        message's), `message_id`, and — to continue an input-required task — `task_id` and `context_id`;
+        `request_metadata` is the request's (see `build_request`). `deadline` is an event-loop time for polling.
         """
         # One normalizer for the whole call: the polled snapshots repeat what the first answer said.
         normalizer = _Normalizer()

@@ -6,7 +6,7 @@ from drf_spectacular.utils import extend_schema_field
 from rest_framework import serializers
 
 from apps.agents.models import DESCRIPTION_MAX_LENGTH, NAME_MAX_LENGTH, VERSION_MAX_LENGTH, Agent, Visibility
-from apps.core.serializers import PatchSerializer, StrictFieldsMixin
+from apps.core.serializers import PatchSerializer, StrictBooleanField, StrictFieldsMixin
 from apps.core.validators import display_name
 
 
@@ -110,7 +110,7 @@ class AgentCreateSerializer(StrictFieldsMixin, serializers.Serializer):
     )
     description = serializers.CharField(required=False, allow_blank=True, default="", max_length=DESCRIPTION_MAX_LENGTH)
     version = serializers.CharField(max_length=VERSION_MAX_LENGTH, required=False, allow_blank=True, default="")
-    streaming = serializers.BooleanField(required=False, default=False)
+    streaming = StrictBooleanField(required=False, default=False)
     protocol_version = serializers.ChoiceField(choices=[("1.0", "1.0"), ("0.3", "0.3")], default="1.0")
     skills = serializers.ListField(child=serializers.DictField(), required=False, default=list)
 
@@ -135,7 +135,7 @@ class AgentUpdateSerializer(PatchSerializer):
     version = serializers.CharField(max_length=VERSION_MAX_LENGTH, required=False, allow_blank=True)
     url = serializers.URLField(max_length=500, required=False, help_text="Agents registered without a card only.")
     visibility = serializers.ChoiceField(choices=Visibility.choices, required=False)
-    streaming = serializers.BooleanField(required=False)
+    streaming = StrictBooleanField(required=False)
 
 
 class DemoAssignmentSerializer(serializers.Serializer):

@@ -18,6 +18,7 @@ import re
 from typing import Any
 
 from drf_spectacular.drainage import get_override
+from drf_spectacular.extensions import OpenApiSerializerFieldExtension
 from drf_spectacular.openapi import AutoSchema
 from drf_spectacular.plumbing import get_doc
 from drf_spectacular.types import OpenApiTypes
@@ -293,3 +294,22 @@ class HermesAutoSchema(AutoSchema):
 
         headers = {401: _CHALLENGE_HEADER, 429: _RATE_LIMIT_HEADERS, 503: _RETRY_HEADER}
         return {code: (" ".join(parts), headers.get(code, {})) for code, parts in sorted(texts.items())}
+
+
+class ListLimitsSchema(OpenApiSerializerFieldExtension):
+    """States in the schema what a `many=True` serializer enforces on its list: drf-spectacular leaves out
+    `allow_empty=False`, `min_length` and `max_length`, which DRF checks (`minItems`, `maxItems`)."""
+
+    target_class = "rest_framework.serializers.ListSerializer"
+    match_subclasses = True
+
+    def map_serializer_field(self, auto_schema: Any, direction: Any) -> Any:
+        schema = auto_schema._map_serializer_field(self.target, direction, bypass_extensions=True)
+        if not schema:
+            return schema
+        fewest = max(self.target.min_length or 0, 0 if self.target.allow_empty else 1)
+        if fewest:
+            schema["minItems"] = fewest
+        if self.target.max_length is not None:
+            schema["maxItems"] = self.target.max_length
+        return schema

@@ -30,6 +30,19 @@ class StrictFieldsMixin:
         return super().to_internal_value(data)  # type: ignore[misc]
 
 
+class StrictBooleanField(serializers.BooleanField):
+    """JSON `true` or `false`, nothing else. DRF's BooleanField also takes "yes", "on", "1", 1 and their kin, so
+    `{"streaming": "yes"}` turned streaming on; the API refuses a value of another type rather than turning it
+    into one, as text refuses a number."""
+
+    default_error_messages = {"invalid": "Must be true or false (a JSON boolean)."}
+
+    def to_internal_value(self, data: Any) -> bool:
+        if not isinstance(data, bool):
+            self.fail("invalid")
+        return data
+
+
 class PatchSerializer(StrictFieldsMixin, serializers.Serializer):
     """A PATCH body: every field optional, unknown ones refused, and an empty body a 400 that names the fields
     (it was a 200 that changed nothing on some endpoints and a 400 on others)."""

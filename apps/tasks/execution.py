@@ -85,6 +85,13 @@ def _message_kwargs(message: dict[str, Any]) -> dict[str, Any]:
     return kwargs
 
 
+def _send_kwargs(task: Task, message: dict[str, Any]) -> dict[str, Any]:
+    """What `AgentClient.run` is given to send `message` of `task`: the message, and the task's metadata as the
+    request's. On every message of the task, follow-ups too: the agent is handed it per request
+    (RequestContext.metadata), and the a2a-sdk keeps none of it for the next turn."""
+    return {**_message_kwargs(message), "request_metadata": task.metadata or None}
+
+
 # How long a cancel waits for the agent's first answer (it names the agent's task, which CancelTask needs).
 CANCEL_GRACE_SECONDS = 5.0
 
@@ -197,7 +204,7 @@ class Run:
     def _updates(self) -> Iterator[AgentUpdate]:
         task = self.task
         if task.pending_message:
-            message = _message_kwargs(task.pending_message)
+            message = _send_kwargs(task, task.pending_message)
             message.update(task_id=task.remote_task_id or None, context_id=task.remote_context_id or None)
             return iterate_sync(lambda: _until_halted(self.halt, _client(self.target).run_once(**message)))
         if task.remote_task_id:
@@ -207,7 +214,7 @@ class Run:
             recorded = _Recorded.of(task)
             watch = iterate_sync(lambda: _until_halted(self.halt, _watch(self.target, task.remote_task_id)))
             return recorded.without(watch)
-        message = _message_kwargs(task.input)
+        message = _send_kwargs(task, task.input)
         message.update(message_id=str(task.pk))
         return iterate_sync(lambda: _until_halted(self.halt, _client(self.target).run_once(**message)))
 

@@ -8,6 +8,9 @@ from rest_framework import serializers
 from apps.core.serializers import StrictFieldsMixin
 from apps.tasks.models import Task, TaskEvent, TaskState
 
+# The parts of one message (the input, or a follow-up), as the API takes it.
+MAX_PARTS = 64
+
 
 class StrictTextField(serializers.CharField):
     """A JSON string and nothing else: DRF's CharField turns 5 into "5", and the agent would be sent text the
@@ -48,13 +51,17 @@ class PartSerializer(serializers.Serializer):
 # Named for the schema: federation has a MessageSerializer too, and two "Message" components are ambiguous.
 @extend_schema_serializer(component_name="TaskMessage")
 class MessageSerializer(serializers.Serializer):
-    parts = PartSerializer(many=True, allow_empty=False)
+    # The list's own limits (DRF checks them before reading any part; the schema says minItems / maxItems).
+    parts: serializers.ListSerializer[Any] = serializers.ListSerializer(
+        child=PartSerializer(),
+        allow_empty=False,
+        max_length=MAX_PARTS,
+        error_messages={
+            "empty": "A message needs at least one part.",
+            "max_length": "A message holds at most {max_length} parts.",
+        },
+    )
     metadata = serializers.DictField(required=False)
-
-    def validate_parts(self, parts: list[dict[str, Any]]) -> list[dict[str, Any]]:
-        if len(parts) > 64:
-            raise serializers.ValidationError("At most 64 parts.")
-        return parts
 
     def to_internal_value(self, data: Any) -> Any:
         value = super().to_internal_value(data)
@@ -65,8 +72,10 @@ class MessageSerializer(serializers.Serializer):
 
 
 class TaskCreateSerializer(StrictFieldsMixin, serializers.Serializer):
+    # Taken as sent, untrimmed: `GET /tasks?agent=` refuses " <id>" as no id, and so does this (404, saying so).
     agent = serializers.CharField(
         max_length=64,
+        trim_whitespace=False,
         help_text="The agent's id: one of your org's (GET /api/v1/agents) or a public one (GET /api/v1/marketplace).",
     )
     input = MessageSerializer()

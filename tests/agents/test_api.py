@@ -217,6 +217,26 @@ def test_update_and_delete(no_allowlist: None, org: Any, dave: Any, client_for: 
     assert not Agent.objects.for_org(org).exists()
 
 
+@pytest.mark.parametrize("value", ["yes", "on", "true", "1", 1, 0, None, [True]])
+def test_streaming_is_a_json_boolean_not_a_word_for_one(
+    no_allowlist: None, org: Any, alice: Any, client_for: Any, value: Any
+) -> None:
+    # DRF's BooleanField took "yes", "on", "1" and 1 for true: a PATCH of {"streaming": "yes"} turned it on.
+    agent = _manual(org, "Strict")
+    client = client_for(alice)
+    response = client.patch(f"/api/v1/agents/{agent.pk}", {"streaming": value}, format="json")
+    assert response.status_code == 400, value
+    reason = "This field may not be null." if value is None else "Must be true or false (a JSON boolean)."
+    assert response.data["error"]["details"] == {"streaming": [reason]}
+    agent.refresh_from_db()
+    assert not agent.streaming
+    manual = {"mode": "manual", "url": "https://strict.example.com/rpc", "name": "Strict Two", "streaming": value}
+    response = client.post("/api/v1/agents", manual, format="json")
+    assert response.status_code == 400 and response.data["error"]["details"] == {"streaming": [reason]}
+    assert client.patch(f"/api/v1/agents/{agent.pk}", {"streaming": True}, format="json").data["streaming"] is True
+    assert client.patch(f"/api/v1/agents/{agent.pk}", {"streaming": False}, format="json").data["streaming"] is False
+
+
 def test_refresh_through_the_api(card_server: CardServer, org: Any, alice: Any, client_for: Any) -> None:
     card_server.serve("/.well-known/agent-card.json", v1_card(card_server.base))
     agent = actions.register_agent_by_url(org=org, url=card_server.base)

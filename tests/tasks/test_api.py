@@ -7,6 +7,7 @@ from typing import Any
 from urllib import parse
 
 import pytest
+from rest_framework.test import APIClient
 
 from apps.core.models import AuditEvent
 from apps.tasks import actions
@@ -200,6 +201,44 @@ def test_malformed_input_is_400_per_field(client_for: Any, alice: Any, body: Any
     assert error["code"] == "invalid" and field in error["details"]
 
 
+def test_a_message_holds_one_to_64_parts_as_the_schema_says(client_for: Any, alice: Any, agent: Any) -> None:
+    client = client_for(alice)
+    too_many = {"agent": str(agent.pk), "input": {"parts": [{"text": "x"}] * 65}}
+    response = post(client, "/api/v1/tasks", too_many)
+    assert response.status_code == 400
+    assert response.json()["error"]["details"] == {
+        "input": {"parts": {"non_field_errors": ["A message holds at most 64 parts."]}}
+    }
+    none = post(client, "/api/v1/tasks", {"agent": str(agent.pk), "input": {"parts": []}})
+    assert none.json()["error"]["details"] == {
+        "input": {"parts": {"non_field_errors": ["A message needs at least one part."]}}
+    }
+    assert Task.objects.unscoped("test").count() == 0
+    assert post(client, "/api/v1/tasks", {**too_many, "input": {"parts": [{"text": "x"}] * 64}}).status_code == 202
+    task = actions.create_task(org=agent.organization, agent=agent, message={"role": "user", **TEXT})
+    actions.record(task, [Observation(kind="state", data={}, state="input-required")])
+    follow_up = post(client, f"/api/v1/tasks/{task.pk}/messages", {"input": too_many["input"]})
+    assert follow_up.status_code == 400 and "at most 64 parts" in json.dumps(follow_up.json())
+    # The schema says it: it used to declare a list of any length, checked by hand after reading every part.
+    schema = client.get("/api/v1/schema/", HTTP_ACCEPT="application/json").json()
+    parts = schema["components"]["schemas"]["TaskMessage"]["properties"]["parts"]
+    assert (parts["minItems"], parts["maxItems"]) == (1, 64)
+
+
+def test_an_agent_id_with_spaces_is_refused_as_the_task_filter_refuses_it(
+    client_for: Any, alice: Any, agent: Any
+) -> None:
+    # POST /tasks trimmed " <id>" and took it, while GET /tasks?agent= refused the same value as no id.
+    client = client_for(alice)
+    for value in (f" {agent.pk}", f"{agent.pk}\n"):
+        reason = f"'{value}' is not an agent id (a UUID); GET /api/v1/agents lists your agents."
+        listed = client.get("/api/v1/tasks", {"agent": value})
+        assert listed.status_code == 400 and listed.json()["error"]["details"] == {"agent": [reason]}
+        sent = post(client, "/api/v1/tasks", {"agent": value, "input": TEXT})
+        assert sent.status_code == 404 and sent.json()["error"]["details"] == {"agent": [reason]}
+    assert Task.objects.unscoped("test").count() == 0
+
+
 def test_data_nested_deeper_than_a2a_carries_is_400_and_writes_nothing(client_for: Any, alice: Any, agent: Any) -> None:
     client = client_for(alice)
     body = {"agent": str(agent.pk), "input": {"parts": [{"text": "hi"}, {"data": nested(25)}]}}
@@ -321,6 +360,22 @@ def test_list_filters_and_pins_queries(
         ],
         "agent": ["'echo' is not an agent id (a UUID); GET /api/v1/agents lists your agents."],
     }
+
+
+def test_the_sse_stream_is_signed_in_by_the_cookie_or_a_header_never_by_api_key(
+    client_for: Any, alice: Any, org: Any, task: Any
+) -> None:
+    # What docs/tasks.md tells a browser client: EventSource sends the cookie; `?api_key=` is the websockets' only.
+    _, plaintext = issue_api_key(alice, org)
+    url = f"/api/v1/tasks/{task.pk}/stream"
+    session = client_for(alice).get(url, HTTP_ACCEPT="text/event-stream")
+    assert session.status_code == 200 and session["Content-Type"] == "text/event-stream"
+    header = key_client(plaintext).get(url, HTTP_ACCEPT="text/event-stream")
+    assert header.status_code == 200 and header["Content-Type"] == "text/event-stream"
+    query = APIClient().get(f"{url}?api_key={plaintext}", HTTP_ACCEPT="text/event-stream")
+    assert query.status_code == 401 and query.json()["error"]["code"] == "not_authenticated"
+    both = client_for(alice).get(f"{url}?api_key={plaintext}", HTTP_ACCEPT="text/event-stream")
+    assert both.status_code == 400 and "api_key" in both.json()["error"]["details"]
 
 
 def test_events_after(client_for: Any, alice: Any, agent: Any) -> None:
