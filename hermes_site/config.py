@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from email.utils import parseaddr
 from pathlib import Path
 from typing import Any, ClassVar
-from urllib.parse import SplitResult, urlsplit
+from urllib.parse import SplitResult, parse_qsl, urlsplit
 
 import environ
 
@@ -305,6 +305,40 @@ class Url(Kind):
         return value
 
 
+# Query keys of a Postgres DATABASE_URL that are not libpq's: django-environ takes these as Django settings, and
+# Django's backend takes these out of OPTIONS before connecting. Every other key goes to libpq as it is.
+_DJANGO_DATABASE_OPTIONS = frozenset(
+    {name.lower() for name in environ.Env._DB_BASE_OPTIONS}
+    | {"assume_role", "isolation_level", "pool", "server_side_binding", "prepare_threshold", "cursor_factory"}
+)
+
+
+@dataclass(frozen=True)
+class DatabaseUrl(Url):
+    """DATABASE_URL: a Url whose query options (`?sslmode=require`) libpq knows. A misspelt one passed, then every
+    command that connects ended in a traceback: `invalid connection option "sslmod"`."""
+
+    def parse(self, raw: str) -> str:
+        value = super().parse(raw)
+        parts = _split(value)
+        if parts is None or parts.scheme == "sqlite" or not parts.query:
+            return value
+        from psycopg import ProgrammingError
+        from psycopg.conninfo import make_conninfo
+
+        for name, _ in parse_qsl(parts.query, keep_blank_values=True):
+            if name.lower() in _DJANGO_DATABASE_OPTIONS:
+                continue
+            try:
+                make_conninfo("", **{name: "x"})  # psycopg's own check of the name, the one a connection makes
+            except ProgrammingError:
+                raise Invalid(
+                    f"has the option {name!r}, which PostgreSQL does not know: correct or remove it (libpq's are "
+                    "listed at https://www.postgresql.org/docs/current/libpq-connect.html#LIBPQ-PARAMKEYWORDS)."
+                ) from None
+        return value
+
+
 @dataclass(frozen=True)
 class EmailUrl(Kind):
     """django-environ's email URLs (settings.py turns the value into EMAIL_* settings with it)."""
@@ -458,7 +492,7 @@ SETTINGS_TABLE: tuple[Setting, ...] = (
     ),
     Setting(
         "DATABASE_URL",
-        Url(("postgres", "postgresql", "pgsql", "sqlite"), optional=True, needs_host=False),
+        DatabaseUrl(("postgres", "postgresql", "pgsql", "sqlite"), optional=True, needs_host=False),
         "sqlite:///var/hermes.sqlite3",
         "Database; Postgres required in production. Empty means unset.",
         fallback="",

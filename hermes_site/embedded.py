@@ -12,7 +12,9 @@ import shutil
 import signal
 import socket
 import subprocess
+import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 from hermes_site.config import VAR_DIR
@@ -61,8 +63,34 @@ def embedded_redis_url() -> str | None:
     return url or None
 
 
-def start_redis(port: int | None = None, directory: Path = REDIS_DIR) -> tuple[str, subprocess.Popen[bytes] | None]:
-    """Start (or reuse) an embedded Redis; return its URL and the process if we started it."""
+_PR_SET_PDEATHSIG = 1  # <linux/prctl.h>
+
+
+def die_with_parent(parent: int) -> Callable[[], None] | None:
+    """A preexec_fn (it runs in the child, between fork and exec) that has the kernel send the child SIGTERM when
+    `parent` (the calling thread's process) dies; None where there is no prctl (macOS, BSD): there a killed
+    `make run` leaves its children, which hold the checkout lock, so a second run is still refused."""
+    if not sys.platform.startswith("linux"):
+        return None
+    import ctypes
+
+    prctl = ctypes.CDLL(None, use_errno=True).prctl
+
+    def arm() -> None:
+        prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
+        if os.getppid() != parent:  # the parent died before prctl took effect: no signal will come
+            os.kill(os.getpid(), signal.SIGTERM)
+
+    return arm
+
+
+def start_redis(
+    port: int | None = None, directory: Path = REDIS_DIR, *, stop_with_this_process: bool = False
+) -> tuple[str, subprocess.Popen[bytes] | None]:
+    """Start (or reuse) an embedded Redis; return its URL and the process if we started it.
+
+    `stop_with_this_process` (`make run`, from its main thread): on Linux the server gets SIGTERM when this process
+    dies, however it dies, as web, worker and beat do (hermes_site.run._start)."""
     directory.mkdir(parents=True, exist_ok=True)
     url_file = directory / "url"
     if port is None and url_file.exists():
@@ -92,6 +120,7 @@ def start_redis(port: int | None = None, directory: Path = REDIS_DIR) -> tuple[s
         # Its own session: Ctrl-C in the terminal reaches the whole foreground group, and Redis died at once while
         # the worker was still acknowledging its job ("Couldn't ack" tracebacks). `make run` stops it last.
         start_new_session=os.name != "nt",
+        preexec_fn=die_with_parent(os.getpid()) if stop_with_this_process else None,
     )
     for _ in range(100):
         if _ping(port):

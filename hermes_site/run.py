@@ -3,25 +3,27 @@
 With no REDIS_URL it starts the embedded Redis; with no DATABASE_URL settings fall back to SQLite under var/.
 That embedded default belongs to one run per checkout (var/run.lock). Every child gets SIGTERM on Ctrl-C
 (graceful: uvicorn drains connections, the Celery worker finishes or requeues its job thanks to acks_late), then
-the embedded Redis stops.
+the embedded Redis stops. On Linux the servers get SIGTERM too when this process is killed (_start).
 """
 
 from __future__ import annotations
 
 import argparse
 import errno
+import json
 import os
 import signal
 import socket
 import subprocess
 import sys
 import time
+import urllib.error
 import urllib.request
 from collections.abc import Callable
 from types import FrameType
 
 from hermes_site.config import BASE_DIR, VAR_DIR, load_or_exit
-from hermes_site.embedded import start_redis, stop_redis
+from hermes_site.embedded import die_with_parent, start_redis, stop_redis
 
 PY = sys.executable
 
@@ -49,9 +51,13 @@ LOCK_FILE = VAR_DIR / "run.lock"
 _WINDOWS_LOCK_OFFSET = 1 << 20  # Windows locks are mandatory: lock a byte past the text, so it stays readable
 
 
+_lock_fd: int | None = None  # the locked LOCK_FILE, once taken: the servers inherit it (_start)
+
+
 def _lock_checkout(public_url: str) -> None:
     """Lock this checkout's embedded default for the life of the process: the descriptor is left open on purpose
     (closing it would release the lock), and the file says who holds it."""
+    global _lock_fd
     fd = os.open(LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o644)
     try:
         if sys.platform == "win32":
@@ -68,6 +74,13 @@ def _lock_checkout(public_url: str) -> None:
         holder = os.read(fd, 512).decode(errors="replace").strip().split(maxsplit=1)
         os.close(fd)
         pid, url = holder if len(holder) == 2 else ("", "")  # empty: the holder is still starting
+        if pid.isdigit() and not _alive(int(pid)):
+            # The servers of a run that was killed inherit the lock (_start): on Linux they are stopping already.
+            raise CheckoutBusy(
+                f"the servers of a `make run` that was killed (pid {pid}, {url}) still hold this checkout's "
+                f"embedded database and Redis ({VAR_DIR}): they stop by themselves in a few seconds, try again "
+                "then, or give this run DATABASE_URL and REDIS_URL of its own"
+            ) from None
         who = f"(pid {pid}, {url}) " if pid else ""
         stop = f"Ctrl-C where it runs, or `kill {pid}`" if pid else "Ctrl-C where it runs"
         raise CheckoutBusy(
@@ -76,6 +89,19 @@ def _lock_checkout(public_url: str) -> None:
         ) from None
     os.ftruncate(fd, 0)
     os.write(fd, f"{os.getpid()} {public_url}\n".encode())
+    _lock_fd = fd
+
+
+def _alive(pid: int) -> bool:
+    if os.name == "nt":  # os.kill(pid, 0) sends CTRL_C_EVENT there; children do not inherit the lock anyway
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:  # it exists, as another user's process
+        return True
+    return True
 
 
 def _manage(*args: str) -> None:
@@ -133,7 +159,7 @@ def main(argv: list[str] | None = None) -> int:
             return 1
     redis_proc = None
     if not config.redis_url:
-        url, redis_proc = start_redis()
+        url, redis_proc = start_redis(stop_with_this_process=True)
         print(f"hermes: embedded Redis at {url}", flush=True)
 
     children: list[subprocess.Popen[bytes]] = []
@@ -209,9 +235,12 @@ def main(argv: list[str] | None = None) -> int:
             reason = f"exited (code {web}) before answering" if web is not None else f"did not answer {health} in time"
             print(f"hermes: the web server {reason}; its output is above. Stopping.", file=sys.stderr, flush=True)
             return 1
+        not_ready = _not_ready(f"http://{public_host}:{args.port}/api/v1/health/ready")
         print(
             f"\nHermes is running: http://{args.host}:{args.port}/\n"
-            "  demo login: demo@hermes.local / hermes-demo\n"
+            # The web answers without Redis or the broker: say so here, not only in a page that fails later.
+            + (f"  NOT READY: {not_ready}; `python manage.py doctor` says why\n" if not_ready else "")
+            + "  demo login: demo@hermes.local / hermes-demo\n"
             f"  health: http://{args.host}:{args.port}/api/v1/health/live\n"
             "  Ctrl-C stops web, worker, beat" + (" and the embedded Redis" if redis_proc else "") + ".\n",
             flush=True,
@@ -258,8 +287,18 @@ def main(argv: list[str] | None = None) -> int:
 def _start(command: list[str]) -> subprocess.Popen[bytes]:
     """A server child in a session of its own: Ctrl-C in the terminal reaches the whole foreground group, and a
     child still importing Django died of it with a KeyboardInterrupt traceback (web: "failed to start"). This
-    process is the one that hears Ctrl-C, and it stops every child with SIGTERM (the finally in main)."""
-    return subprocess.Popen(command, cwd=BASE_DIR, start_new_session=os.name != "nt")
+    process is the one that hears Ctrl-C, and it stops every child with SIGTERM (the finally in main).
+
+    Being in a session of its own, a child outlived a `make run` that was killed (SIGKILL, the OOM killer): web,
+    worker and beat went on under PID 1, and the next run started a second worker and beat. So each child also
+    holds the checkout lock (the descriptor is inherited: the lock stays taken until the last of them exits), and
+    on Linux it gets SIGTERM when this process dies."""
+    lock = [_lock_fd] if _lock_fd is not None else []
+    if os.name == "nt":
+        return subprocess.Popen(command, cwd=BASE_DIR)
+    return subprocess.Popen(
+        command, cwd=BASE_DIR, start_new_session=True, pass_fds=lock, preexec_fn=die_with_parent(os.getpid())
+    )
 
 
 def _port(text: str) -> int:
@@ -295,6 +334,23 @@ def _bind_problem(host: str, port: int) -> str | None:
                 "make run (0.0.0.0 serves every interface)"
             )
     return None
+
+
+def _not_ready(url: str) -> str | None:
+    """What the readiness probe at `url` finds down ("redis, broker down"), or None when it answers ready."""
+    try:
+        with urllib.request.urlopen(url, timeout=10):  # noqa: S310 - our own loopback address
+            return None
+    except urllib.error.HTTPError as answer:  # 503 names what is down
+        try:
+            failing = json.loads(answer.read()).get("failing")
+        except (ValueError, AttributeError):
+            failing = None
+        if isinstance(failing, list) and failing:
+            return f"{', '.join(map(str, failing))} down"
+        return f"the readiness probe answered {answer.code}"
+    except OSError as exc:
+        return f"the readiness probe did not answer ({exc})"
 
 
 def _wait_until_serving(

@@ -101,8 +101,13 @@ class RequestContextMiddleware:
         org_id = context.get_context().get("org_id")
         if org_id is not None:
             ORG_API_REQUESTS.labels(org_id=str(org_id), status_class=f"{response.status_code // 100}xx").inc()
-        logger = probe_log if request.path.startswith(PROBE_PATHS) else request_log
+        probe = request.path.startswith(PROBE_PATHS)
+        logger = probe_log if probe else request_log
         level = _log_level(response)
+        if probe and level == logging.ERROR and response.status_code == 503:
+            # A not-ready answer is the probe doing its job, every few seconds while it lasts: the readiness body
+            # and the health checks name the cause; an ERROR line per probe only floods the logs.
+            level = logging.WARNING
         logger.log(
             level,
             "%s %s %s",

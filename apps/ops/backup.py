@@ -21,6 +21,7 @@ import json
 import os
 import re
 import shutil
+import signal
 import sqlite3
 import subprocess
 import warnings
@@ -255,7 +256,10 @@ class Database:
         try:
             return psycopg.connect(make_conninfo(**{k: v for k, v in params.items() if v}))
         except psycopg.OperationalError as exc:
-            raise BackupError(f"Cannot connect to {self.describe(dbname)}: {error_line(exc)}") from exc
+            # The target is what the operator named: a connection to the server's maintenance database (to
+            # create the target) that fails names the target, with the database it went through.
+            through = f" (through the server's {dbname!r} database)" if dbname and dbname != self.name else ""
+            raise BackupError(f"Cannot connect to {self.describe()}{through}: {error_line(exc)}") from exc
 
 
 # --- What a manifest records ----------------------------------------------------------------------------------
@@ -501,9 +505,21 @@ def _tool(name: str) -> str:
 
 def _run(command: list[str], env: dict[str, str]) -> None:
     result = subprocess.run(command, env=env, capture_output=True, text=True, timeout=3600)
-    if result.returncode != 0:
-        reason = error_line(result.stderr)[-2000:]
-        raise BackupError(f"{Path(command[0]).name} failed (exit {result.returncode}): {reason}")
+    if result.returncode == 0:
+        return
+    tool = Path(command[0]).name
+    reason = error_line(result.stderr)[-2000:]
+    if result.returncode < 0:
+        # Killed by a signal: pg_restore segfaults on some damaged archives, and then prints nothing at all.
+        try:
+            signame = signal.Signals(-result.returncode).name
+        except ValueError:
+            signame = f"signal {-result.returncode}"
+        crashed = f"{tool} crashed ({signame})"
+        if tool == "pg_restore":
+            crashed += " reading the archive: the dump is damaged"
+        raise BackupError(f"{crashed}{f': {reason}' if reason else ''}.")
+    raise BackupError(f"{tool} failed (exit {result.returncode}): {reason or 'it printed no error message'}")
 
 
 # --- Backup ----------------------------------------------------------------------------------------------------
@@ -556,24 +572,33 @@ def _create_private(path: Path) -> None:
 
 
 def backup(database: Database, directory: Path, *, label: str | None = None) -> BackupResult:
+    # The directories this backup creates: a refused one removes them again ("Nothing was written" left an empty
+    # --output-dir behind).
+    created = [path for path in (directory, *directory.parents) if not path.exists()]
     warnings = _output_directory(directory)
     stamp = label or datetime.now(UTC).strftime("hermes-%Y%m%dT%H%M%S%fZ")
     dump = directory / f"{stamp}.dump" if database.vendor == "postgresql" else directory / f"{stamp}.sqlite3"
-    _create_private(dump)
     try:
-        if database.vendor == "postgresql":
-            contents, tool = _backup_postgres(database, dump)
-        else:
-            contents, tool = _backup_sqlite(database, dump)
+        _create_private(dump)
+        try:
+            if database.vendor == "postgresql":
+                contents, tool = _backup_postgres(database, dump)
+            else:
+                contents, tool = _backup_sqlite(database, dump)
+        except BaseException:
+            dump.unlink(missing_ok=True)  # created empty above: a failed backup leaves nothing that looks like one
+            raise
+        if "django_migrations" not in contents["tables"]:
+            dump.unlink(missing_ok=True)
+            raise BackupError(
+                f"{database.describe()} has no Hermes tables (no migration history): check DATABASE_URL, or run "
+                "`python manage.py migrate` first. Nothing was written."
+            )
     except BaseException:
-        dump.unlink(missing_ok=True)  # created empty above: a failed backup leaves nothing that looks like one
+        for path in created:  # innermost first; one holding anything else (another writer's file) stays
+            with contextlib.suppress(OSError):
+                path.rmdir()
         raise
-    if "django_migrations" not in contents["tables"]:
-        dump.unlink(missing_ok=True)
-        raise BackupError(
-            f"{database.describe()} has no Hermes tables (no migration history): check DATABASE_URL, or run "
-            "`python manage.py migrate` first. Nothing was written."
-        )
     manifest = {
         "format": MANIFEST_FORMAT,
         "created_at": datetime.now(UTC).isoformat(),
@@ -817,15 +842,17 @@ def restore(dump: Path, database: Database, manifest: dict[str, Any], *, force: 
             Path(database.name).parent.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
             raise BackupError(f"Cannot create the directory of {database.describe()}: {exc.strerror}.") from exc
+        # The target is opened on its own: a target that cannot be opened (`sqlite:////proc/x.sqlite3`) was blamed
+        # on the backup ("cannot be restored … is it a SQLite backup?"), which _check_restorable had just read.
         try:
             with (
+                contextlib.closing(database.connect()) as target,
                 contextlib.closing(sqlite3.connect(f"{dump.resolve().as_uri()}?mode=ro", uri=True)) as source,
-                contextlib.closing(sqlite3.connect(database.name)) as target,
             ):
                 source.backup(target)
         except sqlite3.DatabaseError as exc:
             Path(database.name).unlink(missing_ok=True)  # the target was empty (or emptied): leave no stub behind
-            raise BackupError(f"{dump} cannot be restored: {exc} (is it a SQLite backup?).") from exc
+            raise BackupError(f"{dump} cannot be restored into {database.describe()}: {exc}.") from exc
         Path(database.name).chmod(0o600)  # it holds what the dump held, which is private (0600) too
     return verify(database, manifest)
 

@@ -11,7 +11,7 @@ from django.core.cache import caches
 from django.http import HttpRequest, HttpResponse, JsonResponse
 from django.views.decorators.cache import never_cache
 from django.views.decorators.csrf import csrf_exempt
-from django.views.decorators.http import require_GET, require_POST
+from django.views.decorators.http import require_GET, require_POST, require_safe
 from prometheus_client import CONTENT_TYPE_LATEST
 
 from apps.core import jsonutil
@@ -22,14 +22,14 @@ from apps.ops.access import is_operator, request_allowed
 from apps.ops.tasks import PING_KEY, PING_TTL_S, ping_url
 
 
-@require_GET
+@require_safe  # GET and HEAD: load balancers and uptime checks probe with HEAD
 def health_live(request: HttpRequest) -> JsonResponse:
     """Liveness: the process answers; no dependency is touched (so a DB/Redis outage never restarts us)."""
     return JsonResponse({"status": "ok"})
 
 
 @never_cache
-@require_GET
+@require_safe  # GET and HEAD: load balancers and uptime checks probe with HEAD
 def health_ready(request: HttpRequest) -> JsonResponse:
     """Readiness: 200 only with the database (migrations applied), Redis and the broker up; 503 names the rest."""
     report = readiness_report()
@@ -58,7 +58,7 @@ def health(request: HttpRequest) -> JsonResponse:
 
 
 @never_cache
-@require_GET
+@require_safe  # GET and HEAD: load balancers and uptime checks probe with HEAD
 def prometheus_metrics(request: HttpRequest) -> HttpResponse:
     """Prometheus scrape target: django-prometheus HTTP/DB metrics, Hermes metrics, pool and outbox gauges."""
     if not settings.HERMES_FEATURES.get("metrics", True):

@@ -527,3 +527,14 @@ def test_installations_on_other_redis_databases_do_not_hear_each_others_groups(s
 
     assert not asyncio.run(heard(sender_db=5))
     assert asyncio.run(heard(sender_db=4))  # the same installation still does
+
+
+def test_a_database_url_option_libpq_does_not_know_is_refused_by_name() -> None:
+    """`?sslmod=require` passed, then backup, seed_demo and restore ended in tracebacks: `psycopg.ProgrammingError:
+    invalid connection option "sslmod"`."""
+    url = "postgres://postgres@127.0.0.1:5432/hermes?sslmod=require"
+    (problem,) = problems_of({"DATABASE_URL": url})
+    assert problem.startswith(f"DATABASE_URL={url!r} has the option 'sslmod', which PostgreSQL does not know: ")
+    # libpq's own options, and those django-environ or Django's backend take for themselves, pass.
+    fine = "postgres://postgres@db:5432/hermes?sslmode=require&connect_timeout=5&conn_max_age=60&application_name=h"
+    assert load({"DATABASE_URL": fine}).database_url == fine

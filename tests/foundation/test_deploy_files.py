@@ -129,3 +129,44 @@ def test_gunicorn_refuses_a_bad_configuration_once_before_forking(free_port: int
         "at most 31536000."
     ], run.stderr
     assert "Booting worker" not in run.stderr and "Listening at" not in run.stderr, run.stderr
+
+
+def test_gunicorn_writes_json_lines_with_log_format_json(free_port: int) -> None:
+    """LOG_FORMAT=json, and gunicorn's startup lines ("Starting gunicorn", "Listening at", "Booting worker") were
+    plain text among the application's JSON lines."""
+    import json
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    import httpx
+
+    # Python's warnings are no log records (whitenoise's "No directory at: staticfiles/" in a checkout that has not
+    # run collectstatic): out of the way of "every line is JSON".
+    env = {**os.environ, "LOG_FORMAT": "json", "PYTHONWARNINGS": "ignore"}
+    env.pop("PROMETHEUS_MULTIPROC_DIR", None)
+    server = subprocess.Popen(
+        [
+            sys.executable, "-m", "gunicorn", "hermes_site.wsgi:application",
+            "-c", str(ROOT / "deploy" / "gunicorn.conf.py"), "--bind", f"127.0.0.1:{free_port}", "--workers", "1",
+        ],
+        cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            assert server.poll() is None and time.monotonic() < deadline, server.communicate()
+            try:
+                if httpx.get(f"http://127.0.0.1:{free_port}/api/v1/health/live", timeout=2).status_code == 200:
+                    break
+            except httpx.TransportError:
+                time.sleep(0.2)
+    finally:
+        server.send_signal(signal.SIGTERM)
+        stdout, stderr = server.communicate(timeout=60)
+    lines = [json.loads(line) for line in (stdout + stderr).splitlines()]  # every line is JSON
+    messages = [(line["logger"], line["message"]) for line in lines]
+    assert any(logger == "gunicorn.error" and message.startswith("Listening at") for logger, message in messages)
+    assert not any(logger == "gunicorn.access" for logger, _ in messages)  # hermes.request has the request line

@@ -16,6 +16,7 @@ import httpx
 import pytest
 
 from hermes_site.config import BASE_DIR
+from hermes_site.embedded import REDIS_DIR
 
 
 def _embedded_env(tmp_path: Path) -> dict[str, str]:
@@ -348,3 +349,92 @@ def test_a_second_run_on_the_embedded_default_is_refused_in_one_line(tmp_path: P
     ), line
     assert f"`kill {first.pid}`" in line and "DATABASE_URL and REDIS_URL" in line
     assert "embedded Redis at" not in second.stdout
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="PR_SET_PDEATHSIG is Linux's")
+def test_the_servers_of_a_killed_run_stop_with_it(tmp_path: Path, free_port: int) -> None:
+    """SIGKILL on `make run` (the OOM killer, `kill -9`) left web, worker, beat and the embedded Redis running under
+    PID 1, in sessions of their own; a second run on another port then started a second worker and beat."""
+    run = _start_run(_embedded_env(tmp_path), free_port)
+    servers: set[int] = set()
+    redis: set[int] = set()
+    try:
+        deadline = time.monotonic() + 120
+        while len(servers) < 3:
+            assert run.poll() is None and time.monotonic() < deadline, run.communicate()[0]
+            children = {pid: _cmdline(pid) for pid in _descendants(run.pid) if (_stat(pid) or ("", 0))[1] == run.pid}
+            servers = {pid for pid, argv in children.items() if {b"uvicorn", b"worker", b"beat"} & set(argv)}
+            redis = {pid for pid, argv in children.items() if any(b"redis-server" in part for part in argv)}
+            time.sleep(0.1)
+        os.kill(run.pid, signal.SIGKILL)
+        run.wait(timeout=10)  # not communicate(): the servers hold its output pipe open while they live
+        gone_by = time.monotonic() + 30
+        while time.monotonic() < gone_by and _alive(servers | redis):
+            time.sleep(0.2)
+        assert redis, "the embedded Redis was not seen"
+        assert not _alive(servers | redis), [b" ".join(_cmdline(pid)) for pid in _alive(servers | redis)]
+    finally:
+        for pid in _alive(servers | redis):
+            os.kill(pid, signal.SIGKILL)
+        # What stop_redis does at the end of a run: its URL file would send later commands to the dead server.
+        pid_file = REDIS_DIR / "redis.pid"
+        if redis and pid_file.exists() and pid_file.read_text().strip() in {str(pid) for pid in redis}:
+            for name in ("url", "redis.pid"):
+                (REDIS_DIR / name).unlink(missing_ok=True)
+        if run.poll() is None:
+            run.kill()
+        run.communicate(timeout=30)
+
+
+@pytest.mark.skipif(os.name == "nt", reason="Windows children do not inherit the lock")
+def test_the_servers_hold_the_checkout_lock_while_they_live(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A server outliving its run (killed where there is no PR_SET_PDEATHSIG, or still stopping) keeps a second
+    run off the embedded default, and the refusal says the run was killed rather than `kill <a dead pid>`."""
+    from hermes_site import run
+
+    monkeypatch.setattr(run, "LOCK_FILE", tmp_path / "run.lock")
+    monkeypatch.setattr(run, "_lock_fd", None)
+    run._lock_checkout("http://127.0.0.1:8000/")
+    server = run._start([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        assert run._lock_fd is not None
+        os.close(run._lock_fd)  # as the kernel does when the run is killed
+        with pytest.raises(run.CheckoutBusy, match=rf"another `make run` \(pid {os.getpid()}, "):
+            run._lock_checkout("http://127.0.0.1:8001/")
+        dead = subprocess.Popen([sys.executable, "-c", "pass"])
+        dead.wait()
+        (tmp_path / "run.lock").write_text(f"{dead.pid} http://127.0.0.1:8000/\n")
+        with pytest.raises(run.CheckoutBusy) as refused:
+            run._lock_checkout("http://127.0.0.1:8001/")
+        assert str(refused.value).startswith(
+            f"the servers of a `make run` that was killed (pid {dead.pid}, http://127.0.0.1:8000/) still hold"
+        )
+    finally:
+        server.kill()
+        server.wait()
+    run._lock_checkout("http://127.0.0.1:8001/")  # free once the last server is gone
+    assert run._lock_fd is not None
+    os.close(run._lock_fd)
+
+
+@pytest.mark.skipif(os.name == "nt", reason="sends SIGINT to a process group")
+def test_the_banner_says_what_is_not_ready(tmp_path: Path, free_port: int) -> None:
+    """ "Hermes is running" alone, with Redis and the broker down: the first page that needed them failed later."""
+    with socket.socket() as sock:  # a port nothing listens on: a Redis that is down
+        sock.bind(("127.0.0.1", 0))
+        dead = f"redis://127.0.0.1:{sock.getsockname()[1]}/0"
+    run = _start_run({**_embedded_env(tmp_path), "REDIS_URL": dead}, free_port)
+    lines: list[str] = []
+    reader = threading.Thread(target=lambda: lines.extend(iter(run.stdout.readline, "")), daemon=True)  # type: ignore[union-attr]
+    reader.start()
+    try:
+        deadline = time.monotonic() + 120
+        while not any("Ctrl-C stops" in line for line in lines):
+            assert run.poll() is None and time.monotonic() < deadline, "".join(lines)
+            time.sleep(0.2)
+    finally:
+        os.killpg(run.pid, signal.SIGINT)
+        run.wait(timeout=60)
+        reader.join(timeout=5)
+    output = "".join(lines)
+    assert f"Hermes is running: http://127.0.0.1:{free_port}/\n  NOT READY: redis, broker down; " in output, output

@@ -5,21 +5,45 @@ from __future__ import annotations
 from typing import Any
 
 from django.core.management.base import BaseCommand, CommandError
+from django.db import DatabaseError
 
 from apps.core import checks
 
 
 class HermesCommand(BaseCommand):
     """A command that an operator runs while the database is down says so in one line (and exits 1), like the API's
-    503 `database_unavailable`, instead of a traceback through Django's connection code."""
+    503 `database_unavailable`, instead of a traceback through Django's connection code. So does one run on a
+    database whose migrations are not applied (`relation "accounts_user" does not exist`)."""
 
     def execute(self, *args: Any, **options: Any) -> Any:
         try:
             return super().execute(*args, **options)
         except Exception as error:
-            if not checks.is_database_outage(error):
-                raise  # anything else, an error the database answered with included: the traceback informs
-            raise CommandError(
-                f"The database is unreachable ({checks.error_line(error)}); nothing was changed. Check "
-                "DATABASE_URL and that the server runs (`python manage.py doctor`)."
-            ) from error
+            if checks.is_database_outage(error):
+                raise database_unreachable(error) from error
+            if isinstance(error, DatabaseError) and (pending := _unapplied_migrations()):
+                # A missing table is ProgrammingError on Postgres, OperationalError on SQLite: the migration plan
+                # says which it is, whatever the driver called it.
+                # The driver's first line names the table; Postgres' LINE/caret lines after it quote the SQL.
+                missing = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+                raise CommandError(
+                    f"The database has {len(pending)} unapplied migrations ({missing}): run `python manage.py "
+                    "migrate` first."
+                ) from error
+            raise  # anything else, an error the database answered with included: the traceback informs
+
+
+def database_unreachable(error: BaseException) -> CommandError:
+    return CommandError(
+        f"The database is unreachable ({checks.error_line(error)}); nothing was changed. Check DATABASE_URL and "
+        "that the server runs (`python manage.py doctor`)."
+    )
+
+
+def _unapplied_migrations() -> list[str]:
+    from django.db import connection
+
+    try:
+        return checks.pending_migrations(connection)
+    except DatabaseError:  # the plan cannot be read either: the original error is the one to show
+        return []

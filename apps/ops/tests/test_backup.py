@@ -5,7 +5,10 @@ import io
 import json
 import os
 import re
+import signal
 import sqlite3
+import subprocess
+import sys
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -21,6 +24,7 @@ from apps.ops.backup import (
     Database,
     backup,
     drop_database,
+    ensure_database,
     load_manifest,
     restore,
     sha256_file,
@@ -425,4 +429,53 @@ def test_a_dead_database_is_one_line(tmp_path: Path) -> None:
     assert "\n" not in str(refused.value) and "Connection refused" in str(refused.value)
     with pytest.raises(BackupError) as failed:
         backup(Database.from_url("postgres://postgres@127.0.0.1:1/hermes"), tmp_path / "pg")
-    assert "\n" not in str(failed.value) and not list((tmp_path / "pg").iterdir())
+    assert "\n" not in str(failed.value)
+    assert not (tmp_path / "pg").exists()  # it wrote nothing: not even the directory it would have written to
+    (tmp_path / "mine").mkdir()  # a directory the operator made stays
+    with pytest.raises(BackupError):
+        backup(Database.from_url("postgres://postgres@127.0.0.1:1/hermes"), tmp_path / "mine" / "a" / "b")
+    assert list(tmp_path.joinpath("mine").iterdir()) == []
+    with pytest.raises(BackupError) as unreachable:
+        ensure_database(Database.from_url("postgres://postgres@127.0.0.1:1/hermes_target"))
+    assert str(unreachable.value).startswith(
+        "Cannot connect to postgresql://127.0.0.1:1/hermes_target (through the server's 'postgres' database): "
+    )
+
+
+def test_a_sqlite_target_that_cannot_be_opened_is_named_not_the_backup(tmp_path: Path) -> None:
+    """ "cannot be restored: unable to open database file (is it a SQLite backup?)" blamed the backup."""
+    result = backup(_sqlite_source(tmp_path / "hermes.sqlite3"), tmp_path / "backups", label="hermes-test")
+    target = Database.from_url("sqlite:////proc/hermes-restore.sqlite3")
+    with pytest.raises(BackupError) as refused:
+        restore(result.dump, target, load_manifest(result.dump))
+    assert str(refused.value).startswith("Cannot open sqlite:/proc/hermes-restore.sqlite3: "), refused.value
+    assert str(result.dump) not in str(refused.value)
+
+
+@pytest.mark.django_db
+def test_a_pg_restore_that_crashes_on_a_damaged_dump_says_so(tmp_path: Path) -> None:
+    """pg_restore segfaults on some damaged archives and prints nothing: "pg_restore failed (exit -11): " was all
+    the restore said."""
+    database = Database.from_url(database_url())
+    if database.vendor != "postgresql":
+        pytest.skip("a Postgres dump needs the tests on Postgres")
+    result = backup(database, tmp_path, label="hermes-test")
+    manifest = load_manifest(result.dump)
+    data = bytearray(result.dump.read_bytes())
+    data[7] = 0xFF  # the archive format's revision byte, read as a layout that is not there
+    result.dump.write_bytes(bytes(data))
+    crashed = subprocess.run(["pg_restore", "--file", os.devnull, str(result.dump)], capture_output=True, check=False)
+    if crashed.returncode >= 0:
+        pytest.skip(f"this pg_restore reads the damage without crashing (exit {crashed.returncode})")
+    with pytest.raises(BackupError) as refused:
+        restore(result.dump, Database(vendor="postgresql", name="hermes_ops_never_created"), manifest, force=True)
+    signame = signal.Signals(-crashed.returncode).name
+    assert str(refused.value) == f"pg_restore crashed ({signame}) reading the archive: the dump is damaged."
+
+
+def test_a_tool_that_fails_without_a_word_is_said_to() -> None:
+    from apps.ops.backup import _run
+
+    with pytest.raises(BackupError) as failed:
+        _run([sys.executable, "-c", "raise SystemExit(3)"], dict(os.environ))
+    assert str(failed.value).endswith("failed (exit 3): it printed no error message")
