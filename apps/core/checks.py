@@ -11,6 +11,7 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -118,10 +119,25 @@ def forget_migration_state() -> None:
         _MIGRATIONS_OK.clear()
 
 
+def missing_sqlite_file() -> str | None:
+    """The SQLite file DATABASE_URL names when it does not exist yet (else None). Checks do not connect to it:
+    connecting creates an empty file, so a read-only check wrote to disk, and the next one found "42 unapplied
+    migrations" of a database nobody created."""
+    from django.db import connection
+
+    name = str(connection.settings_dict.get("NAME") or "")
+    if connection.vendor != "sqlite" or not name or ":memory:" in name or name.startswith("file:"):
+        return None
+    return None if Path(name).exists() else name
+
+
 def probe_database() -> Probe:
     def run() -> ProbeResult:
         from django.db import DatabaseError, connection
 
+        if (missing := missing_sqlite_file()) is not None:
+            detail = f"no SQLite database at {missing}: `python manage.py migrate` creates it"
+            return False, detail, {"vendor": "sqlite", "missing_file": missing}
         try:
             connection.ensure_connection()
             with connection.cursor() as cursor:

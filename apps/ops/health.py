@@ -100,6 +100,8 @@ def probe_outbox() -> Probe:
 
     if checks.database_recently_unreachable():  # the database probe just found it down: no second wait
         return Probe("outbox", False, "not checked: the database is unreachable", 0.0, available=False)
+    if checks.missing_sqlite_file() is not None:  # querying it would create it
+        return Probe("outbox", False, "not checked: the database does not exist yet", 0.0, available=False)
 
     def run() -> ProbeResult:
         backlog: dict[str, Any] = backlog_fn()

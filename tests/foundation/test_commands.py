@@ -67,3 +67,12 @@ def test_migrate_on_an_unreachable_database_is_one_line() -> None:
     assert result.returncode == 1 and "Traceback" not in result.stderr, result.stderr
     (line,) = result.stderr.strip().splitlines()
     assert line.startswith("CommandError: The database is unreachable (") and "Connection refused" in line, line
+
+
+def test_health_on_a_sqlite_file_that_does_not_exist_creates_none(tmp_path: Path) -> None:
+    # Connecting created an empty file, so a read-only check wrote to disk (and the next one found a database).
+    missing = tmp_path / "nope.sqlite3"
+    result = _manage(f"sqlite:///{missing}", "health")
+    assert result.returncode == 1 and "Traceback" not in result.stderr + result.stdout, result.stderr
+    assert f"no SQLite database at {missing}: `python manage.py migrate` creates it" in result.stdout + result.stderr
+    assert not missing.exists()
