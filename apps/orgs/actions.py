@@ -28,7 +28,7 @@ from apps.core.errors import Conflict, HermesAPIError
 from apps.core.permissions import MATRIX, SCOPES, Access, Role, role_allows
 from apps.core.validators import visible_email
 from apps.orgs import auth, selectors, tokens
-from apps.orgs.models import APIKey, Invitation, Membership, Organization, Plan
+from apps.orgs.models import APIKey, Invitation, Membership, Organization, Plan, RetiredOrgSlug
 
 MAX_ROTATION_GRACE = timedelta(days=30)
 DEFAULT_ROTATION_GRACE = timedelta(hours=24)
@@ -53,11 +53,29 @@ def org_slug(value: str) -> str:
 
 
 @transaction.atomic
-def create_organization(*, user: Any, name: str, slug: str, plan: str = Plan.FREE) -> Organization:
-    """Create an org with `user` as its first owner."""
-    slug = org_slug(slug)
+def slug_refusal(slug: str) -> str | None:
+    """Why an org may not take `slug` (a live org has it, or a deleted one had it), or None."""
     if Organization.objects.filter(slug=slug).exists():
-        raise ValidationError({"slug": [f"The slug '{slug}' is taken."]})
+        return f"The slug '{slug}' is taken; choose another."
+    if RetiredOrgSlug.objects.filter(slug=slug).exists():
+        return (
+            f"The slug '{slug}' belonged to an organization that was deleted, and stays reserved: other "
+            "organizations' federation rules and contacts may still name it. Choose another."
+        )
+    return None
+
+
+@transaction.atomic
+def create_organization(
+    *, user: Any, name: str, slug: str, plan: str = Plan.FREE, reclaim: bool = False
+) -> Organization:
+    """Create an org with `user` as its first owner. `reclaim`: the slug may be a deleted org's (`seed_demo`
+    recreating the demo orgs of this instance, which it deleted itself); nobody else takes one."""
+    slug = org_slug(slug)
+    if reclaim:
+        RetiredOrgSlug.objects.filter(slug=slug).delete()
+    if (refused := slug_refusal(slug)) is not None:
+        raise ValidationError({"slug": [refused]})
     org = Organization.objects.create(name=name, slug=slug, plan=plan, created_by=user)
     Membership.objects.create(organization=org, user=user, role=Role.OWNER)
     audit.record("org.created", org=org, actor=user, target=org, name=name, slug=slug, plan=plan)
@@ -127,6 +145,7 @@ def _delete_org(access: Access, org: Any) -> None:
     # changing would otherwise lock the rows in another order than the change does.
     _lock_org(org, deleting=True)
     audit.record("org.deleted", access=access, target=org, slug=org.slug)
+    RetiredOrgSlug.objects.get_or_create(slug=org.slug)
     Organization.objects.filter(pk=org.pk).delete()
 
 

@@ -8,8 +8,8 @@ from django.utils.text import slugify
 
 from apps.core.permissions import Role
 from apps.core.validators import display_name, visible_email
-from apps.orgs.actions import org_slug
-from apps.orgs.models import MAX_KEY_REQUESTS_PER_MINUTE, Organization, Plan
+from apps.orgs.actions import org_slug, slug_refusal
+from apps.orgs.models import MAX_KEY_REQUESTS_PER_MINUTE, Plan
 
 
 class OrganizationCreateForm(forms.Form):
@@ -33,8 +33,8 @@ class OrganizationCreateForm(forms.Form):
             except ValidationError as error:
                 self.add_error("slug", error.message_dict["slug"])
                 return data
-            if Organization.objects.filter(slug=slug).exists():
-                self.add_error("slug", f"The slug '{slug}' is taken; choose another.")
+            if (refused := slug_refusal(slug)) is not None:
+                self.add_error("slug", refused)
             data["slug"] = slug
         return data
 

@@ -52,6 +52,19 @@ class Organization(models.Model):
         return PLAN_LIMITS.get(self.plan, PLAN_LIMITS[Plan.FREE])
 
 
+class RetiredOrgSlug(models.Model):
+    """The slug of a deleted organization, never given to another one: other orgs' federation rules and contacts,
+    here and on peers, and their federated agents (`echo.acme@paris`) name an org by its slug, and a newcomer
+    registering it took over the trust they grant (their allow rules let its messages and tasks in as the deleted
+    org's)."""
+
+    slug = models.SlugField(max_length=60, primary_key=True)
+    retired_at = models.DateTimeField(auto_now_add=True)
+
+    def __str__(self) -> str:
+        return self.slug
+
+
 class Membership(OrgOwnedModel):
     user = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="memberships")
     role = models.CharField(max_length=20, choices=Role.choices, default=Role.MEMBER)

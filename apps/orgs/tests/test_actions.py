@@ -111,3 +111,20 @@ def test_delete_organization_is_for_owners(org: Any, alice: Any, bob: Any) -> No
     actions.delete_organization(access=access_for(alice, org))
     assert not Organization.objects.filter(pk=org.pk).exists()
     assert AuditEvent.objects.filter(action="org.deleted", org_id=org.pk).exists()
+
+
+def test_a_deleted_orgs_slug_is_never_anyone_elses(org: Any, alice: Any, bob: Any, client_for: Any) -> None:
+    """Other orgs' federation rules and contacts name an org by its slug: a newcomer registering a deleted org's
+    slug was let in by the rules that trusted the deleted org."""
+    actions.delete_organization(access=access_for(alice, org))
+    with pytest.raises(ValidationError) as refused:
+        actions.create_organization(user=bob, name="Not Acme", slug="acme")
+    assert "belonged to an organization that was deleted, and stays reserved" in refused.value.message_dict["slug"][0]
+    api = client_for(bob).post("/api/v1/orgs", {"name": "Not Acme", "slug": "ACME"}, format="json")
+    assert api.status_code == 400 and "stays reserved" in api.json()["error"]["details"]["slug"][0]
+    console = client_for(bob).post("/orgs/new/", {"name": "Acme"})  # the slug derived from the name
+    assert console.status_code == 422 and "stays reserved" in console.content.decode()
+    assert not Organization.objects.filter(slug="acme").exists()
+    # The instance's own demo orgs come back with `seed_demo` (reclaim), and only that way.
+    again = actions.create_organization(user=alice, name="Acme", slug="acme", reclaim=True)
+    assert again.slug == "acme"

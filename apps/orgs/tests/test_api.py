@@ -50,7 +50,8 @@ def test_create_org(alice: Any, client_for: Any) -> None:
     # Federation addresses are case-insensitive: a mixed-case slug is the lower-case one (here taken), and an
     # underscore is refused as the help text says (both were accepted, and `QA_Org` was unreachable by peers).
     again = client.post("/api/v1/orgs", {"name": "Shouting", "slug": "INITECH"}, format="json")
-    assert again.status_code == 400 and again.data["error"]["details"]["slug"] == ["The slug 'initech' is taken."]
+    assert again.status_code == 400
+    assert again.data["error"]["details"]["slug"] == ["The slug 'initech' is taken; choose another."]
     underscore = client.post("/api/v1/orgs", {"name": "U", "slug": "qa_org"}, format="json")
     assert underscore.data["error"]["details"]["slug"] == [
         "'qa_org' is not a slug: use lowercase letters, digits and single hyphens, e.g. acme-labs."

@@ -34,12 +34,13 @@ class Command(HermesCommand):
             user = users.objects.create_user(DEMO_EMAIL, DEMO_PASSWORD, name="Demo Admin")
         org = Organization.objects.filter(slug=DEMO_ORG).first()
         if org is None:
-            org = create_organization(user=user, name="Demo Org", slug=DEMO_ORG)
+            # Deleted in the console, its slug is reserved against newcomers; the demo org is this instance's own.
+            org = create_organization(user=user, name="Demo Org", slug=DEMO_ORG, reclaim=True)
         # The built-in demo agents, so a fresh `make run` can send a task at once (idempotent as well).
         assign_demo_agents(org=org, by=user)
         partner = Organization.objects.filter(slug=PARTNER_ORG).first()
         if partner is None:
-            partner = create_organization(user=user, name="Partner Org", slug=PARTNER_ORG)
+            partner = create_organization(user=user, name="Partner Org", slug=PARTNER_ORG, reclaim=True)
         assign_demo_agents(org=partner, by=user)
         set_policy(org=org, remote=PARTNER_ORG, effect=Effect.ALLOW, reason="demo: ask the partner org's agents")
         set_policy(org=partner, remote=DEMO_ORG, effect=Effect.ALLOW, reason="demo: accept the demo org's requests")
