@@ -12,7 +12,7 @@ from apps.core.admin import ActionAdmin, AdminRefusal, OrgOwnedAdmin, ReadOnlyAd
 from apps.core.errors import HermesAPIError
 from apps.core.permissions import staff_access
 from apps.orgs import actions
-from apps.orgs.models import APIKey, Invitation, Membership, Organization
+from apps.orgs.models import APIKey, Invitation, Membership, Organization, RetiredOrgSlug
 
 
 class OrganizationAdminForm(forms.ModelForm):
@@ -175,3 +175,10 @@ class InvitationAdmin(ReadOnlyAdminMixin, OrgOwnedAdmin):
     search_fields = ("email", "organization__slug")
     exclude = ("digest",)
     raw_id_fields = ("organization", "invited_by", "accepted_by")
+
+
+@admin.register(RetiredOrgSlug)
+class RetiredOrgSlugAdmin(ReadOnlyAdminMixin, admin.ModelAdmin):
+    # Read-only: releasing one would hand other orgs' trust in the deleted org to whoever registers it next.
+    list_display = ("slug", "retired_at")
+    search_fields = ("slug",)
