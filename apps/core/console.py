@@ -167,7 +167,7 @@ def _page_redirect_for_a_fragment(request: HttpRequest, response: HttpResponse) 
     return None
 
 
-def _shows_one_object(url: str) -> bool:
+def shows_one_object(url: str) -> bool:
     """Whether a console URL is the page of one object (its route takes an id), not a section's page."""
     from django.urls import Resolver404, resolve
 
@@ -216,7 +216,7 @@ class ConsoleErrorMiddleware:
         referer = request.headers.get("Referer", "")
         if not url_has_allowed_host_and_scheme(referer, allowed_hosts={request.get_host()}):
             referer = "/"
-        elif getattr(exception, "error_code", "") == "org_switched" and _shows_one_object(referer):
+        elif getattr(exception, "error_code", "") == "org_switched" and shows_one_object(referer):
             # The page of a task (an agent, …) of the org switched away from: loading it again switches the session
             # back to that org (apps.orgs.decorators.switch_to_the_org_holding), undoing the other tab's switch
             # under a refusal that says the session is in the other org. The console's home keeps the session

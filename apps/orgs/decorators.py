@@ -12,7 +12,7 @@ from django.core.exceptions import PermissionDenied
 from django.http import HttpRequest, HttpResponse
 from django.shortcuts import redirect
 
-from apps.core.console import is_fragment_request
+from apps.core.console import is_fragment_request, shows_one_object
 from apps.core.errors import Conflict
 from apps.core.permissions import role_refusal
 from apps.orgs.selectors import SESSION_ORG_KEY, memberships_of, other_org_holding, session_access
@@ -95,7 +95,15 @@ def _refuse_if_page_showed_another_org(request: HttpRequest, org: Any) -> None:
     if not shown or shown == org.slug:
         return
     held = next((m.organization for m in memberships_of(request.user) if m.organization.slug == shown), None)
-    if held is not None:
+    page = request.headers.get("HX-Current-URL") or request.headers.get("Referer") or ""
+    if held is not None and shows_one_object(page):
+        # The page of one of that org's objects (a task, an agent): loading it again switches the session back to
+        # its org (switch_to_the_org_holding), in every tab, so "reload to work in the other org" was wrong.
+        why = (
+            f"this page belongs to {held.name}, but you have switched to {org.name} since (in another tab). To act "
+            f"here, switch back to {held.name} (reloading this page does that, for every tab)."
+        )
+    elif held is not None:
         # By name, as the header and the switcher show orgs (the slug is what the page sent).
         why = (
             f"this page was showing {held.name}, but you have switched to {org.name} since (in another tab). "

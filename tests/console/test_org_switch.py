@@ -114,7 +114,14 @@ def test_a_refused_post_from_a_task_page_of_the_org_switched_away_from_keeps_the
     refused = client.post(f"/tasks/{two_orgs['acme'].pk}/cancel/", {"console_org": "acme"}, HTTP_REFERER=page)
     assert refused.status_code == 302 and refused["Location"] == "/"
     home = main_html(client.get("/"))
-    assert "Nothing was done: this page was showing Acme" in home and "Switched to" not in home
+    assert "Nothing was done: this page belongs to Acme" in home and "Switched to" not in home
+    # Reloading that page switches back (for every tab): the advice says so, not "reload to work in Globex".
+    assert "switch back to Acme (reloading this page does that, for every tab)" in home
+    # The same refusal of an htmx action on the page (its Cancel button), as a toast.
+    toast = client.post(
+        f"/tasks/{two_orgs['acme'].pk}/cancel/", HTTP_X_HERMES_CONSOLE_ORG="acme", HTTP_HX_CURRENT_URL=page, **HX
+    )
+    assert toast.status_code == 409 and "switch back to Acme" in toast["X-Hermes-Error"]
     assert client.get("/tasks/").context["request"].access.org.slug == "globex"  # the session stayed in globex
     assert Task.objects.for_org(two_orgs["acme"].organization_id).get(pk=two_orgs["acme"].pk).state == "submitted"
 
