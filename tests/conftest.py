@@ -101,3 +101,17 @@ def private_quota_namespace(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
             client.delete(key)
     except redis.RedisError:
         pass
+
+
+@pytest.fixture
+def eager_celery() -> Iterator[None]:
+    """Jobs run inline, in the test, instead of on a worker: with `django_capture_on_commit_callbacks(execute=True)`
+    a test sees the mail a request sends (`apps.core.mail.send_later`) in `mail.outbox`."""
+    from hermes_site.celery import app as celery_app
+
+    previous = celery_app.conf.task_always_eager
+    celery_app.conf.task_always_eager = True
+    try:
+        yield
+    finally:
+        celery_app.conf.task_always_eager = previous

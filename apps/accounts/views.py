@@ -7,6 +7,8 @@ rules, write the same audit rows and send the same email (whose link points at `
 
 from __future__ import annotations
 
+from typing import Any
+
 from django.contrib import messages
 from django.contrib.auth import login, update_session_auth_hash
 from django.contrib.auth import views as auth_views
@@ -22,11 +24,37 @@ from django.views.decorators.http import require_http_methods
 from apps.accounts import actions
 from apps.accounts.forms import NewPasswordForm, PasswordChangeForm, PasswordResetRequestForm, RegistrationForm
 from apps.core.console import add_action_errors
+from apps.orgs import quotas
 
 
 class LoginView(auth_views.LoginView):
     template_name = "accounts/login.html"
     redirect_authenticated_user = True
+
+    def post(self, request: HttpRequest, *args: Any, **kwargs: Any) -> HttpResponse:
+        # The per-address budget (as limit_anonymous_posts counts it for the other public forms) and the account's
+        # budget of failed sign-ins, counted here so that a refusal is this form again rather than the generic
+        # refused-post redirect, which went to the home page without `next`.
+        username = request.POST.get("username", "")
+        try:
+            quotas.count_anonymous(request)
+            quotas.check_sign_in(username)
+        except quotas.QuotaExceeded as refused:
+            return self._refused(refused)
+        response = super().post(request, *args, **kwargs)
+        if not request.user.is_authenticated:
+            quotas.record_sign_in_failure(username)
+        return response
+
+    def _refused(self, refused: quotas.QuotaExceeded) -> HttpResponse:
+        """The form again, unchecked (checking it is the password guess being refused), with the address typed,
+        `next` kept and the reason; 429 with Retry-After."""
+        messages.error(self.request, str(refused.detail))
+        form = self.get_form_class()(self.request, initial={"username": self.request.POST.get("username", "")})
+        response = self.render_to_response(self.get_context_data(form=form), status=429)
+        for name, value in refused.headers.items():
+            response[name] = value
+        return response
 
 
 class LogoutView(auth_views.LogoutView):

@@ -8,17 +8,34 @@ readiness stay open because orchestrators probe them anonymously and they reveal
 from __future__ import annotations
 
 import hmac
+from collections.abc import Mapping
+from typing import Any
 
 from django.conf import settings
 from django.http import HttpRequest
 
 from apps.core.http import in_networks
 
+# The headers (as WSGI environ / request.META keys) by which a proxy says whom it forwards for, or that it
+# forwarded at all; any X-Forwarded-* header counts too. Nginx sets X-Real-IP, RFC 7239 proxies Forwarded, and
+# Apache and Varnish add Via.
+PROXY_HEADERS = ("HTTP_FORWARDED", "HTTP_X_REAL_IP", "HTTP_VIA", "HTTP_X_CLIENT_IP", "HTTP_TRUE_CLIENT_IP")
+
+
+def proxy_header(meta: Mapping[str, Any]) -> str | None:
+    """The first proxy header of a WSGI environ or `request.META` (its value), None when there is none."""
+    for key, value in meta.items():
+        if value and (key in PROXY_HEADERS or key.startswith("HTTP_X_FORWARDED_")):
+            return str(value)
+    return None
+
 
 def address_allowed(remote_addr: str, forwarded_for: str | None = None) -> bool:
+    """`forwarded_for`: the value of a proxy header (`proxy_header`), if the request has one."""
     # The server's peer, never an X-Forwarded-For entry (a header is client-controlled). And a request that came
     # through a proxy is not the local machine, whatever its peer address: a reverse proxy on the same host would
-    # otherwise hand every visitor 127.0.0.1. Behind a proxy, scrape with the token.
+    # otherwise hand every visitor 127.0.0.1. A proxy may say so in any of PROXY_HEADERS, not only
+    # X-Forwarded-For. Behind a proxy, scrape with the token.
     if forwarded_for:
         return False
     return in_networks(remote_addr, settings.METRICS_ALLOWED_IPS)
@@ -40,7 +57,7 @@ def request_allowed(request: HttpRequest) -> bool:
     return machine_allowed(
         request.META.get("REMOTE_ADDR", ""),
         request.headers.get("Authorization", ""),
-        request.META.get("HTTP_X_FORWARDED_FOR"),
+        proxy_header(request.META),
     )
 
 

@@ -24,7 +24,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 from prometheus_client.registry import Collector
 
 from apps.core import metrics
-from apps.ops.access import machine_allowed
+from apps.ops.access import machine_allowed, proxy_header
 
 logger = logging.getLogger(__name__)
 
@@ -132,7 +132,7 @@ class _QuietHandler(WSGIRequestHandler):
 def _gated(app: Callable[..., Iterable[bytes]]) -> Callable[..., Iterable[bytes]]:
     def gated(environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterable[bytes]:
         if not machine_allowed(
-            environ.get("REMOTE_ADDR", ""), environ.get("HTTP_AUTHORIZATION", ""), environ.get("HTTP_X_FORWARDED_FOR")
+            environ.get("REMOTE_ADDR", ""), environ.get("HTTP_AUTHORIZATION", ""), proxy_header(environ)
         ):
             start_response("403 Forbidden", [("Content-Type", "text/plain")])
             return [b"metrics: send Authorization: Bearer <METRICS_TOKEN> or scrape from METRICS_ALLOWED_IPS\n"]

@@ -83,6 +83,25 @@ def ping_create(request: HttpRequest) -> JsonResponse:
         return json_error(
             request, "forbidden", "Use `Authorization: Bearer <METRICS_TOKEN>` or an allowed address.", 403
         )
+    # Exempt from CSRF, this endpoint must not be driven by a page of another site open in a browser on an allowed
+    # address (an operator's laptop on loopback): a cross-site "simple" request (a text/plain POST, no preflight)
+    # would otherwise make a worker GET any URL it names.
+    if _cross_site(request):
+        return json_error(
+            request,
+            "forbidden",
+            "Cross-site requests are refused: call this endpoint from a script or a server, not from another "
+            "site's page.",
+            403,
+        )
+    if request.body and request.content_type != "application/json":
+        return json_error(
+            request,
+            "unsupported_media_type",
+            f"The body must be application/json (it was {request.content_type or 'unlabelled'}): send "
+            '`Content-Type: application/json` with {"url": "https://…"}.',
+            415,
+        )
     try:
         payload = jsonutil.loads(request.body or b"{}")
     except ValueError:
@@ -110,6 +129,18 @@ def ping_detail(request: HttpRequest, probe_id: str) -> JsonResponse:
     if result is None:
         return json_error(request, "not_found", "Not found.", 404)
     return JsonResponse(result)
+
+
+def _cross_site(request: HttpRequest) -> bool:
+    """Whether a browser sent this request from a page of another site. Scripts and servers send neither header;
+    browsers send `Origin` on every POST and `Sec-Fetch-Site` on every request (`null` is an opaque origin: a
+    sandboxed frame, a file, a redirect across sites)."""
+    if request.headers.get("Sec-Fetch-Site", "").lower() == "cross-site":
+        return True
+    origin = request.headers.get("Origin")
+    if origin is None or origin in settings.CSRF_TRUSTED_ORIGINS:
+        return False
+    return origin.lower() != f"{request.scheme}://{request.get_host()}".lower()
 
 
 MACHINE_ONLY = "Use `Authorization: Bearer <METRICS_TOKEN>` or call from an address in METRICS_ALLOWED_IPS."

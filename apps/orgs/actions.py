@@ -17,7 +17,6 @@ from typing import Any
 
 from django.conf import settings
 from django.core.exceptions import ValidationError
-from django.core.mail import send_mail
 from django.db import IntegrityError, OperationalError, transaction
 from django.db.models import RestrictedError
 from django.utils import timezone
@@ -25,6 +24,7 @@ from django.utils import timezone
 from apps.core import audit
 from apps.core.api import require_action as _require
 from apps.core.errors import Conflict, HermesAPIError
+from apps.core.mail import send_later
 from apps.core.permissions import MATRIX, SCOPES, Access, Role, role_allows
 from apps.core.validators import visible_email
 from apps.orgs import auth, selectors, tokens
@@ -331,14 +331,11 @@ def invite_member(*, access: Access, email: str, role: str = Role.MEMBER) -> Iss
         )
     org_name, inviter = access.org.name, getattr(access.user, "email", "someone")
     # On commit: a request that fails after this point sends no email for an invitation that was never stored.
-    transaction.on_commit(
-        lambda: send_mail(
-            f"You are invited to {org_name} on Hermes",
-            f"{inviter} invited you to join {org_name} as {role}.\n\n"
-            f"Accept within {INVITATION_LIFETIME.days} days: {invitation_url(token)}\n",
-            None,
-            [email],
-        )
+    send_later(
+        f"You are invited to {org_name} on Hermes",
+        f"{inviter} invited you to join {org_name} as {role}.\n\n"
+        f"Accept within {INVITATION_LIFETIME.days} days: {invitation_url(token)}\n",
+        [email],
     )
     return IssuedInvitation(invitation, token, len(open_ones))
 

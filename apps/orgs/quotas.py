@@ -5,6 +5,8 @@
   count). Fixed one-minute windows: simple, one counter per window; a client may burst up to twice the limit
   across a window boundary, which is acceptable for protecting the service.
 - Usage: accepted API calls and tasks per org per UTC day (kept 35 days), shown by `GET /api/v1/usage`.
+- Public endpoints: requests per minute per client address (an IPv6 client by its /64), and failed console
+  sign-ins per minute per account, from whatever addresses.
 - Tasks per day (by plan): the tasks app calls `reserve_task(org)` before creating a task (check + count in one
   step), or `check_task_quota(org)` / `record_task(org)` separately.
 
@@ -17,6 +19,8 @@ not even try, so a dead Redis costs one connection attempt per second, not one p
 from __future__ import annotations
 
 import functools
+import hashlib
+import ipaddress
 import logging
 import math
 import threading
@@ -122,12 +126,20 @@ class Decision:
             "key_requests_per_minute": f"This API key's limit of {self.limit} requests per minute",
             "tasks_per_day": f"This organization's limit of {self.limit} tasks per day (UTC)",
             "address_requests_per_minute": f"The limit of {self.limit} requests per minute from one address",
+            "account_sign_in_failures_per_minute": (
+                f"This account's limit of {self.limit} failed sign-ins per minute, from whatever address,"
+            ),
         }[self.limit_name]
         return f"{what} is used up; it resets in {self.retry_after} s. {self.how_to_raise()}"
 
     def how_to_raise(self) -> str:
         if self.limit_name == "address_requests_per_minute":
             return "Wait for the reset; this limit protects the public endpoints and cannot be raised."
+        if self.limit_name == "account_sign_in_failures_per_minute":
+            return (
+                "Wait for the reset, or reset the password if it is forgotten; this limit protects accounts from "
+                "password guessing and cannot be raised."
+            )
         if self.limit_name == "key_requests_per_minute":
             return (
                 "This is the key's own limit (rate_limit_per_minute), set when it was created: an admin can create "
@@ -286,12 +298,16 @@ class OrgQuotaThrottle(BaseThrottle):
 ANONYMOUS_REQUESTS_PER_MINUTE = 20
 
 
+def _minute_key(subject: str, window: int) -> str:
+    return ":".join([KEY_PREFIX, subject, str(window)])
+
+
 def check_per_minute(subject: str, limit: int, limit_name: str, now: float | None = None) -> Decision | None:
     """Count one request of `subject` (not an org: a client address, a federation peer) against `limit` per
     minute; None when Redis is unreachable (fail open)."""
     now = clock() if now is None else now
     window = int(now // WINDOW_SECONDS)
-    keys = [":".join([KEY_PREFIX, subject, str(window)])]
+    keys = [_minute_key(subject, window)]
     result = _gate.run(lambda: _gate.script()(keys=keys, args=[1, limit, WINDOW_SECONDS * 2]), limit_name)
     if result is None:
         return None
@@ -301,9 +317,25 @@ def check_per_minute(subject: str, limit: int, limit_name: str, now: float | Non
     return decision
 
 
+def address_group(ip: str) -> str:
+    """The part of a client address one budget is kept for: an IPv4 address, or an IPv6 address's /64. A single
+    IPv6 host is normally given a whole /64 (SLAAC, privacy addresses), so per address it could take a fresh
+    budget for every request."""
+    try:
+        address = ipaddress.ip_address(ip)
+    except ValueError:  # "unknown": no address to group
+        return ip
+    if isinstance(address, ipaddress.IPv6Address):
+        if address.ipv4_mapped is not None:  # ::ffff:192.0.2.1 is the IPv4 client 192.0.2.1
+            return str(address.ipv4_mapped)
+        return str(ipaddress.IPv6Network((address, 64), strict=False))
+    return str(address)
+
+
 def check_anonymous(ip: str, now: float | None = None) -> Decision | None:
     """Per-address limit for the public endpoints (registration, password reset); None when Redis is down."""
-    return check_per_minute(f"anon:{ip}", ANONYMOUS_REQUESTS_PER_MINUTE, "address_requests_per_minute", now)
+    subject = f"anon:{address_group(ip)}"
+    return check_per_minute(subject, ANONYMOUS_REQUESTS_PER_MINUTE, "address_requests_per_minute", now)
 
 
 def count_anonymous(request: HttpRequest) -> None:
@@ -314,6 +346,37 @@ def count_anonymous(request: HttpRequest) -> None:
     request.hermes_quota = decision  # type: ignore[attr-defined]
     if not decision.allowed:
         raise QuotaExceeded(decision)
+
+
+# Failed sign-ins of one account (by the address typed, known or not) per minute, from any client addresses: the
+# per-address budget alone let three addresses (or one IPv6 network's many) try 60 passwords in under a minute.
+# Past it every sign-in to that account is refused until the minute ends; a successful sign-in does not count.
+SIGN_IN_FAILURES_PER_MINUTE = 10
+
+
+def _sign_in_subject(username: str) -> str:
+    # A digest: Redis key names are listed by operators' tools, and the address is personal data.
+    return "sign-in-failures:" + hashlib.sha256(username.strip().lower().encode()).hexdigest()[:32]
+
+
+def check_sign_in(username: str, now: float | None = None) -> None:
+    """QuotaExceeded when the account `username` names has used up this minute's failed sign-ins (fails open)."""
+    now = clock() if now is None else now
+    window = int(now // WINDOW_SECONDS)
+    key = _minute_key(_sign_in_subject(username), window)
+    failures = int(_gate.run(lambda: _gate.client().get(key), "sign-in check") or 0)
+    if failures < SIGN_IN_FAILURES_PER_MINUTE:
+        return
+    limit_name = "account_sign_in_failures_per_minute"
+    QUOTA_REJECTIONS.labels(limit=limit_name).inc()
+    reset_at = (window + 1) * WINDOW_SECONDS
+    raise QuotaExceeded(Decision(False, limit_name, SIGN_IN_FAILURES_PER_MINUTE, failures, reset_at, now))
+
+
+def record_sign_in_failure(username: str, now: float | None = None) -> None:
+    """Count a failed sign-in against the account `username` names (see check_sign_in)."""
+    subject = _sign_in_subject(username)
+    check_per_minute(subject, SIGN_IN_FAILURES_PER_MINUTE, "account_sign_in_failures_per_minute", now)
 
 
 class AnonymousRateThrottle(BaseThrottle):

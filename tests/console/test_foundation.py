@@ -154,7 +154,9 @@ def test_login_and_logout(client: Client, alice: Any) -> None:
     assert shouted.status_code == 302
 
 
-def test_password_reset_by_email(client: Client, alice: Any, django_capture_on_commit_callbacks: Any) -> None:
+def test_password_reset_by_email(
+    client: Client, alice: Any, django_capture_on_commit_callbacks: Any, eager_celery: None
+) -> None:
     with django_capture_on_commit_callbacks(execute=True):
         response = client.post("/accounts/password-reset/", {"email": "alice@acme.test"})
     assert response.status_code == 302 and response["Location"] == "/accounts/password-reset/sent/"

@@ -98,7 +98,12 @@ def test_a_member_may_leave(as_user: Any, team: dict[str, Any], org: Any) -> Non
 
 
 def test_invite_and_accept(
-    as_user: Any, team: dict[str, Any], org: Any, client: Any, django_capture_on_commit_callbacks: Any
+    as_user: Any,
+    team: dict[str, Any],
+    org: Any,
+    client: Any,
+    django_capture_on_commit_callbacks: Any,
+    eager_celery: None,
 ) -> None:
     with django_capture_on_commit_callbacks(execute=True):
         response = as_user(team["bob"]).post(

@@ -147,7 +147,9 @@ def test_keys_cannot_change_passwords(org: Any, alice: Any) -> None:
     assert response.status_code == 403 and response.data["error"]["code"] == "session_required"
 
 
-def test_password_reset_round_trip(alice: Any, api: Any, django_capture_on_commit_callbacks: Any) -> None:
+def test_password_reset_round_trip(
+    alice: Any, api: Any, django_capture_on_commit_callbacks: Any, eager_celery: None
+) -> None:
     with django_capture_on_commit_callbacks(execute=True):
         assert api.post("/api/v1/auth/password/reset", {"email": "ALICE@acme.test"}, format="json").status_code == 202
         # Unknown addresses get the same answer and no mail.

@@ -113,6 +113,27 @@ def test_metrics_endpoint_access(client: Client) -> None:
 
 
 @pytest.mark.django_db
+@override_settings(METRICS_TOKEN="scrape-me", METRICS_ALLOWED_IPS=["127.0.0.1"])
+@pytest.mark.parametrize(
+    "header",
+    [
+        {"HTTP_FORWARDED": "for=198.51.100.4"},  # RFC 7239
+        {"HTTP_X_REAL_IP": "198.51.100.4"},  # nginx
+        {"HTTP_VIA": "1.1 proxy.example"},  # Apache, Varnish, Squid
+        {"HTTP_X_FORWARDED_HOST": "hermes.example.com"},
+    ],
+)
+def test_a_request_through_a_proxy_is_not_loopback_whatever_header_says_so(
+    client: Client, header: dict[str, str]
+) -> None:
+    # Only X-Forwarded-For counted: a same-host proxy sending X-Real-IP handed every visitor the loopback access.
+    for path in ("/metrics", "/api/v1/health"):
+        assert client.get(path, **header).status_code == 403, (path, header)
+    assert client.get("/metrics", HTTP_AUTHORIZATION="Bearer scrape-me", **header).status_code == 200
+    assert client.get("/metrics").status_code == 200  # without one, loopback is still allowed
+
+
+@pytest.mark.django_db
 def test_metrics_exposition_has_http_db_health_and_domain_metrics(client: Client) -> None:
     client.get("/api/v1/health/live")
     text = client.get("/metrics").content.decode()

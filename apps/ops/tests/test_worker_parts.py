@@ -36,6 +36,20 @@ def test_worker_exporter_serves_gated_metrics() -> None:
         exporter.stop()
 
 
+@override_settings(METRICS_TOKEN="", METRICS_ALLOWED_IPS=["127.0.0.1"])
+def test_the_worker_exporter_refuses_what_came_through_a_proxy_whatever_header_says_so() -> None:
+    # As /metrics on the web (apps.ops.access.proxy_header): only X-Forwarded-For counted here.
+    exporter = ops_metrics.WorkerExporter("127.0.0.1", 0)
+    exporter.start()
+    try:
+        url = f"http://127.0.0.1:{exporter.port}/metrics"
+        assert httpx.get(url, timeout=5).status_code == 200  # loopback, no proxy
+        for header in ("X-Forwarded-For", "X-Real-IP", "Forwarded", "Via"):
+            assert httpx.get(url, headers={header: "1.2.3.4"}, timeout=5).status_code == 403, header
+    finally:
+        exporter.stop()
+
+
 def test_exporter_lifecycle_is_idempotent(free_port: int) -> None:
     first = ops_metrics.start_worker_exporter("127.0.0.1", free_port)
     try:

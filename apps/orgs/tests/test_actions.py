@@ -67,7 +67,7 @@ def test_plan_changes_are_for_owners(org: Any, alice: Any, bob: Any) -> None:
 
 
 def test_invitation_round_trip(
-    org: Any, alice: Any, bob: Any, mailoutbox: Any, django_capture_on_commit_callbacks: Any
+    org: Any, alice: Any, bob: Any, mailoutbox: Any, django_capture_on_commit_callbacks: Any, eager_celery: None
 ) -> None:
     with django_capture_on_commit_callbacks(execute=True):
         issued = actions.invite_member(access=access_for(bob, org), email="Nina@Example.test", role=Role.DEVELOPER)

@@ -204,7 +204,7 @@ def _token_from_mail() -> str:
 
 
 def test_invite_and_accept(
-    org: Any, alice: Any, bob: Any, client_for: Any, django_capture_on_commit_callbacks: Any
+    org: Any, alice: Any, bob: Any, client_for: Any, django_capture_on_commit_callbacks: Any, eager_celery: None
 ) -> None:
     with django_capture_on_commit_callbacks(execute=True):
         response = client_for(bob).post(

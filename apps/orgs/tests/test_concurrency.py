@@ -156,7 +156,7 @@ def test_removing_someone_while_their_role_changes(
 
 
 def test_simultaneous_invitations_of_one_address_replace_each_other(
-    org: Any, alice: Any, client_for: Any, monkeypatch: pytest.MonkeyPatch
+    org: Any, alice: Any, client_for: Any, monkeypatch: pytest.MonkeyPatch, eager_celery: None
 ) -> None:
     # Every request revoked the open invitation (none yet) and then inserted its own: all but one broke the
     # one-open-invitation-per-address constraint, a 500 each. Held between the two steps, they all do.

@@ -1,0 +1,85 @@
+"""Console sign-in past its budgets: per client address (shared with the public endpoints) and per account (failed
+sign-ins, from whatever addresses)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+from django.test import Client
+
+from apps.orgs import quotas
+
+pytestmark = pytest.mark.django_db
+LOGIN = "/accounts/login/?next=/tasks/"
+RIGHT = {"username": "alice@acme.test", "password": "correct-horse-battery"}  # tests.factories.UserFactory
+
+
+@pytest.fixture
+def one_window(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(quotas, "clock", lambda: 1_800_000_030.0)  # one window, whatever the wall clock
+
+
+def test_a_throttled_sign_in_shows_the_form_again_with_next_and_the_reason_once(
+    alice: Any, client: Client, monkeypatch: pytest.MonkeyPatch, one_window: None
+) -> None:
+    # It was `302 Location: /` (next dropped), and each throttled post queued the message once more.
+    monkeypatch.setattr(quotas, "ANONYMOUS_REQUESTS_PER_MINUTE", 1)
+    assert client.post(LOGIN, {"username": "alice@acme.test", "password": "wrong"}).status_code == 200
+    for _ in range(3):
+        refused = client.post(LOGIN, RIGHT)
+        assert refused.status_code == 429 and refused["Retry-After"] == "30"
+        html = refused.content.decode()
+        assert html.count("requests per minute from one address is used up; it resets in 30 s") == 1
+        assert 'name="next" value="/tasks/"' in html
+        assert 'value="alice@acme.test"' in html  # what was typed, to send again
+        assert "_auth_user_id" not in client.session
+    # Nothing left over for the next page.
+    assert "used up" not in client.get("/accounts/login/").content.decode()
+
+
+def test_an_account_has_a_budget_of_failed_sign_ins_whatever_the_address(
+    alice: Any, client: Client, monkeypatch: pytest.MonkeyPatch, one_window: None
+) -> None:
+    monkeypatch.setattr(quotas, "SIGN_IN_FAILURES_PER_MINUTE", 3)
+    addresses = ["198.51.100.1", "198.51.100.2", "2001:db8::1"]
+    for address in addresses:
+        wrong = client.post(LOGIN, {"username": "Alice@acme.test", "password": "guess"}, REMOTE_ADDR=address)
+        assert wrong.status_code == 200
+    # A fresh address, and the right password: refused until the minute ends.
+    refused = client.post(LOGIN, RIGHT, REMOTE_ADDR="203.0.113.9")
+    assert refused.status_code == 429 and refused["Retry-After"] == "30"
+    html = refused.content.decode()
+    assert "This account&#x27;s limit of 3 failed sign-ins per minute, from whatever address, is used up" in html
+    assert 'name="next" value="/tasks/"' in html and "_auth_user_id" not in client.session
+    # Another account is not affected, and successful sign-ins do not count.
+    bob_client = Client()
+    from tests.factories import UserFactory
+
+    UserFactory(email="bob@acme.test")
+    for _ in range(4):
+        signed_in = bob_client.post(LOGIN, {"username": "bob@acme.test", "password": "correct-horse-battery"})
+        assert signed_in.status_code == 302 and signed_in["Location"] == "/tasks/"
+        bob_client.post("/accounts/logout/")
+    monkeypatch.setattr(quotas, "clock", lambda: 1_800_000_090.0)  # the next minute
+    assert client.post(LOGIN, RIGHT, REMOTE_ADDR="203.0.113.9").status_code == 302
+
+
+@pytest.mark.parametrize(
+    ("first", "second", "shared"),
+    [
+        ("2001:db8:1:2::1", "2001:db8:1:2:ffff:ffff:ffff:ffff", True),  # one /64: one client
+        ("2001:db8:1:2::1", "2001:db8:1:3::1", False),
+        ("192.0.2.1", "::ffff:192.0.2.1", True),  # the IPv4 client, however written
+        ("192.0.2.1", "192.0.2.2", False),
+    ],
+)
+def test_ipv6_clients_share_a_budget_per_64(
+    client: Client, monkeypatch: pytest.MonkeyPatch, one_window: None, first: str, second: str, shared: bool
+) -> None:
+    monkeypatch.setattr(quotas, "ANONYMOUS_REQUESTS_PER_MINUTE", 1)
+    reset = "/api/v1/auth/password/reset"
+    body = {"email": "a@example.test"}
+    assert client.post(reset, body, content_type="application/json", REMOTE_ADDR=first).status_code == 202
+    second_status = client.post(reset, body, content_type="application/json", REMOTE_ADDR=second).status_code
+    assert second_status == (429 if shared else 202)
