@@ -4,6 +4,7 @@ from typing import Any
 
 from django import forms
 from django.contrib.auth import password_validation
+from django.contrib.auth.forms import AuthenticationForm
 
 from apps.core.validators import display_name, visible_email
 
@@ -44,6 +45,14 @@ class RegistrationForm(_PasswordPair):
         widget=forms.PasswordInput(attrs={"autocomplete": "new-password"}),
         help_text="Enter the same password again.",
     )
+
+
+class SignInForm(AuthenticationForm):
+    # Django's text says both fields "may be case-sensitive": emails are compared ignoring case here.
+    error_messages = {
+        **AuthenticationForm.error_messages,
+        "invalid_login": "Please enter a correct email and password (the password is case-sensitive).",
+    }
 
 
 class PasswordResetRequestForm(forms.Form):

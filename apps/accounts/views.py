@@ -22,12 +22,19 @@ from django.views.decorators.debug import sensitive_post_parameters
 from django.views.decorators.http import require_http_methods
 
 from apps.accounts import actions
-from apps.accounts.forms import NewPasswordForm, PasswordChangeForm, PasswordResetRequestForm, RegistrationForm
+from apps.accounts.forms import (
+    NewPasswordForm,
+    PasswordChangeForm,
+    PasswordResetRequestForm,
+    RegistrationForm,
+    SignInForm,
+)
 from apps.core.console import add_action_errors
 from apps.orgs import quotas
 
 
 class LoginView(auth_views.LoginView):
+    form_class = SignInForm
     template_name = "accounts/login.html"
     redirect_authenticated_user = True
 

@@ -181,7 +181,11 @@ def _resume_waiting(peer: Peer, *, including_backoff: bool = False) -> None:
 def no_live_key_reason(peer: Peer) -> str:
     """Why nothing can be sent over a link without keys: said locally, instead of sending it unsigned and having
     the peer answer 401 bad_signature, which blamed the peer."""
-    return f"link '{peer.name}' has no live key; add one with federation_keys add or in the console"
+    # Said to org members too, who cannot add keys: who can, and how.
+    return (
+        f"link '{peer.name}' has no live key; the instance's operators add one (federation_keys add, or staff "
+        "on the console's Peers page)"
+    )
 
 
 def _deliverable() -> Q:

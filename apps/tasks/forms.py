@@ -10,7 +10,14 @@ from apps.tasks.models import TaskState
 
 
 class TaskForm(forms.Form):
-    agent = forms.ChoiceField(label="Agent")
+    agent = forms.ChoiceField(
+        label="Agent",
+        # An agent listed when the page loaded and made private or deleted since (another org's public one).
+        error_messages={
+            "invalid_choice": "This agent is no longer available to your organization (made private or deleted): "
+            "choose another."
+        },
+    )
     text = forms.CharField(
         label="Message",
         widget=forms.Textarea(attrs={"rows": 5, "placeholder": "What should the agent do?"}),

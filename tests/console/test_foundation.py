@@ -144,6 +144,8 @@ def test_register_shows_precise_errors_and_writes_nothing(client: Client, alice:
 def test_login_and_logout(client: Client, alice: Any) -> None:
     bad = client.post("/accounts/login/", {"username": "alice@acme.test", "password": "nope"})
     assert bad.status_code == 200 and "correct email" in bad.content.decode().lower()
+    # Emails are compared ignoring case: only the password is case-sensitive, as the message says.
+    assert "the password is case-sensitive" in bad.content.decode() and "both fields" not in bad.content.decode()
     good = client.post("/accounts/login/", {"username": "alice@acme.test", "password": "correct-horse-battery"})
     assert good.status_code == 302
     assert client.get("/").status_code == 200

@@ -65,6 +65,10 @@ def test_send_with_structured_data_and_precise_errors(as_user: Any, dave: Any, o
         "/tasks/new/", {"agent": str(echo.pk), "text": "x", "structured": "{" + '"a": {' * 24 + "}" * 25}
     )
     assert deep.status_code == 422 and "This nests 25 levels deep; agents accept at most 24." in deep.content.decode()
+    # An agent offered when the page loaded and no longer usable (another org's, made private): said in words,
+    # not Django's "Select a valid choice. <uuid> is not one of the available choices."
+    gone = client.post("/tasks/new/", {"agent": "126c8bc2-d05a-4c77-bfdc-555ede70a1ad", "text": "x", "structured": ""})
+    assert gone.status_code == 422 and "no longer available to your organization" in gone.content.decode()
     assert Task.objects.for_org(org).count() == 1
 
 
@@ -79,7 +83,7 @@ def test_agent_picker_offers_own_and_public_agents_only(
     # Options carry the slug: two agents may share a name, never a slug.
     assert f">Public Echo ({public.slug})<" in page and f">Echo ({echo.slug})<" not in page
     refused = client.post("/tasks/new/", {"agent": str(echo.pk), "text": "x"})
-    assert refused.status_code == 422 and "Select a valid choice" in refused.content.decode()
+    assert refused.status_code == 422 and "no longer available to your organization" in refused.content.decode()
     assert client.post("/tasks/new/", {"agent": str(public.pk), "text": "x"}).status_code == 302
     assert Task.objects.for_org(other_org).get().agent == public
 

@@ -346,7 +346,10 @@ def test_a_link_without_a_live_key_is_refused_here_not_sent_unsigned(
 
     oslo = actions.create_peer(name="oslo", base_url="http://127.0.0.1:9", local_name="paris")
     actions.set_policy(org=org, remote="*", effect=Effect.ALLOW)
-    reason = "link 'oslo' has no live key; add one with federation_keys add or in the console"
+    reason = (
+        "link 'oslo' has no live key; the instance's operators add one (federation_keys add, or staff on the "
+        "console's Peers page)"
+    )
     api = client_for(alice)
     sent = api.post(f"{API}/messages", {"recipient": "globex@oslo", "payload": {}}, format="json")
     assert sent.status_code == 400 and sent.json()["error"]["code"] == "no_link_key"

@@ -218,5 +218,6 @@ class SlowExecutor(DemoExecutor):
                 TaskState.TASK_STATE_WORKING,
                 message=updater.new_agent_message([new_text_part(note), data_part({"step": step, "of": steps})]),
             )
-        await updater.add_artifact([new_text_part(f"Done after {seconds:g} seconds.")], name="result")
+        unit = "second" if seconds == 1 else "seconds"
+        await updater.add_artifact([new_text_part(f"Done after {seconds:g} {unit}.")], name="result")
         await updater.complete()
