@@ -7,7 +7,6 @@ import pytest
 
 from apps.federation import actions, policy
 from apps.federation.models import Effect, Peer
-from hermes_site.celery import app as celery_app
 
 
 @pytest.fixture(autouse=True)
@@ -24,15 +23,10 @@ def _loopback_peers(settings: Any) -> None:
 
 
 @pytest.fixture(autouse=True)
-def eager_celery() -> Iterator[None]:
-    """Run jobs inline: unit tests drive delivery synchronously (the two-instance tests use real workers). Also
-    keeps these tests from leaving jobs in the shared broker for some later test's worker to pick up."""
-    previous = celery_app.conf.task_always_eager
-    celery_app.conf.task_always_eager = True
-    try:
-        yield
-    finally:
-        celery_app.conf.task_always_eager = previous
+def _jobs_inline(eager_celery: None) -> None:
+    """Run jobs inline (tests/conftest.py): unit tests drive delivery synchronously (the two-instance tests use real
+    workers). Also keeps these tests from leaving jobs in the shared broker for some later test's worker to pick
+    up."""
 
 
 @pytest.fixture

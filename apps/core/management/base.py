@@ -10,18 +10,29 @@ from django.db import DatabaseError
 from apps.core import checks
 
 
-class HermesCommand(BaseCommand):
-    """A command that an operator runs while the database is down says so in one line (and exits 1), like the API's
-    503 `database_unavailable`, instead of a traceback through Django's connection code. So does one run on a
-    database whose migrations are not applied (`relation "accounts_user" does not exist`)."""
+class OutageInOneLine:
+    """For a command class: the database being unreachable is one line (and exit 1), like the API's 503
+    `database_unavailable`, instead of a traceback through Django's connection code. Mixed into Hermes' commands
+    (HermesCommand) and into Django's `migrate` (apps/core/management/commands/migrate.py)."""
+
+    def execute(self, *args: Any, **options: Any) -> Any:
+        try:
+            return super().execute(*args, **options)  # type: ignore[misc]
+        except Exception as error:
+            if checks.is_database_outage(error):
+                raise database_unreachable(error) from error
+            raise
+
+
+class HermesCommand(OutageInOneLine, BaseCommand):
+    """A command that an operator runs while the database is down says so in one line (OutageInOneLine). So does
+    one run on a database whose migrations are not applied (`relation "accounts_user" does not exist`)."""
 
     def execute(self, *args: Any, **options: Any) -> Any:
         try:
             return super().execute(*args, **options)
-        except Exception as error:
-            if checks.is_database_outage(error):
-                raise database_unreachable(error) from error
-            if isinstance(error, DatabaseError) and (pending := _unapplied_migrations()):
+        except DatabaseError as error:
+            if pending := _unapplied_migrations():
                 # A missing table is ProgrammingError on Postgres, OperationalError on SQLite: the migration plan
                 # says which it is, whatever the driver called it.
                 # The driver's first line names the table; Postgres' LINE/caret lines after it quote the SQL.
