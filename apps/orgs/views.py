@@ -152,11 +152,14 @@ def _invitable_roles(access: Access) -> list[str]:
 
 
 def _members_context(access: Access, invite_form: InviteForm | None = None) -> dict[str, Any]:
-    members = Membership.objects.for_org(access.org).select_related("user").order_by("user__email")
+    members = list(Membership.objects.for_org(access.org).select_related("user").order_by("user__email"))
+    owners = [m for m in members if m.role == Role.OWNER]
     context: dict[str, Any] = {
         "org": access.org,
         "access": access,
         "members": members,
+        # The last owner cannot leave (the action refuses it): said by the button, not after a confirmation.
+        "sole_owner": len(owners) == 1 and owners[0].user_id == access.user.pk,
         "roles": Role.choices,
         "can_change_roles": access.allows("org:roles"),
         "can_manage": access.allows("org:admin"),

@@ -67,6 +67,15 @@ def test_the_last_owner_cannot_be_demoted(as_user: Any, team: dict[str, Any], or
     assert owner.role == "owner"
 
 
+def test_the_last_owner_is_told_before_trying_to_leave(as_user: Any, team: dict[str, Any], org: Any) -> None:
+    # The Leave button was offered and refused only after its confirmation.
+    page = main_html(as_user(team["alice"]).get("/org/members/"))
+    assert "You are the only owner: make someone else an owner before leaving." in page
+    assert main_html(as_user(team["mia"]).get("/org/members/")).count("data-sole-owner") == 0  # a member may leave
+    Membership.objects.for_org(org).filter(user=team["bob"]).update(role="owner")
+    assert "data-sole-owner" not in main_html(as_user(team["alice"]).get("/org/members/"))
+
+
 def test_charlie_cannot_touch_acme_members(as_user: Any, team: dict[str, Any], org: Any) -> None:
     target = membership(org, team["mia"])
     client = as_user(team["charlie"])
