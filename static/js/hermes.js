@@ -328,7 +328,9 @@
     var record = swapping && swapping.target === event.detail.target ? swapping : null;
     var focused = record ? record.focused : null;
     swapping = null;  // htmx fires this once for each new element: the first one of the content decides
-    if (event.detail.xhr && event.detail.xhr.status === 422 && focusFirstInvalid(root)) { return; }
+    // The invalid field may have come out of band (hx-swap-oob: the agent preview answers for step 1's URL field).
+    if (event.detail.xhr && event.detail.xhr.status === 422 &&
+        (focusFirstInvalid(root) || focusFirstInvalid(document.querySelector("main")))) { return; }
     var active = document.activeElement;
     if (!focused || (active && active !== document.body)) { return; }
     var control = sameControl(root, focused);

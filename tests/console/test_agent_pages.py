@@ -47,6 +47,9 @@ def test_preview_explains_a_missing_card(as_user: Any, dave: Any, card_server: C
     assert response.status_code == 422
     html = response.content.decode()
     assert "No agent card found" in html and "agent-card.json" in html and "Register this agent" not in html
+    # The error sits under step 1's URL field, swapped in out of band, marked invalid (the keyboard goes there).
+    field = html[html.index('<div id="url-field" hx-swap-oob="true">') : html.index("Correct the agent's URL")]
+    assert 'aria-invalid="true"' in field and "No agent card found" in field and 'name="url"' in field
 
 
 def test_preview_refuses_private_addresses(as_user: Any, dave: Any, settings: Any) -> None:

@@ -122,6 +122,15 @@ def test_the_focus_stays_in_the_content_an_htmx_swap_replaced(
     assert page.evaluate(f"{ACTIVE}.getAttribute('aria-invalid')") == "true"
     assert page.evaluate(f"!!{ACTIVE}.closest('#invitations')")
 
+    # The agent preview's 422 answers for step 1's URL field out of band: the error under it, the keyboard on it.
+    page.goto("/agents/register/")
+    page.get_by_label("Agent URL").fill("not a url")
+    page.get_by_role("button", name="Preview the card").click()
+    page.locator("#url-field [aria-invalid=true]").wait_for()
+    assert page.evaluate(f"{ACTIVE}.id") == "id_url"
+    assert "Enter a valid URL" in page.locator("#url-field").inner_text()
+    assert page.get_by_label("Agent URL").input_value() == "not a url"
+
     # "Re-fetch the card" swaps the card holding the button: the keyboard is on the new button, not on <body>.
     settings.HERMES_PUBLIC_URL = hermes_server.base_url  # demo agents' cards name the server's URL
     agent = assign_demo_agents(org=org, by=alice).created[0]
