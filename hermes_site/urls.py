@@ -11,7 +11,7 @@ from apps.core.schema import SchemaContentNegotiation
 from apps.federation import urls as federation_urls
 from apps.ops import urls as ops_urls
 from apps.orgs import urls as orgs_urls
-from apps.orgs.quotas import limit_anonymous_posts
+from apps.orgs.quotas import limit_sign_ins
 from apps.tasks import urls as tasks_urls
 
 DOMAIN_APPS = (ops_urls, accounts_urls, orgs_urls, agents_urls, tasks_urls, federation_urls)
@@ -29,8 +29,9 @@ api_v1.append(
 urlpatterns = [
     # Browsers ask for /favicon.ico on pages that name no icon (the Django admin, JSON responses).
     path("favicon.ico", RedirectView.as_view(url=static("img/favicon.svg"), permanent=True)),
-    # The admin's sign-in guards the staff accounts: it shares the per-address budget of every other sign-in form.
-    path("admin/login/", limit_anonymous_posts(admin.site.login)),
+    # The admin's sign-in guards the staff accounts: the per-address budget of every other sign-in form, and the
+    # account's budget of failed sign-ins, as the console's sign-in.
+    path("admin/login/", limit_sign_ins(admin.site.login)),
     path("admin/", admin.site.urls),
     path("api/v1/", include(api_v1)),
 ]

@@ -401,6 +401,26 @@ def limit_anonymous_posts(view: Callable[..., HttpResponseBase]) -> Callable[...
     return wrapped
 
 
+def limit_sign_ins(view: Callable[..., HttpResponseBase]) -> Callable[..., HttpResponseBase]:
+    """`limit_anonymous_posts` plus the account's budget of failed sign-ins (check_sign_in), for a sign-in view
+    that has no refusal page of its own (the Django admin's, which guards the staff accounts). The console's
+    sign-in counts the same two itself, to answer with its own form (apps.accounts.views.LoginView)."""
+
+    @functools.wraps(view)
+    def wrapped(request: HttpRequest, *args: Any, **kwargs: Any) -> HttpResponseBase:
+        if request.method != "POST":
+            return view(request, *args, **kwargs)
+        username = request.POST.get("username", "")
+        count_anonymous(request)
+        check_sign_in(username)
+        response = view(request, *args, **kwargs)
+        if not request.user.is_authenticated:
+            record_sign_in_failure(username)
+        return response
+
+    return wrapped
+
+
 class RateLimitHeadersMiddleware:
     def __init__(self, get_response: Callable[[HttpRequest], HttpResponse]) -> None:
         self.get_response = get_response

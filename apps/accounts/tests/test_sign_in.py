@@ -65,6 +65,26 @@ def test_an_account_has_a_budget_of_failed_sign_ins_whatever_the_address(
     assert client.post(LOGIN, RIGHT, REMOTE_ADDR="203.0.113.9").status_code == 302
 
 
+def test_the_admin_sign_in_has_the_same_budget_per_account(
+    client: Client, monkeypatch: pytest.MonkeyPatch, one_window: None
+) -> None:
+    # It guards the staff accounts, and had only the per-address budget.
+    from tests.factories import UserFactory
+
+    UserFactory(email="staff@acme.test", is_staff=True, is_superuser=True)
+    monkeypatch.setattr(quotas, "SIGN_IN_FAILURES_PER_MINUTE", 2)
+    staff = {"username": "staff@acme.test", "password": "correct-horse-battery", "next": "/admin/"}
+    for address in ("198.51.100.1", "198.51.100.2"):
+        guess = client.post("/admin/login/", {**staff, "password": "guess"}, REMOTE_ADDR=address)
+        assert guess.status_code == 200 and "_auth_user_id" not in client.session
+    refused = client.post("/admin/login/", staff, REMOTE_ADDR="203.0.113.9")
+    assert refused.status_code == 302 and "_auth_user_id" not in client.session
+    assert "failed sign-ins per minute" in client.get(refused["Location"], follow=True).content.decode()
+    monkeypatch.setattr(quotas, "clock", lambda: 1_800_000_090.0)  # the next minute
+    assert client.post("/admin/login/", staff, REMOTE_ADDR="203.0.113.9").status_code == 302
+    assert "_auth_user_id" in client.session
+
+
 @pytest.mark.parametrize(
     ("first", "second", "shared"),
     [
