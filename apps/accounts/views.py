@@ -7,7 +7,7 @@ rules, write the same audit rows and send the same email (whose link points at `
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, cast
 
 from django.contrib import messages
 from django.contrib.auth import login, update_session_auth_hash
@@ -39,19 +39,10 @@ class LoginView(auth_views.LoginView):
     redirect_authenticated_user = True
 
     def post(self, request: HttpRequest, *args: Any, **kwargs: Any) -> HttpResponse:
-        # The per-address budget (as limit_anonymous_posts counts it for the other public forms) and the account's
-        # budget of failed sign-ins, counted here so that a refusal is this form again rather than the generic
-        # refused-post redirect, which went to the home page without `next`.
-        username = request.POST.get("username", "")
-        try:
-            quotas.count_anonymous(request)
-            quotas.check_sign_in(username)
-        except quotas.QuotaExceeded as refused:
-            return self._refused(refused)
-        response = super().post(request, *args, **kwargs)
-        if not request.user.is_authenticated:
-            quotas.record_sign_in_failure(username)
-        return response
+        # The per-address and per-account budgets (quotas.limit_sign_ins), refused with this form again rather than
+        # the generic refused-post redirect, which went to the home page without `next`.
+        guarded = quotas.limit_sign_ins(super().post, refused=self._refused)
+        return cast(HttpResponse, guarded(request, *args, **kwargs))  # super().post's or _refused's answer
 
     def _refused(self, refused: quotas.QuotaExceeded) -> HttpResponse:
         """The form again, unchecked (checking it is the password guess being refused), with the address typed,

@@ -401,18 +401,27 @@ def limit_anonymous_posts(view: Callable[..., HttpResponseBase]) -> Callable[...
     return wrapped
 
 
-def limit_sign_ins(view: Callable[..., HttpResponseBase]) -> Callable[..., HttpResponseBase]:
-    """`limit_anonymous_posts` plus the account's budget of failed sign-ins (check_sign_in), for a sign-in view
-    that has no refusal page of its own (the Django admin's, which guards the staff accounts). The console's
-    sign-in counts the same two itself, to answer with its own form (apps.accounts.views.LoginView)."""
+def limit_sign_ins(
+    view: Callable[..., HttpResponseBase],
+    refused: Callable[[QuotaExceeded], HttpResponseBase] | None = None,
+) -> Callable[..., HttpResponseBase]:
+    """`limit_anonymous_posts` plus the account's budget of failed sign-ins (check_sign_in), for the sign-in views:
+    the console's (apps.accounts.views.LoginView) and the Django admin's, which guards the staff accounts.
+    `refused` answers a sign-in past either budget (the console's form again, with 429); without it the
+    QuotaExceeded goes up (a refused post: apps.core.console)."""
 
     @functools.wraps(view)
     def wrapped(request: HttpRequest, *args: Any, **kwargs: Any) -> HttpResponseBase:
         if request.method != "POST":
             return view(request, *args, **kwargs)
         username = request.POST.get("username", "")
-        count_anonymous(request)
-        check_sign_in(username)
+        try:
+            count_anonymous(request)
+            check_sign_in(username)
+        except QuotaExceeded as exc:
+            if refused is None:
+                raise
+            return refused(exc)
         response = view(request, *args, **kwargs)
         if not request.user.is_authenticated:
             record_sign_in_failure(username)
