@@ -6,7 +6,8 @@
   across a window boundary, which is acceptable for protecting the service.
 - Usage: accepted API calls and tasks per org per UTC day (kept 35 days), shown by `GET /api/v1/usage`.
 - Public endpoints: requests per minute per client address (an IPv6 client by its /64), and failed console
-  sign-ins per minute per account, from whatever addresses.
+  sign-ins per minute per account, from whatever addresses (a browser that signed in to the account before: its
+  own budget).
 - Tasks per day (by plan): the tasks app calls `reserve_task(org)` before creating a task (check + count in one
   step), or `check_task_quota(org)` / `record_task(org)` separately.
 
@@ -23,6 +24,7 @@ import hashlib
 import ipaddress
 import logging
 import math
+import secrets
 import threading
 import time
 from collections.abc import Callable
@@ -32,6 +34,7 @@ from typing import Any
 
 import redis
 from django.conf import settings
+from django.core import signing
 from django.http import HttpRequest, HttpResponse
 from django.http.response import HttpResponseBase
 from rest_framework.request import Request
@@ -129,13 +132,16 @@ class Decision:
             "account_sign_in_failures_per_minute": (
                 f"This account's limit of {self.limit} failed sign-ins per minute, from whatever address,"
             ),
+            "browser_sign_in_failures_per_minute": (
+                f"This browser's limit of {self.limit} failed sign-ins per minute to this account"
+            ),
         }[self.limit_name]
         return f"{what} is used up; it resets in {self.retry_after} s. {self.how_to_raise()}"
 
     def how_to_raise(self) -> str:
         if self.limit_name == "address_requests_per_minute":
             return "Wait for the reset; this limit protects the public endpoints and cannot be raised."
-        if self.limit_name == "account_sign_in_failures_per_minute":
+        if self.limit_name in SIGN_IN_LIMITS:
             return (
                 "Wait for the reset, or reset the password if it is forgotten; this limit protects accounts from "
                 "password guessing and cannot be raised."
@@ -352,6 +358,15 @@ def count_anonymous(request: HttpRequest) -> None:
 # per-address budget alone let three addresses (or one IPv6 network's many) try 60 passwords in under a minute.
 # Past it every sign-in to that account is refused until the minute ends; a successful sign-in does not count.
 SIGN_IN_FAILURES_PER_MINUTE = 10
+SIGN_IN_LIMITS = ("account_sign_in_failures_per_minute", "browser_sign_in_failures_per_minute")
+
+# A browser that signed in to an account keeps a budget of its own for that account (OWASP's "device cookies"):
+# whoever fails on purpose to block the account's sign-in then blocks only the browsers that never signed in to
+# it, not its owner's. The cookie is signed (SECRET_KEY), names the account by digest and one random nonce; a
+# browser keeps one, for the account it signed in to last.
+KNOWN_BROWSER_COOKIE = "hermes_known_browser"
+KNOWN_BROWSER_MAX_AGE = 90 * 24 * 3600
+_KNOWN_BROWSER_SALT = "apps.orgs.quotas.known-browser"
 
 
 def _sign_in_subject(username: str) -> str:
@@ -359,24 +374,58 @@ def _sign_in_subject(username: str) -> str:
     return "sign-in-failures:" + hashlib.sha256(username.strip().lower().encode()).hexdigest()[:32]
 
 
-def check_sign_in(username: str, now: float | None = None) -> None:
-    """QuotaExceeded when the account `username` names has used up this minute's failed sign-ins (fails open)."""
+def known_browser(request: HttpRequest, username: str) -> str | None:
+    """The nonce of this browser's known-browser cookie when it was set by a sign-in to `username`, else None (no
+    cookie, another account's, expired or forged)."""
+    value = request.COOKIES.get(KNOWN_BROWSER_COOKIE)
+    if not value:
+        return None
+    try:
+        subject, nonce = signing.loads(value, salt=_KNOWN_BROWSER_SALT, max_age=KNOWN_BROWSER_MAX_AGE)
+    except (signing.BadSignature, TypeError, ValueError):
+        return None
+    return str(nonce) if subject == _sign_in_subject(username) else None
+
+
+def remember_browser(request: HttpRequest, response: HttpResponseBase, username: str) -> None:
+    """Give the browser that just signed in to `username` its known-browser cookie (see known_browser)."""
+    value = signing.dumps([_sign_in_subject(username), secrets.token_urlsafe(12)], salt=_KNOWN_BROWSER_SALT)
+    response.set_cookie(
+        KNOWN_BROWSER_COOKIE,
+        value,
+        max_age=KNOWN_BROWSER_MAX_AGE,
+        httponly=True,
+        secure=settings.SESSION_COOKIE_SECURE,
+        samesite="Lax",
+    )
+
+
+def _sign_in_budget(username: str, browser: str | None) -> tuple[str, str]:
+    """(Redis subject, limit name) of the failed sign-ins a try at `username` from `browser` counts against."""
+    if browser is None:
+        return _sign_in_subject(username), "account_sign_in_failures_per_minute"
+    return f"{_sign_in_subject(username)}:browser:{browser}", "browser_sign_in_failures_per_minute"
+
+
+def check_sign_in(username: str, now: float | None = None, *, browser: str | None = None) -> None:
+    """QuotaExceeded when the account `username` names has used up this minute's failed sign-ins (fails open):
+    the account's shared budget, or the known browser's own one (see known_browser)."""
     now = clock() if now is None else now
     window = int(now // WINDOW_SECONDS)
-    key = _minute_key(_sign_in_subject(username), window)
+    subject, limit_name = _sign_in_budget(username, browser)
+    key = _minute_key(subject, window)
     failures = int(_gate.run(lambda: _gate.client().get(key), "sign-in check") or 0)
     if failures < SIGN_IN_FAILURES_PER_MINUTE:
         return
-    limit_name = "account_sign_in_failures_per_minute"
     QUOTA_REJECTIONS.labels(limit=limit_name).inc()
     reset_at = (window + 1) * WINDOW_SECONDS
     raise QuotaExceeded(Decision(False, limit_name, SIGN_IN_FAILURES_PER_MINUTE, failures, reset_at, now))
 
 
-def record_sign_in_failure(username: str, now: float | None = None) -> None:
+def record_sign_in_failure(username: str, now: float | None = None, *, browser: str | None = None) -> None:
     """Count a failed sign-in against the account `username` names (see check_sign_in)."""
-    subject = _sign_in_subject(username)
-    check_per_minute(subject, SIGN_IN_FAILURES_PER_MINUTE, "account_sign_in_failures_per_minute", now)
+    subject, limit_name = _sign_in_budget(username, browser)
+    check_per_minute(subject, SIGN_IN_FAILURES_PER_MINUTE, limit_name, now)
 
 
 class AnonymousRateThrottle(BaseThrottle):
@@ -415,16 +464,22 @@ def limit_sign_ins(
         if request.method != "POST":
             return view(request, *args, **kwargs)
         username = request.POST.get("username", "")
+        browser = known_browser(request, username)
         try:
             count_anonymous(request)
-            check_sign_in(username)
+            check_sign_in(username, browser=browser)
         except QuotaExceeded as exc:
             if refused is None:
                 raise
             return refused(exc)
+        before = request.user
         response = view(request, *args, **kwargs)
-        if not request.user.is_authenticated:
-            record_sign_in_failure(username)
+        # Signed in by this post: django.contrib.auth.login() put the user in request.user. A session opened
+        # before (a member who is not staff, posting to the admin's sign-in) is no success of this try.
+        if request.user is not before and request.user.is_authenticated:
+            remember_browser(request, response, username)
+        else:
+            record_sign_in_failure(username, browser=browser)
         return response
 
     return wrapped

@@ -103,3 +103,78 @@ def test_ipv6_clients_share_a_budget_per_64(
     assert client.post(reset, body, content_type="application/json", REMOTE_ADDR=first).status_code == 202
     second_status = client.post(reset, body, content_type="application/json", REMOTE_ADDR=second).status_code
     assert second_status == (429 if shared else 202)
+
+
+def _fail(client: Client, times: int, address: str = "198.51.100.7") -> None:
+    for _ in range(times):
+        wrong = client.post(LOGIN, {"username": "alice@acme.test", "password": "guess"}, REMOTE_ADDR=address)
+        assert wrong.status_code == 200 and "_auth_user_id" not in wrong.wsgi_request.session
+
+
+def test_a_browser_that_signed_in_before_keeps_its_own_budget(
+    alice: Any, monkeypatch: pytest.MonkeyPatch, one_window: None
+) -> None:
+    # Failing on purpose blocked the account's owner too, one minute at a time.
+    monkeypatch.setattr(quotas, "SIGN_IN_FAILURES_PER_MINUTE", 2)
+    owner = Client()
+    assert owner.post(LOGIN, RIGHT).status_code == 302
+    cookie = owner.cookies[quotas.KNOWN_BROWSER_COOKIE]
+    assert cookie["httponly"] and cookie["samesite"] == "Lax" and cookie["max-age"] == quotas.KNOWN_BROWSER_MAX_AGE
+    owner.post("/accounts/logout/")
+    _fail(Client(), 2)  # someone else uses up the account's budget
+    assert Client().post(LOGIN, RIGHT).status_code == 429
+    assert owner.post(LOGIN, RIGHT).status_code == 302  # the owner's browser is not blocked
+    owner.post("/accounts/logout/")
+    # Its own failures use up its own budget, not another known browser's.
+    _fail(owner, 2)
+    refused = owner.post(LOGIN, RIGHT)
+    assert refused.status_code == 429
+    assert "This browser&#x27;s limit of 2 failed sign-ins per minute to this account is used up" in (
+        refused.content.decode()
+    )
+
+
+@pytest.mark.parametrize("cookie", ["forged", "another account's", "expired"])
+def test_only_a_valid_cookie_for_the_account_gives_a_budget_of_its_own(
+    alice: Any, monkeypatch: pytest.MonkeyPatch, one_window: None, cookie: str
+) -> None:
+    from django.core import signing
+
+    from tests.factories import UserFactory
+
+    monkeypatch.setattr(quotas, "SIGN_IN_FAILURES_PER_MINUTE", 1)
+    browser = Client()
+    if cookie == "forged":
+        browser.cookies[quotas.KNOWN_BROWSER_COOKIE] = signing.dumps(
+            [quotas._sign_in_subject("alice@acme.test"), "x"], key="not-the-secret-key", salt="x"
+        )
+    else:
+        UserFactory(email="bob@acme.test")
+        who = "bob@acme.test" if cookie == "another account's" else "alice@acme.test"
+        assert browser.post(LOGIN, {"username": who, "password": "correct-horse-battery"}).status_code == 302
+        browser.post("/accounts/logout/")
+        if cookie == "expired":
+            monkeypatch.setattr(quotas, "KNOWN_BROWSER_MAX_AGE", -1)
+    _fail(Client(), 1)
+    assert browser.post(LOGIN, RIGHT).status_code == 429
+
+
+def test_a_session_open_before_is_no_successful_sign_in_at_the_admin(
+    alice: Any, client: Client, monkeypatch: pytest.MonkeyPatch, one_window: None
+) -> None:
+    # A signed-in member (not staff) guessing a staff password at /admin/login/: request.user was authenticated
+    # all along, so the failures went uncounted.
+    from tests.factories import UserFactory
+
+    UserFactory(email="staff@acme.test", is_staff=True, is_superuser=True)
+    monkeypatch.setattr(quotas, "SIGN_IN_FAILURES_PER_MINUTE", 2)
+    client.force_login(alice)
+    for _ in range(2):
+        guess = client.post("/admin/login/", {"username": "staff@acme.test", "password": "guess", "next": "/admin/"})
+        assert guess.status_code == 200
+    assert quotas.KNOWN_BROWSER_COOKIE not in client.cookies
+    staff = {"username": "staff@acme.test", "password": "correct-horse-battery", "next": "/admin/"}
+    other = Client()
+    refused = other.post("/admin/login/", staff)
+    assert refused.status_code == 302 and "_auth_user_id" not in other.session
+    assert "failed sign-ins per minute" in other.get(refused["Location"], follow=True).content.decode()
