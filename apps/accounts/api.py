@@ -20,7 +20,6 @@ from apps.accounts.serializers import (
     UserSerializer,
 )
 from apps.core.api import RefuseUnreadBodyMixin, access_of, describe
-from apps.core.errors import HermesAPIError
 from apps.core.http import header_text
 from apps.core.permissions import Access
 from apps.orgs.quotas import AnonymousRateThrottle
@@ -92,13 +91,9 @@ class PasswordChangeView(RefuseUnreadBodyMixin, APIView):
         "the session stays signed in.",
         request=PasswordChangeSerializer,
         responses={204: None},
-        errors={403: "`session_required`: not with an API key."},
+        session_only="Change passwords with a signed-in session, not an API key.",
     )
     def post(self, request: Request) -> Response:
-        if getattr(request.auth, "api_key", None) is not None:
-            raise HermesAPIError(
-                "Change passwords with a signed-in session, not an API key.", code="session_required", status_code=403
-            )
         serializer = PasswordChangeSerializer(data=request.data)
         serializer.is_valid(raise_exception=True)
         user = actions.change_password(user=request.user, **serializer.validated_data)

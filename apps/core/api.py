@@ -123,14 +123,17 @@ def _refuse_query(request: Request, expected: dict[str, bool]) -> None:
 
 class RefuseUnreadBodyMixin:
     """An operation that reads no body (every DELETE, and those `describe()`d without one) refuses one that came
-    anyway; see `_refuse_body`. So does a query parameter it does not read (`_refuse_query`). Part of every
-    org-scoped view; a view outside the org scope mixes it in itself."""
+    anyway; see `_refuse_body`. So does a query parameter it does not read (`_refuse_query`), and a session-only
+    operation an API key (`describe(session_only=…)`). Part of every org-scoped view; a view outside the org scope
+    mixes it in itself."""
 
     def initial(self, request: Request, *args: Any, **kwargs: Any) -> None:
         super().initial(request, *args, **kwargs)  # type: ignore[misc]
         name = getattr(self, "action", None) or (request.method or "get").lower()
         handler = getattr(self, name, None)
         described = getattr(handler, "hermes_described", None)
+        if described is not None and described.session_only and getattr(request.auth, "api_key", None) is not None:
+            raise HermesAPIError(described.session_only, code="session_required", status_code=403)
         expected = query_parameters(self, name)
         if expected is not None:
             _refuse_query(request, expected)
@@ -213,10 +216,12 @@ class OrgScopedViewSet(OrgScopedMixin, viewsets.GenericViewSet):  # type: ignore
     lookup_value_regex = "[^/]+"
 
 
-def auth_line(action: str | None, *, public: bool = False) -> str:
+def auth_line(action: str | None, *, public: bool = False, session_only: bool = False) -> str:
     """The sentence every operation's description starts with: which scope a key needs, which roles may act."""
     if public:
         return "**Auth:** none (public endpoint)."
+    if session_only:
+        return "**Auth:** session only (any API key gets 403 `session_required`); no particular role."
     if action is None:
         return "**Auth:** API key (any scope) or session; no particular role."
     roles = ", ".join(role.value for role in Role if role_allows(role, action))
@@ -234,6 +239,7 @@ class Described:
     errors: dict[int, str]
     takes_body: bool = True  # False for `request=None`: an operation that reads no body refuses one (see initial)
     query: tuple[tuple[str, bool], ...] = ()  # its query parameters: (name, may repeat); others are refused
+    session_only: str = ""  # for an operation no API key may call: the 403 `session_required` message
 
 
 def describe(
@@ -242,10 +248,12 @@ def describe(
     action: str | None,
     notes: str = "",
     public: bool = False,
+    session_only: str = "",
     errors: dict[int, str] | None = None,
     **kwargs: Any,
 ) -> Callable[[Any], Any]:
-    """`extend_schema` with the auth line. `action=None`: any authenticated caller; `public=True`: no auth.
+    """`extend_schema` with the auth line. `action=None`: any authenticated caller; `public=True`: no auth;
+    `session_only`: signed-in people only, an API key is refused with this message (403 `session_required`).
 
     `errors` documents the error statuses only this operation answers, `{409: "`task_finished`: …"}`, or adds to
     what HermesAutoSchema derives for every operation from its shape (400 for a body or query parameters, 401/403
@@ -257,7 +265,7 @@ def describe(
     `read_action`/`write_action` automatically (apps.core.schema.HermesAutoSchema)."""
     if public:
         kwargs.setdefault("auth", [])
-    description = f"{auth_line(action, public=public)}\n\n{notes}".strip()
+    description = f"{auth_line(action, public=public, session_only=bool(session_only))}\n\n{notes}".strip()
     annotate = extend_schema(summary=summary, description=description, **kwargs)
 
     def decorator(view_method: Any) -> Any:
@@ -265,7 +273,8 @@ def describe(
         view_method.hermes_described = Described(
             action=action,
             public=public,
-            errors=dict(errors or {}),
+            errors={**({403: "`session_required`: not with an API key."} if session_only else {}), **(errors or {})},
+            session_only=session_only,
             takes_body=kwargs.get("request", True) is not None,
             query=tuple(
                 (parameter.name, bool(parameter.many))

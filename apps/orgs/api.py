@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from datetime import timedelta
 from typing import Any
 
@@ -144,6 +145,8 @@ class OrganizationViewSet(RefuseUnreadBodyMixin, viewsets.GenericViewSet):
     queryset = Organization.objects.none()  # for the schema; get_queryset narrows to the caller's orgs
     lookup_field = "slug"
     lookup_value_regex = "[^/]+"
+    # What changing each field of an org takes (partial_update).
+    FIELD_ACTIONS = (("name", "org:admin"), ("plan", "org:billing"))
 
     def _roles(self) -> dict[int, str]:
         access = self.request.auth
@@ -188,15 +191,9 @@ class OrganizationViewSet(RefuseUnreadBodyMixin, viewsets.GenericViewSet):
         "another.)",
         request=OrganizationCreateSerializer,
         responses={201: OrganizationSerializer},
-        errors={403: "`session_required`: an API key cannot create organizations."},
+        session_only="An API key acts for one org; create organizations with a signed-in session.",
     )
     def create(self, request: Request) -> Response:
-        if getattr(request.auth, "api_key", None) is not None:
-            raise HermesAPIError(
-                "An API key acts for one org; create organizations with a signed-in session.",
-                code="session_required",
-                status_code=403,
-            )
         serializer = OrganizationCreateSerializer(data=request.data)
         serializer.is_valid(raise_exception=True)
         org = actions.create_organization(user=request.user, **serializer.validated_data)
@@ -217,13 +214,14 @@ class OrganizationViewSet(RefuseUnreadBodyMixin, viewsets.GenericViewSet):
     def partial_update(self, request: Request, slug: str | None = None) -> Response:
         org = self.get_object()
         access = self.access_in(org)
+        # What each field needs is checked whether or not its value changes, so a key learns what it lacks from
+        # its first request, and org:admin alone renames (it used to need org:read too). Checked before the body
+        # is, as every other write: a caller who may not update the org is told so, not to fix the body first.
+        sent = request.data.keys() if isinstance(request.data, Mapping) else ()
+        for needed in [needed for field, needed in self.FIELD_ACTIONS if field in sent] or ["org:admin"]:
+            require_action(access, needed)
         serializer = OrganizationUpdateSerializer(data=request.data)
         serializer.is_valid(raise_exception=True)
-        # What each field needs is checked whether or not its value changes, so a key learns what it lacks from
-        # its first request, and org:admin alone renames (it used to need org:read too).
-        for field, needed in (("name", "org:admin"), ("plan", "org:billing")):
-            if field in serializer.validated_data:
-                require_action(access, needed)
         org = actions.update_organization(access=access, **serializer.validated_data)
         return Response(self.get_serializer(org).data)
 
@@ -253,6 +251,13 @@ class MemberViewSet(  # type: ignore[misc]
     read_action = "org:read"
     # The finer rules (own membership, owners) are the actions'; these are the least any caller needs.
     required_actions = {"partial_update": "org:roles", "destroy": "org:read"}
+
+    def required_action(self, request: Request) -> str | None:
+        # Leaving (a DELETE of one's own membership) is every member's, with a session; through an API key,
+        # removing anyone needs `org:admin` (actions.remove_member). `org:read` refused an admin key its own scope.
+        if getattr(self, "action", None) == "destroy" and self.access.api_key is not None:
+            return "org:admin"
+        return super().required_action(request)
 
     def scoped_queryset(self) -> QuerySet[Any]:
         return super().scoped_queryset().select_related("user")
@@ -404,6 +409,7 @@ class AcceptInvitationView(RefuseUnreadBodyMixin, APIView):
         "used one a 409.",
         request=InvitationAcceptSerializer,
         responses={201: MembershipSerializer},
+        session_only="Accept invitations with a signed-in session.",
         errors={
             403: "`session_required`: not with an API key; `invitation_email_mismatch`: the signed-in address is "
             "not the invited one.",
@@ -413,10 +419,6 @@ class AcceptInvitationView(RefuseUnreadBodyMixin, APIView):
         },
     )
     def post(self, request: Request) -> Response:
-        if getattr(request.auth, "api_key", None) is not None:
-            raise HermesAPIError(
-                "Accept invitations with a signed-in session.", code="session_required", status_code=403
-            )
         serializer = InvitationAcceptSerializer(data=request.data)
         serializer.is_valid(raise_exception=True)
         membership = actions.accept_invitation(user=request.user, token=serializer.validated_data["token"])

@@ -138,6 +138,13 @@ def test_a_key_renames_with_org_admin_alone_and_each_field_needs_its_scope(org: 
     # Naming the plan it already has used to be a 200 for a read-only key: the field is checked, not the change.
     refused = reader.patch("/api/v1/orgs/acme", {"name": "Acme 2"}, format="json")
     assert refused.status_code == 403 and refused.data["error"]["details"]["required_scope"] == "org:admin"
+    # The scope comes before the body, as for every other write: it was a 400 for the unknown field first.
+    for body in ({"typo": 1}, {}, [1]):
+        refused = reader.patch("/api/v1/orgs/acme", body, format="json")
+        assert refused.status_code == 403 and refused.data["error"]["details"]["required_scope"] == "org:admin"
+    assert admin_key.patch("/api/v1/orgs/acme", {"typo": 1}, format="json").status_code == 400
+    plan = admin_key.patch("/api/v1/orgs/acme", {"plan": "team", "typo": 1}, format="json")
+    assert plan.status_code == 403 and plan.data["error"]["code"] == "session_required"
 
 
 def test_orgs_i_do_not_belong_to_are_404(org: Any, alice: Any, other_org: Any, client_for: Any) -> None:
@@ -184,6 +191,42 @@ def test_member_removal_rules(org: Any, alice: Any, bob: Any, dave: Any, mia: An
     assert client_for(dave).delete(f"/api/v1/members/{ids['dave@acme.test']}").status_code == 204  # leaves
     last = client_for(alice).delete(f"/api/v1/members/{ids['alice@acme.test']}")
     assert last.status_code == 409 and last.data["error"]["code"] == "last_owner"
+
+
+def test_a_key_with_org_admin_alone_removes_members(org: Any, alice: Any, bob: Any, dave: Any, mia: Any) -> None:
+    # It was refused for lacking `org:read`, the scope a session's leaving needs.
+    ids = {m.user.email: m.pk for m in Membership.objects.for_org(org).select_related("user")}
+    admin_key = key_client(issue_api_key(alice, org, scopes=["org:admin"])[1])
+    assert admin_key.delete(f"/api/v1/members/{ids['mia@acme.test']}").status_code == 204
+    reader = key_client(issue_api_key(alice, org, scopes=["org:read", "tasks:write"])[1])
+    refused = reader.delete(f"/api/v1/members/{ids['dave@acme.test']}")
+    assert refused.status_code == 403 and refused.data["error"]["details"]["required_scope"] == "org:admin"
+    assert Membership.objects.for_org(org).filter(pk=ids["dave@acme.test"]).exists()
+
+
+def test_session_only_operations_refuse_every_key_and_say_so_in_the_schema(
+    org: Any, alice: Any, client_for: Any
+) -> None:
+    # Their auth line said "API key (any scope) or session".
+    schema = client_for(alice).get("/api/v1/schema/?format=json").json()
+    everything = ["org:read", "org:admin", "tasks:read", "tasks:write", "agents:read", "agents:write"]
+    client = key_client(issue_api_key(alice, org, scopes=everything)[1])
+    expected = {
+        ("post", "/api/v1/auth/password/change"): "Change passwords with a signed-in session, not an API key.",
+        ("post", "/api/v1/invitations/accept"): "Accept invitations with a signed-in session.",
+        ("post", "/api/v1/orgs"): "An API key acts for one org; create organizations with a signed-in session.",
+    }
+    session_only = {
+        (method, path)
+        for path, operations in schema["paths"].items()
+        for method, operation in operations.items()
+        if operation.get("description", "").startswith("**Auth:** session only (any API key")
+    }
+    assert session_only == set(expected)
+    for (method, path), message in expected.items():
+        refused = client.post(path, {}, format="json")
+        assert refused.status_code == 403 and refused.json()["error"]["message"] == message
+        assert _error_is_documented(schema, method, path, refused) == "session_required"
 
 
 def test_a_key_cannot_make_its_creator_leave(org: Any, alice: Any, bob: Any) -> None:
