@@ -42,7 +42,9 @@ def envelope(message: Message) -> bytes:
         # Binds the direction into what is signed: the link key is symmetric, so without it a message we sent could
         # be posted back to us as if the peer had sent it (see inbound.link_mismatch).
         body["link"] = link_binding(peer)
-    return json.dumps(body, separators=(",", ":"), sort_keys=True).encode()
+    # UTF-8 as it is (RFC 8259), not \u-escaped: escaping took an emoji 12 bytes instead of 4, and so a result
+    # within the limits where it was recorded over the peer's MAX_MESSAGE_BYTES.
+    return json.dumps(body, separators=(",", ":"), sort_keys=True, ensure_ascii=False).encode()
 
 
 def link_binding(peer: Peer) -> dict[str, str]:
@@ -159,8 +161,11 @@ def _over_http(outbox: Outbox) -> AttemptResult:
         if response.headers.get("webhook-id") != str(message.id):
             raise signing.SignatureError("bad_signature", "receipt is for another message")
         receipt = response.json()["receipt"]
+        _check_receipt(receipt, message)
     except signing.SignatureError as exc:
         return _bad_receipt(duration, response, f"receipt rejected: {exc.reason}")
+    except BadReceipt as exc:
+        return _bad_receipt(duration, response, f"receipt rejected: {exc}")
     except (ValueError, KeyError, TypeError):
         return _bad_receipt(duration, response, "receipt is not JSON with a 'receipt' object")
     return AttemptResult(
@@ -173,6 +178,23 @@ def _over_http(outbox: Outbox) -> AttemptResult:
         receipt_timestamp=int(response.headers.get("webhook-timestamp") or 0) or None,
         receipt_signature=response.headers.get("webhook-signature", ""),
     )
+
+
+class BadReceipt(Exception):
+    pass
+
+
+def _check_receipt(receipt: Any, message: Message) -> None:
+    """A signed 200 is a delivery only with a receipt that says this message was accepted: `null`, `"yes"` or a
+    receipt for another message counted as delivered, so a broken peer made messages vanish as delivered."""
+    if not isinstance(receipt, dict):
+        raise BadReceipt(f"the receipt is {type(receipt).__name__}, not an object")
+    if receipt.get("message_id") != str(message.id):
+        named = str(receipt.get("message_id"))[:40]
+        raise BadReceipt(f"the receipt is for message {named}, not this one")
+    if receipt.get("status") != "accepted":
+        status = str(receipt.get("status"))[:40]
+        raise BadReceipt(f"the receipt's status is {status!r}, not 'accepted'")
 
 
 def _redirect_error(location: str | None) -> str:

@@ -20,7 +20,13 @@ from apps.federation.actions import audit
 from apps.federation.addresses import Address, InvalidAddress
 from apps.federation.handlers import has_handler
 from apps.federation.models import AuditEvent, InboxEntry, Message, MessageType, Peer
+from apps.orgs import quotas
 from apps.orgs.models import Organization
+
+# The largest signed request a peer accepts (413 `too_large` past it). A sender keeps what it sends under it:
+# `RESULT_DATA_BYTES` is what a task result's event data may take, the rest is room for the envelope around it.
+MAX_MESSAGE_BYTES = 1024 * 1024
+RESULT_DATA_BYTES = MAX_MESSAGE_BYTES - 16 * 1024
 
 
 @dataclass
@@ -127,14 +133,29 @@ def _existing(peer: Peer | None, message_id: uuid.UUID) -> InboxEntry | None:
     )
 
 
-def _duplicate(entry: InboxEntry, peer: Peer | None) -> InboundResult:
-    audit(
-        AuditEvent.DUPLICATE,
-        org=entry.organization_id and entry.organization,
-        peer=peer,
-        message_id=entry.message_id,
-        reason="already received: original receipt returned",
-    )
+def duplicate_of(peer: Peer, message_id: str) -> InboundResult | None:
+    """The answer to a signed request from `peer` whose message was received before (its original receipt), or
+    None for a new one. Its audit row is sampled (the first of each minute per link): a replay of a captured
+    request within the timestamp tolerance wrote one row per request."""
+    try:
+        entry = _existing(peer, uuid.UUID(message_id))
+    except ValueError:
+        return None  # not a message id: receive() says what is wrong with it
+    if entry is None:
+        return None
+    sample = quotas.check_per_minute(f"federation-duplicates:{peer.pk}", 1, "federation_duplicate_audit")
+    return _duplicate(entry, peer, audited=sample is not None and sample.allowed)
+
+
+def _duplicate(entry: InboxEntry, peer: Peer | None, *, audited: bool = True) -> InboundResult:
+    if audited:
+        audit(
+            AuditEvent.DUPLICATE,
+            org=entry.organization_id and entry.organization,
+            peer=peer,
+            message_id=entry.message_id,
+            reason="already received: original receipt returned",
+        )
     FEDERATION_INBOUND.labels(decision="duplicate").inc()
     return InboundResult(200, {"receipt": entry.receipt, "duplicate": True}, "duplicate")
 

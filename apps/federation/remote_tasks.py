@@ -29,9 +29,11 @@ from django.db import IntegrityError, transaction
 from django.utils import timezone
 
 from apps.agents.models import Agent
+from apps.core import jsonutil
 from apps.federation import actions, selectors
 from apps.federation.addresses import Address
 from apps.federation.handlers import Malformed, Unrelated, register
+from apps.federation.inbound import RESULT_DATA_BYTES
 from apps.federation.models import (
     FederatedTask,
     InboxEntry,
@@ -324,6 +326,7 @@ def report_task_event(sender: Any = None, *, task: Any, event: Any, **_: Any) ->
     entry = InboxEntry.objects.for_org(task.organization_id).select_related("organization").get(pk=link.inbox_entry_id)
     data = event.data if isinstance(event.data, dict) else {"value": event.data}
     state = data.get("to") if event.kind == "state" else None
+    data = _fit_result(data, event)
     _report(
         entry,
         agent_slug=link.agent_slug,
@@ -335,6 +338,20 @@ def report_task_event(sender: Any = None, *, task: Any, event: Any, **_: Any) ->
             "state": state or task.state,
         },
     )
+
+
+def _fit_result(data: dict[str, Any], event: Any) -> dict[str, Any]:
+    """The event's data as the task result can carry it. An event within this instance's HERMES_MAX_EVENT_BYTES
+    could still make an envelope the requester refuses (413 `too_large`): the result was dead-lettered at once and
+    the requester's task waited for it until its deadline. A part that does not fit is replaced by a note saying
+    its size, as the event limit does; what has no parts keeps only what the requester's timeline needs."""
+    fitted = task_actions.fit_parts(data, RESULT_DATA_BYTES, limit_name="federation message limit")
+    if jsonutil.encoded_size(fitted) <= RESULT_DATA_BYTES:
+        return fitted
+    size = jsonutil.encoded_size(data)
+    note = f"[event {event.seq} ({event.kind}, {size:,} bytes) was not relayed: over the federation message limit]"
+    kept: dict[str, Any] = {k: data[k] for k in ("from", "to") if k in data and event.kind == EventKind.STATE}
+    return {**kept, "note": note, "hermes_dropped_bytes": size}
 
 
 @register(MessageType.TASK_RESULT)

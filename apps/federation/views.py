@@ -30,7 +30,7 @@ from apps.core.permissions import Access, role_refusal
 from apps.federation import actions, selectors, signing
 from apps.federation.actions import audit
 from apps.federation.forms import ContactForm, PeerForm, PolicyForm, RemoteTaskForm, SendForm
-from apps.federation.inbound import decode_body, receive
+from apps.federation.inbound import MAX_MESSAGE_BYTES, decode_body, duplicate_of, receive
 from apps.federation.models import (
     AuditEvent,
     Contact,
@@ -50,8 +50,6 @@ from apps.orgs.decorators import org_action_required
 
 logger = logging.getLogger(__name__)
 
-MAX_BODY_BYTES = 1024 * 1024
-
 
 def _json(
     status: int, body: dict[str, object], *, msg_id: str | None = None, secrets: list[bytes] | None = None
@@ -70,6 +68,13 @@ def _uuid_or_none(value: str | None) -> uuid.UUID | None:
         return uuid.UUID(value or "")
     except ValueError:
         return None
+
+
+def _declared_length(request: HttpRequest) -> int:
+    try:
+        return int(request.META.get("CONTENT_LENGTH") or 0)
+    except ValueError:
+        return 0  # as Django reads it
 
 
 def _over_rate_limit(peer: Peer, msg_id: str) -> HttpResponse | None:
@@ -138,10 +143,18 @@ def inbox(request: HttpRequest, sender: str) -> HttpResponse:
         response = _json(503, error_body("link_disabled", f"The link '{peer.name}' is disabled on this instance."))
         response["Retry-After"] = "30"  # a floor for the sender's backoff (docs/federation.md, Delivery)
         return response
-    body = request.body
-    if len(body) > MAX_BODY_BYTES:
+    if request.content_type != "application/json":
         FEDERATION_INBOUND.labels(decision="rejected").inc()
-        return _json(413, error_body("too_large", f"Federation messages are limited to {MAX_BODY_BYTES} bytes."))
+        given = request.content_type or "none"
+        return _json(415, error_body("unsupported_media_type", f"Send application/json, not {given[:80]}."))
+    # Said before the body is read: Django refuses one over DATA_UPLOAD_MAX_MEMORY_SIZE (5 MB) itself, with
+    # another code (or, with DEBUG, its HTML error page).
+    if (
+        int(request.META.get("CONTENT_LENGTH") or 0) > MAX_MESSAGE_BYTES
+        or len(body := request.body) > MAX_MESSAGE_BYTES
+    ):
+        FEDERATION_INBOUND.labels(decision="rejected").inc()
+        return _json(413, error_body("too_large", f"Federation messages are limited to {MAX_MESSAGE_BYTES} bytes."))
     secrets = live_secrets(peer)
     if settings.HERMES_FEDERATION_HMAC or request.headers.get("webhook-signature"):
         try:
@@ -149,6 +162,11 @@ def inbox(request: HttpRequest, sender: str) -> HttpResponse:
         except signing.SignatureError as exc:
             _refused_unauthenticated(exc.code, sender=sender, peer=peer, msg_id=msg_id, reason=exc.reason)
             return _json(401, error_body(exc.code, exc.reason))
+    # A message received before (the sender's retry, or a replay of a captured request within the timestamp
+    # tolerance) gets its original receipt without spending the link's budget: a replayer has no key either, and
+    # used to get the peer's own messages refused with 429.
+    if (duplicate := duplicate_of(peer, msg_id)) is not None:
+        return _json(200, duplicate.body, msg_id=msg_id, secrets=secrets)
     # Counted after the signature check, so nobody but the peer itself can spend its budget.
     if (limited := _over_rate_limit(peer, msg_id)) is not None:
         return limited

@@ -557,11 +557,15 @@ def record(task: Task | Any, observations: Iterable[Observation], *, worker: str
 
 
 def _within_event_limit(data: dict[str, Any]) -> dict[str, Any]:
-    """`data` with every part (of an artifact, a progress line, a state's message) that would take the event past
-    HERMES_MAX_EVENT_BYTES replaced by a text part saying what was left out. An agent's output had no limit: a
-    100 MB artifact was one row, one API answer and one channel-layer message, and a message that large
-    disconnected the Redis pub/sub connection every live stream of the process shares."""
-    limit = settings.HERMES_MAX_EVENT_BYTES
+    """`data` within HERMES_MAX_EVENT_BYTES (see fit_parts). An agent's output had no limit: a 100 MB artifact was
+    one row, one API answer and one channel-layer message, and a message that large disconnected the Redis
+    pub/sub connection every live stream of the process shares."""
+    return fit_parts(data, settings.HERMES_MAX_EVENT_BYTES, limit_name="event limit")
+
+
+def fit_parts(data: dict[str, Any], limit: int, *, limit_name: str) -> dict[str, Any]:
+    """`data` (an event's) with every part (of an artifact, a progress line, a state's message) that would take it
+    past `limit` bytes replaced by a text part saying what was left out, and why (`limit_name`: "event limit")."""
     if jsonutil.encoded_size(data) <= limit:
         return data
     nested = isinstance(data.get("message"), dict)
@@ -574,7 +578,7 @@ def _within_event_limit(data: dict[str, Any]) -> dict[str, Any]:
         size = jsonutil.encoded_size(part) + 1  # and its comma
         if size > room:
             kind = part.get("kind", "unknown") if isinstance(part, dict) else "unknown"
-            note = f"[a {kind} part of {size - 1:,} bytes was not kept: over the {limit:,}-byte event limit]"
+            note = f"[a {kind} part of {size - 1:,} bytes was not kept: over the {limit:,}-byte {limit_name}]"
             part = {"kind": "text", "text": note, "metadata": {"hermes_dropped_bytes": size - 1}}
             size = jsonutil.encoded_size(part) + 1
         room -= size

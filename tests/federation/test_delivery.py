@@ -446,3 +446,39 @@ def test_a_link_disabled_on_the_receiving_side_is_retried_not_dead_lettered(
     Outbox.objects.for_org(org).filter(pk=row.pk).update(next_attempt_at=timezone.now())
     assert delivery.deliver(row.pk) == OutboxStatus.DELIVERED
     assert InboxEntry.objects.for_org(other_org).filter(message_id=message.id).exists()
+
+
+@pytest.mark.django_db
+@pytest.mark.parametrize(
+    ("receipt", "why"),
+    [
+        (None, "the receipt is NoneType, not an object"),
+        ("yes", "the receipt is str, not an object"),
+        ([1, 2], "the receipt is list, not an object"),
+        ({}, "the receipt is for message None, not this one"),
+        ({"message_id": "OTHER", "status": "accepted"}, "the receipt is for message OTHER, not this one"),
+        ({"message_id": "THIS", "status": "rejected"}, "the receipt's status is 'rejected', not 'accepted'"),
+    ],
+)
+def test_a_signed_200_without_a_receipt_for_this_message_is_no_delivery(
+    org: Any, stub_peer: Peer, stub: StubServer, receipt: Any, why: str
+) -> None:
+    # Each of these counted as delivered: a broken peer holding the link key made messages vanish.
+    message = send(org)
+    if isinstance(receipt, dict) and receipt.get("message_id") == "THIS":
+        receipt = {**receipt, "message_id": str(message.id)}
+    body = json.dumps({"receipt": receipt}).encode()
+    stub.script.append(Reply(200, signing.sign_headers(str(message.id), body, [SECRET]), body))
+    assert delivery.deliver(outbox_of(message).pk) == OutboxStatus.FAILED  # retried: the receiver deduplicates
+    row = outbox_of(message)
+    assert row.last_error == f"HTTP 200: receipt rejected: {why}" and row.receipt is None
+
+
+@pytest.mark.django_db
+def test_the_envelope_is_utf8_not_escaped(org: Any, other_org: Any) -> None:
+    # \u-escaping took an emoji 12 bytes instead of 4: a result within the limits where it was recorded could
+    # make an envelope over the peer's MAX_MESSAGE_BYTES.
+    message = Message.objects.create(organization=org, recipient="globex", type="message", payload={"text": "€ 😀"})
+    raw = delivery.envelope(message)
+    assert "€ 😀".encode() in raw and b"\\u" not in raw
+    assert json.loads(raw)["payload"] == {"text": "€ 😀"}

@@ -392,3 +392,50 @@ def test_a_signed_direction_binding_must_match_the_link(berlin: Peer, org: Any) 
     # A Hermes older than the binding sends none: still accepted.
     msg_id, body = envelope()
     assert post(body, signing.sign_headers(msg_id, body, [SECRET])).status_code == 200
+
+
+@pytest.mark.django_db
+def test_replays_do_not_spend_the_links_budget_and_are_audited_once_a_minute(
+    berlin: Peer, org: Any, settings: Any
+) -> None:
+    # A captured request replayed within the tolerance used up the peer's budget (its own next message got 429)
+    # and wrote an audit row per replay.
+    settings.HERMES_FEDERATION_INBOUND_PER_MINUTE = 2
+    actions.set_policy(org=org, remote="*", effect=Effect.ALLOW)
+    msg_id, body = envelope()
+    headers = signing.sign_headers(msg_id, body, [SECRET])
+    first = post(body, headers)
+    for _ in range(5):
+        replay = post(body, headers)
+        assert replay.status_code == 200 and json.loads(replay.content)["duplicate"] is True
+        assert json.loads(replay.content)["receipt"] == json.loads(first.content)["receipt"]
+        proof = {k: replay[k] for k in ("webhook-id", "webhook-timestamp", "webhook-signature")}
+        Webhook(signing.encode_secret(SECRET)).verify(replay.content, proof)  # still the peer's signed receipt
+    fresh_id, fresh = envelope()
+    assert post(fresh, signing.sign_headers(fresh_id, fresh, [SECRET])).status_code == 200
+    assert len(events(AuditEvent.DUPLICATE)) == 1
+    assert not events(AuditEvent.RATE_LIMITED)
+
+
+@pytest.mark.django_db
+@pytest.mark.parametrize("content_type", ["text/plain", "application/x-www-form-urlencoded", ""])
+def test_a_body_that_is_not_typed_json_is_415(berlin: Peer, org: Any, content_type: str) -> None:
+    actions.set_policy(org=org, remote="*", effect=Effect.ALLOW)
+    msg_id, body = envelope()
+    headers = {
+        f"HTTP_{k.upper().replace('-', '_')}": v for k, v in signing.sign_headers(msg_id, body, [SECRET]).items()
+    }
+    response = Client().post(URL, body, content_type=content_type, **headers)
+    assert response.status_code == 415
+    assert json.loads(response.content)["error"]["code"] == "unsupported_media_type"
+    assert not InboxEntry.objects.for_org(org).exists()
+
+
+@pytest.mark.django_db
+@override_settings(DEBUG=True)
+def test_a_body_past_djangos_own_upload_limit_is_the_documented_413(berlin: Peer, org: Any) -> None:
+    # It was Django's RequestDataTooBig: a 400 technical page with DEBUG on, `request_too_large` without.
+    body = b'{"pad": "' + b"x" * 5_300_000 + b'"}'
+    response = post(body, signing.sign_headers(str(uuid.uuid4()), body, [SECRET]))
+    assert response.status_code == 413 and response["Content-Type"] == "application/json"
+    assert json.loads(response.content)["error"]["code"] == "too_large"

@@ -1166,3 +1166,46 @@ def test_canceling_a_request_that_never_connected_sends_no_cancel(
     assert not Message.objects.for_org(org).filter(type=MessageType.TASK_CANCEL).exists()
     remote.refresh_from_db()
     assert remote.state == "canceled" and remote.error == "canceled here before the request was sent"
+
+
+@pytest.mark.django_db
+def test_a_result_too_large_for_one_message_arrives_with_a_note_instead_of_never(
+    org: Any, other_org: Any, acme_may_ask_globex: None, django_capture_on_commit_callbacks: Any
+) -> None:
+    # An artifact within the executor's event limit made a task_result the requester refused (413): it was
+    # dead-lettered at once, and the requester's task waited for that event until its deadline.
+    from types import SimpleNamespace
+
+    from apps.federation import delivery
+    from apps.federation.inbound import MAX_MESSAGE_BYTES
+    from apps.federation.models import FederatedTask, Message
+    from apps.federation.remote_tasks import report_task_event
+
+    with django_capture_on_commit_callbacks(execute=True):
+        remote = actions.request_remote_task(org=org, agent="echo.globex", message=MESSAGE)
+    remote = RemoteTask.objects.for_org(org).get(pk=remote.pk)
+    remote.events.all().delete()
+    RemoteTask.objects.for_org(org).filter(pk=remote.pk).update(state="requested", error="")
+    entry = InboxEntry.objects.for_org(other_org).get(message_id=remote.request_id)
+    FederatedTask.objects.create(
+        organization=other_org, task_id="77", inbox_entry=entry, agent_slug="echo", reply_to=entry.sender,
+        correlation_id=entry.message_id,
+    )  # fmt: skip
+    task = SimpleNamespace(pk=77, organization_id=other_org.pk, state="working", metadata={"federation": {}})
+    small = {"kind": "text", "text": "summary"}
+    artifact = {"name": "big", "parts": [small, {"kind": "text", "text": "x" * 1_048_400}]}
+    with django_capture_on_commit_callbacks(execute=True):
+        report_task_event(task=task, event=SimpleNamespace(seq=1, kind="state", data={"from": None, "to": "working"}))
+        report_task_event(task=task, event=SimpleNamespace(seq=2, kind="artifact", data=artifact))
+        huge_state = {"from": "working", "to": "completed", "detail": "é" * 600_000}  # no parts to drop
+        report_task_event(task=task, event=SimpleNamespace(seq=3, kind="state", data=huge_state))
+    sent = Message.objects.for_org(other_org).filter(type=MessageType.TASK_RESULT).order_by("created_at")
+    assert all(len(delivery.envelope(message)) <= MAX_MESSAGE_BYTES for message in sent)
+    remote.refresh_from_db()
+    assert remote.state == "completed" and remote.applied_seq == 3
+    kept = remote.events.get(seq=2).data
+    assert kept["parts"][0] == small and kept["parts"][1]["metadata"]["hermes_dropped_bytes"] == 1_048_425
+    assert "over the 1,032,192-byte federation message limit" in kept["parts"][1]["text"]
+    final = remote.events.get(seq=3).data
+    assert final["to"] == "completed" and final["hermes_dropped_bytes"] > 1_000_000
+    assert final["note"].startswith("[event 3 (state, ")
