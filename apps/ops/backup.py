@@ -22,8 +22,12 @@ import os
 import re
 import shutil
 import signal
+import socket
 import sqlite3
 import subprocess
+import sys
+import tempfile
+import threading
 import warnings
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
@@ -39,6 +43,7 @@ from django.db import connections
 
 from apps.core.checks import error_line
 from apps.core.logging import redact
+from hermes_site.embedded import die_with_parent
 
 # /2 added a check for every table (see TableCheck); /1 manifests (six fully digested tables) still verify.
 MANIFEST_FORMAT = "hermes-backup/2"
@@ -74,6 +79,44 @@ _CHUNK = 2000
 
 class BackupError(Exception):
     """A backup or restore cannot go on; the message says why and what to do."""
+
+
+class Interrupted(BaseException):
+    """SIGTERM or SIGINT arrived during a backup or restore (`stop_on_signals`). A BaseException, as
+    KeyboardInterrupt is: no `except Exception` on the way out swallows it, and every cleanup runs."""
+
+    def __init__(self, signum: int) -> None:
+        self.signal = signal.Signals(signum)
+        super().__init__(self.signal.name)
+
+    @property
+    def exit_code(self) -> int:
+        return 128 + self.signal.value  # what a shell reports for a process this signal ended
+
+
+@contextlib.contextmanager
+def stop_on_signals() -> Iterator[None]:
+    """Turn SIGTERM (timeout, systemd, a Kubernetes CronJob deadline) and SIGINT into `Interrupted` for the time of
+    the block. Python's default for SIGTERM is to die on the spot: no cleanup ran, and pg_dump was left writing a
+    .dump with no manifest. Outside the main thread no handler can be set, and the block runs as it is."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    fired = False
+
+    def interrupt(signum: int, frame: Any) -> None:
+        nonlocal fired
+        if not fired:  # once: a second Ctrl-C (or SIGTERM) must not cut short the cleanup the first one started
+            fired = True
+            raise Interrupted(signum)
+
+    previous = {signum: signal.signal(signum, interrupt) for signum in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        yield
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
 
 
 # The libpq keywords a DATABASE_URL query (`?sslmode=require`) or DATABASES OPTIONS can carry, and the environment
@@ -504,22 +547,39 @@ def _tool(name: str) -> str:
 
 
 def _run(command: list[str], env: dict[str, str]) -> None:
-    result = subprocess.run(command, env=env, capture_output=True, text=True, timeout=3600)
-    if result.returncode == 0:
+    # The tool dies with this process, however it dies (PR_SET_PDEATHSIG on Linux): a backup killed by SIGKILL left
+    # pg_dump running under init, writing a .dump that no manifest describes.
+    with subprocess.Popen(
+        command,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        preexec_fn=die_with_parent(os.getpid()),  # only prctl runs in the child, after fork
+    ) as process:
+        try:
+            _, stderr = process.communicate(timeout=3600)
+        except BaseException:
+            # Interrupted (SIGTERM/SIGINT raise Interrupted, see stop_on_signals) or timed out: the tool is
+            # stopped and waited for before the caller removes its partial file, so nothing writes it afterwards.
+            process.kill()
+            process.wait()
+            raise
+    if process.returncode == 0:
         return
     tool = Path(command[0]).name
-    reason = error_line(result.stderr)[-2000:]
-    if result.returncode < 0:
+    reason = error_line(stderr)[-2000:]
+    if process.returncode < 0:
         # Killed by a signal: pg_restore segfaults on some damaged archives, and then prints nothing at all.
         try:
-            signame = signal.Signals(-result.returncode).name
+            signame = signal.Signals(-process.returncode).name
         except ValueError:
-            signame = f"signal {-result.returncode}"
+            signame = f"signal {-process.returncode}"
         crashed = f"{tool} crashed ({signame})"
         if tool == "pg_restore":
             crashed += " reading the archive: the dump is damaged"
         raise BackupError(f"{crashed}{f': {reason}' if reason else ''}.")
-    raise BackupError(f"{tool} failed (exit {result.returncode}): {reason or 'it printed no error message'}")
+    raise BackupError(f"{tool} failed (exit {process.returncode}): {reason or 'it printed no error message'}")
 
 
 # --- Backup ----------------------------------------------------------------------------------------------------
@@ -571,6 +631,27 @@ def _create_private(path: Path) -> None:
         raise BackupError(f"Cannot create {path}: {exc.strerror}.") from exc
 
 
+def _write_private(path: Path, text: str) -> Path:
+    """Write `path` whole or not at all: into a private temporary file next to it, synced, then renamed over it. A
+    reader (and a restore) never sees half a manifest, and a failure (ENOSPC, EIO) leaves no file behind."""
+    try:
+        handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")  # mode 0600
+    except OSError as exc:
+        raise BackupError(f"Cannot write {path}: {exc.strerror}.") from exc
+    try:
+        with os.fdopen(handle, "w", encoding="utf-8") as file:
+            file.write(text)
+            file.flush()
+            os.fsync(file.fileno())  # a full disk can show only here (delayed allocation, NFS)
+        os.replace(temporary, path)
+    except BaseException as exc:
+        Path(temporary).unlink(missing_ok=True)
+        if isinstance(exc, OSError):
+            raise BackupError(f"Cannot write {path}: {exc.strerror}.") from exc
+        raise
+    return path
+
+
 def backup(database: Database, directory: Path, *, label: str | None = None) -> BackupResult:
     # The directories this backup creates: a refused one removes them again ("Nothing was written" left an empty
     # --output-dir behind).
@@ -585,33 +666,35 @@ def backup(database: Database, directory: Path, *, label: str | None = None) -> 
                 contents, tool = _backup_postgres(database, dump)
             else:
                 contents, tool = _backup_sqlite(database, dump)
+            if "django_migrations" not in contents["tables"]:
+                raise BackupError(
+                    f"{database.describe()} has no Hermes tables (no migration history): check DATABASE_URL, or "
+                    "run `python manage.py migrate` first. Nothing was written."
+                )
+            manifest = {
+                "format": MANIFEST_FORMAT,
+                "created_at": datetime.now(UTC).isoformat(),
+                "hermes_version": settings.HERMES_VERSION,
+                "vendor": database.vendor,
+                "source": database.describe(),
+                "dump": {"file": dump.name, "sha256": sha256_file(dump), "bytes": dump.stat().st_size, "tool": tool},
+                "session_timezone": _SESSION_TIMEZONE,
+                **contents,
+            }
+            # Inside the cleanup: a disk that fills up while the manifest is written left the whole dump next to a
+            # truncated manifest, with a traceback.
+            path = _write_private(manifest_path_for(dump), json.dumps(manifest, indent=2, sort_keys=True) + "\n")
         except BaseException:
-            dump.unlink(missing_ok=True)  # created empty above: a failed backup leaves nothing that looks like one
-            raise
-        if "django_migrations" not in contents["tables"]:
+            # Created empty above: a failed backup leaves nothing that looks like one. The manifest too, for a
+            # signal that lands just after it was renamed into place.
             dump.unlink(missing_ok=True)
-            raise BackupError(
-                f"{database.describe()} has no Hermes tables (no migration history): check DATABASE_URL, or run "
-                "`python manage.py migrate` first. Nothing was written."
-            )
+            manifest_path_for(dump).unlink(missing_ok=True)
+            raise
     except BaseException:
-        for path in created:  # innermost first; one holding anything else (another writer's file) stays
+        for created_directory in created:  # innermost first; one holding anything else (another writer's) stays
             with contextlib.suppress(OSError):
-                path.rmdir()
+                created_directory.rmdir()
         raise
-    manifest = {
-        "format": MANIFEST_FORMAT,
-        "created_at": datetime.now(UTC).isoformat(),
-        "hermes_version": settings.HERMES_VERSION,
-        "vendor": database.vendor,
-        "source": database.describe(),
-        "dump": {"file": dump.name, "sha256": sha256_file(dump), "bytes": dump.stat().st_size, "tool": tool},
-        "session_timezone": _SESSION_TIMEZONE,
-        **contents,
-    }
-    path = manifest_path_for(dump)
-    _create_private(path)
-    path.write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n")
     return BackupResult(dump, path, manifest, warnings)
 
 
@@ -761,6 +844,8 @@ def ensure_database(database: Database) -> bool:
                 return False
             conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(database.name)))
             return True
+    except (psycopg.errors.DuplicateDatabase, psycopg.errors.UniqueViolation):
+        return False  # another restore created it a moment ago: the restore lock decides which one goes on
     except psycopg.Error as exc:  # a role without CREATEDB, a name Postgres refuses: one line, not a traceback
         raise BackupError(
             f"Cannot create {database.describe()}: {error_line(exc)}. Create it first (createdb, as a role that "
@@ -818,6 +903,93 @@ def restore(dump: Path, database: Database, manifest: dict[str, Any], *, force: 
         raise BackupError(f"The target {database.describe()} is the backup file itself: restore into another file.")
     _check_restorable(dump, database)
     ensure_database(database)
+    with _restore_lock(database):
+        return _restore_locked(dump, database, manifest, force=force)
+
+
+# pg_try_advisory_lock(classid, objid): "HRMS" and 1 = a restore. Advisory locks belong to one database, so this
+# key taken on a connection to the target locks that database only.
+_RESTORE_LOCK_KEY = (0x48524D53, 1)
+
+
+def _holder_name() -> str:
+    return f"pid {os.getpid()} on {socket.gethostname()}"
+
+
+@contextlib.contextmanager
+def _restore_lock(database: Database) -> Iterator[None]:
+    """Hold the target for the whole restore: two restores into one database at once failed with pg_restore's raw
+    "relation already exists", and with --force each dropped the schema the other was filling. The second one is
+    refused in one line, before it touches anything. Postgres: an advisory lock on a connection to the target
+    (released by the server when this process dies, however it dies). SQLite: flock on `<target>.restore-lock`."""
+    if database.vendor == "sqlite":
+        with _sqlite_restore_lock(database):
+            yield
+        return
+    with contextlib.closing(database.connect()) as conn:
+        conn.autocommit = True  # the lock is the session's: no transaction left open for the restore's duration
+        conn.execute("SELECT set_config('application_name', %s, false)", [f"hermes restore ({_holder_name()})"])
+        if not conn.execute("SELECT pg_try_advisory_lock(%s, %s)", _RESTORE_LOCK_KEY).fetchone()[0]:
+            holder = conn.execute(
+                "SELECT a.application_name FROM pg_locks l LEFT JOIN pg_stat_activity a ON a.pid = l.pid "
+                "WHERE l.locktype = 'advisory' AND l.granted AND l.database = "
+                "(SELECT oid FROM pg_database WHERE datname = current_database()) "
+                "AND l.classid = %s AND l.objid = %s AND l.objsubid = 2",
+                _RESTORE_LOCK_KEY,
+            ).fetchone()
+            raise _busy(database, holder[0] if holder else None)
+        yield  # closing the connection releases the lock
+
+
+def _busy(database: Database, holder: str | None) -> BackupError:
+    who = holder.removeprefix("hermes restore ").strip("()") if holder else ""
+    return BackupError(
+        f"Another restore into {database.describe()} is running{f' ({who})' if who else ''}: wait for it to finish "
+        "(or stop it) and try again. Nothing was changed."
+    )
+
+
+@contextlib.contextmanager
+def _sqlite_restore_lock(database: Database) -> Iterator[None]:
+    """The lock is a file of its own: the restore replaces the target file itself (--force deletes it)."""
+    target = Path(database.name)
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise BackupError(f"Cannot create the directory of {database.describe()}: {exc.strerror}.") from exc
+    if sys.platform == "win32":  # no flock there: not locked (docs/backup.md)
+        yield
+        return
+    import fcntl
+
+    lock = target.with_name(target.name + ".restore-lock")
+    while True:
+        try:
+            fd = os.open(lock, os.O_RDWR | os.O_CREAT, _PRIVATE_FILE)
+        except OSError as exc:
+            raise BackupError(f"Cannot open {database.describe()}: cannot create {lock}: {exc.strerror}.") from exc
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            holder = os.read(fd, 512).decode(errors="replace").strip()
+            os.close(fd)
+            raise _busy(database, holder) from None
+        try:
+            if os.fstat(fd).st_ino == os.stat(lock).st_ino:
+                break
+        except FileNotFoundError:
+            pass
+        os.close(fd)  # locked a file the restore that held it had just removed: take the one that is there now
+    try:
+        os.ftruncate(fd, 0)
+        os.write(fd, _holder_name().encode())
+        yield
+    finally:
+        lock.unlink(missing_ok=True)  # while still held: whoever opened this file sees it gone and starts over
+        os.close(fd)
+
+
+def _restore_locked(dump: Path, database: Database, manifest: dict[str, Any], *, force: bool) -> Verification:
     if has_tables(database):
         if not force:
             raise BackupError(
@@ -838,12 +1010,9 @@ def restore(dump: Path, database: Database, manifest: dict[str, Any], *, force: 
             database.libpq_env(),
         )
     else:
-        try:
-            Path(database.name).parent.mkdir(parents=True, exist_ok=True)
-        except OSError as exc:
-            raise BackupError(f"Cannot create the directory of {database.describe()}: {exc.strerror}.") from exc
-        # The target is opened on its own: a target that cannot be opened (`sqlite:////proc/x.sqlite3`) was blamed
-        # on the backup ("cannot be restored … is it a SQLite backup?"), which _check_restorable had just read.
+        # The target's directory exists (_sqlite_restore_lock made it). The target is opened on its own: a target
+        # that cannot be opened (`sqlite:////proc/x.sqlite3`) was blamed on the backup ("cannot be restored … is it
+        # a SQLite backup?"), which _check_restorable had just read.
         try:
             with (
                 contextlib.closing(database.connect()) as target,

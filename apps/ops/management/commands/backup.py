@@ -5,7 +5,7 @@ from django.conf import settings
 from django.core.management.base import CommandError, CommandParser
 
 from apps.core.management.base import HermesCommand
-from apps.ops.backup import BackupError, Database, backup
+from apps.ops.backup import BackupError, Database, Interrupted, backup, stop_on_signals
 
 
 class Command(HermesCommand):
@@ -20,9 +20,16 @@ class Command(HermesCommand):
         if alias not in settings.DATABASES:
             raise CommandError(f"No database alias '{alias}' in DATABASES (there is: {', '.join(settings.DATABASES)}).")
         try:
-            result = backup(Database.from_settings(alias), Path(options["output_dir"]))
+            with stop_on_signals():
+                result = backup(Database.from_settings(alias), Path(options["output_dir"]))
         except BackupError as exc:
             raise CommandError(str(exc)) from exc
+        except Interrupted as stopped:  # the partial files are gone by now (backup()'s cleanup ran)
+            raise CommandError(
+                f"Backup stopped by {stopped.signal.name}: pg_dump (if running) was stopped and the partial backup "
+                "removed; nothing was written.",
+                returncode=stopped.exit_code,
+            ) from stopped
         manifest = result.manifest
         self.stdout.write(f"backup    {result.dump} ({manifest['dump']['bytes']} bytes, {manifest['dump']['tool']})")
         self.stdout.write(f"manifest  {result.manifest_path}")

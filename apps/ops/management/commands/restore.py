@@ -5,7 +5,17 @@ from django.core.management.base import CommandError, CommandParser
 
 from apps.core.guards import refuse_in_production
 from apps.core.management.base import HermesCommand
-from apps.ops.backup import MANIFEST_FORMAT, BackupError, Database, iter_report, load_manifest, restore, verify
+from apps.ops.backup import (
+    MANIFEST_FORMAT,
+    BackupError,
+    Database,
+    Interrupted,
+    iter_report,
+    load_manifest,
+    restore,
+    stop_on_signals,
+    verify,
+)
 
 
 class Command(HermesCommand):
@@ -35,9 +45,16 @@ class Command(HermesCommand):
                 result = verify(target, manifest)
             else:
                 self.stdout.write(f"restoring {dump.name} into {target.describe()}")
-                result = restore(dump, target, manifest, force=options["force"])
+                with stop_on_signals():
+                    result = restore(dump, target, manifest, force=options["force"])
         except BackupError as exc:
             raise CommandError(str(exc)) from exc
+        except Interrupted as stopped:  # pg_restore was stopped with it; the restore lock is released
+            raise CommandError(
+                f"Restore stopped by {stopped.signal.name}: if it had begun filling {target.describe()}, that "
+                "database is incomplete; restore again (with --force) before using it.",
+                returncode=stopped.exit_code,
+            ) from stopped
         for line in iter_report(result):
             self.stdout.write(line)
         if not result.ok:
