@@ -6,13 +6,14 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from asgiref.sync import async_to_sync
+from django.core.exceptions import ValidationError
 from django.db import IntegrityError, transaction
 from django.db.models import RestrictedError
 from django.utils import timezone
 from django.utils.text import slugify
 
 from apps.agents.cards import CardError, CardInfo, fetch_card, parse_card, url_has_credentials
-from apps.agents.models import Agent, Visibility
+from apps.agents.models import Agent, Visibility, validate_agent_slug
 from apps.core import audit
 from apps.core.http import OutboundBlocked, check_url
 from apps.core.permissions import Access
@@ -77,11 +78,10 @@ def _unique_slug(org: Any, wanted: str, *, exclude: Agent | None = None) -> str:
 
 
 def _check_slug_free(org: Any, slug: str, *, exclude: Agent | None = None) -> str:
-    clean = slugify(slug)
-    if not clean or clean != slug:
-        raise AgentActionError(
-            "A slug is lowercase letters, digits and hyphens.", code="invalid", details={"slug": ["Not a slug."]}
-        )
+    try:
+        validate_agent_slug(slug)
+    except ValidationError as exc:
+        raise AgentActionError(exc.messages[0], code="invalid", details={"slug": exc.messages}) from exc
     taken = Agent.with_retired.for_org(org).filter(slug=slug)
     if exclude is not None:
         taken = taken.exclude(pk=exclude.pk)

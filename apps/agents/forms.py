@@ -1,8 +1,16 @@
 from __future__ import annotations
 
+from typing import Any
+
 from django import forms
 
-from apps.agents.models import DESCRIPTION_MAX_LENGTH, NAME_MAX_LENGTH, Visibility
+from apps.agents.models import (
+    DESCRIPTION_MAX_LENGTH,
+    NAME_MAX_LENGTH,
+    SLUG_MAX_LENGTH,
+    Visibility,
+    validate_agent_slug,
+)
 from apps.core.validators import display_name
 
 
@@ -16,8 +24,15 @@ class AgentURLForm(forms.Form):
     )
 
 
+class AgentSlugField(forms.CharField):
+    """An agent's slug, optional (empty: derived from the name), refused with the message that states the rule."""
+
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(required=False, max_length=SLUG_MAX_LENGTH, validators=[validate_agent_slug], **kwargs)
+
+
 class AgentRegisterForm(AgentURLForm):
-    slug = forms.SlugField(required=False, max_length=80, help_text="Empty: derived from the card's name.")
+    slug = AgentSlugField(help_text="Empty: derived from the card's name.")
     visibility = forms.ChoiceField(choices=Visibility.choices, initial=Visibility.PRIVATE)
 
 
@@ -40,7 +55,7 @@ class AgentManualForm(forms.Form):
     streaming = forms.BooleanField(
         required=False, help_text="It supports SendStreamingMessage (server-sent events); otherwise Hermes polls."
     )
-    slug = forms.SlugField(required=False, max_length=80, help_text="Empty: derived from the name.")
+    slug = AgentSlugField(help_text="Empty: derived from the name.")
     visibility = forms.ChoiceField(choices=Visibility.choices, initial=Visibility.PRIVATE)
 
 

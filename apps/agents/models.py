@@ -5,8 +5,10 @@ from datetime import timedelta
 from typing import Any, ClassVar
 
 from django.conf import settings
+from django.core.exceptions import ValidationError
 from django.db import models
 from django.utils import timezone
+from django.utils.text import slugify
 
 from apps.core.tenancy import OrgOwnedModel, OrgScopedManager
 from apps.core.validators import display_name
@@ -45,6 +47,21 @@ class ActiveAgentManager(OrgScopedManager):
 # cut): the marketplace lists every public agent's description.
 NAME_MAX_LENGTH = 200
 DESCRIPTION_MAX_LENGTH = 4000
+SLUG_MAX_LENGTH = 80
+
+
+def validate_agent_slug(value: str) -> None:
+    """An agent's slug is what `slugify` keeps: lowercase letters, digits, underscores and single hyphens. One
+    message for the API, the console and the actions alike: Django's and DRF's SlugField said "letters (any case),
+    numbers, underscores or hyphens", and `My_Echo`, written as they advised, was then refused in other words."""
+    if slugify(value) != value or not value:
+        raise ValidationError(
+            f"'{value[:SLUG_MAX_LENGTH]}' is not a slug: use lowercase letters, digits, underscores and single "
+            "hyphens, starting and ending with a letter or digit, e.g. my-echo.",
+            code="invalid",
+        )
+
+
 VERSION_MAX_LENGTH = 50
 
 

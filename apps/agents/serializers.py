@@ -5,7 +5,15 @@ from typing import Any, Literal
 from drf_spectacular.utils import extend_schema_field
 from rest_framework import serializers
 
-from apps.agents.models import DESCRIPTION_MAX_LENGTH, NAME_MAX_LENGTH, VERSION_MAX_LENGTH, Agent, Visibility
+from apps.agents.models import (
+    DESCRIPTION_MAX_LENGTH,
+    NAME_MAX_LENGTH,
+    SLUG_MAX_LENGTH,
+    VERSION_MAX_LENGTH,
+    Agent,
+    Visibility,
+    validate_agent_slug,
+)
 from apps.core.serializers import PatchSerializer, StrictBooleanField, StrictFieldsMixin
 from apps.core.validators import display_name
 
@@ -100,7 +108,7 @@ class AgentCreateSerializer(StrictFieldsMixin, serializers.Serializer):
         max_length=500,
         help_text="card mode: the agent's base URL (or its card's URL); manual mode: its JSON-RPC endpoint.",
     )
-    slug = serializers.SlugField(max_length=80, required=False)
+    slug = serializers.CharField(max_length=SLUG_MAX_LENGTH, required=False, validators=[validate_agent_slug])
     visibility = serializers.ChoiceField(choices=Visibility.choices, default=Visibility.PRIVATE)
     name = serializers.CharField(
         max_length=NAME_MAX_LENGTH,
@@ -130,7 +138,7 @@ class AgentCreateSerializer(StrictFieldsMixin, serializers.Serializer):
 
 class AgentUpdateSerializer(PatchSerializer):
     name = serializers.CharField(max_length=NAME_MAX_LENGTH, required=False, validators=[display_name])
-    slug = serializers.SlugField(max_length=80, required=False)
+    slug = serializers.CharField(max_length=SLUG_MAX_LENGTH, required=False, validators=[validate_agent_slug])
     description = serializers.CharField(required=False, allow_blank=True, max_length=DESCRIPTION_MAX_LENGTH)
     version = serializers.CharField(max_length=VERSION_MAX_LENGTH, required=False, allow_blank=True)
     url = serializers.URLField(max_length=500, required=False, help_text="Agents registered without a card only.")

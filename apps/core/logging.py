@@ -118,10 +118,14 @@ class SampleFilter(logging.Filter):
 # shows of it (`hrm_abcd…wxyz`), so a line still says which key; a link token only its route.
 _API_KEY = re.compile(r"(hrm_[A-Za-z0-9_-]{4})[A-Za-z0-9_-]{8,}([A-Za-z0-9_-]{4})")
 _SECRET_PARAM = re.compile(r"([?&](?:api_key|access_token|token)=)(?!hrm_)[^&\s\"']+", re.IGNORECASE)
-# (Also percent-encoded, as a `?next=%2Finvitations%2F<token>%2F` parameter carries a link.)
+# (Also percent-encoded, as a `?next=%2Finvitations%2F<token>%2F` parameter carries a link.) Wherever the link's
+# path starts: `/invitations/<token>/` alone (a request's path), in a full URL (the mail's link, under any path
+# prefix of HERMES_PUBLIC_URL). The other paths that end in `invitations/<segment>` name no secret and stay as they
+# are: an id (`/api/v1/invitations/12`, `/org/invitations/12/revoke/`) is digits only, and the API's
+# `/api/v1/invitations/accept` is a word of its own.
 _LINK_TOKEN = re.compile(
-    r"((?<![\w/%])(?:/|%2F)invitations(?:/|%2F)|(?:/|%2F)password-reset(?:/|%2F)[^/\s%]+(?:/|%2F))"
-    r"(?!set-password(?:/|%2F)|accept\b)[^/?&\s\"'%]+",
+    r"((?:/|%2F)invitations(?:/|%2F)|(?:/|%2F)password-reset(?:/|%2F)[^/\s%]+(?:/|%2F))"
+    r"(?!(?:set-password|accept|\d+)(?:[/?&\s\"'%#]|$))[^/?&\s\"'%]+",
     re.IGNORECASE,
 )
 # The password of a URL's userinfo (`redis://:pw@host`, `http://admin:pw@host/`): the user stays, it says which

@@ -9,7 +9,10 @@ mail for a change that was rolled back); the job retries with backoff while the 
 from __future__ import annotations
 
 import logging
+import sys
+from typing import Any
 
+from django.core.mail.backends import console
 from django.db import transaction
 
 from apps.core.tasks import mail_argsrepr, send_email
@@ -33,3 +36,18 @@ def _enqueue(subject: str, body: str, recipients: list[str]) -> None:
         logger.warning(
             "email %r to %d recipient(s) not sent: the job could not be queued (%s)", subject, len(recipients), exc
         )
+
+
+class ConsoleEmailBackend(console.EmailBackend):
+    """`consolemail://` (the dev default): each mail written as is to the process's own standard output.
+
+    Django's console backend writes to `sys.stdout`, which a Celery worker replaces with a proxy into its log
+    (`celery.redirected`): the log's RedactFilter then masked the password-reset link, so the printed link no
+    longer worked — while a developer reads exactly these links there to sign in. Mail printed here is meant to be
+    read in full; log lines stay redacted.
+    """
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        # `sys.__stdout__` is None only in a process started without one (pythonw): then whatever stdout is.
+        kwargs.setdefault("stream", sys.__stdout__ or sys.stdout)
+        super().__init__(*args, **kwargs)

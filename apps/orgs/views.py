@@ -379,7 +379,11 @@ def rotate_key(request: HttpRequest, key_id: int) -> HttpResponse:
     form = RotateKeyForm(request.POST)
     grace = timedelta(hours=form.cleaned_data["grace_hours"]) if form.is_valid() else actions.DEFAULT_ROTATION_GRACE
     issued = actions.rotate_api_key(access=access, key=key, grace=grace)
-    messages.success(request, f"Key {key.display} rotated; the old key stops working at its new expiry.")
+    if grace > timedelta(0):
+        messages.success(request, f"Key {key.display} rotated; the old key stops working at its new expiry.")
+    else:
+        # No grace period: the old key's expiry is now, and "stops working at its new expiry" read as later.
+        messages.success(request, f"Key {key.display} rotated; the old key has stopped working.")
     response = render_console(request, "orgs/keys.html", _keys_context(access, issued=issued), partial="keys_section")
     add_never_cache_headers(response)
     return response

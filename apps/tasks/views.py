@@ -101,7 +101,7 @@ def create(request: HttpRequest) -> HttpResponse:
                 org=access.org, agent=form.cleaned_data["agent"], message=form.message(), access=access
             )
         except actions.TaskInputTooLarge as exc:
-            form.add_error("text", str(exc))
+            form.add_too_large_error(exc)
         except actions.AgentNotUsable:
             form.add_error("agent", "This agent is no longer available to your organization.")
         except quotas.QuotaExceeded as exc:

@@ -395,3 +395,23 @@ def test_deleting_an_agent_that_ran_tasks_retires_it(
     unused = actions.register_agent_manually(org=org, name="Unused", url="https://unused.example.com/")
     assert owner.delete(f"/api/v1/agents/{unused.pk}").status_code == 204
     assert not Agent.with_retired.for_org(org).filter(pk=unused.pk).exists()  # no tasks: really deleted
+
+
+@pytest.mark.parametrize("slug", ["My_Echo", "Bad Slug", "two--hyphens", "-edge"])
+def test_a_refused_slug_states_the_rule_on_every_surface(
+    no_allowlist: None, org: Any, alice: Any, client_for: Any, slug: str
+) -> None:
+    # The API's SlugField invited capitals ("letters, numbers, underscores or hyphens") and the action then said
+    # "lowercase letters, digits and hyphens", though underscores are allowed.
+    rule = "is not a slug: use lowercase letters, digits, underscores and single hyphens"
+    client = client_for(alice)
+    payload = {"mode": "manual", "url": "https://s.example.com/", "name": "S", "slug": slug}
+    refused = client.post("/api/v1/agents", payload, format="json")
+    assert refused.status_code == 400 and rule in refused.data["error"]["details"]["slug"][0]
+    agent = _manual(org, "Kept", slug="kept_1")  # an underscore is within the rule
+    patched = client.patch(f"/api/v1/agents/{agent.pk}", {"slug": slug}, format="json")
+    assert patched.status_code == 400 and rule in patched.data["error"]["details"]["slug"][0]
+    with pytest.raises(actions.AgentActionError, match=rule):
+        actions.update_agent(agent, slug=slug)
+    agent.refresh_from_db()
+    assert agent.slug == "kept_1"

@@ -91,10 +91,50 @@ def test_a_refused_slug_keeps_the_previewed_card(as_user: Any, dave: Any, org: A
     assert refused.status_code == 422
     html = refused.content.decode()
     assert html.lstrip().startswith('<section class="card" id="preview"')
-    assert "Enter a valid “slug”" in html and 'value="Bad Slug"' in html
+    assert "&#x27;Bad Slug&#x27; is not a slug" in html and 'value="Bad Slug"' in html
     assert "Weather Bot" in html and "Forecasts" in html and f"{cards.base}/rpc" in html and "Forecast" in html
     assert "Register this agent" in html and f'name="url" value="{cards.base}"' in html
     assert not Agent.objects.for_org(org).exists()
+
+
+SLUG_RULE = "is not a slug: use lowercase letters, digits, underscores and single hyphens, starting and ending with"
+
+
+@pytest.mark.parametrize("slug", ["Bad Slug", "My_Echo", "bad slug", "echo--2", "-echo", "écho"])
+def test_a_refused_agent_slug_states_the_rule_the_agent_is_held_to(
+    as_user: Any, dave: Any, org: Any, cards: CardServer, slug: str
+) -> None:
+    # One message, the real rule: Django's "letters, numbers, underscores or hyphens" was followed by "A slug is
+    # lowercase letters, digits and hyphens." for `My_Echo`, which its advice allowed.
+    client = as_user(dave)
+    by_card = client.post("/agents/register/", {"url": cards.base, "slug": slug, "visibility": "private"}, **HX)
+    manual = client.post(
+        "/agents/register/manual/",
+        {
+            "manual-name": "Legacy bot",
+            "manual-url": "https://legacy.example.com/rpc",
+            "manual-protocol_version": "1.0",
+            "manual-slug": slug,
+            "manual-visibility": "private",
+        },
+    )
+    for refused in (by_card, manual):
+        html = refused.content.decode()
+        assert refused.status_code == 422 and SLUG_RULE in html
+        assert "Enter a valid" not in html and "A slug is lowercase" not in html
+    assert not Agent.objects.for_org(org).exists()
+
+
+def test_an_agent_slug_the_rule_allows_is_taken_as_given(as_user: Any, dave: Any, org: Any) -> None:
+    form = {
+        "manual-name": "Legacy bot",
+        "manual-url": "https://legacy.example.com/rpc",
+        "manual-protocol_version": "1.0",
+        "manual-slug": "my_echo-2",
+        "manual-visibility": "private",
+    }
+    assert as_user(dave).post("/agents/register/manual/", form).status_code == 302
+    assert Agent.objects.for_org(org).get().slug == "my_echo-2"
 
 
 def test_member_cannot_register_or_preview(as_user: Any, mia: Any, org: Any, cards: CardServer) -> None:

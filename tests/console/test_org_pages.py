@@ -290,6 +290,25 @@ def test_rotate_and_revoke(as_user: Any, team: dict[str, Any], org: Any) -> None
     assert successor.revoked_at is not None
 
 
+@pytest.mark.parametrize(
+    ("grace_hours", "said"),
+    [
+        ("0", "rotated; the old key has stopped working."),
+        ("1", "rotated; the old key stops working at its new expiry."),
+    ],
+)
+def test_the_rotation_message_says_when_the_old_key_stops(
+    as_user: Any, team: dict[str, Any], org: Any, grace_hours: str, said: str
+) -> None:
+    # "Immediately" said the old key "stops working at its new expiry", while the table already showed it expired.
+    key, _ = issue_api_key(team["bob"], org, scopes=["agents:read"])
+    rotated = as_user(team["bob"]).post(f"/org/keys/{key.pk}/rotate/", {"grace_hours": grace_hours}, **HX)
+    assert rotated.status_code == 200
+    html = rotated.content.decode()
+    assert f"Key {key.display} {said}" in html
+    assert ("at its new expiry" in html) == (grace_hours != "0")
+
+
 def test_rotating_immediately_asks_first(as_user: Any, team: dict[str, Any], org: Any) -> None:
     key, _ = issue_api_key(team["bob"], org, scopes=["agents:read"], name="deploy")
     html = main_html(as_user(team["bob"]).get("/org/keys/"))

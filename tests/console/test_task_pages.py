@@ -72,6 +72,33 @@ def test_send_with_structured_data_and_precise_errors(as_user: Any, dave: Any, o
     assert Task.objects.for_org(org).count() == 1
 
 
+def test_an_oversized_input_is_blamed_on_the_part_that_makes_it(
+    as_user: Any, dave: Any, org: Any, echo: Any, settings: Any
+) -> None:
+    # The 422 always put the error under "Message", also for a one-byte message beside huge structured data.
+    settings.HERMES_MAX_TASK_INPUT_BYTES = 1000
+    client = as_user(dave)
+
+    def errors(text: str, structured: str) -> dict[str, list[str]]:
+        response = client.post("/tasks/new/", {"agent": str(echo.pk), "text": text, "structured": structured})
+        assert response.status_code == 422
+        return dict(response.context["form"].errors)
+
+    big_data = '{"a": "' + "東" * 400 + '"}'  # 1208 bytes as stored (compact, 3 a character)
+    only_data = errors("", big_data)
+    assert list(only_data) == ["structured"] and only_data["structured"][0].startswith("The task input is ")
+    both = errors("x", big_data)
+    assert list(both) == ["structured"]
+    (said,) = both["structured"]
+    assert said.startswith("The message and the structured data are ") and "1208 of them in the structured data" in said
+    assert said.endswith("the limit is 1000 bytes.")
+    only_text = errors("y" * 1200, "")
+    assert list(only_text) == ["text"] and only_text["text"][0].startswith("The task input is ")
+    text_larger = errors("y" * 1200, '{"a": 1}')
+    assert list(text_larger) == ["text"] and "of them in the message" in text_larger["text"][0]
+    assert not Task.objects.for_org(org).exists()
+
+
 def test_agent_picker_offers_own_and_public_agents_only(
     as_user: Any, charlie: Any, org: Any, other_org: Any, echo: Any
 ) -> None:
