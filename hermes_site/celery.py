@@ -65,6 +65,24 @@ def _on_worker_ready(sender: Any = None, **_: Any) -> None:
     start_heartbeat(sender)
     start_worker_exporter(settings.CELERY_WORKER_METRICS_HOST, settings.CELERY_WORKER_METRICS_PORT)
     print_summary("worker")
+    _warn_of_undecryptable_link_keys()
+
+
+def _warn_of_undecryptable_link_keys() -> None:
+    """The worker signs and verifies federation messages: with link keys its field key cannot decrypt (SECRET_KEY
+    or HERMES_FIELD_KEY changed), every delivery fails. Said once at start, after the summary, with the fix."""
+    from apps.ops.health import probe_link_keys
+
+    probe = probe_link_keys()
+    if probe.ok or not probe.available:
+        return
+    problem = f"link_keys is down: {probe.detail}"
+    logging.getLogger("hermes.startup").warning(
+        "warning %s — fix: %s",
+        problem,
+        probe.fix,
+        extra={"event": "startup_summary", "role": "worker", "problem": problem, "fix": probe.fix},
+    )
 
 
 @worker_shutdown.connect

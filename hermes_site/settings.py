@@ -235,7 +235,12 @@ DATA_UPLOAD_MAX_MEMORY_SIZE = 5 * 1024 * 1024
 
 SECURE_PROXY_SSL_HEADER = ("HTTP_X_FORWARDED_PROTO", "https")
 SECURE_SSL_REDIRECT = CONFIG["SECURE_SSL_REDIRECT"]
-SECURE_REDIRECT_EXEMPT = [r"^api/v1/health"]
+# Machine endpoints called directly on a process's plain-HTTP port, not through the TLS proxy: probes, the
+# Prometheus scrape (deploy/prometheus/prometheus.yml targets web:8000 and websocket:8001; METRICS_ALLOWED_IPS is
+# for such direct scrapes) and the egress diagnostic (bearer token or an allowed address, like /metrics). A 301 to
+# https:// on a port that speaks no TLS failed every scrape, and turned the ping's POST into a GET. The redirect
+# protects nothing here: a token sent over plain HTTP was already sent when the 301 came back.
+SECURE_REDIRECT_EXEMPT = [r"^api/v1/health", r"^metrics$", r"^api/v1/ops/ping(/|$)"]
 SECURE_HSTS_SECONDS = CONFIG["SECURE_HSTS_SECONDS"]
 SECURE_HSTS_INCLUDE_SUBDOMAINS = PRODUCTION
 SECURE_HSTS_PRELOAD = PRODUCTION

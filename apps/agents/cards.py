@@ -247,6 +247,53 @@ def sdk_card(raw: dict[str, Any]) -> AgentCard:
     return parse_agent_card(copy.deepcopy(raw))
 
 
+@dataclass(frozen=True)
+class CallingTerms:
+    """What a stored card asks of its callers beyond the interface URL: the chosen interface's `tenant` (the SDK's
+    client sends it as every request's `params.tenant`) and, for error messages, the security schemes it requires."""
+
+    tenant: str = ""
+    required_credentials: tuple[str, ...] = ()
+
+
+def calling_terms(raw: Any) -> CallingTerms:
+    """The CallingTerms of a stored card (`Agent.card`); empty for an agent registered by hand or a card that no
+    longer parses (it was checked when stored: the call itself will say what is wrong)."""
+    if not isinstance(raw, dict) or not raw:
+        return CallingTerms()
+    try:
+        card = sdk_card(raw)
+    except (ParseError, ValueError, TypeError, AttributeError, KeyError):
+        return CallingTerms()
+    interface = _jsonrpc_interface(card)
+    return CallingTerms(tenant=interface.tenant if interface is not None else "", required_credentials=_required(card))
+
+
+def _required(card: AgentCard) -> tuple[str, ...]:
+    """The card's required security schemes, each as a caller would recognise it ("X-API-Key (apiKey in
+    header)"): those its `securityRequirements` name, or every declared scheme when it names none."""
+    names = [name for requirement in card.security_requirements for name in requirement.schemes]
+    names = list(dict.fromkeys(names or sorted(card.security_schemes)))
+    return tuple(
+        _scheme_label(name, card.security_schemes[name]) if name in card.security_schemes else name for name in names
+    )
+
+
+def _scheme_label(name: str, scheme: Any) -> str:
+    kind = scheme.WhichOneof("scheme")
+    if kind == "api_key_security_scheme":
+        key = scheme.api_key_security_scheme
+        return f"{key.name or name} (apiKey in {key.location or 'an unnamed location'})"
+    if kind == "http_auth_security_scheme":
+        return f"{name} (HTTP {scheme.http_auth_security_scheme.scheme or 'authentication'})"
+    labels = {
+        "oauth2_security_scheme": "OAuth 2.0",
+        "open_id_connect_security_scheme": "OpenID Connect",
+        "mtls_security_scheme": "mutual TLS",
+    }
+    return f"{name} ({labels[kind]})" if kind in labels else name
+
+
 def _jsonrpc_interface(card: AgentCard) -> Any:
     """The JSON-RPC interface, chosen the way the SDK's client factory chooses (1.0 before newer, then 0.3)."""
     return ClientFactory._find_best_interface(

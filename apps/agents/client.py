@@ -33,8 +33,8 @@ count as reported, so a turn reports only what it adds. The lower-level
 `stream(...)`, `send(...)` and `poll(remote_task_id)` are there too. Agents whose card says protocol 0.3 are
 spoken to with v0.3 method names (`message/stream`, `tasks/get`, …) by the SDK's compatibility transport.
 
-`AgentUpdate(kind, state, artifact, remote_task_id, context_id, final, raw, parts)`, with `text` and `data` read
-from `parts`:
+`AgentUpdate(kind, state, artifact, remote_task_id, context_id, final, raw, parts, metadata, earlier)`, with `text`
+and `data` read from `parts`:
 - kind "status": a task state change or progress note (`state` is set; `parts`, `text` and `data` come from the
   status message, if any); "artifact": an artifact (`artifact` = {"artifactId", "name", "parts", "append",
   "lastChunk", ...}; `parts`/`text`/`data` are its parts); "message": the agent answered with a plain message
@@ -48,6 +48,15 @@ from `parts`:
 - parts: every part as the agent sent it, in order, as JSON (camelCase, as in `artifact`): `{"text"}`, `{"data"}`,
   `{"url"}` or `{"raw"}` (the bytes in base64), with its `filename`, `mediaType` and `metadata` when set. `text`
   (the text parts and URLs, one per line) and `data` (the data parts) are a reading of them that drops files.
+- metadata: the status message's (or plain message's) own `metadata`, as JSON ({} when it has none).
+- earlier: a status update without a state (`state` None) for an agent message found in a polled snapshot's
+  `history` that was never reported: a status message replaced between two polls (the a2a-sdk's task store moves
+  it there). Snapshots of a task this call did not start (`get_task`, `resume`, `poll` on its own, `cancel`) take
+  the history they first see as reported; a follow-up's (`run` with `task_id`) takes the history before it.
+
+The card's interface `tenant` (`AgentTarget.tenant`, read from the stored card) goes with every request, as the
+SDK's own client sends it. Hermes sends no credentials: a 401/403 from an agent whose card requires some names
+them (`AgentTarget.required_credentials`) in the AgentError's message.
 
 One call follows one task, the first its answer names: events about another task id are dropped (logged at
 WARNING), and so is a plain message after the task in the same stream (not valid A2A). A status is reported when it
@@ -73,6 +82,7 @@ import math
 import queue
 import threading
 import uuid
+from collections import Counter
 from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -170,23 +180,39 @@ class AgentTarget:
     streaming: bool = False
     protocol_version: str = "1.0"
     name: str = "agent"
+    # The card interface's tenant: a multi-tenant agent serves several tenants at one URL and tells them apart by
+    # each request's `tenant`.
+    tenant: str = ""
+    # The security schemes the card requires ("X-API-Key (apiKey in header)"): Hermes sends no agent credentials,
+    # so a 401/403 names them rather than leave the caller guessing.
+    required_credentials: tuple[str, ...] = ()
 
     @classmethod
     def from_agent(cls, agent: Any) -> AgentTarget:
+        from apps.agents.cards import calling_terms  # cards imports this module
+
+        terms = calling_terms(agent.card)
         return cls(
             url=agent.url,
             streaming=bool(agent.capabilities.get("streaming")),
             protocol_version=agent.protocol_version or "1.0",
             name=agent.name,
+            tenant=terms.tenant,
+            required_credentials=terms.required_credentials,
         )
 
     def sdk_card(self) -> AgentCard:
-        """The card the SDK's client factory needs: the stored endpoint (already checked at registration)."""
+        """The card the SDK's client factory needs: the stored endpoint (already checked at registration), with
+        its tenant, which the factory then sends with every request (its TenantTransportDecorator), as the SDK's
+        own client does for the same card."""
         return AgentCard(
             name=self.name,
             supported_interfaces=[
                 AgentInterface(
-                    url=self.url, protocol_binding=TransportProtocol.JSONRPC, protocol_version=self.protocol_version
+                    url=self.url,
+                    protocol_binding=TransportProtocol.JSONRPC,
+                    protocol_version=self.protocol_version,
+                    tenant=self.tenant,
                 )
             ],
             capabilities=AgentCapabilities(streaming=self.streaming),
@@ -203,6 +229,8 @@ class AgentUpdate:
     final: bool = False
     raw: dict[str, Any] = field(default_factory=dict)
     parts: list[dict[str, Any]] = field(default_factory=list)
+    metadata: dict[str, Any] = field(default_factory=dict)
+    earlier: bool = False
 
     @property
     def terminal(self) -> bool:
@@ -295,6 +323,20 @@ def _parts_json(parts: Any) -> list[dict[str, Any]]:
     return [_as_json(part) for part in parts]
 
 
+def _metadata_json(message: Message) -> dict[str, Any]:
+    """A message's own `metadata` as plain JSON ({} when it has none)."""
+    if not message.HasField("metadata"):
+        return {}
+    metadata: dict[str, Any] = _as_json(message.metadata)
+    return metadata
+
+
+def _message_key(message: Message) -> tuple[str, tuple[bytes, ...]]:
+    """A message as told apart from another: its id and parts (not its task and context ids, which a task store
+    may fill in)."""
+    return message.message_id, tuple(part.SerializeToString(deterministic=True) for part in message.parts)
+
+
 def _state(value: int) -> str:
     return STATE_NAMES.get(value, "unknown")
 
@@ -328,7 +370,7 @@ class _Normalizer:
     mixes up its streams, or a proxy that does) are dropped and logged rather than applied to this one, and so is
     a plain message after the task (an A2A stream is one task's events, or a single message)."""
 
-    def __init__(self) -> None:
+    def __init__(self, *, history_said: bool = False) -> None:
         # The last status reported: its state, message id and message parts, so that distinct progress notes are
         # all reported whatever their message ids say (the same id, or none), and only an identical repeat is not.
         # Not the whole message: a task store may fill in its task and context ids, and a stream's note read again
@@ -338,6 +380,12 @@ class _Normalizer:
         # Each artifact as far as it was reported, as the agent's task holds it: a snapshot then yields only what
         # changed since (an agent may append chunks to an artifact between two polls).
         self._artifacts: dict[str, Artifact] = {}
+        # How many entries of the task's history were looked at (None: the first snapshot's history counts as said
+        # — `history_said`, for a task picked up mid-way), and the status messages reported and not yet met in the
+        # history, counted by _message_key: the a2a-sdk's task store moves a status message there when the next
+        # status replaces it, so a polled agent's notes made between two polls are found there.
+        self._history_seen: int | None = None if history_said else 0
+        self._reported: Counter[tuple[str, tuple[bytes, ...]]] = Counter()
 
     @property
     def final(self) -> bool:
@@ -356,11 +404,12 @@ class _Normalizer:
     def _status(self, task_id: str, context_id: str, status: Any, raw: dict[str, Any]) -> list[AgentUpdate]:
         state = _state(status.state)
         message = status.message if status.HasField("message") else Message()
-        key = (state, message.message_id, tuple(part.SerializeToString(deterministic=True) for part in message.parts))
+        key = (state, *_message_key(message))
         if key == self._last_status:
             return []
         self._last_status = key
-        parts = _parts_json(message.parts)
+        if message.parts:
+            self._reported[_message_key(message)] += 1
         return [
             AgentUpdate(
                 kind="status",
@@ -369,7 +418,8 @@ class _Normalizer:
                 context_id=context_id,
                 final=state in FINAL_STATES,
                 raw=raw,
-                parts=parts,
+                parts=_parts_json(message.parts),
+                metadata=_metadata_json(message),
             )
         ]
 
@@ -416,11 +466,44 @@ class _Normalizer:
 
     def remember(self, task: Task) -> None:
         """Take `task`'s artifacts as reported, as they are now: later snapshots and chunks are told against them.
-        Not its status: the task waits for input, which would read as final before the follow-up was even sent."""
+        Not its status: the task waits for input, which would read as final before the follow-up was even sent.
+        Its history and its status message (the question, which the follow-up moves into the history) were
+        reported too."""
         for artifact in task.artifacts:
             remembered = Artifact()
             remembered.CopyFrom(artifact)
             self._artifacts[_artifact_key(artifact)] = remembered
+        self._history_seen = len(task.history)
+        if task.status.HasField("message") and task.status.message.parts:
+            self._reported[_message_key(task.status.message)] += 1
+
+    def _history(self, task: Task) -> list[AgentUpdate]:
+        """The agent's messages that entered the task's history since the last snapshot and were never reported:
+        status messages replaced between two polls. Reported as status updates without a state (`earlier`): the
+        history does not say in which state each was said. The user's messages are the caller's own."""
+        seen = len(task.history) if self._history_seen is None else self._history_seen
+        self._history_seen = len(task.history)
+        updates = []
+        for message in task.history[seen:]:
+            if message.role != Role.ROLE_AGENT or not message.parts:
+                continue
+            key = _message_key(message)
+            if self._reported[key] > 0:
+                self._reported[key] -= 1  # the status message reported earlier, moved there
+                continue
+            updates.append(
+                AgentUpdate(
+                    kind="status",
+                    state=None,
+                    remote_task_id=task.id,
+                    context_id=task.context_id,
+                    raw={"historyMessage": json_format.MessageToDict(message)},
+                    parts=_parts_json(message.parts),
+                    metadata=_metadata_json(message),
+                    earlier=True,
+                )
+            )
+        return updates
 
     def task(self, task: Task) -> list[AgentUpdate]:
         if not self._follows(task.id, "task"):
@@ -431,8 +514,9 @@ class _Normalizer:
             if (update := self._snapshot_artifact(task.id, task.context_id, artifact)) is not None
         ]
         raw = {"task": json_format.MessageToDict(task)}
-        # The state goes last so a terminal update never precedes the artifacts it completes.
-        return updates + self._status(task.id, task.context_id, task.status, raw)
+        # What the agent said before, then its artifacts; the state goes last so a terminal update never precedes
+        # the artifacts it completes.
+        return self._history(task) + updates + self._status(task.id, task.context_id, task.status, raw)
 
     def event(self, event: StreamResponse) -> list[AgentUpdate]:
         kind = event.WhichOneof("payload")
@@ -470,6 +554,7 @@ class _Normalizer:
                     final=True,
                     raw=json_format.MessageToDict(event),
                     parts=_parts_json(message.parts),
+                    metadata=_metadata_json(message),
                 )
             ]
         raise AgentError("The agent sent an empty stream event.", code="invalid_response")
@@ -596,6 +681,24 @@ class AgentClient:
         for http in self._http.values():
             await http.aclose()
 
+    def _classify(self, exc: BaseException) -> Exception:
+        """`classify`, and a refusal for want of credentials said for what it is when the card requires some."""
+        error = classify(exc)
+        if (
+            isinstance(error, AgentError)
+            and error.details.get("status") in (401, 403)
+            and self.target.required_credentials
+        ):
+            required = ", ".join(self.target.required_credentials)
+            message = (
+                f"{str(error).rstrip('.')}: the agent's card requires {required}; "
+                "Hermes does not send agent credentials."
+            )
+            return AgentError(
+                message, code=error.code, details={**error.details, "required": list(self.target.required_credentials)}
+            )
+        return error
+
     def _sdk(self, *, streaming: bool) -> Client:
         if streaming not in self._clients:
             timeout = self._timeout or (STREAM_TIMEOUT if streaming else CALL_TIMEOUT)
@@ -626,7 +729,7 @@ class AgentClient:
                     remote_task_id = update.remote_task_id or remote_task_id
                     yield update
         except Exception as exc:
-            raise classify(exc) from exc
+            raise self._classify(exc) from exc
         if final or not (streaming and self.target.streaming):
             return
         # A stream can close before its last event reaches us (the SDK documents this for a task canceled while
@@ -642,7 +745,7 @@ class AgentClient:
         try:
             return await self._sdk(streaming=False).get_task(GetTaskRequest(id=remote_task_id))
         except Exception as exc:
-            raise classify(exc) from exc
+            raise self._classify(exc) from exc
 
     async def _reread(self, remote_task_id: str, normalizer: _Normalizer) -> list[AgentUpdate]:
         return normalizer.task(await self._fetch(remote_task_id))
@@ -677,13 +780,13 @@ class AgentClient:
 
     async def get_task(self, remote_task_id: str) -> list[AgentUpdate]:
         """GetTask: the task's artifacts and its current status (the status update is last)."""
-        return await self._reread(remote_task_id, _Normalizer())
+        return await self._reread(remote_task_id, _Normalizer(history_said=True))
 
     async def poll(
         self, remote_task_id: str, *, deadline: float | None = None, normalizer: _Normalizer | None = None
     ) -> AsyncIterator[AgentUpdate]:
         """GetTask until the task is terminal or interrupted; yields only what changed since the last poll."""
-        normalizer = normalizer or _Normalizer()
+        normalizer = normalizer or _Normalizer(history_said=True)
         loop = asyncio.get_running_loop()
         while True:
             updates = await self._reread(remote_task_id, normalizer)
@@ -698,7 +801,7 @@ class AgentClient:
     async def resume(self, remote_task_id: str, *, deadline: float | None = None) -> AsyncIterator[AgentUpdate]:
         """Pick up a task this process did not start or lost track of (a worker died mid-stream): the current
         snapshot first, then SubscribeToTask over SSE when the card streams, else GetTask polling."""
-        normalizer = _Normalizer()
+        normalizer = _Normalizer(history_said=True)
         for update in await self._reread(remote_task_id, normalizer):
             yield update
         if normalizer.final:
@@ -714,7 +817,7 @@ class AgentClient:
                 if normalizer.final:
                     return
         except Exception as exc:
-            error = classify(exc)
+            error = self._classify(exc)
             if not isinstance(error, AgentError) or error.code == "ssrf_blocked":
                 raise error from exc
             # The agent will not resubscribe us (not supported, or it no longer streams that task): the task
@@ -732,8 +835,8 @@ class AgentClient:
         try:
             task = await self._sdk(streaming=False).cancel_task(CancelTaskRequest(id=remote_task_id))
         except Exception as exc:
-            raise classify(exc) from exc
-        return _Normalizer().task(task)[-1]
+            raise self._classify(exc) from exc
+        return _Normalizer(history_said=True).task(task)[-1]
 
     async def run(self, *, deadline: float | None = None, **message: Any) -> AsyncIterator[AgentUpdate]:
         """Send a message the way the card allows and yield every update until a final one.

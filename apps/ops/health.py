@@ -126,7 +126,74 @@ def probe_outbox() -> Probe:
     return probe
 
 
+# The fix of undecryptable link keys, shared by `doctor`, `health` and the worker's startup warning.
+LINK_KEYS_FIX = (
+    "bring back the key they were stored with, then restart every process: after a SECRET_KEY change (with "
+    "HERMES_FIELD_KEY unset) set HERMES_FIELD_KEY to the previous SECRET_KEY's field key, which "
+    "`SECRET_KEY='<previous>' python -m apps.core.crypto` prints; after a HERMES_FIELD_KEY change set "
+    'HERMES_FIELD_KEY=<new>,<previous> (docs/configuration.md, "Changing SECRET_KEY or HERMES_FIELD_KEY"). '
+    "With the old key lost, give each link a new key with its peer (federation_keys add, promote, retire)"
+)
+
+
+def _live_link_keys() -> Any:
+    """The live link keys (those that sign or verify), or None when the federation app is not installed. Read
+    from the model: apps.federation.selectors reads them per peer only, and this reads nothing else."""
+    try:
+        from apps.federation.models import LIVE_KEY_STATES, LinkKey
+    except ImportError:  # pragma: no cover - the federation app ships with Hermes
+        return None
+    return LinkKey.objects.filter(state__in=LIVE_KEY_STATES).select_related("peer").order_by("peer__name", "version")
+
+
+def probe_link_keys() -> Probe:
+    """Whether the field key decrypts every live federation link key. A changed SECRET_KEY (with HERMES_FIELD_KEY
+    unset) or HERMES_FIELD_KEY made them unreadable, and nothing said so: each delivery to or from those peers
+    failed with "internal error: DecryptionError" until it was dead-lettered."""
+    from apps.core import crypto
+
+    keys = _live_link_keys()
+    if keys is None:  # pragma: no cover - see _live_link_keys
+        return Probe("link_keys", True, "not available: the federation app is not installed", available=False)
+    if checks.database_recently_unreachable():
+        return Probe("link_keys", False, "not checked: the database is unreachable", 0.0, available=False)
+    if checks.missing_sqlite_file() is not None:
+        return Probe("link_keys", False, "not checked: the database does not exist yet", 0.0, available=False)
+
+    def run() -> ProbeResult:
+        rows = list(keys)
+        broken = [key for key in rows if not crypto.decrypts(key.secret_encrypted)]
+        peers = sorted({key.peer.name for key in broken})
+        extra = {"link_keys": len(rows), "undecryptable_link_keys": len(broken), "undecryptable_peers": peers}
+        if not broken:
+            return True, f"{len(rows)} live, all decrypt with the field key", extra
+        named = ", ".join(f"{key.peer.name} k{key.version}" for key in broken[:10]) + (
+            ", …" if len(broken) > 10 else ""
+        )
+        detail = (
+            f"{len(broken)} of {len(rows)} live link keys cannot be decrypted ({named}): HERMES_FIELD_KEY, or "
+            "SECRET_KEY while HERMES_FIELD_KEY is unset, changed since they were stored; every message to or from "
+            f"{', '.join(peers)} fails"
+        )
+        return False, detail, extra
+
+    probe = timed_probe("link_keys", run, LINK_KEYS_FIX)
+    if not probe.ok and not probe.extra:  # the query failed, as in probe_outbox: the database or its tables
+        if not checks.database_reachable():
+            return Probe(
+                "link_keys", False, "not checked: the database is unreachable", probe.latency_ms, available=False
+            )
+        from django.db import connection
+
+        if checks.pending_migrations(connection):
+            return Probe(
+                "link_keys", False, "not checked: migrations are not applied", probe.latency_ms, available=False
+            )
+    return probe
+
+
 def register() -> None:
     register_probe("workers", probe_workers)
     register_probe("beat", probe_beat)
     register_probe("outbox", probe_outbox)
+    register_probe("link_keys", probe_link_keys)

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 
+from django.conf import settings
 from django.db import connections
 from prometheus_client import REGISTRY, CollectorRegistry, generate_latest, make_wsgi_app, multiprocess
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
@@ -129,23 +130,46 @@ class _QuietHandler(WSGIRequestHandler):
         pass
 
 
-def _gated(app: Callable[..., Iterable[bytes]]) -> Callable[..., Iterable[bytes]]:
-    def gated(environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterable[bytes]:
+WsgiApp = Callable[[dict[str, Any], Callable[..., Any]], Iterable[bytes]]
+
+
+def _worker_app(exposition: WsgiApp) -> WsgiApp:
+    """prometheus_client's app behind the access policy, at `/metrics` only and answering HEAD as the web's does
+    (docs/deploy.md): as it is, it answered every path with the metrics and HEAD with 405."""
+
+    def answer(environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterable[bytes]:
         if not machine_allowed(
             environ.get("REMOTE_ADDR", ""), environ.get("HTTP_AUTHORIZATION", ""), proxy_header(environ)
         ):
             start_response("403 Forbidden", [("Content-Type", "text/plain")])
             return [b"metrics: send Authorization: Bearer <METRICS_TOKEN> or scrape from METRICS_ALLOWED_IPS\n"]
-        return app(environ, start_response)
+        if environ.get("PATH_INFO") != "/metrics":
+            start_response("404 Not Found", [("Content-Type", "text/plain")])
+            return [b"not found: the worker's metrics are at /metrics\n"]
+        return exposition(environ, start_response)
 
-    return gated
+    def app(environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterable[bytes]:
+        if environ.get("REQUEST_METHOD") != "HEAD":
+            return answer(environ, start_response)
+        # What GET would answer (its status and headers, Content-Length included), without the body.
+        answered: list[tuple[str, list[tuple[str, str]]]] = []
+        body = answer(
+            {**environ, "REQUEST_METHOD": "GET"}, lambda status, headers, *_: answered.append((status, headers))
+        )
+        status, headers = answered[0]
+        if not any(name.lower() == "content-length" for name, _ in headers):
+            headers = [*headers, ("Content-Length", str(sum(len(chunk) for chunk in body)))]
+        start_response(status, headers)
+        return []
+
+    return app
 
 
 class WorkerExporter:
     """A tiny HTTP server in the worker's main process serving its (and, multiprocess, its children's) metrics."""
 
     def __init__(self, host: str, port: int) -> None:
-        app = _gated(make_wsgi_app(exposition_registry()))
+        app = _worker_app(make_wsgi_app(exposition_registry()))
         self.server: WSGIServer = make_server(host, port, app, handler_class=_QuietHandler)
         self.port = int(self.server.server_address[1])
         self._thread = threading.Thread(target=self.server.serve_forever, name="hermes-metrics", daemon=True)
@@ -168,6 +192,11 @@ def start_worker_exporter(host: str, port: int) -> WorkerExporter | None:
     global _exporter
     if port <= 0 or _exporter is not None:
         return _exporter
+    if not settings.HERMES_FEATURES.get("metrics", True):
+        # The flag turns off every /metrics, not only the web's: the Procfile sets a port (bound on 0.0.0.0) for
+        # every worker, so the exporter went on serving with the feature off.
+        logger.info("worker metrics exporter not started: HERMES_FEATURE_METRICS=false")
+        return None
     try:
         _exporter = WorkerExporter(host, port)
     except OSError as exc:  # the port is taken, the address is not this machine's, the host name does not resolve

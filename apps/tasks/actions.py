@@ -494,8 +494,9 @@ def record(task: Task | Any, observations: Iterable[Observation], *, worker: str
     Finished is final: nothing is recorded after a task's terminal state — not on a task that ended while the
     agent still worked (its deadline failed it), nor what follows a terminal state within `observations`; it is
     dropped with a log line. A task whose cancel was requested (and answered 202) moves to canceled here, and what
-    the agent said is dropped the same way. A state the task cannot otherwise move to (the agent repeats itself)
-    is not an error either: the row's state stays as it is.
+    the agent said is dropped the same way. A state the task cannot otherwise move to (the agent repeats itself,
+    or says `submitted` after the worker moved the task to working) is not an error either: the row's state stays
+    as it is, and a message that came with it is recorded as a `message` event.
     """
     with transaction.atomic():
         locked = _lock(task)
@@ -531,10 +532,14 @@ def record(task: Task | Any, observations: Iterable[Observation], *, worker: str
                     # were recorded above, as their own event. (A federated task's failure or refusal reason
                     # arrives in its state's data.)
                     _move(pending, obs.state, **(data if obs.kind == EventKind.STATE else {}))
-                else:
-                    logger.debug("ignoring agent state %s for task %s in %s", obs.state, locked.pk, locked.state)
-            elif obs.kind == EventKind.STATE and data.get("message"):
-                # Same state, but the agent said something with it (e.g. working + a status message).
+                    continue
+                # A state Hermes will not move to: typically the agent's `submitted` (TaskUpdater.submit(message)),
+                # which arrives after the worker already moved the task to working. The state is not applied, but
+                # what the agent said with it is kept, as with a repeated state below.
+                logger.debug("ignoring agent state %s for task %s in %s", obs.state, locked.pk, locked.state)
+            if obs.kind == EventKind.STATE and data.get("message"):
+                # The same state (or one not applied), but the agent said something with it (e.g. working + a
+                # status message).
                 _append(pending, EventKind.MESSAGE, data["message"])
         if dropped:
             # Like federation's events for a requester's task that has ended (apps.federation.remote_tasks).

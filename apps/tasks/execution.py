@@ -63,14 +63,26 @@ def observe(update: AgentUpdate) -> actions.Observation:
             "append": bool(artifact.get("append", False)),
             "last_chunk": bool(artifact.get("lastChunk", False)),
         }
+        # What the agent said of the artifact besides its parts, when it said it (an event holds no empty keys).
+        for key in ("description", "metadata"):
+            if artifact.get(key):
+                data[key] = artifact[key]
         return actions.Observation(kind=EventKind.ARTIFACT, data=data, **ids)
     # The agent's message keeps its parts as it sent them (files, URLs with their names, text and data apart), the
-    # way an artifact's are kept.
+    # way an artifact's are kept, and its metadata, the way a user message's is.
     parts = [_normalized_part(p) for p in update.parts]
-    message = {"role": "agent", "parts": parts} if any(_says_something(p) for p in parts) else None
+    message: dict[str, Any] | None = None
+    if any(_says_something(p) for p in parts):
+        message = {"role": "agent", "parts": parts}
+        if update.metadata:
+            message["metadata"] = update.metadata
     # A plain message instead of a task (kind "message", state "completed") is the agent's result: it falls through
     # to the state event below, recorded like a task that completes with a status message (under `message`).
     state = update.state if update.state in TaskState.values else None
+    if update.earlier and message:
+        # A polled agent's status message replaced before the next poll, read from its task's history: said while
+        # the task ran, in a state the history does not keep. A progress line, as the stream would have brought.
+        return actions.Observation(kind=EventKind.PROGRESS, data=message, **ids)
     if state == TaskState.WORKING and message:
         # "Still working, here is where I am": a progress line (and the working state, if not there yet).
         return actions.Observation(kind=EventKind.PROGRESS, data=message, state=state, **ids)

@@ -12,6 +12,7 @@ from typing import Any
 
 from django.conf import settings
 from django.db import models
+from rest_framework.fields import DateTimeField
 
 from apps.core.tenancy import OrgOwnedModel
 
@@ -138,6 +139,10 @@ class EventKind(models.TextChoices):
     ERROR = "error", "Error"
 
 
+# How the REST API writes a datetime (TaskEventSerializer's DateTimeField), for the live surfaces to write the same.
+_REST_DATETIME = DateTimeField()
+
+
 class TaskEvent(OrgOwnedModel):
     # Indexed by the (task, seq) constraint, which starts with it; and nothing reads events by date alone.
     task = models.ForeignKey(Task, on_delete=models.CASCADE, related_name="events", db_index=False)
@@ -158,11 +163,12 @@ class TaskEvent(OrgOwnedModel):
 
     def as_message(self) -> dict[str, Any]:
         """An event as the websocket and SSE send it. The REST timeline (TaskEventSerializer) leaves out `task_id`,
-        which its page gives once, and writes `created_at` with `Z` (docs/tasks.md)."""
+        which its page gives once; `created_at` is the string it writes (DRF's, ending in `Z`), so a client that
+        joins events from several surfaces on (seq, created_at) finds them equal."""
         return {
             "task_id": str(self.task_id),
             "seq": self.seq,
             "kind": self.kind,
             "data": self.data,
-            "created_at": self.created_at.isoformat(),
+            "created_at": _REST_DATETIME.to_representation(self.created_at),
         }

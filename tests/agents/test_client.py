@@ -79,7 +79,10 @@ def test_send_blocking_returns_the_finished_task(sdk_agent_base: str, allow_loop
             return updates
 
     updates = asyncio.run(go())
-    assert updates[-1].state == "completed" and updates[0].text == "echo: x"
+    assert updates[-1].state == "completed"
+    assert [u.text for u in updates if u.kind == "artifact"] == ["echo: x"]
+    # The working note the agent said before it finished is in the finished task's history, and reported from there.
+    assert [(u.text, u.state) for u in updates if u.earlier] == [("thinking", None)]
 
 
 def test_input_required_then_continue(sdk_agent_base: str, allow_loopback: None) -> None:

@@ -320,6 +320,13 @@ def test_a_filemail_url_names_an_absolute_directory() -> None:
     assert email_settings("smtp+tls://u:p@mail.example.com:587")["EMAIL_HOST"] == "mail.example.com"
 
 
+def test_console_mail_is_printed_past_the_redacting_log() -> None:
+    # Django's console backend wrote into a worker's redirected stdout: the reset link came out masked.
+    from hermes_site.config import email_settings
+
+    assert email_settings("consolemail://")["EMAIL_BACKEND"] == "apps.core.mail.ConsoleEmailBackend"
+
+
 def test_stale_after_must_outlast_two_heartbeats() -> None:
     assert problems_of({"HERMES_TASK_HEARTBEAT_SECONDS": "20"}) == [
         "HERMES_TASK_STALE_SECONDS (30) must be at least twice HERMES_TASK_HEARTBEAT_SECONDS (20): a running task "
