@@ -13,6 +13,7 @@ import httpx
 from django.conf import settings
 from django.utils import timezone
 
+from apps.core.crypto import DecryptionError
 from apps.federation import signing, transport
 from apps.federation.actions import AttemptResult, claim_delivery, finish_attempt, no_live_key_reason
 from apps.federation.addresses import Address
@@ -180,6 +181,9 @@ def _over_http(outbox: Outbox) -> AttemptResult:
     )
 
 
+UNREADABLE_KEYS_FIX = 'see `manage.py doctor` and docs/configuration.md, "Changing SECRET_KEY or HERMES_FIELD_KEY"'
+
+
 class BadReceipt(Exception):
     pass
 
@@ -244,6 +248,13 @@ def deliver(outbox_id: int) -> str | None:
         return None
     try:
         result = _over_http(outbox) if outbox.message.peer_id else _in_process(outbox)
+    except DecryptionError as exc:
+        # The link keys were stored under another SECRET_KEY or HERMES_FIELD_KEY: a configuration problem, said in
+        # one line with its fix (a traceback per attempt said nothing more). Retried: once the old key is put back
+        # in HERMES_FIELD_KEY the message goes.
+        error = f"cannot sign: the link keys cannot be read ({exc}); {UNREADABLE_KEYS_FIX}"
+        logger.warning("federation: outbox %s not sent: %s", outbox_id, error)
+        result = AttemptResult(AttemptOutcome.RETRY, 0.0, error=error)
     except Exception as exc:  # a bug or a database error mid-attempt: record it and retry like a transport error
         logger.exception("federation: attempt on outbox %s crashed", outbox_id)
         result = AttemptResult(AttemptOutcome.RETRY, 0.0, error=f"internal error: {type(exc).__name__}: {exc}")

@@ -24,6 +24,7 @@ from django.views.decorators.http import require_http_methods, require_POST
 
 from apps.core import jsonutil
 from apps.core.console import filtered_page, hx_redirect, is_fragment_request, render_console
+from apps.core.crypto import DecryptionError
 from apps.core.errors import HermesAPIError, error_body
 from apps.core.metrics import FEDERATION_INBOUND
 from apps.core.permissions import Access, role_refusal
@@ -155,7 +156,16 @@ def inbox(request: HttpRequest, sender: str) -> HttpResponse:
     ):
         FEDERATION_INBOUND.labels(decision="rejected").inc()
         return _json(413, error_body("too_large", f"Federation messages are limited to {MAX_MESSAGE_BYTES} bytes."))
-    secrets = live_secrets(peer)
+    try:
+        secrets = live_secrets(peer)
+    except DecryptionError as exc:
+        # Ours to fix, not the peer's: a retryable answer, so its messages wait (see delivery.UNREADABLE_KEYS_FIX).
+        logger.error("federation: cannot verify a message from %s: the link keys cannot be read (%s)", peer.name, exc)
+        response = _json(
+            503, error_body("link_keys_unreadable", "This instance cannot read its link keys; retry later.")
+        )
+        response["Retry-After"] = "60"
+        return response
     if settings.HERMES_FEDERATION_HMAC or request.headers.get("webhook-signature"):
         try:
             msg_id, _ = signing.verify(request.headers, body, secrets, tolerance=settings.HERMES_FEDERATION_TOLERANCE)

@@ -482,3 +482,19 @@ def test_the_envelope_is_utf8_not_escaped(org: Any, other_org: Any) -> None:
     raw = delivery.envelope(message)
     assert "€ 😀".encode() in raw and b"\\u" not in raw
     assert json.loads(raw)["payload"] == {"text": "€ 😀"}
+
+
+@pytest.mark.django_db
+def test_unreadable_link_keys_are_one_line_with_the_fix_and_retried(
+    org: Any, stub_peer: Peer, stub: StubServer, caplog: pytest.LogCaptureFixture
+) -> None:
+    # The link keys were stored under another SECRET_KEY: each attempt logged a traceback ending
+    # "internal error: DecryptionError", which said nothing of the fix.
+    message = send(org)
+    with override_settings(SECRET_KEY="another-" + "x" * 50), caplog.at_level("WARNING", logger="apps.federation"):
+        assert delivery.deliver(outbox_of(message).pk) == OutboxStatus.FAILED
+    row = outbox_of(message)
+    assert row.last_error.startswith("cannot sign: the link keys cannot be read (cannot decrypt: HERMES_FIELD_KEY")
+    assert "Changing SECRET_KEY or HERMES_FIELD_KEY" in row.last_error
+    assert not [record for record in caplog.records if record.exc_info]
+    assert not stub.requests  # nothing went out unsigned

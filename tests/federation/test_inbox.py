@@ -439,3 +439,15 @@ def test_a_body_past_djangos_own_upload_limit_is_the_documented_413(berlin: Peer
     response = post(body, signing.sign_headers(str(uuid.uuid4()), body, [SECRET]))
     assert response.status_code == 413 and response["Content-Type"] == "application/json"
     assert json.loads(response.content)["error"]["code"] == "too_large"
+
+
+@pytest.mark.django_db
+def test_link_keys_this_instance_cannot_read_are_a_retryable_503(berlin: Peer, org: Any) -> None:
+    # It was a 500 (an unhandled DecryptionError): ours to fix, and the peer's message must wait, not be lost.
+    actions.set_policy(org=org, remote="*", effect=Effect.ALLOW)
+    msg_id, body = envelope()
+    with override_settings(SECRET_KEY="another-" + "x" * 50):
+        response = post(body, signing.sign_headers(msg_id, body, [SECRET]))
+    assert response.status_code == 503 and response["Retry-After"] == "60"
+    assert json.loads(response.content)["error"]["code"] == "link_keys_unreadable"
+    assert not InboxEntry.objects.for_org(org).exists()
