@@ -166,6 +166,38 @@ def federated_agent(org: Any, address: str) -> Agent:
         return Agent.objects.for_org(org).get(federation_address=address)
 
 
+def keep_for_other_orgs(org: Any) -> None:
+    """Before `org` is deleted: every other org's tasks on one of its (public) agents move to a retired stand-in of
+    that agent in the task's own org — its name, endpoint and card as they were — so their history keeps saying
+    which agent ran them, and nothing of theirs refers to the org being deleted. Those tasks held the delete back
+    for good (no org can delete a task), so an org whose public agent another org had ever used could never leave.
+    Call it inside the deleting transaction, once no such task is unfinished (those still need the agent)."""
+    from apps.tasks.models import Task  # the tasks app builds on agents
+
+    foreign = Task.objects.unscoped("tasks of other orgs on this org's agents").filter(agent__organization=org)
+    foreign = foreign.exclude(organization=org)
+    pairs = foreign.values_list("organization_id", "agent_id").distinct().order_by("organization_id", "agent_id")
+    now = timezone.now()
+    for other_org_id, agent_id in pairs:
+        agent = Agent.with_retired.unscoped("the org being deleted").get(pk=agent_id)
+        stand_in = Agent(
+            organization_id=other_org_id,
+            name=agent.name,
+            slug=_unique_slug(other_org_id, f"gone-{agent.slug}"),
+            description=f"An agent of {org.name}, which was deleted; kept for this organization's tasks.",
+            version=agent.version,
+            url=agent.url,
+            card_url=agent.card_url,
+            card=agent.card,
+            skills=agent.skills,
+            capabilities=agent.capabilities,
+            protocol_version=agent.protocol_version,
+            retired_at=now,
+        )
+        _save_new(stand_in, slug_from=f"gone-{agent.slug}")
+        foreign.filter(organization_id=other_org_id, agent_id=agent_id).update(agent=stand_in)
+
+
 def register_agent_by_url(
     *, org: Any, url: str, by: Any = None, slug: str | None = None, visibility: str = Visibility.PRIVATE
 ) -> Agent:

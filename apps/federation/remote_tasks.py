@@ -536,6 +536,13 @@ def continue_requested_task(entry: InboxEntry) -> None:
         # Our task moved on meanwhile (canceled, failed by its deadline): its events, already on their way back,
         # tell the requester where it really is.
         logger.info("federation: follow-up for task %s not delivered: %s", task.pk, exc)
+    except task_actions.AgentNotUsable:
+        # The agent was deleted (or made private) here while the task waited for this answer: it cannot go on.
+        # Failing it tells the requester, whose task moved to working when it answered and otherwise waited for its
+        # deadline, with no error. The same words for deleted and private, as the API's `agent_unavailable`.
+        task_actions.finish(
+            task, TaskState.FAILED, error="the agent is no longer available, so it cannot take the reply"
+        )
 
 
 def connect_task_signal() -> None:

@@ -104,8 +104,9 @@ def update_organization(*, access: Access, name: str | None = None, plan: str | 
 
 
 def delete_organization(*, access: Access) -> None:
-    """Delete the org and every row it owns. Refused (409, nothing deleted) while another org has tasks on one
-    of this org's public agents: those tasks are the other org's history, and they name the agent."""
+    """Delete the org and every row it owns. Refused (409, nothing deleted) while another org has unfinished tasks
+    on one of this org's public agents: they still need the agent. Other orgs' finished tasks on them are their
+    history: they keep a retired stand-in of the agent in their own org (agents.actions.keep_for_other_orgs)."""
     _require(access, "org:delete")
     org = access.org
     try:
@@ -117,11 +118,12 @@ def delete_organization(*, access: Access) -> None:
                 if getattr(exc.__cause__, "sqlstate", None) != _DEADLOCK or attempt == _DELETE_ATTEMPTS:
                     raise
     except RestrictedError as exc:
-        # The rows that hold the delete back: other orgs' tasks (Task.agent is the only RESTRICT reference).
+        # The rows that hold the delete back: other orgs' unfinished tasks (Task.agent is the only RESTRICT
+        # reference; the finished ones were moved to stand-ins).
         agents = sorted({getattr(getattr(row, "agent", None), "name", str(row)) for row in exc.restricted_objects})
         raise Conflict(
-            f"{org.name} cannot be deleted while other organizations have tasks on its public agents "
-            f"({', '.join(agents)}).",
+            f"{org.name} cannot be deleted while other organizations have tasks in progress on its public agents "
+            f"({', '.join(agents)}): try again once they have finished (or reached their deadline).",
             code="org_in_use",
             details={"agents": agents},
         ) from exc
@@ -144,6 +146,15 @@ def _delete_org(access: Access, org: Any) -> None:
     # Then the org row, as every membership change takes it: deleting the memberships while one of them is
     # changing would otherwise lock the rows in another order than the change does.
     _lock_org(org, deleting=True)
+    # Other orgs' tasks on this org's agents: the finished ones keep a stand-in of the agent; an unfinished one
+    # still refers to the agent and makes the delete below a RestrictedError (409 `org_in_use`).
+    running = Task.objects.unscoped("other orgs' tasks on this org's agents").filter(
+        agent__organization=org, finished_at__isnull=True
+    )
+    if not running.exclude(organization=org).exists():
+        from apps.agents.actions import keep_for_other_orgs  # agents build on orgs
+
+        keep_for_other_orgs(org)
     audit.record("org.deleted", access=access, target=org, slug=org.slug)
     RetiredOrgSlug.objects.get_or_create(slug=org.slug)
     Organization.objects.filter(pk=org.pk).delete()

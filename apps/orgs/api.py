@@ -229,7 +229,7 @@ class OrganizationViewSet(RefuseUnreadBodyMixin, viewsets.GenericViewSet):
         "Delete an organization",
         action="org:delete",
         notes="Owners only; deletes every row of the org.",
-        errors={409: "`org_in_use`: other orgs have tasks on its public agents (`details.agents`)."},
+        errors={409: "`org_in_use`: other orgs have tasks in progress on its public agents (`details.agents`)."},
     )
     def destroy(self, request: Request, slug: str | None = None) -> Response:
         org = self.get_object()

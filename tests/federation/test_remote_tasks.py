@@ -1209,3 +1209,25 @@ def test_a_result_too_large_for_one_message_arrives_with_a_note_instead_of_never
     final = remote.events.get(seq=3).data
     assert final["to"] == "completed" and final["hermes_dropped_bytes"] > 1_000_000
     assert final["note"].startswith("[event 3 (state, ")
+
+
+@pytest.mark.django_db
+def test_an_answer_after_the_executor_deleted_its_agent_fails_both_tasks_with_the_reason(
+    org: Any, other_org: Any, alice: Any, client_for: Any, globex_holds_the_task: tuple[RemoteTask, Any],
+    django_capture_on_commit_callbacks: Any,
+) -> None:  # fmt: skip
+    # The executor's handler failed on AgentNotUsable (a traceback, nothing sent back) and the requester's task,
+    # moved to working by the answer, waited for its deadline with no error.
+    remote, theirs = globex_holds_the_task
+    ours = _globex_asks_a_question(org, remote, theirs, django_capture_on_commit_callbacks)
+    agent_actions.delete_agent(theirs.agent)
+    answer = {"role": "user", "parts": [{"kind": "text", "text": "French"}]}
+    with django_capture_on_commit_callbacks(execute=True):
+        replied = client_for(alice).post(f"/api/v1/tasks/{ours.pk}/messages", {"input": answer}, format="json")
+    assert replied.status_code == 202, replied.content
+    theirs.refresh_from_db()
+    ours.refresh_from_db()
+    reason = "the agent is no longer available, so it cannot take the reply"
+    assert theirs.state == "failed" and reason in theirs.last_error
+    assert ours.state == "failed" and reason in ours.last_error
+    assert InboxEntry.objects.for_org(other_org).get(type=MessageType.TASK_INPUT).handling_error == ""

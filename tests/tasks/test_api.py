@@ -529,9 +529,13 @@ def test_tasks_per_day_quota_is_a_429(client_for: Any, alice: Any, agent: Any, m
     assert Task.objects.for_org(agent.organization).count() == 2
 
 
-def test_deleting_an_org_takes_its_tasks_unless_another_org_has_tasks_on_its_agents(
+def test_deleting_an_org_waits_for_other_orgs_tasks_on_its_agents_and_leaves_them_a_stand_in(
     client_for: Any, alice: Any, charlie: Any, org: Any, other_org: Any
 ) -> None:
+    # Other orgs' tasks held the delete back for good, finished or not: no org can delete a task, so an org whose
+    # public agent another org had ever used could never leave.
+    from apps.agents.models import Agent
+
     own = make_agent(org, "echo")
     shared = make_agent(org, "shared", visibility="public")
     actions.create_task(org=org, agent=own, message={"role": "user", **TEXT})
@@ -540,13 +544,22 @@ def test_deleting_an_org_takes_its_tasks_unless_another_org_has_tasks_on_its_age
     refused = owner.delete("/api/v1/orgs/acme")
     assert refused.status_code == 409 and refused.json()["error"] == {
         "code": "org_in_use",
-        "message": "Acme cannot be deleted while other organizations have tasks on its public agents (Shared).",
+        "message": "Acme cannot be deleted while other organizations have tasks in progress on its public agents "
+        "(Shared): try again once they have finished (or reached their deadline).",
         "details": {"agents": ["Shared"]},
     }
     assert Task.objects.for_org(org).count() == 1 and Task.objects.for_org(other_org).get(pk=theirs.pk)
-    Task.objects.for_org(other_org).delete()
+    actions.finish(theirs, "completed")
     assert owner.delete("/api/v1/orgs/acme").status_code == 204  # its own tasks go with it
     assert not Task.objects.unscoped("test").filter(organization_id=org.pk).exists()
+    # Globex's task keeps its history, on a retired stand-in of the agent in globex's own org.
+    kept = Task.objects.for_org(other_org).select_related("agent").get(pk=theirs.pk)
+    stand_in = Agent.with_retired.for_org(other_org).get(pk=kept.agent_id)
+    assert kept.state == "completed" and kept.events.exists()
+    assert (stand_in.name, stand_in.url, stand_in.slug) == ("Shared", shared.url, "gone-shared")
+    assert stand_in.retired_at is not None and "which was deleted" in stand_in.description
+    assert not Agent.objects.for_org(other_org).exists()  # in no list, takes no task
+    assert client_for(charlie).get(f"/api/v1/tasks/{theirs.pk}").status_code == 200
 
 
 def test_api_paths_tolerate_a_trailing_slash_and_unknown_ones_are_json_404s(
