@@ -317,13 +317,21 @@ async def fetch_card(url: str) -> CardInfo:
     deadline = CARD_DEADLINE  # read once: the message names the limit that was applied
     candidate = candidates[0]
     tried: list[str] = []  # "<url> (<what happened>)" of each candidate given up on, for `details.tried`
+    requested: list[httpx.URL] = []  # every request sent, redirects included (the guard refuses in the transport)
+
+    async def note(request: httpx.Request) -> None:
+        requested.append(request.url)
+
     with anyio.move_on_after(deadline) as scope:
-        async with guarded_async_client(timeout=CARD_TIMEOUT, follow_redirects=True) as client:
+        async with guarded_async_client(
+            timeout=CARD_TIMEOUT, follow_redirects=True, event_hooks={"request": [note]}
+        ) as client:
             for candidate in candidates:
+                requested.clear()
                 try:
-                    status, body = await _get_limited(client, candidate)
+                    status, body, where = await _get_limited(client, candidate)
                 except OutboundBlocked as exc:
-                    if exc.host == httpx.URL(candidate).host:
+                    if not requested or requested[-1] == httpx.URL(candidate):
                         raise
                     # Refused at a redirect's target: the message named only that address, and a caller who gave
                     # a public URL could not tell where it came from.
@@ -344,11 +352,11 @@ async def fetch_card(url: str) -> CardInfo:
                     tried.append(f"{candidate} (HTTP {status})")
                     continue
                 if status >= 400:
-                    raise _status_error(candidate, status, tried)
+                    raise _status_error(where, status, tried)
                 try:
                     raw = jsonutil.loads(body)
                 except ValueError as exc:
-                    message = f"The agent card at {candidate} is not valid JSON: {exc}"
+                    message = f"The agent card at {where} is not valid JSON: {exc}"
                     raise CardError(message, code="card_invalid") from exc
                 return parse_card(raw, card_url=candidate)
     if scope.cancelled_caught:
@@ -376,15 +384,23 @@ def _status_error(candidate: str, status: int, tried: list[str]) -> CardError:
     return CardError(message + ".", code="card_unreachable", details={"tried": tried})
 
 
-async def _get_limited(client: httpx.AsyncClient, url: str) -> tuple[int, bytes]:
+def _where(url: str, answered: httpx.URL) -> str:
+    """`url`, and where it redirected to when the answer came from elsewhere (a message must name the URL whose
+    answer it describes, and the one the caller gave)."""
+    return url if str(answered) == url else f"{answered} (redirected from {url})"
+
+
+async def _get_limited(client: httpx.AsyncClient, url: str) -> tuple[int, bytes, str]:
+    """The status, body and `_where` of `url`'s answer."""
     async with client.stream("GET", url, headers={"Accept": "application/json"}) as response:
+        where = _where(url, response.url)
         chunks: list[bytes] = []
         size = 0
         async for chunk in response.aiter_bytes():
             size += len(chunk)
             if size > MAX_CARD_BYTES:
                 raise CardError(
-                    f"The agent card at {url} is larger than {MAX_CARD_BYTES // 1024} KiB.", code="card_invalid"
+                    f"The agent card at {where} is larger than {MAX_CARD_BYTES // 1024} KiB.", code="card_invalid"
                 )
             chunks.append(chunk)
-        return response.status_code, b"".join(chunks)
+        return response.status_code, b"".join(chunks), where

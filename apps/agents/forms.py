@@ -10,12 +10,20 @@ from apps.agents.models import (
     SLUG_MAX_LENGTH,
     Visibility,
     validate_agent_slug,
+    validate_agent_url,
 )
 from apps.core.validators import display_name
 
 
+class AgentURLField(forms.URLField):
+    """Django's URLField (which adds a missing https://) held to the agents' URL rule: a service name like
+    `http://summarizer:8080/` is a host too."""
+
+    default_validators = [validate_agent_url]
+
+
 class AgentURLForm(forms.Form):
-    url = forms.URLField(
+    url = AgentURLField(
         label="Agent URL",
         max_length=500,
         assume_scheme="https",
@@ -40,7 +48,7 @@ class AgentManualForm(forms.Form):
     """An agent that publishes no Agent Card: its JSON-RPC endpoint and capabilities are stated by hand."""
 
     name = forms.CharField(max_length=NAME_MAX_LENGTH, validators=[display_name])
-    url = forms.URLField(
+    url = AgentURLField(
         label="JSON-RPC endpoint",
         max_length=500,
         assume_scheme="https",

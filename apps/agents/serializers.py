@@ -13,6 +13,7 @@ from apps.agents.models import (
     Agent,
     Visibility,
     validate_agent_slug,
+    validate_agent_url,
 )
 from apps.core.serializers import PatchSerializer, StrictBooleanField, StrictFieldsMixin
 from apps.core.validators import display_name
@@ -104,8 +105,9 @@ class AgentCreateSerializer(StrictFieldsMixin, serializers.Serializer):
     MODES = (("card", "Fetch and validate the agent's card"), ("manual", "No card: state the endpoint yourself"))
 
     mode = serializers.ChoiceField(choices=MODES, default="card")
-    url = serializers.URLField(
+    url = serializers.CharField(
         max_length=500,
+        validators=[validate_agent_url],
         help_text="card mode: the agent's base URL (or its card's URL); manual mode: its JSON-RPC endpoint.",
     )
     slug = serializers.CharField(max_length=SLUG_MAX_LENGTH, required=False, validators=[validate_agent_slug])
@@ -141,7 +143,12 @@ class AgentUpdateSerializer(PatchSerializer):
     slug = serializers.CharField(max_length=SLUG_MAX_LENGTH, required=False, validators=[validate_agent_slug])
     description = serializers.CharField(required=False, allow_blank=True, max_length=DESCRIPTION_MAX_LENGTH)
     version = serializers.CharField(max_length=VERSION_MAX_LENGTH, required=False, allow_blank=True)
-    url = serializers.URLField(max_length=500, required=False, help_text="Agents registered without a card only.")
+    url = serializers.CharField(
+        max_length=500,
+        required=False,
+        validators=[validate_agent_url],
+        help_text="Agents registered without a card only.",
+    )
     visibility = serializers.ChoiceField(choices=Visibility.choices, required=False)
     streaming = StrictBooleanField(required=False)
 

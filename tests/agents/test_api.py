@@ -415,3 +415,28 @@ def test_a_refused_slug_states_the_rule_on_every_surface(
         actions.update_agent(agent, slug=slug)
     agent.refresh_from_db()
     assert agent.slug == "kept_1"
+
+
+@pytest.mark.parametrize("url", ["http://summarizer:8080/", "http://summarizer/rpc", "https://agents.svc:443/a"])
+def test_a_service_name_is_a_host(
+    no_allowlist: None, org: Any, alice: Any, client_for: Any, url: str, settings: Any
+) -> None:
+    # Compose and Kubernetes services are reached by a name without a dot, which Django's URLValidator refused
+    # ("Enter a valid URL.") though a card's interface URL and a peer's base URL may use one.
+    settings.HERMES_SSRF_ALLOWLIST = ["summarizer", "agents.svc"]
+    payload = {"mode": "manual", "url": url, "name": "Svc"}
+    created = client_for(alice).post("/api/v1/agents", payload, format="json")
+    assert created.status_code == 201, created.content
+    assert created.json()["url"] == url
+
+
+@pytest.mark.parametrize("url", ["ftp://agent.example.com/", "http:///nohost", "http://a b/", "agent.example.com"])
+def test_what_is_no_agent_url_is_a_400_on_url(
+    no_allowlist: None, org: Any, alice: Any, client_for: Any, url: str
+) -> None:
+    payload = {"mode": "manual", "url": url, "name": "Bad"}
+    refused = client_for(alice).post("/api/v1/agents", payload, format="json")
+    assert refused.status_code == 400
+    assert refused.json()["error"]["details"]["url"] == [
+        "Enter the agent's URL: http:// or https://, a host, an optional port and path."
+    ]

@@ -294,6 +294,51 @@ def test_a_redirect_to_a_refused_address_names_the_url_that_redirected(
     assert error["details"]["host"] == "169.254.169.254"
 
 
+def _redirect(location: str) -> Any:
+    def handler(handler: QuietHandler) -> None:
+        handler.send_response(302)
+        handler.send_header("Location", location)
+        handler.send_header("Content-Length", "0")
+        handler.end_headers()
+
+    return handler
+
+
+def _not_json(handler: QuietHandler) -> None:
+    handler.send_response(200)
+    handler.send_header("Content-Type", "text/html")
+    handler.send_header("Content-Length", "6")
+    handler.end_headers()
+    handler.wfile.write(b"<html>")
+
+
+def test_a_redirect_on_the_same_host_to_a_refused_scheme_says_it_was_a_redirect(
+    slow_server: SlowCardServer, alice: Any, client_for: Any
+) -> None:
+    # The caller gave an http:// URL and read "Only http and https URLs are allowed, not 'file'".
+    url = f"{slow_server.base}/card.json"
+    slow_server.routes["/card.json"] = _redirect("file:///etc/passwd")
+    response, _ = _register(client_for, alice, url)
+    error = response.json()["error"]
+    assert response.status_code == 400 and error["code"] == "ssrf_blocked"
+    assert error["message"].startswith(f"{url} redirected to an address Hermes refuses: ")
+
+
+def test_an_answer_that_is_not_json_names_the_url_it_came_from(
+    slow_server: SlowCardServer, alice: Any, client_for: Any
+) -> None:
+    # It named the URL that redirected, not the one whose body was not JSON.
+    url = f"{slow_server.base}/card.json"
+    slow_server.routes["/card.json"] = _redirect("/elsewhere.json")
+    slow_server.routes["/elsewhere.json"] = _not_json
+    response, _ = _register(client_for, alice, url)
+    error = response.json()["error"]
+    assert response.status_code == 400 and error["code"] == "card_invalid"
+    assert error["message"].startswith(
+        f"The agent card at {slow_server.base}/elsewhere.json (redirected from {url}) is not valid JSON"
+    )
+
+
 def test_a_refused_connection_lists_the_url_tried(alice: Any, client_for: Any, settings: Any, free_port: int) -> None:
     settings.HERMES_SSRF_ALLOWLIST = ["127.0.0.1"]
     response, _ = _register(client_for, alice, f"http://127.0.0.1:{free_port}/")

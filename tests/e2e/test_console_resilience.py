@@ -128,7 +128,7 @@ def test_the_focus_stays_in_the_content_an_htmx_swap_replaced(
     page.get_by_role("button", name="Preview the card").click()
     page.locator("#url-field [aria-invalid=true]").wait_for()
     assert page.evaluate(f"{ACTIVE}.id") == "id_url"
-    assert "Enter a valid URL" in page.locator("#url-field").inner_text()
+    assert "Enter the agent's URL: http:// or https://" in page.locator("#url-field").inner_text()
     assert page.get_by_label("Agent URL").input_value() == "not a url"
 
     # "Re-fetch the card" swaps the card holding the button: the keyboard is on the new button, not on <body>.
