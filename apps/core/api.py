@@ -25,14 +25,22 @@ def access_of(request: Request) -> Access:
     access = getattr(request, "auth", None)
     if not isinstance(access, Access):
         named = header_text(request.headers.get("X-Hermes-Org"))
-        raise HermesAPIError(
-            f"You are not a member of an organization '{named[:60]}' (X-Hermes-Org); GET /api/v1/orgs lists yours."
-            if named
-            else "No organization selected: use an API key, or pick an organization in the console first.",
-            code="no_organization",
-            status_code=403,
-        )
+        if named:
+            message = (
+                f"You are not a member of an organization '{named[:60]}' (X-Hermes-Org); GET /api/v1/orgs lists yours."
+            )
+        elif _in_no_org(request.user):
+            # E.g. removed from their only org: there is nothing to pick, and no key they may make.
+            message = "You belong to no organization: create one, or ask an owner to invite you."
+        else:
+            message = "No organization selected: use an API key, or pick an organization in the console first."
+        raise HermesAPIError(message, code="no_organization", status_code=403)
     return access
+
+
+def _in_no_org(user: Any) -> bool:
+    # Through the user's related manager (Membership's `user` FK): core imports no domain app.
+    return bool(getattr(user, "is_authenticated", False)) and not user.memberships.exists()
 
 
 def require_action(access: Access, action: str) -> None:

@@ -118,8 +118,14 @@ class TaskFilterForm(forms.Form):
         # org may have the same name and slug as one of its own.
         groups: dict[Any, tuple[str, list[tuple[str, str]]]] = {}
         for agent in sorted(agents, key=lambda a: a.organization_id != org.pk):
-            retired = " (retired)" if agent.retired_at else ""
-            label = f"{agent.name} ({agent.slug}){retired}"
+            if agent.organization_id != org.pk:
+                # Not public (any more): whether its owner made it private or deleted it is the owner's to know, as
+                # in the API (`unavailable`, apps.tasks.actions.check_agent_usable).
+                usable = agent.retired_at is None and agent.is_usable_by(org)
+                gone = "" if usable else " (no longer available)"
+            else:
+                gone = " (retired)" if agent.retired_at else ""
+            label = f"{agent.name} ({agent.slug}){gone}"
             groups.setdefault(agent.organization_id, (agent.organization.name, []))[1].append((str(agent.pk), label))
         self.fields["agent"].choices = [("", "Any agent"), *groups.values()]  # type: ignore[attr-defined]
 

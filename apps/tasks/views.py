@@ -150,6 +150,10 @@ def _detail_page(
         and (not task.agent.is_federated or access.allows("federation:write")),
         "waiting_for_input": task.state in INTERRUPTED_STATES,
         "follow_up_form": follow_up_form,
+        # Another org's agent its owner deleted or made private: "no longer available", whichever it was (the
+        # owner's to know, as the API's `unavailable`: apps.tasks.actions.check_agent_usable).
+        "agent_unavailable": task.agent.organization_id != task.organization_id
+        and (task.agent.retired_at is not None or not task.agent.is_usable_by(task.organization_id)),
     }
     # htmx asks for the About card alone (live.js, when the task finishes).
     if status is None:

@@ -123,3 +123,98 @@ def test_the_admin_actions_say_what_they_did(staff_client: Client, agents: list[
         "/admin/agents/agent/", {"action": "refresh_cards", "_selected_action": ids[:1]}, follow=True
     ).content.decode()
     assert "nothing to refresh" in refreshed and "Refreshed the cards of 0 of 1 agent(s)." in refreshed
+
+
+# Retired agents (deleted while tasks referred to them): kept as they are, and deleting one that has tasks retires it
+
+
+def _with_task(agent: Agent) -> Agent:
+    from apps.tasks import actions as task_actions
+
+    task_actions.create_task(
+        org=agent.organization, agent=agent, message={"role": "user", "parts": [{"kind": "text", "text": "hi"}]}
+    )
+    return agent
+
+
+@pytest.fixture
+def retired(agents: list[Agent]) -> Agent:
+    agent = _with_task(agents[0])
+    assert actions.delete_agent(agent) is False
+    return Agent.with_retired.unscoped("test").get(pk=agent.pk)
+
+
+def test_a_retired_agent_is_read_only_in_the_admin(staff_client: Client, retired: Agent) -> None:
+    page = staff_client.get(f"/admin/agents/agent/{retired.pk}/change/").content.decode()
+    assert 'name="visibility"' not in page and 'name="name"' not in page and 'name="_save"' not in page
+    response = staff_client.post(
+        f"/admin/agents/agent/{retired.pk}/change/",
+        {"name": "Revived", "description": "", "visibility": "public"},
+        follow=True,
+    )
+    assert response.status_code == 200
+    assert "Not saved: This agent was deleted while tasks referred to it (retired)" in response.content.decode()
+    after = Agent.with_retired.unscoped("test").get(pk=retired.pk)
+    assert (after.name, after.visibility, after.retired_at) == ("Alpha", Visibility.PRIVATE, retired.retired_at)
+    assert not AuditEvent.objects.filter(action="agent.updated").exists()
+
+
+@pytest.mark.parametrize("action", ["make_public", "make_private", "refresh_cards"])
+def test_the_admin_actions_leave_retired_agents_as_they_are(
+    staff_client: Client, agents: list[Agent], retired: Agent, action: str
+) -> None:
+    other = _with_task(actions.register_agent_manually(org=agents[1].organization, name="Gamma", url=agents[1].url))
+    actions.delete_agent(other)
+    ids = [str(retired.pk), str(other.pk), str(agents[1].pk)]  # two retired, one live
+    response = staff_client.post("/admin/agents/agent/", {"action": action, "_selected_action": ids}, follow=True)
+    assert response.status_code == 200
+    page = response.content.decode()
+    assert "2 retired agents left as they are" in page
+    retired_rows = Agent.with_retired.unscoped("test").filter(pk__in=ids[:2])
+    assert set(retired_rows.values_list("visibility", flat=True)) == {Visibility.PRIVATE}
+    if action == "make_public":  # the live agent of the selection still changed
+        assert "Made 1 of 1 agent(s) public." in page
+        assert Agent.objects.unscoped("test").get(pk=agents[1].pk).visibility == Visibility.PUBLIC
+    assert not AuditEvent.objects.filter(action="agent.updated", target_id__in=ids[:2]).exists()
+
+
+def test_deleting_an_agent_with_tasks_in_the_admin_retires_it(staff_client: Client, agents: list[Agent]) -> None:
+    alpha = _with_task(agents[0])
+    confirm = staff_client.get(f"/admin/agents/agent/{alpha.pk}/delete/").content.decode()
+    assert "permission to delete" not in confirm and "protected" not in confirm
+    assert "retired, not deleted: its 1 task(s) keep it" in confirm and "Task:" not in confirm
+    response = staff_client.post(f"/admin/agents/agent/{alpha.pk}/delete/", {"post": "yes"}, follow=True)
+    assert "was retired, not deleted" in response.content.decode()
+    after = Agent.with_retired.unscoped("test").get(pk=alpha.pk)
+    assert after.retired_at is not None
+    assert AuditEvent.objects.filter(action="agent.retired", target_id=str(alpha.pk)).exists()
+    # Deleting it again leaves it as it is.
+    again = staff_client.post(f"/admin/agents/agent/{alpha.pk}/delete/", {"post": "yes"}, follow=True)
+    assert "Not deleted: This agent was deleted while tasks referred to it" in again.content.decode()
+    assert Agent.with_retired.unscoped("test").get(pk=alpha.pk).retired_at == after.retired_at
+
+
+def test_bulk_delete_in_the_admin_retires_agents_with_tasks(staff_client: Client, agents: list[Agent]) -> None:
+    alpha = _with_task(agents[0])
+    ids = [str(alpha.pk), str(agents[1].pk)]
+    confirm = staff_client.post(
+        "/admin/agents/agent/", {"action": "delete_selected", "_selected_action": ids}
+    ).content.decode()
+    assert "permission to delete" not in confirm and "protected" not in confirm
+    assert "retired, not deleted" in confirm and "Agent: <a" in confirm  # Beta, no task: deleted outright
+    response = staff_client.post(
+        "/admin/agents/agent/", {"action": "delete_selected", "_selected_action": ids, "post": "yes"}, follow=True
+    )
+    assert "Of these, 1 was retired, not deleted" in response.content.decode()
+    assert Agent.with_retired.unscoped("test").get(pk=alpha.pk).retired_at is not None
+    assert not Agent.with_retired.unscoped("test").filter(pk=agents[1].pk).exists()
+
+
+def test_a_retired_agent_whose_tasks_are_gone_can_be_deleted(staff_client: Client, retired: Agent) -> None:
+    from apps.tasks.models import Task
+
+    Task.objects.unscoped("test: the org that sent them was deleted").filter(agent=retired).delete()
+    confirm = staff_client.get(f"/admin/agents/agent/{retired.pk}/delete/").content.decode()
+    assert "retired" not in confirm.split('id="content"', 1)[1].split("</form>", 1)[0].lower()
+    staff_client.post(f"/admin/agents/agent/{retired.pk}/delete/", {"post": "yes"})
+    assert not Agent.with_retired.unscoped("test").filter(pk=retired.pk).exists()
