@@ -14,6 +14,8 @@ $(STAMP): requirements.txt
 
 install: $(STAMP)
 
+# make runs this command itself, no shell around it: hermes_site.run, seeing MAKELEVEL, stops when its parent
+# dies (a `kill -9` on make). Keep it one plain command (a pipe or `;` would put a shell in between).
 run: install
 	$(PY) -m hermes_site.run
 

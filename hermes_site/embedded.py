@@ -48,6 +48,29 @@ def _ping(port: int, timeout: float = 0.3) -> bool:
         return False
 
 
+def _serves_from(port: int, directory: Path) -> bool:
+    """Whether the Redis on `port` is the embedded one started in `directory`: its working directory (`--dir`) is
+    that one. A URL file left by a killed run named a port that any other Redis could take later, and anything
+    answering PING there was taken for ours: Celery made its queues in that server's database 0, beside its data."""
+    request = b"*3\r\n$6\r\nCONFIG\r\n$3\r\nGET\r\n$3\r\ndir\r\n"  # RESP; the answer: *2 $3 dir $n <path>
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=0.3) as sock:
+            sock.sendall(request)
+            answer = b""
+            while answer.count(b"\r\n") < 5 and not answer.startswith(b"-"):  # -ERR, -NOAUTH: one line
+                chunk = sock.recv(4096)
+                if not chunk:
+                    return False
+                answer += chunk
+    except OSError:  # nothing there, or something that is not Redis and does not answer (the timeout)
+        return False
+    lines = answer.split(b"\r\n")
+    if len(lines) < 5 or lines[0] != b"*2" or lines[2] != b"dir":
+        return False
+    served = os.fsdecode(lines[4])
+    return os.path.realpath(served) == os.path.realpath(directory)
+
+
 def _free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
@@ -95,7 +118,7 @@ def start_redis(
     url_file = directory / "url"
     if port is None and url_file.exists():
         existing = url_file.read_text().strip()
-        if existing and _ping(int(existing.rsplit(":", 1)[1].split("/")[0])):
+        if existing and _serves_from(int(existing.rsplit(":", 1)[1].split("/")[0]), directory):
             return existing, None
     port = port or _free_port()
     proc = subprocess.Popen(

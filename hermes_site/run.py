@@ -1,15 +1,18 @@
 """`make run` in Python (works without make): migrate, seed, then serve web + worker + beat until Ctrl-C.
 
 With no REDIS_URL it starts the embedded Redis; with no DATABASE_URL settings fall back to SQLite under var/.
-That embedded default belongs to one run per checkout (var/run.lock). Every child gets SIGTERM on Ctrl-C
-(graceful: uvicorn drains connections, the Celery worker finishes or requeues its job thanks to acks_late), then
-the embedded Redis stops. On Linux the servers get SIGTERM too when this process is killed (_start).
+That embedded default belongs to one run per checkout (var/run.lock). Ctrl-C stops the servers in order
+(_stop_servers): the Celery worker first, which finishes its running jobs while the web (and the demo agents it
+serves) still answers, then web and beat, then the embedded Redis, each step bounded. On Linux the servers get
+SIGTERM too when this process is killed (_start), and so does this process when make, its parent, is (_stop_with_make).
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import errno
+import ipaddress
 import json
 import os
 import signal
@@ -20,9 +23,10 @@ import time
 import urllib.error
 import urllib.request
 from collections.abc import Callable
+from pathlib import Path
 from types import FrameType
 
-from hermes_site.config import BASE_DIR, VAR_DIR, load_or_exit
+from hermes_site.config import BASE_DIR, VAR_DIR, is_allowed_host, load_or_exit
 from hermes_site.embedded import die_with_parent, start_redis, stop_redis
 
 PY = sys.executable
@@ -133,12 +137,23 @@ MAX_RESTARTS = 5
 RESTART_WINDOW = 300.0
 RESTARTABLE = ("worker", "beat")
 
+# How long a stop waits for the worker's running jobs (Celery's warm shutdown), then for web and beat, before it
+# kills what is left. The web's own drain is `--timeout-graceful-shutdown` (20 s) below.
+WORKER_GRACE = 30.0
+SERVERS_GRACE = 25.0
+
+# Binds that serve every interface (of one family: uvicorn's asyncio sockets on `::` are IPv6-only), and the
+# loopback address this run reaches them on.
+WILDCARDS = {"0.0.0.0": "127.0.0.1", "::": "::1"}  # noqa: S104 - compared, not bound
+
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description="Run the whole Hermes platform locally.")
     parser.add_argument("--host", default=os.environ.get("HERMES_HOST", "127.0.0.1"))
     parser.add_argument("--port", type=_port, default=os.environ.get("HERMES_PORT", "8000"))
     args = parser.parse_args(argv)
+    if os.environ.get("MAKELEVEL"):  # started by `make run`: make is the process the operator sees and kills
+        _stop_with_make()
     if problem := _bind_problem(args.host, args.port):
         # Before anything starts: a second worker and beat on the same database, then a banner for a server that
         # could not bind, was what a taken port gave.
@@ -147,13 +162,21 @@ def main(argv: list[str] | None = None) -> int:
 
     # The demo agents' cards name HERMES_PUBLIC_URL: make it the address this run serves (children inherit it).
     # Before the configuration is read: production requires the variable, and this run does know its address.
-    public_host = "127.0.0.1" if args.host in ("0.0.0.0", "::") else args.host  # noqa: S104 - compared, not bound
-    os.environ.setdefault("HERMES_PUBLIC_URL", f"http://{public_host}:{args.port}")
+    base = _http_url(WILDCARDS.get(args.host, args.host), args.port)
+    os.environ.setdefault("HERMES_PUBLIC_URL", base)
     config = load_or_exit()
+    lan_hosts: list[str] = []
+    if config.env != "production" and "ALLOWED_HOSTS" not in os.environ and not _is_loopback(args.host):
+        # Served beyond loopback in dev with the default ALLOWED_HOSTS (localhost and loopback addresses): every
+        # other machine's request, and the banner's http://0.0.0.0:PORT/, got 400 DisallowedHost. Not "*": that
+        # would let any site a browser on this machine visits reach this DEBUG server by DNS rebinding (its name
+        # resolving to this address), and the demo login is public. So the names the servers answer to, listed.
+        lan_hosts = _lan_hosts(args.host)
+        os.environ["ALLOWED_HOSTS"] = ",".join(dict.fromkeys([*config.allowed_hosts, *lan_hosts]))
     VAR_DIR.mkdir(exist_ok=True)
     if not config.redis_url or not config["DATABASE_URL"]:  # the embedded Redis or the SQLite file under var/
         try:
-            _lock_checkout(f"http://{public_host}:{args.port}/")
+            _lock_checkout(f"{base}/")
         except CheckoutBusy as exc:
             print(f"hermes: {exc}.", file=sys.stderr)
             return 1
@@ -163,10 +186,13 @@ def main(argv: list[str] | None = None) -> int:
         print(f"hermes: embedded Redis at {url}", flush=True)
 
     children: list[subprocess.Popen[bytes]] = []
+    names: dict[int, str] = {}
     stopping = False
+    hurry = False
 
     def stop(signum: int, frame: FrameType | None) -> None:
-        nonlocal stopping
+        nonlocal stopping, hurry
+        hurry = hurry or (stopping and signum == signal.SIGINT)  # Ctrl-C again: no more waiting for jobs
         stopping = True
 
     signal.signal(signal.SIGINT, stop)
@@ -221,13 +247,12 @@ def main(argv: list[str] | None = None) -> int:
                 str(VAR_DIR / "celerybeat-schedule"),
             ],
         }
-        names: dict[int, str] = {}
         restarts: list[float] = []
         for name, command in commands.items():
             child = _start(command)
             names[child.pid] = name
             children.append(child)
-        health = f"http://{public_host}:{args.port}/api/v1/health/live"
+        health = f"{base}/api/v1/health/live"
         if not _wait_until_serving(health, children[0], lambda: stopping):
             if stopping:  # Ctrl-C while the servers started: the finally below stops them
                 return INTERRUPTED
@@ -235,13 +260,14 @@ def main(argv: list[str] | None = None) -> int:
             reason = f"exited (code {web}) before answering" if web is not None else f"did not answer {health} in time"
             print(f"hermes: the web server {reason}; its output is above. Stopping.", file=sys.stderr, flush=True)
             return 1
-        not_ready = _not_ready(f"http://{public_host}:{args.port}/api/v1/health/ready")
+        not_ready = _not_ready(f"{base}/api/v1/health/ready")
         print(
-            f"\nHermes is running: http://{args.host}:{args.port}/\n"
+            f"\nHermes is running: {base}/\n"
+            + _elsewhere(args.host, args.port, lan_hosts)
             # The web answers without Redis or the broker: say so here, not only in a page that fails later.
             + (f"  NOT READY: {not_ready}; `python manage.py doctor` says why\n" if not_ready else "")
             + "  demo login: demo@hermes.local / hermes-demo\n"
-            f"  health: http://{args.host}:{args.port}/api/v1/health/live\n"
+            f"  health: {health}\n"
             "  Ctrl-C stops web, worker, beat" + (" and the embedded Redis" if redis_proc else "") + ".\n",
             flush=True,
         )
@@ -272,22 +298,129 @@ def main(argv: list[str] | None = None) -> int:
         )
         return 1
     finally:
-        for child in children:
-            if child.poll() is None:
-                child.send_signal(signal.SIGTERM)
-        deadline = time.monotonic() + 30
-        for child in children:
-            try:
-                child.wait(timeout=max(0.1, deadline - time.monotonic()))
-            except subprocess.TimeoutExpired:
+        _stop_servers([(names[child.pid], child) for child in children], lambda: hurry)
+        stop_redis(redis_proc)  # last: the worker acknowledges its jobs and web and beat write to it until they exit
+
+
+def _stop_servers(servers: list[tuple[str, subprocess.Popen[bytes]]], hurry: Callable[[], bool]) -> None:
+    """Stop the worker first, then web and beat. All at once, the web (which serves the demo agents) cut the
+    stream of the job the worker was running; the worker queued a retry in the embedded Redis, which stops with
+    the run and keeps nothing, and after the next start the task failed ("The agent no longer knows this task").
+    SIGTERM is the worker's warm shutdown: it takes no new job and finishes the running ones, for up to
+    WORKER_GRACE seconds (Ctrl-C again: at once). A job still running then is killed; its task row stays as it was
+    and the sweeper picks it up after the next start (docs/deploy.md, "Graceful shutdown")."""
+    workers = [child for name, child in servers if name == "worker"]
+    _terminate(workers, WORKER_GRACE, hurry, waiting="the worker is finishing its running jobs")
+    _terminate([child for name, child in servers if name != "worker"], SERVERS_GRACE, hurry)
+
+
+def _terminate(
+    children: list[subprocess.Popen[bytes]], grace: float, hurry: Callable[[], bool], waiting: str = ""
+) -> None:
+    """SIGTERM to each child, then SIGKILL to what is left of it (its whole session: the worker's pool too) after
+    `grace` seconds or once `hurry()`. `waiting` is said when that takes more than a moment."""
+    for child in children:
+        if child.poll() is None:
+            child.send_signal(signal.SIGTERM)
+    began = time.monotonic()
+    said = not waiting
+    while any(child.poll() is None for child in children) and time.monotonic() < began + grace and not hurry():
+        if not said and time.monotonic() > began + 5:  # an idle worker takes about 2 s
+            print(f"hermes: {waiting} (up to {grace:g} s; Ctrl-C again stops it now).", flush=True)
+            said = True
+        time.sleep(0.1)
+    for child in children:
+        if child.poll() is None:  # not reaped: its pid (and session id) is still its own
+            if os.name == "nt":
                 child.kill()
-        stop_redis(redis_proc)
+            else:
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(child.pid, signal.SIGKILL)
+            child.wait()
+
+
+def _stop_with_make() -> None:
+    """Have the kernel send this process SIGTERM when its parent (make) dies, so `kill -9` on the `make run`
+    process (or the OOM killer choosing make) stops the run in the usual order rather than leaving it all running
+    under PID 1. make itself forwards SIGTERM and waits for us on Ctrl-C, so this fires only when make is killed.
+    Linux only (die_with_parent); elsewhere the orchestrator outlives a killed make."""
+    arm = die_with_parent(os.getppid())
+    if arm is not None:
+        arm()
+
+
+def _http_url(host: str, port: int) -> str:
+    """http://host:port, with an IPv6 address in brackets (http://::1:8000 is no URL)."""
+    return f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
+
+
+def _is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:  # a host name
+        return False
+
+
+def _lan_hosts(host: str) -> list[str]:
+    """The ALLOWED_HOSTS entries other machines use to reach a bind on `host`: this machine's names, and `host`
+    itself or, for a wildcard bind, every address of its family."""
+    # getfqdn() is "localhost" on a machine whose name maps to 127.0.0.1 only: no name for another machine.
+    names = [name for name in (socket.gethostname(), socket.getfqdn()) if name.split(".")[0] != "localhost"]
+    if host in WILDCARDS:
+        addresses = sorted(_local_addresses(socket.AF_INET6 if ":" in host else socket.AF_INET))
+    else:
+        addresses = [host]
+    entries = [*names, *(f"[{address}]" if ":" in address else address for address in addresses)]
+    return [entry for entry in dict.fromkeys(entries) if entry and is_allowed_host(entry)]
+
+
+def _local_addresses(family: socket.AddressFamily) -> set[str]:
+    """This machine's addresses of `family`, but loopback and link-local (a URL with one needs a zone index)."""
+    found: set[str] = set()
+    with contextlib.suppress(OSError):
+        found |= {str(info[4][0]) for info in socket.getaddrinfo(socket.gethostname(), None, family)}
+    with contextlib.suppress(OSError), socket.socket(family, socket.SOCK_DGRAM) as probe:
+        probe.connect(("192.0.2.1" if family == socket.AF_INET else "2001:db8::1", 9))  # UDP: nothing is sent
+        found.add(str(probe.getsockname()[0]))  # the address of the default route
+    with contextlib.suppress(OSError):  # Linux lists them all
+        if family == socket.AF_INET6:
+            for line in Path("/proc/net/if_inet6").read_text().splitlines():
+                found.add(str(ipaddress.IPv6Address(int(line.split()[0], 16))))
+        else:
+            last = ""
+            for line in Path("/proc/net/fib_trie").read_text().splitlines():
+                if "|-- " in line:
+                    last = line.split("|-- ", 1)[1].strip()
+                elif "/32 host LOCAL" in line and last:
+                    found.add(last)
+    usable: set[str] = set()
+    for address in found:
+        try:
+            parsed = ipaddress.ip_address(address.split("%", 1)[0])
+        except ValueError:
+            continue
+        if not (parsed.is_loopback or parsed.is_link_local or parsed.is_unspecified):
+            usable.add(str(parsed))
+    return usable
+
+
+def _elsewhere(host: str, port: int, lan_hosts: list[str]) -> str:
+    """The banner's line on other machines: how they reach a bind beyond loopback."""
+    if _is_loopback(host):
+        return ""
+    where = f"every IPv{6 if ':' in host else 4} interface ({host})" if host in WILDCARDS else host
+    if not lan_hosts:  # ALLOWED_HOSTS set by the operator (or production): it says which names answer
+        return f"  listening on {where}; other machines use a name in ALLOWED_HOSTS\n"
+    urls = " ".join(_http_url(entry.strip("[]"), port) + "/" for entry in lan_hosts)
+    return f"  listening on {where}; from other machines: {urls}\n"
 
 
 def _start(command: list[str]) -> subprocess.Popen[bytes]:
     """A server child in a session of its own: Ctrl-C in the terminal reaches the whole foreground group, and a
     child still importing Django died of it with a KeyboardInterrupt traceback (web: "failed to start"). This
-    process is the one that hears Ctrl-C, and it stops every child with SIGTERM (the finally in main).
+    process is the one that hears Ctrl-C, and it stops every child with SIGTERM, in order (_stop_servers).
 
     Being in a session of its own, a child outlived a `make run` that was killed (SIGKILL, the OOM killer): web,
     worker and beat went on under PID 1, and the next run started a second worker and beat. So each child also

@@ -60,6 +60,7 @@ def test_run_serves_the_platform_on_embedded_defaults_and_stops_cleanly(tmp_path
             time.sleep(0.3)
         assert _child_running(proc.pid, b"worker", timeout=30) != worker, "".join(lines)
         _use_the_platform(f"http://127.0.0.1:{free_port}", env)  # and runs tasks again
+        running = _start_slow_task(f"http://127.0.0.1:{free_port}", env)  # Ctrl-C comes while it runs
     finally:
         started = _descendants(proc.pid)
         os.killpg(proc.pid, signal.SIGINT)  # what Ctrl-C in a terminal does
@@ -82,6 +83,9 @@ def test_run_serves_the_platform_on_embedded_defaults_and_stops_cleanly(tmp_path
     # The embedded Redis runs in a session of its own (Ctrl-C killed it before the worker had acknowledged its
     # job: "Couldn't ack" tracebacks); it is stopped last, and stopped all the same.
     assert "Couldn't ack" not in output
+    # The worker stopped first and finished the task while the web still served the demo agent: the web and the
+    # worker stopped together cut its stream, and the retry was lost with the embedded Redis.
+    assert _task_state(running, env) == "completed", output
     redis_port = int(output.split("embedded Redis at redis://127.0.0.1:", 1)[1].split("/", 1)[0])
     with socket.socket() as sock, pytest.raises(ConnectionRefusedError):
         sock.connect(("127.0.0.1", redis_port))
@@ -205,6 +209,34 @@ def _use_the_platform(base: str, env: dict[str, str]) -> None:
             while (state := api.get(f"/api/v1/tasks/{task_id}").json()["status"]) != "completed":
                 assert time.monotonic() < deadline, f"task {task_id} is still {state}"
                 time.sleep(0.3)
+
+
+def _start_slow_task(base: str, env: dict[str, str]) -> str:
+    """A task on the demo `slow` agent (4 steps of 1 s), once it is running; its id."""
+    made = subprocess.run(
+        [sys.executable, "manage.py", "shell", "-c", _MAKE_KEY],
+        cwd=BASE_DIR, env=env, capture_output=True, text=True, timeout=60, check=True,
+    )  # fmt: skip
+    headers = {"Authorization": f"Bearer {made.stdout.strip().splitlines()[-1]}"}
+    with httpx.Client(base_url=base, headers=headers, timeout=10) as api:
+        slow = next(a for a in api.get("/api/v1/agents").json()["results"] if a["slug"] == "demo-slow")
+        sent = api.post("/api/v1/tasks", json={"agent": slow["id"], "input": {"parts": [{"text": "take 4 s"}]}})
+        assert sent.status_code == 202, sent.text
+        deadline = time.monotonic() + 30
+        while (state := api.get(f"/api/v1/tasks/{sent.json()['id']}").json()["status"]) != "working":
+            assert time.monotonic() < deadline and state == "submitted", state
+            time.sleep(0.1)
+    return str(sent.json()["id"])
+
+
+def _task_state(task_id: str, env: dict[str, str]) -> str:
+    """A task's state as its row says, read with the servers stopped."""
+    read = subprocess.run(
+        [sys.executable, "manage.py", "shell", "-c",
+         f"from apps.tasks.models import Task; print(Task.objects.unscoped('test').get(id='{task_id}').state)"],
+        cwd=BASE_DIR, env=env, capture_output=True, text=True, timeout=60, check=True,
+    )  # fmt: skip
+    return read.stdout.strip().splitlines()[-1]
 
 
 def test_a_malformed_port_is_refused_in_words(tmp_path: Path) -> None:
@@ -438,3 +470,102 @@ def test_the_banner_says_what_is_not_ready(tmp_path: Path, free_port: int) -> No
         reader.join(timeout=5)
     output = "".join(lines)
     assert f"Hermes is running: http://127.0.0.1:{free_port}/\n  NOT READY: redis, broker down; " in output, output
+
+
+def _ipv6_loopback() -> bool:
+    try:
+        with socket.socket(socket.AF_INET6) as sock:
+            sock.bind(("::1", 0))
+    except OSError:
+        return False
+    return True
+
+
+@pytest.mark.skipif(os.name == "nt" or not _ipv6_loopback(), reason="SIGINT to a process group; needs ::1")
+def test_a_wildcard_bind_prints_urls_that_work_and_answers_this_machines_names(tmp_path: Path, free_port: int) -> None:
+    """HERMES_HOST=:: (IPv6-only, as uvicorn binds it) waited on 127.0.0.1 and gave up; HERMES_HOST=::1 built
+    HERMES_PUBLIC_URL=http://::1:PORT, refused. HERMES_HOST=0.0.0.0 printed http://0.0.0.0:PORT/, and that URL and
+    every other machine's request got 400 DisallowedHost: ALLOWED_HOSTS named loopback only."""
+    env = {k: v for k, v in _embedded_env(tmp_path).items() if k != "ALLOWED_HOSTS"}
+    run = subprocess.Popen(
+        [sys.executable, "-m", "hermes_site.run", "--host", "::", "--port", str(free_port)],
+        cwd=BASE_DIR, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True,
+    )  # fmt: skip
+    lines: list[str] = []
+    reader = threading.Thread(target=lambda: lines.extend(iter(run.stdout.readline, "")), daemon=True)  # type: ignore[union-attr]
+    reader.start()
+    try:
+        deadline = time.monotonic() + 120
+        while not any("Ctrl-C stops" in line for line in lines):
+            assert run.poll() is None and time.monotonic() < deadline, "".join(lines)
+            time.sleep(0.2)
+        base = f"http://[::1]:{free_port}"
+        name = socket.gethostname()
+        answers = {host: httpx.get(f"{base}/accounts/login/", headers={"Host": f"{host}:{free_port}"}).status_code
+                   for host in (name, "[::1]", "evil.example")}  # fmt: skip
+    finally:
+        if run.poll() is None:
+            os.killpg(run.pid, signal.SIGINT)
+        run.wait(timeout=60)
+        reader.join(timeout=5)
+    output = "".join(lines)
+    assert f"Hermes is running: {base}/\n" in output and f"health: {base}/api/v1/health/live" in output, output
+    assert "listening on every IPv6 interface (::); from other machines: " in output, output
+    assert "0.0.0.0" not in output and "http://[::]" not in output.split("Hermes is running", 1)[1]
+    assert answers["[::1]"] == 200 and answers["evil.example"] == 400, answers  # still a list, not "*"
+    if name.split(".")[0] != "localhost":
+        assert answers[name] == 200, answers
+        assert f"http://{name}:{free_port}/" in output
+
+
+def test_urls_bracket_ipv6_and_lan_hosts_name_this_machine() -> None:
+    from hermes_site.run import _elsewhere, _http_url, _is_loopback, _lan_hosts
+
+    assert _http_url("::1", 8000) == "http://[::1]:8000" and _http_url("127.0.0.1", 8000) == "http://127.0.0.1:8000"
+    assert _is_loopback("::1") and _is_loopback("127.0.0.2") and _is_loopback("localhost")
+    assert not _is_loopback("0.0.0.0") and not _is_loopback("192.0.2.5") and not _is_loopback("vm")
+    assert _elsewhere("127.0.0.1", 8000, []) == ""
+    hosts = _lan_hosts("192.0.2.5")
+    assert "192.0.2.5" in hosts and "localhost" not in hosts
+    wildcard = _lan_hosts("0.0.0.0")
+    assert all(":" not in host for host in wildcard)  # IPv4 only: `0.0.0.0` serves no IPv6 address
+    assert not {"127.0.0.1", "0.0.0.0", "localhost"} & set(wildcard), wildcard
+    if socket.gethostname().split(".")[0] != "localhost":
+        assert socket.gethostname() in wildcard
+    assert _elsewhere("0.0.0.0", 8000, ["vm", "192.0.2.5"]) == (
+        "  listening on every IPv4 interface (0.0.0.0); from other machines: http://vm:8000/ http://192.0.2.5:8000/\n"
+    )
+    assert "[fd00::5]" in _lan_hosts("fd00::5") and "http://[fd00::5]:8000/" in _elsewhere("::", 8000, ["[fd00::5]"])
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="PR_SET_PDEATHSIG is Linux's")
+def test_a_run_started_by_make_stops_when_make_is_killed(tmp_path: Path, free_port: int) -> None:
+    """`kill -9` on the `make run` process (make) left the orchestrator and everything under it running under
+    PID 1, serving; only the orchestrator itself had its servers stop with it."""
+    run = [sys.executable, "-m", "hermes_site.run", "--port", str(free_port)]
+    make = subprocess.Popen(  # stands for make: it starts the run (MAKELEVEL set, as make sets it) and waits
+        [sys.executable, "-c", f"import subprocess, sys; sys.exit(subprocess.call({run!r}))"],
+        cwd=BASE_DIR, env={**_embedded_env(tmp_path), "MAKELEVEL": "1"}, stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL, start_new_session=True,
+    )  # fmt: skip
+    started: set[int] = set()
+    try:
+        deadline = time.monotonic() + 120
+        while not any(b"uvicorn" in _cmdline(pid) for pid in started):
+            assert make.poll() is None and time.monotonic() < deadline
+            started = _descendants(make.pid)
+            time.sleep(0.1)
+        time.sleep(0.5)  # the worker and beat too
+        started = _descendants(make.pid)
+        os.kill(make.pid, signal.SIGKILL)
+        make.wait()
+        gone_by = time.monotonic() + 60
+        while time.monotonic() < gone_by and _alive(started):
+            time.sleep(0.2)
+        assert not _alive(started), [b" ".join(_cmdline(pid)) for pid in _alive(started)]
+    finally:
+        for pid in _alive(started):
+            os.kill(pid, signal.SIGKILL)
+        if make.poll() is None:
+            make.kill()
+            make.wait()
