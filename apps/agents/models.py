@@ -3,7 +3,6 @@ from __future__ import annotations
 import uuid
 from datetime import timedelta
 from typing import Any, ClassVar
-from urllib.parse import urlsplit
 
 from django.conf import settings
 from django.core.exceptions import ValidationError
@@ -12,7 +11,7 @@ from django.utils import timezone
 from django.utils.text import slugify
 
 from apps.core.tenancy import OrgOwnedModel, OrgScopedManager
-from apps.core.validators import display_name
+from apps.core.validators import display_name, service_url_parts
 
 # An agent counts as online when Hermes reached it without error this recently.
 ONLINE_WINDOW = timedelta(minutes=10)
@@ -55,15 +54,8 @@ def validate_agent_url(value: str) -> None:
     """An http(s) URL with a host. Unlike Django's URLValidator, a host without a dot is accepted: agents on one
     Docker or cluster network are reached by service name (`http://summarizer:8080/`), as peers are (and as a
     card's interface URL already was). Where it may connect is the SSRF guard's to say, when it does."""
-    problem = "Enter the agent's URL: http:// or https://, a host, an optional port and path."
-    try:
-        parts = urlsplit(value)
-        parts.port  # noqa: B018 - raises ValueError for a port that is not a number in range
-    except ValueError:
-        raise ValidationError(problem, code="invalid") from None
-    host_ok = bool(parts.hostname) and all(c.isalnum() or c in "-._:[]@%" for c in parts.netloc)
-    if parts.scheme not in ("http", "https") or not host_ok or any(c.isspace() for c in value):
-        raise ValidationError(problem, code="invalid")
+    # (Credentials in it are refused by the actions, in their own words: refuse_credentials.)
+    service_url_parts(value, "Enter the agent's URL: http:// or https://, a host, an optional port and path.")
 
 
 def validate_agent_slug(value: str) -> None:

@@ -15,6 +15,7 @@ import re
 import unicodedata
 from collections.abc import Callable
 from typing import Any
+from urllib.parse import SplitResult, urlsplit
 
 from django.core.exceptions import ValidationError
 
@@ -69,3 +70,20 @@ def visible_email(value: str) -> None:
         f"position {value.index(found) + 1}.",
         code="invisible_character",
     )
+
+
+def service_url_parts(value: str, problem: str) -> SplitResult:
+    """`value` split, when it is http(s)://host[:port][/path] with no whitespace; else ValidationError(problem).
+    Unlike Django's URLValidator a host without a dot is one: services on one Docker or cluster network reach each
+    other by service name (`http://summarizer:8080/`). Credentials (`user:pw@`) are the caller's to refuse, in its
+    own words."""
+    try:
+        parts = urlsplit(value)
+        parts.port  # noqa: B018 - raises ValueError for a port that is not a number in range
+    except ValueError:
+        raise ValidationError(problem, code="invalid") from None
+    host_and_port = parts.netloc.rpartition("@")[2]
+    host_ok = bool(parts.hostname) and all(c.isalnum() or c in "-._:[]" for c in host_and_port)
+    if parts.scheme not in ("http", "https") or not host_ok or any(c.isspace() for c in value):
+        raise ValidationError(problem, code="invalid")
+    return parts

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import hashlib
 import uuid
-from urllib.parse import urlsplit
 
 from django.conf import settings
 from django.core.exceptions import ValidationError
@@ -19,7 +18,7 @@ from django.db.models import Q
 from apps.core import crypto
 from apps.core.http import OutboundBlocked, check_url
 from apps.core.tenancy import OrgOwnedModel, OrgScopedManager
-from apps.core.validators import display_name
+from apps.core.validators import display_name, service_url_parts
 from apps.federation.addresses import is_slug
 
 
@@ -32,11 +31,7 @@ def validate_base_url(value: str) -> None:
     """http(s)://host[:port][/path]. Unlike Django's URLValidator, a host without a dot is accepted: peers on
     one Docker or cluster network reach each other by service name (`http://hermes-berlin:8000`)."""
     problem = "Enter the peer's base URL: http:// or https://, a host, an optional port and path."
-    try:
-        parts = urlsplit(value)
-        parts.port  # noqa: B018 - raises ValueError for a port that is not a number in range
-    except ValueError:
-        raise ValidationError(problem, code="invalid") from None
+    parts = service_url_parts(value, problem)
     # No user:password@ either: requests are authenticated by signatures, and credentials in a URL end up in logs.
     if "@" in parts.netloc:
         raise ValidationError(
@@ -44,8 +39,7 @@ def validate_base_url(value: str) -> None:
             "signatures, and a password in a URL ends up in logs.",
             code="credentials",
         )
-    host_ok = bool(parts.hostname) and all(c.isalnum() or c in "-._:[]" for c in parts.netloc)
-    if parts.scheme not in ("http", "https") or not host_ok or parts.query or parts.fragment or " " in value:
+    if parts.query or parts.fragment:
         raise ValidationError(problem, code="invalid")
     # What the outbound guard refuses whatever HERMES_SSRF_ALLOWLIST says — a cloud metadata address, or a URL
     # httpx cannot even parse (`http://0251.0376.0251.0376/`: urlsplit takes it, httpx finds no IPv4 address in
