@@ -22,6 +22,7 @@ from channels.layers import get_channel_layer
 from channels_redis.pubsub import RedisPubSubChannelLayer
 from channels_redis.utils import _consistent_hash, decode_hosts
 from django.conf import settings
+from rest_framework.fields import DateTimeField
 
 from apps.tasks.models import Task, TaskEvent
 
@@ -36,6 +37,11 @@ def org_group(org_id: Any) -> str:
     return f"org.{org_id}"
 
 
+# The REST API's way of writing a time (DRF's: UTC as `Z`, as TaskEvent.as_message does), so that a client can
+# compare the socket's `updated_at` with the one GET /api/v1/tasks/<id> wrote (isoformat() writes `+00:00`).
+_REST_DATETIME = DateTimeField()
+
+
 def status_message(task: Task) -> dict[str, Any]:
     """What `/ws/org/` subscribers receive when one of the org's tasks changes state."""
     return {
@@ -45,7 +51,7 @@ def status_message(task: Task) -> dict[str, Any]:
             "state": task.state,
             "agent_id": str(task.agent_id),
             "last_seq": task.last_seq,
-            "updated_at": task.updated_at.isoformat() if task.updated_at else None,
+            "updated_at": _REST_DATETIME.to_representation(task.updated_at) if task.updated_at else None,
         },
     }
 

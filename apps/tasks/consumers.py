@@ -17,24 +17,26 @@ Messages sent to clients (JSON):
   close the task (joined/left relative to the last presence this socket received; changes within a short window
   are announced together)
 - `{"type": "refused", "code": 4409, "reason": "org_switched", "message": "..."}` just before a 4409 close: the
-  close explained for a person (which org the session is in now, and how to switch back)
+  close explained for a person (which org the session is in now, and how to switch back); before a 4400 `invalid`
+  too when `?after` came more than once, in the REST API's words
 
-`/ws/org/`: `{"type": "task.status", "task": {"id", "state", "agent_id", "last_seq", "updated_at"}}` for every
-state change of the org's tasks. These come only live (there is no seq to backfill by): when live messages may have
-been lost — Redis was seen down, or this process's subscriber lost its connection — the socket is closed with 1012
-`reconnect` once Redis answers again, and the client re-reads the list (GET /api/v1/tasks; the console re-fetches
-its list) after reconnecting. The socket subscribes before it is accepted, so a re-read made once it is open misses
-nothing.
+`/ws/org/`: `{"type": "task.status", "task": {"id", "state", "agent_id", "last_seq", "updated_at"}}` for every state
+change of the org's tasks. These come only live (there is no seq to backfill by): when live messages may have been
+lost — Redis was seen down, this process's subscriber lost its connection, or the socket's subscription failed — the
+socket is closed with 1012 `reconnect` once Redis answers again, and the client re-reads the list (GET
+/api/v1/tasks; the console re-fetches its list) after reconnecting. The socket subscribes before it is accepted, so
+a re-read made once it is open misses nothing.
 
-Close codes, each with a short reason: 4400 `invalid` (`?after` is not a non-negative integer), 4401 not signed
-in, or no longer — the reason says why: `not_authenticated`, the API key's error code (`key_revoked`, `key_expired`,
-`key_unknown`, `key_malformed`, `key_creator_gone`) or `signed_out` —, 4403 `missing_scope` (`tasks:read`), 4404
-`not_found` (no such task in the caller's org, or no such socket path), 4409 `org_switched` (a signed-in person's
-task in another of their orgs than the session's: they switched org in another tab since the page was opened; an
-API key, or someone outside that org, gets 4404 as for any missing task), 1013 the database is unreachable: retry
-later (hermes_site.ws_auth.DatabaseUnavailableGuard), 1012 `reconnect`: the socket was opened while Redis was out
-and followed the database, or (`/ws/org/`) live messages may have been lost while Redis was away; live messages
-are back (reconnect with `?after=<last seq>` to miss nothing; on `/ws/org/` re-read the tasks).
+Close codes, each with a short reason: 4400 `invalid` (`?after` is not a non-negative integer, or came twice), 4401
+not signed in, or no longer — the reason says why: `not_authenticated`, the API key's error code (`key_revoked`,
+`key_expired`, `key_unknown`, `key_malformed`, `key_creator_gone`) or `signed_out` —, 4403 `missing_scope`
+(`tasks:read`), 4404 `not_found` (no such task in the caller's org, or no such socket path), 4409 `org_switched` (a
+signed-in person's task in another of their orgs than the session's: they switched org in another tab since the page
+was opened; an API key, or someone outside that org, gets 4404 as for any missing task), 1013 the database is
+unreachable: retry later (hermes_site.ws_auth.DatabaseUnavailableGuard), 1012 `reconnect`: the socket was opened
+while Redis was out (or could not subscribe to its live messages) and followed the database, or (`/ws/org/`) live
+messages may have been lost while Redis was away; live messages are back (reconnect with `?after=<last seq>` to miss
+nothing; on `/ws/org/` re-read the tasks).
 
 A socket lives only as long as its credential authenticates (apps.orgs.auth, "Long-lived streams"): it joins the
 channel-layer group of its API key or session, where revocation, rotation and sign-out are announced; it closes
@@ -138,6 +140,7 @@ class _ConsumerBase:
     base_send: Callable[[dict[str, Any]], Awaitable[None]]
     credential: StreamCredential | None = None
     credential_watch: asyncio.Task[None] | None = None
+    layer_watch: asyncio.Task[None] | None = None  # waits for Redis, then closes the socket with 1012
     closing = False
 
     async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
@@ -164,6 +167,10 @@ class _ConsumerBase:
             await asyncio.sleep(interval * random.uniform(0.8, 1.2))
             if await _shared_read(_REDIS_UP, interval / 2, _redis_is_up):
                 break
+        if self.channel_layer_alias != DEGRADED_LAYER:
+            # A group subscription on Redis failed (`join_group`): the socket's own channel there may be as lost.
+            await self.close_from_server(CLOSE_RECONNECT, "reconnect")
+            return
         # Through the socket's own channel, so the close is handled between two messages, never inside one.
         await self.channel_layer.send(self.channel_name, {"type": "hermes.layer_back"})
 
@@ -186,6 +193,27 @@ class _ConsumerBase:
     async def stop_background_work(self) -> None:
         """Stop whatever sends to the socket outside the message loop (before a close from the server)."""
         await _cancel(self.credential_watch)
+        await _cancel(self.layer_watch)
+
+    async def join_group(self, group: str, what: str) -> bool:
+        """Subscribe the socket to the channel-layer group of its live messages; False when that failed, so none
+        will come (`what` names the socket in the log).
+
+        channels-redis finds out that Redis restarted only when it next uses its pub/sub connection. A process
+        with no socket open during the restart learns it from the next socket's subscription: written into the
+        dead connection, it fails ("Connection lost"), and the connection is made anew (re-subscribing what it
+        held). That socket was left without live messages, silently. So a failure is retried once, at once: it
+        fails again only when Redis is really away."""
+        for attempt in (1, 2):
+            try:
+                await self.channel_layer.group_add(group, self.channel_name)
+                return True
+            except Exception as exc:
+                if attempt == 2:
+                    logger.warning("%s: channel layer unavailable (%s); no live messages until it is back", what, exc)
+                else:
+                    logger.info("%s: subscription failed (%s); retried on a new connection", what, exc)
+        return False
 
     # --- the credential the socket was opened with ----------------------------------------------------------------
 
@@ -365,8 +393,8 @@ class TaskTimelineConsumer(_ConsumerBase, AsyncJsonWebsocketConsumer):
             await _refuse(self, ORG_SWITCHED, message=_org_switched_message(access.org, holder))
             return
         after = _after(self.scope)
-        if after is None:
-            await _refuse(self, BAD_AFTER)
+        if not isinstance(after, int):
+            await _refuse(self, BAD_AFTER, message=after)
             return
         self.task_id, self.org_id, self.state = task.pk, task.organization_id, task.state
         self.agent_id = task.agent_id
@@ -381,10 +409,10 @@ class TaskTimelineConsumer(_ConsumerBase, AsyncJsonWebsocketConsumer):
         self.group = task_group(self.task_id)
         # Subscribe before reading the database: an event committed after the read is then guaranteed to arrive
         # live, and one that arrives both ways is dropped by seq.
-        try:
-            await self.channel_layer.group_add(self.group, self.channel_name)
-        except Exception as exc:
-            logger.warning("task %s: channel layer unavailable (%s); this socket resyncs from the DB", task.pk, exc)
+        if not await self.join_group(self.group, f"task {task.pk}"):
+            # As a socket opened while Redis was down (on the in-process layer): it follows the database (the
+            # periodic resync), and is closed with 1012 once Redis answers, to reconnect onto live messages.
+            self.layer_watch = asyncio.create_task(self._await_live_layer())
         await self.watch_credential(access)
         async with self.lock:
             await self._catch_up()
@@ -394,6 +422,7 @@ class TaskTimelineConsumer(_ConsumerBase, AsyncJsonWebsocketConsumer):
         self.presence = Presence(self.task_id, self.channel_name, self.me)
         self.watchers: dict[Any, dict[str, Any]] = {}
         self.presence_sent: tuple[Any, ...] | None = None
+        self.presence_heard_at = time.monotonic()  # when the last presence message came (sent to this socket or not)
         await self.presence.join()
         await self._announce()
         self.resync_task = asyncio.create_task(self._resync_loop())
@@ -440,6 +469,7 @@ class TaskTimelineConsumer(_ConsumerBase, AsyncJsonWebsocketConsumer):
         # A watcher opening or closing another tab is announced too (the sockets are what is tracked), yet changes
         # nothing this socket shows: one entry per person. Such a frame (joined and left empty, the same
         # watchers) is not sent.
+        self.presence_heard_at = time.monotonic()
         shown = (message["watchers"], message.get("agent_contact"), message.get("agent_online"))
         if shown == self.presence_sent:
             return
@@ -474,20 +504,43 @@ class TaskTimelineConsumer(_ConsumerBase, AsyncJsonWebsocketConsumer):
             try:
                 if self.presence is not None:
                     await self.presence.refresh()
-                if self.state in TERMINAL_STATES:
-                    continue  # the terminal event was delivered; nothing can follow it
-                if time.monotonic() - self.last_live_at < interval:
-                    continue  # live events flow: a dropped one shows as a seq gap on the next
-                progress = await _shared_read(
-                    ("progress", self.task_id), interval / 2, partial(_db(task_progress), self.task_id, self.org_id)
-                )
-                if progress is not None and progress[1] > self.last_seq:
-                    async with self.lock:
-                        await self._catch_up()
+                # Not once the terminal event was delivered (nothing can follow it), nor while live events flow (a
+                # dropped one shows as a seq gap on the next).
+                if self.state not in TERMINAL_STATES and time.monotonic() - self.last_live_at >= interval:
+                    progress = await _shared_read(
+                        ("progress", self.task_id), interval / 2, partial(_db(task_progress), self.task_id, self.org_id)
+                    )
+                    if progress is not None and progress[1] > self.last_seq:
+                        async with self.lock:
+                            await self._catch_up()
+                await self._show_presence_changes(interval)
             except DatabaseError as exc:  # an outage: the next interval tries again; no traceback every few seconds
                 logger.warning("task %s: resync skipped, database error: %s", self.task_id, exc)
             except Exception:
                 logger.exception("task %s: resync failed", self.task_id)
+
+    async def _show_presence_changes(self, interval: float) -> None:
+        """Send this socket a presence frame when what it shows is out of date, though nobody joined or left.
+
+        Presence is broadcast on joins and leaves; two changes come without either: the watchers of a killed
+        process expire from the sorted set (presence.WATCH_TTL) and the agent's contact state changes (a worker
+        reached an agent shown offline). Every socket looks here, at its resync, with reads shared by the sockets
+        of the process (one of the watchers per task, one of the agent per agent); no broadcast: each process's
+        sockets see the same change themselves. `task_presence` sends only what differs from the last frame."""
+        presence = self.presence
+        if presence is None:
+            return
+        heard_at = self.presence_heard_at
+        # A read older than the last presence message could undo it (show a watcher who has just left): only a
+        # read begun since then will do.
+        max_age = min(interval / 2, time.monotonic() - heard_at)
+        snapshot = await _shared_read(("watchers", self.task_id), max_age, presence.snapshot)
+        contact = await _shared_read(
+            ("agent-contact", self.agent_id), max_age, partial(_db(agent_contact), self.agent_id)
+        )
+        if snapshot is None or self.presence_heard_at != heard_at:  # Redis is away; or newer news came meanwhile
+            return
+        await self.task_presence(_presence_message(snapshot, contact))
 
     async def _announce(self) -> None:
         """Schedule the window's presence broadcast, unless another socket of this task already did."""
@@ -511,14 +564,17 @@ async def _broadcast_presence(layer: Any, task_id: Any, agent_id: Any) -> None:
         if snapshot is None:
             return
         contact = await _db(agent_contact)(agent_id)
-        # `agent_online` for clients that read only it: true online, false offline, null otherwise.
-        online = {"online": True, "offline": False}.get(contact)
-        message = {"type": "task.presence", "agent_online": online, "agent_contact": contact, **snapshot}
-        await layer.group_send(task_group(task_id), message)
+        await layer.group_send(task_group(task_id), _presence_message(snapshot, contact))
     except Exception as exc:
         logger.debug("presence broadcast failed: %s", exc)
     finally:
         await presence.close()
+
+
+def _presence_message(snapshot: dict[str, Any], contact: str) -> dict[str, Any]:
+    # `agent_online` for clients that read only it: true online, false offline, null otherwise.
+    online = {"online": True, "offline": False}.get(contact)
+    return {"type": "task.presence", "agent_online": online, "agent_contact": contact, **snapshot}
 
 
 class OrgTasksConsumer(_ConsumerBase, AsyncJsonWebsocketConsumer):
@@ -526,11 +582,10 @@ class OrgTasksConsumer(_ConsumerBase, AsyncJsonWebsocketConsumer):
 
     Unlike a task's events, status messages have no seq the socket could backfill by: one lost with Redis is
     lost. So the socket watches the layer instead, and once live messages may have been lost — the shared probe
-    found Redis down, or this process's subscriber lost its connection (a restart shorter than a probe interval)
-    — it is closed with 1012 as soon as Redis answers again: its client reconnects and re-reads the list, as a
-    socket opened while Redis was down (on the in-process layer) is told to."""
-
-    layer_watch: asyncio.Task[None] | None = None
+    found Redis down, this process's subscriber lost its connection (a restart shorter than a probe interval), or
+    the socket could not subscribe (`join_group`) — it is closed with 1012 as soon as Redis answers again: its
+    client reconnects and re-reads the list, as a socket opened while Redis was down (on the in-process layer) is
+    told to."""
 
     async def connect(self) -> None:
         self.joined = False
@@ -541,24 +596,17 @@ class OrgTasksConsumer(_ConsumerBase, AsyncJsonWebsocketConsumer):
         self.group = org_group(access.org.pk)
         # Subscribed before the accept: a client that reads the list once the socket is open (the console, an API
         # client after a 1012) then gets every change made after its read.
-        try:
-            await self.channel_layer.group_add(self.group, self.channel_name)
-        except Exception as exc:
-            logger.warning("org stream: channel layer unavailable (%s)", exc)
+        subscribed = await self.join_group(self.group, "org stream")
         if self.channel_layer_alias != DEGRADED_LAYER:  # a degraded socket is closed once Redis is back anyway
-            self.layer_watch = asyncio.create_task(self._watch_layer(_SUBSCRIBER_LOSSES.count))
+            # Not subscribed, the socket misses every status change: it is closed once Redis answers.
+            self.layer_watch = asyncio.create_task(self._watch_layer(_SUBSCRIBER_LOSSES.count, missed=not subscribed))
         await self.accept()
         self.joined = True
         WEBSOCKET_CONNECTIONS.labels(stream="org").inc()
         await self.watch_credential(access)
 
-    async def stop_background_work(self) -> None:
-        await super().stop_background_work()
-        await _cancel(self.layer_watch)
-
-    async def _watch_layer(self, losses: int) -> None:
+    async def _watch_layer(self, losses: int, *, missed: bool) -> None:
         interval = settings.HERMES_WS_RESYNC_SECONDS
-        missed = False
         while True:
             await asyncio.sleep(interval * random.uniform(0.8, 1.2))  # jittered like the resync
             up = await _shared_read(_REDIS_UP, interval / 2, _redis_is_up)
@@ -619,11 +667,15 @@ def _org_switched_message(current: Organization, holder: Organization) -> str:
     )
 
 
-def _after(scope: dict[str, Any]) -> int | None:
-    """`?after=<seq>` (default 0); None when it is not a non-negative integer (the SSE stream answers that 400)."""
-    raw = parse_qs(scope.get("query_string", b"").decode()).get("after", ["0"])[0]
+def _after(scope: dict[str, Any]) -> int | str | None:
+    """`?after=<seq>` (default 0). None when it is not a non-negative integer (the SSE stream answers that 400); the
+    REST API's words when it came more than once (its 400, apps.core.api._refuse_query): which one the client
+    meant is anyone's guess, and the first was taken silently."""
+    values = parse_qs(scope.get("query_string", b"").decode(), keep_blank_values=True).get("after", [])
+    if len(values) > 1:
+        return f"Give this parameter once (it came {len(values)} times)."
     try:
-        return whole_number(raw, "after", default=0)
+        return whole_number(values[0] if values else None, "after", default=0)
     except HermesAPIError:
         return None
 
