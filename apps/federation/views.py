@@ -150,10 +150,7 @@ def inbox(request: HttpRequest, sender: str) -> HttpResponse:
         return _json(415, error_body("unsupported_media_type", f"Send application/json, not {given[:80]}."))
     # Said before the body is read: Django refuses one over DATA_UPLOAD_MAX_MEMORY_SIZE (5 MB) itself, with
     # another code (or, with DEBUG, its HTML error page).
-    if (
-        int(request.META.get("CONTENT_LENGTH") or 0) > MAX_MESSAGE_BYTES
-        or len(body := request.body) > MAX_MESSAGE_BYTES
-    ):
+    if _declared_length(request) > MAX_MESSAGE_BYTES or len(body := request.body) > MAX_MESSAGE_BYTES:
         FEDERATION_INBOUND.labels(decision="rejected").inc()
         return _json(413, error_body("too_large", f"Federation messages are limited to {MAX_MESSAGE_BYTES} bytes."))
     try:
