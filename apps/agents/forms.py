@@ -5,6 +5,7 @@ from typing import Any
 from django import forms
 
 from apps.agents.models import (
+    AGENT_URL_PROBLEM,
     DESCRIPTION_MAX_LENGTH,
     NAME_MAX_LENGTH,
     SLUG_MAX_LENGTH,
@@ -20,6 +21,7 @@ class AgentURLField(forms.URLField):
     `http://summarizer:8080/` is a host too."""
 
     default_validators = [validate_agent_url]
+    default_error_messages = {"invalid": AGENT_URL_PROBLEM}  # what URLField's own parsing refuses says the same
 
 
 class AgentURLForm(forms.Form):

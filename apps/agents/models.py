@@ -50,12 +50,15 @@ DESCRIPTION_MAX_LENGTH = 4000
 SLUG_MAX_LENGTH = 80
 
 
+AGENT_URL_PROBLEM = "Enter the agent's URL: http:// or https://, a host, an optional port and path."
+
+
 def validate_agent_url(value: str) -> None:
     """An http(s) URL with a host. Unlike Django's URLValidator, a host without a dot is accepted: agents on one
     Docker or cluster network are reached by service name (`http://summarizer:8080/`), as peers are (and as a
     card's interface URL already was). Where it may connect is the SSRF guard's to say, when it does."""
     # (Credentials in it are refused by the actions, in their own words: refuse_credentials.)
-    service_url_parts(value, "Enter the agent's URL: http:// or https://, a host, an optional port and path.")
+    service_url_parts(value, AGENT_URL_PROBLEM)
 
 
 def validate_agent_slug(value: str) -> None:
