@@ -135,15 +135,18 @@ def _existing(peer: Peer | None, message_id: uuid.UUID) -> InboxEntry | None:
 
 def duplicate_of(peer: Peer, message_id: str) -> InboundResult | None:
     """The answer to a signed request from `peer` whose message was received before (its original receipt), or
-    None for a new one. Its audit row is sampled (the first of each minute per link): a replay of a captured
-    request within the timestamp tolerance wrote one row per request."""
+    None for a new one. Its audit row is sampled (the first of each minute per message): a replay of a captured
+    request within the timestamp tolerance wrote one row per request, while each message a sender retries is still
+    on record."""
     try:
         entry = _existing(peer, uuid.UUID(message_id))
     except ValueError:
         return None  # not a message id: receive() says what is wrong with it
     if entry is None:
         return None
-    sample = quotas.check_per_minute(f"federation-duplicates:{peer.pk}", 1, "federation_duplicate_audit")
+    sample = quotas.check_per_minute(
+        f"federation-duplicates:{peer.pk}:{entry.message_id}", 1, "federation_duplicate_audit"
+    )
     return _duplicate(entry, peer, audited=sample is not None and sample.allowed)
 
 
