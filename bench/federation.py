@@ -169,7 +169,9 @@ def run() -> str:
             f"{WORKER_CONCURRENCY} threads. Baseline, same run, same receiver process: {WORKER_CONCURRENCY} client "
             "threads POST Standard-Webhooks-signed envelopes in a tight loop; each is a replay of one stored message, "
             "so the receiver verifies the signature, finds it in the dedup index and answers the original receipt "
-            "(no queue, no sender-side persistence, no inbox insert). Pipeline: the sender's outbox transaction, "
+            "(no queue, no sender-side persistence, no inbox insert, and no rate-limit count, body parse or audit "
+            "row: a duplicate is answered from the dedup index right after the signature check). Pipeline: the "
+            "sender's outbox transaction, "
             "Celery job, atomic claim, signed POST, receiver dedup + policy + inbox + audit, signed receipt verified "
             f"and persisted, attempt log. 1-minute load average {load_before:.1f} before and {load_after:.1f} after, "
             "on 2 cores (a load above 2 means the figures are inflated by CPU contention).",
