@@ -200,18 +200,14 @@ def test_remote_task_api(
         actions.request_remote_task(org=org, agent="echo.globex@nowhere", message=MESSAGE)
 
 
-@pytest.mark.django_db
-def test_executor_reports_each_task_event_back_to_the_requester(
-    org: Any, other_org: Any, acme_may_ask_globex: None, django_capture_on_commit_callbacks: Any
-) -> None:
-    """`report_task_event` as the tasks app's `task_event_recorded` signal calls it (the task and the event, after
-    commit). The stand-ins carry the fields it reads; the real task path runs in test_two_instances.py."""
+def _globex_runs_task_77(org: Any, other_org: Any, callbacks: Any) -> tuple[RemoteTask, Any]:
+    """acme's request to echo.globex, its mirror emptied, and globex's side linked to a task 77 that
+    `report_task_event` reads as the tasks app's signal hands it over (a stand-in with the fields it reads)."""
     from types import SimpleNamespace
 
     from apps.federation.models import FederatedTask
-    from apps.federation.remote_tasks import report_task_event
 
-    with django_capture_on_commit_callbacks(execute=True):
+    with callbacks(execute=True):
         remote = actions.request_remote_task(org=org, agent="echo.globex", message=MESSAGE)
     remote = RemoteTask.objects.for_org(org).get(pk=remote.pk)
     remote.events.all().delete()
@@ -222,6 +218,20 @@ def test_executor_reports_each_task_event_back_to_the_requester(
         correlation_id=entry.message_id,
     )  # fmt: skip
     task = SimpleNamespace(pk=77, organization_id=other_org.pk, state="working", metadata={"federation": {}})
+    return remote, task
+
+
+@pytest.mark.django_db
+def test_executor_reports_each_task_event_back_to_the_requester(
+    org: Any, other_org: Any, acme_may_ask_globex: None, django_capture_on_commit_callbacks: Any
+) -> None:
+    """`report_task_event` as the tasks app's `task_event_recorded` signal calls it (the task and the event, after
+    commit). The stand-ins carry the fields it reads; the real task path runs in test_two_instances.py."""
+    from types import SimpleNamespace
+
+    from apps.federation.remote_tasks import report_task_event
+
+    remote, task = _globex_runs_task_77(org, other_org, django_capture_on_commit_callbacks)
     unrelated = SimpleNamespace(pk=78, organization_id=other_org.pk, state="working", metadata={})
     with django_capture_on_commit_callbacks(execute=True):
         report_task_event(task=task, event=SimpleNamespace(seq=1, kind="state", data={"from": None, "to": "submitted"}))
@@ -1178,20 +1188,10 @@ def test_a_result_too_large_for_one_message_arrives_with_a_note_instead_of_never
 
     from apps.federation import delivery
     from apps.federation.inbound import MAX_MESSAGE_BYTES
-    from apps.federation.models import FederatedTask, Message
+    from apps.federation.models import Message
     from apps.federation.remote_tasks import report_task_event
 
-    with django_capture_on_commit_callbacks(execute=True):
-        remote = actions.request_remote_task(org=org, agent="echo.globex", message=MESSAGE)
-    remote = RemoteTask.objects.for_org(org).get(pk=remote.pk)
-    remote.events.all().delete()
-    RemoteTask.objects.for_org(org).filter(pk=remote.pk).update(state="requested", error="")
-    entry = InboxEntry.objects.for_org(other_org).get(message_id=remote.request_id)
-    FederatedTask.objects.create(
-        organization=other_org, task_id="77", inbox_entry=entry, agent_slug="echo", reply_to=entry.sender,
-        correlation_id=entry.message_id,
-    )  # fmt: skip
-    task = SimpleNamespace(pk=77, organization_id=other_org.pk, state="working", metadata={"federation": {}})
+    remote, task = _globex_runs_task_77(org, other_org, django_capture_on_commit_callbacks)
     small = {"kind": "text", "text": "summary"}
     artifact = {"name": "big", "parts": [small, {"kind": "text", "text": "x" * 1_048_400}]}
     with django_capture_on_commit_callbacks(execute=True):
