@@ -289,6 +289,12 @@ def register_probe(name: str, probe: Callable[[], Probe]) -> None:
     _contributors[name] = probe
 
 
+def contributed_probe(name: str) -> Probe | None:
+    """The line one registered contributor gives now; None when no app registered `name`."""
+    probe = _contributors.get(name)
+    return probe() if probe is not None else None
+
+
 def contributed_probes() -> list[Probe]:
     probes = []
     for name, fn in list(_contributors.items()):

@@ -2,7 +2,7 @@ from typing import Any
 
 from django.core.management.base import CommandError
 
-from apps.core.checks import HealthReport, dependency_probes
+from apps.core.checks import HealthReport, contributed_probe, dependency_probes
 from apps.core.management.base import HermesCommand
 from apps.core.startup import summary
 
@@ -16,13 +16,11 @@ class Command(HermesCommand):
 
     def handle(self, *args: Any, **options: Any) -> None:
         probes = dependency_probes()
-        # Imported here, from ops (health's own line): core imports no app, but doctor is the one command an
-        # operator runs after changing the configuration, and a changed SECRET_KEY or HERMES_FIELD_KEY breaks
-        # every federation link without any dependency being down.
-        from apps.ops.health import probe_link_keys
-
-        link_keys = probe_link_keys()
-        if link_keys.available:  # not checked (the database is down or not migrated): the database line says why
+        # Health's `link_keys` line too (registered by apps.ops): doctor is the one command an operator runs after
+        # changing the configuration, and a changed SECRET_KEY or HERMES_FIELD_KEY breaks every federation link
+        # without any dependency being down. Not checked (database down or not migrated): its line says why.
+        link_keys = contributed_probe("link_keys")
+        if link_keys is not None and link_keys.available:
             probes.append(link_keys)
         self.stdout.write("\n".join(line.text for line in summary("doctor", probes)))
         report = HealthReport(probes)
